@@ -1,0 +1,212 @@
+#!/usr/bin/env python
+"""Training throughput and accuracy on MovieLens 100K: fastsasrec against the PyTorch
+reference port (torch_reference.py), same model, same data, same thread count.
+
+    python benchmarks/bench_train.py --epochs 60 --losses bce,sampled_softmax,softmax --threads 2
+    python benchmarks/bench_train.py --impl torch --epochs 60 --losses softmax --threads 2
+    python benchmarks/bench_train.py --warmup-check
+
+Reports, per loss and implementation: train tokens/s (tokens per epoch x epochs / wall
+time of fit only; tokens per epoch = sum over training sequences of min(len, max_seq+1)-1),
+HR@10 and NDCG@10 under leave-last-out with full-catalogue ranking (see common.py),
+and fastsasrec's speed relative to the reference. The most-popular-unseen baseline is
+printed as a sanity line (HR@10 0.0859, NDCG@10 0.0449).
+"""
+import os
+import sys
+
+_OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def _strip_openblas_env() -> None:
+    """Re-exec without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (they slow OpenBLAS down).
+
+    Must run before numpy, torch or fastsasrec are imported: OpenBLAS reads them at load.
+    """
+    if any(k in os.environ for k in _OPENBLAS_ENV):
+        env = {k: v for k, v in os.environ.items() if k not in _OPENBLAS_ENV}
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+if __name__ == "__main__":
+    _strip_openblas_env()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import common  # noqa: E402
+
+CONFIG = dict(
+    factors=64,
+    n_layers=2,
+    n_heads=1,
+    max_seq=50,
+    batch_size=128,
+    dropout=0.2,
+    learning_rate=1e-3,
+    weight_decay=0.0,
+    n_negatives=256,
+    random_state=42,
+)
+
+
+def import_fastsasrec():
+    try:
+        import fastsasrec  # noqa: F401
+        from fastsasrec import SASRec
+    except ImportError as e:
+        raise SystemExit(
+            f"error: fastsasrec is not importable ({e}).\n"
+            "Install it first (from the repository root: pip install .), "
+            "or benchmark only the PyTorch reference with --impl torch."
+        )
+    return SASRec
+
+
+def run_torch(ds: common.Dataset, loss: str, epochs: int, threads: int, verbose: int) -> dict:
+    import torch_reference as tr
+
+    model = tr.TorchSASRec(
+        ds.n_items,
+        factors=CONFIG["factors"],
+        n_layers=CONFIG["n_layers"],
+        n_heads=CONFIG["n_heads"],
+        max_seq=CONFIG["max_seq"],
+        dropout=CONFIG["dropout"],
+        loss=loss,
+        n_negatives=CONFIG["n_negatives"],
+        learning_rate=CONFIG["learning_rate"],
+        weight_decay=CONFIG["weight_decay"],
+        batch_size=CONFIG["batch_size"],
+        random_state=CONFIG["random_state"],
+        threads=threads,
+        verbose=verbose,
+    )
+    t0 = time.perf_counter()
+    model.fit(ds.contexts, epochs)
+    train_s = time.perf_counter() - t0
+    metrics = common.evaluate(lambda ctx: model.topk(ctx, 10), ds.contexts, ds.targets, k=10)
+    return {"train_s": train_s, "final_loss": model.epoch_losses[-1], **metrics}
+
+
+def run_fastsasrec(SASRec, ds: common.Dataset, loss: str, epochs: int, threads: int, verbose: int) -> dict:
+    model = SASRec(
+        factors=CONFIG["factors"],
+        n_layers=CONFIG["n_layers"],
+        n_heads=CONFIG["n_heads"],
+        max_seq=CONFIG["max_seq"],
+        dropout=CONFIG["dropout"],
+        loss=loss,
+        n_negatives=CONFIG["n_negatives"],
+        learning_rate=CONFIG["learning_rate"],
+        weight_decay=CONFIG["weight_decay"],
+        batch_size=CONFIG["batch_size"],
+        iterations=epochs,
+        device="cpu",
+        random_state=CONFIG["random_state"],
+        verbose=verbose,
+        num_threads=threads,
+    )
+    train_orig = ds.to_original(ds.contexts)
+    t0 = time.perf_counter()
+    model.fit(train_orig)
+    train_s = time.perf_counter() - t0
+
+    # original id -> internal id of the benchmark's map (0 for anything unknown)
+    lookup = np.zeros(int(ds.item_ids.max()) + 2, dtype=np.int64)
+    lookup[ds.item_ids[1:]] = np.arange(1, ds.n_items + 1)
+
+    def topk(ctx):
+        ids, _ = model.recommend_batch(ds.to_original(ctx), n=10, exclude_seen=True)
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.shape != (len(ctx), 10):
+            raise RuntimeError(f"recommend_batch returned shape {ids.shape}, expected {(len(ctx), 10)}")
+        ok = (ids >= 0) & (ids < len(lookup))
+        return np.where(ok, lookup[np.clip(ids, 0, len(lookup) - 1)], 0)
+
+    metrics = common.evaluate(topk, ds.contexts, ds.targets, k=10)
+    return {"train_s": train_s, **metrics}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--losses", default="bce,sampled_softmax,softmax", help="comma-separated")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--impl", choices=("both", "fastsasrec", "torch"), default="both")
+    ap.add_argument("--data", default=None, help="ml-100k folder or u.data (default: <repo>/../shared/data/ml-100k)")
+    ap.add_argument("--out", default=None, help="write results as JSON here")
+    ap.add_argument("--warmup-check", action="store_true", help="2-epoch run to check that every path works")
+    ap.add_argument("--verbose", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    losses = [s.strip() for s in args.losses.split(",") if s.strip()]
+    bad = [s for s in losses if s not in ("bce", "sampled_softmax", "softmax")]
+    if bad:
+        ap.error(f"unknown loss(es): {bad}")
+    epochs = 2 if args.warmup_check else args.epochs
+    impls = ["torch", "fastsasrec"] if args.impl == "both" else [args.impl]
+
+    SASRec = import_fastsasrec() if "fastsasrec" in impls else None
+    if "torch" in impls:
+        import torch  # noqa: F401  (so its version shows in the machine description)
+
+        torch.set_num_threads(args.threads)
+
+    ds = common.load_ml100k(args.data)
+    tok_epoch = common.tokens_per_epoch(ds.contexts, CONFIG["max_seq"])
+    info = common.machine_info(args.threads)
+    common.print_machine_info(info)
+    print(
+        f"ML-100K: {len(ds.contexts)} users, {ds.n_items} items, {tok_epoch} train tokens/epoch; "
+        f"epochs {epochs}, threads {args.threads}; config {CONFIG}\n",
+        flush=True,
+    )
+
+    mp = common.evaluate(common.most_popular_topk_fn(ds.contexts, ds.n_items), ds.contexts, ds.targets, k=10)
+    rows = [{"impl": "most-popular", "loss": "—", "threads": None, "epochs": None, "train_s": None,
+             "tokens/s": None, "HR@10": mp["HR@10"], "NDCG@10": mp["NDCG@10"], "speed vs torch": None}]
+
+    for loss in losses:
+        speed = {}
+        for impl in impls:
+            print(f"[{impl} / {loss}] training {epochs} epochs ...", flush=True)
+            if impl == "torch":
+                r = run_torch(ds, loss, epochs, args.threads, args.verbose)
+            else:
+                r = run_fastsasrec(SASRec, ds, loss, epochs, args.threads, args.verbose)
+            tps = tok_epoch * epochs / r["train_s"]
+            speed[impl] = tps
+            print(f"    {r['train_s']:.1f} s, {tps:,.0f} tokens/s, HR@10 {r['HR@10']:.4f}, "
+                  f"NDCG@10 {r['NDCG@10']:.4f}", flush=True)
+            rows.append({"impl": impl, "loss": loss, "threads": args.threads, "epochs": epochs,
+                         "train_s": r["train_s"], "tokens/s": tps, "HR@10": r["HR@10"],
+                         "NDCG@10": r["NDCG@10"], "speed vs torch": None})
+        if "torch" in speed and "fastsasrec" in speed:
+            rows[-1]["speed vs torch"] = f"{speed['fastsasrec'] / speed['torch']:.2f}x"
+
+    print("\n## Training on ML-100K (leave-last-out, full-catalogue ranking)\n")
+    print(common.markdown_table(rows, formats={"train_s": ".1f", "tokens/s": ",.0f"}))
+
+    if args.warmup_check:
+        broken = [r for r in rows[1:] if not all(math.isfinite(r[k]) for k in ("tokens/s", "HR@10", "NDCG@10"))]
+        if broken:
+            print(f"\nwarmup check FAILED: {broken}")
+            return 1
+        print(f"\nwarmup check passed: {', '.join(impls)} x {', '.join(losses)}")
+
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"machine": info, "config": CONFIG, "epochs": epochs,
+                       "tokens_per_epoch": tok_epoch, "rows": rows}, f, indent=2)
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

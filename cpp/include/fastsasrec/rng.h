@@ -1,0 +1,57 @@
+// Counter-based random numbers: every draw is a pure function of
+// (seed, stream, counter), so the CPU and CUDA backends draw the same dropout masks
+// and negatives with no RNG state to carry between threads or kernels.
+#pragma once
+
+#include <cstdint>
+
+#include "fastsasrec/common.h"
+
+namespace fsr {
+
+// SplitMix64's finalizer: a bijective 64-bit mix with full avalanche.
+FSR_HD inline uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+// Key of a stream: hash of the seed and the stream id, computed once per op call.
+FSR_HD inline uint64_t rng_key(uint64_t seed, uint64_t stream) {
+  return mix64(seed * 0x9E3779B97F4A7C15ULL + mix64(stream + 0x632BE59BD9B4E019ULL));
+}
+
+FSR_HD inline uint32_t rng_u32(uint64_t key, uint64_t counter) {
+  return static_cast<uint32_t>(mix64(key ^ (counter * 0xD1B54A32D192ED03ULL)) >> 32);
+}
+
+// Uniform in [0, 1) with 24 random bits (exact in float32).
+FSR_HD inline float rng_uniform(uint64_t key, uint64_t counter) {
+  return static_cast<float>(rng_u32(key, counter) >> 8) * (1.0f / 16777216.0f);
+}
+
+// Dropout keeps an element when its uniform draw is >= p.
+FSR_HD inline bool dropout_keep(uint64_t key, uint64_t counter, float p) {
+  return rng_uniform(key, counter) >= p;
+}
+
+// Uniform integer in [lo, hi] (inclusive), by Lemire's multiply-shift (bias < 2^-32 * range).
+FSR_HD inline int32_t rng_int(uint64_t key, uint64_t counter, int32_t lo, int32_t hi) {
+  uint64_t range = static_cast<uint64_t>(hi - lo) + 1;
+  return lo + static_cast<int32_t>((static_cast<uint64_t>(rng_u32(key, counter)) * range) >> 32);
+}
+
+// Stream ids: one per random site, so no two sites ever share draws.
+//   dropout at site s of training step k:  stream = k * kStreamsPerStep + s
+//   s = 0 embedding; s = 1 + 3 * layer + {0 attention, 1 ffn hidden, 2 ffn output}
+// Samplers use their own seeds (seed ^ kSamplerSalt) so they never collide with dropout.
+constexpr uint64_t kStreamsPerStep = 1024;
+constexpr uint64_t kSamplerSalt = 0xA5A5F00DCAFEBEEFULL;
+constexpr uint64_t kInitSalt = 0x1234ABCD5678EF01ULL;
+inline uint64_t dropout_stream(uint64_t step, int site) { return step * kStreamsPerStep + site; }
+inline int site_embedding() { return 0; }
+inline int site_attention(int layer) { return 1 + 3 * layer; }
+inline int site_ffn_hidden(int layer) { return 2 + 3 * layer; }
+inline int site_ffn_out(int layer) { return 3 + 3 * layer; }
+
+}  // namespace fsr

@@ -1,0 +1,125 @@
+// Multi-head causal self-attention over packed sequences (no padding anywhere).
+//   S = Q_h K_h^T / sqrt(D) for the rows of one sequence, causal: row i sees rows <= i
+//   forward : P = softmax(S) per row, lse(R,H) = logsumexp of each row saved,
+//             O_h = dropout_p(P) V_h                             O(R, H*D) =
+//   backward: P recomputed from lse;  Pd = dropout_p(P)
+//             dV_h = Pd^T dO_h;  dP = dropout_p'(dO_h V_h^T);  delta_i = sum_j P_ij dP_ij
+//             dS = P * (dP - delta);  dQ_h = dS K_h / sqrt(D);  dK_h = dS^T Q_h / sqrt(D)
+//             dQ(R, ldq) =, dK, dV(R, ldkv) =
+// Dropout counter of (query row i, head h, key row j) is (i * H + h) * T + (j - start).
+// One task per (sequence, head): each task owns its output rows, so any schedule gives
+// the same result.  Only an n x n score tile per thread exists, never R x R.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/ops.h"
+#include "cpu/parallel.h"
+#include "fastsasrec/rng.h"
+
+namespace fsr::cpu {
+
+namespace {
+// Scratch tiles per thread, grown to the longest sequence seen and then reused.
+std::vector<float>& scratch(int which) {
+  thread_local std::vector<float> bufs[2];
+  return bufs[which];
+}
+float* tile(int which, size_t n) {
+  auto& b = scratch(which);
+  if (b.size() < n) b.resize(n);
+  return b.data();
+}
+}  // namespace
+
+void attention_forward(float* O, float* lse, const float* Q, int ldq, const float* K,
+                       const float* V, int ldkv, const int32_t* cu, int B, int H, int D, int T,
+                       float p, uint64_t key) {
+  const float scale = 1.f / std::sqrt((float)D);
+  const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
+  const int ldo = H * D;
+  parallel_for_dynamic(B * H, [&](int task) {
+    const int s = task / H, h = task % H;
+    const int st = cu[s], n = cu[s + 1] - cu[s];
+    if (n <= 0) return;
+    float* S = tile(0, (size_t)n * n);
+    const float* Qh = Q + (size_t)st * ldq + h * D;
+    const float* Kh = K + (size_t)st * ldkv + h * D;
+    const float* Vh = V + (size_t)st * ldkv + h * D;
+    gemm(false, true, n, n, D, scale, Qh, ldq, Kh, ldkv, 0.f, S, n);
+    for (int i = 0; i < n; ++i) {
+      float* row = S + (size_t)i * n;
+      float m = -std::numeric_limits<float>::infinity();
+      for (int j = 0; j <= i; ++j) m = row[j] > m ? row[j] : m;
+      float l = 0.f;
+      for (int j = 0; j <= i; ++j) {
+        row[j] = std::exp(row[j] - m);
+        l += row[j];
+      }
+      lse[(size_t)(st + i) * H + h] = m + std::log(l);
+      const float inv_l = 1.f / l;
+      const uint64_t base = ((uint64_t)(st + i) * H + h) * T;
+      for (int j = 0; j <= i; ++j) {
+        float v = row[j] * inv_l;
+        if (p > 0.f) v = dropout_keep(key, base + j, p) ? v * inv_keep : 0.f;
+        row[j] = v;
+      }
+      for (int j = i + 1; j < n; ++j) row[j] = 0.f;
+    }
+    gemm(false, false, n, D, n, 1.f, S, n, Vh, ldkv, 0.f, O + (size_t)st * ldo + h * D, ldo);
+  });
+}
+
+void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const float* Q, int ldq,
+                        const float* K, const float* V, int ldkv, const float* lse,
+                        const int32_t* cu, int B, int H, int D, int T, float p, uint64_t key) {
+  const float scale = 1.f / std::sqrt((float)D);
+  const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
+  const int ldo = H * D;
+  parallel_for_dynamic(B * H, [&](int task) {
+    const int s = task / H, h = task % H;
+    const int st = cu[s], n = cu[s + 1] - cu[s];
+    if (n <= 0) return;
+    float* P = tile(0, (size_t)n * n);   // probabilities, then dS
+    float* G = tile(1, (size_t)n * n);   // dropped probabilities, then dP
+    const float* Qh = Q + (size_t)st * ldq + h * D;
+    const float* Kh = K + (size_t)st * ldkv + h * D;
+    const float* Vh = V + (size_t)st * ldkv + h * D;
+    const float* dOh = dO + (size_t)st * ldo + h * D;
+    gemm(false, true, n, n, D, scale, Qh, ldq, Kh, ldkv, 0.f, P, n);
+    for (int i = 0; i < n; ++i) {
+      float* row = P + (size_t)i * n;
+      float* grow = G + (size_t)i * n;
+      const float l = lse[(size_t)(st + i) * H + h];
+      const uint64_t base = ((uint64_t)(st + i) * H + h) * T;
+      for (int j = 0; j <= i; ++j) {
+        row[j] = std::exp(row[j] - l);
+        grow[j] = (p > 0.f) ? (dropout_keep(key, base + j, p) ? row[j] * inv_keep : 0.f) : row[j];
+      }
+      for (int j = i + 1; j < n; ++j) row[j] = grow[j] = 0.f;
+    }
+    // dV_h = Pd^T dO_h
+    gemm(true, false, n, D, n, 1.f, G, n, dOh, ldo, 0.f, dV + (size_t)st * ldkv + h * D, ldkv);
+    // G = dO_h V_h^T (gradient of the dropped probabilities)
+    gemm(false, true, n, n, D, 1.f, dOh, ldo, Vh, ldkv, 0.f, G, n);
+    for (int i = 0; i < n; ++i) {
+      float* row = P + (size_t)i * n;
+      float* grow = G + (size_t)i * n;
+      const uint64_t base = ((uint64_t)(st + i) * H + h) * T;
+      float delta = 0.f;
+      for (int j = 0; j <= i; ++j) {
+        float g = grow[j];
+        if (p > 0.f) g = dropout_keep(key, base + j, p) ? g * inv_keep : 0.f;
+        grow[j] = g;
+        delta += row[j] * g;
+      }
+      for (int j = 0; j <= i; ++j) row[j] = row[j] * (grow[j] - delta);
+      for (int j = i + 1; j < n; ++j) row[j] = 0.f;
+    }
+    // dQ_h = scale * dS K_h;  dK_h = scale * dS^T Q_h
+    gemm(false, false, n, D, n, scale, P, n, Kh, ldkv, 0.f, dQ + (size_t)st * ldq + h * D, ldq);
+    gemm(true, false, n, D, n, scale, P, n, Qh, ldq, 0.f, dK + (size_t)st * ldkv + h * D, ldkv);
+  });
+}
+
+}  // namespace fsr::cpu

@@ -1,0 +1,53 @@
+// Embedding: gather item rows, scale by sqrt(C), add learned positions, dropout.
+//   forward : x(R,C) = dropout_p(E[items] * scale + P[pos])
+//   backward: g = dropout_p'(dx);  dE[items] += scale * g;  dP[pos] += g
+// Element (r, c) draws dropout counter r * C + c.  Row 0 of E (padding) is never an input,
+// so it is never written.  The scatter is split over column blocks: every thread owns
+// whole columns, so there are no races and the sums do not depend on the schedule.
+#include <algorithm>
+
+#include "cpu/ops.h"
+#include "cpu/parallel.h"
+#include "fastsasrec/rng.h"
+
+namespace fsr::cpu {
+
+void embedding_forward(float* x, const int32_t* items, const int32_t* pos, const float* E,
+                       const float* P, int R, int C, float scale, float p, uint64_t key) {
+  const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
+  parallel_chunks(R, C, [&](long r0, long r1, int) {
+    for (long r = r0; r < r1; ++r) {
+      const float* e = E + (size_t)items[r] * C;
+      const float* q = P + (size_t)pos[r] * C;
+      float* xr = x + (size_t)r * C;
+      for (int c = 0; c < C; ++c) {
+        float v = e[c] * scale + q[c];
+        if (p > 0.f) v = dropout_keep(key, (uint64_t)r * C + c, p) ? v * inv_keep : 0.f;
+        xr[c] = v;
+      }
+    }
+  });
+}
+
+void embedding_backward(float* dE, float* dP, const float* dx, const int32_t* items,
+                        const int32_t* pos, int R, int C, float scale, float p, uint64_t key) {
+  const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
+  const int nt = (long)R * C < 4096 ? 1 : max_threads();
+  const int nblocks = std::min(nt, C);
+  parallel_for(nblocks, [&](int t) {
+    const int c0 = C * t / nblocks, c1 = C * (t + 1) / nblocks;
+    for (int r = 0; r < R; ++r) {
+      const float* g = dx + (size_t)r * C;
+      float* de = dE + (size_t)items[r] * C;
+      float* dq = dP + (size_t)pos[r] * C;
+      for (int c = c0; c < c1; ++c) {
+        float v = g[c];
+        if (p > 0.f) v = dropout_keep(key, (uint64_t)r * C + c, p) ? v * inv_keep : 0.f;
+        de[c] += scale * v;
+        dq[c] += v;
+      }
+    }
+  });
+}
+
+}  // namespace fsr::cpu

@@ -1,0 +1,101 @@
+// Sampled softmax: N negatives shared by every row of the batch.
+//   s_pos(r) = h_r . E[tgt_r];   s(r, j) = h_r . E[neg_j], set to -inf where neg_j == tgt_r
+//   forward : loss(R) = logsumexp(s_pos, s(r, :)) - s_pos
+//   backward (grad_scale != 0), with softmax probabilities p_pos, p_j over [s_pos, s(r, :)]:
+//             ds(r, j) = grad_scale * p_j;  ds_pos = grad_scale * (p_pos - 1)
+//             dh(R,C) = ds_pos E[tgt] + ds En        (En = E[neg], N x C)
+//             dE[neg_j] += (ds^T h)_j;  dE[tgt_r] += ds_pos h_r
+// Rows are processed in chunks, so at most chunk x N logits exist at once.
+// workspace (floats): En and dEn (2 N C), one chunk of logits, and R coefficients.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "cpu/ops.h"
+#include "cpu/parallel.h"
+
+namespace fsr::cpu {
+
+namespace {
+constexpr size_t kMaxLogits = size_t(1) << 22;  // floats per chunk of logits (16 MiB)
+inline int chunk_rows(int R, int N) {
+  return (int)std::max<size_t>(1, std::min<size_t>((size_t)R, kMaxLogits / std::max(N, 1)));
+}
+}  // namespace
+
+size_t sampled_softmax_workspace(int R, int C, int N) {
+  return 2 * (size_t)N * C + (size_t)chunk_rows(R, N) * N + (size_t)R;
+}
+
+void sampled_softmax_loss(float* loss, float* dh, float* dE, const float* h, const float* E,
+                          const int32_t* targets, const int32_t* negatives, int R, int C, int N,
+                          float grad_scale, float* workspace) {
+  const bool grad = grad_scale != 0.f;
+  const int rc = chunk_rows(R, N);
+  float* En = workspace;
+  float* dEn = En + (size_t)N * C;
+  float* logits = dEn + (size_t)N * C;
+  float* dpos = logits + (size_t)rc * N;
+  for (int j = 0; j < N; ++j) std::memcpy(En + (size_t)j * C, E + (size_t)negatives[j] * C, C * sizeof(float));
+  if (grad) std::memset(dEn, 0, (size_t)N * C * sizeof(float));
+  const float ninf = -std::numeric_limits<float>::infinity();
+
+  for (int r0 = 0; r0 < R; r0 += rc) {
+    const int rn = std::min(rc, R - r0);
+    gemm(false, true, rn, N, C, 1.f, h + (size_t)r0 * C, C, En, C, 0.f, logits, N);
+    parallel_chunks(rn, N + C, [&](long a, long b, int) {
+      for (long i = a; i < b; ++i) {
+        const long r = r0 + i;
+        const float* hr = h + (size_t)r * C;
+        const float* ep = E + (size_t)targets[r] * C;
+        float sp = 0.f;
+        for (int c = 0; c < C; ++c) sp += hr[c] * ep[c];
+        float* row = logits + (size_t)i * N;
+        float m = sp;
+        for (int j = 0; j < N; ++j) {
+          if (negatives[j] == targets[r]) row[j] = ninf;
+          m = std::max(m, row[j]);
+        }
+        float z = std::exp(sp - m);
+        for (int j = 0; j < N; ++j) z += std::exp(row[j] - m);
+        const float lz = m + std::log(z);
+        loss[r] = lz - sp;
+        if (grad) {
+          for (int j = 0; j < N; ++j) row[j] = grad_scale * std::exp(row[j] - lz);
+          dpos[r] = grad_scale * (std::exp(sp - lz) - 1.f);
+        }
+      }
+    });
+    if (!grad) continue;
+    float* dhc = dh + (size_t)r0 * C;
+    gemm(false, false, rn, C, N, 1.f, logits, N, En, C, 0.f, dhc, C);
+    gemm(true, false, N, C, rn, 1.f, logits, N, h + (size_t)r0 * C, C, 1.f, dEn, C);
+  }
+  if (!grad) return;
+  // dh += ds_pos E[tgt]
+  parallel_chunks(R, C, [&](long a, long b, int) {
+    for (long r = a; r < b; ++r) {
+      const float* ep = E + (size_t)targets[r] * C;
+      float* d = dh + (size_t)r * C;
+      for (int c = 0; c < C; ++c) d[c] += dpos[r] * ep[c];
+    }
+  });
+  // Scatter into item rows, each thread owning a block of columns.
+  const int nt = (long)(R + N) * C < 16384 ? 1 : std::min(max_threads(), C);
+  parallel_for(nt, [&](int t) {
+    const int c0 = C * t / nt, c1 = C * (t + 1) / nt;
+    for (int j = 0; j < N; ++j) {
+      float* d = dE + (size_t)negatives[j] * C;
+      const float* g = dEn + (size_t)j * C;
+      for (int c = c0; c < c1; ++c) d[c] += g[c];
+    }
+    for (int r = 0; r < R; ++r) {
+      float* d = dE + (size_t)targets[r] * C;
+      const float* hr = h + (size_t)r * C;
+      for (int c = c0; c < c1; ++c) d[c] += dpos[r] * hr[c];
+    }
+  });
+}
+
+}  // namespace fsr::cpu

@@ -1,0 +1,56 @@
+// Full softmax cross-entropy over the catalogue (items 1..V; row 0 is padding).
+//   s(r, i) = h_r . E[i] for i = 1..V
+//   forward : loss(R) = logsumexp_i s(r, i) - s(r, tgt_r)
+//   backward (grad_scale != 0): ds = grad_scale * (softmax(s) - onehot(tgt))
+//             dh(R,C) = ds E[1:];   dE[1:] += ds^T h
+// Rows are processed in chunks; workspace: softmax_workspace(R, V) floats (one chunk).
+#include <algorithm>
+#include <cmath>
+
+#include "cpu/ops.h"
+#include "cpu/parallel.h"
+
+namespace fsr::cpu {
+
+namespace {
+constexpr size_t kMaxLogits = size_t(1) << 24;  // floats per chunk of logits (64 MiB)
+inline int chunk_rows(int R, int V) {
+  return (int)std::max<size_t>(1, std::min<size_t>((size_t)R, kMaxLogits / std::max(V, 1)));
+}
+}  // namespace
+
+size_t softmax_workspace(int R, int V) { return (size_t)chunk_rows(R, V) * V; }
+
+void softmax_loss(float* loss, float* dh, float* dE, const float* h, const float* E,
+                  const int32_t* targets, int R, int C, int V, float grad_scale, float* workspace) {
+  const bool grad = grad_scale != 0.f;
+  const int rc = chunk_rows(R, V);
+  const float* E1 = E + C;  // item 1 onwards
+  float* logits = workspace;
+  for (int r0 = 0; r0 < R; r0 += rc) {
+    const int rn = std::min(rc, R - r0);
+    gemm(false, true, rn, V, C, 1.f, h + (size_t)r0 * C, C, E1, C, 0.f, logits, V);
+    parallel_chunks(rn, V, [&](long a, long b, int) {
+      for (long i = a; i < b; ++i) {
+        const long r = r0 + i;
+        float* row = logits + (size_t)i * V;
+        float m = row[0];
+        for (int j = 1; j < V; ++j) m = std::max(m, row[j]);
+        float z = 0.f;
+        for (int j = 0; j < V; ++j) z += std::exp(row[j] - m);
+        const float lz = m + std::log(z);
+        const int t = targets[r] - 1;
+        loss[r] = lz - row[t];
+        if (grad) {
+          for (int j = 0; j < V; ++j) row[j] = grad_scale * std::exp(row[j] - lz);
+          row[t] -= grad_scale;
+        }
+      }
+    });
+    if (!grad) continue;
+    gemm(false, false, rn, C, V, 1.f, logits, V, E1, C, 0.f, dh + (size_t)r0 * C, C);
+    gemm(true, false, V, C, rn, 1.f, logits, V, h + (size_t)r0 * C, C, 1.f, dE + C, C);
+  }
+}
+
+}  // namespace fsr::cpu
