@@ -1,6 +1,36 @@
-"""fastsasrec: fast SASRec next-item recommendation (C++ engine, CPU + optional CUDA)."""
+"""fastsasrec: fast SASRec next-item recommendation.
+
+A C++ engine with explicit forward and backward passes (CPU: OpenMP + BLAS) behind a
+small Python API::
+
+    from fastsasrec import SASRec
+    model = SASRec(factors=64, n_layers=2, max_seq=50).fit(sequences)
+    ids, scores = model.recommend([50, 100, 258], n=6)
+"""
 from fastsasrec._loader import load_core as _load_core
 
 _core = _load_core()
 
+from fastsasrec._device import cuda_status as _cuda_status  # noqa: E402
+from fastsasrec.estimator import SASRec  # noqa: E402
+
 __version__ = "0.1.0"
+__all__ = ["SASRec", "cuda_available", "show_config", "__version__"]
+
+
+def cuda_available() -> bool:
+    """True when the CUDA backend is compiled in and a GPU is usable now."""
+    return _cuda_status()[0]
+
+
+def show_config() -> None:
+    """Prints the version, BLAS, OpenMP threads and CUDA status."""
+    info = _core.build_info()
+    ok, why = _cuda_status()
+    print(f"fastsasrec {__version__}")
+    print(f"  compiler: {info['compiler']}")
+    print(f"  BLAS: {info['blas']}")
+    omp = info["openmp"]
+    print(f"  OpenMP: {'yes (' + str(omp) + ')' if omp else 'no'}; threads: {_core.ops.num_threads()}")
+    print(f"  CUDA backend: {'compiled' if info['cuda_compiled'] else 'not compiled'}")
+    print(f"  GPU usable now: {'yes' if ok else 'no (' + why + ')'}")

@@ -1,0 +1,165 @@
+"""Turning users' sequences of original item ids into the engine's flat int32 arrays.
+
+The engine sees items as internal ids 1..V (0 is padding); ``item_ids[i - 1]`` is the
+original id of internal id ``i``.  Ids are either all integers or all strings.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Iterable, List, Sequence, Tuple
+
+import numpy as np
+
+_INT_KINDS = "iu"
+
+
+def _describe(x: Any) -> str:
+    return f"{x!r} ({type(x).__name__})"
+
+
+def _as_sequence_list(sequences: Any, name: str) -> List[Any]:
+    """Accepts a list/tuple of sequences, a pandas Series of lists or a numpy object array."""
+    if sequences is None:
+        raise ValueError(f"{name} must be a list of sequences of item ids, got None")
+    if isinstance(sequences, (str, bytes)):
+        raise ValueError(f"{name} must be a list of sequences of item ids, got a string")
+    if hasattr(sequences, "to_list") and hasattr(sequences, "index"):  # pandas Series
+        sequences = sequences.to_list()
+    if isinstance(sequences, np.ndarray):
+        if sequences.ndim == 2:
+            sequences = list(sequences)
+        elif sequences.ndim == 1 and sequences.dtype == object:
+            sequences = list(sequences)
+        else:
+            raise ValueError(
+                f"{name} must be a list of sequences; got a {sequences.ndim}-d array of "
+                f"{sequences.dtype} (wrap a single session as [session])"
+            )
+    if isinstance(sequences, dict):
+        sequences = list(sequences.values())
+    try:
+        seqs = list(sequences)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be a list of sequences of item ids, got {type(sequences).__name__}"
+        ) from None
+    return seqs
+
+
+def _check_item(x: Any, where: str) -> None:
+    """Raises ValueError for ids that are neither integers nor strings."""
+    if x is None:
+        raise ValueError(f"{where} is None: item ids must be integers or strings")
+    if isinstance(x, (bool, np.bool_)):
+        raise ValueError(f"{where} is a boolean {x!r}: item ids must be integers or strings")
+    if isinstance(x, float) or isinstance(x, np.floating):
+        if math.isnan(x):
+            raise ValueError(f"{where} is NaN: item ids must be integers or strings")
+        raise ValueError(
+            f"{where} is the float {x!r}: item ids must be integers or strings "
+            "(convert float columns with .astype(int) once missing values are removed)"
+        )
+    if not isinstance(x, (numbers.Integral, str)):
+        raise ValueError(f"{where} is {_describe(x)}: item ids must be integers or strings")
+
+
+def flatten_sequences(sequences: Any, name: str = "sequences") -> Tuple[np.ndarray, np.ndarray]:
+    """(flat original ids as int64 or str array, int64 offsets of len(sequences) + 1).
+
+    Raises ValueError naming the first bad entry: None, NaN, floats, booleans, a mix of
+    integers and strings, or a sequence that is not a list.
+    """
+    seqs = _as_sequence_list(sequences, name)
+    lengths = np.empty(len(seqs), dtype=np.int64)
+    parts = []
+    for i, s in enumerate(seqs):
+        if s is None or isinstance(s, (str, bytes)) or not hasattr(s, "__len__"):
+            raise ValueError(
+                f"{name}[{i}] must be a sequence of item ids, got {_describe(s)}"
+            )
+        lst = None if isinstance(s, np.ndarray) else (s if isinstance(s, list) else list(s))
+        a = s if lst is None else np.asarray(lst)
+        if lst is not None and a.dtype.kind == "U" and not all(isinstance(x, str) for x in lst):
+            a = np.asarray(lst, dtype=object)  # numpy turned integers into strings: keep the mix
+        if a.ndim != 1 and a.size > 0:
+            raise ValueError(f"{name}[{i}] must be 1-dimensional, got shape {a.shape}")
+        lengths[i] = a.size
+        parts.append(a.reshape(-1))
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if not parts or offsets[-1] == 0:
+        return np.zeros(0, dtype=np.int64), offsets
+    kinds = {p.dtype.kind for p in parts if p.size}
+    if kinds <= set(_INT_KINDS):
+        flat = np.concatenate([p.astype(np.int64, copy=False) for p in parts if p.size])
+        return flat, offsets
+    if kinds <= {"U"}:
+        return np.concatenate([p for p in parts if p.size]), offsets
+    # Mixed, float, bool or object: find the first offending entry and name it.
+    saw_int = saw_str = None
+    for i, p in enumerate(parts):
+        for j, x in enumerate(p.tolist()):
+            where = f"{name}[{i}][{j}]"
+            _check_item(x, where)
+            if isinstance(x, str):
+                saw_str = saw_str or where
+            else:
+                saw_int = saw_int or where
+            if saw_int and saw_str:
+                raise ValueError(
+                    f"item ids must be all integers or all strings; {saw_int} is an integer "
+                    f"and {saw_str} is a string"
+                )
+    if saw_str:
+        return np.concatenate([np.asarray(p.tolist(), dtype=str) for p in parts if p.size]), offsets
+    return np.concatenate([np.asarray(p.tolist(), dtype=np.int64) for p in parts if p.size]), offsets
+
+
+def check_ids_compatible(flat: np.ndarray, item_ids: np.ndarray, name: str) -> None:
+    if flat.size == 0:
+        return
+    if (flat.dtype.kind == "U") != (item_ids.dtype.kind == "U"):
+        want = "strings" if item_ids.dtype.kind == "U" else "integers"
+        raise ValueError(f"{name}: this model's item ids are {want}, got {flat.dtype} ids")
+
+
+def encode(flat: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+    """Internal ids (int32, 1..V) of original ids; 0 for ids not in the catalogue.
+
+    item_ids must be sorted (np.unique order)."""
+    if flat.size == 0 or item_ids.size == 0:
+        return np.zeros(flat.size, dtype=np.int32)
+    pos = np.searchsorted(item_ids, flat)
+    pos_c = np.minimum(pos, item_ids.size - 1)
+    found = item_ids[pos_c] == flat
+    return np.where(found, pos_c + 1, 0).astype(np.int32)
+
+
+def drop_unknown(internal: np.ndarray, offsets: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Removes zeros (unknown items) from a flat array, fixing the offsets."""
+    keep = internal != 0
+    if keep.all():
+        return internal, offsets
+    csum = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
+    return internal[keep], csum[offsets]
+
+
+def leave_one_out(sequences: Sequence[Sequence[Any]]) -> Tuple[List[List[Any]], List[Any]]:
+    """Splits each sequence into (all but its last item, its last item).
+
+    Sequences with fewer than 2 items are dropped.  This is the protocol of the SASRec
+    paper's test split: train on the contexts, rank the full catalogue for the held-out
+    item."""
+    contexts, targets = [], []
+    for s in _as_sequence_list(sequences, "sequences"):
+        s = list(s)
+        if len(s) >= 2:
+            contexts.append(s[:-1])
+            targets.append(s[-1])
+    return contexts, targets
+
+
+def iter_chunks(n: int, size: int) -> Iterable[Tuple[int, int]]:
+    for lo in range(0, n, size):
+        yield lo, min(n, lo + size)

@@ -1,0 +1,532 @@
+"""The SASRec estimator: the public Python API over the C++ engine."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import numbers
+import os
+import tempfile
+import time
+import warnings
+import zipfile
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from fastsasrec import _core
+from fastsasrec._device import resolve_device
+from fastsasrec.data import (
+    check_ids_compatible,
+    drop_unknown,
+    encode,
+    flatten_sequences,
+)
+
+FORMAT_NAME = "fastsasrec"
+FORMAT_VERSION = 1
+_LOSSES = ("bce", "sampled_softmax", "softmax")
+
+# name -> (kind, check, description); kind is "int", "float" or "other"
+_PARAMS = {
+    "factors": ("int", lambda v: v >= 1, ">= 1"),
+    "n_layers": ("int", lambda v: 0 <= v <= 300, "in 0..300"),
+    "n_heads": ("int", lambda v: v >= 1, ">= 1"),
+    "max_seq": ("int", lambda v: 1 <= v <= 65536, "in 1..65536"),
+    "dropout": ("float", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "n_negatives": ("int", lambda v: v >= 1, ">= 1"),
+    "learning_rate": ("float", lambda v: v > 0.0, "> 0"),
+    "weight_decay": ("float", lambda v: v >= 0.0, ">= 0"),
+    "batch_size": ("int", lambda v: v >= 1, ">= 1"),
+    "iterations": ("int", lambda v: v >= 0, ">= 0"),
+    "num_threads": ("int", lambda v: v >= 0, ">= 0 (0 = all cores)"),
+    "verbose": ("int", lambda v: v >= 0, ">= 0"),
+}
+
+
+def _check_param(name: str, value: Any) -> Any:
+    if name == "loss":
+        if value not in _LOSSES:
+            raise ValueError(f"loss must be one of {_LOSSES}, got {value!r}")
+        return value
+    if name == "device":
+        resolve_device(value)  # raises with the reason
+        return value
+    if name == "random_state":
+        if value is None:
+            return None
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"random_state must be a non-negative integer or None, got {value!r}")
+        return int(value)
+    kind, ok, desc = _PARAMS[name]
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be {'an integer' if kind == 'int' else 'a number'} {desc}, got {value!r}")
+    if kind == "int":
+        if not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be an integer {desc}, got {value!r}")
+        value = int(value)
+    else:
+        if not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+            raise ValueError(f"{name} must be a finite number {desc}, got {value!r}")
+        value = float(value)
+    if not ok(value):
+        raise ValueError(f"{name} must be {desc}, got {value!r}")
+    return value
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """Runs the engine with n OpenMP threads (0: leave the default), then restores it."""
+    if not n:
+        yield
+        return
+    before = _core.ops.num_threads()
+    _core.ops.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        _core.ops.set_num_threads(before)
+
+
+class SASRec:
+    """SASRec (Kang & McAuley, 2018): next-item recommendation from an ordered session.
+
+    Parameters
+    ----------
+    factors : int
+        Width of the item embeddings and hidden states.
+    n_layers, n_heads : int
+        Transformer blocks and attention heads (``factors % n_heads == 0``).
+    max_seq : int
+        How many of the most recent items the model reads.
+    dropout : float
+        Dropout rate on embeddings, attention probabilities and feed-forward layers.
+    loss : {"sampled_softmax", "bce", "softmax"}
+        ``bce`` is the paper's loss (one sampled negative per position);
+        ``sampled_softmax`` uses ``n_negatives`` uniform negatives shared across a batch;
+        ``softmax`` is full cross-entropy over the catalogue.
+    n_negatives : int
+        Negatives per batch for ``sampled_softmax``; must be smaller than the catalogue.
+    learning_rate, weight_decay : float
+        AdamW settings (betas 0.9 / 0.98); weight decay applies to matrices and embeddings.
+    batch_size : int
+        Sequences per training step.
+    iterations : int
+        Training epochs.  Each epoch uses every sequence's most recent ``max_seq + 1``
+        items, every position being a target.
+    device : {"auto", "cpu", "cuda"}
+        ``auto`` picks the GPU when the CUDA backend is compiled in and a GPU is usable.
+    random_state : int or None
+        Seed of initialisation, shuffling, negatives and dropout.  Results are
+        deterministic for a given seed and thread count.
+    verbose : int
+        1 prints one line per epoch.
+    num_threads : int
+        CPU threads for the engine; 0 uses the OpenMP default (all cores).
+    """
+
+    def __init__(
+        self,
+        factors: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 1,
+        max_seq: int = 50,
+        dropout: float = 0.2,
+        loss: str = "sampled_softmax",
+        n_negatives: int = 256,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        batch_size: int = 128,
+        iterations: int = 50,
+        device: str = "auto",
+        random_state: Optional[int] = 42,
+        verbose: int = 0,
+        num_threads: int = 0,
+    ) -> None:
+        self.factors = _check_param("factors", factors)
+        self.n_layers = _check_param("n_layers", n_layers)
+        self.n_heads = _check_param("n_heads", n_heads)
+        self.max_seq = _check_param("max_seq", max_seq)
+        self.dropout = _check_param("dropout", dropout)
+        self.loss = _check_param("loss", loss)
+        self.n_negatives = _check_param("n_negatives", n_negatives)
+        self.learning_rate = _check_param("learning_rate", learning_rate)
+        self.weight_decay = _check_param("weight_decay", weight_decay)
+        self.batch_size = _check_param("batch_size", batch_size)
+        self.iterations = _check_param("iterations", iterations)
+        self.device = _check_param("device", device)
+        self.random_state = _check_param("random_state", random_state)
+        self.verbose = _check_param("verbose", verbose)
+        self.num_threads = _check_param("num_threads", num_threads)
+        if self.factors % self.n_heads:
+            raise ValueError(
+                f"factors ({self.factors}) must be divisible by n_heads ({self.n_heads})"
+            )
+        self._engine = None
+        self._seed_used: Optional[int] = None
+        self._item_ids: Optional[np.ndarray] = None
+        self._popularity: Optional[np.ndarray] = None
+        self._emb_cache: Optional[np.ndarray] = None
+        self.loss_history_: List[float] = []
+
+    # ------------------------------------------------------------------ params
+    def get_params(self, deep: bool = True) -> Dict[str, Any]:
+        return {
+            name: getattr(self, name)
+            for name in (
+                "factors", "n_layers", "n_heads", "max_seq", "dropout", "loss", "n_negatives",
+                "learning_rate", "weight_decay", "batch_size", "iterations", "device",
+                "random_state", "verbose", "num_threads",
+            )
+        }
+
+    def set_params(self, **params: Any) -> "SASRec":
+        valid = self.get_params()
+        for k, v in params.items():
+            if k not in valid:
+                raise ValueError(f"unknown parameter {k!r}; valid: {sorted(valid)}")
+            setattr(self, k, _check_param(k, v))
+        if self.factors % self.n_heads:
+            raise ValueError(f"factors ({self.factors}) must be divisible by n_heads ({self.n_heads})")
+        return self
+
+    def __repr__(self) -> str:
+        defaults = SASRec.__init__.__defaults__
+        names = list(self.get_params())
+        changed = [f"{n}={getattr(self, n)!r}" for n, d in zip(names, defaults) if getattr(self, n) != d]
+        return f"SASRec({', '.join(changed)})"
+
+    # ------------------------------------------------------------------ fitting
+    def _engine_config(self, n_items: int) -> Dict[str, Any]:
+        seed = getattr(self, "_seed_used", None)
+        if seed is None:
+            seed = self.random_state if self.random_state is not None else int(
+                np.random.SeedSequence().generate_state(1)[0]
+            )
+        return dict(
+            n_items=n_items, factors=self.factors, n_heads=self.n_heads, n_layers=self.n_layers,
+            max_seq=self.max_seq, dropout=self.dropout, loss=self.loss,
+            n_negatives=self.n_negatives, learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay, batch_size=self.batch_size, seed=seed,
+        )
+
+    def fit(self, sequences: Any) -> "SASRec":
+        """Trains on sequences of original item ids (oldest first).
+
+        ``sequences``: a list of lists (or arrays) of item ids, or a pandas Series of
+        lists.  Ids are all integers or all strings.  Sequences with fewer than 2 items
+        cannot teach anything and are skipped with one warning giving their count.
+        """
+        flat, offsets = flatten_sequences(sequences, "sequences")
+        n_seq = offsets.size - 1
+        if n_seq == 0:
+            raise ValueError("sequences is empty: nothing to train on")
+        lengths = np.diff(offsets)
+        short = lengths < 2
+        if short.all():
+            raise ValueError(
+                f"every one of the {n_seq} sequences has fewer than 2 items: nothing to train on"
+            )
+        if short.any():
+            warnings.warn(
+                f"skipped {int(short.sum())} of {n_seq} sequences with fewer than 2 items",
+                stacklevel=2,
+            )
+            keep = np.repeat(~short, lengths)
+            flat = flat[keep]
+            offsets = np.concatenate(([0], np.cumsum(lengths[~short]))).astype(np.int64)
+        item_ids, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+        n_items = item_ids.size
+        if self.loss == "sampled_softmax" and self.n_negatives >= n_items:
+            raise ValueError(
+                f"n_negatives ({self.n_negatives}) must be smaller than the catalogue "
+                f"({n_items} items); lower it or use loss='softmax'"
+            )
+        if self.loss == "bce" and n_items < 2:
+            raise ValueError(f"loss='bce' needs at least 2 distinct items, got {n_items}")
+        internal = (inverse.reshape(-1) + 1).astype(np.int32)
+        backend = resolve_device(self.device)
+        self._seed_used = None
+        cfg = self._engine_config(n_items)
+        self._seed_used = int(cfg["seed"])
+        engine = _core.Model(cfg, backend)
+        self._engine = engine
+        self._item_ids = item_ids
+        self._popularity = counts.astype(np.int64)
+        self._emb_cache = None
+        self.loss_history_ = []
+        self._train(internal, offsets, self.iterations)
+        return self
+
+    def _train(self, internal: np.ndarray, offsets: np.ndarray, epochs: int) -> None:
+        tokens = int(np.minimum(np.diff(offsets), self.max_seq + 1).clip(min=1).sum() - (np.diff(offsets) > 0).sum())
+        with _threads(self.num_threads):
+            for epoch in range(epochs):
+                t0 = time.perf_counter()
+                loss = self._engine.train_epoch(internal, offsets, len(self.loss_history_))
+                dt = time.perf_counter() - t0
+                self.loss_history_.append(float(loss))
+                self._emb_cache = None
+                if not math.isfinite(loss):
+                    raise RuntimeError(
+                        f"training diverged at epoch {epoch + 1}: loss is {loss}; "
+                        "lower learning_rate"
+                    )
+                if self.verbose:
+                    print(
+                        f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  "
+                        f"{tokens / max(dt, 1e-9):,.0f} tokens/s"
+                    )
+
+    # ------------------------------------------------------------------ state
+    def _check_fitted(self) -> None:
+        if self._engine is None:
+            raise RuntimeError("this SASRec model is not fitted yet: call fit() or load() first")
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        """Original item ids; entry i matches row i of ``item_embeddings``."""
+        self._check_fitted()
+        return self._item_ids
+
+    @property
+    def item_embeddings(self) -> np.ndarray:
+        """(n_items, factors) float32 item embeddings (also the output layer)."""
+        self._check_fitted()
+        if self._emb_cache is None:
+            self._emb_cache = self._engine.item_embeddings()
+            self._emb_cache.setflags(write=False)
+        return self._emb_cache
+
+    @property
+    def n_items(self) -> int:
+        self._check_fitted()
+        return int(self._item_ids.size)
+
+    # ------------------------------------------------------------------ inference
+    def _encode_sessions(self, sessions: Any, name: str) -> Tuple[np.ndarray, np.ndarray]:
+        flat, offsets = flatten_sequences(sessions, name)
+        check_ids_compatible(flat, self._item_ids, name)
+        return encode(flat, self._item_ids), offsets
+
+    def _encode_one(self, session: Any, name: str) -> np.ndarray:
+        if session is None or isinstance(session, (str, bytes)) or not hasattr(session, "__len__"):
+            raise ValueError(f"{name} must be a sequence of item ids, got {session!r}")
+        internal, _ = self._encode_sessions([session], name)
+        return internal[internal > 0]
+
+    def _check_n(self, n: Any) -> int:
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        if n > self._item_ids.size:
+            raise ValueError(f"n ({n}) is larger than the catalogue ({self._item_ids.size} items)")
+        return int(n)
+
+    def _popular(self, n: int, excluded: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        share = self._popularity / max(int(self._popularity.sum()), 1)
+        order = np.lexsort((np.arange(share.size), -share))  # most popular first, ties by id
+        if excluded.size:
+            order = order[~np.isin(order + 1, excluded)]
+        order = order[:n]
+        return order + 1, share[order].astype(np.float32)
+
+    def recommend(
+        self,
+        session: Sequence[Any],
+        n: int = 10,
+        exclude_seen: bool = True,
+        exclude: Optional[Sequence[Any]] = None,
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """Top-n next items for one session of original ids (oldest first).
+
+        Items unknown to the model are ignored.  A session with no known item gets the
+        most popular items, scored by their share of training interactions.  With
+        ``exclude_seen`` the session's items are not recommended; ``exclude`` (e.g. a
+        cart) removes more.  Returns (ids, scores), best first; fewer than n when the
+        exclusions leave fewer items.
+        """
+        self._check_fitted()
+        n = self._check_n(n)
+        known = self._encode_one(session, "session")
+        excl = known if exclude_seen else np.zeros(0, dtype=np.int32)
+        if exclude is not None:
+            extra = self._encode_one(exclude, "exclude")
+            excl = np.concatenate((excl, extra)) if excl.size else extra
+        if known.size == 0:
+            ids, scores = self._popular(n, excl)
+            return self._item_ids[ids - 1], scores
+        with _threads(self.num_threads):
+            ids, scores = self._engine.recommend(
+                known, np.array([0, known.size], dtype=np.int64), n,
+                excl.astype(np.int32, copy=False), np.array([0, excl.size], dtype=np.int64),
+            )
+        ids, scores = ids[0], scores[0]
+        valid = ids > 0
+        if not valid.all():
+            ids, scores = ids[valid], scores[valid]
+        return self._item_ids[ids - 1], scores
+
+    def recommend_batch(
+        self, sessions: Sequence[Sequence[Any]], n: int = 10, exclude_seen: bool = True
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """Top-n for many sessions at once: (ids, scores), each of shape (len(sessions), n).
+
+        Sessions with no known item get the most popular items.  Where exclusions leave
+        fewer than n items, the row ends with score -inf and id -1 (integer ids) or ""
+        (string ids).
+        """
+        self._check_fitted()
+        n = self._check_n(n)
+        internal, offsets = self._encode_sessions(sessions, "sessions")
+        internal, offsets = drop_unknown(internal, offsets)
+        B = offsets.size - 1
+        lengths = np.diff(offsets)
+        ids = np.zeros((B, n), dtype=np.int32)
+        scores = np.full((B, n), -np.inf, dtype=np.float32)
+        warm = np.flatnonzero(lengths > 0)
+        if warm.size:
+            if warm.size == B:
+                w_items, w_off = internal, offsets
+            else:
+                sel = np.repeat(lengths > 0, lengths)
+                w_items = internal[sel]
+                w_off = np.concatenate(([0], np.cumsum(lengths[warm]))).astype(np.int64)
+            ex_items = w_items if exclude_seen else np.zeros(0, dtype=np.int32)
+            ex_off = w_off if exclude_seen else np.zeros(warm.size + 1, dtype=np.int64)
+            with _threads(self.num_threads):
+                wi, ws = self._engine.recommend(w_items, w_off, n, ex_items, ex_off)
+            ids[warm], scores[warm] = wi, ws
+        for b in np.flatnonzero(lengths == 0):
+            pi, ps = self._popular(n, np.zeros(0, dtype=np.int32))
+            ids[b, : pi.size], scores[b, : ps.size] = pi, ps
+        out = self._item_ids[np.maximum(ids, 1) - 1]
+        if (ids == 0).any():
+            fill = "" if self._item_ids.dtype.kind == "U" else -1
+            out = out.copy()
+            out[ids == 0] = fill
+        return out, scores
+
+    def session_embeddings(self, sessions: Sequence[Sequence[Any]]) -> np.ndarray:
+        """(len(sessions), factors) float32: the final hidden state at each session's last
+        position.  Rows of sessions with no known item are NaN."""
+        self._check_fitted()
+        internal, offsets = self._encode_sessions(sessions, "sessions")
+        internal, offsets = drop_unknown(internal, offsets)
+        lengths = np.diff(offsets)
+        out = np.full((lengths.size, self.factors), np.nan, dtype=np.float32)
+        warm = np.flatnonzero(lengths > 0)
+        if warm.size:
+            sel = np.repeat(lengths > 0, lengths)
+            w_off = np.concatenate(([0], np.cumsum(lengths[warm]))).astype(np.int64)
+            with _threads(self.num_threads):
+                out[warm] = self._engine.session_states(internal[sel], w_off)
+        return out
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: "os.PathLike[str] | str") -> None:
+        """Writes the model (config, weights, item ids) to one file, without pickle.
+
+        The file is a zip archive holding ``fastsasrec.json`` (format name and version,
+        the parameters, the tensor layout) and ``.npy`` arrays; it is written to a
+        temporary file and renamed, so a crash never leaves a half-written model."""
+        self._check_fitted()
+        path = os.fspath(path)
+        meta = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "library_version": _library_version(),
+            "params": self.get_params(),
+            "n_items": int(self._item_ids.size),
+            "engine_config": self._engine_config(int(self._item_ids.size)),
+            "tensors": [[n, int(o), list(s)] for n, o, s in self._engine.tensors()],
+            "item_id_kind": "str" if self._item_ids.dtype.kind == "U" else "int",
+            "loss_history": self.loss_history_,
+        }
+        arrays = {
+            "params": self._engine.get_params(),
+            "item_ids": self._item_ids,
+            "popularity": self._popularity,
+        }
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".fastsasrec-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+                z.writestr("fastsasrec.json", json.dumps(meta, indent=1))
+                for name, arr in arrays.items():
+                    buf = io.BytesIO()
+                    np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+                    z.writestr(name + ".npy", buf.getvalue())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: "os.PathLike[str] | str", device: str = "auto") -> "SASRec":
+        """Reads a model written by ``save``.  Raises ValueError for a file that is not a
+        fastsasrec model, is truncated or corrupted, or was written by a newer version."""
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"path {path!r} does not exist")
+        try:
+            with zipfile.ZipFile(path, "r") as z:
+                names = set(z.namelist())
+                if "fastsasrec.json" not in names:
+                    raise ValueError(f"path {path!r} is not a fastsasrec model (no fastsasrec.json)")
+                meta = json.loads(z.read("fastsasrec.json").decode("utf-8"))
+                if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+                    raise ValueError(f"path {path!r} is not a fastsasrec model (format {meta.get('format')!r})"
+                                     if isinstance(meta, dict) else f"path {path!r} is not a fastsasrec model")
+                version = meta.get("format_version")
+                if not isinstance(version, int) or version < 1:
+                    raise ValueError(f"path {path!r}: invalid format_version {version!r}")
+                if version > FORMAT_VERSION:
+                    raise ValueError(
+                        f"path {path!r} was written by a newer fastsasrec (format version {version}; "
+                        f"this version reads up to {FORMAT_VERSION}): upgrade fastsasrec"
+                    )
+                arrays = {}
+                for name in ("params", "item_ids", "popularity"):
+                    if name + ".npy" not in names:
+                        raise ValueError(f"path {path!r} is missing {name}.npy: the file is incomplete")
+                    arrays[name] = np.lib.format.read_array(io.BytesIO(z.read(name + ".npy")), allow_pickle=False)
+        except zipfile.BadZipFile as e:
+            raise ValueError(f"path {path!r} is not a valid fastsasrec model file (truncated or corrupted: {e})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"path {path!r}: corrupted model header ({e})") from None
+        except (EOFError, OSError) as e:
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise ValueError(f"path {path!r}: could not read the model ({e})") from None
+        params = dict(meta["params"])
+        params["device"] = device
+        params["verbose"] = 0 if "verbose" not in params else params["verbose"]
+        try:
+            model = cls(**params)
+        except TypeError as e:
+            raise ValueError(f"path {path!r}: unexpected parameters in the model file ({e})") from None
+        cfg = dict(meta["engine_config"])
+        n_items = int(meta["n_items"])
+        item_ids, pop, flat = arrays["item_ids"], arrays["popularity"], arrays["params"]
+        if item_ids.shape != (n_items,) or pop.shape != (n_items,):
+            raise ValueError(f"path {path!r}: item ids do not match n_items={n_items}")
+        if flat.dtype != np.float32 or flat.ndim != 1:
+            raise ValueError(f"path {path!r}: weights must be a 1-d float32 array, got {flat.dtype} {flat.shape}")
+        engine = _core.Model(cfg, resolve_device(device))
+        if flat.size != engine.n_params:
+            raise ValueError(f"path {path!r}: {flat.size} weights stored, the model needs {engine.n_params}")
+        engine.set_params(flat)
+        model._engine = engine
+        model._item_ids = item_ids
+        model._popularity = pop.astype(np.int64)
+        model._seed_used = int(cfg["seed"])
+        model.loss_history_ = list(meta.get("loss_history", []))
+        return model
+
+
+def _library_version() -> str:
+    from fastsasrec import __version__
+
+    return __version__
