@@ -72,7 +72,7 @@ def flatten_sequences(sequences: Any, name: str = "sequences") -> Tuple[np.ndarr
     """
     seqs = _as_sequence_list(sequences, name)
     lengths = np.empty(len(seqs), dtype=np.int64)
-    parts = []
+    parts, originals = [], []
     for i, s in enumerate(seqs):
         if s is None or isinstance(s, (str, bytes)) or not hasattr(s, "__len__"):
             raise ValueError(
@@ -86,6 +86,7 @@ def flatten_sequences(sequences: Any, name: str = "sequences") -> Tuple[np.ndarr
             raise ValueError(f"{name}[{i}] must be 1-dimensional, got shape {a.shape}")
         lengths[i] = a.size
         parts.append(a.reshape(-1))
+        originals.append(lst)
     offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     if not parts or offsets[-1] == 0:
@@ -99,7 +100,7 @@ def flatten_sequences(sequences: Any, name: str = "sequences") -> Tuple[np.ndarr
     # Mixed, float, bool or object: find the first offending entry and name it.
     saw_int = saw_str = None
     for i, p in enumerate(parts):
-        for j, x in enumerate(p.tolist()):
+        for j, x in enumerate(originals[i] if originals[i] is not None else p.tolist()):
             where = f"{name}[{i}][{j}]"
             _check_item(x, where)
             if isinstance(x, str):

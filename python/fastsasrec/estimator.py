@@ -313,14 +313,15 @@ class SASRec:
     def _encode_one(self, session: Any, name: str) -> np.ndarray:
         if session is None or isinstance(session, (str, bytes)) or not hasattr(session, "__len__"):
             raise ValueError(f"{name} must be a sequence of item ids, got {session!r}")
-        internal, _ = self._encode_sessions([session], name)
+        try:
+            internal, _ = self._encode_sessions([session], name)
+        except ValueError as e:  # name the position inside this one session
+            raise ValueError(str(e).replace(f"{name}[0]", name)) from None
         return internal[internal > 0]
 
     def _check_n(self, n: Any) -> int:
         if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
-        if n > self._item_ids.size:
-            raise ValueError(f"n ({n}) is larger than the catalogue ({self._item_ids.size} items)")
         return int(n)
 
     def _popular(self, n: int, excluded: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -344,7 +345,7 @@ class SASRec:
         most popular items, scored by their share of training interactions.  With
         ``exclude_seen`` the session's items are not recommended; ``exclude`` (e.g. a
         cart) removes more.  Returns (ids, scores), best first; fewer than n when the
-        exclusions leave fewer items.
+        catalogue, less the exclusions, has fewer items.
         """
         self._check_fitted()
         n = self._check_n(n)
@@ -358,7 +359,7 @@ class SASRec:
             return self._item_ids[ids - 1], scores
         with _threads(self.num_threads):
             ids, scores = self._engine.recommend(
-                known, np.array([0, known.size], dtype=np.int64), n,
+                known, np.array([0, known.size], dtype=np.int64), min(n, self._item_ids.size),
                 excl.astype(np.int32, copy=False), np.array([0, excl.size], dtype=np.int64),
             )
         ids, scores = ids[0], scores[0]
@@ -372,8 +373,8 @@ class SASRec:
     ) -> Tuple[np.ndarray, np.ndarray]:
         """Top-n for many sessions at once: (ids, scores), each of shape (len(sessions), n).
 
-        Sessions with no known item get the most popular items.  Where exclusions leave
-        fewer than n items, the row ends with score -inf and id -1 (integer ids) or ""
+        Sessions with no known item get the most popular items.  Where the catalogue,
+        less the exclusions, has fewer than n items, the row ends with score -inf and id -1 (integer ids) or ""
         (string ids).
         """
         self._check_fitted()
@@ -394,9 +395,10 @@ class SASRec:
                 w_off = np.concatenate(([0], np.cumsum(lengths[warm]))).astype(np.int64)
             ex_items = w_items if exclude_seen else np.zeros(0, dtype=np.int32)
             ex_off = w_off if exclude_seen else np.zeros(warm.size + 1, dtype=np.int64)
+            k = min(n, self._item_ids.size)
             with _threads(self.num_threads):
-                wi, ws = self._engine.recommend(w_items, w_off, n, ex_items, ex_off)
-            ids[warm], scores[warm] = wi, ws
+                wi, ws = self._engine.recommend(w_items, w_off, k, ex_items, ex_off)
+            ids[warm, :k], scores[warm, :k] = wi, ws
         for b in np.flatnonzero(lengths == 0):
             pi, ps = self._popular(n, np.zeros(0, dtype=np.int32))
             ids[b, : pi.size], scores[b, : ps.size] = pi, ps

@@ -203,6 +203,14 @@ def attention_dropout(u, R, H, T, p):
     return dropout_multiplier(np.asarray(u)[: R * H * T].reshape(R, H, T), p)
 
 
+def attention_weights(Q, K, cu, H, drop=None):
+    """(P, M, lse): the softmax probabilities P (H, R, R) of every query row over every key
+    row (zero outside the row's causal window), the dropout multipliers M (H, R, R) laid
+    out the same way (ones in the window without dropout), and lse (R, H)."""
+    _, _, _, P, M, lse, _ = _attention_dense(Q, K, K, cu, H, drop)
+    return P, M, lse
+
+
 def _attention_dense(Q, K, V, cu, H, drop):
     Q, K, V = (np.asarray(a, np.float64) for a in (Q, K, V))
     R, C = Q.shape
@@ -218,7 +226,7 @@ def _attention_dense(Q, K, V, cu, H, drop):
     lse = smax + np.log(np.exp(S - smax).sum(axis=2, keepdims=True))  # (H, R, 1)
     P = np.exp(S - lse)
     if drop is None:
-        M = np.ones_like(P)
+        M = allowed[None].astype(np.float64).repeat(H, axis=0)
     else:
         T = drop.shape[2]
         rel = np.clip(rows[None, :] - start[:, None], 0, T - 1)  # key offset in its sequence
@@ -290,6 +298,16 @@ def bce_loss(h, E, targets, negatives, grad_scale):
     return loss, dh, dE
 
 
+def sampled_softmax_logits(h, E, targets, negatives):
+    """(R, 1 + N) logits [h.E[tgt], h.E[neg_1..N]], -inf where neg_j == tgt_r."""
+    h = np.asarray(h, np.float64)
+    E = np.asarray(E, np.float64)
+    t, n = np.asarray(targets), np.asarray(negatives)
+    logits = np.concatenate([np.sum(h * E[t], axis=1)[:, None], h @ E[n].T], axis=1)
+    logits[:, 1:] = np.where(n[None, :] == t[:, None], -np.inf, logits[:, 1:])
+    return logits
+
+
 def sampled_softmax_loss(h, E, targets, negatives, grad_scale):
     """Sampled softmax with N negatives shared by all rows.
 
@@ -300,17 +318,16 @@ def sampled_softmax_loss(h, E, targets, negatives, grad_scale):
     h = np.asarray(h, np.float64)
     E = np.asarray(E, np.float64)
     t, n = np.asarray(targets), np.asarray(negatives)
-    W = np.concatenate([E[t][:, None, :], np.broadcast_to(E[n], (len(t),) + E[n].shape)], axis=1)
-    logits = np.einsum("rc,rkc->rk", h, W)  # (R, 1 + N)
-    logits[:, 1:] = np.where(n[None, :] == t[:, None], -np.inf, logits[:, 1:])
+    Et, En = E[t], E[n]
+    logits = sampled_softmax_logits(h, E, t, n)
     lz = _logsumexp(logits, axis=1)
     loss = lz - logits[:, 0]
     ds = np.exp(logits - lz[:, None])
     ds[:, 0] -= 1.0
     ds *= float(grad_scale)
-    dh = np.einsum("rk,rkc->rc", ds, W)
+    dh = ds[:, :1] * Et + ds[:, 1:] @ En
     dE = np.zeros_like(E)
-    np.add.at(dE, t, ds[:, 0:1] * h)
+    np.add.at(dE, t, ds[:, :1] * h)
     np.add.at(dE, n, ds[:, 1:].T @ h)
     return loss, dh, dE
 

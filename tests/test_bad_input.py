@@ -1,0 +1,206 @@
+"""Bad input gets a clear exception naming the argument and the value."""
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import fastsasrec
+from fastsasrec import SASRec
+
+SMALL = dict(factors=8, n_layers=1, max_seq=5, n_negatives=2, iterations=1, num_threads=1)
+SEQS = [[1, 2, 3, 4], [2, 3, 4, 5], [5, 4, 3]]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return SASRec(**SMALL).fit(SEQS)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(factors=0), "factors must be >= 1, got 0"),
+        (dict(factors=-3), "factors must be >= 1, got -3"),
+        (dict(factors=2.5), "factors must be an integer"),
+        (dict(factors=True), "factors must be an integer"),
+        (dict(n_layers=-1), "n_layers"),
+        (dict(n_heads=0), "n_heads must be >= 1, got 0"),
+        (dict(factors=10, n_heads=3), r"factors \(10\) must be divisible by n_heads \(3\)"),
+        (dict(max_seq=0), "max_seq must be in 1..65536, got 0"),
+        (dict(dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
+        (dict(dropout=-0.1), "dropout"),
+        (dict(dropout=float("nan")), "dropout must be a finite number"),
+        (dict(loss="mse"), "loss must be one of"),
+        (dict(n_negatives=0), "n_negatives must be >= 1, got 0"),
+        (dict(learning_rate=0), "learning_rate must be > 0, got 0"),
+        (dict(learning_rate=float("inf")), "learning_rate must be a finite number"),
+        (dict(weight_decay=-1), "weight_decay"),
+        (dict(batch_size=0), "batch_size must be >= 1, got 0"),
+        (dict(iterations=-1), "iterations must be >= 0, got -1"),
+        (dict(device="tpu"), "device must be one of"),
+        (dict(random_state=-1), "random_state"),
+        (dict(num_threads=-2), "num_threads"),
+    ],
+)
+def test_bad_hyperparameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SASRec(**kwargs)
+
+
+def test_cuda_device_is_a_clear_error_without_backend():
+    if fastsasrec.cuda_available():
+        pytest.skip("a usable CUDA backend is present")
+    with pytest.raises(ValueError, match="device='cuda' is not available"):
+        SASRec(device="cuda")
+    assert SASRec(device="auto", **SMALL).fit(SEQS).recommend([1], n=1)[0].size == 1
+
+
+@pytest.mark.parametrize(
+    "seqs, match",
+    [
+        ([], "sequences is empty"),
+        (None, "got None"),
+        ("abc", "got a string"),
+        ([[1, 2], None], r"sequences\[1\] must be a sequence"),
+        ([[1, 2], 5], r"sequences\[1\] must be a sequence"),
+        ([[1, None, 3]], r"sequences\[0\]\[1\] is None"),
+        ([[1, float("nan"), 3]], r"sequences\[0\]\[1\] is NaN"),
+        ([[1, 2.5, 3]], r"sequences\[0\]\[1\] is the float 2.5"),
+        ([[1, 2], ["a", "b"]], "all integers or all strings"),
+        ([[1, "a", 2]], "all integers or all strings"),
+        ([[True, False]], "boolean"),
+        ([[1], [2]], "fewer than 2 items: nothing to train on"),
+        ([[[1, 2], [3, 4]]], "must be 1-dimensional"),
+    ],
+)
+def test_bad_sequences(seqs, match):
+    with pytest.raises(ValueError, match=match):
+        SASRec(**SMALL).fit(seqs)
+
+
+def test_short_sequences_skipped_with_one_warning():
+    with pytest.warns(UserWarning, match="skipped 2 of 5 sequences with fewer than 2 items") as rec:
+        m = SASRec(**SMALL).fit(SEQS + [[9], []])
+    assert len(rec) == 1
+    assert 9 not in m.item_ids.tolist(), "items seen only in skipped sequences have no embedding"
+
+
+def test_n_negatives_must_be_below_catalogue():
+    with pytest.raises(ValueError, match=r"n_negatives \(5\) must be smaller than the catalogue \(5 items\)"):
+        SASRec(**dict(SMALL, n_negatives=5)).fit(SEQS)
+
+
+def test_not_fitted():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        SASRec().recommend([1])
+
+
+@pytest.mark.parametrize("n, match", [(0, "n must be a positive integer"), (-1, "n must be"),
+                                      (2.0, "n must be"), (True, "n must be")])
+def test_bad_n(model, n, match):
+    with pytest.raises(ValueError, match=match):
+        model.recommend([1, 2], n=n)
+    with pytest.raises(ValueError, match=match):
+        model.recommend_batch([[1, 2]], n=n)
+
+
+def test_bad_sessions(model):
+    with pytest.raises(ValueError, match=r"session\[1\] is None"):
+        model.recommend([1, None])
+    with pytest.raises(ValueError, match="session must be a sequence of item ids"):
+        model.recommend(5)
+    with pytest.raises(ValueError, match="this model's item ids are integers"):
+        model.recommend(["a", "b"])
+    with pytest.raises(ValueError, match=r"sessions\[1\]\[0\] is NaN"):
+        model.recommend_batch([[1], [float("nan")]])
+
+
+def test_engine_rejects_wrong_arrays(model):
+    core = model._engine
+    with pytest.raises(ValueError, match="items must have dtype int32, got int64"):
+        core.train_epoch(np.array([1, 2], dtype=np.int64), np.array([0, 2], dtype=np.int64), 0)
+    with pytest.raises(ValueError, match="offsets must be 1-dimensional"):
+        core.train_epoch(np.array([1, 2], dtype=np.int32), np.array([[0, 2]], dtype=np.int64), 0)
+    with pytest.raises(ValueError, match="item id 99 at position 1 is outside 1..5"):
+        core.train_epoch(np.array([1, 99], dtype=np.int32), np.array([0, 2], dtype=np.int64), 0)
+    with pytest.raises(ValueError, match=r"offsets\[-1\] \(3\) must equal the number of items \(2\)"):
+        core.train_epoch(np.array([1, 2], dtype=np.int32), np.array([0, 3], dtype=np.int64), 0)
+    with pytest.raises(ValueError, match="must be a numpy array"):
+        core.session_states([1, 2], np.array([0, 2], dtype=np.int64))
+    with pytest.raises(ValueError, match="params must have"):
+        core.set_params(np.zeros(3, dtype=np.float32))
+
+
+def test_n_larger_than_catalogue(model):
+    ids, scores = model.recommend([1], n=99)
+    assert ids.size == 4 and 1 not in ids.tolist()  # 5 items, one seen
+    bids, bscores = model.recommend_batch([[1]], n=7)
+    assert bids.shape == (1, 7)
+    assert (bids[0, 4:] == -1).all() and np.isneginf(bscores[0, 4:]).all()
+
+
+class TestLoad:
+    def test_missing(self, tmp_path):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            SASRec.load(tmp_path / "nope.fsr")
+
+    def test_foreign_file(self, tmp_path):
+        p = tmp_path / "foreign.fsr"
+        p.write_bytes(b"this is not a model at all")
+        with pytest.raises(ValueError, match="not a valid fastsasrec model file"):
+            SASRec.load(p)
+
+    def test_foreign_zip(self, tmp_path):
+        p = tmp_path / "other.zip"
+        with zipfile.ZipFile(p, "w") as z:
+            z.writestr("hello.txt", "hi")
+        with pytest.raises(ValueError, match="not a fastsasrec model"):
+            SASRec.load(p)
+
+    def test_truncated(self, model, tmp_path):
+        p = tmp_path / "m.fsr"
+        model.save(p)
+        data = p.read_bytes()
+        for cut in (len(data) // 3, len(data) - 10):
+            q = tmp_path / f"cut{cut}.fsr"
+            q.write_bytes(data[:cut])
+            with pytest.raises(ValueError):
+                SASRec.load(q)
+
+    def test_corrupted_weights(self, model, tmp_path):
+        p = tmp_path / "m.fsr"
+        model.save(p)
+        data = bytearray(p.read_bytes())
+        i = data.find(b"params.npy")
+        data[i + 200] ^= 0xFF  # flip bits inside the stored weights: the CRC catches it
+        q = tmp_path / "bad.fsr"
+        q.write_bytes(bytes(data))
+        with pytest.raises(ValueError):
+            SASRec.load(q)
+
+    def test_newer_version(self, model, tmp_path):
+        import json
+
+        p = tmp_path / "m.fsr"
+        model.save(p)
+        q = tmp_path / "newer.fsr"
+        with zipfile.ZipFile(p) as zin, zipfile.ZipFile(q, "w") as zout:
+            for item in zin.namelist():
+                data = zin.read(item)
+                if item == "fastsasrec.json":
+                    meta = json.loads(data)
+                    meta["format_version"] = 99
+                    data = json.dumps(meta).encode()
+                zout.writestr(item, data)
+        with pytest.raises(ValueError, match="newer fastsasrec"):
+            SASRec.load(q)
+
+    def test_save_never_leaves_partial_file(self, model, tmp_path):
+        p = tmp_path / "m.fsr"
+        model.save(p)
+        before = p.read_bytes()
+        with pytest.raises(FileNotFoundError):
+            model.save(tmp_path / "no-such-dir" / "m.fsr")
+        assert p.read_bytes() == before
+        assert os.listdir(tmp_path) == ["m.fsr"]

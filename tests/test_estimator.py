@@ -1,0 +1,158 @@
+"""Behaviour of the SASRec estimator: learning, determinism, files, the API contract."""
+import numpy as np
+import pytest
+
+from fastsasrec import SASRec
+from conftest import chain_sessions
+
+SMALL = dict(factors=24, n_layers=2, n_heads=2, max_seq=12, dropout=0.1, n_negatives=16,
+             batch_size=64, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def trained(chain_data):
+    return SASRec(iterations=60, random_state=3, **SMALL).fit(chain_data)
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "bce", "softmax"])
+def test_loss_falls_and_next_item_is_found(chain_data, loss):
+    model = SASRec(loss=loss, iterations=60, random_state=1, **SMALL).fit(chain_data)
+    hist = model.loss_history_
+    assert len(hist) == 60
+    assert hist[-1] < 0.5 * hist[0], f"{loss}: loss went {hist[0]:.3f} -> {hist[-1]:.3f}"
+    # In the chain data, 110, 111, 112 is always followed by 113.
+    hits = 0
+    for start in range(0, 40, 4):
+        session = [100 + (start + k) % 40 for k in range(4)]
+        want = 100 + (start + 4) % 40
+        ids, _ = model.recommend(session, n=1)
+        hits += int(ids[0] == want)
+    assert hits >= 9, f"{loss}: the true next item was top-1 for only {hits}/10 sessions"
+
+
+def test_recommend_contract(trained):
+    ids, scores = trained.recommend([110, 111, 112], n=5)
+    assert ids.shape == (5,) and scores.shape == (5,)
+    assert scores.dtype == np.float32
+    assert np.all(np.diff(scores) <= 0), "scores must be sorted best first"
+    assert not {110, 111, 112} & set(ids.tolist()), "seen items must be excluded"
+    ids2, _ = trained.recommend([110, 111, 112], n=5, exclude_seen=False)
+    ids3, _ = trained.recommend([110, 111, 112], n=5, exclude=[113])
+    assert 113 not in ids3.tolist()
+    assert set(ids.tolist()) <= set(trained.item_ids.tolist())
+    # scores are the model's: h . E
+    h = trained.session_embeddings([[110, 111, 112]])[0]
+    E = trained.item_embeddings
+    col = {v: i for i, v in enumerate(trained.item_ids.tolist())}
+    np.testing.assert_allclose(scores, E[[col[i] for i in ids]] @ h, rtol=1e-4, atol=1e-4)
+    assert ids2.shape == (5,)
+
+
+def test_unknown_items_and_cold_sessions(trained):
+    ids_a, s_a = trained.recommend([110, 111, 112], n=3)
+    ids_b, s_b = trained.recommend([99999, 110, 111, -5, 112], n=3)
+    # unknown ids are ignored entirely
+    np.testing.assert_array_equal(ids_a, ids_b)
+    np.testing.assert_allclose(s_a, s_b, rtol=1e-6)
+    cold_ids, cold_scores = trained.recommend([99999, 123456], n=4)
+    pop = trained._popularity
+    expect = trained.item_ids[np.argsort(-pop, kind="stable")[:4]]
+    np.testing.assert_array_equal(cold_ids, expect)
+    assert np.all(np.diff(cold_scores) <= 0)
+    assert trained.recommend([], n=2)[0].shape == (2,)
+
+
+def test_recommend_batch_matches_single(trained):
+    sessions = [[110, 111], [130, 131, 132, 133], [99999], [120]]
+    ids, scores = trained.recommend_batch(sessions, n=4)
+    assert ids.shape == (4, 4) and scores.shape == (4, 4)
+    for b, s in enumerate(sessions):
+        i1, s1 = trained.recommend(s, n=4)
+        np.testing.assert_array_equal(ids[b], i1)
+        np.testing.assert_allclose(scores[b], s1, rtol=1e-5, atol=1e-6)
+
+
+def test_recommend_batch_pads_when_exclusions_leave_too_few():
+    seqs = [[1, 2, 3], [2, 3, 1], [3, 1, 2]]
+    m = SASRec(factors=8, n_layers=1, max_seq=4, n_negatives=1, iterations=2, num_threads=1).fit(seqs)
+    ids, scores = m.recommend_batch([[1, 2]], n=3)
+    assert ids[0, 0] == 3 and ids[0, 1] == -1 and ids[0, 2] == -1
+    assert np.isneginf(scores[0, 1:]).all()
+    one, _ = m.recommend([1, 2], n=3)
+    assert one.tolist() == [3]
+
+
+def test_session_embeddings(trained):
+    E = trained.session_embeddings([[110, 111], [99999], [110, 111]])
+    assert E.shape == (3, SMALL["factors"]) and E.dtype == np.float32
+    assert np.isnan(E[1]).all()
+    np.testing.assert_array_equal(E[0], E[2])
+    # only the last max_seq items matter
+    long = list(range(100, 140)) * 2
+    a = trained.session_embeddings([long])[0]
+    b = trained.session_embeddings([long[-SMALL["max_seq"]:]])[0]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_item_ids_and_embeddings_align(trained, chain_data):
+    ids = trained.item_ids
+    assert sorted(set(x for s in chain_data for x in s)) == ids.tolist()
+    E = trained.item_embeddings
+    assert E.shape == (ids.size, SMALL["factors"]) and E.dtype == np.float32
+
+
+def test_string_ids():
+    seqs = [[f"p{x}" for x in s] for s in chain_sessions(n_sessions=200, n_items=30, seed=5)]
+    m = SASRec(iterations=40, **SMALL).fit(seqs)
+    assert m.item_ids.dtype.kind == "U"
+    ids, _ = m.recommend(["p103", "p104", "p105"], n=1)
+    assert ids[0] == "p106"
+
+
+def test_determinism(chain_data):
+    a = SASRec(iterations=3, random_state=7, **SMALL).fit(chain_data)
+    b = SASRec(iterations=3, random_state=7, **SMALL).fit(chain_data)
+    c = SASRec(iterations=3, random_state=8, **SMALL).fit(chain_data)
+    assert a.loss_history_ == b.loss_history_
+    np.testing.assert_array_equal(a.item_embeddings, b.item_embeddings)
+    assert not np.array_equal(a.item_embeddings, c.item_embeddings)
+
+
+def test_determinism_two_threads(chain_data):
+    kw = dict(SMALL, num_threads=2)
+    a = SASRec(iterations=2, random_state=7, **kw).fit(chain_data)
+    b = SASRec(iterations=2, random_state=7, **kw).fit(chain_data)
+    np.testing.assert_array_equal(a.item_embeddings, b.item_embeddings)
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    path = tmp_path / "model.fsr"
+    trained.save(path)
+    loaded = SASRec.load(path, device="cpu")
+    sessions = [[110, 111, 112], [130], [99999], [125, 126, 127, 128, 129]]
+    for s in sessions:
+        a, sa = trained.recommend(s, n=5)
+        b, sb = loaded.recommend(s, n=5)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(sa, sb)
+    np.testing.assert_array_equal(loaded.item_ids, trained.item_ids)
+    np.testing.assert_array_equal(loaded.item_embeddings, trained.item_embeddings)
+    assert loaded.get_params() == dict(trained.get_params(), device="cpu")
+    assert not list(tmp_path.glob(".fastsasrec-*")), "no temporary file may be left behind"
+
+
+def test_sklearn_style_params():
+    m = SASRec(factors=32)
+    assert m.get_params()["factors"] == 32
+    m.set_params(factors=16, n_heads=2)
+    assert m.factors == 16
+    assert "factors=16" in repr(m)
+    with pytest.raises(ValueError, match="unknown parameter"):
+        m.set_params(colour="red")
+
+
+def test_pandas_series_input(chain_data):
+    pd = pytest.importorskip("pandas")
+    s = pd.Series(chain_data[:100])
+    m = SASRec(iterations=1, **SMALL).fit(s)
+    assert m.n_items > 0
