@@ -21,7 +21,18 @@ def _preload_blas() -> None:
             return
 
 
+def _quiet_openmp() -> None:
+    # OpenMP threads that busy-wait between parallel regions are fast on an idle machine
+    # and disastrous on a shared one (a laptop, a CI runner, a notebook next to other
+    # work): a descheduled peer makes every barrier cost a scheduler time slice.  Waiting
+    # passively costs little here (a few microseconds per region), so it is the default
+    # unless the user chose a policy.  libgomp reads this when it is first loaded.
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "passive"
+
+
 def load_core():
+    _quiet_openmp()
     _preload_blas()
     try:
         return importlib.import_module("fastsasrec._core")

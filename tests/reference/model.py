@@ -223,6 +223,7 @@ def finite_difference_check(f, params, grads, rng, n_coords=None, eps=1e-6):
     out = []
     for name, p in params.items():
         flat = p.reshape(-1)
+        assert np.shares_memory(flat, p), f"{name}: pass C-contiguous arrays (perturbed in place)"
         idx = np.arange(flat.size)
         if n_coords is not None and flat.size > n_coords:
             idx = rng.choice(flat.size, size=n_coords, replace=False)

@@ -1,0 +1,5 @@
+import sys
+
+from fastsasrec.cli import main
+
+sys.exit(main())

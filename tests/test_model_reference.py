@@ -1,0 +1,210 @@
+"""The whole engine model (fastsasrec._core.Model) against the float64 reference model
+(tests/reference/model.py) on tiny configurations:
+
+  (a) golden: the loss and every parameter gradient of one training step (dropout on,
+      step 3) match the reference given the same parameters and the same dropout masks;
+  (b) the reference model's own gradients pass a float64 finite-difference check;
+  (c) the engine's gradients pass a float32 directional finite-difference check on the
+      engine alone (the dropout masks are fixed by the step, so the loss is a fixed
+      function of the parameters).
+"""
+import numpy as np
+import pytest
+
+import fastsasrec
+from reference import model as RM
+
+CORE = fastsasrec._core
+LOSSES = ["bce", "sampled_softmax", "softmax"]
+STEP = 3
+
+GOLDEN = dict(n_items=11, factors=12, n_heads=2, n_layers=2, max_seq=6, dropout=0.3,
+              n_negatives=5, seed=7)
+CONFIGS = {  # name -> overrides of GOLDEN
+    "golden": {},
+    "ffn7-h4-l1": dict(n_heads=4, n_layers=1, ffn_factors=7, dropout=0.2, max_seq=5),  # D = 3
+    "l0": dict(n_layers=0),                                  # embedding -> final norm -> loss
+    "c13-h1-nodrop": dict(factors=13, n_heads=1, dropout=0.0, max_seq=4, ln_eps=1e-5),
+}
+
+# Sequences of item ids 1..11: a 2-item sequence (one packed row, T = 1 attention), a
+# 1-item sequence (skipped by build_batch), one longer than max_seq + 1 (truncated to its
+# most recent items), repeated items (the embedding scatter accumulates).
+SEQUENCES = [[3, 3, 5, 1, 2, 9, 10, 4, 4], [7, 2], [6], [1, 2, 3], [11, 1, 5, 6, 7, 8], [5, 5, 5, 2]]
+
+
+def _flat_sequences():
+    items = np.concatenate(SEQUENCES).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in SEQUENCES])]).astype(np.int64)
+    return items, offsets
+
+
+def _setup(config_name, loss, seed):
+    """(model, cfg, batch, float32 params): the model's initial parameters plus noise (so
+    biases and layernorm gains are not trivially 0 / 1), and a batch from build_batch."""
+    cfg = dict(GOLDEN, **CONFIGS[config_name], loss=loss)
+    model = CORE.Model(cfg)
+    rng = np.random.default_rng(seed)
+    params = (model.get_params() + 0.1 * rng.standard_normal(model.n_params)).astype(np.float32)
+    model.set_params(params)
+    items, offsets = _flat_sequences()
+    batch = model.build_batch(items, offsets, np.arange(len(SEQUENCES), dtype=np.int64), STEP)
+    return model, cfg, batch, params
+
+
+def _run(model, batch, train, grad, step=STEP):
+    return model.forward_backward(batch["items"], batch["targets"], batch["pos"], batch["cu"],
+                                  batch["negatives"], train=train, grad=grad, step=step)
+
+
+# --------------------------------------------------------------------------- batches
+@pytest.mark.parametrize("loss", LOSSES)
+def test_build_batch_matches_reference(loss):
+    cfg = dict(GOLDEN, loss=loss)
+    model = CORE.Model(cfg)
+    items, offsets = _flat_sequences()
+    seqs = np.array([4, 0, 2, 1, 3, 5], np.int64)  # any order; sequence 2 has one item
+    for step in (1, STEP, 1000):
+        got = model.build_batch(items, offsets, seqs, step)
+        ref = RM.build_batch(items, offsets, seqs, cfg, step)
+        for k in ("items", "targets", "pos", "cu", "negatives"):
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{loss} step {step}: {k}")
+    assert np.diff(got["cu"]).min() == 1, "the 2-item sequence must give a 1-row sequence"
+    assert np.diff(got["cu"]).max() == cfg["max_seq"], "the long sequence must be truncated"
+
+
+# --------------------------------------------------------------------------- (a) golden
+# Tolerances of the float32 engine against the float64 reference, for these tiny models
+# (reductions of <= 2C = 26 terms, two layers):
+#  * the mean loss: 1e-6 relative.  Every op's float32 error is <= 4 (n + 4) u ~ 7e-6 of
+#    its magnitude (test_ops), but these errors are independent roundings that largely
+#    average out in a mean over R rows; the observed difference is ~1e-8 relative.
+#  * each gradient tensor: 3e-5 of the tensor's largest entry.  Gradients are sums over
+#    rows whose small entries come from cancellation, so an entrywise relative
+#    tolerance would be meaningless; the scale is the tensor's magnitude.  The backward
+#    chains ~15 ops per layer, each within ~4e-6 of its magnitude; the observed worst is
+#    ~2e-6, a 15x margin.  A wrong mask, scale, eps, or a missing term moves entries by
+#    1e-3 or more of the tensor's scale.
+LOSS_RTOL = 1e-6
+GRAD_RTOL = 3e-5
+
+GOLDEN_CASES = [(c, l, True) for c in CONFIGS for l in LOSSES] + [("golden", l, False) for l in LOSSES]
+
+
+@pytest.mark.parametrize("config_name,loss,train", GOLDEN_CASES,
+                         ids=[f"{c}-{l}-{'train' if t else 'eval'}" for c, l, t in GOLDEN_CASES])
+def test_golden_loss_and_gradients(config_name, loss, train):
+    seed = 1000 + 10 * list(CONFIGS).index(config_name) + LOSSES.index(loss)
+    model, cfg, batch, _ = _setup(config_name, loss, seed)
+    tensors = model.tensors()
+    got_loss = _run(model, batch, train=train, grad=True)
+    got = RM.unflatten(model.get_grads(), tensors)
+    params = RM.unflatten(model.get_params(), tensors)
+    assert [t[0] for t in tensors] == RM.tensor_names(cfg), "tensor names / order"
+    shapes = RM.tensor_shapes(cfg)
+    assert all(tuple(t[2]) == shapes[t[0]] for t in tensors), "tensor shapes"
+
+    ref_loss, ref = RM.forward_backward(params, batch, cfg, STEP, train=train, grad=True)
+    assert abs(got_loss - ref_loss) <= LOSS_RTOL * abs(ref_loss), (
+        f"{config_name}/{loss}: loss {got_loss!r} vs reference {ref_loss!r} (seed {seed})")
+    for name, _, _ in tensors:
+        scale = np.abs(ref[name]).max()
+        err = np.abs(got[name] - ref[name])
+        i = np.unravel_index(np.argmax(err), err.shape)
+        assert err.max() <= GRAD_RTOL * scale + 1e-12, (
+            f"{config_name}/{loss}: gradient of {name} at {i}: engine {got[name][i]!r}, "
+            f"reference {ref[name][i]!r}, |err| {err.max():.3e} > {GRAD_RTOL} x {scale:.3e} (seed {seed})")
+    assert not got["item_emb"][0].any(), "gradient of the padding row"
+    if loss != "softmax":  # items in no input, target or negative get exactly no gradient
+        used = set(batch["items"]) | set(batch["targets"]) | set(batch["negatives"])
+        unused = [i for i in range(1, cfg["n_items"] + 1) if i not in used]
+        assert not got["item_emb"][unused].any(), f"gradient on untouched items {unused}"
+
+
+def test_forward_only_leaves_gradients_and_matches_training_loss():
+    model, cfg, batch, _ = _setup("golden", "sampled_softmax", 1100)
+    train_loss = _run(model, batch, train=True, grad=True)
+    grads = model.get_grads()
+    assert _run(model, batch, train=True, grad=False) == train_loss, "same step, same masks"
+    np.testing.assert_array_equal(model.get_grads(), grads)
+    other = _run(model, batch, train=True, grad=False, step=STEP + 1)
+    assert other != train_loss, "another step must draw other dropout masks"
+
+
+def test_repeatable_and_independent_of_earlier_batches():
+    """Same thread count, same inputs: bit-identical loss and gradients, also after a
+    larger batch has grown (and dirtied) the activation arenas."""
+    model, cfg, batch, params = _setup("golden", "sampled_softmax", 1200)
+    loss1 = _run(model, batch, train=True, grad=True)
+    grads1 = model.get_grads()
+    items, offsets = _flat_sequences()
+    n = len(items)
+    big_offsets = np.concatenate([offsets[:-1] + k * n for k in range(5)] + [[5 * n]]).astype(np.int64)
+    big = model.build_batch(np.tile(items, 5), big_offsets,
+                            np.arange(5 * len(SEQUENCES), dtype=np.int64), STEP + 1)
+    assert len(big["items"]) > len(batch["items"])
+    _run(model, big, train=True, grad=True, step=STEP + 1)
+    assert _run(model, batch, train=True, grad=True) == loss1
+    np.testing.assert_array_equal(model.get_grads(), grads1)
+
+
+# --------------------------------------------------------------------------- (b) reference FD
+@pytest.mark.parametrize("loss", LOSSES)
+def test_reference_model_finite_differences(loss):
+    seed = 2000 + LOSSES.index(loss)
+    model, cfg, batch, _ = _setup("golden", loss, seed)
+    params = {k: np.ascontiguousarray(v) for k, v in RM.unflatten(model.get_params(), model.tensors()).items()}
+    _, grads = RM.forward_backward(params, batch, cfg, STEP, train=True, grad=True)
+    f = lambda p: RM.forward_backward(p, batch, cfg, STEP, train=True, grad=False)[0]  # noqa: E731
+    results = RM.finite_difference_check(f, params, grads, np.random.default_rng(seed), n_coords=4, eps=1e-6)
+    # float64 central differences, eps = 1e-6: truncation ~eps^2 |f'''| ~ 1e-12 and rounding
+    # ~1e-16 |f| / eps ~ 3e-10; 1e-6 relative + 1e-8 absolute is well above both, and far
+    # below any real error in a gradient formula.  (A ReLU kink within 1e-6 of a sampled
+    # coordinate would break the check; with these fixed seeds none is.)
+    for name, i, an, num in results:
+        assert abs(an - num) <= 1e-6 * abs(num) + 1e-8, (
+            f"{loss}: reference gradient of {name}[{i}] = {an!r}, finite difference {num!r} (seed {seed})")
+
+
+# --------------------------------------------------------------------------- (c) engine FD
+# Directional central differences of the float32 engine, one random unit direction per
+# parameter tensor and one over all parameters.  The perturbed parameters are rounded to
+# float32, so the directional derivative is compared on the perturbation actually applied:
+#     L(theta + Delta/2) - L(theta - Delta/2)  vs  g . Delta,  Delta = fl(theta + eps d) - fl(theta - eps d).
+# eps = 3e-3 balances the float32 evaluation error of the loss (~1e-8 |L| measured in (a),
+# so <= ~1e-5 after dividing by 2 eps) against truncation (eps^2 |L'''| / 6, ~1e-5 relative)
+# and against ReLU units crossing zero inside [-eps, eps] (each moves the quotient by
+# ~1/(R F) of it, ~0.3%).  Allowed: 1% of |g . Delta| / (2 eps) plus 2e-4 absolute; the
+# observed worst is ~10% of that allowance.
+FD32_EPS = 3e-3
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_engine_directional_finite_differences(loss):
+    seed = 3000 + LOSSES.index(loss)
+    model, cfg, batch, theta = _setup("golden", loss, seed)
+    _run(model, batch, train=True, grad=True)
+    g = model.get_grads().astype(np.float64)
+    rng = np.random.default_rng(seed)
+    theta64 = theta.astype(np.float64)
+    directions = []
+    for name, off, shape in model.tensors():
+        d = np.zeros(model.n_params)
+        n = int(np.prod(shape))
+        d[off: off + n] = rng.standard_normal(n)
+        directions.append((name, d / np.linalg.norm(d)))
+    d = rng.standard_normal(model.n_params)
+    directions.append(("all parameters", d / np.linalg.norm(d)))
+    for name, d in directions:
+        plus = (theta64 + FD32_EPS * d).astype(np.float32)
+        minus = (theta64 - FD32_EPS * d).astype(np.float32)
+        model.set_params(plus)
+        lp = _run(model, batch, train=True, grad=False)
+        model.set_params(minus)
+        lm = _run(model, batch, train=True, grad=False)
+        delta = plus.astype(np.float64) - minus.astype(np.float64)
+        fd = (lp - lm) / (2 * FD32_EPS)
+        an = (g @ delta) / (2 * FD32_EPS)
+        assert abs(fd - an) <= 1e-2 * abs(an) + 2e-4, (
+            f"{loss}: direction in {name}: finite difference {fd!r}, gradient {an!r} (seed {seed})")
+    model.set_params(theta)

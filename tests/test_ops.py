@@ -1,0 +1,616 @@
+"""Every CPU op of the engine (fastsasrec._core.ops) against the float64 reference
+(tests/reference/ops.py), forward and backward, on random and awkward shapes; plus a
+finite-difference check of the reference's own backward passes.
+
+Each case carries a fixed seed in its id (``s<seed>``); failures repeat the seed.
+Tolerances follow the error model of tests/reference/__init__.py: ``bound(n, mag)``
+= 4 (n + 4) u32 mag, with n the length of the op's reductions and mag the op evaluated
+on absolute values (plus, for the nonlinear ops, the conditioning factor stated there).
+"""
+import numpy as np
+import pytest
+
+import fastsasrec
+from reference import U32, assert_close, bound
+from reference import model as RM
+from reference import ops as R
+
+OPS = fastsasrec._core.ops
+
+
+def normal(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def f32(x):
+    """A Python float rounded to float32 (what the engine receives)."""
+    return float(np.float32(x))
+
+
+def ids(cases, fmt):
+    return [fmt(*c) for c in cases]
+
+
+# ============================================================================ RNG
+@pytest.mark.parametrize("seed,stream", [(0, 0), (42, 3 * 1024 + 5), (2**64 - 1, 2**64 - 1),
+                                         (123456789, 7), (42 ^ R.SAMPLER_SALT, 11)])
+def test_rng_matches_reference(seed, stream):
+    key = OPS.rng_key(seed, stream)
+    assert key == R.rng_key(seed, stream), f"rng_key({seed}, {stream})"
+    for n in (0, 1, 4097):
+        np.testing.assert_array_equal(OPS.uniform(key, n), R.uniform(key, n),
+                                      err_msg=f"uniform(key of ({seed}, {stream}), {n})")
+
+
+def test_uniform_statistics():
+    u = OPS.uniform(OPS.rng_key(7, 0), 200_000).astype(np.float64)
+    assert u.min() >= 0.0 and u.max() < 1.0
+    assert np.all(u * 2**24 == np.round(u * 2**24)), "uniforms must carry exactly 24 bits"
+    # Fraction below 0.3 (the dropout rate used below): 6 binomial standard deviations.
+    frac = np.mean(u < 0.3)
+    assert abs(frac - 0.3) < 6 * np.sqrt(0.3 * 0.7 / u.size), frac
+    assert abs(u.mean() - 0.5) < 6 * np.sqrt(1 / 12 / u.size), u.mean()
+
+
+# ============================================================================ dropout
+DROPOUT_CASES = [  # (n, p, with relu_out, seed)
+    (1, 0.3, False, 1), (7, 0.0, False, 2), (1000, 0.3, False, 3), (1000, 0.3, True, 4),
+    (20000, 0.3, True, 5),  # large enough to be split over threads
+    (1000, 0.9, False, 6), (999, 0.0, True, 7),
+]
+
+
+@pytest.mark.parametrize("n,p,relu,seed", DROPOUT_CASES,
+                         ids=ids(DROPOUT_CASES, lambda n, p, r, s: f"n{n}-p{p}-relu{int(r)}-s{s}"))
+def test_dropout(n, p, relu, seed):
+    rng = np.random.default_rng(seed)
+    key = R.rng_key(seed, 99)
+    x = normal(rng, n)
+    x[x == 0] = 1.0  # no exact zeros, so a zero output means "dropped"
+    mult = R.dropout_multiplier(R.uniform(key, n), p)
+    out = OPS.dropout_forward(x, p, key)
+    ref = R.dropout_forward(x, mult)
+    np.testing.assert_array_equal(out == 0, mult == 0, err_msg=f"dropout mask (seed {seed})")
+    # out = x * fl(1 / fl(1 - p)): three roundings, <= 3u relative; bound(0) is 16u.
+    assert_close(out, ref, bound(0, np.abs(ref)), "dropout_forward", seed)
+
+    dout = normal(rng, n)
+    relu_out = None
+    if relu:  # a ReLU output with exact zeros, and negatives to check the strict "> 0"
+        relu_out = np.maximum(normal(rng, n), 0).astype(np.float32)
+        relu_out[::7] = -1.0
+    din = OPS.dropout_backward(dout, relu_out, p, key)
+    ref = R.dropout_backward(dout, mult, relu_out)
+    assert_close(din, ref, bound(0, np.abs(ref)), "dropout_backward", seed)
+    np.testing.assert_array_equal(din == 0, (ref == 0) | (dout == 0), err_msg=f"seed {seed}")
+
+
+def test_dropout_keeps_at_threshold():
+    """keep is uniform >= p: a draw equal to p is kept (p chosen among the draws)."""
+    key = R.rng_key(3, 4)
+    u = OPS.uniform(key, 64)
+    k = int(np.argmin(np.abs(u - 0.5)))
+    p = float(u[k])  # exactly representable: the engine compares the same float32 values
+    out = OPS.dropout_forward(np.ones(64, np.float32), p, key)
+    assert out[k] != 0, f"element {k} with uniform == p = {p!r} was dropped"
+    np.testing.assert_array_equal(out != 0, u >= np.float32(p))
+    din = OPS.dropout_backward(np.ones(64, np.float32), None, p, key)
+    np.testing.assert_array_equal(din != 0, u >= np.float32(p))
+
+
+# ============================================================================ residual
+@pytest.mark.parametrize("shape,seed", [((1,), 8), ((5, 13), 9), ((20000,), 10)],
+                         ids=["n1-s8", "5x13-s9", "n20000-s10"])
+def test_residual(shape, seed):
+    rng = np.random.default_rng(seed)
+    a, b = normal(rng, *shape), normal(rng, *shape, scale=3.0)
+    out = OPS.residual_forward(a, b)
+    ref = R.residual_forward(a, b)
+    # One correctly rounded float32 addition: bit-identical to NumPy's float32 a + b,
+    # and within u |a + b| of the exact sum.
+    np.testing.assert_array_equal(out, a + b, err_msg=f"residual_forward (seed {seed})")
+    assert_close(out, ref, U32 * np.abs(ref), "residual_forward", seed)
+    dout = normal(rng, *shape)
+    da, db = OPS.residual_backward(dout)
+    rda, rdb = R.residual_backward(dout)
+    np.testing.assert_array_equal(da, rda)  # 0 + dout: exact
+    np.testing.assert_array_equal(db, rdb)
+
+
+# ============================================================================ embedding
+EMB_CASES = [  # (R, C, V, T, p, seed)
+    (1, 1, 1, 1, 0.0, 11), (1, 13, 5, 3, 0.3, 12),
+    (9, 13, 4, 6, 0.3, 13),     # few items, many repeats: the scatter accumulates
+    (37, 20, 50, 40, 0.0, 14),
+    (300, 20, 30, 50, 0.3, 15),  # R*C >= 4096: the backward splits columns over threads
+]
+
+
+@pytest.mark.parametrize("R_,C,V,T,p,seed", EMB_CASES,
+                         ids=ids(EMB_CASES, lambda r, c, v, t, p, s: f"R{r}-C{c}-V{v}-T{t}-p{p}-s{s}"))
+def test_embedding(R_, C, V, T, p, seed):
+    rng = np.random.default_rng(seed)
+    E, P = normal(rng, V + 1, C), normal(rng, T, C)
+    items = rng.integers(1, V + 1, R_).astype(np.int32)
+    pos = rng.integers(0, T, R_).astype(np.int32)
+    scale = f32(np.sqrt(C))
+    key = R.rng_key(seed, 0)
+    mult = R.dropout_multiplier(R.uniform(key, R_ * C).reshape(R_, C), p)
+
+    x = OPS.embedding_forward(items, pos, E, P, scale, p, key)
+    ref = R.embedding_forward(E, P, items, pos, scale, mult)
+    mag = R.embedding_forward(np.abs(E), np.abs(P), items, pos, scale, mult)
+    # Elementwise: one multiply-add and the dropout scaling (<= 5 roundings).
+    assert_close(x, ref, bound(0, mag), "embedding_forward", seed)
+
+    dx = normal(rng, R_, C)
+    dE, dP = OPS.embedding_backward(dx, items, pos, V + 1, T, scale, p, key)
+    rdE, rdP = R.embedding_backward(dx, items, pos, V + 1, T, scale, mult)
+    mE, mP = R.embedding_backward(np.abs(dx), items, pos, V + 1, T, scale, mult)
+    # Each row of dE / dP sums at most R scattered terms.
+    assert_close(dE, rdE, bound(R_, mE), "embedding_backward dE", seed)
+    assert_close(dP, rdP, bound(R_, mP), "embedding_backward dP", seed)
+    assert not dE[0].any(), f"row 0 (padding) of dE written (seed {seed})"
+
+
+# ============================================================================ layernorm
+LN_CASES = [  # (R, C, eps, input std, offset, seed)
+    (1, 1, 1e-8, 1.0, 0.0, 21),    # C = 1: x - mean = 0, out = b, din = 0
+    (1, 2, 1e-5, 1.0, 0.0, 22), (6, 13, 1e-8, 1.0, 0.0, 23), (33, 20, 1e-5, 1.5, 3.0, 24),
+    (5, 64, 1e-8, 0.7, 0.0, 25),
+    (1000, 20, 1e-8, 1.0, 0.0, 26),  # R*C >= 16384: rows split over threads, dg/db per thread
+    (4, 16, 1e-8, 1.0, 30.0, 27),    # inputs far from zero mean
+    (5, 12, 1e-5, 0.003, 0.0, 28),   # variance ~ eps: eps placement matters
+]
+
+
+@pytest.mark.parametrize("R_,C,eps,std,offset,seed", LN_CASES,
+                         ids=ids(LN_CASES, lambda r, c, e, sd, o, s: f"R{r}-C{c}-eps{e}-std{sd}-off{o}-s{s}"))
+def test_layernorm(R_, C, eps, std, offset, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((R_, C)) * std + offset).astype(np.float32)
+    g, b = normal(rng, C), normal(rng, C)
+    eps = f32(eps)
+    out, mean, rstd = OPS.layernorm_forward(x, g, b, eps)
+    ref, rmean, rrstd = R.layernorm_forward(x, g, b, eps)
+    # Conditioning: centring loses |x| / std of the row's digits; cond = max|x| * rstd
+    # multiplies the rounding of the mean (and of every quantity derived from x - mean).
+    cond = np.abs(x).max(axis=1) * rrstd
+    amp = (1.0 + cond)[:, None]
+    assert_close(mean, rmean, bound(C, np.abs(x).mean(axis=1)), "layernorm mean", seed)
+    assert_close(rstd, rrstd, bound(C, rrstd * (1.0 + cond)), "layernorm rstd", seed)
+    assert_close(out, ref, bound(C, amp * np.abs(g) + np.abs(b)), "layernorm_forward", seed)
+
+    dout = normal(rng, R_, C)
+    din, dg, db = OPS.layernorm_backward(dout, x, mean, rstd, g)
+    rdin, rdg, rdb = R.layernorm_backward(dout, x, g, eps)
+    xhat = (x - rmean[:, None]) * rrstd[:, None]
+    gh = np.abs(dout * g)
+    # din = rstd (gh - mean(gh) - xhat mean(gh xhat)): every term is at most
+    # rstd max|gh| (1 + max|xhat|), each carrying the centring error amplified by cond.
+    mag_din = (rrstd * gh.max(axis=1) * (1.0 + np.abs(xhat).max(axis=1)))[:, None] * amp
+    assert_close(din, rdin, bound(C, mag_din), "layernorm_backward din", seed)
+    # dg = sum_r dout xhat: R-term sums of terms whose xhat carries the centring error.
+    assert_close(dg, rdg, bound(R_ + C, np.sum(np.abs(dout) * (np.abs(xhat) + amp), axis=0)),
+                 "layernorm_backward dg", seed)
+    assert_close(db, rdb, bound(R_, np.abs(dout).sum(axis=0)), "layernorm_backward db", seed)
+
+
+# ============================================================================ linear
+LIN_CASES = [  # (R, I, O, relu, seed)
+    (1, 1, 5, False, 31), (1, 13, 20, True, 32), (7, 20, 13, False, 33),
+    (64, 13, 20, True, 34), (3, 20, 40, False, 36),
+    (1000, 13, 20, True, 35),  # threaded gemm and threaded bias column sums
+]
+
+
+@pytest.mark.parametrize("R_,I,O,relu,seed", LIN_CASES,
+                         ids=ids(LIN_CASES, lambda r, i, o, re, s: f"R{r}-I{i}-O{o}-relu{int(re)}-s{s}"))
+def test_linear(R_, I, O, relu, seed):
+    rng = np.random.default_rng(seed)
+    x, W, b = normal(rng, R_, I), normal(rng, I, O), normal(rng, O)
+    out = OPS.linear_forward(x, W, b, relu)
+    ref = R.linear_forward(x, W, b, relu)
+    # Rigorous: |fl(x.w + b) - (x.w + b)| <= gamma_{I+1} (|x| |W| + |b|); ReLU is 1-Lipschitz.
+    mag = np.abs(x) @ np.abs(W) + np.abs(b)
+    assert_close(out, ref, bound(I, mag), "linear_forward", seed)
+
+    dout = normal(rng, R_, O)
+    din, dW, db = OPS.linear_backward(dout, x, W)
+    rdin, rdW, rdb = R.linear_backward(dout, x, W)
+    assert_close(din, rdin, bound(O, np.abs(dout) @ np.abs(W).T), "linear_backward din", seed)
+    assert_close(dW, rdW, bound(R_, np.abs(x).T @ np.abs(dout)), "linear_backward dW", seed)
+    assert_close(db, rdb, bound(R_, np.abs(dout).sum(axis=0)), "linear_backward db", seed)
+
+
+# ============================================================================ attention
+ATT_CASES = [  # (sequence lengths, C, H, T, p, seed)
+    ([1], 4, 1, 1, 0.0, 41),               # one row, T = 1
+    ([1], 20, 4, 3, 0.3, 42),              # T larger than the sequence
+    ([1, 1, 1], 13, 1, 1, 0.3, 43),        # only length-1 sequences, C = 13
+    ([3], 2, 2, 3, 0.3, 44),               # head dim 1
+    ([5, 1, 7, 2], 20, 4, 7, 0.3, 45),     # D = 5, odd lengths
+    ([5, 1, 7, 2], 20, 2, 9, 0.0, 46),
+    ([6, 6, 6], 12, 2, 6, 0.3, 47),
+    ([7, 3], 8, 2, 7, 0.9, 48),            # most probabilities dropped
+    ([33], 13, 1, 40, 0.3, 49),
+    ([50] * 8 + [1] * 5, 16, 4, 50, 0.3, 50),  # 52 (sequence, head) tasks over threads
+]
+
+
+def _attention_tolerances(Q, K, V, dO, cu, H, T, drop):
+    """Error allowances of (O, lse, dQ, dK, dV) from the magnitudes of the computation.
+
+    Scores carry an absolute error up to D u sigma (sigma = max |q| . |k| / sqrt(D) of
+    the row), which becomes a relative error of the probabilities, as do the n-term
+    normalisation (n <= T) and exponentials.  rel(h, i) collects these per (head, row)."""
+    Rn, C = Q.shape
+    D = C // H
+    P, M, _ = R.attention_weights(Q, K, cu, H, drop)
+    allowed = M != 0 if drop is None else R.attention_weights(Q, K, cu, H, None)[1] != 0
+    split = lambda a: np.abs(np.asarray(a, np.float64)).reshape(Rn, H, D).transpose(1, 0, 2)  # noqa: E731
+    aQ, aK, aV, adO = split(Q), split(K), split(V), split(dO)
+    sigma = np.where(allowed, aQ @ aK.transpose(0, 2, 1) / np.sqrt(D), 0).max(axis=2, keepdims=True)
+    rel = 4 * U32 * ((D + 4) * (1 + sigma) + T)  # (H, R, 1)
+    back = lambda a: a.transpose(1, 0, 2).reshape(Rn, -1)  # noqa: E731
+    Pd = P * M
+    tol_O = back(rel * (Pd @ aV))
+    tol_lse = rel[..., 0].T
+    A = (adO @ aV.transpose(0, 2, 1)) * M            # magnitude of dP
+    mag_dS = P * (A + np.sum(P * A, axis=2, keepdims=True))
+    tol_dQ = back(rel * (mag_dS @ aK) / np.sqrt(D))
+    tol_dK = back((rel * mag_dS).transpose(0, 2, 1) @ aQ / np.sqrt(D))
+    tol_dV = back((rel * Pd).transpose(0, 2, 1) @ adO)
+    return tol_O, tol_lse, tol_dQ, tol_dK, tol_dV
+
+
+@pytest.mark.parametrize("lens,C,H,T,p,seed", ATT_CASES,
+                         ids=ids(ATT_CASES, lambda l, c, h, t, p, s:
+                                 f"lens{'-'.join(map(str, l)) if len(l) < 6 else len(l)}-C{c}-H{h}-T{t}-p{p}-s{s}"))
+def test_attention(lens, C, H, T, p, seed):
+    rng = np.random.default_rng(seed)
+    cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+    Rn = int(cu[-1])
+    Q, K, V = normal(rng, Rn, C), normal(rng, Rn, C), normal(rng, Rn, C)
+    key = R.rng_key(seed, 1)
+    drop = R.attention_dropout(R.uniform(key, Rn * H * T), Rn, H, T, p) if p > 0 else None
+
+    O, lse = OPS.attention_forward(Q, K, V, cu, H, T, p, key)
+    rO, rlse = R.attention_forward(Q, K, V, cu, H, drop)
+    dO = normal(rng, Rn, C)
+    tol_O, tol_lse, tol_dQ, tol_dK, tol_dV = _attention_tolerances(Q, K, V, dO, cu, H, T, drop)
+    assert_close(O, rO, tol_O, "attention_forward O", seed)
+    assert_close(lse, rlse, tol_lse, "attention_forward lse", seed)
+
+    dQ, dK, dV = OPS.attention_backward(dO, Q, K, V, lse, cu, H, T, p, key)
+    rdQ, rdK, rdV = R.attention_backward(dO, Q, K, V, cu, H, drop)
+    assert_close(dQ, rdQ, tol_dQ, "attention_backward dQ", seed)
+    assert_close(dK, rdK, tol_dK, "attention_backward dK", seed)
+    assert_close(dV, rdV, tol_dV, "attention_backward dV", seed)
+
+
+def test_attention_rows_see_only_their_sequence():
+    """Changing one sequence's keys and values leaves the other sequences' outputs and
+    gradients bit-identical (no leakage across the packed boundary)."""
+    rng = np.random.default_rng(51)
+    cu = np.array([0, 4, 5, 9], np.int32)
+    Q, K, V, dO = (normal(rng, 9, 8) for _ in range(4))
+    key = R.rng_key(51, 1)
+    O1, l1 = OPS.attention_forward(Q, K, V, cu, 2, 4, 0.3, key)
+    K2, V2 = K.copy(), V.copy()
+    K2[4], V2[4] = 5.0, -5.0  # sequence 1 is row 4
+    O2, l2 = OPS.attention_forward(Q, K2, V2, cu, 2, 4, 0.3, key)
+    keep = np.r_[0:4, 5:9]
+    np.testing.assert_array_equal(O1[keep], O2[keep])
+    np.testing.assert_array_equal(l1[keep], l2[keep])
+    g1 = OPS.attention_backward(dO, Q, K, V, l1, cu, 2, 4, 0.3, key)
+    g2 = OPS.attention_backward(dO, Q, K2, V2, l2, cu, 2, 4, 0.3, key)
+    for a, b in zip(g1, g2):
+        np.testing.assert_array_equal(a[keep], b[keep])
+
+
+# ============================================================================ losses
+LOSS_CASES = [  # (kind, R, C, V, N, grad_scale, logit scale, seed)
+    ("bce", 1, 13, 11, 0, 1.0, 1.0, 51),
+    ("bce", 9, 13, 11, 0, 1 / 9, 1.0, 52),       # some negatives equal their row's target
+    ("bce", 40, 20, 50, 0, 0.0, 1.0, 53),        # forward only
+    ("bce", 1000, 20, 30, 0, 1e-3, 1.0, 54),     # threaded scatter into dE
+    ("bce", 16, 8, 10, 0, 0.5, 8.0, 55),         # large logits (saturated sigmoids)
+    ("sampled_softmax", 1, 13, 11, 1, 1.0, 1.0, 56),   # the only negative is the target
+    ("sampled_softmax", 9, 13, 11, 5, 1 / 9, 1.0, 57),  # negatives hold targets, repeats
+    ("sampled_softmax", 30, 20, 50, 30, 1.0, 1.0, 58),
+    ("sampled_softmax", 6, 20, 40, 10, 1.0, 10.0, 59),  # large logits
+    ("sampled_softmax", 7, 5, 9, 8, 0.0, 1.0, 60),      # forward only
+    ("sampled_softmax", 1100, 8, 60, 4000, 1 / 1100, 1.0, 61),  # > 2^22 logits: 2 chunks
+    ("softmax", 1, 13, 1, 0, 1.0, 1.0, 62),      # one item: loss 0, gradient 0
+    ("softmax", 9, 13, 11, 0, 1 / 9, 1.0, 63),
+    ("softmax", 40, 20, 200, 0, 1.0, 5.0, 64),   # large logits
+    ("softmax", 12, 7, 30, 0, 0.0, 1.0, 65),     # forward only
+    ("softmax", 600, 4, 28000, 0, 1 / 600, 1.0, 66),  # > 2^24 logits: 2 chunks
+]
+
+
+def _loss_inputs(kind, R_, C, V, N, scale, rng):
+    h = normal(rng, R_, C, scale=scale / np.sqrt(C))
+    E = normal(rng, V + 1, C)
+    targets = rng.integers(1, V + 1, R_).astype(np.int32)
+    if kind == "bce":
+        negatives = rng.integers(1, V + 1, R_).astype(np.int32)
+        negatives[::3] = targets[::3]
+    elif kind == "sampled_softmax":
+        negatives = rng.integers(1, V + 1, N).astype(np.int32)
+        negatives[: min(N, 3)] = targets[: min(N, 3)]  # targets among the negatives
+        if N > 4:
+            negatives[4] = negatives[3]  # a repeated negative
+    else:
+        negatives = np.zeros(0, np.int32)
+    return h, E, targets, negatives
+
+
+def _softmax_probs(logits):
+    lz = np.max(logits, axis=1, keepdims=True)
+    e = np.exp(logits - lz)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind,R_,C,V,N,gs,scale,seed", LOSS_CASES,
+                         ids=ids(LOSS_CASES, lambda k, r, c, v, n, g, sc, s:
+                                 f"{k}-R{r}-C{c}-V{v}-N{n}-gs{g:.3g}-x{sc}-s{s}"))
+def test_loss(kind, R_, C, V, N, gs, scale, seed):
+    rng = np.random.default_rng(seed)
+    h, E, t, n = _loss_inputs(kind, R_, C, V, N, scale, rng)
+    gs = f32(gs)
+    loss, dh, dE = OPS.loss(kind, h, E, t, n, gs)
+    rloss, rdh, rdE = R.loss(kind, h, E, t, n, gs)
+
+    ah, aE = np.abs(h.astype(np.float64)), np.abs(E.astype(np.float64))
+    if kind == "bce":
+        mp, mn = np.sum(ah * aE[t], axis=1), np.sum(ah * aE[n], axis=1)
+        # softplus is 1-Lipschitz: the loss inherits the two logits' errors.
+        tol_loss = bound(C, mp + mn + np.abs(rloss))
+        w = abs(gs) * (1 + np.maximum(mp, mn))  # sigmoid' <= 1/4: logit errors pass on damped
+        tol_dh = bound(C, w[:, None] * (aE[t] + aE[n]))
+        mag_dE = np.zeros_like(aE)
+        np.add.at(mag_dE, t, w[:, None] * ah)
+        np.add.at(mag_dE, n, w[:, None] * ah)
+        tol_dE = bound(C + R_, mag_dE)
+    else:
+        if kind == "sampled_softmax":
+            signed = R.sampled_softmax_logits(h, E, t, n)
+            mags = np.where(np.isinf(signed), 0.0, np.concatenate([np.sum(ah * aE[t], axis=1)[:, None],
+                                                                    ah @ aE[n].T], axis=1))
+            M = 1 + len(n)
+        else:
+            signed = h.astype(np.float64) @ E[1:].astype(np.float64).T
+            mags = ah @ aE[1:].T
+            M = V
+        m = mags.max(axis=1)  # largest |logit| magnitude of the row
+        # Each logit is off by up to C u m; the log-sum-exp adds an M-term sum.
+        n_red = C + M
+        tol_loss = bound(n_red, 1 + 2 * m + np.abs(rloss))
+        A = _softmax_probs(signed)
+        if kind == "sampled_softmax":
+            A[:, 0] += 1.0  # |p - onehot| <= p + onehot
+        else:
+            A[np.arange(R_), t - 1] += 1.0
+        A *= abs(gs) * (1 + m)[:, None]  # relative error of each probability ~ (C + M) u m
+        if kind == "sampled_softmax":
+            mag_dh = A[:, :1] * aE[t] + A[:, 1:] @ aE[n]
+            mag_dE = np.zeros_like(aE)
+            np.add.at(mag_dE, t, A[:, :1] * ah)
+            np.add.at(mag_dE, n, A[:, 1:].T @ ah)
+        else:
+            mag_dh = A @ aE[1:]
+            mag_dE = np.zeros_like(aE)
+            mag_dE[1:] = A.T @ ah
+        tol_dh = bound(n_red, mag_dh)
+        tol_dE = bound(n_red + R_, mag_dE)
+
+    assert_close(loss, rloss, tol_loss, f"{kind} loss", seed)
+    assert_close(dh, rdh, tol_dh, f"{kind} dh", seed)
+    assert_close(dE, rdE, tol_dE, f"{kind} dE", seed)
+    if gs == 0:
+        assert not dh.any() and not dE.any(), f"grad_scale 0 must write no gradient (seed {seed})"
+    assert not dE[0].any(), f"row 0 (padding) of dE written (seed {seed})"
+
+
+# ============================================================================ AdamW
+ADAM_CASES = [  # (n, n_decay, step, weight_decay, seed)
+    (1, 0, 1, 0.0, 71), (1, 1, 1, 0.1, 72), (37, 20, 2, 0.1, 73), (1000, 1000, 1000, 0.01, 74),
+    (20000, 7000, 3, 0.05, 75),  # threaded
+]
+
+
+@pytest.mark.parametrize("n,n_decay,step,wd,seed", ADAM_CASES,
+                         ids=ids(ADAM_CASES, lambda n, d, st, w, s: f"n{n}-decay{d}-step{st}-wd{w}-s{s}"))
+def test_adamw(n, n_decay, step, wd, seed):
+    rng = np.random.default_rng(seed)
+    lr, b1, b2, eps, wd = (f32(v) for v in (1e-3, 0.9, 0.98, 1e-8, wd))
+    w, g = normal(rng, n), normal(rng, n, scale=0.1)
+    m = normal(rng, n, scale=0.01)
+    v = (normal(rng, n, scale=0.01) ** 2).astype(np.float32)
+    if n > 3:  # a coordinate with no history and no gradient: v = 0, the update is 0
+        g[2] = m[2] = v[2] = 0.0
+    pw, pm, pv = w, m, v
+    for k in range(step, step + 3):  # three consecutive steps, each from the engine's state
+        ew, em, ev = OPS.adamw_step(pw, g, pm, pv, n_decay, lr, b1, b2, eps, wd, k)
+        rw, rm, rv = R.adamw_step(pw, g, pm, pv, n_decay, lr, b1, b2, eps, wd, k)
+        # Elementwise formulas of a few roundings each; the update's magnitude is that of
+        # the reference update (|m_hat| / (sqrt(v_hat) + eps) <= ~1 / sqrt(1 - b2)).
+        upd = np.abs(rw - pw.astype(np.float64))
+        assert_close(em, rm, bound(0, b1 * np.abs(pm) + (1 - b1) * np.abs(g)), f"adamw m (step {k})", seed)
+        assert_close(ev, rv, bound(0, rv), f"adamw v (step {k})", seed)
+        assert_close(ew, rw, bound(0, np.abs(pw) + upd), f"adamw params (step {k})", seed)
+        if n > 3:  # no gradient, no history: m, v stay 0, and only the decay moves w
+            assert em[2] == 0 and ev[2] == 0, f"seed {seed}"
+            if n_decay <= 2 or wd == 0:
+                assert ew[2] == pw[2], f"undecayed parameter moved without a gradient (seed {seed})"
+        pw, pm, pv = ew, em, ev
+
+
+# ============================================================================ top-k
+def _exclusions(mode, B, V, rng):
+    lists = []
+    for b in range(B):
+        if mode == "none":
+            ex = []
+        elif mode == "some":
+            ex = list(rng.choice(np.arange(1, V + 1), size=min(V, 5), replace=False))
+        elif mode == "almost_all":  # leave b % 4 items (0..3)
+            ex = list(rng.permutation(np.arange(1, V + 1))[: V - (b % 4)])
+        elif mode == "all":
+            ex = list(range(1, V + 1))
+        elif mode == "dups":
+            ex = list(rng.integers(1, V + 1, size=2 * V // 3))  # with repeats
+        elif mode == "tiles":  # around the 4096-item tile boundaries
+            ex = [1, 4095, 4096, 4097, 8192, 8193, V] + list(rng.integers(1, V + 1, 20))
+        lists.append([int(e) for e in ex])
+    off = np.concatenate([[0], np.cumsum([len(e) for e in lists])]).astype(np.int64)
+    flat = np.array([e for l in lists for e in l], np.int32)
+    return lists, flat, off
+
+
+TOPK_CASES = [  # (B, C, V, K, exclusion mode, integer-valued data, seed)
+    (1, 13, 11, 1, "none", False, 81),       # K = 1
+    (3, 13, 11, 11, "none", False, 82),      # K = V
+    (5, 8, 30, 30, "some", False, 83),       # K = V with exclusions: padded slots
+    (8, 8, 30, 5, "almost_all", False, 84),  # 0..3 items left of 30
+    (6, 5, 40, 7, "some", True, 85),         # many exact ties: lower id first
+    (40, 8, 9000, 10, "tiles", False, 86),   # 3 item tiles, 2 row blocks
+    (3, 4, 20, 20, "all", True, 87),         # nothing left: all slots (0, -inf)
+    (2, 4, 15, 15, "dups", True, 88),        # repeated exclusions
+    (33, 3, 50, 50, "none", True, 89),       # ties, K = V, second row block
+    (2, 4, 5, 8, "some", True, 90),          # K > V (the op allows it): padded slots
+]
+
+
+@pytest.mark.parametrize("B,C,V,K,mode,integer,seed", TOPK_CASES,
+                         ids=ids(TOPK_CASES, lambda b, c, v, k, m, i, s: f"B{b}-C{c}-V{v}-K{k}-{m}-int{int(i)}-s{s}"))
+def test_topk(B, C, V, K, mode, integer, seed):
+    rng = np.random.default_rng(seed)
+    if integer:  # small integers: every score is exact in float32, ties are exact
+        h = rng.integers(-2, 3, (B, C)).astype(np.float32)
+        E = rng.integers(-2, 3, (V + 1, C)).astype(np.float32)
+    else:
+        h, E = normal(rng, B, C), normal(rng, V + 1, C)
+    lists, flat, off = _exclusions(mode, B, V, rng)
+    got_ids, got_sc = OPS.topk(h, E, flat, off, K)
+    ref_ids, ref_sc = R.topk(h, E, lists, K)
+    if integer:
+        np.testing.assert_array_equal(got_ids, ref_ids, err_msg=f"topk ids (seed {seed})")
+        np.testing.assert_array_equal(got_sc, ref_sc, err_msg=f"topk scores (seed {seed})")
+        return
+    all_scores = h.astype(np.float64) @ E[1:].astype(np.float64).T
+    tol = bound(C, np.abs(h).astype(np.float64) @ np.abs(E[1:]).astype(np.float64).T)  # (B, V)
+    for b in range(B):
+        left = V - len(set(lists[b]))
+        k_real = min(K, left)
+        gi, gs = got_ids[b], got_sc[b]
+        msg = f"topk row {b} (seed {seed})"
+        assert np.all(gi[k_real:] == 0) and np.all(np.isneginf(gs[k_real:])), msg + ": padding"
+        sel = gi[:k_real]
+        assert len(set(sel.tolist())) == k_real and sel.min(initial=1) >= 1 and sel.max(initial=1) <= V, msg
+        assert not set(sel.tolist()) & set(lists[b]), msg + ": returned an excluded item"
+        # Scores are those of the returned items.
+        assert_close(gs[:k_real], all_scores[b, sel - 1], tol[b, sel - 1], msg + " scores", seed)
+        # Best first on the engine's own scores, ties by lower id.
+        for k in range(k_real - 1):
+            assert gs[k] > gs[k + 1] or (gs[k] == gs[k + 1] and sel[k] < sel[k + 1]), msg + ": order"
+        # Optimal up to rounding: the k-th best reference score is matched within tolerance.
+        ref_best = ref_sc[b, :k_real]
+        got_ref = np.sort(all_scores[b, sel - 1])[::-1]
+        assert np.all(np.abs(got_ref - ref_best) <= 2 * tol[b].max()), msg + ": not the top-k"
+        # Where the reference has no near-ties, the ids are exactly the reference's.
+        s = np.concatenate([ref_best, [ref_sc[b, k_real]] if k_real < min(K, left) else []])
+        if np.all(np.abs(np.diff(s)) > 4 * tol[b].max()):
+            np.testing.assert_array_equal(sel, ref_ids[b, :k_real], err_msg=msg)
+
+
+# ============================================================================ the reference's own backward
+FD_EPS = 1e-6  # central differences in float64: truncation ~eps^2, rounding ~1e-16 / eps
+
+
+def _fd_assert(results, what, seed, scale=1.0):
+    # Error of a central difference in float64 with eps = 1e-6: truncation eps^2 f''' / 6
+    # (~1e-11 here) plus rounding ~1e-16 |f| / eps (~1e-10 |f|): 1e-6 relative with an
+    # absolute floor of 1e-7 * scale is three orders above both.
+    for name, i, an, num in results:
+        assert abs(an - num) <= 1e-6 * abs(num) + 1e-7 * scale, (
+            f"{what}: reference gradient of {name}[{i}] = {an!r}, finite difference {num!r} (seed {seed})")
+
+
+def _check(f, params, grads, what, seed):
+    params = {k: np.ascontiguousarray(v, np.float64) for k, v in params.items()}
+    _fd_assert(RM.finite_difference_check(f, params, grads, np.random.default_rng(seed), None, FD_EPS),
+               what, seed, scale=max(1.0, abs(f(params))))
+
+
+def test_reference_fd_embedding():
+    seed = 91
+    rng = np.random.default_rng(seed)
+    E, P = rng.standard_normal((6, 5)), rng.standard_normal((4, 5))
+    items, pos = np.array([1, 3, 3, 5, 2]), np.array([0, 3, 1, 3, 2])
+    mult = R.dropout_multiplier(R.uniform(R.rng_key(seed, 0), 25).reshape(5, 5), 0.3)
+    w = rng.standard_normal((5, 5))
+    f = lambda q: np.sum(w * R.embedding_forward(q["E"], q["P"], items, pos, 2.5, mult))  # noqa: E731
+    dE, dP = R.embedding_backward(w, items, pos, 6, 4, 2.5, mult)
+    _check(f, {"E": E, "P": P}, {"E": dE, "P": dP}, "embedding", seed)
+
+
+@pytest.mark.parametrize("C,seed", [(2, 92), (7, 93)])
+def test_reference_fd_layernorm(C, seed):
+    rng = np.random.default_rng(seed)
+    x, g, b = rng.standard_normal((3, C)) + 0.5, rng.standard_normal(C), rng.standard_normal(C)
+    w = rng.standard_normal((3, C))
+    f = lambda q: np.sum(w * R.layernorm_forward(q["x"], q["g"], q["b"], 1e-5)[0])  # noqa: E731
+    dx, dg, db = R.layernorm_backward(w, x, g, 1e-5)
+    _check(f, {"x": x, "g": g, "b": b}, {"x": dx, "g": dg, "b": db}, "layernorm", seed)
+
+
+@pytest.mark.parametrize("relu,seed", [(False, 94), (True, 95)])
+def test_reference_fd_linear(relu, seed):
+    rng = np.random.default_rng(seed)
+    x, W, b = rng.standard_normal((4, 3)), rng.standard_normal((3, 5)), rng.standard_normal(5)
+    w = rng.standard_normal((4, 5))
+    f = lambda q: np.sum(w * R.linear_forward(q["x"], q["W"], q["b"], relu))  # noqa: E731
+    dout = R.relu_backward(w, R.linear_forward(x, W, b, True)) if relu else w
+    dx, dW, db = R.linear_backward(dout, x, W)
+    _check(f, {"x": x, "W": W, "b": b}, {"x": dx, "W": dW, "b": db}, f"linear relu={relu}", seed)
+
+
+def test_reference_fd_dropout_residual():
+    seed = 96
+    rng = np.random.default_rng(seed)
+    x, y, w = rng.standard_normal(9), rng.standard_normal(9), rng.standard_normal(9)
+    relu_out = np.maximum(rng.standard_normal(9), 0)
+    mult = R.dropout_multiplier(R.uniform(R.rng_key(seed, 0), 9), 0.3)
+    # out = dropout(x) masked by a fixed ReLU pattern, plus y (residual)
+    f = lambda q: np.sum(w * R.residual_forward(  # noqa: E731
+        np.where(relu_out > 0, R.dropout_forward(q["x"], mult), 0.0), q["y"]))
+    dx_res, dy = R.residual_backward(w)
+    _check(f, {"x": x, "y": y}, {"x": R.dropout_backward(dx_res, mult, relu_out), "y": dy},
+           "dropout+residual", seed)
+
+
+@pytest.mark.parametrize("lens,H,p,seed", [([1, 3, 2], 2, 0.3, 97), ([4], 1, 0.0, 98)])
+def test_reference_fd_attention(lens, H, p, seed):
+    rng = np.random.default_rng(seed)
+    cu = np.concatenate([[0], np.cumsum(lens)])
+    Rn, C, T = int(cu[-1]), 2 * H + 2 * (H == 1), 5
+    Q, K, V, w = (rng.standard_normal((Rn, C)) for _ in range(4))
+    drop = R.attention_dropout(R.uniform(R.rng_key(seed, 1), Rn * H * T), Rn, H, T, p) if p else None
+    f = lambda q: np.sum(w * R.attention_forward(q["Q"], q["K"], q["V"], cu, H, drop)[0])  # noqa: E731
+    dQ, dK, dV = R.attention_backward(w, Q, K, V, cu, H, drop)
+    _check(f, {"Q": Q, "K": K, "V": V}, {"Q": dQ, "K": dK, "V": dV}, "attention", seed)
+
+
+@pytest.mark.parametrize("kind,seed", [("bce", 99), ("sampled_softmax", 100), ("softmax", 101)])
+def test_reference_fd_losses(kind, seed):
+    rng = np.random.default_rng(seed)
+    h, E = rng.standard_normal((4, 3)), rng.standard_normal((7, 3))
+    t = np.array([1, 6, 2, 6])
+    n = np.array([6, 3, 3, 5]) if kind == "bce" else np.array([6, 3, 3, 5, 1]) if kind == "sampled_softmax" else None
+    gs = 0.7
+    f = lambda q: gs * np.sum(R.loss(kind, q["h"], q["E"], t, n, gs)[0])  # noqa: E731
+    _, dh, dE = R.loss(kind, h, E, t, n, gs)
+    _check(f, {"h": h, "E": E}, {"h": dh, "E": dE}, kind, seed)
