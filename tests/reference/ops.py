@@ -22,7 +22,6 @@ _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
 _GOLDEN = 0x9E3779B97F4A7C15
 _STREAM_SALT = 0x632BE59BD9B4E019
-_COUNTER_MUL = 0xD1B54A32D192ED03
 SAMPLER_SALT = 0xA5A5F00DCAFEBEEF
 STREAMS_PER_STEP = 1024
 
@@ -47,10 +46,27 @@ def rng_key(seed: int, stream: int) -> int:
     return _mix64_int(((seed & _MASK64) * _GOLDEN + _mix64_int(stream + _STREAM_SALT)) & _MASK64)
 
 
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer on a uint32 array (wrapping arithmetic)."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
 def rng_u32(key: int, counters) -> np.ndarray:
-    """uint64 array holding the 32-bit draws of ``counters`` (any shape) in stream ``key``."""
+    """uint64 array holding the 32-bit draws of ``counters`` (any shape) in stream ``key``:
+    fmix32(fmix32(lo ^ k0) ^ (k1 + hi * 0x9E3779B9)), lo/hi the counter's 32-bit halves,
+    k0/k1 the key's."""
     c = np.asarray(counters, dtype=np.uint64)
-    return _mix64_arr(np.uint64(key) ^ (c * np.uint64(_COUNTER_MUL))) >> np.uint64(32)
+    lo = (c & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    hi = (c >> np.uint64(32)).astype(np.uint32)
+    k0 = np.uint32(key & 0xFFFFFFFF)
+    k1 = np.uint32((key >> 32) & 0xFFFFFFFF)
+    with np.errstate(over="ignore"):
+        h = _fmix32(_fmix32(lo ^ k0) ^ (k1 + hi * np.uint32(0x9E3779B9)))
+    return h.astype(np.uint64)
 
 
 def uniform(key: int, n: int) -> np.ndarray:

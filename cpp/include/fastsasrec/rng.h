@@ -21,8 +21,23 @@ FSR_HD inline uint64_t rng_key(uint64_t seed, uint64_t stream) {
   return mix64(seed * 0x9E3779B97F4A7C15ULL + mix64(stream + 0x632BE59BD9B4E019ULL));
 }
 
+// MurmurHash3's 32-bit finalizer: bijective, full avalanche, and 32-bit only, so the
+// CPU loops that draw one number per element vectorise (AVX2 has 32-bit multiplies).
+FSR_HD inline uint32_t fmix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return h;
+}
+
+// Draw `counter` of stream `key`: two finalizer rounds keyed by the two halves of the
+// key (for a fixed key, a bijection of the low 32 counter bits).
 FSR_HD inline uint32_t rng_u32(uint64_t key, uint64_t counter) {
-  return static_cast<uint32_t>(mix64(key ^ (counter * 0xD1B54A32D192ED03ULL)) >> 32);
+  const uint32_t lo = static_cast<uint32_t>(counter), hi = static_cast<uint32_t>(counter >> 32);
+  const uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+  return fmix32(fmix32(lo ^ k0) ^ (k1 + hi * 0x9E3779B9u));
 }
 
 // Uniform in [0, 1) with 24 random bits (exact in float32).

@@ -13,6 +13,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/fast_math.h"
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
 #include "fastsasrec/rng.h"
@@ -53,7 +54,7 @@ void attention_forward(float* O, float* lse, const float* Q, int ldq, const floa
       for (int j = 0; j <= i; ++j) m = row[j] > m ? row[j] : m;
       float l = 0.f;
       for (int j = 0; j <= i; ++j) {
-        row[j] = std::exp(row[j] - m);
+        row[j] = fast_exp(row[j] - m);
         l += row[j];
       }
       lse[(size_t)(st + i) * H + h] = m + std::log(l);
@@ -93,7 +94,7 @@ void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const 
       const float l = lse[(size_t)(st + i) * H + h];
       const uint64_t base = ((uint64_t)(st + i) * H + h) * T;
       for (int j = 0; j <= i; ++j) {
-        row[j] = std::exp(row[j] - l);
+        row[j] = fast_exp(row[j] - l);
         grow[j] = (p > 0.f) ? (dropout_keep(key, base + j, p) ? row[j] * inv_keep : 0.f) : row[j];
       }
       for (int j = i + 1; j < n; ++j) row[j] = grow[j] = 0.f;

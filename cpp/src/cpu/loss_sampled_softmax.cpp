@@ -12,6 +12,7 @@
 #include <cstring>
 #include <limits>
 
+#include "cpu/fast_math.h"
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
 
@@ -57,13 +58,17 @@ void sampled_softmax_loss(float* loss, float* dh, float* dE, const float* h, con
           if (negatives[j] == targets[r]) row[j] = ninf;
           m = std::max(m, row[j]);
         }
-        float z = std::exp(sp - m);
-        for (int j = 0; j < N; ++j) z += std::exp(row[j] - m);
-        const float lz = m + std::log(z);
-        loss[r] = lz - sp;
+        const float ep_ = fast_exp(sp - m);
+        float z = ep_;
+        for (int j = 0; j < N; ++j) {
+          row[j] = fast_exp(row[j] - m);  // kept: the gradient is grad_scale * e / z
+          z += row[j];
+        }
+        loss[r] = m + std::log(z) - sp;
         if (grad) {
-          for (int j = 0; j < N; ++j) row[j] = grad_scale * std::exp(row[j] - lz);
-          dpos[r] = grad_scale * (std::exp(sp - lz) - 1.f);
+          const float c = grad_scale / z;
+          for (int j = 0; j < N; ++j) row[j] *= c;
+          dpos[r] = grad_scale * (ep_ / z - 1.f);
         }
       }
     });

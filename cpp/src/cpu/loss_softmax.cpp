@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "cpu/fast_math.h"
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
 
@@ -36,13 +37,21 @@ void softmax_loss(float* loss, float* dh, float* dE, const float* h, const float
         float* row = logits + (size_t)i * V;
         float m = row[0];
         for (int j = 1; j < V; ++j) m = std::max(m, row[j]);
-        float z = 0.f;
-        for (int j = 0; j < V; ++j) z += std::exp(row[j] - m);
-        const float lz = m + std::log(z);
         const int t = targets[r] - 1;
-        loss[r] = lz - row[t];
+        const float st = row[t];
+        float z = 0.f;
+        if (grad) {  // keep exp(s - m): the gradient is grad_scale * e / z
+          for (int j = 0; j < V; ++j) {
+            row[j] = fast_exp(row[j] - m);
+            z += row[j];
+          }
+        } else {
+          for (int j = 0; j < V; ++j) z += fast_exp(row[j] - m);
+        }
+        loss[r] = m + std::log(z) - st;
         if (grad) {
-          for (int j = 0; j < V; ++j) row[j] = grad_scale * std::exp(row[j] - lz);
+          const float c = grad_scale / z;
+          for (int j = 0; j < V; ++j) row[j] *= c;
           row[t] -= grad_scale;
         }
       }
