@@ -82,6 +82,9 @@ def _threads(n: int):
         yield
         return
     before = _core.ops.num_threads()
+    if before == n:
+        yield
+        return
     _core.ops.set_num_threads(int(n))
     try:
         yield

@@ -3,6 +3,7 @@
 // and negatives with no RNG state to carry between threads or kernels.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "fastsasrec/common.h"
@@ -45,9 +46,18 @@ FSR_HD inline float rng_uniform(uint64_t key, uint64_t counter) {
   return static_cast<float>(rng_u32(key, counter) >> 8) * (1.0f / 16777216.0f);
 }
 
-// Dropout keeps an element when its uniform draw is >= p.
-FSR_HD inline bool dropout_keep(uint64_t key, uint64_t counter, float p) {
-  return rng_uniform(key, counter) >= p;
+// Dropout keeps an element when its uniform draw is >= p, i.e. when its 24-bit draw
+// (u >> 8) is >= ceil(p * 2^24): compared as integers, so that the loops vectorise.
+FSR_HD inline uint32_t dropout_threshold(float p) {
+  return p <= 0.f ? 0u : static_cast<uint32_t>(ceilf(p * 16777216.0f));
+}
+FSR_HD inline bool dropout_keep(uint64_t key, uint64_t counter, uint32_t threshold) {
+  return (rng_u32(key, counter) >> 8) >= threshold;
+}
+
+// The dropout multiplier of one element: 1 / (1 - p) when kept, 0 when dropped.
+FSR_HD inline float keep_scale(uint64_t key, uint64_t counter, uint32_t threshold, float inv_keep) {
+  return dropout_keep(key, counter, threshold) ? inv_keep : 0.f;
 }
 
 // Uniform integer in [lo, hi] (inclusive), by Lemire's multiply-shift (bias < 2^-32 * range).

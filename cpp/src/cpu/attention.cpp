@@ -38,6 +38,7 @@ void attention_forward(float* O, float* lse, const float* Q, int ldq, const floa
                        float p, uint64_t key) {
   const float scale = 1.f / std::sqrt((float)D);
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
+  const uint32_t thr = dropout_threshold(p);
   const int ldo = H * D;
   parallel_for_dynamic(B * H, [&](int task) {
     const int s = task / H, h = task % H;
@@ -50,21 +51,15 @@ void attention_forward(float* O, float* lse, const float* Q, int ldq, const floa
     gemm(false, true, n, n, D, scale, Qh, ldq, Kh, ldkv, 0.f, S, n);
     for (int i = 0; i < n; ++i) {
       float* row = S + (size_t)i * n;
-      float m = -std::numeric_limits<float>::infinity();
-      for (int j = 0; j <= i; ++j) m = row[j] > m ? row[j] : m;
-      float l = 0.f;
-      for (int j = 0; j <= i; ++j) {
-        row[j] = fast_exp(row[j] - m);
-        l += row[j];
-      }
+      const float m = row_max(row, i + 1);
+      const float l = exp_sum_inplace(row, i + 1, m);
       lse[(size_t)(st + i) * H + h] = m + std::log(l);
       const float inv_l = 1.f / l;
       const uint64_t base = ((uint64_t)(st + i) * H + h) * T;
-      for (int j = 0; j <= i; ++j) {
-        float v = row[j] * inv_l;
-        if (p > 0.f) v = dropout_keep(key, base + j, p) ? v * inv_keep : 0.f;
-        row[j] = v;
-      }
+      if (p > 0.f)
+        for (int j = 0; j <= i; ++j) row[j] *= inv_l * keep_scale(key, base + j, thr, inv_keep);
+      else
+        for (int j = 0; j <= i; ++j) row[j] *= inv_l;
       for (int j = i + 1; j < n; ++j) row[j] = 0.f;
     }
     gemm(false, false, n, D, n, 1.f, S, n, Vh, ldkv, 0.f, O + (size_t)st * ldo + h * D, ldo);
@@ -76,6 +71,7 @@ void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const 
                         const int32_t* cu, int B, int H, int D, int T, float p, uint64_t key) {
   const float scale = 1.f / std::sqrt((float)D);
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
+  const uint32_t thr = dropout_threshold(p);
   const int ldo = H * D;
   parallel_for_dynamic(B * H, [&](int task) {
     const int s = task / H, h = task % H;
@@ -93,10 +89,11 @@ void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const 
       float* grow = G + (size_t)i * n;
       const float l = lse[(size_t)(st + i) * H + h];
       const uint64_t base = ((uint64_t)(st + i) * H + h) * T;
-      for (int j = 0; j <= i; ++j) {
-        row[j] = fast_exp(row[j] - l);
-        grow[j] = (p > 0.f) ? (dropout_keep(key, base + j, p) ? row[j] * inv_keep : 0.f) : row[j];
-      }
+      for (int j = 0; j <= i; ++j) row[j] = fast_exp(row[j] - l);
+      if (p > 0.f)
+        for (int j = 0; j <= i; ++j) grow[j] = row[j] * keep_scale(key, base + j, thr, inv_keep);
+      else
+        for (int j = 0; j <= i; ++j) grow[j] = row[j];
       for (int j = i + 1; j < n; ++j) row[j] = grow[j] = 0.f;
     }
     // dV_h = Pd^T dO_h
@@ -107,13 +104,9 @@ void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const 
       float* row = P + (size_t)i * n;
       float* grow = G + (size_t)i * n;
       const uint64_t base = ((uint64_t)(st + i) * H + h) * T;
-      float delta = 0.f;
-      for (int j = 0; j <= i; ++j) {
-        float g = grow[j];
-        if (p > 0.f) g = dropout_keep(key, base + j, p) ? g * inv_keep : 0.f;
-        grow[j] = g;
-        delta += row[j] * g;
-      }
+      if (p > 0.f)
+        for (int j = 0; j <= i; ++j) grow[j] *= keep_scale(key, base + j, thr, inv_keep);
+      const float delta = dot(row, grow, i + 1);
       for (int j = 0; j <= i; ++j) row[j] = row[j] * (grow[j] - delta);
       for (int j = i + 1; j < n; ++j) row[j] = 0.f;
     }

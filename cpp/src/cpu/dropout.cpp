@@ -11,25 +11,34 @@ namespace fsr::cpu {
 
 void dropout_forward(float* out, const float* in, size_t n, float p, uint64_t key) {
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
+  const uint32_t thr = dropout_threshold(p);
   parallel_chunks((long)n, 1, [&](long lo, long hi, int) {
     if (p <= 0.f) {
       if (out != in)
         for (long e = lo; e < hi; ++e) out[e] = in[e];
       return;
     }
-    for (long e = lo; e < hi; ++e) out[e] = dropout_keep(key, (uint64_t)e, p) ? in[e] * inv_keep : 0.f;
+    for (long e = lo; e < hi; ++e) out[e] = in[e] * keep_scale(key, (uint64_t)e, thr, inv_keep);
   });
 }
 
 void dropout_backward(float* din, const float* dout, const float* relu_out, size_t n, float p,
                       uint64_t key) {
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
+  const uint32_t thr = dropout_threshold(p);
+  // Branch-free loops (one per case) so that they vectorise.
   parallel_chunks((long)n, 1, [&](long lo, long hi, int) {
-    for (long e = lo; e < hi; ++e) {
-      float v = dout[e];
-      if (p > 0.f) v = dropout_keep(key, (uint64_t)e, p) ? v * inv_keep : 0.f;
-      if (relu_out && !(relu_out[e] > 0.f)) v = 0.f;
-      din[e] = v;
+    if (p > 0.f && relu_out) {
+      for (long e = lo; e < hi; ++e) {
+        const float k = keep_scale(key, (uint64_t)e, thr, inv_keep);
+        din[e] = dout[e] * (relu_out[e] > 0.f ? k : 0.f);
+      }
+    } else if (p > 0.f) {
+      for (long e = lo; e < hi; ++e) din[e] = dout[e] * keep_scale(key, (uint64_t)e, thr, inv_keep);
+    } else if (relu_out) {
+      for (long e = lo; e < hi; ++e) din[e] = dout[e] * (relu_out[e] > 0.f ? 1.f : 0.f);
+    } else if (din != dout) {
+      for (long e = lo; e < hi; ++e) din[e] = dout[e];
     }
   });
 }

@@ -15,23 +15,29 @@ namespace fsr::cpu {
 void embedding_forward(float* x, const int32_t* items, const int32_t* pos, const float* E,
                        const float* P, int R, int C, float scale, float p, uint64_t key) {
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
+  const uint32_t thr = dropout_threshold(p);
   parallel_chunks(R, C, [&](long r0, long r1, int) {
     for (long r = r0; r < r1; ++r) {
       const float* e = E + (size_t)items[r] * C;
       const float* q = P + (size_t)pos[r] * C;
       float* xr = x + (size_t)r * C;
-      for (int c = 0; c < C; ++c) {
-        float v = e[c] * scale + q[c];
-        if (p > 0.f) v = dropout_keep(key, (uint64_t)r * C + c, p) ? v * inv_keep : 0.f;
-        xr[c] = v;
-      }
+      const uint64_t base = (uint64_t)r * C;
+      if (p > 0.f)
+        for (int c = 0; c < C; ++c) xr[c] = (e[c] * scale + q[c]) * keep_scale(key, base + c, thr, inv_keep);
+      else
+        for (int c = 0; c < C; ++c) xr[c] = e[c] * scale + q[c];
     }
   });
+}
+
+namespace {
+constexpr int kMaxBlock = 256;
 }
 
 void embedding_backward(float* dE, float* dP, const float* dx, const int32_t* items,
                         const int32_t* pos, int R, int C, float scale, float p, uint64_t key) {
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
+  const uint32_t thr = dropout_threshold(p);
   const int nt = (long)R * C < 4096 ? 1 : max_threads();
   const int nblocks = std::min(nt, C);
   parallel_for(nblocks, [&](int t) {
@@ -40,11 +46,13 @@ void embedding_backward(float* dE, float* dP, const float* dx, const int32_t* it
       const float* g = dx + (size_t)r * C;
       float* de = dE + (size_t)items[r] * C;
       float* dq = dP + (size_t)pos[r] * C;
-      for (int c = c0; c < c1; ++c) {
-        float v = g[c];
-        if (p > 0.f) v = dropout_keep(key, (uint64_t)r * C + c, p) ? v * inv_keep : 0.f;
-        de[c] += scale * v;
-        dq[c] += v;
+      const uint64_t base = (uint64_t)r * C;
+      float v[kMaxBlock];
+      for (int c0b = c0; c0b < c1; c0b += kMaxBlock) {
+        const int nb = std::min(kMaxBlock, c1 - c0b);
+        for (int c = 0; c < nb; ++c) v[c] = g[c0b + c] * keep_scale(key, base + c0b + c, thr, inv_keep);
+        for (int c = 0; c < nb; ++c) de[c0b + c] += scale * v[c];
+        for (int c = 0; c < nb; ++c) dq[c0b + c] += v[c];
       }
     }
   });

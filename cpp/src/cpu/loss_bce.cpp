@@ -9,6 +9,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/fast_math.h"
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
 
@@ -17,11 +18,6 @@ namespace fsr::cpu {
 namespace {
 inline float softplus(float x) { return std::max(x, 0.f) + std::log1p(std::exp(-std::fabs(x))); }
 inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
-inline float dot(const float* a, const float* b, int C) {
-  float s = 0.f;
-  for (int c = 0; c < C; ++c) s += a[c] * b[c];
-  return s;
-}
 }  // namespace
 
 void bce_loss(float* loss, float* dh, float* dE, const float* h, const float* E,

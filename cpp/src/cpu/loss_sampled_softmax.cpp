@@ -19,9 +19,13 @@
 namespace fsr::cpu {
 
 namespace {
-constexpr size_t kMaxLogits = size_t(1) << 22;  // floats per chunk of logits (16 MiB)
+// Rows per chunk: about 1 MiB of logits, so that the logits of a chunk stay in cache
+// between their GEMM, the softmax passes and the two backward GEMMs; at least 32 rows so
+// that the GEMMs stay efficient on a large catalogue.
+constexpr size_t kChunkLogits = size_t(1) << 18;
 inline int chunk_rows(int R, int N) {
-  return (int)std::max<size_t>(1, std::min<size_t>((size_t)R, kMaxLogits / std::max(N, 1)));
+  const size_t rows = std::max<size_t>(32, kChunkLogits / std::max(N, 1));
+  return (int)std::max<size_t>(1, std::min<size_t>((size_t)R, rows));
 }
 }  // namespace
 
@@ -50,20 +54,14 @@ void sampled_softmax_loss(float* loss, float* dh, float* dE, const float* h, con
         const long r = r0 + i;
         const float* hr = h + (size_t)r * C;
         const float* ep = E + (size_t)targets[r] * C;
-        float sp = 0.f;
-        for (int c = 0; c < C; ++c) sp += hr[c] * ep[c];
+        const float sp = dot(hr, ep, C);
         float* row = logits + (size_t)i * N;
-        float m = sp;
-        for (int j = 0; j < N; ++j) {
-          if (negatives[j] == targets[r]) row[j] = ninf;
-          m = std::max(m, row[j]);
-        }
+        const int32_t t = targets[r];
+        for (int j = 0; j < N; ++j) row[j] = negatives[j] == t ? ninf : row[j];
+        const float m = std::max(sp, row_max(row, N));
         const float ep_ = fast_exp(sp - m);
-        float z = ep_;
-        for (int j = 0; j < N; ++j) {
-          row[j] = fast_exp(row[j] - m);  // kept: the gradient is grad_scale * e / z
-          z += row[j];
-        }
+        // exp(s - m) is kept: the gradient is grad_scale * e / z
+        const float z = ep_ + exp_sum_inplace(row, N, m);
         loss[r] = m + std::log(z) - sp;
         if (grad) {
           const float c = grad_scale / z;

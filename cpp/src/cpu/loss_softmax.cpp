@@ -14,9 +14,13 @@
 namespace fsr::cpu {
 
 namespace {
-constexpr size_t kMaxLogits = size_t(1) << 24;  // floats per chunk of logits (64 MiB)
+// Rows per chunk: about 1 MiB of logits, so that the logits of a chunk stay in cache
+// between their GEMM, the softmax passes and the two backward GEMMs; at least 32 rows so
+// that the GEMMs stay efficient on a large catalogue.
+constexpr size_t kChunkLogits = size_t(1) << 18;
 inline int chunk_rows(int R, int V) {
-  return (int)std::max<size_t>(1, std::min<size_t>((size_t)R, kMaxLogits / std::max(V, 1)));
+  const size_t rows = std::max<size_t>(32, kChunkLogits / std::max(V, 1));
+  return (int)std::max<size_t>(1, std::min<size_t>((size_t)R, rows));
 }
 }  // namespace
 
@@ -35,19 +39,11 @@ void softmax_loss(float* loss, float* dh, float* dE, const float* h, const float
       for (long i = a; i < b; ++i) {
         const long r = r0 + i;
         float* row = logits + (size_t)i * V;
-        float m = row[0];
-        for (int j = 1; j < V; ++j) m = std::max(m, row[j]);
+        const float m = row_max(row, V);
         const int t = targets[r] - 1;
         const float st = row[t];
-        float z = 0.f;
-        if (grad) {  // keep exp(s - m): the gradient is grad_scale * e / z
-          for (int j = 0; j < V; ++j) {
-            row[j] = fast_exp(row[j] - m);
-            z += row[j];
-          }
-        } else {
-          for (int j = 0; j < V; ++j) z += fast_exp(row[j] - m);
-        }
+        // keep exp(s - m) when training: the gradient is grad_scale * e / z
+        const float z = grad ? exp_sum_inplace(row, V, m) : exp_sum(row, V, m);
         loss[r] = m + std::log(z) - st;
         if (grad) {
           const float c = grad_scale / z;
