@@ -209,3 +209,29 @@ def test_engine_directional_finite_differences(loss):
         assert abs(fd - an) <= 1e-2 * abs(an) + 2e-4, (
             f"{loss}: direction in {name}: finite difference {fd!r}, gradient {an!r} (seed {seed})")
     model.set_params(theta)
+
+
+# --------------------------------------------------------------------------- inference
+@pytest.mark.parametrize("config_name", list(CONFIGS))
+def test_session_states_match_reference(config_name):
+    """session_states (inference: all rows through the first layers, only each session's
+    last row through the last layer's queries) equals the reference model's evaluation
+    forward at the last row of each session, with sessions truncated to max_seq."""
+    model, cfg, _, params = _setup(config_name, "softmax", 4000)
+    c = RM.full_config(cfg)
+    T = c["max_seq"]
+    sessions = [s for s in SEQUENCES] + [[4], [9, 9, 9]]
+    items = np.concatenate(sessions).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sessions])]).astype(np.int64)
+    got = model.session_states(items, offsets)
+    # reference: pack the last T items of each session, right-aligned positions
+    win = [s[-T:] for s in sessions]
+    r_items = np.concatenate(win).astype(np.int32)
+    r_pos = np.concatenate([np.arange(T - len(w), T) for w in win]).astype(np.int32)
+    cu = np.concatenate([[0], np.cumsum([len(w) for w in win])]).astype(np.int32)
+    P = RM.unflatten(params, model.tensors())
+    h = RM.hidden_states(P, r_items, r_pos, cu, cfg)[cu[1:] - 1]
+    # States are O(1) after the final norm; float32 rounding through <= 2 layers of width
+    # <= 13 gave at most 6.4e-7 here, so 5e-6 leaves an 8x margin and still catches any
+    # wrong row, position or skipped layer (those move states by O(0.1)).
+    np.testing.assert_allclose(got, h, rtol=0, atol=5e-6, err_msg=f"{config_name}")

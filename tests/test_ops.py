@@ -289,6 +289,31 @@ def test_attention(lens, C, H, T, p, seed):
     assert_close(dV, rdV, tol_dV, "attention_backward dV", seed)
 
 
+@pytest.mark.parametrize("lens,C,H,T,p,seed", [c for c in ATT_CASES if c[4] == 0],
+                         ids=lambda v: None)
+def test_attention_last_forward(lens, C, H, T, p, seed):
+    """Inference attention (one query per sequence: its last row, no dropout) equals the
+    last rows of the full causal attention."""
+    rng = np.random.default_rng(seed)
+    cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+    Rn = int(cu[-1])
+    Q, K, V = normal(rng, Rn, C), normal(rng, Rn, C), normal(rng, Rn, C)
+    last = cu[1:] - 1
+    O = OPS.attention_last_forward(np.ascontiguousarray(Q[last]), K, V, cu, H)
+    rO, _ = R.attention_forward(Q, K, V, cu, H, None)
+    tol_O = _attention_tolerances(Q, K, V, normal(rng, Rn, C), cu, H, T, None)[0]
+    assert_close(O, rO[last], tol_O[last], "attention_last_forward O", seed)
+
+
+def test_gather_rows():
+    rng = np.random.default_rng(61)
+    x = normal(rng, 7, 5)
+    rows = np.array([6, 0, 3, 3], np.int32)
+    np.testing.assert_array_equal(OPS.gather_rows(x, rows), x[rows])
+    with pytest.raises(ValueError, match="out of range"):
+        OPS.gather_rows(x, np.array([7], np.int32))
+
+
 def test_attention_rows_see_only_their_sequence():
     """Changing one sequence's keys and values leaves the other sequences' outputs and
     gradients bit-identical (no leakage across the packed boundary)."""

@@ -267,6 +267,24 @@ void bind_ops(py::module_& m) {
     cpu::attention_backward(dQ.mutable_data(), dK.mutable_data(), dV.mutable_data(), d.data(), q.data(), C, k.data(), v.data(), C, l.data(), c.data(), B, H, C / H, T, p, key);
     return py::make_tuple(dQ, dK, dV);
   });
+  m.def("attention_last_forward", [](py::object Q, py::object K, py::object V, py::object cu, int H) {
+    auto q = arr<float>(Q, "Q", 2); auto k = arr<float>(K, "K", 2); auto v = arr<float>(V, "V", 2);
+    auto c = arr<int32_t>(cu, "cu", 1);
+    const int B = c.shape(0) - 1, C = q.shape(1);
+    FSR_REQUIRE(q.shape(0) == B, "Q must have one row per sequence");
+    FSR_REQUIRE(C % H == 0, "C must be divisible by H");
+    F32 O({B, C});
+    cpu::attention_last_forward(O.mutable_data(), q.data(), C, k.data(), v.data(), C, c.data(), B, H, C / H);
+    return O;
+  });
+  m.def("gather_rows", [](py::object x, py::object rows) {
+    auto a = arr<float>(x, "x", 2); auto r = arr<int32_t>(rows, "rows", 1);
+    const int n = r.shape(0), C = a.shape(1);
+    for (int i = 0; i < n; ++i) FSR_REQUIRE(r.data()[i] >= 0 && r.data()[i] < a.shape(0), "rows[", i, "] out of range");
+    F32 out({n, C});
+    cpu::gather_rows(out.mutable_data(), a.data(), r.data(), n, C);
+    return out;
+  });
   m.def("loss", [](const std::string& kind, py::object h, py::object E, py::object targets, py::object negatives, float grad_scale) {
     const LossKind k = parse_loss(kind);
     auto hh = arr<float>(h, "h", 2); auto e = arr<float>(E, "E", 2);

@@ -291,6 +291,50 @@ void Model::forward(Acts& a, int R, int B, bool train, int64_t step) {
                        params_ + off_lnf_b_, R, C, cfg_.ln_eps);
 }
 
+void Model::forward_last(Acts& a, int R, int B) {
+  Backend& be = *be_;
+  const int C = cfg_.factors, F = cfg_.ffn(), H = cfg_.n_heads, D = cfg_.head_dim(),
+            T = cfg_.max_seq, L = cfg_.n_layers;
+  const float* E = params_ + off_E_;
+  const float* P = params_ + off_P_;
+  float* x0 = L > 0 ? a.layers[0].x : a.xL;
+  be.embedding_forward(x0, a.items, a.pos, E, P, R, C, std::sqrt((float)C), 0.f, 0);
+  for (int l = 0; l + 1 < L; ++l) {  // every row
+    const Layer w = layer(params_, l);
+    auto& A = a.layers[l];
+    be.layernorm_forward(A.q, A.mean1, A.rstd1, A.x, w.ln1_g, w.ln1_b, R, C, cfg_.ln_eps);
+    be.linear_forward(A.Qp, A.q, w.Wq, w.bq, R, C, C, false);
+    be.linear_forward(A.KV, A.x, w.Wkv, w.bkv, R, C, 2 * C, false);
+    be.attention_forward(A.att, A.lse, A.Qp, C, A.KV, A.KV + C, 2 * C, a.cu, B, H, D, T, 0.f, 0);
+    be.linear_forward(a.tmp, A.att, w.Wo, w.bo, R, C, C, false);
+    be.residual_forward(A.x1, A.q, a.tmp, (size_t)R * C);
+    be.layernorm_forward(A.y, A.mean2, A.rstd2, A.x1, w.ln2_g, w.ln2_b, R, C, cfg_.ln_eps);
+    be.linear_forward(A.f1, A.y, w.W1, w.b1, R, C, F, true);
+    be.linear_forward(a.tmp, A.f1, w.W2, w.b2, R, F, C, false);
+    be.residual_forward(a.layers[l + 1].x, A.y, a.tmp, (size_t)R * C);
+  }
+  float* xB = a.xL;  // (B, C): the last rows after the last layer
+  if (L == 0) {
+    be.gather_rows(xB, x0, a.rows, B, C);
+  } else {  // the last layer: keys and values of every row, queries of the last rows only
+    const Layer w = layer(params_, L - 1);
+    auto& A = a.layers[L - 1];
+    be.linear_forward(A.KV, A.x, w.Wkv, w.bkv, R, C, 2 * C, false);
+    be.gather_rows(A.y, A.x, a.rows, B, C);
+    be.layernorm_forward(A.q, A.mean1, A.rstd1, A.y, w.ln1_g, w.ln1_b, B, C, cfg_.ln_eps);
+    be.linear_forward(A.Qp, A.q, w.Wq, w.bq, B, C, C, false);
+    be.attention_last_forward(A.att, A.Qp, C, A.KV, A.KV + C, 2 * C, a.cu, B, H, D);
+    be.linear_forward(a.tmp, A.att, w.Wo, w.bo, B, C, C, false);
+    be.residual_forward(A.x1, A.q, a.tmp, (size_t)B * C);
+    be.layernorm_forward(A.y, A.mean2, A.rstd2, A.x1, w.ln2_g, w.ln2_b, B, C, cfg_.ln_eps);
+    be.linear_forward(A.f1, A.y, w.W1, w.b1, B, C, F, true);
+    be.linear_forward(a.tmp, A.f1, w.W2, w.b2, B, F, C, false);
+    be.residual_forward(xB, A.y, a.tmp, (size_t)B * C);
+  }
+  be.layernorm_forward(a.hlast, a.meanf, a.rstdf, xB, params_ + off_lnf_g_, params_ + off_lnf_b_, B,
+                       C, cfg_.ln_eps);
+}
+
 // Expects a.dh to hold dLoss/dh; accumulates every parameter gradient into grads_
 // (which the caller zeroed).
 void Model::backward(Acts& a, int R, int B, bool train, int64_t step) {
@@ -432,7 +476,7 @@ double Model::train_epoch(const int32_t* items, const int64_t* offsets, int64_t 
 }
 
 // ------------------------------------------------------------------ inference
-// Forward (no dropout) of sessions b0..b1 and gather of each one's last row into a.hlast.
+// Forward (no dropout) of sessions b0..b1; each one's final state lands in a.hlast.
 void Model::final_states(const int32_t* items, const int64_t* offsets, int64_t b0, int64_t b1,
                          HostBatch& hb, Acts& a) {
   const int T = cfg_.max_seq;
@@ -458,11 +502,7 @@ void Model::final_states(const int32_t* items, const int64_t* offsets, int64_t b
   ensure_acts(a, R, B, false);
   upload_batch(hb, a);
   be_->upload(a.rows, last.data(), last.size() * 4);
-  forward(a, R, B, false, 0);
-  // Gather the last rows (host-side indices, backend copies).
-  const int C = cfg_.factors;
-  for (int b = 0; b < B; ++b)
-    be_->copy(a.hlast + (size_t)b * C, a.h + (size_t)last[b] * C, C * sizeof(float));
+  forward_last(a, R, B);
 }
 
 namespace {

@@ -141,22 +141,10 @@ def dropout_masks(cfg, step, R, train=True):
 
 
 # ----------------------------------------------------------------------------- model
-def forward_backward(params, batch, cfg, step, train=True, grad=True):
-    """Mean loss over the R rows of ``batch`` and, when grad, its gradient.
-
-    params: {name: array} (shapes of tensor_shapes); batch: dict of items, targets, pos
-    (R,), cu (B + 1,), negatives (R for bce, N for sampled_softmax, 0 for softmax).
-    Returns (loss: float, grads: {name: float64 array} or None)."""
-    c = full_config(cfg)
+def _forward(P, items, pos, cu, c, masks):
+    """The forward pass up to the final layernorm: (h (R, C), saved per layer, x_L)."""
     C, H, L, eps = c["factors"], c["n_heads"], c["n_layers"], c["ln_eps"]
-    P = {k: np.asarray(v, np.float64) for k, v in params.items()}
-    items, pos, cu = (np.asarray(batch[k]) for k in ("items", "pos", "cu"))
-    targets, negatives = np.asarray(batch["targets"]), np.asarray(batch["negatives"])
-    R = len(items)
-    masks = dropout_masks(c, step, R, train)
     scale = np.sqrt(C)
-
-    # ---- forward, keeping what the backward needs
     x = ops.embedding_forward(P["item_emb"], P["pos_emb"], items, pos, scale, masks["emb"])
     saved = []
     for l in range(L):
@@ -173,6 +161,34 @@ def forward_backward(params, batch, cfg, step, train=True, grad=True):
         saved.append(dict(x=x, q=q, Qp=Qp, KV=KV, att=att, x1=x1, y=y, f1=f1, f1d=f1d))
         x = ops.residual_forward(y, t)
     h, _, _ = ops.layernorm_forward(x, P["final_ln.weight"], P["final_ln.bias"], eps)
+    return h, saved, x
+
+
+def hidden_states(params, items, pos, cu, cfg):
+    """Evaluation-mode (no dropout) final hidden states h (R, C) of a packed batch."""
+    c = full_config(cfg)
+    P = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    masks = dropout_masks(c, 0, len(items), train=False)
+    return _forward(P, np.asarray(items), np.asarray(pos), np.asarray(cu), c, masks)[0]
+
+
+def forward_backward(params, batch, cfg, step, train=True, grad=True):
+    """Mean loss over the R rows of ``batch`` and, when grad, its gradient.
+
+    params: {name: array} (shapes of tensor_shapes); batch: dict of items, targets, pos
+    (R,), cu (B + 1,), negatives (R for bce, N for sampled_softmax, 0 for softmax).
+    Returns (loss: float, grads: {name: float64 array} or None)."""
+    c = full_config(cfg)
+    C, H, L, eps = c["factors"], c["n_heads"], c["n_layers"], c["ln_eps"]
+    P = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    items, pos, cu = (np.asarray(batch[k]) for k in ("items", "pos", "cu"))
+    targets, negatives = np.asarray(batch["targets"]), np.asarray(batch["negatives"])
+    R = len(items)
+    masks = dropout_masks(c, step, R, train)
+    scale = np.sqrt(C)
+
+    # ---- forward, keeping what the backward needs
+    h, saved, x = _forward(P, items, pos, cu, c, masks)
     per_row, dh, dE_loss = ops.loss(c["loss"], h, P["item_emb"], targets, negatives, 1.0 / R)
     mean_loss = float(np.mean(per_row))
     if not grad:

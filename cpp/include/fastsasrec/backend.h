@@ -61,6 +61,10 @@ class Backend {
                                   int ldq, const float* K, const float* V, int ldkv,
                                   const float* lse, const int32_t* cu, int B, int H, int D, int T,
                                   float p, uint64_t key) = 0;
+  virtual void attention_last_forward(float* O, const float* Q, int ldq, const float* K,
+                                      const float* V, int ldkv, const int32_t* cu, int B, int H,
+                                      int D) = 0;
+  virtual void gather_rows(float* out, const float* in, const int32_t* rows, int n, int C) = 0;
   // Floats of workspace the loss needs for R rows.
   virtual size_t loss_workspace(LossKind kind, int R, int C, int V, int N) = 0;
   // loss(R) =; with grad_scale != 0 also dh(R,C) = and dE +=.  negatives: R ids for BCE,

@@ -93,6 +93,9 @@ class Model {
   void upload_batch(const HostBatch& batch, Acts& a);
   void forward(Acts& a, int R, int B, bool train, int64_t step);
   void backward(Acts& a, int R, int B, bool train, int64_t step);
+  // Inference forward: all rows through layers 0..L-2, then only each sequence's last row
+  // (a.rows) through the last layer's query side; the final states land in a.hlast (B, C).
+  void forward_last(Acts& a, int R, int B);
   void final_states(const int32_t* items, const int64_t* offsets, int64_t b0, int64_t b1,
                     HostBatch& hb, Acts& a);
   Layer layer(float* base, int l) const;

@@ -6,6 +6,7 @@
 //             dV_h = Pd^T dO_h;  dP = dropout_p'(dO_h V_h^T);  delta_i = sum_j P_ij dP_ij
 //             dS = P * (dP - delta);  dQ_h = dS K_h / sqrt(D);  dK_h = dS^T Q_h / sqrt(D)
 //             dQ(R, ldq) =, dK, dV(R, ldkv) =
+//   attention_last_forward: inference, one query per sequence (its last row), no dropout
 // Dropout counter of (query row i, head h, key row j) is (i * H + h) * T + (j - start).
 // One task per (sequence, head): each task owns its output rows, so any schedule gives
 // the same result.  Only an n x n score tile per thread exists, never R x R.
@@ -113,6 +114,25 @@ void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const 
     // dQ_h = scale * dS K_h;  dK_h = scale * dS^T Q_h
     gemm(false, false, n, D, n, scale, P, n, Kh, ldkv, 0.f, dQ + (size_t)st * ldq + h * D, ldq);
     gemm(true, false, n, D, n, scale, P, n, Qh, ldq, 0.f, dK + (size_t)st * ldkv + h * D, ldkv);
+  });
+}
+
+void attention_last_forward(float* O, const float* Q, int ldq, const float* K, const float* V,
+                            int ldkv, const int32_t* cu, int B, int H, int D) {
+  const float scale = 1.f / std::sqrt((float)D);
+  const int ldo = H * D;
+  parallel_for_dynamic(B * H, [&](int task) {
+    const int s = task / H, h = task % H;
+    const int st = cu[s], n = cu[s + 1] - cu[s];
+    if (n <= 0) return;
+    float* S = tile(0, (size_t)n);
+    const float* Kh = K + (size_t)st * ldkv + h * D;
+    const float* Vh = V + (size_t)st * ldkv + h * D;
+    gemm(false, true, 1, n, D, scale, Q + (size_t)s * ldq + h * D, ldq, Kh, ldkv, 0.f, S, n);
+    const float m = row_max(S, n);
+    const float inv_l = 1.f / exp_sum_inplace(S, n, m);
+    for (int j = 0; j < n; ++j) S[j] *= inv_l;
+    gemm(false, false, 1, D, n, 1.f, S, n, Vh, ldkv, 0.f, O + (size_t)s * ldo + h * D, ldo);
   });
 }
 

@@ -80,6 +80,13 @@ class CpuBackend final : public Backend {
                           uint64_t key) override {
     cpu::attention_backward(dQ, dK, dV, dO, Q, ldq, K, V, ldkv, lse, cu, B, H, D, T, p, key);
   }
+  void attention_last_forward(float* O, const float* Q, int ldq, const float* K, const float* V,
+                              int ldkv, const int32_t* cu, int B, int H, int D) override {
+    cpu::attention_last_forward(O, Q, ldq, K, V, ldkv, cu, B, H, D);
+  }
+  void gather_rows(float* out, const float* in, const int32_t* rows, int n, int C) override {
+    cpu::gather_rows(out, in, rows, n, C);
+  }
   size_t loss_workspace(LossKind kind, int R, int C, int V, int N) override {
     switch (kind) {
       case LossKind::SampledSoftmax: return cpu::sampled_softmax_workspace(R, C, N);

@@ -67,6 +67,14 @@ void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const 
                         const float* K, const float* V, int ldkv, const float* lse,
                         const int32_t* cu, int B, int H, int D, int T, float p, uint64_t key);
 
+// Inference: only the last row of each sequence queries.  Q(B, ldq) holds sequence b's
+// last-row query; it attends to all rows cu[b]..cu[b+1]-1 of K, V.  O(B, H*D) =.  No dropout.
+void attention_last_forward(float* O, const float* Q, int ldq, const float* K, const float* V,
+                            int ldkv, const int32_t* cu, int B, int H, int D);
+
+// ---- gather.cpp: out(n, C) = in[rows[i]] for i < n
+void gather_rows(float* out, const float* in, const int32_t* rows, int n, int C);
+
 // ---- loss_bce.cpp: the paper's loss, one negative per row.
 // loss(R) = softplus(-h.E[tgt]) + softplus(h.E[neg]);  when grad_scale != 0:
 // dh(R,C) = grad_scale * dloss/dh;  dE += grad_scale * dloss/dE
