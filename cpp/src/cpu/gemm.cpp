@@ -18,9 +18,12 @@ void blas_single_threaded() {
   std::call_once(g_blas_once, [] { scipy_openblas_set_num_threads(1); });
 }
 
-inline void sgemm_one(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
+}  // namespace
+
+void gemm_serial(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
                       const float* B, int ldb, float beta, float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
+  blas_single_threaded();
   if (K <= 0) {  // BLAS leaves beta*C alone only when K > 0 in some builds: be explicit
     for (int i = 0; i < M; ++i)
       for (int j = 0; j < N; ++j) C[(size_t)i * ldc + j] = beta == 0.f ? 0.f : beta * C[(size_t)i * ldc + j];
@@ -29,11 +32,16 @@ inline void sgemm_one(bool ta, bool tb, int M, int N, int K, float alpha, const 
   scipy_cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                     M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
-}  // namespace
 
 int num_threads() { return max_threads(); }
 
 void set_num_threads(int n) { set_max_threads(n); }
+
+int gemm_blocks(int extent, double flops) {
+  const int nt = in_parallel() ? 1 : max_threads();
+  if (nt <= 1 || flops < 2.0e5) return 1;
+  return std::max(1, std::min(nt, extent / 16));
+}
 
 void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
           const float* B, int ldb, float beta, float* C, int ldc) {
@@ -41,7 +49,7 @@ void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, in
   const int nt = in_parallel() ? 1 : max_threads();
   const double flops = 2.0 * M * N * K;
   if (nt <= 1 || flops < 2.0e5) {
-    sgemm_one(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    gemm_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
   // Split the larger output dimension into nt contiguous blocks (multiples of 16 rows/cols).
@@ -54,10 +62,10 @@ void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, in
     const int lo = t * block, hi = std::min(extent, lo + block);
     if (split_rows) {
       const float* Ab = ta ? A + lo : A + (size_t)lo * lda;
-      sgemm_one(ta, tb, hi - lo, N, K, alpha, Ab, lda, B, ldb, beta, C + (size_t)lo * ldc, ldc);
+      gemm_serial(ta, tb, hi - lo, N, K, alpha, Ab, lda, B, ldb, beta, C + (size_t)lo * ldc, ldc);
     } else {
       const float* Bb = tb ? B + (size_t)lo * ldb : B + lo;
-      sgemm_one(ta, tb, M, hi - lo, K, alpha, A, lda, Bb, ldb, beta, C + lo, ldc);
+      gemm_serial(ta, tb, M, hi - lo, K, alpha, A, lda, Bb, ldb, beta, C + lo, ldc);
     }
   });
 }

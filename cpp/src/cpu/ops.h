@@ -12,6 +12,11 @@ namespace fsr::cpu {
 // ---- gemm.cpp: C(M,N) = alpha * op(A) op(B) + beta * C, row-major, split over threads
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
           const float* B, int ldb, float beta, float* C, int ldc);
+// The same on the calling thread only (for use inside a parallel region).
+void gemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
+                 int lda, const float* B, int ldb, float beta, float* C, int ldc);
+// How many blocks to split an output extent into for a product of `flops` (1 = serial).
+int gemm_blocks(int extent, double flops);
 int num_threads();
 void set_num_threads(int n);
 
