@@ -13,25 +13,10 @@ original ids to internal ids, the forward pass under torch.inference_mode() with
 torch.set_num_threads(1), scoring the catalogue, excluding the session's items,
 top-k, and mapping back to original ids. Reports p50 / p90 / p99 in milliseconds.
 """
-import os
-import sys
-
-_OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-
-
-def _strip_openblas_env() -> None:
-    """Re-exec without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (they slow OpenBLAS down).
-
-    Must run before numpy, torch or fastsasrec are imported: OpenBLAS reads them at load.
-    """
-    if any(k in os.environ for k in _OPENBLAS_ENV):
-        env = {k: v for k, v in os.environ.items() if k not in _OPENBLAS_ENV}
-        sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
-
+import _env  # noqa: I001  (first: strips OpenBLAS variables before numpy loads)
 
 if __name__ == "__main__":
-    _strip_openblas_env()
+    _env.strip_openblas_env()
 
 import argparse  # noqa: E402
 import json  # noqa: E402

@@ -57,7 +57,7 @@ def most_popular_topk(contexts: Sequence[Sequence[Any]], train: Sequence[Sequenc
     from collections import Counter
 
     counts = Counter(x for s in train for x in s)
-    order = [item for item, _ in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))]
+    order = [item for item, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]  # ties: lower id
     out = np.empty((len(contexts), k), dtype=object)
     for b, ctx in enumerate(contexts):
         seen = set(ctx)
