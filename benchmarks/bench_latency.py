@@ -19,6 +19,7 @@ if __name__ == "__main__":
     _env.strip_openblas_env()
 
 import argparse  # noqa: E402
+import sys  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 

@@ -18,6 +18,7 @@ if __name__ == "__main__":
     _env.strip_openblas_env()
 
 import argparse  # noqa: E402
+import sys  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
@@ -118,6 +119,27 @@ def run_fastsasrec(SASRec, ds: common.Dataset, loss: str, epochs: int, threads: 
     return {"train_s": train_s, **metrics}
 
 
+def run_defaults(SASRec, ds: common.Dataset, epochs: int, threads: int, seed: int) -> dict:
+    """fastsasrec with its own defaults: only the benchmark's fixed shape is set (factors,
+    layers, max_seq, batch size); loss, dropout and learning rate are the library's."""
+    model = SASRec(factors=CONFIG["factors"], n_layers=CONFIG["n_layers"], max_seq=CONFIG["max_seq"],
+                   batch_size=CONFIG["batch_size"], iterations=epochs, device="cpu",
+                   random_state=seed, num_threads=threads)
+    t0 = time.perf_counter()
+    model.fit(ds.to_original(ds.contexts))
+    train_s = time.perf_counter() - t0
+    lookup = np.zeros(int(ds.item_ids.max()) + 2, dtype=np.int64)
+    lookup[ds.item_ids[1:]] = np.arange(1, ds.n_items + 1)
+
+    def topk(ctx):
+        ids, _ = model.recommend_batch(ds.to_original(ctx), n=10, exclude_seen=True)
+        ids = np.asarray(ids, dtype=np.int64)
+        return np.where(ids >= 0, lookup[np.clip(ids, 0, len(lookup) - 1)], 0)
+
+    return {"train_s": train_s, "loss": model.loss_, "dropout": model.dropout,
+            **common.evaluate(topk, ds.contexts, ds.targets, k=10)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=60)
@@ -128,6 +150,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write results as JSON here")
     ap.add_argument("--warmup-check", action="store_true", help="2-epoch run to check that every path works")
     ap.add_argument("--verbose", type=int, default=0)
+    ap.add_argument("--default-seeds", default="42,1,2",
+                    help="seeds of the fastsasrec-with-defaults rows (empty: skip them)")
     args = ap.parse_args(argv)
 
     losses = [s.strip() for s in args.losses.split(",") if s.strip()]
@@ -174,6 +198,25 @@ def main(argv=None) -> int:
                          "NDCG@10": r["NDCG@10"], "speed vs torch": None})
         if "torch" in speed and "fastsasrec" in speed:
             rows[-1]["speed vs torch"] = f"{speed['fastsasrec'] / speed['torch']:.2f}x"
+
+    seeds = [int(x) for x in args.default_seeds.split(",") if x.strip()] if "fastsasrec" in impls else []
+    if args.warmup_check:
+        seeds = seeds[:1]
+    hr, nd = [], []
+    for seed in seeds:
+        print(f"[fastsasrec defaults / seed {seed}] training {epochs} epochs ...", flush=True)
+        r = run_defaults(SASRec, ds, epochs, args.threads, seed)
+        tps = tok_epoch * epochs / r["train_s"]
+        hr.append(r["HR@10"])
+        nd.append(r["NDCG@10"])
+        rows.append({"impl": f"fastsasrec defaults (seed {seed})",
+                     "loss": f"auto -> {r['loss']}, dropout {r['dropout']}", "threads": args.threads,
+                     "epochs": epochs, "train_s": r["train_s"], "tokens/s": tps, "HR@10": r["HR@10"],
+                     "NDCG@10": r["NDCG@10"], "speed vs torch": None})
+    if len(seeds) > 1:
+        rows.append({"impl": f"fastsasrec defaults, mean of {len(seeds)} seeds", "loss": "", "threads": None,
+                     "epochs": epochs, "train_s": None, "tokens/s": None, "HR@10": float(np.mean(hr)),
+                     "NDCG@10": float(np.mean(nd)), "speed vs torch": None})
 
     print("\n## Training on ML-100K (leave-last-out, full-catalogue ranking)\n")
     print(common.markdown_table(rows, formats={"train_s": ".1f", "tokens/s": ",.0f"}))

@@ -88,7 +88,15 @@ def test_short_sequences_skipped_with_one_warning():
 
 def test_n_negatives_must_be_below_catalogue():
     with pytest.raises(ValueError, match=r"n_negatives \(5\) must be smaller than the catalogue \(5 items\)"):
-        SASRec(**dict(SMALL, n_negatives=5)).fit(SEQS)
+        SASRec(**dict(SMALL, n_negatives=5, loss="sampled_softmax")).fit(SEQS)
+
+
+def test_auto_loss_follows_the_catalogue_size():
+    m = SASRec(**SMALL).fit(SEQS)  # default n_negatives 256 > 5 items: no error with "auto"
+    assert m.loss == "auto" and m.loss_ == "softmax"
+    big = [[i, i + 1, i + 2] for i in range(1, 2100, 2)]
+    m = SASRec(**dict(SMALL, n_negatives=16)).fit(big)
+    assert m.loss_ == "sampled_softmax"
 
 
 def test_not_fitted():
