@@ -28,19 +28,7 @@ import numpy as np  # noqa: E402
 import common  # noqa: E402
 
 THREADS = 1
-CONFIG = dict(
-    factors=64,
-    n_layers=2,
-    n_heads=1,
-    max_seq=50,
-    batch_size=128,
-    dropout=0.2,
-    learning_rate=1e-3,
-    weight_decay=0.0,
-    loss="sampled_softmax",
-    n_negatives=256,
-    random_state=42,
-)
+CONFIG = dict(common.CONFIG, loss="sampled_softmax")
 K = 10
 
 

@@ -27,18 +27,7 @@ import numpy as np  # noqa: E402
 
 import common  # noqa: E402
 
-CONFIG = dict(
-    factors=64,
-    n_layers=2,
-    n_heads=1,
-    max_seq=50,
-    batch_size=128,
-    dropout=0.2,
-    learning_rate=1e-3,
-    weight_decay=0.0,
-    n_negatives=256,
-    random_state=42,
-)
+CONFIG = common.CONFIG
 
 
 def import_fastsasrec():
@@ -57,22 +46,7 @@ def import_fastsasrec():
 def run_torch(ds: common.Dataset, loss: str, epochs: int, threads: int, verbose: int) -> dict:
     import torch_reference as tr
 
-    model = tr.TorchSASRec(
-        ds.n_items,
-        factors=CONFIG["factors"],
-        n_layers=CONFIG["n_layers"],
-        n_heads=CONFIG["n_heads"],
-        max_seq=CONFIG["max_seq"],
-        dropout=CONFIG["dropout"],
-        loss=loss,
-        n_negatives=CONFIG["n_negatives"],
-        learning_rate=CONFIG["learning_rate"],
-        weight_decay=CONFIG["weight_decay"],
-        batch_size=CONFIG["batch_size"],
-        random_state=CONFIG["random_state"],
-        threads=threads,
-        verbose=verbose,
-    )
+    model = tr.TorchSASRec(ds.n_items, **dict(CONFIG, loss=loss), threads=threads, verbose=verbose)
     t0 = time.perf_counter()
     model.fit(ds.contexts, epochs)
     train_s = time.perf_counter() - t0
@@ -81,41 +55,13 @@ def run_torch(ds: common.Dataset, loss: str, epochs: int, threads: int, verbose:
 
 
 def run_fastsasrec(SASRec, ds: common.Dataset, loss: str, epochs: int, threads: int, verbose: int) -> dict:
-    model = SASRec(
-        factors=CONFIG["factors"],
-        n_layers=CONFIG["n_layers"],
-        n_heads=CONFIG["n_heads"],
-        max_seq=CONFIG["max_seq"],
-        dropout=CONFIG["dropout"],
-        loss=loss,
-        n_negatives=CONFIG["n_negatives"],
-        learning_rate=CONFIG["learning_rate"],
-        weight_decay=CONFIG["weight_decay"],
-        batch_size=CONFIG["batch_size"],
-        iterations=epochs,
-        device="cpu",
-        random_state=CONFIG["random_state"],
-        verbose=verbose,
-        num_threads=threads,
-    )
+    model = SASRec(**dict(CONFIG, loss=loss), iterations=epochs, device="cpu", verbose=verbose,
+                   num_threads=threads)
     train_orig = ds.to_original(ds.contexts)
     t0 = time.perf_counter()
     model.fit(train_orig)
     train_s = time.perf_counter() - t0
-
-    # original id -> internal id of the benchmark's map (0 for anything unknown)
-    lookup = np.zeros(int(ds.item_ids.max()) + 2, dtype=np.int64)
-    lookup[ds.item_ids[1:]] = np.arange(1, ds.n_items + 1)
-
-    def topk(ctx):
-        ids, _ = model.recommend_batch(ds.to_original(ctx), n=10, exclude_seen=True)
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.shape != (len(ctx), 10):
-            raise RuntimeError(f"recommend_batch returned shape {ids.shape}, expected {(len(ctx), 10)}")
-        ok = (ids >= 0) & (ids < len(lookup))
-        return np.where(ok, lookup[np.clip(ids, 0, len(lookup) - 1)], 0)
-
-    metrics = common.evaluate(topk, ds.contexts, ds.targets, k=10)
+    metrics = common.evaluate(common.fastsasrec_topk(model, ds), ds.contexts, ds.targets, k=10)
     return {"train_s": train_s, **metrics}
 
 
@@ -128,16 +74,8 @@ def run_defaults(SASRec, ds: common.Dataset, epochs: int, threads: int, seed: in
     t0 = time.perf_counter()
     model.fit(ds.to_original(ds.contexts))
     train_s = time.perf_counter() - t0
-    lookup = np.zeros(int(ds.item_ids.max()) + 2, dtype=np.int64)
-    lookup[ds.item_ids[1:]] = np.arange(1, ds.n_items + 1)
-
-    def topk(ctx):
-        ids, _ = model.recommend_batch(ds.to_original(ctx), n=10, exclude_seen=True)
-        ids = np.asarray(ids, dtype=np.int64)
-        return np.where(ids >= 0, lookup[np.clip(ids, 0, len(lookup) - 1)], 0)
-
     return {"train_s": train_s, "loss": model.loss_, "dropout": model.dropout,
-            **common.evaluate(topk, ds.contexts, ds.targets, k=10)}
+            **common.evaluate(common.fastsasrec_topk(model, ds), ds.contexts, ds.targets, k=10)}
 
 
 def main(argv=None) -> int:

@@ -22,6 +22,37 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+# The benchmark model on ML-100K, the same for fastsasrec and the PyTorch reference.
+CONFIG = dict(
+    factors=64,
+    n_layers=2,
+    n_heads=1,
+    max_seq=50,
+    batch_size=128,
+    dropout=0.2,
+    learning_rate=1e-3,
+    weight_decay=0.0,
+    n_negatives=256,
+    random_state=42,
+)
+
+
+def fastsasrec_topk(model, ds: "Dataset", k: int = 10):
+    """A top-k function over the benchmark's internal ids for a fitted fastsasrec model
+    (its recommend_batch speaks original ids); unknown ids come back as 0."""
+    lookup = np.zeros(int(ds.item_ids.max()) + 2, dtype=np.int64)
+    lookup[ds.item_ids[1:]] = np.arange(1, ds.n_items + 1)
+
+    def topk(ctx):
+        ids, _ = model.recommend_batch(ds.to_original(ctx), n=k, exclude_seen=True)
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.shape != (len(ctx), k):
+            raise RuntimeError(f"recommend_batch returned shape {ids.shape}, expected {(len(ctx), k)}")
+        ok = (ids >= 0) & (ids < len(lookup))
+        return np.where(ok, lookup[np.clip(ids, 0, len(lookup) - 1)], 0)
+
+    return topk
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "ml-100k"
 
