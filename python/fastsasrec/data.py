@@ -164,3 +164,86 @@ def leave_one_out(sequences: Sequence[Sequence[Any]]) -> Tuple[List[List[Any]], 
 def iter_chunks(n: int, size: int) -> Iterable[Tuple[int, int]]:
     for lo in range(0, n, size):
         yield lo, min(n, lo + size)
+
+
+# ----------------------------------------------------------------------------- event logs
+def _table_kind(df: Any) -> str:
+    mod = type(df).__module__.split(".")[0]
+    if mod == "pandas" and hasattr(df, "columns"):
+        return "pandas"
+    if mod == "polars" and hasattr(df, "get_column"):
+        return "polars"
+    if mod == "pyarrow" and hasattr(df, "column_names"):
+        return "pyarrow"
+    raise ValueError(
+        "df must be a pandas DataFrame, a polars DataFrame or a pyarrow Table, "
+        f"got {type(df).__module__}.{type(df).__name__}"
+    )
+
+
+def _column(df: Any, kind: str, name: Any, arg: str) -> np.ndarray:
+    columns = list(df.column_names) if kind == "pyarrow" else list(df.columns)
+    if name not in columns:
+        raise ValueError(f"{arg}={name!r} is not a column of the event table; its columns are {columns}")
+    if kind == "pandas":
+        col = df[name]
+        if col.isna().any():
+            row = int(np.flatnonzero(col.isna().to_numpy())[0])
+            raise ValueError(f"column {name!r} ({arg}) has a missing value at row {row}")
+        return col.to_numpy()
+    if kind == "polars":
+        col = df.get_column(name)
+        if col.null_count():
+            row = int(np.flatnonzero(col.is_null().to_numpy())[0])
+            raise ValueError(f"column {name!r} ({arg}) has a missing value at row {row}")
+        return col.to_numpy()
+    col = df.column(name)
+    if col.null_count:
+        mask = np.asarray(col.is_null().to_numpy(zero_copy_only=False))
+        raise ValueError(f"column {name!r} ({arg}) has a missing value at row {int(np.flatnonzero(mask)[0])}")
+    return col.to_numpy()
+
+
+def _as_ids(values: np.ndarray, what: str) -> np.ndarray:
+    """int64 or str array of ids, or ValueError naming the first bad row."""
+    if values.dtype.kind in _INT_KINDS:
+        return values.astype(np.int64, copy=False)
+    if values.dtype.kind == "U":
+        return values
+    for i, x in enumerate(values.tolist()):
+        _check_item(x, f"{what}[{i}]")
+    kinds = {isinstance(x, str) for x in values.tolist()}
+    if len(kinds) > 1:
+        raise ValueError(f"{what} mixes integers and strings; ids must be all one kind")
+    return values.astype(str) if kinds == {True} else values.astype(np.int64)
+
+
+def transactions_to_sequences(
+    df: Any, user_col: Any, item_col: Any, timestamp_col: Any = None
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat item ids, int64 offsets, user ids) of an event log, one sequence per user:
+    rows stably sorted by user, then by time (input order breaks ties and stands in for
+    time when timestamp_col is None).  df: pandas or polars DataFrame, or pyarrow Table."""
+    kind = _table_kind(df)
+    items = _as_ids(_column(df, kind, item_col, "item_col"), f"column {item_col!r}")
+    if items.size == 0:
+        raise ValueError("the event table is empty: nothing to train on")
+    users = _column(df, kind, user_col, "user_col")
+    try:
+        user_ids, user_code = np.unique(users, return_inverse=True)
+    except TypeError:
+        raise ValueError(f"column {user_col!r} (user_col) mixes kinds of values that cannot be ordered") from None
+    user_code = user_code.reshape(-1)
+    if timestamp_col is not None:
+        ts = _column(df, kind, timestamp_col, "timestamp_col")
+        if ts.dtype.kind not in "iufM":
+            raise ValueError(
+                f"column {timestamp_col!r} (timestamp_col) must hold numbers or datetimes, got {ts.dtype}"
+            )
+        order = np.lexsort((ts, user_code))  # stable: equal times keep their input order
+    else:
+        order = np.argsort(user_code, kind="stable")
+    counts = np.bincount(user_code, minlength=user_ids.size)
+    offsets = np.zeros(user_ids.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return items[order], offsets, user_ids

@@ -11,7 +11,7 @@ import tempfile
 import time
 import warnings
 import zipfile
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from fastsasrec.data import (
     drop_unknown,
     encode,
     flatten_sequences,
+    transactions_to_sequences,
 )
 
 FORMAT_NAME = "fastsasrec"
@@ -93,6 +94,37 @@ def _threads(n: int):
         yield
     finally:
         _core.ops.set_num_threads(before)
+
+
+class _progress:
+    """A tqdm bar (epoch, loss, tokens/s) when verbose and tqdm is installed, one printed
+    line per epoch when verbose without it, nothing otherwise."""
+
+    def __init__(self, epochs: int, verbose: int) -> None:
+        self.epochs, self.verbose, self.bar = epochs, verbose, None
+        if verbose:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=epochs, desc="SASRec", unit="epoch")
+            except ImportError:
+                pass
+
+    def update(self, logs: Dict[str, Any]) -> None:
+        if not self.verbose:
+            return
+        extra = {"loss": f"{logs['loss']:.4f}", "tok/s": f"{logs['tokens_per_s']:,.0f}"}
+        if "val_NDCG@10" in logs:
+            extra["val NDCG@10"] = f"{logs['val_NDCG@10']:.4f}"
+        if self.bar is not None:
+            self.bar.set_postfix(extra)
+            self.bar.update(1)
+        else:
+            print(f"epoch {logs['epoch']}/{self.epochs}  " + "  ".join(f"{k} {v}" for k, v in extra.items()))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class SASRec:
@@ -179,7 +211,10 @@ class SASRec:
         self._popularity: Optional[np.ndarray] = None
         self._emb_cache: Optional[np.ndarray] = None
         self.loss_history_: List[float] = []
+        self.history_: List[Dict[str, Any]] = []
+        self.best_epoch_: int = 0
         self.loss_: Optional[str] = None
+        self._item_map_cache: Optional[Dict[Any, int]] = None
 
     # ------------------------------------------------------------------ params
     def get_params(self, deep: bool = True) -> Dict[str, Any]:
@@ -227,14 +262,60 @@ class SASRec:
             return self.loss
         return "softmax" if n_items <= AUTO_SOFTMAX_MAX_ITEMS else "sampled_softmax"
 
-    def fit(self, sequences: Any) -> "SASRec":
-        """Trains on sequences of original item ids (oldest first).
+    def fit(
+        self,
+        sequences: Any,
+        validation: Optional[Any] = None,
+        early_stopping_patience: Optional[int] = None,
+        callbacks: Optional[Sequence[Callable[..., Any]]] = None,
+    ) -> "SASRec":
+        """Trains on sequences of original item ids (oldest first); returns self.
 
         ``sequences``: a list of lists (or arrays) of item ids, or a pandas Series of
         lists.  Ids are all integers or all strings.  Sequences with fewer than 2 items
         cannot teach anything and are skipped with one warning giving their count.
+
+        ``validation``: sequences scored after every epoch (each one's last item held out,
+        full-catalogue NDCG@10, see ``evaluate``); with ``early_stopping_patience`` training
+        stops after that many epochs without improvement, and the best epoch's weights
+        are restored.  ``callbacks``: callables ``cb(model, epoch, logs)`` run after each
+        epoch (``logs``: loss, tokens/s, validation metrics); one returning True stops
+        training.  Ctrl-C (KeyboardInterrupt) stops training after the current epoch and
+        leaves the model usable with the weights of the last completed epoch.
         """
         flat, offsets = flatten_sequences(sequences, "sequences")
+        return self._fit_flat(flat, offsets, validation, early_stopping_patience, callbacks)
+
+    @classmethod
+    def from_transactions(
+        cls,
+        df: Any,
+        user_col: Any = "user_id",
+        item_col: Any = "item_id",
+        timestamp_col: Any = "timestamp",
+        **params: Any,
+    ) -> "SASRec":
+        """Builds one sequence per user from an event log and fits a model on them.
+
+        ``df``: a pandas DataFrame, a polars DataFrame or a pyarrow Table.  Rows are
+        sorted stably by user, then by ``timestamp_col`` (numbers or datetimes; None keeps
+        the table's order).  ``params``: the constructor's parameters, plus ``fit``'s
+        ``validation``, ``early_stopping_patience`` and ``callbacks``.  Returns the fitted
+        model."""
+        fit_kw = {k: params.pop(k) for k in ("validation", "early_stopping_patience", "callbacks") if k in params}
+        model = cls(**params)
+        flat, offsets, _ = transactions_to_sequences(df, user_col, item_col, timestamp_col)
+        return model._fit_flat(flat, offsets, **fit_kw)
+
+    def _fit_flat(self, flat, offsets, validation=None, early_stopping_patience=None, callbacks=None):
+        if early_stopping_patience is not None:
+            if isinstance(early_stopping_patience, bool) or not isinstance(early_stopping_patience, numbers.Integral) \
+                    or early_stopping_patience < 1:
+                raise ValueError(f"early_stopping_patience must be a positive integer, got {early_stopping_patience!r}")
+            if validation is None:
+                raise ValueError("early_stopping_patience needs validation= data to watch")
+        if callbacks is not None and not all(callable(cb) for cb in callbacks):
+            raise ValueError("callbacks must be a list of callables cb(model, epoch, logs)")
         n_seq = offsets.size - 1
         if n_seq == 0:
             raise ValueError("sequences is empty: nothing to train on")
@@ -247,7 +328,7 @@ class SASRec:
         if short.any():
             warnings.warn(
                 f"skipped {int(short.sum())} of {n_seq} sequences with fewer than 2 items",
-                stacklevel=2,
+                stacklevel=3,
             )
             keep = np.repeat(~short, lengths)
             flat = flat[keep]
@@ -271,31 +352,61 @@ class SASRec:
         self._engine = engine
         self.loss_ = loss
         self._item_ids = item_ids
+        self._item_map_cache = None
         self._popularity = counts.astype(np.int64)
         self._emb_cache = None
         self.loss_history_ = []
-        self._train(internal, offsets, self.iterations)
+        self.history_ = []
+        self._train(internal, offsets, self.iterations, validation, early_stopping_patience, callbacks)
         return self
 
-    def _train(self, internal: np.ndarray, offsets: np.ndarray, epochs: int) -> None:
-        tokens = int(np.minimum(np.diff(offsets), self.max_seq + 1).clip(min=1).sum() - (np.diff(offsets) > 0).sum())
-        with _threads(self.num_threads):
-            for epoch in range(epochs):
-                t0 = time.perf_counter()
-                loss = self._engine.train_epoch(internal, offsets, len(self.loss_history_))
-                dt = time.perf_counter() - t0
-                self.loss_history_.append(float(loss))
-                self._emb_cache = None
-                if not math.isfinite(loss):
-                    raise RuntimeError(
-                        f"training diverged at epoch {epoch + 1}: loss is {loss}; "
-                        "lower learning_rate"
-                    )
-                if self.verbose:
-                    print(
-                        f"epoch {epoch + 1}/{epochs}  loss {loss:.4f}  "
-                        f"{tokens / max(dt, 1e-9):,.0f} tokens/s"
-                    )
+    def _train(self, internal, offsets, epochs, validation, patience, callbacks) -> None:
+        lengths = np.diff(offsets)
+        tokens = int((np.minimum(lengths, self.max_seq + 1) - 1).clip(min=0).sum())
+        best_score, best_params, best_epoch, since_best = -math.inf, None, 0, 0
+        bar = _progress(epochs, self.verbose)
+        epoch = 0
+        try:
+            with _threads(self.num_threads):
+                for epoch in range(1, epochs + 1):
+                    t0 = time.perf_counter()
+                    loss = self._engine.train_epoch(internal, offsets, len(self.loss_history_))
+                    dt = time.perf_counter() - t0
+                    self.loss_history_.append(float(loss))
+                    self._emb_cache = None
+                    if not math.isfinite(loss):
+                        raise RuntimeError(
+                            f"training diverged at epoch {epoch}: loss is {loss}; lower learning_rate"
+                        )
+                    logs: Dict[str, Any] = {"epoch": epoch, "loss": float(loss),
+                                            "tokens_per_s": tokens / max(dt, 1e-9)}
+                    if validation is not None:
+                        val = self.evaluate(validation, k=10)
+                        logs.update({f"val_{k}": v for k, v in val.items() if k.endswith("@10")})
+                        score = val["NDCG@10"]
+                        if score > best_score:
+                            best_score, best_epoch, since_best = score, epoch, 0
+                            best_params = self._engine.get_params()
+                        else:
+                            since_best += 1
+                    self.history_.append(logs)
+                    bar.update(logs)
+                    stop = any(bool(cb(self, epoch, logs)) for cb in (callbacks or []))
+                    if patience is not None and since_best >= patience:
+                        stop = True
+                    if stop:
+                        break
+        except KeyboardInterrupt:
+            warnings.warn(
+                f"training interrupted: the model keeps the weights of epoch {len(self.loss_history_)}",
+                stacklevel=3,
+            )
+        finally:
+            bar.close()
+        if best_params is not None and best_epoch != len(self.loss_history_):
+            self._engine.set_params(best_params)
+            self._emb_cache = None
+        self.best_epoch_ = best_epoch if best_params is not None else len(self.loss_history_)
 
     # ------------------------------------------------------------------ state
     def _check_fitted(self) -> None:
@@ -442,6 +553,157 @@ class SASRec:
             with _threads(self.num_threads):
                 out[warm] = self._engine.session_states(internal[sel], w_off)
         return out
+
+    # ------------------------------------------------------------------ store helpers
+    def _cosine_rows(self) -> np.ndarray:
+        E = self.item_embeddings
+        return E / np.clip(np.linalg.norm(E, axis=1, keepdims=True), 1e-8, None)
+
+    def similar_items(self, item: Any, n: int = 10) -> Tuple[np.ndarray, np.ndarray]:
+        """The n items whose embeddings are closest to ``item``'s by cosine similarity
+        (the item itself excluded): (ids, cosines), best first."""
+        self._check_fitted()
+        n = self._check_n(n)
+        internal = self._encode_one([item], "item")
+        if internal.size == 0:
+            raise ValueError(f"item {item!r} is not in the model's catalogue")
+        U = self._cosine_rows()
+        sims = U @ U[internal[0] - 1]
+        sims[internal[0] - 1] = -np.inf
+        k = min(n, sims.size - 1)
+        top = np.argpartition(-sims, k - 1)[:k] if k > 0 else np.zeros(0, dtype=np.int64)
+        top = top[np.lexsort((top, -sims[top]))]
+        return self._item_ids[top], sims[top].astype(np.float32)
+
+    def session_quality(self, session: Sequence[Any]) -> float:
+        """How focused a session is, in [0, 1]: the mean pairwise cosine similarity of the
+        embeddings of its known items (negative means clipped to 0); 0.0 with fewer than
+        2 known items."""
+        self._check_fitted()
+        known = self._encode_one(session, "session")
+        m = known.size
+        if m < 2:
+            return 0.0
+        U = self._cosine_rows()[known - 1].astype(np.float64)
+        sim = U @ U.T
+        mean = (sim.sum() - np.trace(sim)) / (m * (m - 1))
+        return float(np.clip(mean, 0.0, 1.0))
+
+    def evaluate(
+        self,
+        sequences: Any,
+        k: int = 10,
+        protocol: str = "loo",
+        n_negatives: int = 100,
+        random_state: int = 0,
+    ) -> Dict[str, Any]:
+        """Holds out each sequence's last item and ranks it from the items before it.
+
+        ``protocol="loo"`` ranks the whole catalogue (the context's items excluded);
+        ``"sampled"`` ranks it among ``n_negatives`` random items the sequence does not
+        contain (the SASRec paper's 100-negative protocol: much easier, so its numbers are
+        not comparable with full ranking).  Returns HR@k, NDCG@k, MRR@k, coverage@k (the
+        share of the catalogue that appears in some top-k list; loo only), ``n`` (sequences
+        scored; shorter than 2 are skipped) and ``protocol``, a label to print with them.
+        Held-out items unknown to the model count as misses."""
+        from fastsasrec.metrics import ranks_from_topk, summarize
+
+        self._check_fitted()
+        k = self._check_n(k)
+        if protocol not in ("loo", "sampled"):
+            raise ValueError(f"protocol must be 'loo' or 'sampled', got {protocol!r}")
+        flat, offsets = flatten_sequences(sequences, "sequences")
+        check_ids_compatible(flat, self._item_ids, "sequences")
+        lengths = np.diff(offsets)
+        use = np.flatnonzero(lengths >= 2)
+        if use.size == 0:
+            raise ValueError("no sequence has 2 or more items: nothing to evaluate")
+        contexts = [flat[offsets[i]: offsets[i + 1] - 1] for i in use]
+        targets = flat[offsets[use + 1] - 1]
+        if protocol == "loo":
+            ids, _ = self.recommend_batch(contexts, n=k, exclude_seen=True)
+            out = summarize(ranks_from_topk(ids, targets), k)
+            shown = ids[(ids != -1) & (ids != "")] if ids.dtype.kind == "U" else ids[ids != -1]
+            out[f"coverage@{k}"] = float(np.unique(shown).size / self._item_ids.size)
+            label = "leave-one-out, full catalogue ranking"
+        else:
+            if isinstance(n_negatives, bool) or not isinstance(n_negatives, numbers.Integral) or n_negatives < 1:
+                raise ValueError(f"n_negatives must be a positive integer, got {n_negatives!r}")
+            out = self._sampled_ranks(contexts, targets, k, int(n_negatives), random_state)
+            label = f"sampled: {n_negatives} negatives (SASRec paper protocol)"
+        out["n"] = int(use.size)
+        out["protocol"] = label
+        return out
+
+    def _sampled_ranks(self, contexts, targets, k, n_neg, seed) -> Dict[str, float]:
+        from fastsasrec.metrics import summarize
+
+        V = self._item_ids.size
+        H = self.session_embeddings(contexts).astype(np.float64)
+        E = self.item_embeddings.astype(np.float64)
+        t_int = encode(np.asarray(targets), self._item_ids)
+        rng = np.random.default_rng(seed)
+        ranks = np.full(len(contexts), -1, dtype=np.int64)
+        for b, ctx in enumerate(contexts):
+            if t_int[b] == 0 or np.isnan(H[b, 0]):
+                continue  # unknown target or context: a miss
+            seen = set(encode(np.asarray(ctx), self._item_ids).tolist()) | {int(t_int[b])}
+            if V - len(seen) < n_neg:
+                raise ValueError(f"n_negatives ({n_neg}) exceeds the items a sequence does not contain")
+            neg: List[int] = []
+            while len(neg) < n_neg:
+                for x in rng.integers(1, V + 1, size=2 * n_neg).tolist():
+                    if x not in seen:
+                        seen.add(x)
+                        neg.append(x)
+                        if len(neg) == n_neg:
+                            break
+            s_t = H[b] @ E[t_int[b] - 1]
+            s_n = E[np.asarray(neg) - 1] @ H[b]
+            ranks[b] = int((s_n > s_t).sum())
+        return summarize(ranks, k)
+
+    # ------------------------------------------------------------------ compatibility
+    # The layer older notebooks use (``_item_map``, ``_rev_item_map``, ``_item_emb``,
+    # ``recommend_items``): internal ids are 1..n_items, row i of ``_item_emb`` is
+    # internal id i (row 0 is the padding row).  Thin views over the public API.
+    @property
+    def _item_map(self) -> Dict[Any, int]:
+        """original id -> internal id."""
+        self._check_fitted()
+        if self._item_map_cache is None:
+            self._item_map_cache = {x: i + 1 for i, x in enumerate(self._item_ids.tolist())}
+        return self._item_map_cache
+
+    @property
+    def _rev_item_map(self) -> Dict[int, Any]:
+        """internal id -> original id."""
+        self._check_fitted()
+        return {i + 1: x for i, x in enumerate(self._item_ids.tolist())}
+
+    @property
+    def _item_emb(self) -> np.ndarray:
+        """(n_items + 1, factors): row i is internal id i's embedding, row 0 padding."""
+        E = self.item_embeddings
+        return np.vstack([np.zeros((1, E.shape[1]), dtype=E.dtype), E])
+
+    def recommend_items(
+        self, user_sequence: Sequence[int], n: int = 10, exclude: Optional[Sequence[int]] = None
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """``recommend`` in internal ids: ``user_sequence`` and ``exclude`` are internal
+        ids (see ``_item_map``); returns (internal ids, scores).  Only ``exclude`` is
+        excluded."""
+        self._check_fitted()
+        V = self._item_ids.size
+        seq = np.asarray(list(user_sequence), dtype=np.int64)
+        if seq.size and (seq.min() < 1 or seq.max() > V):
+            raise ValueError(f"user_sequence holds internal ids outside 1..{V}")
+        ex = np.asarray(list(exclude) if exclude is not None else [], dtype=np.int64)
+        if ex.size and (ex.min() < 1 or ex.max() > V):
+            raise ValueError(f"exclude holds internal ids outside 1..{V}")
+        ids, scores = self.recommend(self._item_ids[seq - 1], n=n, exclude_seen=False,
+                                     exclude=self._item_ids[ex - 1])
+        return encode(np.asarray(ids), self._item_ids).astype(np.int64), scores
 
     # ------------------------------------------------------------------ files
     def save(self, path: "os.PathLike[str] | str") -> None:
