@@ -1,65 +1,433 @@
-"""The ``fastsasrec`` command line."""
+"""The ``fastsasrec`` command line::
+
+    fastsasrec demo [--movielens [PATH]]          train on built-in data, show the store use cases
+    fastsasrec train EVENTS -o MODEL              fit a model on an event log (.csv or .parquet)
+    fastsasrec recommend MODEL --session 12,40,7  next items for a session
+    fastsasrec evaluate MODEL EVENTS              hold out each user's last item and rank it
+
+Errors in what the user gave (files, columns, ids, arguments) print one line on stderr
+and exit with status 2.
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
-from typing import List, Optional
+import warnings
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+class CLIError(Exception):
+    """A problem with the command's input: reported on stderr, exit status 2."""
+
+
+# ----------------------------------------------------------------------------- helpers
+def _fmt_ids(ids: Sequence[Any], names: Dict[Any, str], limit: int = 60) -> List[str]:
+    out = []
+    for x in ids:
+        name = names.get(x.item() if hasattr(x, "item") else x, str(x))
+        out.append(name if len(name) <= limit else name[: limit - 1] + "…")
+    return out
+
+
+def _read_events(path: str, cols: Sequence[Optional[str]], what: str = "EVENTS",
+                 str_item_col: Optional[str] = None):
+    """Reads an event log (.csv, .csv.gz, .parquet) into a pandas DataFrame holding the
+    named columns, with a string time column turned into datetimes."""
+    if not os.path.exists(path):
+        raise CLIError(f"{what} file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise CLIError(f"{what} {path!r} is a folder, not a .csv or .parquet file")
+    lower = path.lower()
+    is_parquet = lower.endswith((".parquet", ".pq"))
+    if not is_parquet and not lower.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")):
+        raise CLIError(f"{what} must be a .csv or .parquet file, got {path!r}")
+    try:
+        import pandas as pd
+    except ImportError:
+        raise CLIError(f"reading {what} needs pandas: pip install pandas") from None
+    if os.path.getsize(path) == 0:
+        raise CLIError(f"{what} file {path!r} is empty")
+    try:
+        if is_parquet:
+            df = pd.read_parquet(path)
+        else:
+            dtype = {str_item_col: str} if str_item_col is not None else None
+            df = pd.read_csv(path, dtype=dtype)
+    except ImportError:
+        raise CLIError(f"reading the .parquet file {what} {path!r} needs pyarrow: pip install pyarrow") from None
+    except pd.errors.EmptyDataError:
+        raise CLIError(f"{what} file {path!r} is empty") from None
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise CLIError(f"could not read {what} file {path!r}: {e}") from None
+    present = [str(c) for c in df.columns]
+    flags = ("--user-col", "--item-col", "--time-col")
+    missing = [(c, f) for c, f in zip(cols, flags) if c is not None and c not in df.columns]
+    if missing:
+        names = ", ".join(f"{c!r} ({f})" for c, f in missing)
+        raise CLIError(f"{what} file {path!r} has no column {names}; its columns are: "
+                       f"{', '.join(present) if present else '(none)'}")
+    if len(df) == 0:
+        raise CLIError(f"{what} file {path!r} has no rows (columns: {', '.join(present)})")
+    df = df[[c for c in dict.fromkeys(cols) if c is not None]]
+    time_col = cols[2]
+    if time_col is not None:
+        df = df.copy()
+        df[time_col] = _as_time(df[time_col], time_col, path, what)
+    return df
+
+
+def _as_time(col, name: str, path: str, what: str):
+    import pandas as pd
+
+    if isinstance(col.dtype, pd.DatetimeTZDtype):
+        return col.dt.tz_convert("UTC").dt.tz_localize(None)
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        return col
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return col
+    try:
+        with warnings.catch_warnings():  # pandas warns when it falls back to parsing one by one
+            warnings.simplefilter("ignore", UserWarning)
+            parsed = pd.to_datetime(col, utc=True)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise CLIError(f"column {name!r} (--time-col) of {what} file {path!r} must hold numbers or "
+                       f"dates: {e}") from None
+    return parsed.dt.tz_localize(None)
+
+
+def _load_model(path: str, threads: Optional[int] = None):
+    from fastsasrec import SASRec
+
+    if not os.path.exists(path):
+        raise CLIError(f"MODEL file {path!r} does not exist")
+    try:
+        model = SASRec.load(path, device="auto")
+    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        raise CLIError(f"cannot load MODEL {path!r}: {e}") from None
+    if threads is not None:
+        model.set_params(num_threads=threads)
+    return model
+
+
+def _parse_ids(text: str, model, flag: str) -> List[Any]:
+    """Comma-separated ids, as integers when the model's ids are integers."""
+    tokens = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(t == "" for t in tokens):
+        raise CLIError(f"{flag} must be comma-separated item ids like 12,40,7, got {text!r}")
+    if model.item_ids.dtype.kind in "iu":
+        out = []
+        for t in tokens:
+            try:
+                out.append(int(t))
+            except ValueError:
+                raise CLIError(f"{flag}: {t!r} is not an integer, and this model's item ids are integers "
+                               f"(got {text!r})") from None
+        return out
+    return tokens
+
+
+def _model_params(args: argparse.Namespace) -> Dict[str, Any]:
+    given = dict(factors=args.factors, iterations=args.epochs, max_seq=args.max_seq, loss=args.loss,
+                 random_state=args.seed, num_threads=args.threads, n_layers=args.layers,
+                 n_heads=args.heads, dropout=args.dropout, learning_rate=args.lr,
+                 batch_size=args.batch_size)
+    params = {k: v for k, v in given.items() if v is not None}
+    params["verbose"] = 1 if args.verbose else 0
+    return params
+
+
+# ----------------------------------------------------------------------------- train
+def _train(args: argparse.Namespace) -> int:
+    from fastsasrec import SASRec
+
+    time_col = None if args.no_time else args.time_col
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):
+        raise CLIError(f"the folder of --output {args.output!r} does not exist: {out_dir}")
+    df = _read_events(args.events, (args.user_col, args.item_col, time_col))
+    params = _model_params(args)
+    t0 = time.perf_counter()
+    model = SASRec.from_transactions(df, user_col=args.user_col, item_col=args.item_col,
+                                     timestamp_col=time_col, **params)
+    dt = time.perf_counter() - t0
+    n_users = int(df[args.user_col].nunique())
+    loss = f", final loss {model.loss_history_[-1]:.4f}" if model.loss_history_ else ""
+    print(f"trained on {len(df):,} events of {n_users:,} users over {model.n_items:,} items: "
+          f"{len(model.loss_history_)} epochs in {dt:.1f}s ({model.loss_} loss{loss})")
+    model.save(args.output)
+    print(f"saved {args.output}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- recommend
+def _recommend(args: argparse.Namespace) -> int:
+    model = _load_model(args.model, args.threads)
+    session = _parse_ids(args.session, model, "--session")
+    exclude = _parse_ids(args.exclude, model, "--exclude") if args.exclude is not None else None
+    known = np.isin(np.asarray(session), model.item_ids)
+    if not known.all():
+        unknown = ", ".join(str(x) for x, k in zip(session, known) if not k)
+        if known.any():
+            print(f"note: not in the model's catalogue, ignored: {unknown}", file=sys.stderr)
+        else:
+            print(f"note: no item of --session is in the model's catalogue ({unknown}): "
+                  "these are the most popular items", file=sys.stderr)
+    ids, scores = model.recommend(session, n=args.n, exclude_seen=not args.keep_seen, exclude=exclude)
+    width = max([4] + [len(str(x)) for x in ids.tolist()])
+    print(f"rank  {'item':>{width}}  score")
+    for r, (x, s) in enumerate(zip(ids.tolist(), scores.tolist()), 1):
+        print(f"{r:>4}  {str(x):>{width}}  {s:.4f}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+def _evaluate(args: argparse.Namespace) -> int:
+    from fastsasrec.data import transactions_to_sequences
+
+    model = _load_model(args.model, args.threads)
+    time_col = None if args.no_time else args.time_col
+    str_items = args.item_col if model.item_ids.dtype.kind == "U" else None
+    df = _read_events(args.events, (args.user_col, args.item_col, time_col), str_item_col=str_items)
+    flat, offsets, users = transactions_to_sequences(df, args.user_col, args.item_col, time_col)
+    sequences = np.split(flat, offsets[1:-1])
+    res = model.evaluate(sequences, k=args.k, protocol=args.protocol)
+    skipped = len(sequences) - res["n"]
+    order = "in time order" if time_col is not None else "in file order"
+    print(f"{res['n']:,} users' last items held out and ranked from the items before them "
+          f"({order}); protocol: {res['protocol']}")
+    if skipped:
+        print(f"({skipped:,} users with fewer than 2 events skipped)")
+    for key, v in res.items():
+        if key not in ("n", "protocol"):
+            print(f"  {key:<12s} {v:.4f}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+def _store_examples(names: Dict[int, str]) -> Dict[str, Any]:
+    """Hand-picked sessions of the synthetic store for the use cases."""
+    pid = {v: k for k, v in names.items()}
+    espresso = [pid["Acme espresso machine"], pid["Acme burr grinder"], pid["Acme coffee scale"]]
+    focused = [pid[f"Nordic {x}"] for x in ("running shoes", "running socks", "sports watch", "energy gels")]
+    scattered = [pid[x] for x in ("Vela tent", "Acme serum", "Kite road bike", "Orbit stroller")]
+    return dict(cart_session=espresso, cart=espresso[:2], focused=focused, scattered=scattered,
+                focused_label="one journey", scattered_label="four categories")
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from fastsasrec import SASRec
     from fastsasrec.data import leave_one_out
-    from fastsasrec.datasets import synthetic_store
-    from fastsasrec.metrics import evaluate_topk, most_popular_topk, ranks_from_topk, summarize
+    from fastsasrec.datasets import movielens_100k, synthetic_store
+    from fastsasrec.metrics import most_popular_topk, ranks_from_topk, summarize
 
-    sessions, names = synthetic_store(n_sessions=args.sessions, random_state=args.seed)
+    rng = np.random.default_rng(args.seed)
+    if args.download and args.movielens is None:
+        raise CLIError("--download goes with --movielens")
+    if args.movielens is not None:
+        from fastsasrec.data import transactions_to_sequences
+
+        path = None if args.movielens == "" else args.movielens
+        events, names = movielens_100k(path, download=args.download)
+        flat, offsets, _ = transactions_to_sequences(events, "user_id", "item_id", "timestamp")
+        sessions = [s.tolist() for s in np.split(flat, offsets[1:-1])]
+        who, what, viewed = "users", "movies", "watched"
+        epochs = 40 if args.epochs is None else args.epochs
+        params = dict(factors=64, n_layers=2, max_seq=50, iterations=epochs)
+        print(f"MovieLens 100K: {len(flat):,} ratings of {len(names):,} movies by {len(sessions):,} users")
+    else:
+        sessions, names = synthetic_store(n_sessions=args.sessions, random_state=args.seed)
+        who, what, viewed = "visitors", "products", "viewed"
+        epochs = 15 if args.epochs is None else args.epochs
+        params = dict(factors=48, n_layers=2, max_seq=20, n_negatives=64, iterations=epochs)
+        print(f"synthetic store: {len(sessions):,} sessions over {len(names)} products")
     # New visitors: train on 80% of the sessions, then predict the last item of each of
     # the other 20% from the items before it.
     n_test = len(sessions) // 5
     train, test = sessions[n_test:], sessions[:n_test]
-    contexts, targets = leave_one_out(test)
-    print(f"synthetic store: {len(sessions):,} sessions over {len(names)} products "
-          f"({len(train):,} to train on, {len(contexts):,} new visitors to predict)")
-    model = SASRec(factors=48, n_layers=2, max_seq=20, n_negatives=64, iterations=args.epochs,
-                   random_state=args.seed, verbose=0)
+    if n_test < 1 or not any(len(s) >= 2 for s in test):
+        raise CLIError(f"too few sessions to hold out new {who}: use more of them")
+    print(f"  {len(train):,} to train on, {len(test):,} new {who} to predict")
+    model = SASRec(random_state=args.seed, verbose=0, num_threads=args.threads, **params)
     t0 = time.perf_counter()
     model.fit(train)
-    print(f"trained {args.epochs} epochs in {time.perf_counter() - t0:.1f}s "
-          f"(final loss {model.loss_history_[-1]:.3f})")
+    print(f"trained {epochs} epochs in {time.perf_counter() - t0:.1f}s "
+          f"(final loss {model.loss_history_[-1]:.3f})" if model.loss_history_ else "trained 0 epochs")
+
+    # ---- quality against the most-popular baseline
     k = 10
-    ours = evaluate_topk(model, contexts, targets, k=k)
-    pop = summarize(ranks_from_topk(most_popular_topk(contexts, train, k), targets), k)
-    print(f"\nnext item of new visitors' sessions, ranked over the full catalogue (seen items excluded)")
-    print(f"  {'':14s}" + "".join(f"{m:>10s}" for m in ours))
-    print(f"  {'SASRec':14s}" + "".join(f"{v:10.3f}" for v in ours.values()))
-    print(f"  {'most popular':14s}" + "".join(f"{v:10.3f}" for v in pop.values()))
-    rng = np.random.default_rng(args.seed)
-    print("\nbased on what you viewed:")
-    for i in rng.choice(len(contexts), size=3, replace=False):
+    ours = model.evaluate(test, k=k, protocol="loo")
+    contexts, targets = leave_one_out(test)
+    pop_top = most_popular_topk(contexts, train, k)
+    pop = summarize(ranks_from_topk(pop_top, targets), k)
+    shown = {x for x in pop_top.ravel().tolist() if x is not None}
+    pop[f"coverage@{k}"] = len(shown) / model.n_items
+    cols = [f"HR@{k}", f"NDCG@{k}", f"MRR@{k}", f"coverage@{k}"]
+    print(f"\nnext item of {ours['n']:,} new {who} (not seen in training): each one's last item "
+          f"held out; {ours['protocol']}, items already {viewed} excluded")
+    print(f"  {'':14s}" + "".join(f"{c:>12s}" for c in cols))
+    print(f"  {'SASRec':14s}" + "".join(f"{ours[c]:12.3f}" for c in cols))
+    print(f"  {'most popular':14s}" + "".join(f"{pop[c]:12.3f}" for c in cols))
+    print(f"  (coverage: the share of the {model.n_items:,} {what} shown in some top-{k} list)")
+
+    # ---- (a) "based on what you viewed" widget
+    print(f"\n(a) based on what you {viewed}: the widget for a live session")
+    usable = [i for i, c in enumerate(contexts) if len(c) >= 2]
+    last = None
+    for i in rng.choice(usable, size=min(2, len(usable)), replace=False):
         ctx = contexts[i][-3:]
         ids, scores = model.recommend(ctx, n=3)
-        print("  viewed: " + " -> ".join(names[x] for x in ctx))
-        print("  next:   " + ", ".join(f"{names[x]} ({s:.2f})" for x, s in zip(ids, scores)))
+        print(f"  {viewed}: " + " -> ".join(_fmt_ids(ctx, names)))
+        print("  next:   " + ", ".join(f"{n} ({s:.2f})" for n, s in zip(_fmt_ids(ids, names), scores)))
+        if last is None and np.isin(ctx[-1], model.item_ids):
+            last = ctx[-1]
+    if last is not None:  # the same page's "similar products" strip: nearest item embeddings
+        sim, cos = model.similar_items(last, n=3)
+        print(f"  similar to {_fmt_ids([last], names)[0]}: "
+              + ", ".join(f"{n} ({c:.2f})" for n, c in zip(_fmt_ids(sim, names), cos)))
+
+    # ---- (b) re-engagement
+    print(f"\n(b) re-engagement: the one {what[:-1]} to feature for lapsed {who}, from their last 10 items")
+    for _ in range(3):
+        if args.movielens is not None or len(test) < 2:
+            history = list(test[int(rng.integers(len(test)))])
+        else:  # a returning shopper: two earlier visits
+            a, b = rng.choice(len(test), size=2, replace=False)
+            history = list(test[a]) + list(test[b])
+        recent = history[-10:]
+        ids, _ = model.recommend(recent, n=1)
+        shown_recent = _fmt_ids(recent[-3:], names, limit=40)
+        more = f"(+{len(recent) - 3} before) " if len(recent) > 3 else ""
+        print(f"  last {viewed}: {more}" + ", ".join(shown_recent))
+        print(f"  feature:    {_fmt_ids(ids, names)[0]}")
+
+    # ---- (c) abandoned cart
+    if args.movielens is None:
+        ex = _store_examples(names)
+        cart_session, cart = ex["cart_session"], ex["cart"]
+    else:
+        long_ctx = [c for c in contexts if len(c) >= 3] or contexts
+        cart_session = list(long_ctx[int(rng.integers(len(long_ctx)))][-3:])
+        cart = cart_session[: max(1, len(cart_session) - 1)]
+    print("\n(c) abandoned-cart upsell: recommendations that leave out what is already in the cart")
+    print(f"  {viewed}: " + " -> ".join(_fmt_ids(cart_session, names)))
+    print("  cart:   " + ", ".join(_fmt_ids(cart, names)))
+    ids, scores = model.recommend(cart_session, n=3, exclude_seen=False, exclude=cart)
+    print("  upsell: " + ", ".join(f"{n} ({s:.2f})" for n, s in zip(_fmt_ids(ids, names), scores)))
+
+    # ---- (d) session quality
+    print("\n(d) session quality: how focused a session is (0 scattered .. 1 one intent)")
+    if args.movielens is None:
+        focused, scattered = ex["focused"], ex["scattered"]
+        focused_label, scattered_label = ex["focused_label"], ex["scattered_label"]
+    else:  # the most and least focused of some new users' last 5 movies
+        pool = ([c[-5:] for c in contexts if len(c) >= 5] or [c[-5:] for c in contexts if len(c) >= 2]
+                or [list(c) for c in contexts])[:200]
+        q = [model.session_quality(s) for s in pool]
+        focused, scattered = pool[int(np.argmax(q))], pool[int(np.argmin(q))]
+        focused_label, scattered_label = f"most focused of {len(pool)}", f"least focused of {len(pool)}"
+    for label, s in ((f"focused ({focused_label})", focused), (f"scattered ({scattered_label})", scattered)):
+        print(f"  {label}: focus {model.session_quality(s):.2f}")
+        print("    " + ", ".join(_fmt_ids(s, names, limit=40)))
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+# ----------------------------------------------------------------------------- parser
+def _add_columns(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--user-col", default="user_id", help="column of user (or session) ids (default: user_id)")
+    p.add_argument("--item-col", default="item_id", help="column of item ids (default: item_id)")
+    p.add_argument("--time-col", default="timestamp",
+                   help="column of event times: numbers, datetimes or date strings (default: timestamp)")
+    p.add_argument("--no-time", action="store_true", help="no time column: keep each user's events in file order")
+
+
+def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastsasrec", description="fast SASRec next-item recommendation")
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="train on built-in synthetic store sessions and show recommendations")
-    d.add_argument("--sessions", type=int, default=4000)
-    d.add_argument("--epochs", type=int, default=15)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="train on built-in data and show the store use cases",
+                       description="Train on synthetic store sessions (or MovieLens 100K), compare with "
+                                   "the most-popular baseline and show four store use cases.")
+    d.add_argument("--sessions", type=int, default=4000, help="synthetic sessions (default: 4000)")
+    d.add_argument("--epochs", type=int, default=None, help="training epochs (default: 15; 40 for MovieLens)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0, all cores)")
+    d.add_argument("--movielens", nargs="?", const="", default=None, metavar="PATH",
+                   help="use MovieLens 100K from PATH (a folder with u.data and u.item; default: "
+                        "./ml-100k or the download cache) instead of the synthetic store")
+    d.add_argument("--download", action="store_true",
+                   help="with --movielens: download MovieLens 100K from GroupLens when no local copy exists")
     d.set_defaults(func=_demo)
-    args = parser.parse_args(argv)
+
+    t = sub.add_parser("train", help="fit a model on an event log and save it",
+                       description="Fit SASRec on an event log (one row per event), one sequence per user "
+                                   "sorted by time, and save the model.")
+    t.add_argument("events", metavar="EVENTS", help="event log: .csv or .parquet (parquet needs pyarrow)")
+    _add_columns(t)
+    t.add_argument("-o", "--output", required=True, metavar="MODEL", help="where to save the model")
+    t.add_argument("--factors", type=int, help="embedding width (default: 64)")
+    t.add_argument("--epochs", type=int, help="training epochs (default: 50)")
+    t.add_argument("--max-seq", type=int, help="most recent items read per user (default: 50)")
+    t.add_argument("--loss", choices=["auto", "softmax", "sampled_softmax", "bce"], help="default: auto")
+    t.add_argument("--layers", type=int, help="transformer blocks (default: 2)")
+    t.add_argument("--heads", type=int, help="attention heads (default: 1)")
+    t.add_argument("--dropout", type=float, help="default: 0.3")
+    t.add_argument("--lr", type=float, help="learning rate (default: 0.001)")
+    t.add_argument("--batch-size", type=int, help="default: 128")
+    t.add_argument("--seed", type=int, help="random seed (default: 42)")
+    t.add_argument("--threads", type=int, help="CPU threads (default: 0, all cores)")
+    t.add_argument("-v", "--verbose", action="store_true", help="report each epoch")
+    t.set_defaults(func=_train)
+
+    r = sub.add_parser("recommend", help="next items for a session",
+                       description="Print the top-n next items for a session, with their scores.")
+    r.add_argument("model", metavar="MODEL")
+    r.add_argument("--session", required=True, help="comma-separated item ids, oldest first: 12,40,7")
+    r.add_argument("-n", type=int, default=10, help="how many items (default: 10)")
+    r.add_argument("--exclude", help="comma-separated item ids never to recommend (e.g. the cart)")
+    r.add_argument("--keep-seen", action="store_true", help="allow the session's own items")
+    r.add_argument("--threads", type=int, default=None)
+    r.set_defaults(func=_recommend)
+
+    e = sub.add_parser("evaluate", help="hold out each user's last item and rank it",
+                       description="Build one sequence per user from an event log, hold out each "
+                                   "sequence's last item and rank it from the items before it. "
+                                   "For an honest figure, use events of users the model was not "
+                                   "trained on (or trained on without their last items).")
+    e.add_argument("model", metavar="MODEL")
+    e.add_argument("events", metavar="EVENTS", help="event log: .csv or .parquet")
+    _add_columns(e)
+    e.add_argument("-k", type=int, default=10, help="cut-off of the metrics (default: 10)")
+    e.add_argument("--protocol", choices=["loo", "sampled"], default="loo",
+                   help="loo: rank the full catalogue (default); sampled: rank against 100 random "
+                        "negatives, as in the SASRec paper (easier, not comparable)")
+    e.add_argument("--threads", type=int, default=None)
+    e.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Runs the command line; returns the exit status (0 ok, 2 bad input, 1 failure)."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or argparse's own usage errors
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    prefix = f"fastsasrec {args.command}: error:"
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"fastsasrec: error: {e}", file=sys.stderr)
+    except (CLIError, ValueError, FileNotFoundError, ConnectionError, ImportError) as e:
+        print(f"{prefix} {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        print(f"{prefix} {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
