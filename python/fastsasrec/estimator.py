@@ -60,8 +60,9 @@ def _check_param(name: str, value: Any) -> Any:
     if name == "random_state":
         if value is None:
             return None
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"random_state must be a non-negative integer or None, got {value!r}")
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+                or not 0 <= value < 2**63:
+            raise ValueError(f"random_state must be an integer in [0, 2**63) or None, got {value!r}")
         return int(value)
     kind, ok, desc = _PARAMS[name]
     if isinstance(value, (bool, np.bool_)):
@@ -214,7 +215,7 @@ class SASRec:
         self.history_: List[Dict[str, Any]] = []
         self.best_epoch_: int = 0
         self.loss_: Optional[str] = None
-        self._item_map_cache: Optional[Dict[Any, int]] = None
+        self._item_map_cache: Optional[Tuple[Dict[Any, int], Dict[int, Any]]] = None
 
     # ------------------------------------------------------------------ params
     def get_params(self, deep: bool = True) -> Dict[str, Any]:
@@ -667,19 +668,23 @@ class SASRec:
     # The layer older notebooks use (``_item_map``, ``_rev_item_map``, ``_item_emb``,
     # ``recommend_items``): internal ids are 1..n_items, row i of ``_item_emb`` is
     # internal id i (row 0 is the padding row).  Thin views over the public API.
+    def _maps(self) -> Tuple[Dict[Any, int], Dict[int, Any]]:
+        self._check_fitted()
+        if self._item_map_cache is None:
+            ids = self._item_ids.tolist()
+            self._item_map_cache = ({x: i + 1 for i, x in enumerate(ids)},
+                                    {i + 1: x for i, x in enumerate(ids)})
+        return self._item_map_cache
+
     @property
     def _item_map(self) -> Dict[Any, int]:
         """original id -> internal id."""
-        self._check_fitted()
-        if self._item_map_cache is None:
-            self._item_map_cache = {x: i + 1 for i, x in enumerate(self._item_ids.tolist())}
-        return self._item_map_cache
+        return self._maps()[0]
 
     @property
     def _rev_item_map(self) -> Dict[int, Any]:
         """internal id -> original id."""
-        self._check_fitted()
-        return {i + 1: x for i, x in enumerate(self._item_ids.tolist())}
+        return self._maps()[1]
 
     @property
     def _item_emb(self) -> np.ndarray:
