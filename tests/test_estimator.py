@@ -156,3 +156,16 @@ def test_pandas_series_input(chain_data):
     s = pd.Series(chain_data[:100])
     m = SASRec(iterations=1, **SMALL).fit(s)
     assert m.n_items > 0
+
+
+def test_concurrent_recommend_calls_agree(trained):
+    """One model serving a thread pool: concurrent calls (the engine runs without the GIL)
+    give the same answers as serial ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [[[100 + (s + b + k) % 40 for k in range(3 + (s + b) % 10)] for s in range(200)]
+               for b in range(8)]
+    want = [trained.recommend_batch(b, n=5)[0].tolist() for b in batches]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda b: trained.recommend_batch(b, n=5)[0].tolist(), batches * 3))
+    assert got == want * 3

@@ -159,24 +159,28 @@ void Model::init_params(uint64_t seed) {
 }
 
 std::vector<float> Model::get_params() const {
+  std::lock_guard<std::mutex> lock(mu_);
   std::vector<float> out(n_params_);
   be_->download(out.data(), params_, n_params_ * sizeof(float));
   return out;
 }
 
 void Model::set_params(const std::vector<float>& flat) {
+  std::lock_guard<std::mutex> lock(mu_);
   FSR_REQUIRE(flat.size() == n_params_, "parameter vector has ", flat.size(),
               " values, the model has ", n_params_);
   be_->upload(params_, flat.data(), n_params_ * sizeof(float));
 }
 
 std::vector<float> Model::get_grads() const {
+  std::lock_guard<std::mutex> lock(mu_);
   std::vector<float> out(n_params_);
   be_->download(out.data(), grads_, n_params_ * sizeof(float));
   return out;
 }
 
 std::vector<float> Model::item_embeddings() const {
+  std::lock_guard<std::mutex> lock(mu_);
   const size_t C = cfg_.factors, V = cfg_.n_items;
   std::vector<float> out(V * C);
   be_->download(out.data(), params_ + C, V * C * sizeof(float));
@@ -373,6 +377,11 @@ void Model::backward(Acts& a, int R, int B, bool train, int64_t step) {
 }
 
 double Model::forward_backward(const HostBatch& batch, bool train, bool grad, int64_t step) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return forward_backward_locked(batch, train, grad, step);
+}
+
+double Model::forward_backward_locked(const HostBatch& batch, bool train, bool grad, int64_t step) {
   const int R = batch.R(), B = batch.B();
   FSR_ASSERT(R > 0 && B > 0);
   Acts& a = *train_acts_;
@@ -449,6 +458,7 @@ void Model::build_batch(const int32_t* items, const int64_t* offsets, const int6
 
 double Model::train_epoch(const int32_t* items, const int64_t* offsets, int64_t n_seq,
                           int64_t epoch) {
+  std::lock_guard<std::mutex> lock(mu_);
   FSR_REQUIRE(n_seq >= 0, "n_seq must be >= 0, got ", n_seq);
   std::vector<int64_t> order;
   order.reserve(n_seq);
@@ -467,7 +477,7 @@ double Model::train_epoch(const int32_t* items, const int64_t* offsets, int64_t 
   for (size_t b0 = 0; b0 < order.size(); b0 += cfg_.batch_size) {
     const int n = (int)std::min<size_t>(cfg_.batch_size, order.size() - b0);
     build_batch(items, offsets, order.data() + b0, n, step_ + 1, batch);
-    const double l = forward_backward(batch, true, true, step_ + 1);
+    const double l = forward_backward_locked(batch, true, true, step_ + 1);
     optimizer_step();
     loss_sum += l * batch.R();
     rows += batch.R();
@@ -510,6 +520,7 @@ constexpr int64_t kInferChunk = 256;  // sessions per inference forward
 }
 
 std::vector<float> Model::session_states(const int32_t* items, const int64_t* offsets, int64_t B) {
+  std::lock_guard<std::mutex> lock(mu_);
   const int C = cfg_.factors;
   std::vector<float> out((size_t)B * C);
   HostBatch hb;
@@ -525,6 +536,7 @@ std::vector<float> Model::session_states(const int32_t* items, const int64_t* of
 void Model::recommend(const int32_t* items, const int64_t* offsets, int64_t B, int K,
                       const int32_t* excl, const int64_t* excl_off, int32_t* out_ids,
                       float* out_scores) {
+  std::lock_guard<std::mutex> lock(mu_);
   const int C = cfg_.factors, V = cfg_.n_items;
   FSR_REQUIRE(K >= 1, "n must be >= 1, got ", K);
   FSR_REQUIRE(K <= V, "n (", K, ") must be <= the number of items (", V, ")");

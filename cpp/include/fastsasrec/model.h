@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,8 @@ struct HostBatch {
   int B() const { return (int)cu.size() - 1; }
 };
 
+// One model may be called from several threads (a web server's pool): the public calls
+// that use the arenas take a lock, so concurrent calls run one after another.
 class Model {
  public:
   Model(const Config& cfg, const std::string& device);
@@ -96,6 +99,7 @@ class Model {
   // Inference forward: all rows through layers 0..L-2, then only each sequence's last row
   // (a.rows) through the last layer's query side; the final states land in a.hlast (B, C).
   void forward_last(Acts& a, int R, int B);
+  double forward_backward_locked(const HostBatch& batch, bool train, bool grad, int64_t step);
   void final_states(const int32_t* items, const int64_t* offsets, int64_t b0, int64_t b1,
                     HostBatch& hb, Acts& a);
   Layer layer(float* base, int l) const;
@@ -109,6 +113,7 @@ class Model {
   size_t n_params_ = 0, n_decay_ = 0;
   float *params_ = nullptr, *grads_ = nullptr, *m_ = nullptr, *v_ = nullptr;
   std::unique_ptr<Acts> train_acts_, infer_acts_;
+  mutable std::mutex mu_;  // guards the arenas and parameters across public calls
   int64_t step_ = 0;       // optimizer steps taken (AdamW's t, and dropout streams)
   double last_loss_ = 0.0;
 };
