@@ -43,10 +43,12 @@ def import_fastsasrec():
     return SASRec
 
 
-def run_torch(ds: common.Dataset, loss: str, epochs: int, threads: int, verbose: int) -> dict:
+def run_torch(ds: common.Dataset, loss: str, epochs: int, threads: int, verbose: int,
+              device: str = "cpu", compile: bool = False) -> dict:
     import torch_reference as tr
 
-    model = tr.TorchSASRec(ds.n_items, **dict(CONFIG, loss=loss), threads=threads, verbose=verbose)
+    model = tr.TorchSASRec(ds.n_items, **dict(CONFIG, loss=loss), threads=threads, verbose=verbose,
+                           device=device, compile=compile)
     t0 = time.perf_counter()
     model.fit(ds.contexts, epochs)
     train_s = time.perf_counter() - t0
@@ -54,8 +56,9 @@ def run_torch(ds: common.Dataset, loss: str, epochs: int, threads: int, verbose:
     return {"train_s": train_s, "final_loss": model.epoch_losses[-1], **metrics}
 
 
-def run_fastsasrec(SASRec, ds: common.Dataset, loss: str, epochs: int, threads: int, verbose: int) -> dict:
-    model = SASRec(**dict(CONFIG, loss=loss), iterations=epochs, device="cpu", verbose=verbose,
+def run_fastsasrec(SASRec, ds: common.Dataset, loss: str, epochs: int, threads: int, verbose: int,
+                   device: str = "cpu") -> dict:
+    model = SASRec(**dict(CONFIG, loss=loss), iterations=epochs, device=device, verbose=verbose,
                    num_threads=threads)
     train_orig = ds.to_original(ds.contexts)
     t0 = time.perf_counter()
@@ -88,6 +91,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write results as JSON here")
     ap.add_argument("--warmup-check", action="store_true", help="2-epoch run to check that every path works")
     ap.add_argument("--verbose", type=int, default=0)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="cuda: fastsasrec's CUDA backend against the reference eager and torch.compile'd")
     ap.add_argument("--default-seeds", default="42,1,2",
                     help="seeds of the fastsasrec-with-defaults rows (empty: skip them)")
     args = ap.parse_args(argv)
@@ -98,6 +103,8 @@ def main(argv=None) -> int:
         ap.error(f"unknown loss(es): {bad}")
     epochs = 2 if args.warmup_check else args.epochs
     impls = ["torch", "fastsasrec"] if args.impl == "both" else [args.impl]
+    if args.device == "cuda" and "torch" in impls:
+        impls.insert(impls.index("torch") + 1, "torch.compile")
 
     SASRec = import_fastsasrec() if "fastsasrec" in impls else None
     if "torch" in impls:
@@ -123,10 +130,11 @@ def main(argv=None) -> int:
         speed = {}
         for impl in impls:
             print(f"[{impl} / {loss}] training {epochs} epochs ...", flush=True)
-            if impl == "torch":
-                r = run_torch(ds, loss, epochs, args.threads, args.verbose)
+            if impl.startswith("torch"):
+                r = run_torch(ds, loss, epochs, args.threads, args.verbose, args.device,
+                              compile=impl == "torch.compile")
             else:
-                r = run_fastsasrec(SASRec, ds, loss, epochs, args.threads, args.verbose)
+                r = run_fastsasrec(SASRec, ds, loss, epochs, args.threads, args.verbose, args.device)
             tps = tok_epoch * epochs / r["train_s"]
             speed[impl] = tps
             print(f"    {r['train_s']:.1f} s, {tps:,.0f} tokens/s, HR@10 {r['HR@10']:.4f}, "

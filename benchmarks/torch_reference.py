@@ -130,6 +130,8 @@ class TorchSASRec:
         random_state: int = 42,
         threads: int | None = None,
         verbose: int = 0,
+        device: str = "cpu",
+        compile: bool = False,
     ):
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r}; expected one of {LOSSES}")
@@ -139,7 +141,10 @@ class TorchSASRec:
         self.n_items, self.max_seq, self.loss = n_items, max_seq, loss
         self.n_negatives, self.batch_size, self.verbose = n_negatives, batch_size, verbose
         self.rng = np.random.default_rng(random_state)
-        self.net = SASRecNet(n_items, factors, n_layers, n_heads, max_seq, dropout)
+        self.device = torch.device(device)
+        self.net = SASRecNet(n_items, factors, n_layers, n_heads, max_seq, dropout).to(self.device)
+        # torch.compile'd forward for the GPU comparison (the same module, compiled once)
+        self.forward = torch.compile(self.net) if compile else self.net
         decay = [p for p in self.net.parameters() if p.dim() == 2]  # weights and embeddings
         no_decay = [p for p in self.net.parameters() if p.dim() != 2]  # biases, LayerNorm
         self.opt = torch.optim.AdamW(
@@ -151,6 +156,9 @@ class TorchSASRec:
         self.epoch_losses: list[float] = []
 
     # ------------------------------------------------------------------ training
+
+    def _t(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(self.device, non_blocking=True)
 
     def _windows(self, train_seqs: Sequence[Sequence[int]]) -> np.ndarray:
         """(S, T+1): each sequence's last T+1 items w[0..n], left-padded with 0."""
@@ -169,21 +177,21 @@ class TorchSASRec:
     def _loss(self, h: torch.Tensor, win: np.ndarray) -> torch.Tensor:
         tgt_np = win[:, 1:]
         real_np = tgt_np != 0
-        real = torch.from_numpy(real_np)
+        real = self._t(real_np)
         hr = h[real]  # (M, C) real target positions only
-        tgt = torch.from_numpy(tgt_np)[real]  # (M,)
+        tgt = self._t(tgt_np)[real]  # (M,)
         emb = self.net.item_emb.weight
         if self.loss == "softmax":
             return F.cross_entropy(hr @ emb[1:].T, tgt - 1)
         s_pos = (hr * emb[tgt]).sum(-1)
         if self.loss == "bce":
-            neg = torch.from_numpy(self._bce_negatives(win, real_np))[real]
+            neg = self._t(self._bce_negatives(win, real_np))[real]
             s_neg = (hr * emb[neg]).sum(-1)
             return (F.softplus(-s_pos) + F.softplus(s_neg)).mean()
-        negs = torch.from_numpy(self.rng.integers(1, self.n_items + 1, size=self.n_negatives))
+        negs = self._t(self.rng.integers(1, self.n_items + 1, size=self.n_negatives))
         s_neg = (hr @ emb[negs].T).masked_fill(negs[None, :] == tgt[:, None], float("-inf"))
         logits = torch.cat([s_pos[:, None], s_neg], dim=1)
-        return F.cross_entropy(logits, torch.zeros(len(tgt), dtype=torch.long))
+        return F.cross_entropy(logits, torch.zeros(len(tgt), dtype=torch.long, device=self.device))
 
     def fit(self, train_seqs: Sequence[Sequence[int]], epochs: int) -> "TorchSASRec":
         windows = self._windows(train_seqs)
@@ -193,7 +201,7 @@ class TorchSASRec:
             total, nb = 0.0, 0
             for s in range(0, len(order), self.batch_size):
                 win = windows[order[s : s + self.batch_size]]
-                h = self.net(torch.from_numpy(win[:, :-1]))
+                h = self.forward(self._t(win[:, :-1]))
                 loss = self._loss(h, win)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -211,7 +219,7 @@ class TorchSASRec:
     def score_last(self, contexts: Sequence[Sequence[int]]) -> torch.Tensor:
         """(B, V+1) scores h_last . E^T from each context's last max_seq items (eval mode)."""
         self.net.eval()
-        h = self.net(torch.from_numpy(left_pad(contexts, self.max_seq)))[:, -1]
+        h = self.net(self._t(left_pad(contexts, self.max_seq)))[:, -1]
         return h @ self.net.item_emb.weight.T
 
     @torch.inference_mode()
@@ -221,8 +229,8 @@ class TorchSASRec:
         scores[:, 0] = float("-inf")
         for b, c in enumerate(contexts):
             if len(c):
-                scores[b, torch.as_tensor(c)] = float("-inf")
-        return scores.topk(k, dim=1).indices.numpy()
+                scores[b, torch.as_tensor(c, device=self.device)] = float("-inf")
+        return scores.topk(k, dim=1).indices.cpu().numpy()
 
     @property
     def item_embeddings(self) -> np.ndarray:

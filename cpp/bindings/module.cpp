@@ -339,7 +339,11 @@ PYBIND11_MODULE(_core, m) {
     d["omp_max_threads"] = 1;
 #endif
     d["blas"] = "OpenBLAS (scipy-openblas32)";
-    d["cuda_compiled"] = false;
+#ifndef FSR_CUDA_LINE
+#define FSR_CUDA_LINE "not compiled"
+#endif
+    d["cuda"] = FSR_CUDA_LINE;
+    d["cuda_compiled"] = std::string(FSR_CUDA_LINE).rfind("compiled", 0) == 0;
     d["compiler"] = __VERSION__;
     return d;
   });

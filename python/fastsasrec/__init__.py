@@ -32,5 +32,5 @@ def show_config() -> None:
     print(f"  BLAS: {info['blas']}")
     omp = info["openmp"]
     print(f"  OpenMP: {'yes (' + str(omp) + ')' if omp else 'no'}; threads: {_core.ops.num_threads()}")
-    print(f"  CUDA backend: {'compiled' if info['cuda_compiled'] else 'not compiled'}")
+    print(f"  CUDA backend: {info['cuda']}")
     print(f"  GPU usable now: {'yes' if ok else 'no (' + why + ')'}")

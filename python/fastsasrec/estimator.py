@@ -434,6 +434,19 @@ class SASRec:
         self._check_fitted()
         return int(self._item_ids.size)
 
+    def to(self, device: str) -> "SASRec":
+        """Moves the fitted model to another device ("cpu", "cuda" or "auto"); returns self.
+        The weights travel through host memory; the optimizer state starts afresh."""
+        self._check_fitted()
+        backend = resolve_device(device)
+        if backend != self._engine.device:
+            engine = _core.Model(self._engine_config(int(self._item_ids.size)), backend)
+            engine.set_params(self._engine.get_params())
+            self._engine = engine
+            self._emb_cache = None
+        self.device = device
+        return self
+
     # ------------------------------------------------------------------ inference
     def _encode_sessions(self, sessions: Any, name: str) -> Tuple[np.ndarray, np.ndarray]:
         flat, offsets = flatten_sequences(sessions, name)

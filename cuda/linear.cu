@@ -1,0 +1,81 @@
+// Linear layers on the GPU (twin of cpp/src/cpu/linear.cpp): the products through cuBLAS,
+// the bias / ReLU and the bias gradient in small kernels.
+//   forward : out(R,O) = in(R,I) W(I,O) + b, then ReLU when relu
+//   backward: din (= or +=, skipped when null) = dout W^T;  dW += in^T dout;  db += colsum(dout)
+// Row-major A(M,K) is column-major A^T, so C = A B (row-major) is C^T = B^T A^T: cuBLAS
+// is called with the operands swapped.
+#include <cublas_v2.h>
+
+#include "cuda/common.cuh"
+#include "cuda/ops.cuh"
+
+namespace fsr::cuda {
+
+namespace {
+const char* cublas_name(cublasStatus_t st) {
+  switch (st) {
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default: return "cuBLAS error";
+  }
+}
+
+__global__ void bias_act_kernel(float* out, const float* b, int R, int O, bool relu) {
+  const size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= (size_t)R * O) return;
+  const float v = out[e] + b[e % O];
+  out[e] = relu ? fmaxf(v, 0.f) : v;
+}
+
+// db(O) += column sums of dout(R, O): chunks of rows per block, atomics across chunks.
+constexpr int kRowsPerBlock = 256;
+__global__ void bias_grad_kernel(float* db, const float* dout, int R, int O) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= O) return;
+  const int r0 = blockIdx.y * kRowsPerBlock, r1 = min(R, r0 + kRowsPerBlock);
+  float s = 0.f;
+  for (int r = r0; r < r1; ++r) s += dout[(size_t)r * O + c];
+  atomicAdd(db + c, s);
+}
+}  // namespace
+
+#define FSR_CUBLAS_CHECK(call)                                                              \
+  do {                                                                                      \
+    cublasStatus_t st_ = (call);                                                            \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                       \
+      throw std::runtime_error(::fsr::detail::cat(__FILE__, ":", __LINE__, ": ",            \
+                                                  cublas_name(st_), " in " #call));         \
+  } while (0)
+
+void gemm(cublasHandle_t h, bool ta, bool tb, int M, int N, int K, float alpha, const float* A,
+          int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  // Row-major C(M,N) = op(A) op(B)  <=>  column-major C^T(N,M) = op(B)^T op(A)^T.
+  FSR_CUBLAS_CHECK(cublasSgemm(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                               N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc));
+}
+
+void linear_forward(cublasHandle_t h, float* out, const float* in, const float* W, const float* b,
+                    int R, int I, int O, bool relu, cudaStream_t s) {
+  if (R <= 0) return;
+  gemm(h, false, false, R, O, I, 1.f, in, I, W, O, 0.f, out, O);
+  bias_act_kernel<<<blocks_for((size_t)R * O, 256), 256, 0, s>>>(out, b, R, O, relu);
+  FSR_CUDA_LAUNCH_CHECK();
+}
+
+void linear_backward(cublasHandle_t h, float* din, float* dW, float* db, const float* dout,
+                     const float* in, const float* W, int R, int I, int O, bool accumulate,
+                     cudaStream_t s) {
+  if (R <= 0) return;
+  if (din) gemm(h, false, true, R, I, O, 1.f, dout, O, W, O, accumulate ? 1.f : 0.f, din, I);
+  gemm(h, true, false, I, O, R, 1.f, in, I, dout, O, 1.f, dW, O);
+  const dim3 grid(blocks_for(O, 64), blocks_for(R, kRowsPerBlock));
+  bias_grad_kernel<<<grid, 64, 0, s>>>(db, dout, R, O);
+  FSR_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace fsr::cuda
