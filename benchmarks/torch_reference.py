@@ -21,6 +21,7 @@ Optimizer: AdamW(betas=(0.9, 0.98), eps=1e-8), weight decay on 2-D weights only.
 from __future__ import annotations
 
 import math
+import time
 from typing import Sequence
 
 import numpy as np
@@ -154,6 +155,7 @@ class TorchSASRec:
             eps=1e-8,
         )
         self.epoch_losses: list[float] = []
+        self.epoch_times: list[float] = []
 
     # ------------------------------------------------------------------ training
 
@@ -197,6 +199,7 @@ class TorchSASRec:
         windows = self._windows(train_seqs)
         self.net.train()
         for ep in range(epochs):
+            t0 = time.perf_counter()
             order = self.rng.permutation(len(windows))
             total, nb = 0.0, 0
             for s in range(0, len(order), self.batch_size):
@@ -208,7 +211,8 @@ class TorchSASRec:
                 self.opt.step()
                 total += float(loss.detach())
                 nb += 1
-            self.epoch_losses.append(total / max(nb, 1))
+            self.epoch_losses.append(total / max(nb, 1))  # (reading the loss synchronises)
+            self.epoch_times.append(time.perf_counter() - t0)
             if self.verbose:
                 print(f"  epoch {ep + 1}/{epochs}  loss {self.epoch_losses[-1]:.4f}", flush=True)
         return self

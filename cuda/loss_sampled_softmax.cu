@@ -294,12 +294,20 @@ RowSplit row_split(int R, int N) {
   return {(int)splits, (int)tps};
 }
 
+// An upper bound of row_split(R', N).splits over every R' <= R: the workspace is sized
+// once for the largest batch (the model's arena), and smaller batches may split into more
+// ranges than the largest one does after rounding, so the bound, not the value, sizes it.
+long long max_splits(int R, int N) {
+  const long long row_tiles = ceil_div(R, kRT), groups = ceil_div(N, kIT);
+  if (row_tiles <= 0 || groups <= 0) return 1;
+  return std::min(row_tiles, std::max(1LL, ceil_div(kTargetBlocks, groups)));
+}
+
 }  // namespace
 
 size_t sampled_softmax_workspace(int R, int C, int N) {
   if (R <= 0) return 0;
-  const RowSplit sp = row_split(R, N);
-  return (size_t)R + (size_t)sp.splits * std::max(N, 0) * std::max(C, 0);
+  return (size_t)R + (size_t)max_splits(R, N) * std::max(N, 0) * std::max(C, 0);
 }
 
 void sampled_softmax_loss(float* loss, float* dh, float* dE, const float* h, const float* E,

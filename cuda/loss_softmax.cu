@@ -270,12 +270,21 @@ RowSplit row_split(int R, int V) {
   return {(int)splits, (int)tps};
 }
 
+// An upper bound of row_split(R', V).splits over every R' <= R: the workspace is sized
+// once for the largest batch (the model's arena), and smaller batches may split into more
+// ranges than the largest one does after rounding, so the bound, not the value, sizes it.
+long long max_splits(int R, int V) {
+  const long long row_tiles = ceil_div(R, kRT), groups = ceil_div(V, kIT);
+  if (row_tiles <= 0 || groups <= 0) return 1;
+  return std::min(row_tiles, std::max(1LL, ceil_div(kTargetBlocks, groups)));
+}
+
 }  // namespace
 
 size_t softmax_workspace(int R, int C, int V) {
   if (R <= 0) return 0;
-  const RowSplit sp = row_split(R, V);
-  const size_t scratch = sp.splits > 1 ? (size_t)sp.splits * std::max(V, 0) * std::max(C, 0) : 0;
+  const long long splits = max_splits(R, V);
+  const size_t scratch = splits > 1 ? (size_t)splits * std::max(V, 0) * std::max(C, 0) : 0;
   return (size_t)R + scratch;
 }
 

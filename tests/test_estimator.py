@@ -110,16 +110,19 @@ def test_string_ids():
 
 
 def test_determinism(chain_data):
-    a = SASRec(iterations=3, random_state=7, **SMALL).fit(chain_data)
-    b = SASRec(iterations=3, random_state=7, **SMALL).fit(chain_data)
-    c = SASRec(iterations=3, random_state=8, **SMALL).fit(chain_data)
+    # A CPU property (for a given seed and thread count); the CUDA backend accumulates
+    # item gradients with atomics, so its last bits may vary between runs.
+    kw = dict(SMALL, device="cpu")
+    a = SASRec(iterations=3, random_state=7, **kw).fit(chain_data)
+    b = SASRec(iterations=3, random_state=7, **kw).fit(chain_data)
+    c = SASRec(iterations=3, random_state=8, **kw).fit(chain_data)
     assert a.loss_history_ == b.loss_history_
     np.testing.assert_array_equal(a.item_embeddings, b.item_embeddings)
     assert not np.array_equal(a.item_embeddings, c.item_embeddings)
 
 
 def test_determinism_two_threads(chain_data):
-    kw = dict(SMALL, num_threads=2)
+    kw = dict(SMALL, num_threads=2, device="cpu")
     a = SASRec(iterations=2, random_state=7, **kw).fit(chain_data)
     b = SASRec(iterations=2, random_state=7, **kw).fit(chain_data)
     np.testing.assert_array_equal(a.item_embeddings, b.item_embeddings)
@@ -128,7 +131,7 @@ def test_determinism_two_threads(chain_data):
 def test_save_load_round_trip(trained, tmp_path):
     path = tmp_path / "model.fsr"
     trained.save(path)
-    loaded = SASRec.load(path, device="cpu")
+    loaded = SASRec.load(path, device=trained.device)  # same device: identical answers
     sessions = [[110, 111, 112], [130], [99999], [125, 126, 127, 128, 129]]
     for s in sessions:
         a, sa = trained.recommend(s, n=5)
@@ -137,7 +140,7 @@ def test_save_load_round_trip(trained, tmp_path):
         np.testing.assert_array_equal(sa, sb)
     np.testing.assert_array_equal(loaded.item_ids, trained.item_ids)
     np.testing.assert_array_equal(loaded.item_embeddings, trained.item_embeddings)
-    assert loaded.get_params() == dict(trained.get_params(), device="cpu")
+    assert loaded.get_params() == trained.get_params()
     assert not list(tmp_path.glob(".fastsasrec-*")), "no temporary file may be left behind"
 
 

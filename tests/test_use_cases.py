@@ -22,15 +22,15 @@ def events_frame(sessions, shuffle_seed=0):
     return df.sample(frac=1.0, random_state=shuffle_seed).reset_index(drop=True)  # order must not matter
 
 
-class TestFromTransactions:
+class TestFromTransactions:  # exact comparisons after training: CPU (deterministic)
     def test_pandas_matches_fit_on_sequences(self, chain_data):
         seqs = chain_data[:120]
         df = events_frame(seqs)
         a = SASRec.from_transactions(df, user_col="user", item_col="item", timestamp_col="ts",
-                                     iterations=2, random_state=5, **KW)
+                                     iterations=2, random_state=5, device="cpu", **KW)
         # users sort as strings: u0, u1, u10, ...
         order = sorted(range(len(seqs)), key=lambda u: f"u{u}")
-        b = SASRec(iterations=2, random_state=5, **KW).fit([seqs[u] for u in order])
+        b = SASRec(iterations=2, random_state=5, device="cpu", **KW).fit([seqs[u] for u in order])
         np.testing.assert_array_equal(a.item_embeddings, b.item_embeddings)
 
     def test_stable_order_for_equal_times(self):
@@ -47,9 +47,9 @@ class TestFromTransactions:
         df = events_frame(chain_data[:80])
         table = mod.from_pandas(df) if lib == "polars" else mod.Table.from_pandas(df)
         a = SASRec.from_transactions(table, user_col="user", item_col="item", timestamp_col="ts",
-                                     iterations=2, random_state=5, **KW)
+                                     iterations=2, random_state=5, device="cpu", **KW)
         b = SASRec.from_transactions(df, user_col="user", item_col="item", timestamp_col="ts",
-                                     iterations=2, random_state=5, **KW)
+                                     iterations=2, random_state=5, device="cpu", **KW)
         np.testing.assert_array_equal(a.item_embeddings, b.item_embeddings)
 
     def test_bad_tables(self):

@@ -13,7 +13,8 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <sstream>
+#include <cstdio>
+#include <type_traits>
 #include <stdexcept>
 #include <string>
 
@@ -38,11 +39,29 @@ class MemoryError : public std::runtime_error {
 };
 
 namespace detail {
+// Message building without iostreams (no locale facets: messages must be buildable in any
+// process state, including the one an error is raised from).
+inline void append(std::string& s, const std::string& v) { s += v; }
+inline void append(std::string& s, const char* v) { s += v ? v : "(null)"; }
+inline void append(std::string& s, char v) { s += v; }
+inline void append(std::string& s, bool v) { s += v ? "true" : "false"; }
+template <typename T>
+inline void append(std::string& s, T v) {
+  if constexpr (std::is_integral_v<T>) {
+    s += std::to_string(v);
+  } else if constexpr (std::is_floating_point_v<T>) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", static_cast<double>(v));
+    s += buf;
+  } else {
+    s += std::string(v);
+  }
+}
 template <typename... Args>
 std::string cat(Args&&... args) {
-  std::ostringstream os;
-  (os << ... << args);
-  return os.str();
+  std::string s;
+  (append(s, args), ...);
+  return s;
 }
 }  // namespace detail
 
