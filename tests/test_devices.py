@@ -82,3 +82,18 @@ def test_save_on_one_device_load_on_the_other(tmp_path):
     m.to("cpu")
     c, _ = m.recommend([110, 111, 112], n=5)
     np.testing.assert_array_equal(b, c)
+
+
+@needs_cuda
+@pytest.mark.parametrize("loss", ["sampled_softmax", "softmax"])
+def test_batches_of_every_size_train_on_cuda(loss):
+    """Batches far smaller than the largest one reuse its arena: the loss workspace must be
+    large enough for every smaller batch too (an overflow once corrupted the next batch's
+    item ids and crashed the embedding kernel)."""
+    rng = np.random.default_rng(3)
+    seqs = [rng.integers(1, 400, size=int(n)).tolist() for n in rng.integers(2, 260, size=300)]
+    m = SASRec(factors=32, max_seq=200, iterations=3, batch_size=37, loss=loss, n_negatives=128,
+               device="cuda", random_state=1).fit(seqs)
+    assert all(np.isfinite(m.loss_history_))
+    ids, scores = m.recommend_batch(seqs[:5], n=4)
+    assert ids.shape == (5, 4) and np.isfinite(scores).all()
