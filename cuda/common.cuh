@@ -4,6 +4,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -25,6 +26,34 @@ namespace fsr::cuda {
 
 inline unsigned blocks_for(size_t n, unsigned threads) {
   return static_cast<unsigned>((n + threads - 1) / threads);
+}
+
+inline long long ceil_div(long long a, long long b) { return (a + b - 1) / b; }
+
+// How a loss's second kernel covers the rows: `splits` row ranges of `tiles_per_split`
+// row tiles (of rows_per_tile rows) each, so that item groups (of items_per_tile) x splits
+// is about target_blocks.
+struct RowSplit {
+  int splits, tiles_per_split;
+};
+inline RowSplit row_split(int R, int n_items, int rows_per_tile, int items_per_tile,
+                          int target_blocks) {
+  const long long row_tiles = ceil_div(R, rows_per_tile), groups = ceil_div(n_items, items_per_tile);
+  if (row_tiles <= 0 || groups <= 0) return {1, 1};
+  long long splits = std::min(row_tiles, std::max(1LL, ceil_div(target_blocks, groups)));
+  const long long tps = ceil_div(row_tiles, splits);
+  splits = ceil_div(row_tiles, tps);
+  return {(int)splits, (int)tps};
+}
+
+// An upper bound of row_split(R', ...).splits over every R' <= R.  Workspaces are sized
+// once for the largest batch (the model's arena), and a smaller batch may split into more
+// ranges than the largest one does after rounding, so the bound, not the value, sizes them.
+inline long long max_splits(int R, int n_items, int rows_per_tile, int items_per_tile,
+                            int target_blocks) {
+  const long long row_tiles = ceil_div(R, rows_per_tile), groups = ceil_div(n_items, items_per_tile);
+  if (row_tiles <= 0 || groups <= 0) return 1;
+  return std::min(row_tiles, std::max(1LL, ceil_div(target_blocks, groups)));
 }
 
 // Block-wide sum of one float per thread (blockDim.x a multiple of 32, <= 1024).

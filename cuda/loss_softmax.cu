@@ -254,30 +254,8 @@ softmax_items_kernel(float* dE, float* scratch, const float* h, const float* E,
       }
 }
 
-long long ceil_div(long long a, long long b) { return (a + b - 1) / b; }
-
-// How kernel 2 covers the rows: `splits` row ranges of `tiles_per_split` row tiles each, so
-// that item groups x splits is about kTargetBlocks.
-struct RowSplit {
-  int splits, tiles_per_split;
-};
-RowSplit row_split(int R, int V) {
-  const long long row_tiles = ceil_div(R, kRT), groups = ceil_div(V, kIT);
-  if (row_tiles <= 0 || groups <= 0) return {1, 1};
-  long long splits = std::min(row_tiles, std::max(1LL, ceil_div(kTargetBlocks, groups)));
-  const long long tps = ceil_div(row_tiles, splits);
-  splits = ceil_div(row_tiles, tps);
-  return {(int)splits, (int)tps};
-}
-
-// An upper bound of row_split(R', V).splits over every R' <= R: the workspace is sized
-// once for the largest batch (the model's arena), and smaller batches may split into more
-// ranges than the largest one does after rounding, so the bound, not the value, sizes it.
-long long max_splits(int R, int V) {
-  const long long row_tiles = ceil_div(R, kRT), groups = ceil_div(V, kIT);
-  if (row_tiles <= 0 || groups <= 0) return 1;
-  return std::min(row_tiles, std::max(1LL, ceil_div(kTargetBlocks, groups)));
-}
+RowSplit row_split(int R, int V) { return cuda::row_split(R, V, kRT, kIT, kTargetBlocks); }
+long long max_splits(int R, int V) { return cuda::max_splits(R, V, kRT, kIT, kTargetBlocks); }
 
 }  // namespace
 

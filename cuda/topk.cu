@@ -294,8 +294,6 @@ topk_merge_kernel(int32_t* ids, float* scores, const float* ws_s, const int32_t*
   }
 }
 
-long long ceil_div(long long a, long long b) { return (a + b - 1) / b; }
-
 }  // namespace
 
 void topk_forward(int32_t* ids, float* scores, const float* h, const float* E,
