@@ -1,19 +1,21 @@
 // Top-k scoring on the GPU (twin of cpp/src/cpu/topk.cpp).
 //   ids(B,K), scores(B,K) = the K best items 1..V of h(B,C) . E^T, best first (ties: the
 //   lower id first), skipping excl[excl_off[b] .. excl_off[b+1]) for row b; slots left when
-//   fewer than K items remain get id 0 and score -inf.  NaN scores are never selected.    =
+//   fewer than K items remain get id 0 and score -inf.  NaN scores are never selected.
 // "Better" is a strict total order on (score, id): higher score, then lower id.  No B x V
-// matrix exists: the scores live only as 16 x 64 tiles (rows x items) in shared memory.
-//   pass over the catalogue, in two kernels:
-//   1. partial: one block per (16 rows, range of item tiles).  Each tile of scores is
-//      computed a 32-column chunk of C at a time, excluded items are set to NaN, and the warp
-//      owning a row merges the tile's candidates into the row's sorted list of the best
-//      kKMax (shared memory).  The list is written to a workspace slot (row, range).
+// matrix exists: scores live only as tiles in shared memory.  Two kernels per pass:
+//   1. partial: one block per (row group, range of item tiles) keeps each row's best
+//      items of its range in a sorted list and writes it to a workspace slot (row, range);
 //   2. merge: one warp per row merges the lists of all ranges and writes the output slots.
-// K <= kKMax takes one pass.  A larger K takes ceil(K / kKMax) passes: pass p fills slots
-// [p kKMax, (p + 1) kKMax) with the best items strictly worse than the last item of pass
-// p - 1 (scores are recomputed bit for bit, so the order is consistent across passes).
-// Workspace: rows x ranges x kKMax (score, id) pairs, cudaMallocAsync'd on the stream.
+// Two partial kernels:
+//   - tiled (namespace tiled, below): 128 rows x 128 items per tile, 8 x 8 register tiles,
+//     a list of 16 (K <= 16) or 64 per row; used whenever its shared memory fits (C up to
+//     about 300 on sm_90 with K <= 16);
+//   - general (topk_partial_kernel): 16 rows x 64 items, lists of kKMax, any C.
+// A list of length L gives ceil(K / L) passes: pass p fills slots [p L, (p + 1) L) with the
+// best items strictly worse than the last item of pass p - 1 (each score is a sum over c in
+// order with fmaf, recomputed bit for bit, so the order is consistent across passes).
+// Workspace: rows x ranges x L (score, id) pairs, cudaMallocAsync'd on the stream.
 #include <algorithm>
 #include <stdexcept>
 
@@ -265,11 +267,12 @@ topk_partial_kernel(float* ws_s, int32_t* ws_i, const float* h, const float* E,
   }
 }
 
-// Kernel 2: one warp per row merges the `splits` lists of kernel 1 and writes output slots
-// [k0, min(K, k0 + kKMax)).
+// Kernel 2: one warp per row merges its `n_cand` candidates (the per-range lists of a
+// partial kernel, `n_cand` = ranges x list length, empty slots id 0) and writes output
+// slots [k0, min(K, k0 + pass_len)).
 __global__ void __launch_bounds__(kThreads)
 topk_merge_kernel(int32_t* ids, float* scores, const float* ws_s, const int32_t* ws_i, int B,
-                  int K, int k0, int splits) {
+                  int K, int k0, int n_cand, int pass_len) {
   __shared__ float ls[kWarps][kKMax];
   __shared__ int32_t li[kWarps][kKMax];
   __shared__ float bs[kWarps][kIT];
@@ -278,21 +281,275 @@ topk_merge_kernel(int32_t* ids, float* scores, const float* ws_s, const int32_t*
   const long long row = (long long)blockIdx.x * kWarps + warp;
   if (row >= B) return;  // the whole warp; no block-wide barrier follows
   int cnt = 0;
-  for (int sp = 0; sp < splits; ++sp)
-    for (int base = 0; base < kKMax; base += kIT) {
-      const size_t o = ((size_t)row * splits + sp) * kKMax + base;
-      const int32_t i0 = ws_i[o + lane], i1 = ws_i[o + lane + 32];
-      const float s0 = ws_s[o + lane], s1 = ws_s[o + lane + 32];
-      cnt = warp_merge(ls[warp], li[warp], cnt, s0, i0, i0 != 0, s1, i1, i1 != 0, bs[warp],
-                       bi[warp], lane);
-    }
-  const int n_out = min(kKMax, K - k0);
+  const size_t o = (size_t)row * n_cand;
+  for (int base = 0; base < n_cand; base += kIT) {
+    const int a = base + lane, b = base + lane + 32;
+    const int32_t i0 = a < n_cand ? ws_i[o + a] : 0, i1 = b < n_cand ? ws_i[o + b] : 0;
+    const float s0 = a < n_cand ? ws_s[o + a] : 0.f, s1 = b < n_cand ? ws_s[o + b] : 0.f;
+    cnt = warp_merge(ls[warp], li[warp], cnt, s0, i0, i0 != 0, s1, i1, i1 != 0, bs[warp],
+                     bi[warp], lane);
+  }
+  const int n_out = min(pass_len, K - k0);
   for (int k = lane; k < n_out; k += 32) {
-    const size_t o = (size_t)row * K + k0 + k;
-    ids[o] = k < cnt ? li[warp][k] : 0;
-    scores[o] = k < cnt ? ls[warp][k] : -INFINITY;
+    const size_t out = (size_t)row * K + k0 + k;
+    ids[out] = k < cnt ? li[warp][k] : 0;
+    scores[out] = k < cnt ? ls[warp][k] : -INFINITY;
   }
 }
+
+// ---------------------------------------------------------------- the tiled path
+// The fast path (C <= a few hundred, any K): one block of 256 threads per (128 rows,
+// range of item tiles).  The block's rows of h stay in shared memory (transposed, C padded
+// to kTC with zeros); each tile of 128 items is a 128 x 128 product in which every thread
+// accumulates an 8 x 8 register tile over c = 0..C-1 in order with fmaf (so a score's bits
+// never depend on its tile, range or pass), the items' C columns streamed through a
+// double-buffered chunk of kTC columns, the next chunk's loads in flight while this one
+// computes.  The tile of scores goes to shared memory, where one thread per row keeps the
+// row's best `KL` in a sorted list: a score enters only if it beats the list's worst, so
+// after the first tiles almost nothing does, and exclusions are looked up only for the
+// few that would enter.  Shared memory: C x 512 B + 115 KB + KL x 1 KB (224 KB max on
+// sm_90); a C too wide for the device falls back to the kernel above.
+namespace tiled {
+constexpr int kBM = 128, kBN = 128, kTC = 32;  // rows, items, C-columns per chunk
+constexpr int kESP = kBN + 4;  // row stride of the E chunk (k-major): float4-aligned
+constexpr int kSSP = kBN + 4;  // row stride of the score tile: conflict-free row scans
+
+inline size_t smem_bytes(int C, int KL) {
+  const size_t CP = (size_t)ceil_div(std::max(C, 1), kTC) * kTC;
+  return (CP * kBM + 2 * kTC * kESP + (size_t)kBM * kSSP + (size_t)KL * kBM) * sizeof(float) +
+         (size_t)KL * kBM * sizeof(int32_t);
+}
+
+template <int KL>
+__global__ void __launch_bounds__(kThreads, 1)
+partial_kernel(float* __restrict__ ws_s, int32_t* __restrict__ ws_i, const float* __restrict__ h,
+               const float* __restrict__ E, const int32_t* __restrict__ excl,
+               const int64_t* __restrict__ excl_off, const int32_t* __restrict__ ids,
+               const float* __restrict__ scores, int B, int C, int V, int K, int k0,
+               int tiles_per_split, int splits, bool vec4) {
+  extern __shared__ __align__(16) float sm[];
+  const int CP = (max(C, 1) + kTC - 1) / kTC * kTC, nq = CP / kTC;
+  float* Hs = sm;                        // [CP][kBM]
+  float* Es = Hs + (size_t)CP * kBM;     // [2][kTC][kESP]
+  float* Ss = Es + 2 * kTC * kESP;       // [kBM][kSSP]
+  float* ls = Ss + kBM * kSSP;           // [KL][kBM]
+  int32_t* li = reinterpret_cast<int32_t*>(ls + KL * kBM);  // [KL][kBM]
+  const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+  const int row0 = blockIdx.x * kBM, split = blockIdx.y;
+
+  for (int idx = tid; idx < kBM * CP; idx += kThreads) {
+    const int r = idx / CP, k = idx - r * CP, row = row0 + r;
+    Hs[(size_t)k * kBM + r] = (row < B && k < C) ? h[(size_t)row * C + k] : 0.f;
+  }
+  // The state of row tid (threads 0..kBM-1): list length, entry bar, pass bound, exclusions.
+  const bool owner = tid < kBM && row0 + tid < B;
+  int cnt = 0, mode = 0;  // mode 0: every item, 1: strictly below the bound, 2: none left
+  float thr = -INFINITY, bnd_s = 0.f;
+  int32_t bnd_i = 0;
+  long long e0 = 0, e1 = 0;
+  if (owner) {
+    const int row = row0 + tid;
+    e0 = excl_off[row];
+    e1 = excl_off[row + 1];
+    if (k0 > 0) {
+      const size_t o = (size_t)row * K + (k0 - 1);
+      bnd_i = ids[o];
+      bnd_s = scores[o];
+      mode = bnd_i == 0 ? 2 : 1;
+    }
+  }
+
+  const int n_tiles = (V + kBN - 1) / kBN;
+  const int t0 = split * tiles_per_split, t1 = min(n_tiles, t0 + tiles_per_split);
+  const long long G = (long long)max(0, t1 - t0) * nq;  // chunks to compute
+  // Chunk g: tile t0 + g / nq, columns (g % nq) kTC ..  Thread tid loads item
+  // (tid >> 3) + 32 i, columns 4 (tid & 7) .. + 3 (one 16-byte load when rows are aligned).
+  float4 pf[4];
+  auto load = [&](long long g) {
+    const int j0 = (t0 + (int)(g / nq)) * kBN;
+    const int c = (int)(g % nq) * kTC + 4 * (tid & 7);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int jj = j0 + (tid >> 3) + 32 * i;
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (jj < V && c < C) {
+        const float* src = E + (size_t)(jj + 1) * C + c;
+        if (vec4) {
+          v = __ldg(reinterpret_cast<const float4*>(src));
+        } else {
+          v.x = __ldg(src);
+          if (c + 1 < C) v.y = __ldg(src + 1);
+          if (c + 2 < C) v.z = __ldg(src + 2);
+          if (c + 3 < C) v.w = __ldg(src + 3);
+        }
+      }
+      pf[i] = v;
+    }
+  };
+  auto store = [&](int buf) {
+    float* dst = Es + buf * kTC * kESP;
+    const int k = 4 * (tid & 7);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int n = (tid >> 3) + 32 * i;
+      dst[(k + 0) * kESP + n] = pf[i].x;
+      dst[(k + 1) * kESP + n] = pf[i].y;
+      dst[(k + 2) * kESP + n] = pf[i].z;
+      dst[(k + 3) * kESP + n] = pf[i].w;
+    }
+  };
+
+  float acc[8][8];
+  if (G > 0) {
+    load(0);
+    store(0);
+  }
+  __syncthreads();  // Hs and the first chunk are in place
+  for (long long g = 0; g < G; ++g) {
+    const int q = (int)(g % nq), buf = (int)(g & 1);
+    if (g + 1 < G) load(g + 1);  // in flight during this chunk's products
+    if (q == 0) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
+    }
+    const float* Hb = Hs + (size_t)q * kTC * kBM;
+    const float* Eb = Es + buf * kTC * kESP;
+#pragma unroll
+    for (int k = 0; k < kTC; ++k) {
+      const float4 a0 = *reinterpret_cast<const float4*>(Hb + k * kBM + 4 * ty);
+      const float4 a1 = *reinterpret_cast<const float4*>(Hb + k * kBM + 64 + 4 * ty);
+      const float4 b0 = *reinterpret_cast<const float4*>(Eb + k * kESP + 4 * tx);
+      const float4 b1 = *reinterpret_cast<const float4*>(Eb + k * kESP + 64 + 4 * tx);
+      const float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+      const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    if (g + 1 < G) store(buf ^ 1);  // its readers (chunk g - 1) passed the last barrier
+    if (q == nq - 1) {
+      // Thread (ty, tx) holds rows 4 ty + i, 64 + 4 ty + i and items 4 tx + j, 64 + 4 tx + j.
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int r = (i < 4 ? 0 : 64) + 4 * ty + (i & 3);
+        *reinterpret_cast<float4*>(Ss + r * kSSP + 4 * tx) =
+            make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
+        *reinterpret_cast<float4*>(Ss + r * kSSP + 64 + 4 * tx) =
+            make_float4(acc[i][4], acc[i][5], acc[i][6], acc[i][7]);
+      }
+      __syncthreads();
+      if (owner && mode != 2) {
+        const int j0 = (t0 + (int)(g / nq)) * kBN;
+        const float* srow = Ss + tid * kSSP;
+        for (int q4 = 0; q4 < kBN / 4; ++q4) {
+          const float4 v = *reinterpret_cast<const float4*>(srow + 4 * q4);
+          if (cnt == KL && !(fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)) > thr)) continue;
+          const float vs[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float s = vs[e];
+            const int32_t id = j0 + 4 * q4 + e + 1;
+            if (id > V || isnan(s) || (cnt == KL && !(s > thr))) continue;
+            if (mode == 1 && !(s < bnd_s || (s == bnd_s && id > bnd_i))) continue;
+            bool excluded = false;
+            for (long long x = e0; x < e1 && !excluded; ++x) excluded = excl[x] == id;
+            if (excluded) continue;
+            // Insert: ids rise through the scan, so an equal score already kept is better.
+            int p = cnt < KL ? cnt : KL - 1;
+            while (p > 0) {
+              const float ps = ls[(p - 1) * kBM + tid];
+              if (!(s > ps)) break;
+              ls[p * kBM + tid] = ps;
+              li[p * kBM + tid] = li[(p - 1) * kBM + tid];
+              --p;
+            }
+            ls[p * kBM + tid] = s;
+            li[p * kBM + tid] = id;
+            if (cnt < KL) ++cnt;
+            if (cnt == KL) thr = ls[(KL - 1) * kBM + tid];
+          }
+        }
+      }
+    }
+    __syncthreads();
+  }
+  if (owner) {
+    const size_t o = ((size_t)(row0 + tid) * splits + split) * KL;
+    for (int k = 0; k < KL; ++k) {
+      ws_i[o + k] = k < cnt ? li[k * kBM + tid] : 0;
+      ws_s[o + k] = k < cnt ? ls[k * kBM + tid] : -INFINITY;
+    }
+  }
+}
+
+struct Device {
+  int sms = 0, smem_optin = 0;
+};
+Device device_info() {
+  Device d;
+  int dev = 0;
+  FSR_CUDA_CHECK(cudaGetDevice(&dev));
+  FSR_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
+  FSR_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return d;
+}
+
+// Ranges of item tiles per row group: one block per SM at a time (the shared memory
+// allows no more), so pick the split that wastes the least of the last wave, preferring
+// fewer ranges (each costs a warm-up tile and merge work).
+int choose_splits(long long row_groups, long long n_tiles, int sms) {
+  int best = 1;
+  double best_eff = -1.0;
+  for (int s = 1; s <= 64 && s <= n_tiles; ++s) {
+    const long long tps = ceil_div(n_tiles, s), se = ceil_div(n_tiles, tps);
+    const long long blocks = row_groups * se, waves = ceil_div(blocks, sms);
+    const double eff = (double)(row_groups * n_tiles) / ((double)waves * sms * tps) - 0.002 * s;
+    if (eff > best_eff + 1e-9) {
+      best_eff = eff;
+      best = (int)se;
+    }
+  }
+  return best;
+}
+
+template <int KL>
+void run(int32_t* ids, float* scores, const float* h, const float* E, const int32_t* excl,
+         const int64_t* excl_off, int B, int C, int V, int K, size_t smem, int sms,
+         cudaStream_t s) {
+  FSR_CUDA_CHECK(cudaFuncSetAttribute(partial_kernel<KL>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  const long long row_groups = ceil_div(B, kBM), n_tiles = ceil_div(V, kBN);
+  const int splits = n_tiles > 0 ? choose_splits(row_groups, n_tiles, sms) : 1;
+  const int tps = n_tiles > 0 ? (int)ceil_div(n_tiles, splits) : 1;
+  const bool vec4 = C % 4 == 0 && reinterpret_cast<uintptr_t>(E) % 16 == 0;
+  const size_t slots = (size_t)B * (size_t)splits * KL;
+  void* ws = nullptr;
+  FSR_CUDA_CHECK(cudaMallocAsync(&ws, slots * (sizeof(float) + sizeof(int32_t)), s));
+  float* ws_s = static_cast<float*>(ws);
+  int32_t* ws_i = reinterpret_cast<int32_t*>(ws_s + slots);
+  try {
+    for (int k0 = 0; k0 < K; k0 += KL) {
+      const dim3 grid1((unsigned)row_groups, (unsigned)splits);
+      partial_kernel<KL><<<grid1, kThreads, smem, s>>>(ws_s, ws_i, h, E, excl, excl_off, ids,
+                                                       scores, B, C, V, K, k0, tps, splits,
+                                                       vec4);
+      FSR_CUDA_LAUNCH_CHECK();
+      const unsigned grid2 = (unsigned)ceil_div(B, kWarps);
+      topk_merge_kernel<<<grid2, kThreads, 0, s>>>(ids, scores, ws_s, ws_i, B, K, k0,
+                                                  splits * KL, KL);
+      FSR_CUDA_LAUNCH_CHECK();
+      if (K - k0 <= KL) break;
+    }
+  } catch (...) {
+    cudaFreeAsync(ws, s);
+    throw;
+  }
+  FSR_CUDA_CHECK(cudaFreeAsync(ws, s));
+}
+}  // namespace tiled
 
 }  // namespace
 
@@ -304,6 +561,19 @@ void topk_forward(int32_t* ids, float* scores, const float* h, const float* E,
                                                 ", V=", V, ", K=", K, ")"));
   if (B == 0 || K == 0) return;
   if (excl_off == nullptr) throw std::runtime_error("topk_forward: excl_off is null");
+  {
+    const tiled::Device dev = tiled::device_info();
+    const int KL = K <= 16 ? 16 : 64;  // a list long enough for K in one or few passes
+    const size_t smem = tiled::smem_bytes(C, KL);
+    if (smem <= (size_t)dev.smem_optin) {
+      if (KL == 16)
+        tiled::run<16>(ids, scores, h, E, excl, excl_off, B, C, V, K, smem, dev.sms, s);
+      else
+        tiled::run<64>(ids, scores, h, E, excl, excl_off, B, C, V, K, smem, dev.sms, s);
+      return;
+    }
+  }
+  // The general path (C too wide for the tiled kernel's shared memory).
   // Item ranges per row group: about kTargetBlocks blocks in kernel 1.
   const long long row_groups = ceil_div(B, kRT);
   const long long n_tiles = ceil_div(V, kIT);
@@ -327,7 +597,7 @@ void topk_forward(int32_t* ids, float* scores, const float* h, const float* E,
       FSR_CUDA_LAUNCH_CHECK();
       const unsigned grid2 = (unsigned)ceil_div(B, kWarps);
       topk_merge_kernel<<<grid2, kThreads, 0, s>>>(ids, scores, ws_s, ws_i, B, K, k0,
-                                                  (int)splits);
+                                                  (int)splits * kKMax, kKMax);
       FSR_CUDA_LAUNCH_CHECK();
       if (K - k0 <= kKMax) break;  // k0 + kKMax would overflow for K near INT_MAX
     }

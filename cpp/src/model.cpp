@@ -123,6 +123,7 @@ Model::Model(const Config& cfg, const std::string& device) : cfg_(cfg) {
 Model::~Model() {
   train_acts_.reset();
   infer_acts_.reset();
+  if (score_buf_) be_->release(score_buf_);
   for (float* p : {params_, grads_, m_, v_})
     if (p) be_->release(p);
 }
@@ -516,7 +517,24 @@ void Model::final_states(const int32_t* items, const int64_t* offsets, int64_t b
 }
 
 namespace {
-constexpr int64_t kInferChunk = 256;  // sessions per inference forward
+constexpr int64_t kScoreChunk = 65536;  // sessions per top-k call
+}
+
+// Sessions per inference forward: as many as fill the backend's row budget with sessions
+// of max_seq items.
+int64_t Model::forward_chunk() const {
+  return std::max<int64_t>(1, (int64_t)be_->inference_rows() / cfg_.max_seq);
+}
+
+void* Model::score_scratch(size_t bytes) {
+  if (bytes > score_cap_) {
+    if (score_buf_) be_->release(score_buf_);
+    score_buf_ = nullptr;
+    score_cap_ = 0;
+    score_buf_ = be_->alloc(bytes);
+    score_cap_ = bytes;
+  }
+  return score_buf_;
 }
 
 std::vector<float> Model::session_states(const int32_t* items, const int64_t* offsets, int64_t B) {
@@ -525,14 +543,18 @@ std::vector<float> Model::session_states(const int32_t* items, const int64_t* of
   std::vector<float> out((size_t)B * C);
   HostBatch hb;
   Acts& a = *infer_acts_;
-  for (int64_t b0 = 0; b0 < B; b0 += kInferChunk) {
-    const int64_t b1 = std::min(B, b0 + kInferChunk);
+  const int64_t chunk = forward_chunk();
+  for (int64_t b0 = 0; b0 < B; b0 += chunk) {
+    const int64_t b1 = std::min(B, b0 + chunk);
     final_states(items, offsets, b0, b1, hb, a);
     be_->download(out.data() + (size_t)b0 * C, a.hlast, (size_t)(b1 - b0) * C * sizeof(float));
   }
   return out;
 }
 
+// The states of up to kScoreChunk sessions are computed a forward chunk at a time into
+// backend scratch, then scored in one top-k call: the GPU sees one large product instead
+// of many small ones.  The scratch (states, exclusions, outputs) is kept between calls.
 void Model::recommend(const int32_t* items, const int64_t* offsets, int64_t B, int K,
                       const int32_t* excl, const int64_t* excl_off, int32_t* out_ids,
                       float* out_scores) {
@@ -543,27 +565,32 @@ void Model::recommend(const int32_t* items, const int64_t* offsets, int64_t B, i
   HostBatch hb;
   Acts& a = *infer_acts_;
   const float* E = params_ + off_E_;
-  // Exclusions live on the host for the CPU backend; a device backend uploads them.
+  const int64_t fchunk = forward_chunk();
   std::vector<int64_t> off_local;
-  for (int64_t b0 = 0; b0 < B; b0 += kInferChunk) {
-    const int64_t b1 = std::min(B, b0 + kInferChunk), nb = b1 - b0;
-    final_states(items, offsets, b0, b1, hb, a);
+  auto aligned = [](size_t n) { return (n + 255) / 256 * 256; };
+  for (int64_t b0 = 0; b0 < B; b0 += kScoreChunk) {
+    const int64_t b1 = std::min(B, b0 + kScoreChunk), nb = b1 - b0;
     off_local.resize(nb + 1);
     for (int64_t b = 0; b <= nb; ++b) off_local[b] = excl_off[b0 + b] - excl_off[b0];
     const int64_t ne = off_local[nb];
-    int32_t* dexcl = (int32_t*)be_->alloc(std::max<int64_t>(ne, 1) * 4);
-    int64_t* doff = (int64_t*)be_->alloc((nb + 1) * 8);
+    const size_t sz_h = aligned((size_t)nb * C * 4), sz_out = aligned((size_t)nb * K * 4),
+                 sz_off = aligned((size_t)(nb + 1) * 8), sz_ex = aligned((size_t)std::max<int64_t>(ne, 1) * 4);
+    char* base = (char*)score_scratch(sz_h + 2 * sz_out + sz_off + sz_ex);
+    float* dh = (float*)base;
+    int32_t* dids = (int32_t*)(base + sz_h);
+    float* dsc = (float*)(base + sz_h + sz_out);
+    int64_t* doff = (int64_t*)(base + sz_h + 2 * sz_out);
+    int32_t* dexcl = (int32_t*)(base + sz_h + 2 * sz_out + sz_off);
+    for (int64_t f0 = b0; f0 < b1; f0 += fchunk) {
+      const int64_t f1 = std::min(b1, f0 + fchunk);
+      final_states(items, offsets, f0, f1, hb, a);
+      be_->copy(dh + (size_t)(f0 - b0) * C, a.hlast, (size_t)(f1 - f0) * C * sizeof(float));
+    }
     be_->upload(dexcl, excl + excl_off[b0], ne * 4);
     be_->upload(doff, off_local.data(), (nb + 1) * 8);
-    void* dout = be_->alloc((size_t)nb * K * 8);
-    int32_t* dids = (int32_t*)dout;
-    float* dsc = (float*)((char*)dout + (size_t)nb * K * 4);
-    be_->topk(dids, dsc, a.hlast, E, dexcl, doff, (int)nb, C, V, K);
+    be_->topk(dids, dsc, dh, E, dexcl, doff, (int)nb, C, V, K);
     be_->download(out_ids + b0 * K, dids, (size_t)nb * K * 4);
     be_->download(out_scores + b0 * K, dsc, (size_t)nb * K * 4);
-    be_->release(dout);
-    be_->release(dexcl);
-    be_->release(doff);
   }
 }
 

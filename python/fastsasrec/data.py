@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Iterable, List, Sequence, Tuple
+from itertools import chain
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -64,13 +65,41 @@ def _check_item(x: Any, where: str) -> None:
         raise ValueError(f"{where} is {_describe(x)}: item ids must be integers or strings")
 
 
+def _flatten_plain_lists(seqs: List[Any]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """The common case, fast: lists of Python ints (or lists of str).  None otherwise, for
+    the general path to convert or to name the bad entry."""
+    if not seqs or set(map(type, seqs)) != {list}:
+        return None
+    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = list(chain.from_iterable(seqs))
+    kinds = set(map(type, flat))
+    try:
+        if kinds == {int}:
+            return np.fromiter(flat, dtype=np.int64, count=len(flat)), offsets
+    except OverflowError:
+        return None
+    if kinds == {str}:
+        return np.array(flat, dtype=str), offsets
+    return None
+
+
 def flatten_sequences(sequences: Any, name: str = "sequences") -> Tuple[np.ndarray, np.ndarray]:
     """(flat original ids as int64 or str array, int64 offsets of len(sequences) + 1).
 
     Raises ValueError naming the first bad entry: None, NaN, floats, booleans, a mix of
     integers and strings, or a sequence that is not a list.
     """
+    if (isinstance(sequences, np.ndarray) and sequences.ndim == 2
+            and sequences.dtype.kind in _INT_KINDS):  # fixed-length sessions, one per row
+        B, L = sequences.shape
+        return (np.ascontiguousarray(sequences, dtype=np.int64).reshape(-1),
+                np.arange(B + 1, dtype=np.int64) * L)
     seqs = _as_sequence_list(sequences, name)
+    fast = _flatten_plain_lists(seqs)
+    if fast is not None:
+        return fast
     lengths = np.empty(len(seqs), dtype=np.int64)
     parts, originals = [], []
     for i, s in enumerate(seqs):
@@ -131,6 +160,12 @@ def encode(flat: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
     item_ids must be sorted (np.unique order)."""
     if flat.size == 0 or item_ids.size == 0:
         return np.zeros(flat.size, dtype=np.int32)
+    if (item_ids.dtype.kind in _INT_KINDS and flat.dtype.kind in _INT_KINDS
+            and int(item_ids[-1]) - int(item_ids[0]) + 1 == item_ids.size):
+        # A contiguous range of integer ids (sorted, unique): a subtraction, no search.
+        rel = flat.astype(np.int64, copy=False) - int(item_ids[0])
+        ok = (rel >= 0) & (rel < item_ids.size)
+        return np.where(ok, rel + 1, 0).astype(np.int32)
     pos = np.searchsorted(item_ids, flat)
     pos_c = np.minimum(pos, item_ids.size - 1)
     found = item_ids[pos_c] == flat

@@ -28,6 +28,10 @@ class Backend {
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;
   virtual void synchronize() = 0;
 
+  // Rows (sequence positions) an inference forward should hold at once: its activation
+  // arena grows with this, and a device backend wants many to fill the device.
+  virtual size_t inference_rows() const { return 16384; }
+
   // ---- threads (CPU: OpenMP threads; other backends may ignore)
   virtual void set_threads(int n) = 0;
   virtual int threads() const = 0;

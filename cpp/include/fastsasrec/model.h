@@ -103,6 +103,8 @@ class Model {
   void final_states(const int32_t* items, const int64_t* offsets, int64_t b0, int64_t b1,
                     HostBatch& hb, Acts& a);
   Layer layer(float* base, int l) const;
+  int64_t forward_chunk() const;
+  void* score_scratch(size_t bytes);  // backend memory for recommend, grown on demand
 
   static constexpr int kLayerTensors = 14;
   std::vector<size_t> layer_off_;
@@ -113,6 +115,8 @@ class Model {
   size_t n_params_ = 0, n_decay_ = 0;
   float *params_ = nullptr, *grads_ = nullptr, *m_ = nullptr, *v_ = nullptr;
   std::unique_ptr<Acts> train_acts_, infer_acts_;
+  void* score_buf_ = nullptr;
+  size_t score_cap_ = 0;
   mutable std::mutex mu_;  // guards the arenas and parameters across public calls
   int64_t step_ = 0;       // optimizer steps taken (AdamW's t, and dropout streams)
   double last_loss_ = 0.0;
