@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ML100K = os.path.join(os.path.dirname(ROOT), "shared", "data", "ml-100k")
+# The data is never shipped: read it from beside the checkout, or from FASTSASREC_ML100K.
+ML100K = os.environ.get("FASTSASREC_ML100K") or os.path.join(os.path.dirname(ROOT), "shared", "data", "ml-100k")
 
 try:  # an installed fastsasrec wins; a development tree with a built _core also works
     import fastsasrec  # noqa: F401
