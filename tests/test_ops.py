@@ -1,6 +1,7 @@
-"""Every CPU op of the engine (fastsasrec._core.ops) against the float64 reference
-(tests/reference/ops.py), forward and backward, on random and awkward shapes; plus a
-finite-difference check of the reference's own backward passes.
+"""Every op of the engine, on every device (fastsasrec._core.Ops("cpu"), Ops("cuda")),
+against the float64 reference (tests/reference/ops.py), forward and backward, on random
+and awkward shapes; plus a finite-difference check of the reference's own backward passes.
+A device that is not usable here is skipped with the reason.
 
 Each case carries a fixed seed in its id (``s<seed>``); failures repeat the seed.
 Tolerances follow the error model of tests/reference/__init__.py: ``bound(n, mag)``
@@ -15,7 +16,22 @@ from reference import U32, assert_close, bound
 from reference import model as RM
 from reference import ops as R
 
-OPS = fastsasrec._core.ops
+CORE = fastsasrec._core
+_OPS = {}  # one Ops per device, made on first use
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def ops(request):
+    """The ops of one device's backend; skipped, with the reason, where it is not usable.
+    Every device is held to the same tolerances: they bound the float32 error of any
+    summation order (threads, atomics, tiles)."""
+    device = request.param
+    ok, why = CORE.backend_available(device)
+    if not ok:
+        pytest.skip(f"{device} backend not usable: {why}")
+    if device not in _OPS:
+        _OPS[device] = CORE.Ops(device)
+    return _OPS[device]
 
 
 def normal(rng, *shape, scale=1.0):
@@ -32,18 +48,20 @@ def ids(cases, fmt):
 
 
 # ============================================================================ RNG
+# rng_key and uniform are host helpers, the same on every Ops; the devices' own draws are
+# checked bit for bit through the dropout masks below.
 @pytest.mark.parametrize("seed,stream", [(0, 0), (42, 3 * 1024 + 5), (2**64 - 1, 2**64 - 1),
                                          (123456789, 7), (42 ^ R.SAMPLER_SALT, 11)])
 def test_rng_matches_reference(seed, stream):
-    key = OPS.rng_key(seed, stream)
+    key = CORE.Ops.rng_key(seed, stream)
     assert key == R.rng_key(seed, stream), f"rng_key({seed}, {stream})"
     for n in (0, 1, 4097):
-        np.testing.assert_array_equal(OPS.uniform(key, n), R.uniform(key, n),
+        np.testing.assert_array_equal(CORE.Ops.uniform(key, n), R.uniform(key, n),
                                       err_msg=f"uniform(key of ({seed}, {stream}), {n})")
 
 
 def test_uniform_statistics():
-    u = OPS.uniform(OPS.rng_key(7, 0), 200_000).astype(np.float64)
+    u = CORE.Ops.uniform(CORE.Ops.rng_key(7, 0), 200_000).astype(np.float64)
     assert u.min() >= 0.0 and u.max() < 1.0
     assert np.all(u * 2**24 == np.round(u * 2**24)), "uniforms must carry exactly 24 bits"
     # Fraction below 0.3 (the dropout rate used below): 6 binomial standard deviations.
@@ -57,18 +75,19 @@ DROPOUT_CASES = [  # (n, p, with relu_out, seed)
     (1, 0.3, False, 1), (7, 0.0, False, 2), (1000, 0.3, False, 3), (1000, 0.3, True, 4),
     (20000, 0.3, True, 5),  # large enough to be split over threads
     (1000, 0.9, False, 6), (999, 0.0, True, 7),
+    (33, 0.3, True, 111), (257, 0.5, False, 112),  # sizes off the GPU's 32-lane multiples
 ]
 
 
 @pytest.mark.parametrize("n,p,relu,seed", DROPOUT_CASES,
                          ids=ids(DROPOUT_CASES, lambda n, p, r, s: f"n{n}-p{p}-relu{int(r)}-s{s}"))
-def test_dropout(n, p, relu, seed):
+def test_dropout(ops, n, p, relu, seed):
     rng = np.random.default_rng(seed)
     key = R.rng_key(seed, 99)
     x = normal(rng, n)
     x[x == 0] = 1.0  # no exact zeros, so a zero output means "dropped"
     mult = R.dropout_multiplier(R.uniform(key, n), p)
-    out = OPS.dropout_forward(x, p, key)
+    out = ops.dropout_forward(x, p, key)
     ref = R.dropout_forward(x, mult)
     np.testing.assert_array_equal(out == 0, mult == 0, err_msg=f"dropout mask (seed {seed})")
     # out = x * fl(1 / fl(1 - p)): three roundings, <= 3u relative; bound(0) is 16u.
@@ -79,39 +98,40 @@ def test_dropout(n, p, relu, seed):
     if relu:  # a ReLU output with exact zeros, and negatives to check the strict "> 0"
         relu_out = np.maximum(normal(rng, n), 0).astype(np.float32)
         relu_out[::7] = -1.0
-    din = OPS.dropout_backward(dout, relu_out, p, key)
+    din = ops.dropout_backward(dout, relu_out, p, key)
     ref = R.dropout_backward(dout, mult, relu_out)
     assert_close(din, ref, bound(0, np.abs(ref)), "dropout_backward", seed)
     np.testing.assert_array_equal(din == 0, (ref == 0) | (dout == 0), err_msg=f"seed {seed}")
 
 
-def test_dropout_keeps_at_threshold():
+def test_dropout_keeps_at_threshold(ops):
     """keep is uniform >= p: a draw equal to p is kept (p chosen among the draws)."""
     key = R.rng_key(3, 4)
-    u = OPS.uniform(key, 64)
+    u = ops.uniform(key, 64)
     k = int(np.argmin(np.abs(u - 0.5)))
     p = float(u[k])  # exactly representable: the engine compares the same float32 values
-    out = OPS.dropout_forward(np.ones(64, np.float32), p, key)
+    out = ops.dropout_forward(np.ones(64, np.float32), p, key)
     assert out[k] != 0, f"element {k} with uniform == p = {p!r} was dropped"
     np.testing.assert_array_equal(out != 0, u >= np.float32(p))
-    din = OPS.dropout_backward(np.ones(64, np.float32), None, p, key)
+    din = ops.dropout_backward(np.ones(64, np.float32), None, p, key)
     np.testing.assert_array_equal(din != 0, u >= np.float32(p))
 
 
 # ============================================================================ residual
-@pytest.mark.parametrize("shape,seed", [((1,), 8), ((5, 13), 9), ((20000,), 10)],
-                         ids=["n1-s8", "5x13-s9", "n20000-s10"])
-def test_residual(shape, seed):
+@pytest.mark.parametrize("shape,seed", [((1,), 8), ((5, 13), 9), ((20000,), 10), ((33, 7), 113),
+                                        ((257,), 114)],
+                         ids=["n1-s8", "5x13-s9", "n20000-s10", "33x7-s113", "n257-s114"])
+def test_residual(ops, shape, seed):
     rng = np.random.default_rng(seed)
     a, b = normal(rng, *shape), normal(rng, *shape, scale=3.0)
-    out = OPS.residual_forward(a, b)
+    out = ops.residual_forward(a, b)
     ref = R.residual_forward(a, b)
     # One correctly rounded float32 addition: bit-identical to NumPy's float32 a + b,
     # and within u |a + b| of the exact sum.
     np.testing.assert_array_equal(out, a + b, err_msg=f"residual_forward (seed {seed})")
     assert_close(out, ref, U32 * np.abs(ref), "residual_forward", seed)
     dout = normal(rng, *shape)
-    da, db = OPS.residual_backward(dout)
+    da, db = ops.residual_backward(dout)
     rda, rdb = R.residual_backward(dout)
     np.testing.assert_array_equal(da, rda)  # 0 + dout: exact
     np.testing.assert_array_equal(db, rdb)
@@ -123,12 +143,14 @@ EMB_CASES = [  # (R, C, V, T, p, seed)
     (9, 13, 4, 6, 0.3, 13),     # few items, many repeats: the scatter accumulates
     (37, 20, 50, 40, 0.0, 14),
     (300, 20, 30, 50, 0.3, 15),  # R*C >= 4096: the backward splits columns over threads
+    (33, 65, 20, 40, 0.3, 115), (257, 7, 300, 50, 0.3, 116),  # widths off multiples of 32
+    (1, 130, 3, 1, 0.0, 117),
 ]
 
 
 @pytest.mark.parametrize("R_,C,V,T,p,seed", EMB_CASES,
                          ids=ids(EMB_CASES, lambda r, c, v, t, p, s: f"R{r}-C{c}-V{v}-T{t}-p{p}-s{s}"))
-def test_embedding(R_, C, V, T, p, seed):
+def test_embedding(ops, R_, C, V, T, p, seed):
     rng = np.random.default_rng(seed)
     E, P = normal(rng, V + 1, C), normal(rng, T, C)
     items = rng.integers(1, V + 1, R_).astype(np.int32)
@@ -137,14 +159,14 @@ def test_embedding(R_, C, V, T, p, seed):
     key = R.rng_key(seed, 0)
     mult = R.dropout_multiplier(R.uniform(key, R_ * C).reshape(R_, C), p)
 
-    x = OPS.embedding_forward(items, pos, E, P, scale, p, key)
+    x = ops.embedding_forward(items, pos, E, P, scale, p, key)
     ref = R.embedding_forward(E, P, items, pos, scale, mult)
     mag = R.embedding_forward(np.abs(E), np.abs(P), items, pos, scale, mult)
     # Elementwise: one multiply-add and the dropout scaling (<= 5 roundings).
     assert_close(x, ref, bound(0, mag), "embedding_forward", seed)
 
     dx = normal(rng, R_, C)
-    dE, dP = OPS.embedding_backward(dx, items, pos, V + 1, T, scale, p, key)
+    dE, dP = ops.embedding_backward(dx, items, pos, V + 1, T, scale, p, key)
     rdE, rdP = R.embedding_backward(dx, items, pos, V + 1, T, scale, mult)
     mE, mP = R.embedding_backward(np.abs(dx), items, pos, V + 1, T, scale, mult)
     # Each row of dE / dP sums at most R scattered terms.
@@ -161,17 +183,19 @@ LN_CASES = [  # (R, C, eps, input std, offset, seed)
     (1000, 20, 1e-8, 1.0, 0.0, 26),  # R*C >= 16384: rows split over threads, dg/db per thread
     (4, 16, 1e-8, 1.0, 30.0, 27),    # inputs far from zero mean
     (5, 12, 1e-5, 0.003, 0.0, 28),   # variance ~ eps: eps placement matters
+    (257, 130, 1e-5, 1.0, 0.0, 118),  # rows past a 256-row GPU block, C past 128
+    (33, 7, 1e-8, 1.0, 0.0, 119), (513, 65, 1e-5, 2.0, 1.0, 120), (33, 1, 1e-5, 1.0, 0.0, 121),
 ]
 
 
 @pytest.mark.parametrize("R_,C,eps,std,offset,seed", LN_CASES,
                          ids=ids(LN_CASES, lambda r, c, e, sd, o, s: f"R{r}-C{c}-eps{e}-std{sd}-off{o}-s{s}"))
-def test_layernorm(R_, C, eps, std, offset, seed):
+def test_layernorm(ops, R_, C, eps, std, offset, seed):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((R_, C)) * std + offset).astype(np.float32)
     g, b = normal(rng, C), normal(rng, C)
     eps = f32(eps)
-    out, mean, rstd = OPS.layernorm_forward(x, g, b, eps)
+    out, mean, rstd = ops.layernorm_forward(x, g, b, eps)
     ref, rmean, rrstd = R.layernorm_forward(x, g, b, eps)
     # Conditioning: centring loses |x| / std of the row's digits; cond = max|x| * rstd
     # multiplies the rounding of the mean (and of every quantity derived from x - mean).
@@ -182,7 +206,7 @@ def test_layernorm(R_, C, eps, std, offset, seed):
     assert_close(out, ref, bound(C, amp * np.abs(g) + np.abs(b)), "layernorm_forward", seed)
 
     dout = normal(rng, R_, C)
-    din, dg, db = OPS.layernorm_backward(dout, x, mean, rstd, g)
+    din, dg, db = ops.layernorm_backward(dout, x, mean, rstd, g)
     rdin, rdg, rdb = R.layernorm_backward(dout, x, g, eps)
     xhat = (x - rmean[:, None]) * rrstd[:, None]
     gh = np.abs(dout * g)
@@ -201,22 +225,24 @@ LIN_CASES = [  # (R, I, O, relu, seed)
     (1, 1, 5, False, 31), (1, 13, 20, True, 32), (7, 20, 13, False, 33),
     (64, 13, 20, True, 34), (3, 20, 40, False, 36),
     (1000, 13, 20, True, 35),  # threaded gemm and threaded bias column sums
+    (33, 65, 7, True, 122), (257, 130, 33, False, 123),  # past the GPU's 256-row bias chunks
+    (1, 7, 130, True, 124), (513, 1, 65, False, 125),
 ]
 
 
 @pytest.mark.parametrize("R_,I,O,relu,seed", LIN_CASES,
                          ids=ids(LIN_CASES, lambda r, i, o, re, s: f"R{r}-I{i}-O{o}-relu{int(re)}-s{s}"))
-def test_linear(R_, I, O, relu, seed):
+def test_linear(ops, R_, I, O, relu, seed):
     rng = np.random.default_rng(seed)
     x, W, b = normal(rng, R_, I), normal(rng, I, O), normal(rng, O)
-    out = OPS.linear_forward(x, W, b, relu)
+    out = ops.linear_forward(x, W, b, relu)
     ref = R.linear_forward(x, W, b, relu)
     # Rigorous: |fl(x.w + b) - (x.w + b)| <= gamma_{I+1} (|x| |W| + |b|); ReLU is 1-Lipschitz.
     mag = np.abs(x) @ np.abs(W) + np.abs(b)
     assert_close(out, ref, bound(I, mag), "linear_forward", seed)
 
     dout = normal(rng, R_, O)
-    din, dW, db = OPS.linear_backward(dout, x, W)
+    din, dW, db = ops.linear_backward(dout, x, W)
     rdin, rdW, rdb = R.linear_backward(dout, x, W)
     assert_close(din, rdin, bound(O, np.abs(dout) @ np.abs(W).T), "linear_backward din", seed)
     assert_close(dW, rdW, bound(R_, np.abs(x).T @ np.abs(dout)), "linear_backward dW", seed)
@@ -235,6 +261,10 @@ ATT_CASES = [  # (sequence lengths, C, H, T, p, seed)
     ([7, 3], 8, 2, 7, 0.9, 48),            # most probabilities dropped
     ([33], 13, 1, 40, 0.3, 49),
     ([50] * 8 + [1] * 5, 16, 4, 50, 0.3, 50),  # 52 (sequence, head) tasks over threads
+    ([512], 128, 1, 512, 0.3, 126),        # T = 512, D = 128: the CUDA kernels' limits
+    ([257, 33, 1, 130], 130, 2, 300, 0.3, 127),  # D = 65; lengths across 32-row tiles
+    ([129, 65, 7], 256, 2, 129, 0.0, 128),  # D = 128 without dropout (also inference)
+    ([100, 1, 33], 33, 1, 512, 0.0, 129),  # D = 33, T far above the longest sequence
 ]
 
 
@@ -267,7 +297,7 @@ def _attention_tolerances(Q, K, V, dO, cu, H, T, drop):
 @pytest.mark.parametrize("lens,C,H,T,p,seed", ATT_CASES,
                          ids=ids(ATT_CASES, lambda l, c, h, t, p, s:
                                  f"lens{'-'.join(map(str, l)) if len(l) < 6 else len(l)}-C{c}-H{h}-T{t}-p{p}-s{s}"))
-def test_attention(lens, C, H, T, p, seed):
+def test_attention(ops, lens, C, H, T, p, seed):
     rng = np.random.default_rng(seed)
     cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
     Rn = int(cu[-1])
@@ -275,14 +305,14 @@ def test_attention(lens, C, H, T, p, seed):
     key = R.rng_key(seed, 1)
     drop = R.attention_dropout(R.uniform(key, Rn * H * T), Rn, H, T, p) if p > 0 else None
 
-    O, lse = OPS.attention_forward(Q, K, V, cu, H, T, p, key)
+    O, lse = ops.attention_forward(Q, K, V, cu, H, T, p, key)
     rO, rlse = R.attention_forward(Q, K, V, cu, H, drop)
     dO = normal(rng, Rn, C)
     tol_O, tol_lse, tol_dQ, tol_dK, tol_dV = _attention_tolerances(Q, K, V, dO, cu, H, T, drop)
     assert_close(O, rO, tol_O, "attention_forward O", seed)
     assert_close(lse, rlse, tol_lse, "attention_forward lse", seed)
 
-    dQ, dK, dV = OPS.attention_backward(dO, Q, K, V, lse, cu, H, T, p, key)
+    dQ, dK, dV = ops.attention_backward(dO, Q, K, V, lse, cu, H, T, p, key)
     rdQ, rdK, rdV = R.attention_backward(dO, Q, K, V, cu, H, drop)
     assert_close(dQ, rdQ, tol_dQ, "attention_backward dQ", seed)
     assert_close(dK, rdK, tol_dK, "attention_backward dK", seed)
@@ -291,7 +321,7 @@ def test_attention(lens, C, H, T, p, seed):
 
 @pytest.mark.parametrize("lens,C,H,T,p,seed", [c for c in ATT_CASES if c[4] == 0],
                          ids=lambda v: None)
-def test_attention_last_forward(lens, C, H, T, p, seed):
+def test_attention_last_forward(ops, lens, C, H, T, p, seed):
     """Inference attention (one query per sequence: its last row, no dropout) equals the
     last rows of the full causal attention."""
     rng = np.random.default_rng(seed)
@@ -299,37 +329,38 @@ def test_attention_last_forward(lens, C, H, T, p, seed):
     Rn = int(cu[-1])
     Q, K, V = normal(rng, Rn, C), normal(rng, Rn, C), normal(rng, Rn, C)
     last = cu[1:] - 1
-    O = OPS.attention_last_forward(np.ascontiguousarray(Q[last]), K, V, cu, H)
+    O = ops.attention_last_forward(np.ascontiguousarray(Q[last]), K, V, cu, H)
     rO, _ = R.attention_forward(Q, K, V, cu, H, None)
     tol_O = _attention_tolerances(Q, K, V, normal(rng, Rn, C), cu, H, T, None)[0]
     assert_close(O, rO[last], tol_O[last], "attention_last_forward O", seed)
 
 
-def test_gather_rows():
+def test_gather_rows(ops):
     rng = np.random.default_rng(61)
     x = normal(rng, 7, 5)
     rows = np.array([6, 0, 3, 3], np.int32)
-    np.testing.assert_array_equal(OPS.gather_rows(x, rows), x[rows])
+    np.testing.assert_array_equal(ops.gather_rows(x, rows), x[rows])
     with pytest.raises(ValueError, match="out of range"):
-        OPS.gather_rows(x, np.array([7], np.int32))
+        ops.gather_rows(x, np.array([7], np.int32))
 
 
-def test_attention_rows_see_only_their_sequence():
+def test_attention_rows_see_only_their_sequence(ops):
     """Changing one sequence's keys and values leaves the other sequences' outputs and
-    gradients bit-identical (no leakage across the packed boundary)."""
+    gradients bit-identical (no leakage across the packed boundary).  Exact on every
+    device: each output row has one owner (a CPU task, a CUDA warp), no atomics."""
     rng = np.random.default_rng(51)
     cu = np.array([0, 4, 5, 9], np.int32)
     Q, K, V, dO = (normal(rng, 9, 8) for _ in range(4))
     key = R.rng_key(51, 1)
-    O1, l1 = OPS.attention_forward(Q, K, V, cu, 2, 4, 0.3, key)
+    O1, l1 = ops.attention_forward(Q, K, V, cu, 2, 4, 0.3, key)
     K2, V2 = K.copy(), V.copy()
     K2[4], V2[4] = 5.0, -5.0  # sequence 1 is row 4
-    O2, l2 = OPS.attention_forward(Q, K2, V2, cu, 2, 4, 0.3, key)
+    O2, l2 = ops.attention_forward(Q, K2, V2, cu, 2, 4, 0.3, key)
     keep = np.r_[0:4, 5:9]
     np.testing.assert_array_equal(O1[keep], O2[keep])
     np.testing.assert_array_equal(l1[keep], l2[keep])
-    g1 = OPS.attention_backward(dO, Q, K, V, l1, cu, 2, 4, 0.3, key)
-    g2 = OPS.attention_backward(dO, Q, K2, V2, l2, cu, 2, 4, 0.3, key)
+    g1 = ops.attention_backward(dO, Q, K, V, l1, cu, 2, 4, 0.3, key)
+    g2 = ops.attention_backward(dO, Q, K2, V2, l2, cu, 2, 4, 0.3, key)
     for a, b in zip(g1, g2):
         np.testing.assert_array_equal(a[keep], b[keep])
 
@@ -352,6 +383,12 @@ LOSS_CASES = [  # (kind, R, C, V, N, grad_scale, logit scale, seed)
     ("softmax", 40, 20, 200, 0, 1.0, 5.0, 64),   # large logits
     ("softmax", 12, 7, 30, 0, 0.0, 1.0, 65),     # forward only
     ("softmax", 600, 4, 28000, 0, 1 / 600, 1.0, 66),  # > 2^24 logits: 2 chunks
+    # shapes off the GPU tiles (32 rows, 64 items, 32 columns of C)
+    ("bce", 257, 65, 1000, 0, 1 / 257, 1.0, 130), ("bce", 33, 1, 7, 0, 1.0, 1.0, 131),
+    ("sampled_softmax", 33, 130, 300, 65, 1 / 33, 1.0, 132),
+    ("sampled_softmax", 257, 7, 100, 130, 1 / 257, 1.0, 133),
+    ("softmax", 33, 65, 1000, 0, 1 / 33, 1.0, 134), ("softmax", 257, 7, 129, 0, 1 / 257, 1.0, 135),
+    ("softmax", 1, 130, 65, 0, 1.0, 1.0, 136),
 ]
 
 
@@ -381,11 +418,11 @@ def _softmax_probs(logits):
 @pytest.mark.parametrize("kind,R_,C,V,N,gs,scale,seed", LOSS_CASES,
                          ids=ids(LOSS_CASES, lambda k, r, c, v, n, g, sc, s:
                                  f"{k}-R{r}-C{c}-V{v}-N{n}-gs{g:.3g}-x{sc}-s{s}"))
-def test_loss(kind, R_, C, V, N, gs, scale, seed):
+def test_loss(ops, kind, R_, C, V, N, gs, scale, seed):
     rng = np.random.default_rng(seed)
     h, E, t, n = _loss_inputs(kind, R_, C, V, N, scale, rng)
     gs = f32(gs)
-    loss, dh, dE = OPS.loss(kind, h, E, t, n, gs)
+    loss, dh, dE = ops.loss(kind, h, E, t, n, gs)
     rloss, rdh, rdE = R.loss(kind, h, E, t, n, gs)
 
     ah, aE = np.abs(h.astype(np.float64)), np.abs(E.astype(np.float64))
@@ -443,12 +480,13 @@ def test_loss(kind, R_, C, V, N, gs, scale, seed):
 ADAM_CASES = [  # (n, n_decay, step, weight_decay, seed)
     (1, 0, 1, 0.0, 71), (1, 1, 1, 0.1, 72), (37, 20, 2, 0.1, 73), (1000, 1000, 1000, 0.01, 74),
     (20000, 7000, 3, 0.05, 75),  # threaded
+    (257, 130, 5, 0.1, 137), (33, 33, 1, 0.0, 138),
 ]
 
 
 @pytest.mark.parametrize("n,n_decay,step,wd,seed", ADAM_CASES,
                          ids=ids(ADAM_CASES, lambda n, d, st, w, s: f"n{n}-decay{d}-step{st}-wd{w}-s{s}"))
-def test_adamw(n, n_decay, step, wd, seed):
+def test_adamw(ops, n, n_decay, step, wd, seed):
     rng = np.random.default_rng(seed)
     lr, b1, b2, eps, wd = (f32(v) for v in (1e-3, 0.9, 0.98, 1e-8, wd))
     w, g = normal(rng, n), normal(rng, n, scale=0.1)
@@ -458,7 +496,7 @@ def test_adamw(n, n_decay, step, wd, seed):
         g[2] = m[2] = v[2] = 0.0
     pw, pm, pv = w, m, v
     for k in range(step, step + 3):  # three consecutive steps, each from the engine's state
-        ew, em, ev = OPS.adamw_step(pw, g, pm, pv, n_decay, lr, b1, b2, eps, wd, k)
+        ew, em, ev = ops.adamw_step(pw, g, pm, pv, n_decay, lr, b1, b2, eps, wd, k)
         rw, rm, rv = R.adamw_step(pw, g, pm, pv, n_decay, lr, b1, b2, eps, wd, k)
         # Elementwise formulas of a few roundings each; the update's magnitude is that of
         # the reference update (|m_hat| / (sqrt(v_hat) + eps) <= ~1 / sqrt(1 - b2)).
@@ -506,12 +544,17 @@ TOPK_CASES = [  # (B, C, V, K, exclusion mode, integer-valued data, seed)
     (2, 4, 15, 15, "dups", True, 88),        # repeated exclusions
     (33, 3, 50, 50, "none", True, 89),       # ties, K = V, second row block
     (2, 4, 5, 8, "some", True, 90),          # K > V (the op allows it): padded slots
+    (3, 65, 1000, 130, "some", False, 139),  # K > 128: two passes of the GPU's 128-long lists
+    (17, 7, 300, 257, "some", True, 140),    # K > 256, exact ties, 17 rows (two row blocks)
+    (6, 33, 200, 130, "almost_all", False, 141),  # fewer than K left, K > 128: padded slots
+    (33, 130, 777, 1, "some", False, 142),   # K = 1, C = 130, V off the 64-item tiles
+    (2, 1, 129, 129, "dups", True, 143),     # C = 1: ties everywhere, K = V > 128
 ]
 
 
 @pytest.mark.parametrize("B,C,V,K,mode,integer,seed", TOPK_CASES,
                          ids=ids(TOPK_CASES, lambda b, c, v, k, m, i, s: f"B{b}-C{c}-V{v}-K{k}-{m}-int{int(i)}-s{s}"))
-def test_topk(B, C, V, K, mode, integer, seed):
+def test_topk(ops, B, C, V, K, mode, integer, seed):
     rng = np.random.default_rng(seed)
     if integer:  # small integers: every score is exact in float32, ties are exact
         h = rng.integers(-2, 3, (B, C)).astype(np.float32)
@@ -519,7 +562,7 @@ def test_topk(B, C, V, K, mode, integer, seed):
     else:
         h, E = normal(rng, B, C), normal(rng, V + 1, C)
     lists, flat, off = _exclusions(mode, B, V, rng)
-    got_ids, got_sc = OPS.topk(h, E, flat, off, K)
+    got_ids, got_sc = ops.topk(h, E, flat, off, K)
     ref_ids, ref_sc = R.topk(h, E, lists, K)
     if integer:
         np.testing.assert_array_equal(got_ids, ref_ids, err_msg=f"topk ids (seed {seed})")

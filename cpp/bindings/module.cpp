@@ -7,7 +7,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cpu/ops.h"
@@ -152,170 +154,277 @@ HostBatch batch_from_arrays(py::object items, py::object targets, py::object pos
   return b;
 }
 
-// ---- ops for tests: float32 numpy in, numpy out (CPU backend functions).
+// ---- ops for tests: float32 numpy in, numpy out, on the backend of a device.  Each
+// method checks its arguments, copies the inputs into backend buffers, runs the Backend op
+// and copies the outputs back.  On "cpu" the buffers are host memory and the copies
+// memcpy, so the results are those of the cpu:: functions themselves.
 using F32 = py::array_t<float, py::array::c_style>;
 using I32 = py::array_t<int32_t, py::array::c_style>;
-F32 zeros_like_shape(std::vector<py::ssize_t> shape) {
-  F32 a(shape);
-  std::memset(a.mutable_data(), 0, a.size() * sizeof(float));
-  return a;
-}
-F32 copy_f32(const py::object& o, const char* name) {
-  auto a = arr<float>(o, name);
-  F32 out(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
-  std::memcpy(out.mutable_data(), a.data(), a.size() * sizeof(float));
-  return out;
-}
+using Shape = std::vector<py::ssize_t>;
 
-void bind_ops(py::module_& m) {
-  m.doc() = "The CPU ops, one by one, for tests against the float64 NumPy reference.";
-  m.def("rng_key", &rng_key, py::arg("seed"), py::arg("stream"));
-  m.def("uniform", [](uint64_t key, int64_t n) {
-    F32 out({(py::ssize_t)n});
-    for (int64_t e = 0; e < n; ++e) out.mutable_data()[e] = rng_uniform(key, (uint64_t)e);
-    return out;
-  }, py::arg("key"), py::arg("n"));
-  m.def("embedding_forward", [](py::object items, py::object pos, py::object E, py::object P,
-                                float scale, float p, uint64_t key) {
+Shape shape_of(const py::array& a) { return Shape(a.shape(), a.shape() + a.ndim()); }
+
+// Backend memory for an array of T of the given shape, released when it goes out of
+// scope (also when an op throws).
+template <typename T>
+class Buffer {
+ public:
+  Buffer(Backend& be, Shape shape) : be_(&be), shape_(std::move(shape)) {
+    for (py::ssize_t s : shape_) n_ *= (size_t)s;
+    p_ = static_cast<T*>(be.alloc(n_ * sizeof(T)));
+  }
+  Buffer(Buffer&& o) noexcept : be_(o.be_), shape_(std::move(o.shape_)), n_(o.n_), p_(o.p_) {
+    o.p_ = nullptr;
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  Buffer& operator=(Buffer&&) = delete;
+  ~Buffer() {
+    if (p_) be_->release(p_);
+  }
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
+  size_t bytes() const { return n_ * sizeof(T); }
+  const Shape& shape() const { return shape_; }
+
+ private:
+  Backend* be_;
+  Shape shape_;
+  size_t n_ = 1;
+  T* p_ = nullptr;
+};
+
+class Ops {
+ public:
+  explicit Ops(const std::string& device) : be_(make_backend(device)) {}
+  std::string device() const { return be_->name(); }
+
+  py::array_t<float> embedding_forward(py::object items, py::object pos, py::object E,
+                                       py::object P, float scale, float p, uint64_t key) {
     auto it = arr<int32_t>(items, "items", 1); auto ps = arr<int32_t>(pos, "pos", 1);
     auto e = arr<float>(E, "E", 2); auto pp = arr<float>(P, "P", 2);
     const int R = it.shape(0), C = e.shape(1);
-    F32 x({R, C});
-    cpu::embedding_forward(x.mutable_data(), it.data(), ps.data(), e.data(), pp.data(), R, C, scale, p, key);
-    return x;
-  });
-  m.def("embedding_backward", [](py::object dx, py::object items, py::object pos, int V1, int T,
-                                 float scale, float p, uint64_t key) {
+    auto d_it = put(it), d_ps = put(ps); auto d_e = put(e), d_pp = put(pp);
+    auto x = empty<float>({R, C});
+    be_->embedding_forward(x.get(), d_it.get(), d_ps.get(), d_e.get(), d_pp.get(), R, C, scale, p, key);
+    return fetch(x);
+  }
+  py::tuple embedding_backward(py::object dx, py::object items, py::object pos, int V1, int T,
+                               float scale, float p, uint64_t key) {
     auto g = arr<float>(dx, "dx", 2); auto it = arr<int32_t>(items, "items", 1);
     auto ps = arr<int32_t>(pos, "pos", 1);
     const int R = g.shape(0), C = g.shape(1);
-    F32 dE = zeros_like_shape({V1, C}), dP = zeros_like_shape({T, C});
-    cpu::embedding_backward(dE.mutable_data(), dP.mutable_data(), g.data(), it.data(), ps.data(), R, C, scale, p, key);
-    return py::make_tuple(dE, dP);
-  });
-  m.def("layernorm_forward", [](py::object x, py::object g, py::object b, float eps) {
+    auto d_g = put(g); auto d_it = put(it), d_ps = put(ps);
+    auto dE = zeros<float>({V1, C}), dP = zeros<float>({T, C});
+    be_->embedding_backward(dE.get(), dP.get(), d_g.get(), d_it.get(), d_ps.get(), R, C, scale, p, key);
+    return py::make_tuple(fetch(dE), fetch(dP));
+  }
+  py::tuple layernorm_forward(py::object x, py::object g, py::object b, float eps) {
     auto a = arr<float>(x, "x", 2); auto gg = arr<float>(g, "g", 1); auto bb = arr<float>(b, "b", 1);
     const int R = a.shape(0), C = a.shape(1);
-    F32 out({R, C}), mean({R}), rstd({R});
-    cpu::layernorm_forward(out.mutable_data(), mean.mutable_data(), rstd.mutable_data(), a.data(), gg.data(), bb.data(), R, C, eps);
-    return py::make_tuple(out, mean, rstd);
-  });
-  m.def("layernorm_backward", [](py::object dout, py::object x, py::object mean, py::object rstd, py::object g) {
+    auto d_a = put(a), d_g = put(gg), d_b = put(bb);
+    auto out = empty<float>({R, C}), mean = empty<float>({R}), rstd = empty<float>({R});
+    be_->layernorm_forward(out.get(), mean.get(), rstd.get(), d_a.get(), d_g.get(), d_b.get(), R, C, eps);
+    return py::make_tuple(fetch(out), fetch(mean), fetch(rstd));
+  }
+  py::tuple layernorm_backward(py::object dout, py::object x, py::object mean, py::object rstd,
+                               py::object g) {
     auto d = arr<float>(dout, "dout", 2); auto a = arr<float>(x, "x", 2);
     auto mu = arr<float>(mean, "mean", 1); auto rs = arr<float>(rstd, "rstd", 1); auto gg = arr<float>(g, "g", 1);
     const int R = a.shape(0), C = a.shape(1);
-    F32 din({R, C}); F32 dg = zeros_like_shape({C}), db = zeros_like_shape({C});
-    cpu::layernorm_backward(din.mutable_data(), dg.mutable_data(), db.mutable_data(), d.data(), a.data(), mu.data(), rs.data(), gg.data(), R, C, false);
-    return py::make_tuple(din, dg, db);
-  });
-  m.def("linear_forward", [](py::object x, py::object W, py::object b, bool relu) {
+    auto d_d = put(d), d_a = put(a), d_mu = put(mu), d_rs = put(rs), d_g = put(gg);
+    auto din = empty<float>({R, C}); auto dg = zeros<float>({C}), db = zeros<float>({C});
+    be_->layernorm_backward(din.get(), dg.get(), db.get(), d_d.get(), d_a.get(), d_mu.get(), d_rs.get(), d_g.get(), R, C, false);
+    return py::make_tuple(fetch(din), fetch(dg), fetch(db));
+  }
+  py::array_t<float> linear_forward(py::object x, py::object W, py::object b, bool relu) {
     auto a = arr<float>(x, "x", 2); auto w = arr<float>(W, "W", 2); auto bb = arr<float>(b, "b", 1);
     const int R = a.shape(0), I = a.shape(1), O = w.shape(1);
     FSR_REQUIRE(w.shape(0) == I, "W must have ", I, " rows");
-    F32 out({R, O});
-    cpu::linear_forward(out.mutable_data(), a.data(), w.data(), bb.data(), R, I, O, relu);
-    return out;
-  });
-  m.def("linear_backward", [](py::object dout, py::object x, py::object W) {
+    auto d_a = put(a), d_w = put(w), d_b = put(bb);
+    auto out = empty<float>({R, O});
+    be_->linear_forward(out.get(), d_a.get(), d_w.get(), d_b.get(), R, I, O, relu);
+    return fetch(out);
+  }
+  py::tuple linear_backward(py::object dout, py::object x, py::object W) {
     auto d = arr<float>(dout, "dout", 2); auto a = arr<float>(x, "x", 2); auto w = arr<float>(W, "W", 2);
     const int R = a.shape(0), I = a.shape(1), O = w.shape(1);
-    F32 din({R, I}); F32 dW = zeros_like_shape({I, O}), db = zeros_like_shape({O});
-    cpu::linear_backward(din.mutable_data(), dW.mutable_data(), db.mutable_data(), d.data(), a.data(), w.data(), R, I, O, false);
-    return py::make_tuple(din, dW, db);
-  });
-  m.def("dropout_forward", [](py::object x, float p, uint64_t key) {
-    F32 out = copy_f32(x, "x");
-    cpu::dropout_forward(out.mutable_data(), out.data(), out.size(), p, key);
-    return out;
-  });
-  m.def("dropout_backward", [](py::object dout, py::object relu_out, float p, uint64_t key) {
-    F32 din = copy_f32(dout, "dout");
-    const float* r = nullptr;
+    auto d_d = put(d), d_a = put(a), d_w = put(w);
+    auto din = empty<float>({R, I}); auto dW = zeros<float>({I, O}), db = zeros<float>({O});
+    be_->linear_backward(din.get(), dW.get(), db.get(), d_d.get(), d_a.get(), d_w.get(), R, I, O, false);
+    return py::make_tuple(fetch(din), fetch(dW), fetch(db));
+  }
+  py::array_t<float> dropout_forward(py::object x, float p, uint64_t key) {
+    auto a = arr<float>(x, "x");
+    auto d_a = put(a);
+    auto out = empty<float>(shape_of(a));
+    be_->dropout_forward(out.get(), d_a.get(), out.size(), p, key);
+    return fetch(out);
+  }
+  py::array_t<float> dropout_backward(py::object dout, py::object relu_out, float p, uint64_t key) {
+    auto d = arr<float>(dout, "dout");
+    const bool relu = !relu_out.is_none();
     F32 ro;
-    if (!relu_out.is_none()) { ro = arr<float>(relu_out, "relu_out"); FSR_REQUIRE(ro.size() == din.size(), "relu_out must match dout"); r = ro.data(); }
-    cpu::dropout_backward(din.mutable_data(), din.data(), r, din.size(), p, key);
-    return din;
-  }, py::arg("dout"), py::arg("relu_out"), py::arg("p"), py::arg("key"));
-  m.def("residual_forward", [](py::object a, py::object b) {
+    if (relu) { ro = arr<float>(relu_out, "relu_out"); FSR_REQUIRE(ro.size() == d.size(), "relu_out must match dout"); }
+    auto d_d = put(d); auto d_ro = relu ? put(ro) : empty<float>({0});
+    auto din = empty<float>(shape_of(d));
+    be_->dropout_backward(din.get(), d_d.get(), relu ? d_ro.get() : nullptr, din.size(), p, key);
+    return fetch(din);
+  }
+  py::array_t<float> residual_forward(py::object a, py::object b) {
     auto x = arr<float>(a, "a"); auto y = arr<float>(b, "b");
     FSR_REQUIRE(x.size() == y.size(), "a and b must have the same size");
-    F32 out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
-    cpu::residual_forward(out.mutable_data(), x.data(), y.data(), x.size());
-    return out;
-  });
-  m.def("residual_backward", [](py::object dout) {
+    auto d_x = put(x), d_y = put(y);
+    auto out = empty<float>(shape_of(x));
+    be_->residual_forward(out.get(), d_x.get(), d_y.get(), out.size());
+    return fetch(out);
+  }
+  py::tuple residual_backward(py::object dout) {
     auto d = arr<float>(dout, "dout");
-    std::vector<py::ssize_t> sh(d.shape(), d.shape() + d.ndim());
-    F32 da = zeros_like_shape(sh), db = zeros_like_shape(sh);
-    cpu::residual_backward(da.mutable_data(), db.mutable_data(), d.data(), d.size());
-    return py::make_tuple(da, db);
-  });
-  m.def("attention_forward", [](py::object Q, py::object K, py::object V, py::object cu, int H, int T, float p, uint64_t key) {
+    auto d_d = put(d);
+    auto da = zeros<float>(shape_of(d)), db = zeros<float>(shape_of(d));
+    be_->residual_backward(da.get(), db.get(), d_d.get(), da.size());
+    return py::make_tuple(fetch(da), fetch(db));
+  }
+  py::tuple attention_forward(py::object Q, py::object K, py::object V, py::object cu, int H,
+                              int T, float p, uint64_t key) {
     auto q = arr<float>(Q, "Q", 2); auto k = arr<float>(K, "K", 2); auto v = arr<float>(V, "V", 2);
     auto c = arr<int32_t>(cu, "cu", 1);
     const int R = q.shape(0), C = q.shape(1), B = c.shape(0) - 1;
     FSR_REQUIRE(C % H == 0, "C must be divisible by H");
-    F32 O({R, C}), lse({R, H});
-    cpu::attention_forward(O.mutable_data(), lse.mutable_data(), q.data(), C, k.data(), v.data(), C, c.data(), B, H, C / H, T, p, key);
-    return py::make_tuple(O, lse);
-  });
-  m.def("attention_backward", [](py::object dO, py::object Q, py::object K, py::object V, py::object lse, py::object cu, int H, int T, float p, uint64_t key) {
+    auto d_q = put(q), d_k = put(k), d_v = put(v); auto d_c = put(c);
+    auto O = empty<float>({R, C}), lse = empty<float>({R, H});
+    be_->attention_forward(O.get(), lse.get(), d_q.get(), C, d_k.get(), d_v.get(), C, d_c.get(), B, H, C / H, T, p, key);
+    return py::make_tuple(fetch(O), fetch(lse));
+  }
+  py::tuple attention_backward(py::object dO, py::object Q, py::object K, py::object V,
+                               py::object lse, py::object cu, int H, int T, float p, uint64_t key) {
     auto d = arr<float>(dO, "dO", 2); auto q = arr<float>(Q, "Q", 2); auto k = arr<float>(K, "K", 2);
     auto v = arr<float>(V, "V", 2); auto l = arr<float>(lse, "lse", 2); auto c = arr<int32_t>(cu, "cu", 1);
     const int R = q.shape(0), C = q.shape(1), B = c.shape(0) - 1;
-    F32 dQ({R, C}), dK({R, C}), dV({R, C});
-    cpu::attention_backward(dQ.mutable_data(), dK.mutable_data(), dV.mutable_data(), d.data(), q.data(), C, k.data(), v.data(), C, l.data(), c.data(), B, H, C / H, T, p, key);
-    return py::make_tuple(dQ, dK, dV);
-  });
-  m.def("attention_last_forward", [](py::object Q, py::object K, py::object V, py::object cu, int H) {
+    auto d_d = put(d), d_q = put(q), d_k = put(k), d_v = put(v), d_l = put(l); auto d_c = put(c);
+    auto dQ = empty<float>({R, C}), dK = empty<float>({R, C}), dV = empty<float>({R, C});
+    be_->attention_backward(dQ.get(), dK.get(), dV.get(), d_d.get(), d_q.get(), C, d_k.get(), d_v.get(), C, d_l.get(), d_c.get(), B, H, C / H, T, p, key);
+    return py::make_tuple(fetch(dQ), fetch(dK), fetch(dV));
+  }
+  py::array_t<float> attention_last_forward(py::object Q, py::object K, py::object V,
+                                            py::object cu, int H) {
     auto q = arr<float>(Q, "Q", 2); auto k = arr<float>(K, "K", 2); auto v = arr<float>(V, "V", 2);
     auto c = arr<int32_t>(cu, "cu", 1);
     const int B = c.shape(0) - 1, C = q.shape(1);
     FSR_REQUIRE(q.shape(0) == B, "Q must have one row per sequence");
     FSR_REQUIRE(C % H == 0, "C must be divisible by H");
-    F32 O({B, C});
-    cpu::attention_last_forward(O.mutable_data(), q.data(), C, k.data(), v.data(), C, c.data(), B, H, C / H);
-    return O;
-  });
-  m.def("gather_rows", [](py::object x, py::object rows) {
+    auto d_q = put(q), d_k = put(k), d_v = put(v); auto d_c = put(c);
+    auto O = empty<float>({B, C});
+    be_->attention_last_forward(O.get(), d_q.get(), C, d_k.get(), d_v.get(), C, d_c.get(), B, H, C / H);
+    return fetch(O);
+  }
+  py::array_t<float> gather_rows(py::object x, py::object rows) {
     auto a = arr<float>(x, "x", 2); auto r = arr<int32_t>(rows, "rows", 1);
     const int n = r.shape(0), C = a.shape(1);
     for (int i = 0; i < n; ++i) FSR_REQUIRE(r.data()[i] >= 0 && r.data()[i] < a.shape(0), "rows[", i, "] out of range");
-    F32 out({n, C});
-    cpu::gather_rows(out.mutable_data(), a.data(), r.data(), n, C);
-    return out;
-  });
-  m.def("loss", [](const std::string& kind, py::object h, py::object E, py::object targets, py::object negatives, float grad_scale) {
+    auto d_a = put(a); auto d_r = put(r);
+    auto out = empty<float>({n, C});
+    be_->gather_rows(out.get(), d_a.get(), d_r.get(), n, C);
+    return fetch(out);
+  }
+  py::tuple loss(const std::string& kind, py::object h, py::object E, py::object targets,
+                 py::object negatives, float grad_scale) {
     const LossKind k = parse_loss(kind);
     auto hh = arr<float>(h, "h", 2); auto e = arr<float>(E, "E", 2);
     auto t = arr<int32_t>(targets, "targets", 1); auto n = arr<int32_t>(negatives, "negatives", 1);
     const int R = hh.shape(0), C = hh.shape(1), V = e.shape(0) - 1, N = n.shape(0);
-    F32 loss({R}); F32 dh = zeros_like_shape({R, C}); F32 dE = zeros_like_shape({V + 1, C});
-    std::vector<float> ws(k == LossKind::Softmax ? cpu::softmax_workspace(R, V)
-                          : k == LossKind::SampledSoftmax ? cpu::sampled_softmax_workspace(R, C, N) : 0);
-    if (k == LossKind::BCE) cpu::bce_loss(loss.mutable_data(), dh.mutable_data(), dE.mutable_data(), hh.data(), e.data(), t.data(), n.data(), R, C, grad_scale);
-    else if (k == LossKind::SampledSoftmax) cpu::sampled_softmax_loss(loss.mutable_data(), dh.mutable_data(), dE.mutable_data(), hh.data(), e.data(), t.data(), n.data(), R, C, N, grad_scale, ws.data());
-    else cpu::softmax_loss(loss.mutable_data(), dh.mutable_data(), dE.mutable_data(), hh.data(), e.data(), t.data(), R, C, V, grad_scale, ws.data());
-    return py::make_tuple(loss, dh, dE);
-  });
-  m.def("adamw_step", [](py::object params, py::object grads, py::object m_, py::object v_, int64_t n_decay, float lr, float b1, float b2, float eps, float wd, int64_t step) {
-    F32 p = copy_f32(params, "params"), m = copy_f32(m_, "m"), v = copy_f32(v_, "v");
+    auto d_h = put(hh), d_e = put(e); auto d_t = put(t), d_n = put(n);
+    auto loss = empty<float>({R}); auto dh = zeros<float>({R, C}), dE = zeros<float>({V + 1, C});
+    auto ws = zeros<float>({(py::ssize_t)be_->loss_workspace(k, R, C, V, N)});
+    be_->loss(k, loss.get(), dh.get(), dE.get(), d_h.get(), d_e.get(), d_t.get(), d_n.get(), R, C, V, N, grad_scale, ws.get());
+    return py::make_tuple(fetch(loss), fetch(dh), fetch(dE));
+  }
+  py::tuple adamw_step(py::object params, py::object grads, py::object m_, py::object v_,
+                       int64_t n_decay, float lr, float b1, float b2, float eps, float wd,
+                       int64_t step) {
+    auto p = arr<float>(params, "params"), m = arr<float>(m_, "m"), v = arr<float>(v_, "v");
     auto g = arr<float>(grads, "grads");
     FSR_REQUIRE(g.size() == p.size() && m.size() == p.size() && v.size() == p.size(), "params, grads, m, v must have the same size");
-    cpu::adamw_step(p.mutable_data(), g.data(), m.mutable_data(), v.mutable_data(), p.size(), n_decay, lr, b1, b2, eps, wd, step);
-    return py::make_tuple(p, m, v);
-  });
-  m.def("topk", [](py::object h, py::object E, py::object excl, py::object excl_off, int K) {
+    auto d_p = put(p), d_g = put(g), d_m = put(m), d_v = put(v);
+    be_->adamw_step(d_p.get(), d_g.get(), d_m.get(), d_v.get(), d_p.size(), n_decay, lr, b1, b2, eps, wd, step);
+    return py::make_tuple(fetch(d_p), fetch(d_m), fetch(d_v));
+  }
+  py::tuple topk(py::object h, py::object E, py::object excl, py::object excl_off, int K) {
     auto hh = arr<float>(h, "h", 2); auto e = arr<float>(E, "E", 2);
     auto x = arr<int32_t>(excl, "excl", 1); auto xo = arr<int64_t>(excl_off, "excl_off", 1);
     const int B = hh.shape(0), C = hh.shape(1), V = e.shape(0) - 1;
     FSR_REQUIRE(xo.shape(0) == B + 1, "excl_off must have B + 1 entries");
-    py::array_t<int32_t> ids({B, K}); F32 sc({B, K});
-    cpu::topk_forward(ids.mutable_data(), sc.mutable_data(), hh.data(), e.data(), x.data(), xo.data(), B, C, V, K);
-    return py::make_tuple(ids, sc);
-  });
-  m.def("set_num_threads", &cpu::set_num_threads);
-  m.def("num_threads", &cpu::num_threads);
+    auto d_h = put(hh), d_e = put(e); auto d_x = put(x); auto d_xo = put(xo);
+    auto ids = empty<int32_t>({B, K}); auto sc = empty<float>({B, K});
+    be_->topk(ids.get(), sc.get(), d_h.get(), d_e.get(), d_x.get(), d_xo.get(), B, C, V, K);
+    return py::make_tuple(fetch(ids), fetch(sc));
+  }
+
+ private:
+  // A backend copy of a host array.
+  template <typename T>
+  Buffer<T> put(const py::array_t<T, py::array::c_style>& a) {
+    Buffer<T> b(*be_, shape_of(a));
+    be_->upload(b.get(), a.data(), b.bytes());
+    return b;
+  }
+  template <typename T>
+  Buffer<T> empty(Shape shape) { return Buffer<T>(*be_, std::move(shape)); }
+  template <typename T>
+  Buffer<T> zeros(Shape shape) {
+    Buffer<T> b(*be_, std::move(shape));
+    be_->zero(b.get(), b.bytes());
+    return b;
+  }
+  // A new numpy array holding the buffer's contents.
+  template <typename T>
+  py::array_t<T> fetch(const Buffer<T>& b) {
+    py::array_t<T> a(b.shape());
+    be_->download(a.mutable_data(), b.get(), b.bytes());
+    return a;
+  }
+
+  std::unique_ptr<Backend> be_;
+};
+
+F32 uniform(uint64_t key, int64_t n) {
+  F32 out({(py::ssize_t)n});
+  for (int64_t e = 0; e < n; ++e) out.mutable_data()[e] = rng_uniform(key, (uint64_t)e);
+  return out;
+}
+
+void bind_ops(py::module_& m) {
+  py::class_<Ops>(m, "Ops",
+                  "The ops of one device's backend, one by one, for tests against the float64 "
+                  "NumPy reference.  Ops(device) raises ValueError when the device is unusable.")
+      .def(py::init<const std::string&>(), py::arg("device"))
+      .def_property_readonly("device", &Ops::device)
+      .def_static("rng_key", &rng_key, py::arg("seed"), py::arg("stream"))
+      .def_static("uniform", &uniform, py::arg("key"), py::arg("n"))
+      .def("embedding_forward", &Ops::embedding_forward)
+      .def("embedding_backward", &Ops::embedding_backward)
+      .def("layernorm_forward", &Ops::layernorm_forward)
+      .def("layernorm_backward", &Ops::layernorm_backward)
+      .def("linear_forward", &Ops::linear_forward)
+      .def("linear_backward", &Ops::linear_backward)
+      .def("dropout_forward", &Ops::dropout_forward)
+      .def("dropout_backward", &Ops::dropout_backward, py::arg("dout"), py::arg("relu_out"),
+           py::arg("p"), py::arg("key"))
+      .def("residual_forward", &Ops::residual_forward)
+      .def("residual_backward", &Ops::residual_backward)
+      .def("attention_forward", &Ops::attention_forward)
+      .def("attention_backward", &Ops::attention_backward)
+      .def("attention_last_forward", &Ops::attention_last_forward)
+      .def("gather_rows", &Ops::gather_rows)
+      .def("loss", &Ops::loss)
+      .def("adamw_step", &Ops::adamw_step)
+      .def("topk", &Ops::topk)
+      // The CPU backend's OpenMP threads, whichever device the instance has.
+      .def_static("set_num_threads", &cpu::set_num_threads)
+      .def_static("num_threads", &cpu::num_threads);
+  // _core.ops: the CPU ops, as before this class existed.
+  m.attr("ops") = py::cast(Ops("cpu"));
 }
 
 }  // namespace
@@ -436,6 +545,5 @@ PYBIND11_MODULE(_core, m) {
         return to_numpy(s.item_embeddings(), {(py::ssize_t)s.config().n_items, (py::ssize_t)s.config().factors});
       });
 
-  py::module_ ops = m.def_submodule("ops");
-  bind_ops(ops);
+  bind_ops(m);
 }
