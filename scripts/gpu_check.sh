@@ -25,27 +25,31 @@ if [ -d .whl ] && ! $PY -c "import scipy_openblas32" 2>/dev/null; then
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export FASTSASREC_CUBLAS_ROOT=$($PY -c "import nvidia, os; print(next(p for p in (os.path.join(d, s) for d in nvidia.__path__ for s in ('cu13', 'cublas')) if os.path.isfile(os.path.join(p, 'include', 'cublas_v2.h'))))" 2>/dev/null)
-DATA=(); [ -d .data/ml-100k ] && DATA=(--data .data/ml-100k)
+DATA=(); [ -d .data/ml-100k ] && DATA=(--data .data/ml-100k) && export FASTSASREC_ML100K=$PWD/.data/ml-100k
 
 step build $PY -m pip install --no-build-isolation --no-deps --no-index -v . \
   -C cmake.define.FASTSASREC_CUDA=ON -C cmake.define.FASTSASREC_CUDA_ARCHITECTURES=90
 cd /tmp && step show_config $PY -c "import fastsasrec; fastsasrec.show_config()"; cd - >/dev/null
-step gpu_tests $PY -m pytest tests/test_devices.py -q -rs
+step gpu_tests $PY -m pytest tests/test_devices.py tests/test_ops.py -q -rs -p no:cacheprovider
+step bench_score $PY benchmarks/bench_score.py --device cuda --sessions 65536 --items 1000000
 step sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 $PY -c "
 from fastsasrec import SASRec
 from fastsasrec.datasets import synthetic_store
 s, _ = synthetic_store(300, 0)
 for loss in ('sampled_softmax', 'bce', 'softmax'):
     m = SASRec(factors=32, n_heads=2, max_seq=8, iterations=1, device='cuda', loss=loss, n_negatives=16).fit(s)
-print(m.recommend_batch(s[:8], n=3)[0]); print(m.session_embeddings(s[:4]).shape)
+print(m.recommend_batch(s[:8], n=3)[0]); print(m.recommend_batch(s[:40], n=20)[0].shape)
+print(m.session_embeddings(s[:4]).shape)
 "
-step bench_score $PY benchmarks/bench_score.py --device cuda --sessions 65536 --items 1000000
+step bench_memory $PY benchmarks/bench_memory.py --device cuda --items 10000000
+step profile $PY scripts/profile_cuda_train.py "${DATA[@]}"
 step bench_train $PY benchmarks/bench_train.py --device cuda --epochs 3 --losses sampled_softmax --default-seeds "" "${DATA[@]}"
-step all_tests $PY -m pytest tests -q -rs -p no:cacheprovider
+[ -z "${SKIP_ALL_TESTS:-}" ] && step all_tests $PY -m pytest tests -q -rs -p no:cacheprovider
 
 echo
 echo "| step | result | time |"
 echo "|---|---|---|"
 for s in "${status[@]}"; do echo "| ${s//|/ | } |"; done
 echo "GPU: $(cat "$OUT/gpu.txt" 2>/dev/null)"
-grep -h -A9 "^## " "$OUT/bench_score.log" "$OUT/bench_train.log" 2>/dev/null | head -30
+grep -h -A9 "^## " "$OUT/bench_score.log" "$OUT/bench_memory.log" "$OUT/bench_train.log" 2>/dev/null | head -40
+grep -h "speed-up\|fastsasrec peak\|epoch wall" "$OUT"/*.log 2>/dev/null

@@ -369,8 +369,15 @@ class Ops {
     be_->upload(b.get(), a.data(), b.bytes());
     return b;
   }
+  // An output the op must overwrite, poisoned (all bits set: NaN floats, -1 ints) so that an
+  // element the op forgets to write fails the comparison instead of passing on leftovers.
   template <typename T>
-  Buffer<T> empty(Shape shape) { return Buffer<T>(*be_, std::move(shape)); }
+  Buffer<T> empty(Shape shape) {
+    Buffer<T> b(*be_, std::move(shape));
+    const std::vector<unsigned char> poison(b.bytes(), 0xFF);
+    be_->upload(b.get(), poison.data(), b.bytes());
+    return b;
+  }
   template <typename T>
   Buffer<T> zeros(Shape shape) {
     Buffer<T> b(*be_, std::move(shape));
