@@ -29,6 +29,9 @@ class CudaBackend final : public Backend {
     cublasSetMathMode(blas_, CUBLAS_PEDANTIC_MATH);  // fp32 parity with the CPU: no TF32
   }
   ~CudaBackend() override {
+    if (stream_) cudaStreamSynchronize(stream_);
+    if (stage_) cudaFreeHost(stage_);
+    if (stage_done_) cudaEventDestroy(stage_done_);
     if (blas_) cublasDestroy(blas_);
     if (stream_) cudaStreamDestroy(stream_);
   }
@@ -55,9 +58,33 @@ class CudaBackend final : public Backend {
       cudaFree(p);
     }
   }
+  // The host buffer may change as soon as upload returns, so the data is first copied
+  // into a pinned staging ring and the device copy runs from there, in stream order, while
+  // the host goes on (building the next batch).  Reaching the ring's end waits for every
+  // copy out of it; an upload larger than the ring copies synchronously.
   void upload(void* dst, const void* src, size_t n) override {
-    if (n) FSR_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, stream_));
-    FSR_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host buffer may change next
+    if (!n) return;
+    if (!stage_ && n <= kStageBytes) {
+      if (cudaHostAlloc((void**)&stage_, kStageBytes, cudaHostAllocDefault) != cudaSuccess) {
+        cudaGetLastError();  // no pinned memory: every upload stays synchronous
+        stage_ = nullptr;
+      } else {
+        FSR_CUDA_CHECK(cudaEventCreateWithFlags(&stage_done_, cudaEventDisableTiming));
+      }
+    }
+    if (!stage_ || n > kStageBytes) {
+      FSR_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, stream_));
+      FSR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      return;
+    }
+    if (stage_head_ + n > kStageBytes) {
+      FSR_CUDA_CHECK(cudaEventSynchronize(stage_done_));  // every earlier copy is done
+      stage_head_ = 0;
+    }
+    std::memcpy(stage_ + stage_head_, src, n);
+    FSR_CUDA_CHECK(cudaMemcpyAsync(dst, stage_ + stage_head_, n, cudaMemcpyHostToDevice, stream_));
+    FSR_CUDA_CHECK(cudaEventRecord(stage_done_, stream_));
+    stage_head_ += (n + 255) / 256 * 256;
   }
   void download(void* dst, const void* src, size_t n) override {
     if (n) FSR_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, stream_));
@@ -167,8 +194,12 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  static constexpr size_t kStageBytes = size_t(64) << 20;
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
+  char* stage_ = nullptr;  // pinned staging ring of upload
+  size_t stage_head_ = 0;
+  cudaEvent_t stage_done_ = nullptr;  // recorded after the latest copy out of the ring
   cublasHandle_t blas_ = nullptr;
 };
 

@@ -382,7 +382,8 @@ double Model::forward_backward(const HostBatch& batch, bool train, bool grad, in
   return forward_backward_locked(batch, train, grad, step);
 }
 
-double Model::forward_backward_locked(const HostBatch& batch, bool train, bool grad, int64_t step) {
+// Upload, forward, loss (+ backward): the per-row losses are left in a.loss.
+void Model::run_step(const HostBatch& batch, bool train, bool grad, int64_t step) {
   const int R = batch.R(), B = batch.B();
   FSR_ASSERT(R > 0 && B > 0);
   Acts& a = *train_acts_;
@@ -394,12 +395,16 @@ double Model::forward_backward_locked(const HostBatch& batch, bool train, bool g
   be_->loss(cfg_.loss, a.loss, a.dh, grads_ + off_E_, a.h, E, a.targets, a.neg,
             R, cfg_.factors, cfg_.n_items, cfg_.n_negatives, grad ? 1.f / R : 0.f, a.workspace);
   if (grad) backward(a, R, B, train, step);
+}
+
+double Model::forward_backward_locked(const HostBatch& batch, bool train, bool grad, int64_t step) {
+  run_step(batch, train, grad, step);
+  const int R = batch.R();
   std::vector<float> losses(R);
-  be_->download(losses.data(), a.loss, R * sizeof(float));
+  be_->download(losses.data(), train_acts_->loss, R * sizeof(float));
   double s = 0.0;
   for (float v : losses) s += v;
-  last_loss_ = s / R;
-  return last_loss_;
+  return s / R;
 }
 
 void Model::optimizer_step() {
@@ -472,17 +477,39 @@ double Model::train_epoch(const int32_t* items, const int64_t* offsets, int64_t 
     const int64_t j = (int64_t)((uint64_t)rng_u32(key, i) * (uint64_t)(i + 1) >> 32);
     std::swap(order[i], order[j]);
   }
-  HostBatch batch;
+  // The per-row losses stay on the backend, copied batch after batch into a buffer that
+  // the host sums when it fills and at the end: no batch waits for the device, so the host
+  // builds and uploads the next batch while the device computes this one.
+  const size_t cap = std::max<size_t>(size_t(1) << 22, (size_t)cfg_.batch_size * (cfg_.max_seq + 1));
+  struct Held {
+    Backend* be;
+    void* p;
+    ~Held() { be->release(p); }
+  } lbuf{be_.get(), be_->alloc(cap * sizeof(float))};
+  float* losses = static_cast<float*>(lbuf.p);
+  size_t used = 0;
   double loss_sum = 0.0;
   int64_t rows = 0;
+  std::vector<float> host;
+  auto flush = [&] {
+    host.resize(used);
+    be_->download(host.data(), losses, used * sizeof(float));
+    for (float v : host) loss_sum += v;
+    used = 0;
+  };
+  HostBatch batch;
   for (size_t b0 = 0; b0 < order.size(); b0 += cfg_.batch_size) {
     const int n = (int)std::min<size_t>(cfg_.batch_size, order.size() - b0);
     build_batch(items, offsets, order.data() + b0, n, step_ + 1, batch);
-    const double l = forward_backward_locked(batch, true, true, step_ + 1);
+    const int R = batch.R();
+    if (used + R > cap) flush();
+    run_step(batch, true, true, step_ + 1);
+    be_->copy(losses + used, train_acts_->loss, R * sizeof(float));
+    used += R;
     optimizer_step();
-    loss_sum += l * batch.R();
-    rows += batch.R();
+    rows += R;
   }
+  flush();
   return loss_sum / std::max<int64_t>(rows, 1);
 }
 

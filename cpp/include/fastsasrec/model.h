@@ -99,6 +99,7 @@ class Model {
   // Inference forward: all rows through layers 0..L-2, then only each sequence's last row
   // (a.rows) through the last layer's query side; the final states land in a.hlast (B, C).
   void forward_last(Acts& a, int R, int B);
+  void run_step(const HostBatch& batch, bool train, bool grad, int64_t step);
   double forward_backward_locked(const HostBatch& batch, bool train, bool grad, int64_t step);
   void final_states(const int32_t* items, const int64_t* offsets, int64_t b0, int64_t b1,
                     HostBatch& hb, Acts& a);
@@ -119,7 +120,6 @@ class Model {
   size_t score_cap_ = 0;
   mutable std::mutex mu_;  // guards the arenas and parameters across public calls
   int64_t step_ = 0;       // optimizer steps taken (AdamW's t, and dropout streams)
-  double last_loss_ = 0.0;
 };
 
 }  // namespace fsr
