@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command for a machine with a GPU (nvcc, cuBLAS, PyTorch, CMake, ninja; no network):
-# builds fastsasrec with the CUDA backend, runs the GPU tests, compute-sanitizer memcheck
-# on a small training run, the GPU benchmarks, then the whole test suite, and prints a
-# short table.  Logs go to $OUT (default ./gpu_check_out).  Steps run in that order so
+# builds fastsasrec with the CUDA backend, runs the GPU tests (device parity and every op
+# on the GPU), batch scoring, compute-sanitizer memcheck on a small run, the 10M-item
+# memory benchmark, a kernel profile of a training epoch, the training benchmark, then
+# the whole test suite (SKIP_ALL_TESTS=1 skips it), and prints a short table.  Logs go to $OUT (default ./gpu_check_out).  Steps run in that order so
 # that a time limit still leaves the most important results.
 #
 # Python packages a GPU image may lack (scipy-openblas32) are installed from ./.whl when
@@ -21,14 +22,21 @@ step() { local name="$1"; shift; local t0=$SECONDS
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1 || true
 if [ -d .whl ] && ! $PY -c "import scipy_openblas32" 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/scipy_openblas32-*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export FASTSASREC_CUBLAS_ROOT=$($PY -c "import nvidia, os; print(next(p for p in (os.path.join(d, s) for d in nvidia.__path__ for s in ('cu13', 'cublas')) if os.path.isfile(os.path.join(p, 'include', 'cublas_v2.h'))))" 2>/dev/null)
 DATA=(); [ -d .data/ml-100k ] && DATA=(--data .data/ml-100k) && export FASTSASREC_ML100K=$PWD/.data/ml-100k
 
-step build $PY -m pip install --no-build-isolation --no-deps --no-index -v . \
-  -C cmake.define.FASTSASREC_CUDA=ON -C cmake.define.FASTSASREC_CUDA_ARCHITECTURES=90
+# A wheel built beforehand for this machine's Python (./.whl/fastsasrec-*.whl, built with
+# FASTSASREC_CUDA=ON) saves the build's minutes; otherwise build from source here.
+WHEEL=$(ls .whl/fastsasrec-*-cp$($PY -c "import sys; print(f'{sys.version_info[0]}{sys.version_info[1]}')")-*.whl 2>/dev/null | head -1)
+if [ -n "$WHEEL" ]; then
+  step build $PY -m pip install --no-deps --no-index --force-reinstall "$WHEEL"
+else
+  step build $PY -m pip install --no-build-isolation --no-deps --no-index -v . \
+    -C cmake.define.FASTSASREC_CUDA=ON -C cmake.define.FASTSASREC_CUDA_ARCHITECTURES=90
+fi
 cd /tmp && step show_config $PY -c "import fastsasrec; fastsasrec.show_config()"; cd - >/dev/null
 step gpu_tests $PY -m pytest tests/test_devices.py tests/test_ops.py -q -rs -p no:cacheprovider
 step bench_score $PY benchmarks/bench_score.py --device cuda --sessions 65536 --items 1000000
@@ -43,7 +51,7 @@ print(m.session_embeddings(s[:4]).shape)
 "
 step bench_memory $PY benchmarks/bench_memory.py --device cuda --items 10000000
 step profile $PY scripts/profile_cuda_train.py "${DATA[@]}"
-step bench_train $PY benchmarks/bench_train.py --device cuda --epochs 3 --losses sampled_softmax --default-seeds "" "${DATA[@]}"
+step bench_train $PY benchmarks/bench_train.py --device cuda --epochs 3 --max-seq 200 --losses sampled_softmax --default-seeds "" "${DATA[@]}"
 [ -z "${SKIP_ALL_TESTS:-}" ] && step all_tests $PY -m pytest tests -q -rs -p no:cacheprovider
 
 echo
