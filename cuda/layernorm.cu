@@ -1,16 +1,13 @@
 // LayerNorm on the GPU (twin of cpp/src/cpu/layernorm.cpp).
 //   forward : one warp per row: mean, rstd = 1/sqrt(var + eps) saved; out = xhat * g + b
-//   backward: one warp per row for din (= or +=); dg, db (+=) summed by a second kernel:
-//             each thread sums one column over a chunk of kRowsPerBlock rows, then adds
-//             its partial sum atomically (chunk order may vary between runs)
+//   backward: one warp per row for din (= or +=); dg, db (+=) summed by a second kernel
+//             over chunks of rows, added atomically (chunk order may vary between runs)
 #include "cuda/common.cuh"
 #include "cuda/ops.cuh"
 
 namespace fsr::cuda {
 
 namespace {
-constexpr int kRowsPerBlock = 256;
-
 __device__ inline float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
@@ -60,20 +57,38 @@ __global__ void layernorm_backward_kernel(float* din, const float* dout, const f
   }
 }
 
-__global__ void layernorm_param_grad_kernel(float* dg, float* db, const float* dout,
-                                            const float* in, const float* mean,
-                                            const float* rstd, int R, int C) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  const int r0 = blockIdx.y * kRowsPerBlock, r1 = min(R, r0 + kRowsPerBlock);
+// dg, db += column sums over rows of dout * xhat and dout: a block sums kColRows rows of
+// 32 columns with 8 row lanes (whole 128-byte row segments per warp), reduces in shared
+// memory and adds atomically across blocks.
+constexpr int kCols = 32, kLanes = 8, kColRows = 128;
+__global__ void __launch_bounds__(kCols * kLanes)
+layernorm_param_grad_kernel(float* dg, float* db, const float* dout, const float* in,
+                            const float* mean, const float* rstd, int R, int C) {
+  __shared__ float pg[kLanes][kCols + 1], pb[kLanes][kCols + 1];
+  const int tx = threadIdx.x % kCols, ty = threadIdx.x / kCols;
+  const int c = blockIdx.x * kCols + tx;
+  const int r0 = blockIdx.y * kColRows, r1 = min(R, r0 + kColRows);
   float sg = 0.f, sb = 0.f;
-  for (int r = r0; r < r1; ++r) {
-    const float d = dout[(size_t)r * C + c];
-    sg += d * (in[(size_t)r * C + c] - mean[r]) * rstd[r];
-    sb += d;
+  if (c < C)
+#pragma unroll 4
+    for (int r = r0 + ty; r < r1; r += kLanes) {
+      const float d = dout[(size_t)r * C + c];
+      sg += d * (in[(size_t)r * C + c] - mean[r]) * rstd[r];
+      sb += d;
+    }
+  pg[ty][tx] = sg;
+  pb[ty][tx] = sb;
+  __syncthreads();
+  if (ty == 0 && c < C) {
+    float tg = 0.f, tb = 0.f;
+#pragma unroll
+    for (int k = 0; k < kLanes; ++k) {
+      tg += pg[k][tx];
+      tb += pb[k][tx];
+    }
+    atomicAdd(dg + c, tg);
+    atomicAdd(db + c, tb);
   }
-  atomicAdd(dg + c, sg);
-  atomicAdd(db + c, sb);
 }
 }  // namespace
 
@@ -91,8 +106,8 @@ void layernorm_backward(float* din, float* dg, float* db, const float* dout, con
   layernorm_backward_kernel<<<blocks_for(R, 8), 256, 0, s>>>(din, dout, in, mean, rstd, g, R, C,
                                                              accumulate);
   FSR_CUDA_LAUNCH_CHECK();
-  const dim3 grid(blocks_for(C, 64), blocks_for(R, kRowsPerBlock));
-  layernorm_param_grad_kernel<<<grid, 64, 0, s>>>(dg, db, dout, in, mean, rstd, R, C);
+  const dim3 grid(blocks_for(C, kCols), blocks_for(R, kColRows));
+  layernorm_param_grad_kernel<<<grid, kCols * kLanes, 0, s>>>(dg, db, dout, in, mean, rstd, R, C);
   FSR_CUDA_LAUNCH_CHECK();
 }
 

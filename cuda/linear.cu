@@ -31,15 +31,28 @@ __global__ void bias_act_kernel(float* out, const float* b, int R, int O, bool r
   out[e] = relu ? fmaxf(v, 0.f) : v;
 }
 
-// db(O) += column sums of dout(R, O): chunks of rows per block, atomics across chunks.
-constexpr int kRowsPerBlock = 256;
-__global__ void bias_grad_kernel(float* db, const float* dout, int R, int O) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= O) return;
-  const int r0 = blockIdx.y * kRowsPerBlock, r1 = min(R, r0 + kRowsPerBlock);
+// db(O) += column sums of dout(R, O).  A block sums kColRows rows of 32 columns: 8 row
+// lanes of 32 threads read whole 128-byte row segments, reduce in shared memory, and add
+// atomically across blocks (block order may vary between runs).
+constexpr int kCols = 32, kLanes = 8, kColRows = 128;
+__global__ void __launch_bounds__(kCols * kLanes)
+bias_grad_kernel(float* db, const float* dout, int R, int O) {
+  __shared__ float part[kLanes][kCols + 1];
+  const int tx = threadIdx.x % kCols, ty = threadIdx.x / kCols;
+  const int c = blockIdx.x * kCols + tx;
+  const int r0 = blockIdx.y * kColRows, r1 = min(R, r0 + kColRows);
   float s = 0.f;
-  for (int r = r0; r < r1; ++r) s += dout[(size_t)r * O + c];
-  atomicAdd(db + c, s);
+  if (c < O)
+#pragma unroll 4
+    for (int r = r0 + ty; r < r1; r += kLanes) s += dout[(size_t)r * O + c];
+  part[ty][tx] = s;
+  __syncthreads();
+  if (ty == 0 && c < O) {
+    float t = 0.f;
+#pragma unroll
+    for (int k = 0; k < kLanes; ++k) t += part[k][tx];
+    atomicAdd(db + c, t);
+  }
 }
 }  // namespace
 
@@ -73,8 +86,8 @@ void linear_backward(cublasHandle_t h, float* din, float* dW, float* db, const f
   if (R <= 0) return;
   if (din) gemm(h, false, true, R, I, O, 1.f, dout, O, W, O, accumulate ? 1.f : 0.f, din, I);
   gemm(h, true, false, I, O, R, 1.f, in, I, dout, O, 1.f, dW, O);
-  const dim3 grid(blocks_for(O, 64), blocks_for(R, kRowsPerBlock));
-  bias_grad_kernel<<<grid, 64, 0, s>>>(db, dout, R, O);
+  const dim3 grid(blocks_for(O, kCols), blocks_for(R, kColRows));
+  bias_grad_kernel<<<grid, kCols * kLanes, 0, s>>>(db, dout, R, O);
   FSR_CUDA_LAUNCH_CHECK();
 }
 

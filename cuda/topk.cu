@@ -444,32 +444,42 @@ partial_kernel(float* __restrict__ ws_s, int32_t* __restrict__ ws_i, const float
       if (owner && mode != 2) {
         const int j0 = (t0 + (int)(g / nq)) * kBN;
         const float* srow = Ss + tid * kSSP;
-        for (int q4 = 0; q4 < kBN / 4; ++q4) {
-          const float4 v = *reinterpret_cast<const float4*>(srow + 4 * q4);
-          if (cnt == KL && !(fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)) > thr)) continue;
-          const float vs[4] = {v.x, v.y, v.z, v.w};
+        // Groups of 16 scores, their four loads issued together (the list writes below
+        // never touch Ss, but the compiler cannot know that).
+        for (int q16 = 0; q16 < kBN / 16; ++q16) {
+          float4 grp[4];
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const float s = vs[e];
-            const int32_t id = j0 + 4 * q4 + e + 1;
-            if (id > V || isnan(s) || (cnt == KL && !(s > thr))) continue;
-            if (mode == 1 && !(s < bnd_s || (s == bnd_s && id > bnd_i))) continue;
-            bool excluded = false;
-            for (long long x = e0; x < e1 && !excluded; ++x) excluded = excl[x] == id;
-            if (excluded) continue;
-            // Insert: ids rise through the scan, so an equal score already kept is better.
-            int p = cnt < KL ? cnt : KL - 1;
-            while (p > 0) {
-              const float ps = ls[(p - 1) * kBM + tid];
-              if (!(s > ps)) break;
-              ls[p * kBM + tid] = ps;
-              li[p * kBM + tid] = li[(p - 1) * kBM + tid];
-              --p;
+          for (int u = 0; u < 4; ++u)
+            grp[u] = *reinterpret_cast<const float4*>(srow + 16 * q16 + 4 * u);
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const float4 v = grp[u];
+            const int q4 = 4 * q16 + u;
+            if (cnt == KL && !(fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)) > thr)) continue;
+            const float vs[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float s = vs[e];
+              const int32_t id = j0 + 4 * q4 + e + 1;
+              if (id > V || isnan(s) || (cnt == KL && !(s > thr))) continue;
+              if (mode == 1 && !(s < bnd_s || (s == bnd_s && id > bnd_i))) continue;
+              bool excluded = false;
+              for (long long x = e0; x < e1 && !excluded; ++x) excluded = excl[x] == id;
+              if (excluded) continue;
+              // Insert: ids rise through the scan, so an equal score already kept is better.
+              int p = cnt < KL ? cnt : KL - 1;
+              while (p > 0) {
+                const float ps = ls[(p - 1) * kBM + tid];
+                if (!(s > ps)) break;
+                ls[p * kBM + tid] = ps;
+                li[p * kBM + tid] = li[(p - 1) * kBM + tid];
+                --p;
+              }
+              ls[p * kBM + tid] = s;
+              li[p * kBM + tid] = id;
+              if (cnt < KL) ++cnt;
+              if (cnt == KL) thr = ls[(KL - 1) * kBM + tid];
             }
-            ls[p * kBM + tid] = s;
-            li[p * kBM + tid] = id;
-            if (cnt < KL) ++cnt;
-            if (cnt == KL) thr = ls[(KL - 1) * kBM + tid];
           }
         }
       }

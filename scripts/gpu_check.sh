@@ -51,6 +51,7 @@ print(m.session_embeddings(s[:4]).shape)
 "
 step bench_memory $PY benchmarks/bench_memory.py --device cuda --items 10000000
 step profile $PY scripts/profile_cuda_train.py "${DATA[@]}"
+step profile_score $PY scripts/profile_cuda_score.py
 step bench_train $PY benchmarks/bench_train.py --device cuda --epochs 3 --max-seq 200 --losses sampled_softmax --default-seeds "" "${DATA[@]}"
 [ -z "${SKIP_ALL_TESTS:-}" ] && step all_tests $PY -m pytest tests -q -rs -p no:cacheprovider
 
@@ -60,4 +61,4 @@ echo "|---|---|---|"
 for s in "${status[@]}"; do echo "| ${s//|/ | } |"; done
 echo "GPU: $(cat "$OUT/gpu.txt" 2>/dev/null)"
 grep -h -A9 "^## " "$OUT/bench_score.log" "$OUT/bench_memory.log" "$OUT/bench_train.log" 2>/dev/null | head -40
-grep -h "speed-up\|fastsasrec peak\|epoch wall" "$OUT"/*.log 2>/dev/null
+grep -h "speed-up\|fastsasrec peak\|epoch wall\|median .* of 3" "$OUT"/*.log 2>/dev/null

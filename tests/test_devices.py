@@ -107,17 +107,17 @@ def _random_sessions(rng, B, V, max_len):
 
 
 @needs_cuda
-@pytest.mark.parametrize("C,K,V", [
-    (64, 10, 3001),   # the tiled kernel, one pass, a partial last item tile
-    (64, 100, 1000),  # the tiled kernel, two passes of 64
-    (7, 5, 130),      # C not a multiple of 4: scalar loads
-    (300, 20, 777),   # too wide for the tiled kernel's shared memory: the general kernel
+@pytest.mark.parametrize("C,H,K,V", [
+    (64, 1, 10, 3001),   # the tiled kernel, one pass, a partial last item tile
+    (64, 1, 100, 1000),  # the tiled kernel, two passes of 64
+    (7, 1, 5, 130),      # C not a multiple of 4: scalar loads
+    (300, 3, 20, 777),   # too wide for the tiled kernel's shared memory: the general kernel
 ])
-def test_topk_matches_cpu_on_awkward_shapes(C, K, V):
+def test_topk_matches_cpu_on_awkward_shapes(C, H, K, V):
     """The GPU's top-k against the CPU's on the same states: the same sorted scores, every
     returned id scoring what the GPU says it scores (float64 product of the CPU's states),
     no excluded, repeated or padding id among real slots, and the same padding."""
-    cfg = dict(n_items=V, factors=C, n_heads=1, n_layers=1, max_seq=8, dropout=0.0, seed=3,
+    cfg = dict(n_items=V, factors=C, n_heads=H, n_layers=1, max_seq=8, dropout=0.0, seed=3,
                loss="bce")
     cpu, gpu = CORE.Model(cfg, "cpu"), CORE.Model(cfg, "cuda")
     gpu.set_params(cpu.get_params())
@@ -139,7 +139,7 @@ def test_topk_matches_cpu_on_awkward_shapes(C, K, V):
     np.testing.assert_array_equal(ids_g > 0, real)
     assert real[0].sum() == 3 and set(ids_g[0, :3]) == set(keep)
     np.testing.assert_array_equal(sc_g[~real], sc_c[~real])
-    assert np.all(np.abs(sc_g - sc_c)[real] <= np.broadcast_to(tol, sc_c.shape)[real])
+    assert np.all(np.abs(sc_g[real] - sc_c[real]) <= np.broadcast_to(tol, sc_c.shape)[real])
     for b in range(ids_g.shape[0]):
         got = ids_g[b][real[b]]
         assert len(set(got.tolist())) == got.size, b
