@@ -49,7 +49,7 @@ for loss in ('sampled_softmax', 'bce', 'softmax'):
 print(m.recommend_batch(s[:8], n=3)[0]); print(m.recommend_batch(s[:40], n=20)[0].shape)
 print(m.session_embeddings(s[:4]).shape)
 "
-step bench_memory $PY benchmarks/bench_memory.py --device cuda --items 10000000
+[ -z "${SKIP_MEMORY:-}" ] && step bench_memory $PY benchmarks/bench_memory.py --device cuda --items 10000000
 step profile $PY scripts/profile_cuda_train.py "${DATA[@]}"
 step profile_score $PY scripts/profile_cuda_score.py
 step bench_train $PY benchmarks/bench_train.py --device cuda --epochs 3 --max-seq 200 --losses sampled_softmax --default-seeds "" "${DATA[@]}"
