@@ -183,3 +183,26 @@ def test_three_epochs_on_movielens_match_the_cpu_run(ml100k_path):
     noise = 3 * np.sqrt(2 * p * (1 - p) / len(targets))
     assert hr["cpu"] > 0.03, hr  # learned something: random ranking gives 10/1682
     assert abs(hr["cuda"] - hr["cpu"]) <= noise, (hr, noise)
+
+
+@needs_cuda
+def test_recommend_batch_takes_and_returns_cupy_arrays():
+    cp = pytest.importorskip("cupy", reason="CuPy is not installed")
+    rng = np.random.default_rng(5)
+    data = [rng.integers(1, 300, size=int(n)).tolist() for n in rng.integers(2, 30, size=400)]
+    m = SASRec(factors=16, max_seq=12, iterations=2, device="cuda", random_state=3).fit(data)
+    ids_known = m.item_ids
+    for L, seen in ((7, True), (20, True), (7, False)):  # 20 > max_seq: the last 12 are read
+        S = rng.choice(ids_known, size=(50, L))
+        ids_np, sc_np = m.recommend_batch(S, n=6, exclude_seen=seen)
+        ids_cp, sc_cp = m.recommend_batch(cp.asarray(S), n=6, exclude_seen=seen)
+        assert isinstance(ids_cp, cp.ndarray) and isinstance(sc_cp, cp.ndarray)
+        np.testing.assert_array_equal(cp.asnumpy(ids_cp), ids_np)
+        np.testing.assert_allclose(cp.asnumpy(sc_cp), sc_np, rtol=0, atol=1e-5)
+    # More than the catalogue: the row ends with id -1 and score -inf, as for NumPy input.
+    ids_cp, sc_cp = m.recommend_batch(cp.asarray(S[:2]), n=ids_known.size + 2, exclude_seen=False)
+    assert (cp.asnumpy(ids_cp)[:, -2:] == -1).all() and np.isneginf(cp.asnumpy(sc_cp)[:, -2:]).all()
+    with pytest.raises(ValueError, match="not in the model's catalogue"):
+        m.recommend_batch(cp.asarray([[int(ids_known.max()) + 1000]]), n=3)
+    with pytest.raises(ValueError, match="2-D integer"):
+        m.recommend_batch(cp.asarray([1.5, 2.5]), n=3)

@@ -548,6 +548,19 @@ PYBIND11_MODULE(_core, m) {
         }
         return py::make_tuple(ids, sc);
       })
+      .def("recommend_resident", [](Model& s, uintptr_t items, int64_t B, int L, uintptr_t excl,
+                                    int Lx, int k, uintptr_t out_ids, uintptr_t out_scores) {
+        // Addresses in the backend's memory (device pointers on cuda), e.g. CuPy arrays'
+        // data.ptr; the caller checks the ids (1..V) and that the arrays are C-contiguous
+        // int32 (items, excl, out_ids) and float32 (out_scores).
+        FSR_REQUIRE(items != 0 && out_ids != 0 && out_scores != 0,
+                    "items, out_ids and out_scores must be non-null addresses");
+        py::gil_scoped_release nogil;
+        s.recommend_resident(reinterpret_cast<const int32_t*>(items), B, L,
+                             reinterpret_cast<const int32_t*>(excl), Lx, k,
+                             reinterpret_cast<int32_t*>(out_ids), reinterpret_cast<float*>(out_scores));
+      }, py::arg("items"), py::arg("B"), py::arg("L"), py::arg("excl"), py::arg("Lx"), py::arg("k"),
+         py::arg("out_ids"), py::arg("out_scores"))
       .def("item_embeddings", [](const Model& s) {
         return to_numpy(s.item_embeddings(), {(py::ssize_t)s.config().n_items, (py::ssize_t)s.config().factors});
       });

@@ -621,4 +621,57 @@ void Model::recommend(const int32_t* items, const int64_t* offsets, int64_t B, i
   }
 }
 
+// recommend for sessions already in backend memory (a GPU caller's arrays): B sessions of
+// L internal ids each (row-major, every id in 1..V, L <= max_seq), exclusions B rows of
+// Lx ids (none when excl is null), outputs (B, K) written in backend memory.  Nothing
+// crosses to the host but the positions and row offsets, which follow from B and L alone.
+void Model::recommend_resident(const int32_t* items, int64_t B, int L, const int32_t* excl,
+                               int Lx, int K, int32_t* out_ids, float* out_scores) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int C = cfg_.factors, V = cfg_.n_items, T = cfg_.max_seq;
+  FSR_REQUIRE(K >= 1 && K <= V, "n must be in 1..", V, ", got ", K);
+  FSR_REQUIRE(L >= 1 && L <= T, "session length must be in 1..", T, " (max_seq), got ", L);
+  FSR_REQUIRE(B >= 0, "the number of sessions must be >= 0, got ", B);
+  FSR_REQUIRE(excl == nullptr ? Lx == 0 : Lx >= 1, "exclusion rows of ", Lx, " ids");
+  Acts& a = *infer_acts_;
+  const float* E = params_ + off_E_;
+  const int64_t fchunk = std::max<int64_t>(1, (int64_t)be_->inference_rows() / L);
+  auto aligned = [](size_t n) { return (n + 255) / 256 * 256; };
+  std::vector<int32_t> pos, cu, last;
+  std::vector<int64_t> off;
+  for (int64_t b0 = 0; b0 < B; b0 += kScoreChunk) {
+    const int64_t b1 = std::min(B, b0 + kScoreChunk), nb = b1 - b0;
+    const size_t sz_h = aligned((size_t)nb * C * 4);
+    char* base = (char*)score_scratch(sz_h + aligned((size_t)(nb + 1) * 8));
+    float* dh = (float*)base;
+    int64_t* doff = (int64_t*)(base + sz_h);
+    for (int64_t f0 = b0; f0 < b1; f0 += fchunk) {
+      const int64_t f1 = std::min(b1, f0 + fchunk);
+      const int Bf = (int)(f1 - f0), R = Bf * L;
+      pos.resize(R);
+      cu.resize(Bf + 1);
+      last.resize(Bf);
+      for (int b = 0; b < Bf; ++b)
+        for (int t = 0; t < L; ++t) pos[(size_t)b * L + t] = T - L + t;
+      for (int b = 0; b <= Bf; ++b) cu[b] = b * L;
+      for (int b = 0; b < Bf; ++b) last[b] = (b + 1) * L - 1;
+      ensure_acts(a, R, Bf, false);
+      be_->copy(a.items, items + (size_t)f0 * L, (size_t)R * 4);
+      be_->upload(a.pos, pos.data(), (size_t)R * 4);
+      be_->upload(a.cu, cu.data(), (size_t)(Bf + 1) * 4);
+      be_->upload(a.rows, last.data(), (size_t)Bf * 4);
+      forward_last(a, R, Bf);
+      be_->copy(dh + (size_t)(f0 - b0) * C, a.hlast, (size_t)Bf * C * sizeof(float));
+    }
+    off.resize(nb + 1);
+    for (int64_t b = 0; b <= nb; ++b) off[b] = b * Lx;
+    be_->upload(doff, off.data(), (size_t)(nb + 1) * 8);
+    // With no exclusions every row's range is empty and the pointer is never read.
+    const int32_t* ex = excl ? excl + (size_t)b0 * Lx : items;
+    be_->topk(out_ids + (size_t)b0 * K, out_scores + (size_t)b0 * K, dh, E, ex, doff, (int)nb, C,
+              V, K);
+  }
+  be_->synchronize();
+}
+
 }  // namespace fsr

@@ -128,6 +128,11 @@ class _progress:
             self.bar.close()
 
 
+def _is_cupy(x: Any) -> bool:
+    """A CuPy array, recognised without importing CuPy."""
+    return type(x).__module__.split(".")[0] == "cupy" and hasattr(x, "__cuda_array_interface__")
+
+
 class SASRec:
     """SASRec (Kang & McAuley, 2018): next-item recommendation from an ordered session.
 
@@ -519,9 +524,15 @@ class SASRec:
         Sessions with no known item get the most popular items.  Where the catalogue,
         less the exclusions, has fewer than n items, the row ends with score -inf and id -1 (integer ids) or ""
         (string ids).
+
+        On a model on the GPU, ``sessions`` may also be a 2-D CuPy integer array (sessions x
+        items, every id known): it is mapped and scored on the GPU, and (ids, scores) come
+        back as CuPy arrays, with no copy through the host.
         """
         self._check_fitted()
         n = self._check_n(n)
+        if _is_cupy(sessions):
+            return self._recommend_batch_cupy(sessions, n, exclude_seen)
         internal, offsets = self._encode_sessions(sessions, "sessions")
         internal, offsets = drop_unknown(internal, offsets)
         B = offsets.size - 1
@@ -551,6 +562,61 @@ class SASRec:
             out = out.copy()
             out[ids == 0] = fill
         return out, scores
+
+    def _recommend_batch_cupy(self, sessions: Any, n: int, exclude_seen: bool) -> Tuple[Any, Any]:
+        import cupy as cp
+
+        if self._engine.device != "cuda":
+            raise ValueError(
+                f"sessions is a CuPy array but this model is on {self._engine.device!r}: move it "
+                "with .to('cuda'), or pass a NumPy array or lists"
+            )
+        if sessions.ndim != 2 or sessions.dtype.kind not in "iu":
+            raise ValueError(
+                "sessions as a CuPy array must be 2-D integer item ids (sessions x items), got "
+                f"shape {sessions.shape} of {sessions.dtype}"
+            )
+        if self._item_ids.dtype.kind not in "iu":
+            raise ValueError("this model's item ids are strings: CuPy sessions cannot name them")
+        B, L = sessions.shape
+        k = min(n, int(self._item_ids.size))
+        ids_gpu = self._cupy_item_ids(cp)
+        if L == 0 or B == 0:
+            raise ValueError(f"sessions must have at least one item per session, got shape {sessions.shape}")
+        x = sessions.astype(cp.int64, copy=False)
+        pos = cp.minimum(cp.searchsorted(ids_gpu, x), ids_gpu.size - 1)
+        found = ids_gpu[pos] == x
+        if not bool(found.all()):  # one scalar crosses to the host
+            bad = int(x.ravel()[int(cp.argmin(found.ravel()))])
+            raise ValueError(
+                f"sessions: item id {bad} is not in the model's catalogue; CuPy sessions must "
+                "hold known ids only (NumPy arrays and lists skip unknown ones)"
+            )
+        internal = (pos + 1).astype(cp.int32)
+        fwd = cp.ascontiguousarray(internal[:, -self.max_seq:])
+        excl = internal if exclude_seen else None
+        out_ids = cp.empty((B, k), dtype=cp.int32)
+        out_scores = cp.empty((B, k), dtype=cp.float32)
+        # The engine works on its own stream: what CuPy's stream wrote must be done first.
+        cp.cuda.get_current_stream().synchronize()
+        self._engine.recommend_resident(
+            fwd.data.ptr, B, fwd.shape[1], excl.data.ptr if excl is not None else 0,
+            L if excl is not None else 0, k, out_ids.data.ptr, out_scores.data.ptr,
+        )  # returns once its stream is done
+        ids = ids_gpu[cp.maximum(out_ids, 1) - 1]
+        ids[out_ids == 0] = -1
+        if k < n:
+            ids = cp.concatenate([ids, cp.full((B, n - k), -1, dtype=ids.dtype)], axis=1)
+            out_scores = cp.concatenate(
+                [out_scores, cp.full((B, n - k), -cp.inf, dtype=cp.float32)], axis=1)
+        return ids, out_scores
+
+    def _cupy_item_ids(self, cp: Any) -> Any:
+        src, cached = getattr(self, "_item_ids_gpu", (None, None))
+        if src is not self._item_ids:  # refit or loaded since: a new catalogue
+            cached = cp.asarray(self._item_ids)
+            self._item_ids_gpu = (self._item_ids, cached)
+        return cached
 
     def session_embeddings(self, sessions: Sequence[Sequence[Any]]) -> np.ndarray:
         """(len(sessions), factors) float32: the final hidden state at each session's last

@@ -85,6 +85,10 @@ class Model {
   void recommend(const int32_t* items, const int64_t* offsets, int64_t B, int K,
                  const int32_t* excl, const int64_t* excl_off, int32_t* out_ids,
                  float* out_scores);
+  // The same for B sessions of L ids already in backend memory (row-major; ids 1..V, L <=
+  // max_seq), exclusions B rows of Lx ids (excl null: none), outputs in backend memory.
+  void recommend_resident(const int32_t* items, int64_t B, int L, const int32_t* excl, int Lx,
+                          int K, int32_t* out_ids, float* out_scores);
   // Item embedding rows 1..V (V, C) as a host copy.
   std::vector<float> item_embeddings() const;
 
