@@ -4,7 +4,8 @@
 //   forward : P = softmax(S) per row (online: running max and sum over key tiles),
 //             lse(R,H) = logsumexp of each row,  O_h = dropout_p(P) V_h     O(R, H*D) =
 //   backward: P recomputed from lse, three kernels on the stream:
-//             1. query side: delta_i = sum_j P_ij dP_ij, kept in dQ(i, h*D) as scratch
+//             1. delta_i = sum_j P_ij dP_ij = dO_i . O_i (O the forward's output: the same
+//                sum, since O_i = sum_j Pd_ij V_j), kept in dQ(i, h*D) as scratch
 //             2. key side:   dV_h = Pd^T dO_h;  dK_h = dS^T Q_h / sqrt(D)   dK, dV(R, ldkv) =
 //             3. query side: dQ_h = dS K_h / sqrt(D)                        dQ(R, ldq) =
 //             with Pd = dropout_p(P), dP = dropout_p'(dO_h V_h^T), dS = P * (dP - delta)
@@ -167,12 +168,9 @@ __global__ void __launch_bounds__(kThreads)
 // (s*H + h, y) owns query row i = y*kWarps + w of sequence s; lane l takes key j0 + l of
 // each 32-row K/V tile with j0 <= i.  P_ij = exp(scale Q_i.K_j - lse_i),
 // dP_ij = mask_ij * (dO_i . V_j).
-//   kGradQ = false (pass 1): delta_i = sum_{j<=i} P_ij dP_ij, written to dQ(i, h*D)
-//                            (scratch: that element is overwritten by pass 3)
-//   kGradQ = true  (pass 3): dQ_i = scale * sum_{j<=i} P_ij (dP_ij - delta_i) K_j,
-//                            delta_i read back from dQ(i, h*D);   dQ(R, ldq) =
+//   dQ_i = scale * sum_{j<=i} P_ij (dP_ij - delta_i) K_j, delta_i read back from
+//   dQ(i, h*D) where kernel 1 left it;   dQ(R, ldq) =
 // Shared: Qs[nw * D] | dOs[nw * D] | Ks[kTile * padded(D)] | Vs[kTile * padded(D)]
-template <bool kGradQ>
 __global__ void __launch_bounds__(kThreads)
     attention_backward_query_kernel(float* dQ, const float* dO, const float* Q, int ldq,
                                     const float* K, const float* V, int ldkv, const float* lse,
@@ -207,9 +205,8 @@ __global__ void __launch_bounds__(kThreads)
     lse_i = lse[(size_t)(st + i) * H + h];
     // Only lane 0 reads the scratch element, and lane 0 is also the one that overwrites it
     // at the end, so the read precedes the write in program order.
-    if (kGradQ) delta = __shfl_sync(kFull, lane == 0 ? dQ[(size_t)(st + i) * ldq + hD] : 0.f, 0);
+    delta = __shfl_sync(kFull, lane == 0 ? dQ[(size_t)(st + i) * ldq + hD] : 0.f, 0);
   }
-  float part = 0.f;  // pass 1: this lane's share of delta_i
   float acc[kDimsPerLane];
 #pragma unroll
   for (int k = 0; k < kDimsPerLane; ++k) acc[k] = 0.f;
@@ -221,43 +218,54 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     if (active && j0 <= i) {  // warp-uniform
       const int j = j0 + lane;
-      float g = 0.f;  // pass 1: P dP;  pass 3: dS
+      float g = 0.f;  // dS
       if (j <= i) {
         const float pr = expf(dot(Qs + warp * D, Ks + lane * sp, D) * scale - lse_i);
         float dp = dot(dOs + warp * D, Vs + lane * sp, D);
         if (dropout) dp *= keep_scale(key, base + (uint64_t)j, thr, inv_keep);
-        g = kGradQ ? pr * (dp - delta) : pr * dp;
+        g = pr * (dp - delta);
       }
-      if (kGradQ) {
-        const int jn = min(kTile, i - j0 + 1);
-        for (int jj = 0; jj < jn; ++jj) {
-          const float gj = __shfl_sync(kFull, g, jj);
-          const float* krow = Ks + jj * sp;
+      const int jn = min(kTile, i - j0 + 1);
+      for (int jj = 0; jj < jn; ++jj) {
+        const float gj = __shfl_sync(kFull, g, jj);
+        const float* krow = Ks + jj * sp;
 #pragma unroll
-          for (int k = 0; k < kDimsPerLane; ++k) {
-            const int d = lane + 32 * k;
-            if (d < D) acc[k] = fmaf(gj, krow[d], acc[k]);
-          }
+        for (int k = 0; k < kDimsPerLane; ++k) {
+          const int d = lane + 32 * k;
+          if (d < D) acc[k] = fmaf(gj, krow[d], acc[k]);
         }
-      } else {
-        part += g;
       }
     }
   }
 
   if (active) {
     float* qrow = dQ + (size_t)(st + i) * ldq + hD;
-    if (kGradQ) {
 #pragma unroll
-      for (int k = 0; k < kDimsPerLane; ++k) {
-        const int d = lane + 32 * k;
-        if (d < D) qrow[d] = acc[k] * scale;
-      }
-    } else {
-      const float delta_i = warp_sum(part);
-      if (lane == 0) qrow[0] = delta_i;
+    for (int k = 0; k < kDimsPerLane; ++k) {
+      const int d = lane + 32 * k;
+      if (d < D) qrow[d] = acc[k] * scale;
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward, kernel 1: delta_i = dO_i . O_i for head h, one warp per (row, head) on the
+// grid of the other kernels; written to dQ(i, h*D) as scratch for kernels 2 and 3.
+__global__ void __launch_bounds__(kThreads)
+    attention_delta_kernel(float* dQ, int ldq, const float* dO, const float* O,
+                           const int32_t* cu, int H, int D) {
+  const int task = blockIdx.x;
+  const int s = task / H, h = task - s * H;
+  const int st = cu[s], n = cu[s + 1] - st;
+  const int i = blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (i >= n) return;  // whole warp; no barrier in this kernel
+  const int ldo = H * D;
+  const float* a = dO + (size_t)(st + i) * ldo + h * D;
+  const float* b = O + (size_t)(st + i) * ldo + h * D;
+  float part = 0.f;
+  for (int d = lane; d < D; d += 32) part = fmaf(a[d], b[d], part);
+  const float delta = warp_sum(part);
+  if (lane == 0) dQ[(size_t)(st + i) * ldq + h * D] = delta;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -267,7 +275,7 @@ __global__ void __launch_bounds__(kThreads)
 //   mask_ij = dropout multiplier of counter ((st + i) * H + h) * T + j
 //   Pd_ij = mask_ij P_ij;  dS_ij = P_ij (mask_ij (dO_i . V_j) - delta_i)
 //   dV_j = sum_{i>=j} Pd_ij dO_i;  dK_j = scale * sum_{i>=j} dS_ij Q_i    dK, dV(R, ldkv) =
-// delta_i is read from dQ(i, h*D), where pass 1 left it.
+// delta_i is read from dQ(i, h*D), where kernel 1 left it.
 // Shared: Ks[nw * D] | Vs[nw * D] | Qs[kTile * padded(D)] | dOs[kTile * padded(D)]
 //         | lse_t[kTile] | delta_t[kTile]
 __global__ void __launch_bounds__(kThreads)
@@ -404,10 +412,10 @@ void attention_forward(float* O, float* lse, const float* Q, int ldq, const floa
   FSR_CUDA_LAUNCH_CHECK();
 }
 
-void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const float* Q, int ldq,
-                        const float* K, const float* V, int ldkv, const float* lse,
-                        const int32_t* cu, int B, int H, int D, int T, float p, uint64_t key,
-                        cudaStream_t stream) {
+void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const float* O,
+                        const float* Q, int ldq, const float* K, const float* V, int ldkv,
+                        const float* lse, const int32_t* cu, int B, int H, int D, int T, float p,
+                        uint64_t key, cudaStream_t stream) {
   check_shapes("attention_backward", B, H, D, ldq, ldkv);
   check_T("attention_backward", T);
   if (B == 0) return;
@@ -417,15 +425,14 @@ void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const 
   const uint32_t thr = dropout_threshold(p);
   const dim3 grid((unsigned)(B * H), (unsigned)((T + kWarps - 1) / kWarps));
   // 1. delta into dQ(i, h*D)
-  attention_backward_query_kernel<false><<<grid, kThreads, backward_query_smem(D), stream>>>(
-      dQ, dO, Q, ldq, K, V, ldkv, lse, cu, H, D, T, scale, dropout, thr, inv_keep, key);
+  attention_delta_kernel<<<grid, kThreads, 0, stream>>>(dQ, ldq, dO, O, cu, H, D);
   FSR_CUDA_LAUNCH_CHECK();
   // 2. dK, dV (reads delta from dQ)
   attention_backward_key_kernel<<<grid, kThreads, backward_key_smem(D), stream>>>(
       dK, dV, dQ, dO, Q, ldq, K, V, ldkv, lse, cu, H, D, T, scale, dropout, thr, inv_keep, key);
   FSR_CUDA_LAUNCH_CHECK();
   // 3. dQ (overwrites delta)
-  attention_backward_query_kernel<true><<<grid, kThreads, backward_query_smem(D), stream>>>(
+  attention_backward_query_kernel<<<grid, kThreads, backward_query_smem(D), stream>>>(
       dQ, dO, Q, ldq, K, V, ldkv, lse, cu, H, D, T, scale, dropout, thr, inv_keep, key);
   FSR_CUDA_LAUNCH_CHECK();
 }

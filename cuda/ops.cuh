@@ -50,8 +50,9 @@ void adamw_step(float* params, const float* grads, float* m, float* v, size_t n,
 void attention_forward(float* O, float* lse, const float* Q, int ldq, const float* K,
                        const float* V, int ldkv, const int32_t* cu, int B, int H, int D, int T,
                        float p, uint64_t key, cudaStream_t s);
-void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const float* Q, int ldq,
-                        const float* K, const float* V, int ldkv, const float* lse,
+void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const float* O,
+                        const float* Q, int ldq, const float* K, const float* V, int ldkv,
+                        const float* lse,
                         const int32_t* cu, int B, int H, int D, int T, float p, uint64_t key,
                         cudaStream_t s);
 void attention_last_forward(float* O, const float* Q, int ldq, const float* K, const float* V,

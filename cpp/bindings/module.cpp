@@ -303,8 +303,12 @@ class Ops {
     auto v = arr<float>(V, "V", 2); auto l = arr<float>(lse, "lse", 2); auto c = arr<int32_t>(cu, "cu", 1);
     const int R = q.shape(0), C = q.shape(1), B = c.shape(0) - 1;
     auto d_d = put(d), d_q = put(q), d_k = put(k), d_v = put(v), d_l = put(l); auto d_c = put(c);
+    // The backward may read the forward's output (delta_i = dO_i . O_i): recompute it here
+    // from the same inputs and dropout key.
+    auto O = empty<float>({R, C}), lse_f = empty<float>({R, H});
+    be_->attention_forward(O.get(), lse_f.get(), d_q.get(), C, d_k.get(), d_v.get(), C, d_c.get(), B, H, C / H, T, p, key);
     auto dQ = empty<float>({R, C}), dK = empty<float>({R, C}), dV = empty<float>({R, C});
-    be_->attention_backward(dQ.get(), dK.get(), dV.get(), d_d.get(), d_q.get(), C, d_k.get(), d_v.get(), C, d_l.get(), d_c.get(), B, H, C / H, T, p, key);
+    be_->attention_backward(dQ.get(), dK.get(), dV.get(), d_d.get(), O.get(), d_q.get(), C, d_k.get(), d_v.get(), C, d_l.get(), d_c.get(), B, H, C / H, T, p, key);
     return py::make_tuple(fetch(dQ), fetch(dK), fetch(dV));
   }
   py::array_t<float> attention_last_forward(py::object Q, py::object K, py::object V,

@@ -365,7 +365,7 @@ void Model::backward(Acts& a, int R, int B, bool train, int64_t step) {
     be.layernorm_backward(a.dx1, g.ln2_g, g.ln2_b, a.dy, A.x1, A.mean2, A.rstd2, w.ln2_g, R, C, false);
     // x1 = q + att Wo + bo
     be.linear_backward(a.datt, g.Wo, g.bo, a.dx1, A.att, w.Wo, R, C, C, false);
-    be.attention_backward(a.dQp, a.dKV, a.dKV + C, a.datt, A.Qp, C, A.KV, A.KV + C, 2 * C, A.lse,
+    be.attention_backward(a.dQp, a.dKV, a.dKV + C, a.datt, A.att, A.Qp, C, A.KV, A.KV + C, 2 * C, A.lse,
                           a.cu, B, H, D, T, p, key(site_attention(l)));
     be.copy(a.dq, a.dx1, RC * 4);
     be.linear_backward(a.dq, g.Wq, g.bq, a.dQp, A.q, w.Wq, R, C, C, true);

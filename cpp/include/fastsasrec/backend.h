@@ -61,7 +61,10 @@ class Backend {
   virtual void attention_forward(float* O, float* lse, const float* Q, int ldq, const float* K,
                                  const float* V, int ldkv, const int32_t* cu, int B, int H, int D,
                                  int T, float p, uint64_t key) = 0;
-  virtual void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const float* Q,
+  // O: the forward's output (R, H*D); a backend may take delta_i = sum_j P_ij dP_ij from it
+  // as dO_i . O_i (the CPU computes it from P and dP, which it holds anyway).
+  virtual void attention_backward(float* dQ, float* dK, float* dV, const float* dO,
+                                  const float* O, const float* Q,
                                   int ldq, const float* K, const float* V, int ldkv,
                                   const float* lse, const int32_t* cu, int B, int H, int D, int T,
                                   float p, uint64_t key) = 0;
