@@ -124,6 +124,7 @@ Model::~Model() {
   train_acts_.reset();
   infer_acts_.reset();
   if (score_buf_) be_->release(score_buf_);
+  if (loss_buf_) be_->release(loss_buf_);
   for (float* p : {params_, grads_, m_, v_})
     if (p) be_->release(p);
 }
@@ -480,13 +481,17 @@ double Model::train_epoch(const int32_t* items, const int64_t* offsets, int64_t 
   // The per-row losses stay on the backend, copied batch after batch into a buffer that
   // the host sums when it fills and at the end: no batch waits for the device, so the host
   // builds and uploads the next batch while the device computes this one.
+  // The buffer is kept between epochs (an allocation and its release would each wait for
+  // the device).
   const size_t cap = std::max<size_t>(size_t(1) << 22, (size_t)cfg_.batch_size * (cfg_.max_seq + 1));
-  struct Held {
-    Backend* be;
-    void* p;
-    ~Held() { be->release(p); }
-  } lbuf{be_.get(), be_->alloc(cap * sizeof(float))};
-  float* losses = static_cast<float*>(lbuf.p);
+  if (loss_cap_ < cap) {
+    if (loss_buf_) be_->release(loss_buf_);
+    loss_buf_ = nullptr;
+    loss_cap_ = 0;
+    loss_buf_ = static_cast<float*>(be_->alloc(cap * sizeof(float)));
+    loss_cap_ = cap;
+  }
+  float* losses = loss_buf_;
   size_t used = 0;
   double loss_sum = 0.0;
   int64_t rows = 0;

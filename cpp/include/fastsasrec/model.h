@@ -122,6 +122,8 @@ class Model {
   std::unique_ptr<Acts> train_acts_, infer_acts_;
   void* score_buf_ = nullptr;
   size_t score_cap_ = 0;
+  float* loss_buf_ = nullptr;  // per-row losses of an epoch, summed on the host when full
+  size_t loss_cap_ = 0;
   mutable std::mutex mu_;  // guards the arenas and parameters across public calls
   int64_t step_ = 0;       // optimizer steps taken (AdamW's t, and dropout streams)
 };
