@@ -444,6 +444,40 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "fastsasrec engine (C++)";
   py::register_exception<fsr::MemoryError>(m, "EngineMemoryError", PyExc_MemoryError);
 
+  // The common shape of recommend_batch's input, read without a Python loop: a list of
+  // lists of Python ints -> (flat int64, offsets int64).  None for anything else (tuples,
+  // arrays, strings, bools, floats, ints beyond int64), which the Python path handles and
+  // names precisely.
+  m.def("flatten_int_lists", [](py::handle obj) -> py::object {
+    if (!PyList_CheckExact(obj.ptr())) return py::none();
+    PyObject* outer = obj.ptr();
+    const Py_ssize_t n = PyList_GET_SIZE(outer);
+    size_t total = 0;
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* s = PyList_GET_ITEM(outer, i);
+      if (!PyList_CheckExact(s)) return py::none();
+      total += (size_t)PyList_GET_SIZE(s);
+    }
+    py::array_t<int64_t> flat((py::ssize_t)total), offsets((py::ssize_t)n + 1);
+    int64_t* f = flat.mutable_data();
+    int64_t* o = offsets.mutable_data();
+    size_t k = 0;
+    o[0] = 0;
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* s = PyList_GET_ITEM(outer, i);
+      const Py_ssize_t m = PyList_GET_SIZE(s);
+      for (Py_ssize_t j = 0; j < m; ++j) {
+        PyObject* x = PyList_GET_ITEM(s, j);
+        if (!PyLong_CheckExact(x)) return py::none();  // bool, float, str, numpy scalar...
+        int overflow = 0;
+        const long long v = PyLong_AsLongLongAndOverflow(x, &overflow);
+        if (overflow) return py::none();
+        f[k++] = (int64_t)v;
+      }
+      o[i + 1] = (int64_t)k;
+    }
+    return py::make_tuple(flat, offsets);
+  });
   m.def("backend_available", [](const std::string& device) {
     std::string why;
     const bool ok = backend_available(device, &why);

@@ -70,6 +70,11 @@ def _flatten_plain_lists(seqs: List[Any]) -> Optional[Tuple[np.ndarray, np.ndarr
     the general path to convert or to name the bad entry."""
     if not seqs or set(map(type, seqs)) != {list}:
         return None
+    from fastsasrec import _core  # (data.py itself loads without the engine)
+
+    ints = _core.flatten_int_lists(seqs)
+    if ints is not None:
+        return ints
     lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
     offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
