@@ -52,7 +52,7 @@ print(m.session_embeddings(s[:4]).shape)
 [ -z "${SKIP_MEMORY:-}" ] && step bench_memory $PY benchmarks/bench_memory.py --device cuda --items 10000000
 step profile $PY scripts/profile_cuda_train.py "${DATA[@]}"
 step profile_score $PY scripts/profile_cuda_score.py
-step bench_train $PY benchmarks/bench_train.py --device cuda --epochs 3 --max-seq 200 --losses sampled_softmax --default-seeds "" "${DATA[@]}"
+step bench_train $PY benchmarks/bench_train.py --device cuda --epochs 8 --max-seq 200 --losses sampled_softmax --default-seeds "" "${DATA[@]}"
 [ -z "${SKIP_ALL_TESTS:-}" ] && step all_tests $PY -m pytest tests -q -rs -p no:cacheprovider
 
 echo
