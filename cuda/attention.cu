@@ -51,21 +51,7 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// a . b over D columns: a is this lane's row (odd stride: scalar loads), b a row every lane
-// reads (a broadcast, 16-byte aligned when D % 4 == 0: one vector load per 4 columns).
-// Four partial sums in flight instead of one chain of D dependent fmaf.
 __device__ __forceinline__ float dot(const float* a, const float* b, int D) {
-  if ((D & 3) == 0) {
-    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
-    for (int d = 0; d < D; d += 4) {
-      const float4 bv = *reinterpret_cast<const float4*>(b + d);
-      s0 = fmaf(a[d], bv.x, s0);
-      s1 = fmaf(a[d + 1], bv.y, s1);
-      s2 = fmaf(a[d + 2], bv.z, s2);
-      s3 = fmaf(a[d + 3], bv.w, s3);
-    }
-    return (s0 + s1) + (s2 + s3);
-  }
   float acc = 0.f;
   for (int d = 0; d < D; ++d) acc = fmaf(a[d], b[d], acc);
   return acc;
@@ -143,7 +129,7 @@ __global__ void __launch_bounds__(kThreads)
     if (active && j0 <= i) {  // warp-uniform; key j0 is visible, so the tile max is finite
       const int j = j0 + lane;
       const bool vis = j <= i;  // i < n, so j < n too
-      const float sc = vis ? dot(Ks + lane * sp, Qs + warp * D, D) * scale : -INFINITY;
+      const float sc = vis ? dot(Qs + warp * D, Ks + lane * sp, D) * scale : -INFINITY;
       const float m_new = fmaxf(m, warp_max(sc));
       const float corr = expf(m - m_new);  // 0 on the first tile (m = -inf)
       float e = vis ? expf(sc - m_new) : 0.f;
@@ -234,8 +220,8 @@ __global__ void __launch_bounds__(kThreads)
       const int j = j0 + lane;
       float g = 0.f;  // dS
       if (j <= i) {
-        const float pr = expf(dot(Ks + lane * sp, Qs + warp * D, D) * scale - lse_i);
-        float dp = dot(Vs + lane * sp, dOs + warp * D, D);
+        const float pr = expf(dot(Qs + warp * D, Ks + lane * sp, D) * scale - lse_i);
+        float dp = dot(dOs + warp * D, Vs + lane * sp, D);
         if (dropout) dp *= keep_scale(key, base + (uint64_t)j, thr, inv_keep);
         g = pr * (dp - delta);
       }
