@@ -70,6 +70,8 @@ def test_cuda_device_is_a_clear_error_without_backend():
         ([[1, 2], ["a", "b"]], "all integers or all strings"),
         ([[1, "a", 2]], "all integers or all strings"),
         ([[True, False]], "boolean"),
+        ([[1, True, 3]], r"sequences\[0\]\[1\] is a boolean"),  # numpy would make it 1
+        ([[1, 2**70]], r"sequences\[0\]\[1\] is 1180591620717411303424: .*64 bits"),
         ([[1], [2]], "fewer than 2 items: nothing to train on"),
         ([[[1, 2], [3, 4]]], "must be 1-dimensional"),
     ],
@@ -122,6 +124,10 @@ def test_bad_sessions(model):
         model.recommend(["a", "b"])
     with pytest.raises(ValueError, match=r"sessions\[1\]\[0\] is NaN"):
         model.recommend_batch([[1], [float("nan")]])
+    with pytest.raises(ValueError, match=r"sessions\[0\]\[1\] is a boolean"):
+        model.recommend_batch([[1, True]])
+    with pytest.raises(ValueError, match=r"sessions\[1\]\[0\] is -9223372036854775809"):
+        model.recommend_batch([[1], [-(2**63) - 1]])
 
 
 def test_engine_rejects_wrong_arrays(model):

@@ -63,6 +63,8 @@ def _check_item(x: Any, where: str) -> None:
         )
     if not isinstance(x, (numbers.Integral, str)):
         raise ValueError(f"{where} is {_describe(x)}: item ids must be integers or strings")
+    if isinstance(x, numbers.Integral) and not -(2**63) <= int(x) < 2**63:
+        raise ValueError(f"{where} is {x}: integer item ids must fit in 64 bits")
 
 
 def _flatten_plain_lists(seqs: List[Any]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
@@ -116,6 +118,9 @@ def flatten_sequences(sequences: Any, name: str = "sequences") -> Tuple[np.ndarr
         a = s if lst is None else np.asarray(lst)
         if lst is not None and a.dtype.kind == "U" and not all(isinstance(x, str) for x in lst):
             a = np.asarray(lst, dtype=object)  # numpy turned integers into strings: keep the mix
+        if lst is not None and a.dtype.kind in _INT_KINDS and any(
+                isinstance(x, (bool, np.bool_)) for x in lst):
+            a = np.asarray(lst, dtype=object)  # numpy turned booleans into 0/1: name them below
         if a.ndim != 1 and a.size > 0:
             raise ValueError(f"{name}[{i}] must be 1-dimensional, got shape {a.shape}")
         lengths[i] = a.size
