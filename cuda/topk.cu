@@ -297,6 +297,34 @@ topk_merge_kernel(int32_t* ids, float* scores, const float* ws_s, const int32_t*
   }
 }
 
+// The passes of pass_len output slots each: launch(ws_s, ws_i, k0) runs a partial kernel
+// that fills each row's n_cand workspace slots, then the merge writes the pass's slots.
+// The workspace (B x n_cand pairs) is cudaMallocAsync'd on the stream.
+template <typename Launch>
+void run_passes(int32_t* ids, float* scores, int B, int K, int pass_len, int n_cand,
+                cudaStream_t s, Launch launch) {
+  const size_t slots = (size_t)B * (size_t)n_cand;
+  void* ws = nullptr;
+  FSR_CUDA_CHECK(cudaMallocAsync(&ws, slots * (sizeof(float) + sizeof(int32_t)), s));
+  float* ws_s = static_cast<float*>(ws);
+  int32_t* ws_i = reinterpret_cast<int32_t*>(ws_s + slots);
+  try {
+    for (int k0 = 0; k0 < K; k0 += pass_len) {
+      launch(ws_s, ws_i, k0);
+      FSR_CUDA_LAUNCH_CHECK();
+      const unsigned grid2 = (unsigned)ceil_div(B, kWarps);
+      topk_merge_kernel<<<grid2, kThreads, 0, s>>>(ids, scores, ws_s, ws_i, B, K, k0, n_cand,
+                                                  pass_len);
+      FSR_CUDA_LAUNCH_CHECK();
+      if (K - k0 <= pass_len) break;  // k0 + pass_len would overflow for K near INT_MAX
+    }
+  } catch (...) {
+    cudaFreeAsync(ws, s);
+    throw;
+  }
+  FSR_CUDA_CHECK(cudaFreeAsync(ws, s));
+}
+
 // ---------------------------------------------------------------- the tiled path
 // The fast path (C <= a few hundred, any K): one block of 256 threads per (128 rows,
 // range of item tiles).  The block's rows of h stay in shared memory (transposed, C padded
@@ -535,31 +563,14 @@ void run(int32_t* ids, float* scores, const float* h, const float* E, const int3
   const int splits = n_tiles > 0 ? choose_splits(row_groups, n_tiles, sms) : 1;
   const int tps = n_tiles > 0 ? (int)ceil_div(n_tiles, splits) : 1;
   const bool vec4 = C % 4 == 0 && reinterpret_cast<uintptr_t>(E) % 16 == 0;
-  const size_t slots = (size_t)B * (size_t)splits * KL;
-  void* ws = nullptr;
-  FSR_CUDA_CHECK(cudaMallocAsync(&ws, slots * (sizeof(float) + sizeof(int32_t)), s));
-  float* ws_s = static_cast<float*>(ws);
-  int32_t* ws_i = reinterpret_cast<int32_t*>(ws_s + slots);
-  try {
-    for (int k0 = 0; k0 < K; k0 += KL) {
-      const dim3 grid1((unsigned)row_groups, (unsigned)splits);
-      partial_kernel<KL><<<grid1, kThreads, smem, s>>>(ws_s, ws_i, h, E, excl, excl_off, ids,
-                                                       scores, B, C, V, K, k0, tps, splits,
-                                                       vec4);
-      FSR_CUDA_LAUNCH_CHECK();
-      const unsigned grid2 = (unsigned)ceil_div(B, kWarps);
-      topk_merge_kernel<<<grid2, kThreads, 0, s>>>(ids, scores, ws_s, ws_i, B, K, k0,
-                                                  splits * KL, KL);
-      FSR_CUDA_LAUNCH_CHECK();
-      if (K - k0 <= KL) break;
-    }
-  } catch (...) {
-    cudaFreeAsync(ws, s);
-    throw;
-  }
-  FSR_CUDA_CHECK(cudaFreeAsync(ws, s));
+  const dim3 grid1((unsigned)row_groups, (unsigned)splits);
+  run_passes(ids, scores, B, K, KL, splits * KL, s, [&](float* ws_s, int32_t* ws_i, int k0) {
+    partial_kernel<KL><<<grid1, kThreads, smem, s>>>(ws_s, ws_i, h, E, excl, excl_off, ids,
+                                                     scores, B, C, V, K, k0, tps, splits, vec4);
+  });
 }
 }  // namespace tiled
+
 
 }  // namespace
 
@@ -593,29 +604,13 @@ void topk_forward(int32_t* ids, float* scores, const float* h, const float* E,
     tiles_per_split = ceil_div(n_tiles, splits);
     splits = ceil_div(n_tiles, tiles_per_split);
   }
-  const size_t slots = (size_t)B * (size_t)splits * kKMax;
-  void* ws = nullptr;
-  FSR_CUDA_CHECK(cudaMallocAsync(&ws, slots * (sizeof(float) + sizeof(int32_t)), s));
-  float* ws_s = static_cast<float*>(ws);
-  int32_t* ws_i = reinterpret_cast<int32_t*>(ws_s + slots);
-  try {
-    for (int k0 = 0; k0 < K; k0 += kKMax) {
-      const dim3 grid1((unsigned)row_groups, (unsigned)splits);
-      topk_partial_kernel<<<grid1, kThreads, 0, s>>>(ws_s, ws_i, h, E, excl, excl_off, ids,
-                                                    scores, B, C, V, K, k0,
-                                                    (int)tiles_per_split, (int)splits);
-      FSR_CUDA_LAUNCH_CHECK();
-      const unsigned grid2 = (unsigned)ceil_div(B, kWarps);
-      topk_merge_kernel<<<grid2, kThreads, 0, s>>>(ids, scores, ws_s, ws_i, B, K, k0,
-                                                  (int)splits * kKMax, kKMax);
-      FSR_CUDA_LAUNCH_CHECK();
-      if (K - k0 <= kKMax) break;  // k0 + kKMax would overflow for K near INT_MAX
-    }
-  } catch (...) {
-    cudaFreeAsync(ws, s);
-    throw;
-  }
-  FSR_CUDA_CHECK(cudaFreeAsync(ws, s));
+  const dim3 grid1((unsigned)row_groups, (unsigned)splits);
+  run_passes(ids, scores, B, K, kKMax, (int)splits * kKMax, s,
+             [&](float* ws_s, int32_t* ws_i, int k0) {
+               topk_partial_kernel<<<grid1, kThreads, 0, s>>>(
+                   ws_s, ws_i, h, E, excl, excl_off, ids, scores, B, C, V, K, k0,
+                   (int)tiles_per_split, (int)splits);
+             });
 }
 
 }  // namespace fsr::cuda
