@@ -206,3 +206,25 @@ def test_recommend_batch_takes_and_returns_cupy_arrays():
         m.recommend_batch(cp.asarray([[int(ids_known.max()) + 1000]]), n=3)
     with pytest.raises(ValueError, match="2-D integer"):
         m.recommend_batch(cp.asarray([1.5, 2.5]), n=3)
+
+
+def test_resident_recommend_matches_the_host_path():
+    """Model.recommend_resident (sessions and outputs in the backend's memory: what CuPy
+    input uses on the GPU) on the CPU backend, whose memory is the host's: the same ids
+    and scores as Model.recommend, with and without exclusions, across scoring chunks."""
+    rng = np.random.default_rng(8)
+    data = [rng.integers(1, 90, size=int(n)).tolist() for n in rng.integers(2, 12, size=300)]
+    eng = SASRec(factors=16, max_seq=8, iterations=2, random_state=1, device="cpu").fit(data)._engine
+    V = eng.item_embeddings().shape[0]
+    for B, L, K, seen in ((700, 6, 5, True), (3, 8, 40, False), (66_000, 2, 3, True)):
+        items = rng.integers(1, V + 1, size=(B, L)).astype(np.int32)
+        off = np.arange(B + 1, dtype=np.int64) * L
+        ex, ex_off = (items.ravel(), off) if seen else (np.zeros(0, np.int32), np.zeros(B + 1, np.int64))
+        ids, sc = eng.recommend(items.ravel(), off, K, ex, ex_off)
+        out_ids, out_sc = np.zeros((B, K), np.int32), np.zeros((B, K), np.float32)
+        eng.recommend_resident(items.ctypes.data, B, L, items.ctypes.data if seen else 0,
+                               L if seen else 0, K, out_ids.ctypes.data, out_sc.ctypes.data)
+        np.testing.assert_array_equal(out_ids, ids)
+        np.testing.assert_array_equal(out_sc, sc)
+    with pytest.raises(ValueError, match="session length must be in 1..8"):
+        eng.recommend_resident(items.ctypes.data, 1, 9, 0, 0, 3, out_ids.ctypes.data, out_sc.ctypes.data)
