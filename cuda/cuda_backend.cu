@@ -97,6 +97,7 @@ class CudaBackend final : public Backend {
     if (n) FSR_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, stream_));
   }
   void synchronize() override { FSR_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void set_precision(Precision p) override { bf16_ = p == Precision::BF16; }
   void set_threads(int) override {}
   int threads() const override { return 1; }
 
@@ -120,11 +121,12 @@ class CudaBackend final : public Backend {
   }
   void linear_forward(float* out, const float* in, const float* W, const float* b, int R, int I,
                       int O, bool relu) override {
-    cuda::linear_forward(blas_, out, in, W, b, R, I, O, relu, stream_);
+    cuda::linear_forward(blas_, out, in, W, b, R, I, O, relu, bf16_, stream_);
   }
   void linear_backward(float* din, float* dW, float* db, const float* dout, const float* in,
                        const float* W, int R, int I, int O, bool accumulate) override {
-    cuda::linear_backward(blas_, din, dW, db, dout, in, W, R, I, O, accumulate, stream_);
+    cuda::linear_backward(blas_, din, dW, db, dout, in, W, R, I, O, accumulate, bf16_,
+                          stream_);
   }
   void dropout_forward(float* out, const float* in, size_t n, float p, uint64_t key) override {
     cuda::dropout_forward(out, in, n, p, key, stream_);
@@ -194,6 +196,7 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  bool bf16_ = false;  // the linear layers' products in bf16 (Precision::BF16)
   static constexpr size_t kStageBytes = size_t(64) << 20;
   int device_ = 0;
   cudaStream_t stream_ = nullptr;

@@ -65,27 +65,38 @@ bias_grad_kernel(float* db, const float* dout, int R, int O) {
   } while (0)
 
 void gemm(cublasHandle_t h, bool ta, bool tb, int M, int N, int K, float alpha, const float* A,
-          int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+          int lda, const float* B, int ldb, float beta, float* C, int ldc, bool bf16) {
   if (M <= 0 || N <= 0) return;
   // Row-major C(M,N) = op(A) op(B)  <=>  column-major C^T(N,M) = op(B)^T op(A)^T.
-  FSR_CUBLAS_CHECK(cublasSgemm(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-                               N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc));
+  const cublasOperation_t oa = tb ? CUBLAS_OP_T : CUBLAS_OP_N, ob = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  if (!bf16) {
+    FSR_CUBLAS_CHECK(cublasSgemm(h, oa, ob, N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc));
+    return;
+  }
+  // fp32 in and out; cuBLAS rounds the operands to bf16 and sums in fp32 on the tensor
+  // cores.  The handle's pedantic mode (fp32 parity elsewhere) is lifted for the call.
+  FSR_CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
+  const cublasStatus_t st =
+      cublasGemmEx(h, oa, ob, N, M, K, &alpha, B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &beta, C,
+                   CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT);
+  FSR_CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH));
+  FSR_CUBLAS_CHECK(st);
 }
 
 void linear_forward(cublasHandle_t h, float* out, const float* in, const float* W, const float* b,
-                    int R, int I, int O, bool relu, cudaStream_t s) {
+                    int R, int I, int O, bool relu, bool bf16, cudaStream_t s) {
   if (R <= 0) return;
-  gemm(h, false, false, R, O, I, 1.f, in, I, W, O, 0.f, out, O);
+  gemm(h, false, false, R, O, I, 1.f, in, I, W, O, 0.f, out, O, bf16);
   bias_act_kernel<<<blocks_for((size_t)R * O, 256), 256, 0, s>>>(out, b, R, O, relu);
   FSR_CUDA_LAUNCH_CHECK();
 }
 
 void linear_backward(cublasHandle_t h, float* din, float* dW, float* db, const float* dout,
                      const float* in, const float* W, int R, int I, int O, bool accumulate,
-                     cudaStream_t s) {
+                     bool bf16, cudaStream_t s) {
   if (R <= 0) return;
-  if (din) gemm(h, false, true, R, I, O, 1.f, dout, O, W, O, accumulate ? 1.f : 0.f, din, I);
-  gemm(h, true, false, I, O, R, 1.f, in, I, dout, O, 1.f, dW, O);
+  if (din) gemm(h, false, true, R, I, O, 1.f, dout, O, W, O, accumulate ? 1.f : 0.f, din, I, bf16);
+  gemm(h, true, false, I, O, R, 1.f, in, I, dout, O, 1.f, dW, O, bf16);
   const dim3 grid(blocks_for(O, kCols), blocks_for(R, kColRows));
   bias_grad_kernel<<<grid, kCols * kLanes, 0, s>>>(db, dout, R, O);
   FSR_CUDA_LAUNCH_CHECK();

@@ -41,6 +41,7 @@ def model():
         (dict(device="tpu"), "device must be one of"),
         (dict(random_state=-1), "random_state"),
         (dict(num_threads=-2), "num_threads"),
+        (dict(precision="fp16"), r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"),
     ],
 )
 def test_bad_hyperparameters(kwargs, match):

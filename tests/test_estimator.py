@@ -172,3 +172,23 @@ def test_concurrent_recommend_calls_agree(trained):
     with ThreadPoolExecutor(max_workers=4) as pool:
         got = list(pool.map(lambda b: trained.recommend_batch(b, n=5)[0].tolist(), batches * 3))
     assert got == want * 3
+
+
+def test_bf16_precision_learns_and_survives_save_load(chain_data, tmp_path):
+    """precision="bf16" (the linear layers' products on bfloat16 operands) learns the chain
+    as fp32 does, differs from fp32 only by that rounding, and is kept by save/load."""
+    fp32 = SASRec(iterations=60, random_state=1, **SMALL).fit(chain_data)
+    bf16 = SASRec(iterations=60, random_state=1, precision="bf16", **SMALL).fit(chain_data)
+    assert bf16.loss_history_ != fp32.loss_history_  # the rounding is really applied
+    assert abs(bf16.loss_history_[0] - fp32.loss_history_[0]) < 1e-2 * fp32.loss_history_[0]
+    hits = sum(int(bf16.recommend([100 + (s + k) % 40 for k in range(4)], n=1)[0][0]
+                   == 100 + (s + 4) % 40) for s in range(0, 40, 4))
+    assert hits >= 9, f"bf16: the true next item was top-1 for only {hits}/10 sessions"
+    assert "precision='bf16'" in repr(bf16)
+    bf16.save(tmp_path / "m.fsr")
+    loaded = SASRec.load(tmp_path / "m.fsr", device=bf16.device)
+    assert loaded.precision == "bf16"
+    a, sa = bf16.recommend([110, 111, 112], n=5)
+    b, sb = loaded.recommend([110, 111, 112], n=5)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(sa, sb)

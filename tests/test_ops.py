@@ -220,6 +220,19 @@ def test_layernorm(ops, R_, C, eps, std, offset, seed):
     assert_close(db, rdb, bound(R_, np.abs(dout).sum(axis=0)), "layernorm_backward db", seed)
 
 
+@pytest.fixture(params=["cpu", "cuda"])
+def ops_bf16(request):
+    """Like ops, with precision="bf16" (the linear layers' product operands in bfloat16)."""
+    device = request.param
+    ok, why = CORE.backend_available(device)
+    if not ok:
+        pytest.skip(f"{device} backend not usable: {why}")
+    key = (device, "bf16")
+    if key not in _OPS:
+        _OPS[key] = CORE.Ops(device, "bf16")
+    return _OPS[key]
+
+
 # ============================================================================ linear
 LIN_CASES = [  # (R, I, O, relu, seed)
     (1, 1, 5, False, 31), (1, 13, 20, True, 32), (7, 20, 13, False, 33),
@@ -247,6 +260,39 @@ def test_linear(ops, R_, I, O, relu, seed):
     assert_close(din, rdin, bound(O, np.abs(dout) @ np.abs(W).T), "linear_backward din", seed)
     assert_close(dW, rdW, bound(R_, np.abs(x).T @ np.abs(dout)), "linear_backward dW", seed)
     assert_close(db, rdb, bound(R_, np.abs(dout).sum(axis=0)), "linear_backward db", seed)
+
+
+@pytest.mark.parametrize("R_,I,O,relu,seed", LIN_CASES,
+                         ids=ids(LIN_CASES, lambda r, i, o, re, s: f"R{r}-I{i}-O{o}-relu{int(re)}-s{s}"))
+def test_linear_bf16(ops_bf16, R_, I, O, relu, seed):
+    """precision="bf16": each product's operands rounded to bfloat16, then summed in fp32.
+    The product of two bfloat16 numbers is exact in float32, so the reference on the
+    rounded operands is held to the same float32 bound as the fp32 op; the bias and db
+    stay fp32."""
+    rng = np.random.default_rng(seed)
+    x, W, b = normal(rng, R_, I), normal(rng, I, O), normal(rng, O)
+    xb, Wb = R.bf16(x), R.bf16(W)
+    out = ops_bf16.linear_forward(x, W, b, relu)
+    ref = R.linear_forward(xb, Wb, b, relu)
+    assert_close(out, ref, bound(I, np.abs(xb) @ np.abs(Wb) + np.abs(b)), "linear_forward bf16", seed)
+
+    dout = normal(rng, R_, O)
+    db_ = R.bf16(dout)
+    din, dW, db = ops_bf16.linear_backward(dout, x, W)
+    rdin, rdW, _ = R.linear_backward(db_, xb, Wb)
+    assert_close(din, rdin, bound(O, np.abs(db_) @ np.abs(Wb).T), "linear_backward din bf16", seed)
+    assert_close(dW, rdW, bound(R_, np.abs(xb).T @ np.abs(db_)), "linear_backward dW bf16", seed)
+    rdb = np.asarray(dout, np.float64).sum(axis=0)
+    assert_close(db, rdb, bound(R_, np.abs(dout).sum(axis=0)), "linear_backward db bf16", seed)
+
+
+def test_bf16_rounds_to_nearest_even(ops_bf16):
+    """Halfway cases go to the even bfloat16: 1 + 2^-8 -> 1, 1 + 3 * 2^-8 -> 1 + 2^-6,
+    and the same below zero; an identity product returns the rounded inputs exactly."""
+    x = np.array([[1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 1 + 2**-8 + 2**-20]], np.float32)
+    out = ops_bf16.linear_forward(x, np.eye(4, dtype=np.float32), np.zeros(4, np.float32), False)
+    np.testing.assert_array_equal(out, [[1.0, 1 + 2**-6, -1.0, 1 + 2**-7]])
+    np.testing.assert_array_equal(R.bf16(x), out)
 
 
 # ============================================================================ attention

@@ -95,6 +95,7 @@ Config config_from_dict(const py::dict& d) {
     else if (k == "ln_eps") c.ln_eps = v.cast<float>();
     else if (k == "batch_size") c.batch_size = v.cast<int>();
     else if (k == "seed") c.seed = v.cast<uint64_t>();
+    else if (k == "precision") c.precision = parse_precision(v.cast<std::string>());
     else throw ValueError("unknown config key '" + k + "'");
   }
   c.validate();
@@ -196,7 +197,9 @@ class Buffer {
 
 class Ops {
  public:
-  explicit Ops(const std::string& device) : be_(make_backend(device)) {}
+  Ops(const std::string& device, const std::string& precision) : be_(make_backend(device)) {
+    be_->set_precision(parse_precision(precision));
+  }
   std::string device() const { return be_->name(); }
 
   py::array_t<float> embedding_forward(py::object items, py::object pos, py::object E,
@@ -409,7 +412,8 @@ void bind_ops(py::module_& m) {
   py::class_<Ops>(m, "Ops",
                   "The ops of one device's backend, one by one, for tests against the float64 "
                   "NumPy reference.  Ops(device) raises ValueError when the device is unusable.")
-      .def(py::init<const std::string&>(), py::arg("device"))
+      .def(py::init<const std::string&, const std::string&>(), py::arg("device"),
+           py::arg("precision") = "fp32")
       .def_property_readonly("device", &Ops::device)
       .def_static("rng_key", &rng_key, py::arg("seed"), py::arg("stream"))
       .def_static("uniform", &uniform, py::arg("key"), py::arg("n"))
@@ -435,7 +439,7 @@ void bind_ops(py::module_& m) {
       .def_static("set_num_threads", &cpu::set_num_threads)
       .def_static("num_threads", &cpu::num_threads);
   // _core.ops: the CPU ops, as before this class existed.
-  m.attr("ops") = py::cast(Ops("cpu"));
+  m.attr("ops") = py::cast(Ops("cpu", "fp32"));
 }
 
 }  // namespace

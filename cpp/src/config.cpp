@@ -43,6 +43,14 @@ LossKind parse_loss(const std::string& name) {
   throw ValueError("loss must be one of 'bce', 'sampled_softmax', 'softmax', got '" + name + "'");
 }
 
+Precision parse_precision(const std::string& name) {
+  if (name == "fp32") return Precision::FP32;
+  if (name == "bf16") return Precision::BF16;
+  throw ValueError("precision must be 'fp32' or 'bf16', got '" + name + "'");
+}
+
+std::string precision_name(Precision p) { return p == Precision::BF16 ? "bf16" : "fp32"; }
+
 std::string loss_name(LossKind kind) {
   switch (kind) {
     case LossKind::BCE: return "bce";

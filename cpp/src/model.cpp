@@ -106,6 +106,7 @@ const TensorInfo& Model::tensor(const std::string& name) const {
 Model::Model(const Config& cfg, const std::string& device) : cfg_(cfg) {
   cfg_.validate();
   be_ = make_backend(device);
+  be_->set_precision(cfg_.precision);
   build_layout();
   const size_t bytes = n_params_ * sizeof(float);
   params_ = (float*)be_->alloc(bytes);

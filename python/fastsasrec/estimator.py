@@ -49,6 +49,9 @@ _PARAMS = {
 }
 
 
+_PRECISIONS = ("fp32", "bf16")
+
+
 def _check_param(name: str, value: Any) -> Any:
     if name == "loss":
         if value not in _LOSSES:
@@ -56,6 +59,10 @@ def _check_param(name: str, value: Any) -> Any:
         return value
     if name == "device":
         resolve_device(value)  # raises with the reason
+        return value
+    if name == "precision":
+        if value not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {_PRECISIONS}, got {value!r}")
         return value
     if name == "random_state":
         if value is None:
@@ -172,6 +179,12 @@ class SASRec:
         1 prints one line per epoch.
     num_threads : int
         CPU threads for the engine; 0 uses the OpenMP default (all cores).
+    precision : {"fp32", "bf16"}
+        ``fp32`` computes everything in float32 (the GPU matches the CPU to rounding).
+        ``bf16`` rounds the operands of the linear layers' matrix products to bfloat16 and
+        sums the products in float32 (the GPU's tensor cores); weights, activations,
+        attention, losses and the optimizer stay float32.  The CPU computes the same
+        rounding, for the same answers, but gains no speed from it.
     """
 
     def __init__(
@@ -191,6 +204,7 @@ class SASRec:
         random_state: Optional[int] = 42,
         verbose: int = 0,
         num_threads: int = 0,
+        precision: str = "fp32",
     ) -> None:
         self.factors = _check_param("factors", factors)
         self.n_layers = _check_param("n_layers", n_layers)
@@ -207,6 +221,7 @@ class SASRec:
         self.random_state = _check_param("random_state", random_state)
         self.verbose = _check_param("verbose", verbose)
         self.num_threads = _check_param("num_threads", num_threads)
+        self.precision = _check_param("precision", precision)
         if self.factors % self.n_heads:
             raise ValueError(
                 f"factors ({self.factors}) must be divisible by n_heads ({self.n_heads})"
@@ -229,7 +244,7 @@ class SASRec:
             for name in (
                 "factors", "n_layers", "n_heads", "max_seq", "dropout", "loss", "n_negatives",
                 "learning_rate", "weight_decay", "batch_size", "iterations", "device",
-                "random_state", "verbose", "num_threads",
+                "random_state", "verbose", "num_threads", "precision",
             )
         }
 
@@ -261,6 +276,7 @@ class SASRec:
             max_seq=self.max_seq, dropout=self.dropout, loss=self._resolve_loss(n_items),
             n_negatives=self.n_negatives, learning_rate=self.learning_rate,
             weight_decay=self.weight_decay, batch_size=self.batch_size, seed=seed,
+            precision=self.precision,
         )
 
     def _resolve_loss(self, n_items: int) -> str:

@@ -200,6 +200,14 @@ def linear_backward(dout, x, W):
     return dout @ np.asarray(W, np.float64).T, np.asarray(x, np.float64).T @ dout, dout.sum(axis=0)
 
 
+def bf16(x):
+    """float32 x rounded to the nearest bfloat16 (ties to even), as float32: what
+    precision="bf16" does to the operands of the linear layers' products."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    return u.astype(np.uint32).view(np.float32)
+
+
 def relu_backward(dout, relu_out):
     """dpre = dout * (relu_out > 0)."""
     return np.where(np.asarray(relu_out) > 0, np.asarray(dout, np.float64), 0.0)

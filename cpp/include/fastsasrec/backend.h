@@ -13,6 +13,10 @@
 namespace fsr {
 
 enum class LossKind { BCE = 0, SampledSoftmax = 1, Softmax = 2 };
+// FP32: every product in fp32.  BF16: the operands of the linear layers' matrix products
+// are rounded to bfloat16 (to nearest, ties to even) and their products summed in fp32;
+// everything else (weights, activations, attention, losses, optimizer) stays fp32.
+enum class Precision { FP32 = 0, BF16 = 1 };
 
 class Backend {
  public:
@@ -31,6 +35,9 @@ class Backend {
   // Rows (sequence positions) an inference forward should hold at once: its activation
   // arena grows with this, and a device backend wants many to fill the device.
   virtual size_t inference_rows() const { return 16384; }
+
+  // ---- arithmetic of the linear layers' products (see Precision)
+  virtual void set_precision(Precision p) = 0;
 
   // ---- threads (CPU: OpenMP threads; other backends may ignore)
   virtual void set_threads(int n) = 0;

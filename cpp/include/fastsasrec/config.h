@@ -25,6 +25,7 @@ struct Config {
   float adam_eps = 1e-8f;
   float ln_eps = 1e-8f;
   int batch_size = 128;    // B: sequences per batch
+  Precision precision = Precision::FP32;
   uint64_t seed = 42;
 
   int ffn() const { return ffn_factors > 0 ? ffn_factors : factors; }
@@ -35,5 +36,7 @@ struct Config {
 
 LossKind parse_loss(const std::string& name);
 std::string loss_name(LossKind kind);
+Precision parse_precision(const std::string& name);
+std::string precision_name(Precision p);
 
 }  // namespace fsr

@@ -27,6 +27,7 @@ class CpuBackend final : public Backend {
   void zero(void* p, size_t n) override { if (n) std::memset(p, 0, n); }
   void copy(void* dst, const void* src, size_t n) override { if (n) std::memmove(dst, src, n); }
   void synchronize() override {}
+  void set_precision(Precision p) override { prec_ = p; }
   void set_threads(int n) override { cpu::set_num_threads(n); }
   int threads() const override { return cpu::num_threads(); }
 
@@ -50,11 +51,11 @@ class CpuBackend final : public Backend {
   }
   void linear_forward(float* out, const float* in, const float* W, const float* b, int R, int I,
                       int O, bool relu) override {
-    cpu::linear_forward(out, in, W, b, R, I, O, relu);
+    cpu::linear_forward(out, in, W, b, R, I, O, relu, prec_);
   }
   void linear_backward(float* din, float* dW, float* db, const float* dout, const float* in,
                        const float* W, int R, int I, int O, bool accumulate) override {
-    cpu::linear_backward(din, dW, db, dout, in, W, R, I, O, accumulate);
+    cpu::linear_backward(din, dW, db, dout, in, W, R, I, O, accumulate, prec_);
   }
   void dropout_forward(float* out, const float* in, size_t n, float p, uint64_t key) override {
     cpu::dropout_forward(out, in, n, p, key);
@@ -119,6 +120,8 @@ class CpuBackend final : public Backend {
             const int64_t* excl_off, int B, int C, int V, int K) override {
     cpu::topk_forward(ids, scores, h, E, excl, excl_off, B, C, V, K);
   }
+ private:
+  Precision prec_ = Precision::FP32;
 };
 
 }  // namespace

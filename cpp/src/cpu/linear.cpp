@@ -3,17 +3,52 @@
 //   backward: din(R,I) (= or +=, skipped when null) = dout W^T
 //             dW(I,O) += in^T dout;   db(O) += column sums of dout
 // The ReLU's own backward is applied by the caller (dropout_backward with relu_out).
+// Precision::BF16 rounds each product's two operands to bfloat16 (copies in per-thread
+// scratch) and sums the products in fp32, as a GPU's bf16 matrix units do; the bias, the
+// ReLU and db stay fp32.
 #include <algorithm>
+#include <cstring>
+#include <vector>
 
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
 
 namespace fsr::cpu {
 
+void round_bf16(float* dst, const float* src, size_t n) {
+  const int nb = (int)std::min<size_t>(64, (n + 65535) / 65536);
+  parallel_for(std::max(nb, 1), [&](int t) {
+    const size_t e0 = n * t / std::max(nb, 1), e1 = n * (t + 1) / std::max(nb, 1);
+    for (size_t e = e0; e < e1; ++e) {
+      uint32_t u;
+      std::memcpy(&u, src + e, 4);
+      if ((u & 0x7fffffffu) > 0x7f800000u)
+        u |= 0x00400000u;  // NaN: keep it a (quiet) NaN
+      else
+        u += 0x7fffu + ((u >> 16) & 1u);  // to nearest, ties to even (may round to inf)
+      u &= 0xffff0000u;
+      std::memcpy(dst + e, &u, 4);
+    }
+  });
+}
+
+namespace {
+// The operand as the product will read it: itself, or its bf16 rounding in `scratch`.
+const float* operand(const float* x, size_t n, Precision prec, std::vector<float>& scratch) {
+  if (prec == Precision::FP32) return x;
+  if (scratch.size() < n) scratch.resize(n);
+  round_bf16(scratch.data(), x, n);
+  return scratch.data();
+}
+}  // namespace
+
 // One parallel region per product: each thread fills its block of rows with the bias,
 // accumulates its GEMM onto it (beta = 1) and applies the ReLU while the block is in cache.
-void linear_forward(float* out, const float* in, const float* W, const float* b, int R, int I,
-                    int O, bool relu) {
+void linear_forward(float* out, const float* in_, const float* W_, const float* b, int R, int I,
+                    int O, bool relu, Precision prec) {
+  thread_local std::vector<float> s_in, s_w;
+  const float* in = operand(in_, (size_t)R * I, prec, s_in);
+  const float* W = operand(W_, (size_t)I * O, prec, s_w);
   const int nb = gemm_blocks(R, 2.0 * R * I * O);
   parallel_for(nb, [&](int t) {
     const int r0 = (int)((long)R * t / nb), r1 = (int)((long)R * (t + 1) / nb);
@@ -28,15 +63,21 @@ void linear_forward(float* out, const float* in, const float* W, const float* b,
 
 // din in one region (rows split); dW and db in another (columns of dout split: each
 // thread owns whole columns of dW and db, summing over all rows in order).
-void linear_backward(float* din, float* dW, float* db, const float* dout, const float* in,
-                     const float* W, int R, int I, int O, bool accumulate) {
-  if (din) gemm(false, true, R, I, O, 1.f, dout, O, W, O, accumulate ? 1.f : 0.f, din, I);
+void linear_backward(float* din, float* dW, float* db, const float* dout_, const float* in_,
+                     const float* W_, int R, int I, int O, bool accumulate, Precision prec) {
+  thread_local std::vector<float> s_dout, s_in, s_w;
+  const float* dout = operand(dout_, (size_t)R * O, prec, s_dout);
+  if (din) {
+    const float* W = operand(W_, (size_t)I * O, prec, s_w);
+    gemm(false, true, R, I, O, 1.f, dout, O, W, O, accumulate ? 1.f : 0.f, din, I);
+  }
+  const float* in = operand(in_, (size_t)R * I, prec, s_in);
   const int nb = gemm_blocks(O, 2.0 * R * I * O);
   parallel_for(nb, [&](int t) {
     const int c0 = (int)((long)O * t / nb), c1 = (int)((long)O * (t + 1) / nb);
     gemm_serial(true, false, I, c1 - c0, R, 1.f, in, I, dout + c0, O, 1.f, dW + c0, O);
     for (int r = 0; r < R; ++r) {
-      const float* d = dout + (size_t)r * O;
+      const float* d = dout_ + (size_t)r * O;  // db: the fp32 gradient
       for (int c = c0; c < c1; ++c) db[c] += d[c];
     }
   });

@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "fastsasrec/backend.h"  // LossKind, Precision
+
 namespace fsr::cpu {
 
 // ---- gemm.cpp: C(M,N) = alpha * op(A) op(B) + beta * C, row-major, split over threads
@@ -39,12 +41,17 @@ void layernorm_backward(float* din, float* dg, float* db, const float* dout, con
 
 // ---- linear.cpp
 // out(R,O) = in(R,I) W(I,O) + b(O), then ReLU when relu
+// With Precision::BF16 the operands of each product (here in and W; below dout and W, in
+// and dout) are rounded to bfloat16 first and the products summed in fp32.
 void linear_forward(float* out, const float* in, const float* W, const float* b, int R, int I,
-                    int O, bool relu);
+                    int O, bool relu, Precision prec = Precision::FP32);
 // din(R,I) (= or += when accumulate; skipped when null) = dout W^T;  dW(I,O) += in^T dout;
 // db(O) += column sums of dout
 void linear_backward(float* din, float* dW, float* db, const float* dout, const float* in,
-                     const float* W, int R, int I, int O, bool accumulate);
+                     const float* W, int R, int I, int O, bool accumulate,
+                     Precision prec = Precision::FP32);
+// dst(n) = src rounded to the nearest bfloat16 (ties to even; NaN stays NaN), as floats
+void round_bf16(float* dst, const float* src, size_t n);
 
 // ---- dropout.cpp   (element e of a call draws counter e of stream key)
 // out(n) = in * keep / (1 - p)   (out may be in; p == 0 copies)
