@@ -36,6 +36,7 @@ class CudaBackend final : public Backend {
     if (stream_) cudaStreamDestroy(stream_);
   }
   std::string name() const override { return "cuda"; }
+  int device_index() const override { return device_; }
   // About 1 GB of inference activations at C = 64: thousands of sessions per forward.
   size_t inference_rows() const override { return size_t(1) << 17; }
 

@@ -514,6 +514,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("n_params", &Model::n_params)
       .def_property_readonly("step", &Model::step)
       .def_property_readonly("device", [](Model& s) { return s.backend().name(); })
+      .def_property_readonly("device_index", [](Model& s) { return s.backend().device_index(); })
       .def_property_readonly("threads", [](Model& s) { return s.backend().threads(); })
       .def("set_threads", [](Model& s, int n) {
         FSR_REQUIRE(n >= 0, "num_threads must be >= 0, got ", n);

@@ -587,6 +587,12 @@ class SASRec:
                 f"sessions is a CuPy array but this model is on {self._engine.device!r}: move it "
                 "with .to('cuda'), or pass a NumPy array or lists"
             )
+        if sessions.device.id != self._engine.device_index:
+            raise ValueError(
+                f"sessions is on GPU {sessions.device.id} but this model is on GPU "
+                f"{self._engine.device_index}: copy it there first (cupy.asarray inside "
+                f"`with cupy.cuda.Device({self._engine.device_index}):`)"
+            )
         if sessions.ndim != 2 or sessions.dtype.kind not in "iu":
             raise ValueError(
                 "sessions as a CuPy array must be 2-D integer item ids (sessions x items), got "

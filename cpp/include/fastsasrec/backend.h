@@ -36,6 +36,9 @@ class Backend {
   // arena grows with this, and a device backend wants many to fill the device.
   virtual size_t inference_rows() const { return 16384; }
 
+  // The CUDA device the backend's memory lives on; -1 for host memory.
+  virtual int device_index() const { return -1; }
+
   // ---- arithmetic of the linear layers' products (see Precision)
   virtual void set_precision(Precision p) = 0;
 
