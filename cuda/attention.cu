@@ -41,16 +41,6 @@ constexpr unsigned kFull = 0xffffffffu;
 // of 32 consecutive rows hit 32 different banks.
 __host__ __device__ inline int padded(int D) { return D | 1; }
 
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
-  return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
-  return v;
-}
-
 __device__ __forceinline__ float dot(const float* a, const float* b, int D) {
   float acc = 0.f;
   for (int d = 0; d < D; ++d) acc = fmaf(a[d], b[d], acc);

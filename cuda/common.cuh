@@ -56,32 +56,40 @@ inline long long max_splits(int R, int n_items, int rows_per_tile, int items_per
   return std::min(row_tiles, std::max(1LL, ceil_div(target_blocks, groups)));
 }
 
+// Sum / max over the 32 lanes of a warp (all lanes get the result).
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
 // Block-wide sum of one float per thread (blockDim.x a multiple of 32, <= 1024).
 __device__ inline float block_sum(float v, float* shared32) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  v = warp_sum(v);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   __syncthreads();
   if (lane == 0) shared32[warp] = v;
   __syncthreads();
   const int nw = (blockDim.x + 31) >> 5;
   v = threadIdx.x < nw ? shared32[threadIdx.x] : 0.f;
-  if (warp == 0)
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (warp == 0) v = warp_sum(v);
   if (threadIdx.x == 0) shared32[0] = v;
   __syncthreads();
   return shared32[0];
 }
 
 __device__ inline float block_max(float v, float* shared32) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  v = warp_max(v);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   __syncthreads();
   if (lane == 0) shared32[warp] = v;
   __syncthreads();
   const int nw = (blockDim.x + 31) >> 5;
   v = threadIdx.x < nw ? shared32[threadIdx.x] : -INFINITY;
-  if (warp == 0)
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  if (warp == 0) v = warp_max(v);
   if (threadIdx.x == 0) shared32[0] = v;
   __syncthreads();
   return shared32[0];

@@ -8,11 +8,6 @@
 namespace fsr::cuda {
 
 namespace {
-__device__ inline float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 __global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* in,
                                          const float* g, const float* b, int R, int C, float eps) {
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;

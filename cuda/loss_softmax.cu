@@ -30,16 +30,7 @@ constexpr int kKC = 32;        // columns of C per shared-memory chunk
 constexpr int kIT = 64;        // items per tile
 constexpr int kRT = 32;        // rows per tile
 constexpr int kTargetBlocks = 256;
-constexpr unsigned kFull = 0xffffffffu;
 
-__device__ inline float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
-  return v;
-}
-__device__ inline float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
-  return v;
-}
 
 // Hs[r][k] = h[row0 + r][c0 + k], 0 outside the matrix.
 __device__ inline void load_rows_chunk(float (*Hs)[kKC + 1], const float* h, int row0, int R,

@@ -40,6 +40,20 @@ __device__ inline bool better(float sa, int32_t ia, float sb, int32_t ib) {
   return sa > sb || (sa == sb && ia < ib);
 }
 
+// Where pass k0 of row `row` starts: 0 takes every item (the first pass), 1 only items
+// strictly worse than output slot k0 - 1 (returned in s, id), 2 none (that slot is empty:
+// the row ran out of items).
+__device__ inline int pass_bound(const int32_t* ids, const float* scores, int row, int K, int k0,
+                                 float& s, int32_t& id) {
+  s = 0.f;
+  id = 0;
+  if (k0 == 0) return 0;
+  const size_t o = (size_t)row * K + (k0 - 1);
+  id = ids[o];
+  s = scores[o];
+  return id == 0 ? 2 : 1;
+}
+
 // Merges up to 64 candidates, two per lane ((s0, i0) if v0, (s1, i1) if v1), into the list
 // ls/li of cnt entries sorted best first, keeping the best kKMax; returns the new count.
 // Called by all 32 lanes of a warp with the same cnt.  Requires every candidate id to
@@ -204,12 +218,7 @@ topk_partial_kernel(float* ws_s, int32_t* ws_i, const float* h, const float* E,
     if (row < B) {
       e0 = excl_off[row];
       e1 = excl_off[row + 1];
-      if (k0 > 0) {
-        const size_t o = (size_t)row * K + (k0 - 1);
-        id = ids[o];
-        s = scores[o];
-        md = id == 0 ? 2 : 1;
-      }
+      md = pass_bound(ids, scores, row, K, k0, s, id);
     }
     mode[r] = md;
     bound_s[r] = s;
@@ -379,12 +388,7 @@ partial_kernel(float* __restrict__ ws_s, int32_t* __restrict__ ws_i, const float
     const int row = row0 + tid;
     e0 = excl_off[row];
     e1 = excl_off[row + 1];
-    if (k0 > 0) {
-      const size_t o = (size_t)row * K + (k0 - 1);
-      bnd_i = ids[o];
-      bnd_s = scores[o];
-      mode = bnd_i == 0 ? 2 : 1;
-    }
+    mode = pass_bound(ids, scores, row, K, k0, bnd_s, bnd_i);
   }
 
   const int n_tiles = (V + kBN - 1) / kBN;

@@ -23,8 +23,8 @@ def test_cuda_status_is_reported():
     assert info["cuda"].startswith(("compiled", "not compiled"))
 
 
-def _pair(loss, seed=5):
-    cfg = dict(GOLDEN, loss=loss)
+def _pair(loss, seed=5, **extra):
+    cfg = dict(GOLDEN, loss=loss, **extra)
     cpu, gpu = CORE.Model(cfg, "cpu"), CORE.Model(cfg, "cuda")
     rng = np.random.default_rng(seed)
     params = (cpu.get_params() + 0.1 * rng.standard_normal(cpu.n_params)).astype(np.float32)
@@ -236,15 +236,7 @@ def test_bf16_training_step_matches_the_cpu_twin(loss):
     """precision="bf16" on the GPU (cuBLAS on bf16 operands, fp32 sums) against the CPU's
     bf16 twin (the same rounding before an fp32 GEMM): the loss and the gradients agree far
     closer than either agrees with fp32."""
-    cfg = dict(GOLDEN, loss=loss, precision="bf16")
-    cpu, gpu = CORE.Model(cfg, "cpu"), CORE.Model(cfg, "cuda")
-    rng = np.random.default_rng(9)
-    params = (cpu.get_params() + 0.1 * rng.standard_normal(cpu.n_params)).astype(np.float32)
-    cpu.set_params(params)
-    gpu.set_params(params)
-    items = np.concatenate(SEQUENCES).astype(np.int32)
-    offsets = np.concatenate([[0], np.cumsum([len(s) for s in SEQUENCES])]).astype(np.int64)
-    b = cpu.build_batch(items, offsets, np.arange(len(SEQUENCES), dtype=np.int64), 3)
+    _, cpu, gpu, _, b = _pair(loss, seed=9, precision="bf16")
     args = (b["items"], b["targets"], b["pos"], b["cu"], b["negatives"])
     l_cpu = cpu.forward_backward(*args, train=True, grad=True, step=3)
     l_gpu = gpu.forward_backward(*args, train=True, grad=True, step=3)

@@ -12,6 +12,8 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fastsasrec import _core
+
 _INT_KINDS = "iu"
 
 
@@ -68,28 +70,19 @@ def _check_item(x: Any, where: str) -> None:
 
 
 def _flatten_plain_lists(seqs: List[Any]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """The common case, fast: lists of Python ints (or lists of str).  None otherwise, for
-    the general path to convert or to name the bad entry."""
-    if not seqs or set(map(type, seqs)) != {list}:
+    """The common cases, fast: lists of Python ints (read in C++) or lists of str.  None
+    otherwise, for the general path to convert or to name the bad entry."""
+    if not seqs:
         return None
-    from fastsasrec import _core  # (data.py itself loads without the engine)
-
-    ints = _core.flatten_int_lists(seqs)
-    if ints is not None:
+    ints = _core.flatten_int_lists(seqs)  # None unless every session is a list of ints
+    if ints is not None or set(map(type, seqs)) != {list}:
         return ints
-    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
-    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
     flat = list(chain.from_iterable(seqs))
-    kinds = set(map(type, flat))
-    try:
-        if kinds == {int}:
-            return np.fromiter(flat, dtype=np.int64, count=len(flat)), offsets
-    except OverflowError:
+    if set(map(type, flat)) != {str}:
         return None
-    if kinds == {str}:
-        return np.array(flat, dtype=str), offsets
-    return None
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs)), out=offsets[1:])
+    return np.array(flat, dtype=str), offsets
 
 
 def flatten_sequences(sequences: Any, name: str = "sequences") -> Tuple[np.ndarray, np.ndarray]:
