@@ -485,14 +485,7 @@ double Model::train_epoch(const int32_t* items, const int64_t* offsets, int64_t 
   // The buffer is kept between epochs (an allocation and its release would each wait for
   // the device).
   const size_t cap = std::max<size_t>(size_t(1) << 22, (size_t)cfg_.batch_size * (cfg_.max_seq + 1));
-  if (loss_cap_ < cap) {
-    if (loss_buf_) be_->release(loss_buf_);
-    loss_buf_ = nullptr;
-    loss_cap_ = 0;
-    loss_buf_ = static_cast<float*>(be_->alloc(cap * sizeof(float)));
-    loss_cap_ = cap;
-  }
-  float* losses = loss_buf_;
+  float* losses = static_cast<float*>(grow(loss_buf_, loss_cap_, cap * sizeof(float)));
   size_t used = 0;
   double loss_sum = 0.0;
   int64_t rows = 0;
@@ -559,15 +552,16 @@ int64_t Model::forward_chunk() const {
   return std::max<int64_t>(1, (int64_t)be_->inference_rows() / cfg_.max_seq);
 }
 
-void* Model::score_scratch(size_t bytes) {
-  if (bytes > score_cap_) {
-    if (score_buf_) be_->release(score_buf_);
-    score_buf_ = nullptr;
-    score_cap_ = 0;
-    score_buf_ = be_->alloc(bytes);
-    score_cap_ = bytes;
+// Backend memory of at least `bytes` in buf (capacity cap), reallocated only to grow.
+void* Model::grow(void*& buf, size_t& cap, size_t bytes) {
+  if (bytes > cap) {
+    if (buf) be_->release(buf);
+    buf = nullptr;
+    cap = 0;
+    buf = be_->alloc(bytes);
+    cap = bytes;
   }
-  return score_buf_;
+  return buf;
 }
 
 std::vector<float> Model::session_states(const int32_t* items, const int64_t* offsets, int64_t B) {
@@ -608,7 +602,7 @@ void Model::recommend(const int32_t* items, const int64_t* offsets, int64_t B, i
     const int64_t ne = off_local[nb];
     const size_t sz_h = aligned((size_t)nb * C * 4), sz_out = aligned((size_t)nb * K * 4),
                  sz_off = aligned((size_t)(nb + 1) * 8), sz_ex = aligned((size_t)std::max<int64_t>(ne, 1) * 4);
-    char* base = (char*)score_scratch(sz_h + 2 * sz_out + sz_off + sz_ex);
+    char* base = (char*)grow(score_buf_, score_cap_, sz_h + 2 * sz_out + sz_off + sz_ex);
     float* dh = (float*)base;
     int32_t* dids = (int32_t*)(base + sz_h);
     float* dsc = (float*)(base + sz_h + sz_out);
@@ -648,7 +642,7 @@ void Model::recommend_resident(const int32_t* items, int64_t B, int L, const int
   for (int64_t b0 = 0; b0 < B; b0 += kScoreChunk) {
     const int64_t b1 = std::min(B, b0 + kScoreChunk), nb = b1 - b0;
     const size_t sz_h = aligned((size_t)nb * C * 4);
-    char* base = (char*)score_scratch(sz_h + aligned((size_t)(nb + 1) * 8));
+    char* base = (char*)grow(score_buf_, score_cap_, sz_h + aligned((size_t)(nb + 1) * 8));
     float* dh = (float*)base;
     int64_t* doff = (int64_t*)(base + sz_h);
     for (int64_t f0 = b0; f0 < b1; f0 += fchunk) {

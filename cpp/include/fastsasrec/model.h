@@ -109,7 +109,7 @@ class Model {
                     HostBatch& hb, Acts& a);
   Layer layer(float* base, int l) const;
   int64_t forward_chunk() const;
-  void* score_scratch(size_t bytes);  // backend memory for recommend, grown on demand
+  void* grow(void*& buf, size_t& cap, size_t bytes);  // backend scratch, grown on demand
 
   static constexpr int kLayerTensors = 14;
   std::vector<size_t> layer_off_;
@@ -122,7 +122,7 @@ class Model {
   std::unique_ptr<Acts> train_acts_, infer_acts_;
   void* score_buf_ = nullptr;
   size_t score_cap_ = 0;
-  float* loss_buf_ = nullptr;  // per-row losses of an epoch, summed on the host when full
+  void* loss_buf_ = nullptr;  // per-row losses of an epoch, summed on the host when full
   size_t loss_cap_ = 0;
   mutable std::mutex mu_;  // guards the arenas and parameters across public calls
   int64_t step_ = 0;       // optimizer steps taken (AdamW's t, and dropout streams)
