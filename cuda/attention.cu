@@ -11,11 +11,18 @@
 //             with Pd = dropout_p(P), dP = dropout_p'(dO_h V_h^T), dS = P * (dP - delta)
 //   attention_last_forward: inference, one query per sequence (its last row), no dropout
 // Dropout counter of (query row i, head h, key row j) is (i * H + h) * T + (j - start).
-// Blocks: grid (B*H, ceil(T / 8)), 256 threads; block (s*H + h, y) owns the 8 rows
-// 8y .. 8y+7 of sequence s (one row per warp) and streams the other side through shared
-// memory in 32-row tiles (one row per lane).  Every output row has exactly one owning warp:
-// no atomics, no T x T matrix in global memory, results independent of the schedule.
-// Limits: D <= 128 (each lane holds 4 of a row's D columns), T <= 512.
+//
+// Training kernels: grid (B*H, ceil(T / BM)), 256 threads as 16 x 16.  Block (s*H + h, y)
+// owns the BM rows BM*y .. BM*y + BM-1 of sequence s (queries for the forward and the
+// query side, keys for the key side) and streams the other side through shared memory in
+// BM-row tiles.  Each BM x BM score tile lives in registers, RA x RA per thread (thread
+// (ty, tx) holds tile rows ty + 16a and columns tx + 16b), and each product reads two
+// shared values per RA*RA/2 multiply-adds; probabilities pass through shared memory once
+// on their way to the P.V-style product, where the thread holds its RA rows x NC columns
+// (tx + 16c) of the output.  BM = 16*RA is 64, or 32 where 64 does not fit the device's
+// shared memory (D > 64 on cards with under 160 KB a block).  Every output row has one
+// owning block: no atomics, no T x T matrix in global memory, results independent of the
+// schedule.  Limits: D <= 128, T <= 512.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -29,218 +36,195 @@ namespace fsr::cuda {
 
 namespace {
 
-constexpr int kMaxT = 512;                  // longest sequence supported
-constexpr int kMaxD = 128;                  // widest head supported
-constexpr int kWarps = 8;                   // rows owned per block, one per warp
-constexpr int kThreads = kWarps * 32;
-constexpr int kTile = 32;                   // rows per staged tile, one per lane
-constexpr int kDimsPerLane = kMaxD / 32;    // lane l holds columns l, l+32, l+64, l+96
+constexpr int kMaxT = 512;      // longest sequence supported
+constexpr int kMaxD = 128;      // widest head supported
+constexpr int kThreads = 256;   // 16 x 16
 constexpr unsigned kFull = 0xffffffffu;
 
-// Row stride of a tile read one row per lane: odd, so that the 32 lanes reading column d
-// of 32 consecutive rows hit 32 different banks.
-__host__ __device__ inline int padded(int D) { return D | 1; }
+// ---------------------------------------------------------------------------------------
+// Tiles.  A row tile holds BM rows of one head, 16*NC columns (zero beyond D and beyond the
+// sequence's end), row-major with the odd stride 16*NC + 1: the 16 lanes reading column d
+// of rows tx, tx+16, .. hit 16 different banks.  A score tile is BM x BM, stride BM + 1.
 
-__device__ __forceinline__ float dot(const float* a, const float* b, int D) {
-  float acc = 0.f;
-  for (int d = 0; d < D; ++d) acc = fmaf(a[d], b[d], acc);
-  return acc;
+template <int NC>
+__host__ __device__ constexpr int row_ld() { return 16 * NC + 1; }
+template <int RA>
+__host__ __device__ constexpr int score_ld() { return 16 * RA + 1; }
+
+// dst = rows r0 .. r0 + rows - 1 of src (already at the sequence's first row and the
+// head's first column); rows >= end and columns >= D are zero.  Whole block.
+template <int NC>
+__device__ __forceinline__ void load_tile(float* dst, const float* src, int ld_src, int r0,
+                                          int rows, int end, int D) {
+  constexpr int W = 16 * NC, ld = row_ld<NC>();
+  for (int idx = threadIdx.x; idx < rows * W; idx += kThreads) {
+    const int r = idx / W, d = idx - r * W;
+    const int row = r0 + r;
+    dst[r * ld + d] = (row < end && d < D) ? src[(size_t)row * ld_src + d] : 0.f;
+  }
 }
 
-// dst[r * ld_dst + d] = src[(r0 + r) * ld_src + d] for r < rows, d < D; rows r0 + r >= end
-// are zero-filled (so that masked products never meet uninitialised memory).  src already
-// points at the sequence's first row and the head's first column.  Whole block.
-__device__ __forceinline__ void load_rows(float* dst, int ld_dst, const float* src, int ld_src,
-                                          int r0, int rows, int end, int D) {
-  for (int idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
-    const int r = idx / D, d = idx - r * D;
-    const int row = r0 + r;
-    dst[r * ld_dst + d] = row < end ? src[(size_t)row * ld_src + d] : 0.f;
+// acc[a][b] += A[ty + 16a] . B[tx + 16b] over the first D columns (two row tiles).
+template <int RA, int NC>
+__device__ __forceinline__ void tile_dot(float (&acc)[RA][RA], const float* A, const float* B,
+                                         int D) {
+  constexpr int ld = row_ld<NC>();
+  const float* a0 = A + (threadIdx.x >> 4) * ld;
+  const float* b0 = B + (threadIdx.x & 15) * ld;
+#pragma unroll 4
+  for (int d = 0; d < D; ++d) {
+    float av[RA], bv[RA];
+#pragma unroll
+    for (int a = 0; a < RA; ++a) av[a] = a0[16 * a * ld + d];
+#pragma unroll
+    for (int b = 0; b < RA; ++b) bv[b] = b0[16 * b * ld + d];
+#pragma unroll
+    for (int a = 0; a < RA; ++a)
+#pragma unroll
+      for (int b = 0; b < RA; ++b) acc[a][b] = fmaf(av[a], bv[b], acc[a][b]);
+  }
+}
+
+// acc[a][c] += sum_{k < kn} P[ty + 16a][k] * X[k][tx + 16c]  (P a score tile, X a row tile).
+template <int RA, int NC>
+__device__ __forceinline__ void tile_mul(float (&acc)[RA][NC], const float* P, const float* X,
+                                         int kn) {
+  constexpr int ldp = score_ld<RA>(), ld = row_ld<NC>();
+  const float* p0 = P + (threadIdx.x >> 4) * ldp;
+  const float* x0 = X + (threadIdx.x & 15);
+#pragma unroll 4
+  for (int k = 0; k < kn; ++k) {
+    float pv[RA], xv[NC];
+#pragma unroll
+    for (int a = 0; a < RA; ++a) pv[a] = p0[16 * a * ldp + k];
+#pragma unroll
+    for (int c = 0; c < NC; ++c) xv[c] = x0[k * ld + 16 * c];
+#pragma unroll
+    for (int a = 0; a < RA; ++a)
+#pragma unroll
+      for (int c = 0; c < NC; ++c) acc[a][c] = fmaf(pv[a], xv[c], acc[a][c]);
+  }
+}
+
+// Max / sum over the 16 lanes that share a tile row (lanes 0-15 or 16-31 of a warp).
+__device__ __forceinline__ float row_max16(float v) {
+  for (int o = 8; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
+  return v;
+}
+__device__ __forceinline__ float row_sum16(float v) {
+  for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+  return v;
+}
+
+// Writes rows q0 + ty + 16a (< n) of a thread's output block: out[row][tx + 16c] = acc * f.
+template <int RA, int NC>
+__device__ __forceinline__ void store_rows(float* out, int ld_out, const float (&acc)[RA][NC],
+                                           const float (&f)[RA], int q0, int n, int D) {
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+#pragma unroll
+  for (int a = 0; a < RA; ++a) {
+    const int i = q0 + ty + 16 * a;
+    if (i >= n) continue;
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+      const int d = tx + 16 * c;
+      if (d < D) out[(size_t)i * ld_out + d] = acc[a][c] * f[a];
+    }
   }
 }
 
 // ---------------------------------------------------------------------------------------
-// Forward.  kLast = false (attention_forward): grid (B*H, ceil(T / kWarps)), kThreads
-// threads.  Warp w of block (s*H + h, y) owns query row i = y*kWarps + w of sequence s
-// (local index); lane l scores key j0 + l of each 32-row K/V tile with j0 <= i, online
-// softmax across tiles.   O(R, H*D) =,  lse(R, H) =.
-// kLast = true (attention_last_forward): grid (B*H, 1), 32 threads.  The one query, row s
-// of Q(B, ldq), attends to all n rows of sequence s (i = n - 1).  O(B, H*D) =, no lse,
-// no dropout.
-// Shared: Qs[nw * D] | Ks[kTile * padded(D)] | Vs[kTile * D]   (nw = warps per block)
-template <bool kLast>
+// Forward: block (s*H + h, y) owns query rows q0 = BM*y .. q0 + BM - 1 and walks the key
+// tiles j0 = 0, BM, .. up to its last row, keeping each row's running max m and sum l.
+//   O(R, H*D) =,  lse(R, H) =
+// Shared: Qs | Ks | Vs (row tiles) | Ps (score tile)
+template <int RA, int NC>
 __global__ void __launch_bounds__(kThreads)
     attention_forward_kernel(float* O, float* lse, const float* Q, int ldq, const float* K,
                              const float* V, int ldkv, const int32_t* cu, int H, int D, int T,
                              float scale, bool dropout, uint32_t thr, float inv_keep,
                              uint64_t key) {
+  constexpr int BM = 16 * RA, ld = row_ld<NC>(), lds = score_ld<RA>();
   extern __shared__ float smem[];
-  const int task = blockIdx.x;
-  const int s = task / H, h = task - s * H;
+  const int s = blockIdx.x / H, h = blockIdx.x - s * H;
   const int st = cu[s], n = cu[s + 1] - st;
-  const int nw = blockDim.x >> 5;
-  int q0, nq;  // this block's query rows: q0 .. q0 + nq - 1 (local indices)
-  if (kLast) {
-    if (n <= 0) return;
-    q0 = n - 1;
-    nq = 1;
-  } else {
-    q0 = blockIdx.y * nw;
-    if (q0 >= n) return;  // whole block
-    nq = min(nw, n - q0);
-  }
-  const int sp = padded(D), hD = h * D, ldo = H * D;
-  float* Qs = smem;
-  float* Ks = Qs + nw * D;
-  float* Vs = Ks + kTile * sp;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-
-  if (kLast)
-    load_rows(Qs, D, Q + (size_t)s * ldq + hD, ldq, 0, 1, 1, D);
-  else
-    load_rows(Qs, D, Q + (size_t)st * ldq + hD, ldq, q0, nw, n, D);
-
-  const float* Kb = K + (size_t)st * ldkv + hD;
-  const float* Vb = V + (size_t)st * ldkv + hD;
-  const int i = q0 + warp;            // this warp's query row
-  const bool active = warp < nq;      // warp-uniform
-  const int kv_end = q0 + nq;         // keys 0 .. kv_end - 1 are seen by this block
-  const uint64_t base = ((uint64_t)(st + i) * H + h) * (uint64_t)T;
-  float m = -INFINITY, l = 0.f;
-  float acc[kDimsPerLane];
-#pragma unroll
-  for (int k = 0; k < kDimsPerLane; ++k) acc[k] = 0.f;
-
-  for (int j0 = 0; j0 < kv_end; j0 += kTile) {
-    __syncthreads();  // the previous tile is consumed (and Qs is written)
-    load_rows(Ks, sp, Kb, ldkv, j0, kTile, kv_end, D);
-    load_rows(Vs, D, Vb, ldkv, j0, kTile, kv_end, D);
-    __syncthreads();
-    if (active && j0 <= i) {  // warp-uniform; key j0 is visible, so the tile max is finite
-      const int j = j0 + lane;
-      const bool vis = j <= i;  // i < n, so j < n too
-      const float sc = vis ? dot(Qs + warp * D, Ks + lane * sp, D) * scale : -INFINITY;
-      const float m_new = fmaxf(m, warp_max(sc));
-      const float corr = expf(m - m_new);  // 0 on the first tile (m = -inf)
-      float e = vis ? expf(sc - m_new) : 0.f;
-      l = l * corr + warp_sum(e);
-      if (dropout && vis) e *= keep_scale(key, base + (uint64_t)j, thr, inv_keep);
-      m = m_new;
-#pragma unroll
-      for (int k = 0; k < kDimsPerLane; ++k) acc[k] *= corr;
-      const int jn = min(kTile, i - j0 + 1);  // visible keys of this tile
-      for (int jj = 0; jj < jn; ++jj) {
-        const float pj = __shfl_sync(kFull, e, jj);
-        const float* vrow = Vs + jj * D;
-#pragma unroll
-        for (int k = 0; k < kDimsPerLane; ++k) {
-          const int d = lane + 32 * k;
-          if (d < D) acc[k] = fmaf(pj, vrow[d], acc[k]);
-        }
-      }
-    }
-  }
-
-  if (active) {
-    const float inv_l = 1.f / l;
-    float* orow = kLast ? O + (size_t)s * ldo + hD : O + (size_t)(st + i) * ldo + hD;
-#pragma unroll
-    for (int k = 0; k < kDimsPerLane; ++k) {
-      const int d = lane + 32 * k;
-      if (d < D) orow[d] = acc[k] * inv_l;
-    }
-    if (!kLast && lane == 0) lse[(size_t)(st + i) * H + h] = m + logf(l);
-  }
-}
-
-// ---------------------------------------------------------------------------------------
-// Backward, query side: grid (B*H, ceil(T / kWarps)), kThreads threads.  Warp w of block
-// (s*H + h, y) owns query row i = y*kWarps + w of sequence s; lane l takes key j0 + l of
-// each 32-row K/V tile with j0 <= i.  P_ij = exp(scale Q_i.K_j - lse_i),
-// dP_ij = mask_ij * (dO_i . V_j).
-//   dQ_i = scale * sum_{j<=i} P_ij (dP_ij - delta_i) K_j, delta_i read back from
-//   dQ(i, h*D) where kernel 1 left it;   dQ(R, ldq) =
-// Shared: Qs[nw * D] | dOs[nw * D] | Ks[kTile * padded(D)] | Vs[kTile * padded(D)]
-__global__ void __launch_bounds__(kThreads)
-    attention_backward_query_kernel(float* dQ, const float* dO, const float* Q, int ldq,
-                                    const float* K, const float* V, int ldkv, const float* lse,
-                                    const int32_t* cu, int H, int D, int T, float scale,
-                                    bool dropout, uint32_t thr, float inv_keep, uint64_t key) {
-  extern __shared__ float smem[];
-  const int task = blockIdx.x;
-  const int s = task / H, h = task - s * H;
-  const int st = cu[s], n = cu[s + 1] - st;
-  const int nw = blockDim.x >> 5;
-  const int q0 = blockIdx.y * nw;
+  const int q0 = blockIdx.y * BM;
   if (q0 >= n) return;  // whole block
-  const int nq = min(nw, n - q0);
-  const int sp = padded(D), hD = h * D, ldo = H * D;
   float* Qs = smem;
-  float* dOs = Qs + nw * D;
-  float* Ks = dOs + nw * D;
-  float* Vs = Ks + kTile * sp;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float* Ks = Qs + BM * ld;
+  float* Vs = Ks + BM * ld;
+  float* Ps = Vs + BM * ld;
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+  const int hD = h * D, ldo = H * D;
+  load_tile<NC>(Qs, Q + (size_t)st * ldq + hD, ldq, q0, BM, n, D);
 
-  load_rows(Qs, D, Q + (size_t)st * ldq + hD, ldq, q0, nw, n, D);
-  load_rows(dOs, D, dO + (size_t)st * ldo + hD, ldo, q0, nw, n, D);
-
-  const float* Kb = K + (size_t)st * ldkv + hD;
-  const float* Vb = V + (size_t)st * ldkv + hD;
-  const int i = q0 + warp;
-  const bool active = warp < nq;  // warp-uniform
-  const int kv_end = q0 + nq;
-  const uint64_t base = ((uint64_t)(st + i) * H + h) * (uint64_t)T;
-  float lse_i = 0.f, delta = 0.f;
-  if (active) {
-    lse_i = lse[(size_t)(st + i) * H + h];
-    // Only lane 0 reads the scratch element, and lane 0 is also the one that overwrites it
-    // at the end, so the read precedes the write in program order.
-    delta = __shfl_sync(kFull, lane == 0 ? dQ[(size_t)(st + i) * ldq + hD] : 0.f, 0);
-  }
-  float acc[kDimsPerLane];
+  float m[RA], l[RA], o[RA][NC];
 #pragma unroll
-  for (int k = 0; k < kDimsPerLane; ++k) acc[k] = 0.f;
-
-  for (int j0 = 0; j0 < kv_end; j0 += kTile) {
+  for (int a = 0; a < RA; ++a) {
+    m[a] = -INFINITY;
+    l[a] = 0.f;
+#pragma unroll
+    for (int c = 0; c < NC; ++c) o[a][c] = 0.f;
+  }
+  const int kv_end = min(q0 + BM, n);  // keys this block's rows can see
+  for (int j0 = 0; j0 < kv_end; j0 += BM) {
+    __syncthreads();  // the previous tile's readers are done (and Qs is written)
+    load_tile<NC>(Ks, K + (size_t)st * ldkv + hD, ldkv, j0, BM, n, D);
+    load_tile<NC>(Vs, V + (size_t)st * ldkv + hD, ldkv, j0, BM, n, D);
     __syncthreads();
-    load_rows(Ks, sp, Kb, ldkv, j0, kTile, kv_end, D);
-    load_rows(Vs, sp, Vb, ldkv, j0, kTile, kv_end, D);
-    __syncthreads();
-    if (active && j0 <= i) {  // warp-uniform
-      const int j = j0 + lane;
-      float g = 0.f;  // dS
-      if (j <= i) {
-        const float pr = expf(dot(Qs + warp * D, Ks + lane * sp, D) * scale - lse_i);
-        float dp = dot(dOs + warp * D, Vs + lane * sp, D);
-        if (dropout) dp *= keep_scale(key, base + (uint64_t)j, thr, inv_keep);
-        g = pr * (dp - delta);
-      }
-      const int jn = min(kTile, i - j0 + 1);
-      for (int jj = 0; jj < jn; ++jj) {
-        const float gj = __shfl_sync(kFull, g, jj);
-        const float* krow = Ks + jj * sp;
+    float sc[RA][RA];
 #pragma unroll
-        for (int k = 0; k < kDimsPerLane; ++k) {
-          const int d = lane + 32 * k;
-          if (d < D) acc[k] = fmaf(gj, krow[d], acc[k]);
-        }
+    for (int a = 0; a < RA; ++a)
+#pragma unroll
+      for (int b = 0; b < RA; ++b) sc[a][b] = 0.f;
+    tile_dot<RA, NC>(sc, Qs, Ks, D);
+#pragma unroll
+    for (int a = 0; a < RA; ++a) {
+      const int i = q0 + ty + 16 * a;  // rows i >= n are computed and never stored
+      float mx = -INFINITY;
+#pragma unroll
+      for (int b = 0; b < RA; ++b) {
+        const int j = j0 + tx + 16 * b;
+        sc[a][b] = (j <= i && j < n) ? sc[a][b] * scale : -INFINITY;
+        mx = fmaxf(mx, sc[a][b]);
       }
+      // Key j0 <= q0 <= i (and j0 < n) is visible to every row, so m_new is finite.
+      const float m_new = fmaxf(m[a], row_max16(mx));
+      const float corr = expf(m[a] - m_new);  // 0 on the first tile (m = -inf)
+      const uint64_t base = ((uint64_t)(st + i) * H + h) * (uint64_t)T;
+      float sum = 0.f;
+#pragma unroll
+      for (int b = 0; b < RA; ++b) {
+        const int j = j0 + tx + 16 * b;
+        float e = expf(sc[a][b] - m_new);  // 0 where masked
+        sum += e;
+        if (dropout) e *= keep_scale(key, base + (uint64_t)j, thr, inv_keep);
+        Ps[(ty + 16 * a) * lds + tx + 16 * b] = e;
+      }
+      l[a] = l[a] * corr + row_sum16(sum);
+      m[a] = m_new;
+#pragma unroll
+      for (int c = 0; c < NC; ++c) o[a][c] *= corr;
     }
+    __syncthreads();
+    tile_mul<RA, NC>(o, Ps, Vs, min(BM, n - j0));
   }
 
-  if (active) {
-    float* qrow = dQ + (size_t)(st + i) * ldq + hD;
+  float inv_l[RA];
 #pragma unroll
-    for (int k = 0; k < kDimsPerLane; ++k) {
-      const int d = lane + 32 * k;
-      if (d < D) qrow[d] = acc[k] * scale;
+  for (int a = 0; a < RA; ++a) inv_l[a] = 1.f / l[a];
+  store_rows<RA, NC>(O + (size_t)st * ldo + hD, ldo, o, inv_l, q0, n, D);
+  if (tx == 0)
+#pragma unroll
+    for (int a = 0; a < RA; ++a) {
+      const int i = q0 + ty + 16 * a;
+      if (i < n) lse[(size_t)(st + i) * H + h] = m[a] + logf(l[a]);
     }
-  }
 }
 
 // ---------------------------------------------------------------------------------------
-// Backward, kernel 1: delta_i = dO_i . O_i for head h, one warp per (row, head) on the
-// grid of the other kernels; written to dQ(i, h*D) as scratch for kernels 2 and 3.
+// Backward, kernel 1: delta_i = dO_i . O_i for head h, one warp per (row, head); written
+// to dQ(i, h*D) as scratch for kernels 2 and 3.  Grid (B*H, ceil(T / 8)), 256 threads.
 __global__ void __launch_bounds__(kThreads)
     attention_delta_kernel(float* dQ, int ldq, const float* dO, const float* O,
                            const int32_t* cu, int H, int D) {
@@ -259,112 +243,334 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------
-// Backward, key side (pass 2): grid (B*H, ceil(T / kWarps)), kThreads threads.  Warp w of
-// block (s*H + h, y) owns key row j = y*kWarps + w of sequence s; lane l takes query
-// i0 + l of each 32-row Q/dO tile, i0 = k0, k0 + 32, .. (k0 = y*kWarps), queries i >= j.
+// Backward, key side (kernel 2): block (s*H + h, y) owns key rows k0 = BM*y .. k0 + BM - 1
+// and walks the query tiles i0 = k0, k0 + BM, .. (queries i >= j).  Score tiles are
+// transposed: rows are keys, columns queries.
 //   mask_ij = dropout multiplier of counter ((st + i) * H + h) * T + j
 //   Pd_ij = mask_ij P_ij;  dS_ij = P_ij (mask_ij (dO_i . V_j) - delta_i)
 //   dV_j = sum_{i>=j} Pd_ij dO_i;  dK_j = scale * sum_{i>=j} dS_ij Q_i    dK, dV(R, ldkv) =
 // delta_i is read from dQ(i, h*D), where kernel 1 left it.
-// Shared: Ks[nw * D] | Vs[nw * D] | Qs[kTile * padded(D)] | dOs[kTile * padded(D)]
-//         | lse_t[kTile] | delta_t[kTile]
+// Shared: Ks | Vs | Qs | dOs (row tiles) | Pds | dSs (score tiles) | lse_t | delta_t
+template <int RA, int NC>
 __global__ void __launch_bounds__(kThreads)
     attention_backward_key_kernel(float* dK, float* dV, const float* delta_src, const float* dO,
                                   const float* Q, int ldq, const float* K, const float* V,
                                   int ldkv, const float* lse, const int32_t* cu, int H, int D,
                                   int T, float scale, bool dropout, uint32_t thr, float inv_keep,
                                   uint64_t key) {
+  constexpr int BM = 16 * RA, ld = row_ld<NC>(), lds = score_ld<RA>();
   extern __shared__ float smem[];
-  const int task = blockIdx.x;
-  const int s = task / H, h = task - s * H;
+  const int s = blockIdx.x / H, h = blockIdx.x - s * H;
   const int st = cu[s], n = cu[s + 1] - st;
-  const int nw = blockDim.x >> 5;
-  const int k0 = blockIdx.y * nw;
+  const int k0 = blockIdx.y * BM;
   if (k0 >= n) return;  // whole block
-  const int nk = min(nw, n - k0);
-  const int sp = padded(D), hD = h * D, ldo = H * D;
   float* Ks = smem;
-  float* Vs = Ks + nw * D;
-  float* Qs = Vs + nw * D;
-  float* dOs = Qs + kTile * sp;
-  float* lse_t = dOs + kTile * sp;
-  float* delta_t = lse_t + kTile;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float* Vs = Ks + BM * ld;
+  float* Qs = Vs + BM * ld;
+  float* dOs = Qs + BM * ld;
+  float* Pds = dOs + BM * ld;
+  float* dSs = Pds + BM * lds;
+  float* lse_t = dSs + BM * lds;
+  float* delta_t = lse_t + BM;
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+  const int hD = h * D, ldo = H * D;
+  load_tile<NC>(Ks, K + (size_t)st * ldkv + hD, ldkv, k0, BM, n, D);
+  load_tile<NC>(Vs, V + (size_t)st * ldkv + hD, ldkv, k0, BM, n, D);
 
-  load_rows(Ks, D, K + (size_t)st * ldkv + hD, ldkv, k0, nw, n, D);
-  load_rows(Vs, D, V + (size_t)st * ldkv + hD, ldkv, k0, nw, n, D);
-
-  const float* Qb = Q + (size_t)st * ldq + hD;
-  const float* dOb = dO + (size_t)st * ldo + hD;
-  const int j = k0 + warp;
-  const bool active = warp < nk;  // warp-uniform
-  float accK[kDimsPerLane], accV[kDimsPerLane];
+  float accK[RA][NC], accV[RA][NC];
 #pragma unroll
-  for (int k = 0; k < kDimsPerLane; ++k) accK[k] = accV[k] = 0.f;
+  for (int a = 0; a < RA; ++a)
+#pragma unroll
+    for (int c = 0; c < NC; ++c) accK[a][c] = accV[a][c] = 0.f;
 
-  for (int i0 = k0; i0 < n; i0 += kTile) {
-    __syncthreads();
-    load_rows(Qs, sp, Qb, ldq, i0, kTile, n, D);
-    load_rows(dOs, sp, dOb, ldo, i0, kTile, n, D);
-    if (threadIdx.x < kTile) {
-      const int i = i0 + (int)threadIdx.x;
-      lse_t[threadIdx.x] = i < n ? lse[(size_t)(st + i) * H + h] : 0.f;
-      delta_t[threadIdx.x] = i < n ? delta_src[(size_t)(st + i) * ldq + hD] : 0.f;
+  for (int i0 = k0; i0 < n; i0 += BM) {
+    __syncthreads();  // the previous tile's readers are done
+    load_tile<NC>(Qs, Q + (size_t)st * ldq + hD, ldq, i0, BM, n, D);
+    load_tile<NC>(dOs, dO + (size_t)st * ldo + hD, ldo, i0, BM, n, D);
+    for (int r = threadIdx.x; r < BM; r += kThreads) {
+      const int i = i0 + r;
+      lse_t[r] = i < n ? lse[(size_t)(st + i) * H + h] : 0.f;
+      delta_t[r] = i < n ? delta_src[(size_t)(st + i) * ldq + hD] : 0.f;
     }
     __syncthreads();
-    if (active) {
-      const int i = i0 + lane;
-      float pd = 0.f, ds = 0.f;
-      if (i >= j && i < n) {
-        const float pr = expf(dot(Qs + lane * sp, Ks + warp * D, D) * scale - lse_t[lane]);
-        const float dpv = dot(dOs + lane * sp, Vs + warp * D, D);
-        const float mk =
-            dropout ? keep_scale(key, ((uint64_t)(st + i) * H + h) * (uint64_t)T + (uint64_t)j,
-                                 thr, inv_keep)
-                    : 1.f;
-        pd = pr * mk;
-        ds = pr * (dpv * mk - delta_t[lane]);
-      }
-      const int ii0 = max(0, j - i0), iin = min(kTile, n - i0);  // queries j .. n-1 of the tile
-      for (int ii = ii0; ii < iin; ++ii) {
-        const float a = __shfl_sync(kFull, pd, ii);
-        const float b = __shfl_sync(kFull, ds, ii);
-        const float* orow = dOs + ii * sp;
-        const float* qrow = Qs + ii * sp;
+    float sc[RA][RA], dp[RA][RA];
 #pragma unroll
-        for (int k = 0; k < kDimsPerLane; ++k) {
-          const int d = lane + 32 * k;
-          if (d < D) {
-            accV[k] = fmaf(a, orow[d], accV[k]);
-            accK[k] = fmaf(b, qrow[d], accK[k]);
-          }
+    for (int a = 0; a < RA; ++a)
+#pragma unroll
+      for (int b = 0; b < RA; ++b) sc[a][b] = dp[a][b] = 0.f;
+    tile_dot<RA, NC>(sc, Ks, Qs, D);
+    tile_dot<RA, NC>(dp, Vs, dOs, D);
+#pragma unroll
+    for (int a = 0; a < RA; ++a) {
+      const int j = k0 + ty + 16 * a;
+#pragma unroll
+      for (int b = 0; b < RA; ++b) {
+        const int c = tx + 16 * b, i = i0 + c;
+        float pd = 0.f, ds = 0.f;
+        if (i >= j && i < n && j < n) {
+          const float pr = expf(sc[a][b] * scale - lse_t[c]);
+          const float mk =
+              dropout ? keep_scale(key, ((uint64_t)(st + i) * H + h) * (uint64_t)T + (uint64_t)j,
+                                   thr, inv_keep)
+                      : 1.f;
+          pd = pr * mk;
+          ds = pr * (dp[a][b] * mk - delta_t[c]);
         }
+        Pds[(ty + 16 * a) * lds + c] = pd;
+        dSs[(ty + 16 * a) * lds + c] = ds;
       }
     }
+    __syncthreads();
+    const int kn = min(BM, n - i0);
+    tile_mul<RA, NC>(accV, Pds, dOs, kn);
+    tile_mul<RA, NC>(accK, dSs, Qs, kn);
   }
 
-  if (active) {
-    float* krow = dK + (size_t)(st + j) * ldkv + hD;
-    float* vrow = dV + (size_t)(st + j) * ldkv + hD;
+  float one[RA], sc_f[RA];
 #pragma unroll
-    for (int k = 0; k < kDimsPerLane; ++k) {
-      const int d = lane + 32 * k;
-      if (d < D) {
-        krow[d] = accK[k] * scale;
-        vrow[d] = accV[k];
+  for (int a = 0; a < RA; ++a) {
+    one[a] = 1.f;
+    sc_f[a] = scale;
+  }
+  store_rows<RA, NC>(dK + (size_t)st * ldkv + hD, ldkv, accK, sc_f, k0, n, D);
+  store_rows<RA, NC>(dV + (size_t)st * ldkv + hD, ldkv, accV, one, k0, n, D);
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward, query side (kernel 3): block (s*H + h, y) owns query rows q0 = BM*y ..
+// q0 + BM - 1 and walks the key tiles up to its last row.  P_ij = exp(scale Q_i.K_j - lse_i),
+// dP_ij = mask_ij * (dO_i . V_j).
+//   dQ_i = scale * sum_{j<=i} P_ij (dP_ij - delta_i) K_j, delta_i read from dQ(i, h*D)
+//   where kernel 1 left it (this block reads its rows' delta before it writes them);
+//   dQ(R, ldq) =
+// Shared: Qs | dOs | Ks | Vs (row tiles) | dSs (score tile) | lse_t | delta_t
+template <int RA, int NC>
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_query_kernel(float* dQ, const float* dO, const float* Q, int ldq,
+                                    const float* K, const float* V, int ldkv, const float* lse,
+                                    const int32_t* cu, int H, int D, int T, float scale,
+                                    bool dropout, uint32_t thr, float inv_keep, uint64_t key) {
+  constexpr int BM = 16 * RA, ld = row_ld<NC>(), lds = score_ld<RA>();
+  extern __shared__ float smem[];
+  const int s = blockIdx.x / H, h = blockIdx.x - s * H;
+  const int st = cu[s], n = cu[s + 1] - st;
+  const int q0 = blockIdx.y * BM;
+  if (q0 >= n) return;  // whole block
+  float* Qs = smem;
+  float* dOs = Qs + BM * ld;
+  float* Ks = dOs + BM * ld;
+  float* Vs = Ks + BM * ld;
+  float* dSs = Vs + BM * ld;
+  float* lse_t = dSs + BM * lds;
+  float* delta_t = lse_t + BM;
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+  const int hD = h * D, ldo = H * D;
+  load_tile<NC>(Qs, Q + (size_t)st * ldq + hD, ldq, q0, BM, n, D);
+  load_tile<NC>(dOs, dO + (size_t)st * ldo + hD, ldo, q0, BM, n, D);
+  for (int r = threadIdx.x; r < BM; r += kThreads) {
+    const int i = q0 + r;
+    lse_t[r] = i < n ? lse[(size_t)(st + i) * H + h] : 0.f;
+    delta_t[r] = i < n ? dQ[(size_t)(st + i) * ldq + hD] : 0.f;
+  }
+
+  float acc[RA][NC];
+#pragma unroll
+  for (int a = 0; a < RA; ++a)
+#pragma unroll
+    for (int c = 0; c < NC; ++c) acc[a][c] = 0.f;
+  const int kv_end = min(q0 + BM, n);
+  for (int j0 = 0; j0 < kv_end; j0 += BM) {
+    __syncthreads();  // the previous tile's readers are done (and Qs, dOs, lse_t, delta_t written)
+    load_tile<NC>(Ks, K + (size_t)st * ldkv + hD, ldkv, j0, BM, n, D);
+    load_tile<NC>(Vs, V + (size_t)st * ldkv + hD, ldkv, j0, BM, n, D);
+    __syncthreads();
+    float sc[RA][RA], dp[RA][RA];
+#pragma unroll
+    for (int a = 0; a < RA; ++a)
+#pragma unroll
+      for (int b = 0; b < RA; ++b) sc[a][b] = dp[a][b] = 0.f;
+    tile_dot<RA, NC>(sc, Qs, Ks, D);
+    tile_dot<RA, NC>(dp, dOs, Vs, D);
+#pragma unroll
+    for (int a = 0; a < RA; ++a) {
+      const int r = ty + 16 * a, i = q0 + r;
+      const uint64_t base = ((uint64_t)(st + i) * H + h) * (uint64_t)T;
+#pragma unroll
+      for (int b = 0; b < RA; ++b) {
+        const int j = j0 + tx + 16 * b;
+        float g = 0.f;  // dS
+        if (j <= i && i < n) {  // i < n, so j < n too
+          const float pr = expf(sc[a][b] * scale - lse_t[r]);
+          float dpv = dp[a][b];
+          if (dropout) dpv *= keep_scale(key, base + (uint64_t)j, thr, inv_keep);
+          g = pr * (dpv - delta_t[r]);
+        }
+        dSs[r * lds + tx + 16 * b] = g;
+      }
+    }
+    __syncthreads();
+    tile_mul<RA, NC>(acc, dSs, Ks, min(BM, n - j0));
+  }
+
+  float f[RA];
+#pragma unroll
+  for (int a = 0; a < RA; ++a) f[a] = scale;
+  store_rows<RA, NC>(dQ + (size_t)st * ldq + hD, ldq, acc, f, q0, n, D);
+}
+
+// ---------------------------------------------------------------------------------------
+// Inference (attention_last_forward): one query per sequence, so one warp per (sequence,
+// head): grid B*H, 32 threads.  The query, row s of Q(B, ldq), attends to all n rows of
+// sequence s; lane l scores key j0 + l of each 32-row K/V tile (online softmax across
+// tiles) and holds columns l, l+32, l+64, l+96 of the output.  O(B, H*D) =
+// Shared: Qs[D] | Ks[32 * (D | 1)] | Vs[32 * D]
+constexpr int kLastTile = 32;
+__host__ __device__ inline int padded(int D) { return D | 1; }
+
+__global__ void __launch_bounds__(32)
+    attention_last_kernel(float* O, const float* Q, int ldq, const float* K, const float* V,
+                          int ldkv, const int32_t* cu, int H, int D, float scale) {
+  extern __shared__ float smem[];
+  const int s = blockIdx.x / H, h = blockIdx.x - s * H;
+  const int st = cu[s], n = cu[s + 1] - st;
+  if (n <= 0) return;
+  const int sp = padded(D), hD = h * D, lane = threadIdx.x;
+  float* Qs = smem;
+  float* Ks = Qs + D;
+  float* Vs = Ks + kLastTile * sp;
+  for (int d = lane; d < D; d += 32) Qs[d] = Q[(size_t)s * ldq + hD + d];
+  const float* Kb = K + (size_t)st * ldkv + hD;
+  const float* Vb = V + (size_t)st * ldkv + hD;
+  constexpr int kDims = kMaxD / 32;
+  float m = -INFINITY, l = 0.f, acc[kDims];
+#pragma unroll
+  for (int k = 0; k < kDims; ++k) acc[k] = 0.f;
+  for (int j0 = 0; j0 < n; j0 += kLastTile) {
+    __syncwarp();  // the previous tile is consumed (and Qs is written)
+    for (int idx = lane; idx < kLastTile * D; idx += 32) {
+      const int r = idx / D, d = idx - r * D, row = j0 + r;
+      Ks[r * sp + d] = row < n ? Kb[(size_t)row * ldkv + d] : 0.f;
+      Vs[r * D + d] = row < n ? Vb[(size_t)row * ldkv + d] : 0.f;
+    }
+    __syncwarp();
+    const int j = j0 + lane;
+    float sc = -INFINITY;
+    if (j < n) {
+      float dot = 0.f;
+      for (int d = 0; d < D; ++d) dot = fmaf(Qs[d], Ks[lane * sp + d], dot);
+      sc = dot * scale;
+    }
+    const float m_new = fmaxf(m, warp_max(sc));  // key j0 < n is visible: finite
+    const float corr = expf(m - m_new);
+    const float e = expf(sc - m_new);
+    l = l * corr + warp_sum(e);
+    m = m_new;
+#pragma unroll
+    for (int k = 0; k < kDims; ++k) acc[k] *= corr;
+    const int jn = min(kLastTile, n - j0);
+    for (int jj = 0; jj < jn; ++jj) {
+      const float pj = __shfl_sync(kFull, e, jj);
+#pragma unroll
+      for (int k = 0; k < kDims; ++k) {
+        const int d = lane + 32 * k;
+        if (d < D) acc[k] = fmaf(pj, Vs[jj * D + d], acc[k]);
       }
     }
   }
+  const float inv_l = 1.f / l;
+#pragma unroll
+  for (int k = 0; k < kDims; ++k) {
+    const int d = lane + 32 * k;
+    if (d < D) O[(size_t)s * H * D + hD + d] = acc[k] * inv_l;
+  }
 }
 
-size_t forward_smem(int warps, int D) {
-  return sizeof(float) * ((size_t)warps * D + (size_t)kTile * padded(D) + (size_t)kTile * D);
+// ---------------------------------------------------------------------------------------
+// Launch: NC = columns per thread (D <= 16 NC), RA = tile rows per thread (BM = 16 RA).
+
+enum class Kernel { forward, key, query };
+
+template <int RA, int NC>
+constexpr size_t smem_bytes(Kernel k) {
+  constexpr size_t BM = 16 * RA, tile = BM * row_ld<NC>(), score = BM * score_ld<RA>();
+  switch (k) {
+    case Kernel::forward: return sizeof(float) * (3 * tile + score);
+    case Kernel::key: return sizeof(float) * (4 * tile + 2 * score + 2 * BM);
+    default: return sizeof(float) * (4 * tile + score + 2 * BM);
+  }
 }
-size_t backward_query_smem(int D) {
-  return sizeof(float) * (2 * (size_t)kWarps * D + 2 * (size_t)kTile * padded(D));
+
+int smem_optin() {
+  int dev = 0, optin = 0;
+  FSR_CUDA_CHECK(cudaGetDevice(&dev));
+  FSR_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return optin;
 }
-size_t backward_key_smem(int D) {
-  return sizeof(float) * (2 * (size_t)kWarps * D + 2 * (size_t)kTile * padded(D) + 2 * kTile);
+
+// Lets `kernel` take `bytes` of dynamic shared memory (above the default 48 KB).
+template <class F>
+void allow_smem(F kernel, size_t bytes) {
+  FSR_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
+struct Args {
+  float *O, *lse, *dQ, *dK, *dV;
+  const float *dO, *Q, *K, *V, *lse_in;
+  int ldq, ldkv;
+  const int32_t* cu;
+  int B, H, D, T;
+  float scale;
+  bool dropout;
+  uint32_t thr;
+  float inv_keep;
+  uint64_t key;
+};
+
+template <int RA, int NC>
+void launch(Kernel k, const Args& a, cudaStream_t stream) {
+  const size_t smem = smem_bytes<RA, NC>(k);
+  const dim3 grid((unsigned)(a.B * a.H), (unsigned)((a.T + 16 * RA - 1) / (16 * RA)));
+  switch (k) {
+    case Kernel::forward:
+      allow_smem(attention_forward_kernel<RA, NC>, smem);
+      attention_forward_kernel<RA, NC><<<grid, kThreads, smem, stream>>>(
+          a.O, a.lse, a.Q, a.ldq, a.K, a.V, a.ldkv, a.cu, a.H, a.D, a.T, a.scale, a.dropout,
+          a.thr, a.inv_keep, a.key);
+      break;
+    case Kernel::key:
+      allow_smem(attention_backward_key_kernel<RA, NC>, smem);
+      attention_backward_key_kernel<RA, NC><<<grid, kThreads, smem, stream>>>(
+          a.dK, a.dV, a.dQ, a.dO, a.Q, a.ldq, a.K, a.V, a.ldkv, a.lse_in, a.cu, a.H, a.D, a.T,
+          a.scale, a.dropout, a.thr, a.inv_keep, a.key);
+      break;
+    case Kernel::query:
+      allow_smem(attention_backward_query_kernel<RA, NC>, smem);
+      attention_backward_query_kernel<RA, NC><<<grid, kThreads, smem, stream>>>(
+          a.dQ, a.dO, a.Q, a.ldq, a.K, a.V, a.ldkv, a.lse_in, a.cu, a.H, a.D, a.T, a.scale,
+          a.dropout, a.thr, a.inv_keep, a.key);
+      break;
+  }
+  FSR_CUDA_LAUNCH_CHECK();
+}
+
+// 64-row tiles where the device's shared memory allows, else 32-row tiles (only D > 64
+// can need them: 64-row tiles take at most 100,352 bytes for D <= 64).
+template <int NC>
+void launch_nc(Kernel k, const Args& a, int optin, cudaStream_t stream) {
+  const size_t big = smem_bytes<4, NC>(k), small = smem_bytes<2, NC>(k);
+  if (big <= (size_t)optin) return launch<4, NC>(k, a, stream);
+  FSR_REQUIRE(NC == 8 && small <= (size_t)optin, "attention: head width D = ", a.D, " needs ",
+              NC == 8 ? small : big, " bytes of shared memory a block; this GPU offers ", optin);
+  if constexpr (NC == 8) launch<2, NC>(k, a, stream);
+}
+
+void run(Kernel k, const Args& a, cudaStream_t stream) {
+  const int optin = smem_optin();
+  if (a.D <= 16) return launch_nc<1>(k, a, optin, stream);
+  if (a.D <= 32) return launch_nc<2>(k, a, optin, stream);
+  if (a.D <= 64) return launch_nc<4>(k, a, optin, stream);
+  launch_nc<8>(k, a, optin, stream);
 }
 
 void check_shapes(const char* op, int B, int H, int D, int ldq, int ldkv) {
@@ -384,6 +590,24 @@ void check_T(const char* op, int T) {
               " positions, got T = ", T);
 }
 
+Args make_args(int ldq, int ldkv, const int32_t* cu, int B, int H, int D, int T, float p,
+               uint64_t key) {
+  Args a{};
+  a.ldq = ldq;
+  a.ldkv = ldkv;
+  a.cu = cu;
+  a.B = B;
+  a.H = H;
+  a.D = D;
+  a.T = T;
+  a.scale = 1.f / std::sqrt((float)D);
+  a.dropout = p > 0.f;
+  a.inv_keep = a.dropout ? 1.f / (1.f - p) : 1.f;
+  a.thr = dropout_threshold(p);
+  a.key = key;
+  return a;
+}
+
 }  // namespace
 
 void attention_forward(float* O, float* lse, const float* Q, int ldq, const float* K,
@@ -392,14 +616,13 @@ void attention_forward(float* O, float* lse, const float* Q, int ldq, const floa
   check_shapes("attention_forward", B, H, D, ldq, ldkv);
   check_T("attention_forward", T);
   if (B == 0) return;
-  const float scale = 1.f / std::sqrt((float)D);
-  const bool dropout = p > 0.f;
-  const float inv_keep = dropout ? 1.f / (1.f - p) : 1.f;
-  const uint32_t thr = dropout_threshold(p);
-  const dim3 grid((unsigned)(B * H), (unsigned)((T + kWarps - 1) / kWarps));
-  attention_forward_kernel<false><<<grid, kThreads, forward_smem(kWarps, D), stream>>>(
-      O, lse, Q, ldq, K, V, ldkv, cu, H, D, T, scale, dropout, thr, inv_keep, key);
-  FSR_CUDA_LAUNCH_CHECK();
+  Args a = make_args(ldq, ldkv, cu, B, H, D, T, p, key);
+  a.O = O;
+  a.lse = lse;
+  a.Q = Q;
+  a.K = K;
+  a.V = V;
+  run(Kernel::forward, a, stream);
 }
 
 void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const float* O,
@@ -409,22 +632,21 @@ void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const 
   check_shapes("attention_backward", B, H, D, ldq, ldkv);
   check_T("attention_backward", T);
   if (B == 0) return;
-  const float scale = 1.f / std::sqrt((float)D);
-  const bool dropout = p > 0.f;
-  const float inv_keep = dropout ? 1.f / (1.f - p) : 1.f;
-  const uint32_t thr = dropout_threshold(p);
-  const dim3 grid((unsigned)(B * H), (unsigned)((T + kWarps - 1) / kWarps));
+  Args a = make_args(ldq, ldkv, cu, B, H, D, T, p, key);
+  a.dQ = dQ;
+  a.dK = dK;
+  a.dV = dV;
+  a.dO = dO;
+  a.Q = Q;
+  a.K = K;
+  a.V = V;
+  a.lse_in = lse;
   // 1. delta into dQ(i, h*D)
+  const dim3 grid((unsigned)(B * H), (unsigned)((T + 7) / 8));
   attention_delta_kernel<<<grid, kThreads, 0, stream>>>(dQ, ldq, dO, O, cu, H, D);
   FSR_CUDA_LAUNCH_CHECK();
-  // 2. dK, dV (reads delta from dQ)
-  attention_backward_key_kernel<<<grid, kThreads, backward_key_smem(D), stream>>>(
-      dK, dV, dQ, dO, Q, ldq, K, V, ldkv, lse, cu, H, D, T, scale, dropout, thr, inv_keep, key);
-  FSR_CUDA_LAUNCH_CHECK();
-  // 3. dQ (overwrites delta)
-  attention_backward_query_kernel<<<grid, kThreads, backward_query_smem(D), stream>>>(
-      dQ, dO, Q, ldq, K, V, ldkv, lse, cu, H, D, T, scale, dropout, thr, inv_keep, key);
-  FSR_CUDA_LAUNCH_CHECK();
+  run(Kernel::key, a, stream);    // 2. dK, dV (reads delta from dQ)
+  run(Kernel::query, a, stream);  // 3. dQ (overwrites delta)
 }
 
 void attention_last_forward(float* O, const float* Q, int ldq, const float* K, const float* V,
@@ -433,9 +655,10 @@ void attention_last_forward(float* O, const float* Q, int ldq, const float* K, c
   check_shapes("attention_last_forward", B, H, D, ldq, ldkv);
   if (B == 0) return;
   const float scale = 1.f / std::sqrt((float)D);
-  attention_forward_kernel<true><<<(unsigned)(B * H), 32, forward_smem(1, D), stream>>>(
-      O, nullptr, Q, ldq, K, V, ldkv, cu, H, D, /*T=*/1, scale, /*dropout=*/false, 0u, 1.f,
-      0ull);
+  const size_t smem = sizeof(float) * ((size_t)D + (size_t)kLastTile * padded(D) +
+                                       (size_t)kLastTile * D);
+  attention_last_kernel<<<(unsigned)(B * H), 32, smem, stream>>>(O, Q, ldq, K, V, ldkv, cu, H,
+                                                                 D, scale);
   FSR_CUDA_LAUNCH_CHECK();
 }
 

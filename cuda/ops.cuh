@@ -46,8 +46,9 @@ void gather_rows(float* out, const float* in, const int32_t* rows, int n, int C,
 void adamw_step(float* params, const float* grads, float* m, float* v, size_t n, size_t n_decay,
                 float lr, float beta1, float beta2, float eps, float weight_decay, int64_t step,
                 cudaStream_t s);
-// attention.cu (T <= 512, D <= 128; one block per (sequence, head); no T x T matrix in
-// global memory; the backward recomputes the probabilities from lse)
+// attention.cu (T <= 512, D <= 128; one block per (sequence, head, 64-row tile), scores
+// tiled in registers; no T x T matrix in global memory; the backward recomputes the
+// probabilities from lse)
 void attention_forward(float* O, float* lse, const float* Q, int ldq, const float* K,
                        const float* V, int ldkv, const int32_t* cu, int B, int H, int D, int T,
                        float p, uint64_t key, cudaStream_t s);
