@@ -26,8 +26,7 @@ struct Model::Acts {
   std::vector<L> layers;
   float *xL = nullptr, *h = nullptr, *meanf = nullptr, *rstdf = nullptr, *tmp = nullptr;
   // backward scratch
-  float *dx = nullptr, *dy = nullptr, *dx1 = nullptr, *dq = nullptr, *dtmp = nullptr,
-        *df1 = nullptr, *datt = nullptr, *dQp = nullptr, *dKV = nullptr, *dh = nullptr;
+  float *dx = nullptr, *dx1 = nullptr, *dtmp = nullptr, *df1 = nullptr, *datt = nullptr, *dQp = nullptr, *dKV = nullptr, *dh = nullptr;
   float *loss = nullptr, *workspace = nullptr, *hlast = nullptr;
   int32_t *items = nullptr, *targets = nullptr, *pos = nullptr, *cu = nullptr, *neg = nullptr,
           *rows = nullptr;
@@ -229,7 +228,7 @@ void Model::ensure_acts(Acts& a, int R, int B, bool training) {
   f(&a.tmp, Rs * C);
   f(&a.hlast, (size_t)B * C);
   if (training) {
-    for (float** p : {&a.dx, &a.dy, &a.dx1, &a.dq, &a.dtmp, &a.datt, &a.dQp, &a.dh}) f(p, Rs * C);
+    for (float** p : {&a.dx, &a.dx1, &a.dtmp, &a.datt, &a.dQp, &a.dh}) f(p, Rs * C);
     f(&a.df1, Rs * F);
     f(&a.dKV, Rs * 2 * C);
     f(&a.loss, Rs);
@@ -357,23 +356,23 @@ void Model::backward(Acts& a, int R, int B, bool train, int64_t step) {
   for (int l = cfg_.n_layers - 1; l >= 0; --l) {
     const Layer w = layer(params_, l), g = layer(grads_, l);
     auto& A = a.layers[l];
-    // x_out = y + dropout(dropout(relu(y W1 + b1)) W2 + b2)
-    be.copy(a.dy, a.dx, RC * 4);
+    // x_out = y + dropout(dropout(relu(y W1 + b1)) W2 + b2): dy = dx (the residual) plus the
+    // feed-forward's gradient, accumulated into dx in place once dx has been read
     be.dropout_backward(a.dtmp, a.dx, nullptr, RC, p, key(site_ffn_out(l)));
     be.linear_backward(a.df1, g.W2, g.b2, a.dtmp, A.f1d, w.W2, R, F, C, false);
     be.dropout_backward(a.df1, a.df1, A.f1, (size_t)R * F, p, key(site_ffn_hidden(l)));
-    be.linear_backward(a.dy, g.W1, g.b1, a.df1, A.y, w.W1, R, C, F, true);
+    be.linear_backward(a.dx, g.W1, g.b1, a.df1, A.y, w.W1, R, C, F, true);
     // y = LN2(x1)
-    be.layernorm_backward(a.dx1, g.ln2_g, g.ln2_b, a.dy, A.x1, A.mean2, A.rstd2, w.ln2_g, R, C, false);
+    be.layernorm_backward(a.dx1, g.ln2_g, g.ln2_b, a.dx, A.x1, A.mean2, A.rstd2, w.ln2_g, R, C, false);
     // x1 = q + att Wo + bo
     be.linear_backward(a.datt, g.Wo, g.bo, a.dx1, A.att, w.Wo, R, C, C, false);
     be.attention_backward(a.dQp, a.dKV, a.dKV + C, a.datt, A.att, A.Qp, C, A.KV, A.KV + C, 2 * C, A.lse,
                           a.cu, B, H, D, T, p, key(site_attention(l)));
-    be.copy(a.dq, a.dx1, RC * 4);
-    be.linear_backward(a.dq, g.Wq, g.bq, a.dQp, A.q, w.Wq, R, C, C, true);
+    // dq = dx1 (the residual) + dQp Wq^T, in place in dx1
+    be.linear_backward(a.dx1, g.Wq, g.bq, a.dQp, A.q, w.Wq, R, C, C, true);
     // K, V = x Wkv + bkv;  q = LN1(x)
     be.linear_backward(a.dx, g.Wkv, g.bkv, a.dKV, A.x, w.Wkv, R, C, 2 * C, false);
-    be.layernorm_backward(a.dx, g.ln1_g, g.ln1_b, a.dq, A.x, A.mean1, A.rstd1, w.ln1_g, R, C, true);
+    be.layernorm_backward(a.dx, g.ln1_g, g.ln1_b, a.dx1, A.x, A.mean1, A.rstd1, w.ln1_g, R, C, true);
   }
   be.embedding_backward(grads_ + off_E_, grads_ + off_P_,
                         a.dx, a.items, a.pos, R, C, std::sqrt((float)C), p, key(site_embedding()));
