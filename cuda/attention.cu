@@ -12,23 +12,21 @@
 //   attention_last_forward: inference, one query per sequence (its last row), no dropout
 // Dropout counter of (query row i, head h, key row j) is (i * H + h) * T + (j - start).
 //
-// Training kernels: grid (B*H, ceil(T / BM)), 256 threads as 16 x 16.  Block (s*H + h, y)
-// owns the BM rows BM*y .. BM*y + BM-1 of sequence s (queries for the forward and the
-// query side, keys for the key side) and streams the other side through shared memory in
-// BM-row tiles.  Each BM x BM score tile lives in registers, RA x RA per thread (thread
-// (ty, tx) holds tile rows ty + 16a and columns tx + 16b), and each product reads two
-// shared values per RA*RA/2 multiply-adds; probabilities pass through shared memory once
-// on their way to the P.V-style product, where the thread holds its RA rows x NC columns
-// (tx + 16c) of the output.  BM = 16*RA is 64, or 32 where 64 does not fit the device's
-// shared memory (D > 64 on cards with under 160 KB a block).  Every output row has one
-// owning block: no atomics, no T x T matrix in global memory, results independent of the
-// schedule.  Limits: D <= 128, T <= 512.
+// Training kernels: grid (B*H, ceil(T / BM)), 256 threads.  Block (s*H + h, y) owns the
+// BM rows BM*y .. BM*y + BM-1 of sequence s (queries for the forward and the query side,
+// keys for the key side) and streams the other side through shared memory in BM-row
+// tiles; each BM x BM score tile is computed in registers and the probabilities pass
+// through shared memory once, on their way to the P.V-style product (cuda/tile.cuh).
+// BM is 64, or 32 where 64 rows do not fit the card's shared memory (D > 64 below 160 KB
+// a block).  Every output row has one owning block: no atomics, no T x T matrix in global
+// memory, results independent of the schedule.  Limits: D <= 128, T <= 512.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 
 #include "cuda/common.cuh"
 #include "cuda/ops.cuh"
+#include "cuda/tile.cuh"
 #include "fastsasrec/common.h"
 #include "fastsasrec/rng.h"
 
@@ -38,99 +36,17 @@ namespace {
 
 constexpr int kMaxT = 512;      // longest sequence supported
 constexpr int kMaxD = 128;      // widest head supported
-constexpr int kThreads = 256;   // 16 x 16
+constexpr int kThreads = tile::kThreads;  // 16 x 16
 constexpr unsigned kFull = 0xffffffffu;
 
-// ---------------------------------------------------------------------------------------
-// Tiles.  A row tile holds BM rows of one head, 16*NC columns (zero beyond D and beyond the
-// sequence's end), row-major with the odd stride 16*NC + 1: the 16 lanes reading column d
-// of rows tx, tx+16, .. hit 16 different banks.  A score tile is BM x BM, stride BM + 1.
-
-template <int NC>
-__host__ __device__ constexpr int row_ld() { return 16 * NC + 1; }
-template <int RA>
-__host__ __device__ constexpr int score_ld() { return 16 * RA + 1; }
-
-// dst = rows r0 .. r0 + rows - 1 of src (already at the sequence's first row and the
-// head's first column); rows >= end and columns >= D are zero.  Whole block.
-template <int NC>
-__device__ __forceinline__ void load_tile(float* dst, const float* src, int ld_src, int r0,
-                                          int rows, int end, int D) {
-  constexpr int W = 16 * NC, ld = row_ld<NC>();
-  for (int idx = threadIdx.x; idx < rows * W; idx += kThreads) {
-    const int r = idx / W, d = idx - r * W;
-    const int row = r0 + r;
-    dst[r * ld + d] = (row < end && d < D) ? src[(size_t)row * ld_src + d] : 0.f;
-  }
-}
-
-// acc[a][b] += A[ty + 16a] . B[tx + 16b] over the first D columns (two row tiles).
-template <int RA, int NC>
-__device__ __forceinline__ void tile_dot(float (&acc)[RA][RA], const float* A, const float* B,
-                                         int D) {
-  constexpr int ld = row_ld<NC>();
-  const float* a0 = A + (threadIdx.x >> 4) * ld;
-  const float* b0 = B + (threadIdx.x & 15) * ld;
-#pragma unroll 4
-  for (int d = 0; d < D; ++d) {
-    float av[RA], bv[RA];
-#pragma unroll
-    for (int a = 0; a < RA; ++a) av[a] = a0[16 * a * ld + d];
-#pragma unroll
-    for (int b = 0; b < RA; ++b) bv[b] = b0[16 * b * ld + d];
-#pragma unroll
-    for (int a = 0; a < RA; ++a)
-#pragma unroll
-      for (int b = 0; b < RA; ++b) acc[a][b] = fmaf(av[a], bv[b], acc[a][b]);
-  }
-}
-
-// acc[a][c] += sum_{k < kn} P[ty + 16a][k] * X[k][tx + 16c]  (P a score tile, X a row tile).
-template <int RA, int NC>
-__device__ __forceinline__ void tile_mul(float (&acc)[RA][NC], const float* P, const float* X,
-                                         int kn) {
-  constexpr int ldp = score_ld<RA>(), ld = row_ld<NC>();
-  const float* p0 = P + (threadIdx.x >> 4) * ldp;
-  const float* x0 = X + (threadIdx.x & 15);
-#pragma unroll 4
-  for (int k = 0; k < kn; ++k) {
-    float pv[RA], xv[NC];
-#pragma unroll
-    for (int a = 0; a < RA; ++a) pv[a] = p0[16 * a * ldp + k];
-#pragma unroll
-    for (int c = 0; c < NC; ++c) xv[c] = x0[k * ld + 16 * c];
-#pragma unroll
-    for (int a = 0; a < RA; ++a)
-#pragma unroll
-      for (int c = 0; c < NC; ++c) acc[a][c] = fmaf(pv[a], xv[c], acc[a][c]);
-  }
-}
-
-// Max / sum over the 16 lanes that share a tile row (lanes 0-15 or 16-31 of a warp).
-__device__ __forceinline__ float row_max16(float v) {
-  for (int o = 8; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
-  return v;
-}
-__device__ __forceinline__ float row_sum16(float v) {
-  for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
-  return v;
-}
-
-// Writes rows q0 + ty + 16a (< n) of a thread's output block: out[row][tx + 16c] = acc * f.
-template <int RA, int NC>
-__device__ __forceinline__ void store_rows(float* out, int ld_out, const float (&acc)[RA][NC],
-                                           const float (&f)[RA], int q0, int n, int D) {
-  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-#pragma unroll
-  for (int a = 0; a < RA; ++a) {
-    const int i = q0 + ty + 16 * a;
-    if (i >= n) continue;
-#pragma unroll
-    for (int c = 0; c < NC; ++c) {
-      const int d = tx + 16 * c;
-      if (d < D) out[(size_t)i * ld_out + d] = acc[a][c] * f[a];
-    }
-  }
+// dst = rows r0 .. r0 + BM - 1 of one head (src at the sequence's first row and the head's
+// first column, row stride ld_src); rows >= end are zero.
+template <int NC, int BM>
+__device__ __forceinline__ void load_rows(float* dst, const float* src, int ld_src, int r0,
+                                          int end, int D) {
+  tile::load<NC>(dst, BM, D, [&](int r) {
+    return r0 + r < end ? src + (size_t)(r0 + r) * ld_src : nullptr;
+  });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -144,7 +60,7 @@ __global__ void __launch_bounds__(kThreads)
                              const float* V, int ldkv, const int32_t* cu, int H, int D, int T,
                              float scale, bool dropout, uint32_t thr, float inv_keep,
                              uint64_t key) {
-  constexpr int BM = 16 * RA, ld = row_ld<NC>(), lds = score_ld<RA>();
+  constexpr int BM = 16 * RA, ld = tile::row_ld<NC>(), lds = tile::score_ld<RA>();
   extern __shared__ float smem[];
   const int s = blockIdx.x / H, h = blockIdx.x - s * H;
   const int st = cu[s], n = cu[s + 1] - st;
@@ -156,7 +72,7 @@ __global__ void __launch_bounds__(kThreads)
   float* Ps = Vs + BM * ld;
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
   const int hD = h * D, ldo = H * D;
-  load_tile<NC>(Qs, Q + (size_t)st * ldq + hD, ldq, q0, BM, n, D);
+  load_rows<NC, BM>(Qs, Q + (size_t)st * ldq + hD, ldq, q0, n, D);
 
   float m[RA], l[RA], o[RA][NC];
 #pragma unroll
@@ -169,15 +85,15 @@ __global__ void __launch_bounds__(kThreads)
   const int kv_end = min(q0 + BM, n);  // keys this block's rows can see
   for (int j0 = 0; j0 < kv_end; j0 += BM) {
     __syncthreads();  // the previous tile's readers are done (and Qs is written)
-    load_tile<NC>(Ks, K + (size_t)st * ldkv + hD, ldkv, j0, BM, n, D);
-    load_tile<NC>(Vs, V + (size_t)st * ldkv + hD, ldkv, j0, BM, n, D);
+    load_rows<NC, BM>(Ks, K + (size_t)st * ldkv + hD, ldkv, j0, n, D);
+    load_rows<NC, BM>(Vs, V + (size_t)st * ldkv + hD, ldkv, j0, n, D);
     __syncthreads();
     float sc[RA][RA];
 #pragma unroll
     for (int a = 0; a < RA; ++a)
 #pragma unroll
       for (int b = 0; b < RA; ++b) sc[a][b] = 0.f;
-    tile_dot<RA, NC>(sc, Qs, Ks, D);
+    tile::dot<RA, NC>(sc, Qs, Ks, D);
 #pragma unroll
     for (int a = 0; a < RA; ++a) {
       const int i = q0 + ty + 16 * a;  // rows i >= n are computed and never stored
@@ -189,7 +105,7 @@ __global__ void __launch_bounds__(kThreads)
         mx = fmaxf(mx, sc[a][b]);
       }
       // Key j0 <= q0 <= i (and j0 < n) is visible to every row, so m_new is finite.
-      const float m_new = fmaxf(m[a], row_max16(mx));
+      const float m_new = fmaxf(m[a], tile::row_max(mx));
       const float corr = expf(m[a] - m_new);  // 0 on the first tile (m = -inf)
       const uint64_t base = ((uint64_t)(st + i) * H + h) * (uint64_t)T;
       float sum = 0.f;
@@ -201,19 +117,19 @@ __global__ void __launch_bounds__(kThreads)
         if (dropout) e *= keep_scale(key, base + (uint64_t)j, thr, inv_keep);
         Ps[(ty + 16 * a) * lds + tx + 16 * b] = e;
       }
-      l[a] = l[a] * corr + row_sum16(sum);
+      l[a] = l[a] * corr + tile::row_sum(sum);
       m[a] = m_new;
 #pragma unroll
       for (int c = 0; c < NC; ++c) o[a][c] *= corr;
     }
     __syncthreads();
-    tile_mul<RA, NC>(o, Ps, Vs, min(BM, n - j0));
+    tile::mul<RA, NC>(o, Ps, Vs, min(BM, n - j0));
   }
 
   float inv_l[RA];
 #pragma unroll
   for (int a = 0; a < RA; ++a) inv_l[a] = 1.f / l[a];
-  store_rows<RA, NC>(O + (size_t)st * ldo + hD, ldo, o, inv_l, q0, n, D);
+  tile::store<RA, NC>(O + (size_t)st * ldo + hD, ldo, o, inv_l, q0, n, D);
   if (tx == 0)
 #pragma unroll
     for (int a = 0; a < RA; ++a) {
@@ -258,7 +174,7 @@ __global__ void __launch_bounds__(kThreads)
                                   int ldkv, const float* lse, const int32_t* cu, int H, int D,
                                   int T, float scale, bool dropout, uint32_t thr, float inv_keep,
                                   uint64_t key) {
-  constexpr int BM = 16 * RA, ld = row_ld<NC>(), lds = score_ld<RA>();
+  constexpr int BM = 16 * RA, ld = tile::row_ld<NC>(), lds = tile::score_ld<RA>();
   extern __shared__ float smem[];
   const int s = blockIdx.x / H, h = blockIdx.x - s * H;
   const int st = cu[s], n = cu[s + 1] - st;
@@ -274,8 +190,8 @@ __global__ void __launch_bounds__(kThreads)
   float* delta_t = lse_t + BM;
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
   const int hD = h * D, ldo = H * D;
-  load_tile<NC>(Ks, K + (size_t)st * ldkv + hD, ldkv, k0, BM, n, D);
-  load_tile<NC>(Vs, V + (size_t)st * ldkv + hD, ldkv, k0, BM, n, D);
+  load_rows<NC, BM>(Ks, K + (size_t)st * ldkv + hD, ldkv, k0, n, D);
+  load_rows<NC, BM>(Vs, V + (size_t)st * ldkv + hD, ldkv, k0, n, D);
 
   float accK[RA][NC], accV[RA][NC];
 #pragma unroll
@@ -285,8 +201,8 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int i0 = k0; i0 < n; i0 += BM) {
     __syncthreads();  // the previous tile's readers are done
-    load_tile<NC>(Qs, Q + (size_t)st * ldq + hD, ldq, i0, BM, n, D);
-    load_tile<NC>(dOs, dO + (size_t)st * ldo + hD, ldo, i0, BM, n, D);
+    load_rows<NC, BM>(Qs, Q + (size_t)st * ldq + hD, ldq, i0, n, D);
+    load_rows<NC, BM>(dOs, dO + (size_t)st * ldo + hD, ldo, i0, n, D);
     for (int r = threadIdx.x; r < BM; r += kThreads) {
       const int i = i0 + r;
       lse_t[r] = i < n ? lse[(size_t)(st + i) * H + h] : 0.f;
@@ -298,8 +214,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int a = 0; a < RA; ++a)
 #pragma unroll
       for (int b = 0; b < RA; ++b) sc[a][b] = dp[a][b] = 0.f;
-    tile_dot<RA, NC>(sc, Ks, Qs, D);
-    tile_dot<RA, NC>(dp, Vs, dOs, D);
+    tile::dot<RA, NC>(sc, Ks, Qs, D);
+    tile::dot<RA, NC>(dp, Vs, dOs, D);
 #pragma unroll
     for (int a = 0; a < RA; ++a) {
       const int j = k0 + ty + 16 * a;
@@ -322,8 +238,8 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     const int kn = min(BM, n - i0);
-    tile_mul<RA, NC>(accV, Pds, dOs, kn);
-    tile_mul<RA, NC>(accK, dSs, Qs, kn);
+    tile::mul<RA, NC>(accV, Pds, dOs, kn);
+    tile::mul<RA, NC>(accK, dSs, Qs, kn);
   }
 
   float one[RA], sc_f[RA];
@@ -332,8 +248,8 @@ __global__ void __launch_bounds__(kThreads)
     one[a] = 1.f;
     sc_f[a] = scale;
   }
-  store_rows<RA, NC>(dK + (size_t)st * ldkv + hD, ldkv, accK, sc_f, k0, n, D);
-  store_rows<RA, NC>(dV + (size_t)st * ldkv + hD, ldkv, accV, one, k0, n, D);
+  tile::store<RA, NC>(dK + (size_t)st * ldkv + hD, ldkv, accK, sc_f, k0, n, D);
+  tile::store<RA, NC>(dV + (size_t)st * ldkv + hD, ldkv, accV, one, k0, n, D);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -350,7 +266,7 @@ __global__ void __launch_bounds__(kThreads)
                                     const float* K, const float* V, int ldkv, const float* lse,
                                     const int32_t* cu, int H, int D, int T, float scale,
                                     bool dropout, uint32_t thr, float inv_keep, uint64_t key) {
-  constexpr int BM = 16 * RA, ld = row_ld<NC>(), lds = score_ld<RA>();
+  constexpr int BM = 16 * RA, ld = tile::row_ld<NC>(), lds = tile::score_ld<RA>();
   extern __shared__ float smem[];
   const int s = blockIdx.x / H, h = blockIdx.x - s * H;
   const int st = cu[s], n = cu[s + 1] - st;
@@ -365,8 +281,8 @@ __global__ void __launch_bounds__(kThreads)
   float* delta_t = lse_t + BM;
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
   const int hD = h * D, ldo = H * D;
-  load_tile<NC>(Qs, Q + (size_t)st * ldq + hD, ldq, q0, BM, n, D);
-  load_tile<NC>(dOs, dO + (size_t)st * ldo + hD, ldo, q0, BM, n, D);
+  load_rows<NC, BM>(Qs, Q + (size_t)st * ldq + hD, ldq, q0, n, D);
+  load_rows<NC, BM>(dOs, dO + (size_t)st * ldo + hD, ldo, q0, n, D);
   for (int r = threadIdx.x; r < BM; r += kThreads) {
     const int i = q0 + r;
     lse_t[r] = i < n ? lse[(size_t)(st + i) * H + h] : 0.f;
@@ -381,16 +297,16 @@ __global__ void __launch_bounds__(kThreads)
   const int kv_end = min(q0 + BM, n);
   for (int j0 = 0; j0 < kv_end; j0 += BM) {
     __syncthreads();  // the previous tile's readers are done (and Qs, dOs, lse_t, delta_t written)
-    load_tile<NC>(Ks, K + (size_t)st * ldkv + hD, ldkv, j0, BM, n, D);
-    load_tile<NC>(Vs, V + (size_t)st * ldkv + hD, ldkv, j0, BM, n, D);
+    load_rows<NC, BM>(Ks, K + (size_t)st * ldkv + hD, ldkv, j0, n, D);
+    load_rows<NC, BM>(Vs, V + (size_t)st * ldkv + hD, ldkv, j0, n, D);
     __syncthreads();
     float sc[RA][RA], dp[RA][RA];
 #pragma unroll
     for (int a = 0; a < RA; ++a)
 #pragma unroll
       for (int b = 0; b < RA; ++b) sc[a][b] = dp[a][b] = 0.f;
-    tile_dot<RA, NC>(sc, Qs, Ks, D);
-    tile_dot<RA, NC>(dp, dOs, Vs, D);
+    tile::dot<RA, NC>(sc, Qs, Ks, D);
+    tile::dot<RA, NC>(dp, dOs, Vs, D);
 #pragma unroll
     for (int a = 0; a < RA; ++a) {
       const int r = ty + 16 * a, i = q0 + r;
@@ -409,13 +325,13 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     __syncthreads();
-    tile_mul<RA, NC>(acc, dSs, Ks, min(BM, n - j0));
+    tile::mul<RA, NC>(acc, dSs, Ks, min(BM, n - j0));
   }
 
   float f[RA];
 #pragma unroll
   for (int a = 0; a < RA; ++a) f[a] = scale;
-  store_rows<RA, NC>(dQ + (size_t)st * ldq + hD, ldq, acc, f, q0, n, D);
+  tile::store<RA, NC>(dQ + (size_t)st * ldq + hD, ldq, acc, f, q0, n, D);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -491,27 +407,13 @@ __global__ void __launch_bounds__(32)
 enum class Kernel { forward, key, query };
 
 template <int RA, int NC>
-constexpr size_t smem_bytes(Kernel k) {
-  constexpr size_t BM = 16 * RA, tile = BM * row_ld<NC>(), score = BM * score_ld<RA>();
+size_t smem_bytes(Kernel k) {
+  constexpr size_t BM = 16 * RA, rows = BM * tile::row_ld<NC>(), score = BM * tile::score_ld<RA>();
   switch (k) {
-    case Kernel::forward: return sizeof(float) * (3 * tile + score);
-    case Kernel::key: return sizeof(float) * (4 * tile + 2 * score + 2 * BM);
-    default: return sizeof(float) * (4 * tile + score + 2 * BM);
+    case Kernel::forward: return sizeof(float) * (3 * rows + score);
+    case Kernel::key: return sizeof(float) * (4 * rows + 2 * score + 2 * BM);
+    default: return sizeof(float) * (4 * rows + score + 2 * BM);
   }
-}
-
-int smem_optin() {
-  int dev = 0, optin = 0;
-  FSR_CUDA_CHECK(cudaGetDevice(&dev));
-  FSR_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  return optin;
-}
-
-// Lets `kernel` take `bytes` of dynamic shared memory (above the default 48 KB).
-template <class F>
-void allow_smem(F kernel, size_t bytes) {
-  FSR_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
 struct Args {
@@ -533,19 +435,19 @@ void launch(Kernel k, const Args& a, cudaStream_t stream) {
   const dim3 grid((unsigned)(a.B * a.H), (unsigned)((a.T + 16 * RA - 1) / (16 * RA)));
   switch (k) {
     case Kernel::forward:
-      allow_smem(attention_forward_kernel<RA, NC>, smem);
+      tile::allow_smem(attention_forward_kernel<RA, NC>, smem);
       attention_forward_kernel<RA, NC><<<grid, kThreads, smem, stream>>>(
           a.O, a.lse, a.Q, a.ldq, a.K, a.V, a.ldkv, a.cu, a.H, a.D, a.T, a.scale, a.dropout,
           a.thr, a.inv_keep, a.key);
       break;
     case Kernel::key:
-      allow_smem(attention_backward_key_kernel<RA, NC>, smem);
+      tile::allow_smem(attention_backward_key_kernel<RA, NC>, smem);
       attention_backward_key_kernel<RA, NC><<<grid, kThreads, smem, stream>>>(
           a.dK, a.dV, a.dQ, a.dO, a.Q, a.ldq, a.K, a.V, a.ldkv, a.lse_in, a.cu, a.H, a.D, a.T,
           a.scale, a.dropout, a.thr, a.inv_keep, a.key);
       break;
     case Kernel::query:
-      allow_smem(attention_backward_query_kernel<RA, NC>, smem);
+      tile::allow_smem(attention_backward_query_kernel<RA, NC>, smem);
       attention_backward_query_kernel<RA, NC><<<grid, kThreads, smem, stream>>>(
           a.dQ, a.dO, a.Q, a.ldq, a.K, a.V, a.ldkv, a.lse_in, a.cu, a.H, a.D, a.T, a.scale,
           a.dropout, a.thr, a.inv_keep, a.key);
@@ -566,7 +468,7 @@ void launch_nc(Kernel k, const Args& a, int optin, cudaStream_t stream) {
 }
 
 void run(Kernel k, const Args& a, cudaStream_t stream) {
-  const int optin = smem_optin();
+  const int optin = tile::smem_optin();
   if (a.D <= 16) return launch_nc<1>(k, a, optin, stream);
   if (a.D <= 32) return launch_nc<2>(k, a, optin, stream);
   if (a.D <= 64) return launch_nc<4>(k, a, optin, stream);

@@ -1,0 +1,132 @@
+// Register-tiled products shared by the fused kernels (attention, the softmax losses).
+// A block is 256 threads as 16 x 16: thread (ty, tx) = (threadIdx.x / 16, threadIdx.x % 16).
+//   row tile   : BM rows of a matrix's first D <= 16*NC columns in shared memory, row-major
+//                with the odd stride 16*NC + 1 (zero beyond D and in missing rows), so the
+//                16 lanes reading column d of rows tx, tx + 16, .. hit 16 different banks;
+//   score tile : BM x BM (BM = 16*RA), thread (ty, tx) holding rows ty + 16a and columns
+//                tx + 16b (a, b < RA) in registers, or in shared memory with stride BM + 1;
+//   output     : thread (ty, tx) holding rows ty + 16a, columns tx + 16c (c < NC).
+// dot() reads 2*RA shared values per RA*RA multiply-adds, mul() RA + NC per RA*NC: far
+// fewer loads and no shuffles per product, against one shuffle and two loads per
+// multiply-add for a warp that owns a row.
+#pragma once
+
+#include "cuda/common.cuh"
+
+namespace fsr::cuda::tile {
+
+constexpr int kThreads = 256;
+
+template <int NC>
+__host__ __device__ constexpr int row_ld() { return 16 * NC + 1; }
+template <int RA>
+__host__ __device__ constexpr int score_ld() { return 16 * RA + 1; }
+
+// Columns per thread for a width D (1, 2, 4 or 8; D <= 128).
+inline int nc_for(int D) { return D <= 16 ? 1 : D <= 32 ? 2 : D <= 64 ? 4 : 8; }
+
+// dst = `rows` rows whose r-th starts at row(r) (nullptr: a zero row), first D columns.
+// Whole block.
+template <int NC, class RowPtr>
+__device__ __forceinline__ void load(float* dst, int rows, int D, RowPtr row) {
+  constexpr int W = 16 * NC, ld = row_ld<NC>();
+  for (int idx = threadIdx.x; idx < rows * W; idx += kThreads) {
+    const int r = idx / W, d = idx - r * W;
+    const float* src = row(r);
+    dst[r * ld + d] = (src != nullptr && d < D) ? src[d] : 0.f;
+  }
+}
+
+// acc[a][b] += A[ty + 16a] . B[tx + 16b] over the first D columns (two row tiles).
+template <int RA, int NC>
+__device__ __forceinline__ void dot(float (&acc)[RA][RA], const float* A, const float* B, int D) {
+  constexpr int ld = row_ld<NC>();
+  const float* a0 = A + (threadIdx.x >> 4) * ld;
+  const float* b0 = B + (threadIdx.x & 15) * ld;
+#pragma unroll 4
+  for (int d = 0; d < D; ++d) {
+    float av[RA], bv[RA];
+#pragma unroll
+    for (int a = 0; a < RA; ++a) av[a] = a0[16 * a * ld + d];
+#pragma unroll
+    for (int b = 0; b < RA; ++b) bv[b] = b0[16 * b * ld + d];
+#pragma unroll
+    for (int a = 0; a < RA; ++a)
+#pragma unroll
+      for (int b = 0; b < RA; ++b) acc[a][b] = fmaf(av[a], bv[b], acc[a][b]);
+  }
+}
+
+// acc[a][c] += sum_{k < kn} P[ty + 16a][k] * X[k][tx + 16c]  (P a score tile in shared
+// memory, X a row tile).
+template <int RA, int NC>
+__device__ __forceinline__ void mul(float (&acc)[RA][NC], const float* P, const float* X, int kn) {
+  constexpr int ldp = score_ld<RA>(), ld = row_ld<NC>();
+  const float* p0 = P + (threadIdx.x >> 4) * ldp;
+  const float* x0 = X + (threadIdx.x & 15);
+#pragma unroll 4
+  for (int k = 0; k < kn; ++k) {
+    float pv[RA], xv[NC];
+#pragma unroll
+    for (int a = 0; a < RA; ++a) pv[a] = p0[16 * a * ldp + k];
+#pragma unroll
+    for (int c = 0; c < NC; ++c) xv[c] = x0[k * ld + 16 * c];
+#pragma unroll
+    for (int a = 0; a < RA; ++a)
+#pragma unroll
+      for (int c = 0; c < NC; ++c) acc[a][c] = fmaf(pv[a], xv[c], acc[a][c]);
+  }
+}
+
+template <int RA, int B>
+__device__ __forceinline__ void zero(float (&acc)[RA][B]) {
+#pragma unroll
+  for (int a = 0; a < RA; ++a)
+#pragma unroll
+    for (int b = 0; b < B; ++b) acc[a][b] = 0.f;
+}
+
+// Max / sum over the 16 lanes that share a tile row (lanes 0-15 or 16-31 of a warp); every
+// lane of the warp must call them.
+__device__ __forceinline__ float row_max(float v) {
+  for (int o = 8; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float row_sum(float v) {
+  for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// out[(r0 + ty + 16a) * ld_out + tx + 16c] = acc[a][c] * f[a] for rows r0 + .. < n, columns < D.
+template <int RA, int NC>
+__device__ __forceinline__ void store(float* out, size_t ld_out, const float (&acc)[RA][NC],
+                                      const float (&f)[RA], int r0, int n, int D) {
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+#pragma unroll
+  for (int a = 0; a < RA; ++a) {
+    const int i = r0 + ty + 16 * a;
+    if (i >= n) continue;
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+      const int d = tx + 16 * c;
+      if (d < D) out[(size_t)i * ld_out + d] = acc[a][c] * f[a];
+    }
+  }
+}
+
+// Lets `kernel` take `bytes` of dynamic shared memory (above the default 48 KB).
+template <class F>
+inline void allow_smem(F kernel, size_t bytes) {
+  FSR_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
+// The current device's shared memory a block may opt in to.
+inline int smem_optin() {
+  int dev = 0, optin = 0;
+  FSR_CUDA_CHECK(cudaGetDevice(&dev));
+  FSR_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return optin;
+}
+
+}  // namespace fsr::cuda::tile
