@@ -6,8 +6,10 @@
 //             ds(r, j) = grad_scale * p_j;  ds_pos = grad_scale * (p_pos - 1)
 //             dh(R,C) = ds_pos E[tgt] + ds En        (En = E[neg], N x C)               =
 //             dE[neg_j] += (ds^T h)_j;  dE[tgt_r] += ds_pos h_r                         +=
-// Fused: the logits exist only as 32 x 64 tiles in shared memory (rows x negatives, computed
-// a 32-column chunk of C at a time), never as an R x N matrix.
+// Fused: the logits never exist as an R x N matrix.  Widths C <= 128 take the tiled path
+// shared with the full softmax (cuda/loss_softmax_tiled.cuh: 64 x 64 logit tiles in
+// registers).  Wider ones take the kernels below, whose logits are 32 x 64 tiles in shared
+// memory, computed a 32-column chunk of C at a time:
 //   kernel 1 (one block per 32 rows): s_pos by one warp per row, online log-sum-exp over the
 //             negative tiles -> loss, lse; when training, a second pass recomputes each tile,
 //             turns it into ds = grad_scale * exp(s - lse) (0 where masked), accumulates
@@ -16,12 +18,13 @@
 //             negatives and sums ds^T h into a private scratch slice, then adds the slice to
 //             dE[neg_j] with atomicAdd (negatives may repeat).
 // The logits are recomputed bit for bit (same summation order), so ds matches lse exactly.
-// workspace (floats): lse(R), then splits x N x C scratch for kernel 2.
+// workspace (floats): lse(R), then (C > 128) splits x N x C scratch for kernel 2.
 #include <algorithm>
 #include <stdexcept>
 
 #include "cuda/common.cuh"
 #include "cuda/ops.cuh"
+#include "cuda/loss_softmax_tiled.cuh"
 
 namespace fsr::cuda {
 
@@ -276,6 +279,7 @@ long long max_splits(int R, int N) { return cuda::max_splits(R, N, kRT, kIT, kTa
 
 size_t sampled_softmax_workspace(int R, int C, int N) {
   if (R <= 0) return 0;
+  if (C <= softmax_tiled::kMaxC) return (size_t)R;
   return (size_t)R + (size_t)max_splits(R, N) * std::max(N, 0) * std::max(C, 0);
 }
 
@@ -293,6 +297,9 @@ void sampled_softmax_loss(float* loss, float* dh, float* dE, const float* h, con
   if (grad && (dh == nullptr || dE == nullptr))
     throw std::runtime_error("sampled_softmax_loss: dh and dE are needed when grad_scale != 0");
   float* lse = workspace;
+  if (C <= softmax_tiled::kMaxC)
+    return softmax_tiled::run<true>(loss, dh, dE, lse, h, E, targets, negatives, R, C, N,
+                                    grad_scale, s);
   const unsigned row_blocks = (unsigned)ceil_div(R, kRT);
   sampled_rows_kernel<<<row_blocks, kThreads, 0, s>>>(loss, dh, dE, lse, h, E, targets,
                                                       negatives, R, C, N, grad_scale);

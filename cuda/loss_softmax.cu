@@ -4,8 +4,10 @@
 //   backward (grad_scale != 0): ds = grad_scale * (softmax(s) - onehot(tgt))
 //             dh(R,C) = ds E[1:]                                                     =
 //             dE[1:] += ds^T h                                                        +=
-// Fused: the logits exist only as 32 x 64 tiles in shared memory (rows x items, computed a
-// 32-column chunk of C at a time), never as an R x V matrix.
+// Fused: the logits never exist as an R x V matrix.  Widths C <= 128 take the tiled path
+// shared with the sampled softmax (cuda/loss_softmax_tiled.cuh: 64 x 64 logit tiles in
+// registers).  Wider ones take the kernels below, whose logits are 32 x 64 tiles in shared
+// memory, computed a 32-column chunk of C at a time:
 //   kernel 1 (one block per 32 rows): online log-sum-exp over all item tiles -> loss, lse;
 //             then, when training, a second pass recomputes each tile, turns it into
 //             ds = grad_scale * (exp(s - lse) - onehot) and accumulates dh = ds E.
@@ -14,12 +16,14 @@
 //             its dE rows (plain read-modify-write), with several it sums into a private
 //             scratch slice and adds that to dE atomically at the end.
 // The logits are recomputed bit for bit (same summation order), so ds matches lse exactly.
-// workspace (floats): lse(R), then, when kernel 2 splits the rows, splits x V x C scratch.
+// workspace (floats): lse(R), then (C > 128, kernel 2 splitting the rows) splits x V x C
+// scratch.
 #include <algorithm>
 #include <stdexcept>
 
 #include "cuda/common.cuh"
 #include "cuda/ops.cuh"
+#include "cuda/loss_softmax_tiled.cuh"
 
 namespace fsr::cuda {
 
@@ -252,6 +256,7 @@ long long max_splits(int R, int V) { return cuda::max_splits(R, V, kRT, kIT, kTa
 
 size_t softmax_workspace(int R, int C, int V) {
   if (R <= 0) return 0;
+  if (C <= softmax_tiled::kMaxC) return (size_t)R;
   const long long splits = max_splits(R, V);
   const size_t scratch = splits > 1 ? (size_t)splits * std::max(V, 0) * std::max(C, 0) : 0;
   return (size_t)R + scratch;
@@ -271,6 +276,9 @@ void softmax_loss(float* loss, float* dh, float* dE, const float* h, const float
   if (grad && (dh == nullptr || dE == nullptr))
     throw std::runtime_error("softmax_loss: dh and dE are needed when grad_scale != 0");
   float* lse = workspace;
+  if (C <= softmax_tiled::kMaxC)
+    return softmax_tiled::run<false>(loss, dh, dE, lse, h, E, targets, nullptr, R, C, V,
+                                     grad_scale, s);
   const unsigned row_blocks = (unsigned)ceil_div(R, kRT);
   softmax_rows_kernel<<<row_blocks, kThreads, 0, s>>>(loss, dh, lse, h, E, targets, R, C, V,
                                                      grad_scale);

@@ -129,4 +129,12 @@ inline int smem_optin() {
   return optin;
 }
 
+// The current device's multiprocessor count.
+inline int sm_count() {
+  int dev = 0, sms = 0;
+  FSR_CUDA_CHECK(cudaGetDevice(&dev));
+  FSR_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  return sms;
+}
+
 }  // namespace fsr::cuda::tile
