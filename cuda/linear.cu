@@ -1,13 +1,18 @@
-// Linear layers on the GPU (twin of cpp/src/cpu/linear.cpp): the products through cuBLAS,
-// the bias / ReLU and the bias gradient in small kernels.
+// Linear layers on the GPU (twin of cpp/src/cpu/linear.cpp).
 //   forward : out(R,O) = in(R,I) W(I,O) + b, then ReLU when relu
 //   backward: din (= or +=, skipped when null) = dout W^T;  dW += in^T dout;  db += colsum(dout)
+// fp32: out and din come from gemm_tile_kernel (64 x 64 output tiles in registers, the bias,
+// ReLU or accumulation applied as they are stored: one launch, where cuBLAS plus a bias
+// pass took two); dW, a sum over all R rows into a small matrix, stays with cuBLAS
+// (split-K).  bf16: every product through cuBLAS on bf16 operands (tensor cores), then the
+// bias / ReLU pass.  db: a column-sum kernel.
 // Row-major A(M,K) is column-major A^T, so C = A B (row-major) is C^T = B^T A^T: cuBLAS
 // is called with the operands swapped.
 #include <cublas_v2.h>
 
 #include "cuda/common.cuh"
 #include "cuda/ops.cuh"
+#include "cuda/tile.cuh"
 
 namespace fsr::cuda {
 
@@ -54,6 +59,73 @@ bias_grad_kernel(float* db, const float* dout, int R, int O) {
     atomicAdd(db + c, t);
   }
 }
+
+// out(M, N) (= or +=) A(M, K) B' + bias, then ReLU when relu; A row-major (lda), and
+// B'(K, N) either B itself, row-major (kRowsOfB = false: B'[k][c] = B[k * ldb + c], the
+// forward's W) or the transpose of B(N, K) (kRowsOfB = true: B'[k][c] = B[c * ldb + k],
+// the backward's W for din = dout W^T).  Block (x, y) owns out's rows 64x .. 64x + 63 and
+// columns 64y .. 64y + 63; K goes through shared memory 64 columns at a time as two row
+// tiles (A's rows, B''s columns), and thread (ty, tx) keeps rows ty + 16a x columns tx + 16b
+// (cuda/tile.cuh).  bias may be null.
+constexpr int kGemmNC = 4, kGemmBM = 64, kGemmKC = 16 * kGemmNC;
+
+template <bool kRowsOfB>
+__global__ void __launch_bounds__(tile::kThreads)
+gemm_tile_kernel(float* out, int ldo, const float* A, int lda, const float* B, int ldb,
+                 const float* bias, int M, int N, int K, bool relu, bool accumulate) {
+  constexpr int ld = tile::row_ld<kGemmNC>();
+  __shared__ float As[kGemmBM * ld];
+  __shared__ float Bs[kGemmBM * ld];
+  const int r0 = blockIdx.x * kGemmBM, c0 = blockIdx.y * kGemmBM;
+  float acc[4][4];
+  tile::zero(acc);
+  for (int k0 = 0; k0 < K; k0 += kGemmKC) {
+    const int kw = min(kGemmKC, K - k0);
+    __syncthreads();  // the previous chunk's readers are done
+    tile::load<kGemmNC>(As, kGemmBM, kw, [&](int r) {
+      return r0 + r < M ? A + (size_t)(r0 + r) * lda + k0 : nullptr;
+    });
+    if (kRowsOfB) {
+      tile::load<kGemmNC>(Bs, kGemmBM, kw, [&](int c) {
+        return c0 + c < N ? B + (size_t)(c0 + c) * ldb + k0 : nullptr;
+      });
+    } else {  // Bs[c][k] = B[k0 + k][c0 + c]: neighbouring threads read neighbouring columns
+      for (int idx = threadIdx.x; idx < kGemmBM * kGemmKC; idx += tile::kThreads) {
+        const int k = idx / kGemmBM, c = idx - k * kGemmBM;
+        Bs[c * ld + k] = (k < kw && c0 + c < N) ? B[(size_t)(k0 + k) * ldb + c0 + c] : 0.f;
+      }
+    }
+    __syncthreads();
+    tile::dot<4, kGemmNC>(acc, As, Bs, kw);
+  }
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+    const int r = r0 + ty + 16 * a;
+    if (r >= M) continue;
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+      const int c = c0 + tx + 16 * b;
+      if (c >= N) continue;
+      float* o = out + (size_t)r * ldo + c;
+      float v = acc[a][b];
+      if (bias) v += bias[c];
+      if (accumulate) v += *o;
+      *o = relu ? fmaxf(v, 0.f) : v;
+    }
+  }
+}
+
+template <bool kRowsOfB>
+void gemm_tile(float* out, int ldo, const float* A, int lda, const float* B, int ldb,
+               const float* bias, int M, int N, int K, bool relu, bool accumulate,
+               cudaStream_t s) {
+  if (M <= 0 || N <= 0) return;
+  const dim3 grid((unsigned)ceil_div(M, kGemmBM), (unsigned)ceil_div(N, kGemmBM));
+  gemm_tile_kernel<kRowsOfB><<<grid, tile::kThreads, 0, s>>>(out, ldo, A, lda, B, ldb, bias, M,
+                                                            N, K, relu, accumulate);
+  FSR_CUDA_LAUNCH_CHECK();
+}
 }  // namespace
 
 #define FSR_CUBLAS_CHECK(call)                                                              \
@@ -86,6 +158,7 @@ void gemm(cublasHandle_t h, bool ta, bool tb, int M, int N, int K, float alpha, 
 void linear_forward(cublasHandle_t h, float* out, const float* in, const float* W, const float* b,
                     int R, int I, int O, bool relu, bool bf16, cudaStream_t s) {
   if (R <= 0) return;
+  if (!bf16) return gemm_tile<false>(out, O, in, I, W, O, b, R, O, I, relu, false, s);
   gemm(h, false, false, R, O, I, 1.f, in, I, W, O, 0.f, out, O, bf16);
   bias_act_kernel<<<blocks_for((size_t)R * O, 256), 256, 0, s>>>(out, b, R, O, relu);
   FSR_CUDA_LAUNCH_CHECK();
@@ -95,7 +168,10 @@ void linear_backward(cublasHandle_t h, float* din, float* dW, float* db, const f
                      const float* in, const float* W, int R, int I, int O, bool accumulate,
                      bool bf16, cudaStream_t s) {
   if (R <= 0) return;
-  if (din) gemm(h, false, true, R, I, O, 1.f, dout, O, W, O, accumulate ? 1.f : 0.f, din, I, bf16);
+  if (din && bf16)
+    gemm(h, false, true, R, I, O, 1.f, dout, O, W, O, accumulate ? 1.f : 0.f, din, I, bf16);
+  else if (din)
+    gemm_tile<true>(din, I, dout, O, W, O, nullptr, R, I, O, false, accumulate, s);
   gemm(h, true, false, I, O, R, 1.f, in, I, dout, O, 1.f, dW, O, bf16);
   const dim3 grid(blocks_for(O, kCols), blocks_for(R, kColRows));
   bias_grad_kernel<<<grid, kCols * kLanes, 0, s>>>(db, dout, R, O);
