@@ -3,12 +3,15 @@
 //   backward: din (= or +=, skipped when null) = dout W^T;  dW += in^T dout;  db += colsum(dout)
 // fp32: out and din come from gemm_tile_kernel (64 x 64 output tiles in registers, the bias,
 // ReLU or accumulation applied as they are stored: one launch, where cuBLAS plus a bias
-// pass took two); dW, a sum over all R rows into a small matrix, stays with cuBLAS
-// (split-K).  bf16: every product through cuBLAS on bf16 operands (tensor cores), then the
-// bias / ReLU pass.  db: a column-sum kernel.
+// pass took two); dW, a sum over all R rows into a small matrix, from weight_grad_kernel
+// (row ranges summed in registers and added atomically: one launch, where cuBLAS's split-K
+// took a GEMM and a reduction).  bf16: every product through cuBLAS on bf16 operands
+// (tensor cores), then the bias / ReLU pass.  db: a column-sum kernel.
 // Row-major A(M,K) is column-major A^T, so C = A B (row-major) is C^T = B^T A^T: cuBLAS
 // is called with the operands swapped.
 #include <cublas_v2.h>
+
+#include <algorithm>
 
 #include "cuda/common.cuh"
 #include "cuda/ops.cuh"
@@ -116,6 +119,59 @@ gemm_tile_kernel(float* out, int ldo, const float* A, int lda, const float* B, i
   }
 }
 
+// dW(I, O) += in(R, I)^T dout(R, O): block (x, y, z) owns dW's rows 64x .. 64x + 63 and
+// columns 64y .. 64y + 63 and sums rows_per rows of R (from rows_per * z), 64 at a time,
+// both operands loaded transposed (neighbouring threads read neighbouring columns); the
+// partial sums are added to dW atomically (the order of the z blocks may vary).
+__global__ void __launch_bounds__(tile::kThreads)
+weight_grad_kernel(float* dW, const float* in, const float* dout, int R, int I, int O,
+                   int rows_per) {
+  constexpr int ld = tile::row_ld<kGemmNC>();
+  __shared__ float As[kGemmBM * ld];
+  __shared__ float Bs[kGemmBM * ld];
+  const int i0 = blockIdx.x * kGemmBM, o0 = blockIdx.y * kGemmBM;
+  const int rb = blockIdx.z * rows_per, re = min(R, rb + rows_per);
+  float acc[4][4];
+  tile::zero(acc);
+  for (int k0 = rb; k0 < re; k0 += kGemmKC) {
+    const int kw = min(kGemmKC, re - k0);
+    __syncthreads();  // the previous chunk's readers are done
+    for (int idx = threadIdx.x; idx < kGemmBM * kGemmKC; idx += tile::kThreads) {
+      const int k = idx / kGemmBM, c = idx - k * kGemmBM;
+      const size_t row = (size_t)(k0 + k);
+      As[c * ld + k] = (k < kw && i0 + c < I) ? in[row * I + i0 + c] : 0.f;
+      Bs[c * ld + k] = (k < kw && o0 + c < O) ? dout[row * O + o0 + c] : 0.f;
+    }
+    __syncthreads();
+    tile::dot<4, kGemmNC>(acc, As, Bs, kw);
+  }
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+    const int i = i0 + ty + 16 * a;
+    if (i >= I) continue;
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+      const int o = o0 + tx + 16 * b;
+      if (o < O) atomicAdd(&dW[(size_t)i * O + o], acc[a][b]);
+    }
+  }
+}
+
+void weight_grad(float* dW, const float* in, const float* dout, int R, int I, int O,
+                 cudaStream_t s) {
+  if (R <= 0 || I <= 0 || O <= 0) return;
+  // Row ranges of at least 256 rows, and about two blocks per multiprocessor in all.
+  const long long tiles = ceil_div(I, kGemmBM) * ceil_div(O, kGemmBM);
+  const long long want = std::max(1LL, 2LL * tile::sm_count() / tiles);
+  const long long splits = std::max(1LL, std::min(want, ceil_div(R, 256)));
+  const int rows_per = (int)(ceil_div(ceil_div(R, splits), kGemmKC) * kGemmKC);
+  const dim3 grid((unsigned)ceil_div(I, kGemmBM), (unsigned)ceil_div(O, kGemmBM),
+                  (unsigned)ceil_div(R, rows_per));
+  weight_grad_kernel<<<grid, tile::kThreads, 0, s>>>(dW, in, dout, R, I, O, rows_per);
+  FSR_CUDA_LAUNCH_CHECK();
+}
+
 template <bool kRowsOfB>
 void gemm_tile(float* out, int ldo, const float* A, int lda, const float* B, int ldb,
                const float* bias, int M, int N, int K, bool relu, bool accumulate,
@@ -172,7 +228,10 @@ void linear_backward(cublasHandle_t h, float* din, float* dW, float* db, const f
     gemm(h, false, true, R, I, O, 1.f, dout, O, W, O, accumulate ? 1.f : 0.f, din, I, bf16);
   else if (din)
     gemm_tile<true>(din, I, dout, O, W, O, nullptr, R, I, O, false, accumulate, s);
-  gemm(h, true, false, I, O, R, 1.f, in, I, dout, O, 1.f, dW, O, bf16);
+  if (bf16)
+    gemm(h, true, false, I, O, R, 1.f, in, I, dout, O, 1.f, dW, O, bf16);
+  else
+    weight_grad(dW, in, dout, R, I, O, s);
   const dim3 grid(blocks_for(O, kCols), blocks_for(R, kColRows));
   bias_grad_kernel<<<grid, kCols * kLanes, 0, s>>>(db, dout, R, O);
   FSR_CUDA_LAUNCH_CHECK();
