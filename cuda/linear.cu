@@ -1,12 +1,13 @@
 // Linear layers on the GPU (twin of cpp/src/cpu/linear.cpp).
 //   forward : out(R,O) = in(R,I) W(I,O) + b, then ReLU when relu
 //   backward: din (= or +=, skipped when null) = dout W^T;  dW += in^T dout;  db += colsum(dout)
-// fp32: out and din come from gemm_tile_kernel (64 x 64 output tiles in registers, the bias,
-// ReLU or accumulation applied as they are stored: one launch, where cuBLAS plus a bias
-// pass took two); dW, a sum over all R rows into a small matrix, from weight_grad_kernel
-// (row ranges summed in registers and added atomically: one launch, where cuBLAS's split-K
-// took a GEMM and a reduction).  bf16: every product through cuBLAS on bf16 operands
-// (tensor cores), then the bias / ReLU pass.  db: a column-sum kernel.
+// fp32: out and din come from gemm_tile_kernel (64 x 64 output tiles in registers, the
+// bias, ReLU or accumulation applied as they are stored: one launch, where cuBLAS plus a
+// bias pass took two); dW, a sum over all R rows into a small matrix, and db come from
+// weight_grad_kernel (row ranges summed in registers and added atomically: one launch,
+// where cuBLAS's split-K took a GEMM and a reduction, and db a kernel of its own).
+// bf16: every product through cuBLAS on bf16 operands (tensor cores), then the bias /
+// ReLU pass, and db from a column-sum kernel.
 // Row-major A(M,K) is column-major A^T, so C = A B (row-major) is C^T = B^T A^T: cuBLAS
 // is called with the operands swapped.
 #include <cublas_v2.h>
@@ -119,19 +120,22 @@ gemm_tile_kernel(float* out, int ldo, const float* A, int lda, const float* B, i
   }
 }
 
-// dW(I, O) += in(R, I)^T dout(R, O): block (x, y, z) owns dW's rows 64x .. 64x + 63 and
-// columns 64y .. 64y + 63 and sums rows_per rows of R (from rows_per * z), 64 at a time,
-// both operands loaded transposed (neighbouring threads read neighbouring columns); the
-// partial sums are added to dW atomically (the order of the z blocks may vary).
+// dW(I, O) += in(R, I)^T dout(R, O) and db(O) += colsum(dout): block (x, y, z) owns dW's
+// rows 64x .. 64x + 63 and columns 64y .. 64y + 63 and sums rows_per rows of R (from
+// rows_per * z), 64 at a time, both operands loaded transposed (neighbouring threads read
+// neighbouring columns); the blocks with x = 0 also sum their dout columns for db (threads
+// 0-63, one column each).  The partial sums are added atomically (the order of the z
+// blocks may vary).
 __global__ void __launch_bounds__(tile::kThreads)
-weight_grad_kernel(float* dW, const float* in, const float* dout, int R, int I, int O,
-                   int rows_per) {
+weight_grad_kernel(float* dW, float* db, const float* in, const float* dout, int R, int I,
+                   int O, int rows_per) {
   constexpr int ld = tile::row_ld<kGemmNC>();
   __shared__ float As[kGemmBM * ld];
   __shared__ float Bs[kGemmBM * ld];
   const int i0 = blockIdx.x * kGemmBM, o0 = blockIdx.y * kGemmBM;
   const int rb = blockIdx.z * rows_per, re = min(R, rb + rows_per);
-  float acc[4][4];
+  const bool col_sums = db != nullptr && blockIdx.x == 0 && threadIdx.x < kGemmBM;
+  float acc[4][4], colsum = 0.f;
   tile::zero(acc);
   for (int k0 = rb; k0 < re; k0 += kGemmKC) {
     const int kw = min(kGemmKC, re - k0);
@@ -143,8 +147,11 @@ weight_grad_kernel(float* dW, const float* in, const float* dout, int R, int I, 
       Bs[c * ld + k] = (k < kw && o0 + c < O) ? dout[row * O + o0 + c] : 0.f;
     }
     __syncthreads();
+    if (col_sums)
+      for (int k = 0; k < kw; ++k) colsum += Bs[threadIdx.x * ld + k];
     tile::dot<4, kGemmNC>(acc, As, Bs, kw);
   }
+  if (col_sums && o0 + (int)threadIdx.x < O) atomicAdd(&db[o0 + threadIdx.x], colsum);
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
 #pragma unroll
   for (int a = 0; a < 4; ++a) {
@@ -158,7 +165,7 @@ weight_grad_kernel(float* dW, const float* in, const float* dout, int R, int I, 
   }
 }
 
-void weight_grad(float* dW, const float* in, const float* dout, int R, int I, int O,
+void weight_grad(float* dW, float* db, const float* in, const float* dout, int R, int I, int O,
                  cudaStream_t s) {
   if (R <= 0 || I <= 0 || O <= 0) return;
   // Row ranges of at least 256 rows, and about two blocks per multiprocessor in all.
@@ -168,7 +175,7 @@ void weight_grad(float* dW, const float* in, const float* dout, int R, int I, in
   const int rows_per = (int)(ceil_div(ceil_div(R, splits), kGemmKC) * kGemmKC);
   const dim3 grid((unsigned)ceil_div(I, kGemmBM), (unsigned)ceil_div(O, kGemmBM),
                   (unsigned)ceil_div(R, rows_per));
-  weight_grad_kernel<<<grid, tile::kThreads, 0, s>>>(dW, in, dout, R, I, O, rows_per);
+  weight_grad_kernel<<<grid, tile::kThreads, 0, s>>>(dW, db, in, dout, R, I, O, rows_per);
   FSR_CUDA_LAUNCH_CHECK();
 }
 
@@ -228,10 +235,8 @@ void linear_backward(cublasHandle_t h, float* din, float* dW, float* db, const f
     gemm(h, false, true, R, I, O, 1.f, dout, O, W, O, accumulate ? 1.f : 0.f, din, I, bf16);
   else if (din)
     gemm_tile<true>(din, I, dout, O, W, O, nullptr, R, I, O, false, accumulate, s);
-  if (bf16)
-    gemm(h, true, false, I, O, R, 1.f, in, I, dout, O, 1.f, dW, O, bf16);
-  else
-    weight_grad(dW, in, dout, R, I, O, s);
+  if (!bf16 && I > 0) return weight_grad(dW, db, in, dout, R, I, O, s);  // dW and db
+  if (bf16) gemm(h, true, false, I, O, R, 1.f, in, I, dout, O, 1.f, dW, O, bf16);
   const dim3 grid(blocks_for(O, kCols), blocks_for(R, kColRows));
   bias_grad_kernel<<<grid, kCols * kLanes, 0, s>>>(db, dout, R, O);
   FSR_CUDA_LAUNCH_CHECK();
