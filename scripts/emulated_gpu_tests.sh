@@ -20,7 +20,21 @@ PKG=$("$PY" -c "import fastsasrec, os; print(os.path.dirname(fastsasrec.__file__
 cp -rL "$PKG" "$WORK/fastsasrec"
 "$ROOT/tools/cuda_emulator/build.sh" "$WORK/build" > /dev/null
 cp "$WORK/build/libfastsasrec_cuda.so" "$WORK/fastsasrec/libfastsasrec_cuda.so"
-export PYTHONPATH="$WORK${PYTHONPATH:+:$PYTHONPATH}"
+# A second build under AddressSanitizer, where the compiler has it: every kernel's global
+# and shared memory accesses checked (the counterpart of compute-sanitizer's memcheck).
+CXX=${CXX:-g++}
+ASAN_LIB=$("$CXX" -print-file-name=libasan.so)
+ASAN_PKG=""
+if [[ "$ASAN_LIB" == /* && -e "$ASAN_LIB" ]]; then
+  EMU_CXXFLAGS="-fsanitize=address -fno-omit-frame-pointer" \
+    "$ROOT/tools/cuda_emulator/build.sh" "$WORK/build_asan" > /dev/null
+  mkdir -p "$WORK/asan"
+  cp -r "$WORK/fastsasrec" "$WORK/asan/fastsasrec"
+  cp "$WORK/build_asan/libfastsasrec_cuda.so" "$WORK/asan/fastsasrec/libfastsasrec_cuda.so"
+  ASAN_PKG="$WORK/asan"
+fi
+BASE_PYTHONPATH=${PYTHONPATH:-}
+export PYTHONPATH="$WORK${BASE_PYTHONPATH:+:$BASE_PYTHONPATH}"
 "$PY" - <<'PY'
 import sys
 import fastsasrec
@@ -32,8 +46,16 @@ PY
 cd "$ROOT"
 # test_ops: every op on both devices; test_devices: the model on both devices, less the
 # three ML-100K epochs (hours when every GPU thread is a fiber).
-# The op tests run twice, each block's threads in order and then in reverse.
-"$PY" -m pytest -q tests/test_ops.py -k cuda "$@"
+# The op tests run twice, each block's threads in order (under AddressSanitizer where it
+# was built; the Python interpreter is not instrumented, so the sanitizer and the C++
+# runtime it intercepts are preloaded) and then in reverse.
+if [[ -n "$ASAN_PKG" ]]; then
+  LD_PRELOAD="$ASAN_LIB $("$CXX" -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0 \
+    PYTHONPATH="$ASAN_PKG${BASE_PYTHONPATH:+:$BASE_PYTHONPATH}" \
+    "$PY" -m pytest -q -p no:faulthandler tests/test_ops.py -k cuda "$@"
+else
+  "$PY" -m pytest -q tests/test_ops.py -k cuda "$@"
+fi
 FSR_EMU_REVERSE=1 "$PY" -m pytest -q tests/test_ops.py -k cuda "$@"
 # Attention on a card with 99 KB of shared memory a block (32-row tiles for D > 64).
 FSR_EMU_SMEM_OPTIN=101376 "$PY" -m pytest -q tests/test_ops.py -k "cuda and attention" "$@"

@@ -3,8 +3,10 @@
 # builds fastsasrec with the CUDA backend, runs the GPU tests (device parity and every op
 # on the GPU), batch scoring, compute-sanitizer memcheck on a small run, the 10M-item
 # memory benchmark, a kernel profile of a training epoch, the training benchmark, then
-# the whole test suite (SKIP_ALL_TESTS=1 skips it), and prints a short table.  Logs go to $OUT (default ./gpu_check_out).  Steps run in that order so
-# that a time limit still leaves the most important results.
+# the same profile and training benchmark for a baseline wheel when one is given (see
+# below), the whole test suite (SKIP_ALL_TESTS=1 skips it), and prints a short table.
+# Logs go to $OUT (default ./gpu_check_out).  Steps run in that order so that a time
+# limit still leaves the most important results.
 #
 # Python packages a GPU image may lack (scipy-openblas32) are installed from ./.whl when
 # that folder exists; MovieLens 100K is read from ./.data/ml-100k when present (an
@@ -53,6 +55,13 @@ print(m.session_embeddings(s[:4]).shape)
 step profile $PY scripts/profile_cuda_train.py "${DATA[@]}"
 step profile_score $PY scripts/profile_cuda_score.py
 step bench_train $PY benchmarks/bench_train.py --device cuda --epochs 8 --max-seq 200 --losses sampled_softmax --default-seeds "" "${DATA[@]}"
+# Before and after on the same card: a wheel of an earlier commit in ./.whl/baseline is
+# installed aside (never over this build) and profiled and timed the same way.
+BASE_WHEEL=$(ls .whl/baseline/fastsasrec-*-cp$($PY -c "import sys; print(f'{sys.version_info[0]}{sys.version_info[1]}')")-*.whl 2>/dev/null | head -1)
+if [ -n "$BASE_WHEEL" ] && $PY -m pip install -q --no-deps --no-index --target /tmp/fsr_baseline "$BASE_WHEEL" >/dev/null 2>&1; then
+  step baseline_profile env PYTHONPATH=/tmp/fsr_baseline${PYTHONPATH:+:$PYTHONPATH} $PY scripts/profile_cuda_train.py "${DATA[@]}"
+  step baseline_train env PYTHONPATH=/tmp/fsr_baseline${PYTHONPATH:+:$PYTHONPATH} $PY benchmarks/bench_train.py --device cuda --epochs 8 --max-seq 200 --losses sampled_softmax --impl fastsasrec --default-seeds "" "${DATA[@]}"
+fi
 [ -z "${SKIP_ALL_TESTS:-}" ] && step all_tests $PY -m pytest tests -q -rs -p no:cacheprovider
 
 echo
@@ -61,4 +70,5 @@ echo "|---|---|---|"
 for s in "${status[@]}"; do echo "| ${s//|/ | } |"; done
 echo "GPU: $(cat "$OUT/gpu.txt" 2>/dev/null)"
 grep -h -A9 "^## " "$OUT/bench_score.log" "$OUT/bench_memory.log" "$OUT/bench_train.log" 2>/dev/null | head -40
-grep -h "speed-up\|fastsasrec peak\|epoch wall\|median .* of 3" "$OUT"/*.log 2>/dev/null
+[ -f "$OUT/baseline_train.log" ] && echo "baseline ($BASE_WHEEL):" && grep -h "^| fastsasrec" "$OUT/baseline_train.log"
+grep -H "speed-up\|fastsasrec peak\|epoch wall\|median .* of 3" "$OUT"/*.log 2>/dev/null | sed "s#^$OUT/##"
