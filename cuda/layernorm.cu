@@ -1,7 +1,8 @@
 // LayerNorm on the GPU (twin of cpp/src/cpu/layernorm.cpp).
 //   forward : one warp per row: mean, rstd = 1/sqrt(var + eps) saved; out = xhat * g + b
-//   backward: one warp per row for din (= or +=); dg, db (+=) summed by a second kernel
-//             over chunks of rows, added atomically (chunk order may vary between runs)
+//   backward: one warp per row for din (= or +=); dg, db (+=) summed over chunks of rows
+//             and added atomically (chunk order may vary between runs): in the same kernel
+//             while a row fits in registers (C <= 256), else by a second kernel
 #include "cuda/common.cuh"
 #include "cuda/ops.cuh"
 
@@ -85,6 +86,80 @@ layernorm_param_grad_kernel(float* dg, float* db, const float* dout, const float
     atomicAdd(db + c, tb);
   }
 }
+
+// din and the dg, db partial sums in one pass (C <= 32 * KPL): each warp takes kFusedRows
+// consecutive rows, its lanes holding columns lane + 32k in registers; the block's 8
+// warps then add their column sums in shared memory and atomically to dg, db.
+constexpr int kFusedRows = 4;
+template <int KPL>
+__global__ void __launch_bounds__(256)
+layernorm_backward_fused_kernel(float* din, float* dg, float* db, const float* dout,
+                                const float* in, const float* mean, const float* rstd,
+                                const float* g, int R, int C, bool accumulate) {
+  __shared__ float pg[8][32 * KPL], pb[8][32 * KPL];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float ag[KPL], ab[KPL], gv[KPL];
+#pragma unroll
+  for (int k = 0; k < KPL; ++k) {
+    const int c = lane + 32 * k;
+    ag[k] = ab[k] = 0.f;
+    gv[k] = c < C ? g[c] : 0.f;
+  }
+  const int row0 = (blockIdx.x * 8 + warp) * kFusedRows;
+  for (int q = 0; q < kFusedRows; ++q) {
+    const int row = row0 + q;
+    if (row >= R) break;  // warp-uniform
+    const float* x = in + (size_t)row * C;
+    const float* d = dout + (size_t)row * C;
+    const float m = mean[row], rs = rstd[row];
+    float xh[KPL], dv[KPL], sg = 0.f, sgx = 0.f;
+#pragma unroll
+    for (int k = 0; k < KPL; ++k) {
+      const int c = lane + 32 * k;
+      xh[k] = c < C ? (x[c] - m) * rs : 0.f;
+      dv[k] = c < C ? d[c] : 0.f;
+      const float gh = dv[k] * gv[k];
+      sg += gh;
+      sgx += gh * xh[k];
+      ag[k] += dv[k] * xh[k];
+      ab[k] += dv[k];
+    }
+    const float mg = warp_sum(sg) / C, mgx = warp_sum(sgx) / C;
+    float* o = din + (size_t)row * C;
+#pragma unroll
+    for (int k = 0; k < KPL; ++k) {
+      const int c = lane + 32 * k;
+      if (c >= C) continue;
+      const float v = rs * (dv[k] * gv[k] - mg - xh[k] * mgx);
+      o[c] = accumulate ? o[c] + v : v;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < KPL; ++k) {
+    pg[warp][lane + 32 * k] = ag[k];
+    pb[warp][lane + 32 * k] = ab[k];
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float tg = 0.f, tb = 0.f;
+#pragma unroll
+    for (int w = 0; w < 8; ++w) {
+      tg += pg[w][c];
+      tb += pb[w][c];
+    }
+    atomicAdd(dg + c, tg);
+    atomicAdd(db + c, tb);
+  }
+}
+
+template <int KPL>
+void backward_fused(float* din, float* dg, float* db, const float* dout, const float* in,
+                    const float* mean, const float* rstd, const float* g, int R, int C,
+                    bool accumulate, cudaStream_t s) {
+  layernorm_backward_fused_kernel<KPL><<<blocks_for(R, 8 * kFusedRows), 256, 0, s>>>(
+      din, dg, db, dout, in, mean, rstd, g, R, C, accumulate);
+  FSR_CUDA_LAUNCH_CHECK();
+}
 }  // namespace
 
 void layernorm_forward(float* out, float* mean, float* rstd, const float* in, const float* g,
@@ -98,6 +173,10 @@ void layernorm_backward(float* din, float* dg, float* db, const float* dout, con
                         const float* mean, const float* rstd, const float* g, int R, int C,
                         bool accumulate, cudaStream_t s) {
   if (R <= 0) return;
+  if (C <= 32) return backward_fused<1>(din, dg, db, dout, in, mean, rstd, g, R, C, accumulate, s);
+  if (C <= 64) return backward_fused<2>(din, dg, db, dout, in, mean, rstd, g, R, C, accumulate, s);
+  if (C <= 128) return backward_fused<4>(din, dg, db, dout, in, mean, rstd, g, R, C, accumulate, s);
+  if (C <= 256) return backward_fused<8>(din, dg, db, dout, in, mean, rstd, g, R, C, accumulate, s);
   layernorm_backward_kernel<<<blocks_for(R, 8), 256, 0, s>>>(din, dout, in, mean, rstd, g, R, C,
                                                              accumulate);
   FSR_CUDA_LAUNCH_CHECK();
