@@ -421,7 +421,7 @@ struct Args {
   const float *dO, *Q, *K, *V, *lse_in;
   int ldq, ldkv;
   const int32_t* cu;
-  int B, H, D, T;
+  int B, H, D, T, n_max;
   float scale;
   bool dropout;
   uint32_t thr;
@@ -432,7 +432,7 @@ struct Args {
 template <int RA, int NC>
 void launch(Kernel k, const Args& a, cudaStream_t stream) {
   const size_t smem = smem_bytes<RA, NC>(k);
-  const dim3 grid((unsigned)(a.B * a.H), (unsigned)((a.T + 16 * RA - 1) / (16 * RA)));
+  const dim3 grid((unsigned)(a.B * a.H), (unsigned)((a.n_max + 16 * RA - 1) / (16 * RA)));
   switch (k) {
     case Kernel::forward:
       tile::allow_smem(attention_forward_kernel<RA, NC>, smem);
@@ -456,15 +456,16 @@ void launch(Kernel k, const Args& a, cudaStream_t stream) {
   FSR_CUDA_LAUNCH_CHECK();
 }
 
-// 64-row tiles where the device's shared memory allows, else 32-row tiles (only D > 64
-// can need them: 64-row tiles take at most 100,352 bytes for D <= 64).
+// 64-row tiles, or 32-row tiles when no sequence of the call is longer (a short session
+// would fill a corner of a 64-row tile) or when 64 rows do not fit the device's shared
+// memory (only D > 64 can need that: 64-row tiles take at most 100,352 bytes for D <= 64).
 template <int NC>
 void launch_nc(Kernel k, const Args& a, int optin, cudaStream_t stream) {
-  const size_t big = smem_bytes<4, NC>(k), small = smem_bytes<2, NC>(k);
-  if (big <= (size_t)optin) return launch<4, NC>(k, a, stream);
-  FSR_REQUIRE(NC == 8 && small <= (size_t)optin, "attention: head width D = ", a.D, " needs ",
-              NC == 8 ? small : big, " bytes of shared memory a block; this GPU offers ", optin);
-  if constexpr (NC == 8) launch<2, NC>(k, a, stream);
+  if (a.n_max > 32 && smem_bytes<4, NC>(k) <= (size_t)optin) return launch<4, NC>(k, a, stream);
+  const size_t small = smem_bytes<2, NC>(k);
+  FSR_REQUIRE(small <= (size_t)optin, "attention: head width D = ", a.D, " needs ", small,
+              " bytes of shared memory a block; this GPU offers ", optin);
+  launch<2, NC>(k, a, stream);
 }
 
 void run(Kernel k, const Args& a, cudaStream_t stream) {
@@ -492,8 +493,13 @@ void check_T(const char* op, int T) {
               " positions, got T = ", T);
 }
 
-Args make_args(int ldq, int ldkv, const int32_t* cu, int B, int H, int D, int T, float p,
-               uint64_t key) {
+void check_n_max(const char* op, int T, int n_max) {
+  FSR_REQUIRE(n_max >= 1 && n_max <= T, op, ": n_max (the longest sequence) must be in 1..T = ",
+              T, ", got ", n_max);
+}
+
+Args make_args(int ldq, int ldkv, const int32_t* cu, int B, int H, int D, int T, int n_max,
+               float p, uint64_t key) {
   Args a{};
   a.ldq = ldq;
   a.ldkv = ldkv;
@@ -502,6 +508,7 @@ Args make_args(int ldq, int ldkv, const int32_t* cu, int B, int H, int D, int T,
   a.H = H;
   a.D = D;
   a.T = T;
+  a.n_max = n_max;
   a.scale = 1.f / std::sqrt((float)D);
   a.dropout = p > 0.f;
   a.inv_keep = a.dropout ? 1.f / (1.f - p) : 1.f;
@@ -514,11 +521,12 @@ Args make_args(int ldq, int ldkv, const int32_t* cu, int B, int H, int D, int T,
 
 void attention_forward(float* O, float* lse, const float* Q, int ldq, const float* K,
                        const float* V, int ldkv, const int32_t* cu, int B, int H, int D, int T,
-                       float p, uint64_t key, cudaStream_t stream) {
+                       int n_max, float p, uint64_t key, cudaStream_t stream) {
   check_shapes("attention_forward", B, H, D, ldq, ldkv);
   check_T("attention_forward", T);
   if (B == 0) return;
-  Args a = make_args(ldq, ldkv, cu, B, H, D, T, p, key);
+  check_n_max("attention_forward", T, n_max);
+  Args a = make_args(ldq, ldkv, cu, B, H, D, T, n_max, p, key);
   a.O = O;
   a.lse = lse;
   a.Q = Q;
@@ -529,12 +537,13 @@ void attention_forward(float* O, float* lse, const float* Q, int ldq, const floa
 
 void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const float* O,
                         const float* Q, int ldq, const float* K, const float* V, int ldkv,
-                        const float* lse, const int32_t* cu, int B, int H, int D, int T, float p,
-                        uint64_t key, cudaStream_t stream) {
+                        const float* lse, const int32_t* cu, int B, int H, int D, int T,
+                        int n_max, float p, uint64_t key, cudaStream_t stream) {
   check_shapes("attention_backward", B, H, D, ldq, ldkv);
   check_T("attention_backward", T);
   if (B == 0) return;
-  Args a = make_args(ldq, ldkv, cu, B, H, D, T, p, key);
+  check_n_max("attention_backward", T, n_max);
+  Args a = make_args(ldq, ldkv, cu, B, H, D, T, n_max, p, key);
   a.dQ = dQ;
   a.dK = dK;
   a.dV = dV;
@@ -544,7 +553,7 @@ void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const 
   a.V = V;
   a.lse_in = lse;
   // 1. delta into dQ(i, h*D)
-  const dim3 grid((unsigned)(B * H), (unsigned)((T + 7) / 8));
+  const dim3 grid((unsigned)(B * H), (unsigned)((n_max + 7) / 8));
   attention_delta_kernel<<<grid, kThreads, 0, stream>>>(dQ, ldq, dO, O, cu, H, D);
   FSR_CUDA_LAUNCH_CHECK();
   run(Kernel::key, a, stream);    // 2. dK, dV (reads delta from dQ)

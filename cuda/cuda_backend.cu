@@ -144,15 +144,15 @@ class CudaBackend final : public Backend {
   }
   void attention_forward(float* O, float* lse, const float* Q, int ldq, const float* K,
                          const float* V, int ldkv, const int32_t* cu, int B, int H, int D, int T,
-                         float p, uint64_t key) override {
-    cuda::attention_forward(O, lse, Q, ldq, K, V, ldkv, cu, B, H, D, T, p, key, stream_);
+                         int n_max, float p, uint64_t key) override {
+    cuda::attention_forward(O, lse, Q, ldq, K, V, ldkv, cu, B, H, D, T, n_max, p, key, stream_);
   }
   void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const float* O,
                           const float* Q, int ldq, const float* K, const float* V, int ldkv,
                           const float* lse, const int32_t* cu, int B, int H, int D, int T,
-                          float p, uint64_t key) override {
-    cuda::attention_backward(dQ, dK, dV, dO, O, Q, ldq, K, V, ldkv, lse, cu, B, H, D, T, p, key,
-                             stream_);
+                          int n_max, float p, uint64_t key) override {
+    cuda::attention_backward(dQ, dK, dV, dO, O, Q, ldq, K, V, ldkv, lse, cu, B, H, D, T, n_max, p,
+                             key, stream_);
   }
   void attention_last_forward(float* O, const float* Q, int ldq, const float* K, const float* V,
                               int ldkv, const int32_t* cu, int B, int H, int D) override {

@@ -51,12 +51,12 @@ void adamw_step(float* params, const float* grads, float* m, float* v, size_t n,
 // probabilities from lse)
 void attention_forward(float* O, float* lse, const float* Q, int ldq, const float* K,
                        const float* V, int ldkv, const int32_t* cu, int B, int H, int D, int T,
-                       float p, uint64_t key, cudaStream_t s);
+                       int n_max, float p, uint64_t key, cudaStream_t s);
 void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const float* O,
                         const float* Q, int ldq, const float* K, const float* V, int ldkv,
                         const float* lse,
-                        const int32_t* cu, int B, int H, int D, int T, float p, uint64_t key,
-                        cudaStream_t s);
+                        const int32_t* cu, int B, int H, int D, int T, int n_max, float p,
+                        uint64_t key, cudaStream_t s);
 void attention_last_forward(float* O, const float* Q, int ldq, const float* K, const float* V,
                             int ldkv, const int32_t* cu, int B, int H, int D, cudaStream_t s);
 // loss_*.cu: fused logits + online log-sum-exp; never a (R x N) or (R x V) matrix in

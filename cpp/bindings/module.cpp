@@ -195,6 +195,14 @@ class Buffer {
   T* p_ = nullptr;
 };
 
+// The longest sequence of a cu array (at least 1): the n_max of the attention ops.
+int longest(const py::array_t<int32_t, py::array::c_style>& cu) {
+  int n = 1;
+  const int32_t* c = cu.data();
+  for (py::ssize_t s = 0; s + 1 < cu.shape(0); ++s) n = std::max(n, c[s + 1] - c[s]);
+  return n;
+}
+
 class Ops {
  public:
   Ops(const std::string& device, const std::string& precision) : be_(make_backend(device)) {
@@ -297,7 +305,7 @@ class Ops {
     FSR_REQUIRE(C % H == 0, "C must be divisible by H");
     auto d_q = put(q), d_k = put(k), d_v = put(v); auto d_c = put(c);
     auto O = empty<float>({R, C}), lse = empty<float>({R, H});
-    be_->attention_forward(O.get(), lse.get(), d_q.get(), C, d_k.get(), d_v.get(), C, d_c.get(), B, H, C / H, T, p, key);
+    be_->attention_forward(O.get(), lse.get(), d_q.get(), C, d_k.get(), d_v.get(), C, d_c.get(), B, H, C / H, T, longest(c), p, key);
     return py::make_tuple(fetch(O), fetch(lse));
   }
   py::tuple attention_backward(py::object dO, py::object Q, py::object K, py::object V,
@@ -309,9 +317,10 @@ class Ops {
     // The backward may read the forward's output (delta_i = dO_i . O_i): recompute it here
     // from the same inputs and dropout key.
     auto O = empty<float>({R, C}), lse_f = empty<float>({R, H});
-    be_->attention_forward(O.get(), lse_f.get(), d_q.get(), C, d_k.get(), d_v.get(), C, d_c.get(), B, H, C / H, T, p, key);
+    const int n_max = longest(c);
+    be_->attention_forward(O.get(), lse_f.get(), d_q.get(), C, d_k.get(), d_v.get(), C, d_c.get(), B, H, C / H, T, n_max, p, key);
     auto dQ = empty<float>({R, C}), dK = empty<float>({R, C}), dV = empty<float>({R, C});
-    be_->attention_backward(dQ.get(), dK.get(), dV.get(), d_d.get(), O.get(), d_q.get(), C, d_k.get(), d_v.get(), C, d_l.get(), d_c.get(), B, H, C / H, T, p, key);
+    be_->attention_backward(dQ.get(), dK.get(), dV.get(), d_d.get(), O.get(), d_q.get(), C, d_k.get(), d_v.get(), C, d_l.get(), d_c.get(), B, H, C / H, T, n_max, p, key);
     return py::make_tuple(fetch(dQ), fetch(dK), fetch(dV));
   }
   py::array_t<float> attention_last_forward(py::object Q, py::object K, py::object V,

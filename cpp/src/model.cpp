@@ -31,6 +31,7 @@ struct Model::Acts {
   int32_t *items = nullptr, *targets = nullptr, *pos = nullptr, *cu = nullptr, *neg = nullptr,
           *rows = nullptr;
   int cap_R = 0, cap_B = 0;
+  int n_max = 0;  // the longest sequence of the batch last uploaded
   bool training = false;
   void* arena = nullptr;
   Backend* be = nullptr;
@@ -256,6 +257,8 @@ void Model::ensure_acts(Acts& a, int R, int B, bool training) {
 
 void Model::upload_batch(const HostBatch& b, Acts& a) {
   const int R = b.R();
+  a.n_max = 0;
+  for (size_t s = 0; s + 1 < b.cu.size(); ++s) a.n_max = std::max(a.n_max, b.cu[s + 1] - b.cu[s]);
   be_->upload(a.items, b.items.data(), R * 4);
   be_->upload(a.pos, b.pos.data(), R * 4);
   be_->upload(a.cu, b.cu.data(), b.cu.size() * 4);
@@ -282,8 +285,8 @@ void Model::forward(Acts& a, int R, int B, bool train, int64_t step) {
     be.layernorm_forward(A.q, A.mean1, A.rstd1, A.x, w.ln1_g, w.ln1_b, R, C, cfg_.ln_eps);
     be.linear_forward(A.Qp, A.q, w.Wq, w.bq, R, C, C, false);
     be.linear_forward(A.KV, A.x, w.Wkv, w.bkv, R, C, 2 * C, false);
-    be.attention_forward(A.att, A.lse, A.Qp, C, A.KV, A.KV + C, 2 * C, a.cu, B, H, D, T, p,
-                         key(site_attention(l)));
+    be.attention_forward(A.att, A.lse, A.Qp, C, A.KV, A.KV + C, 2 * C, a.cu, B, H, D, T,
+                         a.n_max, p, key(site_attention(l)));
     be.linear_forward(a.tmp, A.att, w.Wo, w.bo, R, C, C, false);
     be.residual_forward(A.x1, A.q, a.tmp, (size_t)R * C);
     be.layernorm_forward(A.y, A.mean2, A.rstd2, A.x1, w.ln2_g, w.ln2_b, R, C, cfg_.ln_eps);
@@ -311,7 +314,8 @@ void Model::forward_last(Acts& a, int R, int B) {
     be.layernorm_forward(A.q, A.mean1, A.rstd1, A.x, w.ln1_g, w.ln1_b, R, C, cfg_.ln_eps);
     be.linear_forward(A.Qp, A.q, w.Wq, w.bq, R, C, C, false);
     be.linear_forward(A.KV, A.x, w.Wkv, w.bkv, R, C, 2 * C, false);
-    be.attention_forward(A.att, A.lse, A.Qp, C, A.KV, A.KV + C, 2 * C, a.cu, B, H, D, T, 0.f, 0);
+    be.attention_forward(A.att, A.lse, A.Qp, C, A.KV, A.KV + C, 2 * C, a.cu, B, H, D, T, a.n_max,
+                         0.f, 0);
     be.linear_forward(a.tmp, A.att, w.Wo, w.bo, R, C, C, false);
     be.residual_forward(A.x1, A.q, a.tmp, (size_t)R * C);
     be.layernorm_forward(A.y, A.mean2, A.rstd2, A.x1, w.ln2_g, w.ln2_b, R, C, cfg_.ln_eps);
@@ -367,7 +371,7 @@ void Model::backward(Acts& a, int R, int B, bool train, int64_t step) {
     // x1 = q + att Wo + bo
     be.linear_backward(a.datt, g.Wo, g.bo, a.dx1, A.att, w.Wo, R, C, C, false);
     be.attention_backward(a.dQp, a.dKV, a.dKV + C, a.datt, A.att, A.Qp, C, A.KV, A.KV + C, 2 * C, A.lse,
-                          a.cu, B, H, D, T, p, key(site_attention(l)));
+                          a.cu, B, H, D, T, a.n_max, p, key(site_attention(l)));
     // dq = dx1 (the residual) + dQp Wq^T, in place in dx1
     be.linear_backward(a.dx1, g.Wq, g.bq, a.dQp, A.q, w.Wq, R, C, C, true);
     // K, V = x Wkv + bkv;  q = LN1(x)

@@ -68,16 +68,18 @@ class Backend {
                                 float p, uint64_t key) = 0;
   virtual void residual_forward(float* out, const float* a, const float* b, size_t n) = 0;
   virtual void residual_backward(float* da, float* db, const float* dout, size_t n) = 0;
+  // T: positions per sequence (max_seq; it places the dropout counters); n_max: the longest
+  // sequence of this call (1..T), by which a backend may size its launch.
   virtual void attention_forward(float* O, float* lse, const float* Q, int ldq, const float* K,
                                  const float* V, int ldkv, const int32_t* cu, int B, int H, int D,
-                                 int T, float p, uint64_t key) = 0;
+                                 int T, int n_max, float p, uint64_t key) = 0;
   // O: the forward's output (R, H*D); a backend may take delta_i = sum_j P_ij dP_ij from it
   // as dO_i . O_i (the CPU computes it from P and dP, which it holds anyway).
   virtual void attention_backward(float* dQ, float* dK, float* dV, const float* dO,
                                   const float* O, const float* Q,
                                   int ldq, const float* K, const float* V, int ldkv,
                                   const float* lse, const int32_t* cu, int B, int H, int D, int T,
-                                  float p, uint64_t key) = 0;
+                                  int n_max, float p, uint64_t key) = 0;
   virtual void attention_last_forward(float* O, const float* Q, int ldq, const float* K,
                                       const float* V, int ldkv, const int32_t* cu, int B, int H,
                                       int D) = 0;

@@ -72,13 +72,13 @@ class CpuBackend final : public Backend {
   }
   void attention_forward(float* O, float* lse, const float* Q, int ldq, const float* K,
                          const float* V, int ldkv, const int32_t* cu, int B, int H, int D, int T,
-                         float p, uint64_t key) override {
+                         int /*n_max*/, float p, uint64_t key) override {
     cpu::attention_forward(O, lse, Q, ldq, K, V, ldkv, cu, B, H, D, T, p, key);
   }
   void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const float*,
                           const float* Q, int ldq, const float* K, const float* V, int ldkv,
                           const float* lse, const int32_t* cu, int B, int H, int D, int T,
-                          float p, uint64_t key) override {
+                          int /*n_max*/, float p, uint64_t key) override {
     cpu::attention_backward(dQ, dK, dV, dO, Q, ldq, K, V, ldkv, lse, cu, B, H, D, T, p, key);
   }
   void attention_last_forward(float* O, const float* Q, int ldq, const float* K, const float* V,
