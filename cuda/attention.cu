@@ -12,14 +12,15 @@
 //   attention_last_forward: inference, one query per sequence (its last row), no dropout
 // Dropout counter of (query row i, head h, key row j) is (i * H + h) * T + (j - start).
 //
-// Training kernels: grid (B*H, ceil(T / BM)), 256 threads.  Block (s*H + h, y) owns the
-// BM rows BM*y .. BM*y + BM-1 of sequence s (queries for the forward and the query side,
-// keys for the key side) and streams the other side through shared memory in BM-row
-// tiles; each BM x BM score tile is computed in registers and the probabilities pass
-// through shared memory once, on their way to the P.V-style product (cuda/tile.cuh).
-// BM is 64, or 32 where 64 rows do not fit the card's shared memory (D > 64 below 160 KB
-// a block).  Every output row has one owning block: no atomics, no T x T matrix in global
-// memory, results independent of the schedule.  Limits: D <= 128, T <= 512.
+// Training kernels: grid (B*H, ceil(n_max / BM)), 256 threads, n_max the longest sequence.
+// Block (s*H + h, y) owns the BM rows BM*y .. BM*y + BM-1 of sequence s (queries for the
+// forward and the query side, keys for the key side) and streams the other side through
+// shared memory in BM-row tiles; each BM x BM score tile is computed in registers and the
+// probabilities pass through shared memory once, on their way to the P.V-style product
+// (cuda/tile.cuh).  BM is 64, or 32 when no sequence is longer than 32 or where 64 rows do
+// not fit the card's shared memory (D > 64 below 160 KB a block).  Every output row has
+// one owning block: no atomics, no T x T matrix in global memory, results independent of
+// the schedule.  Limits: D <= 128, T <= 512.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
