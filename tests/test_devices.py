@@ -202,6 +202,17 @@ def test_recommend_batch_takes_and_returns_cupy_arrays():
     # More than the catalogue: the row ends with id -1 and score -inf, as for NumPy input.
     ids_cp, sc_cp = m.recommend_batch(cp.asarray(S[:2]), n=ids_known.size + 2, exclude_seen=False)
     assert (cp.asnumpy(ids_cp)[:, -2:] == -1).all() and np.isneginf(cp.asnumpy(sc_cp)[:, -2:]).all()
+    # The resident path sizes its attention by its own sessions, not by the longest session
+    # of whatever ran before it: short host sessions first, then long device ones (whose
+    # rows past the short length would otherwise be skipped), compared with the host
+    # answer computed afterwards.
+    m40 = SASRec(factors=16, max_seq=40, iterations=1, device="cuda", random_state=3).fit(data)
+    m40.recommend_batch(rng.choice(m40.item_ids, size=(3, 2)), n=2)  # one 32-row tile was enough
+    S = rng.choice(m40.item_ids, size=(40, 39))
+    ids_cp, sc_cp = m40.recommend_batch(cp.asarray(S), n=4)
+    ids_np, sc_np = m40.recommend_batch(S, n=4)
+    np.testing.assert_array_equal(cp.asnumpy(ids_cp), ids_np)
+    np.testing.assert_allclose(cp.asnumpy(sc_cp), sc_np, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="not in the model's catalogue"):
         m.recommend_batch(cp.asarray([[int(ids_known.max()) + 1000]]), n=3)
     with pytest.raises(ValueError, match="2-D integer"):

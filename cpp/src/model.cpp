@@ -663,6 +663,7 @@ void Model::recommend_resident(const int32_t* items, int64_t B, int L, const int
       be_->upload(a.pos, pos.data(), (size_t)R * 4);
       be_->upload(a.cu, cu.data(), (size_t)(Bf + 1) * 4);
       be_->upload(a.rows, last.data(), (size_t)Bf * 4);
+      a.n_max = L;  // every session has L items
       forward_last(a, R, Bf);
       be_->copy(dh + (size_t)(f0 - b0) * C, a.hlast, (size_t)Bf * C * sizeof(float));
     }
