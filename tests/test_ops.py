@@ -431,12 +431,15 @@ LOSS_CASES = [  # (kind, R, C, V, N, grad_scale, logit scale, seed)
     ("softmax", 40, 20, 200, 0, 1.0, 5.0, 64),   # large logits
     ("softmax", 12, 7, 30, 0, 0.0, 1.0, 65),     # forward only
     ("softmax", 600, 4, 28000, 0, 1 / 600, 1.0, 66),  # > 2^24 logits: 2 chunks
-    # shapes off the GPU tiles (32 rows, 64 items, 32 columns of C)
+    # shapes off the GPU tiles (32 or 64 rows, 64 items, 32 columns of C)
     ("bce", 257, 65, 1000, 0, 1 / 257, 1.0, 130), ("bce", 33, 1, 7, 0, 1.0, 1.0, 131),
     ("sampled_softmax", 33, 130, 300, 65, 1 / 33, 1.0, 132),
     ("sampled_softmax", 257, 7, 100, 130, 1 / 257, 1.0, 133),
     ("softmax", 33, 65, 1000, 0, 1 / 33, 1.0, 134), ("softmax", 257, 7, 129, 0, 1 / 257, 1.0, 135),
     ("softmax", 1, 130, 65, 0, 1.0, 1.0, 136),
+    # the GPU's tiled path: 64 rows x 64 candidates, C up to 128 (wider C: the chunked one)
+    ("sampled_softmax", 65, 128, 300, 64, 1 / 65, 1.0, 137),
+    ("softmax", 129, 128, 130, 0, 1 / 129, 1.0, 138),
 ]
 
 
