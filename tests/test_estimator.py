@@ -94,6 +94,20 @@ def test_session_embeddings(trained):
     np.testing.assert_array_equal(a, b)
 
 
+def test_session_embeddings_of_mixed_lengths_across_forwards(trained, chain_data):
+    """A forward takes as many sessions as fill the backend's row budget with their last
+    max_seq items (16,384 rows on the CPU): a large batch of mixed lengths, some beyond
+    max_seq, gives every session the state it has on its own."""
+    rng = np.random.default_rng(12)
+    items = sorted(set(x for s in chain_data for x in s))
+    sessions = [rng.choice(items, size=int(n)).tolist() for n in rng.integers(1, 30, size=4000)]
+    assert sum(min(len(s), SMALL["max_seq"]) for s in sessions) > 2 * 16_384
+    big = trained.session_embeddings(sessions)
+    small = np.concatenate([trained.session_embeddings(sessions[i:i + 50])
+                            for i in range(0, len(sessions), 50)])
+    np.testing.assert_allclose(big, small, rtol=0, atol=1e-6)
+
+
 def test_item_ids_and_embeddings_align(trained, chain_data):
     ids = trained.item_ids
     assert sorted(set(x for s in chain_data for x in s)) == ids.tolist()

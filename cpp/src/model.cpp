@@ -549,10 +549,19 @@ namespace {
 constexpr int64_t kScoreChunk = 65536;  // sessions per top-k call
 }
 
-// Sessions per inference forward: as many as fill the backend's row budget with sessions
-// of max_seq items.
-int64_t Model::forward_chunk() const {
-  return std::max<int64_t>(1, (int64_t)be_->inference_rows() / cfg_.max_seq);
+// The end of the inference forward that starts at session f0 (at most b1): as many sessions
+// as fill the backend's row budget with their last max_seq items, and at least one.
+// Short sessions make few rows, so they go many to a forward.
+int64_t Model::forward_end(const int64_t* offsets, int64_t f0, int64_t b1) const {
+  const int64_t budget = (int64_t)be_->inference_rows(), T = cfg_.max_seq;
+  int64_t rows = 0, f = f0;
+  while (f < b1) {
+    const int64_t n = std::min<int64_t>(offsets[f + 1] - offsets[f], T);
+    if (f > f0 && rows + n > budget) break;
+    rows += n;
+    ++f;
+  }
+  return f;
 }
 
 // Backend memory of at least `bytes` in buf (capacity cap), reallocated only to grow.
@@ -573,9 +582,8 @@ std::vector<float> Model::session_states(const int32_t* items, const int64_t* of
   std::vector<float> out((size_t)B * C);
   HostBatch hb;
   Acts& a = *infer_acts_;
-  const int64_t chunk = forward_chunk();
-  for (int64_t b0 = 0; b0 < B; b0 += chunk) {
-    const int64_t b1 = std::min(B, b0 + chunk);
+  for (int64_t b0 = 0, b1; b0 < B; b0 = b1) {
+    b1 = forward_end(offsets, b0, B);
     final_states(items, offsets, b0, b1, hb, a);
     be_->download(out.data() + (size_t)b0 * C, a.hlast, (size_t)(b1 - b0) * C * sizeof(float));
   }
@@ -595,7 +603,6 @@ void Model::recommend(const int32_t* items, const int64_t* offsets, int64_t B, i
   HostBatch hb;
   Acts& a = *infer_acts_;
   const float* E = params_ + off_E_;
-  const int64_t fchunk = forward_chunk();
   std::vector<int64_t> off_local;
   auto aligned = [](size_t n) { return (n + 255) / 256 * 256; };
   for (int64_t b0 = 0; b0 < B; b0 += kScoreChunk) {
@@ -611,8 +618,8 @@ void Model::recommend(const int32_t* items, const int64_t* offsets, int64_t B, i
     float* dsc = (float*)(base + sz_h + sz_out);
     int64_t* doff = (int64_t*)(base + sz_h + 2 * sz_out);
     int32_t* dexcl = (int32_t*)(base + sz_h + 2 * sz_out + sz_off);
-    for (int64_t f0 = b0; f0 < b1; f0 += fchunk) {
-      const int64_t f1 = std::min(b1, f0 + fchunk);
+    for (int64_t f0 = b0, f1; f0 < b1; f0 = f1) {
+      f1 = forward_end(offsets, f0, b1);
       final_states(items, offsets, f0, f1, hb, a);
       be_->copy(dh + (size_t)(f0 - b0) * C, a.hlast, (size_t)(f1 - f0) * C * sizeof(float));
     }

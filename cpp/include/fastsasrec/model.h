@@ -108,7 +108,7 @@ class Model {
   void final_states(const int32_t* items, const int64_t* offsets, int64_t b0, int64_t b1,
                     HostBatch& hb, Acts& a);
   Layer layer(float* base, int l) const;
-  int64_t forward_chunk() const;
+  int64_t forward_end(const int64_t* offsets, int64_t f0, int64_t b1) const;
   void* grow(void*& buf, size_t& cap, size_t bytes);  // backend scratch, grown on demand
 
   static constexpr int kLayerTensors = 14;
