@@ -50,6 +50,19 @@ __device__ __forceinline__ void load_rows(float* dst, const float* src, int ld_s
   });
 }
 
+// lse_t[r] and delta_t[r] of rows r0 + r of the sequence (0 past its end); delta is read
+// from dQ(i, h*D), where the delta kernel left it.
+template <int BM>
+__device__ __forceinline__ void load_row_stats(float* lse_t, float* delta_t, const float* lse,
+                                               const float* delta, int ldq, int st, int r0,
+                                               int n, int H, int h, int hD) {
+  for (int r = threadIdx.x; r < BM; r += kThreads) {
+    const int i = r0 + r;
+    lse_t[r] = i < n ? lse[(size_t)(st + i) * H + h] : 0.f;
+    delta_t[r] = i < n ? delta[(size_t)(st + i) * ldq + hD] : 0.f;
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Forward: block (s*H + h, y) owns query rows q0 = BM*y .. q0 + BM - 1 and walks the key
 // tiles j0 = 0, BM, .. up to its last row, keeping each row's running max m and sum l.
@@ -204,11 +217,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // the previous tile's readers are done
     load_rows<NC, BM>(Qs, Q + (size_t)st * ldq + hD, ldq, i0, n, D);
     load_rows<NC, BM>(dOs, dO + (size_t)st * ldo + hD, ldo, i0, n, D);
-    for (int r = threadIdx.x; r < BM; r += kThreads) {
-      const int i = i0 + r;
-      lse_t[r] = i < n ? lse[(size_t)(st + i) * H + h] : 0.f;
-      delta_t[r] = i < n ? delta_src[(size_t)(st + i) * ldq + hD] : 0.f;
-    }
+    load_row_stats<BM>(lse_t, delta_t, lse, delta_src, ldq, st, i0, n, H, h, hD);
     __syncthreads();
     float sc[RA][RA], dp[RA][RA];
 #pragma unroll
@@ -284,11 +293,7 @@ __global__ void __launch_bounds__(kThreads)
   const int hD = h * D, ldo = H * D;
   load_rows<NC, BM>(Qs, Q + (size_t)st * ldq + hD, ldq, q0, n, D);
   load_rows<NC, BM>(dOs, dO + (size_t)st * ldo + hD, ldo, q0, n, D);
-  for (int r = threadIdx.x; r < BM; r += kThreads) {
-    const int i = q0 + r;
-    lse_t[r] = i < n ? lse[(size_t)(st + i) * H + h] : 0.f;
-    delta_t[r] = i < n ? dQ[(size_t)(st + i) * ldq + hD] : 0.f;
-  }
+  load_row_stats<BM>(lse_t, delta_t, lse, dQ, ldq, st, q0, n, H, h, hD);
 
   float acc[RA][NC];
 #pragma unroll

@@ -11,6 +11,10 @@
 // multiply-add for a warp that owns a row.
 #pragma once
 
+#include <map>
+#include <mutex>
+#include <utility>
+
 #include "cuda/common.cuh"
 
 namespace fsr::cuda::tile {
@@ -114,27 +118,98 @@ __device__ __forceinline__ void store(float* out, size_t ld_out, const float (&a
   }
 }
 
-// Lets `kernel` take `bytes` of dynamic shared memory (above the default 48 KB).
+// The current device's multiprocessors and the shared memory a block may opt in to, asked
+// of the runtime once per device (kernel launches read them on every call).
+struct DeviceLimits {
+  int sms = 0, smem_optin = 0;
+};
+inline DeviceLimits device_limits() {
+  int dev = 0;
+  FSR_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::mutex mu;
+  static std::map<int, DeviceLimits> known;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = known.find(dev);
+  if (it != known.end()) return it->second;
+  DeviceLimits d;
+  FSR_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
+  FSR_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  known.emplace(dev, d);
+  return d;
+}
+inline int smem_optin() { return device_limits().smem_optin; }
+inline int sm_count() { return device_limits().sms; }
+
+// Lets `kernel` take `bytes` of dynamic shared memory (above the default 48 KB): set once
+// per kernel and device, to the most any launch asked for.
 template <class F>
 inline void allow_smem(F kernel, size_t bytes) {
+  int dev = 0;
+  FSR_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, size_t> set;
+  std::lock_guard<std::mutex> lock(mu);
+  size_t& have = set[{reinterpret_cast<const void*>(kernel), dev}];
+  if (bytes <= have) return;
   FSR_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+  have = bytes;
 }
 
-// The current device's shared memory a block may opt in to.
-inline int smem_optin() {
-  int dev = 0, optin = 0;
-  FSR_CUDA_CHECK(cudaGetDevice(&dev));
-  FSR_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  return optin;
+// ---------------------------------------------------------------------------------------
+// Chunked tiles, for rows too wide to keep in shared memory (the softmax losses above
+// C = 128, top-k's general kernel): C passes through shared memory kKC columns at a time.
+namespace chunk {
+
+constexpr int kKC = 32;  // columns of C per chunk
+constexpr int kIT = 64;  // items per tile
+
+// dst[r][k] = src(r)[c0 + k] for r < rows (0 where src(r) is null or c0 + k >= C).
+template <class Ptr>
+__device__ __forceinline__ void load(float (*dst)[kKC + 1], int rows, int C, int c0, Ptr src) {
+  for (int idx = threadIdx.x; idx < rows * kKC; idx += kThreads) {
+    const int r = idx / kKC, k = idx - r * kKC;
+    const float* p = src(r);
+    dst[r][k] = (p != nullptr && c0 + k < C) ? p[c0 + k] : 0.f;
+  }
 }
 
-// The current device's multiprocessor count.
-inline int sm_count() {
-  int dev = 0, sms = 0;
-  FSR_CUDA_CHECK(cudaGetDevice(&dev));
-  FSR_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  return sms;
+// Ss[r][j] = row(r) . item(j) for RT rows (a multiple of 16) and kIT items (0 where either
+// pointer is null).  Thread (ty, tx) sums its RT/16 x 4 scores over c = 0..C-1 in order
+// with fmaf, so a score's bits do not depend on its tile.  Synchronises on entry and exit.
+template <int RT, class RowPtr, class ItemPtr>
+__device__ void score(float (*Ss)[kIT + 1], float (*Hs)[kKC + 1], float (*Es)[kKC + 1], int C,
+                      RowPtr row, ItemPtr item) {
+  constexpr int RA = RT / 16, IB = kIT / 16;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  float acc[RA][IB];
+  zero(acc);
+  for (int c0 = 0; c0 < C; c0 += kKC) {
+    __syncthreads();  // earlier readers of Hs / Es are done
+    load(Hs, RT, C, c0, row);
+    load(Es, kIT, C, c0, item);
+    __syncthreads();
+#pragma unroll 8
+    for (int k = 0; k < kKC; ++k) {
+      float av[RA], bv[IB];
+#pragma unroll
+      for (int a = 0; a < RA; ++a) av[a] = Hs[ty + 16 * a][k];
+#pragma unroll
+      for (int b = 0; b < IB; ++b) bv[b] = Es[tx + 16 * b][k];
+#pragma unroll
+      for (int a = 0; a < RA; ++a)
+#pragma unroll
+        for (int b = 0; b < IB; ++b) acc[a][b] = fmaf(av[a], bv[b], acc[a][b]);
+    }
+  }
+  __syncthreads();  // earlier readers of Ss (and of the last chunk) are done
+#pragma unroll
+  for (int a = 0; a < RA; ++a)
+#pragma unroll
+    for (int b = 0; b < IB; ++b) Ss[ty + 16 * a][tx + 16 * b] = acc[a][b];
+  __syncthreads();
 }
+
+}  // namespace chunk
 
 }  // namespace fsr::cuda::tile

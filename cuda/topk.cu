@@ -21,6 +21,7 @@
 
 #include "cuda/common.cuh"
 #include "cuda/ops.cuh"
+#include "cuda/tile.cuh"
 
 namespace fsr::cuda {
 
@@ -28,8 +29,8 @@ namespace {
 
 constexpr int kThreads = 256;  // 8 warps
 constexpr int kWarps = kThreads / 32;
-constexpr int kKC = 32;        // columns of C per shared-memory chunk
-constexpr int kIT = 64;        // items per tile (= candidates per merge)
+constexpr int kKC = tile::chunk::kKC;  // columns of C per shared-memory chunk
+constexpr int kIT = tile::chunk::kIT;  // items per tile (= candidates per merge)
 constexpr int kRT = 16;        // rows per block in the partial kernel
 constexpr int kKMax = 128;     // list length per row and pass
 constexpr int kTargetBlocks = 512;
@@ -137,51 +138,15 @@ __device__ int warp_merge(float* ls, int32_t* li, int cnt, float s0, int32_t i0,
   return min(kKMax, cnt + m);
 }
 
-// Ss[r][j] = h[row0 + r] . E[j0 + j + 1] (0 outside).  Each thread sums its 1 x 4 scores
-// over c = 0..C-1 in order with fmaf, so a score's bits do not depend on its tile.
-// Synchronises on entry and exit.
+// Ss[r][j] = h[row0 + r] . E[j0 + j + 1] (0 outside), by tile::chunk::score: each thread
+// sums its 1 x 4 scores over c = 0..C-1 in order with fmaf, so a score's bits do not
+// depend on its tile.  Synchronises on entry and exit.
 __device__ void score_tile(float (*Ss)[kIT + 1], float (*Hs)[kKC + 1], float (*Es)[kKC + 1],
                            const float* h, int row0, int B, const float* E, int j0, int V,
                            int C) {
-  constexpr int RA = kRT / 16, IB = kIT / 16;
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  float acc[RA][IB];
-#pragma unroll
-  for (int a = 0; a < RA; ++a)
-#pragma unroll
-    for (int b = 0; b < IB; ++b) acc[a][b] = 0.f;
-  for (int c0 = 0; c0 < C; c0 += kKC) {
-    __syncthreads();  // earlier readers of Hs / Es are done
-    for (int idx = threadIdx.x; idx < kRT * kKC; idx += kThreads) {
-      const int r = idx / kKC, k = idx % kKC;
-      const int row = row0 + r, c = c0 + k;
-      Hs[r][k] = (row < B && c < C) ? h[(size_t)row * C + c] : 0.f;
-    }
-    for (int idx = threadIdx.x; idx < kIT * kKC; idx += kThreads) {
-      const int j = idx / kKC, k = idx % kKC;
-      const int jj = j0 + j, c = c0 + k;
-      Es[j][k] = (jj < V && c < C) ? E[(size_t)(jj + 1) * C + c] : 0.f;
-    }
-    __syncthreads();
-#pragma unroll 8
-    for (int k = 0; k < kKC; ++k) {
-      float av[RA], bv[IB];
-#pragma unroll
-      for (int a = 0; a < RA; ++a) av[a] = Hs[ty + 16 * a][k];
-#pragma unroll
-      for (int b = 0; b < IB; ++b) bv[b] = Es[tx + 16 * b][k];
-#pragma unroll
-      for (int a = 0; a < RA; ++a)
-#pragma unroll
-        for (int b = 0; b < IB; ++b) acc[a][b] = fmaf(av[a], bv[b], acc[a][b]);
-    }
-  }
-  __syncthreads();  // earlier readers of Ss (and of the last chunk) are done
-#pragma unroll
-  for (int a = 0; a < RA; ++a)
-#pragma unroll
-    for (int b = 0; b < IB; ++b) Ss[ty + 16 * a][tx + 16 * b] = acc[a][b];
-  __syncthreads();
+  tile::chunk::score<kRT>(
+      Ss, Hs, Es, C, [&](int r) { return row0 + r < B ? h + (size_t)(row0 + r) * C : nullptr; },
+      [&](int j) { return j0 + j < V ? E + (size_t)(j0 + j + 1) * C : nullptr; });
 }
 
 // Kernel 1.  Block (x, y): rows blockIdx.x * kRT .. + kRT, item tiles
@@ -527,17 +492,6 @@ partial_kernel(float* __restrict__ ws_s, int32_t* __restrict__ ws_i, const float
   }
 }
 
-struct Device {
-  int sms = 0, smem_optin = 0;
-};
-Device device_info() {
-  Device d;
-  int dev = 0;
-  FSR_CUDA_CHECK(cudaGetDevice(&dev));
-  FSR_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
-  FSR_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  return d;
-}
 
 // Ranges of item tiles per row group: one block per SM at a time (the shared memory
 // allows no more), so pick the split that wastes the least of the last wave, preferring
@@ -561,8 +515,7 @@ template <int KL>
 void run(int32_t* ids, float* scores, const float* h, const float* E, const int32_t* excl,
          const int64_t* excl_off, int B, int C, int V, int K, size_t smem, int sms,
          cudaStream_t s) {
-  FSR_CUDA_CHECK(cudaFuncSetAttribute(partial_kernel<KL>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  tile::allow_smem(partial_kernel<KL>, smem);
   const long long row_groups = ceil_div(B, kBM), n_tiles = ceil_div(V, kBN);
   const int splits = n_tiles > 0 ? choose_splits(row_groups, n_tiles, sms) : 1;
   const int tps = n_tiles > 0 ? (int)ceil_div(n_tiles, splits) : 1;
@@ -587,7 +540,7 @@ void topk_forward(int32_t* ids, float* scores, const float* h, const float* E,
   if (B == 0 || K == 0) return;
   if (excl_off == nullptr) throw std::runtime_error("topk_forward: excl_off is null");
   {
-    const tiled::Device dev = tiled::device_info();
+    const tile::DeviceLimits dev = tile::device_limits();
     const int KL = K <= 16 ? 16 : 64;  // a list long enough for K in one or few passes
     const size_t smem = tiled::smem_bytes(C, KL);
     if (smem <= (size_t)dev.smem_optin) {
