@@ -26,7 +26,8 @@ struct Model::Acts {
   std::vector<L> layers;
   float *xL = nullptr, *h = nullptr, *meanf = nullptr, *rstdf = nullptr, *tmp = nullptr;
   // backward scratch
-  float *dx = nullptr, *dx1 = nullptr, *dtmp = nullptr, *df1 = nullptr, *datt = nullptr, *dQp = nullptr, *dKV = nullptr, *dh = nullptr;
+  float *dx = nullptr, *dx1 = nullptr, *dtmp = nullptr, *df1 = nullptr, *datt = nullptr,
+        *dQp = nullptr, *dKV = nullptr, *dh = nullptr;
   float *loss = nullptr, *workspace = nullptr, *hlast = nullptr;
   int32_t *items = nullptr, *targets = nullptr, *pos = nullptr, *cu = nullptr, *neg = nullptr,
           *rows = nullptr;
