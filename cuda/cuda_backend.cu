@@ -115,6 +115,12 @@ class CudaBackend final : public Backend {
                          const float* b, int R, int C, float eps) override {
     cuda::layernorm_forward(out, mean, rstd, in, g, b, R, C, eps, stream_);
   }
+  void residual_layernorm_forward(float* sum, float* out, float* mean, float* rstd, const float* a,
+                                  const float* b, float p, uint64_t key, const float* g,
+                                  const float* beta, int R, int C, float eps) override {
+    cuda::residual_layernorm_forward(sum, out, mean, rstd, a, b, p, key, g, beta, R, C, eps,
+                                     stream_);
+  }
   void layernorm_backward(float* din, float* dg, float* db, const float* dout, const float* in,
                           const float* mean, const float* rstd, const float* g, int R, int C,
                           bool accumulate) override {
@@ -135,12 +141,6 @@ class CudaBackend final : public Backend {
   void dropout_backward(float* din, const float* dout, const float* relu_out, size_t n, float p,
                         uint64_t key) override {
     cuda::dropout_backward(din, dout, relu_out, n, p, key, stream_);
-  }
-  void residual_forward(float* out, const float* a, const float* b, size_t n) override {
-    cuda::residual_forward(out, a, b, n, stream_);
-  }
-  void residual_backward(float* da, float* db, const float* dout, size_t n) override {
-    cuda::residual_backward(da, db, dout, n, stream_);
   }
   void attention_forward(float* O, float* lse, const float* Q, int ldq, const float* K,
                          const float* V, int ldkv, const int32_t* cu, int B, int H, int D, int T,

@@ -1,8 +1,7 @@
-// Elementwise ops on the GPU (twins of cpp/src/cpu/dropout.cpp, residual.cpp, gather.cpp,
-// adamw.cpp): one thread per element, the same counter-based dropout masks.
+// Elementwise ops on the GPU (twins of cpp/src/cpu/dropout.cpp, gather.cpp, adamw.cpp): one
+// thread per element, the same counter-based dropout masks.
 //   dropout_forward : out = in * keep / (1 - p)                        (out may be in)
 //   dropout_backward: din = dout * keep / (1 - p) [* (relu_out > 0)]   (din may be dout)
-//   residual_forward: out = a + b;   residual_backward: da += dout, db += dout
 //   gather_rows     : out(n, C) = in[rows[i]]
 //   adamw_step      : PyTorch AdamW over the flat arena, decay on the first n_decay entries
 #include <cmath>
@@ -21,18 +20,6 @@ __global__ void dropout_kernel(float* out, const float* in, const float* relu_ou
   float k = keep_scale(key, e, thr, inv_keep);
   if (relu_out) k = relu_out[e] > 0.f ? k : 0.f;
   out[e] = in[e] * k;
-}
-
-__global__ void add_kernel(float* out, const float* a, const float* b, size_t n) {
-  const size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (e < n) out[e] = a[e] + b[e];
-}
-
-__global__ void accumulate_kernel(float* da, float* db, const float* dout, size_t n) {
-  const size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (e >= n) return;
-  if (da) da[e] += dout[e];
-  if (db) db[e] += dout[e];
 }
 
 __global__ void gather_kernel(float* out, const float* in, const int32_t* rows, int n, int C) {
@@ -79,18 +66,6 @@ void dropout_backward(float* din, const float* dout, const float* relu_out, size
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
   dropout_kernel<<<blocks_for(n, 256), 256, 0, s>>>(din, dout, relu_out, n, dropout_threshold(p),
                                                     inv_keep, key);
-  FSR_CUDA_LAUNCH_CHECK();
-}
-
-void residual_forward(float* out, const float* a, const float* b, size_t n, cudaStream_t s) {
-  if (n == 0) return;
-  add_kernel<<<blocks_for(n, 256), 256, 0, s>>>(out, a, b, n);
-  FSR_CUDA_LAUNCH_CHECK();
-}
-
-void residual_backward(float* da, float* db, const float* dout, size_t n, cudaStream_t s) {
-  if (n == 0) return;
-  accumulate_kernel<<<blocks_for(n, 256), 256, 0, s>>>(da, db, dout, n);
   FSR_CUDA_LAUNCH_CHECK();
 }
 

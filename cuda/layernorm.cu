@@ -1,20 +1,37 @@
 // LayerNorm on the GPU (twin of cpp/src/cpu/layernorm.cpp).
-//   forward : one warp per row: mean, rstd = 1/sqrt(var + eps) saved; out = xhat * g + b
+//   forward : one warp per row: mean, rstd = 1/sqrt(var + eps) saved; out = xhat * g + b;
+//             residual_layernorm_forward first forms the row as a + dropout_p(b) (the same
+//             counters as dropout_forward over R*C), stores it in sum and normalises that
 //   backward: one warp per row for din (= or +=); dg, db (+=) summed over chunks of rows
 //             and added atomically (chunk order may vary between runs): in the same kernel
 //             while a row fits in registers (C <= 256), else by a second kernel
 #include "cuda/common.cuh"
 #include "cuda/ops.cuh"
+#include "fastsasrec/rng.h"
 
 namespace fsr::cuda {
 
 namespace {
-__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* in,
-                                         const float* g, const float* b, int R, int C, float eps) {
+// With res (the residual's second summand) the row is a + dropout(res), written to sum and
+// read back by the same lanes; thr == 0 means no dropout.
+__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, float* sum,
+                                         const float* in, const float* res, uint32_t thr,
+                                         float inv_keep, uint64_t key, const float* g,
+                                         const float* b, int R, int C, float eps) {
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= R) return;
-  const float* x = in + (size_t)row * C;
+  const size_t r0 = (size_t)row * C;
+  const float* x = in + r0;
+  if (res) {
+    float* sr = sum + r0;
+    for (int c = lane; c < C; c += 32) {
+      float v = res[r0 + c];
+      if (thr) v *= keep_scale(key, r0 + c, thr, inv_keep);
+      sr[c] = x[c] + v;
+    }
+    x = sr;
+  }
   float s = 0.f;
   for (int c = lane; c < C; c += 32) s += x[c];
   const float m = warp_sum(s) / C;
@@ -25,7 +42,7 @@ __global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, c
     mean[row] = m;
     rstd[row] = rs;
   }
-  float* o = out + (size_t)row * C;
+  float* o = out + r0;
   for (int c = lane; c < C; c += 32) o[c] = (x[c] - m) * rs * g[c] + b[c];
 }
 
@@ -165,7 +182,18 @@ void backward_fused(float* din, float* dg, float* db, const float* dout, const f
 void layernorm_forward(float* out, float* mean, float* rstd, const float* in, const float* g,
                        const float* b, int R, int C, float eps, cudaStream_t s) {
   if (R <= 0) return;
-  layernorm_forward_kernel<<<blocks_for(R, 8), 256, 0, s>>>(out, mean, rstd, in, g, b, R, C, eps);
+  layernorm_forward_kernel<<<blocks_for(R, 8), 256, 0, s>>>(out, mean, rstd, nullptr, in, nullptr,
+                                                             0u, 1.f, 0, g, b, R, C, eps);
+  FSR_CUDA_LAUNCH_CHECK();
+}
+
+void residual_layernorm_forward(float* sum, float* out, float* mean, float* rstd, const float* a,
+                                const float* b, float p, uint64_t key, const float* g,
+                                const float* beta, int R, int C, float eps, cudaStream_t s) {
+  if (R <= 0) return;
+  const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
+  layernorm_forward_kernel<<<blocks_for(R, 8), 256, 0, s>>>(
+      out, mean, rstd, sum, a, b, dropout_threshold(p), inv_keep, key, g, beta, R, C, eps);
   FSR_CUDA_LAUNCH_CHECK();
 }
 

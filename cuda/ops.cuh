@@ -23,6 +23,9 @@ void embedding_backward(float* dE, float* dP, const float* dx, const int32_t* it
 // layernorm.cu
 void layernorm_forward(float* out, float* mean, float* rstd, const float* in, const float* g,
                        const float* b, int R, int C, float eps, cudaStream_t s);
+void residual_layernorm_forward(float* sum, float* out, float* mean, float* rstd, const float* a,
+                                const float* b, float p, uint64_t key, const float* g,
+                                const float* beta, int R, int C, float eps, cudaStream_t s);
 void layernorm_backward(float* din, float* dg, float* db, const float* dout, const float* in,
                         const float* mean, const float* rstd, const float* g, int R, int C,
                         bool accumulate, cudaStream_t s);
@@ -36,12 +39,10 @@ void linear_backward(cublasHandle_t h, float* din, float* dW, float* db, const f
 void gemm(cublasHandle_t h, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
           const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc,
           bool bf16 = false);
-// elementwise.cu: dropout, residual, gather, AdamW
+// elementwise.cu: dropout, gather, AdamW
 void dropout_forward(float* out, const float* in, size_t n, float p, uint64_t key, cudaStream_t s);
 void dropout_backward(float* din, const float* dout, const float* relu_out, size_t n, float p,
                       uint64_t key, cudaStream_t s);
-void residual_forward(float* out, const float* a, const float* b, size_t n, cudaStream_t s);
-void residual_backward(float* da, float* db, const float* dout, size_t n, cudaStream_t s);
 void gather_rows(float* out, const float* in, const int32_t* rows, int n, int C, cudaStream_t s);
 void adamw_step(float* params, const float* grads, float* m, float* v, size_t n, size_t n_decay,
                 float lr, float beta1, float beta2, float eps, float weight_decay, int64_t step,

@@ -117,24 +117,41 @@ def test_dropout_keeps_at_threshold(ops):
     np.testing.assert_array_equal(din != 0, u >= np.float32(p))
 
 
-# ============================================================================ residual
-@pytest.mark.parametrize("shape,seed", [((1,), 8), ((5, 13), 9), ((20000,), 10), ((33, 7), 113),
-                                        ((257,), 114)],
-                         ids=["n1-s8", "5x13-s9", "n20000-s10", "33x7-s113", "n257-s114"])
-def test_residual(ops, shape, seed):
+# ============================================================================ residual + layernorm
+RESLN_CASES = [  # (R, C, p, seed)
+    (1, 1, 0.0, 31), (1, 7, 0.3, 32), (33, 64, 0.3, 33), (257, 65, 0.0, 34),
+    (1000, 20, 0.3, 35),  # R*C >= 16384: rows split over threads
+    (9, 130, 0.5, 36), (5, 300, 0.3, 37),
+]
+
+
+@pytest.mark.parametrize("R_,C,p,seed", RESLN_CASES,
+                         ids=ids(RESLN_CASES, lambda r, c, p, s: f"R{r}-C{c}-p{p}-s{s}"))
+def test_residual_layernorm(ops, R_, C, p, seed):
     rng = np.random.default_rng(seed)
-    a, b = normal(rng, *shape), normal(rng, *shape, scale=3.0)
-    out = ops.residual_forward(a, b)
-    ref = R.residual_forward(a, b)
-    # One correctly rounded float32 addition: bit-identical to NumPy's float32 a + b,
-    # and within u |a + b| of the exact sum.
-    np.testing.assert_array_equal(out, a + b, err_msg=f"residual_forward (seed {seed})")
-    assert_close(out, ref, U32 * np.abs(ref), "residual_forward", seed)
-    dout = normal(rng, *shape)
-    da, db = ops.residual_backward(dout)
-    rda, rdb = R.residual_backward(dout)
-    np.testing.assert_array_equal(da, rda)  # 0 + dout: exact
-    np.testing.assert_array_equal(db, rdb)
+    a, b = normal(rng, R_, C, scale=2.0), normal(rng, R_, C)
+    b[b == 0] = 1.0  # no exact zeros, so the mask shows in the sum
+    g, beta = normal(rng, C), normal(rng, C)
+    eps, key = f32(1e-5), R.rng_key(seed, 7)
+    mult = R.dropout_multiplier(R.uniform(key, R_ * C).reshape(R_, C), p)
+    s, out, mean, rstd = ops.residual_layernorm_forward(a, b, g, beta, eps, p, key)
+    rs_ = R.residual_layernorm_forward(a, b, g, beta, eps, mult)[0]
+    # The sum: the dropout's mask bit for bit (a dropped b leaves a exactly), and within
+    # the rounding of b * keep / (1 - p) and one addition elsewhere.
+    dropped = mult == 0
+    np.testing.assert_array_equal(s[dropped], a[dropped], err_msg=f"dropout mask (seed {seed})")
+    assert_close(s, rs_, bound(0, np.abs(a) + np.abs(b) * mult), "residual_layernorm sum", seed)
+    # The norm of the engine's own sum: exactly what layernorm_forward gives for it (the
+    # fused pass normalises as the plain one does), and within test_layernorm's bounds of
+    # the float64 norm of that sum.
+    lo, lmean, lrstd = ops.layernorm_forward(s, g, beta, eps)
+    for got, want, what in ((out, lo, "out"), (mean, lmean, "mean"), (rstd, lrstd, "rstd")):
+        np.testing.assert_array_equal(got, want, err_msg=f"{what} differs from layernorm_forward (seed {seed})")
+    ref, rmean, rrstd = R.layernorm_forward(s, g, beta, eps)
+    cond = np.abs(s).max(axis=1) * rrstd
+    assert_close(out, ref, bound(C, (1.0 + cond)[:, None] * np.abs(g) + np.abs(beta)),
+                 "residual_layernorm out", seed)
+    assert_close(rstd, rrstd, bound(C, rrstd * (1.0 + cond)), "residual_layernorm rstd", seed)
 
 
 # ============================================================================ embedding
@@ -709,6 +726,23 @@ def test_reference_fd_dropout_residual():
     dx_res, dy = R.residual_backward(w)
     _check(f, {"x": x, "y": y}, {"x": R.dropout_backward(dx_res, mult, relu_out), "y": dy},
            "dropout+residual", seed)
+
+
+def test_reference_fd_residual_layernorm():
+    seed = 102
+    rng = np.random.default_rng(seed)
+    a, b = rng.standard_normal((3, 6)), rng.standard_normal((3, 6))
+    g, beta = rng.standard_normal(6), rng.standard_normal(6)
+    w1, w2 = rng.standard_normal((3, 6)), rng.standard_normal((3, 6))
+    mult = R.dropout_multiplier(R.uniform(R.rng_key(seed, 0), 18).reshape(3, 6), 0.3)
+
+    def f(q):  # the sum feeds on (w1) as well as the norm (w2), as a layer's output does
+        s, out, _, _ = R.residual_layernorm_forward(q["a"], q["b"], q["g"], q["beta"], 1e-5, mult)
+        return np.sum(w1 * s) + np.sum(w2 * out)
+
+    da, db, dg, dbeta = R.residual_layernorm_backward(w1, w2, a, b, g, beta, 1e-5, mult)
+    _check(f, {"a": a, "b": b, "g": g, "beta": beta}, {"a": da, "b": db, "g": dg, "beta": dbeta},
+           "residual+layernorm", seed)
 
 
 @pytest.mark.parametrize("lens,H,p,seed", [([1, 3, 2], 2, 0.3, 97), ([4], 1, 0.0, 98)])

@@ -238,6 +238,19 @@ class Ops {
     be_->layernorm_forward(out.get(), mean.get(), rstd.get(), d_a.get(), d_g.get(), d_b.get(), R, C, eps);
     return py::make_tuple(fetch(out), fetch(mean), fetch(rstd));
   }
+  py::tuple residual_layernorm_forward(py::object a, py::object b, py::object g, py::object beta,
+                                       float eps, float p, uint64_t key) {
+    auto x = arr<float>(a, "a", 2); auto y = arr<float>(b, "b", 2);
+    auto gg = arr<float>(g, "g", 1); auto bb = arr<float>(beta, "beta", 1);
+    FSR_REQUIRE(y.shape(0) == x.shape(0) && y.shape(1) == x.shape(1), "b must have the shape of a");
+    const int R = x.shape(0), C = x.shape(1);
+    auto d_x = put(x), d_y = put(y), d_g = put(gg), d_b = put(bb);
+    auto sum = empty<float>({R, C}), out = empty<float>({R, C});
+    auto mean = empty<float>({R}), rstd = empty<float>({R});
+    be_->residual_layernorm_forward(sum.get(), out.get(), mean.get(), rstd.get(), d_x.get(), d_y.get(),
+                                    p, key, d_g.get(), d_b.get(), R, C, eps);
+    return py::make_tuple(fetch(sum), fetch(out), fetch(mean), fetch(rstd));
+  }
   py::tuple layernorm_backward(py::object dout, py::object x, py::object mean, py::object rstd,
                                py::object g) {
     auto d = arr<float>(dout, "dout", 2); auto a = arr<float>(x, "x", 2);
@@ -281,21 +294,6 @@ class Ops {
     auto din = empty<float>(shape_of(d));
     be_->dropout_backward(din.get(), d_d.get(), relu ? d_ro.get() : nullptr, din.size(), p, key);
     return fetch(din);
-  }
-  py::array_t<float> residual_forward(py::object a, py::object b) {
-    auto x = arr<float>(a, "a"); auto y = arr<float>(b, "b");
-    FSR_REQUIRE(x.size() == y.size(), "a and b must have the same size");
-    auto d_x = put(x), d_y = put(y);
-    auto out = empty<float>(shape_of(x));
-    be_->residual_forward(out.get(), d_x.get(), d_y.get(), out.size());
-    return fetch(out);
-  }
-  py::tuple residual_backward(py::object dout) {
-    auto d = arr<float>(dout, "dout");
-    auto d_d = put(d);
-    auto da = zeros<float>(shape_of(d)), db = zeros<float>(shape_of(d));
-    be_->residual_backward(da.get(), db.get(), d_d.get(), da.size());
-    return py::make_tuple(fetch(da), fetch(db));
   }
   py::tuple attention_forward(py::object Q, py::object K, py::object V, py::object cu, int H,
                               int T, float p, uint64_t key) {
@@ -429,14 +427,13 @@ void bind_ops(py::module_& m) {
       .def("embedding_forward", &Ops::embedding_forward)
       .def("embedding_backward", &Ops::embedding_backward)
       .def("layernorm_forward", &Ops::layernorm_forward)
+      .def("residual_layernorm_forward", &Ops::residual_layernorm_forward)
       .def("layernorm_backward", &Ops::layernorm_backward)
       .def("linear_forward", &Ops::linear_forward)
       .def("linear_backward", &Ops::linear_backward)
       .def("dropout_forward", &Ops::dropout_forward)
       .def("dropout_backward", &Ops::dropout_backward, py::arg("dout"), py::arg("relu_out"),
            py::arg("p"), py::arg("key"))
-      .def("residual_forward", &Ops::residual_forward)
-      .def("residual_backward", &Ops::residual_backward)
       .def("attention_forward", &Ops::attention_forward)
       .def("attention_backward", &Ops::attention_backward)
       .def("attention_last_forward", &Ops::attention_last_forward)

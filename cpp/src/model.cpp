@@ -276,29 +276,45 @@ void Model::forward(Acts& a, int R, int B, bool train, int64_t step) {
   auto key = [&](int site) { return rng_key(cfg_.seed, dropout_stream(step, site)); };
   const float* E = params_ + off_E_;
   const float* P = params_ + off_P_;
-  float* x0 = cfg_.n_layers > 0 ? a.layers[0].x : a.xL;
+  const int L = cfg_.n_layers;
+  float* x0 = L > 0 ? a.layers[0].x : a.xL;
   be.embedding_forward(x0, a.items, a.pos, E, P, R, C, std::sqrt((float)C), p,
                        key(site_embedding()));
-  for (int l = 0; l < cfg_.n_layers; ++l) {
+  // Each residual add is fused with the layernorm that reads its sum: x1 with LN2, a
+  // layer's output with the next layer's LN1 (the final norm after the last layer).
+  if (L == 0)
+    be.layernorm_forward(a.h, a.meanf, a.rstdf, a.xL, params_ + off_lnf_g_,
+                         params_ + off_lnf_b_, R, C, cfg_.ln_eps);
+  else
+    be.layernorm_forward(a.layers[0].q, a.layers[0].mean1, a.layers[0].rstd1, x0,
+                         layer(params_, 0).ln1_g, layer(params_, 0).ln1_b, R, C, cfg_.ln_eps);
+  for (int l = 0; l < L; ++l) {
     const Layer w = layer(params_, l);
     auto& A = a.layers[l];
-    float* x_out = l + 1 < cfg_.n_layers ? a.layers[l + 1].x : a.xL;
-    be.layernorm_forward(A.q, A.mean1, A.rstd1, A.x, w.ln1_g, w.ln1_b, R, C, cfg_.ln_eps);
     be.linear_forward(A.Qp, A.q, w.Wq, w.bq, R, C, C, false);
     be.linear_forward(A.KV, A.x, w.Wkv, w.bkv, R, C, 2 * C, false);
     be.attention_forward(A.att, A.lse, A.Qp, C, A.KV, A.KV + C, 2 * C, a.cu, B, H, D, T,
                          a.n_max, p, key(site_attention(l)));
     be.linear_forward(a.tmp, A.att, w.Wo, w.bo, R, C, C, false);
-    be.residual_forward(A.x1, A.q, a.tmp, (size_t)R * C);
-    be.layernorm_forward(A.y, A.mean2, A.rstd2, A.x1, w.ln2_g, w.ln2_b, R, C, cfg_.ln_eps);
+    // x1 = q + tmp;  y = LN2(x1)
+    be.residual_layernorm_forward(A.x1, A.y, A.mean2, A.rstd2, A.q, a.tmp, 0.f, 0, w.ln2_g,
+                                  w.ln2_b, R, C, cfg_.ln_eps);
     be.linear_forward(A.f1, A.y, w.W1, w.b1, R, C, F, true);
     be.dropout_forward(A.f1d, A.f1, (size_t)R * F, p, key(site_ffn_hidden(l)));
     be.linear_forward(a.tmp, A.f1d, w.W2, w.b2, R, F, C, false);
-    be.dropout_forward(a.tmp, a.tmp, (size_t)R * C, p, key(site_ffn_out(l)));
-    be.residual_forward(x_out, A.y, a.tmp, (size_t)R * C);
+    // the layer's output x' = y + dropout(tmp), then the next LN1 (or the final norm) of x'
+    const uint64_t k_out = key(site_ffn_out(l));
+    if (l + 1 < L) {
+      auto& N = a.layers[l + 1];
+      const Layer wn = layer(params_, l + 1);
+      be.residual_layernorm_forward(N.x, N.q, N.mean1, N.rstd1, A.y, a.tmp, p, k_out, wn.ln1_g,
+                                    wn.ln1_b, R, C, cfg_.ln_eps);
+    } else {
+      be.residual_layernorm_forward(a.xL, a.h, a.meanf, a.rstdf, A.y, a.tmp, p, k_out,
+                                    params_ + off_lnf_g_, params_ + off_lnf_b_, R, C,
+                                    cfg_.ln_eps);
+    }
   }
-  be.layernorm_forward(a.h, a.meanf, a.rstdf, a.xL, params_ + off_lnf_g_,
-                       params_ + off_lnf_b_, R, C, cfg_.ln_eps);
 }
 
 void Model::forward_last(Acts& a, int R, int B) {
@@ -307,43 +323,52 @@ void Model::forward_last(Acts& a, int R, int B) {
             T = cfg_.max_seq, L = cfg_.n_layers;
   const float* E = params_ + off_E_;
   const float* P = params_ + off_P_;
+  const float* lnf_g = params_ + off_lnf_g_;
+  const float* lnf_b = params_ + off_lnf_b_;
   float* x0 = L > 0 ? a.layers[0].x : a.xL;
   be.embedding_forward(x0, a.items, a.pos, E, P, R, C, std::sqrt((float)C), 0.f, 0);
-  for (int l = 0; l + 1 < L; ++l) {  // every row
-    const Layer w = layer(params_, l);
+  if (L == 0) {
+    be.gather_rows(a.tmp, x0, a.rows, B, C);
+    be.layernorm_forward(a.hlast, a.meanf, a.rstdf, a.tmp, lnf_g, lnf_b, B, C, cfg_.ln_eps);
+    return;
+  }
+  // Every row through all layers but the last, as in forward (residual adds fused with the
+  // norm after them); the last layer's LN1 too, of every row, in the same pass as the add.
+  be.layernorm_forward(a.layers[0].q, a.layers[0].mean1, a.layers[0].rstd1, x0,
+                       layer(params_, 0).ln1_g, layer(params_, 0).ln1_b, R, C, cfg_.ln_eps);
+  for (int l = 0; l + 1 < L; ++l) {
+    const Layer w = layer(params_, l), wn = layer(params_, l + 1);
     auto& A = a.layers[l];
-    be.layernorm_forward(A.q, A.mean1, A.rstd1, A.x, w.ln1_g, w.ln1_b, R, C, cfg_.ln_eps);
+    auto& N = a.layers[l + 1];
     be.linear_forward(A.Qp, A.q, w.Wq, w.bq, R, C, C, false);
     be.linear_forward(A.KV, A.x, w.Wkv, w.bkv, R, C, 2 * C, false);
     be.attention_forward(A.att, A.lse, A.Qp, C, A.KV, A.KV + C, 2 * C, a.cu, B, H, D, T, a.n_max,
                          0.f, 0);
     be.linear_forward(a.tmp, A.att, w.Wo, w.bo, R, C, C, false);
-    be.residual_forward(A.x1, A.q, a.tmp, (size_t)R * C);
-    be.layernorm_forward(A.y, A.mean2, A.rstd2, A.x1, w.ln2_g, w.ln2_b, R, C, cfg_.ln_eps);
+    be.residual_layernorm_forward(A.x1, A.y, A.mean2, A.rstd2, A.q, a.tmp, 0.f, 0, w.ln2_g,
+                                  w.ln2_b, R, C, cfg_.ln_eps);
     be.linear_forward(A.f1, A.y, w.W1, w.b1, R, C, F, true);
     be.linear_forward(a.tmp, A.f1, w.W2, w.b2, R, F, C, false);
-    be.residual_forward(a.layers[l + 1].x, A.y, a.tmp, (size_t)R * C);
+    be.residual_layernorm_forward(N.x, N.q, N.mean1, N.rstd1, A.y, a.tmp, 0.f, 0, wn.ln1_g,
+                                  wn.ln1_b, R, C, cfg_.ln_eps);
   }
-  float* xB = a.xL;  // (B, C): the last rows after the last layer
-  if (L == 0) {
-    be.gather_rows(xB, x0, a.rows, B, C);
-  } else {  // the last layer: keys and values of every row, queries of the last rows only
-    const Layer w = layer(params_, L - 1);
-    auto& A = a.layers[L - 1];
-    be.linear_forward(A.KV, A.x, w.Wkv, w.bkv, R, C, 2 * C, false);
-    be.gather_rows(A.y, A.x, a.rows, B, C);
-    be.layernorm_forward(A.q, A.mean1, A.rstd1, A.y, w.ln1_g, w.ln1_b, B, C, cfg_.ln_eps);
-    be.linear_forward(A.Qp, A.q, w.Wq, w.bq, B, C, C, false);
-    be.attention_last_forward(A.att, A.Qp, C, A.KV, A.KV + C, 2 * C, a.cu, B, H, D);
-    be.linear_forward(a.tmp, A.att, w.Wo, w.bo, B, C, C, false);
-    be.residual_forward(A.x1, A.q, a.tmp, (size_t)B * C);
-    be.layernorm_forward(A.y, A.mean2, A.rstd2, A.x1, w.ln2_g, w.ln2_b, B, C, cfg_.ln_eps);
-    be.linear_forward(A.f1, A.y, w.W1, w.b1, B, C, F, true);
-    be.linear_forward(a.tmp, A.f1, w.W2, w.b2, B, F, C, false);
-    be.residual_forward(xB, A.y, a.tmp, (size_t)B * C);
-  }
-  be.layernorm_forward(a.hlast, a.meanf, a.rstdf, xB, params_ + off_lnf_g_, params_ + off_lnf_b_, B,
-                       C, cfg_.ln_eps);
+  // The last layer: keys and values of every row, queries of the last rows only.  Its
+  // buffers hold B rows from here: q_last (the last rows' LN1) in A.y, their LN2 in A.q.
+  const Layer w = layer(params_, L - 1);
+  auto& A = a.layers[L - 1];
+  float* q_last = A.y;
+  float* y_last = A.q;
+  be.linear_forward(A.KV, A.x, w.Wkv, w.bkv, R, C, 2 * C, false);
+  be.gather_rows(q_last, A.q, a.rows, B, C);
+  be.linear_forward(A.Qp, q_last, w.Wq, w.bq, B, C, C, false);
+  be.attention_last_forward(A.att, A.Qp, C, A.KV, A.KV + C, 2 * C, a.cu, B, H, D);
+  be.linear_forward(a.tmp, A.att, w.Wo, w.bo, B, C, C, false);
+  be.residual_layernorm_forward(A.x1, y_last, A.mean2, A.rstd2, q_last, a.tmp, 0.f, 0, w.ln2_g,
+                                w.ln2_b, B, C, cfg_.ln_eps);
+  be.linear_forward(A.f1, y_last, w.W1, w.b1, B, C, F, true);
+  be.linear_forward(a.tmp, A.f1, w.W2, w.b2, B, F, C, false);
+  be.residual_layernorm_forward(a.xL, a.hlast, a.meanf, a.rstdf, y_last, a.tmp, 0.f, 0, lnf_g,
+                                lnf_b, B, C, cfg_.ln_eps);
 }
 
 // Expects a.dh to hold dLoss/dh; accumulates every parameter gradient into grads_

@@ -123,6 +123,25 @@ def residual_backward(dout):
     return d.copy(), d.copy()
 
 
+# ----------------------------------------------------------------------------- residual + layernorm
+def residual_layernorm_forward(a, b, g, beta, eps, mult=None):
+    """sum(R, C) = a + b * mult (``mult`` from dropout_multiplier; None: no dropout), then
+    layernorm_forward(sum, g, beta, eps).  Returns (sum, out, mean, rstd)."""
+    s = residual_forward(a, b if mult is None else dropout_forward(b, mult))
+    return (s,) + layernorm_forward(s, g, beta, eps)
+
+
+def residual_layernorm_backward(dsum, dout, a, b, g, beta, eps, mult=None):
+    """(da, db, dg, dbeta) of residual_layernorm_forward, for the gradients dsum reaching
+    the sum directly and dout reaching the norm's output: d(sum) = dsum + dLN/dsum goes to
+    a unchanged and to b through the dropout."""
+    s = residual_layernorm_forward(a, b, g, beta, eps, mult)[0]
+    ds, dg, dbeta = layernorm_backward(dout, s, g, eps)
+    ds = ds + np.asarray(dsum, np.float64)
+    da, db = residual_backward(ds)
+    return da, (db if mult is None else dropout_backward(db, mult)), dg, dbeta
+
+
 # ----------------------------------------------------------------------------- embedding
 def embedding_forward(E, P, items, pos, scale, mult=None):
     """x(R, C) = (E[items] * scale + P[pos]) * mult.

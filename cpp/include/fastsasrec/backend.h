@@ -55,6 +55,12 @@ class Backend {
                                   uint64_t key) = 0;
   virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* in,
                                  const float* g, const float* b, int R, int C, float eps) = 0;
+  // sum = a + dropout_p(b), then layernorm_forward(sum): the residual add fused with the
+  // norm that reads it (its backward is layernorm_backward and dropout_backward).
+  virtual void residual_layernorm_forward(float* sum, float* out, float* mean, float* rstd,
+                                          const float* a, const float* b, float p, uint64_t key,
+                                          const float* g, const float* beta, int R, int C,
+                                          float eps) = 0;
   virtual void layernorm_backward(float* din, float* dg, float* db, const float* dout,
                                   const float* in, const float* mean, const float* rstd,
                                   const float* g, int R, int C, bool accumulate) = 0;
@@ -66,8 +72,6 @@ class Backend {
   virtual void dropout_forward(float* out, const float* in, size_t n, float p, uint64_t key) = 0;
   virtual void dropout_backward(float* din, const float* dout, const float* relu_out, size_t n,
                                 float p, uint64_t key) = 0;
-  virtual void residual_forward(float* out, const float* a, const float* b, size_t n) = 0;
-  virtual void residual_backward(float* da, float* db, const float* dout, size_t n) = 0;
   // T: positions per sequence (max_seq; it places the dropout counters); n_max: the longest
   // sequence of this call (1..T), by which a backend may size its launch.
   virtual void attention_forward(float* O, float* lse, const float* Q, int ldq, const float* K,

@@ -1,5 +1,9 @@
-// LayerNorm over the last dimension.
+// LayerNorm over the last dimension, and the residual add that precedes it.
 //   forward : mean(R), rstd(R) = 1/sqrt(var + eps) saved;  out(R,C) = (in - mean) * rstd * g + b
+//   residual_layernorm_forward: sum(R,C) = a + dropout_p(b) (element r*C+c draws counter
+//             r*C+c of key, as dropout_forward over the R*C block), then out = layernorm(sum)
+//             with sum saved.  Its backward is layernorm_backward's din plus whatever else
+//             reaches sum, passed to a unchanged and to b through dropout_backward.
 //   backward: xhat = (in - mean) * rstd;  gh = dout * g
 //             din  (= or +=) rstd * (gh - mean(gh) - xhat * mean(gh * xhat))
 //             dg(C) += sum_r dout * xhat;   db(C) += sum_r dout
@@ -9,24 +13,49 @@
 
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
+#include "fastsasrec/rng.h"
 
 namespace fsr::cpu {
+
+namespace {
+// One row: o = (x - mean) * rstd * g + b, with mean and rstd stored.
+inline void normalize_row(float* o, float* mean, float* rstd, const float* x, const float* g,
+                          const float* b, int C, float eps) {
+  float s = 0.f;
+  for (int c = 0; c < C; ++c) s += x[c];
+  const float m = s / C;
+  float v = 0.f;
+  for (int c = 0; c < C; ++c) v += (x[c] - m) * (x[c] - m);
+  const float rs = 1.f / std::sqrt(v / C + eps);
+  *mean = m;
+  *rstd = rs;
+  for (int c = 0; c < C; ++c) o[c] = (x[c] - m) * rs * g[c] + b[c];
+}
+}  // namespace
 
 void layernorm_forward(float* out, float* mean, float* rstd, const float* in, const float* g,
                        const float* b, int R, int C, float eps) {
   parallel_chunks(R, C, [&](long r0, long r1, int) {
+    for (long r = r0; r < r1; ++r)
+      normalize_row(out + (size_t)r * C, mean + r, rstd + r, in + (size_t)r * C, g, b, C, eps);
+  });
+}
+
+void residual_layernorm_forward(float* sum, float* out, float* mean, float* rstd, const float* a,
+                                const float* b, float p, uint64_t key, const float* g,
+                                const float* beta, int R, int C, float eps) {
+  const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
+  const uint32_t thr = dropout_threshold(p);
+  parallel_chunks(R, C, [&](long r0, long r1, int) {
     for (long r = r0; r < r1; ++r) {
-      const float* x = in + (size_t)r * C;
-      float s = 0.f;
-      for (int c = 0; c < C; ++c) s += x[c];
-      const float m = s / C;
-      float v = 0.f;
-      for (int c = 0; c < C; ++c) v += (x[c] - m) * (x[c] - m);
-      const float rs = 1.f / std::sqrt(v / C + eps);
-      mean[r] = m;
-      rstd[r] = rs;
-      float* o = out + (size_t)r * C;
-      for (int c = 0; c < C; ++c) o[c] = (x[c] - m) * rs * g[c] + b[c];
+      const size_t o = (size_t)r * C;
+      float* s = sum + o;
+      if (p > 0.f)
+        for (int c = 0; c < C; ++c)
+          s[c] = a[o + c] + b[o + c] * keep_scale(key, (uint64_t)(o + c), thr, inv_keep);
+      else
+        for (int c = 0; c < C; ++c) s[c] = a[o + c] + b[o + c];
+      normalize_row(out + o, mean + r, rstd + r, s, g, beta, C, eps);
     }
   });
 }

@@ -34,6 +34,12 @@ void embedding_backward(float* dE, float* dP, const float* dx, const int32_t* it
 // out(R,C) = (in - mean) * rstd * g + b;  mean(R), rstd(R) saved
 void layernorm_forward(float* out, float* mean, float* rstd, const float* in, const float* g,
                        const float* b, int R, int C, float eps);
+// sum(R,C) = a + dropout_p(b) (counter r*C+c of key, as dropout_forward over R*C), then
+// out, mean, rstd = layernorm_forward(sum, g, beta).  The backward is layernorm_backward:
+// d(sum) reaches a unchanged and b through dropout_backward.
+void residual_layernorm_forward(float* sum, float* out, float* mean, float* rstd, const float* a,
+                                const float* b, float p, uint64_t key, const float* g,
+                                const float* beta, int R, int C, float eps);
 // din(R,C) = (accumulate ? += : =) dLN/din;  dg(C) +=;  db(C) +=
 void layernorm_backward(float* din, float* dg, float* db, const float* dout, const float* in,
                         const float* mean, const float* rstd, const float* g, int R, int C,
@@ -59,12 +65,6 @@ void dropout_forward(float* out, const float* in, size_t n, float p, uint64_t ke
 // din(n) = dout * keep / (1 - p), times (relu_out > 0) when relu_out is given  (din may be dout)
 void dropout_backward(float* din, const float* dout, const float* relu_out, size_t n, float p,
                       uint64_t key);
-
-// ---- residual.cpp
-// out(n) = a + b
-void residual_forward(float* out, const float* a, const float* b, size_t n);
-// da(n) += dout; db(n) += dout   (either may be null)
-void residual_backward(float* da, float* db, const float* dout, size_t n);
 
 // ---- attention.cpp: multi-head causal self-attention over packed sequences.
 // Q(R, ldq), K, V(R, ldkv): head h in columns h*D..h*D+D-1. Sequence s is rows
