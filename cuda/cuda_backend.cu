@@ -31,6 +31,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     if (stream_) cudaStreamSynchronize(stream_);
     if (stage_) cudaFreeHost(stage_);
+    if (bf16_buf_) cudaFree(bf16_buf_);
     if (stage_done_) cudaEventDestroy(stage_done_);
     if (blas_) cublasDestroy(blas_);
     if (stream_) cudaStreamDestroy(stream_);
@@ -128,12 +129,12 @@ class CudaBackend final : public Backend {
   }
   void linear_forward(float* out, const float* in, const float* W, const float* b, int R, int I,
                       int O, bool relu) override {
-    cuda::linear_forward(blas_, out, in, W, b, R, I, O, relu, bf16_, stream_);
+    cuda::linear_forward(blas_, out, in, W, b, R, I, O, relu, bf16_scratch(R, I, O), stream_);
   }
   void linear_backward(float* din, float* dW, float* db, const float* dout, const float* in,
                        const float* W, int R, int I, int O, bool accumulate) override {
-    cuda::linear_backward(blas_, din, dW, db, dout, in, W, R, I, O, accumulate, bf16_,
-                          stream_);
+    cuda::linear_backward(blas_, din, dW, db, dout, in, W, R, I, O, accumulate,
+                          bf16_scratch(R, I, O), stream_);
   }
   void dropout_forward(float* out, const float* in, size_t n, float p, uint64_t key) override {
     cuda::dropout_forward(out, in, n, p, key, stream_);
@@ -197,7 +198,24 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  // In bf16, device room for a product's operands rounded to bfloat16 (null in fp32),
+  // grown on demand with a quarter to spare (batches vary in rows).
+  uint16_t* bf16_scratch(int R, int I, int O) {
+    if (!bf16_) return nullptr;
+    const size_t need = cuda::linear_bf16_scratch_bytes(R, I, O);
+    if (need > bf16_cap_) {
+      release(bf16_buf_);
+      bf16_buf_ = nullptr;
+      bf16_cap_ = 0;
+      bf16_buf_ = alloc(need + need / 4);
+      bf16_cap_ = need + need / 4;
+    }
+    return static_cast<uint16_t*>(bf16_buf_);
+  }
+
   bool bf16_ = false;  // the linear layers' products in bf16 (Precision::BF16)
+  void* bf16_buf_ = nullptr;
+  size_t bf16_cap_ = 0;
   static constexpr size_t kStageBytes = size_t(64) << 20;
   int device_ = 0;
   cudaStream_t stream_ = nullptr;

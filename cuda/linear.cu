@@ -6,8 +6,11 @@
 // bias pass took two); dW, a sum over all R rows into a small matrix, and db come from
 // weight_grad_kernel (row ranges summed in registers and added atomically: one launch,
 // where cuBLAS's split-K took a GEMM and a reduction, and db a kernel of its own).
-// bf16: every product through cuBLAS on bf16 operands (tensor cores), then the bias /
-// ReLU pass, and db from a column-sum kernel.
+// bf16: each operand is rounded to bfloat16 here (to nearest, ties to even, NaN kept: the
+// CPU's round_bf16, bit for bit) into the caller's scratch, and cuBLAS multiplies the bf16
+// matrices with fp32 sums (CUBLAS_COMPUTE_32F, tensor cores); then the bias / ReLU pass,
+// and db from a column-sum kernel.  The operands are thus exactly the CPU twin's, whatever
+// cuBLAS's own down-conversions (CUBLAS_COMPUTE_32F_FAST_16BF) would round them to.
 // Row-major A(M,K) is column-major A^T, so C = A B (row-major) is C^T = B^T A^T: cuBLAS
 // is called with the operands swapped.
 #include <cublas_v2.h>
@@ -31,6 +34,32 @@ const char* cublas_name(cublasStatus_t st) {
     case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
     default: return "cuBLAS error";
   }
+}
+
+// The bits of x rounded to bfloat16 (to nearest, ties to even; NaN stays a quiet NaN).
+__device__ inline uint16_t bf16_bits(float x) {
+  uint32_t u = __float_as_uint(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u)
+    u |= 0x00400000u;
+  else
+    u += 0x7fffu + ((u >> 16) & 1u);  // may round up to inf, as the CPU's does
+  return (uint16_t)(u >> 16);
+}
+
+__global__ void to_bf16_kernel(uint16_t* dst, const float* src, size_t n) {
+  const size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e < n) dst[e] = bf16_bits(src[e]);
+}
+
+// src rounded to bfloat16 at `at` (16-byte aligned blocks); at moves past it.
+const uint16_t* to_bf16(uint16_t*& at, const float* src, size_t n, cudaStream_t s) {
+  uint16_t* dst = at;
+  at += (n + 7) / 8 * 8;
+  if (n) {
+    to_bf16_kernel<<<blocks_for(n, 256), 256, 0, s>>>(dst, src, n);
+    FSR_CUDA_LAUNCH_CHECK();
+  }
+  return dst;
 }
 
 __global__ void bias_act_kernel(float* out, const float* b, int R, int O, bool relu) {
@@ -199,44 +228,58 @@ void gemm_tile(float* out, int ldo, const float* A, int lda, const float* B, int
                                                   cublas_name(st_), " in " #call));         \
   } while (0)
 
-void gemm(cublasHandle_t h, bool ta, bool tb, int M, int N, int K, float alpha, const float* A,
-          int lda, const float* B, int ldb, float beta, float* C, int ldc, bool bf16) {
+namespace {
+// Row-major C(M,N) (= or += by beta) op(A) op(B), A and B bfloat16, C float, sums in fp32.
+// Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: the operands swap.
+void gemm_bf16(cublasHandle_t h, bool ta, bool tb, int M, int N, int K, const uint16_t* A,
+               int lda, const uint16_t* B, int ldb, float beta, float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
-  // Row-major C(M,N) = op(A) op(B)  <=>  column-major C^T(N,M) = op(B)^T op(A)^T.
   const cublasOperation_t oa = tb ? CUBLAS_OP_T : CUBLAS_OP_N, ob = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-  if (!bf16) {
-    FSR_CUBLAS_CHECK(cublasSgemm(h, oa, ob, N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc));
-    return;
-  }
-  // fp32 in and out; cuBLAS rounds the operands to bf16 and sums in fp32 on the tensor
-  // cores.  The handle's pedantic mode (fp32 parity elsewhere) is lifted for the call.
+  const float alpha = 1.f;
+  // The handle's pedantic mode (fp32 parity elsewhere) is lifted for the tensor cores.
   FSR_CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
   const cublasStatus_t st =
-      cublasGemmEx(h, oa, ob, N, M, K, &alpha, B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &beta, C,
-                   CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT);
+      cublasGemmEx(h, oa, ob, N, M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta,
+                   C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   FSR_CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH));
   FSR_CUBLAS_CHECK(st);
 }
+}  // namespace
+
+size_t linear_bf16_scratch_bytes(int R, int I, int O) {
+  auto n = [](long long x) { return (size_t)((x + 7) / 8 * 8); };
+  return 2 * (n((long long)R * I) + n((long long)I * O) + n((long long)R * O));
+}
 
 void linear_forward(cublasHandle_t h, float* out, const float* in, const float* W, const float* b,
-                    int R, int I, int O, bool relu, bool bf16, cudaStream_t s) {
+                    int R, int I, int O, bool relu, uint16_t* bf16_scratch, cudaStream_t s) {
   if (R <= 0) return;
-  if (!bf16) return gemm_tile<false>(out, O, in, I, W, O, b, R, O, I, relu, false, s);
-  gemm(h, false, false, R, O, I, 1.f, in, I, W, O, 0.f, out, O, bf16);
+  if (!bf16_scratch) return gemm_tile<false>(out, O, in, I, W, O, b, R, O, I, relu, false, s);
+  uint16_t* at = bf16_scratch;
+  const uint16_t* x = to_bf16(at, in, (size_t)R * I, s);
+  const uint16_t* w = to_bf16(at, W, (size_t)I * O, s);
+  gemm_bf16(h, false, false, R, O, I, x, I, w, O, 0.f, out, O);
   bias_act_kernel<<<blocks_for((size_t)R * O, 256), 256, 0, s>>>(out, b, R, O, relu);
   FSR_CUDA_LAUNCH_CHECK();
 }
 
 void linear_backward(cublasHandle_t h, float* din, float* dW, float* db, const float* dout,
                      const float* in, const float* W, int R, int I, int O, bool accumulate,
-                     bool bf16, cudaStream_t s) {
+                     uint16_t* bf16_scratch, cudaStream_t s) {
   if (R <= 0) return;
-  if (din && bf16)
-    gemm(h, false, true, R, I, O, 1.f, dout, O, W, O, accumulate ? 1.f : 0.f, din, I, bf16);
-  else if (din)
-    gemm_tile<true>(din, I, dout, O, W, O, nullptr, R, I, O, false, accumulate, s);
-  if (!bf16 && I > 0) return weight_grad(dW, db, in, dout, R, I, O, s);  // dW and db
-  if (bf16) gemm(h, true, false, I, O, R, 1.f, in, I, dout, O, 1.f, dW, O, bf16);
+  if (!bf16_scratch) {
+    if (din) gemm_tile<true>(din, I, dout, O, W, O, nullptr, R, I, O, false, accumulate, s);
+    if (I > 0) return weight_grad(dW, db, in, dout, R, I, O, s);  // dW and db
+  } else {
+    uint16_t* at = bf16_scratch;
+    const uint16_t* d = to_bf16(at, dout, (size_t)R * O, s);
+    if (din) {
+      const uint16_t* w = to_bf16(at, W, (size_t)I * O, s);
+      gemm_bf16(h, false, true, R, I, O, d, O, w, O, accumulate ? 1.f : 0.f, din, I);
+    }
+    const uint16_t* x = to_bf16(at, in, (size_t)R * I, s);
+    gemm_bf16(h, true, false, I, O, R, x, I, d, O, 1.f, dW, O);
+  }
   const dim3 grid(blocks_for(O, kCols), blocks_for(R, kColRows));
   bias_grad_kernel<<<grid, kCols * kLanes, 0, s>>>(db, dout, R, O);
   FSR_CUDA_LAUNCH_CHECK();

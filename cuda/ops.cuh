@@ -29,16 +29,14 @@ void residual_layernorm_forward(float* sum, float* out, float* mean, float* rstd
 void layernorm_backward(float* din, float* dg, float* db, const float* dout, const float* in,
                         const float* mean, const float* rstd, const float* g, int R, int C,
                         bool accumulate, cudaStream_t s);
-// linear.cu (cuBLAS for the products; bf16: operands rounded to bfloat16, fp32 sums)
+// linear.cu: fp32 on own tiled kernels; bf16 (bf16_scratch given, of
+// linear_bf16_scratch_bytes) with operands rounded to bfloat16 there and cuBLAS's products
 void linear_forward(cublasHandle_t h, float* out, const float* in, const float* W, const float* b,
-                    int R, int I, int O, bool relu, bool bf16, cudaStream_t s);
+                    int R, int I, int O, bool relu, uint16_t* bf16_scratch, cudaStream_t s);
 void linear_backward(cublasHandle_t h, float* din, float* dW, float* db, const float* dout,
                      const float* in, const float* W, int R, int I, int O, bool accumulate,
-                     bool bf16, cudaStream_t s);
-// Row-major C(M,N) = alpha op(A) op(B) + beta C through cuBLAS (column-major underneath).
-void gemm(cublasHandle_t h, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
-          const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc,
-          bool bf16 = false);
+                     uint16_t* bf16_scratch, cudaStream_t s);
+size_t linear_bf16_scratch_bytes(int R, int I, int O);
 // elementwise.cu: dropout, gather, AdamW
 void dropout_forward(float* out, const float* in, size_t n, float p, uint64_t key, cudaStream_t s);
 void dropout_backward(float* din, const float* dout, const float* relu_out, size_t n, float p,

@@ -1,6 +1,7 @@
 // A CPU stand-in for the few cuBLAS calls of cuda/linear.cu (see cuda_runtime.h here):
-// column-major GEMMs in float, and the bf16 compute type by rounding both operands to
-// bfloat16 (nearest, ties to even) before the same float sums.
+// column-major GEMMs with float sums, of float or bfloat16 operands (the latter widened
+// exactly), and the FAST_16BF compute type by rounding float operands to bfloat16
+// (nearest, ties to even) first.
 #pragma once
 
 #include <cstdint>
@@ -15,7 +16,7 @@ enum cublasStatus_t { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_NOT_INITIALIZED =
                       CUBLAS_STATUS_NOT_SUPPORTED = 15 };
 enum cublasOperation_t { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 };
 enum cublasMath_t { CUBLAS_DEFAULT_MATH = 0, CUBLAS_PEDANTIC_MATH = 2 };
-enum cudaDataType { CUDA_R_32F = 0 };
+enum cudaDataType { CUDA_R_32F = 0, CUDA_R_16BF = 14 };
 enum cublasComputeType_t { CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_FAST_16BF = 75 };
 enum cublasGemmAlgo_t { CUBLAS_GEMM_DEFAULT = -1 };
 
@@ -35,12 +36,20 @@ inline float bf16_round(float x) {
   std::memcpy(&x, &u, 4);
   return x;
 }
+inline float widen(const float* p, size_t i) { return p[i]; }
+inline float widen(const uint16_t* p, size_t i) {
+  const uint32_t u = (uint32_t)p[i] << 16;
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
 // Column-major C(m,n) = alpha op(A) op(B) + beta C.
+template <typename TA, typename TB>
 inline cublasStatus_t gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                           float alpha, const float* A, int lda, const float* B, int ldb,
+                           float alpha, const TA* A, int lda, const TB* B, int ldb,
                            float beta, float* C, int ldc, bool bf16) {
-  auto a = [&](int i, int l) { const float v = ta == CUBLAS_OP_N ? A[i + (size_t)l * lda] : A[l + (size_t)i * lda]; return bf16 ? bf16_round(v) : v; };
-  auto b = [&](int l, int j) { const float v = tb == CUBLAS_OP_N ? B[l + (size_t)j * ldb] : B[j + (size_t)l * ldb]; return bf16 ? bf16_round(v) : v; };
+  auto a = [&](int i, int l) { const float v = widen(A, ta == CUBLAS_OP_N ? i + (size_t)l * lda : l + (size_t)i * lda); return bf16 ? bf16_round(v) : v; };
+  auto b = [&](int l, int j) { const float v = widen(B, tb == CUBLAS_OP_N ? l + (size_t)j * ldb : j + (size_t)l * ldb); return bf16 ? bf16_round(v) : v; };
   for (int j = 0; j < n; ++j)
     for (int i = 0; i < m; ++i) {
       float acc = 0.f;
@@ -58,12 +67,19 @@ inline cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOp
   return emu::gemm(ta, tb, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc, false);
 }
 inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
-                                   int n, int k, const void* alpha, const void* A, cudaDataType,
-                                   int lda, const void* B, cudaDataType, int ldb, const void* beta,
-                                   void* C, cudaDataType, int ldc, cublasComputeType_t ct,
+                                   int n, int k, const void* alpha, const void* A, cudaDataType at,
+                                   int lda, const void* B, cudaDataType bt, int ldb, const void* beta,
+                                   void* C, cudaDataType ct_c, int ldc, cublasComputeType_t ct,
                                    cublasGemmAlgo_t) {
-  return emu::gemm(ta, tb, m, n, k, *static_cast<const float*>(alpha),
-                   static_cast<const float*>(A), lda, static_cast<const float*>(B), ldb,
-                   *static_cast<const float*>(beta), static_cast<float*>(C), ldc,
-                   ct == CUBLAS_COMPUTE_32F_FAST_16BF);
+  // The combinations cuBLAS takes with float output: both float, or both bfloat16 with
+  // CUBLAS_COMPUTE_32F.
+  if (ct_c != CUDA_R_32F || at != bt || (at == CUDA_R_16BF && ct != CUBLAS_COMPUTE_32F))
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+  const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+  float* c = static_cast<float*>(C);
+  if (at == CUDA_R_16BF)
+    return emu::gemm(ta, tb, m, n, k, al, static_cast<const uint16_t*>(A), lda,
+                     static_cast<const uint16_t*>(B), ldb, be, c, ldc, false);
+  return emu::gemm(ta, tb, m, n, k, al, static_cast<const float*>(A), lda,
+                   static_cast<const float*>(B), ldb, be, c, ldc, ct == CUBLAS_COMPUTE_32F_FAST_16BF);
 }
