@@ -128,8 +128,9 @@ class CudaBackend final : public Backend {
     cuda::layernorm_backward(din, dg, db, dout, in, mean, rstd, g, R, C, accumulate, stream_);
   }
   void linear_forward(float* out, const float* in, const float* W, const float* b, int R, int I,
-                      int O, bool relu) override {
-    cuda::linear_forward(blas_, out, in, W, b, R, I, O, relu, bf16_scratch(R, I, O), stream_);
+                      int O, bool relu, float p, uint64_t key) override {
+    cuda::linear_forward(blas_, out, in, W, b, R, I, O, relu, p, key, bf16_scratch(R, I, O),
+                         stream_);
   }
   void linear_backward(float* din, float* dW, float* db, const float* dout, const float* in,
                        const float* W, int R, int I, int O, bool accumulate) override {

@@ -1,5 +1,6 @@
 // Linear layers on the GPU (twin of cpp/src/cpu/linear.cpp).
-//   forward : out(R,O) = in(R,I) W(I,O) + b, then ReLU when relu
+//   forward : out(R,O) = in(R,I) W(I,O) + b, then ReLU when relu, then dropout_p (counter
+//             r*O+o of key, as dropout_forward over R*O) as the product is stored
 //   backward: din (= or +=, skipped when null) = dout W^T;  dW += in^T dout;  db += colsum(dout)
 // fp32: out and din come from gemm_tile_kernel (64 x 64 output tiles in registers, the
 // bias, ReLU or accumulation applied as they are stored: one launch, where cuBLAS plus a
@@ -20,6 +21,7 @@
 #include "cuda/common.cuh"
 #include "cuda/ops.cuh"
 #include "cuda/tile.cuh"
+#include "fastsasrec/rng.h"
 
 namespace fsr::cuda {
 
@@ -62,11 +64,24 @@ const uint16_t* to_bf16(uint16_t*& at, const float* src, size_t n, cudaStream_t 
   return dst;
 }
 
-__global__ void bias_act_kernel(float* out, const float* b, int R, int O, bool relu) {
+// The dropout of a product's output, applied as it is stored (thr == 0: none).
+struct Dropout {
+  uint32_t thr = 0;
+  float inv_keep = 1.f;
+  uint64_t key = 0;
+  Dropout() = default;
+  Dropout(float p, uint64_t k)
+      : thr(dropout_threshold(p)), inv_keep(p > 0.f ? 1.f / (1.f - p) : 1.f), key(k) {}
+  __device__ float operator()(float v, size_t e) const {
+    return thr ? v * keep_scale(key, e, thr, inv_keep) : v;
+  }
+};
+
+__global__ void bias_act_kernel(float* out, const float* b, int R, int O, bool relu, Dropout drop) {
   const size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (e >= (size_t)R * O) return;
   const float v = out[e] + b[e % O];
-  out[e] = relu ? fmaxf(v, 0.f) : v;
+  out[e] = drop(relu ? fmaxf(v, 0.f) : v, e);
 }
 
 // db(O) += column sums of dout(R, O).  A block sums kColRows rows of 32 columns: 8 row
@@ -93,7 +108,8 @@ bias_grad_kernel(float* db, const float* dout, int R, int O) {
   }
 }
 
-// out(M, N) (= or +=) A(M, K) B' + bias, then ReLU when relu; A row-major (lda), and
+// out(M, N) (= or +=) A(M, K) B' + bias, then ReLU when relu, then the dropout (counter
+// r * N + c; only with ldo = N); A row-major (lda), and
 // B'(K, N) either B itself, row-major (kRowsOfB = false: B'[k][c] = B[k * ldb + c], the
 // forward's W) or the transpose of B(N, K) (kRowsOfB = true: B'[k][c] = B[c * ldb + k],
 // the backward's W for din = dout W^T).  Block (x, y) owns out's rows 64x .. 64x + 63 and
@@ -105,7 +121,8 @@ constexpr int kGemmNC = 4, kGemmBM = 64, kGemmKC = 16 * kGemmNC;
 template <bool kRowsOfB>
 __global__ void __launch_bounds__(tile::kThreads)
 gemm_tile_kernel(float* out, int ldo, const float* A, int lda, const float* B, int ldb,
-                 const float* bias, int M, int N, int K, bool relu, bool accumulate) {
+                 const float* bias, int M, int N, int K, bool relu, bool accumulate,
+                 Dropout drop) {
   constexpr int ld = tile::row_ld<kGemmNC>();
   __shared__ float As[kGemmBM * ld];
   __shared__ float Bs[kGemmBM * ld];
@@ -144,7 +161,7 @@ gemm_tile_kernel(float* out, int ldo, const float* A, int lda, const float* B, i
       float v = acc[a][b];
       if (bias) v += bias[c];
       if (accumulate) v += *o;
-      *o = relu ? fmaxf(v, 0.f) : v;
+      *o = drop(relu ? fmaxf(v, 0.f) : v, (size_t)r * N + c);
     }
   }
 }
@@ -211,11 +228,11 @@ void weight_grad(float* dW, float* db, const float* in, const float* dout, int R
 template <bool kRowsOfB>
 void gemm_tile(float* out, int ldo, const float* A, int lda, const float* B, int ldb,
                const float* bias, int M, int N, int K, bool relu, bool accumulate,
-               cudaStream_t s) {
+               Dropout drop, cudaStream_t s) {
   if (M <= 0 || N <= 0) return;
   const dim3 grid((unsigned)ceil_div(M, kGemmBM), (unsigned)ceil_div(N, kGemmBM));
   gemm_tile_kernel<kRowsOfB><<<grid, tile::kThreads, 0, s>>>(out, ldo, A, lda, B, ldb, bias, M,
-                                                            N, K, relu, accumulate);
+                                                            N, K, relu, accumulate, drop);
   FSR_CUDA_LAUNCH_CHECK();
 }
 }  // namespace
@@ -252,14 +269,16 @@ size_t linear_bf16_scratch_bytes(int R, int I, int O) {
 }
 
 void linear_forward(cublasHandle_t h, float* out, const float* in, const float* W, const float* b,
-                    int R, int I, int O, bool relu, uint16_t* bf16_scratch, cudaStream_t s) {
+                    int R, int I, int O, bool relu, float p, uint64_t key,
+                    uint16_t* bf16_scratch, cudaStream_t s) {
   if (R <= 0) return;
-  if (!bf16_scratch) return gemm_tile<false>(out, O, in, I, W, O, b, R, O, I, relu, false, s);
+  const Dropout drop(p, key);
+  if (!bf16_scratch) return gemm_tile<false>(out, O, in, I, W, O, b, R, O, I, relu, false, drop, s);
   uint16_t* at = bf16_scratch;
   const uint16_t* x = to_bf16(at, in, (size_t)R * I, s);
   const uint16_t* w = to_bf16(at, W, (size_t)I * O, s);
   gemm_bf16(h, false, false, R, O, I, x, I, w, O, 0.f, out, O);
-  bias_act_kernel<<<blocks_for((size_t)R * O, 256), 256, 0, s>>>(out, b, R, O, relu);
+  bias_act_kernel<<<blocks_for((size_t)R * O, 256), 256, 0, s>>>(out, b, R, O, relu, drop);
   FSR_CUDA_LAUNCH_CHECK();
 }
 
@@ -268,7 +287,8 @@ void linear_backward(cublasHandle_t h, float* din, float* dW, float* db, const f
                      uint16_t* bf16_scratch, cudaStream_t s) {
   if (R <= 0) return;
   if (!bf16_scratch) {
-    if (din) gemm_tile<true>(din, I, dout, O, W, O, nullptr, R, I, O, false, accumulate, s);
+    if (din)
+      gemm_tile<true>(din, I, dout, O, W, O, nullptr, R, I, O, false, accumulate, Dropout(), s);
     if (I > 0) return weight_grad(dW, db, in, dout, R, I, O, s);  // dW and db
   } else {
     uint16_t* at = bf16_scratch;

@@ -32,7 +32,8 @@ void layernorm_backward(float* din, float* dg, float* db, const float* dout, con
 // linear.cu: fp32 on own tiled kernels; bf16 (bf16_scratch given, of
 // linear_bf16_scratch_bytes) with operands rounded to bfloat16 there and cuBLAS's products
 void linear_forward(cublasHandle_t h, float* out, const float* in, const float* W, const float* b,
-                    int R, int I, int O, bool relu, uint16_t* bf16_scratch, cudaStream_t s);
+                    int R, int I, int O, bool relu, float p, uint64_t key,
+                    uint16_t* bf16_scratch, cudaStream_t s);
 void linear_backward(cublasHandle_t h, float* din, float* dW, float* db, const float* dout,
                      const float* in, const float* W, int R, int I, int O, bool accumulate,
                      uint16_t* bf16_scratch, cudaStream_t s);

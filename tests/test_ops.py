@@ -253,25 +253,34 @@ def ops_bf16(request):
 
 
 # ============================================================================ linear
-LIN_CASES = [  # (R, I, O, relu, seed)
-    (1, 1, 5, False, 31), (1, 13, 20, True, 32), (7, 20, 13, False, 33),
-    (64, 13, 20, True, 34), (3, 20, 40, False, 36),
-    (1000, 13, 20, True, 35),  # threaded gemm and threaded bias column sums
-    (33, 65, 7, True, 122), (257, 130, 33, False, 123),  # past the GPU's 256-row bias chunks
-    (1, 7, 130, True, 124), (513, 1, 65, False, 125),
+LIN_CASES = [  # (R, I, O, relu, dropout p of the output, seed)
+    (1, 1, 5, False, 0.0, 31), (1, 13, 20, True, 0.3, 32), (7, 20, 13, False, 0.0, 33),
+    (64, 13, 20, True, 0.3, 34), (3, 20, 40, False, 0.5, 36),
+    (1000, 13, 20, True, 0.3, 35),  # threaded gemm and threaded bias column sums
+    (33, 65, 7, True, 0.0, 122), (257, 130, 33, False, 0.3, 123),  # past 256-row bias chunks
+    (1, 7, 130, True, 0.0, 124), (513, 1, 65, False, 0.3, 125),
 ]
+LIN_IDS = ids(LIN_CASES, lambda r, i, o, re, p, s: f"R{r}-I{i}-O{o}-relu{int(re)}-p{p}-s{s}")
 
 
-@pytest.mark.parametrize("R_,I,O,relu,seed", LIN_CASES,
-                         ids=ids(LIN_CASES, lambda r, i, o, re, s: f"R{r}-I{i}-O{o}-relu{int(re)}-s{s}"))
-def test_linear(ops, R_, I, O, relu, seed):
+def _linear_dropout(R_, O, p, seed):
+    """The output dropout's key and multipliers (R, O) of a linear case."""
+    key = R.rng_key(seed, 5)
+    return key, R.dropout_multiplier(R.uniform(key, R_ * O).reshape(R_, O), p)
+
+
+@pytest.mark.parametrize("R_,I,O,relu,p,seed", LIN_CASES, ids=LIN_IDS)
+def test_linear(ops, R_, I, O, relu, p, seed):
     rng = np.random.default_rng(seed)
     x, W, b = normal(rng, R_, I), normal(rng, I, O), normal(rng, O)
-    out = ops.linear_forward(x, W, b, relu)
-    ref = R.linear_forward(x, W, b, relu)
-    # Rigorous: |fl(x.w + b) - (x.w + b)| <= gamma_{I+1} (|x| |W| + |b|); ReLU is 1-Lipschitz.
-    mag = np.abs(x) @ np.abs(W) + np.abs(b)
+    key, mult = _linear_dropout(R_, O, p, seed)
+    out = ops.linear_forward(x, W, b, relu, p, key)
+    ref = R.linear_forward(x, W, b, relu, mult)
+    # Rigorous: |fl(x.w + b) - (x.w + b)| <= gamma_{I+1} (|x| |W| + |b|); ReLU is 1-Lipschitz;
+    # the dropout scales by keep / (1 - p) with one more rounding.
+    mag = (np.abs(x) @ np.abs(W) + np.abs(b)) * mult
     assert_close(out, ref, bound(I, mag), "linear_forward", seed)
+    np.testing.assert_array_equal(out[mult == 0], 0, err_msg=f"dropped outputs (seed {seed})")
 
     dout = normal(rng, R_, O)
     din, dW, db = ops.linear_backward(dout, x, W)
@@ -281,9 +290,8 @@ def test_linear(ops, R_, I, O, relu, seed):
     assert_close(db, rdb, bound(R_, np.abs(dout).sum(axis=0)), "linear_backward db", seed)
 
 
-@pytest.mark.parametrize("R_,I,O,relu,seed", LIN_CASES,
-                         ids=ids(LIN_CASES, lambda r, i, o, re, s: f"R{r}-I{i}-O{o}-relu{int(re)}-s{s}"))
-def test_linear_bf16(ops_bf16, R_, I, O, relu, seed):
+@pytest.mark.parametrize("R_,I,O,relu,p,seed", LIN_CASES, ids=LIN_IDS)
+def test_linear_bf16(ops_bf16, R_, I, O, relu, p, seed):
     """precision="bf16": each product's operands rounded to bfloat16, then summed in fp32.
     The product of two bfloat16 numbers is exact in float32, so the reference on the
     rounded operands is held to the same float32 bound as the fp32 op; the bias and db
@@ -291,9 +299,12 @@ def test_linear_bf16(ops_bf16, R_, I, O, relu, seed):
     rng = np.random.default_rng(seed)
     x, W, b = normal(rng, R_, I), normal(rng, I, O), normal(rng, O)
     xb, Wb = R.bf16(x), R.bf16(W)
-    out = ops_bf16.linear_forward(x, W, b, relu)
-    ref = R.linear_forward(xb, Wb, b, relu)
-    assert_close(out, ref, bound(I, np.abs(xb) @ np.abs(Wb) + np.abs(b)), "linear_forward bf16", seed)
+    key, mult = _linear_dropout(R_, O, p, seed)
+    out = ops_bf16.linear_forward(x, W, b, relu, p, key)
+    ref = R.linear_forward(xb, Wb, b, relu, mult)
+    assert_close(out, ref, bound(I, (np.abs(xb) @ np.abs(Wb) + np.abs(b)) * mult),
+                 "linear_forward bf16", seed)
+    np.testing.assert_array_equal(out[mult == 0], 0, err_msg=f"dropped outputs (seed {seed})")
 
     dout = normal(rng, R_, O)
     db_ = R.bf16(dout)
@@ -703,15 +714,19 @@ def test_reference_fd_layernorm(C, seed):
     _check(f, {"x": x, "g": g, "b": b}, {"x": dx, "g": dg, "b": db}, "layernorm", seed)
 
 
-@pytest.mark.parametrize("relu,seed", [(False, 94), (True, 95)])
-def test_reference_fd_linear(relu, seed):
+@pytest.mark.parametrize("relu,p,seed", [(False, 0.0, 94), (True, 0.0, 95), (True, 0.3, 103)])
+def test_reference_fd_linear(relu, p, seed):
     rng = np.random.default_rng(seed)
     x, W, b = rng.standard_normal((4, 3)), rng.standard_normal((3, 5)), rng.standard_normal(5)
     w = rng.standard_normal((4, 5))
-    f = lambda q: np.sum(w * R.linear_forward(q["x"], q["W"], q["b"], relu))  # noqa: E731
-    dout = R.relu_backward(w, R.linear_forward(x, W, b, True)) if relu else w
+    mult = R.dropout_multiplier(R.uniform(R.rng_key(seed, 0), 20).reshape(4, 5), p) if p else None
+    f = lambda q: np.sum(w * R.linear_forward(q["x"], q["W"], q["b"], relu, mult))  # noqa: E731
+    # The backward through the output dropout, with the dropped output as the ReLU's mask
+    # (as the engine's model does: it keeps only that output).
+    out = R.linear_forward(x, W, b, relu, mult)
+    dout = R.dropout_backward(w, np.ones_like(w) if mult is None else mult, out if relu else None)
     dx, dW, db = R.linear_backward(dout, x, W)
-    _check(f, {"x": x, "W": W, "b": b}, {"x": dx, "W": dW, "b": db}, f"linear relu={relu}", seed)
+    _check(f, {"x": x, "W": W, "b": b}, {"x": dx, "W": dW, "b": db}, f"linear relu={relu} p={p}", seed)
 
 
 def test_reference_fd_dropout_residual():

@@ -261,13 +261,14 @@ class Ops {
     be_->layernorm_backward(din.get(), dg.get(), db.get(), d_d.get(), d_a.get(), d_mu.get(), d_rs.get(), d_g.get(), R, C, false);
     return py::make_tuple(fetch(din), fetch(dg), fetch(db));
   }
-  py::array_t<float> linear_forward(py::object x, py::object W, py::object b, bool relu) {
+  py::array_t<float> linear_forward(py::object x, py::object W, py::object b, bool relu, float p,
+                                    uint64_t key) {
     auto a = arr<float>(x, "x", 2); auto w = arr<float>(W, "W", 2); auto bb = arr<float>(b, "b", 1);
     const int R = a.shape(0), I = a.shape(1), O = w.shape(1);
     FSR_REQUIRE(w.shape(0) == I, "W must have ", I, " rows");
     auto d_a = put(a), d_w = put(w), d_b = put(bb);
     auto out = empty<float>({R, O});
-    be_->linear_forward(out.get(), d_a.get(), d_w.get(), d_b.get(), R, I, O, relu);
+    be_->linear_forward(out.get(), d_a.get(), d_w.get(), d_b.get(), R, I, O, relu, p, key);
     return fetch(out);
   }
   py::tuple linear_backward(py::object dout, py::object x, py::object W) {
@@ -429,7 +430,8 @@ void bind_ops(py::module_& m) {
       .def("layernorm_forward", &Ops::layernorm_forward)
       .def("residual_layernorm_forward", &Ops::residual_layernorm_forward)
       .def("layernorm_backward", &Ops::layernorm_backward)
-      .def("linear_forward", &Ops::linear_forward)
+      .def("linear_forward", &Ops::linear_forward, py::arg("x"), py::arg("W"), py::arg("b"),
+           py::arg("relu"), py::arg("p") = 0.f, py::arg("key") = 0)
       .def("linear_backward", &Ops::linear_backward)
       .def("dropout_forward", &Ops::dropout_forward)
       .def("dropout_backward", &Ops::dropout_backward, py::arg("dout"), py::arg("relu_out"),

@@ -21,7 +21,7 @@ struct Model::Layer {
 // backward and the loss.  Sized for (R rows, B sequences), allocated once per shape.
 struct Model::Acts {
   struct L {
-    float *x, *q, *mean1, *rstd1, *Qp, *KV, *att, *lse, *x1, *y, *mean2, *rstd2, *f1, *f1d;
+    float *x, *q, *mean1, *rstd1, *Qp, *KV, *att, *lse, *x1, *y, *mean2, *rstd2, *f1;
   };
   std::vector<L> layers;
   float *xL = nullptr, *h = nullptr, *meanf = nullptr, *rstdf = nullptr, *tmp = nullptr;
@@ -221,7 +221,6 @@ void Model::ensure_acts(Acts& a, int R, int B, bool training) {
     f(&L.mean2, Rs);
     f(&L.rstd2, Rs);
     f(&L.f1, Rs * F);
-    f(&L.f1d, Rs * F);
   }
   f(&a.xL, Rs * C);
   f(&a.h, Rs * C);
@@ -291,17 +290,17 @@ void Model::forward(Acts& a, int R, int B, bool train, int64_t step) {
   for (int l = 0; l < L; ++l) {
     const Layer w = layer(params_, l);
     auto& A = a.layers[l];
-    be.linear_forward(A.Qp, A.q, w.Wq, w.bq, R, C, C, false);
-    be.linear_forward(A.KV, A.x, w.Wkv, w.bkv, R, C, 2 * C, false);
+    be.linear_forward(A.Qp, A.q, w.Wq, w.bq, R, C, C, false, 0.f, 0);
+    be.linear_forward(A.KV, A.x, w.Wkv, w.bkv, R, C, 2 * C, false, 0.f, 0);
     be.attention_forward(A.att, A.lse, A.Qp, C, A.KV, A.KV + C, 2 * C, a.cu, B, H, D, T,
                          a.n_max, p, key(site_attention(l)));
-    be.linear_forward(a.tmp, A.att, w.Wo, w.bo, R, C, C, false);
+    be.linear_forward(a.tmp, A.att, w.Wo, w.bo, R, C, C, false, 0.f, 0);
     // x1 = q + tmp;  y = LN2(x1)
     be.residual_layernorm_forward(A.x1, A.y, A.mean2, A.rstd2, A.q, a.tmp, 0.f, 0, w.ln2_g,
                                   w.ln2_b, R, C, cfg_.ln_eps);
-    be.linear_forward(A.f1, A.y, w.W1, w.b1, R, C, F, true);
-    be.dropout_forward(A.f1d, A.f1, (size_t)R * F, p, key(site_ffn_hidden(l)));
-    be.linear_forward(a.tmp, A.f1d, w.W2, w.b2, R, F, C, false);
+    // f1 = dropout(relu(y W1 + b1)), the dropout applied as the product is stored
+    be.linear_forward(A.f1, A.y, w.W1, w.b1, R, C, F, true, p, key(site_ffn_hidden(l)));
+    be.linear_forward(a.tmp, A.f1, w.W2, w.b2, R, F, C, false, 0.f, 0);
     // the layer's output x' = y + dropout(tmp), then the next LN1 (or the final norm) of x'
     const uint64_t k_out = key(site_ffn_out(l));
     if (l + 1 < L) {
@@ -340,15 +339,15 @@ void Model::forward_last(Acts& a, int R, int B) {
     const Layer w = layer(params_, l), wn = layer(params_, l + 1);
     auto& A = a.layers[l];
     auto& N = a.layers[l + 1];
-    be.linear_forward(A.Qp, A.q, w.Wq, w.bq, R, C, C, false);
-    be.linear_forward(A.KV, A.x, w.Wkv, w.bkv, R, C, 2 * C, false);
+    be.linear_forward(A.Qp, A.q, w.Wq, w.bq, R, C, C, false, 0.f, 0);
+    be.linear_forward(A.KV, A.x, w.Wkv, w.bkv, R, C, 2 * C, false, 0.f, 0);
     be.attention_forward(A.att, A.lse, A.Qp, C, A.KV, A.KV + C, 2 * C, a.cu, B, H, D, T, a.n_max,
                          0.f, 0);
-    be.linear_forward(a.tmp, A.att, w.Wo, w.bo, R, C, C, false);
+    be.linear_forward(a.tmp, A.att, w.Wo, w.bo, R, C, C, false, 0.f, 0);
     be.residual_layernorm_forward(A.x1, A.y, A.mean2, A.rstd2, A.q, a.tmp, 0.f, 0, w.ln2_g,
                                   w.ln2_b, R, C, cfg_.ln_eps);
-    be.linear_forward(A.f1, A.y, w.W1, w.b1, R, C, F, true);
-    be.linear_forward(a.tmp, A.f1, w.W2, w.b2, R, F, C, false);
+    be.linear_forward(A.f1, A.y, w.W1, w.b1, R, C, F, true, 0.f, 0);
+    be.linear_forward(a.tmp, A.f1, w.W2, w.b2, R, F, C, false, 0.f, 0);
     be.residual_layernorm_forward(N.x, N.q, N.mean1, N.rstd1, A.y, a.tmp, 0.f, 0, wn.ln1_g,
                                   wn.ln1_b, R, C, cfg_.ln_eps);
   }
@@ -358,15 +357,15 @@ void Model::forward_last(Acts& a, int R, int B) {
   auto& A = a.layers[L - 1];
   float* q_last = A.y;
   float* y_last = A.q;
-  be.linear_forward(A.KV, A.x, w.Wkv, w.bkv, R, C, 2 * C, false);
+  be.linear_forward(A.KV, A.x, w.Wkv, w.bkv, R, C, 2 * C, false, 0.f, 0);
   be.gather_rows(q_last, A.q, a.rows, B, C);
-  be.linear_forward(A.Qp, q_last, w.Wq, w.bq, B, C, C, false);
+  be.linear_forward(A.Qp, q_last, w.Wq, w.bq, B, C, C, false, 0.f, 0);
   be.attention_last_forward(A.att, A.Qp, C, A.KV, A.KV + C, 2 * C, a.cu, B, H, D);
-  be.linear_forward(a.tmp, A.att, w.Wo, w.bo, B, C, C, false);
+  be.linear_forward(a.tmp, A.att, w.Wo, w.bo, B, C, C, false, 0.f, 0);
   be.residual_layernorm_forward(A.x1, y_last, A.mean2, A.rstd2, q_last, a.tmp, 0.f, 0, w.ln2_g,
                                 w.ln2_b, B, C, cfg_.ln_eps);
-  be.linear_forward(A.f1, y_last, w.W1, w.b1, B, C, F, true);
-  be.linear_forward(a.tmp, A.f1, w.W2, w.b2, B, F, C, false);
+  be.linear_forward(A.f1, y_last, w.W1, w.b1, B, C, F, true, 0.f, 0);
+  be.linear_forward(a.tmp, A.f1, w.W2, w.b2, B, F, C, false, 0.f, 0);
   be.residual_layernorm_forward(a.xL, a.hlast, a.meanf, a.rstdf, y_last, a.tmp, 0.f, 0, lnf_g,
                                 lnf_b, B, C, cfg_.ln_eps);
 }
@@ -389,7 +388,9 @@ void Model::backward(Acts& a, int R, int B, bool train, int64_t step) {
     // x_out = y + dropout(dropout(relu(y W1 + b1)) W2 + b2): dy = dx (the residual) plus the
     // feed-forward's gradient, accumulated into dx in place once dx has been read
     be.dropout_backward(a.dtmp, a.dx, nullptr, RC, p, key(site_ffn_out(l)));
-    be.linear_backward(a.df1, g.W2, g.b2, a.dtmp, A.f1d, w.W2, R, F, C, false);
+    be.linear_backward(a.df1, g.W2, g.b2, a.dtmp, A.f1, w.W2, R, F, C, false);
+    // f1 = dropout(relu(z)) is > 0 exactly where the ReLU passed and the dropout kept, so it
+    // serves as the ReLU's mask (the dropout's own mask is recomputed)
     be.dropout_backward(a.df1, a.df1, A.f1, (size_t)R * F, p, key(site_ffn_hidden(l)));
     be.linear_backward(a.dx, g.W1, g.b1, a.df1, A.y, w.W1, R, C, F, true);
     // y = LN2(x1)

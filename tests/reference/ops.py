@@ -206,10 +206,12 @@ def layernorm_backward(dout, x, g, eps):
 
 
 # ----------------------------------------------------------------------------- linear
-def linear_forward(x, W, b, relu=False):
-    """out(R, O) = x(R, I) W(I, O) + b(O), then max(., 0) when relu."""
+def linear_forward(x, W, b, relu=False, mult=None):
+    """out(R, O) = x(R, I) W(I, O) + b(O), then max(., 0) when relu, then times the
+    dropout multipliers ``mult`` (R, O) when given."""
     out = np.asarray(x, np.float64) @ np.asarray(W, np.float64) + np.asarray(b, np.float64)
-    return np.maximum(out, 0.0) if relu else out
+    out = np.maximum(out, 0.0) if relu else out
+    return out if mult is None else dropout_forward(out, mult)
 
 
 def linear_backward(dout, x, W):

@@ -64,8 +64,10 @@ class Backend {
   virtual void layernorm_backward(float* din, float* dg, float* db, const float* dout,
                                   const float* in, const float* mean, const float* rstd,
                                   const float* g, int R, int C, bool accumulate) = 0;
+  // out = dropout_p(relu?(in W + b)): the dropout (counter r*O + o of key, as dropout_forward
+  // over R*O) is applied as the product is stored; p = 0 for none.
   virtual void linear_forward(float* out, const float* in, const float* W, const float* b, int R,
-                              int I, int O, bool relu) = 0;
+                              int I, int O, bool relu, float p, uint64_t key) = 0;
   virtual void linear_backward(float* din, float* dW, float* db, const float* dout,
                                const float* in, const float* W, int R, int I, int O,
                                bool accumulate) = 0;

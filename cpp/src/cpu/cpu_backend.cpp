@@ -55,8 +55,8 @@ class CpuBackend final : public Backend {
     cpu::layernorm_backward(din, dg, db, dout, in, mean, rstd, g, R, C, accumulate);
   }
   void linear_forward(float* out, const float* in, const float* W, const float* b, int R, int I,
-                      int O, bool relu) override {
-    cpu::linear_forward(out, in, W, b, R, I, O, relu, prec_);
+                      int O, bool relu, float p, uint64_t key) override {
+    cpu::linear_forward(out, in, W, b, R, I, O, relu, p, key, prec_);
   }
   void linear_backward(float* din, float* dW, float* db, const float* dout, const float* in,
                        const float* W, int R, int I, int O, bool accumulate) override {

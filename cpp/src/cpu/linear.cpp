@@ -1,5 +1,6 @@
 // Linear layer (projections and the feed-forward layers), W stored (in, out).
-//   forward : out(R,O) = in(R,I) W(I,O) + b(O), then ReLU when relu
+//   forward : out(R,O) = in(R,I) W(I,O) + b(O), then ReLU when relu, then dropout_p
+//             (counter r*O+o of key, the masks of dropout_forward over R*O)
 //   backward: din(R,I) (= or +=, skipped when null) = dout W^T
 //             dW(I,O) += in^T dout;   db(O) += column sums of dout
 // The ReLU's own backward is applied by the caller (dropout_backward with relu_out).
@@ -12,6 +13,7 @@
 
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
+#include "fastsasrec/rng.h"
 
 namespace fsr::cpu {
 
@@ -43,9 +45,12 @@ const float* operand(const float* x, size_t n, Precision prec, std::vector<float
 }  // namespace
 
 // One parallel region per product: each thread fills its block of rows with the bias,
-// accumulates its GEMM onto it (beta = 1) and applies the ReLU while the block is in cache.
+// accumulates its GEMM onto it (beta = 1) and applies the ReLU and the dropout while the
+// block is in cache.
 void linear_forward(float* out, const float* in_, const float* W_, const float* b, int R, int I,
-                    int O, bool relu, Precision prec) {
+                    int O, bool relu, float p, uint64_t key, Precision prec) {
+  const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
+  const uint32_t thr = dropout_threshold(p);
   thread_local std::vector<float> s_in, s_w;
   const float* in = operand(in_, (size_t)R * I, prec, s_in);
   const float* W = operand(W_, (size_t)I * O, prec, s_w);
@@ -56,8 +61,11 @@ void linear_forward(float* out, const float* in_, const float* W_, const float* 
     for (int r = r0; r < r1; ++r)
       for (int c = 0; c < O; ++c) out[(size_t)r * O + c] = b[c];
     gemm_serial(false, false, r1 - r0, O, I, 1.f, in + (size_t)r0 * I, I, W, O, 1.f, o, O);
+    const size_t n = (size_t)(r1 - r0) * O, e0 = (size_t)r0 * O;
     if (relu)
-      for (size_t e = 0; e < (size_t)(r1 - r0) * O; ++e) o[e] = std::max(o[e], 0.f);
+      for (size_t e = 0; e < n; ++e) o[e] = std::max(o[e], 0.f);
+    if (p > 0.f)
+      for (size_t e = 0; e < n; ++e) o[e] *= keep_scale(key, e0 + e, thr, inv_keep);
   });
 }
 

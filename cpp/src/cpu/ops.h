@@ -46,11 +46,12 @@ void layernorm_backward(float* din, float* dg, float* db, const float* dout, con
                         bool accumulate);
 
 // ---- linear.cpp
-// out(R,O) = in(R,I) W(I,O) + b(O), then ReLU when relu
+// out(R,O) = in(R,I) W(I,O) + b(O), then ReLU when relu, then dropout_p (element r*O+o
+// draws counter r*O+o of key, as dropout_forward over R*O; p = 0: none)
 // With Precision::BF16 the operands of each product (here in and W; below dout and W, in
 // and dout) are rounded to bfloat16 first and the products summed in fp32.
 void linear_forward(float* out, const float* in, const float* W, const float* b, int R, int I,
-                    int O, bool relu, Precision prec = Precision::FP32);
+                    int O, bool relu, float p, uint64_t key, Precision prec = Precision::FP32);
 // din(R,I) (= or += when accumulate; skipped when null) = dout W^T;  dW(I,O) += in^T dout;
 // db(O) += column sums of dout
 void linear_backward(float* din, float* dW, float* db, const float* dout, const float* in,
