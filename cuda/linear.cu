@@ -148,22 +148,13 @@ gemm_tile_kernel(float* out, int ldo, const float* A, int lda, const float* B, i
     __syncthreads();
     tile::dot<4, kGemmNC>(acc, As, Bs, kw);
   }
-  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-#pragma unroll
-  for (int a = 0; a < 4; ++a) {
-    const int r = r0 + ty + 16 * a;
-    if (r >= M) continue;
-#pragma unroll
-    for (int b = 0; b < 4; ++b) {
-      const int c = c0 + tx + 16 * b;
-      if (c >= N) continue;
-      float* o = out + (size_t)r * ldo + c;
-      float v = acc[a][b];
-      if (bias) v += bias[c];
-      if (accumulate) v += *o;
-      *o = drop(relu ? fmaxf(v, 0.f) : v, (size_t)r * N + c);
-    }
-  }
+  tile::for_each<4, 4>(r0, M, c0, N, [&](int a, int b, int r, int c) {
+    float* o = out + (size_t)r * ldo + c;
+    float v = acc[a][b];
+    if (bias) v += bias[c];
+    if (accumulate) v += *o;
+    *o = drop(relu ? fmaxf(v, 0.f) : v, (size_t)r * N + c);
+  });
 }
 
 // dW(I, O) += in(R, I)^T dout(R, O) and db(O) += colsum(dout): block (x, y, z) owns dW's
@@ -198,17 +189,9 @@ weight_grad_kernel(float* dW, float* db, const float* in, const float* dout, int
     tile::dot<4, kGemmNC>(acc, As, Bs, kw);
   }
   if (col_sums && o0 + (int)threadIdx.x < O) atomicAdd(&db[o0 + threadIdx.x], colsum);
-  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-#pragma unroll
-  for (int a = 0; a < 4; ++a) {
-    const int i = i0 + ty + 16 * a;
-    if (i >= I) continue;
-#pragma unroll
-    for (int b = 0; b < 4; ++b) {
-      const int o = o0 + tx + 16 * b;
-      if (o < O) atomicAdd(&dW[(size_t)i * O + o], acc[a][b]);
-    }
-  }
+  tile::for_each<4, 4>(i0, I, o0, O, [&](int a, int b, int i, int o) {
+    atomicAdd(&dW[(size_t)i * O + o], acc[a][b]);
+  });
 }
 
 void weight_grad(float* dW, float* db, const float* in, const float* dout, int R, int I, int O,

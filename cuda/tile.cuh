@@ -101,10 +101,10 @@ __device__ __forceinline__ float row_sum(float v) {
   return v;
 }
 
-// out[(r0 + ty + 16a) * ld_out + tx + 16c] = acc[a][c] * f[a] for rows r0 + .. < n, columns < D.
-template <int RA, int NC>
-__device__ __forceinline__ void store(float* out, size_t ld_out, const float (&acc)[RA][NC],
-                                      const float (&f)[RA], int r0, int n, int D) {
+// visit(a, c, i, d) for each of this thread's tile elements in bounds: row i = r0 + ty + 16a
+// < n, column d = c0 + tx + 16c < D (the epilogue of every register tile).
+template <int RA, int NC, class Visit>
+__device__ __forceinline__ void for_each(int r0, int n, int c0, int D, Visit visit) {
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
 #pragma unroll
   for (int a = 0; a < RA; ++a) {
@@ -112,10 +112,19 @@ __device__ __forceinline__ void store(float* out, size_t ld_out, const float (&a
     if (i >= n) continue;
 #pragma unroll
     for (int c = 0; c < NC; ++c) {
-      const int d = tx + 16 * c;
-      if (d < D) out[(size_t)i * ld_out + d] = acc[a][c] * f[a];
+      const int d = c0 + tx + 16 * c;
+      if (d < D) visit(a, c, i, d);
     }
   }
+}
+
+// out[(r0 + ty + 16a) * ld_out + tx + 16c] = acc[a][c] * f[a] for rows r0 + .. < n, columns < D.
+template <int RA, int NC>
+__device__ __forceinline__ void store(float* out, size_t ld_out, const float (&acc)[RA][NC],
+                                      const float (&f)[RA], int r0, int n, int D) {
+  for_each<RA, NC>(r0, n, 0, D, [&](int a, int c, int i, int d) {
+    out[(size_t)i * ld_out + d] = acc[a][c] * f[a];
+  });
 }
 
 // The current device's multiprocessors and the shared memory a block may opt in to, asked
