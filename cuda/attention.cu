@@ -154,7 +154,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---------------------------------------------------------------------------------------
 // Backward, kernel 1: delta_i = dO_i . O_i for head h, one warp per (row, head); written
-// to dQ(i, h*D) as scratch for kernels 2 and 3.  Grid (B*H, ceil(T / 8)), 256 threads.
+// to dQ(i, h*D) as scratch for kernels 2 and 3.  Grid (B*H, ceil(n_max / 8)), 256 threads.
 __global__ void __launch_bounds__(kThreads)
     attention_delta_kernel(float* dQ, int ldq, const float* dO, const float* O,
                            const int32_t* cu, int H, int D) {
@@ -525,9 +525,10 @@ Args make_args(int ldq, int ldkv, const int32_t* cu, int B, int H, int D, int T,
 
 }  // namespace
 
-void attention_forward(float* O, float* lse, const float* Q, int ldq, const float* K,
+void attention_forward(const Context& ctx, float* O, float* lse, const float* Q, int ldq, const float* K,
                        const float* V, int ldkv, const int32_t* cu, int B, int H, int D, int T,
-                       int n_max, float p, uint64_t key, cudaStream_t stream) {
+                       int n_max, float p, uint64_t key) {
+  const cudaStream_t stream = ctx.stream;
   check_shapes("attention_forward", B, H, D, ldq, ldkv);
   check_T("attention_forward", T);
   if (B == 0) return;
@@ -541,10 +542,11 @@ void attention_forward(float* O, float* lse, const float* Q, int ldq, const floa
   run(Kernel::forward, a, stream);
 }
 
-void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const float* O,
+void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, const float* dO, const float* O,
                         const float* Q, int ldq, const float* K, const float* V, int ldkv,
                         const float* lse, const int32_t* cu, int B, int H, int D, int T,
-                        int n_max, float p, uint64_t key, cudaStream_t stream) {
+                        int n_max, float p, uint64_t key) {
+  const cudaStream_t stream = ctx.stream;
   check_shapes("attention_backward", B, H, D, ldq, ldkv);
   check_T("attention_backward", T);
   if (B == 0) return;
@@ -566,9 +568,9 @@ void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const 
   run(Kernel::query, a, stream);  // 3. dQ (overwrites delta)
 }
 
-void attention_last_forward(float* O, const float* Q, int ldq, const float* K, const float* V,
-                            int ldkv, const int32_t* cu, int B, int H, int D,
-                            cudaStream_t stream) {
+void attention_last_forward(const Context& ctx, float* O, const float* Q, int ldq, const float* K, const float* V,
+                            int ldkv, const int32_t* cu, int B, int H, int D) {
+  const cudaStream_t stream = ctx.stream;
   check_shapes("attention_last_forward", B, H, D, ldq, ldkv);
   if (B == 0) return;
   const float scale = 1.f / std::sqrt((float)D);

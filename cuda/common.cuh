@@ -66,33 +66,4 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Block-wide sum of one float per thread (blockDim.x a multiple of 32, <= 1024).
-__device__ inline float block_sum(float v, float* shared32) {
-  v = warp_sum(v);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  __syncthreads();
-  if (lane == 0) shared32[warp] = v;
-  __syncthreads();
-  const int nw = (blockDim.x + 31) >> 5;
-  v = threadIdx.x < nw ? shared32[threadIdx.x] : 0.f;
-  if (warp == 0) v = warp_sum(v);
-  if (threadIdx.x == 0) shared32[0] = v;
-  __syncthreads();
-  return shared32[0];
-}
-
-__device__ inline float block_max(float v, float* shared32) {
-  v = warp_max(v);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  __syncthreads();
-  if (lane == 0) shared32[warp] = v;
-  __syncthreads();
-  const int nw = (blockDim.x + 31) >> 5;
-  v = threadIdx.x < nw ? shared32[threadIdx.x] : -INFINITY;
-  if (warp == 0) v = warp_max(v);
-  if (threadIdx.x == 0) shared32[0] = v;
-  __syncthreads();
-  return shared32[0];
-}
-
 }  // namespace fsr::cuda

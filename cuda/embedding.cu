@@ -31,9 +31,9 @@ __global__ void embedding_backward_kernel(float* dE, float* dP, const float* dx,
 }
 }  // namespace
 
-void embedding_forward(float* x, const int32_t* items, const int32_t* pos, const float* E,
-                       const float* P, int R, int C, float scale, float p, uint64_t key,
-                       cudaStream_t s) {
+void embedding_forward(const Context& ctx, float* x, const int32_t* items, const int32_t* pos, const float* E,
+                       const float* P, int R, int C, float scale, float p, uint64_t key) {
+  const cudaStream_t s = ctx.stream;
   const size_t n = (size_t)R * C;
   if (n == 0) return;
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
@@ -42,9 +42,9 @@ void embedding_forward(float* x, const int32_t* items, const int32_t* pos, const
   FSR_CUDA_LAUNCH_CHECK();
 }
 
-void embedding_backward(float* dE, float* dP, const float* dx, const int32_t* items,
-                        const int32_t* pos, int R, int C, float scale, float p, uint64_t key,
-                        cudaStream_t s) {
+void embedding_backward(const Context& ctx, float* dE, float* dP, const float* dx, const int32_t* items,
+                        const int32_t* pos, int R, int C, float scale, float p, uint64_t key) {
+  const cudaStream_t s = ctx.stream;
   const size_t n = (size_t)R * C;
   if (n == 0) return;
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;

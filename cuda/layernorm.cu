@@ -1,6 +1,6 @@
 // LayerNorm on the GPU (twin of cpp/src/cpu/layernorm.cpp).
 //   forward : one warp per row: mean, rstd = 1/sqrt(var + eps) saved; out = xhat * g + b;
-//             residual_layernorm_forward first forms the row as a + dropout_p(b) (the same
+//             layernorm_residual_forward first forms the row as a + dropout_p(b) (the same
 //             counters as dropout_forward over R*C), stores it in sum and normalises that
 //   backward: one warp per row for din (= or +=); dg, db (+=) summed over chunks of rows
 //             and added atomically (chunk order may vary between runs): in the same kernel
@@ -179,17 +179,19 @@ void backward_fused(float* din, float* dg, float* db, const float* dout, const f
 }
 }  // namespace
 
-void layernorm_forward(float* out, float* mean, float* rstd, const float* in, const float* g,
-                       const float* b, int R, int C, float eps, cudaStream_t s) {
+void layernorm_forward(const Context& ctx, float* out, float* mean, float* rstd, const float* in, const float* g,
+                       const float* b, int R, int C, float eps) {
+  const cudaStream_t s = ctx.stream;
   if (R <= 0) return;
   layernorm_forward_kernel<<<blocks_for(R, 8), 256, 0, s>>>(out, mean, rstd, nullptr, in, nullptr,
                                                              0u, 1.f, 0, g, b, R, C, eps);
   FSR_CUDA_LAUNCH_CHECK();
 }
 
-void residual_layernorm_forward(float* sum, float* out, float* mean, float* rstd, const float* a,
+void layernorm_residual_forward(const Context& ctx, float* sum, float* out, float* mean, float* rstd, const float* a,
                                 const float* b, float p, uint64_t key, const float* g,
-                                const float* beta, int R, int C, float eps, cudaStream_t s) {
+                                const float* beta, int R, int C, float eps) {
+  const cudaStream_t s = ctx.stream;
   if (R <= 0) return;
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
   layernorm_forward_kernel<<<blocks_for(R, 8), 256, 0, s>>>(
@@ -197,9 +199,10 @@ void residual_layernorm_forward(float* sum, float* out, float* mean, float* rstd
   FSR_CUDA_LAUNCH_CHECK();
 }
 
-void layernorm_backward(float* din, float* dg, float* db, const float* dout, const float* in,
+void layernorm_backward(const Context& ctx, float* din, float* dg, float* db, const float* dout, const float* in,
                         const float* mean, const float* rstd, const float* g, int R, int C,
-                        bool accumulate, cudaStream_t s) {
+                        bool accumulate) {
+  const cudaStream_t s = ctx.stream;
   if (R <= 0) return;
   if (C <= 32) return backward_fused<1>(din, dg, db, dout, in, mean, rstd, g, R, C, accumulate, s);
   if (C <= 64) return backward_fused<2>(din, dg, db, dout, in, mean, rstd, g, R, C, accumulate, s);

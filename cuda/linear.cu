@@ -251,10 +251,18 @@ size_t linear_bf16_scratch_bytes(int R, int I, int O) {
   return 2 * (n((long long)R * I) + n((long long)I * O) + n((long long)R * O));
 }
 
-void linear_forward(cublasHandle_t h, float* out, const float* in, const float* W, const float* b,
-                    int R, int I, int O, bool relu, float p, uint64_t key,
-                    uint16_t* bf16_scratch, cudaStream_t s) {
+// In bf16, the context's scratch holds the operands rounded to bfloat16 (null in fp32).
+uint16_t* bf16_scratch(const Context& ctx, int R, int I, int O) {
+  if (ctx.precision != Precision::BF16) return nullptr;
+  return static_cast<uint16_t*>(ctx.bf16_scratch->get(linear_bf16_scratch_bytes(R, I, O)));
+}
+
+void linear_forward(const Context& ctx, float* out, const float* in, const float* W,
+                    const float* b, int R, int I, int O, bool relu, float p, uint64_t key) {
+  const cudaStream_t s = ctx.stream;
+  const cublasHandle_t h = ctx.blas;
   if (R <= 0) return;
+  uint16_t* const bf16_scratch = ::fsr::cuda::bf16_scratch(ctx, R, I, O);
   const Dropout drop(p, key);
   if (!bf16_scratch) return gemm_tile<false>(out, O, in, I, W, O, b, R, O, I, relu, false, drop, s);
   uint16_t* at = bf16_scratch;
@@ -265,10 +273,12 @@ void linear_forward(cublasHandle_t h, float* out, const float* in, const float* 
   FSR_CUDA_LAUNCH_CHECK();
 }
 
-void linear_backward(cublasHandle_t h, float* din, float* dW, float* db, const float* dout,
-                     const float* in, const float* W, int R, int I, int O, bool accumulate,
-                     uint16_t* bf16_scratch, cudaStream_t s) {
+void linear_backward(const Context& ctx, float* din, float* dW, float* db, const float* dout,
+                     const float* in, const float* W, int R, int I, int O, bool accumulate) {
+  const cudaStream_t s = ctx.stream;
+  const cublasHandle_t h = ctx.blas;
   if (R <= 0) return;
+  uint16_t* const bf16_scratch = ::fsr::cuda::bf16_scratch(ctx, R, I, O);
   if (!bf16_scratch) {
     if (din)
       gemm_tile<true>(din, I, dout, O, W, O, nullptr, R, I, O, false, accumulate, Dropout(), s);

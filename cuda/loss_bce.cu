@@ -6,7 +6,7 @@
 //             dh(R,C) = grad_scale * (a E[tgt] + b E[neg])                           =
 //             dE[tgt] += grad_scale * a h;  dE[neg] += grad_scale * b h              += (atomicAdd)
 // One warp per row: the two dot products are warp reductions, then the warp writes dh and
-// scatters into dE.  workspace: none (bce_workspace is 0).
+// scatters into dE.  workspace: none (loss_bce_workspace is 0).
 #include <stdexcept>
 
 #include "cuda/common.cuh"
@@ -53,17 +53,18 @@ bce_kernel(float* loss, float* dh, float* dE, const float* h, const float* E,
 
 }  // namespace
 
-size_t bce_workspace(int, int) { return 0; }
+size_t loss_bce_workspace(const Context&, int, int, int, int) { return 0; }
 
-void bce_loss(float* loss, float* dh, float* dE, const float* h, const float* E,
-              const int32_t* targets, const int32_t* negatives, int R, int C, float grad_scale,
-              float* /*workspace*/, cudaStream_t s) {
+void loss_bce(const Context& ctx, float* loss, float* dh, float* dE, const float* h, const float* E,
+              const int32_t* targets, const int32_t* negatives, int R, int C, int V, int N,
+              float grad_scale, float* /*workspace*/) {
+  const cudaStream_t s = ctx.stream;
   if (R < 0 || C < 0)
     throw std::runtime_error(
-        ::fsr::detail::cat("bce_loss: negative size (R=", R, ", C=", C, ")"));
+        ::fsr::detail::cat("loss_bce: negative size (R=", R, ", C=", C, ")"));
   if (R == 0) return;
   if (grad_scale != 0.f && (dh == nullptr || dE == nullptr))
-    throw std::runtime_error("bce_loss: dh and dE are needed when grad_scale != 0");
+    throw std::runtime_error("loss_bce: dh and dE are needed when grad_scale != 0");
   const unsigned blocks = (unsigned)(((long long)R + kRowsPerBlock - 1) / kRowsPerBlock);
   bce_kernel<<<blocks, kThreads, 0, s>>>(loss, dh, dE, h, E, targets, negatives, R, C,
                                          grad_scale);

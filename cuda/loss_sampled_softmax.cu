@@ -6,32 +6,33 @@
 //             ds(r, j) = grad_scale * p_j;  ds_pos = grad_scale * (p_pos - 1)
 //             dh(R,C) = ds_pos E[tgt] + ds En        (En = E[neg], N x C)               =
 //             dE[neg_j] += (ds^T h)_j;  dE[tgt_r] += ds_pos h_r                         +=
-// Fused (cuda/softmax_loss.cuh, shared with the full softmax): the logits never exist
+// Fused (cuda/loss_softmax_kernels.cuh, shared with the full softmax): the logits never exist
 // as an R x N matrix.
 #include <stdexcept>
 
 #include "cuda/common.cuh"
 #include "cuda/ops.cuh"
-#include "cuda/softmax_loss.cuh"
+#include "cuda/loss_softmax_kernels.cuh"
 
 namespace fsr::cuda {
 
-size_t sampled_softmax_workspace(int R, int C, int N) {
+size_t loss_sampled_softmax_workspace(const Context&, int R, int C, int V, int N) {
   return softmax_kernels::workspace<true>(R, C, N);
 }
 
-void sampled_softmax_loss(float* loss, float* dh, float* dE, const float* h, const float* E,
-                          const int32_t* targets, const int32_t* negatives, int R, int C, int N,
-                          float grad_scale, float* workspace, cudaStream_t s) {
+void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE, const float* h,
+                          const float* E, const int32_t* targets, const int32_t* negatives, int R,
+                          int C, int V, int N, float grad_scale, float* workspace) {
+  const cudaStream_t s = ctx.stream;
   if (R < 0 || C < 0 || N < 0)
-    throw std::runtime_error(::fsr::detail::cat("sampled_softmax_loss: negative size (R=", R,
+    throw std::runtime_error(::fsr::detail::cat("loss_sampled_softmax: negative size (R=", R,
                                                 ", C=", C, ", N=", N, ")"));
   if (R == 0) return;
   if (workspace == nullptr)
     throw std::runtime_error(
-        "sampled_softmax_loss: workspace is null (sampled_softmax_workspace floats needed)");
+        "loss_sampled_softmax: workspace is null (loss_sampled_softmax_workspace floats needed)");
   if (grad_scale != 0.f && (dh == nullptr || dE == nullptr))
-    throw std::runtime_error("sampled_softmax_loss: dh and dE are needed when grad_scale != 0");
+    throw std::runtime_error("loss_sampled_softmax: dh and dE are needed when grad_scale != 0");
   softmax_kernels::run<true>(loss, dh, dE, workspace, h, E, targets, negatives, R, C, N, grad_scale,
                            s);
 }

@@ -4,30 +4,33 @@
 //   backward (grad_scale != 0): ds = grad_scale * (softmax(s) - onehot(tgt))
 //             dh(R,C) = ds E[1:]                                                     =
 //             dE[1:] += ds^T h                                                        +=
-// Fused (cuda/softmax_loss.cuh, shared with the sampled softmax): the logits never exist
+// Fused (cuda/loss_softmax_kernels.cuh, shared with the sampled softmax): the logits never exist
 // as an R x V matrix.
 #include <stdexcept>
 
 #include "cuda/common.cuh"
 #include "cuda/ops.cuh"
-#include "cuda/softmax_loss.cuh"
+#include "cuda/loss_softmax_kernels.cuh"
 
 namespace fsr::cuda {
 
-size_t softmax_workspace(int R, int C, int V) { return softmax_kernels::workspace<false>(R, C, V); }
+size_t loss_softmax_workspace(const Context&, int R, int C, int V, int N) {
+  return softmax_kernels::workspace<false>(R, C, V);
+}
 
-void softmax_loss(float* loss, float* dh, float* dE, const float* h, const float* E,
-                  const int32_t* targets, int R, int C, int V, float grad_scale, float* workspace,
-                  cudaStream_t s) {
+void loss_softmax(const Context& ctx, float* loss, float* dh, float* dE, const float* h, const float* E,
+                  const int32_t* targets, const int32_t* /*negatives*/, int R, int C, int V,
+                  int /*N*/, float grad_scale, float* workspace) {
+  const cudaStream_t s = ctx.stream;
   if (R < 0 || C < 0 || V < 0)
-    throw std::runtime_error(::fsr::detail::cat("softmax_loss: negative size (R=", R, ", C=", C,
+    throw std::runtime_error(::fsr::detail::cat("loss_softmax: negative size (R=", R, ", C=", C,
                                                 ", V=", V, ")"));
   if (R == 0) return;
-  if (V < 1) throw std::runtime_error("softmax_loss: needs at least one item (V >= 1)");
+  if (V < 1) throw std::runtime_error("loss_softmax: needs at least one item (V >= 1)");
   if (workspace == nullptr)
-    throw std::runtime_error("softmax_loss: workspace is null (softmax_workspace floats needed)");
+    throw std::runtime_error("loss_softmax: workspace is null (loss_softmax_workspace floats needed)");
   if (grad_scale != 0.f && (dh == nullptr || dE == nullptr))
-    throw std::runtime_error("softmax_loss: dh and dE are needed when grad_scale != 0");
+    throw std::runtime_error("loss_softmax: dh and dE are needed when grad_scale != 0");
   softmax_kernels::run<false>(loss, dh, dE, workspace, h, E, targets, nullptr, R, C, V, grad_scale,
                            s);
 }

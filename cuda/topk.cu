@@ -15,7 +15,8 @@
 // A list of length L gives ceil(K / L) passes: pass p fills slots [p L, (p + 1) L) with the
 // best items strictly worse than the last item of pass p - 1 (each score is a sum over c in
 // order with fmaf, recomputed bit for bit, so the order is consistent across passes).
-// Workspace: rows x ranges x L (score, id) pairs, cudaMallocAsync'd on the stream.
+// Workspace: rows x ranges x L (score, id) pairs, topk_workspace(B, C, V, K) floats, given by
+// the caller (the model's inference scratch).
 #include <algorithm>
 #include <stdexcept>
 
@@ -273,30 +274,22 @@ topk_merge_kernel(int32_t* ids, float* scores, const float* ws_s, const int32_t*
 
 // The passes of pass_len output slots each: launch(ws_s, ws_i, k0) runs a partial kernel
 // that fills each row's n_cand workspace slots, then the merge writes the pass's slots.
-// The workspace (B x n_cand pairs) is cudaMallocAsync'd on the stream.
+// The workspace holds B x n_cand (score, id) pairs: 2 B n_cand floats.
 template <typename Launch>
 void run_passes(int32_t* ids, float* scores, int B, int K, int pass_len, int n_cand,
-                cudaStream_t s, Launch launch) {
+                float* workspace, cudaStream_t s, Launch launch) {
   const size_t slots = (size_t)B * (size_t)n_cand;
-  void* ws = nullptr;
-  FSR_CUDA_CHECK(cudaMallocAsync(&ws, slots * (sizeof(float) + sizeof(int32_t)), s));
-  float* ws_s = static_cast<float*>(ws);
+  float* ws_s = workspace;
   int32_t* ws_i = reinterpret_cast<int32_t*>(ws_s + slots);
-  try {
-    for (int k0 = 0; k0 < K; k0 += pass_len) {
-      launch(ws_s, ws_i, k0);
-      FSR_CUDA_LAUNCH_CHECK();
-      const unsigned grid2 = (unsigned)ceil_div(B, kWarps);
-      topk_merge_kernel<<<grid2, kThreads, 0, s>>>(ids, scores, ws_s, ws_i, B, K, k0, n_cand,
-                                                  pass_len);
-      FSR_CUDA_LAUNCH_CHECK();
-      if (K - k0 <= pass_len) break;  // k0 + pass_len would overflow for K near INT_MAX
-    }
-  } catch (...) {
-    cudaFreeAsync(ws, s);
-    throw;
+  for (int k0 = 0; k0 < K; k0 += pass_len) {
+    launch(ws_s, ws_i, k0);
+    FSR_CUDA_LAUNCH_CHECK();
+    const unsigned grid2 = (unsigned)ceil_div(B, kWarps);
+    topk_merge_kernel<<<grid2, kThreads, 0, s>>>(ids, scores, ws_s, ws_i, B, K, k0, n_cand,
+                                                pass_len);
+    FSR_CUDA_LAUNCH_CHECK();
+    if (K - k0 <= pass_len) break;  // k0 + pass_len would overflow for K near INT_MAX
   }
-  FSR_CUDA_CHECK(cudaFreeAsync(ws, s));
 }
 
 // ---------------------------------------------------------------- the tiled path
@@ -513,60 +506,87 @@ int choose_splits(long long row_groups, long long n_tiles, int sms) {
 
 template <int KL>
 void run(int32_t* ids, float* scores, const float* h, const float* E, const int32_t* excl,
-         const int64_t* excl_off, int B, int C, int V, int K, size_t smem, int sms,
-         cudaStream_t s) {
+         const int64_t* excl_off, int B, int C, int V, int K, size_t smem, int splits, int tps,
+         float* workspace, cudaStream_t s) {
   tile::allow_smem(partial_kernel<KL>, smem);
-  const long long row_groups = ceil_div(B, kBM), n_tiles = ceil_div(V, kBN);
-  const int splits = n_tiles > 0 ? choose_splits(row_groups, n_tiles, sms) : 1;
-  const int tps = n_tiles > 0 ? (int)ceil_div(n_tiles, splits) : 1;
+  const long long row_groups = ceil_div(B, kBM);
   const bool vec4 = C % 4 == 0 && reinterpret_cast<uintptr_t>(E) % 16 == 0;
   const dim3 grid1((unsigned)row_groups, (unsigned)splits);
-  run_passes(ids, scores, B, K, KL, splits * KL, s, [&](float* ws_s, int32_t* ws_i, int k0) {
-    partial_kernel<KL><<<grid1, kThreads, smem, s>>>(ws_s, ws_i, h, E, excl, excl_off, ids,
-                                                     scores, B, C, V, K, k0, tps, splits, vec4);
-  });
+  run_passes(ids, scores, B, K, KL, splits * KL, workspace, s,
+             [&](float* ws_s, int32_t* ws_i, int k0) {
+               partial_kernel<KL><<<grid1, kThreads, smem, s>>>(
+                   ws_s, ws_i, h, E, excl, excl_off, ids, scores, B, C, V, K, k0, tps, splits,
+                   vec4);
+             });
 }
 }  // namespace tiled
 
+// How a call of (B, C, V, K) runs: the partial kernel, its splits of the item tiles, and
+// the candidates each row keeps per pass (the workspace holds B x n_cand pairs).
+struct Plan {
+  int KL = 0;          // the tiled kernel's list length (16 or 64); 0: the general kernel
+  size_t smem = 0;     // the tiled kernel's shared memory
+  long long splits = 1, tiles_per_split = 1;
+  int n_cand = 0;
+};
 
-}  // namespace
-
-void topk_forward(int32_t* ids, float* scores, const float* h, const float* E,
-                  const int32_t* excl, const int64_t* excl_off, int B, int C, int V, int K,
-                  cudaStream_t s) {
-  if (B < 0 || C < 0 || V < 0 || K < 0)
-    throw std::runtime_error(::fsr::detail::cat("topk_forward: negative size (B=", B, ", C=", C,
-                                                ", V=", V, ", K=", K, ")"));
-  if (B == 0 || K == 0) return;
-  if (excl_off == nullptr) throw std::runtime_error("topk_forward: excl_off is null");
-  {
-    const tile::DeviceLimits dev = tile::device_limits();
-    const int KL = K <= 16 ? 16 : 64;  // a list long enough for K in one or few passes
-    const size_t smem = tiled::smem_bytes(C, KL);
-    if (smem <= (size_t)dev.smem_optin) {
-      if (KL == 16)
-        tiled::run<16>(ids, scores, h, E, excl, excl_off, B, C, V, K, smem, dev.sms, s);
-      else
-        tiled::run<64>(ids, scores, h, E, excl, excl_off, B, C, V, K, smem, dev.sms, s);
-      return;
-    }
+Plan plan(int B, int C, int V, int K) {
+  Plan p;
+  const tile::DeviceLimits dev = tile::device_limits();
+  const int KL = K <= 16 ? 16 : 64;  // a list long enough for K in one or few passes
+  const size_t smem = tiled::smem_bytes(C, KL);
+  if (smem <= (size_t)dev.smem_optin) {
+    const long long row_groups = ceil_div(B, tiled::kBM), n_tiles = ceil_div(V, tiled::kBN);
+    p.KL = KL;
+    p.smem = smem;
+    p.splits = n_tiles > 0 ? tiled::choose_splits(row_groups, n_tiles, dev.sms) : 1;
+    p.tiles_per_split = n_tiles > 0 ? ceil_div(n_tiles, p.splits) : 1;
+    p.n_cand = (int)p.splits * KL;
+    return p;
   }
   // The general path (C too wide for the tiled kernel's shared memory).
   // Item ranges per row group: about kTargetBlocks blocks in kernel 1.
   const long long row_groups = ceil_div(B, kRT);
   const long long n_tiles = ceil_div(V, kIT);
-  long long splits = 1, tiles_per_split = 1;
   if (n_tiles > 0) {
-    splits = std::min(n_tiles, std::max(1LL, ceil_div(kTargetBlocks, row_groups)));
-    tiles_per_split = ceil_div(n_tiles, splits);
-    splits = ceil_div(n_tiles, tiles_per_split);
+    p.splits = std::min(n_tiles, std::max(1LL, ceil_div(kTargetBlocks, row_groups)));
+    p.tiles_per_split = ceil_div(n_tiles, p.splits);
+    p.splits = ceil_div(n_tiles, p.tiles_per_split);
   }
-  const dim3 grid1((unsigned)row_groups, (unsigned)splits);
-  run_passes(ids, scores, B, K, kKMax, (int)splits * kKMax, s,
+  p.n_cand = (int)p.splits * kKMax;
+  return p;
+}
+
+}  // namespace
+
+size_t topk_workspace(const Context&, int B, int C, int V, int K) {
+  if (B <= 0 || K <= 0) return 0;
+  return 2 * (size_t)B * (size_t)plan(B, C, V, K).n_cand;
+}
+
+void topk(const Context& ctx, int32_t* ids, float* scores, const float* h, const float* E,
+          const int32_t* excl, const int64_t* excl_off, int B, int C, int V, int K,
+          float* workspace) {
+  const cudaStream_t s = ctx.stream;
+  if (B < 0 || C < 0 || V < 0 || K < 0)
+    throw std::runtime_error(::fsr::detail::cat("topk: negative size (B=", B, ", C=", C,
+                                                ", V=", V, ", K=", K, ")"));
+  if (B == 0 || K == 0) return;
+  if (excl_off == nullptr) throw std::runtime_error("topk: excl_off is null");
+  if (workspace == nullptr) throw std::runtime_error("topk: workspace is null (topk_workspace floats needed)");
+  const Plan p = plan(B, C, V, K);
+  if (p.KL == 16)
+    return tiled::run<16>(ids, scores, h, E, excl, excl_off, B, C, V, K, p.smem, (int)p.splits,
+                          (int)p.tiles_per_split, workspace, s);
+  if (p.KL == 64)
+    return tiled::run<64>(ids, scores, h, E, excl, excl_off, B, C, V, K, p.smem, (int)p.splits,
+                          (int)p.tiles_per_split, workspace, s);
+  const dim3 grid1((unsigned)ceil_div(B, kRT), (unsigned)p.splits);
+  run_passes(ids, scores, B, K, kKMax, p.n_cand, workspace, s,
              [&](float* ws_s, int32_t* ws_i, int k0) {
                topk_partial_kernel<<<grid1, kThreads, 0, s>>>(
                    ws_s, ws_i, h, E, excl, excl_off, ids, scores, B, C, V, K, k0,
-                   (int)tiles_per_split, (int)splits);
+                   (int)p.tiles_per_split, (int)p.splits);
              });
 }
 

@@ -24,29 +24,44 @@ def model():
         (dict(factors=-3), "factors must be >= 1, got -3"),
         (dict(factors=2.5), "factors must be an integer"),
         (dict(factors=True), "factors must be an integer"),
-        (dict(n_layers=-1), "n_layers"),
+        (dict(factors=2**40), "factors must be a 32-bit integer, got 1099511627776"),
+        (dict(n_layers=-1), r"n_layers must be in 0\.\.300, got -1"),
+        (dict(n_layers=301), r"n_layers must be in 0\.\.300, got 301"),
         (dict(n_heads=0), "n_heads must be >= 1, got 0"),
         (dict(factors=10, n_heads=3), r"factors \(10\) must be divisible by n_heads \(3\)"),
         (dict(max_seq=0), "max_seq must be in 1..65536, got 0"),
-        (dict(dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
+        (dict(dropout=1.0), r"dropout must be in \[0, 1\), got 1$"),
         (dict(dropout=-0.1), "dropout"),
         (dict(dropout=float("nan")), "dropout must be a finite number"),
         (dict(loss="mse"), "loss must be one of"),
         (dict(n_negatives=0), "n_negatives must be >= 1, got 0"),
         (dict(learning_rate=0), "learning_rate must be > 0, got 0"),
         (dict(learning_rate=float("inf")), "learning_rate must be a finite number"),
-        (dict(weight_decay=-1), "weight_decay"),
+        (dict(weight_decay=-1), "weight_decay must be >= 0, got -1"),
+        (dict(weight_decay="0"), "weight_decay must be a finite number, got '0'"),
         (dict(batch_size=0), "batch_size must be >= 1, got 0"),
         (dict(iterations=-1), "iterations must be >= 0, got -1"),
+        (dict(verbose=-1), "verbose must be >= 0, got -1"),
+        (dict(batch_size=np.int64(0)), "batch_size must be >= 1, got 0"),
         (dict(device="tpu"), "device must be one of"),
         (dict(random_state=-1), "random_state"),
-        (dict(num_threads=-2), "num_threads"),
+        (dict(num_threads=-2), "num_threads must be >= 0, got -2"),
+        (dict(num_threads=1.5), "num_threads must be an integer, got 1.5"),
         (dict(precision="fp16"), r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"),
     ],
 )
 def test_bad_hyperparameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SASRec(**kwargs)
+
+
+def test_set_params_checks_everything_before_setting_anything():
+    m = SASRec(factors=8, n_heads=2)
+    with pytest.raises(ValueError, match=r"factors \(10\) must be divisible by n_heads \(4\)"):
+        m.set_params(factors=10, n_heads=4)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        m.set_params(factors=16, dropout=2.0)
+    assert (m.factors, m.n_heads, m.dropout) == (8, 2, 0.3), "a failed set_params changes nothing"
 
 
 def test_cuda_device_is_a_clear_error_without_backend():
@@ -94,6 +109,11 @@ def test_n_negatives_must_be_below_catalogue():
         SASRec(**dict(SMALL, n_negatives=5, loss="sampled_softmax")).fit(SEQS)
 
 
+def test_bce_needs_two_items():
+    with pytest.raises(ValueError, match="loss='bce' needs at least 2 items, got 1"):
+        SASRec(**dict(SMALL, loss="bce")).fit([[7, 7, 7]])
+
+
 def test_auto_loss_follows_the_catalogue_size():
     m = SASRec(**SMALL).fit(SEQS)  # default n_negatives 256 > 5 items: no error with "auto"
     assert m.loss == "auto" and m.loss_ == "softmax"
@@ -114,6 +134,19 @@ def test_bad_n(model, n, match):
         model.recommend([1, 2], n=n)
     with pytest.raises(ValueError, match=match):
         model.recommend_batch([[1, 2]], n=n)
+    with pytest.raises(ValueError, match=match.replace("n must", "k must")):
+        model.evaluate(SEQS, k=n)
+
+
+def test_bad_evaluate_arguments(model):
+    with pytest.raises(ValueError, match="protocol must be 'loo' or 'sampled', got 'paper'"):
+        model.evaluate(SEQS, protocol="paper")
+    with pytest.raises(ValueError, match="n_negatives must be a positive integer, got 0"):
+        model.evaluate(SEQS, protocol="sampled", n_negatives=0)
+    with pytest.raises(ValueError, match="no sequence has 2 or more items"):
+        model.evaluate([[1], [2]])
+    with pytest.raises(ValueError, match="this model's item ids are integers"):
+        model.evaluate([["a", "b"]])
 
 
 def test_bad_sessions(model):
@@ -145,6 +178,9 @@ def test_engine_rejects_wrong_arrays(model):
         core.session_states([1, 2], np.array([0, 2], dtype=np.int64))
     with pytest.raises(ValueError, match="params must have"):
         core.set_params(np.zeros(3, dtype=np.float32))
+    # fit drops sequences shorter than 2 items (with a warning); the engine rejects them
+    with pytest.raises(ValueError, match="sequence 0 has 1 items; every training sequence needs 2 or more"):
+        core.train_epoch(np.array([1, 2, 3], dtype=np.int32), np.array([0, 1, 3], dtype=np.int64), 0)
 
 
 def test_n_larger_than_catalogue(model):

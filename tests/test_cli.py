@@ -6,12 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import fastsasrec
 from fastsasrec.cli import main
-
-pd = pytest.importorskip("pandas")
 
 N_ITEMS = 120  # more than the 100 negatives of the sampled protocol
 

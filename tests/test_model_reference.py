@@ -28,9 +28,13 @@ CONFIGS = {  # name -> overrides of GOLDEN
 }
 
 # Sequences of item ids 1..11: a 2-item sequence (one packed row, T = 1 attention), a
-# 1-item sequence (skipped by build_batch), one longer than max_seq + 1 (truncated to its
-# most recent items), repeated items (the embedding scatter accumulates).
+# 1-item sequence (which build_batch refuses: fit drops such sequences before the engine
+# sees them), one longer than max_seq + 1 (truncated to its most recent items), repeated
+# items (the embedding scatter accumulates).
 SEQUENCES = [[3, 3, 5, 1, 2, 9, 10, 4, 4], [7, 2], [6], [1, 2, 3], [11, 1, 5, 6, 7, 8], [5, 5, 5, 2]]
+
+
+TRAINABLE = np.array([i for i, s in enumerate(SEQUENCES) if len(s) >= 2], np.int64)
 
 
 def _flat_sequences():
@@ -48,7 +52,7 @@ def _setup(config_name, loss, seed):
     params = (model.get_params() + 0.1 * rng.standard_normal(model.n_params)).astype(np.float32)
     model.set_params(params)
     items, offsets = _flat_sequences()
-    batch = model.build_batch(items, offsets, np.arange(len(SEQUENCES), dtype=np.int64), STEP)
+    batch = model.build_batch(items, offsets, TRAINABLE, STEP)
     return model, cfg, batch, params
 
 
@@ -63,7 +67,9 @@ def test_build_batch_matches_reference(loss):
     cfg = dict(GOLDEN, loss=loss)
     model = CORE.Model(cfg)
     items, offsets = _flat_sequences()
-    seqs = np.array([4, 0, 2, 1, 3, 5], np.int64)  # any order; sequence 2 has one item
+    seqs = np.array([4, 0, 1, 3, 5], np.int64)  # any order
+    with pytest.raises(ValueError, match="sequence 2 has 1 items; a training sequence needs 2"):
+        model.build_batch(items, offsets, np.array([4, 2], np.int64), 1)
     for step in (1, STEP, 1000):
         got = model.build_batch(items, offsets, seqs, step)
         ref = RM.build_batch(items, offsets, seqs, cfg, step)
@@ -141,7 +147,8 @@ def test_repeatable_and_independent_of_earlier_batches():
     n = len(items)
     big_offsets = np.concatenate([offsets[:-1] + k * n for k in range(5)] + [[5 * n]]).astype(np.int64)
     big = model.build_batch(np.tile(items, 5), big_offsets,
-                            np.arange(5 * len(SEQUENCES), dtype=np.int64), STEP + 1)
+                            np.concatenate([TRAINABLE + k * len(SEQUENCES) for k in range(5)]),
+                            STEP + 1)
     assert len(big["items"]) > len(batch["items"])
     _run(model, big, train=True, grad=True, step=STEP + 1)
     assert _run(model, batch, train=True, grad=True) == loss1

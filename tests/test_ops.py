@@ -1,7 +1,14 @@
 """Every op of the engine, on every device (fastsasrec._core.Ops("cpu"), Ops("cuda")),
 against the float64 reference (tests/reference/ops.py), forward and backward, on random
-and awkward shapes; plus a finite-difference check of the reference's own backward passes.
+and awkward shapes; the accumulating outputs (accumulate=True, the "+=" gradients) from
+random prefills; plus a finite-difference check of the reference's own backward passes.
 A device that is not usable here is skipped with the reason.
+
+The ops are called as cpp/include/fastsasrec/ops.def lists them: every argument in order,
+outputs first as arrays the op writes into (the binding copies them to the backend and
+back).  An output the op overwrites starts poisoned (``poison``), so an element it forgets
+fails; an output it accumulates into starts from zeros, or from random values in the
+accumulate tests.
 
 Each case carries a fixed seed in its id (``s<seed>``); failures repeat the seed.
 Tolerances follow the error model of tests/reference/__init__.py: ``bound(n, mag)``
@@ -47,6 +54,34 @@ def ids(cases, fmt):
     return [fmt(*c) for c in cases]
 
 
+def poison(*shape, dtype=np.float32):
+    """An output the op must overwrite, filled with what no op writes (NaN floats, -1
+    ints): an element the op forgets fails the comparison instead of passing on leftovers."""
+    dtype = np.dtype(dtype)
+    return np.full(shape, np.nan if dtype.kind == "f" else -1, dtype)
+
+
+def zeros(*shape):
+    """An output the op accumulates into ("+="), from zero."""
+    return np.zeros(shape, np.float32)
+
+
+def longest(cu):
+    """n_max of the attention ops: the longest sequence of cu (at least 1)."""
+    return max(1, int(np.max(np.diff(cu), initial=1)))
+
+
+def assert_accumulated(got, prefill, plain, ref, tol, what, seed):
+    """An accumulated output: prefill + the op's value, held to the value's tolerance plus
+    the rounding of the addition, both against the float64 reference (prefill + ref) and
+    against prefill + the op's own result from zero (or with accumulate=False)."""
+    pre = np.asarray(prefill, np.float64)
+    tol = tol + bound(0, np.abs(pre) + np.abs(ref))
+    assert_close(got, pre + ref, tol, what + " (accumulated)", seed)
+    assert_close(got, pre + np.asarray(plain, np.float64), tol,
+                 what + " (accumulated, against prefill + the result from zero)", seed)
+
+
 # ============================================================================ RNG
 # rng_key and uniform are host helpers, the same on every Ops; the devices' own draws are
 # checked bit for bit through the dropout masks below.
@@ -87,7 +122,8 @@ def test_dropout(ops, n, p, relu, seed):
     x = normal(rng, n)
     x[x == 0] = 1.0  # no exact zeros, so a zero output means "dropped"
     mult = R.dropout_multiplier(R.uniform(key, n), p)
-    out = ops.dropout_forward(x, p, key)
+    out = poison(n)
+    ops.dropout_forward(out, x, n, p, key)
     ref = R.dropout_forward(x, mult)
     np.testing.assert_array_equal(out == 0, mult == 0, err_msg=f"dropout mask (seed {seed})")
     # out = x * fl(1 / fl(1 - p)): three roundings, <= 3u relative; bound(0) is 16u.
@@ -98,7 +134,8 @@ def test_dropout(ops, n, p, relu, seed):
     if relu:  # a ReLU output with exact zeros, and negatives to check the strict "> 0"
         relu_out = np.maximum(normal(rng, n), 0).astype(np.float32)
         relu_out[::7] = -1.0
-    din = ops.dropout_backward(dout, relu_out, p, key)
+    din = poison(n)
+    ops.dropout_backward(din, dout, relu_out, n, p, key)
     ref = R.dropout_backward(dout, mult, relu_out)
     assert_close(din, ref, bound(0, np.abs(ref)), "dropout_backward", seed)
     np.testing.assert_array_equal(din == 0, (ref == 0) | (dout == 0), err_msg=f"seed {seed}")
@@ -110,10 +147,12 @@ def test_dropout_keeps_at_threshold(ops):
     u = ops.uniform(key, 64)
     k = int(np.argmin(np.abs(u - 0.5)))
     p = float(u[k])  # exactly representable: the engine compares the same float32 values
-    out = ops.dropout_forward(np.ones(64, np.float32), p, key)
+    out = poison(64)
+    ops.dropout_forward(out, np.ones(64, np.float32), 64, p, key)
     assert out[k] != 0, f"element {k} with uniform == p = {p!r} was dropped"
     np.testing.assert_array_equal(out != 0, u >= np.float32(p))
-    din = ops.dropout_backward(np.ones(64, np.float32), None, p, key)
+    din = poison(64)
+    ops.dropout_backward(din, np.ones(64, np.float32), None, 64, p, key)
     np.testing.assert_array_equal(din != 0, u >= np.float32(p))
 
 
@@ -134,7 +173,8 @@ def test_residual_layernorm(ops, R_, C, p, seed):
     g, beta = normal(rng, C), normal(rng, C)
     eps, key = f32(1e-5), R.rng_key(seed, 7)
     mult = R.dropout_multiplier(R.uniform(key, R_ * C).reshape(R_, C), p)
-    s, out, mean, rstd = ops.residual_layernorm_forward(a, b, g, beta, eps, p, key)
+    s, out, mean, rstd = poison(R_, C), poison(R_, C), poison(R_), poison(R_)
+    ops.layernorm_residual_forward(s, out, mean, rstd, a, b, p, key, g, beta, R_, C, eps)
     rs_ = R.residual_layernorm_forward(a, b, g, beta, eps, mult)[0]
     # The sum: the dropout's mask bit for bit (a dropped b leaves a exactly), and within
     # the rounding of b * keep / (1 - p) and one addition elsewhere.
@@ -144,7 +184,8 @@ def test_residual_layernorm(ops, R_, C, p, seed):
     # The norm of the engine's own sum: exactly what layernorm_forward gives for it (the
     # fused pass normalises as the plain one does), and within test_layernorm's bounds of
     # the float64 norm of that sum.
-    lo, lmean, lrstd = ops.layernorm_forward(s, g, beta, eps)
+    lo, lmean, lrstd = poison(R_, C), poison(R_), poison(R_)
+    ops.layernorm_forward(lo, lmean, lrstd, s, g, beta, R_, C, eps)
     for got, want, what in ((out, lo, "out"), (mean, lmean, "mean"), (rstd, lrstd, "rstd")):
         np.testing.assert_array_equal(got, want, err_msg=f"{what} differs from layernorm_forward (seed {seed})")
     ref, rmean, rrstd = R.layernorm_forward(s, g, beta, eps)
@@ -176,20 +217,50 @@ def test_embedding(ops, R_, C, V, T, p, seed):
     key = R.rng_key(seed, 0)
     mult = R.dropout_multiplier(R.uniform(key, R_ * C).reshape(R_, C), p)
 
-    x = ops.embedding_forward(items, pos, E, P, scale, p, key)
+    x = poison(R_, C)
+    ops.embedding_forward(x, items, pos, E, P, R_, C, scale, p, key)
     ref = R.embedding_forward(E, P, items, pos, scale, mult)
     mag = R.embedding_forward(np.abs(E), np.abs(P), items, pos, scale, mult)
     # Elementwise: one multiply-add and the dropout scaling (<= 5 roundings).
     assert_close(x, ref, bound(0, mag), "embedding_forward", seed)
 
     dx = normal(rng, R_, C)
-    dE, dP = ops.embedding_backward(dx, items, pos, V + 1, T, scale, p, key)
+    dE, dP = zeros(V + 1, C), zeros(T, C)
+    ops.embedding_backward(dE, dP, dx, items, pos, R_, C, scale, p, key)
     rdE, rdP = R.embedding_backward(dx, items, pos, V + 1, T, scale, mult)
     mE, mP = R.embedding_backward(np.abs(dx), items, pos, V + 1, T, scale, mult)
     # Each row of dE / dP sums at most R scattered terms.
     assert_close(dE, rdE, bound(R_, mE), "embedding_backward dE", seed)
     assert_close(dP, rdP, bound(R_, mP), "embedding_backward dP", seed)
     assert not dE[0].any(), f"row 0 (padding) of dE written (seed {seed})"
+
+
+# Repeats (the scatter accumulates), threaded columns, widths off the GPU's multiples of 32.
+EMB_ACC_CASES = [c for c in EMB_CASES if c[-1] in (13, 15, 115, 116)]
+
+
+@pytest.mark.parametrize("R_,C,V,T,p,seed", EMB_ACC_CASES,
+                         ids=ids(EMB_ACC_CASES, lambda r, c, v, t, p, s: f"R{r}-C{c}-V{v}-T{t}-p{p}-s{s}"))
+def test_embedding_backward_accumulates(ops, R_, C, V, T, p, seed):
+    """dE +=, dP += into the model's gradient arena: from random prefills, each is the
+    prefill plus the gradient from zero, and row 0 of dE (padding) keeps its prefill."""
+    rng = np.random.default_rng(seed)
+    items = rng.integers(1, V + 1, R_).astype(np.int32)
+    pos = rng.integers(0, T, R_).astype(np.int32)
+    scale = f32(np.sqrt(C))
+    key = R.rng_key(seed, 0)
+    mult = R.dropout_multiplier(R.uniform(key, R_ * C).reshape(R_, C), p)
+    dx = normal(rng, R_, C)
+    plain = zeros(V + 1, C), zeros(T, C)
+    ops.embedding_backward(*plain, dx, items, pos, R_, C, scale, p, key)
+    prefill = normal(rng, V + 1, C), normal(rng, T, C)
+    dE, dP = (a.copy() for a in prefill)
+    ops.embedding_backward(dE, dP, dx, items, pos, R_, C, scale, p, key)
+    rdE, rdP = R.embedding_backward(dx, items, pos, V + 1, T, scale, mult)
+    mE, mP = R.embedding_backward(np.abs(dx), items, pos, V + 1, T, scale, mult)
+    assert_accumulated(dE, prefill[0], plain[0], rdE, bound(R_, mE), "embedding_backward dE", seed)
+    assert_accumulated(dP, prefill[1], plain[1], rdP, bound(R_, mP), "embedding_backward dP", seed)
+    np.testing.assert_array_equal(dE[0], prefill[0][0], err_msg=f"row 0 (padding) of dE written (seed {seed})")
 
 
 # ============================================================================ layernorm
@@ -214,7 +285,8 @@ def test_layernorm(ops, R_, C, eps, std, offset, seed):
     x = (rng.standard_normal((R_, C)) * std + offset).astype(np.float32)
     g, b = normal(rng, C), normal(rng, C)
     eps = f32(eps)
-    out, mean, rstd = ops.layernorm_forward(x, g, b, eps)
+    out, mean, rstd = poison(R_, C), poison(R_), poison(R_)
+    ops.layernorm_forward(out, mean, rstd, x, g, b, R_, C, eps)
     ref, rmean, rrstd = R.layernorm_forward(x, g, b, eps)
     # Conditioning: centring loses |x| / std of the row's digits; cond = max|x| * rstd
     # multiplies the rounding of the mean (and of every quantity derived from x - mean).
@@ -225,18 +297,61 @@ def test_layernorm(ops, R_, C, eps, std, offset, seed):
     assert_close(out, ref, bound(C, amp * np.abs(g) + np.abs(b)), "layernorm_forward", seed)
 
     dout = normal(rng, R_, C)
-    din, dg, db = ops.layernorm_backward(dout, x, mean, rstd, g)
+    din, dg, db = poison(R_, C), zeros(C), zeros(C)
+    ops.layernorm_backward(din, dg, db, dout, x, mean, rstd, g, R_, C, False)
     rdin, rdg, rdb = R.layernorm_backward(dout, x, g, eps)
+    tol_din, tol_dg, tol_db = _layernorm_backward_tolerances(x, g, dout, rmean, rrstd)
+    assert_close(din, rdin, tol_din, "layernorm_backward din", seed)
+    assert_close(dg, rdg, tol_dg, "layernorm_backward dg", seed)
+    assert_close(db, rdb, tol_db, "layernorm_backward db", seed)
+
+
+def _layernorm_backward_tolerances(x, g, dout, rmean, rrstd):
+    """Error allowances of layernorm_backward's (din, dg, db), from the reference's mean
+    and rstd of x."""
+    R_, C = x.shape
+    # Conditioning: centring loses |x| / std of the row's digits; cond = max|x| * rstd
+    # multiplies the rounding of the mean (and of every quantity derived from x - mean).
+    cond = np.abs(x).max(axis=1) * rrstd
+    amp = (1.0 + cond)[:, None]
     xhat = (x - rmean[:, None]) * rrstd[:, None]
     gh = np.abs(dout * g)
     # din = rstd (gh - mean(gh) - xhat mean(gh xhat)): every term is at most
     # rstd max|gh| (1 + max|xhat|), each carrying the centring error amplified by cond.
     mag_din = (rrstd * gh.max(axis=1) * (1.0 + np.abs(xhat).max(axis=1)))[:, None] * amp
-    assert_close(din, rdin, bound(C, mag_din), "layernorm_backward din", seed)
     # dg = sum_r dout xhat: R-term sums of terms whose xhat carries the centring error.
-    assert_close(dg, rdg, bound(R_ + C, np.sum(np.abs(dout) * (np.abs(xhat) + amp), axis=0)),
-                 "layernorm_backward dg", seed)
-    assert_close(db, rdb, bound(R_, np.abs(dout).sum(axis=0)), "layernorm_backward db", seed)
+    return (bound(C, mag_din), bound(R_ + C, np.sum(np.abs(dout) * (np.abs(xhat) + amp), axis=0)),
+            bound(R_, np.abs(dout).sum(axis=0)))
+
+
+# Small, threaded (per-thread dg/db), past a GPU block, and both sides of the GPU's
+# in-register rows (C <= 256).
+LN_ACC_CASES = [c for c in LN_CASES if c[-1] in (23, 24, 26, 118, 130, 131)]
+
+
+@pytest.mark.parametrize("R_,C,eps,std,offset,seed", LN_ACC_CASES,
+                         ids=ids(LN_ACC_CASES, lambda r, c, e, sd, o, s: f"R{r}-C{c}-eps{e}-std{sd}-off{o}-s{s}"))
+def test_layernorm_backward_accumulates(ops, R_, C, eps, std, offset, seed):
+    """accumulate=True (din += the input gradient, as the model's layers add into a
+    gradient that already holds the residual's): from random prefills of din, dg and db,
+    each is the prefill plus the accumulate=False result."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((R_, C)) * std + offset).astype(np.float32)
+    g, b = normal(rng, C), normal(rng, C)
+    eps = f32(eps)
+    out, mean, rstd = poison(R_, C), poison(R_), poison(R_)
+    ops.layernorm_forward(out, mean, rstd, x, g, b, R_, C, eps)
+    _, rmean, rrstd = R.layernorm_forward(x, g, b, eps)
+    dout = normal(rng, R_, C)
+    plain = poison(R_, C), zeros(C), zeros(C)
+    ops.layernorm_backward(*plain, dout, x, mean, rstd, g, R_, C, False)
+    prefill = normal(rng, R_, C), normal(rng, C), normal(rng, C)
+    got = tuple(a.copy() for a in prefill)
+    ops.layernorm_backward(*got, dout, x, mean, rstd, g, R_, C, True)
+    refs = R.layernorm_backward(dout, x, g, eps)
+    tols = _layernorm_backward_tolerances(x, g, dout, rmean, rrstd)
+    for name, a, pre, pl, ref, tol in zip(("din", "dg", "db"), got, prefill, plain, refs, tols):
+        assert_accumulated(a, pre, pl, ref, tol, f"layernorm_backward {name}", seed)
 
 
 @pytest.fixture(params=["cpu", "cuda"])
@@ -274,7 +389,8 @@ def test_linear(ops, R_, I, O, relu, p, seed):
     rng = np.random.default_rng(seed)
     x, W, b = normal(rng, R_, I), normal(rng, I, O), normal(rng, O)
     key, mult = _linear_dropout(R_, O, p, seed)
-    out = ops.linear_forward(x, W, b, relu, p, key)
+    out = poison(R_, O)
+    ops.linear_forward(out, x, W, b, R_, I, O, relu, p, key)
     ref = R.linear_forward(x, W, b, relu, mult)
     # Rigorous: |fl(x.w + b) - (x.w + b)| <= gamma_{I+1} (|x| |W| + |b|); ReLU is 1-Lipschitz;
     # the dropout scales by keep / (1 - p) with one more rounding.
@@ -283,7 +399,8 @@ def test_linear(ops, R_, I, O, relu, p, seed):
     np.testing.assert_array_equal(out[mult == 0], 0, err_msg=f"dropped outputs (seed {seed})")
 
     dout = normal(rng, R_, O)
-    din, dW, db = ops.linear_backward(dout, x, W)
+    din, dW, db = poison(R_, I), zeros(I, O), zeros(O)
+    ops.linear_backward(din, dW, db, dout, x, W, R_, I, O, False)
     rdin, rdW, rdb = R.linear_backward(dout, x, W)
     assert_close(din, rdin, bound(O, np.abs(dout) @ np.abs(W).T), "linear_backward din", seed)
     assert_close(dW, rdW, bound(R_, np.abs(x).T @ np.abs(dout)), "linear_backward dW", seed)
@@ -300,7 +417,8 @@ def test_linear_bf16(ops_bf16, R_, I, O, relu, p, seed):
     x, W, b = normal(rng, R_, I), normal(rng, I, O), normal(rng, O)
     xb, Wb = R.bf16(x), R.bf16(W)
     key, mult = _linear_dropout(R_, O, p, seed)
-    out = ops_bf16.linear_forward(x, W, b, relu, p, key)
+    out = poison(R_, O)
+    ops_bf16.linear_forward(out, x, W, b, R_, I, O, relu, p, key)
     ref = R.linear_forward(xb, Wb, b, relu, mult)
     assert_close(out, ref, bound(I, (np.abs(xb) @ np.abs(Wb) + np.abs(b)) * mult),
                  "linear_forward bf16", seed)
@@ -308,7 +426,8 @@ def test_linear_bf16(ops_bf16, R_, I, O, relu, p, seed):
 
     dout = normal(rng, R_, O)
     db_ = R.bf16(dout)
-    din, dW, db = ops_bf16.linear_backward(dout, x, W)
+    din, dW, db = poison(R_, I), zeros(I, O), zeros(O)
+    ops_bf16.linear_backward(din, dW, db, dout, x, W, R_, I, O, False)
     rdin, rdW, _ = R.linear_backward(db_, xb, Wb)
     assert_close(din, rdin, bound(O, np.abs(db_) @ np.abs(Wb).T), "linear_backward din bf16", seed)
     assert_close(dW, rdW, bound(R_, np.abs(xb).T @ np.abs(db_)), "linear_backward dW bf16", seed)
@@ -320,9 +439,54 @@ def test_bf16_rounds_to_nearest_even(ops_bf16):
     """Halfway cases go to the even bfloat16: 1 + 2^-8 -> 1, 1 + 3 * 2^-8 -> 1 + 2^-6,
     and the same below zero; an identity product returns the rounded inputs exactly."""
     x = np.array([[1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 1 + 2**-8 + 2**-20]], np.float32)
-    out = ops_bf16.linear_forward(x, np.eye(4, dtype=np.float32), np.zeros(4, np.float32), False)
+    out = poison(1, 4)
+    ops_bf16.linear_forward(out, x, np.eye(4, dtype=np.float32), np.zeros(4, np.float32), 1, 4, 4,
+                            False, 0.0, 0)
     np.testing.assert_array_equal(out, [[1.0, 1 + 2**-6, -1.0, 1 + 2**-7]])
     np.testing.assert_array_equal(R.bf16(x), out)
+
+
+# Single row, threaded gemm and bias sums, past 256-row bias chunks, I = 1.
+LIN_ACC_CASES = [c for c in LIN_CASES if c[-1] in (32, 33, 35, 123, 125)]
+LIN_ACC_IDS = ids(LIN_ACC_CASES, lambda r, i, o, re, p, s: f"R{r}-I{i}-O{o}-s{s}")
+
+
+def _linear_backward_accumulates(ops, R_, I, O, seed, bf16):
+    rng = np.random.default_rng(seed)
+    x, W, dout = normal(rng, R_, I), normal(rng, I, O), normal(rng, R_, O)
+    plain = poison(R_, I), zeros(I, O), zeros(O)
+    ops.linear_backward(*plain, dout, x, W, R_, I, O, False)
+    prefill = normal(rng, R_, I), normal(rng, I, O), normal(rng, O)
+    got = tuple(a.copy() for a in prefill)
+    ops.linear_backward(*got, dout, x, W, R_, I, O, True)
+    # The products' operands in bfloat16 under bf16 (the prefill is not an operand); db fp32.
+    xr, Wr, dr = (R.bf16(x), R.bf16(W), R.bf16(dout)) if bf16 else (x, W, dout)
+    rdin, rdW, _ = R.linear_backward(dr, xr, Wr)
+    rdb = np.asarray(dout, np.float64).sum(axis=0)
+    tols = (bound(O, np.abs(dr) @ np.abs(Wr).T), bound(R_, np.abs(xr).T @ np.abs(dr)),
+            bound(R_, np.abs(dout).sum(axis=0)))
+    what = "linear_backward" + (" bf16" if bf16 else "")
+    for name, a, pre, pl, ref, tol in zip(("din", "dW", "db"), got, prefill, plain, (rdin, rdW, rdb), tols):
+        assert_accumulated(a, pre, pl, ref, tol, f"{what} {name}", seed)
+    # A null din (the ops.def contract: skipped): dW and db accumulate as before.
+    dW, db = prefill[1].copy(), prefill[2].copy()
+    ops.linear_backward(None, dW, db, dout, x, W, R_, I, O, True)
+    for name, a, pre, pl, ref, tol in zip(("dW", "db"), (dW, db), prefill[1:], plain[1:], (rdW, rdb), tols[1:]):
+        assert_accumulated(a, pre, pl, ref, tol, f"{what} {name} (din null)", seed)
+
+
+@pytest.mark.parametrize("R_,I,O,relu,p,seed", LIN_ACC_CASES, ids=LIN_ACC_IDS)
+def test_linear_backward_accumulates(ops, R_, I, O, relu, p, seed):
+    """accumulate=True (din += dout W^T, as the model adds the projections' input gradients
+    into one): from random prefills of din, dW and db, each is the prefill plus the
+    accumulate=False result; and a null din is skipped."""
+    _linear_backward_accumulates(ops, R_, I, O, seed, bf16=False)
+
+
+@pytest.mark.parametrize("R_,I,O,relu,p,seed", LIN_ACC_CASES, ids=LIN_ACC_IDS)
+def test_linear_backward_accumulates_bf16(ops_bf16, R_, I, O, relu, p, seed):
+    """The same under precision="bf16": the prefill is added in fp32, never rounded."""
+    _linear_backward_accumulates(ops_bf16, R_, I, O, seed, bf16=True)
 
 
 # ============================================================================ attention
@@ -381,14 +545,17 @@ def test_attention(ops, lens, C, H, T, p, seed):
     key = R.rng_key(seed, 1)
     drop = R.attention_dropout(R.uniform(key, Rn * H * T), Rn, H, T, p) if p > 0 else None
 
-    O, lse = ops.attention_forward(Q, K, V, cu, H, T, p, key)
+    B, D, n_max = len(lens), C // H, longest(cu)
+    O, lse = poison(Rn, C), poison(Rn, H)
+    ops.attention_forward(O, lse, Q, C, K, V, C, cu, B, H, D, T, n_max, p, key)
     rO, rlse = R.attention_forward(Q, K, V, cu, H, drop)
     dO = normal(rng, Rn, C)
     tol_O, tol_lse, tol_dQ, tol_dK, tol_dV = _attention_tolerances(Q, K, V, dO, cu, H, T, drop)
     assert_close(O, rO, tol_O, "attention_forward O", seed)
     assert_close(lse, rlse, tol_lse, "attention_forward lse", seed)
 
-    dQ, dK, dV = ops.attention_backward(dO, Q, K, V, lse, cu, H, T, p, key)
+    dQ, dK, dV = poison(Rn, C), poison(Rn, C), poison(Rn, C)
+    ops.attention_backward(dQ, dK, dV, dO, O, Q, C, K, V, C, lse, cu, B, H, D, T, n_max, p, key)
     rdQ, rdK, rdV = R.attention_backward(dO, Q, K, V, cu, H, drop)
     assert_close(dQ, rdQ, tol_dQ, "attention_backward dQ", seed)
     assert_close(dK, rdK, tol_dK, "attention_backward dK", seed)
@@ -405,7 +572,9 @@ def test_attention_last_forward(ops, lens, C, H, T, p, seed):
     Rn = int(cu[-1])
     Q, K, V = normal(rng, Rn, C), normal(rng, Rn, C), normal(rng, Rn, C)
     last = cu[1:] - 1
-    O = ops.attention_last_forward(np.ascontiguousarray(Q[last]), K, V, cu, H)
+    B = len(lens)
+    O = poison(B, C)
+    ops.attention_last_forward(O, np.ascontiguousarray(Q[last]), C, K, V, C, cu, B, H, C // H)
     rO, _ = R.attention_forward(Q, K, V, cu, H, None)
     tol_O = _attention_tolerances(Q, K, V, normal(rng, Rn, C), cu, H, T, None)[0]
     assert_close(O, rO[last], tol_O[last], "attention_last_forward O", seed)
@@ -415,9 +584,9 @@ def test_gather_rows(ops):
     rng = np.random.default_rng(61)
     x = normal(rng, 7, 5)
     rows = np.array([6, 0, 3, 3], np.int32)
-    np.testing.assert_array_equal(ops.gather_rows(x, rows), x[rows])
-    with pytest.raises(ValueError, match="out of range"):
-        ops.gather_rows(x, np.array([7], np.int32))
+    out = poison(4, 5)
+    ops.gather_rows(out, x, rows, 4, 5)
+    np.testing.assert_array_equal(out, x[rows])
 
 
 def test_attention_rows_see_only_their_sequence(ops):
@@ -428,15 +597,27 @@ def test_attention_rows_see_only_their_sequence(ops):
     cu = np.array([0, 4, 5, 9], np.int32)
     Q, K, V, dO = (normal(rng, 9, 8) for _ in range(4))
     key = R.rng_key(51, 1)
-    O1, l1 = ops.attention_forward(Q, K, V, cu, 2, 4, 0.3, key)
+    n_max = longest(cu)
+
+    def forward(K, V):  # 3 sequences, H = 2 heads of D = 4, T = 4
+        O, lse = poison(9, 8), poison(9, 2)
+        ops.attention_forward(O, lse, Q, 8, K, V, 8, cu, 3, 2, 4, 4, n_max, 0.3, key)
+        return O, lse
+
+    def backward(K, V, O, lse):
+        dQ, dK, dV = poison(9, 8), poison(9, 8), poison(9, 8)
+        ops.attention_backward(dQ, dK, dV, dO, O, Q, 8, K, V, 8, lse, cu, 3, 2, 4, 4, n_max, 0.3, key)
+        return dQ, dK, dV
+
+    O1, l1 = forward(K, V)
     K2, V2 = K.copy(), V.copy()
     K2[4], V2[4] = 5.0, -5.0  # sequence 1 is row 4
-    O2, l2 = ops.attention_forward(Q, K2, V2, cu, 2, 4, 0.3, key)
+    O2, l2 = forward(K2, V2)
     keep = np.r_[0:4, 5:9]
     np.testing.assert_array_equal(O1[keep], O2[keep])
     np.testing.assert_array_equal(l1[keep], l2[keep])
-    g1 = ops.attention_backward(dO, Q, K, V, l1, cu, 2, 4, 0.3, key)
-    g2 = ops.attention_backward(dO, Q, K2, V2, l2, cu, 2, 4, 0.3, key)
+    g1 = backward(K, V, O1, l1)
+    g2 = backward(K2, V2, O2, l2)
     for a, b in zip(g1, g2):
         np.testing.assert_array_equal(a[keep], b[keep])
 
@@ -469,6 +650,7 @@ LOSS_CASES = [  # (kind, R, C, V, N, grad_scale, logit scale, seed)
     ("sampled_softmax", 65, 128, 300, 64, 1 / 65, 1.0, 137),
     ("softmax", 129, 128, 130, 0, 1 / 129, 1.0, 138),
 ]
+LOSS_ID = lambda k, r, c, v, n, g, sc, s: f"{k}-R{r}-C{c}-V{v}-N{n}-gs{g:.3g}-x{sc}-s{s}"  # noqa: E731
 
 
 def _loss_inputs(kind, R_, C, V, N, scale, rng):
@@ -494,16 +676,24 @@ def _softmax_probs(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("kind,R_,C,V,N,gs,scale,seed", LOSS_CASES,
-                         ids=ids(LOSS_CASES, lambda k, r, c, v, n, g, sc, s:
-                                 f"{k}-R{r}-C{c}-V{v}-N{n}-gs{g:.3g}-x{sc}-s{s}"))
-def test_loss(ops, kind, R_, C, V, N, gs, scale, seed):
-    rng = np.random.default_rng(seed)
-    h, E, t, n = _loss_inputs(kind, R_, C, V, N, scale, rng)
-    gs = f32(gs)
-    loss, dh, dE = ops.loss(kind, h, E, t, n, gs)
-    rloss, rdh, rdE = R.loss(kind, h, E, t, n, gs)
+def _loss(ops, kind, h, E, t, n, gs, dE):
+    """loss, dh of loss_<kind> on the engine, accumulating into dE (in place).  dh is
+    written only with a gradient (grad_scale != 0): poisoned then, zeros otherwise."""
+    R_, C = h.shape
+    V, N = E.shape[0] - 1, len(n)
+    loss = poison(R_)
+    dh = poison(R_, C) if gs != 0 else zeros(R_, C)
+    # Workspace arrives with whatever the arena held last: NaN here, so an op that reads
+    # workspace it has not written fails.
+    ws = poison(getattr(ops, f"loss_{kind}_workspace")(R_, C, V, N))
+    getattr(ops, f"loss_{kind}")(loss, dh, dE, h, E, t, n, R_, C, V, N, gs, ws)
+    return loss, dh
 
+
+def _loss_tolerances(kind, h, E, t, n, gs, rloss):
+    """Error allowances of (loss, dh, dE) from the magnitudes of the computation."""
+    R_, C = h.shape
+    V = E.shape[0] - 1
     ah, aE = np.abs(h.astype(np.float64)), np.abs(E.astype(np.float64))
     if kind == "bce":
         mp, mn = np.sum(ah * aE[t], axis=1), np.sum(ah * aE[n], axis=1)
@@ -546,6 +736,18 @@ def test_loss(ops, kind, R_, C, V, N, gs, scale, seed):
             mag_dE[1:] = A.T @ ah
         tol_dh = bound(n_red, mag_dh)
         tol_dE = bound(n_red + R_, mag_dE)
+    return tol_loss, tol_dh, tol_dE
+
+
+@pytest.mark.parametrize("kind,R_,C,V,N,gs,scale,seed", LOSS_CASES, ids=ids(LOSS_CASES, LOSS_ID))
+def test_loss(ops, kind, R_, C, V, N, gs, scale, seed):
+    rng = np.random.default_rng(seed)
+    h, E, t, n = _loss_inputs(kind, R_, C, V, N, scale, rng)
+    gs = f32(gs)
+    dE = zeros(V + 1, C)
+    loss, dh = _loss(ops, kind, h, E, t, n, gs, dE)
+    rloss, rdh, rdE = R.loss(kind, h, E, t, n, gs)
+    tol_loss, tol_dh, tol_dE = _loss_tolerances(kind, h, E, t, n, gs, rloss)
 
     assert_close(loss, rloss, tol_loss, f"{kind} loss", seed)
     assert_close(dh, rdh, tol_dh, f"{kind} dh", seed)
@@ -553,6 +755,35 @@ def test_loss(ops, kind, R_, C, V, N, gs, scale, seed):
     if gs == 0:
         assert not dh.any() and not dE.any(), f"grad_scale 0 must write no gradient (seed {seed})"
     assert not dE[0].any(), f"row 0 (padding) of dE written (seed {seed})"
+
+
+# Every kind: single and threaded scatters, the GPU's tiled paths, a forward only; not the
+# multi-chunk giants.
+LOSS_ACC_CASES = [c for c in LOSS_CASES if c[-1] in (52, 54, 57, 58, 63, 65, 130, 137, 138)]
+
+
+@pytest.mark.parametrize("kind,R_,C,V,N,gs,scale,seed", LOSS_ACC_CASES,
+                         ids=ids(LOSS_ACC_CASES, LOSS_ID))
+def test_loss_accumulates_into_dE(ops, kind, R_, C, V, N, gs, scale, seed):
+    """dE +=: the model passes its gradient arena.  From a random prefill, dE is the
+    prefill plus the gradient (row 0, padding, untouched; with grad_scale 0, all of dE),
+    and the loss and dh are those of the reference as from zero."""
+    rng = np.random.default_rng(seed)
+    h, E, t, n = _loss_inputs(kind, R_, C, V, N, scale, rng)
+    gs = f32(gs)
+    plain = zeros(V + 1, C)
+    _loss(ops, kind, h, E, t, n, gs, plain)
+    prefill = normal(rng, V + 1, C)
+    dE = prefill.copy()
+    loss, dh = _loss(ops, kind, h, E, t, n, gs, dE)
+    rloss, rdh, rdE = R.loss(kind, h, E, t, n, gs)
+    tol_loss, tol_dh, tol_dE = _loss_tolerances(kind, h, E, t, n, gs, rloss)
+    assert_close(loss, rloss, tol_loss, f"{kind} loss", seed)
+    assert_close(dh, rdh, tol_dh, f"{kind} dh", seed)
+    assert_accumulated(dE, prefill, plain, rdE, tol_dE, f"{kind} dE", seed)
+    np.testing.assert_array_equal(dE[0], prefill[0], err_msg=f"row 0 (padding) of dE written (seed {seed})")
+    if gs == 0:
+        np.testing.assert_array_equal(dE, prefill, err_msg=f"grad_scale 0 must write no gradient (seed {seed})")
 
 
 # ============================================================================ AdamW
@@ -575,7 +806,8 @@ def test_adamw(ops, n, n_decay, step, wd, seed):
         g[2] = m[2] = v[2] = 0.0
     pw, pm, pv = w, m, v
     for k in range(step, step + 3):  # three consecutive steps, each from the engine's state
-        ew, em, ev = ops.adamw_step(pw, g, pm, pv, n_decay, lr, b1, b2, eps, wd, k)
+        ew, em, ev = pw.copy(), pm.copy(), pv.copy()  # updated in place
+        ops.adamw_step(ew, g, em, ev, n, n_decay, lr, b1, b2, eps, wd, k)
         rw, rm, rv = R.adamw_step(pw, g, pm, pv, n_decay, lr, b1, b2, eps, wd, k)
         # Elementwise formulas of a few roundings each; the update's magnitude is that of
         # the reference update (|m_hat| / (sqrt(v_hat) + eps) <= ~1 / sqrt(1 - b2)).
@@ -641,7 +873,9 @@ def test_topk(ops, B, C, V, K, mode, integer, seed):
     else:
         h, E = normal(rng, B, C), normal(rng, V + 1, C)
     lists, flat, off = _exclusions(mode, B, V, rng)
-    got_ids, got_sc = ops.topk(h, E, flat, off, K)
+    got_ids, got_sc = poison(B, K, dtype=np.int32), poison(B, K)
+    ws = poison(ops.topk_workspace(B, C, V, K))  # never read before it is written
+    ops.topk(got_ids, got_sc, h, E, flat, off, B, C, V, K, ws)
     ref_ids, ref_sc = R.topk(h, E, lists, K)
     if integer:
         np.testing.assert_array_equal(got_ids, ref_ids, err_msg=f"topk ids (seed {seed})")

@@ -73,12 +73,15 @@ void check_sequences(const py::array_t<int32_t, py::array::c_style>& items,
                                    " is outside 1..", V));
 }
 
-Config config_from_dict(const py::dict& d) {
+// The engine's config from a dict of its fields (names as in config.h); with threads
+// given, also the key "num_threads".  Not validated here.
+Config parse_config(const py::dict& d, int* threads = nullptr) {
   Config c;
   for (auto kv : d) {
     const std::string k = py::str(kv.first);
     const py::handle v = kv.second;
-    if (k == "n_items") c.n_items = v.cast<int>();
+    if (k == "num_threads" && threads) *threads = v.cast<int>();
+    else if (k == "n_items") c.n_items = v.cast<int>();
     else if (k == "factors") c.factors = v.cast<int>();
     else if (k == "ffn_factors") c.ffn_factors = v.cast<int>();
     else if (k == "n_heads") c.n_heads = v.cast<int>();
@@ -98,6 +101,11 @@ Config config_from_dict(const py::dict& d) {
     else if (k == "precision") c.precision = parse_precision(v.cast<std::string>());
     else throw ValueError("unknown config key '" + k + "'");
   }
+  return c;
+}
+
+Config config_from_dict(const py::dict& d) {
+  Config c = parse_config(d);
   c.validate();
   return c;
 }
@@ -139,6 +147,8 @@ HostBatch batch_from_arrays(py::object items, py::object targets, py::object pos
   for (size_t i = 1; i < b.cu.size(); ++i) {
     FSR_REQUIRE(b.cu[i] > b.cu[i - 1], "cu must be strictly increasing");
     FSR_REQUIRE(b.cu[i] - b.cu[i - 1] <= c.max_seq, "a sequence is longer than max_seq");
+    b.last.push_back(b.cu[i] - 1);
+    b.n_max = std::max(b.n_max, b.cu[i] - b.cu[i - 1]);
   }
   for (int r = 0; r < R; ++r) {
     FSR_REQUIRE(b.items[r] >= 1 && b.items[r] <= c.n_items, "items[", r, "] = ", b.items[r], " outside 1..", c.n_items);
@@ -155,28 +165,25 @@ HostBatch batch_from_arrays(py::object items, py::object targets, py::object pos
   return b;
 }
 
-// ---- ops for tests: float32 numpy in, numpy out, on the backend of a device.  Each
-// method checks its arguments, copies the inputs into backend buffers, runs the Backend op
-// and copies the outputs back.  On "cpu" the buffers are host memory and the copies
-// memcpy, so the results are those of the cpu:: functions themselves.
-using F32 = py::array_t<float, py::array::c_style>;
-using I32 = py::array_t<int32_t, py::array::c_style>;
-using Shape = std::vector<py::ssize_t>;
+// ---- ops for tests: _core.Ops(device) has one method per op of ops.def, taking that op's
+// arguments in order.  A pointer argument is a C-contiguous numpy array of exactly its
+// pointee's dtype, or None (null).  Each array is copied into backend memory before the
+// call; the arrays of the non-const pointers (the op's outputs) are copied back into the
+// same numpy arrays after it, so "+=" outputs accumulate onto what the caller put there.
+// No shapes are checked: these are the raw ops, for tests against the float64 reference.
+template <typename T>
+const char* pointee_name() {
+  if constexpr (std::is_same_v<T, float>) return "float32";
+  else if constexpr (std::is_same_v<T, int32_t>) return "int32";
+  else return "int64";
+}
 
-Shape shape_of(const py::array& a) { return Shape(a.shape(), a.shape() + a.ndim()); }
-
-// Backend memory for an array of T of the given shape, released when it goes out of
-// scope (also when an op throws).
+// Backend memory of n values of T, released when it goes out of scope.
 template <typename T>
 class Buffer {
  public:
-  Buffer(Backend& be, Shape shape) : be_(&be), shape_(std::move(shape)) {
-    for (py::ssize_t s : shape_) n_ *= (size_t)s;
-    p_ = static_cast<T*>(be.alloc(n_ * sizeof(T)));
-  }
-  Buffer(Buffer&& o) noexcept : be_(o.be_), shape_(std::move(o.shape_)), n_(o.n_), p_(o.p_) {
-    o.p_ = nullptr;
-  }
+  Buffer(Backend& be, size_t n) : be_(&be), n_(n), p_(static_cast<T*>(be.alloc(n * sizeof(T)))) {}
+  Buffer(Buffer&& o) noexcept : be_(o.be_), n_(o.n_), p_(o.p_) { o.p_ = nullptr; }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
   Buffer& operator=(Buffer&&) = delete;
@@ -184,270 +191,121 @@ class Buffer {
     if (p_) be_->release(p_);
   }
   T* get() const { return p_; }
-  size_t size() const { return n_; }
-  size_t bytes() const { return n_ * sizeof(T); }
-  const Shape& shape() const { return shape_; }
 
  private:
   Backend* be_;
-  Shape shape_;
-  size_t n_ = 1;
-  T* p_ = nullptr;
+  size_t n_;
+  T* p_;
 };
 
-// The longest sequence of a cu array (at least 1): the n_max of the attention ops.
-int longest(const py::array_t<int32_t, py::array::c_style>& cu) {
-  int n = 1;
-  const int32_t* c = cu.data();
-  for (py::ssize_t s = 0; s + 1 < cu.shape(0); ++s) n = std::max(n, c[s + 1] - c[s]);
-  return n;
+// One argument of an op, converted from Python: a scalar, or an array put in backend memory
+// (and, for an output, fetched back by finish()).
+template <typename A>
+struct OpArg {
+  A value;
+  OpArg(Backend&, py::handle h, const std::string& where) {
+    try {
+      value = h.cast<A>();
+    } catch (const py::cast_error&) {
+      throw ValueError(where + " must be a " + (std::is_same_v<A, bool> ? "bool" : std::is_integral_v<A> ? "int" : "float") +
+                       ", got " + std::string(py::str(py::type::handle_of(h).attr("__name__"))));
+    }
+  }
+  A get() const { return value; }
+  void finish(Backend&) {}
+};
+template <typename T>
+struct OpArg<T*> {
+  using V = std::remove_const_t<T>;
+  static constexpr bool kOutput = !std::is_const_v<T>;
+  py::array array;
+  std::unique_ptr<Buffer<V>> buf;
+  OpArg(Backend& be, py::handle h, const std::string& where) {
+    if (h.is_none()) return;
+    if (!py::isinstance<py::array>(h))
+      throw ValueError(detail::cat(where, " must be a numpy array of ", pointee_name<V>(), " or None, got ",
+                                   std::string(py::str(py::type::handle_of(h).attr("__name__")))));
+    array = py::reinterpret_borrow<py::array>(h);
+    if (!array.dtype().is(py::dtype::of<V>()))
+      throw ValueError(detail::cat(where, " must have dtype ", pointee_name<V>(), ", got ",
+                                   std::string(py::str(array.dtype()))));
+    if (!(array.flags() & py::array::c_style))
+      throw ValueError(where + " must be C-contiguous");
+    if (kOutput && !array.writeable()) throw ValueError(where + " is an output: it must be writeable");
+    buf = std::make_unique<Buffer<V>>(be, (size_t)array.size());
+    be.upload(buf->get(), array.data(), (size_t)array.size() * sizeof(V));
+  }
+  T* get() const { return buf ? buf->get() : nullptr; }
+  void finish(Backend& be) {
+    if (kOutput && buf) be.download(array.mutable_data(), buf->get(), (size_t)array.size() * sizeof(V));
+  }
+};
+
+template <typename Ret, typename... A, size_t... I>
+py::object call_op(Backend& be, Ret (Backend::*op)(A...), const char* name, const py::args& args,
+                   std::index_sequence<I...>) {
+  FSR_REQUIRE(args.size() == sizeof...(A), name, " takes ", sizeof...(A), " arguments, got ",
+              args.size());
+  std::tuple<OpArg<A>...> conv{
+      OpArg<A>(be, args[I], detail::cat(name, ": argument ", I))...};
+  if constexpr (std::is_void_v<Ret>) {
+    (be.*op)(std::get<I>(conv).get()...);
+    (std::get<I>(conv).finish(be), ...);
+    return py::none();
+  } else {
+    const Ret r = (be.*op)(std::get<I>(conv).get()...);
+    (std::get<I>(conv).finish(be), ...);
+    return py::cast(r);
+  }
+}
+
+template <typename Ret, typename... A>
+py::object call_op(Backend& be, Ret (Backend::*op)(A...), const char* name, const py::args& args) {
+  return call_op(be, op, name, args, std::index_sequence_for<A...>{});
 }
 
 class Ops {
  public:
-  Ops(const std::string& device, const std::string& precision) : be_(make_backend(device)) {
+  Ops(const std::string& device, const std::string& precision, int threads)
+      : be_(make_backend(device)) {
     be_->set_precision(parse_precision(precision));
+    be_->set_threads(threads);
   }
   std::string device() const { return be_->name(); }
-
-  py::array_t<float> embedding_forward(py::object items, py::object pos, py::object E,
-                                       py::object P, float scale, float p, uint64_t key) {
-    auto it = arr<int32_t>(items, "items", 1); auto ps = arr<int32_t>(pos, "pos", 1);
-    auto e = arr<float>(E, "E", 2); auto pp = arr<float>(P, "P", 2);
-    const int R = it.shape(0), C = e.shape(1);
-    auto d_it = put(it), d_ps = put(ps); auto d_e = put(e), d_pp = put(pp);
-    auto x = empty<float>({R, C});
-    be_->embedding_forward(x.get(), d_it.get(), d_ps.get(), d_e.get(), d_pp.get(), R, C, scale, p, key);
-    return fetch(x);
-  }
-  py::tuple embedding_backward(py::object dx, py::object items, py::object pos, int V1, int T,
-                               float scale, float p, uint64_t key) {
-    auto g = arr<float>(dx, "dx", 2); auto it = arr<int32_t>(items, "items", 1);
-    auto ps = arr<int32_t>(pos, "pos", 1);
-    const int R = g.shape(0), C = g.shape(1);
-    auto d_g = put(g); auto d_it = put(it), d_ps = put(ps);
-    auto dE = zeros<float>({V1, C}), dP = zeros<float>({T, C});
-    be_->embedding_backward(dE.get(), dP.get(), d_g.get(), d_it.get(), d_ps.get(), R, C, scale, p, key);
-    return py::make_tuple(fetch(dE), fetch(dP));
-  }
-  py::tuple layernorm_forward(py::object x, py::object g, py::object b, float eps) {
-    auto a = arr<float>(x, "x", 2); auto gg = arr<float>(g, "g", 1); auto bb = arr<float>(b, "b", 1);
-    const int R = a.shape(0), C = a.shape(1);
-    auto d_a = put(a), d_g = put(gg), d_b = put(bb);
-    auto out = empty<float>({R, C}), mean = empty<float>({R}), rstd = empty<float>({R});
-    be_->layernorm_forward(out.get(), mean.get(), rstd.get(), d_a.get(), d_g.get(), d_b.get(), R, C, eps);
-    return py::make_tuple(fetch(out), fetch(mean), fetch(rstd));
-  }
-  py::tuple residual_layernorm_forward(py::object a, py::object b, py::object g, py::object beta,
-                                       float eps, float p, uint64_t key) {
-    auto x = arr<float>(a, "a", 2); auto y = arr<float>(b, "b", 2);
-    auto gg = arr<float>(g, "g", 1); auto bb = arr<float>(beta, "beta", 1);
-    FSR_REQUIRE(y.shape(0) == x.shape(0) && y.shape(1) == x.shape(1), "b must have the shape of a");
-    const int R = x.shape(0), C = x.shape(1);
-    auto d_x = put(x), d_y = put(y), d_g = put(gg), d_b = put(bb);
-    auto sum = empty<float>({R, C}), out = empty<float>({R, C});
-    auto mean = empty<float>({R}), rstd = empty<float>({R});
-    be_->residual_layernorm_forward(sum.get(), out.get(), mean.get(), rstd.get(), d_x.get(), d_y.get(),
-                                    p, key, d_g.get(), d_b.get(), R, C, eps);
-    return py::make_tuple(fetch(sum), fetch(out), fetch(mean), fetch(rstd));
-  }
-  py::tuple layernorm_backward(py::object dout, py::object x, py::object mean, py::object rstd,
-                               py::object g) {
-    auto d = arr<float>(dout, "dout", 2); auto a = arr<float>(x, "x", 2);
-    auto mu = arr<float>(mean, "mean", 1); auto rs = arr<float>(rstd, "rstd", 1); auto gg = arr<float>(g, "g", 1);
-    const int R = a.shape(0), C = a.shape(1);
-    auto d_d = put(d), d_a = put(a), d_mu = put(mu), d_rs = put(rs), d_g = put(gg);
-    auto din = empty<float>({R, C}); auto dg = zeros<float>({C}), db = zeros<float>({C});
-    be_->layernorm_backward(din.get(), dg.get(), db.get(), d_d.get(), d_a.get(), d_mu.get(), d_rs.get(), d_g.get(), R, C, false);
-    return py::make_tuple(fetch(din), fetch(dg), fetch(db));
-  }
-  py::array_t<float> linear_forward(py::object x, py::object W, py::object b, bool relu, float p,
-                                    uint64_t key) {
-    auto a = arr<float>(x, "x", 2); auto w = arr<float>(W, "W", 2); auto bb = arr<float>(b, "b", 1);
-    const int R = a.shape(0), I = a.shape(1), O = w.shape(1);
-    FSR_REQUIRE(w.shape(0) == I, "W must have ", I, " rows");
-    auto d_a = put(a), d_w = put(w), d_b = put(bb);
-    auto out = empty<float>({R, O});
-    be_->linear_forward(out.get(), d_a.get(), d_w.get(), d_b.get(), R, I, O, relu, p, key);
-    return fetch(out);
-  }
-  py::tuple linear_backward(py::object dout, py::object x, py::object W) {
-    auto d = arr<float>(dout, "dout", 2); auto a = arr<float>(x, "x", 2); auto w = arr<float>(W, "W", 2);
-    const int R = a.shape(0), I = a.shape(1), O = w.shape(1);
-    auto d_d = put(d), d_a = put(a), d_w = put(w);
-    auto din = empty<float>({R, I}); auto dW = zeros<float>({I, O}), db = zeros<float>({O});
-    be_->linear_backward(din.get(), dW.get(), db.get(), d_d.get(), d_a.get(), d_w.get(), R, I, O, false);
-    return py::make_tuple(fetch(din), fetch(dW), fetch(db));
-  }
-  py::array_t<float> dropout_forward(py::object x, float p, uint64_t key) {
-    auto a = arr<float>(x, "x");
-    auto d_a = put(a);
-    auto out = empty<float>(shape_of(a));
-    be_->dropout_forward(out.get(), d_a.get(), out.size(), p, key);
-    return fetch(out);
-  }
-  py::array_t<float> dropout_backward(py::object dout, py::object relu_out, float p, uint64_t key) {
-    auto d = arr<float>(dout, "dout");
-    const bool relu = !relu_out.is_none();
-    F32 ro;
-    if (relu) { ro = arr<float>(relu_out, "relu_out"); FSR_REQUIRE(ro.size() == d.size(), "relu_out must match dout"); }
-    auto d_d = put(d); auto d_ro = relu ? put(ro) : empty<float>({0});
-    auto din = empty<float>(shape_of(d));
-    be_->dropout_backward(din.get(), d_d.get(), relu ? d_ro.get() : nullptr, din.size(), p, key);
-    return fetch(din);
-  }
-  py::tuple attention_forward(py::object Q, py::object K, py::object V, py::object cu, int H,
-                              int T, float p, uint64_t key) {
-    auto q = arr<float>(Q, "Q", 2); auto k = arr<float>(K, "K", 2); auto v = arr<float>(V, "V", 2);
-    auto c = arr<int32_t>(cu, "cu", 1);
-    const int R = q.shape(0), C = q.shape(1), B = c.shape(0) - 1;
-    FSR_REQUIRE(C % H == 0, "C must be divisible by H");
-    auto d_q = put(q), d_k = put(k), d_v = put(v); auto d_c = put(c);
-    auto O = empty<float>({R, C}), lse = empty<float>({R, H});
-    be_->attention_forward(O.get(), lse.get(), d_q.get(), C, d_k.get(), d_v.get(), C, d_c.get(), B, H, C / H, T, longest(c), p, key);
-    return py::make_tuple(fetch(O), fetch(lse));
-  }
-  py::tuple attention_backward(py::object dO, py::object Q, py::object K, py::object V,
-                               py::object lse, py::object cu, int H, int T, float p, uint64_t key) {
-    auto d = arr<float>(dO, "dO", 2); auto q = arr<float>(Q, "Q", 2); auto k = arr<float>(K, "K", 2);
-    auto v = arr<float>(V, "V", 2); auto l = arr<float>(lse, "lse", 2); auto c = arr<int32_t>(cu, "cu", 1);
-    const int R = q.shape(0), C = q.shape(1), B = c.shape(0) - 1;
-    auto d_d = put(d), d_q = put(q), d_k = put(k), d_v = put(v), d_l = put(l); auto d_c = put(c);
-    // The backward may read the forward's output (delta_i = dO_i . O_i): recompute it here
-    // from the same inputs and dropout key.
-    auto O = empty<float>({R, C}), lse_f = empty<float>({R, H});
-    const int n_max = longest(c);
-    be_->attention_forward(O.get(), lse_f.get(), d_q.get(), C, d_k.get(), d_v.get(), C, d_c.get(), B, H, C / H, T, n_max, p, key);
-    auto dQ = empty<float>({R, C}), dK = empty<float>({R, C}), dV = empty<float>({R, C});
-    be_->attention_backward(dQ.get(), dK.get(), dV.get(), d_d.get(), O.get(), d_q.get(), C, d_k.get(), d_v.get(), C, d_l.get(), d_c.get(), B, H, C / H, T, n_max, p, key);
-    return py::make_tuple(fetch(dQ), fetch(dK), fetch(dV));
-  }
-  py::array_t<float> attention_last_forward(py::object Q, py::object K, py::object V,
-                                            py::object cu, int H) {
-    auto q = arr<float>(Q, "Q", 2); auto k = arr<float>(K, "K", 2); auto v = arr<float>(V, "V", 2);
-    auto c = arr<int32_t>(cu, "cu", 1);
-    const int B = c.shape(0) - 1, C = q.shape(1);
-    FSR_REQUIRE(q.shape(0) == B, "Q must have one row per sequence");
-    FSR_REQUIRE(C % H == 0, "C must be divisible by H");
-    auto d_q = put(q), d_k = put(k), d_v = put(v); auto d_c = put(c);
-    auto O = empty<float>({B, C});
-    be_->attention_last_forward(O.get(), d_q.get(), C, d_k.get(), d_v.get(), C, d_c.get(), B, H, C / H);
-    return fetch(O);
-  }
-  py::array_t<float> gather_rows(py::object x, py::object rows) {
-    auto a = arr<float>(x, "x", 2); auto r = arr<int32_t>(rows, "rows", 1);
-    const int n = r.shape(0), C = a.shape(1);
-    for (int i = 0; i < n; ++i) FSR_REQUIRE(r.data()[i] >= 0 && r.data()[i] < a.shape(0), "rows[", i, "] out of range");
-    auto d_a = put(a); auto d_r = put(r);
-    auto out = empty<float>({n, C});
-    be_->gather_rows(out.get(), d_a.get(), d_r.get(), n, C);
-    return fetch(out);
-  }
-  py::tuple loss(const std::string& kind, py::object h, py::object E, py::object targets,
-                 py::object negatives, float grad_scale) {
-    const LossKind k = parse_loss(kind);
-    auto hh = arr<float>(h, "h", 2); auto e = arr<float>(E, "E", 2);
-    auto t = arr<int32_t>(targets, "targets", 1); auto n = arr<int32_t>(negatives, "negatives", 1);
-    const int R = hh.shape(0), C = hh.shape(1), V = e.shape(0) - 1, N = n.shape(0);
-    auto d_h = put(hh), d_e = put(e); auto d_t = put(t), d_n = put(n);
-    auto loss = empty<float>({R}); auto dh = zeros<float>({R, C}), dE = zeros<float>({V + 1, C});
-    auto ws = zeros<float>({(py::ssize_t)be_->loss_workspace(k, R, C, V, N)});
-    be_->loss(k, loss.get(), dh.get(), dE.get(), d_h.get(), d_e.get(), d_t.get(), d_n.get(), R, C, V, N, grad_scale, ws.get());
-    return py::make_tuple(fetch(loss), fetch(dh), fetch(dE));
-  }
-  py::tuple adamw_step(py::object params, py::object grads, py::object m_, py::object v_,
-                       int64_t n_decay, float lr, float b1, float b2, float eps, float wd,
-                       int64_t step) {
-    auto p = arr<float>(params, "params"), m = arr<float>(m_, "m"), v = arr<float>(v_, "v");
-    auto g = arr<float>(grads, "grads");
-    FSR_REQUIRE(g.size() == p.size() && m.size() == p.size() && v.size() == p.size(), "params, grads, m, v must have the same size");
-    auto d_p = put(p), d_g = put(g), d_m = put(m), d_v = put(v);
-    be_->adamw_step(d_p.get(), d_g.get(), d_m.get(), d_v.get(), d_p.size(), n_decay, lr, b1, b2, eps, wd, step);
-    return py::make_tuple(fetch(d_p), fetch(d_m), fetch(d_v));
-  }
-  py::tuple topk(py::object h, py::object E, py::object excl, py::object excl_off, int K) {
-    auto hh = arr<float>(h, "h", 2); auto e = arr<float>(E, "E", 2);
-    auto x = arr<int32_t>(excl, "excl", 1); auto xo = arr<int64_t>(excl_off, "excl_off", 1);
-    const int B = hh.shape(0), C = hh.shape(1), V = e.shape(0) - 1;
-    FSR_REQUIRE(xo.shape(0) == B + 1, "excl_off must have B + 1 entries");
-    auto d_h = put(hh), d_e = put(e); auto d_x = put(x); auto d_xo = put(xo);
-    auto ids = empty<int32_t>({B, K}); auto sc = empty<float>({B, K});
-    be_->topk(ids.get(), sc.get(), d_h.get(), d_e.get(), d_x.get(), d_xo.get(), B, C, V, K);
-    return py::make_tuple(fetch(ids), fetch(sc));
-  }
+  int threads() const { return be_->threads(); }
+  Backend& backend() { return *be_; }
 
  private:
-  // A backend copy of a host array.
-  template <typename T>
-  Buffer<T> put(const py::array_t<T, py::array::c_style>& a) {
-    Buffer<T> b(*be_, shape_of(a));
-    be_->upload(b.get(), a.data(), b.bytes());
-    return b;
-  }
-  // An output the op must overwrite, poisoned (all bits set: NaN floats, -1 ints) so that an
-  // element the op forgets to write fails the comparison instead of passing on leftovers.
-  template <typename T>
-  Buffer<T> empty(Shape shape) {
-    Buffer<T> b(*be_, std::move(shape));
-    const std::vector<unsigned char> poison(b.bytes(), 0xFF);
-    be_->upload(b.get(), poison.data(), b.bytes());
-    return b;
-  }
-  template <typename T>
-  Buffer<T> zeros(Shape shape) {
-    Buffer<T> b(*be_, std::move(shape));
-    be_->zero(b.get(), b.bytes());
-    return b;
-  }
-  // A new numpy array holding the buffer's contents.
-  template <typename T>
-  py::array_t<T> fetch(const Buffer<T>& b) {
-    py::array_t<T> a(b.shape());
-    be_->download(a.mutable_data(), b.get(), b.bytes());
-    return a;
-  }
-
   std::unique_ptr<Backend> be_;
 };
 
+using F32 = py::array_t<float, py::array::c_style>;
+
 F32 uniform(uint64_t key, int64_t n) {
+  FSR_REQUIRE(n >= 0, "n must be >= 0, got ", n);
   F32 out({(py::ssize_t)n});
   for (int64_t e = 0; e < n; ++e) out.mutable_data()[e] = rng_uniform(key, (uint64_t)e);
   return out;
 }
 
 void bind_ops(py::module_& m) {
-  py::class_<Ops>(m, "Ops",
-                  "The ops of one device's backend, one by one, for tests against the float64 "
-                  "NumPy reference.  Ops(device) raises ValueError when the device is unusable.")
-      .def(py::init<const std::string&, const std::string&>(), py::arg("device"),
-           py::arg("precision") = "fp32")
+  py::class_<Ops> cls(m, "Ops",
+                      "The ops of one device's backend (the list in ops.def), one by one, for "
+                      "tests against the float64 NumPy reference.  Ops(device) raises "
+                      "ValueError when the device is unusable.");
+  cls.def(py::init<const std::string&, const std::string&, int>(), py::arg("device"),
+          py::arg("precision") = "fp32", py::arg("threads") = 0)
       .def_property_readonly("device", &Ops::device)
+      .def_property_readonly("threads", &Ops::threads)
       .def_static("rng_key", &rng_key, py::arg("seed"), py::arg("stream"))
-      .def_static("uniform", &uniform, py::arg("key"), py::arg("n"))
-      .def("embedding_forward", &Ops::embedding_forward)
-      .def("embedding_backward", &Ops::embedding_backward)
-      .def("layernorm_forward", &Ops::layernorm_forward)
-      .def("residual_layernorm_forward", &Ops::residual_layernorm_forward)
-      .def("layernorm_backward", &Ops::layernorm_backward)
-      .def("linear_forward", &Ops::linear_forward, py::arg("x"), py::arg("W"), py::arg("b"),
-           py::arg("relu"), py::arg("p") = 0.f, py::arg("key") = 0)
-      .def("linear_backward", &Ops::linear_backward)
-      .def("dropout_forward", &Ops::dropout_forward)
-      .def("dropout_backward", &Ops::dropout_backward, py::arg("dout"), py::arg("relu_out"),
-           py::arg("p"), py::arg("key"))
-      .def("attention_forward", &Ops::attention_forward)
-      .def("attention_backward", &Ops::attention_backward)
-      .def("attention_last_forward", &Ops::attention_last_forward)
-      .def("gather_rows", &Ops::gather_rows)
-      .def("loss", &Ops::loss)
-      .def("adamw_step", &Ops::adamw_step)
-      .def("topk", &Ops::topk)
-      // The CPU backend's OpenMP threads, whichever device the instance has.
-      .def_static("set_num_threads", &cpu::set_num_threads)
-      .def_static("num_threads", &cpu::num_threads);
-  // _core.ops: the CPU ops, as before this class existed.
-  m.attr("ops") = py::cast(Ops("cpu", "fp32"));
+      .def_static("uniform", &uniform, py::arg("key"), py::arg("n"));
+#define FSR_OP(ret, name, params, arg_names)                                             \
+  cls.def(                                                                             \
+      #name,                                                                           \
+      [](Ops& o, const py::args& a) { return call_op(o.backend(), &Backend::name, #name, a); }, \
+      #name #params);
+#include "fastsasrec/ops.def"
+#undef FSR_OP
 }
 
 }  // namespace
@@ -490,6 +348,14 @@ PYBIND11_MODULE(_core, m) {
     }
     return py::make_tuple(flat, offsets);
   });
+  m.def("check_config", [](const py::dict& d) {
+    int threads = 0;
+    const Config c = parse_config(d, &threads);
+    FSR_REQUIRE(threads >= 0, "num_threads must be >= 0, got ", threads);
+    c.validate(d.contains("n_items"));
+  }, py::arg("params"),
+     "Raises ValueError naming the first hyper-parameter out of its range (the engine's "
+     "config fields, plus num_threads; without n_items the catalogue checks are skipped).");
   m.def("backend_available", [](const std::string& device) {
     std::string why;
     const bool ok = backend_available(device, &why);
@@ -515,19 +381,18 @@ PYBIND11_MODULE(_core, m) {
   });
 
   py::class_<Model>(m, "Model")
-      .def(py::init([](const py::dict& cfg, const std::string& device) {
-             return std::make_unique<Model>(config_from_dict(cfg), device);
+      .def(py::init([](const py::dict& cfg, const std::string& device, int threads) {
+             return std::make_unique<Model>(config_from_dict(cfg), device, threads);
            }),
-           py::arg("config"), py::arg("device") = "cpu")
+           py::arg("config"), py::arg("device") = "cpu", py::arg("threads") = 0)
       .def_property_readonly("n_params", &Model::n_params)
       .def_property_readonly("step", &Model::step)
-      .def_property_readonly("device", [](Model& s) { return s.backend().name(); })
-      .def_property_readonly("device_index", [](Model& s) { return s.backend().device_index(); })
-      .def_property_readonly("threads", [](Model& s) { return s.backend().threads(); })
-      .def("set_threads", [](Model& s, int n) {
-        FSR_REQUIRE(n >= 0, "num_threads must be >= 0, got ", n);
-        if (n > 0) s.backend().set_threads(n);
-      })
+      .def_property_readonly("device", &Model::device)
+      .def_property_readonly("device_index", &Model::device_index)
+      .def_property_readonly("threads", &Model::threads,
+                             "CPU threads of the model's ops (1 on a GPU)")
+      .def("set_threads", &Model::set_threads, py::arg("n"),
+           "CPU threads of the model's ops from now on (0 = all cores)")
       .def("tensors", [](const Model& s) {
         py::list out;
         for (const auto& t : s.tensors()) out.append(py::make_tuple(t.name, t.offset, py::tuple(py::cast(t.shape))));

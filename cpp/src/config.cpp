@@ -6,29 +6,28 @@
 
 namespace fsr {
 
-void Config::validate() const {
-  FSR_REQUIRE(n_items >= 1, "n_items must be >= 1, got ", n_items);
+void Config::validate(bool with_catalogue) const {
   FSR_REQUIRE(factors >= 1, "factors must be >= 1, got ", factors);
   FSR_REQUIRE(ffn_factors >= 0, "ffn_factors must be >= 0, got ", ffn_factors);
   FSR_REQUIRE(n_heads >= 1, "n_heads must be >= 1, got ", n_heads);
   FSR_REQUIRE(factors % n_heads == 0, "factors (", factors, ") must be divisible by n_heads (",
               n_heads, ")");
-  FSR_REQUIRE(n_layers >= 0, "n_layers must be >= 0, got ", n_layers);
-  FSR_REQUIRE(n_layers <= 300, "n_layers must be <= 300, got ", n_layers);
-  FSR_REQUIRE(max_seq >= 1, "max_seq must be >= 1, got ", max_seq);
-  FSR_REQUIRE(max_seq <= 1 << 16, "max_seq must be <= 65536, got ", max_seq);
+  FSR_REQUIRE(n_layers >= 0 && n_layers <= 300, "n_layers must be in 0..300, got ", n_layers);
+  FSR_REQUIRE(max_seq >= 1 && max_seq <= 1 << 16, "max_seq must be in 1..65536, got ", max_seq);
   FSR_REQUIRE(dropout >= 0.f && dropout < 1.f, "dropout must be in [0, 1), got ", dropout);
   FSR_REQUIRE(batch_size >= 1, "batch_size must be >= 1, got ", batch_size);
   FSR_REQUIRE(std::isfinite(learning_rate) && learning_rate > 0.f,
-              "learning_rate must be a positive number, got ", learning_rate);
+              "learning_rate must be > 0, got ", learning_rate);
   FSR_REQUIRE(std::isfinite(weight_decay) && weight_decay >= 0.f,
               "weight_decay must be >= 0, got ", weight_decay);
   FSR_REQUIRE(beta1 >= 0.f && beta1 < 1.f, "beta1 must be in [0, 1), got ", beta1);
   FSR_REQUIRE(beta2 >= 0.f && beta2 < 1.f, "beta2 must be in [0, 1), got ", beta2);
   FSR_REQUIRE(adam_eps > 0.f, "adam_eps must be > 0, got ", adam_eps);
   FSR_REQUIRE(ln_eps > 0.f, "ln_eps must be > 0, got ", ln_eps);
+  FSR_REQUIRE(n_negatives >= 1, "n_negatives must be >= 1, got ", n_negatives);
+  if (!with_catalogue) return;
+  FSR_REQUIRE(n_items >= 1, "n_items must be >= 1, got ", n_items);
   if (loss == LossKind::SampledSoftmax) {
-    FSR_REQUIRE(n_negatives >= 1, "n_negatives must be >= 1, got ", n_negatives);
     FSR_REQUIRE(n_negatives < n_items, "n_negatives (", n_negatives,
                 ") must be smaller than the catalogue (", n_items, " items)");
   }

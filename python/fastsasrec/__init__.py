@@ -12,10 +12,11 @@ from fastsasrec._loader import load_core as _load_core
 _core = _load_core()
 
 from fastsasrec._device import cuda_status as _cuda_status  # noqa: E402
+from fastsasrec.data import Sequences  # noqa: E402
 from fastsasrec.estimator import SASRec  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["SASRec", "cuda_available", "show_config", "__version__"]
+__all__ = ["SASRec", "Sequences", "cuda_available", "show_config", "__version__"]
 
 
 def cuda_available() -> bool:
@@ -31,6 +32,6 @@ def show_config() -> None:
     print(f"  compiler: {info['compiler']}")
     print(f"  BLAS: {info['blas']}")
     omp = info["openmp"]
-    print(f"  OpenMP: {'yes (' + str(omp) + ')' if omp else 'no'}; threads: {_core.ops.num_threads()}")
+    print(f"  OpenMP: {'yes (' + str(omp) + ')' if omp else 'no'}; threads: {info['omp_max_threads']}")
     print(f"  CUDA backend: {info['cuda']}")
     print(f"  GPU usable now: {'yes' if ok else 'no (' + why + ')'}")

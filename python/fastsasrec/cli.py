@@ -45,10 +45,8 @@ def _read_events(path: str, cols: Sequence[Optional[str]], what: str = "EVENTS",
     is_parquet = lower.endswith((".parquet", ".pq"))
     if not is_parquet and not lower.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")):
         raise CLIError(f"{what} must be a .csv or .parquet file, got {path!r}")
-    try:
-        import pandas as pd
-    except ImportError:
-        raise CLIError(f"reading {what} needs pandas: pip install pandas") from None
+    import pandas as pd
+
     if os.path.getsize(path) == 0:
         raise CLIError(f"{what} file {path!r} is empty")
     try:
@@ -186,14 +184,15 @@ def _recommend(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- evaluate
 def _evaluate(args: argparse.Namespace) -> int:
+    from fastsasrec import Sequences
     from fastsasrec.data import transactions_to_sequences
 
     model = _load_model(args.model, args.threads)
     time_col = None if args.no_time else args.time_col
     str_items = args.item_col if model.item_ids.dtype.kind == "U" else None
     df = _read_events(args.events, (args.user_col, args.item_col, time_col), str_item_col=str_items)
-    flat, offsets, users = transactions_to_sequences(df, args.user_col, args.item_col, time_col)
-    sequences = np.split(flat, offsets[1:-1])
+    items, offsets, _ = transactions_to_sequences(df, args.user_col, args.item_col, time_col)
+    sequences = Sequences(items, offsets)  # flat from the file to the engine
     res = model.evaluate(sequences, k=args.k, protocol=args.protocol)
     skipped = len(sequences) - res["n"]
     order = "in time order" if time_col is not None else "in file order"

@@ -1,14 +1,16 @@
 """Turning users' sequences of original item ids into the engine's flat int32 arrays.
 
-The engine sees items as internal ids 1..V (0 is padding); ``item_ids[i - 1]`` is the
-original id of internal id ``i``.  Ids are either all integers or all strings.
+``Sequences`` is the flat form of many sequences (items one after the other, and offsets);
+lists of lists and the other inputs are flattened into one.  The engine sees items as
+internal ids 1..V (0 is padding); ``item_ids[i - 1]`` is the original id of internal id
+``i``.  Ids are either all integers or all strings.
 """
 from __future__ import annotations
 
 import math
 import numbers
 from itertools import chain
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -21,12 +23,147 @@ def _describe(x: Any) -> str:
     return f"{x!r} ({type(x).__name__})"
 
 
+class Sequences:
+    """Many sequences of original item ids in one flat form.
+
+    ``items`` holds every sequence's ids one after the other (a 1-D array of integers or
+    of strings) and sequence ``i`` is ``items[offsets[i]:offsets[i + 1]]``: ``offsets`` has
+    one entry more than there are sequences, starts at 0, never decreases and ends at
+    ``len(items)``.  ``fit``, ``evaluate``, ``recommend_batch`` and ``session_embeddings``
+    take it as it is, with no work per item; ``Sequences.from_lists`` builds one from lists.
+
+    >>> s = Sequences(np.array([5, 6, 7, 6, 5]), np.array([0, 3, 5]))
+    >>> len(s), s[1].tolist(), s.lengths.tolist()
+    (2, [6, 5], [3, 2])
+
+    The arrays are checked on construction (ValueError naming the argument and the value)
+    and kept read-only; integer ids become int64, and arrays already int64 (or strings) are
+    not copied.  (A plain tuple ``(items, offsets)`` would read as two sequences: this type
+    says that the arrays are flat.)
+    """
+
+    __slots__ = ("_items", "_offsets")
+
+    def __init__(self, items: Any, offsets: Any) -> None:
+        items = _as_item_array(items)
+        offsets = _as_offsets(offsets, items.size)
+        for name, a in (("_items", items), ("_offsets", offsets)):
+            a = a.view()
+            a.flags.writeable = False
+            object.__setattr__(self, name, a)
+
+    @classmethod
+    def from_lists(cls, sequences: Any, name: str = "sequences") -> "Sequences":
+        """The flat form of a list of sequences (lists, arrays, a pandas Series of lists, a
+        2-D integer array with one sequence per row); ValueError names the first bad entry."""
+        return flatten_sequences(sequences, name)
+
+    @property
+    def items(self) -> np.ndarray:
+        """Every sequence's original ids, one sequence after the other (read-only)."""
+        return self._items
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """int64, len(self) + 1: sequence i is items[offsets[i]:offsets[i + 1]] (read-only)."""
+        return self._offsets
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """int64: the number of items of each sequence."""
+        return np.diff(self._offsets)
+
+    def __len__(self) -> int:
+        return self._offsets.size - 1
+
+    def __getitem__(self, i: Any) -> np.ndarray:
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, numbers.Integral):
+            raise TypeError(f"Sequences indices must be integers, got {type(i).__name__}")
+        n = len(self)
+        j = int(i) + n if i < 0 else int(i)
+        if not 0 <= j < n:
+            raise IndexError(f"sequence index {i} is out of range for {n} sequences")
+        return self._items[self._offsets[j]:self._offsets[j + 1]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        bounds = self._offsets.tolist()
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            yield self._items[lo:hi]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Sequences is immutable")
+
+    def __reduce__(self):
+        return Sequences, (self._items, self._offsets)
+
+    def __repr__(self) -> str:
+        def show(seq: np.ndarray) -> str:
+            head = ", ".join(repr(x) for x in seq[:5].tolist())
+            return f"[{head}{', ...' if seq.size > 5 else ''}]"
+
+        shown = ", ".join(show(self[i]) for i in range(min(len(self), 3)))
+        more = ", ..." if len(self) > 3 else ""
+        kind = "str" if self._items.dtype.kind == "U" else "int64"
+        return (f"Sequences({len(self)} sequences, {self._items.size} {kind} items: "
+                f"[{shown}{more}])")
+
+
+def _as_item_array(items: Any) -> np.ndarray:
+    """items as a 1-D int64 or str array, or ValueError naming the first bad entry."""
+    if isinstance(items, (str, bytes)) or items is None:
+        raise ValueError(f"items must be a 1-D array of item ids, got {items!r}")
+    # Lists go through object arrays: numpy would silently turn [1, "a"] into strings.
+    a = np.asarray(items) if hasattr(items, "dtype") else np.asarray(list(items), dtype=object)
+    if a.ndim != 1:
+        raise ValueError(f"items must be a 1-D array of item ids, got shape {a.shape}")
+    if a.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if a.dtype.kind == "u" and a.dtype.itemsize == 8 and int(a.max()) >= 2**63:
+        raise ValueError(f"items holds {int(a.max())}: integer item ids must fit in 64 bits")
+    return _as_ids(a, "items")
+
+
+def _as_offsets(offsets: Any, n_items: int) -> np.ndarray:
+    """offsets as int64, checked against the n_items they cut, or ValueError."""
+    o = np.asarray(offsets)
+    if o.ndim != 1 or o.size == 0:
+        raise ValueError("offsets must be a 1-D array of len(sequences) + 1 integers, "
+                         f"got shape {o.shape}")
+    if o.dtype.kind not in _INT_KINDS:
+        raise ValueError(f"offsets must be integers, got {o.dtype}")
+    o = o.astype(np.int64, copy=False)
+    if o[0] != 0:
+        raise ValueError(f"offsets must start at 0, got offsets[0] = {int(o[0])}")
+    down = np.flatnonzero(o[1:] < o[:-1])
+    if down.size:
+        i = int(down[0]) + 1
+        raise ValueError(f"offsets must be non-decreasing, got offsets[{i}] = {int(o[i])} "
+                         f"after offsets[{i - 1}] = {int(o[i - 1])}")
+    if o[-1] != n_items:
+        raise ValueError(f"offsets must end at len(items) = {n_items}, got offsets[-1] = {int(o[-1])}")
+    return o
+
+
+def _looks_flat(t: Any) -> bool:
+    """Whether a 2-tuple is (items, offsets): the second a cut of the first."""
+    try:
+        _as_offsets(t[1], len(t[0]))
+    except (ValueError, TypeError):
+        return False
+    return len(t[1]) >= 2
+
+
 def _as_sequence_list(sequences: Any, name: str) -> List[Any]:
     """Accepts a list/tuple of sequences, a pandas Series of lists or a numpy object array."""
     if sequences is None:
         raise ValueError(f"{name} must be a list of sequences of item ids, got None")
     if isinstance(sequences, (str, bytes)):
         raise ValueError(f"{name} must be a list of sequences of item ids, got a string")
+    if isinstance(sequences, tuple) and len(sequences) == 2 and _looks_flat(sequences):
+        raise ValueError(
+            f"{name} is a tuple that looks like flat (items, offsets): pass "
+            f"fastsasrec.Sequences(items, offsets) for flat arrays, or a list for two sequences"
+        )
     if hasattr(sequences, "to_list") and hasattr(sequences, "index"):  # pandas Series
         sequences = sequences.to_list()
     if isinstance(sequences, np.ndarray):
@@ -85,21 +222,24 @@ def _flatten_plain_lists(seqs: List[Any]) -> Optional[Tuple[np.ndarray, np.ndarr
     return np.array(flat, dtype=str), offsets
 
 
-def flatten_sequences(sequences: Any, name: str = "sequences") -> Tuple[np.ndarray, np.ndarray]:
-    """(flat original ids as int64 or str array, int64 offsets of len(sequences) + 1).
+def flatten_sequences(sequences: Any, name: str = "sequences") -> Sequences:
+    """The flat form of many sequences: a Sequences as it is, or lists of sequences (of
+    lists or arrays, a pandas Series of lists, a 2-D integer array with one per row).
 
     Raises ValueError naming the first bad entry: None, NaN, floats, booleans, a mix of
     integers and strings, or a sequence that is not a list.
     """
+    if isinstance(sequences, Sequences):
+        return sequences
     if (isinstance(sequences, np.ndarray) and sequences.ndim == 2
             and sequences.dtype.kind in _INT_KINDS):  # fixed-length sessions, one per row
         B, L = sequences.shape
-        return (np.ascontiguousarray(sequences, dtype=np.int64).reshape(-1),
-                np.arange(B + 1, dtype=np.int64) * L)
+        return Sequences(np.ascontiguousarray(sequences, dtype=np.int64).reshape(-1),
+                         np.arange(B + 1, dtype=np.int64) * L)
     seqs = _as_sequence_list(sequences, name)
     fast = _flatten_plain_lists(seqs)
     if fast is not None:
-        return fast
+        return Sequences(*fast)
     lengths = np.empty(len(seqs), dtype=np.int64)
     parts, originals = [], []
     for i, s in enumerate(seqs):
@@ -122,13 +262,13 @@ def flatten_sequences(sequences: Any, name: str = "sequences") -> Tuple[np.ndarr
     offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     if not parts or offsets[-1] == 0:
-        return np.zeros(0, dtype=np.int64), offsets
+        return Sequences(np.zeros(0, dtype=np.int64), offsets)
     kinds = {p.dtype.kind for p in parts if p.size}
     if kinds <= set(_INT_KINDS):
         flat = np.concatenate([p.astype(np.int64, copy=False) for p in parts if p.size])
-        return flat, offsets
+        return Sequences(flat, offsets)
     if kinds <= {"U"}:
-        return np.concatenate([p for p in parts if p.size]), offsets
+        return Sequences(np.concatenate([p for p in parts if p.size]), offsets)
     # Mixed, float, bool or object: find the first offending entry and name it.
     saw_int = saw_str = None
     for i, p in enumerate(parts):
@@ -145,8 +285,8 @@ def flatten_sequences(sequences: Any, name: str = "sequences") -> Tuple[np.ndarr
                     f"and {saw_str} is a string"
                 )
     if saw_str:
-        return np.concatenate([np.asarray(p.tolist(), dtype=str) for p in parts if p.size]), offsets
-    return np.concatenate([np.asarray(p.tolist(), dtype=np.int64) for p in parts if p.size]), offsets
+        return Sequences(np.concatenate([np.asarray(p.tolist(), dtype=str) for p in parts if p.size]), offsets)
+    return Sequences(np.concatenate([np.asarray(p.tolist(), dtype=np.int64) for p in parts if p.size]), offsets)
 
 
 def check_ids_compatible(flat: np.ndarray, item_ids: np.ndarray, name: str) -> None:
@@ -197,11 +337,6 @@ def leave_one_out(sequences: Sequence[Sequence[Any]]) -> Tuple[List[List[Any]], 
             contexts.append(s[:-1])
             targets.append(s[-1])
     return contexts, targets
-
-
-def iter_chunks(n: int, size: int) -> Iterable[Tuple[int, int]]:
-    for lo in range(0, n, size):
-        yield lo, min(n, lo + size)
 
 
 # ----------------------------------------------------------------------------- event logs

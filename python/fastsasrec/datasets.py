@@ -105,17 +105,6 @@ def synthetic_store(n_sessions: int = 5000, random_state: int = 0, noise: float 
     return sessions, names
 
 
-def _require_pandas(what: str):
-    try:
-        import pandas as pd
-    except ImportError:
-        raise ImportError(
-            f"{what} needs pandas, an optional dependency of fastsasrec: "
-            "pip install pandas (or pip install 'fastsasrec[pandas]')"
-        ) from None
-    return pd
-
-
 def synthetic_store_events(n_sessions: int = 5000, random_state: int = 0, noise: float = 0.15,
                            min_len: int = 3, max_len: int = 6,
                            start: str = "2024-01-01") -> "pd.DataFrame":
@@ -127,9 +116,10 @@ def synthetic_store_events(n_sessions: int = 5000, random_state: int = 0, noise:
     to 3 min apart, and rows are in time order, sessions interleaved.  Grouping by
     session and sorting by time gives back ``synthetic_store(n_sessions, random_state,
     ...)[0]`` exactly, e.g. ``SASRec.from_transactions(events, user_col="session_id",
-    item_col="product_id")``.  Needs pandas.
+    item_col="product_id")``.
     """
-    pd = _require_pandas("synthetic_store_events")
+    import pandas as pd
+
     sessions, _ = synthetic_store(n_sessions, random_state, noise=noise, min_len=min_len, max_len=max_len)
     # A separate stream for the clock, so the sessions match synthetic_store's exactly.
     rng = np.random.default_rng([int(random_state), 1])
@@ -227,7 +217,8 @@ def _download_ml100k(dest: str, url: str) -> str:
 
 
 def _read_ml100k(folder: str):
-    pd = _require_pandas("movielens_100k")
+    import pandas as pd
+
     data_path = os.path.join(folder, "u.data")
     try:
         events = pd.read_csv(data_path, sep="\t", header=None,
@@ -263,7 +254,7 @@ def movielens_100k(path: Optional["os.PathLike[str] | str"] = None,
 
     Returns (events, titles): a pandas DataFrame with int64 columns ``user_id``,
     ``item_id``, ``rating`` (1-5) and ``timestamp`` (unix seconds), in file order, and
-    {item id: title}.  Needs pandas.
+    {item id: title}.
     """
     cache = default_cache_dir()
     if path is not None:

@@ -1,19 +1,23 @@
-"""Ranking metrics for next-item prediction (one held-out item per session).
+"""Ranking metrics for next-item prediction (one held-out item per session), and the
+evaluation protocols behind ``SASRec.evaluate``.
 
 ``rank`` is the 0-based position of the held-out item in the model's ranking of the
 whole catalogue (context items excluded), or -1 / >= k when it is not in the top k.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
+
+from fastsasrec._params import positive_int
+from fastsasrec.data import Sequences, check_ids_compatible, encode, flatten_sequences
 
 
 def ranks_from_topk(topk_ids: np.ndarray, targets: Sequence[Any]) -> np.ndarray:
     """0-based rank of each target in its row of top-k ids, -1 when absent."""
     topk_ids = np.asarray(topk_ids)
-    targets = np.asarray(list(targets), dtype=topk_ids.dtype)
+    targets = np.asarray(targets if isinstance(targets, np.ndarray) else list(targets), dtype=topk_ids.dtype)
     if topk_ids.ndim != 2 or topk_ids.shape[0] != targets.shape[0]:
         raise ValueError(
             f"topk_ids must have shape (len(targets), k), got {topk_ids.shape} for {targets.shape[0]} targets"
@@ -44,13 +48,6 @@ def summarize(ranks: np.ndarray, k: int) -> Dict[str, float]:
     return {f"HR@{k}": hit_rate(ranks, k), f"NDCG@{k}": ndcg(ranks, k), f"MRR@{k}": mrr(ranks, k)}
 
 
-def evaluate_topk(model, contexts: Sequence[Sequence[Any]], targets: Sequence[Any], k: int = 10) -> Dict[str, float]:
-    """HR@k, NDCG@k, MRR@k of a fitted model ranking the full catalogue for each context
-    (the context's items excluded): the leave-one-out protocol."""
-    ids, _ = model.recommend_batch(contexts, n=k, exclude_seen=True)
-    return summarize(ranks_from_topk(ids, targets), k)
-
-
 def most_popular_topk(contexts: Sequence[Sequence[Any]], train: Sequence[Sequence[Any]], k: int = 10) -> np.ndarray:
     """The most-popular-unseen baseline: for each context, the k most frequent training
     items it does not contain.  Returns an object array (len(contexts), k)."""
@@ -64,3 +61,83 @@ def most_popular_topk(contexts: Sequence[Sequence[Any]], train: Sequence[Sequenc
         row = [x for x in order[: k + len(seen)] if x not in seen][:k]
         out[b, : len(row)] = row
     return out
+
+
+# ----------------------------------------------------------------------------- protocols
+def hold_out_last(sequences: Sequences) -> Tuple[Sequences, np.ndarray, np.ndarray]:
+    """(contexts, targets, used): each sequence of 2 or more items less its last item, that
+    last item, and the indices of those sequences; computed on the flat arrays."""
+    lengths = sequences.lengths
+    used = np.flatnonzero(lengths >= 2)
+    ends = sequences.offsets[used + 1] - 1  # positions of the held-out items
+    keep = np.repeat(lengths >= 2, lengths)
+    keep[ends] = False
+    offsets = np.zeros(used.size + 1, dtype=np.int64)
+    np.cumsum(lengths[used] - 1, out=offsets[1:])
+    return Sequences(sequences.items[keep], offsets), sequences.items[ends], used
+
+
+def evaluate(
+    model: Any,
+    sequences: Any,
+    k: int = 10,
+    protocol: str = "loo",
+    n_negatives: int = 100,
+    random_state: int = 0,
+) -> Dict[str, Any]:
+    """``model.evaluate``: each sequence's last item held out and ranked by a fitted model
+    from the items before it (see SASRec.evaluate)."""
+    model._check_fitted()
+    k = positive_int(k, "k")
+    if protocol not in ("loo", "sampled"):
+        raise ValueError(f"protocol must be 'loo' or 'sampled', got {protocol!r}")
+    sequences = flatten_sequences(sequences, "sequences")
+    check_ids_compatible(sequences.items, model.item_ids, "sequences")
+    contexts, targets, used = hold_out_last(sequences)
+    if used.size == 0:
+        raise ValueError("no sequence has 2 or more items: nothing to evaluate")
+    if protocol == "loo":
+        ids, _ = model.recommend_batch(contexts, n=k, exclude_seen=True)
+        out = summarize(ranks_from_topk(ids, targets), k)
+        shown = ids[(ids != -1) & (ids != "")] if ids.dtype.kind == "U" else ids[ids != -1]
+        out[f"coverage@{k}"] = float(np.unique(shown).size / model.item_ids.size)
+        label = "leave-one-out, full catalogue ranking"
+    else:
+        n_negatives = positive_int(n_negatives, "n_negatives")
+        out = summarize(_sampled_ranks(model, contexts, targets, n_negatives, random_state), k)
+        label = f"sampled: {n_negatives} negatives (SASRec paper protocol)"
+    out["n"] = int(used.size)
+    out["protocol"] = label
+    return out
+
+
+def _sampled_ranks(model: Any, contexts: Sequences, targets: np.ndarray, n_neg: int,
+                   seed: Any) -> np.ndarray:
+    """The rank of each target among n_neg random items its sequence does not contain
+    (-1 when the target or the whole context is unknown to the model)."""
+    item_ids = model.item_ids
+    V = item_ids.size
+    H = model.session_embeddings(contexts).astype(np.float64)
+    E = model.item_embeddings.astype(np.float64)
+    t_int = encode(np.asarray(targets), item_ids)
+    c_int, bounds = encode(contexts.items, item_ids), contexts.offsets.tolist()
+    rng = np.random.default_rng(seed)
+    ranks = np.full(len(contexts), -1, dtype=np.int64)
+    for b in range(len(contexts)):
+        if t_int[b] == 0 or np.isnan(H[b, 0]):
+            continue  # unknown target or context: a miss
+        seen = set(c_int[bounds[b]:bounds[b + 1]].tolist()) | {int(t_int[b])}
+        if V - len(seen) < n_neg:
+            raise ValueError(f"n_negatives ({n_neg}) exceeds the items a sequence does not contain")
+        neg: List[int] = []
+        while len(neg) < n_neg:
+            for x in rng.integers(1, V + 1, size=2 * n_neg).tolist():
+                if x not in seen:
+                    seen.add(x)
+                    neg.append(x)
+                    if len(neg) == n_neg:
+                        break
+        s_t = H[b] @ E[t_int[b] - 1]
+        s_n = E[np.asarray(neg) - 1] @ H[b]
+        ranks[b] = int((s_n > s_t).sum())
+    return ranks

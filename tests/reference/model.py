@@ -77,8 +77,7 @@ def unflatten(flat, tensors) -> dict:
 def build_batch(items, offsets, seqs, cfg, step):
     """The packed training batch of sequences ``seqs`` (indices into offsets).
 
-    Each sequence contributes its most recent max_seq + 1 items (skipped when fewer than
-    2): inputs are all but the last, targets all but the first, positions right-aligned
+    Each sequence (of 2 or more items) contributes its most recent max_seq + 1 items: inputs are all but the last, targets all but the first, positions right-aligned
     (input t of n at T - n + t).  Negatives (stream ``step`` of the sampler key
     rng_key(seed ^ SAMPLER_SALT, step)): bce, one per row, counter r*64 + attempt, redrawn
     while inside the sequence's window (at most 64 draws); sampled_softmax, N shared
@@ -91,8 +90,7 @@ def build_batch(items, offsets, seqs, cfg, step):
     for s in seqs:
         a, b = int(offsets[s]), int(offsets[s + 1])
         w = min(b - a, T + 1)
-        if w < 2:
-            continue
+        assert w >= 2, f"sequence {s} has {w} items"
         win = items[b - w: b]
         n = w - 1
         out["items"] += list(win[:-1])

@@ -30,8 +30,10 @@ struct Config {
 
   int ffn() const { return ffn_factors > 0 ? ffn_factors : factors; }
   int head_dim() const { return factors / n_heads; }
-  // Throws fsr::ValueError naming the first bad field and its value.
-  void validate() const;
+  // Throws fsr::ValueError naming the first bad field and its value: the one place that
+  // knows the ranges.  Without the catalogue (a model not yet fitted), n_items and the
+  // checks that depend on it are skipped.
+  void validate(bool with_catalogue = true) const;
 };
 
 LossKind parse_loss(const std::string& name);

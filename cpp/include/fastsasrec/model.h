@@ -1,5 +1,7 @@
 // The SASRec model: parameters, arenas, explicit forward and backward, AdamW, the
-// training loop over packed batches, and inference (session states, top-k).
+// training loop over packed batches, and inference (session states, top-k).  In files by
+// job: cpp/src/model.cpp (parameters, arenas, forward, backward), train.cpp (batches,
+// epochs, optimizer), infer.cpp (session states, scoring).
 //
 // Block (the paper's reference code):  q = LN1(x);  x = q + MHA(Q = q, K = V = x);
 //                                      y = LN2(x);  x = y + FFN(y)
@@ -21,11 +23,22 @@
 
 namespace fsr {
 
-// One named tensor of the flat parameter arena.
+// How a parameter tensor starts.
+enum class ParamInit {
+  Zeros,
+  Ones,
+  Xavier,        // normal, std sqrt(2 / (fan_in + fan_out))
+  XavierPaired,  // the same for two (C, C) blocks side by side: fan_out is half the columns
+  ItemEmb,       // Xavier with row 0 (the padding item) zero
+};
+
+// One named tensor of the flat parameter arena (a row of the parameter table, placed).
 struct TensorInfo {
   std::string name;
   size_t offset;  // in floats
   std::vector<int64_t> shape;
+  bool decay;     // AdamW's weight decay applies
+  ParamInit init;
   size_t size() const {
     size_t n = 1;
     for (auto d : shape) n *= (size_t)d;
@@ -33,26 +46,38 @@ struct TensorInfo {
   }
 };
 
-// A packed batch on the host.
+// A packed batch on the host: made only by HostBatch::add_sequence, which places the
+// positions and keeps the row offsets and the longest sequence.
 struct HostBatch {
-  std::vector<int32_t> items, targets, pos;  // R each
-  std::vector<int32_t> cu;                   // B + 1 row offsets
+  std::vector<int32_t> items, targets, pos;  // R each (targets: training batches only)
+  std::vector<int32_t> cu{0};                // B + 1 row offsets
+  std::vector<int32_t> last;                 // B: each sequence's last row
   std::vector<int32_t> negatives;            // R (bce) or N (sampled_softmax)
-  int R() const { return (int)items.size(); }
+  int n_max = 0;                             // rows of the longest sequence
+
+  int R() const { return (int)pos.size(); }
   int B() const { return (int)cu.size() - 1; }
+  void clear();
+  // Appends a sequence of n rows at the right-aligned positions T - n .. T - 1, with its
+  // input items and targets when given (n each; null: none, e.g. items already on a device).
+  void add_sequence(const int32_t* inputs, const int32_t* next, int n, int T);
 };
 
 // One model may be called from several threads (a web server's pool): the public calls
 // that use the arenas take a lock, so concurrent calls run one after another.
 class Model {
  public:
-  Model(const Config& cfg, const std::string& device);
+  // threads: the CPU threads of the model's ops (0 = all cores; see Backend::set_threads).
+  Model(const Config& cfg, const std::string& device, int threads = 0);
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
 
   const Config& config() const { return cfg_; }
-  Backend& backend() { return *be_; }
+  const std::string& device() const { return device_; }
+  int device_index() const { return be_->device_index(); }
+  int threads() const;
+  void set_threads(int n);
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   size_t n_params() const { return n_params_; }
   int64_t step() const { return step_; }
@@ -63,13 +88,15 @@ class Model {
   void set_params(const std::vector<float>& flat);
   std::vector<float> get_grads() const;
   const TensorInfo& tensor(const std::string& name) const;
+  // Item embedding rows 1..V (V, C) as a host copy.
+  std::vector<float> item_embeddings() const;
 
-  // ---- training
-  // One epoch over the sequences (flat internal ids 1..V, offsets of n_seq + 1 entries).
-  // Sequences shorter than 2 are skipped. Returns the mean loss per target position.
+  // ---- training (train.cpp)
+  // One epoch over the sequences (flat internal ids 1..V, offsets of n_seq + 1 entries;
+  // every sequence of 2 or more items).  Returns the mean loss per target position.
   double train_epoch(const int32_t* items, const int64_t* offsets, int64_t n_seq, int64_t epoch);
-  // Builds the packed batch of the given sequences (their most recent max_seq + 1 items),
-  // with negatives for training step `step`.
+  // The packed batch of the given sequences (their most recent max_seq + 1 items), with
+  // negatives for training step `step`.
   void build_batch(const int32_t* items, const int64_t* offsets, const int64_t* seqs, int n,
                    int64_t step, HostBatch& out) const;
   // Forward (+ backward when grad) on one packed batch; dropout masks of step `step` when
@@ -78,7 +105,7 @@ class Model {
   // AdamW over the whole arena with the gradients of the last forward_backward.
   void optimizer_step();
 
-  // ---- inference
+  // ---- inference (infer.cpp)
   // h(B,C): the final hidden state at each session's last position (last max_seq items).
   std::vector<float> session_states(const int32_t* items, const int64_t* offsets, int64_t B);
   // Top-k items per session, excluding excl[excl_off[b]..excl_off[b+1]).
@@ -89,41 +116,49 @@ class Model {
   // max_seq), exclusions B rows of Lx ids (excl null: none), outputs in backend memory.
   void recommend_resident(const int32_t* items, int64_t B, int L, const int32_t* excl, int Lx,
                           int K, int32_t* out_ids, float* out_scores);
-  // Item embedding rows 1..V (V, C) as a host copy.
-  std::vector<float> item_embeddings() const;
 
  private:
-  struct Layer;      // parameter pointers of one block
+  class Buffer;      // backend memory, released with its owner
   struct Acts;       // activation arena layout
+  struct Layer;      // the parameter (or gradient) pointers of one block
+  struct Shape {     // what an op launch needs of a packed batch
+    int R, B, n_max;
+  };
+  enum class Rows { All, Last };  // which rows the last layer's queries take (inference: Last)
+
   void build_layout();
+  Layer layer(float* base, int l) const;
   void ensure_acts(Acts& a, int R, int B, bool training);
   void upload_batch(const HostBatch& batch, Acts& a);
-  void forward(Acts& a, int R, int B, bool train, int64_t step);
-  void backward(Acts& a, int R, int B, bool train, int64_t step);
-  // Inference forward: all rows through layers 0..L-2, then only each sequence's last row
-  // (a.rows) through the last layer's query side; the final states land in a.hlast (B, C).
-  void forward_last(Acts& a, int R, int B);
+  // Forward of a packed batch in `a`: dropout of step `step` when train.  Rows::All leaves
+  // every row's final state in a.h; Rows::Last (inference) only each sequence's last row
+  // through the last layer's queries, its state in a.hlast (B, C).
+  void forward(Acts& a, const Shape& s, bool train, int64_t step, Rows rows);
+  void layer_forward(Acts& a, int l, const Shape& s, float p, int64_t step, Rows rows);
+  void backward(Acts& a, const Shape& s, bool train, int64_t step);
   void run_step(const HostBatch& batch, bool train, bool grad, int64_t step);
-  double forward_backward_locked(const HostBatch& batch, bool train, bool grad, int64_t step);
+  void loss(float* loss, float* dh, const float* h, const Acts& a, int R, float grad_scale);
+  size_t loss_workspace(int R) const;
+  // Inference: sessions b0..b1 packed (their last max_seq items) and forwarded; their
+  // final states in a.hlast.
   void final_states(const int32_t* items, const int64_t* offsets, int64_t b0, int64_t b1,
                     HostBatch& hb, Acts& a);
-  Layer layer(float* base, int l) const;
   int64_t forward_end(const int64_t* offsets, int64_t f0, int64_t b1) const;
-  void* grow(void*& buf, size_t& cap, size_t bytes);  // backend scratch, grown on demand
+  template <typename States, typename Exclusions, typename Outputs>
+  void score(int64_t B, int K, int64_t n_excl, States states, Exclusions exclusions,
+             Outputs outputs);
 
-  static constexpr int kLayerTensors = 14;
-  std::vector<size_t> layer_off_;
-  size_t off_E_ = 0, off_P_ = 0, off_lnf_g_ = 0, off_lnf_b_ = 0;
   Config cfg_;
-  std::unique_ptr<Backend> be_;
+  std::string device_;
+  std::unique_ptr<Backend> be_;  // declared first among the owners of backend memory
   std::vector<TensorInfo> tensors_;
+  std::vector<size_t> layer_off_;  // per layer, the offsets of its tensors (Layer's order)
+  size_t off_E_ = 0, off_P_ = 0, off_lnf_g_ = 0, off_lnf_b_ = 0;
   size_t n_params_ = 0, n_decay_ = 0;
-  float *params_ = nullptr, *grads_ = nullptr, *m_ = nullptr, *v_ = nullptr;
+  std::unique_ptr<Buffer> params_, grads_, m_, v_;  // the four arenas, one layout
   std::unique_ptr<Acts> train_acts_, infer_acts_;
-  void* score_buf_ = nullptr;
-  size_t score_cap_ = 0;
-  void* loss_buf_ = nullptr;  // per-row losses of an epoch, summed on the host when full
-  size_t loss_cap_ = 0;
+  std::unique_ptr<Buffer> score_buf_;  // inference scratch: states, exclusions, top-k
+  std::unique_ptr<Buffer> loss_buf_;   // per-row losses of an epoch, summed when full
   mutable std::mutex mu_;  // guards the arenas and parameters across public calls
   int64_t step_ = 0;       // optimizer steps taken (AdamW's t, and dropout streams)
 };

@@ -10,13 +10,13 @@
 
 namespace fsr::cpu {
 
-void adamw_step(float* params, const float* grads, float* m, float* v, size_t n, size_t n_decay,
+void adamw_step(const Context& ctx, float* params, const float* grads, float* m, float* v, size_t n, size_t n_decay,
                 float lr, float beta1, float beta2, float eps, float weight_decay, int64_t step) {
   const float bc1 = 1.f - (float)std::pow((double)beta1, (double)step);
   const float bc2 = 1.f - (float)std::pow((double)beta2, (double)step);
   const float step_size = lr / bc1;
   const float inv_sqrt_bc2 = 1.f / std::sqrt(bc2);
-  parallel_chunks((long)n, 1, [&](long lo, long hi, int) {
+  parallel_chunks(ctx.threads, (long)n, 1, [&](long lo, long hi, int) {
     for (long e = lo; e < hi; ++e) {
       const float g = grads[e];
       const float mm = beta1 * m[e] + (1.f - beta1) * g;

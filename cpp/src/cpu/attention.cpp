@@ -10,6 +10,8 @@
 // Dropout counter of (query row i, head h, key row j) is (i * H + h) * T + (j - start).
 // One task per (sequence, head): each task owns its output rows, so any schedule gives
 // the same result.  Only an n x n score tile per thread exists, never R x R.
+// n_max (the longest sequence, by which the GPU sizes its launch) and the backward's O
+// (from which the GPU takes delta) are not needed here.
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -34,14 +36,14 @@ float* tile(int which, size_t n) {
 }
 }  // namespace
 
-void attention_forward(float* O, float* lse, const float* Q, int ldq, const float* K,
+void attention_forward(const Context& ctx, float* O, float* lse, const float* Q, int ldq, const float* K,
                        const float* V, int ldkv, const int32_t* cu, int B, int H, int D, int T,
-                       float p, uint64_t key) {
+                       int n_max, float p, uint64_t key) {
   const float scale = 1.f / std::sqrt((float)D);
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
   const uint32_t thr = dropout_threshold(p);
   const int ldo = H * D;
-  parallel_for_dynamic(B * H, [&](int task) {
+  parallel_for_dynamic(ctx.threads, B * H, [&](int task) {
     const int s = task / H, h = task % H;
     const int st = cu[s], n = cu[s + 1] - cu[s];
     if (n <= 0) return;
@@ -49,7 +51,7 @@ void attention_forward(float* O, float* lse, const float* Q, int ldq, const floa
     const float* Qh = Q + (size_t)st * ldq + h * D;
     const float* Kh = K + (size_t)st * ldkv + h * D;
     const float* Vh = V + (size_t)st * ldkv + h * D;
-    gemm(false, true, n, n, D, scale, Qh, ldq, Kh, ldkv, 0.f, S, n);
+    gemm(ctx.threads, false, true, n, n, D, scale, Qh, ldq, Kh, ldkv, 0.f, S, n);
     for (int i = 0; i < n; ++i) {
       float* row = S + (size_t)i * n;
       const float m = row_max(row, i + 1);
@@ -63,18 +65,20 @@ void attention_forward(float* O, float* lse, const float* Q, int ldq, const floa
         for (int j = 0; j <= i; ++j) row[j] *= inv_l;
       for (int j = i + 1; j < n; ++j) row[j] = 0.f;
     }
-    gemm(false, false, n, D, n, 1.f, S, n, Vh, ldkv, 0.f, O + (size_t)st * ldo + h * D, ldo);
+    gemm(ctx.threads, false, false, n, D, n, 1.f, S, n, Vh, ldkv, 0.f, O + (size_t)st * ldo + h * D, ldo);
   });
 }
 
-void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const float* Q, int ldq,
+void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, const float* dO,
+                        const float* O, const float* Q, int ldq,
                         const float* K, const float* V, int ldkv, const float* lse,
-                        const int32_t* cu, int B, int H, int D, int T, float p, uint64_t key) {
+                        const int32_t* cu, int B, int H, int D, int T, int n_max, float p,
+                        uint64_t key) {
   const float scale = 1.f / std::sqrt((float)D);
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
   const uint32_t thr = dropout_threshold(p);
   const int ldo = H * D;
-  parallel_for_dynamic(B * H, [&](int task) {
+  parallel_for_dynamic(ctx.threads, B * H, [&](int task) {
     const int s = task / H, h = task % H;
     const int st = cu[s], n = cu[s + 1] - cu[s];
     if (n <= 0) return;
@@ -84,7 +88,7 @@ void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const 
     const float* Kh = K + (size_t)st * ldkv + h * D;
     const float* Vh = V + (size_t)st * ldkv + h * D;
     const float* dOh = dO + (size_t)st * ldo + h * D;
-    gemm(false, true, n, n, D, scale, Qh, ldq, Kh, ldkv, 0.f, P, n);
+    gemm(ctx.threads, false, true, n, n, D, scale, Qh, ldq, Kh, ldkv, 0.f, P, n);
     for (int i = 0; i < n; ++i) {
       float* row = P + (size_t)i * n;
       float* grow = G + (size_t)i * n;
@@ -98,9 +102,9 @@ void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const 
       for (int j = i + 1; j < n; ++j) row[j] = grow[j] = 0.f;
     }
     // dV_h = Pd^T dO_h
-    gemm(true, false, n, D, n, 1.f, G, n, dOh, ldo, 0.f, dV + (size_t)st * ldkv + h * D, ldkv);
+    gemm(ctx.threads, true, false, n, D, n, 1.f, G, n, dOh, ldo, 0.f, dV + (size_t)st * ldkv + h * D, ldkv);
     // G = dO_h V_h^T (gradient of the dropped probabilities)
-    gemm(false, true, n, n, D, 1.f, dOh, ldo, Vh, ldkv, 0.f, G, n);
+    gemm(ctx.threads, false, true, n, n, D, 1.f, dOh, ldo, Vh, ldkv, 0.f, G, n);
     for (int i = 0; i < n; ++i) {
       float* row = P + (size_t)i * n;
       float* grow = G + (size_t)i * n;
@@ -112,27 +116,27 @@ void attention_backward(float* dQ, float* dK, float* dV, const float* dO, const 
       for (int j = i + 1; j < n; ++j) row[j] = 0.f;
     }
     // dQ_h = scale * dS K_h;  dK_h = scale * dS^T Q_h
-    gemm(false, false, n, D, n, scale, P, n, Kh, ldkv, 0.f, dQ + (size_t)st * ldq + h * D, ldq);
-    gemm(true, false, n, D, n, scale, P, n, Qh, ldq, 0.f, dK + (size_t)st * ldkv + h * D, ldkv);
+    gemm(ctx.threads, false, false, n, D, n, scale, P, n, Kh, ldkv, 0.f, dQ + (size_t)st * ldq + h * D, ldq);
+    gemm(ctx.threads, true, false, n, D, n, scale, P, n, Qh, ldq, 0.f, dK + (size_t)st * ldkv + h * D, ldkv);
   });
 }
 
-void attention_last_forward(float* O, const float* Q, int ldq, const float* K, const float* V,
+void attention_last_forward(const Context& ctx, float* O, const float* Q, int ldq, const float* K, const float* V,
                             int ldkv, const int32_t* cu, int B, int H, int D) {
   const float scale = 1.f / std::sqrt((float)D);
   const int ldo = H * D;
-  parallel_for_dynamic(B * H, [&](int task) {
+  parallel_for_dynamic(ctx.threads, B * H, [&](int task) {
     const int s = task / H, h = task % H;
     const int st = cu[s], n = cu[s + 1] - cu[s];
     if (n <= 0) return;
     float* S = tile(0, (size_t)n);
     const float* Kh = K + (size_t)st * ldkv + h * D;
     const float* Vh = V + (size_t)st * ldkv + h * D;
-    gemm(false, true, 1, n, D, scale, Q + (size_t)s * ldq + h * D, ldq, Kh, ldkv, 0.f, S, n);
+    gemm(ctx.threads, false, true, 1, n, D, scale, Q + (size_t)s * ldq + h * D, ldq, Kh, ldkv, 0.f, S, n);
     const float m = row_max(S, n);
     const float inv_l = 1.f / exp_sum_inplace(S, n, m);
     for (int j = 0; j < n; ++j) S[j] *= inv_l;
-    gemm(false, false, 1, D, n, 1.f, S, n, Vh, ldkv, 0.f, O + (size_t)s * ldo + h * D, ldo);
+    gemm(ctx.threads, false, false, 1, D, n, 1.f, S, n, Vh, ldkv, 0.f, O + (size_t)s * ldo + h * D, ldo);
   });
 }
 

@@ -9,10 +9,10 @@
 
 namespace fsr::cpu {
 
-void dropout_forward(float* out, const float* in, size_t n, float p, uint64_t key) {
+void dropout_forward(const Context& ctx, float* out, const float* in, size_t n, float p, uint64_t key) {
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
   const uint32_t thr = dropout_threshold(p);
-  parallel_chunks((long)n, 1, [&](long lo, long hi, int) {
+  parallel_chunks(ctx.threads, (long)n, 1, [&](long lo, long hi, int) {
     if (p <= 0.f) {
       if (out != in)
         for (long e = lo; e < hi; ++e) out[e] = in[e];
@@ -22,12 +22,12 @@ void dropout_forward(float* out, const float* in, size_t n, float p, uint64_t ke
   });
 }
 
-void dropout_backward(float* din, const float* dout, const float* relu_out, size_t n, float p,
+void dropout_backward(const Context& ctx, float* din, const float* dout, const float* relu_out, size_t n, float p,
                       uint64_t key) {
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
   const uint32_t thr = dropout_threshold(p);
   // Branch-free loops (one per case) so that they vectorise.
-  parallel_chunks((long)n, 1, [&](long lo, long hi, int) {
+  parallel_chunks(ctx.threads, (long)n, 1, [&](long lo, long hi, int) {
     if (p > 0.f && relu_out) {
       for (long e = lo; e < hi; ++e) {
         const float k = keep_scale(key, (uint64_t)e, thr, inv_keep);

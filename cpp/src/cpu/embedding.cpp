@@ -12,11 +12,11 @@
 
 namespace fsr::cpu {
 
-void embedding_forward(float* x, const int32_t* items, const int32_t* pos, const float* E,
+void embedding_forward(const Context& ctx, float* x, const int32_t* items, const int32_t* pos, const float* E,
                        const float* P, int R, int C, float scale, float p, uint64_t key) {
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
   const uint32_t thr = dropout_threshold(p);
-  parallel_chunks(R, C, [&](long r0, long r1, int) {
+  parallel_chunks(ctx.threads, R, C, [&](long r0, long r1, int) {
     for (long r = r0; r < r1; ++r) {
       const float* e = E + (size_t)items[r] * C;
       const float* q = P + (size_t)pos[r] * C;
@@ -34,13 +34,13 @@ namespace {
 constexpr int kMaxBlock = 256;
 }
 
-void embedding_backward(float* dE, float* dP, const float* dx, const int32_t* items,
+void embedding_backward(const Context& ctx, float* dE, float* dP, const float* dx, const int32_t* items,
                         const int32_t* pos, int R, int C, float scale, float p, uint64_t key) {
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
   const uint32_t thr = dropout_threshold(p);
-  const int nt = (long)R * C < 4096 ? 1 : max_threads();
+  const int nt = (long)R * C < 4096 ? 1 : ctx.threads;
   const int nblocks = std::min(nt, C);
-  parallel_for(nblocks, [&](int t) {
+  parallel_for(ctx.threads, nblocks, [&](int t) {
     const int c0 = C * t / nblocks, c1 = C * (t + 1) / nblocks;
     for (int r = 0; r < R; ++r) {
       const float* g = dx + (size_t)r * C;

@@ -33,20 +33,24 @@ void gemm_serial(bool ta, bool tb, int M, int N, int K, float alpha, const float
                     M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-int num_threads() { return max_threads(); }
+int default_threads() {
+#ifdef _OPENMP
+  return std::max(1, omp_get_max_threads());
+#else
+  return 1;
+#endif
+}
 
-void set_num_threads(int n) { set_max_threads(n); }
-
-int gemm_blocks(int extent, double flops) {
-  const int nt = in_parallel() ? 1 : max_threads();
+int gemm_blocks(int nt, int extent, double flops) {
+  nt = usable_threads(nt);
   if (nt <= 1 || flops < 2.0e5) return 1;
   return std::max(1, std::min(nt, extent / 16));
 }
 
-void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
+void gemm(int nt, bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
           const float* B, int ldb, float beta, float* C, int ldc) {
   blas_single_threaded();
-  const int nt = in_parallel() ? 1 : max_threads();
+  nt = usable_threads(nt);
   const double flops = 2.0 * M * N * K;
   if (nt <= 1 || flops < 2.0e5) {
     gemm_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -58,7 +62,7 @@ void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, in
   int block = (extent + nt - 1) / nt;
   block = std::max(16, (block + 15) / 16 * 16);
   const int nblocks = (extent + block - 1) / block;
-  parallel_for(nblocks, [&](int t) {
+  parallel_for(nt, nblocks, [&](int t) {
     const int lo = t * block, hi = std::min(extent, lo + block);
     if (split_rows) {
       const float* Ab = ta ? A + lo : A + (size_t)lo * lda;

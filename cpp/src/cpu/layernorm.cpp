@@ -1,6 +1,6 @@
 // LayerNorm over the last dimension, and the residual add that precedes it.
 //   forward : mean(R), rstd(R) = 1/sqrt(var + eps) saved;  out(R,C) = (in - mean) * rstd * g + b
-//   residual_layernorm_forward: sum(R,C) = a + dropout_p(b) (element r*C+c draws counter
+//   layernorm_residual_forward: sum(R,C) = a + dropout_p(b) (element r*C+c draws counter
 //             r*C+c of key, as dropout_forward over the R*C block), then out = layernorm(sum)
 //             with sum saved.  Its backward is layernorm_backward's din plus whatever else
 //             reaches sum, passed to a unchanged and to b through dropout_backward.
@@ -33,20 +33,20 @@ inline void normalize_row(float* o, float* mean, float* rstd, const float* x, co
 }
 }  // namespace
 
-void layernorm_forward(float* out, float* mean, float* rstd, const float* in, const float* g,
+void layernorm_forward(const Context& ctx, float* out, float* mean, float* rstd, const float* in, const float* g,
                        const float* b, int R, int C, float eps) {
-  parallel_chunks(R, C, [&](long r0, long r1, int) {
+  parallel_chunks(ctx.threads, R, C, [&](long r0, long r1, int) {
     for (long r = r0; r < r1; ++r)
       normalize_row(out + (size_t)r * C, mean + r, rstd + r, in + (size_t)r * C, g, b, C, eps);
   });
 }
 
-void residual_layernorm_forward(float* sum, float* out, float* mean, float* rstd, const float* a,
+void layernorm_residual_forward(const Context& ctx, float* sum, float* out, float* mean, float* rstd, const float* a,
                                 const float* b, float p, uint64_t key, const float* g,
                                 const float* beta, int R, int C, float eps) {
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
   const uint32_t thr = dropout_threshold(p);
-  parallel_chunks(R, C, [&](long r0, long r1, int) {
+  parallel_chunks(ctx.threads, R, C, [&](long r0, long r1, int) {
     for (long r = r0; r < r1; ++r) {
       const size_t o = (size_t)r * C;
       float* s = sum + o;
@@ -60,12 +60,12 @@ void residual_layernorm_forward(float* sum, float* out, float* mean, float* rstd
   });
 }
 
-void layernorm_backward(float* din, float* dg, float* db, const float* dout, const float* in,
+void layernorm_backward(const Context& ctx, float* din, float* dg, float* db, const float* dout, const float* in,
                         const float* mean, const float* rstd, const float* g, int R, int C,
                         bool accumulate) {
-  const int nt = max_threads();
+  const int nt = ctx.threads;
   std::vector<float> part((size_t)nt * 2 * C, 0.f);
-  parallel_chunks(R, C, [&](long r0, long r1, int t) {
+  parallel_chunks(ctx.threads, R, C, [&](long r0, long r1, int t) {
     float* pg = part.data() + (size_t)t * 2 * C;
     float* pb = pg + C;
     for (long r = r0; r < r1; ++r) {

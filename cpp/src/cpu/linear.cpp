@@ -4,7 +4,7 @@
 //   backward: din(R,I) (= or +=, skipped when null) = dout W^T
 //             dW(I,O) += in^T dout;   db(O) += column sums of dout
 // The ReLU's own backward is applied by the caller (dropout_backward with relu_out).
-// Precision::BF16 rounds each product's two operands to bfloat16 (copies in per-thread
+// ctx.precision BF16 rounds each product's two operands to bfloat16 (copies in per-thread
 // scratch) and sums the products in fp32, as a GPU's bf16 matrix units do; the bias, the
 // ReLU and db stay fp32.
 #include <algorithm>
@@ -17,9 +17,9 @@
 
 namespace fsr::cpu {
 
-void round_bf16(float* dst, const float* src, size_t n) {
+void round_bf16(int nt, float* dst, const float* src, size_t n) {
   const int nb = (int)std::min<size_t>(64, (n + 65535) / 65536);
-  parallel_for(std::max(nb, 1), [&](int t) {
+  parallel_for(nt, std::max(nb, 1), [&](int t) {
     const size_t e0 = n * t / std::max(nb, 1), e1 = n * (t + 1) / std::max(nb, 1);
     for (size_t e = e0; e < e1; ++e) {
       uint32_t u;
@@ -36,10 +36,10 @@ void round_bf16(float* dst, const float* src, size_t n) {
 
 namespace {
 // The operand as the product will read it: itself, or its bf16 rounding in `scratch`.
-const float* operand(const float* x, size_t n, Precision prec, std::vector<float>& scratch) {
-  if (prec == Precision::FP32) return x;
+const float* operand(const Context& ctx, const float* x, size_t n, std::vector<float>& scratch) {
+  if (ctx.precision == Precision::FP32) return x;
   if (scratch.size() < n) scratch.resize(n);
-  round_bf16(scratch.data(), x, n);
+  round_bf16(ctx.threads, scratch.data(), x, n);
   return scratch.data();
 }
 }  // namespace
@@ -47,15 +47,15 @@ const float* operand(const float* x, size_t n, Precision prec, std::vector<float
 // One parallel region per product: each thread fills its block of rows with the bias,
 // accumulates its GEMM onto it (beta = 1) and applies the ReLU and the dropout while the
 // block is in cache.
-void linear_forward(float* out, const float* in_, const float* W_, const float* b, int R, int I,
-                    int O, bool relu, float p, uint64_t key, Precision prec) {
+void linear_forward(const Context& ctx, float* out, const float* in_, const float* W_, const float* b, int R, int I,
+                    int O, bool relu, float p, uint64_t key) {
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
   const uint32_t thr = dropout_threshold(p);
   thread_local std::vector<float> s_in, s_w;
-  const float* in = operand(in_, (size_t)R * I, prec, s_in);
-  const float* W = operand(W_, (size_t)I * O, prec, s_w);
-  const int nb = gemm_blocks(R, 2.0 * R * I * O);
-  parallel_for(nb, [&](int t) {
+  const float* in = operand(ctx, in_, (size_t)R * I, s_in);
+  const float* W = operand(ctx, W_, (size_t)I * O, s_w);
+  const int nb = gemm_blocks(ctx.threads, R, 2.0 * R * I * O);
+  parallel_for(ctx.threads, nb, [&](int t) {
     const int r0 = (int)((long)R * t / nb), r1 = (int)((long)R * (t + 1) / nb);
     float* o = out + (size_t)r0 * O;
     for (int r = r0; r < r1; ++r)
@@ -71,17 +71,17 @@ void linear_forward(float* out, const float* in_, const float* W_, const float* 
 
 // din in one region (rows split); dW and db in another (columns of dout split: each
 // thread owns whole columns of dW and db, summing over all rows in order).
-void linear_backward(float* din, float* dW, float* db, const float* dout_, const float* in_,
-                     const float* W_, int R, int I, int O, bool accumulate, Precision prec) {
+void linear_backward(const Context& ctx, float* din, float* dW, float* db, const float* dout_, const float* in_,
+                     const float* W_, int R, int I, int O, bool accumulate) {
   thread_local std::vector<float> s_dout, s_in, s_w;
-  const float* dout = operand(dout_, (size_t)R * O, prec, s_dout);
+  const float* dout = operand(ctx, dout_, (size_t)R * O, s_dout);
   if (din) {
-    const float* W = operand(W_, (size_t)I * O, prec, s_w);
-    gemm(false, true, R, I, O, 1.f, dout, O, W, O, accumulate ? 1.f : 0.f, din, I);
+    const float* W = operand(ctx, W_, (size_t)I * O, s_w);
+    gemm(ctx.threads, false, true, R, I, O, 1.f, dout, O, W, O, accumulate ? 1.f : 0.f, din, I);
   }
-  const float* in = operand(in_, (size_t)R * I, prec, s_in);
-  const int nb = gemm_blocks(O, 2.0 * R * I * O);
-  parallel_for(nb, [&](int t) {
+  const float* in = operand(ctx, in_, (size_t)R * I, s_in);
+  const int nb = gemm_blocks(ctx.threads, O, 2.0 * R * I * O);
+  parallel_for(ctx.threads, nb, [&](int t) {
     const int c0 = (int)((long)O * t / nb), c1 = (int)((long)O * (t + 1) / nb);
     gemm_serial(true, false, I, c1 - c0, R, 1.f, in, I, dout + c0, O, 1.f, dW + c0, O);
     for (int r = 0; r < R; ++r) {

@@ -5,9 +5,9 @@
 //             dh(R,C) = grad_scale * (a E[tgt] + b E[neg])
 //             dE[tgt] += grad_scale * a h;  dE[neg] += grad_scale * b h
 // The scatter into dE is split over column blocks (no races, schedule-independent sums).
+// workspace: loss_bce_workspace(R, C, V, N) = 2 R floats (the rows' two coefficients).
 #include <algorithm>
 #include <cmath>
-#include <vector>
 
 #include "cpu/fast_math.h"
 #include "cpu/ops.h"
@@ -20,13 +20,14 @@ inline float softplus(float x) { return std::max(x, 0.f) + std::log1p(std::exp(-
 inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
 }  // namespace
 
-void bce_loss(float* loss, float* dh, float* dE, const float* h, const float* E,
-              const int32_t* targets, const int32_t* negatives, int R, int C, float grad_scale) {
-  thread_local std::vector<float> coef;
-  if (coef.size() < 2 * (size_t)R) coef.resize(2 * (size_t)R);
-  float* a = coef.data();
+size_t loss_bce_workspace(const Context&, int R, int C, int V, int N) { return 2 * (size_t)R; }
+
+void loss_bce(const Context& ctx, float* loss, float* dh, float* dE, const float* h, const float* E,
+              const int32_t* targets, const int32_t* negatives, int R, int C, int V, int N,
+              float grad_scale, float* workspace) {
+  float* a = workspace;
   float* b = a + R;
-  parallel_chunks(R, 2 * C, [&](long r0, long r1, int) {
+  parallel_chunks(ctx.threads, R, 2 * C, [&](long r0, long r1, int) {
     for (long r = r0; r < r1; ++r) {
       const float* hr = h + (size_t)r * C;
       const float* ep = E + (size_t)targets[r] * C;
@@ -42,8 +43,8 @@ void bce_loss(float* loss, float* dh, float* dE, const float* h, const float* E,
     }
   });
   if (grad_scale == 0.f) return;
-  const int nt = (long)R * C < 16384 ? 1 : std::min(max_threads(), C);
-  parallel_for(nt, [&](int t) {
+  const int nt = (long)R * C < 16384 ? 1 : std::min(ctx.threads, C);
+  parallel_for(ctx.threads, nt, [&](int t) {
     const int c0 = C * t / nt, c1 = C * (t + 1) / nt;
     for (int r = 0; r < R; ++r) {
       const float* hr = h + (size_t)r * C;

@@ -29,13 +29,13 @@ inline int chunk_rows(int R, int N) {
 }
 }  // namespace
 
-size_t sampled_softmax_workspace(int R, int C, int N) {
+size_t loss_sampled_softmax_workspace(const Context&, int R, int C, int V, int N) {
   return 2 * (size_t)N * C + (size_t)chunk_rows(R, N) * N + (size_t)R;
 }
 
-void sampled_softmax_loss(float* loss, float* dh, float* dE, const float* h, const float* E,
-                          const int32_t* targets, const int32_t* negatives, int R, int C, int N,
-                          float grad_scale, float* workspace) {
+void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE, const float* h,
+                          const float* E, const int32_t* targets, const int32_t* negatives, int R,
+                          int C, int V, int N, float grad_scale, float* workspace) {
   const bool grad = grad_scale != 0.f;
   const int rc = chunk_rows(R, N);
   float* En = workspace;
@@ -48,8 +48,8 @@ void sampled_softmax_loss(float* loss, float* dh, float* dE, const float* h, con
 
   for (int r0 = 0; r0 < R; r0 += rc) {
     const int rn = std::min(rc, R - r0);
-    gemm(false, true, rn, N, C, 1.f, h + (size_t)r0 * C, C, En, C, 0.f, logits, N);
-    parallel_chunks(rn, N + C, [&](long a, long b, int) {
+    gemm(ctx.threads, false, true, rn, N, C, 1.f, h + (size_t)r0 * C, C, En, C, 0.f, logits, N);
+    parallel_chunks(ctx.threads, rn, N + C, [&](long a, long b, int) {
       for (long i = a; i < b; ++i) {
         const long r = r0 + i;
         const float* hr = h + (size_t)r * C;
@@ -72,12 +72,12 @@ void sampled_softmax_loss(float* loss, float* dh, float* dE, const float* h, con
     });
     if (!grad) continue;
     float* dhc = dh + (size_t)r0 * C;
-    gemm(false, false, rn, C, N, 1.f, logits, N, En, C, 0.f, dhc, C);
-    gemm(true, false, N, C, rn, 1.f, logits, N, h + (size_t)r0 * C, C, 1.f, dEn, C);
+    gemm(ctx.threads, false, false, rn, C, N, 1.f, logits, N, En, C, 0.f, dhc, C);
+    gemm(ctx.threads, true, false, N, C, rn, 1.f, logits, N, h + (size_t)r0 * C, C, 1.f, dEn, C);
   }
   if (!grad) return;
   // dh += ds_pos E[tgt]
-  parallel_chunks(R, C, [&](long a, long b, int) {
+  parallel_chunks(ctx.threads, R, C, [&](long a, long b, int) {
     for (long r = a; r < b; ++r) {
       const float* ep = E + (size_t)targets[r] * C;
       float* d = dh + (size_t)r * C;
@@ -85,8 +85,8 @@ void sampled_softmax_loss(float* loss, float* dh, float* dE, const float* h, con
     }
   });
   // Scatter into item rows, each thread owning a block of columns.
-  const int nt = (long)(R + N) * C < 16384 ? 1 : std::min(max_threads(), C);
-  parallel_for(nt, [&](int t) {
+  const int nt = (long)(R + N) * C < 16384 ? 1 : std::min(ctx.threads, C);
+  parallel_for(ctx.threads, nt, [&](int t) {
     const int c0 = C * t / nt, c1 = C * (t + 1) / nt;
     for (int j = 0; j < N; ++j) {
       float* d = dE + (size_t)negatives[j] * C;

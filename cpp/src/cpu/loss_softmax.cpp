@@ -3,7 +3,7 @@
 //   forward : loss(R) = logsumexp_i s(r, i) - s(r, tgt_r)
 //   backward (grad_scale != 0): ds = grad_scale * (softmax(s) - onehot(tgt))
 //             dh(R,C) = ds E[1:];   dE[1:] += ds^T h
-// Rows are processed in chunks; workspace: softmax_workspace(R, V) floats (one chunk).
+// Rows are processed in chunks; workspace: loss_softmax_workspace(R, C, V, N) floats (one chunk).
 #include <algorithm>
 #include <cmath>
 
@@ -24,18 +24,21 @@ inline int chunk_rows(int R, int V) {
 }
 }  // namespace
 
-size_t softmax_workspace(int R, int V) { return (size_t)chunk_rows(R, V) * V; }
+size_t loss_softmax_workspace(const Context&, int R, int C, int V, int N) {
+  return (size_t)chunk_rows(R, V) * V;
+}
 
-void softmax_loss(float* loss, float* dh, float* dE, const float* h, const float* E,
-                  const int32_t* targets, int R, int C, int V, float grad_scale, float* workspace) {
+void loss_softmax(const Context& ctx, float* loss, float* dh, float* dE, const float* h, const float* E,
+                  const int32_t* targets, const int32_t* negatives, int R, int C, int V, int N,
+                  float grad_scale, float* workspace) {
   const bool grad = grad_scale != 0.f;
   const int rc = chunk_rows(R, V);
   const float* E1 = E + C;  // item 1 onwards
   float* logits = workspace;
   for (int r0 = 0; r0 < R; r0 += rc) {
     const int rn = std::min(rc, R - r0);
-    gemm(false, true, rn, V, C, 1.f, h + (size_t)r0 * C, C, E1, C, 0.f, logits, V);
-    parallel_chunks(rn, V, [&](long a, long b, int) {
+    gemm(ctx.threads, false, true, rn, V, C, 1.f, h + (size_t)r0 * C, C, E1, C, 0.f, logits, V);
+    parallel_chunks(ctx.threads, rn, V, [&](long a, long b, int) {
       for (long i = a; i < b; ++i) {
         const long r = r0 + i;
         float* row = logits + (size_t)i * V;
@@ -53,8 +56,8 @@ void softmax_loss(float* loss, float* dh, float* dE, const float* h, const float
       }
     });
     if (!grad) continue;
-    gemm(false, false, rn, C, V, 1.f, logits, V, E1, C, 0.f, dh + (size_t)r0 * C, C);
-    gemm(true, false, V, C, rn, 1.f, logits, V, h + (size_t)r0 * C, C, 1.f, dE + C, C);
+    gemm(ctx.threads, false, false, rn, C, V, 1.f, logits, V, E1, C, 0.f, dh + (size_t)r0 * C, C);
+    gemm(ctx.threads, true, false, V, C, rn, 1.f, logits, V, h + (size_t)r0 * C, C, 1.f, dE + C, C);
   }
 }
 

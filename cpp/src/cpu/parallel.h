@@ -1,4 +1,7 @@
-// Thin OpenMP helpers; without OpenMP everything runs on one thread.
+// Thin OpenMP helpers; without OpenMP everything runs on one thread.  Every parallel region
+// takes its thread count from the caller (the model's, through cpu::Context): no op reads
+// or sets OpenMP's process-wide default, so two models with different counts can run at
+// once on different threads.
 #pragma once
 
 #ifdef _OPENMP
@@ -6,22 +9,6 @@
 #endif
 
 namespace fsr::cpu {
-
-inline int max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
-inline void set_max_threads(int n) {
-#ifdef _OPENMP
-  if (n > 0) omp_set_num_threads(n);
-#else
-  (void)n;
-#endif
-}
 
 inline bool in_parallel() {
 #ifdef _OPENMP
@@ -31,20 +18,16 @@ inline bool in_parallel() {
 #endif
 }
 
-inline int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
+// The threads a region of the caller may use: nt, or 1 inside a parallel region.
+inline int usable_threads(int nt) { return in_parallel() || nt < 1 ? 1 : nt; }
 
-// Runs f(i) for i in [0, n), statically split over the threads (deterministic ownership).
+// Runs f(i) for i in [0, n), statically split over nt threads (deterministic ownership).
 template <typename F>
-inline void parallel_for(int n, F&& f) {
+inline void parallel_for(int nt, int n, F&& f) {
 #ifdef _OPENMP
-  if (n > 1 && !omp_in_parallel()) {
-#pragma omp parallel for schedule(static)
+  nt = usable_threads(nt);
+  if (n > 1 && nt > 1) {
+#pragma omp parallel for schedule(static) num_threads(nt)
     for (int i = 0; i < n; ++i) f(i);
     return;
   }
@@ -55,10 +38,11 @@ inline void parallel_for(int n, F&& f) {
 // Like parallel_for but hands out items dynamically (for uneven work; each i still
 // writes only its own outputs, so results do not depend on the schedule).
 template <typename F>
-inline void parallel_for_dynamic(int n, F&& f) {
+inline void parallel_for_dynamic(int nt, int n, F&& f) {
 #ifdef _OPENMP
-  if (n > 1 && !omp_in_parallel()) {
-#pragma omp parallel for schedule(dynamic, 1)
+  nt = usable_threads(nt);
+  if (n > 1 && nt > 1) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
     for (int i = 0; i < n; ++i) f(i);
     return;
   }
@@ -69,8 +53,8 @@ inline void parallel_for_dynamic(int n, F&& f) {
 // Splits items [0, n) into contiguous chunks, one per thread: f(lo, hi, thread).
 // cost is the work per item (elements touched); small jobs stay on one thread.
 template <typename F>
-inline void parallel_chunks(long n, long cost, F&& f) {
-  int nt = in_parallel() ? 1 : max_threads();
+inline void parallel_chunks(int nt, long n, long cost, F&& f) {
+  nt = usable_threads(nt);
   if (n * cost < 16384 || n < 2) nt = 1;
   if (nt <= 1) {
     f(0L, n, 0);

@@ -28,12 +28,16 @@ inline bool better(const Cand& a, const Cand& b) { return a.s > b.s || (a.s == b
 inline bool heap_cmp(const Cand& a, const Cand& b) { return better(a, b); }
 }  // namespace
 
-void topk_forward(int32_t* ids, float* scores, const float* h, const float* E,
-                  const int32_t* excl, const int64_t* excl_off, int B, int C, int V, int K) {
+// The CPU keeps its tiles and heaps per thread (no workspace).
+size_t topk_workspace(const Context&, int B, int C, int V, int K) { return 0; }
+
+void topk(const Context& ctx, int32_t* ids, float* scores, const float* h, const float* E,
+          const int32_t* excl, const int64_t* excl_off, int B, int C, int V, int K,
+          float* workspace) {
   const float ninf = -std::numeric_limits<float>::infinity();
   const int nblocks = (B + kRowBlock - 1) / kRowBlock;
   const int tile_n = std::min(kTile, std::max(V, 1));
-  parallel_for_dynamic(nblocks, [&](int blk) {
+  parallel_for_dynamic(ctx.threads, nblocks, [&](int blk) {
     const int b0 = blk * kRowBlock, b1 = std::min(B, b0 + kRowBlock), nb = b1 - b0;
     thread_local std::vector<float> tile_buf;
     thread_local std::vector<Cand> heaps;
@@ -43,7 +47,7 @@ void topk_forward(int32_t* ids, float* scores, const float* h, const float* E,
     for (int i0 = 1; i0 <= V; i0 += tile_n) {
       const int in = std::min(tile_n, V - i0 + 1);
       float* S = tile_buf.data();
-      gemm(false, true, nb, in, C, 1.f, h + (size_t)b0 * C, C, E + (size_t)i0 * C, C, 0.f, S, in);
+      gemm(ctx.threads, false, true, nb, in, C, 1.f, h + (size_t)b0 * C, C, E + (size_t)i0 * C, C, 0.f, S, in);
       for (int b = 0; b < nb; ++b) {
         float* row = S + (size_t)b * in;
         for (int64_t e = excl_off[b0 + b]; e < excl_off[b0 + b + 1]; ++e) {

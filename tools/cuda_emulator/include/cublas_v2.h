@@ -61,11 +61,6 @@ inline cublasStatus_t gemm(cublasOperation_t ta, cublasOperation_t tb, int m, in
 }
 }  // namespace emu
 
-inline cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
-                                  int n, int k, const float* alpha, const float* A, int lda,
-                                  const float* B, int ldb, const float* beta, float* C, int ldc) {
-  return emu::gemm(ta, tb, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc, false);
-}
 inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
                                    int n, int k, const void* alpha, const void* A, cudaDataType at,
                                    int lda, const void* B, cudaDataType bt, int ldb, const void* beta,

@@ -6,7 +6,7 @@
 
 namespace fsr::cpu {
 
-void gather_rows(float* out, const float* in, const int32_t* rows, int n, int C) {
+void gather_rows(const Context& ctx, float* out, const float* in, const int32_t* rows, int n, int C) {
   for (int i = 0; i < n; ++i)
     std::memcpy(out + (size_t)i * C, in + (size_t)rows[i] * C, (size_t)C * sizeof(float));
 }

@@ -1,0 +1,131 @@
+// Training: packed batches with their negatives (the sampler), a step (forward, loss,
+// backward), AdamW, and the epoch loop.
+#include <algorithm>
+#include <cmath>
+
+#include "fastsasrec/common.h"
+#include "fastsasrec/model.h"
+#include "fastsasrec/rng.h"
+#include "model_parts.h"
+
+namespace fsr {
+
+// Sequence s's most recent max_seq + 1 items: max_seq inputs, each with the next as target.
+void Model::build_batch(const int32_t* items, const int64_t* offsets, const int64_t* seqs, int n,
+                        int64_t step, HostBatch& out) const {
+  const int T = cfg_.max_seq, V = cfg_.n_items;
+  out.clear();
+  for (int k = 0; k < n; ++k) {
+    const int64_t s = seqs[k];
+    const int64_t w = std::min<int64_t>(offsets[s + 1] - offsets[s], T + 1);
+    FSR_REQUIRE(w >= 2, "sequence ", s, " has ", w, " items; a training sequence needs 2 or more");
+    const int32_t* window = items + offsets[s + 1] - w;
+    out.add_sequence(window, window + 1, (int)w - 1, T);
+  }
+  const uint64_t key = rng_key(cfg_.seed ^ kSamplerSalt, (uint64_t)step);
+  if (cfg_.loss == LossKind::BCE) {
+    // One negative per row, redrawn (up to 64 times) while it is in the sequence's window.
+    const int R = out.R();
+    out.negatives.resize(R);
+    for (int b = 0; b < out.B(); ++b) {
+      const int32_t* window = out.items.data() + out.cu[b];
+      const int32_t* window_end = out.items.data() + out.cu[b + 1];
+      const int32_t target_last = out.targets[out.cu[b + 1] - 1];
+      for (int r = out.cu[b]; r < out.cu[b + 1]; ++r) {
+        int32_t cand = 1;
+        for (int attempt = 0; attempt < 64; ++attempt) {
+          cand = rng_int(key, (uint64_t)r * 64 + attempt, 1, V);
+          const bool seen = std::find(window, window_end, cand) != window_end || cand == target_last;
+          if (!seen) break;
+        }
+        out.negatives[r] = cand;
+      }
+    }
+  } else if (cfg_.loss == LossKind::SampledSoftmax) {
+    out.negatives.resize(cfg_.n_negatives);
+    for (int j = 0; j < cfg_.n_negatives; ++j) out.negatives[j] = rng_int(key, j, 1, V);
+  }
+}
+
+// Upload, forward, loss (+ backward): the per-row losses are left in a.loss.
+void Model::run_step(const HostBatch& batch, bool train, bool grad, int64_t step) {
+  const Shape s{batch.R(), batch.B(), batch.n_max};
+  FSR_ASSERT(s.R > 0 && s.B > 0);
+  Acts& a = *train_acts_;
+  ensure_acts(a, s.R, s.B, true);
+  upload_batch(batch, a);
+  forward(a, s, train, step, Rows::All);
+  if (grad) be_->zero(grads_->get(), n_params_ * sizeof(float));
+  loss(a.loss, a.dh, a.h, a, s.R, grad ? 1.f / s.R : 0.f);
+  if (grad) backward(a, s, train, step);
+}
+
+double Model::forward_backward(const HostBatch& batch, bool train, bool grad, int64_t step) {
+  std::lock_guard<std::mutex> lock(mu_);
+  run_step(batch, train, grad, step);
+  const int R = batch.R();
+  std::vector<float> losses(R);
+  be_->download(losses.data(), train_acts_->loss, R * sizeof(float));
+  double sum = 0.0;
+  for (float v : losses) sum += v;
+  return sum / R;
+}
+
+void Model::optimizer_step() {
+  ++step_;
+  be_->adamw_step(params_->f(), grads_->f(), m_->f(), v_->f(), n_params_, n_decay_,
+                  cfg_.learning_rate, cfg_.beta1, cfg_.beta2, cfg_.adam_eps, cfg_.weight_decay,
+                  step_);
+}
+
+double Model::train_epoch(const int32_t* items, const int64_t* offsets, int64_t n_seq,
+                          int64_t epoch) {
+  std::lock_guard<std::mutex> lock(mu_);
+  FSR_REQUIRE(n_seq >= 1, "sequences: nothing to train on (", n_seq, " sequences)");
+  std::vector<int64_t> order(n_seq);
+  for (int64_t s = 0; s < n_seq; ++s) {
+    FSR_REQUIRE(offsets[s + 1] - offsets[s] >= 2, "sequences: sequence ", s, " has ",
+                offsets[s + 1] - offsets[s],
+                " items; every training sequence needs 2 or more (fit drops shorter ones)");
+    order[s] = s;
+  }
+  // Fisher-Yates with the counter RNG of this epoch.
+  const uint64_t key = rng_key(cfg_.seed ^ (kSamplerSalt + 1), (uint64_t)epoch);
+  for (int64_t i = (int64_t)order.size() - 1; i > 0; --i) {
+    const int64_t j = (int64_t)((uint64_t)rng_u32(key, i) * (uint64_t)(i + 1) >> 32);
+    std::swap(order[i], order[j]);
+  }
+  // The per-row losses stay on the backend, copied batch after batch into a buffer that
+  // the host sums when it fills and at the end: no batch waits for the device, so the host
+  // builds and uploads the next batch while the device computes this one.
+  // The buffer is kept between epochs (an allocation and its release would each wait for
+  // the device).
+  const size_t cap = std::max<size_t>(size_t(1) << 22, (size_t)cfg_.batch_size * (cfg_.max_seq + 1));
+  float* losses = static_cast<float*>(loss_buf_->grow(cap * sizeof(float)));
+  size_t used = 0;
+  double loss_sum = 0.0;
+  int64_t rows = 0;
+  std::vector<float> host;
+  auto flush = [&] {
+    host.resize(used);
+    be_->download(host.data(), losses, used * sizeof(float));
+    for (float v : host) loss_sum += v;
+    used = 0;
+  };
+  HostBatch batch;
+  for (size_t b0 = 0; b0 < order.size(); b0 += cfg_.batch_size) {
+    const int n = (int)std::min<size_t>(cfg_.batch_size, order.size() - b0);
+    build_batch(items, offsets, order.data() + b0, n, step_ + 1, batch);
+    const int R = batch.R();
+    if (used + R > cap) flush();
+    run_step(batch, true, true, step_ + 1);
+    be_->copy(losses + used, train_acts_->loss, R * sizeof(float));
+    used += R;
+    optimizer_step();
+    rows += R;
+  }
+  flush();
+  return loss_sum / std::max<int64_t>(rows, 1);
+}
+
+}  // namespace fsr

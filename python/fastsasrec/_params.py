@@ -1,0 +1,125 @@
+"""SASRec's hyper-parameters: their types and defaults, and the one place they are checked.
+
+Python checks types and converts (integers, finite numbers, choice strings, the seed);
+the ranges are the engine's: ``_core.check_config`` raises ValueError with C++'s messages,
+which name the parameter and the value.  Only the parameters the engine never sees
+(``iterations``, ``verbose``) have their ranges here.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from fastsasrec import _core
+from fastsasrec._device import resolve_device
+
+LOSSES = ("auto", "sampled_softmax", "softmax", "bce")
+PRECISIONS = ("fp32", "bf16")
+# loss="auto" uses the full softmax up to this many items (where it costs at most about
+# twice the sampled softmax on a CPU and is the most accurate loss), sampled_softmax above.
+AUTO_SOFTMAX_MAX_ITEMS = 2048
+
+# name -> (kind, default), in the constructor's order.  kind: "int", "float", "choice",
+# "device" or "seed".
+PARAMS: Dict[str, tuple] = {
+    "factors": ("int", 64),
+    "n_layers": ("int", 2),
+    "n_heads": ("int", 1),
+    "max_seq": ("int", 50),
+    "dropout": ("float", 0.3),
+    "loss": ("choice", "auto"),
+    "n_negatives": ("int", 256),
+    "learning_rate": ("float", 1e-3),
+    "weight_decay": ("float", 0.0),
+    "batch_size": ("int", 128),
+    "iterations": ("int", 50),
+    "device": ("device", "auto"),
+    "random_state": ("seed", 42),
+    "verbose": ("int", 0),
+    "num_threads": ("int", 0),
+    "precision": ("choice", "fp32"),
+}
+DEFAULTS: Dict[str, Any] = {name: default for name, (_, default) in PARAMS.items()}
+_CHOICES = {"loss": LOSSES, "precision": PRECISIONS}
+_PYTHON_ONLY_MIN = {"iterations": 0, "verbose": 0}  # the engine never sees these
+
+
+def convert(name: str, value: Any) -> Any:
+    """The value as the type the parameter takes, or ValueError naming both."""
+    kind = PARAMS[name][0]
+    if kind == "choice":
+        if not isinstance(value, str) or value not in _CHOICES[name]:
+            raise ValueError(f"{name} must be one of {_CHOICES[name]}, got {value!r}")
+        return value
+    if kind == "device":
+        resolve_device(value)  # raises with the reason
+        return value
+    if kind == "seed":
+        if value is None:
+            return None
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+                or not 0 <= value < 2**63:
+            raise ValueError(f"random_state must be an integer in [0, 2**63) or None, got {value!r}")
+        return int(value)
+    if kind == "int":
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        value = int(value)
+        if name in _PYTHON_ONLY_MIN:
+            if value < _PYTHON_ONLY_MIN[name]:
+                raise ValueError(f"{name} must be >= {_PYTHON_ONLY_MIN[name]}, got {value!r}")
+        elif not -2**31 <= value < 2**31:  # the engine's int: a type, not a range
+            raise ValueError(f"{name} must be a 32-bit integer, got {value!r}")
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def resolve_loss(loss: str, n_items: int) -> str:
+    """The loss a fit on n_items items uses: ``loss`` itself unless it is "auto"."""
+    if loss != "auto":
+        return loss
+    return "softmax" if n_items <= AUTO_SOFTMAX_MAX_ITEMS else "sampled_softmax"
+
+
+def engine_config(params: Dict[str, Any], n_items: int, seed: int) -> Dict[str, Any]:
+    """The engine's configuration for a fit of ``params`` on n_items items."""
+    return dict(
+        n_items=n_items, factors=params["factors"], n_heads=params["n_heads"],
+        n_layers=params["n_layers"], max_seq=params["max_seq"], dropout=params["dropout"],
+        loss=resolve_loss(params["loss"], n_items), n_negatives=params["n_negatives"],
+        learning_rate=params["learning_rate"], weight_decay=params["weight_decay"],
+        batch_size=params["batch_size"], seed=seed, precision=params["precision"],
+    )
+
+
+def checked(params: Dict[str, Any], given: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """``params`` updated with ``given`` (each converted), after the engine has checked the
+    ranges of the whole set; raises ValueError for an unknown name or a bad value."""
+    out = dict(params)
+    for name, value in (given if given is not None else params).items():
+        if name not in PARAMS:
+            raise ValueError(f"unknown parameter {name!r}; valid: {sorted(PARAMS)}")
+        out[name] = convert(name, value)
+    # Without a catalogue, "auto" is checked as the loss with no catalogue checks.
+    cfg = {k: v for k, v in out.items() if k in ("factors", "n_heads", "n_layers", "max_seq",
+                                                 "dropout", "n_negatives", "learning_rate",
+                                                 "weight_decay", "batch_size", "precision",
+                                                 "num_threads")}
+    cfg["loss"] = "softmax" if out["loss"] == "auto" else out["loss"]
+    if out["random_state"] is not None:
+        cfg["seed"] = out["random_state"]
+    _core.check_config(cfg)
+    return out
+
+
+def positive_int(value: Any, name: str) -> int:
+    """value as an int >= 1, or ValueError naming it (n, k, n_negatives, patience)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)

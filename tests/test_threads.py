@@ -1,0 +1,107 @@
+"""Thread counts belong to a model: two models with different counts, trained and called
+from several Python threads at once, give exactly the answers they give one call at a time,
+and nothing process-wide (OpenMP's default) is read or changed."""
+import threading
+
+import numpy as np
+import pytest
+
+import fastsasrec
+from conftest import chain_sessions
+
+CORE = fastsasrec._core
+CFG = dict(factors=32, n_heads=2, n_layers=2, max_seq=12, dropout=0.2, loss="sampled_softmax",
+           n_negatives=8, batch_size=64, seed=7)
+
+
+def _data():
+    seqs = chain_sessions(n_sessions=400, n_items=30, min_len=3, max_len=14, seed=3, offset=1)
+    items = np.concatenate(seqs).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64)
+    return items, offsets
+
+
+def _work(model, items, offsets, epochs=2):
+    """Training, then states and top-k of every sequence: everything the model computes."""
+    losses = [model.train_epoch(items, offsets, e) for e in range(epochs)]
+    states = model.session_states(items, offsets)
+    no = np.zeros(offsets.size, np.int64)
+    ids, scores = model.recommend(items, offsets, 5, np.zeros(0, np.int32), no)
+    return losses, model.get_params(), states, ids, scores
+
+
+def _same(a, b, what):
+    la, pa, sa, ia, ca = a
+    lb, pb, sb, ib, cb = b
+    assert la == lb, f"{what}: losses {la} != {lb}"
+    for x, y, name in ((pa, pb, "weights"), (sa, sb, "states"), (ia, ib, "ids"), (ca, cb, "scores")):
+        np.testing.assert_array_equal(x, y, err_msg=f"{what}: {name}")
+
+
+def test_threads_are_the_models():
+    default = CORE.build_info()["omp_max_threads"]
+    m = CORE.Model(dict(CFG, n_items=31), "cpu", threads=3)
+    assert m.threads == 3
+    m.set_threads(1)
+    assert m.threads == 1
+    m.set_threads(0)  # 0: all cores, OpenMP's default
+    assert m.threads == default
+    with pytest.raises(ValueError, match="num_threads must be >= 0, got -1"):
+        m.set_threads(-1)
+    with pytest.raises(ValueError, match="num_threads must be >= 0, got -2"):
+        CORE.Model(dict(CFG, n_items=31), "cpu", threads=-2)
+    assert CORE.build_info()["omp_max_threads"] == default, "the process default must not move"
+
+
+def test_models_with_different_thread_counts_run_at_once_with_sequential_answers():
+    items, offsets = _data()
+    cfg = dict(CFG, n_items=int(items.max()))
+    counts = (1, 2, 3)
+    sequential = {n: _work(CORE.Model(cfg, "cpu", threads=n), items, offsets) for n in counts}
+    # The counts matter here (the layernorms' parameter gradients are summed per thread), so
+    # a call run with another model's count would show.
+    assert not np.array_equal(sequential[1][1], sequential[3][1])
+
+    # Training: one Python thread per model, all at once.
+    models = {n: CORE.Model(cfg, "cpu", threads=n) for n in counts}
+    results, errors = {}, []
+
+    def train(n):
+        try:
+            results[n] = _work(models[n], items, offsets)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=train, args=(n,)) for n in counts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    for n in counts:
+        _same(results[n], sequential[n], f"model with {n} threads trained beside the others")
+
+    # Inference: eight Python threads, each calling every model several times.
+    no = np.zeros(offsets.size, np.int64)
+    got, errors = [], []
+
+    def serve(k):
+        try:
+            for r in range(4):
+                n = counts[(k + r) % len(counts)]
+                ids, scores = models[n].recommend(items, offsets, 5, np.zeros(0, np.int32), no)
+                got.append((n, ids, scores, models[n].session_states(items, offsets)))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=serve, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert len(got) == 32
+    for n, ids, scores, states in got:
+        np.testing.assert_array_equal(ids, sequential[n][3], err_msg=f"{n} threads: ids")
+        np.testing.assert_array_equal(scores, sequential[n][4], err_msg=f"{n} threads: scores")
+        np.testing.assert_array_equal(states, sequential[n][2], err_msg=f"{n} threads: states")
