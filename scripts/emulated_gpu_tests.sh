@@ -6,7 +6,9 @@
 # ops and the float64 reference, with the tolerances of the real runs) and that no thread
 # reads shared memory before it is written (in one of the two thread orders); it says
 # nothing about speed or races between blocks, and a GPU run (scripts/gpu_check.sh) stays
-# the real check.
+# the real check.  The pytest runs see FASTSASREC_EMULATED_GPU=1: the behavioural suites
+# (test_estimator, test_use_cases) then run on "cuda" only their few small tests marked
+# emulated_gpu (fit, recommend, recommend_batch, evaluate, save/load; see tests/conftest.py).
 #   scripts/emulated_gpu_tests.sh [extra pytest arguments]
 # Needs fastsasrec installed from a build with the CUDA backend compiled in (nvcc present at
 # build time), g++ and python3.  FSR_EMU_REVERSE=1 runs each block's threads in reverse
@@ -44,8 +46,10 @@ if not fastsasrec.cuda_available():
              "nvcc is present (the emulator replaces the kernels' library, not the build)")
 PY
 cd "$ROOT"
+export FASTSASREC_EMULATED_GPU=1
 # test_ops: every op on both devices; test_devices: the model on both devices, less the
-# three ML-100K epochs (hours when every GPU thread is a fiber).
+# three ML-100K epochs (hours when every GPU thread is a fiber); then the estimator's and
+# the use cases' emulated_gpu subset on "cuda".
 # The op tests run twice, each block's threads in order (under AddressSanitizer where it
 # was built; the Python interpreter is not instrumented, so the sanitizer and the C++
 # runtime it intercepts are preloaded) and then in reverse.
@@ -60,3 +64,4 @@ FSR_EMU_REVERSE=1 "$PY" -m pytest -q tests/test_ops.py -k cuda "$@"
 # Attention on a card with 99 KB of shared memory a block (32-row tiles for D > 64).
 FSR_EMU_SMEM_OPTIN=101376 "$PY" -m pytest -q tests/test_ops.py -k "cuda and attention" "$@"
 "$PY" -m pytest -q tests/test_devices.py -k "not three_epochs_on_movielens" "$@"
+"$PY" -m pytest -q tests/test_estimator.py tests/test_use_cases.py -k cuda "$@"

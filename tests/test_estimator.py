@@ -1,22 +1,25 @@
-"""Behaviour of the SASRec estimator: learning, determinism, files, the API contract."""
+"""Behaviour of the SASRec estimator: learning, determinism, files, the API contract.
+Every test that trains or serves a model runs once per device (the conftest's device
+fixture); the determinism tests are CPU properties, and the parameter checks touch no
+device."""
 import numpy as np
 import pytest
 
 from fastsasrec import SASRec
-from conftest import chain_sessions
+from conftest import chain_sessions, epochs
 
 SMALL = dict(factors=24, n_layers=2, n_heads=2, max_seq=12, dropout=0.1, n_negatives=16,
              batch_size=64, num_threads=1)
 
 
 @pytest.fixture(scope="module")
-def trained(chain_data):
-    return SASRec(iterations=60, random_state=3, **SMALL).fit(chain_data)
+def trained(chain_data, device):
+    return SASRec(iterations=epochs(device, 60), random_state=3, device=device, **SMALL).fit(chain_data)
 
 
 @pytest.mark.parametrize("loss", ["sampled_softmax", "bce", "softmax"])
-def test_loss_falls_and_next_item_is_found(chain_data, loss):
-    model = SASRec(loss=loss, iterations=60, random_state=1, **SMALL).fit(chain_data)
+def test_loss_falls_and_next_item_is_found(chain_data, loss, device):
+    model = SASRec(loss=loss, iterations=60, random_state=1, device=device, **SMALL).fit(chain_data)
     hist = model.loss_history_
     assert len(hist) == 60
     assert hist[-1] < 0.5 * hist[0], f"{loss}: loss went {hist[0]:.3f} -> {hist[-1]:.3f}"
@@ -30,6 +33,7 @@ def test_loss_falls_and_next_item_is_found(chain_data, loss):
     assert hits >= 9, f"{loss}: the true next item was top-1 for only {hits}/10 sessions"
 
 
+@pytest.mark.emulated_gpu
 def test_recommend_contract(trained):
     ids, scores = trained.recommend([110, 111, 112], n=5)
     assert ids.shape == (5,) and scores.shape == (5,)
@@ -62,6 +66,7 @@ def test_unknown_items_and_cold_sessions(trained):
     assert trained.recommend([], n=2)[0].shape == (2,)
 
 
+@pytest.mark.emulated_gpu
 def test_recommend_batch_matches_single(trained):
     sessions = [[110, 111], [130, 131, 132, 133], [99999], [120]]
     ids, scores = trained.recommend_batch(sessions, n=4)
@@ -72,9 +77,11 @@ def test_recommend_batch_matches_single(trained):
         np.testing.assert_allclose(scores[b], s1, rtol=1e-5, atol=1e-6)
 
 
-def test_recommend_batch_pads_when_exclusions_leave_too_few():
+@pytest.mark.emulated_gpu
+def test_recommend_batch_pads_when_exclusions_leave_too_few(device):
     seqs = [[1, 2, 3], [2, 3, 1], [3, 1, 2]]
-    m = SASRec(factors=8, n_layers=1, max_seq=4, n_negatives=1, iterations=2, num_threads=1).fit(seqs)
+    m = SASRec(factors=8, n_layers=1, max_seq=4, n_negatives=1, iterations=2, num_threads=1,
+               device=device).fit(seqs)
     ids, scores = m.recommend_batch([[1, 2]], n=3)
     assert ids[0, 0] == 3 and ids[0, 1] == -1 and ids[0, 2] == -1
     assert np.isneginf(scores[0, 1:]).all()
@@ -115,9 +122,9 @@ def test_item_ids_and_embeddings_align(trained, chain_data):
     assert E.shape == (ids.size, SMALL["factors"]) and E.dtype == np.float32
 
 
-def test_string_ids():
+def test_string_ids(device):
     seqs = [[f"p{x}" for x in s] for s in chain_sessions(n_sessions=200, n_items=30, seed=5)]
-    m = SASRec(iterations=40, **SMALL).fit(seqs)
+    m = SASRec(iterations=40, device=device, **SMALL).fit(seqs)
     assert m.item_ids.dtype.kind == "U"
     ids, _ = m.recommend(["p103", "p104", "p105"], n=1)
     assert ids[0] == "p106"
@@ -142,6 +149,7 @@ def test_determinism_two_threads(chain_data):
     np.testing.assert_array_equal(a.item_embeddings, b.item_embeddings)
 
 
+@pytest.mark.emulated_gpu
 def test_save_load_round_trip(trained, tmp_path):
     path = tmp_path / "model.fsr"
     trained.save(path)
@@ -168,10 +176,10 @@ def test_sklearn_style_params():
         m.set_params(colour="red")
 
 
-def test_pandas_series_input(chain_data):
+def test_pandas_series_input(chain_data, device):
     pd = pytest.importorskip("pandas")
     s = pd.Series(chain_data[:100])
-    m = SASRec(iterations=1, **SMALL).fit(s)
+    m = SASRec(iterations=1, device=device, **SMALL).fit(s)
     assert m.n_items > 0
 
 
@@ -188,11 +196,11 @@ def test_concurrent_recommend_calls_agree(trained):
     assert got == want * 3
 
 
-def test_bf16_precision_learns_and_survives_save_load(chain_data, tmp_path):
+def test_bf16_precision_learns_and_survives_save_load(chain_data, tmp_path, device):
     """precision="bf16" (the linear layers' products on bfloat16 operands) learns the chain
     as fp32 does, differs from fp32 only by that rounding, and is kept by save/load."""
-    fp32 = SASRec(iterations=60, random_state=1, **SMALL).fit(chain_data)
-    bf16 = SASRec(iterations=60, random_state=1, precision="bf16", **SMALL).fit(chain_data)
+    fp32 = SASRec(iterations=60, random_state=1, device=device, **SMALL).fit(chain_data)
+    bf16 = SASRec(iterations=60, random_state=1, precision="bf16", device=device, **SMALL).fit(chain_data)
     assert bf16.loss_history_ != fp32.loss_history_  # the rounding is really applied
     assert abs(bf16.loss_history_[0] - fp32.loss_history_[0]) < 1e-2 * fp32.loss_history_[0]
     hits = sum(int(bf16.recommend([100 + (s + k) % 40 for k in range(4)], n=1)[0][0]

@@ -1,18 +1,20 @@
 """The store use cases: event logs in, the notebook's compatibility layer, similar items,
 session quality, evaluation protocols, and the training experience (validation, early
-stopping, callbacks, interruption, progress)."""
+stopping, callbacks, interruption, progress).  Every test that trains or serves a model
+runs once per device (the conftest's device fixture), except the exact comparisons of
+TestFromTransactions (a CPU property: deterministic) and the argument checks."""
 import numpy as np
 import pytest
 
 from fastsasrec import SASRec
-from conftest import chain_sessions
+from conftest import chain_sessions, epochs
 
 KW = dict(factors=24, n_layers=2, n_heads=2, max_seq=12, dropout=0.1, batch_size=64, num_threads=1)
 
 
 @pytest.fixture(scope="module")
-def model(chain_data):
-    return SASRec(iterations=40, random_state=3, **KW).fit(chain_data)
+def model(chain_data, device):
+    return SASRec(iterations=epochs(device, 40), random_state=3, device=device, **KW).fit(chain_data)
 
 
 def events_frame(sessions, shuffle_seed=0):
@@ -113,6 +115,7 @@ def test_session_quality(model):
 
 
 class TestEvaluate:
+    @pytest.mark.emulated_gpu
     def test_loo_matches_metrics_by_hand(self, model):
         test = chain_sessions(n_sessions=60, seed=11)
         res = model.evaluate(test, k=10)
@@ -137,9 +140,9 @@ class TestEvaluate:
 
 
 class TestTrainingExperience:
-    def test_early_stopping_restores_best(self, chain_data):
+    def test_early_stopping_restores_best(self, chain_data, device):
         train, val = chain_data[:200], chain_data[200:]
-        m = SASRec(iterations=12, learning_rate=3e-2, random_state=2, **KW)
+        m = SASRec(iterations=12, learning_rate=3e-2, random_state=2, device=device, **KW)
         m.fit(train, validation=val, early_stopping_patience=2)
         scores = [h["val_NDCG@10"] for h in m.history_]
         assert m.best_epoch_ == 1 + int(np.argmax(scores))
@@ -147,23 +150,23 @@ class TestTrainingExperience:
         if len(scores) < 12:
             assert len(scores) - m.best_epoch_ == 2
 
-    def test_callbacks_can_stop(self, chain_data):
+    def test_callbacks_can_stop(self, chain_data, device):
         seen = []
 
         def cb(model, epoch, logs):
             seen.append((epoch, round(logs["loss"], 6)))
             return epoch == 3
 
-        m = SASRec(iterations=10, **KW).fit(chain_data, callbacks=[cb])
+        m = SASRec(iterations=10, device=device, **KW).fit(chain_data, callbacks=[cb])
         assert [e for e, _ in seen] == [1, 2, 3] and len(m.loss_history_) == 3
 
-    def test_keyboard_interrupt_keeps_a_usable_model(self, chain_data):
+    def test_keyboard_interrupt_keeps_a_usable_model(self, chain_data, device):
         def cb(model, epoch, logs):
             if epoch == 2:
                 raise KeyboardInterrupt
 
         with pytest.warns(UserWarning, match="interrupted: the model keeps the weights of epoch 2"):
-            m = SASRec(iterations=10, **KW).fit(chain_data, callbacks=[cb])
+            m = SASRec(iterations=10, device=device, **KW).fit(chain_data, callbacks=[cb])
         assert len(m.loss_history_) == 2
         assert m.recommend([110, 111], n=3)[0].shape == (3,)
 
@@ -175,7 +178,7 @@ class TestTrainingExperience:
         with pytest.raises(ValueError, match="callbacks must be"):
             SASRec(**KW).fit(chain_data, callbacks=[3])
 
-    def test_progress_bar_when_verbose(self, chain_data, capsys):
-        SASRec(iterations=2, verbose=1, **KW).fit(chain_data)
+    def test_progress_bar_when_verbose(self, chain_data, capsys, device):
+        SASRec(iterations=2, verbose=1, device=device, **KW).fit(chain_data)
         err = capsys.readouterr().err
         assert "SASRec" in err and "tok/s" in err and "2/2" in err
