@@ -53,6 +53,18 @@ class Sequences:
             object.__setattr__(self, name, a)
 
     @classmethod
+    def _of(cls, items: np.ndarray, offsets: np.ndarray) -> "Sequences":
+        """A Sequences of arrays this module built itself (1-D int64 or str ids, valid
+        int64 offsets): not checked again, which would cost a one-session call more than
+        the conversion itself."""
+        self = object.__new__(cls)
+        for name, a in (("_items", items), ("_offsets", offsets)):
+            a = a.view()
+            a.flags.writeable = False
+            object.__setattr__(self, name, a)
+        return self
+
+    @classmethod
     def from_lists(cls, sequences: Any, name: str = "sequences") -> "Sequences":
         """The flat form of a list of sequences (lists, arrays, a pandas Series of lists, a
         2-D integer array with one sequence per row); ValueError names the first bad entry."""
@@ -234,12 +246,12 @@ def flatten_sequences(sequences: Any, name: str = "sequences") -> Sequences:
     if (isinstance(sequences, np.ndarray) and sequences.ndim == 2
             and sequences.dtype.kind in _INT_KINDS):  # fixed-length sessions, one per row
         B, L = sequences.shape
-        return Sequences(np.ascontiguousarray(sequences, dtype=np.int64).reshape(-1),
+        return Sequences._of(np.ascontiguousarray(sequences, dtype=np.int64).reshape(-1),
                          np.arange(B + 1, dtype=np.int64) * L)
     seqs = _as_sequence_list(sequences, name)
     fast = _flatten_plain_lists(seqs)
     if fast is not None:
-        return Sequences(*fast)
+        return Sequences._of(*fast)
     lengths = np.empty(len(seqs), dtype=np.int64)
     parts, originals = [], []
     for i, s in enumerate(seqs):
@@ -262,13 +274,13 @@ def flatten_sequences(sequences: Any, name: str = "sequences") -> Sequences:
     offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     if not parts or offsets[-1] == 0:
-        return Sequences(np.zeros(0, dtype=np.int64), offsets)
+        return Sequences._of(np.zeros(0, dtype=np.int64), offsets)
     kinds = {p.dtype.kind for p in parts if p.size}
     if kinds <= set(_INT_KINDS):
         flat = np.concatenate([p.astype(np.int64, copy=False) for p in parts if p.size])
-        return Sequences(flat, offsets)
+        return Sequences._of(flat, offsets)
     if kinds <= {"U"}:
-        return Sequences(np.concatenate([p for p in parts if p.size]), offsets)
+        return Sequences._of(np.concatenate([p for p in parts if p.size]), offsets)
     # Mixed, float, bool or object: find the first offending entry and name it.
     saw_int = saw_str = None
     for i, p in enumerate(parts):
@@ -285,8 +297,8 @@ def flatten_sequences(sequences: Any, name: str = "sequences") -> Sequences:
                     f"and {saw_str} is a string"
                 )
     if saw_str:
-        return Sequences(np.concatenate([np.asarray(p.tolist(), dtype=str) for p in parts if p.size]), offsets)
-    return Sequences(np.concatenate([np.asarray(p.tolist(), dtype=np.int64) for p in parts if p.size]), offsets)
+        return Sequences._of(np.concatenate([np.asarray(p.tolist(), dtype=str) for p in parts if p.size]), offsets)
+    return Sequences._of(np.concatenate([np.asarray(p.tolist(), dtype=np.int64) for p in parts if p.size]), offsets)
 
 
 def check_ids_compatible(flat: np.ndarray, item_ids: np.ndarray, name: str) -> None:
