@@ -525,6 +525,15 @@ Args make_args(int ldq, int ldkv, const int32_t* cu, int B, int H, int D, int T,
 
 }  // namespace
 
+std::string attention_unsupported(int T, int D) {
+  if (T > kMaxT)
+    return ::fsr::detail::cat("the CUDA attention supports max_seq up to ", kMaxT, ", got ", T);
+  if (D > kMaxD)
+    return ::fsr::detail::cat("the CUDA attention supports heads up to ", kMaxD,
+                              " wide (factors / n_heads), got ", D);
+  return {};
+}
+
 void attention_forward(const Context& ctx, float* O, float* lse, const float* Q, int ldq, const float* K,
                        const float* V, int ldkv, const int32_t* cu, int B, int H, int D, int T,
                        int n_max, float p, uint64_t key) {

@@ -44,6 +44,9 @@ class CudaBackend final : public Backend {
     if (stream_) cudaStreamDestroy(stream_);
   }
   std::string name() const override { return "cuda"; }
+  std::string unsupported(int T, int D) const override {
+    return cuda::attention_unsupported(T, D);
+  }
   int device_index() const override { return device_; }
   // About 1 GB of inference activations at C = 64: thousands of sessions per forward.
   size_t inference_rows() const override { return size_t(1) << 17; }

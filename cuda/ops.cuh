@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "fastsasrec/backend.h"  // Precision, FSR_EXPAND
 
@@ -34,6 +35,10 @@ struct Context {
 #define FSR_OP(ret, name, params, args) ret name(const Context& ctx, FSR_EXPAND params);
 #include "fastsasrec/ops.def"
 #undef FSR_OP
+
+// attention.cu: why the CUDA attention cannot run sequences of T positions and heads of
+// width D (empty: it can).
+std::string attention_unsupported(int T, int D);
 
 // linear.cu: the bytes of bf16 operand scratch a product of (R, I, O) needs.
 size_t linear_bf16_scratch_bytes(int R, int I, int O);

@@ -356,6 +356,12 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("params"),
      "Raises ValueError naming the first hyper-parameter out of its range (the engine's "
      "config fields, plus num_threads; without n_items the catalogue checks are skipped).");
+  m.def("device_unsupported", [](const std::string& device, const py::dict& d) {
+    const Config c = parse_config(d);
+    return make_backend(device)->unsupported(c.max_seq, c.head_dim());
+  }, py::arg("device"), py::arg("config"),
+     "Why a usable device cannot run a model of this config (max_seq, factors, n_heads): "
+     "'' when it can.");
   m.def("backend_available", [](const std::string& device) {
     std::string why;
     const bool ok = backend_available(device, &why);

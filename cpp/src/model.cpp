@@ -105,6 +105,8 @@ Model::Model(const Config& cfg, const std::string& device, int threads) : cfg_(c
   cfg_.validate();
   be_ = make_backend(device);
   device_ = be_->name();
+  const std::string why = be_->unsupported(cfg_.max_seq, cfg_.head_dim());
+  FSR_REQUIRE(why.empty(), "device '", device_, "': ", why);
   be_->set_precision(cfg_.precision);
   be_->set_threads(threads);
   build_layout();

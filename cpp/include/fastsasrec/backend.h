@@ -39,6 +39,10 @@ class Backend {
   // arena grows with this, and a device backend wants many to fill the device.
   virtual size_t inference_rows() const { return 16384; }
 
+  // Why this backend cannot run a model of sequences of T positions and heads of width D
+  // (empty: it can).  Checked when a model is made, not at its first op.
+  virtual std::string unsupported(int T, int D) const { return {}; }
+
   // The CUDA device the backend's memory lives on; -1 for host memory.
   virtual int device_index() const { return -1; }
 

@@ -9,12 +9,14 @@
 //   attention_last_forward: inference, one query per sequence (its last row), no dropout
 // Dropout counter of (query row i, head h, key row j) is (i * H + h) * T + (j - start).
 // One task per (sequence, head): each task owns its output rows, so any schedule gives
-// the same result.  Only an n x n score tile per thread exists, never R x R.
+// the same result.  Only an n_max x n_max score tile per thread exists, never R x R,
+// allocated before the parallel region (a failed allocation is a MemoryError, never an
+// exception inside the region).
 // n_max (the longest sequence, by which the GPU sizes its launch) and the backward's O
 // (from which the GPU takes delta) are not needed here.
+#include <algorithm>
 #include <cmath>
 #include <limits>
-#include <vector>
 
 #include "cpu/fast_math.h"
 #include "cpu/ops.h"
@@ -24,15 +26,15 @@
 namespace fsr::cpu {
 
 namespace {
-// Scratch tiles per thread, grown to the longest sequence seen and then reused.
-std::vector<float>& scratch(int which) {
-  thread_local std::vector<float> bufs[2];
-  return bufs[which];
+// The longest sequence of cu (the CPU does not trust a caller's n_max with its memory).
+int longest(const int32_t* cu, int B) {
+  int n = 0;
+  for (int s = 0; s < B; ++s) n = std::max(n, cu[s + 1] - cu[s]);
+  return n;
 }
-float* tile(int which, size_t n) {
-  auto& b = scratch(which);
-  if (b.size() < n) b.resize(n);
-  return b.data();
+// `floats` of scratch for each thread the op's region may run.
+ThreadScratch tiles(const char* op, const Context& ctx, size_t floats) {
+  return ThreadScratch(op, usable_threads(ctx.threads), floats);
 }
 }  // namespace
 
@@ -43,11 +45,13 @@ void attention_forward(const Context& ctx, float* O, float* lse, const float* Q,
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
   const uint32_t thr = dropout_threshold(p);
   const int ldo = H * D;
+  const size_t nn = (size_t)longest(cu, B) * longest(cu, B);
+  const ThreadScratch scratch = tiles("attention_forward", ctx, nn);
   parallel_for_dynamic(ctx.threads, B * H, [&](int task) {
     const int s = task / H, h = task % H;
     const int st = cu[s], n = cu[s + 1] - cu[s];
     if (n <= 0) return;
-    float* S = tile(0, (size_t)n * n);
+    float* S = scratch.slot();
     const float* Qh = Q + (size_t)st * ldq + h * D;
     const float* Kh = K + (size_t)st * ldkv + h * D;
     const float* Vh = V + (size_t)st * ldkv + h * D;
@@ -78,12 +82,14 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
   const uint32_t thr = dropout_threshold(p);
   const int ldo = H * D;
+  const size_t nn = (size_t)longest(cu, B) * longest(cu, B);
+  const ThreadScratch scratch = tiles("attention_backward", ctx, 2 * nn);
   parallel_for_dynamic(ctx.threads, B * H, [&](int task) {
     const int s = task / H, h = task % H;
     const int st = cu[s], n = cu[s + 1] - cu[s];
     if (n <= 0) return;
-    float* P = tile(0, (size_t)n * n);   // probabilities, then dS
-    float* G = tile(1, (size_t)n * n);   // dropped probabilities, then dP
+    float* P = scratch.slot();           // probabilities, then dS
+    float* G = P + nn;                   // dropped probabilities, then dP
     const float* Qh = Q + (size_t)st * ldq + h * D;
     const float* Kh = K + (size_t)st * ldkv + h * D;
     const float* Vh = V + (size_t)st * ldkv + h * D;
@@ -125,11 +131,12 @@ void attention_last_forward(const Context& ctx, float* O, const float* Q, int ld
                             int ldkv, const int32_t* cu, int B, int H, int D) {
   const float scale = 1.f / std::sqrt((float)D);
   const int ldo = H * D;
+  const ThreadScratch scratch = tiles("attention_last_forward", ctx, longest(cu, B));
   parallel_for_dynamic(ctx.threads, B * H, [&](int task) {
     const int s = task / H, h = task % H;
     const int st = cu[s], n = cu[s + 1] - cu[s];
     if (n <= 0) return;
-    float* S = tile(0, (size_t)n);
+    float* S = scratch.slot();
     const float* Kh = K + (size_t)st * ldkv + h * D;
     const float* Vh = V + (size_t)st * ldkv + h * D;
     gemm(ctx.threads, false, true, 1, n, D, scale, Q + (size_t)s * ldq + h * D, ldq, Kh, ldkv, 0.f, S, n);

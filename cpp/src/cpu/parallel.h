@@ -4,6 +4,12 @@
 // once on different threads.
 #pragma once
 
+#include <cstddef>
+#include <memory>
+#include <new>
+
+#include "fastsasrec/common.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -20,6 +26,15 @@ inline bool in_parallel() {
 
 // The threads a region of the caller may use: nt, or 1 inside a parallel region.
 inline int usable_threads(int nt) { return in_parallel() || nt < 1 ? 1 : nt; }
+
+// The calling region's thread number (0 outside a region).
+inline int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
 
 // Runs f(i) for i in [0, n), statically split over nt threads (deterministic ownership).
 template <typename F>
@@ -70,5 +85,33 @@ inline void parallel_chunks(int nt, long n, long cost, F&& f) {
   }
 #endif
 }
+
+// Scratch for the threads of one region, each its own slot of `floats`, allocated by the
+// calling thread before the region starts: no exception (an allocation that fails is a
+// MemoryError here) may leave a parallel region, where it would end the process.
+class ThreadScratch {
+ public:
+  ThreadScratch(const char* op, int threads, size_t floats)
+      : slots_(threads < 1 ? 1 : threads), floats_(floats) {
+    const size_t total = (size_t)slots_ * floats_;
+    if (floats_ != 0 && total / floats_ != (size_t)slots_)
+      throw MemoryError(detail::cat(op, ": scratch of ", slots_, " x ", floats_, " floats overflows"));
+    buf_.reset(new (std::nothrow) float[total ? total : 1]);
+    if (!buf_)
+      throw MemoryError(detail::cat(op, ": could not allocate ", total * sizeof(float),
+                                    " bytes of scratch (", slots_, " threads x ", floats_,
+                                    " floats)"));
+  }
+  // This thread's slot (inside a region the scratch was made for, or the only one outside).
+  float* slot() const {
+    const int t = thread_id();
+    return buf_.get() + (size_t)(t < slots_ ? t : 0) * floats_;
+  }
+
+ private:
+  int slots_;
+  size_t floats_;
+  std::unique_ptr<float[]> buf_;
+};
 
 }  // namespace fsr::cpu

@@ -28,7 +28,7 @@ inline bool better(const Cand& a, const Cand& b) { return a.s > b.s || (a.s == b
 inline bool heap_cmp(const Cand& a, const Cand& b) { return better(a, b); }
 }  // namespace
 
-// The CPU keeps its tiles and heaps per thread (no workspace).
+// The CPU allocates its tiles and heaps per call, per thread (no workspace).
 size_t topk_workspace(const Context&, int B, int C, int V, int K) { return 0; }
 
 void topk(const Context& ctx, int32_t* ids, float* scores, const float* h, const float* E,
@@ -37,16 +37,20 @@ void topk(const Context& ctx, int32_t* ids, float* scores, const float* h, const
   const float ninf = -std::numeric_limits<float>::infinity();
   const int nblocks = (B + kRowBlock - 1) / kRowBlock;
   const int tile_n = std::min(kTile, std::max(V, 1));
+  // Per thread: a tile of scores, the rows' K-heaps and fill counts, allocated before the
+  // region (a failed allocation is a MemoryError here, not inside the region).
+  static_assert(sizeof(Cand) == 2 * sizeof(float), "a candidate is two floats of scratch");
+  const size_t rows = (size_t)std::min(B, kRowBlock);
+  const ThreadScratch scratch("topk", usable_threads(ctx.threads),
+                              rows * tile_n + 2 * rows * (size_t)K + rows);
   parallel_for_dynamic(ctx.threads, nblocks, [&](int blk) {
     const int b0 = blk * kRowBlock, b1 = std::min(B, b0 + kRowBlock), nb = b1 - b0;
-    thread_local std::vector<float> tile_buf;
-    thread_local std::vector<Cand> heaps;
-    if (tile_buf.size() < (size_t)nb * tile_n) tile_buf.resize((size_t)nb * tile_n);
-    if (heaps.size() < (size_t)nb * K) heaps.resize((size_t)nb * K);
-    std::vector<int> fill(nb, 0);
+    float* S = scratch.slot();
+    Cand* heaps = reinterpret_cast<Cand*>(S + rows * tile_n);
+    int* fill = reinterpret_cast<int*>(S + rows * tile_n + 2 * rows * (size_t)K);
+    std::fill(fill, fill + nb, 0);
     for (int i0 = 1; i0 <= V; i0 += tile_n) {
       const int in = std::min(tile_n, V - i0 + 1);
-      float* S = tile_buf.data();
       gemm(ctx.threads, false, true, nb, in, C, 1.f, h + (size_t)b0 * C, C, E + (size_t)i0 * C, C, 0.f, S, in);
       for (int b = 0; b < nb; ++b) {
         float* row = S + (size_t)b * in;
@@ -54,7 +58,7 @@ void topk(const Context& ctx, int32_t* ids, float* scores, const float* h, const
           const int32_t x = excl[e];
           if (x >= i0 && x < i0 + in) row[x - i0] = std::numeric_limits<float>::quiet_NaN();
         }
-        Cand* hp = heaps.data() + (size_t)b * K;
+        Cand* hp = heaps + (size_t)b * K;
         int& f = fill[b];
         for (int j = 0; j < in; ++j) {
           const float s = row[j];
@@ -72,7 +76,7 @@ void topk(const Context& ctx, int32_t* ids, float* scores, const float* h, const
       }
     }
     for (int b = 0; b < nb; ++b) {
-      Cand* hp = heaps.data() + (size_t)b * K;
+      Cand* hp = heaps + (size_t)b * K;
       const int f = fill[b];
       std::sort(hp, hp + f, better);
       int32_t* oi = ids + (size_t)(b0 + b) * K;
