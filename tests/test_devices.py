@@ -265,12 +265,13 @@ def test_resident_recommend_matches_the_host_path():
         ex, ex_off = (items.ravel(), off) if seen else (np.zeros(0, np.int32), np.zeros(B + 1, np.int64))
         ids, sc = eng.recommend(items.ravel(), off, K, ex, ex_off)
         out_ids, out_sc = np.zeros((B, K), np.int32), np.zeros((B, K), np.float32)
-        eng.recommend_resident(items.ctypes.data, B, L, items.ctypes.data if seen else 0,
-                               L if seen else 0, K, out_ids.ctypes.data, out_sc.ctypes.data)
+        eng.recommend_resident(items, items if seen else None, K, out_ids, out_sc)
         np.testing.assert_array_equal(out_ids, ids)
         np.testing.assert_array_equal(out_sc, sc)
     with pytest.raises(ValueError, match="session length must be in 1..8"):
-        eng.recommend_resident(items.ctypes.data, 1, 9, 0, 0, 3, out_ids.ctypes.data, out_sc.ctypes.data)
+        eng.recommend_resident(np.ones((1, 9), np.int32), None, 3, out_ids[:1], out_sc[:1])
+    with pytest.raises(ValueError, match="items: id 0 at position 1 is outside 1.."):
+        eng.recommend_resident(np.array([[1, 0]], np.int32), None, 3, out_ids[:1], out_sc[:1])
 
 
 @needs_cuda

@@ -75,7 +75,7 @@ def test_training_scratch_that_does_not_fit_is_a_memory_error():
 
 def test_recommend_resident_refuses_a_host_model():
     m = CORE.Model(dict(n_items=20, factors=8, n_layers=1, max_seq=5, loss="softmax"), "cpu")
-    with pytest.raises(ValueError, match="recommend_resident takes arrays in device memory; "
+    with pytest.raises(ValueError, match="recommend_resident takes addresses in device memory; "
                                          "this model is on 'cpu'"):
         m.recommend_resident(16, 1, 1, 0, 0, 1, 16, 16)
 

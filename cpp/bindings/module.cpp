@@ -475,6 +475,8 @@ PYBIND11_MODULE(_core, m) {
         // Addresses in the backend's memory (device pointers on cuda), e.g. CuPy arrays'
         // data.ptr; the caller checks the ids (1..V) and that the arrays are C-contiguous
         // int32 (items, excl, out_ids) and float32 (out_scores).
+        FSR_REQUIRE(s.device_index() >= 0, "recommend_resident takes addresses in device memory; "
+                    "this model is on '", s.device(), "' (pass numpy arrays, or use recommend)");
         FSR_REQUIRE(items != 0 && out_ids != 0 && out_scores != 0,
                     "items, out_ids and out_scores must be non-null addresses");
         py::gil_scoped_release nogil;
@@ -483,6 +485,36 @@ PYBIND11_MODULE(_core, m) {
                              reinterpret_cast<int32_t*>(out_ids), reinterpret_cast<float*>(out_scores));
       }, py::arg("items"), py::arg("B"), py::arg("L"), py::arg("excl"), py::arg("Lx"), py::arg("k"),
          py::arg("out_ids"), py::arg("out_scores"))
+      .def("recommend_resident", [](Model& s, py::object items_, py::object excl_, int k,
+                                    py::object out_ids_, py::object out_scores_) {
+        // The same path over host arrays, for a model on the CPU (whose memory is the
+        // host's): the arrays are checked here, so no address is taken on trust.
+        FSR_REQUIRE(s.device_index() < 0, "recommend_resident with numpy arrays needs a model "
+                    "on the cpu; this one is on '", s.device(), "'");
+        auto items = arr<int32_t>(items_, "items", 2);
+        const int64_t B = items.shape(0);
+        const int L = (int)items.shape(1), V = s.config().n_items;
+        for (py::ssize_t e = 0; e < items.size(); ++e)
+          FSR_REQUIRE(items.data()[e] >= 1 && items.data()[e] <= V, "items: id ", items.data()[e],
+                      " at position ", e, " is outside 1..", V);
+        const int32_t* ex = nullptr;
+        int Lx = 0;
+        py::array_t<int32_t, py::array::c_style> excl;
+        if (!excl_.is_none()) {
+          excl = arr<int32_t>(excl_, "excl", 2);
+          FSR_REQUIRE(excl.shape(0) == B && excl.shape(1) >= 1, "excl must have shape (", B,
+                      ", >= 1), got (", excl.shape(0), ", ", excl.shape(1), ")");
+          ex = excl.data();
+          Lx = (int)excl.shape(1);
+        }
+        auto ids = arr<int32_t>(out_ids_, "out_ids", 2);
+        auto sc = arr<float>(out_scores_, "out_scores", 2);
+        FSR_REQUIRE(ids.shape(0) == B && ids.shape(1) == k && sc.shape(0) == B && sc.shape(1) == k,
+                    "out_ids and out_scores must have shape (", B, ", ", k, ")");
+        FSR_REQUIRE(ids.writeable() && sc.writeable(), "out_ids and out_scores must be writeable");
+        py::gil_scoped_release nogil;
+        s.recommend_resident(items.data(), B, L, ex, Lx, k, ids.mutable_data(), sc.mutable_data());
+      }, py::arg("items"), py::arg("excl"), py::arg("k"), py::arg("out_ids"), py::arg("out_scores"))
       .def("item_embeddings", [](const Model& s) {
         return to_numpy(s.item_embeddings(), {(py::ssize_t)s.config().n_items, (py::ssize_t)s.config().factors});
       });

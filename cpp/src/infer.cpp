@@ -147,8 +147,6 @@ void Model::recommend_resident(const int32_t* items, int64_t B, int L, const int
                                int Lx, int K, int32_t* out_ids, float* out_scores) {
   std::lock_guard<std::mutex> lock(mu_);
   const int C = cfg_.factors, V = cfg_.n_items, T = cfg_.max_seq;
-  FSR_REQUIRE(be_->device_index() >= 0, "recommend_resident takes arrays in device memory; this "
-              "model is on '", device_, "' (use recommend)");
   FSR_REQUIRE(K >= 1 && K <= V, "n must be in 1..", V, ", got ", K);
   FSR_REQUIRE(L >= 1 && L <= T, "session length must be in 1..", T, " (max_seq), got ", L);
   FSR_REQUIRE(B >= 0, "the number of sessions must be >= 0, got ", B);
