@@ -186,9 +186,15 @@ def test_engine_rejects_wrong_arrays(model):
 def test_n_larger_than_catalogue(model):
     ids, scores = model.recommend([1], n=99)
     assert ids.size == 4 and 1 not in ids.tolist()  # 5 items, one seen
+    # recommend_batch's rows have min(n, n_items) slots; the seen item leaves the last one
+    # empty: id -1 (which fit rejects as an item id) and score -inf.
     bids, bscores = model.recommend_batch([[1]], n=7)
-    assert bids.shape == (1, 7)
-    assert (bids[0, 4:] == -1).all() and np.isneginf(bscores[0, 4:]).all()
+    assert bids.shape == bscores.shape == (1, 5)
+    assert bids[0, 4] == -1 and np.isneginf(bscores[0, 4]) and np.isfinite(bscores[0, :4]).all()
+    # n and k far beyond the catalogue allocate nothing of their size
+    bids, bscores = model.recommend_batch([[1], [], [2, 3]] * 4, n=2 * 10**7)
+    assert bids.shape == bscores.shape == (12, 5)
+    assert model.evaluate(SEQS, k=10**9)["HR@1000000000"] == 1.0
 
 
 class TestLoad:
@@ -255,3 +261,59 @@ class TestLoad:
             model.save(tmp_path / "no-such-dir" / "m.fsr")
         assert p.read_bytes() == before
         assert os.listdir(tmp_path) == ["m.fsr"]
+
+
+def test_ids_beyond_int64_are_rejected_not_wrapped(model):
+    """uint64 ids at or above 2**63 would wrap to negative ids (2**64 - 1 to -1): every
+    input path names the offending id instead."""
+    big = 2**64 - 1
+
+    def u(*xs):
+        return np.array(xs, dtype=np.uint64)
+
+    cases = [
+        (lambda: SASRec(**SMALL).fit([u(1, 2, 3), u(4, big)]), r"sequences\[1\]\[1\] is 18446744073709551615"),
+        (lambda: SASRec(**SMALL).fit(np.array([[1, 2], [3, big]], dtype=np.uint64)),
+         r"sequences\[1\]\[1\] is 18446744073709551615"),
+        (lambda: SASRec(**SMALL).fit([[1, 2], [2**63, 1]]), r"sequences\[1\]\[0\] is 9223372036854775808"),
+        (lambda: fastsasrec.Sequences(u(1, 2, 2**63), [0, 3]), r"items\[2\] is 9223372036854775808"),
+        (lambda: model.recommend(u(1, big)), r"session\[1\] is 18446744073709551615"),
+        (lambda: model.recommend([1], exclude=u(big)), r"exclude\[0\] is 18446744073709551615"),
+        (lambda: model.recommend_batch([u(1), u(2, big)]), r"sessions\[1\]\[1\] is 18446744073709551615"),
+        (lambda: model.recommend_batch(np.array([[1, big]], dtype=np.uint64)), r"sessions\[0\]\[1\] is"),
+        (lambda: model.session_embeddings([u(big)]), r"sessions\[0\]\[0\] is"),
+        (lambda: model.evaluate([u(1, 2, big)]), r"sequences\[0\]\[2\] is"),
+    ]
+    for call, match in cases:
+        with pytest.raises(ValueError, match=match + ".*must fit in 64 bits"):
+            call()
+    # uint64 ids below 2**63 are ids like any other
+    a = model.recommend_batch(np.array([[1, 2]], dtype=np.uint64))
+    b = model.recommend_batch([[1, 2]])
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+@pytest.mark.parametrize("lib", ["pandas", "polars", "pyarrow"])
+def test_event_tables_reject_wide_ids_and_missing_values_alike(lib):
+    """One rule for every kind of table: uint64 item ids beyond int64 are named, and a
+    null, NaN or NaT (polars and pyarrow keep NaN apart from null) is a missing value
+    named by column and row, never a time that reorders events."""
+    mod = pytest.importorskip(lib)
+    make = {"pandas": lambda d: mod.DataFrame(d), "polars": lambda d: mod.DataFrame(d),
+            "pyarrow": lambda d: mod.table(d)}[lib]
+    base = dict(user=np.array([1, 1, 1]), item=np.array([1, 2, 3]), ts=np.array([3.0, 2.0, 1.0]))
+
+    def fit(**cols):
+        return SASRec.from_transactions(make(dict(base, **cols)), user_col="user", item_col="item",
+                                        timestamp_col="ts", **SMALL)
+
+    with pytest.raises(ValueError, match=r"column 'item'\[1\] is 9223372036854775811: .*64 bits"):
+        fit(item=np.array([1, 2**63 + 3, 5], dtype=np.uint64))
+    with pytest.raises(ValueError, match=r"column 'ts' \(timestamp_col\) has a missing value at row 1"):
+        fit(ts=np.array([3.0, np.nan, 1.0]))
+    with pytest.raises(ValueError, match=r"column 'user' \(user_col\) has a missing value at row 2"):
+        fit(user=np.array([1.0, 1.0, np.nan]))
+    with pytest.raises(ValueError, match=r"column 'ts' \(timestamp_col\) has a missing value at row 0"):
+        fit(ts=np.array(["NaT", "2020-01-01", "2020-01-02"], dtype="datetime64[ms]"))
+    m = fit()  # the same table without them trains, newest event last
+    assert m.item_ids.tolist() == [1, 2, 3]

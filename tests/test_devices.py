@@ -231,9 +231,17 @@ def test_recommend_batch_takes_and_returns_cupy_arrays():
         assert isinstance(ids_cp, cp.ndarray) and isinstance(sc_cp, cp.ndarray)
         np.testing.assert_array_equal(cp.asnumpy(ids_cp), ids_np)
         np.testing.assert_allclose(cp.asnumpy(sc_cp), sc_np, rtol=0, atol=1e-5)
-    # More than the catalogue: the row ends with id -1 and score -inf, as for NumPy input.
-    ids_cp, sc_cp = m.recommend_batch(cp.asarray(S[:2]), n=ids_known.size + 2, exclude_seen=False)
-    assert (cp.asnumpy(ids_cp)[:, -2:] == -1).all() and np.isneginf(cp.asnumpy(sc_cp)[:, -2:]).all()
+    # More than the catalogue: rows have n_items slots, as for NumPy input; the seen items
+    # leave that many slots empty at the end (id -1, score -inf).
+    ids_cp, sc_cp = m.recommend_batch(cp.asarray(S[:2]), n=ids_known.size + 2)
+    ids_h, sc_h = cp.asnumpy(ids_cp), cp.asnumpy(sc_cp)
+    assert ids_h.shape == sc_h.shape == (2, ids_known.size)
+    for row, sc, s in zip(ids_h, sc_h, S[:2]):
+        n_seen = len(set(s.tolist()))
+        assert (row[-n_seen:] == -1).all() and np.isneginf(sc[-n_seen:]).all()
+        assert (row[:-n_seen] != -1).all() and np.isfinite(sc[:-n_seen]).all()
+    with pytest.raises(ValueError, match=r"sessions holds 18446744073709551615: .*64 bits"):
+        m.recommend_batch(cp.asarray(np.array([[1, 2**64 - 1]], dtype=np.uint64)), n=3)
     # The resident path sizes its attention by its own sessions, not by the longest session
     # of whatever ran before it: short host sessions first, then long device ones (whose
     # rows past the short length would otherwise be skipped), compared with the host

@@ -39,11 +39,13 @@ def test_threads_belong_to_the_model():
     assert m.to("cpu")._engine.threads == 2
 
 
-def test_threads_survive_save_and_load(tmp_path):
+def test_threads_are_not_taken_from_a_file(tmp_path):
     m = SASRec(num_threads=2, **SMALL).fit(SEQS)
     m.save(tmp_path / "m.fsr")
     loaded = SASRec.load(tmp_path / "m.fsr", device="cpu")
-    assert loaded.num_threads == 2 and loaded._engine.threads == 2
+    assert loaded.num_threads == 0 and loaded._engine.threads == fastsasrec._core.build_info()["omp_max_threads"]
+    loaded = SASRec.load(tmp_path / "m.fsr", device="cpu", num_threads=3)
+    assert loaded.num_threads == 3 and loaded._engine.threads == 3
 
 
 def test_the_package_never_sets_process_threads():

@@ -356,6 +356,18 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("params"),
      "Raises ValueError naming the first hyper-parameter out of its range (the engine's "
      "config fields, plus num_threads; without n_items the catalogue checks are skipped).");
+  m.def("param_layout", [](const py::dict& d) {
+    const Config c = config_from_dict(d);
+    py::list tensors;
+    size_t n = 0;
+    for (const auto& t : param_layout(c)) {
+      tensors.append(py::make_tuple(t.name, t.offset, py::tuple(py::cast(t.shape))));
+      n = t.offset + t.size();
+    }
+    return py::make_tuple(tensors, n);
+  }, py::arg("config"),
+     "([(name, offset, shape)], n_params): the weights of a model of this (validated) config, "
+     "computed from the parameter table without allocating the model.");
   m.def("device_unsupported", [](const std::string& device, const py::dict& d) {
     const Config c = parse_config(d);
     return make_backend(device)->unsupported(c.max_seq, c.head_dim());

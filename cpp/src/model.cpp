@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <unordered_map>
 
 #include "fastsasrec/common.h"
 #include "fastsasrec/rng.h"
@@ -54,6 +55,34 @@ std::vector<int64_t> shape_of(const ParamSpec& s, const Config& c) {
 std::string layer_prefix(int l) { return "layers." + std::to_string(l) + "."; }
 }  // namespace
 
+std::vector<TensorInfo> param_layout(const Config& cfg, size_t* n_decay) {
+  std::vector<TensorInfo> out;
+  size_t off = 0;
+  // Every dimension is below 2^31, so a tensor has fewer than 2^62 weights and the running
+  // total, checked after each tensor, can never wrap.
+  constexpr size_t kMaxWeights = size_t(1) << 40;
+  auto add = [&](const std::string& name, const ParamSpec& p) {
+    out.push_back({name, off, shape_of(p, cfg), p.decay, p.init});
+    off += out.back().size();
+    FSR_REQUIRE(off <= kMaxWeights, "a model of this config would have more than 2^40 weights "
+                "(factors ", cfg.factors, ", n_layers ", cfg.n_layers, ", max_seq ", cfg.max_seq,
+                ", n_items ", cfg.n_items, ")");
+  };
+  auto add_layers = [&](bool decay) {
+    for (int l = 0; l < cfg.n_layers; ++l)
+      for (int i = 0; i < kLayerParams; ++i)
+        if (kLayerTable[i].decay == decay) add(layer_prefix(l) + kLayerTable[i].name, kLayerTable[i]);
+  };
+  for (int i = 0; i < kGlobalParams; ++i)
+    if (kGlobalTable[i].decay) add(kGlobalTable[i].name, kGlobalTable[i]);
+  add_layers(true);
+  if (n_decay) *n_decay = off;
+  add_layers(false);
+  for (int i = 0; i < kGlobalParams; ++i)
+    if (!kGlobalTable[i].decay) add(kGlobalTable[i].name, kGlobalTable[i]);
+  return out;
+}
+
 Model::Layer Model::layer(float* base, int l) const {
   Layer w;
   for (int i = 0; i < kLayerParams; ++i) w.t[i] = base + layer_off_[(size_t)l * kLayerParams + i];
@@ -61,38 +90,18 @@ Model::Layer Model::layer(float* base, int l) const {
 }
 
 void Model::build_layout() {
-  size_t off = 0;
-  tensors_.clear();
+  tensors_ = param_layout(cfg_, &n_decay_);
+  n_params_ = tensors_.empty() ? 0 : tensors_.back().offset + tensors_.back().size();
+  std::unordered_map<std::string, size_t> at;
+  for (const auto& t : tensors_) at[t.name] = t.offset;
   layer_off_.assign((size_t)cfg_.n_layers * kLayerParams, 0);
-  size_t global_off[kGlobalParams] = {};
-  auto add_global = [&](int i) {
-    global_off[i] = off;
-    const ParamSpec& p = kGlobalTable[i];
-    tensors_.push_back({p.name, off, shape_of(p, cfg_), p.decay, p.init});
-    off += tensors_.back().size();
-  };
-  auto add_layers = [&](bool decay) {
-    for (int l = 0; l < cfg_.n_layers; ++l)
-      for (int i = 0; i < kLayerParams; ++i) {
-        if (kLayerTable[i].decay != decay) continue;
-        layer_off_[(size_t)l * kLayerParams + i] = off;
-        const ParamSpec& p = kLayerTable[i];
-        tensors_.push_back({layer_prefix(l) + p.name, off, shape_of(p, cfg_), p.decay, p.init});
-        off += tensors_.back().size();
-      }
-  };
-  for (int i = 0; i < kGlobalParams; ++i)
-    if (kGlobalTable[i].decay) add_global(i);
-  add_layers(true);
-  n_decay_ = off;
-  add_layers(false);
-  for (int i = 0; i < kGlobalParams; ++i)
-    if (!kGlobalTable[i].decay) add_global(i);
-  n_params_ = off;
-  off_E_ = global_off[kItemEmb];
-  off_P_ = global_off[kPosEmb];
-  off_lnf_g_ = global_off[kLnfG];
-  off_lnf_b_ = global_off[kLnfB];
+  for (int l = 0; l < cfg_.n_layers; ++l)
+    for (int i = 0; i < kLayerParams; ++i)
+      layer_off_[(size_t)l * kLayerParams + i] = at.at(layer_prefix(l) + kLayerTable[i].name);
+  off_E_ = at.at(kGlobalTable[kItemEmb].name);
+  off_P_ = at.at(kGlobalTable[kPosEmb].name);
+  off_lnf_g_ = at.at(kGlobalTable[kLnfG].name);
+  off_lnf_b_ = at.at(kGlobalTable[kLnfB].name);
 }
 
 const TensorInfo& Model::tensor(const std::string& name) const {

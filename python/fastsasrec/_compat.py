@@ -19,12 +19,12 @@ class NotebookCompat:
     model's ``item_ids``, ``item_embeddings`` and ``recommend``."""
 
     def _maps(self) -> Tuple[Dict[Any, int], Dict[int, Any]]:
-        self._check_fitted()
-        src, maps = getattr(self, "_maps_cache", (None, None))
-        if src is not self._item_ids:  # refit or loaded since: a new catalogue
-            ids = self._item_ids.tolist()
+        state = self._fitted()
+        maps = state.cache.get("maps")  # built once per fitted model
+        if maps is None:
+            ids = state.item_ids.tolist()
             maps = ({x: i + 1 for i, x in enumerate(ids)}, {i + 1: x for i, x in enumerate(ids)})
-            self._maps_cache = (self._item_ids, maps)
+            state.cache["maps"] = maps
         return maps
 
     @property
@@ -49,14 +49,14 @@ class NotebookCompat:
         """``recommend`` in internal ids: ``user_sequence`` and ``exclude`` are internal
         ids (see ``_item_map``); returns (internal ids, scores).  Only ``exclude`` is
         excluded."""
-        self._check_fitted()
-        V = self._item_ids.size
+        state = self._fitted()  # one model throughout, whatever a refit publishes
+        item_ids = state.item_ids
+        V = item_ids.size
         seq = np.asarray(list(user_sequence), dtype=np.int64)
         if seq.size and (seq.min() < 1 or seq.max() > V):
             raise ValueError(f"user_sequence holds internal ids outside 1..{V}")
         ex = np.asarray(list(exclude) if exclude is not None else [], dtype=np.int64)
         if ex.size and (ex.min() < 1 or ex.max() > V):
             raise ValueError(f"exclude holds internal ids outside 1..{V}")
-        ids, scores = self.recommend(self._item_ids[seq - 1], n=n, exclude_seen=False,
-                                     exclude=self._item_ids[ex - 1])
-        return encode(np.asarray(ids), self._item_ids).astype(np.int64), scores
+        ids, scores = self._recommend(state, item_ids[seq - 1], n, False, item_ids[ex - 1])
+        return encode(np.asarray(ids), item_ids).astype(np.int64), scores

@@ -1,18 +1,29 @@
 """The model file: a zip of a JSON header (``fastsasrec.json``) and ``.npy`` arrays, no pickle.
 
 The header holds the format name and version, the parameters, the engine's configuration
-and tensor layout; the arrays are the flat weights, the item ids and their popularity.
-The zip's CRC covers the arrays.
+and tensor layout, and the SHA-256 of each array member; the arrays are the flat weights,
+the item ids and their popularity.  The zip's CRC covers the arrays too.
+
+Reading trusts nothing in the file: every size is checked against what the header implies
+(and the header against the engine's ranges) before anything is allocated or the engine
+is built, each member is read with a bound, and every failure is a ValueError that names
+the file and the cause (or the OSError of opening it: missing, not permitted).
 """
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import io
 import json
+import math
+import numbers
 import os
+import stat
+import struct
 import tempfile
+import threading
 import zipfile
-from typing import Any
+import zlib
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -21,16 +32,133 @@ from fastsasrec._device import resolve_device
 
 FORMAT_NAME = "fastsasrec"
 FORMAT_VERSION = 1
+HEADER = "fastsasrec.json"
 _ARRAYS = ("params", "item_ids", "popularity")
+_MEMBERS = (HEADER,) + tuple(name + ".npy" for name in _ARRAYS)
+
+_MAX_MEMBERS = 64               # beyond this the zip is not ours, whatever its names
+_MAX_HEADER_BYTES = 16 << 20    # the JSON header (loss history included)
+_MAX_NPY_PREFIX = 64 << 10      # an .npy member's magic, version and header dict
+_MAX_RATIO = 100                # uncompressed / compressed bytes of a member ...
+_RATIO_FREE_BYTES = 1 << 20     # ... once it is larger than this
+_CHUNK = 1 << 20
+
+try:
+    import lzma
+    _LZMA_ERRORS: tuple = (lzma.LZMAError,)
+except ImportError:  # pragma: no cover - Python built without lzma
+    _LZMA_ERRORS = ()
+_STREAM_ERRORS = (EOFError, NotImplementedError, RuntimeError, KeyError, OverflowError, zlib.error,
+                  struct.error) + _LZMA_ERRORS
+
+# The engine's configuration keys (cpp/bindings/module.cpp, parse_config) and their types.
+_CONFIG_INTS = ("n_items", "factors", "ffn_factors", "n_heads", "n_layers", "max_seq",
+                "n_negatives", "batch_size")
+_CONFIG_FLOATS = ("dropout", "learning_rate", "weight_decay", "beta1", "beta2", "adam_eps", "ln_eps")
+_CONFIG_STRS = ("loss", "precision")
+
+def layout(config: Dict[str, Any]) -> Tuple[List[Tuple[str, int, Tuple[int, ...]]], int]:
+    """([(name, offset, shape)], n_params) of the engine's flat weights for ``config``,
+    from the engine's own parameter table (cpp/src/model_parts.h) without allocating the
+    model, so that a file's sizes are checked before the engine allocates them."""
+    tensors, n_params = _core.param_layout(config)
+    return [(str(n), int(o), tuple(int(x) for x in shape)) for n, o, shape in tensors], int(n_params)
+
+
+# ----------------------------------------------------------------------------- save
+_umask_lock = threading.Lock()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux),
+    else by setting and restoring it under a lock (restrictively meanwhile, so that a file
+    another thread creates in that instant is never more open than it should be)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: str) -> None:
+    """Makes a rename in ``directory`` durable where the system allows it (some file
+    systems and Windows cannot open or sync a folder: then nothing is done)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _npy_bytes(arr: np.ndarray) -> memoryview:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getbuffer()  # no copy of the (possibly large) weights
 
 
 def save(model: Any, path: "os.PathLike[str] | str") -> None:
-    """Writes a fitted model to ``path`` through a temporary file and a rename, so a crash
-    never leaves a half-written model."""
+    """Writes a fitted model to ``path`` through a temporary file in the same folder,
+    fsynced and renamed over it, so a crash never leaves a half-written model; the file
+    gets the permissions the umask gives a new file, and a symbolic link at ``path`` stays
+    a link (its target is replaced).  Raises ValueError (non-finite weights, ``path`` not
+    a regular file) or OSError, leaving any existing file untouched."""
     from fastsasrec import __version__
 
     path = os.fspath(path)
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(f"cannot save to {path!r}: it is a folder; give a file name")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"cannot save to {path!r}: it is {_kind(st.st_mode)}, not a regular file")
+    directory = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot save to {path!r}: the folder {directory!r} does not exist")
+
     engine, item_ids = model._engine, model._item_ids
+    tensors = [(n, int(o), tuple(int(x) for x in s)) for n, o, s in engine.tensors()]
+    flat = np.asarray(engine.get_params(), dtype=np.float32)
+    finite = np.isfinite(flat)
+    if not finite.all():
+        bad = int(flat.size - np.count_nonzero(finite))
+        first = int(np.argmin(finite))
+        where = next((n for n, o, s in tensors if o <= first < o + math.prod(s)), "?")
+        raise ValueError(f"cannot save to {path!r}: {bad} of the model's {flat.size} weights are NaN "
+                         f"or infinite (the first in {where}); the training diverged: try a lower "
+                         "learning_rate")
+    members = {
+        "params.npy": _npy_bytes(flat),
+        "item_ids.npy": _npy_bytes(item_ids),
+        "popularity.npy": _npy_bytes(np.asarray(model._popularity, dtype=np.int64)),
+    }
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -38,86 +166,363 @@ def save(model: Any, path: "os.PathLike[str] | str") -> None:
         "params": model.get_params(),
         "n_items": int(item_ids.size),
         "engine_config": dict(model._config),
-        "tensors": [[n, int(o), list(s)] for n, o, s in engine.tensors()],
+        "tensors": [[n, o, list(s)] for n, o, s in tensors],
         "item_id_kind": "str" if item_ids.dtype.kind == "U" else "int",
         "loss_history": model.loss_history_,
+        "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()},
     }
-    arrays = {"params": engine.get_params(), "item_ids": item_ids, "popularity": model._popularity}
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastsasrec-", suffix=".tmp", dir=directory)
+    header = json.dumps(meta, indent=1)
+    mode = 0o666 & ~_umask()
     try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
-            z.writestr("fastsasrec.json", json.dumps(meta, indent=1))
-            for name, arr in arrays.items():
-                buf = io.BytesIO()
-                np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
-                z.writestr(name + ".npy", buf.getvalue())
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(prefix=".fastsasrec-", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise type(e)(e.errno, f"cannot save to {path!r}: cannot create a file in {directory!r} "
+                               f"({e.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+                z.writestr(HEADER, header)
+                for name, data in members.items():
+                    z.writestr(name, data)
+            f.flush()
+            os.chmod(tmp, mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
     except BaseException:
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+# ----------------------------------------------------------------------------- load
+class _Bounded:
+    """A member's stream read with a cap on the bytes taken, hashing what it gives."""
+
+    def __init__(self, raw: Any, limit: int):
+        self.raw, self.limit, self.count = raw, limit, 0
+        self.sha = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n > self.limit - self.count:
+            n = self.limit - self.count + 1  # one byte over the cap says the cap was passed
+        data = self.raw.read(n)
+        self.count += len(data)
+        if self.count > self.limit:
+            raise _TooLong()
+        self.sha.update(data)
+        return data
+
+
+class _TooLong(Exception):
+    pass
+
+
+def _open_regular(path: str):
+    """A binary file object of ``path`` if it is a regular file: a FIFO, a device, a
+    socket or a folder is refused (ValueError naming it) without blocking on it."""
+    st = os.stat(path)  # FileNotFoundError, PermissionError: the caller's to see
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"path {path!r} is {_kind(st.st_mode)}, not a fastsasrec model file")
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_NONBLOCK", 0)  # should a FIFO be put there since the stat
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)  # what was opened, should the path have changed since the stat
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"path {path!r} is {_kind(st.st_mode)}, not a fastsasrec model file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), st.st_size
+    except BaseException:
+        os.close(fd)
         raise
 
 
-def _read(path: str):
-    """(header, arrays) of a model file, or ValueError saying what is wrong with it."""
+def _member(z: zipfile.ZipFile, name: str, file_len: int, path: str) -> zipfile.ZipInfo:
+    """The zip entry ``name`` after the checks that bound what reading it takes."""
+    info = z.getinfo(name)
+    if info.flag_bits & 0x1:
+        raise ValueError(f"path {path!r}: {name} is encrypted")
+    if info.header_offset + info.compress_size > file_len:
+        raise ValueError(f"path {path!r}: {name} claims {info.compress_size} bytes beyond the end "
+                         "of the file (truncated or corrupted)")
+    if info.file_size > max(_RATIO_FREE_BYTES, _MAX_RATIO * info.compress_size):
+        raise ValueError(f"path {path!r}: {name} would decompress {info.compress_size} bytes to "
+                         f"{info.file_size}, more than {_MAX_RATIO} times: refused")
+    return info
+
+
+def _check_sizes(info: zipfile.ZipInfo, nbytes: int, what: str, path: str) -> None:
+    """The member's size in the zip directory against the ``nbytes`` of data its header
+    implies (plus an .npy prefix of 10 to _MAX_NPY_PREFIX bytes)."""
+    if not nbytes + 10 <= info.file_size <= nbytes + _MAX_NPY_PREFIX:
+        raise ValueError(f"path {path!r}: {info.filename} holds {info.file_size} bytes, but {what} "
+                         f"take {nbytes} bytes (plus the .npy header)")
+
+
+def _read_npy(z: zipfile.ZipFile, info: zipfile.ZipInfo, n: int, kinds: str, path: str,
+              itemsize: Optional[int] = None) -> Tuple[np.ndarray, str]:
+    """(a 1-d array of n entries, its member's SHA-256) read from an .npy member whose
+    header is checked (dtype kind in ``kinds``, its item size, shape (n,), the member's
+    size) before its data is allocated and read."""
+    name = info.filename
+    with z.open(info) as raw:
+        src = _Bounded(raw, _MAX_NPY_PREFIX)
+        try:
+            version = np.lib.format.read_magic(src)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(src)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(src)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+        except _TooLong:
+            raise ValueError(f"path {path!r}: {name} has an .npy header longer than {_MAX_NPY_PREFIX} "
+                             "bytes") from None
+        except (ValueError, SyntaxError, TypeError, KeyError) as e:
+            raise ValueError(f"path {path!r}: {name} is not a valid .npy array ({e})") from None
+        if dtype.kind not in kinds or dtype.hasobject or dtype.fields is not None \
+                or (itemsize is not None and dtype.itemsize != itemsize):
+            raise ValueError(f"path {path!r}: {name} holds {dtype} values, not the expected type")
+        if shape != (n,):
+            raise ValueError(f"path {path!r}: {name} has shape {shape}, the header says ({n},)")
+        prefix = src.count
+        nbytes = n * dtype.itemsize
+        if info.file_size != prefix + nbytes:
+            raise ValueError(f"path {path!r}: {name} holds {info.file_size} bytes, {n} {dtype} values "
+                             f"need {prefix + nbytes}")
+        out = np.empty(n, dtype=dtype)
+        view = memoryview(out.view(np.uint8)) if nbytes else memoryview(b"")
+        src.limit = prefix + nbytes
+        pos = 0
+        try:
+            while pos < nbytes:
+                chunk = src.read(min(_CHUNK, nbytes - pos))
+                if not chunk:
+                    raise ValueError(f"path {path!r}: {name} ends early (truncated)")
+                view[pos:pos + len(chunk)] = chunk
+                pos += len(chunk)
+            if src.read(1):
+                raise _TooLong()
+        except _TooLong:
+            raise ValueError(f"path {path!r}: {name} holds more than {info.file_size} bytes") from None
+    if dtype.byteorder not in ("=", "|"):  # written on a machine of the other byte order
+        native = f"U{dtype.itemsize // 4}" if dtype.kind == "U" else f"{dtype.kind}{dtype.itemsize}"
+        out = out.astype(native)
+    return out, src.sha.hexdigest()
+
+
+def _is_number(x: Any) -> bool:
+    """A JSON number that converts to a float (not a bool, not an integer too large)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        return False
     try:
-        with zipfile.ZipFile(path, "r") as z:
-            names = set(z.namelist())
-            if "fastsasrec.json" not in names:
-                raise ValueError(f"path {path!r} is not a fastsasrec model (no fastsasrec.json)")
-            meta = json.loads(z.read("fastsasrec.json").decode("utf-8"))
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-                raise ValueError(f"path {path!r} is not a fastsasrec model (format {meta.get('format')!r})"
-                                 if isinstance(meta, dict) else f"path {path!r} is not a fastsasrec model")
-            version = meta.get("format_version")
-            if not isinstance(version, int) or version < 1:
-                raise ValueError(f"path {path!r}: invalid format_version {version!r}")
-            if version > FORMAT_VERSION:
-                raise ValueError(
-                    f"path {path!r} was written by a newer fastsasrec (format version {version}; "
-                    f"this version reads up to {FORMAT_VERSION}): upgrade fastsasrec"
-                )
-            arrays = {}
-            for name in _ARRAYS:
-                if name + ".npy" not in names:
-                    raise ValueError(f"path {path!r} is missing {name}.npy: the file is incomplete")
-                arrays[name] = np.lib.format.read_array(io.BytesIO(z.read(name + ".npy")), allow_pickle=False)
-    except zipfile.BadZipFile as e:
-        raise ValueError(f"path {path!r} is not a valid fastsasrec model file (truncated or corrupted: {e})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"path {path!r}: corrupted model header ({e})") from None
-    except (EOFError, OSError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise ValueError(f"path {path!r}: could not read the model ({e})") from None
-    return meta, arrays
+        float(x)
+    except OverflowError:
+        return False
+    return True
 
 
-def load(cls: Any, path: "os.PathLike[str] | str", device: str = "auto") -> Any:
-    """A ``cls`` model read from a file written by ``save``, on ``device``."""
+def _check_config(config: Any, n_items: int, path: str) -> Dict[str, Any]:
+    """The engine's configuration from the header, its keys, types and ranges checked."""
+    if not isinstance(config, dict):
+        raise ValueError(f"path {path!r}: engine_config must be an object, got {type(config).__name__}")
+    for key, value in config.items():
+        if key in _CONFIG_INTS or key == "seed":
+            hi = 2**64 if key == "seed" else 2**31
+            ok = isinstance(value, int) and not isinstance(value, bool) and -hi <= value < hi
+            if key == "seed":
+                ok = ok and value >= 0
+        elif key in _CONFIG_FLOATS:
+            ok = _is_number(value) and math.isfinite(value)
+        elif key in _CONFIG_STRS:
+            ok = isinstance(value, str)
+        else:
+            raise ValueError(f"path {path!r}: unknown engine_config key {key!r}")
+        if not ok:
+            raise ValueError(f"path {path!r}: engine_config {key} = {value!r} has the wrong type")
+    for key in ("n_items", "factors", "n_layers", "max_seq"):
+        if key not in config:
+            raise ValueError(f"path {path!r}: engine_config has no {key}")
+    if config["n_items"] != n_items:
+        raise ValueError(f"path {path!r}: engine_config n_items={config['n_items']} differs from "
+                         f"n_items={n_items}")
+    try:
+        _core.check_config(config)
+    except (ValueError, RuntimeError, TypeError) as e:
+        raise ValueError(f"path {path!r}: invalid engine_config: {e}") from None
+    return dict(config)
+
+
+def _check_tensors(saved: Any, config: Dict[str, Any], path: str) -> int:
+    """n_params of ``config``, after checking that the header's tensor list is exactly the
+    layout the configuration implies (names, shapes, contiguous offsets in order)."""
+    expected, n_params = layout(config)
+    if not isinstance(saved, list) or len(saved) != len(expected):
+        count = len(saved) if isinstance(saved, list) else type(saved).__name__
+        raise ValueError(f"path {path!r}: the header lists {count} tensors, its engine_config "
+                         f"implies {len(expected)}")
+    for entry, (name, off, shape) in zip(saved, expected):
+        ok = (isinstance(entry, list) and len(entry) == 3 and entry[0] == name and entry[1] == off
+              and isinstance(entry[2], list) and tuple(entry[2]) == shape)
+        if not ok:
+            raise ValueError(f"path {path!r}: tensor {entry!r} of the header does not follow from its "
+                             f"engine_config (expected {[name, off, list(shape)]})")
+    return n_params
+
+
+def _read(f: Any, file_len: int, path: str):
+    """(header, config, arrays) of an open model file, or ValueError saying what is wrong."""
+    with zipfile.ZipFile(f, "r") as z:
+        infos = z.infolist()
+        if len(infos) > _MAX_MEMBERS:
+            raise ValueError(f"path {path!r} is not a fastsasrec model ({len(infos)} zip members)")
+        names = [i.filename for i in infos]
+        if HEADER not in names:
+            raise ValueError(f"path {path!r} is not a fastsasrec model (no {HEADER})")
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise ValueError(f"path {path!r}: zip member {dup!r} appears more than once")
+        info = _member(z, HEADER, file_len, path)
+        if info.file_size > _MAX_HEADER_BYTES:
+            raise ValueError(f"path {path!r}: {HEADER} is {info.file_size} bytes, more than the "
+                             f"{_MAX_HEADER_BYTES} a model header takes")
+        with z.open(info) as raw:
+            src = _Bounded(raw, info.file_size)
+            try:
+                text = src.read(info.file_size)
+                src.read(1)
+            except _TooLong:
+                raise ValueError(f"path {path!r}: {HEADER} holds more than {info.file_size} bytes") from None
+        meta = json.loads(text.decode("utf-8"))
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+            raise ValueError(f"path {path!r} is not a fastsasrec model (format {meta.get('format')!r})"
+                             if isinstance(meta, dict) else f"path {path!r} is not a fastsasrec model")
+        version = meta.get("format_version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ValueError(f"path {path!r}: invalid format_version {version!r}")
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"path {path!r} was written by a newer fastsasrec (format version {version}; "
+                f"this version reads up to {FORMAT_VERSION}): upgrade fastsasrec"
+            )
+        for name in _MEMBERS:
+            if name not in names:
+                raise ValueError(f"path {path!r} is missing {name}: the file is incomplete")
+        extra = [n for n in names if n not in _MEMBERS]
+        if extra:
+            raise ValueError(f"path {path!r}: unexpected zip member {extra[0]!r}")
+
+        n_items = meta.get("n_items")
+        if not isinstance(n_items, int) or isinstance(n_items, bool) or not 1 <= n_items < 2**31:
+            raise ValueError(f"path {path!r}: invalid n_items {n_items!r}")
+        config = _check_config(meta.get("engine_config"), n_items, path)
+        n_params = _check_tensors(meta.get("tensors"), config, path)
+        kind = meta.get("item_id_kind", "int")
+        if kind not in ("int", "str"):
+            raise ValueError(f"path {path!r}: invalid item_id_kind {kind!r}")
+        digests = meta.get("sha256")
+        if digests is not None and not (
+                isinstance(digests, dict)
+                and all(isinstance(digests.get(n + ".npy"), str) for n in _ARRAYS)):
+            raise ValueError(f"path {path!r}: invalid sha256 field in the header")
+
+        # Every member's size from the zip directory against what the header implies,
+        # before any array is allocated.
+        members = {name: _member(z, name + ".npy", file_len, path) for name in _ARRAYS}
+        _check_sizes(members["params"], 4 * n_params,
+                     f"the {n_params} float32 weights of the header's engine_config", path)
+        _check_sizes(members["popularity"], 8 * n_items, f"the popularity of {n_items} items", path)
+        if kind == "int":
+            _check_sizes(members["item_ids"], 8 * n_items, f"{n_items} int64 item ids", path)
+        arrays, sums = {}, {}
+        arrays["params"], sums["params"] = _read_npy(z, members["params"], n_params, "f", path, 4)
+        arrays["item_ids"], sums["item_ids"] = _read_npy(
+            z, members["item_ids"], n_items, "i" if kind == "int" else "U", path,
+            8 if kind == "int" else None)
+        arrays["popularity"], sums["popularity"] = _read_npy(z, members["popularity"], n_items, "i",
+                                                             path, 8)
+    if digests is not None:
+        for name in _ARRAYS:
+            if digests[name + ".npy"].lower() != sums[name]:
+                raise ValueError(f"path {path!r}: {name}.npy checksum mismatch (SHA-256): the file is "
+                                 "corrupted or was altered")
+    return meta, config, arrays
+
+
+def _check_arrays(arrays: Dict[str, np.ndarray], path: str) -> None:
+    flat, ids, pop = arrays["params"], arrays["item_ids"], arrays["popularity"]
+    finite = np.isfinite(flat)
+    if not finite.all():
+        raise ValueError(f"path {path!r}: {flat.size - np.count_nonzero(finite)} of the weights are "
+                         "NaN or infinite")
+    if ids.size > 1 and not (ids[1:] > ids[:-1]).all():
+        uniq, counts = np.unique(ids, return_counts=True)
+        if uniq.size != ids.size:
+            dup = uniq[np.argmax(counts > 1)]
+            raise ValueError(f"path {path!r}: item id {dup.item()!r} appears more than once")
+        raise ValueError(f"path {path!r}: the item ids are not in ascending order")
+    if pop.size and int(pop.min()) < 0:
+        raise ValueError(f"path {path!r}: negative popularity {int(pop.min())} for item "
+                         f"{ids[int(np.argmin(pop))].item()!r}")
+
+
+def _loss_history(meta: Dict[str, Any], path: str) -> List[float]:
+    hist = meta.get("loss_history", [])
+    if not isinstance(hist, list) or not all(_is_number(x) for x in hist):
+        raise ValueError(f"path {path!r}: loss_history must be a list of numbers")
+    return [float(x) for x in hist]
+
+
+def load(cls: Any, path: "os.PathLike[str] | str", device: str = "auto",
+         num_threads: Optional[int] = None) -> Any:
+    """A ``cls`` model read from a file written by ``save``, on ``device``, running with
+    ``num_threads`` (None: 0, all cores; the thread count a file was saved with is never
+    taken from it).  Raises FileNotFoundError, ValueError for anything wrong with the file
+    (not a regular file, not a model, truncated, corrupted, inconsistent, written by a
+    newer version, unreadable)."""
     path = os.fspath(path)
+    backend = resolve_device(device)  # the caller's mistake, said before the file's
     if not os.path.exists(path):
         raise FileNotFoundError(f"path {path!r} does not exist")
-    meta, arrays = _read(path)
-    params = dict(meta["params"])
+    f, file_len = _open_regular(path)
+    with f:
+        try:
+            meta, config, arrays = _read(f, file_len, path)
+        except zipfile.BadZipFile as e:
+            text = str(e)
+            if text.startswith("Bad CRC-32"):
+                raise ValueError(f"path {path!r}: checksum mismatch (CRC-32) in {text.split()[-1]}: "
+                                 "the file is corrupted") from None
+            raise ValueError(f"path {path!r} is not a valid fastsasrec model file (truncated or "
+                             f"corrupted: {e})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise ValueError(f"path {path!r}: corrupted model header ({e})") from None
+        except _STREAM_ERRORS as e:  # a corrupted compressed stream or zip structure
+            raise ValueError(f"path {path!r} is not a valid fastsasrec model file ({type(e).__name__}: "
+                             f"{e})") from None
+        except OSError as e:  # a seek to a corrupted offset, bz2's bad stream, the disk's own
+            raise ValueError(f"path {path!r}: could not read the model ({e})") from None
+    _check_arrays(arrays, path)
+    loss_history = _loss_history(meta, path)
+    params = meta.get("params")
+    if not isinstance(params, dict):
+        raise ValueError(f"path {path!r}: params must be an object")
+    params = dict(params)
     params["device"] = device
-    params["verbose"] = 0 if "verbose" not in params else params["verbose"]
+    params["num_threads"] = 0
+    params.setdefault("verbose", 0)
     try:
         model = cls(**params)
-    except TypeError as e:
-        raise ValueError(f"path {path!r}: unexpected parameters in the model file ({e})") from None
-    config = dict(meta["engine_config"])
-    n_items = int(meta["n_items"])
-    item_ids, pop, flat = arrays["item_ids"], arrays["popularity"], arrays["params"]
-    if item_ids.shape != (n_items,) or pop.shape != (n_items,):
-        raise ValueError(f"path {path!r}: item ids do not match n_items={n_items}")
-    if flat.dtype != np.float32 or flat.ndim != 1:
-        raise ValueError(f"path {path!r}: weights must be a 1-d float32 array, got {flat.dtype} {flat.shape}")
-    engine = _core.Model(config, resolve_device(device), threads=model.num_threads)
-    if flat.size != engine.n_params:
-        raise ValueError(f"path {path!r}: {flat.size} weights stored, the model needs {engine.n_params}")
-    engine.set_params(flat)
-    model._set_fitted(engine, config, item_ids, pop.astype(np.int64))
-    model.loss_history_ = list(meta.get("loss_history", []))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"path {path!r}: invalid parameters in the model file ({e})") from None
+    if num_threads is not None:
+        model.set_params(num_threads=num_threads)
+    engine = _core.Model(config, backend, threads=model.num_threads)
+    engine.set_params(arrays["params"])
+    model._set_fitted(engine, config, arrays["item_ids"], arrays["popularity"].astype(np.int64))
+    model.loss_history_ = loss_history
     return model

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
+import tempfile
 import time
 import warnings
 from typing import Any, Dict, List, Optional, Sequence
@@ -98,17 +100,39 @@ def _as_time(col, name: str, path: str, what: str):
 
 
 def _load_model(path: str, threads: Optional[int] = None):
-    from fastsasrec import SASRec
+    from fastsasrec import SASRec, _persist
 
+    if threads is not None and threads < 0:
+        raise CLIError(f"--threads must be >= 0 (0: all cores), got {threads}")
     if not os.path.exists(path):
         raise CLIError(f"MODEL file {path!r} does not exist")
     try:
-        model = SASRec.load(path, device="auto")
-    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        raise CLIError(f"cannot load MODEL {path!r}: {e}") from None
-    if threads is not None:
-        model.set_params(num_threads=threads)
-    return model
+        return _persist.load(SASRec, path, device="auto", num_threads=threads)
+    except (ValueError, OSError) as e:
+        raise CLIError(f"cannot load MODEL {path!r}: {' '.join(str(e).splitlines())}") from None
+    except MemoryError:
+        raise CLIError(f"cannot load MODEL {path!r}: not enough memory for it") from None
+
+
+def _check_output(output: str) -> None:
+    """Fails before training when the model could not be written to ``output``."""
+    target = os.path.realpath(output) if os.path.islink(output) else output
+    if os.path.isdir(target):
+        raise CLIError(f"--output {output!r} is a folder: give a file name, such as "
+                       f"{os.path.join(output, 'model.fsr')!r}")
+    if os.path.exists(target) and not stat.S_ISREG(os.stat(target).st_mode):
+        raise CLIError(f"--output {output!r} exists and is not a regular file")
+    out_dir = os.path.dirname(os.path.abspath(target))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise CLIError(f"the folder of --output {output!r} is not a folder: {out_dir}")
+    if not os.path.isdir(out_dir):
+        raise CLIError(f"the folder of --output {output!r} does not exist: {out_dir}")
+    try:  # the one sure test that the folder takes a new file: make one
+        fd, probe = tempfile.mkstemp(prefix=".fastsasrec-", suffix=".tmp", dir=out_dir)
+    except OSError as e:
+        raise CLIError(f"cannot write --output {output!r}: {e.strerror} in the folder {out_dir}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _parse_ids(text: str, model, flag: str) -> List[Any]:
@@ -143,9 +167,7 @@ def _train(args: argparse.Namespace) -> int:
     from fastsasrec import SASRec
 
     time_col = None if args.no_time else args.time_col
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(out_dir):
-        raise CLIError(f"the folder of --output {args.output!r} does not exist: {out_dir}")
+    _check_output(args.output)
     df = _read_events(args.events, (args.user_col, args.item_col, time_col))
     params = _model_params(args)
     t0 = time.perf_counter()
@@ -421,7 +443,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (CLIError, ValueError, FileNotFoundError, ConnectionError, ImportError) as e:
         print(f"{prefix} {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:  # e.g. the disk filling up while the model is saved
         print(f"{prefix} {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

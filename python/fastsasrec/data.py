@@ -23,6 +23,18 @@ def _describe(x: Any) -> str:
     return f"{x!r} ({type(x).__name__})"
 
 
+def _int64(a: np.ndarray, where: Any) -> np.ndarray:
+    """Integer ids ``a`` as int64, or ValueError naming the first id at or above 2**63 (a
+    uint64 would wrap to a negative id); ``where(i)`` names flat position i."""
+    if a.dtype.kind == "u" and a.dtype.itemsize == 8 and a.size:
+        flat = a.reshape(-1)
+        big = np.flatnonzero(flat >= np.uint64(2**63))
+        if big.size:
+            i = int(big[0])
+            raise ValueError(f"{where(i)} is {int(flat[i])}: integer item ids must fit in 64 bits (int64)")
+    return a.astype(np.int64, copy=False)
+
+
 class Sequences:
     """Many sequences of original item ids in one flat form.
 
@@ -130,8 +142,6 @@ def _as_item_array(items: Any) -> np.ndarray:
         raise ValueError(f"items must be a 1-D array of item ids, got shape {a.shape}")
     if a.size == 0:
         return np.zeros(0, dtype=np.int64)
-    if a.dtype.kind == "u" and a.dtype.itemsize == 8 and int(a.max()) >= 2**63:
-        raise ValueError(f"items holds {int(a.max())}: integer item ids must fit in 64 bits")
     return _as_ids(a, "items")
 
 
@@ -215,7 +225,7 @@ def _check_item(x: Any, where: str) -> None:
     if not isinstance(x, (numbers.Integral, str)):
         raise ValueError(f"{where} is {_describe(x)}: item ids must be integers or strings")
     if isinstance(x, numbers.Integral) and not -(2**63) <= int(x) < 2**63:
-        raise ValueError(f"{where} is {x}: integer item ids must fit in 64 bits")
+        raise ValueError(f"{where} is {x}: integer item ids must fit in 64 bits (int64)")
 
 
 def _flatten_plain_lists(seqs: List[Any]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
@@ -246,8 +256,9 @@ def flatten_sequences(sequences: Any, name: str = "sequences") -> Sequences:
     if (isinstance(sequences, np.ndarray) and sequences.ndim == 2
             and sequences.dtype.kind in _INT_KINDS):  # fixed-length sessions, one per row
         B, L = sequences.shape
-        return Sequences._of(np.ascontiguousarray(sequences, dtype=np.int64).reshape(-1),
-                         np.arange(B + 1, dtype=np.int64) * L)
+        flat = _int64(sequences, lambda i: f"{name}[{i // L}][{i % L}]")
+        return Sequences._of(np.ascontiguousarray(flat).reshape(-1),
+                             np.arange(B + 1, dtype=np.int64) * L)
     seqs = _as_sequence_list(sequences, name)
     fast = _flatten_plain_lists(seqs)
     if fast is not None:
@@ -277,7 +288,8 @@ def flatten_sequences(sequences: Any, name: str = "sequences") -> Sequences:
         return Sequences._of(np.zeros(0, dtype=np.int64), offsets)
     kinds = {p.dtype.kind for p in parts if p.size}
     if kinds <= set(_INT_KINDS):
-        flat = np.concatenate([p.astype(np.int64, copy=False) for p in parts if p.size])
+        flat = np.concatenate([_int64(p, lambda j, i=i: f"{name}[{i}][{j}]")
+                               for i, p in enumerate(parts) if p.size])
         return Sequences._of(flat, offsets)
     if kinds <= {"U"}:
         return Sequences._of(np.concatenate([p for p in parts if p.size]), offsets)
@@ -367,32 +379,37 @@ def _table_kind(df: Any) -> str:
 
 
 def _column(df: Any, kind: str, name: Any, arg: str) -> np.ndarray:
+    """The column as a NumPy array; ValueError naming the column and the first row with a
+    missing value: null, None, NaN or NaT, the same rule for every kind of table."""
     columns = list(df.column_names) if kind == "pyarrow" else list(df.columns)
     if name not in columns:
         raise ValueError(f"{arg}={name!r} is not a column of the event table; its columns are {columns}")
     if kind == "pandas":
         col = df[name]
-        if col.isna().any():
-            row = int(np.flatnonzero(col.isna().to_numpy())[0])
-            raise ValueError(f"column {name!r} ({arg}) has a missing value at row {row}")
-        return col.to_numpy()
-    if kind == "polars":
+        missing = col.isna().to_numpy()  # None, NaN, NaT
+        values = None if missing.any() else col.to_numpy()
+    elif kind == "polars":
         col = df.get_column(name)
-        if col.null_count():
-            row = int(np.flatnonzero(col.is_null().to_numpy())[0])
-            raise ValueError(f"column {name!r} ({arg}) has a missing value at row {row}")
-        return col.to_numpy()
-    col = df.column(name)
-    if col.null_count:
-        mask = np.asarray(col.is_null().to_numpy(zero_copy_only=False))
-        raise ValueError(f"column {name!r} ({arg}) has a missing value at row {int(np.flatnonzero(mask)[0])}")
-    return col.to_numpy()
+        missing = col.is_null().to_numpy()
+        values = None if missing.any() else col.to_numpy()
+    else:
+        col = df.column(name)
+        missing = np.asarray(col.is_null().to_numpy(zero_copy_only=False))
+        values = None if missing.any() else col.to_numpy()
+    if values is not None and values.dtype.kind in "fc":  # NaN is not null in polars, pyarrow
+        missing = np.isnan(values)
+    elif values is not None and values.dtype.kind in "mM":
+        missing = np.isnat(values)
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0])
+        raise ValueError(f"column {name!r} ({arg}) has a missing value at row {row}")
+    return values
 
 
 def _as_ids(values: np.ndarray, what: str) -> np.ndarray:
     """int64 or str array of ids, or ValueError naming the first bad row."""
     if values.dtype.kind in _INT_KINDS:
-        return values.astype(np.int64, copy=False)
+        return _int64(values, lambda i: f"{what}[{i}]")
     if values.dtype.kind == "U":
         return values
     for i, x in enumerate(values.tolist()):

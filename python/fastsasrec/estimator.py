@@ -2,11 +2,20 @@
 
 Its parameters are in ``_params``, its file format in ``_persist``, the evaluation
 protocols in ``metrics`` and the older notebook interface in ``_compat``.
+
+A fitted model is one immutable ``_Fitted`` snapshot (the engine, its configuration, the
+catalogue, the fit's record and caches of its own), built aside by fit, load and to() and
+published by one assignment to ``SASRec._state``.  Every public call reads ``_state``
+once and uses only that snapshot, so a call running while another thread refits gets
+wholly the old model or wholly the new one, and a fit that fails publishes nothing.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import os
+import threading
 import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -26,6 +35,70 @@ from fastsasrec.data import (
     flatten_sequences,
     transactions_to_sequences,
 )
+
+# Publishing a snapshot (fit, load, to(), set_params(num_threads=...)) assigns ``_state``
+# under this lock, so that a read-modify-write (to(), num_threads) never undoes a publish
+# made meanwhile by another thread.  Readers never take it.
+_PUBLISH = threading.Lock()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Fitted:
+    """One fitted model, never changed once published (a change publishes a new one).
+
+    ``engine``: the C++ model.  ``config``: the configuration the engine was built with
+    (its shape: n_items, factors, max_seq, ...).  ``params``: the estimator's parameters
+    this model was fitted (or loaded) with; ``set_params`` changes only the next fit, except
+    ``num_threads``, which is republished.  ``item_ids``: the catalogue, sorted original
+    ids (read-only); ``popularity``: each item's count of training interactions (read-only).
+    ``loss_history``, ``history``, ``best_epoch``: the fit's record.  ``cache``: values
+    computed from this model on first use (item embeddings, the catalogue on the GPU, the
+    notebook maps); two threads filling an entry at once store equal values."""
+
+    engine: Any
+    config: Dict[str, Any]
+    params: Dict[str, Any]
+    item_ids: np.ndarray
+    popularity: np.ndarray
+    loss_history: Tuple[float, ...] = ()
+    history: Tuple[Dict[str, Any], ...] = ()
+    best_epoch: int = 0
+    cache: Dict[str, Any] = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    def item_embeddings(self) -> np.ndarray:
+        E = self.cache.get("item_embeddings")
+        if E is None:
+            E = self.engine.item_embeddings()
+            E.setflags(write=False)
+            self.cache["item_embeddings"] = E
+        return E
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a = a.view()
+    a.flags.writeable = False
+    return a
+
+
+def _filler(item_ids: np.ndarray) -> Any:
+    """The id of recommend_batch's empty slots: "" for string catalogues, -1 otherwise."""
+    return "" if item_ids.dtype.kind == "U" else -1
+
+
+def _check_catalogue(item_ids: np.ndarray) -> None:
+    """Rejects a catalogue holding the id that marks recommend_batch's empty slots (a real
+    item's score can be -inf, so the id is what marks a slot empty)."""
+    fill = _filler(item_ids)
+    if item_ids.size and bool((item_ids == fill).any()):
+        raise ValueError(
+            f"item id {fill!r} is reserved: recommend_batch fills the slots it has no item for "
+            "with it (-1 for integer ids, \"\" for string ids); drop or rename that item"
+        )
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """Whether every value is finite (min and max propagate NaN; no array the size of a)."""
+    return a.size == 0 or bool(np.isfinite(a.min()) and np.isfinite(a.max()))
 
 
 class _progress:
@@ -62,6 +135,8 @@ class _progress:
 def _is_cupy(x: Any) -> bool:
     """A CuPy array, recognised without importing CuPy."""
     return type(x).__module__.split(".")[0] == "cupy" and hasattr(x, "__cuda_array_interface__")
+
+
 
 
 class SASRec(NotebookCompat):
@@ -110,6 +185,10 @@ class SASRec(NotebookCompat):
         sums the products in float32 (the GPU's tensor cores); weights, activations,
         attention, losses and the optimizer stay float32.  The CPU computes the same
         rounding, for the same answers, but gains no speed from it.
+
+    Thread safety: one fitted model can serve many threads at once.  The fitted model is
+    one snapshot that ``fit``, ``load`` and ``to`` replace whole, so every call gets
+    wholly the model that was current when it started, even while another thread refits.
     """
 
     def __init__(
@@ -134,28 +213,28 @@ class SASRec(NotebookCompat):
         given = {name: value for name, value in locals().items() if name in PARAMS}
         for name, value in checked(given).items():
             setattr(self, name, value)
-        # The fitted state (see _set_fitted): the engine, its configuration, the catalogue.
-        self._engine = None
-        self._config: Optional[Dict[str, Any]] = None
-        self._item_ids: Optional[np.ndarray] = None
-        self._popularity: Optional[np.ndarray] = None
-        self._emb_cache: Optional[np.ndarray] = None
-        self.loss_history_: List[float] = []
-        self.history_: List[Dict[str, Any]] = []
-        self.best_epoch_: int = 0
-        self.loss_: Optional[str] = None
+        self._state: Optional[_Fitted] = None  # the published fitted model (see _Fitted)
 
     # ------------------------------------------------------------------ params
     def get_params(self, deep: bool = True) -> Dict[str, Any]:
+        """The parameters of the next fit (a fitted model's own are ``fitted_params_``)."""
         return {name: getattr(self, name) for name in PARAMS}
 
     def set_params(self, **params: Any) -> "SASRec":
-        """Sets parameters (all checked before any is set); returns self.  On a fitted
-        model, ``num_threads`` applies at once; the others take effect at the next fit."""
+        """Sets parameters (all checked before any is set); returns self.  They apply to the
+        next fit: a fitted model keeps the configuration it was fitted with (its width,
+        heads, max_seq, loss...) until then, in everything it does and in the file ``save``
+        writes.  ``num_threads`` is the exception: a runtime setting, it also applies at
+        once to the fitted model."""
         for name, value in checked(self.get_params(), params).items():
             setattr(self, name, value)
-        if "num_threads" in params and self._engine is not None:
-            self._engine.set_threads(self.num_threads)
+        if "num_threads" in params:
+            with _PUBLISH:
+                state = self._state
+                if state is not None:
+                    state.engine.set_threads(self.num_threads)
+                    self._state = dataclasses.replace(
+                        state, params=dict(state.params, num_threads=self.num_threads))
         return self
 
     def __repr__(self) -> str:
@@ -173,17 +252,25 @@ class SASRec(NotebookCompat):
         """Trains on sequences of original item ids (oldest first); returns self.
 
         ``sequences``: a list of lists (or arrays) of item ids, a pandas Series of lists,
-        or a ``Sequences`` (the flat form).  Ids are all integers or all strings.
-        Sequences with fewer than 2 items cannot teach anything and are skipped with one
-        warning giving their count.
+        or a ``Sequences`` (the flat form).  Ids are all integers or all strings; -1 and ""
+        are reserved (they mark ``recommend_batch``'s empty slots).  Sequences with fewer
+        than 2 items cannot teach anything and are skipped with one warning giving their
+        count.
+
+        The new model is built aside: until fit returns, this estimator keeps serving the
+        model it had (from any thread), and a fit that fails (an error, a non-finite loss
+        or weights) raises and leaves it exactly as it was (unfitted if it was).  Ctrl-C
+        (KeyboardInterrupt) stops training after the current epoch and installs the model
+        with the weights of the last completed epoch.  Of two fits running at once on one
+        estimator, the one that ends last is the model.
 
         ``validation``: sequences scored after every epoch (each one's last item held out,
         full-catalogue NDCG@10, see ``evaluate``); with ``early_stopping_patience`` training
         stops after that many epochs without improvement, and the best epoch's weights
         are restored.  ``callbacks``: callables ``cb(model, epoch, logs)`` run after each
         epoch (``logs``: loss, tokens/s, validation metrics); one returning True stops
-        training.  Ctrl-C (KeyboardInterrupt) stops training after the current epoch and
-        leaves the model usable with the weights of the last completed epoch.
+        training.  Their ``model`` is a view of this estimator holding the model being
+        trained, as of that epoch (recommend, evaluate or save it there).
         """
         return self._fit(flatten_sequences(sequences, "sequences"), validation,
                          early_stopping_patience, callbacks)
@@ -210,6 +297,7 @@ class SASRec(NotebookCompat):
         return model._fit(Sequences(items, offsets), **fit_kw)
 
     def _fit(self, sequences: Sequences, validation=None, early_stopping_patience=None, callbacks=None):
+        params = self.get_params()  # read once: a set_params meanwhile is for the next fit
         if early_stopping_patience is not None:
             early_stopping_patience = positive_int(early_stopping_patience, "early_stopping_patience")
             if validation is None:
@@ -237,42 +325,57 @@ class SASRec(NotebookCompat):
             flat = flat[np.repeat(~short, lengths)]
             offsets = np.concatenate(([0], np.cumsum(lengths[~short]))).astype(np.int64)
         item_ids, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+        _check_catalogue(item_ids)
         internal = (inverse.reshape(-1) + 1).astype(np.int32)
-        seed = self.random_state
+        seed = params["random_state"]
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
-        config = engine_config(self.get_params(), int(item_ids.size), seed)
-        engine = _core.Model(config, resolve_device(self.device), threads=self.num_threads)
-        self._set_fitted(engine, config, item_ids, counts.astype(np.int64))
-        self.loss_history_ = []
-        self.history_ = []
-        self._train(internal, offsets, self.iterations, validation, early_stopping_patience, callbacks)
+        config = engine_config(params, int(item_ids.size), seed)
+        engine = _core.Model(config, resolve_device(params["device"]), threads=params["num_threads"])
+        state = _Fitted(engine, config, params, _read_only(item_ids),
+                        _read_only(counts.astype(np.int64)))
+        state = self._train(state, internal, offsets, validation, early_stopping_patience, callbacks)
+        with _PUBLISH:
+            self._state = state
         return self
 
     def _set_fitted(self, engine: Any, config: Dict[str, Any], item_ids: np.ndarray,
-                    popularity: np.ndarray) -> None:
-        """Installs a fitted state: the engine, the configuration it was built with, the
-        catalogue (sorted original ids) and each item's count of training interactions."""
-        self._engine = engine
-        self._config = config
-        self._item_ids = item_ids
-        self._popularity = popularity
-        self._emb_cache = None
-        self.loss_ = str(config["loss"])
+                    popularity: np.ndarray, loss_history: Sequence[float] = ()) -> None:
+        """Publishes a loaded model: the engine, the configuration it was built with, the
+        catalogue (sorted original ids), each item's count of training interactions and
+        the loss of each epoch; its parameters are this estimator's (``load`` builds the
+        estimator from the file's)."""
+        _check_catalogue(item_ids)
+        state = _Fitted(engine, dict(config), self.get_params(), _read_only(np.asarray(item_ids)),
+                        _read_only(np.asarray(popularity)),
+                        loss_history=tuple(float(x) for x in loss_history))
+        with _PUBLISH:
+            self._state = state
 
-    def _train(self, internal, offsets, epochs, validation, patience, callbacks) -> None:
+    def _train(self, state: _Fitted, internal, offsets, validation, patience, callbacks) -> _Fitted:
+        """Trains ``state``'s engine, which no one else sees yet, and returns the snapshot to
+        publish: the fit's record filled in, the best epoch's weights restored.  Raises,
+        with nothing published, when the loss or the weights are not finite."""
+        engine, params = state.engine, state.params
+        epochs = params["iterations"]
         lengths = np.diff(offsets)
-        tokens = int((np.minimum(lengths, self._config["max_seq"] + 1) - 1).clip(min=0).sum())
+        tokens = int((np.minimum(lengths, state.config["max_seq"] + 1) - 1).clip(min=0).sum())
+        losses: List[float] = []
+        history: List[Dict[str, Any]] = []
         best_score, best_params, best_epoch, since_best = -math.inf, None, 0, 0
-        bar = _progress(epochs, self.verbose)
-        epoch = 0
+
+        def record() -> _Fitted:  # the snapshot as of now (a fresh cache: new weights)
+            return dataclasses.replace(
+                state, loss_history=tuple(losses), history=tuple(history),
+                best_epoch=best_epoch if best_params is not None else len(losses))
+
+        bar = _progress(epochs, params["verbose"])
         try:
             for epoch in range(1, epochs + 1):
                 t0 = time.perf_counter()
-                loss = self._engine.train_epoch(internal, offsets, len(self.loss_history_))
+                loss = engine.train_epoch(internal, offsets, len(losses))
                 dt = time.perf_counter() - t0
-                self.loss_history_.append(float(loss))
-                self._emb_cache = None
+                losses.append(float(loss))
                 if not math.isfinite(loss):
                     raise RuntimeError(
                         f"training diverged at epoch {epoch}: loss is {loss}; lower learning_rate"
@@ -280,92 +383,165 @@ class SASRec(NotebookCompat):
                 logs: Dict[str, Any] = {"epoch": epoch, "loss": float(loss),
                                         "tokens_per_s": tokens / max(dt, 1e-9)}
                 if validation is not None:
-                    val = self.evaluate(validation, k=10)
+                    val = _metrics.evaluate(self._view(record()), validation, k=10)
                     logs.update({f"val_{k}": v for k, v in val.items() if k.endswith("@10")})
                     score = val["NDCG@10"]
                     if score > best_score:
                         best_score, best_epoch, since_best = score, epoch, 0
-                        best_params = self._engine.get_params()
+                        best_params = engine.get_params()
                     else:
                         since_best += 1
-                self.history_.append(logs)
+                history.append(logs)
                 bar.update(logs)
-                stop = any(bool(cb(self, epoch, logs)) for cb in (callbacks or []))
+                view = self._view(record())
+                stop = any(bool(cb(view, epoch, logs)) for cb in (callbacks or []))
                 if patience is not None and since_best >= patience:
                     stop = True
                 if stop:
                     break
         except KeyboardInterrupt:
             warnings.warn(
-                f"training interrupted: the model keeps the weights of epoch {len(self.loss_history_)}",
+                f"training interrupted: the model keeps the weights of epoch {len(losses)}",
                 stacklevel=3,
             )
         finally:
             bar.close()
-        if best_params is not None and best_epoch != len(self.loss_history_):
-            self._engine.set_params(best_params)
-            self._emb_cache = None
-        self.best_epoch_ = best_epoch if best_params is not None else len(self.loss_history_)
+        if best_params is not None and best_epoch != len(losses):
+            engine.set_params(best_params)
+        if not _all_finite(engine.get_params()):
+            raise RuntimeError(
+                f"training diverged: the weights after epoch {len(losses)} are not finite; "
+                "lower learning_rate"
+            )
+        return record()
 
     # ------------------------------------------------------------------ state
-    def _check_fitted(self) -> None:
-        if self._engine is None:
+    def _fitted(self) -> _Fitted:
+        """The published model: each public call reads it once, here, and uses only it."""
+        state = self._state
+        if state is None:
             raise RuntimeError("this SASRec model is not fitted yet: call fit() or load() first")
+        return state
+
+    def _view(self, state: _Fitted) -> "SASRec":
+        """A shallow copy of this estimator holding ``state`` and the parameters it was
+        fitted with: what fit's callbacks and validation see (the model being trained, not
+        yet published), and what evaluate and save read throughout, whatever another
+        thread publishes meanwhile."""
+        view = copy.copy(self)
+        view.__dict__.update(state.params)
+        view._state = state
+        return view
+
+    # The fitted model's parts one at a time, for code that reads a single one; code that
+    # reads two reads ``_state`` once instead (they may belong to different fits otherwise).
+    @property
+    def _engine(self) -> Any:
+        state = self._state
+        return None if state is None else state.engine
+
+    @property
+    def _config(self) -> Optional[Dict[str, Any]]:
+        state = self._state
+        return None if state is None else dict(state.config)
+
+    @property
+    def _item_ids(self) -> Optional[np.ndarray]:
+        state = self._state
+        return None if state is None else state.item_ids
+
+    @property
+    def _popularity(self) -> Optional[np.ndarray]:
+        state = self._state
+        return None if state is None else state.popularity
+
+    @property
+    def fitted_params_(self) -> Dict[str, Any]:
+        """The parameters the fitted model was fitted (or loaded) with; ``get_params`` gives
+        those of the next fit, which ``set_params`` changes."""
+        return dict(self._fitted().params)
+
+    @property
+    def loss_(self) -> Optional[str]:
+        """The loss the fitted model was trained with ("auto" resolved); None before fit."""
+        state = self._state
+        return None if state is None else str(state.config["loss"])
+
+    @property
+    def loss_history_(self) -> List[float]:
+        """The training loss of each epoch of the fitted model ([] before fit)."""
+        state = self._state
+        return [] if state is None else list(state.loss_history)
+
+    @loss_history_.setter
+    def loss_history_(self, value: Sequence[float]) -> None:
+        with _PUBLISH:
+            state = self._fitted()
+            self._state = dataclasses.replace(state, loss_history=tuple(float(x) for x in value))
+
+    @property
+    def history_(self) -> List[Dict[str, Any]]:
+        """One dict of logs (loss, tokens/s, validation metrics) per epoch of the fit."""
+        state = self._state
+        return [] if state is None else list(state.history)
+
+    @property
+    def best_epoch_(self) -> int:
+        """The epoch whose weights the model has (the best validated one, or the last)."""
+        state = self._state
+        return 0 if state is None else state.best_epoch
 
     @property
     def item_ids(self) -> np.ndarray:
-        """Original item ids; entry i matches row i of ``item_embeddings``."""
-        self._check_fitted()
-        return self._item_ids
+        """Original item ids (read-only); entry i matches row i of ``item_embeddings``."""
+        return self._fitted().item_ids
 
     @property
     def item_embeddings(self) -> np.ndarray:
-        """(n_items, factors) float32 item embeddings (also the output layer)."""
-        self._check_fitted()
-        if self._emb_cache is None:
-            self._emb_cache = self._engine.item_embeddings()
-            self._emb_cache.setflags(write=False)
-        return self._emb_cache
+        """(n_items, factors) float32 item embeddings (also the output layer), read-only."""
+        return self._fitted().item_embeddings()
 
     @property
     def n_items(self) -> int:
-        self._check_fitted()
-        return int(self._item_ids.size)
+        return int(self._fitted().item_ids.size)
 
     def to(self, device: str) -> "SASRec":
         """Moves the fitted model to another device ("cpu", "cuda" or "auto"); returns self.
-        The weights travel through host memory; the optimizer state starts afresh."""
-        self._check_fitted()
+        The weights travel through host memory; the optimizer state starts afresh.  The next
+        fit uses the device too."""
         backend = resolve_device(device)
-        if backend != self._engine.device:
-            engine = _core.Model(self._config, backend, threads=self.num_threads)
-            engine.set_params(self._engine.get_params())
-            self._engine = engine
-            self._emb_cache = None
-        self.device = device
-        return self
+        while True:
+            state = self._fitted()
+            moved = dataclasses.replace(state, params=dict(state.params, device=device))
+            if backend != state.engine.device:
+                engine = _core.Model(dict(state.config), backend, threads=state.params["num_threads"])
+                engine.set_params(state.engine.get_params())
+                moved = dataclasses.replace(moved, engine=engine)
+            with _PUBLISH:
+                if self._state is state:  # else a fit published meanwhile: move that one
+                    self._state = moved
+                    self.device = device
+                    return self
 
     # ------------------------------------------------------------------ inference
-    def _encode_sessions(self, sessions: Any, name: str) -> Tuple[np.ndarray, np.ndarray]:
+    def _encode_sessions(self, state: _Fitted, sessions: Any, name: str) -> Tuple[np.ndarray, np.ndarray]:
         """(internal ids, offsets) of many sessions; unknown ids are 0."""
         flat = flatten_sequences(sessions, name)
-        check_ids_compatible(flat.items, self._item_ids, name)
-        return encode(flat.items, self._item_ids), flat.offsets
+        check_ids_compatible(flat.items, state.item_ids, name)
+        return encode(flat.items, state.item_ids), flat.offsets
 
-    def _encode_one(self, session: Any, name: str) -> np.ndarray:
+    def _encode_one(self, state: _Fitted, session: Any, name: str) -> np.ndarray:
         if session is None or isinstance(session, (str, bytes)) or not hasattr(session, "__len__"):
             raise ValueError(f"{name} must be a sequence of item ids, got {session!r}")
         try:
-            internal, _ = self._encode_sessions([session], name)
+            internal, _ = self._encode_sessions(state, [session], name)
         except ValueError as e:  # name the position inside this one session
             raise ValueError(str(e).replace(f"{name}[0]", name)) from None
         return internal[internal > 0]
 
-    def _check_n(self, n: Any) -> int:
-        return positive_int(n, "n")
-
-    def _popular(self, n: int, excluded: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        share = self._popularity / max(int(self._popularity.sum()), 1)
+    @staticmethod
+    def _popular(state: _Fitted, n: int, excluded: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        share = state.popularity / max(int(state.popularity.sum()), 1)
         order = np.lexsort((np.arange(share.size), -share))  # most popular first, ties by id
         if excluded.size:
             order = order[~np.isin(order + 1, excluded)]
@@ -387,45 +563,51 @@ class SASRec(NotebookCompat):
         cart) removes more.  Returns (ids, scores), best first; fewer than n when the
         catalogue, less the exclusions, has fewer items.
         """
-        self._check_fitted()
-        n = self._check_n(n)
-        known = self._encode_one(session, "session")
+        return self._recommend(self._fitted(), session, n, exclude_seen, exclude)
+
+    def _recommend(self, state: _Fitted, session: Any, n: Any, exclude_seen: bool,
+                   exclude: Any) -> Tuple[np.ndarray, np.ndarray]:
+        n = min(positive_int(n, "n"), int(state.item_ids.size))
+        known = self._encode_one(state, session, "session")
         excl = known if exclude_seen else np.zeros(0, dtype=np.int32)
         if exclude is not None:
-            extra = self._encode_one(exclude, "exclude")
+            extra = self._encode_one(state, exclude, "exclude")
             excl = np.concatenate((excl, extra)) if excl.size else extra
         if known.size == 0:
-            ids, scores = self._popular(n, excl)
-            return self._item_ids[ids - 1], scores
-        ids, scores = self._engine.recommend(
-            known, np.array([0, known.size], dtype=np.int64), min(n, self._item_ids.size),
+            ids, scores = self._popular(state, n, excl)
+            return state.item_ids[ids - 1], scores
+        ids, scores = state.engine.recommend(
+            known, np.array([0, known.size], dtype=np.int64), n,
             excl.astype(np.int32, copy=False), np.array([0, excl.size], dtype=np.int64),
         )
         ids, scores = ids[0], scores[0]
         valid = ids > 0
         if not valid.all():
             ids, scores = ids[valid], scores[valid]
-        return self._item_ids[ids - 1], scores
+        return state.item_ids[ids - 1], scores
 
     def recommend_batch(
         self, sessions: Any, n: int = 10, exclude_seen: bool = True
     ) -> Tuple[np.ndarray, np.ndarray]:
-        """Top-n for many sessions at once: (ids, scores), each of shape (len(sessions), n).
+        """Top-n for many sessions at once: (ids, scores), each of shape
+        (len(sessions), min(n, n_items)), best first.
 
         ``sessions``: lists of original ids, or a ``Sequences``.  Sessions with no known
-        item get the most popular items.  Where the catalogue, less the exclusions, has
-        fewer than n items, the row ends with score -inf and id -1 (integer ids) or ""
-        (string ids).
+        item get the most popular items.  A slot is empty when the catalogue, less the
+        row's exclusions, has too few items: an empty slot's id is -1 (integer ids) or ""
+        (string ids), which no item can have (fit rejects them), and its score is -inf (a
+        real item's score can also be -inf, when it overflows float32: the id is the
+        marker).  Empty slots come last in their row.
 
         On a model on the GPU, ``sessions`` may also be a 2-D CuPy integer array (sessions x
         items, every id known): it is mapped and scored on the GPU, and (ids, scores) come
         back as CuPy arrays, with no copy through the host.
         """
-        self._check_fitted()
-        n = self._check_n(n)
+        state = self._fitted()
+        n = min(positive_int(n, "n"), int(state.item_ids.size))
         if _is_cupy(sessions):
-            return self._recommend_batch_cupy(sessions, n, exclude_seen)
-        internal, offsets = drop_unknown(*self._encode_sessions(sessions, "sessions"))
+            return self._recommend_batch_cupy(state, sessions, n, exclude_seen)
+        internal, offsets = drop_unknown(*self._encode_sessions(state, sessions, "sessions"))
         B = offsets.size - 1
         lengths = np.diff(offsets)
         ids = np.zeros((B, n), dtype=np.int32)
@@ -440,46 +622,48 @@ class SASRec(NotebookCompat):
                 w_off = np.concatenate(([0], np.cumsum(lengths[warm]))).astype(np.int64)
             ex_items = w_items if exclude_seen else np.zeros(0, dtype=np.int32)
             ex_off = w_off if exclude_seen else np.zeros(warm.size + 1, dtype=np.int64)
-            k = min(n, self._item_ids.size)
-            wi, ws = self._engine.recommend(w_items, w_off, k, ex_items, ex_off)
-            ids[warm, :k], scores[warm, :k] = wi, ws
+            ids[warm], scores[warm] = state.engine.recommend(w_items, w_off, n, ex_items, ex_off)
         cold = np.flatnonzero(lengths == 0)
         if cold.size:
-            pi, ps = self._popular(n, np.zeros(0, dtype=np.int32))
-            ids[cold, : pi.size], scores[cold, : ps.size] = pi, ps
-        out = self._item_ids[np.maximum(ids, 1) - 1]
-        if (ids == 0).any():
-            fill = "" if self._item_ids.dtype.kind == "U" else -1
-            out = out.copy()
-            out[ids == 0] = fill
+            pi, ps = self._popular(state, n, np.zeros(0, dtype=np.int32))
+            ids[cold], scores[cold] = pi, ps
+        out = state.item_ids[np.maximum(ids, 1) - 1]
+        empty = ids == 0
+        if empty.any():
+            out[empty] = _filler(state.item_ids)
         return out, scores
 
-    def _recommend_batch_cupy(self, sessions: Any, n: int, exclude_seen: bool) -> Tuple[Any, Any]:
+    def _recommend_batch_cupy(self, state: _Fitted, sessions: Any, n: int,
+                              exclude_seen: bool) -> Tuple[Any, Any]:
         import cupy as cp
 
-        if self._engine.device != "cuda":
+        engine = state.engine
+        if engine.device != "cuda":
             raise ValueError(
-                f"sessions is a CuPy array but this model is on {self._engine.device!r}: move it "
+                f"sessions is a CuPy array but this model is on {engine.device!r}: move it "
                 "with .to('cuda'), or pass a NumPy array or lists"
             )
-        if sessions.device.id != self._engine.device_index:
+        if sessions.device.id != engine.device_index:
             raise ValueError(
                 f"sessions is on GPU {sessions.device.id} but this model is on GPU "
-                f"{self._engine.device_index}: copy it there first (cupy.asarray inside "
-                f"`with cupy.cuda.Device({self._engine.device_index}):`)"
+                f"{engine.device_index}: copy it there first (cupy.asarray inside "
+                f"`with cupy.cuda.Device({engine.device_index}):`)"
             )
         if sessions.ndim != 2 or sessions.dtype.kind not in "iu":
             raise ValueError(
                 "sessions as a CuPy array must be 2-D integer item ids (sessions x items), got "
                 f"shape {sessions.shape} of {sessions.dtype}"
             )
-        if self._item_ids.dtype.kind not in "iu":
+        if state.item_ids.dtype.kind not in "iu":
             raise ValueError("this model's item ids are strings: CuPy sessions cannot name them")
         B, L = sessions.shape
-        k = min(n, int(self._item_ids.size))
-        ids_gpu = self._cupy_item_ids(cp)
         if L == 0 or B == 0:
             raise ValueError(f"sessions must have at least one item per session, got shape {sessions.shape}")
+        if sessions.dtype.kind == "u" and sessions.dtype.itemsize == 8:
+            top = int(sessions.max())  # one scalar crosses to the host
+            if top >= 2**63:
+                raise ValueError(f"sessions holds {top}: integer item ids must fit in 64 bits (int64)")
+        ids_gpu = self._cupy_item_ids(state, cp)
         x = sessions.astype(cp.int64, copy=False)
         pos = cp.minimum(cp.searchsorted(ids_gpu, x), ids_gpu.size - 1)
         found = ids_gpu[pos] == x
@@ -490,77 +674,74 @@ class SASRec(NotebookCompat):
                 "hold known ids only (NumPy arrays and lists skip unknown ones)"
             )
         internal = (pos + 1).astype(cp.int32)
-        fwd = cp.ascontiguousarray(internal[:, -self._config["max_seq"]:])
+        fwd = cp.ascontiguousarray(internal[:, -state.config["max_seq"]:])
         excl = internal if exclude_seen else None
-        out_ids = cp.empty((B, k), dtype=cp.int32)
-        out_scores = cp.empty((B, k), dtype=cp.float32)
+        out_ids = cp.empty((B, n), dtype=cp.int32)
+        out_scores = cp.empty((B, n), dtype=cp.float32)
         # The engine works on its own stream: what CuPy's stream wrote must be done first.
         cp.cuda.get_current_stream().synchronize()
-        self._engine.recommend_resident(
+        engine.recommend_resident(
             fwd.data.ptr, B, fwd.shape[1], excl.data.ptr if excl is not None else 0,
-            L if excl is not None else 0, k, out_ids.data.ptr, out_scores.data.ptr,
+            L if excl is not None else 0, n, out_ids.data.ptr, out_scores.data.ptr,
         )  # returns once its stream is done
         ids = ids_gpu[cp.maximum(out_ids, 1) - 1]
-        ids[out_ids == 0] = -1
-        if k < n:
-            ids = cp.concatenate([ids, cp.full((B, n - k), -1, dtype=ids.dtype)], axis=1)
-            out_scores = cp.concatenate(
-                [out_scores, cp.full((B, n - k), -cp.inf, dtype=cp.float32)], axis=1)
+        ids[out_ids == 0] = _filler(state.item_ids)
         return ids, out_scores
 
-    def _cupy_item_ids(self, cp: Any) -> Any:
-        src, cached = getattr(self, "_item_ids_gpu", (None, None))
-        if src is not self._item_ids:  # refit or loaded since: a new catalogue
-            cached = cp.asarray(self._item_ids)
-            self._item_ids_gpu = (self._item_ids, cached)
-        return cached
+    @staticmethod
+    def _cupy_item_ids(state: _Fitted, cp: Any) -> Any:
+        ids = state.cache.get("cupy_item_ids")
+        if ids is None:
+            ids = state.cache["cupy_item_ids"] = cp.asarray(state.item_ids)
+        return ids
 
     def session_embeddings(self, sessions: Any) -> np.ndarray:
         """(len(sessions), factors) float32: the final hidden state at each session's last
-        position.  Rows of sessions with no known item are NaN.  ``sessions``: lists of
-        ids or a ``Sequences``."""
-        self._check_fitted()
-        internal, offsets = drop_unknown(*self._encode_sessions(sessions, "sessions"))
+        position (``factors`` as fitted).  Rows of sessions with no known item are NaN.
+        ``sessions``: lists of ids or a ``Sequences``."""
+        state = self._fitted()
+        internal, offsets = drop_unknown(*self._encode_sessions(state, sessions, "sessions"))
         lengths = np.diff(offsets)
-        out = np.full((lengths.size, self._config["factors"]), np.nan, dtype=np.float32)
+        out = np.full((lengths.size, state.config["factors"]), np.nan, dtype=np.float32)
         warm = np.flatnonzero(lengths > 0)
         if warm.size:
             sel = np.repeat(lengths > 0, lengths)
             w_off = np.concatenate(([0], np.cumsum(lengths[warm]))).astype(np.int64)
-            out[warm] = self._engine.session_states(internal[sel], w_off)
+            out[warm] = state.engine.session_states(internal[sel], w_off)
         return out
 
     # ------------------------------------------------------------------ store helpers
-    def _cosine_rows(self) -> np.ndarray:
-        E = self.item_embeddings
+    @staticmethod
+    def _cosine_rows(state: _Fitted) -> np.ndarray:
+        E = state.item_embeddings()
         return E / np.clip(np.linalg.norm(E, axis=1, keepdims=True), 1e-8, None)
 
     def similar_items(self, item: Any, n: int = 10) -> Tuple[np.ndarray, np.ndarray]:
         """The n items whose embeddings are closest to ``item``'s by cosine similarity
         (the item itself excluded): (ids, cosines), best first."""
-        self._check_fitted()
-        n = self._check_n(n)
-        internal = self._encode_one([item], "item")
+        state = self._fitted()
+        n = positive_int(n, "n")
+        internal = self._encode_one(state, [item], "item")
         if internal.size == 0:
             raise ValueError(f"item {item!r} is not in the model's catalogue")
-        U = self._cosine_rows()
+        U = self._cosine_rows(state)
         sims = U @ U[internal[0] - 1]
         sims[internal[0] - 1] = -np.inf
         k = min(n, sims.size - 1)
         top = np.argpartition(-sims, k - 1)[:k] if k > 0 else np.zeros(0, dtype=np.int64)
         top = top[np.lexsort((top, -sims[top]))]
-        return self._item_ids[top], sims[top].astype(np.float32)
+        return state.item_ids[top], sims[top].astype(np.float32)
 
     def session_quality(self, session: Sequence[Any]) -> float:
         """How focused a session is, in [0, 1]: the mean pairwise cosine similarity of the
         embeddings of its known items (negative means clipped to 0); 0.0 with fewer than
         2 known items."""
-        self._check_fitted()
-        known = self._encode_one(session, "session")
+        state = self._fitted()
+        known = self._encode_one(state, session, "session")
         m = known.size
         if m < 2:
             return 0.0
-        U = self._cosine_rows()[known - 1].astype(np.float64)
+        U = self._cosine_rows(state)[known - 1].astype(np.float64)
         sim = U @ U.T
         mean = (sim.sum() - np.trace(sim)) / (m * (m - 1))
         return float(np.clip(mean, 0.0, 1.0))
@@ -581,21 +762,26 @@ class SASRec(NotebookCompat):
         not comparable with full ranking).  Returns HR@k, NDCG@k, MRR@k, coverage@k (the
         share of the catalogue that appears in some top-k list; loo only), ``n`` (sequences
         scored; shorter than 2 are skipped) and ``protocol``, a label to print with them.
-        Held-out items unknown to the model count as misses."""
-        return _metrics.evaluate(self, sequences, k, protocol, n_negatives, random_state)
+        Held-out items unknown to the model count as misses.  k may exceed the catalogue
+        (every item is then in the top k)."""
+        return _metrics.evaluate(self._view(self._fitted()), sequences, k, protocol,
+                                 n_negatives, random_state)
 
     # ------------------------------------------------------------------ files
     def save(self, path: "os.PathLike[str] | str") -> None:
-        """Writes the model (config, weights, item ids) to one file, without pickle.
+        """Writes the fitted model (config, weights, item ids, and the parameters it was
+        fitted with) to one file, without pickle.
 
         The file is a zip archive holding ``fastsasrec.json`` (format name and version,
         the parameters, the tensor layout) and ``.npy`` arrays; it is written to a
         temporary file and renamed, so a crash never leaves a half-written model."""
-        self._check_fitted()
-        _persist.save(self, path)
+        _persist.save(self._view(self._fitted()), path)
 
     @classmethod
-    def load(cls, path: "os.PathLike[str] | str", device: str = "auto") -> "SASRec":
+    def load(cls, path: "os.PathLike[str] | str", device: str = "auto",
+             num_threads: Optional[int] = None) -> "SASRec":
         """Reads a model written by ``save``.  Raises ValueError for a file that is not a
-        fastsasrec model, is truncated or corrupted, or was written by a newer version."""
-        return _persist.load(cls, path, device)
+        fastsasrec model, is truncated or corrupted, or was written by a newer version.
+        ``num_threads``: the CPU threads of the loaded model (None: 0, all cores); a thread
+        count is never taken from the file, which may come from another machine."""
+        return _persist.load(cls, path, device, num_threads=num_threads)

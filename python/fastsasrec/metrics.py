@@ -50,11 +50,13 @@ def summarize(ranks: np.ndarray, k: int) -> Dict[str, float]:
 
 def most_popular_topk(contexts: Sequence[Sequence[Any]], train: Sequence[Sequence[Any]], k: int = 10) -> np.ndarray:
     """The most-popular-unseen baseline: for each context, the k most frequent training
-    items it does not contain.  Returns an object array (len(contexts), k)."""
+    items it does not contain.  Returns an object array (len(contexts), min(k, number of
+    training items)); None where a context leaves fewer items."""
     from collections import Counter
 
     counts = Counter(x for s in train for x in s)
     order = [item for item, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]  # ties: lower id
+    k = min(positive_int(k, "k"), len(order))
     out = np.empty((len(contexts), k), dtype=object)
     for b, ctx in enumerate(contexts):
         seen = set(ctx)
@@ -86,21 +88,26 @@ def evaluate(
     random_state: int = 0,
 ) -> Dict[str, Any]:
     """``model.evaluate``: each sequence's last item held out and ranked by a fitted model
-    from the items before it (see SASRec.evaluate)."""
-    model._check_fitted()
+    from the items before it (see SASRec.evaluate).  ``model`` must not change during the
+    call: SASRec.evaluate passes a view holding one fitted model."""
+    model._fitted()
     k = positive_int(k, "k")
     if protocol not in ("loo", "sampled"):
         raise ValueError(f"protocol must be 'loo' or 'sampled', got {protocol!r}")
     sequences = flatten_sequences(sequences, "sequences")
-    check_ids_compatible(sequences.items, model.item_ids, "sequences")
+    item_ids = model.item_ids
+    check_ids_compatible(sequences.items, item_ids, "sequences")
     contexts, targets, used = hold_out_last(sequences)
     if used.size == 0:
         raise ValueError("no sequence has 2 or more items: nothing to evaluate")
     if protocol == "loo":
-        ids, _ = model.recommend_batch(contexts, n=k, exclude_seen=True)
-        out = summarize(ranks_from_topk(ids, targets), k)
-        shown = ids[(ids != -1) & (ids != "")] if ids.dtype.kind == "U" else ids[ids != -1]
-        out[f"coverage@{k}"] = float(np.unique(shown).size / model.item_ids.size)
+        ids, _ = model.recommend_batch(contexts, n=k, exclude_seen=True)  # min(k, V) columns
+        ranks = ranks_from_topk(ids, targets)
+        # A target unknown to the model is a miss (it may equal an empty slot's filler id).
+        ranks[encode(targets, item_ids) == 0] = -1
+        out = summarize(ranks, k)
+        shown = ids[ids != ("" if ids.dtype.kind == "U" else -1)]  # fit rejects these ids
+        out[f"coverage@{k}"] = float(np.unique(shown).size / item_ids.size)
         label = "leave-one-out, full catalogue ranking"
     else:
         n_negatives = positive_int(n_negatives, "n_negatives")

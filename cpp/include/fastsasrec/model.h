@@ -63,6 +63,10 @@ struct HostBatch {
   void add_sequence(const int32_t* inputs, const int32_t* next, int n, int T);
 };
 
+// The flat parameter arena of a model of this config, from the parameter table (no
+// allocation): its tensors in order; *n_decay gets the length of the weight-decayed prefix.
+std::vector<TensorInfo> param_layout(const Config& cfg, size_t* n_decay = nullptr);
+
 // One model may be called from several threads (a web server's pool): the public calls
 // that use the arenas take a lock, so concurrent calls run one after another.
 class Model {
