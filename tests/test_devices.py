@@ -296,3 +296,24 @@ def test_bf16_training_step_matches_the_cpu_twin(loss):
     g_cpu, g_gpu = cpu.get_grads(), gpu.get_grads()
     rel = np.linalg.norm(g_gpu - g_cpu) / np.linalg.norm(g_cpu)
     assert rel <= 5e-3, rel
+
+
+@needs_cuda
+def test_auto_device_falls_back_to_the_cpu_for_a_model_the_gpu_cannot_run(tmp_path):
+    """max_seq above the CUDA attention's 512: device="auto" fits and loads on the CPU and
+    says why; device="cuda" refuses when the model is made, with the reason."""
+    data = [[1, 2, 3, 4], [2, 3, 4, 5], [5, 4, 3, 2]]
+    kw = dict(factors=8, n_layers=1, max_seq=1024, iterations=1, loss="softmax")
+    with pytest.warns(UserWarning, match="device='auto' runs this model on the CPU: the CUDA "
+                                         "attention supports max_seq up to 512, got 1024"):
+        m = SASRec(device="auto", **kw).fit(data)
+    assert m._engine.device == "cpu"
+    with pytest.raises(ValueError, match="device 'cuda': the CUDA attention supports max_seq up to 512"):
+        SASRec(device="cuda", **kw).fit(data)
+    m.save(tmp_path / "long.fsr")
+    with pytest.warns(UserWarning, match="runs this model on the CPU"):
+        loaded = SASRec.load(tmp_path / "long.fsr", device="auto")
+    assert loaded._engine.device == "cpu"
+    np.testing.assert_array_equal(loaded.recommend([1, 2], n=3)[0], m.recommend([1, 2], n=3)[0])
+    with pytest.warns(UserWarning, match="runs this model on the CPU"):
+        assert m.to("auto")._engine.device == "cpu"

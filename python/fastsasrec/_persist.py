@@ -485,7 +485,7 @@ def load(cls: Any, path: "os.PathLike[str] | str", device: str = "auto",
     (not a regular file, not a model, truncated, corrupted, inconsistent, written by a
     newer version, unreadable)."""
     path = os.fspath(path)
-    backend = resolve_device(device)  # the caller's mistake, said before the file's
+    resolve_device(device)  # the caller's mistake, said before the file's
     if not os.path.exists(path):
         raise FileNotFoundError(f"path {path!r} does not exist")
     f, file_len = _open_regular(path)
@@ -521,7 +521,7 @@ def load(cls: Any, path: "os.PathLike[str] | str", device: str = "auto",
         raise ValueError(f"path {path!r}: invalid parameters in the model file ({e})") from None
     if num_threads is not None:
         model.set_params(num_threads=num_threads)
-    engine = _core.Model(config, backend, threads=model.num_threads)
+    engine = _core.Model(config, resolve_device(device, config), threads=model.num_threads)
     engine.set_params(arrays["params"])
     model._set_fitted(engine, config, arrays["item_ids"], arrays["popularity"].astype(np.int64))
     model.loss_history_ = loss_history

@@ -331,7 +331,8 @@ class SASRec(NotebookCompat):
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         config = engine_config(params, int(item_ids.size), seed)
-        engine = _core.Model(config, resolve_device(params["device"]), threads=params["num_threads"])
+        engine = _core.Model(config, resolve_device(params["device"], config),
+                             threads=params["num_threads"])
         state = _Fitted(engine, config, params, _read_only(item_ids),
                         _read_only(counts.astype(np.int64)))
         state = self._train(state, internal, offsets, validation, early_stopping_patience, callbacks)
@@ -509,9 +510,10 @@ class SASRec(NotebookCompat):
         """Moves the fitted model to another device ("cpu", "cuda" or "auto"); returns self.
         The weights travel through host memory; the optimizer state starts afresh.  The next
         fit uses the device too."""
-        backend = resolve_device(device)
+        resolve_device(device)  # an unknown or unusable device is the caller's mistake
         while True:
             state = self._fitted()
+            backend = resolve_device(device, state.config)
             moved = dataclasses.replace(state, params=dict(state.params, device=device))
             if backend != state.engine.device:
                 engine = _core.Model(dict(state.config), backend, threads=state.params["num_threads"])
