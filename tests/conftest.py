@@ -82,3 +82,11 @@ def ml100k_path():
     if not os.path.exists(os.path.join(ML100K, "u.data")):
         pytest.skip(f"MovieLens 100K not found at {ML100K} (tests that need it are skipped)")
     return ML100K
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """tests/test_fuzz.py's figures: cases, crashes, hangs and wrong results per property."""
+    table = getattr(config, "fastsasrec_fuzz_tally", None)
+    if table is not None:
+        terminalreporter.write_sep("-", "fuzz")
+        terminalreporter.write_line(table())

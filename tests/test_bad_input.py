@@ -293,6 +293,67 @@ def test_ids_beyond_int64_are_rejected_not_wrapped(model):
     np.testing.assert_array_equal(a[0], b[0])
 
 
+def test_numpy_integers_of_mixed_types_keep_their_exact_ids():
+    """Found by tests/test_fuzz.py: numpy makes float64 of a list mixing uint64 with other
+    integers, which rounded ids past 2**53 (2**53 + 1 became 2**53, another item) and
+    raised OverflowError near 2**63; the ids now come from the checked values."""
+    ids = [2**53, 2**53 + 1, 2**62 + 1, 2**63 - 1, 3]
+    m = SASRec(**SMALL).fit([ids, ids[::-1]])
+    assert m.item_ids.tolist() == sorted(ids)
+    m2 = SASRec(**SMALL).fit([[np.uint64(2**53 + 1), np.int64(2**53)],
+                              [np.uint64(2**62 + 1), 2**63 - 1, np.int8(3)]])
+    assert m2.item_ids.tolist() == sorted(ids)
+    mixed = [[np.uint64(2**53 + 1), np.int64(3)], [np.uint64(1), 2**63 - 1]]
+    a = m.recommend_batch(mixed, n=5)
+    b = m.recommend_batch([[2**53 + 1, 3], [1, 2**63 - 1]], n=5)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(m.recommend([np.uint64(2**62 + 1), np.int64(3)])[0],
+                                  m.recommend([2**62 + 1, 3])[0])
+
+
+def test_strings_ending_with_nul_are_refused():
+    """Found by tests/test_fuzz.py: NumPy strings drop trailing NUL characters, so "a\\x00"
+    was silently the item "a" (and fit merged the two into one item)."""
+    with pytest.raises(ValueError, match=r"sequences\[0\]\[1\] is 'a\\x00': string item ids may "
+                                         r"not end with a NUL character"):
+        SASRec(**SMALL).fit([["a", "a\x00"], ["b", "a"]])
+    m = SASRec(**SMALL).fit([["a", "b", "c"], ["c", "b", "a"]])
+    for call, where in [(lambda: m.recommend(["a\x00", "b"]), r"session\[0\]"),
+                        (lambda: m.recommend(["b"], exclude=("c\x00",)), r"exclude\[0\]"),
+                        (lambda: m.recommend_batch([["a"], ["b", "c\x00"]]), r"sessions\[1\]\[1\]"),
+                        (lambda: m.evaluate([("a", "\x00")]), r"sequences\[0\]\[1\]"),
+                        (lambda: fastsasrec.Sequences(["a", "b\x00"], [0, 2]), r"items\[1\]")]:
+        with pytest.raises(ValueError, match=where + ".*NUL"):
+            call()
+    # A NUL inside an id is kept by NumPy, and is just another (unknown) id.
+    assert m.recommend(["a\x00b"], n=3)[0].tolist() == m.recommend([], n=3)[0].tolist()
+
+
+def test_nested_entries_in_a_session_are_named():
+    """Found by tests/test_fuzz.py: a session [()] or [[]] (numpy: shape (1, 0)) passed as an
+    empty session, and a nested entry gave numpy's "inhomogeneous shape" error."""
+    m = SASRec(**SMALL).fit(SEQS)
+    with pytest.raises(ValueError, match=r"sessions\[0\] must be 1-dimensional, got shape \(1, 0\)"):
+        m.recommend_batch([[()]])
+    with pytest.raises(ValueError, match=r"session must be 1-dimensional"):
+        m.recommend([[]])
+    with pytest.raises(ValueError, match=r"sessions\[1\]\[1\] is \[2, 3\] \(list\): item ids must be"):
+        m.recommend_batch([[1], [1, [2, 3]]])
+    with pytest.raises(ValueError, match=r"exclude\[0\] is array\(\[1, 2\]\) \(ndarray\)"):
+        m.recommend([1], exclude=[np.array([1, 2]), 3])
+
+
+@pytest.mark.parametrize("name", ["dropout", "learning_rate", "weight_decay"])
+def test_numbers_beyond_the_float_range_are_value_errors(name):
+    """Found by tests/test_fuzz.py: float() of 10**400 raised OverflowError."""
+    for value in (10**400, -10**400):
+        with pytest.raises(ValueError, match=f"{name} must be a finite number, got -?1000"):
+            SASRec(**{name: value})
+    with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+        SASRec().set_params(**{name: 10**400})
+
+
 @pytest.mark.parametrize("lib", ["pandas", "polars", "pyarrow"])
 def test_event_tables_reject_wide_ids_and_missing_values_alike(lib):
     """One rule for every kind of table: uint64 item ids beyond int64 are named, and a

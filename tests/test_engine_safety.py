@@ -91,3 +91,17 @@ def test_devices_say_which_configs_they_cannot_run():
     assert CORE.device_unsupported("cuda", dict(cfg, max_seq=50, n_heads=4)) == ""
     with pytest.raises(ValueError, match="device 'cuda': the CUDA attention supports max_seq up to 512"):
         CORE.Model(cfg, "cuda")
+
+
+def test_the_engine_takes_arrays_of_an_equal_dtype():
+    """A dtype equal to int64 but another object (an unpickled array's, np.longlong's) is
+    int64 to the engine; found by tests/test_fuzz.py."""
+    import pickle
+
+    m = CORE.Model(dict(n_items=5, factors=8, n_layers=1, max_seq=5, loss="softmax"), "cpu")
+    items, offsets = np.array([1, 2], np.int32), np.array([0, 2], np.int64)
+    want = m.session_states(items, offsets)
+    for i, o in [(pickle.loads(pickle.dumps(items)), offsets),
+                 (items, pickle.loads(pickle.dumps(offsets))),
+                 (items, offsets.astype(np.longlong))]:
+        np.testing.assert_array_equal(m.session_states(i, o), want)

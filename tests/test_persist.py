@@ -408,6 +408,15 @@ def test_negative_popularity(model, saved, tmp_path):
         SASRec.load(q)
 
 
+def test_popularity_whose_total_overflows_int64(model, saved, tmp_path):
+    # Found by tests/test_fuzz.py: 5 counts of 2**62 each wrapped their int64 total around,
+    # and the popular items' scores (their shares of it) came out in the billions.
+    pop = np.full_like(model._popularity, 2**62)
+    q = rewrite(saved, tmp_path / "pop.fsr", replace={"popularity.npy": npy(pop)})
+    with pytest.raises(ValueError, match=r"popularity counts sum to more than 2\*\*62"):
+        SASRec.load(q)
+
+
 def test_non_finite_weights_in_a_file(model, saved, tmp_path):
     flat = model._engine.get_params().copy()
     flat[3] = np.inf

@@ -124,6 +124,22 @@ def test_from_transactions_matches_fit_on_its_sequences(lists):
     np.testing.assert_array_equal(a.item_embeddings, b.item_embeddings)
 
 
+@pytest.mark.parametrize("how", ["unpickled", "longlong"])
+def test_offsets_of_an_equal_int64_dtype(lists, model, how):
+    """Found by tests/test_fuzz.py: offsets whose int64 dtype is equal to numpy's but another
+    object (an array that came through pickle, as from another process; np.longlong) were
+    refused by the engine with "offsets must have dtype int64, got int64"."""
+    flat = Sequences.from_lists(lists)
+    offsets = flat.offsets.copy()
+    offsets = pickle.loads(pickle.dumps(offsets)) if how == "unpickled" else offsets.astype(np.longlong)
+    assert offsets.dtype == np.int64
+    s = Sequences(flat.items.copy(), offsets)
+    np.testing.assert_array_equal(SASRec(**SMALL).fit(s).item_embeddings, model.item_embeddings)
+    np.testing.assert_array_equal(model.recommend_batch(s, n=4)[0], model.recommend_batch(lists, n=4)[0])
+    np.testing.assert_array_equal(model.session_embeddings(s), model.session_embeddings(lists))
+    assert model.evaluate(s) == model.evaluate(lists)
+
+
 @pytest.mark.parametrize("exclude_seen", [True, False])
 def test_recommend_batch_and_session_embeddings_are_the_same(model, exclude_seen):
     sessions = [[110, 111, 112], [99999], [], [125, 99999, 126], list(range(100, 130))]

@@ -41,7 +41,7 @@ py::array_t<T, py::array::c_style> arr(const py::object& o, const char* name, in
     throw ValueError(detail::cat(name, " must be a numpy array of ", dtype_name<T>(), ", got ",
                                  std::string(py::str(py::type::handle_of(o).attr("__name__")))));
   py::array a = py::reinterpret_borrow<py::array>(o);
-  if (!a.dtype().is(py::dtype::of<T>()))
+  if (!a.dtype().equal(py::dtype::of<T>()))
     throw ValueError(detail::cat(name, " must have dtype ", dtype_name<T>(), ", got ",
                                  std::string(py::str(a.dtype()))));
   if (ndim >= 0 && a.ndim() != ndim)
@@ -226,7 +226,7 @@ struct OpArg<T*> {
       throw ValueError(detail::cat(where, " must be a numpy array of ", pointee_name<V>(), " or None, got ",
                                    std::string(py::str(py::type::handle_of(h).attr("__name__")))));
     array = py::reinterpret_borrow<py::array>(h);
-    if (!array.dtype().is(py::dtype::of<V>()))
+    if (!array.dtype().equal(py::dtype::of<V>()))
       throw ValueError(detail::cat(where, " must have dtype ", pointee_name<V>(), ", got ",
                                    std::string(py::str(array.dtype()))));
     if (!(array.flags() & py::array::c_style))

@@ -74,10 +74,14 @@ def convert(name: str, value: Any) -> Any:
         elif not -2**31 <= value < 2**31:  # the engine's int: a type, not a range
             raise ValueError(f"{name} must be a 32-bit integer, got {value!r}")
         return value
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
-            or not math.isfinite(float(value)):
+    try:  # float() of an integer beyond the float range raises OverflowError
+        number = None if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            else float(value)
+    except OverflowError:
+        number = None
+    if number is None or not math.isfinite(number):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    return number
 
 
 def resolve_loss(loss: str, n_items: int) -> str:

@@ -468,6 +468,11 @@ def _check_arrays(arrays: Dict[str, np.ndarray], path: str) -> None:
     if pop.size and int(pop.min()) < 0:
         raise ValueError(f"path {path!r}: negative popularity {int(pop.min())} for item "
                          f"{ids[int(np.argmin(pop))].item()!r}")
+    # Counts of training interactions: their int64 total (the popular items' shares divide
+    # by it) must not wrap around.  The float sum is within a part in 2**20 of the true one.
+    if pop.size and float(pop.sum(dtype=np.float64)) >= 2.0**62:
+        raise ValueError(f"path {path!r}: the popularity counts sum to more than 2**62 "
+                         "interactions")
 
 
 def _loss_history(meta: Dict[str, Any], path: str) -> List[float]:

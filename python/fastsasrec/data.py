@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from itertools import chain
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
@@ -17,6 +18,7 @@ import numpy as np
 from fastsasrec import _core
 
 _INT_KINDS = "iu"
+_NUL_END = operator.methodcaller("endswith", "\x00")
 
 
 def _describe(x: Any) -> str:
@@ -153,7 +155,9 @@ def _as_offsets(offsets: Any, n_items: int) -> np.ndarray:
                          f"got shape {o.shape}")
     if o.dtype.kind not in _INT_KINDS:
         raise ValueError(f"offsets must be integers, got {o.dtype}")
-    o = o.astype(np.int64, copy=False)
+    # The engine takes numpy's own int64 dtype object only; an equal one that is another
+    # object (an unpickled array's, np.longlong's) is refused there: view it as that dtype.
+    o = o.astype(np.int64, copy=False).view(np.int64)
     if o[0] != 0:
         raise ValueError(f"offsets must start at 0, got offsets[0] = {int(o[0])}")
     down = np.flatnonzero(o[1:] < o[:-1])
@@ -226,6 +230,21 @@ def _check_item(x: Any, where: str) -> None:
         raise ValueError(f"{where} is {_describe(x)}: item ids must be integers or strings")
     if isinstance(x, numbers.Integral) and not -(2**63) <= int(x) < 2**63:
         raise ValueError(f"{where} is {x}: integer item ids must fit in 64 bits (int64)")
+    if isinstance(x, str) and x.endswith("\x00"):
+        raise ValueError(f"{where} is {x!r}: string item ids may not end with a NUL character "
+                         "('\\x00'), which NumPy strings drop (it would be another item's id)")
+
+
+def _array_of(lst: List[Any]) -> np.ndarray:
+    """np.asarray(lst), or a 1-D object array of its entries where numpy cannot make one
+    (nested or ragged entries), for the checks to name the bad one."""
+    try:
+        return np.asarray(lst)
+    except (ValueError, TypeError, OverflowError):
+        a = np.empty(len(lst), dtype=object)
+        for i, x in enumerate(lst):
+            a[i] = x
+        return a
 
 
 def _flatten_plain_lists(seqs: List[Any]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
@@ -237,8 +256,8 @@ def _flatten_plain_lists(seqs: List[Any]) -> Optional[Tuple[np.ndarray, np.ndarr
     if ints is not None or set(map(type, seqs)) != {list}:
         return ints
     flat = list(chain.from_iterable(seqs))
-    if set(map(type, flat)) != {str}:
-        return None
+    if set(map(type, flat)) != {str} or any(map(_NUL_END, flat)):
+        return None  # the general path names a string ending with NUL
     offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs)), out=offsets[1:])
     return np.array(flat, dtype=str), offsets
@@ -271,13 +290,13 @@ def flatten_sequences(sequences: Any, name: str = "sequences") -> Sequences:
                 f"{name}[{i}] must be a sequence of item ids, got {_describe(s)}"
             )
         lst = None if isinstance(s, np.ndarray) else (s if isinstance(s, list) else list(s))
-        a = s if lst is None else np.asarray(lst)
+        a = s if lst is None else _array_of(lst)
         if lst is not None and a.dtype.kind == "U" and not all(isinstance(x, str) for x in lst):
             a = np.asarray(lst, dtype=object)  # numpy turned integers into strings: keep the mix
         if lst is not None and a.dtype.kind in _INT_KINDS and any(
                 isinstance(x, (bool, np.bool_)) for x in lst):
             a = np.asarray(lst, dtype=object)  # numpy turned booleans into 0/1: name them below
-        if a.ndim != 1 and a.size > 0:
+        if a.ndim != 1:  # [()] or [[]] is no empty session: numpy made it shape (1, 0)
             raise ValueError(f"{name}[{i}] must be 1-dimensional, got shape {a.shape}")
         lengths[i] = a.size
         parts.append(a.reshape(-1))
@@ -291,7 +310,7 @@ def flatten_sequences(sequences: Any, name: str = "sequences") -> Sequences:
         flat = np.concatenate([_int64(p, lambda j, i=i: f"{name}[{i}][{j}]")
                                for i, p in enumerate(parts) if p.size])
         return Sequences._of(flat, offsets)
-    if kinds <= {"U"}:
+    if kinds <= {"U"} and not any(o is not None and any(map(_NUL_END, o)) for o in originals):
         return Sequences._of(np.concatenate([p for p in parts if p.size]), offsets)
     # Mixed, float, bool or object: find the first offending entry and name it.
     saw_int = saw_str = None
@@ -308,9 +327,14 @@ def flatten_sequences(sequences: Any, name: str = "sequences") -> Sequences:
                     f"item ids must be all integers or all strings; {saw_int} is an integer "
                     f"and {saw_str} is a string"
                 )
+    # From the values checked above, not from numpy's conversion of them: a list mixing
+    # numpy uint64 with other integers became float64, which would round ids past 2**53.
+    values = [originals[i] if originals[i] is not None else p.tolist()
+              for i, p in enumerate(parts) if p.size]
     if saw_str:
-        return Sequences._of(np.concatenate([np.asarray(p.tolist(), dtype=str) for p in parts if p.size]), offsets)
-    return Sequences._of(np.concatenate([np.asarray(p.tolist(), dtype=np.int64) for p in parts if p.size]), offsets)
+        return Sequences._of(np.concatenate([np.asarray(v, dtype=str) for v in values]), offsets)
+    return Sequences._of(np.concatenate([np.array([int(x) for x in v], dtype=np.int64)
+                                         for v in values]), offsets)
 
 
 def check_ids_compatible(flat: np.ndarray, item_ids: np.ndarray, name: str) -> None:
