@@ -43,6 +43,9 @@ def main() -> None:
     import fastsasrec
     from threadpoolctl import threadpool_limits
 
+    if not fastsasrec._core.test_ops:
+        raise SystemExit("bench_blas.py times the raw ops: build fastsasrec with "
+                         "-C cmake.define.FASTSASREC_TEST_OPS=ON")
     ops = fastsasrec._core.Ops("cpu", threads=args.threads)
     common.print_machine_info(common.machine_info(args.threads))
     rng = np.random.default_rng(0)

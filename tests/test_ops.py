@@ -24,6 +24,10 @@ from reference import model as RM
 from reference import ops as R
 
 CORE = fastsasrec._core
+if not CORE.test_ops:
+    pytest.skip("fastsasrec was built without the raw ops (_core.Ops): build with "
+                "-C cmake.define.FASTSASREC_TEST_OPS=ON, as README's test command does",
+                allow_module_level=True)
 _OPS = {}  # one Ops per device, made on first use
 
 

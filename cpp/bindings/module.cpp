@@ -165,12 +165,15 @@ HostBatch batch_from_arrays(py::object items, py::object targets, py::object pos
   return b;
 }
 
+#ifdef FSR_TEST_OPS
 // ---- ops for tests: _core.Ops(device) has one method per op of ops.def, taking that op's
 // arguments in order.  A pointer argument is a C-contiguous numpy array of exactly its
 // pointee's dtype, or None (null).  Each array is copied into backend memory before the
 // call; the arrays of the non-const pointers (the op's outputs) are copied back into the
 // same numpy arrays after it, so "+=" outputs accumulate onto what the caller put there.
-// No shapes are checked: these are the raw ops, for tests against the float64 reference.
+// No shapes are checked: these are the raw ops, for tests against the float64 reference,
+// compiled in only by a test build (cmake -DFASTSASREC_TEST_OPS=ON): an index or size
+// past an array's end reads or writes outside it, so a release module never binds them.
 template <typename T>
 const char* pointee_name() {
   if constexpr (std::is_same_v<T, float>) return "float32";
@@ -307,6 +310,7 @@ void bind_ops(py::module_& m) {
 #include "fastsasrec/ops.def"
 #undef FSR_OP
 }
+#endif  // FSR_TEST_OPS
 
 }  // namespace
 
@@ -531,5 +535,14 @@ PYBIND11_MODULE(_core, m) {
         return to_numpy(s.item_embeddings(), {(py::ssize_t)s.config().n_items, (py::ssize_t)s.config().factors});
       });
 
+#ifdef FSR_TEST_OPS
   bind_ops(m);
+#endif
+  m.attr("test_ops") = py::bool_(
+#ifdef FSR_TEST_OPS
+      true
+#else
+      false
+#endif
+  );
 }

@@ -35,3 +35,5 @@ def show_config() -> None:
     print(f"  OpenMP: {'yes (' + str(omp) + ')' if omp else 'no'}; threads: {info['omp_max_threads']}")
     print(f"  CUDA backend: {info['cuda']}")
     print(f"  GPU usable now: {'yes' if ok else 'no (' + why + ')'}")
+    if _core.test_ops:
+        print("  test build: _core.Ops binds the raw ops (unchecked sizes; tests only)")
