@@ -5,6 +5,7 @@ from the file; saved files follow the umask, keep symbolic links and never hold 
 import hashlib
 import io
 import json
+import dataclasses
 import os
 import stat
 import struct
@@ -483,17 +484,20 @@ def test_saving_through_a_symlink_keeps_the_link(model, tmp_path):
 
 
 class Diverged:
-    """What save reads of a model, with a NaN among the weights (the engine itself refuses
-    non-finite weights, so a model whose training diverged is played by this)."""
+    """What save reads of a model (its fitted snapshot), with a NaN among the weights (the
+    engine itself refuses non-finite weights, so a model whose training diverged is played
+    by this)."""
 
     def __init__(self, model):
         engine = model._engine
         flat = engine.get_params().copy()
         flat[-1] = np.nan
-        self._engine = type("Engine", (), {"tensors": staticmethod(engine.tensors),
-                                           "get_params": staticmethod(lambda: flat)})()
-        self._item_ids, self._popularity, self._config = model._item_ids, model._popularity, model._config
-        self.get_params, self.loss_history_ = model.get_params, model.loss_history_
+        fake = type("Engine", (), {"tensors": staticmethod(engine.tensors),
+                                   "get_params": staticmethod(lambda: flat)})()
+        self.state = dataclasses.replace(model._fitted(), engine=fake)
+
+    def _fitted(self):
+        return self.state
 
 
 def test_nan_weights_are_never_saved(model, tmp_path):

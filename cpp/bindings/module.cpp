@@ -430,13 +430,64 @@ PYBIND11_MODULE(_core, m) {
       })
       .def("get_grads", [](const Model& s) { return to_numpy(s.get_grads(), {(py::ssize_t)s.n_params()}); })
       .def("init_params", &Model::init_params, py::arg("seed"))
-      .def("train_epoch", [](Model& s, py::object items, py::object offsets, int64_t epoch) {
+      .def("train_epoch", [](Model& s, py::object items, py::object offsets, int64_t epoch,
+                             bool check_signals, py::object stop) -> py::object {
+        // check_signals: before every batch, Python's signal handlers run (the GIL taken
+        // for that instant); one that raises (Ctrl-C: KeyboardInterrupt) stops the epoch,
+        // which puts the weights back as they were when it began, and the exception is
+        // raised here.  stop: a callable asked the same way; True stops the epoch the same
+        // way and returns None.  Without either, the epoch runs to its end.
         auto it = arr<int32_t>(items, "items", 1);
         auto off = arr<int64_t>(offsets, "offsets", 1);
         check_sequences(it, off, s.config().n_items, "sequences");
-        py::gil_scoped_release nogil;
-        return s.train_epoch(it.data(), off.data(), off.shape(0) - 1, epoch);
-      }, py::arg("items"), py::arg("offsets"), py::arg("epoch"))
+        FSR_REQUIRE(stop.is_none() || PyCallable_Check(stop.ptr()),
+                    "stop must be None or a callable returning a bool");
+        std::unique_ptr<py::error_already_set> raised;
+        std::function<bool()> ask;
+        if (check_signals || !stop.is_none()) {
+          ask = [&]() -> bool {
+            py::gil_scoped_acquire gil;
+            if (check_signals && PyErr_CheckSignals() != 0) {
+              raised = std::make_unique<py::error_already_set>();
+              return true;
+            }
+            if (stop.is_none()) return false;
+            try {
+              return stop().cast<bool>();
+            } catch (py::error_already_set& e) {
+              raised = std::make_unique<py::error_already_set>(std::move(e));
+              return true;
+            }
+          };
+        }
+        Model::EpochResult r;
+        {
+          py::gil_scoped_release nogil;
+          r = s.train_epoch(it.data(), off.data(), off.shape(0) - 1, epoch, ask);
+        }
+        if (raised) throw std::move(*raised);
+        if (!r.completed) return py::none();
+        return py::float_(r.loss);
+      }, py::arg("items"), py::arg("offsets"), py::arg("epoch"), py::arg("check_signals") = false,
+         py::arg("stop") = py::none())
+      .def("optimizer_state", [](const Model& s) {
+        std::vector<float> m, v;
+        s.get_optimizer_state(&m, &v);
+        const py::ssize_t n = (py::ssize_t)s.n_params();
+        return py::make_tuple(to_numpy(std::move(m), {n}), to_numpy(std::move(v), {n}), s.step());
+      }, "(m, v, step): AdamW's moments (float32, arena order) and its step count")
+      .def("set_optimizer_state", [](Model& s, py::object m_, py::object v_, int64_t step) {
+        auto m = arr<float>(m_, "m", 1);
+        auto v = arr<float>(v_, "v", 1);
+        const py::ssize_t n = (py::ssize_t)s.n_params();
+        FSR_REQUIRE(m.shape(0) == n && v.shape(0) == n, "m and v must have ", n,
+                    " values each, got ", m.shape(0), " and ", v.shape(0));
+        for (py::ssize_t i = 0; i < n; ++i)
+          FSR_REQUIRE(std::isfinite(m.data()[i]) && std::isfinite(v.data()[i]) && v.data()[i] >= 0,
+                      "optimizer state entry ", i, " is not finite (or v < 0)");
+        s.set_optimizer_state(std::vector<float>(m.data(), m.data() + n),
+                              std::vector<float>(v.data(), v.data() + n), step);
+      }, py::arg("m"), py::arg("v"), py::arg("step"))
       .def("build_batch", [](const Model& s, py::object items, py::object offsets, py::object seqs, int64_t step) {
         auto it = arr<int32_t>(items, "items", 1);
         auto off = arr<int64_t>(offsets, "offsets", 1);

@@ -127,6 +127,7 @@ Model::Model(const Config& cfg, const std::string& device, int threads) : cfg_(c
   be_->zero(grads_->get(), bytes);
   score_buf_ = std::make_unique<Buffer>(*be_);
   loss_buf_ = std::make_unique<Buffer>(*be_);
+  backup_ = std::make_unique<Buffer>(*be_);
   train_acts_ = std::make_unique<Acts>();
   infer_acts_ = std::make_unique<Acts>();
   init_params(cfg_.seed);
@@ -184,6 +185,25 @@ void Model::set_params(const std::vector<float>& flat) {
   FSR_REQUIRE(flat.size() == n_params_, "parameter vector has ", flat.size(),
               " values, the model has ", n_params_);
   be_->upload(params_->get(), flat.data(), n_params_ * sizeof(float));
+}
+
+void Model::get_optimizer_state(std::vector<float>* m, std::vector<float>* v) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  m->resize(n_params_);
+  v->resize(n_params_);
+  be_->download(m->data(), m_->get(), n_params_ * sizeof(float));
+  be_->download(v->data(), v_->get(), n_params_ * sizeof(float));
+}
+
+void Model::set_optimizer_state(const std::vector<float>& m, const std::vector<float>& v,
+                                int64_t step) {
+  std::lock_guard<std::mutex> lock(mu_);
+  FSR_REQUIRE(m.size() == n_params_ && v.size() == n_params_, "optimizer moments have ", m.size(),
+              " and ", v.size(), " values, the model has ", n_params_);
+  FSR_REQUIRE(step >= 0, "step must be >= 0, got ", step);
+  be_->upload(m_->get(), m.data(), n_params_ * sizeof(float));
+  be_->upload(v_->get(), v.data(), n_params_ * sizeof(float));
+  step_ = step;
 }
 
 std::vector<float> Model::get_grads() const {

@@ -78,8 +78,9 @@ void Model::optimizer_step() {
                   step_);
 }
 
-double Model::train_epoch(const int32_t* items, const int64_t* offsets, int64_t n_seq,
-                          int64_t epoch) {
+Model::EpochResult Model::train_epoch(const int32_t* items, const int64_t* offsets,
+                                     int64_t n_seq, int64_t epoch,
+                                     const std::function<bool()>& stop) {
   std::lock_guard<std::mutex> lock(mu_);
   FSR_REQUIRE(n_seq >= 1, "sequences: nothing to train on (", n_seq, " sequences)");
   std::vector<int64_t> order(n_seq);
@@ -112,20 +113,56 @@ double Model::train_epoch(const int32_t* items, const int64_t* offsets, int64_t 
     for (float v : host) loss_sum += v;
     used = 0;
   };
+  // An interruptible epoch keeps what it changes (weights, moments, step) as they were, to
+  // put back when it stops or throws: the epoch is all or nothing.
+  const size_t bytes = n_params_ * sizeof(float);
+  const int64_t step0 = step_;
+  char* saved = nullptr;
+  if (stop) {
+    saved = static_cast<char*>(backup_->grow(3 * bytes));
+    be_->copy(saved, params_->get(), bytes);
+    be_->copy(saved + bytes, m_->get(), bytes);
+    be_->copy(saved + 2 * bytes, v_->get(), bytes);
+  }
+  auto restore = [&] {
+    be_->copy(params_->get(), saved, bytes);
+    be_->copy(m_->get(), saved + bytes, bytes);
+    be_->copy(v_->get(), saved + 2 * bytes, bytes);
+    be_->synchronize();
+    step_ = step0;
+  };
   HostBatch batch;
   for (size_t b0 = 0; b0 < order.size(); b0 += cfg_.batch_size) {
+    if (stop) {
+      bool stopped;
+      try {
+        stopped = stop();
+      } catch (...) {
+        restore();
+        throw;
+      }
+      if (stopped) {
+        restore();
+        return {0.0, false};
+      }
+    }
     const int n = (int)std::min<size_t>(cfg_.batch_size, order.size() - b0);
-    build_batch(items, offsets, order.data() + b0, n, step_ + 1, batch);
-    const int R = batch.R();
-    if (used + R > cap) flush();
-    run_step(batch, true, true, step_ + 1);
-    be_->copy(losses + used, train_acts_->loss, R * sizeof(float));
-    used += R;
-    optimizer_step();
-    rows += R;
+    try {
+      build_batch(items, offsets, order.data() + b0, n, step_ + 1, batch);
+      const int R = batch.R();
+      if (used + R > cap) flush();
+      run_step(batch, true, true, step_ + 1);
+      be_->copy(losses + used, train_acts_->loss, R * sizeof(float));
+      used += R;
+      optimizer_step();
+      rows += R;
+    } catch (...) {
+      if (stop) restore();
+      throw;
+    }
   }
   flush();
-  return loss_sum / std::max<int64_t>(rows, 1);
+  return {loss_sum / std::max<int64_t>(rows, 1), true};
 }
 
 }  // namespace fsr

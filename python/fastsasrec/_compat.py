@@ -11,8 +11,6 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from fastsasrec.data import encode
-
 
 class NotebookCompat:
     """``_item_map``, ``_rev_item_map``, ``_item_emb`` and ``recommend_items`` over a fitted
@@ -59,4 +57,4 @@ class NotebookCompat:
         if ex.size and (ex.min() < 1 or ex.max() > V):
             raise ValueError(f"exclude holds internal ids outside 1..{V}")
         ids, scores = self._recommend(state, item_ids[seq - 1], n, False, item_ids[ex - 1])
-        return encode(np.asarray(ids), item_ids).astype(np.int64), scores
+        return state.encode(np.asarray(ids)).astype(np.int64), scores

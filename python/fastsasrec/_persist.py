@@ -4,6 +4,11 @@ The header holds the format name and version, the parameters, the engine's confi
 and tensor layout, and the SHA-256 of each array member; the arrays are the flat weights,
 the item ids and their popularity.  The zip's CRC covers the arrays too.
 
+A checkpoint (``fit(checkpoint=...)``) is the same kind of archive under the format name
+``fastsasrec-checkpoint``: the model's arrays plus AdamW's moments (``m``, ``v``) and, with
+early stopping, the best epoch's weights (``best_params``); its header adds the step, the
+epochs done, the fit's record, the early-stopping state and the data's fingerprint.
+
 Reading trusts nothing in the file: every size is checked against what the header implies
 (and the header against the engine's ranges) before anything is allocated or the engine
 is built, each member is read with a bound, and every failure is a ValueError that names
@@ -31,10 +36,15 @@ from fastsasrec import _core
 from fastsasrec._device import resolve_device
 
 FORMAT_NAME = "fastsasrec"
-FORMAT_VERSION = 1
+# 1: the catalogue ascending; 2: in internal order, unique (a catalogue partial_fit grew).
+# A file is written as version 1 whenever its catalogue is ascending, so older readers
+# read it.
+FORMAT_VERSION = 2
+CHECKPOINT_NAME = "fastsasrec-checkpoint"
+CHECKPOINT_VERSION = 1
 HEADER = "fastsasrec.json"
 _ARRAYS = ("params", "item_ids", "popularity")
-_MEMBERS = (HEADER,) + tuple(name + ".npy" for name in _ARRAYS)
+_OPTIMIZER = ("m", "v")  # a checkpoint's; and "best_params" with an early-stopping best
 
 _MAX_MEMBERS = 64               # beyond this the zip is not ours, whatever its names
 _MAX_HEADER_BYTES = 16 << 20    # the JSON header (loss history included)
@@ -121,14 +131,8 @@ def _npy_bytes(arr: np.ndarray) -> memoryview:
     return buf.getbuffer()  # no copy of the (possibly large) weights
 
 
-def save(model: Any, path: "os.PathLike[str] | str") -> None:
-    """Writes a fitted model to ``path`` through a temporary file in the same folder,
-    fsynced and renamed over it, so a crash never leaves a half-written model; the file
-    gets the permissions the umask gives a new file, and a symbolic link at ``path`` stays
-    a link (its target is replaced).  Raises ValueError (non-finite weights, ``path`` not
-    a regular file) or OSError, leaving any existing file untouched."""
-    from fastsasrec import __version__
-
+def _save_target(path: "os.PathLike[str] | str") -> Tuple[str, str, str]:
+    """(path, the file to replace, its folder) after the checks a save makes first."""
     path = os.fspath(path)
     target = os.path.realpath(path) if os.path.islink(path) else path
     try:
@@ -142,35 +146,29 @@ def save(model: Any, path: "os.PathLike[str] | str") -> None:
     directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot save to {path!r}: the folder {directory!r} does not exist")
+    return path, target, directory
 
-    engine, item_ids = model._engine, model._item_ids
-    tensors = [(n, int(o), tuple(int(x) for x in s)) for n, o, s in engine.tensors()]
-    flat = np.asarray(engine.get_params(), dtype=np.float32)
+
+def _check_finite(flat: np.ndarray, tensors: List[Tuple[str, int, Tuple[int, ...]]], path: str,
+                  what: str = "weights") -> None:
     finite = np.isfinite(flat)
     if not finite.all():
         bad = int(flat.size - np.count_nonzero(finite))
         first = int(np.argmin(finite))
         where = next((n for n, o, s in tensors if o <= first < o + math.prod(s)), "?")
-        raise ValueError(f"cannot save to {path!r}: {bad} of the model's {flat.size} weights are NaN "
+        raise ValueError(f"cannot save to {path!r}: {bad} of the model's {flat.size} {what} are NaN "
                          f"or infinite (the first in {where}); the training diverged: try a lower "
                          "learning_rate")
-    members = {
-        "params.npy": _npy_bytes(flat),
-        "item_ids.npy": _npy_bytes(item_ids),
-        "popularity.npy": _npy_bytes(np.asarray(model._popularity, dtype=np.int64)),
-    }
-    meta = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "library_version": __version__,
-        "params": model.get_params(),
-        "n_items": int(item_ids.size),
-        "engine_config": dict(model._config),
-        "tensors": [[n, o, list(s)] for n, o, s in tensors],
-        "item_id_kind": "str" if item_ids.dtype.kind == "U" else "int",
-        "loss_history": model.loss_history_,
-        "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()},
-    }
+
+
+def _write(path: str, target: str, directory: str, meta: Dict[str, Any],
+           arrays: Dict[str, np.ndarray]) -> None:
+    """The archive of ``meta`` (plus each array's SHA-256) and ``arrays`` written to a
+    temporary file in ``directory``, fsynced, given the umask's permissions and renamed
+    over ``target``; the folder is fsynced after.  On any failure the temporary file is
+    removed and ``target`` is untouched."""
+    members = {name + ".npy": _npy_bytes(a) for name, a in arrays.items()}
+    meta = dict(meta, sha256={name: hashlib.sha256(data).hexdigest() for name, data in members.items()})
     header = json.dumps(meta, indent=1)
     mode = 0o666 & ~_umask()
     try:
@@ -195,6 +193,66 @@ def save(model: Any, path: "os.PathLike[str] | str") -> None:
             pass
         raise
     _fsync_dir(directory)
+
+
+def _model_meta(state: Any, tensors: List[Tuple[str, int, Tuple[int, ...]]]) -> Dict[str, Any]:
+    """The header fields a model file and a checkpoint share (``state``: a _Fitted)."""
+    from fastsasrec import __version__
+    from fastsasrec.data import is_ascending
+
+    item_ids = state.item_ids
+    return {
+        "library_version": __version__,
+        "params": dict(state.params),
+        "n_items": int(item_ids.size),
+        "engine_config": dict(state.config),
+        "tensors": [[n, o, list(s)] for n, o, s in tensors],
+        "item_id_kind": "str" if item_ids.dtype.kind == "U" else "int",
+        "item_ids_ascending": is_ascending(item_ids),
+        "loss_history": list(state.loss_history),
+    }
+
+
+def save(model: Any, path: "os.PathLike[str] | str") -> None:
+    """Writes a fitted model to ``path`` through a temporary file in the same folder,
+    fsynced and renamed over it, so a crash never leaves a half-written model; the file
+    gets the permissions the umask gives a new file, and a symbolic link at ``path`` stays
+    a link (its target is replaced).  Raises ValueError (non-finite weights, ``path`` not
+    a regular file) or OSError, leaving any existing file untouched."""
+    path, target, directory = _save_target(path)
+    state = model._fitted()
+    tensors = [(n, int(o), tuple(int(x) for x in s)) for n, o, s in state.engine.tensors()]
+    flat = np.asarray(state.engine.get_params(), dtype=np.float32)
+    _check_finite(flat, tensors, path)
+    meta = _model_meta(state, tensors)
+    meta = {"format": FORMAT_NAME, "format_version": 1 if meta["item_ids_ascending"] else 2, **meta}
+    _write(path, target, directory, meta, {
+        "params": flat,
+        "item_ids": state.item_ids,
+        "popularity": np.asarray(state.popularity, dtype=np.int64),
+    })
+
+
+def save_checkpoint(path: "os.PathLike[str] | str", state: Any, progress: Dict[str, Any],
+                    best_params: Optional[np.ndarray]) -> None:
+    """Writes a training checkpoint of ``state`` (a _Fitted whose engine is being trained):
+    its weights, AdamW's moments and step, the catalogue and popularity, and ``progress``
+    (epoch, history, early-stopping state, fingerprint: JSON values), plus the best epoch's
+    weights when early stopping holds them.  Atomic like ``save``."""
+    path, target, directory = _save_target(path)
+    engine = state.engine
+    tensors = [(n, int(o), tuple(int(x) for x in s)) for n, o, s in engine.tensors()]
+    flat = np.asarray(engine.get_params(), dtype=np.float32)
+    _check_finite(flat, tensors, path)
+    m, v, step = engine.optimizer_state()
+    meta = {"format": CHECKPOINT_NAME, "format_version": CHECKPOINT_VERSION,
+            **_model_meta(state, tensors), "step": int(step), **progress,
+            "has_best_params": best_params is not None}
+    arrays = {"params": flat, "item_ids": state.item_ids,
+              "popularity": np.asarray(state.popularity, dtype=np.int64), "m": m, "v": v}
+    if best_params is not None:
+        arrays["best_params"] = np.asarray(best_params, dtype=np.float32)
+    _write(path, target, directory, meta, arrays)
 
 
 # ----------------------------------------------------------------------------- load
@@ -374,22 +432,25 @@ def _check_tensors(saved: Any, config: Dict[str, Any], path: str) -> int:
     return n_params
 
 
-def _read(f: Any, file_len: int, path: str):
-    """(header, config, arrays) of an open model file, or ValueError saying what is wrong."""
+def _read(f: Any, file_len: int, path: str, checkpoint: bool = False):
+    """(header, config, arrays) of an open model file (or checkpoint), or ValueError
+    saying what is wrong."""
+    what = "checkpoint" if checkpoint else "model"
+    fmt, max_version = (CHECKPOINT_NAME, CHECKPOINT_VERSION) if checkpoint else (FORMAT_NAME, FORMAT_VERSION)
     with zipfile.ZipFile(f, "r") as z:
         infos = z.infolist()
         if len(infos) > _MAX_MEMBERS:
-            raise ValueError(f"path {path!r} is not a fastsasrec model ({len(infos)} zip members)")
+            raise ValueError(f"path {path!r} is not a fastsasrec {what} ({len(infos)} zip members)")
         names = [i.filename for i in infos]
         if HEADER not in names:
-            raise ValueError(f"path {path!r} is not a fastsasrec model (no {HEADER})")
+            raise ValueError(f"path {path!r} is not a fastsasrec {what} (no {HEADER})")
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
             raise ValueError(f"path {path!r}: zip member {dup!r} appears more than once")
         info = _member(z, HEADER, file_len, path)
         if info.file_size > _MAX_HEADER_BYTES:
             raise ValueError(f"path {path!r}: {HEADER} is {info.file_size} bytes, more than the "
-                             f"{_MAX_HEADER_BYTES} a model header takes")
+                             f"{_MAX_HEADER_BYTES} a {what} header takes")
         with z.open(info) as raw:
             src = _Bounded(raw, info.file_size)
             try:
@@ -398,21 +459,33 @@ def _read(f: Any, file_len: int, path: str):
             except _TooLong:
                 raise ValueError(f"path {path!r}: {HEADER} holds more than {info.file_size} bytes") from None
         meta = json.loads(text.decode("utf-8"))
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-            raise ValueError(f"path {path!r} is not a fastsasrec model (format {meta.get('format')!r})"
-                             if isinstance(meta, dict) else f"path {path!r} is not a fastsasrec model")
+        if not isinstance(meta, dict) or meta.get("format") != fmt:
+            got = meta.get("format") if isinstance(meta, dict) else None
+            hint = ""
+            if got == FORMAT_NAME and checkpoint:
+                hint = ": it is a model file (SASRec.load reads it; resume= takes a checkpoint)"
+            elif got == CHECKPOINT_NAME and not checkpoint:
+                hint = ": it is a training checkpoint (fit(..., resume=path) continues from it)"
+            raise ValueError(f"path {path!r} is not a fastsasrec {what} (format {got!r}){hint}")
         version = meta.get("format_version")
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise ValueError(f"path {path!r}: invalid format_version {version!r}")
-        if version > FORMAT_VERSION:
+        if version > max_version:
             raise ValueError(
                 f"path {path!r} was written by a newer fastsasrec (format version {version}; "
-                f"this version reads up to {FORMAT_VERSION}): upgrade fastsasrec"
+                f"this version reads up to {max_version}): upgrade fastsasrec"
             )
-        for name in _MEMBERS:
+        arrays_in = _ARRAYS
+        if checkpoint:
+            has_best = meta.get("has_best_params")
+            if not isinstance(has_best, bool):
+                raise ValueError(f"path {path!r}: invalid has_best_params {has_best!r}")
+            arrays_in = _ARRAYS + _OPTIMIZER + (("best_params",) if has_best else ())
+        expected = (HEADER,) + tuple(name + ".npy" for name in arrays_in)
+        for name in expected:
             if name not in names:
                 raise ValueError(f"path {path!r} is missing {name}: the file is incomplete")
-        extra = [n for n in names if n not in _MEMBERS]
+        extra = [n for n in names if n not in expected]
         if extra:
             raise ValueError(f"path {path!r}: unexpected zip member {extra[0]!r}")
 
@@ -425,46 +498,58 @@ def _read(f: Any, file_len: int, path: str):
         if kind not in ("int", "str"):
             raise ValueError(f"path {path!r}: invalid item_id_kind {kind!r}")
         digests = meta.get("sha256")
-        if digests is not None and not (
+        if (digests is None and checkpoint) or digests is not None and not (
                 isinstance(digests, dict)
-                and all(isinstance(digests.get(n + ".npy"), str) for n in _ARRAYS)):
+                and all(isinstance(digests.get(n + ".npy"), str) for n in arrays_in)):
             raise ValueError(f"path {path!r}: invalid sha256 field in the header")
 
         # Every member's size from the zip directory against what the header implies,
         # before any array is allocated.
-        members = {name: _member(z, name + ".npy", file_len, path) for name in _ARRAYS}
-        _check_sizes(members["params"], 4 * n_params,
-                     f"the {n_params} float32 weights of the header's engine_config", path)
+        members = {name: _member(z, name + ".npy", file_len, path) for name in arrays_in}
+        floats = [name for name in arrays_in if name not in ("item_ids", "popularity")]
+        for name in floats:
+            _check_sizes(members[name], 4 * n_params,
+                         f"the {n_params} float32 {'weights' if name.endswith('params') else 'moments'} "
+                         "of the header's engine_config", path)
         _check_sizes(members["popularity"], 8 * n_items, f"the popularity of {n_items} items", path)
         if kind == "int":
             _check_sizes(members["item_ids"], 8 * n_items, f"{n_items} int64 item ids", path)
         arrays, sums = {}, {}
-        arrays["params"], sums["params"] = _read_npy(z, members["params"], n_params, "f", path, 4)
+        for name in floats:
+            arrays[name], sums[name] = _read_npy(z, members[name], n_params, "f", path, 4)
         arrays["item_ids"], sums["item_ids"] = _read_npy(
             z, members["item_ids"], n_items, "i" if kind == "int" else "U", path,
             8 if kind == "int" else None)
         arrays["popularity"], sums["popularity"] = _read_npy(z, members["popularity"], n_items, "i",
                                                              path, 8)
     if digests is not None:
-        for name in _ARRAYS:
+        for name in arrays_in:
             if digests[name + ".npy"].lower() != sums[name]:
                 raise ValueError(f"path {path!r}: {name}.npy checksum mismatch (SHA-256): the file is "
                                  "corrupted or was altered")
     return meta, config, arrays
 
 
-def _check_arrays(arrays: Dict[str, np.ndarray], path: str) -> None:
+def _check_arrays(arrays: Dict[str, np.ndarray], path: str, ascending_optional: bool) -> None:
+    """The arrays' values: finite weights (and moments, v >= 0), unique item ids (ascending
+    unless ``ascending_optional``: version 2 and checkpoints), popularity >= 0."""
     flat, ids, pop = arrays["params"], arrays["item_ids"], arrays["popularity"]
-    finite = np.isfinite(flat)
-    if not finite.all():
-        raise ValueError(f"path {path!r}: {flat.size - np.count_nonzero(finite)} of the weights are "
-                         "NaN or infinite")
+    for name in ("params", "best_params", "m", "v"):
+        if name in arrays:
+            finite = np.isfinite(arrays[name])
+            if not finite.all():
+                what = "weights" if name.endswith("params") else f"optimizer moments {name}"
+                raise ValueError(f"path {path!r}: {arrays[name].size - np.count_nonzero(finite)} of "
+                                 f"the {what} are NaN or infinite")
+    if "v" in arrays and arrays["v"].size and float(arrays["v"].min()) < 0:
+        raise ValueError(f"path {path!r}: the optimizer's second moments v hold a negative value")
     if ids.size > 1 and not (ids[1:] > ids[:-1]).all():
         uniq, counts = np.unique(ids, return_counts=True)
         if uniq.size != ids.size:
             dup = uniq[np.argmax(counts > 1)]
             raise ValueError(f"path {path!r}: item id {dup.item()!r} appears more than once")
-        raise ValueError(f"path {path!r}: the item ids are not in ascending order")
+        if not ascending_optional:
+            raise ValueError(f"path {path!r}: the item ids are not in ascending order")
     if pop.size and int(pop.min()) < 0:
         raise ValueError(f"path {path!r}: negative popularity {int(pop.min())} for item "
                          f"{ids[int(np.argmin(pop))].item()!r}")
@@ -482,6 +567,41 @@ def _loss_history(meta: Dict[str, Any], path: str) -> List[float]:
     return [float(x) for x in hist]
 
 
+def _read_file(path: str, checkpoint: bool = False):
+    """(header, config, arrays) of the file at ``path``, every failure a ValueError (or
+    FileNotFoundError) naming the file and the cause."""
+    what = "checkpoint" if checkpoint else "model"
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"path {path!r} does not exist")
+    f, file_len = _open_regular(path)
+    with f:
+        try:
+            meta, config, arrays = _read(f, file_len, path, checkpoint)
+        except zipfile.BadZipFile as e:
+            text = str(e)
+            if text.startswith("Bad CRC-32"):
+                raise ValueError(f"path {path!r}: checksum mismatch (CRC-32) in {text.split()[-1]}: "
+                                 "the file is corrupted") from None
+            raise ValueError(f"path {path!r} is not a valid fastsasrec {what} file (truncated or "
+                             f"corrupted: {e})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise ValueError(f"path {path!r}: corrupted {what} header ({e})") from None
+        except _STREAM_ERRORS as e:  # a corrupted compressed stream or zip structure
+            raise ValueError(f"path {path!r} is not a valid fastsasrec {what} file ({type(e).__name__}: "
+                             f"{e})") from None
+        except OSError as e:  # a seek to a corrupted offset, bz2's bad stream, the disk's own
+            raise ValueError(f"path {path!r}: could not read the {what} ({e})") from None
+    _check_arrays(arrays, path, ascending_optional=checkpoint or meta["format_version"] >= 2)
+    return meta, config, arrays
+
+
+def _params_of(meta: Dict[str, Any], path: str) -> Dict[str, Any]:
+    params = meta.get("params")
+    if not isinstance(params, dict):
+        raise ValueError(f"path {path!r}: params must be an object")
+    return dict(params)
+
+
 def load(cls: Any, path: "os.PathLike[str] | str", device: str = "auto",
          num_threads: Optional[int] = None) -> Any:
     """A ``cls`` model read from a file written by ``save``, on ``device``, running with
@@ -491,32 +611,9 @@ def load(cls: Any, path: "os.PathLike[str] | str", device: str = "auto",
     newer version, unreadable)."""
     path = os.fspath(path)
     resolve_device(device)  # the caller's mistake, said before the file's
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"path {path!r} does not exist")
-    f, file_len = _open_regular(path)
-    with f:
-        try:
-            meta, config, arrays = _read(f, file_len, path)
-        except zipfile.BadZipFile as e:
-            text = str(e)
-            if text.startswith("Bad CRC-32"):
-                raise ValueError(f"path {path!r}: checksum mismatch (CRC-32) in {text.split()[-1]}: "
-                                 "the file is corrupted") from None
-            raise ValueError(f"path {path!r} is not a valid fastsasrec model file (truncated or "
-                             f"corrupted: {e})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-            raise ValueError(f"path {path!r}: corrupted model header ({e})") from None
-        except _STREAM_ERRORS as e:  # a corrupted compressed stream or zip structure
-            raise ValueError(f"path {path!r} is not a valid fastsasrec model file ({type(e).__name__}: "
-                             f"{e})") from None
-        except OSError as e:  # a seek to a corrupted offset, bz2's bad stream, the disk's own
-            raise ValueError(f"path {path!r}: could not read the model ({e})") from None
-    _check_arrays(arrays, path)
+    meta, config, arrays = _read_file(path)
     loss_history = _loss_history(meta, path)
-    params = meta.get("params")
-    if not isinstance(params, dict):
-        raise ValueError(f"path {path!r}: params must be an object")
-    params = dict(params)
+    params = _params_of(meta, path)
     params["device"] = device
     params["num_threads"] = 0
     params.setdefault("verbose", 0)
@@ -531,3 +628,41 @@ def load(cls: Any, path: "os.PathLike[str] | str", device: str = "auto",
     model._set_fitted(engine, config, arrays["item_ids"], arrays["popularity"].astype(np.int64))
     model.loss_history_ = loss_history
     return model
+
+
+def _int_field(meta: Dict[str, Any], key: str, path: str, lo: int = 0) -> int:
+    x = meta.get(key)
+    if not isinstance(x, int) or isinstance(x, bool) or not lo <= x < 2**62:
+        raise ValueError(f"path {path!r}: invalid {key} {x!r}")
+    return x
+
+
+def load_checkpoint(path: "os.PathLike[str] | str") -> Dict[str, Any]:
+    """What a checkpoint holds, checked: ``params`` (the fit's), ``config``, ``arrays``
+    (params, m, v, item_ids, popularity, best_params when saved), ``step``, ``epoch``,
+    ``loss_history``, ``history``, ``early_stopping`` and ``fingerprint``.  Raises like
+    ``load``."""
+    path = os.fspath(path)
+    meta, config, arrays = _read_file(path, checkpoint=True)
+    loss_history = _loss_history(meta, path)
+    epoch = _int_field(meta, "epoch", path)
+    if epoch != len(loss_history):
+        raise ValueError(f"path {path!r}: epoch {epoch} but {len(loss_history)} epochs in loss_history")
+    history = meta.get("history")
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise ValueError(f"path {path!r}: history must be a list of objects")
+    es = meta.get("early_stopping")
+    ok = (isinstance(es, dict) and set(es) == {"best_score", "best_epoch", "since_best"}
+          and (es["best_score"] is None or _is_number(es["best_score"]))
+          and all(isinstance(es[k], int) and not isinstance(es[k], bool) and 0 <= es[k] <= epoch
+                  for k in ("best_epoch", "since_best")))
+    if not ok:
+        raise ValueError(f"path {path!r}: invalid early_stopping state {es!r}")
+    if (es["best_score"] is not None) != ("best_params" in arrays):
+        raise ValueError(f"path {path!r}: early_stopping and best_params disagree")
+    fingerprint = meta.get("fingerprint")
+    if not isinstance(fingerprint, dict) or not isinstance(fingerprint.get("sha256"), str):
+        raise ValueError(f"path {path!r}: invalid fingerprint {fingerprint!r}")
+    return dict(params=_params_of(meta, path), config=config, arrays=arrays,
+                step=_int_field(meta, "step", path), epoch=epoch, loss_history=loss_history,
+                history=history, early_stopping=es, fingerprint=fingerprint)

@@ -2,11 +2,13 @@
 
     fastsasrec demo [--movielens [PATH]]          train on built-in data, show the store use cases
     fastsasrec train EVENTS -o MODEL              fit a model on an event log (.csv or .parquet)
+    fastsasrec update MODEL EVENTS -o MODEL       continue training on new events (and new items)
     fastsasrec recommend MODEL --session 12,40,7  next items for a session
     fastsasrec evaluate MODEL EVENTS              hold out each user's last item and rank it
 
 Errors in what the user gave (files, columns, ids, arguments) print one line on stderr
-and exit with status 2.
+and exit with status 2.  Ctrl-C exits with status 130; ``train`` and ``update`` then write
+no model unless ``--keep-partial`` asks for the last completed epoch's.
 """
 from __future__ import annotations
 
@@ -163,24 +165,87 @@ def _model_params(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- train
+def _finish(model, args: argparse.Namespace, what: str) -> int:
+    """Saves a trained model to --output, unless Ctrl-C stopped the training and
+    --keep-partial was not given; returns the exit status (130 when interrupted)."""
+    if model.interrupted_:
+        epochs = len(model.loss_history_)
+        if not args.keep_partial:
+            print(f"interrupted: {what} stopped after epoch {epochs}; {args.output} not written "
+                  "(--keep-partial saves the last completed epoch)", file=sys.stderr)
+            return 130
+        model.save(args.output)
+        print(f"interrupted: saved the model of epoch {epochs} to {args.output}", file=sys.stderr)
+        return 130
+    model.save(args.output)
+    print(f"saved {args.output}")
+    return 0
+
+
+def _check_checkpoint_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """fit's checkpoint keywords from --checkpoint, --checkpoint-every and --resume."""
+    if args.checkpoint is None:
+        if args.resume or args.checkpoint_every is not None:
+            raise CLIError("--resume and --checkpoint-every go with --checkpoint PATH")
+        return {}
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise CLIError(f"--checkpoint-every must be >= 1 (epochs), got {args.checkpoint_every}")
+    if os.path.abspath(args.checkpoint) == os.path.abspath(args.output):
+        raise CLIError("--checkpoint and --output must be different files")
+    kw: Dict[str, Any] = {"checkpoint": args.checkpoint,
+                          "checkpoint_every": args.checkpoint_every or 1}
+    if args.resume:
+        if os.path.exists(args.checkpoint):
+            kw["resume"] = args.checkpoint
+        else:
+            print(f"note: no checkpoint at {args.checkpoint} yet: training from the start",
+                  file=sys.stderr)
+    else:
+        _check_output(args.checkpoint)
+    return kw
+
+
 def _train(args: argparse.Namespace) -> int:
     from fastsasrec import SASRec
 
     time_col = None if args.no_time else args.time_col
     _check_output(args.output)
+    checkpoint_kw = _check_checkpoint_args(args)
     df = _read_events(args.events, (args.user_col, args.item_col, time_col))
     params = _model_params(args)
     t0 = time.perf_counter()
     model = SASRec.from_transactions(df, user_col=args.user_col, item_col=args.item_col,
-                                     timestamp_col=time_col, **params)
+                                     timestamp_col=time_col, **params, **checkpoint_kw)
     dt = time.perf_counter() - t0
     n_users = int(df[args.user_col].nunique())
     loss = f", final loss {model.loss_history_[-1]:.4f}" if model.loss_history_ else ""
     print(f"trained on {len(df):,} events of {n_users:,} users over {model.n_items:,} items: "
           f"{len(model.loss_history_)} epochs in {dt:.1f}s ({model.loss_} loss{loss})")
-    model.save(args.output)
-    print(f"saved {args.output}")
-    return 0
+    return _finish(model, args, "training")
+
+
+def _update(args: argparse.Namespace) -> int:
+    from fastsasrec import Sequences
+    from fastsasrec.data import transactions_to_sequences
+
+    if args.epochs < 1:
+        raise CLIError(f"--epochs must be >= 1, got {args.epochs}")
+    _check_output(args.output)
+    model = _load_model(args.model, args.threads)
+    time_col = None if args.no_time else args.time_col
+    str_items = args.item_col if model.item_ids.dtype.kind == "U" else None
+    df = _read_events(args.events, (args.user_col, args.item_col, time_col), str_item_col=str_items)
+    items, offsets, _ = transactions_to_sequences(df, args.user_col, args.item_col, time_col)
+    model.set_params(verbose=1 if args.verbose else 0)
+    before = model.n_items
+    t0 = time.perf_counter()
+    model.partial_fit(Sequences(items, offsets), epochs=args.epochs)
+    dt = time.perf_counter() - t0
+    done = len(model.loss_history_)
+    print(f"updated on {len(df):,} events: {model.n_items - before:,} new items "
+          f"({model.n_items:,} in all), epochs {done - args.epochs + 1}..{done} in {dt:.1f}s"
+          if not model.interrupted_ else f"updated on {len(df):,} events, interrupted")
+    return _finish(model, args, "the update")
 
 
 # ----------------------------------------------------------------------------- recommend
@@ -401,7 +466,32 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="random seed (default: 42)")
     t.add_argument("--threads", type=int, help="CPU threads (default: 0, all cores)")
     t.add_argument("-v", "--verbose", action="store_true", help="report each epoch")
+    t.add_argument("--checkpoint", metavar="PATH",
+                   help="write a training checkpoint (weights, optimizer, progress) to PATH")
+    t.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="with --checkpoint: every N epochs (default: 1), and at the end")
+    t.add_argument("--resume", action="store_true",
+                   help="with --checkpoint: continue from PATH when it exists (same events and "
+                        "settings; --epochs may grow)")
+    t.add_argument("--keep-partial", action="store_true",
+                   help="on Ctrl-C, save the last completed epoch's model to --output (exit 130)")
     t.set_defaults(func=_train)
+
+    u = sub.add_parser("update", help="continue training a model on new events",
+                       description="Continue training a saved model on an event log of new events "
+                                   "(from its current weights); items it has never seen join its "
+                                   "catalogue.  Writes the updated model to --output.")
+    u.add_argument("model", metavar="MODEL")
+    u.add_argument("events", metavar="EVENTS", help="event log of new events: .csv or .parquet")
+    _add_columns(u)
+    u.add_argument("-o", "--output", required=True, metavar="MODEL",
+                   help="where to save the updated model (may be MODEL itself)")
+    u.add_argument("--epochs", type=int, default=1, help="epochs over the new events (default: 1)")
+    u.add_argument("--threads", type=int, default=None)
+    u.add_argument("--keep-partial", action="store_true",
+                   help="on Ctrl-C, save the last completed epoch's model to --output (exit 130)")
+    u.add_argument("-v", "--verbose", action="store_true", help="report each epoch")
+    u.set_defaults(func=_update)
 
     r = sub.add_parser("recommend", help="next items for a session",
                        description="Print the top-n next items for a session, with their scores.")

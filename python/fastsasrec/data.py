@@ -345,22 +345,41 @@ def check_ids_compatible(flat: np.ndarray, item_ids: np.ndarray, name: str) -> N
         raise ValueError(f"{name}: this model's item ids are {want}, got {flat.dtype} ids")
 
 
-def encode(flat: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+def is_ascending(item_ids: np.ndarray) -> bool:
+    """Whether the catalogue is strictly ascending (fit's order; a grown one need not be)."""
+    return item_ids.size < 2 or bool((item_ids[1:] > item_ids[:-1]).all())
+
+
+def encode(flat: np.ndarray, sorted_ids: np.ndarray, order: Optional[np.ndarray] = None) -> np.ndarray:
     """Internal ids (int32, 1..V) of original ids; 0 for ids not in the catalogue.
 
-    item_ids must be sorted (np.unique order)."""
-    if flat.size == 0 or item_ids.size == 0:
+    ``sorted_ids``: the catalogue's ids in ascending order, unique.  ``order``: the
+    internal index (0-based) of each of them; None when the catalogue is itself ascending
+    (fit's np.unique order).  A catalogue grown by partial_fit appends its new items after
+    the old ones, so its internal order is not sorted: ``catalogue_lookup`` gives both."""
+    if flat.size == 0 or sorted_ids.size == 0:
         return np.zeros(flat.size, dtype=np.int32)
-    if (item_ids.dtype.kind in _INT_KINDS and flat.dtype.kind in _INT_KINDS
-            and int(item_ids[-1]) - int(item_ids[0]) + 1 == item_ids.size):
+    ids = sorted_ids
+    if (order is None and ids.dtype.kind in _INT_KINDS and flat.dtype.kind in _INT_KINDS
+            and int(ids[-1]) - int(ids[0]) + 1 == ids.size):
         # A contiguous range of integer ids (sorted, unique): a subtraction, no search.
-        rel = flat.astype(np.int64, copy=False) - int(item_ids[0])
-        ok = (rel >= 0) & (rel < item_ids.size)
+        rel = flat.astype(np.int64, copy=False) - int(ids[0])
+        ok = (rel >= 0) & (rel < ids.size)
         return np.where(ok, rel + 1, 0).astype(np.int32)
-    pos = np.searchsorted(item_ids, flat)
-    pos_c = np.minimum(pos, item_ids.size - 1)
-    found = item_ids[pos_c] == flat
-    return np.where(found, pos_c + 1, 0).astype(np.int32)
+    pos = np.searchsorted(ids, flat)
+    pos_c = np.minimum(pos, ids.size - 1)
+    found = ids[pos_c] == flat
+    internal = pos_c if order is None else order[pos_c]
+    return np.where(found, internal + 1, 0).astype(np.int32)
+
+
+def catalogue_lookup(item_ids: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(sorted ids, order) for ``encode`` of a catalogue in internal order: the catalogue
+    itself and None when it is ascending, else its sorted copy and the argsort."""
+    if is_ascending(item_ids):
+        return item_ids, None
+    order = np.argsort(item_ids, kind="stable")
+    return item_ids[order], order
 
 
 def drop_unknown(internal: np.ndarray, offsets: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

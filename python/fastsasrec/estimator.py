@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import math
 import os
 import threading
@@ -29,6 +30,7 @@ from fastsasrec._device import resolve_device
 from fastsasrec._params import DEFAULTS, PARAMS, checked, engine_config, positive_int
 from fastsasrec.data import (
     Sequences,
+    catalogue_lookup,
     check_ids_compatible,
     drop_unknown,
     encode,
@@ -49,11 +51,14 @@ class _Fitted:
     ``engine``: the C++ model.  ``config``: the configuration the engine was built with
     (its shape: n_items, factors, max_seq, ...).  ``params``: the estimator's parameters
     this model was fitted (or loaded) with; ``set_params`` changes only the next fit, except
-    ``num_threads``, which is republished.  ``item_ids``: the catalogue, sorted original
-    ids (read-only); ``popularity``: each item's count of training interactions (read-only).
-    ``loss_history``, ``history``, ``best_epoch``: the fit's record.  ``cache``: values
-    computed from this model on first use (item embeddings, the catalogue on the GPU, the
-    notebook maps); two threads filling an entry at once store equal values."""
+    ``num_threads``, which is republished.  ``item_ids``: the catalogue, entry i the
+    original id of internal id i + 1 (read-only; ascending after fit, new items appended
+    after the old ones by partial_fit); ``popularity``: each item's count of training
+    interactions (read-only).  ``loss_history``, ``history``, ``best_epoch``: the fit's
+    record; ``interrupted``: the fit was stopped by Ctrl-C (the weights are those of its
+    last completed epoch).  ``cache``: values computed from this model on first use (item
+    embeddings, the id lookup, the catalogue on the GPU, the notebook maps); two threads
+    filling an entry at once store equal values."""
 
     engine: Any
     config: Dict[str, Any]
@@ -63,7 +68,19 @@ class _Fitted:
     loss_history: Tuple[float, ...] = ()
     history: Tuple[Dict[str, Any], ...] = ()
     best_epoch: int = 0
+    interrupted: bool = False
     cache: Dict[str, Any] = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    def lookup(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """(sorted ids, their internal indices or None): what ``encode`` searches."""
+        found = self.cache.get("lookup")
+        if found is None:
+            found = self.cache["lookup"] = catalogue_lookup(self.item_ids)
+        return found
+
+    def encode(self, flat: np.ndarray) -> np.ndarray:
+        """Internal ids (int32, 1..V) of original ids; 0 for ids not in the catalogue."""
+        return encode(flat, *self.lookup())
 
     def item_embeddings(self) -> np.ndarray:
         E = self.cache.get("item_embeddings")
@@ -137,6 +154,118 @@ def _is_cupy(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "cupy" and hasattr(x, "__cuda_array_interface__")
 
 
+
+
+# fit's keyword arguments that from_transactions passes on.
+_FIT_ARGS = ("validation", "early_stopping_patience", "callbacks", "checkpoint",
+             "checkpoint_every", "resume")
+# The parameters a resumed fit may change: they alter neither the weights nor their order.
+_RESUME_FREE = ("iterations", "verbose", "num_threads", "device")
+
+
+@dataclasses.dataclass
+class _Progress:
+    """A fit's record while it runs: the loss (and logs) of each epoch done, and early
+    stopping's best score, its epoch and weights, and the epochs since."""
+
+    losses: List[float] = dataclasses.field(default_factory=list)
+    history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    since_best: int = 0
+    best_params: Optional[np.ndarray] = None
+
+
+def _check_callbacks(callbacks: Any) -> None:
+    if callbacks is not None and not all(callable(cb) for cb in callbacks):
+        raise ValueError("callbacks must be a list of callables cb(model, epoch, logs)")
+
+
+def _drop_short(sequences: Sequences, stacklevel: int = 4) -> Tuple[np.ndarray, np.ndarray]:
+    """(flat ids, offsets) of the sequences of 2 or more items: the one place short
+    sequences are dropped (the engine rejects them), with one warning giving their count."""
+    n_seq = len(sequences)
+    if n_seq == 0:
+        raise ValueError("sequences is empty: nothing to train on")
+    lengths = sequences.lengths
+    short = lengths < 2
+    if short.all():
+        raise ValueError(
+            f"every one of the {n_seq} sequences has fewer than 2 items: nothing to train on"
+        )
+    flat, offsets = sequences.items, sequences.offsets
+    if short.any():
+        warnings.warn(f"skipped {int(short.sum())} of {n_seq} sequences with fewer than 2 items",
+                      stacklevel=stacklevel)
+        flat = flat[np.repeat(~short, lengths)]
+        offsets = np.concatenate(([0], np.cumsum(lengths[~short]))).astype(np.int64)
+    return flat, offsets
+
+
+def _fingerprint(flat: np.ndarray, offsets: np.ndarray) -> Dict[str, Any]:
+    """What a checkpoint records of its training data: the SHA-256 of the ids (their type,
+    then their values) and the offsets, with the counts to name in an error."""
+    h = hashlib.sha256()
+    if flat.dtype.kind == "U":
+        h.update(b"str")
+        h.update(np.char.str_len(flat).astype("<i8").tobytes())
+        h.update("".join(flat.tolist()).encode("utf-8", "surrogatepass"))
+    else:
+        h.update(b"int")
+        h.update(np.ascontiguousarray(flat, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(offsets.astype("<i8")).tobytes())
+    return {"sha256": h.hexdigest(), "n_sequences": int(offsets.size - 1), "n_events": int(flat.size)}
+
+
+def _check_resumable(ck: Dict[str, Any], path: Any, params: Dict[str, Any],
+                     fingerprint: Dict[str, Any], patience: Optional[int]) -> None:
+    """A checkpoint continues only the fit it was written by: the same data, the same
+    parameters (but those of _RESUME_FREE)."""
+    saved = ck["fingerprint"]
+    if saved.get("sha256") != fingerprint["sha256"]:
+        raise ValueError(
+            f"resume: checkpoint {os.fspath(path)!r} was written for other training data "
+            f"({saved.get('n_sequences')} sequences, {saved.get('n_events')} events; these are "
+            f"{fingerprint['n_sequences']} and {fingerprint['n_events']}, or the same counts in "
+            "another order or with other ids): give the sequences it was trained on"
+        )
+    differ = [f"{k}={params[k]!r} (checkpoint: {ck['params'].get(k)!r})"
+              for k in sorted(params) if k not in _RESUME_FREE and ck["params"].get(k) != params[k]]
+    if differ:
+        raise ValueError(f"resume: checkpoint {os.fspath(path)!r} was written with other parameters: "
+                         + ", ".join(differ) + "; set them as they were (only " +
+                         ", ".join(_RESUME_FREE) + " may change)")
+    if ck["early_stopping"]["best_score"] is not None and patience is None:
+        warnings.warn("resume: the checkpoint holds an early-stopping state; without "
+                      "early_stopping_patience and validation, training runs to iterations",
+                      stacklevel=4)
+
+
+def _continued_engine(state: "_Fitted", n_items: int) -> Tuple[Any, Dict[str, Any]]:
+    """A new engine holding ``state``'s weights and optimizer state, for a catalogue of
+    ``n_items`` >= its own: the new items' embedding rows (and their zero moments) are
+    those a fresh model of the grown catalogue starts with (same seed)."""
+    old = state.engine
+    config = dict(state.config, n_items=n_items)
+    engine = _core.Model(config, old.device, threads=state.params["num_threads"])
+    params, (m, v, step) = old.get_params(), old.optimizer_state()
+    if n_items != state.config["n_items"]:
+        fresh = engine.get_params()  # the grown model's initialisation
+        zeros = np.zeros_like(fresh)
+        new_p, new_m, new_v = fresh.copy(), zeros, zeros.copy()
+        rows = state.config["n_items"] + 1  # the padding row and the old items
+        old_layout = {n: (int(o), tuple(sh)) for n, o, sh in old.tensors()}
+        for name, off, shape in engine.tensors():
+            o, old_shape = old_layout[name]
+            n_old = math.prod(old_shape)
+            if name == "item_emb":
+                n_old = rows * int(shape[1])
+            for dst, src in ((new_p, params), (new_m, m), (new_v, v)):
+                dst[off:off + n_old] = src[o:o + n_old]
+        params, m, v = new_p, new_m, new_v
+    engine.set_params(params)
+    engine.set_optimizer_state(m, v, step)
+    return engine, config
 
 
 class SASRec(NotebookCompat):
@@ -248,6 +377,9 @@ class SASRec(NotebookCompat):
         validation: Optional[Any] = None,
         early_stopping_patience: Optional[int] = None,
         callbacks: Optional[Sequence[Callable[..., Any]]] = None,
+        checkpoint: "Optional[os.PathLike[str] | str]" = None,
+        checkpoint_every: int = 1,
+        resume: "Optional[os.PathLike[str] | str]" = None,
     ) -> "SASRec":
         """Trains on sequences of original item ids (oldest first); returns self.
 
@@ -259,10 +391,15 @@ class SASRec(NotebookCompat):
 
         The new model is built aside: until fit returns, this estimator keeps serving the
         model it had (from any thread), and a fit that fails (an error, a non-finite loss
-        or weights) raises and leaves it exactly as it was (unfitted if it was).  Ctrl-C
-        (KeyboardInterrupt) stops training after the current epoch and installs the model
-        with the weights of the last completed epoch.  Of two fits running at once on one
-        estimator, the one that ends last is the model.
+        or weights) raises and leaves it exactly as it was (unfitted if it was).  Of two
+        fits running at once on one estimator, the one that ends last is the model.
+
+        Ctrl-C (KeyboardInterrupt) is looked for between batches.  It abandons the epoch
+        under way, and fit returns the model with the weights of its last completed epoch:
+        ``interrupted_`` is True, ``loss_history_`` has one entry per completed epoch, and a
+        warning says so.  Ctrl-C before the first epoch ends raises KeyboardInterrupt and
+        changes nothing.  (Only the main thread receives Ctrl-C; a fit in another thread
+        runs its epochs to their end.)
 
         ``validation``: sequences scored after every epoch (each one's last item held out,
         full-catalogue NDCG@10, see ``evaluate``); with ``early_stopping_patience`` training
@@ -271,9 +408,19 @@ class SASRec(NotebookCompat):
         epoch (``logs``: loss, tokens/s, validation metrics); one returning True stops
         training.  Their ``model`` is a view of this estimator holding the model being
         trained, as of that epoch (recommend, evaluate or save it there).
+
+        ``checkpoint``: a file written (atomically) every ``checkpoint_every`` epochs, after
+        the last epoch and when training stops early or is interrupted: the weights,
+        AdamW's moments and step, the epochs done, the early-stopping state and a
+        fingerprint of the data.  ``resume``: a checkpoint to continue from, up to
+        ``iterations`` epochs in all: the same data and parameters (``iterations``,
+        ``verbose``, ``num_threads`` and ``device`` may differ) give the same weights as an
+        uninterrupted fit with the same seed and threads.  Data whose fingerprint differs
+        from the checkpoint's, or other parameters, are refused with a ValueError.  Give
+        ``validation`` again to continue early stopping.
         """
         return self._fit(flatten_sequences(sequences, "sequences"), validation,
-                         early_stopping_patience, callbacks)
+                         early_stopping_patience, callbacks, checkpoint, checkpoint_every, resume)
 
     @classmethod
     def from_transactions(
@@ -289,53 +436,103 @@ class SASRec(NotebookCompat):
         ``df``: a pandas DataFrame, a polars DataFrame or a pyarrow Table.  Rows are
         sorted stably by user, then by ``timestamp_col`` (numbers or datetimes; None keeps
         the table's order).  ``params``: the constructor's parameters, plus ``fit``'s
-        ``validation``, ``early_stopping_patience`` and ``callbacks``.  Returns the fitted
-        model."""
-        fit_kw = {k: params.pop(k) for k in ("validation", "early_stopping_patience", "callbacks") if k in params}
+        ``validation``, ``early_stopping_patience``, ``callbacks``, ``checkpoint``,
+        ``checkpoint_every`` and ``resume``.  Returns the fitted model."""
+        fit_kw = {k: params.pop(k) for k in _FIT_ARGS if k in params}
         model = cls(**params)
         items, offsets, _ = transactions_to_sequences(df, user_col, item_col, timestamp_col)
         return model._fit(Sequences(items, offsets), **fit_kw)
 
-    def _fit(self, sequences: Sequences, validation=None, early_stopping_patience=None, callbacks=None):
-        params = self.get_params()  # read once: a set_params meanwhile is for the next fit
+    def partial_fit(self, sequences: Any, epochs: int = 1,
+                    callbacks: Optional[Sequence[Callable[..., Any]]] = None) -> "SASRec":
+        """Continues training the fitted model on ``sequences`` (e.g. today's events) for
+        ``epochs`` epochs, from its current weights and optimizer state; returns self.
+
+        Items never seen before get new rows, initialised as fit initialises the item
+        embeddings, and join the catalogue after the old items (``item_ids`` then is no
+        longer sorted); each item's popularity grows by its count in ``sequences``.  The
+        epochs extend ``loss_history_`` and ``history_``.  Like fit, the new model is built
+        aside (the current one serves until it is published), Ctrl-C keeps the last
+        completed epoch, and a failure leaves the model as it was.  A model read by
+        ``load`` has no optimizer state (a model file keeps only the weights): AdamW starts
+        afresh.  On an unfitted estimator it is ``fit`` with ``iterations=epochs``."""
+        flat = flatten_sequences(sequences, "sequences")
+        epochs = positive_int(epochs, "epochs")
+        state = self._state
+        if state is None:
+            params = dict(self.get_params(), iterations=epochs)
+            return self._fit(flat, callbacks=callbacks, params=params)
+        _check_callbacks(callbacks)
+        items, offsets = _drop_short(flat, stacklevel=3)
+        check_ids_compatible(items, state.item_ids, "sequences")
+        internal = state.encode(items)
+        unknown = internal == 0
+        V = int(state.item_ids.size)
+        new_ids, inverse = np.unique(items[unknown], return_inverse=True)
+        _check_catalogue(new_ids)
+        internal[unknown] = (V + 1 + inverse.reshape(-1)).astype(np.int32)
+        n_items = V + int(new_ids.size)
+        item_ids = np.concatenate((state.item_ids, new_ids)) if new_ids.size else state.item_ids
+        popularity = np.bincount(internal - 1, minlength=n_items).astype(np.int64)
+        popularity[:V] += state.popularity
+        engine, config = _continued_engine(state, n_items)
+        grown = dataclasses.replace(state, engine=engine, config=config,
+                                    item_ids=_read_only(item_ids), popularity=_read_only(popularity),
+                                    interrupted=False)
+        start = _Progress(losses=list(state.loss_history), history=list(state.history))
+        grown = self._train(grown, internal, offsets, len(state.loss_history) + epochs, start=start,
+                            callbacks=callbacks)
+        with _PUBLISH:
+            self._state = grown
+        return self
+
+    def _fit(self, sequences: Sequences, validation=None, early_stopping_patience=None,
+             callbacks=None, checkpoint=None, checkpoint_every=1, resume=None, params=None):
+        if params is None:
+            params = self.get_params()  # read once: a set_params meanwhile is for the next fit
         if early_stopping_patience is not None:
             early_stopping_patience = positive_int(early_stopping_patience, "early_stopping_patience")
             if validation is None:
                 raise ValueError("early_stopping_patience needs validation= data to watch")
-        if callbacks is not None and not all(callable(cb) for cb in callbacks):
-            raise ValueError("callbacks must be a list of callables cb(model, epoch, logs)")
+        _check_callbacks(callbacks)
+        checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
+        if checkpoint is not None:
+            checkpoint = _persist._save_target(checkpoint)[0]  # a bad path fails before training
         if validation is not None:
             validation = flatten_sequences(validation, "validation")
-        n_seq = len(sequences)
-        if n_seq == 0:
-            raise ValueError("sequences is empty: nothing to train on")
-        # The one place short sequences are dropped: the engine rejects them.
-        lengths = sequences.lengths
-        short = lengths < 2
-        if short.all():
-            raise ValueError(
-                f"every one of the {n_seq} sequences has fewer than 2 items: nothing to train on"
-            )
-        flat, offsets = sequences.items, sequences.offsets
-        if short.any():
-            warnings.warn(
-                f"skipped {int(short.sum())} of {n_seq} sequences with fewer than 2 items",
-                stacklevel=3,
-            )
-            flat = flat[np.repeat(~short, lengths)]
-            offsets = np.concatenate(([0], np.cumsum(lengths[~short]))).astype(np.int64)
+        flat, offsets = _drop_short(sequences)
         item_ids, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
         _check_catalogue(item_ids)
         internal = (inverse.reshape(-1) + 1).astype(np.int32)
-        seed = params["random_state"]
-        if seed is None:
-            seed = int(np.random.SeedSequence().generate_state(1)[0])
-        config = engine_config(params, int(item_ids.size), seed)
-        engine = _core.Model(config, resolve_device(params["device"], config),
-                             threads=params["num_threads"])
+        fingerprint = _fingerprint(flat, offsets) if checkpoint is not None or resume is not None else None
+        start = None
+        if resume is not None:
+            ck = _persist.load_checkpoint(resume)
+            _check_resumable(ck, resume, params, fingerprint, early_stopping_patience)
+            config = ck["config"]
+            engine = _core.Model(config, resolve_device(params["device"], config),
+                                 threads=params["num_threads"])
+            arrays = ck["arrays"]
+            engine.set_params(arrays["params"])
+            engine.set_optimizer_state(arrays["m"], arrays["v"], ck["step"])
+            params = dict(ck["params"], **{k: params[k] for k in _RESUME_FREE})
+            es = ck["early_stopping"]
+            start = _Progress(losses=list(ck["loss_history"]), history=list(ck["history"]),
+                              best_score=-math.inf if es["best_score"] is None else es["best_score"],
+                              best_epoch=es["best_epoch"], since_best=es["since_best"],
+                              best_params=arrays.get("best_params"))
+        else:
+            seed = params["random_state"]
+            if seed is None:
+                seed = int(np.random.SeedSequence().generate_state(1)[0])
+            config = engine_config(params, int(item_ids.size), seed)
+            engine = _core.Model(config, resolve_device(params["device"], config),
+                                 threads=params["num_threads"])
         state = _Fitted(engine, config, params, _read_only(item_ids),
                         _read_only(counts.astype(np.int64)))
-        state = self._train(state, internal, offsets, validation, early_stopping_patience, callbacks)
+        state = self._train(state, internal, offsets, params["iterations"], validation,
+                            early_stopping_patience, callbacks, start, checkpoint,
+                            checkpoint_every, fingerprint)
         with _PUBLISH:
             self._state = state
         return self
@@ -343,9 +540,9 @@ class SASRec(NotebookCompat):
     def _set_fitted(self, engine: Any, config: Dict[str, Any], item_ids: np.ndarray,
                     popularity: np.ndarray, loss_history: Sequence[float] = ()) -> None:
         """Publishes a loaded model: the engine, the configuration it was built with, the
-        catalogue (sorted original ids), each item's count of training interactions and
-        the loss of each epoch; its parameters are this estimator's (``load`` builds the
-        estimator from the file's)."""
+        catalogue (original ids in internal order), each item's count of training
+        interactions and the loss of each epoch; its parameters are this estimator's
+        (``load`` builds the estimator from the file's)."""
         _check_catalogue(item_ids)
         state = _Fitted(engine, dict(config), self.get_params(), _read_only(np.asarray(item_ids)),
                         _read_only(np.asarray(popularity)),
@@ -353,68 +550,94 @@ class SASRec(NotebookCompat):
         with _PUBLISH:
             self._state = state
 
-    def _train(self, state: _Fitted, internal, offsets, validation, patience, callbacks) -> _Fitted:
-        """Trains ``state``'s engine, which no one else sees yet, and returns the snapshot to
-        publish: the fit's record filled in, the best epoch's weights restored.  Raises,
-        with nothing published, when the loss or the weights are not finite."""
+    def _train(self, state: _Fitted, internal, offsets, total: int, validation=None,
+               patience=None, callbacks=None, start: "Optional[_Progress]" = None,
+               checkpoint=None, every: int = 1, fingerprint=None) -> _Fitted:
+        """Trains ``state``'s engine, which no one else sees yet, until ``total`` epochs are
+        done (``start``: those done before, and the early-stopping state), and returns the
+        snapshot to publish: the fit's record filled in, the best epoch's weights restored.
+        Raises, with nothing published, when the loss or the weights are not finite, or on
+        Ctrl-C before an epoch of this call is done."""
         engine, params = state.engine, state.params
-        epochs = params["iterations"]
         lengths = np.diff(offsets)
         tokens = int((np.minimum(lengths, state.config["max_seq"] + 1) - 1).clip(min=0).sum())
-        losses: List[float] = []
-        history: List[Dict[str, Any]] = []
-        best_score, best_params, best_epoch, since_best = -math.inf, None, 0, 0
+        run = start if start is not None else _Progress()
+        first = len(run.losses)
+        saved_at = -1  # the epoch count of the last checkpoint written
+        # Only the main thread receives signals: elsewhere the epochs need no backup.
+        check_signals = threading.current_thread() is threading.main_thread()
 
-        def record() -> _Fitted:  # the snapshot as of now (a fresh cache: new weights)
+        def record(interrupted: bool = False) -> _Fitted:  # the snapshot as of now
             return dataclasses.replace(
-                state, loss_history=tuple(losses), history=tuple(history),
-                best_epoch=best_epoch if best_params is not None else len(losses))
+                state, loss_history=tuple(run.losses), history=tuple(run.history),
+                best_epoch=run.best_epoch if run.best_params is not None else len(run.losses),
+                interrupted=interrupted)
 
-        bar = _progress(epochs, params["verbose"])
+        def save_checkpoint() -> None:
+            nonlocal saved_at
+            if checkpoint is None or saved_at == len(run.losses):
+                return
+            _persist.save_checkpoint(checkpoint, record(), {
+                "epoch": len(run.losses), "loss_history": run.losses, "history": run.history,
+                "early_stopping": {"best_score": None if run.best_params is None else run.best_score,
+                                   "best_epoch": run.best_epoch, "since_best": run.since_best},
+                "fingerprint": fingerprint}, run.best_params)
+            saved_at = len(run.losses)
+
+        bar = _progress(total - first, params["verbose"])
+        interrupted = False
         try:
-            for epoch in range(1, epochs + 1):
+            while len(run.losses) < total:
+                epoch = len(run.losses) + 1
                 t0 = time.perf_counter()
-                loss = engine.train_epoch(internal, offsets, len(losses))
+                loss = engine.train_epoch(internal, offsets, epoch - 1, check_signals=check_signals)
                 dt = time.perf_counter() - t0
-                losses.append(float(loss))
                 if not math.isfinite(loss):
                     raise RuntimeError(
                         f"training diverged at epoch {epoch}: loss is {loss}; lower learning_rate"
                     )
+                run.losses.append(float(loss))
                 logs: Dict[str, Any] = {"epoch": epoch, "loss": float(loss),
                                         "tokens_per_s": tokens / max(dt, 1e-9)}
                 if validation is not None:
                     val = _metrics.evaluate(self._view(record()), validation, k=10)
                     logs.update({f"val_{k}": v for k, v in val.items() if k.endswith("@10")})
                     score = val["NDCG@10"]
-                    if score > best_score:
-                        best_score, best_epoch, since_best = score, epoch, 0
-                        best_params = engine.get_params()
+                    if score > run.best_score:
+                        run.best_score, run.best_epoch, run.since_best = score, epoch, 0
+                        run.best_params = engine.get_params()
                     else:
-                        since_best += 1
-                history.append(logs)
+                        run.since_best += 1
+                run.history.append(logs)
                 bar.update(logs)
                 view = self._view(record())
                 stop = any(bool(cb(view, epoch, logs)) for cb in (callbacks or []))
-                if patience is not None and since_best >= patience:
+                if patience is not None and run.since_best >= patience:
                     stop = True
+                if stop or len(run.losses) == total or (epoch - first) % every == 0:
+                    save_checkpoint()
                 if stop:
                     break
         except KeyboardInterrupt:
+            if len(run.losses) == first:
+                raise  # no epoch of this call done: nothing to keep
+            interrupted = True
             warnings.warn(
-                f"training interrupted: the model keeps the weights of epoch {len(losses)}",
+                f"training interrupted: the model keeps the weights of epoch {len(run.losses)}, "
+                "its last completed one",
                 stacklevel=3,
             )
+            save_checkpoint()
         finally:
             bar.close()
-        if best_params is not None and best_epoch != len(losses):
-            engine.set_params(best_params)
+        if run.best_params is not None and run.best_epoch != len(run.losses):
+            engine.set_params(run.best_params)
         if not _all_finite(engine.get_params()):
             raise RuntimeError(
-                f"training diverged: the weights after epoch {len(losses)} are not finite; "
+                f"training diverged: the weights after epoch {len(run.losses)} are not finite; "
                 "lower learning_rate"
             )
-        return record()
+        return record(interrupted)
 
     # ------------------------------------------------------------------ state
     def _fitted(self) -> _Fitted:
@@ -481,6 +704,13 @@ class SASRec(NotebookCompat):
             self._state = dataclasses.replace(state, loss_history=tuple(float(x) for x in value))
 
     @property
+    def interrupted_(self) -> bool:
+        """True when the fit (or partial_fit) that made this model was stopped by Ctrl-C:
+        its weights are those of its last completed epoch (``len(loss_history_)``)."""
+        state = self._state
+        return False if state is None else state.interrupted
+
+    @property
     def history_(self) -> List[Dict[str, Any]]:
         """One dict of logs (loss, tokens/s, validation metrics) per epoch of the fit."""
         state = self._state
@@ -530,7 +760,7 @@ class SASRec(NotebookCompat):
         """(internal ids, offsets) of many sessions; unknown ids are 0."""
         flat = flatten_sequences(sessions, name)
         check_ids_compatible(flat.items, state.item_ids, name)
-        return encode(flat.items, state.item_ids), flat.offsets
+        return state.encode(flat.items), flat.offsets
 
     def _encode_one(self, state: _Fitted, session: Any, name: str) -> np.ndarray:
         if session is None or isinstance(session, (str, bytes)) or not hasattr(session, "__len__"):
@@ -665,17 +895,17 @@ class SASRec(NotebookCompat):
             top = int(sessions.max())  # one scalar crosses to the host
             if top >= 2**63:
                 raise ValueError(f"sessions holds {top}: integer item ids must fit in 64 bits (int64)")
-        ids_gpu = self._cupy_item_ids(state, cp)
+        ids_gpu, sorted_gpu, order_gpu = self._cupy_item_ids(state, cp)
         x = sessions.astype(cp.int64, copy=False)
-        pos = cp.minimum(cp.searchsorted(ids_gpu, x), ids_gpu.size - 1)
-        found = ids_gpu[pos] == x
+        pos = cp.minimum(cp.searchsorted(sorted_gpu, x), sorted_gpu.size - 1)
+        found = sorted_gpu[pos] == x
         if not bool(found.all()):  # one scalar crosses to the host
             bad = int(x.ravel()[int(cp.argmin(found.ravel()))])
             raise ValueError(
                 f"sessions: item id {bad} is not in the model's catalogue; CuPy sessions must "
                 "hold known ids only (NumPy arrays and lists skip unknown ones)"
             )
-        internal = (pos + 1).astype(cp.int32)
+        internal = ((pos if order_gpu is None else order_gpu[pos]) + 1).astype(cp.int32)
         fwd = cp.ascontiguousarray(internal[:, -state.config["max_seq"]:])
         excl = internal if exclude_seen else None
         out_ids = cp.empty((B, n), dtype=cp.int32)
@@ -692,10 +922,15 @@ class SASRec(NotebookCompat):
 
     @staticmethod
     def _cupy_item_ids(state: _Fitted, cp: Any) -> Any:
-        ids = state.cache.get("cupy_item_ids")
-        if ids is None:
-            ids = state.cache["cupy_item_ids"] = cp.asarray(state.item_ids)
-        return ids
+        """(catalogue, sorted ids, their internal indices or None) on the GPU."""
+        found = state.cache.get("cupy_item_ids")
+        if found is None:
+            sorted_ids, order = state.lookup()
+            ids = cp.asarray(state.item_ids)
+            found = (ids, ids if order is None else cp.asarray(sorted_ids),
+                     None if order is None else cp.asarray(order))
+            state.cache["cupy_item_ids"] = found
+        return found
 
     def session_embeddings(self, sessions: Any) -> np.ndarray:
         """(len(sessions), factors) float32: the final hidden state at each session's last

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 from fastsasrec._params import positive_int
-from fastsasrec.data import Sequences, check_ids_compatible, encode, flatten_sequences
+from fastsasrec.data import Sequences, check_ids_compatible, flatten_sequences
 
 
 def ranks_from_topk(topk_ids: np.ndarray, targets: Sequence[Any]) -> np.ndarray:
@@ -104,7 +104,7 @@ def evaluate(
         ids, _ = model.recommend_batch(contexts, n=k, exclude_seen=True)  # min(k, V) columns
         ranks = ranks_from_topk(ids, targets)
         # A target unknown to the model is a miss (it may equal an empty slot's filler id).
-        ranks[encode(targets, item_ids) == 0] = -1
+        ranks[model._fitted().encode(targets) == 0] = -1
         out = summarize(ranks, k)
         shown = ids[ids != ("" if ids.dtype.kind == "U" else -1)]  # fit rejects these ids
         out[f"coverage@{k}"] = float(np.unique(shown).size / item_ids.size)
@@ -126,8 +126,9 @@ def _sampled_ranks(model: Any, contexts: Sequences, targets: np.ndarray, n_neg: 
     V = item_ids.size
     H = model.session_embeddings(contexts).astype(np.float64)
     E = model.item_embeddings.astype(np.float64)
-    t_int = encode(np.asarray(targets), item_ids)
-    c_int, bounds = encode(contexts.items, item_ids), contexts.offsets.tolist()
+    state = model._fitted()
+    t_int = state.encode(np.asarray(targets))
+    c_int, bounds = state.encode(contexts.items), contexts.offsets.tolist()
     rng = np.random.default_rng(seed)
     ranks = np.full(len(contexts), -1, dtype=np.int64)
     for b in range(len(contexts)):

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -95,10 +96,24 @@ class Model {
   // Item embedding rows 1..V (V, C) as a host copy.
   std::vector<float> item_embeddings() const;
 
+  // AdamW's state as host copies (the moments m and v in arena order; the step is step()),
+  // for checkpoints; set_optimizer_state puts a saved one back.
+  void get_optimizer_state(std::vector<float>* m, std::vector<float>* v) const;
+  void set_optimizer_state(const std::vector<float>& m, const std::vector<float>& v, int64_t step);
+
   // ---- training (train.cpp)
+  struct EpochResult {
+    double loss;     // mean loss per target position (of a completed epoch)
+    bool completed;  // false: stopped, and nothing of the epoch kept
+  };
   // One epoch over the sequences (flat internal ids 1..V, offsets of n_seq + 1 entries;
-  // every sequence of 2 or more items).  Returns the mean loss per target position.
-  double train_epoch(const int32_t* items, const int64_t* offsets, int64_t n_seq, int64_t epoch);
+  // every sequence of 2 or more items).  With `stop`, the epoch is all or nothing: stop()
+  // is asked before every batch, and when it says true, or a batch throws, the weights,
+  // AdamW's moments and the step are put back as they were when the epoch began (from a
+  // copy of the three arenas in backend memory, made only when stop is given) and the
+  // epoch returns not completed (or rethrows).
+  EpochResult train_epoch(const int32_t* items, const int64_t* offsets, int64_t n_seq,
+                          int64_t epoch, const std::function<bool()>& stop = {});
   // The packed batch of the given sequences (their most recent max_seq + 1 items), with
   // negatives for training step `step`.
   void build_batch(const int32_t* items, const int64_t* offsets, const int64_t* seqs, int n,
@@ -163,6 +178,7 @@ class Model {
   std::unique_ptr<Acts> train_acts_, infer_acts_;
   std::unique_ptr<Buffer> score_buf_;  // inference scratch: states, exclusions, top-k
   std::unique_ptr<Buffer> loss_buf_;   // per-row losses of an epoch, summed when full
+  std::unique_ptr<Buffer> backup_;     // params, m, v at an interruptible epoch's start
   mutable std::mutex mu_;  // guards the arenas and parameters across public calls
   int64_t step_ = 0;       // optimizer steps taken (AdamW's t, and dropout streams)
 };
