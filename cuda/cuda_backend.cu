@@ -48,6 +48,27 @@ class CudaBackend final : public Backend {
     return cuda::attention_unsupported(T, D);
   }
   int device_index() const override { return device_; }
+  std::string check_memory(const void* p, size_t n) const override {
+    if (!n) return {};
+    const char* ends[2] = {static_cast<const char*>(p), static_cast<const char*>(p) + n - 1};
+    for (const char* q : ends) {
+      char at[32];
+      std::snprintf(at, sizeof at, "%p", (const void*)q);
+      cudaPointerAttributes a{};
+      const cudaError_t err = cudaPointerGetAttributes(&a, q);
+      if (err != cudaSuccess) {
+        cudaGetLastError();
+        return detail::cat("address ", at, " is not CUDA memory (",
+                           cudaGetErrorString(err), ")");
+      }
+      if (a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged)
+        return detail::cat("address ", at, " is host memory, not memory of GPU ",
+                           device_);
+      if (a.device != device_)
+        return detail::cat("the array is on GPU ", a.device, ", the model on GPU ", device_);
+    }
+    return {};
+  }
   // About 1 GB of inference activations at C = 64: thousands of sessions per forward.
   size_t inference_rows() const override { return size_t(1) << 17; }
 

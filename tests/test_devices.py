@@ -278,7 +278,7 @@ def test_resident_recommend_matches_the_host_path():
         np.testing.assert_array_equal(out_sc, sc)
     with pytest.raises(ValueError, match="session length must be in 1..8"):
         eng.recommend_resident(np.ones((1, 9), np.int32), None, 3, out_ids[:1], out_sc[:1])
-    with pytest.raises(ValueError, match="items: id 0 at position 1 is outside 1.."):
+    with pytest.raises(ValueError, match=r"items: id 0 at position 1 \(session 0, item 1\) is outside 1.."):
         eng.recommend_resident(np.array([[1, 0]], np.int32), None, 3, out_ids[:1], out_sc[:1])
 
 

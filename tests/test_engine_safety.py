@@ -73,11 +73,52 @@ def test_training_scratch_that_does_not_fit_is_a_memory_error():
     assert "MemoryError: attention_" in out, out
 
 
-def test_recommend_resident_refuses_a_host_model():
+class FakeGPUArray:
+    """An object that claims to be a GPU array at any address."""
+
+    def __init__(self, ptr, shape, typestr="<i4", strides=None, readonly=False):
+        self.__cuda_array_interface__ = dict(shape=shape, typestr=typestr, strides=strides,
+                                             data=(ptr, readonly), version=3)
+
+
+def test_recommend_resident_takes_no_address_on_trust():
+    """A CPU model takes numpy arrays only (no raw address reaches it), a GPU model arrays
+    whose type, shape, layout and memory are checked; ids outside 1..V are refused where
+    they are, before they index anything."""
     m = CORE.Model(dict(n_items=20, factors=8, n_layers=1, max_seq=5, loss="softmax"), "cpu")
-    with pytest.raises(ValueError, match="recommend_resident takes addresses in device memory; "
-                                         "this model is on 'cpu'"):
-        m.recommend_resident(16, 1, 1, 0, 0, 1, 16, 16)
+    out_i, out_s = np.zeros((1, 3), np.int32), np.zeros((1, 3), np.float32)
+    with pytest.raises(ValueError, match="items must be a numpy array of int32, got int"):
+        m.recommend_resident(16, None, 3, out_i, out_s)
+    with pytest.raises(ValueError, match="items must be a numpy array"):
+        m.recommend_resident(FakeGPUArray(16, (1, 2)), None, 3, out_i, out_s)
+    for bad, where in (([[1, 21]], "id 21 at position 1"), ([[3, 4], [0, 1]], "id 0 at position 2"),
+                       ([[-5, 2]], "id -5 at position 0")):
+        items = np.array(bad, np.int32)
+        with pytest.raises(ValueError, match=f"items: {where} .* is outside 1..20"):
+            m.recommend_resident(items, None, 3, np.zeros((len(bad), 3), np.int32),
+                                 np.zeros((len(bad), 3), np.float32))
+    with pytest.raises(ValueError, match=r"out_ids and out_scores must have shape \(1, 4\)"):
+        m.recommend_resident(np.ones((1, 2), np.int32), None, 4, out_i, out_s)
+    ro = np.zeros((1, 3), np.int32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out_ids must be writeable"):
+        m.recommend_resident(np.ones((1, 2), np.int32), None, 3, ro, out_s)
+
+
+@pytest.mark.skipif(not CORE.backend_available("cuda")[0], reason="no usable CUDA device")
+def test_recommend_resident_on_a_gpu_checks_every_array():
+    m = CORE.Model(dict(n_items=20, factors=8, n_layers=1, max_seq=5, loss="softmax"), "cuda")
+    host = np.ones((1, 2), np.int32)
+    with pytest.raises(ValueError, match="items must be a GPU array"):
+        m.recommend_resident(host, None, 3, host, host)
+    outs = (FakeGPUArray(0, (1, 3)), FakeGPUArray(0, (1, 3), "<f4"))
+    with pytest.raises(ValueError, match="items must hold int32"):
+        m.recommend_resident(FakeGPUArray(16, (1, 2), "<i8"), None, 3, *outs)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        m.recommend_resident(FakeGPUArray(16, (2, 2), strides=(4, 8)), None, 3, *outs)
+    if os.environ.get("FASTSASREC_EMULATED_GPU") != "1":  # the emulator's memory is the host's
+        with pytest.raises(ValueError, match="items: address .* (is not CUDA memory|is host memory)"):
+            m.recommend_resident(FakeGPUArray(host.ctypes.data, (1, 2)), None, 3, *outs)
 
 
 def test_devices_say_which_configs_they_cannot_run():

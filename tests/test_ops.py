@@ -593,6 +593,30 @@ def test_gather_rows(ops):
     np.testing.assert_array_equal(out, x[rows])
 
 
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 257, 100_003, 2_000_000])
+def test_find_outside(ops, n):
+    """The first id outside lo..hi, or n: none bad, one bad at the start, the middle or the
+    end, many bad (the smallest index wins over every thread's own), the bounds themselves."""
+    rng = np.random.default_rng(n)
+    lo, hi = 1, 5000
+    ids = rng.integers(lo, hi + 1, size=n).astype(np.int32)
+    cases = [ids]
+    for where in ({0}, {n // 2}, {n - 1}, set(rng.integers(0, max(n, 1), size=50).tolist())):
+        if n:
+            bad = ids.copy()
+            for e in where:
+                bad[e] = rng.choice([lo - 1, hi + 1, -2**31, 2**31 - 1])
+            cases.append(bad)
+    if n:
+        edge = ids.copy()
+        edge[0], edge[-1] = lo, hi
+        cases.append(edge)
+    for case in cases:
+        first = np.full(1, -7, np.int64)
+        ops.find_outside(first, case, case.size, lo, hi)
+        assert first[0] == R.find_outside(case, lo, hi)
+
+
 def test_attention_rows_see_only_their_sequence(ops):
     """Changing one sequence's keys and values leaves the other sequences' outputs and
     gradients bit-identical (no leakage across the packed boundary).  Exact on every

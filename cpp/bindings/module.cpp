@@ -50,6 +50,61 @@ py::array_t<T, py::array::c_style> arr(const py::object& o, const char* name, in
   return py::array_t<T, py::array::c_style>::ensure(a);
 }
 
+// A 2-D C-contiguous array in a model's memory, for recommend_resident: a numpy array for a
+// model on the CPU; for a model on a GPU, any object with __cuda_array_interface__ (version
+// 2 or later) whose memory the backend confirms is on that GPU.
+struct Resident {
+  void* ptr = nullptr;
+  int64_t shape[2] = {0, 0};
+  py::object keep;  // the numpy array (alive while the pointer is used)
+};
+
+template <typename T>
+Resident resident(const Model& m, const py::object& o, const char* name, bool device,
+                  bool output) {
+  Resident r;
+  if (!device) {
+    auto a = arr<T>(o, name, 2);
+    if (output && !a.writeable()) throw ValueError(detail::cat(name, " must be writeable"));
+    r.ptr = output ? (void*)a.mutable_data() : (void*)a.data();
+    r.shape[0] = a.shape(0);
+    r.shape[1] = a.shape(1);
+    r.keep = a;
+    return r;
+  }
+  if (!py::hasattr(o, "__cuda_array_interface__"))
+    throw ValueError(detail::cat(name, " must be a GPU array (with __cuda_array_interface__, e.g. "
+                                 "CuPy) for a model on '", m.device(), "', got ",
+                                 std::string(py::str(py::type::handle_of(o).attr("__name__")))));
+  py::dict cai = o.attr("__cuda_array_interface__");
+  const std::string want = std::string("<") + (std::is_same_v<T, float> ? "f4" : "i4");
+  const std::string type = py::str(cai["typestr"]);
+  if (type != want && !(type.size() == 3 && type[0] == '|' && type.substr(1) == want.substr(1)))
+    throw ValueError(detail::cat(name, " must hold ", dtype_name<T>(), " (typestr ", want, "), got ",
+                                 type));
+  py::tuple shape = cai["shape"];
+  if (shape.size() != 2)
+    throw ValueError(detail::cat(name, " must be 2-dimensional, got ", shape.size(), " dimensions"));
+  r.shape[0] = shape[0].cast<int64_t>();
+  r.shape[1] = shape[1].cast<int64_t>();
+  if (cai.contains("strides") && !cai["strides"].is_none()) {
+    py::tuple st = cai["strides"];
+    const int64_t e = sizeof(T);
+    const bool contiguous = (r.shape[0] <= 1 || st[0].cast<int64_t>() == r.shape[1] * e) &&
+                            (r.shape[1] <= 1 || st[1].cast<int64_t>() == e);
+    if (!contiguous) throw ValueError(detail::cat(name, " must be C-contiguous"));
+  }
+  py::tuple data = cai["data"];
+  if (output && data[1].cast<bool>()) throw ValueError(detail::cat(name, " is read-only"));
+  r.ptr = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
+  const size_t bytes = (size_t)r.shape[0] * (size_t)r.shape[1] * sizeof(T);
+  if (bytes && !r.ptr) throw ValueError(detail::cat(name, " has a null data pointer"));
+  const std::string why = m.check_memory(r.ptr, bytes);
+  if (!why.empty()) throw ValueError(detail::cat(name, ": ", why));
+  r.keep = o;
+  return r;
+}
+
 // Validates flat item ids + offsets describing n sequences.
 void check_sequences(const py::array_t<int32_t, py::array::c_style>& items,
                      const py::array_t<int64_t, py::array::c_style>& offsets, int V,
@@ -537,50 +592,31 @@ PYBIND11_MODULE(_core, m) {
         }
         return py::make_tuple(ids, sc);
       })
-      .def("recommend_resident", [](Model& s, uintptr_t items, int64_t B, int L, uintptr_t excl,
-                                    int Lx, int k, uintptr_t out_ids, uintptr_t out_scores) {
-        // Addresses in the backend's memory (device pointers on cuda), e.g. CuPy arrays'
-        // data.ptr; the caller checks the ids (1..V) and that the arrays are C-contiguous
-        // int32 (items, excl, out_ids) and float32 (out_scores).
-        FSR_REQUIRE(s.device_index() >= 0, "recommend_resident takes addresses in device memory; "
-                    "this model is on '", s.device(), "' (pass numpy arrays, or use recommend)");
-        FSR_REQUIRE(items != 0 && out_ids != 0 && out_scores != 0,
-                    "items, out_ids and out_scores must be non-null addresses");
-        py::gil_scoped_release nogil;
-        s.recommend_resident(reinterpret_cast<const int32_t*>(items), B, L,
-                             reinterpret_cast<const int32_t*>(excl), Lx, k,
-                             reinterpret_cast<int32_t*>(out_ids), reinterpret_cast<float*>(out_scores));
-      }, py::arg("items"), py::arg("B"), py::arg("L"), py::arg("excl"), py::arg("Lx"), py::arg("k"),
-         py::arg("out_ids"), py::arg("out_scores"))
       .def("recommend_resident", [](Model& s, py::object items_, py::object excl_, int k,
                                     py::object out_ids_, py::object out_scores_) {
-        // The same path over host arrays, for a model on the CPU (whose memory is the
-        // host's): the arrays are checked here, so no address is taken on trust.
-        FSR_REQUIRE(s.device_index() < 0, "recommend_resident with numpy arrays needs a model "
-                    "on the cpu; this one is on '", s.device(), "'");
-        auto items = arr<int32_t>(items_, "items", 2);
-        const int64_t B = items.shape(0);
-        const int L = (int)items.shape(1), V = s.config().n_items;
-        for (py::ssize_t e = 0; e < items.size(); ++e)
-          FSR_REQUIRE(items.data()[e] >= 1 && items.data()[e] <= V, "items: id ", items.data()[e],
-                      " at position ", e, " is outside 1..", V);
-        const int32_t* ex = nullptr;
-        int Lx = 0;
-        py::array_t<int32_t, py::array::c_style> excl;
+        // Sessions and outputs in the model's memory: numpy arrays for a model on the CPU,
+        // arrays with __cuda_array_interface__ (CuPy, PyTorch, Numba) on the model's GPU
+        // for a model there.  Every array's type, shape, layout and memory are checked
+        // here, and the engine checks the ids (1..V) where they are before using them.
+        const bool device = s.device_index() >= 0;
+        Resident items = resident<int32_t>(s, items_, "items", device, false);
+        const int64_t B = items.shape[0];
+        const int64_t L = items.shape[1];
+        Resident excl;
         if (!excl_.is_none()) {
-          excl = arr<int32_t>(excl_, "excl", 2);
-          FSR_REQUIRE(excl.shape(0) == B && excl.shape(1) >= 1, "excl must have shape (", B,
-                      ", >= 1), got (", excl.shape(0), ", ", excl.shape(1), ")");
-          ex = excl.data();
-          Lx = (int)excl.shape(1);
+          excl = resident<int32_t>(s, excl_, "excl", device, false);
+          FSR_REQUIRE(excl.shape[0] == B && excl.shape[1] >= 1, "excl must have shape (", B,
+                      ", >= 1), got (", excl.shape[0], ", ", excl.shape[1], ")");
         }
-        auto ids = arr<int32_t>(out_ids_, "out_ids", 2);
-        auto sc = arr<float>(out_scores_, "out_scores", 2);
-        FSR_REQUIRE(ids.shape(0) == B && ids.shape(1) == k && sc.shape(0) == B && sc.shape(1) == k,
+        Resident ids = resident<int32_t>(s, out_ids_, "out_ids", device, true);
+        Resident sc = resident<float>(s, out_scores_, "out_scores", device, true);
+        FSR_REQUIRE(ids.shape[0] == B && ids.shape[1] == k && sc.shape[0] == B && sc.shape[1] == k,
                     "out_ids and out_scores must have shape (", B, ", ", k, ")");
-        FSR_REQUIRE(ids.writeable() && sc.writeable(), "out_ids and out_scores must be writeable");
+        FSR_REQUIRE(L <= INT32_MAX && excl.shape[1] <= INT32_MAX, "sessions are too long");
         py::gil_scoped_release nogil;
-        s.recommend_resident(items.data(), B, L, ex, Lx, k, ids.mutable_data(), sc.mutable_data());
+        s.recommend_resident(static_cast<const int32_t*>(items.ptr), B, (int)L,
+                             static_cast<const int32_t*>(excl.ptr), (int)excl.shape[1], k,
+                             static_cast<int32_t*>(ids.ptr), static_cast<float*>(sc.ptr));
       }, py::arg("items"), py::arg("excl"), py::arg("k"), py::arg("out_ids"), py::arg("out_scores"))
       .def("item_embeddings", [](const Model& s) {
         return to_numpy(s.item_embeddings(), {(py::ssize_t)s.config().n_items, (py::ssize_t)s.config().factors});

@@ -151,6 +151,21 @@ void Model::recommend_resident(const int32_t* items, int64_t B, int L, const int
   FSR_REQUIRE(L >= 1 && L <= T, "session length must be in 1..", T, " (max_seq), got ", L);
   FSR_REQUIRE(B >= 0, "the number of sessions must be >= 0, got ", B);
   FSR_REQUIRE(excl == nullptr ? Lx == 0 : Lx >= 1, "exclusion rows of ", Lx, " ids");
+  // The ids index the embedding table: check them where they are.  (Exclusions are only
+  // compared with item ids, so any value there is harmless.)
+  const size_t n = (size_t)B * (size_t)L;
+  if (n) {
+    int64_t* first = static_cast<int64_t*>(score_buf_->grow(sizeof(int64_t)));
+    be_->find_outside(first, items, n, 1, V);
+    int64_t bad = 0;
+    be_->download(&bad, first, sizeof(bad));
+    if (bad < (int64_t)n) {
+      int32_t id = 0;
+      be_->download(&id, items + bad, sizeof(id));
+      FSR_REQUIRE(false, "items: id ", id, " at position ", bad, " (session ", bad / L, ", item ",
+                  bad % L, ") is outside 1..", V);
+    }
+  }
   Acts& a = *infer_acts_;
   const int64_t fchunk = std::max<int64_t>(1, (int64_t)be_->inference_rows() / L);
   HostBatch hb;  // positions and row offsets only: the items are on the device

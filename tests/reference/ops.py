@@ -452,3 +452,10 @@ def topk(h, E, exclusions, K):
         ids[b, : len(order)] = cand[order]
         out[b, : len(order)] = s[order]
     return ids, out
+
+
+def find_outside(ids, lo, hi):
+    """The first index whose id lies outside lo..hi, or len(ids) (an integer op: no
+    backward)."""
+    bad = np.flatnonzero((ids < lo) | (ids > hi))
+    return int(bad[0]) if bad.size else int(ids.size)

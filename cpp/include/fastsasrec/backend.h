@@ -46,6 +46,12 @@ class Backend {
   // The CUDA device the backend's memory lives on; -1 for host memory.
   virtual int device_index() const { return -1; }
 
+  // Why bytes [p, p + n) given from outside (an address of a caller's array) are not this
+  // backend's memory; empty when they are.  The host backend's memory is any host memory:
+  // its callers pass arrays whose extent they have checked.  A device backend asks the
+  // driver about both ends of the range.
+  virtual std::string check_memory(const void* p, size_t n) const { return {}; }
+
   // ---- arithmetic of the linear layers' products (see Precision)
   virtual void set_precision(Precision p) = 0;
 

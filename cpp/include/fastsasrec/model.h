@@ -81,6 +81,8 @@ class Model {
   const Config& config() const { return cfg_; }
   const std::string& device() const { return device_; }
   int device_index() const { return be_->device_index(); }
+  // Why [p, p + n) is not this model's backend memory (empty: it is); see Backend.
+  std::string check_memory(const void* p, size_t n) const { return be_->check_memory(p, n); }
   int threads() const;
   void set_threads(int n);
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
@@ -133,6 +135,7 @@ class Model {
                  float* out_scores);
   // The same for B sessions of L ids already in backend memory (row-major; ids 1..V, L <=
   // max_seq), exclusions B rows of Lx ids (excl null: none), outputs in backend memory.
+  // The ids are checked where they are (find_outside) before they index anything.
   void recommend_resident(const int32_t* items, int64_t B, int L, const int32_t* excl, int Lx,
                           int K, int32_t* out_ids, float* out_scores);
 

@@ -83,6 +83,19 @@ inline cudaError_t cudaMalloc(void** p, size_t n) {
 inline cudaError_t cudaFree(void* p) { std::free(p); return cudaSuccess; }
 inline cudaError_t cudaHostAlloc(void** p, size_t n, unsigned) { return cudaMalloc(p, n); }
 inline cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
+// Every address is device memory of device 0 to the emulator (device memory is the host's).
+enum cudaMemoryType { cudaMemoryTypeUnregistered = 0, cudaMemoryTypeHost = 1,
+                      cudaMemoryTypeDevice = 2, cudaMemoryTypeManaged = 3 };
+struct cudaPointerAttributes {
+  cudaMemoryType type;
+  int device;
+  void* devicePointer;
+  void* hostPointer;
+};
+inline cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* a, const void* p) {
+  *a = {cudaMemoryTypeDevice, 0, const_cast<void*>(p), nullptr};
+  return cudaSuccess;
+}
 inline cudaError_t cudaMemGetInfo(size_t* f, size_t* t) { *f = *t = size_t(80) << 30; return cudaSuccess; }
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t = nullptr) {
   if (n) std::memmove(d, s, n);
@@ -369,6 +382,11 @@ inline unsigned __ballot_sync(unsigned, int pred) {
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline float atomicAdd(float* p, float v) { const float o = *p; *p = o + v; return o; }
 inline int atomicAdd(int* p, int v) { const int o = *p; *p = o + v; return o; }
+inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
+  const unsigned long long o = *p;
+  *p = std::min(o, v);
+  return o;
+}
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
 inline unsigned __float_as_uint(float f) { unsigned i; std::memcpy(&i, &f, 4); return i; }
