@@ -378,3 +378,18 @@ def test_event_tables_reject_wide_ids_and_missing_values_alike(lib):
         fit(ts=np.array(["NaT", "2020-01-01", "2020-01-02"], dtype="datetime64[ms]"))
     m = fit()  # the same table without them trains, newest event last
     assert m.item_ids.tolist() == [1, 2, 3]
+
+
+def test_flags_and_seeds_are_checked_by_name():
+    """A string where a bool belongs would count as true; a string seed reached NumPy."""
+    from fastsasrec import SASRec
+
+    model = SASRec(factors=8, max_seq=5, iterations=1, random_state=0).fit([[1, 2, 3], [2, 3, 4]] * 5)
+    for call in (lambda: model.recommend([1, 2], exclude_seen="no"),
+                 lambda: model.recommend_batch([[1, 2]], exclude_seen=None)):
+        with pytest.raises(ValueError, match="exclude_seen must be True or False, got"):
+            call()
+    assert model.recommend([1, 2], exclude_seen=np.bool_(False))[0].size == 4
+    with pytest.raises(ValueError, match="random_state must be a non-negative integer or None, got '0'"):
+        model.evaluate([[1, 2, 3]], protocol="sampled", n_negatives=1, random_state="0")
+    model.evaluate([[1, 2, 3]], protocol="sampled", n_negatives=1, random_state=None)

@@ -122,6 +122,25 @@ def checked(params: Dict[str, Any], given: Optional[Dict[str, Any]] = None) -> D
     return out
 
 
+def flag(value: Any, name: str) -> bool:
+    """value as a bool (True/False, a NumPy bool, or the integers 0 and 1), or ValueError
+    naming it: a string such as "no" would otherwise count as true."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def seed_or_none(value: Any, name: str) -> Optional[int]:
+    """value as a seed (an int >= 0) or None, or ValueError naming it."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+    return int(value)
+
+
 def positive_int(value: Any, name: str) -> int:
     """value as an int >= 1, or ValueError naming it (n, k, n_negatives, patience)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:

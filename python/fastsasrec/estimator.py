@@ -27,7 +27,7 @@ from fastsasrec import _core, _persist
 from fastsasrec import metrics as _metrics
 from fastsasrec._compat import NotebookCompat
 from fastsasrec._device import resolve_device
-from fastsasrec._params import DEFAULTS, PARAMS, checked, engine_config, positive_int
+from fastsasrec._params import DEFAULTS, PARAMS, checked, engine_config, flag, positive_int
 from fastsasrec.data import (
     Sequences,
     catalogue_lookup,
@@ -800,6 +800,7 @@ class SASRec(NotebookCompat):
     def _recommend(self, state: _Fitted, session: Any, n: Any, exclude_seen: bool,
                    exclude: Any) -> Tuple[np.ndarray, np.ndarray]:
         n = min(positive_int(n, "n"), int(state.item_ids.size))
+        exclude_seen = flag(exclude_seen, "exclude_seen")
         known = self._encode_one(state, session, "session")
         excl = known if exclude_seen else np.zeros(0, dtype=np.int32)
         if exclude is not None:
@@ -837,6 +838,7 @@ class SASRec(NotebookCompat):
         """
         state = self._fitted()
         n = min(positive_int(n, "n"), int(state.item_ids.size))
+        exclude_seen = flag(exclude_seen, "exclude_seen")
         if _is_cupy(sessions):
             return self._recommend_batch_cupy(state, sessions, n, exclude_seen)
         internal, offsets = drop_unknown(*self._encode_sessions(state, sessions, "sessions"))
@@ -912,10 +914,7 @@ class SASRec(NotebookCompat):
         out_scores = cp.empty((B, n), dtype=cp.float32)
         # The engine works on its own stream: what CuPy's stream wrote must be done first.
         cp.cuda.get_current_stream().synchronize()
-        engine.recommend_resident(
-            fwd.data.ptr, B, fwd.shape[1], excl.data.ptr if excl is not None else 0,
-            L if excl is not None else 0, n, out_ids.data.ptr, out_scores.data.ptr,
-        )  # returns once its stream is done
+        engine.recommend_resident(fwd, excl, n, out_ids, out_scores)  # returns once its stream is done
         ids = ids_gpu[cp.maximum(out_ids, 1) - 1]
         ids[out_ids == 0] = _filler(state.item_ids)
         return ids, out_scores

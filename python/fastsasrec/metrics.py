@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from fastsasrec._params import positive_int
+from fastsasrec._params import positive_int, seed_or_none
 from fastsasrec.data import Sequences, check_ids_compatible, flatten_sequences
 
 
@@ -111,6 +111,7 @@ def evaluate(
         label = "leave-one-out, full catalogue ranking"
     else:
         n_negatives = positive_int(n_negatives, "n_negatives")
+        random_state = seed_or_none(random_state, "random_state")
         out = summarize(_sampled_ranks(model, contexts, targets, n_negatives, random_state), k)
         label = f"sampled: {n_negatives} negatives (SASRec paper protocol)"
     out["n"] = int(used.size)
