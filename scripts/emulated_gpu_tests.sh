@@ -64,4 +64,5 @@ FSR_EMU_REVERSE=1 "$PY" -m pytest -q tests/test_ops.py -k cuda "$@"
 # Attention on a card with 99 KB of shared memory a block (32-row tiles for D > 64).
 FSR_EMU_SMEM_OPTIN=101376 "$PY" -m pytest -q tests/test_ops.py -k "cuda and attention" "$@"
 "$PY" -m pytest -q tests/test_devices.py tests/test_engine_safety.py -k "not three_epochs_on_movielens" "$@"
+"$PY" -m pytest -q tests/test_training_jobs.py -k "cuda" "$@"
 "$PY" -m pytest -q tests/test_estimator.py tests/test_use_cases.py -k cuda "$@"

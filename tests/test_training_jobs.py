@@ -40,13 +40,19 @@ def straight(seqs):
     return SASRec(**P).fit(seqs)
 
 
+def default_sigint():
+    """SIGINT's default action in a child, even when the tests run where it is ignored (a
+    background job), so that the child's Python turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def weights(model):
     return model._engine.get_params()
 
 
 # ----------------------------------------------------------------------------- the engine
-def engine_and_data(seqs):
-    model = SASRec(**dict(P, iterations=1)).fit(seqs)
+def engine_and_data(seqs, device="cpu"):
+    model = SASRec(**dict(P, iterations=1, device=device)).fit(seqs)
     engine = model._state.engine
     items = model._state.encode(np.concatenate([np.asarray(s) for s in seqs]))
     offsets = np.concatenate(([0], np.cumsum([len(s) for s in seqs]))).astype(np.int64)
@@ -64,9 +70,11 @@ def test_stop_is_asked_before_every_batch(seqs):
     assert calls == list(range(first, first + n_batches))
 
 
-@pytest.mark.parametrize("at", [1, 2, 5])
-def test_a_stopped_epoch_keeps_nothing(seqs, at):
-    engine, items, offsets = engine_and_data(seqs)
+@pytest.mark.parametrize("device,at", [("cpu", 1), ("cpu", 2), ("cpu", 5), ("cuda", 3)])
+def test_a_stopped_epoch_keeps_nothing(seqs, device, at):
+    if device == "cuda" and not _core.backend_available("cuda")[0]:
+        pytest.skip("cuda backend not usable: " + _core.backend_available("cuda")[1])
+    engine, items, offsets = engine_and_data(seqs, device)
     before = engine.get_params(), engine.optimizer_state()
     calls = []
 
@@ -152,7 +160,7 @@ def test_ctrl_c_keeps_the_last_completed_epoch(delay):
     import json
 
     out = subprocess.run([sys.executable, "-c", WORKER, str(delay)], capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=300, preexec_fn=default_sigint)
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["interrupted"] and r["epochs"] >= 1
@@ -444,7 +452,7 @@ def test_cli_ctrl_c_exits_130_and_writes_no_model_unless_asked(tmp_path, keep):
     if keep:
         args.append("--keep-partial")
     proc = subprocess.Popen([sys.executable, "-c", CLI_INTERRUPT] + args, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 240
     while not ck.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)  # the first epoch's checkpoint: training is under way
@@ -461,3 +469,85 @@ def test_cli_ctrl_c_exits_130_and_writes_no_model_unless_asked(tmp_path, keep):
     else:
         assert not out.exists()
         assert "not written" in err
+
+
+# ----------------------------------------------------------------------------- checkpoint files
+@pytest.fixture(scope="module")
+def checkpoint_file(seqs, tmp_path_factory):
+    ck = tmp_path_factory.mktemp("ck") / "job.ckpt"
+    val = sessions(40, seed=5)
+    SASRec(**P).fit(seqs, checkpoint=ck, callbacks=[stop_at(2)], validation=val,
+                    early_stopping_patience=3)
+    return ck
+
+
+def npy(a):
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def field(key, value):
+    return lambda meta: meta.__setitem__(key, value)
+
+
+@pytest.mark.parametrize("edit,replace,message", [
+    (field("epoch", 3), None, "epoch 3 but 2 epochs in loss_history"),
+    (field("step", -1), None, "invalid step -1"),
+    (field("step", "7"), None, "invalid step '7'"),
+    (field("history", {"a": 1}), None, "history must be a list of objects"),
+    (field("early_stopping", {"best_score": 0.1}), None, "invalid early_stopping state"),
+    (field("early_stopping", {"best_score": None, "best_epoch": 1, "since_best": 0}), None,
+     "early_stopping and best_params disagree"),
+    (field("fingerprint", None), None, "invalid fingerprint"),
+    (field("has_best_params", "yes"), None, "invalid has_best_params"),
+    (field("has_best_params", False), None, "unexpected zip member 'best_params.npy'"),
+    (field("format_version", 99), None, "written by a newer fastsasrec"),
+    (lambda meta: meta.pop("sha256"), None, "invalid sha256 field"),
+    (None, "v_negative", "second moments v hold a negative value"),
+    (None, "m_nan", "optimizer moments m are NaN or infinite"),
+    (None, "m_short", r"m.npy has shape \(\d+,\), the header says"),
+])
+def test_a_damaged_checkpoint_is_refused_by_name(checkpoint_file, tmp_path, edit, replace, message):
+    from test_persist import members, rewrite
+
+    data = members(checkpoint_file)
+    arrays = {}
+    if replace is not None:
+        m = np.load(__import__("io").BytesIO(data["m.npy"]))
+        v = np.load(__import__("io").BytesIO(data["v.npy"]))
+        if replace == "v_negative":
+            v[5] = -1.0
+            arrays["v.npy"] = npy(v)
+        elif replace == "m_nan":
+            m[7] = np.nan
+            arrays["m.npy"] = npy(m)
+        else:
+            arrays["m.npy"] = npy(m[:-3])
+    bad = rewrite(checkpoint_file, tmp_path / "bad.ckpt", edit=edit, replace=arrays)
+    with pytest.raises(ValueError, match=message):
+        _persist.load_checkpoint(bad)
+
+
+def test_a_checkpoint_member_missing_or_altered(checkpoint_file, tmp_path):
+    from test_persist import members
+
+    data = members(checkpoint_file)
+    with zipfile.ZipFile(tmp_path / "nom.ckpt", "w") as z:
+        for name, b in data.items():
+            if name != "m.npy":
+                z.writestr(name, b)
+    with pytest.raises(ValueError, match="missing m.npy"):
+        _persist.load_checkpoint(tmp_path / "nom.ckpt")
+    flipped = bytearray(data["v.npy"])
+    flipped[-2] ^= 0x10
+    from test_persist import rewrite
+
+    bad = rewrite(checkpoint_file, tmp_path / "sum.ckpt", replace={"v.npy": bytes(flipped)}, resum=False)
+    with pytest.raises(ValueError, match="v.npy checksum mismatch"):
+        _persist.load_checkpoint(bad)
+    saved = _persist.load_checkpoint(checkpoint_file)  # the undamaged file reads back whole
+    assert saved["epoch"] == 2 and saved["early_stopping"]["best_score"] is not None
+    assert saved["arrays"]["best_params"].shape == saved["arrays"]["params"].shape
