@@ -70,6 +70,7 @@ def test_stop_is_asked_before_every_batch(seqs):
     assert calls == list(range(first, first + n_batches))
 
 
+@pytest.mark.emulated_gpu
 @pytest.mark.parametrize("device,at", [("cpu", 1), ("cpu", 2), ("cpu", 5), ("cuda", 3)])
 def test_a_stopped_epoch_keeps_nothing(seqs, device, at):
     if device == "cuda" and not _core.backend_available("cuda")[0]:
