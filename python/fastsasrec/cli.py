@@ -5,6 +5,7 @@
     fastsasrec update MODEL EVENTS -o MODEL       continue training on new events (and new items)
     fastsasrec recommend MODEL --session 12,40,7  next items for a session
     fastsasrec evaluate MODEL EVENTS              hold out each user's last item and rank it
+    fastsasrec serve MODEL [--port 8000]          the HTTP server for the live widget
 
 Errors in what the user gave (files, columns, ids, arguments) print one line on stderr
 and exit with status 2.  Ctrl-C exits with status 130; ``train`` and ``update`` then write
@@ -293,6 +294,33 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- serve
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from fastsasrec import serve
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise CLIError(f"serve needs starlette and uvicorn: pip install \"fastsasrec[serve]\" ({e})") from None
+    if not os.path.exists(args.model):
+        raise CLIError(f"MODEL file {args.model!r} does not exist")
+    if not 0 <= args.port <= 65535:
+        raise CLIError(f"--port must be in 0..65535, got {args.port}")
+    if args.threads is not None and args.threads < 0:
+        raise CLIError(f"--threads must be >= 0 (0: all cores), got {args.threads}")
+    from fastsasrec import _persist
+
+    try:  # a bad file is said here, in one line, before the server starts
+        _persist._read_file(args.model)
+    except (ValueError, OSError) as e:
+        raise CLIError(f"cannot load MODEL {args.model!r}: {' '.join(str(e).splitlines())}") from None
+    serve.run(args.model, host=args.host, port=args.port, device=args.device,
+              num_threads=args.threads, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+              session_ttl=args.session_ttl, max_sessions=args.max_sessions, max_body=args.max_body,
+              watch=args.watch)
+    return 0
+
+
 # ----------------------------------------------------------------------------- demo
 def _store_examples(names: Dict[int, str]) -> Dict[str, Any]:
     """Hand-picked sessions of the synthetic store for the use cases."""
@@ -517,6 +545,30 @@ def _build_parser() -> argparse.ArgumentParser:
                         "negatives, as in the SASRec paper (easier, not comparable)")
     e.add_argument("--threads", type=int, default=None)
     e.set_defaults(func=_evaluate)
+
+    sv = sub.add_parser("serve", help="serve recommendations over HTTP (the live widget)",
+                        description="Serve a model over HTTP: recommend, batch, similar items, "
+                                    "server-held sessions updated click by click, a denylist, "
+                                    "/metrics.  SIGHUP reloads the model file; SIGTERM drains "
+                                    "requests in flight.  Needs pip install \"fastsasrec[serve]\".")
+    sv.add_argument("model", metavar="MODEL")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8000, help="default: 8000")
+    sv.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    sv.add_argument("--threads", type=int, default=None, help="CPU threads of the engine (default: all cores)")
+    sv.add_argument("--max-batch", type=int, default=64, help="sessions per engine call (default: 64)")
+    sv.add_argument("--max-wait-ms", type=float, default=0.0,
+                    help="how long a batch may wait for company under load (default: 0: batches "
+                         "form from the requests that arrive while the engine runs; a lone "
+                         "request never waits)")
+    sv.add_argument("--session-ttl", type=float, default=1800.0,
+                    help="seconds a held session lives after its last use (default: 1800)")
+    sv.add_argument("--max-sessions", type=int, default=100_000,
+                    help="sessions held at most; the least recently used go first (default: 100000)")
+    sv.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default: 1 MiB)")
+    sv.add_argument("--watch", type=float, default=0.0, metavar="SECONDS",
+                    help="check the model file every SECONDS and reload a new version (default: 0, off)")
+    sv.set_defaults(func=_serve)
     return parser
 
 
