@@ -168,6 +168,7 @@ def test_model_health_ready_metrics(running, model, tmp_path):
     assert 'fastsasrec_request_seconds_bucket{route="/v1/recommend",le="+Inf"} 1' in text
     assert "fastsasrec_unknown_items_total 1" in text
     assert "fastsasrec_sessions 1" in text and "fastsasrec_session_items 1" in text
+    assert int(next(l for l in text.splitlines() if l.startswith("fastsasrec_session_bytes ")).split()[1]) > 0
     assert "fastsasrec_queue_depth 0" in text and "fastsasrec_batch_sessions_count 2" in text
     assert f'fastsasrec_model_info{{model="{info["model"]}",items="{model.n_items}"}} 1' in text
 
@@ -312,13 +313,39 @@ def test_sessions_expire_and_are_capped(running):
     assert "fastsasrec_sessions 0" in text and "fastsasrec_sessions_evicted_total 1" in text
 
 
-def test_memory_of_held_sessions_is_bounded():
-    from fastsasrec.serve import SessionStore
+SESSION_MEMORY = """
+import json, sys, tracemalloc
+from fastsasrec.serve import SessionStore
+store = SessionStore(max_sessions=1000, ttl=60)
+str_ids = sys.argv[1] == "str"
+tracemalloc.start()
+before = tracemalloc.get_traced_memory()[0]
+for i in range(3000):  # the ids of each request are new objects, as JSON decoding makes them
+    ids = [f"sku-{j:08d}" for j in range(100)] if str_ids else list(range(10**6, 10**6 + 100))
+    store.append(f"s{i:06d}", ids, 50, str_ids)
+    del ids
+traced = tracemalloc.get_traced_memory()[0] - before
+held = store.stats()
+counted = store.memory()
+for i in range(2000, 3000):
+    store.delete(f"s{i:06d}")
+print(json.dumps(dict(held=held, traced=traced, counted=counted, after=[store.stats(), store.memory()])))
+"""
 
-    store = SessionStore(max_sessions=1000, ttl=60)
-    for i in range(3000):
-        store.append(f"s{i}", list(range(100)), 50, False)
-    assert store.stats() == (1000, 50_000)
+
+@pytest.mark.parametrize("kind", ["int", "str"])
+def test_memory_of_held_sessions_is_bounded_and_reported(kind):
+    """The cap bounds the sessions held, and what /metrics reports as their memory is what
+    they take (tracemalloc, in a fresh process: nothing else allocates meanwhile)."""
+    import json
+
+    out = subprocess.run([sys.executable, "-c", SESSION_MEMORY, kind], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["held"] == [1000, 50_000]
+    assert abs(r["counted"] - r["traced"]) <= 0.05 * r["traced"], r
+    assert r["after"][0] == [0, 0] and r["after"][1] < r["counted"] / 4  # the tables only
 
 
 # ----------------------------------------------------------------------------- reload
@@ -447,3 +474,37 @@ def test_cli_refuses_a_bad_model_file_in_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "fastsasrec", "serve", str(bad)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2 and "cannot load MODEL" in out.stderr and "Traceback" not in out.stderr
+
+
+# ----------------------------------------------------------------------------- never a 500
+def test_whatever_a_client_sends_is_never_a_500(running):
+    """Random JSON bodies (and random bytes) at every endpoint: each answer is 200 or a
+    client error with a JSON body naming it, never a 500."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    r = running()
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=20)
+    fields = st.sampled_from(["session", "sessions", "n", "exclude", "keep_seen", "item", "items", "x"])
+    bodies = st.dictionaries(fields, json_values | st.lists(st.integers(-5, 80), max_size=8), max_size=4)
+    paths = st.sampled_from(["/v1/recommend", "/v1/recommend/batch", "/v1/similar",
+                             "/v1/sessions/fuzz/events", "/v1/denylist"])
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(path=paths, body=bodies | st.binary(max_size=40).map(lambda b: ("raw", b)))
+    def check(path, body):
+        method = "PUT" if path == "/v1/denylist" else "POST"
+        if isinstance(body, tuple):
+            got = r.client.request(method, path, content=body[1])
+        else:
+            got = r.client.request(method, path, json=body)
+        assert got.status_code in (200, 400, 404, 413, 422), (path, body, got.status_code, got.text)
+        if got.status_code != 200:
+            assert got.json()["error"]
+
+    check()
+    r.client.put("/v1/denylist", json={"items": []})

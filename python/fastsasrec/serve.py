@@ -36,6 +36,7 @@ import math
 import os
 import re
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -113,19 +114,35 @@ class SessionStore:
     use; at most ``max_sessions`` are held, the least recently used going first.  ``clock``
     is injectable (tests).  Thread-safe."""
 
+    # Bytes of one held session beyond its key, its items and the two dicts' tables (which
+    # sys.getsizeof counts with the OrderedDict's link nodes): the (items, time) tuple,
+    # the float and the size's int (CPython, 64-bit).
+    _ENTRY_BYTES = 56 + 24 + 32
+
     def __init__(self, max_sessions: int, ttl: float, clock: Callable[[], float] = time.monotonic):
         self.max_sessions, self.ttl, self.clock = max_sessions, ttl, clock
         self._d: "OrderedDict[str, Tuple[Any, float]]" = OrderedDict()
+        self._bytes: Dict[str, int] = {}
         self._lock = threading.Lock()
         self.evicted = 0
         self.expired = 0
+        self.bytes = 0  # the held sessions' memory, kept as they change
+
+    @classmethod
+    def _size(cls, sid: str, seq: Any) -> int:
+        items = sum(sys.getsizeof(x) for x in seq) if isinstance(seq, list) else 0
+        return sys.getsizeof(sid) + sys.getsizeof(seq) + items + cls._ENTRY_BYTES
+
+    def _drop(self, sid: str) -> None:
+        del self._d[sid]
+        self.bytes -= self._bytes.pop(sid)
 
     def _expire(self, now: float) -> None:
         while self._d:
             sid, (_, last) = next(iter(self._d.items()))
             if now - last < self.ttl:
                 break
-            del self._d[sid]
+            self._drop(sid)
             self.expired += 1
 
     def append(self, sid: str, items: Sequence[Any], max_len: int, str_ids: bool) -> List[Any]:
@@ -133,16 +150,20 @@ class SessionStore:
         now = self.clock()
         with self._lock:
             self._expire(now)
-            held = self._d.pop(sid, None)
+            held = self._d.get(sid)
             seq = held[0] if held is not None else None
+            if held is not None:
+                self._drop(sid)
             if seq is None or (str_ids != isinstance(seq, list)):
                 seq = [] if str_ids else array.array("q")
             seq.extend(items)
             if len(seq) > max_len:
                 del seq[: len(seq) - max_len]
             self._d[sid] = (seq, now)
+            self._bytes[sid] = self._size(sid, seq)
+            self.bytes += self._bytes[sid]
             while len(self._d) > self.max_sessions:
-                self._d.popitem(last=False)
+                self._drop(next(iter(self._d)))
                 self.evicted += 1
             return list(seq)
 
@@ -161,13 +182,23 @@ class SessionStore:
     def delete(self, sid: str) -> bool:
         with self._lock:
             self._expire(self.clock())
-            return self._d.pop(sid, None) is not None
+            if sid not in self._d:
+                return False
+            self._drop(sid)
+            return True
 
     def stats(self) -> Tuple[int, int]:
         """(sessions held, items held), after expiring what is due."""
         with self._lock:
             self._expire(self.clock())
             return len(self._d), sum(len(s) for s, _ in self._d.values())
+
+    def memory(self) -> int:
+        """Bytes the held sessions take: their keys, items and entries (kept as they
+        change) and the tables that index them."""
+        with self._lock:
+            self._expire(self.clock())
+            return self.bytes + sys.getsizeof(self._d) + sys.getsizeof(self._bytes)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -249,6 +280,9 @@ class Metrics:
             "# HELP fastsasrec_session_items Items held in those sessions.",
             "# TYPE fastsasrec_session_items gauge",
             f"fastsasrec_session_items {items}",
+            "# HELP fastsasrec_session_bytes Memory of the held sessions (keys, items, entries).",
+            "# TYPE fastsasrec_session_bytes gauge",
+            f"fastsasrec_session_bytes {server.sessions.memory()}",
             "# HELP fastsasrec_sessions_evicted_total Sessions dropped at the cap (least recently used).",
             "# TYPE fastsasrec_sessions_evicted_total counter",
             f"fastsasrec_sessions_evicted_total {server.sessions.evicted}",
