@@ -552,3 +552,23 @@ def test_a_checkpoint_member_missing_or_altered(checkpoint_file, tmp_path):
     saved = _persist.load_checkpoint(checkpoint_file)  # the undamaged file reads back whole
     assert saved["epoch"] == 2 and saved["early_stopping"]["best_score"] is not None
     assert saved["arrays"]["best_params"].shape == saved["arrays"]["params"].shape
+
+
+# ----------------------------------------------------------------------------- most popular
+def test_a_model_worse_than_most_popular_does_not_leave_fit_silently():
+    """Data where one item follows everything and a model that cannot learn (a learning
+    rate of 1e-9): validation finds it below the most-popular ranking, and fit says so."""
+    rng = np.random.default_rng(4)
+    seqs = [rng.integers(2, 300, size=8).tolist() + [1] for _ in range(400)]  # item 1: always next
+    val = [rng.integers(2, 300, size=6).tolist() + [1] for _ in range(100)]
+    with pytest.warns(UserWarning, match="worse than recommending the most popular items"):
+        bad = SASRec(**dict(P, iterations=1, learning_rate=1e-9)).fit(seqs, validation=val)
+    v = bad.validation_
+    assert not v["beats_most_popular"] and v["NDCG@10"] < v["most_popular_NDCG@10"] == 1.0
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        good = SASRec(**dict(P, iterations=6, learning_rate=0.01)).fit(seqs, validation=val)
+    assert good.validation_["beats_most_popular"]
+    assert SASRec(**P).fit(seqs).validation_ is None

@@ -69,6 +69,7 @@ class _Fitted:
     history: Tuple[Dict[str, Any], ...] = ()
     best_epoch: int = 0
     interrupted: bool = False
+    validation: Optional[Dict[str, Any]] = None
     cache: Dict[str, Any] = dataclasses.field(default_factory=dict, init=False, repr=False)
 
     def lookup(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -404,7 +405,9 @@ class SASRec(NotebookCompat):
         ``validation``: sequences scored after every epoch (each one's last item held out,
         full-catalogue NDCG@10, see ``evaluate``); with ``early_stopping_patience`` training
         stops after that many epochs without improvement, and the best epoch's weights
-        are restored.  ``callbacks``: callables ``cb(model, epoch, logs)`` run after each
+        are restored.  The kept weights are then compared with recommending the most
+        popular items on the same sequences: fit warns when the model loses, and
+        ``validation_`` holds both scores.  ``callbacks``: callables ``cb(model, epoch, logs)`` run after each
         epoch (``logs``: loss, tokens/s, validation metrics); one returning True stops
         training.  Their ``model`` is a view of this estimator holding the model being
         trained, as of that epoch (recommend, evaluate or save it there).
@@ -637,7 +640,29 @@ class SASRec(NotebookCompat):
                 f"training diverged: the weights after epoch {len(run.losses)} are not finite; "
                 "lower learning_rate"
             )
-        return record(interrupted)
+        out = record(interrupted)
+        if validation is not None and run.history and "val_NDCG@10" in run.history[-1]:
+            out = dataclasses.replace(out, validation=self._against_popular(out, validation, run))
+        return out
+
+    def _against_popular(self, state: _Fitted, validation: Sequences, run: "_Progress") -> Dict[str, Any]:
+        """The kept weights' validation NDCG@10 against the most-popular items' on the same
+        sequences; a warning when the model loses (its recommendations would be worse than
+        the popular items it answers unknown sessions with)."""
+        kept = run.best_epoch if run.best_params is not None else len(run.losses)
+        score = next(h["val_NDCG@10"] for h in run.history if h["epoch"] == kept) \
+            if any(h["epoch"] == kept for h in run.history) else run.history[-1]["val_NDCG@10"]
+        pop = _metrics.popular_baseline(self._view(state), validation, k=10)["NDCG@10"]
+        if score < pop:
+            warnings.warn(
+                f"the trained model is worse than recommending the most popular items on the "
+                f"validation sequences (NDCG@10 {score:.4f} against {pop:.4f}): its "
+                "recommendations would lose to the popularity ranking; train longer, change "
+                "learning_rate or dropout, or check that the sequences are in time order",
+                stacklevel=5,
+            )
+        return {"NDCG@10": float(score), "most_popular_NDCG@10": float(pop), "epoch": int(kept),
+                "beats_most_popular": bool(score >= pop)}
 
     # ------------------------------------------------------------------ state
     def _fitted(self) -> _Fitted:
@@ -702,6 +727,14 @@ class SASRec(NotebookCompat):
         with _PUBLISH:
             state = self._fitted()
             self._state = dataclasses.replace(state, loss_history=tuple(float(x) for x in value))
+
+    @property
+    def validation_(self) -> Optional[Dict[str, Any]]:
+        """With ``validation=`` given to fit: the kept weights' validation NDCG@10, the
+        most-popular items' on the same sequences, the epoch and whether the model beats
+        them (fit warns when it does not); None otherwise."""
+        state = self._state
+        return None if state is None or state.validation is None else dict(state.validation)
 
     @property
     def interrupted_(self) -> bool:

@@ -65,6 +65,35 @@ def most_popular_topk(contexts: Sequence[Sequence[Any]], train: Sequence[Sequenc
     return out
 
 
+def popular_baseline(model: Any, sequences: Any, k: int = 10) -> Dict[str, Any]:
+    """What the most-popular items would score on ``sequences`` under ``evaluate``'s
+    leave-one-out protocol: each sequence's last item ranked among the fitted model's
+    most popular training items (by its ``popularity``, ties by catalogue order, the
+    context's items excluded), as ``recommend`` answers a session with no known item."""
+    state = model._fitted()
+    k = positive_int(k, "k")
+    sequences = flatten_sequences(sequences, "sequences")
+    check_ids_compatible(sequences.items, state.item_ids, "sequences")
+    contexts, targets, used = hold_out_last(sequences)
+    order = np.lexsort((np.arange(state.popularity.size), -state.popularity)) + 1  # internal ids
+    ctx = state.encode(contexts.items)
+    bounds = contexts.offsets
+    kk = min(k, order.size)
+    top = np.zeros((used.size, kk), dtype=np.int64)
+    for b in range(used.size):
+        seen = ctx[bounds[b]:bounds[b + 1]]
+        head = order[: kk + seen.size]
+        if seen.size:
+            head = head[~np.isin(head, seen)]
+        top[b, : min(kk, head.size)] = head[:kk]
+    t_int = state.encode(np.asarray(targets)).astype(np.int64)
+    hit = (top == t_int[:, None]) & (t_int[:, None] > 0)
+    ranks = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
+    out = summarize(ranks, k)
+    out["n"] = int(used.size)
+    return out
+
+
 # ----------------------------------------------------------------------------- protocols
 def hold_out_last(sequences: Sequences) -> Tuple[Sequences, np.ndarray, np.ndarray]:
     """(contexts, targets, used): each sequence of 2 or more items less its last item, that
