@@ -15,7 +15,7 @@ import fastsasrec
 from reference import model as RM
 
 CORE = fastsasrec._core
-LOSSES = ["bce", "sampled_softmax", "softmax", "gbce"]
+LOSSES = ["bce", "sampled_softmax", "softmax"]
 STEP = 3
 
 GOLDEN = dict(n_items=11, factors=12, n_heads=2, n_layers=2, max_seq=6, dropout=0.3,

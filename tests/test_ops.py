@@ -677,14 +677,6 @@ LOSS_CASES = [  # (kind, R, C, V, N, grad_scale, logit scale, seed)
     # the GPU's tiled path: 64 rows x 64 candidates, C up to 128 (wider C: the chunked one)
     ("sampled_softmax", 65, 128, 300, 64, 1 / 65, 1.0, 137),
     ("softmax", 129, 128, 130, 0, 1 / 129, 1.0, 138),
-    # gbce: the sampled softmax's negatives (targets among them, repeats), beta from t = 0.75
-    ("gbce", 1, 13, 11, 1, 1.0, 1.0, 139),       # the only negative is the target
-    ("gbce", 9, 13, 11, 5, 1 / 9, 1.0, 140),
-    ("gbce", 30, 20, 50, 30, 1.0, 1.0, 141),
-    ("gbce", 6, 20, 40, 10, 1.0, 10.0, 142),     # large logits (saturated sigmoids)
-    ("gbce", 7, 5, 9, 8, 0.0, 1.0, 143),         # forward only
-    ("gbce", 257, 65, 1000, 130, 1 / 257, 1.0, 144),
-    ("gbce", 1100, 8, 60, 4000, 1 / 1100, 1.0, 145),  # > 2^22 logits: 2 chunks
 ]
 LOSS_ID = lambda k, r, c, v, n, g, sc, s: f"{k}-R{r}-C{c}-V{v}-N{n}-gs{g:.3g}-x{sc}-s{s}"  # noqa: E731
 
@@ -696,7 +688,7 @@ def _loss_inputs(kind, R_, C, V, N, scale, rng):
     if kind == "bce":
         negatives = rng.integers(1, V + 1, R_).astype(np.int32)
         negatives[::3] = targets[::3]
-    elif kind in ("sampled_softmax", "gbce"):
+    elif kind == "sampled_softmax":
         negatives = rng.integers(1, V + 1, N).astype(np.int32)
         negatives[: min(N, 3)] = targets[: min(N, 3)]  # targets among the negatives
         if N > 4:
@@ -722,16 +714,8 @@ def _loss(ops, kind, h, E, t, n, gs, dE):
     # Workspace arrives with whatever the arena held last: NaN here, so an op that reads
     # workspace it has not written fails.
     ws = poison(getattr(ops, f"loss_{kind}_workspace")(R_, C, V, N))
-    if kind == "gbce":  # its own argument list: beta before grad_scale
-        ops.loss_gbce(loss, dh, dE, h, E, t, n, R_, C, V, N, gbce_beta(N, V), gs, ws)
-    else:
-        getattr(ops, f"loss_{kind}")(loss, dh, dE, h, E, t, n, R_, C, V, N, gs, ws)
+    getattr(ops, f"loss_{kind}")(loss, dh, dE, h, E, t, n, R_, C, V, N, gs, ws)
     return loss, dh
-
-
-def gbce_beta(N, V, t=0.75):
-    """The engine's float32 beta of gbce for N negatives over V items."""
-    return float(f32(R.gbce_beta(N, V, t)))
 
 
 def _loss_tolerances(kind, h, E, t, n, gs, rloss):
@@ -739,20 +723,7 @@ def _loss_tolerances(kind, h, E, t, n, gs, rloss):
     R_, C = h.shape
     V = E.shape[0] - 1
     ah, aE = np.abs(h.astype(np.float64)), np.abs(E.astype(np.float64))
-    if kind == "gbce":
-        beta, N = gbce_beta(len(n), V), len(n)
-        mp, mn = np.sum(ah * aE[t], axis=1), ah @ aE[n].T  # (R,), (R, N)
-        # softplus is 1-Lipschitz: each term inherits its logit's error; N + 1 terms summed.
-        tol_loss = bound(C + N + 1, (beta * mp + mn.sum(axis=1)) / (1 + N) + np.abs(rloss))
-        g = abs(gs) / (1 + N)  # sigmoid' <= 1/4: logit errors pass on damped
-        wp = g * beta * (1 + mp)
-        wn = g * (1 + mn)
-        tol_dh = bound(C + N, wp[:, None] * aE[t] + wn @ aE[n])
-        mag_dE = np.zeros_like(aE)
-        np.add.at(mag_dE, t, wp[:, None] * ah)
-        np.add.at(mag_dE, n, wn.T @ ah)
-        tol_dE = bound(C + R_ + N, mag_dE)
-    elif kind == "bce":
+    if kind == "bce":
         mp, mn = np.sum(ah * aE[t], axis=1), np.sum(ah * aE[n], axis=1)
         # softplus is 1-Lipschitz: the loss inherits the two logits' errors.
         tol_loss = bound(C, mp + mn + np.abs(rloss))
@@ -803,7 +774,7 @@ def test_loss(ops, kind, R_, C, V, N, gs, scale, seed):
     gs = f32(gs)
     dE = zeros(V + 1, C)
     loss, dh = _loss(ops, kind, h, E, t, n, gs, dE)
-    rloss, rdh, rdE = R.loss(kind, h, E, t, n, gs, gbce_beta(len(n), V) if kind == "gbce" else None)
+    rloss, rdh, rdE = R.loss(kind, h, E, t, n, gs)
     tol_loss, tol_dh, tol_dE = _loss_tolerances(kind, h, E, t, n, gs, rloss)
 
     assert_close(loss, rloss, tol_loss, f"{kind} loss", seed)
@@ -816,7 +787,7 @@ def test_loss(ops, kind, R_, C, V, N, gs, scale, seed):
 
 # Every kind: single and threaded scatters, the GPU's tiled paths, a forward only; not the
 # multi-chunk giants.
-LOSS_ACC_CASES = [c for c in LOSS_CASES if c[-1] in (52, 54, 57, 58, 63, 65, 130, 137, 138, 140, 143)]
+LOSS_ACC_CASES = [c for c in LOSS_CASES if c[-1] in (52, 54, 57, 58, 63, 65, 130, 137, 138)]
 
 
 @pytest.mark.parametrize("kind,R_,C,V,N,gs,scale,seed", LOSS_ACC_CASES,
@@ -833,7 +804,7 @@ def test_loss_accumulates_into_dE(ops, kind, R_, C, V, N, gs, scale, seed):
     prefill = normal(rng, V + 1, C)
     dE = prefill.copy()
     loss, dh = _loss(ops, kind, h, E, t, n, gs, dE)
-    rloss, rdh, rdE = R.loss(kind, h, E, t, n, gs, gbce_beta(len(n), V) if kind == "gbce" else None)
+    rloss, rdh, rdE = R.loss(kind, h, E, t, n, gs)
     tol_loss, tol_dh, tol_dE = _loss_tolerances(kind, h, E, t, n, gs, rloss)
     assert_close(loss, rloss, tol_loss, f"{kind} loss", seed)
     assert_close(dh, rdh, tol_dh, f"{kind} dh", seed)
@@ -1063,14 +1034,13 @@ def test_reference_fd_attention(lens, H, p, seed):
     _check(f, {"Q": Q, "K": K, "V": V}, {"Q": dQ, "K": dK, "V": dV}, "attention", seed)
 
 
-@pytest.mark.parametrize("kind,seed", [("bce", 99), ("sampled_softmax", 100), ("softmax", 101),
-                                       ("gbce", 102)])
+@pytest.mark.parametrize("kind,seed", [("bce", 99), ("sampled_softmax", 100), ("softmax", 101)])
 def test_reference_fd_losses(kind, seed):
     rng = np.random.default_rng(seed)
     h, E = rng.standard_normal((4, 3)), rng.standard_normal((7, 3))
     t = np.array([1, 6, 2, 6])
-    n = np.array([6, 3, 3, 5]) if kind == "bce" else np.array([6, 3, 3, 5, 1]) if kind in ("sampled_softmax", "gbce") else None
-    gs, beta = 0.7, 0.37
-    f = lambda q: gs * np.sum(R.loss(kind, q["h"], q["E"], t, n, gs, beta)[0])  # noqa: E731
-    _, dh, dE = R.loss(kind, h, E, t, n, gs, beta)
+    n = np.array([6, 3, 3, 5]) if kind == "bce" else np.array([6, 3, 3, 5, 1]) if kind == "sampled_softmax" else None
+    gs = 0.7
+    f = lambda q: gs * np.sum(R.loss(kind, q["h"], q["E"], t, n, gs)[0])  # noqa: E731
+    _, dh, dE = R.loss(kind, h, E, t, n, gs)
     _check(f, {"h": h, "E": E}, {"h": dh, "E": dE}, kind, seed)

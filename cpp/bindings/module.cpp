@@ -145,7 +145,6 @@ Config parse_config(const py::dict& d, int* threads = nullptr) {
     else if (k == "dropout") c.dropout = v.cast<float>();
     else if (k == "loss") c.loss = parse_loss(v.cast<std::string>());
     else if (k == "n_negatives") c.n_negatives = v.cast<int>();
-    else if (k == "gbce_t") c.gbce_t = v.cast<float>();
     else if (k == "learning_rate") c.learning_rate = v.cast<float>();
     else if (k == "weight_decay") c.weight_decay = v.cast<float>();
     else if (k == "beta1") c.beta1 = v.cast<float>();
@@ -212,7 +211,7 @@ HostBatch batch_from_arrays(py::object items, py::object targets, py::object pos
     FSR_REQUIRE(b.pos[r] >= 0 && b.pos[r] < c.max_seq, "pos[", r, "] = ", b.pos[r], " outside 0..", c.max_seq - 1);
   }
   const size_t need = c.loss == LossKind::BCE ? (size_t)R
-                      : (c.loss == LossKind::SampledSoftmax || c.loss == LossKind::GBCE) ? (size_t)c.n_negatives : 0;
+                      : c.loss == LossKind::SampledSoftmax ? (size_t)c.n_negatives : 0;
   FSR_REQUIRE(b.negatives.size() == need, "negatives must have ", need, " entries for loss '",
               loss_name(c.loss), "', got ", b.negatives.size());
   for (size_t j = 0; j < b.negatives.size(); ++j)

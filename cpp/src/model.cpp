@@ -406,7 +406,6 @@ size_t Model::loss_workspace(int R) const {
     case LossKind::BCE: return be_->loss_bce_workspace(R, C, V, N);
     case LossKind::SampledSoftmax: return be_->loss_sampled_softmax_workspace(R, C, V, N);
     case LossKind::Softmax: return be_->loss_softmax_workspace(R, C, V, N);
-    case LossKind::GBCE: return be_->loss_gbce_workspace(R, C, V, N);
   }
   return 0;
 }
@@ -427,9 +426,6 @@ void Model::loss(float* loss, float* dh, const float* h, const Acts& a, int R, f
     case LossKind::Softmax:
       return be_->loss_softmax(loss, dh, dE, h, E, a.targets, a.neg, R, C, V, N, grad_scale,
                                a.workspace);
-    case LossKind::GBCE:
-      return be_->loss_gbce(loss, dh, dE, h, E, a.targets, a.neg, R, C, V, N, cfg_.gbce_beta(),
-                            grad_scale, a.workspace);
   }
 }
 

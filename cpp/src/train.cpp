@@ -41,7 +41,7 @@ void Model::build_batch(const int32_t* items, const int64_t* offsets, const int6
         out.negatives[r] = cand;
       }
     }
-  } else if (cfg_.loss == LossKind::SampledSoftmax || cfg_.loss == LossKind::GBCE) {
+  } else if (cfg_.loss == LossKind::SampledSoftmax) {
     out.negatives.resize(cfg_.n_negatives);
     for (int j = 0; j < cfg_.n_negatives; ++j) out.negatives[j] = rng_int(key, j, 1, V);
   }

@@ -16,7 +16,7 @@ import numpy as np
 from fastsasrec import _core
 from fastsasrec._device import resolve_device
 
-LOSSES = ("auto", "sampled_softmax", "softmax", "bce", "gbce")
+LOSSES = ("auto", "sampled_softmax", "softmax", "bce")
 PRECISIONS = ("fp32", "bf16")
 # loss="auto" uses the full softmax up to this many items (where it costs at most about
 # twice the sampled softmax on a CPU and is the most accurate loss), sampled_softmax above.
@@ -32,7 +32,6 @@ PARAMS: Dict[str, tuple] = {
     "dropout": ("float", 0.3),
     "loss": ("choice", "auto"),
     "n_negatives": ("int", 256),
-    "gbce_t": ("float", 0.75),
     "learning_rate": ("float", 1e-3),
     "weight_decay": ("float", 0.0),
     "batch_size": ("int", 128),
@@ -94,16 +93,13 @@ def resolve_loss(loss: str, n_items: int) -> str:
 
 def engine_config(params: Dict[str, Any], n_items: int, seed: int) -> Dict[str, Any]:
     """The engine's configuration for a fit of ``params`` on n_items items."""
-    config = dict(
+    return dict(
         n_items=n_items, factors=params["factors"], n_heads=params["n_heads"],
         n_layers=params["n_layers"], max_seq=params["max_seq"], dropout=params["dropout"],
         loss=resolve_loss(params["loss"], n_items), n_negatives=params["n_negatives"],
         learning_rate=params["learning_rate"], weight_decay=params["weight_decay"],
         batch_size=params["batch_size"], seed=seed, precision=params["precision"],
     )
-    if config["loss"] == "gbce":  # only then: files of the other losses stay readable by
-        config["gbce_t"] = params["gbce_t"]  # versions that do not know gbce
-    return config
 
 
 def checked(params: Dict[str, Any], given: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -118,7 +114,7 @@ def checked(params: Dict[str, Any], given: Optional[Dict[str, Any]] = None) -> D
     cfg = {k: v for k, v in out.items() if k in ("factors", "n_heads", "n_layers", "max_seq",
                                                  "dropout", "n_negatives", "learning_rate",
                                                  "weight_decay", "batch_size", "precision",
-                                                 "num_threads", "gbce_t")}
+                                                 "num_threads")}
     cfg["loss"] = "softmax" if out["loss"] == "auto" else out["loss"]
     if out["random_state"] is not None:
         cfg["seed"] = out["random_state"]

@@ -64,8 +64,7 @@ _STREAM_ERRORS = (EOFError, NotImplementedError, RuntimeError, KeyError, Overflo
 # The engine's configuration keys (cpp/bindings/module.cpp, parse_config) and their types.
 _CONFIG_INTS = ("n_items", "factors", "ffn_factors", "n_heads", "n_layers", "max_seq",
                 "n_negatives", "batch_size")
-_CONFIG_FLOATS = ("dropout", "learning_rate", "weight_decay", "beta1", "beta2", "adam_eps", "ln_eps",
-                  "gbce_t")
+_CONFIG_FLOATS = ("dropout", "learning_rate", "weight_decay", "beta1", "beta2", "adam_eps", "ln_eps")
 _CONFIG_STRS = ("loss", "precision")
 
 def layout(config: Dict[str, Any]) -> Tuple[List[Tuple[str, int, Tuple[int, ...]]], int]:

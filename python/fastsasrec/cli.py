@@ -485,7 +485,7 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--factors", type=int, help="embedding width (default: 64)")
     t.add_argument("--epochs", type=int, help="training epochs (default: 50)")
     t.add_argument("--max-seq", type=int, help="most recent items read per user (default: 50)")
-    t.add_argument("--loss", choices=["auto", "softmax", "sampled_softmax", "bce", "gbce"], help="default: auto")
+    t.add_argument("--loss", choices=["auto", "softmax", "sampled_softmax", "bce"], help="default: auto")
     t.add_argument("--layers", type=int, help="transformer blocks (default: 2)")
     t.add_argument("--heads", type=int, help="attention heads (default: 1)")
     t.add_argument("--dropout", type=float, help="default: 0.3")

@@ -284,21 +284,14 @@ class SASRec(NotebookCompat):
         Dropout rate on embeddings, attention probabilities and feed-forward layers.
         The paper used 0.2 on dense data (MovieLens-1M) and 0.5 on sparse data; short
         sessions are sparse, so the default sits between.
-    loss : {"auto", "sampled_softmax", "softmax", "bce", "gbce"}
+    loss : {"auto", "sampled_softmax", "softmax", "bce"}
         ``softmax`` is full cross-entropy over the catalogue (the most accurate);
         ``sampled_softmax`` uses ``n_negatives`` uniform negatives shared across a batch
         (cost independent of the catalogue); ``bce`` is the paper's loss (one sampled
-        negative per position); ``gbce`` (Petrov & Macdonald, RecSys 2023) is binary
-        cross-entropy against the ``n_negatives`` shared negatives with the positive's
-        probability raised to a power set by ``gbce_t``, which calibrates a model trained
-        on a sample of negatives.  ``auto`` picks ``softmax`` for catalogues of up to
+        negative per position).  ``auto`` picks ``softmax`` for catalogues of up to
         2,048 items and ``sampled_softmax`` above; ``loss_`` says which was used.
     n_negatives : int
-        Negatives per batch for ``sampled_softmax`` and ``gbce``; must be smaller than the
-        catalogue.
-    gbce_t : float
-        gbce's calibration in [0, 1] (0: plain binary cross-entropy; 1: calibrated to the
-        full catalogue; the authors recommend 0.75 with 256 negatives).
+        Negatives per batch for ``sampled_softmax``; must be smaller than the catalogue.
     learning_rate, weight_decay : float
         AdamW settings (betas 0.9 / 0.98); weight decay applies to matrices and embeddings.
     batch_size : int
@@ -337,7 +330,6 @@ class SASRec(NotebookCompat):
         dropout: float = DEFAULTS["dropout"],
         loss: str = DEFAULTS["loss"],
         n_negatives: int = DEFAULTS["n_negatives"],
-        gbce_t: float = DEFAULTS["gbce_t"],
         learning_rate: float = DEFAULTS["learning_rate"],
         weight_decay: float = DEFAULTS["weight_decay"],
         batch_size: int = DEFAULTS["batch_size"],

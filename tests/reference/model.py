@@ -19,7 +19,7 @@ from . import ops
 # Defaults of the engine's Config (cpp/include/fastsasrec/config.h).
 CONFIG_DEFAULTS = dict(
     factors=64, ffn_factors=0, n_heads=1, n_layers=2, max_seq=50, dropout=0.2,
-    loss="sampled_softmax", n_negatives=256, ln_eps=1e-8, seed=42, gbce_t=0.75,
+    loss="sampled_softmax", n_negatives=256, ln_eps=1e-8, seed=42,
 )
 
 
@@ -28,7 +28,7 @@ def full_config(cfg: dict) -> dict:
     engine stores), ffn_factors resolved (0 means factors)."""
     c = dict(CONFIG_DEFAULTS)
     c.update(cfg)
-    for k in ("dropout", "ln_eps", "gbce_t"):
+    for k in ("dropout", "ln_eps"):
         c[k] = float(np.float32(c[k]))
     if not c["ffn_factors"]:
         c["ffn_factors"] = c["factors"]
@@ -105,7 +105,7 @@ def build_batch(items, offsets, seqs, cfg, step):
             draws = ops.rng_int(key, r * 64 + np.arange(64), 1, V)
             fresh = [d for d in draws if d not in seen]
             negs.append(fresh[0] if fresh else draws[-1])
-    elif c["loss"] in ("sampled_softmax", "gbce"):
+    elif c["loss"] == "sampled_softmax":
         negs = list(ops.rng_int(key, np.arange(c["n_negatives"]), 1, V))
     else:
         negs = []
@@ -187,10 +187,7 @@ def forward_backward(params, batch, cfg, step, train=True, grad=True):
 
     # ---- forward, keeping what the backward needs
     h, saved, x = _forward(P, items, pos, cu, c, masks)
-    beta = None
-    if c["loss"] == "gbce":  # the engine's float32 beta
-        beta = float(np.float32(ops.gbce_beta(c["n_negatives"], P["item_emb"].shape[0] - 1, c["gbce_t"])))
-    per_row, dh, dE_loss = ops.loss(c["loss"], h, P["item_emb"], targets, negatives, 1.0 / R, beta)
+    per_row, dh, dE_loss = ops.loss(c["loss"], h, P["item_emb"], targets, negatives, 1.0 / R)
     mean_loss = float(np.mean(per_row))
     if not grad:
         return mean_loss, None

@@ -398,45 +398,8 @@ def softmax_loss(h, E, targets, grad_scale):
     return loss, ds @ E[1:], dE
 
 
-def gbce_beta(n_negatives, n_items, t):
-    """gBCE's exponent: beta = alpha (t (1 - 1/alpha) + 1/alpha), alpha = N / (V - 1)."""
-    alpha = n_negatives / max(1, n_items - 1)
-    return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
-
-
-def gbce_loss(h, E, targets, negatives, beta, grad_scale):
-    """gBCE (Petrov & Macdonald, 2023) with N negatives shared by all rows.
-
-    h (R, C), E (V + 1, C), targets (R,), negatives (N,).  A negative equal to the row's
-    target does not count.  loss(R) = (beta softplus(-s_pos) + sum_j softplus(s_j)) / (1 + N),
-    the mean over the row's 1 + N logits; returns (loss, dh (R, C), dE (V + 1, C)), the
-    gradients of grad_scale * sum(loss)."""
-    h = np.asarray(h, np.float64)
-    E = np.asarray(E, np.float64)
-    t, n = np.asarray(targets), np.asarray(negatives)
-    Et, En = E[t], E[n]
-    sp = np.sum(h * Et, axis=1)
-    s = h @ En.T  # (R, N)
-    counts = (n[None, :] != t[:, None]).astype(np.float64)
-    softplus = lambda x: np.logaddexp(0.0, x)  # noqa: E731
-    sigmoid = lambda x: 0.5 * (1.0 + np.tanh(0.5 * x))  # noqa: E731
-    N = len(n)
-    loss = (beta * softplus(-sp) + np.sum(counts * softplus(s), axis=1)) / (1.0 + N)
-    g = float(grad_scale) / (1.0 + N)
-    ds = g * counts * sigmoid(s)
-    dpos = -g * beta * sigmoid(-sp)
-    dh = dpos[:, None] * Et + ds @ En
-    dE = np.zeros_like(E)
-    np.add.at(dE, t, dpos[:, None] * h)
-    np.add.at(dE, n, ds.T @ h)
-    return loss, dh, dE
-
-
-def loss(kind, h, E, targets, negatives, grad_scale, beta=None):
-    """Dispatch on kind in {'bce', 'sampled_softmax', 'softmax', 'gbce'} (gbce takes beta):
-    (loss, dh, dE)."""
-    if kind == "gbce":
-        return gbce_loss(h, E, targets, negatives, beta, grad_scale)
+def loss(kind, h, E, targets, negatives, grad_scale):
+    """Dispatch on kind in {'bce', 'sampled_softmax', 'softmax'}: (loss, dh, dE)."""
     if kind == "bce":
         return bce_loss(h, E, targets, negatives, grad_scale)
     if kind == "sampled_softmax":

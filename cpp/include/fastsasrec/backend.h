@@ -15,7 +15,7 @@
 
 namespace fsr {
 
-enum class LossKind { BCE = 0, SampledSoftmax = 1, Softmax = 2, GBCE = 3 };
+enum class LossKind { BCE = 0, SampledSoftmax = 1, Softmax = 2 };
 // FP32: every product in fp32.  BF16: the operands of the linear layers' matrix products
 // are rounded to bfloat16 (to nearest, ties to even) and their products summed in fp32;
 // everything else (weights, activations, attention, losses, optimizer) stays fp32.

@@ -17,8 +17,7 @@ struct Config {
   int max_seq = 50;        // T
   float dropout = 0.2f;
   LossKind loss = LossKind::SampledSoftmax;
-  int n_negatives = 256;   // N (sampled_softmax, gbce)
-  float gbce_t = 0.75f;    // gbce's calibration t in [0, 1] (Petrov & Macdonald, 2023)
+  int n_negatives = 256;   // N (sampled_softmax)
   float learning_rate = 1e-3f;
   float weight_decay = 0.0f;
   float beta1 = 0.9f;
@@ -31,9 +30,6 @@ struct Config {
 
   int ffn() const { return ffn_factors > 0 ? ffn_factors : factors; }
   int head_dim() const { return factors / n_heads; }
-  // gbce's exponent on the positive's probability: beta = alpha (t (1 - 1/alpha) + 1/alpha)
-  // with alpha = N / (V - 1), the share of the other items each positive is scored against.
-  float gbce_beta() const;
   // Throws fsr::ValueError naming the first bad field and its value: the one place that
   // knows the ranges.  Without the catalogue (a model not yet fitted), n_items and the
   // checks that depend on it are skipped.
