@@ -13,7 +13,7 @@ Model (C = factors, T = max_seq, H = heads, L = layers, V = items; ids 1..V, 0 =
     h = LN_f(x);  score(i) = h . E[i]
 
 Sequences are left-padded: the last input item sits at position T-1.
-Losses (averaged over real target positions): "bce" (one negative per position,
+Losses (averaged over the positions whose input and target are both real items): "bce" (one negative per position,
 not in the sequence window), "sampled_softmax" (N uniform negatives shared by the
 batch, a negative equal to the target is masked out), "softmax" (full catalogue).
 Optimizer: AdamW(betas=(0.9, 0.98), eps=1e-8), weight decay on 2-D weights only.
@@ -178,7 +178,10 @@ class TorchSASRec:
 
     def _loss(self, h: torch.Tensor, win: np.ndarray) -> torch.Tensor:
         tgt_np = win[:, 1:]
-        real_np = tgt_np != 0
+        # A training position has a real input and a real target, as the paper's sampler
+        # builds them: in a window shorter than max_seq + 1 the first item's position has
+        # a padding input, and predicting it from nothing is not part of the model.
+        real_np = (tgt_np != 0) & (win[:, :-1] != 0)
         real = self._t(real_np)
         hr = h[real]  # (M, C) real target positions only
         tgt = self._t(tgt_np)[real]  # (M,)
