@@ -13,7 +13,7 @@ import fastsasrec
 from fastsasrec import _persist
 from fastsasrec.cli import main
 
-from test_cli import chain_events
+from test_cli import chain_events, run
 from test_persist import huge, rewrite
 
 FAST = ["--epochs", "1", "--factors", "8", "--max-seq", "5", "--threads", "1"]
@@ -26,12 +26,6 @@ def trained(tmp_path_factory):
     chain_events(n_users=40).to_csv(events, index=False)
     assert main(["train", str(events), "-o", str(model)] + FAST) == 0
     return events, model
-
-
-def run(capsys, argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_error_line(command, err):

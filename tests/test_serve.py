@@ -508,3 +508,23 @@ def test_whatever_a_client_sends_is_never_a_500(running):
 
     check()
     r.client.put("/v1/denylist", json={"items": []})
+
+
+def test_cli_refuses_bad_settings_by_name(tmp_path, model):
+    path = tmp_path / "m.fsr"
+    model.save(path)
+    out = subprocess.run([sys.executable, "-m", "fastsasrec", "serve", str(path), "--max-batch", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "max_batch must be an integer >= 1, got 0" in out.stderr
+
+
+def test_popular_answers_are_sorted_once_per_model(model):
+    """Sessions with no known item get the most popular items: the order is computed once
+    per fitted model (a cache), and exclusions only drop items from its head."""
+    state = model._fitted()
+    a = state.popular(5, np.zeros(0, np.int32))
+    assert "popular" in state.cache
+    b = state.popular(5, a[0][:2].astype(np.int32))
+    np.testing.assert_array_equal(b[0][:3], a[0][2:])
+    ids, _ = model.recommend([999999], n=5)
+    np.testing.assert_array_equal(ids, model.item_ids[a[0] - 1])

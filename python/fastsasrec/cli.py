@@ -308,16 +308,17 @@ def _serve(args: argparse.Namespace) -> int:
         raise CLIError(f"--port must be in 0..65535, got {args.port}")
     if args.threads is not None and args.threads < 0:
         raise CLIError(f"--threads must be >= 0 (0: all cores), got {args.threads}")
-    from fastsasrec import _persist
-
-    try:  # a bad file is said here, in one line, before the server starts
-        _persist._read_file(args.model)
+    app = serve.create_app(args.model, device=args.device, num_threads=args.threads,
+                           max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                           session_ttl=args.session_ttl, max_sessions=args.max_sessions,
+                           max_body=args.max_body, watch=args.watch, signals=True)
+    try:  # the model is loaded before the server starts: a bad file is said here, in one line
+        app.state.server.load_now()
     except (ValueError, OSError) as e:
         raise CLIError(f"cannot load MODEL {args.model!r}: {' '.join(str(e).splitlines())}") from None
-    serve.run(args.model, host=args.host, port=args.port, device=args.device,
-              num_threads=args.threads, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-              session_ttl=args.session_ttl, max_sessions=args.max_sessions, max_body=args.max_body,
-              watch=args.watch)
+    except MemoryError:
+        raise CLIError(f"cannot load MODEL {args.model!r}: not enough memory for it") from None
+    serve.serve_app(app, host=args.host, port=args.port)
     return 0
 
 

@@ -83,6 +83,22 @@ class _Fitted:
         """Internal ids (int32, 1..V) of original ids; 0 for ids not in the catalogue."""
         return encode(flat, *self.lookup())
 
+    def popular(self, n: int, excluded: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """The n most popular items less ``excluded`` (internal ids), with their share of
+        training interactions: what a session with no known item gets.  Ties go to the
+        lower internal id.  The order is sorted once per model, not per call."""
+        found = self.cache.get("popular")
+        if found is None:
+            share = self.popularity / max(int(self.popularity.sum()), 1)
+            order = np.lexsort((np.arange(share.size), -share)) + 1
+            found = self.cache["popular"] = (order, share)
+        order, share = found
+        head = order[: n + excluded.size]  # the exclusions remove at most that many
+        if excluded.size:
+            head = head[~np.isin(head, excluded)]
+        head = head[:n]
+        return head, share[head - 1].astype(np.float32)
+
     def item_embeddings(self) -> np.ndarray:
         E = self.cache.get("item_embeddings")
         if E is None:
@@ -804,15 +820,6 @@ class SASRec(NotebookCompat):
             raise ValueError(str(e).replace(f"{name}[0]", name)) from None
         return internal[internal > 0]
 
-    @staticmethod
-    def _popular(state: _Fitted, n: int, excluded: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        share = state.popularity / max(int(state.popularity.sum()), 1)
-        order = np.lexsort((np.arange(share.size), -share))  # most popular first, ties by id
-        if excluded.size:
-            order = order[~np.isin(order + 1, excluded)]
-        order = order[:n]
-        return order + 1, share[order].astype(np.float32)
-
     def recommend(
         self,
         session: Sequence[Any],
@@ -840,7 +847,7 @@ class SASRec(NotebookCompat):
             extra = self._encode_one(state, exclude, "exclude")
             excl = np.concatenate((excl, extra)) if excl.size else extra
         if known.size == 0:
-            ids, scores = self._popular(state, n, excl)
+            ids, scores = state.popular(n, excl)
             return state.item_ids[ids - 1], scores
         ids, scores = state.engine.recommend(
             known, np.array([0, known.size], dtype=np.int64), n,
@@ -892,7 +899,7 @@ class SASRec(NotebookCompat):
             ids[warm], scores[warm] = state.engine.recommend(w_items, w_off, n, ex_items, ex_off)
         cold = np.flatnonzero(lengths == 0)
         if cold.size:
-            pi, ps = self._popular(state, n, np.zeros(0, dtype=np.int32))
+            pi, ps = state.popular(n, np.zeros(0, dtype=np.int32))
             ids[cold], scores[cold] = pi, ps
         out = state.item_ids[np.maximum(ids, 1) - 1]
         empty = ids == 0

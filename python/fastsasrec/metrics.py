@@ -75,17 +75,13 @@ def popular_baseline(model: Any, sequences: Any, k: int = 10) -> Dict[str, Any]:
     sequences = flatten_sequences(sequences, "sequences")
     check_ids_compatible(sequences.items, state.item_ids, "sequences")
     contexts, targets, used = hold_out_last(sequences)
-    order = np.lexsort((np.arange(state.popularity.size), -state.popularity)) + 1  # internal ids
     ctx = state.encode(contexts.items)
     bounds = contexts.offsets
-    kk = min(k, order.size)
+    kk = min(k, int(state.popularity.size))
     top = np.zeros((used.size, kk), dtype=np.int64)
     for b in range(used.size):
-        seen = ctx[bounds[b]:bounds[b + 1]]
-        head = order[: kk + seen.size]
-        if seen.size:
-            head = head[~np.isin(head, seen)]
-        top[b, : min(kk, head.size)] = head[:kk]
+        ids, _ = state.popular(kk, ctx[bounds[b]:bounds[b + 1]])
+        top[b, : ids.size] = ids
     t_int = state.encode(np.asarray(targets)).astype(np.int64)
     hit = (top == t_int[:, None]) & (t_int[:, None] > 0)
     ranks = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)

@@ -92,6 +92,16 @@ class Loaded:
         return self.sha256[:12] if self.sha256 else f"memory-{self.generation}"
 
 
+def _file_signature(path: str) -> Optional[Tuple[float, int, int]]:
+    """(mtime, size, inode) of the file at ``path``, None when it cannot be read: what
+    changes when a new model file is written or renamed over it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size, st.st_ino)
+
+
 def _sha256_of(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -327,8 +337,13 @@ def score(loaded: Loaded, asks: Sequence[_Ask], deny: Sequence[Any], metrics: Me
     state = model._fitted()
     str_ids = state.item_ids.dtype.kind == "U"
     V = int(state.item_ids.size)
-    deny_int = _encode(state, list(deny), str_ids)
-    deny_int = deny_int[deny_int > 0]
+    cached = state.cache.get("denylist")  # encoded once per denylist and model
+    if cached is not None and cached[0] is deny:
+        deny_int = cached[1]
+    else:
+        deny_int = _encode(state, list(deny), str_ids)
+        deny_int = deny_int[deny_int > 0]
+        state.cache["denylist"] = (deny, deny_int)
     warm: List[Tuple[_Ask, np.ndarray, np.ndarray]] = []
     unknown = 0
     for a in asks:
@@ -343,7 +358,7 @@ def score(loaded: Loaded, asks: Sequence[_Ask], deny: Sequence[Any], metrics: Me
             else np.zeros(0, dtype=np.int32)
         n = min(a.n, V)
         if known.size == 0:
-            ids, scores = model._popular(state, n, excl)
+            ids, scores = state.popular(n, excl)
             a.result = (state.item_ids[ids - 1], scores)
         else:
             warm.append((a, known[-state.config["max_seq"]:], excl))
@@ -490,8 +505,16 @@ class Server:
     def _load(self, path: str) -> Loaded:
         from fastsasrec import SASRec
 
-        sha = _sha256_of(path)
-        model = SASRec.load(path, device=self.device, num_threads=self.num_threads)
+        # The digest and the model must be of one file: a new file renamed over the path
+        # between the two reads changes its signature, and the pair is read again.
+        for _ in range(3):
+            before = _file_signature(path)
+            sha = _sha256_of(path)
+            model = SASRec.load(path, device=self.device, num_threads=self.num_threads)
+            if _file_signature(path) == before:
+                break
+        else:
+            raise RuntimeError(f"{path!r} changed three times while it was being loaded")
         _warm(model)
         self._generation += 1
         return Loaded(model, path, sha, time.time(), self._generation)
@@ -506,7 +529,9 @@ class Server:
     async def _initial_load(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            if self.path is not None:
+            if self.current is not None:
+                pass  # loaded before the server started (load_now)
+            elif self.path is not None:
                 self.current = await loop.run_in_executor(None, self._load, self.path)
             else:
                 model = self._source
@@ -558,18 +583,19 @@ class Server:
                      new.tag, new.model.n_items)
             return True
 
-    async def _watch(self) -> None:
-        def signature() -> Optional[Tuple[float, int, int]]:
-            try:
-                st = os.stat(self.path)
-            except OSError:
-                return None
-            return (st.st_mtime, st.st_size, st.st_ino)
+    def load_now(self) -> None:
+        """Loads and warms the model file here, before the server starts, so that a file
+        that cannot be served is the caller's error (ValueError or OSError naming it)
+        rather than a server that never gets ready."""
+        if self.path is None:
+            raise ValueError("load_now needs a model file; this server was given a model")
+        self.current = self._load(self.path)
 
-        seen = signature()
+    async def _watch(self) -> None:
+        seen = _file_signature(self.path)
         while True:
             await asyncio.sleep(self.watch_interval)
-            now = signature()
+            now = _file_signature(self.path)
             if now is not None and now != seen:
                 seen = now
                 await self.reload()
@@ -913,12 +939,24 @@ class _Guard:
             self.server.metrics.request(self._route(scope), status[0], time.perf_counter() - t0)
 
 
-def run(path: str, host: str = "127.0.0.1", port: int = 8000, **kw: Any) -> None:
-    """Serves the model file at ``path`` with uvicorn until SIGINT or SIGTERM (requests in
-    flight are finished first); SIGHUP reloads the model."""
+def prepare(path: str, **kw: Any) -> Any:
+    """The app for the model file at ``path`` (``create_app``'s keywords), the model
+    already loaded and warmed: ValueError or OSError naming the file if it cannot be."""
+    app = create_app(path, signals=True, **kw)
+    app.state.server.load_now()
+    return app
+
+
+def serve_app(app: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Runs ``app`` with uvicorn until SIGINT or SIGTERM (requests in flight are finished
+    first); SIGHUP reloads the model."""
     import uvicorn
 
-    app = create_app(path, signals=True, **kw)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False,
                 timeout_graceful_shutdown=30)
+
+
+def run(path: str, host: str = "127.0.0.1", port: int = 8000, **kw: Any) -> None:
+    """Serves the model file at ``path``: ``prepare`` then ``serve_app``."""
+    serve_app(prepare(path, **kw), host, port)
