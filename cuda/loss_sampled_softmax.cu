@@ -1,13 +1,16 @@
 // Sampled softmax on the GPU (twin of cpp/src/cpu/loss_sampled_softmax.cpp): N negatives
-// shared by every row of the batch.
-//   s_pos(r) = h_r . E[tgt_r];   s(r, j) = h_r . E[neg_j], set to -inf where neg_j == tgt_r
+// shared by every row of the batch, with the logQ correction (Yi et al., RecSys 2019) when
+// logq is given: each logit less the log of its item's sampling probability,
+// lq(i) = logq[i] (logq: V + 1 floats; 0 for every item when logq is null).
+//   s_pos(r) = h_r . E[tgt_r] - lq(tgt_r);   s(r, j) = h_r . E[neg_j] - lq(neg_j), set to
+//   -inf where neg_j == tgt_r (a row's own target is never its negative)
 //   forward : loss(R) = logsumexp(s_pos, s(r, :)) - s_pos                              =
 //   backward (grad_scale != 0), with softmax probabilities p_pos, p_j over [s_pos, s(r, :)]:
 //             ds(r, j) = grad_scale * p_j;  ds_pos = grad_scale * (p_pos - 1)
 //             dh(R,C) = ds_pos E[tgt] + ds En        (En = E[neg], N x C)               =
 //             dE[neg_j] += (ds^T h)_j;  dE[tgt_r] += ds_pos h_r                         +=
 // Fused (cuda/loss_softmax_kernels.cuh, shared with the full softmax): the logits never exist
-// as an R x N matrix.
+// as an R x N matrix; the correction is subtracted from each product as it is (re)computed.
 #include <stdexcept>
 
 #include "cuda/common.cuh"
@@ -21,8 +24,9 @@ size_t loss_sampled_softmax_workspace(const Context&, int R, int C, int V, int N
 }
 
 void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE, const float* h,
-                          const float* E, const int32_t* targets, const int32_t* negatives, int R,
-                          int C, int V, int N, float grad_scale, float* workspace) {
+                          const float* E, const int32_t* targets, const int32_t* negatives,
+                          const float* logq, int R, int C, int V, int N, float grad_scale,
+                          float* workspace) {
   const cudaStream_t s = ctx.stream;
   if (R < 0 || C < 0 || N < 0)
     throw std::runtime_error(::fsr::detail::cat("loss_sampled_softmax: negative size (R=", R,
@@ -33,8 +37,8 @@ void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE,
         "loss_sampled_softmax: workspace is null (loss_sampled_softmax_workspace floats needed)");
   if (grad_scale != 0.f && (dh == nullptr || dE == nullptr))
     throw std::runtime_error("loss_sampled_softmax: dh and dE are needed when grad_scale != 0");
-  softmax_kernels::run<true>(loss, dh, dE, workspace, h, E, targets, negatives, R, C, N, grad_scale,
-                           s);
+  softmax_kernels::run<true>(loss, dh, dE, workspace, h, E, targets, negatives, logq, R, C, N,
+                             grad_scale, s);
 }
 
 }  // namespace fsr::cuda

@@ -31,8 +31,8 @@ void loss_softmax(const Context& ctx, float* loss, float* dh, float* dE, const f
     throw std::runtime_error("loss_softmax: workspace is null (loss_softmax_workspace floats needed)");
   if (grad_scale != 0.f && (dh == nullptr || dE == nullptr))
     throw std::runtime_error("loss_softmax: dh and dE are needed when grad_scale != 0");
-  softmax_kernels::run<false>(loss, dh, dE, workspace, h, E, targets, nullptr, R, C, V, grad_scale,
-                           s);
+  softmax_kernels::run<false>(loss, dh, dE, workspace, h, E, targets, nullptr, nullptr, R, C, V,
+                              grad_scale, s);
 }
 
 }  // namespace fsr::cuda

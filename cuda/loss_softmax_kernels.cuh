@@ -2,10 +2,15 @@
 // the logits never exist as an R x N matrix.  Candidates are the columns of the softmax:
 //   sampled (kSampled): the N shared negatives, item neg[j]; a negative equal to the row's
 //            target is masked out of that row, and the target enters as an extra logit
-//            s_pos = h_r . E[tgt_r] (lse starts from it; its gradient
+//            s_pos = h_r . E[tgt_r] - lq(tgt_r) (lse starts from it; its gradient
 //            ds_pos = gs (exp(s_pos - lse) - 1) goes to dh and, atomically, to dE[tgt_r]);
+//            with the logQ correction (logq non-null, V + 1 floats) every logit is the
+//            product less lq(item) = logq[item] (lq = 0 when logq is null), subtracted
+//            once after the product, the same way in every kernel and pass (candidates'
+//            values loaded next to their ids: lq_t in the tiled layout, lq_of in the
+//            chunked one);
 //   full:    the N = V items, item j + 1, the target among them: ds = gs (p - onehot(tgt)),
-//            and the loss takes the target's logit as s_pos.
+//            and the loss takes the target's logit as s_pos (no logq: it must be null).
 // Two kernels either way:
 //   rows  (a block per 64, or 32, rows): s_pos; online log-sum-exp over the candidate
 //         tiles -> loss, lse; when training, a second pass recomputes each tile (the same
@@ -41,23 +46,41 @@ __device__ __forceinline__ int item_of(const int32_t* neg, int j) {
   return kSampled ? neg[j] : j + 1;
 }
 
-// Shared: A | B (row tiles) | Ps (score tile) | lse_t[kBM] | ints: tgt_t[kBM] | id_t[kBM]
+// The logQ correction of candidate j (index < N): logq[neg[j]] for the sampled loss with a
+// table, 0 otherwise (the full softmax never reads it).
+template <bool kSampled>
+__device__ __forceinline__ float lq_of(const float* logq, const int32_t* neg, int j) {
+  return kSampled && logq != nullptr ? logq[neg[j]] : 0.f;
+}
+
+// A logit from its product and its item's correction: the one place the correction is
+// applied, so that every pass and kernel recomputes the same bits (the full softmax's
+// logits are the products themselves).
+template <bool kSampled>
+__device__ __forceinline__ float corrected(float dot, float lq) { return kSampled ? dot - lq : dot; }
+
+// Shared: A | B (row tiles) | Ps (score tile) | lse_t[kBM] | lq_t[kBM] |
+//         ints: tgt_t[kBM] | id_t[kBM]
 template <int NC>
 size_t smem_bytes() {
   return sizeof(float) * (2 * (size_t)kBM * tile::row_ld<NC>() +
-                          (size_t)kBM * tile::score_ld<RA>() + kBM) +
+                          (size_t)kBM * tile::score_ld<RA>() + 2 * kBM) +
          sizeof(int32_t) * 2 * kBM;
 }
 
-// Loads the candidate tile j0 .. j0 + kBM - 1 (rows of E; zero past N) and their item ids.
+// Loads the candidate tile j0 .. j0 + kBM - 1 (rows of E; zero past N), their item ids and
+// (sampled loss) their logQ corrections.
 template <bool kSampled, int NC>
-__device__ __forceinline__ void load_cands(float* Es, int32_t* id_t, const float* E,
-                                           const int32_t* neg, int j0, int N, int C) {
+__device__ __forceinline__ void load_cands(float* Es, int32_t* id_t, float* lq_t, const float* E,
+                                           const int32_t* neg, const float* logq, int j0, int N,
+                                           int C) {
   tile::load<NC>(Es, kBM, C, [&](int j) {
     return j0 + j < N ? E + (size_t)item_of<kSampled>(neg, j0 + j) * C : nullptr;
   });
-  for (int j = threadIdx.x; j < kBM; j += tile::kThreads)
+  for (int j = threadIdx.x; j < kBM; j += tile::kThreads) {
     id_t[j] = j0 + j < N ? item_of<kSampled>(neg, j0 + j) : -1;
+    if (kSampled) lq_t[j] = j0 + j < N ? lq_of<kSampled>(logq, neg, j0 + j) : 0.f;
+  }
 }
 
 // Loads the row tile r0 .. r0 + kBM - 1 of h (zero past R) and the rows' targets.
@@ -84,13 +107,15 @@ __device__ __forceinline__ float grad_of(float s, bool in, int id, int tgt, floa
 template <bool kSampled, int NC>
 __global__ void __launch_bounds__(tile::kThreads)
     tiled_rows_kernel(float* loss, float* dh, float* dE, float* lse_out, const float* h, const float* E,
-                const int32_t* targets, const int32_t* neg, int R, int C, int N, float gs) {
+                const int32_t* targets, const int32_t* neg, const float* logq, int R, int C, int N,
+                float gs) {
   constexpr int ld = tile::row_ld<NC>(), lds = tile::score_ld<RA>();
   extern __shared__ float smem[];
   float* Hs = smem;
   float* Es = Hs + kBM * ld;
   float* Ps = Es + kBM * ld;
-  int32_t* tgt_t = reinterpret_cast<int32_t*>(Ps + kBM * lds + kBM);
+  float* lq_t = Ps + kBM * lds + kBM;  // (the lse_t slot of the items kernel is unused here)
+  int32_t* tgt_t = reinterpret_cast<int32_t*>(lq_t + kBM);
   int32_t* id_t = tgt_t + kBM;
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
   const int row0 = blockIdx.x * kBM;
@@ -104,11 +129,12 @@ __global__ void __launch_bounds__(tile::kThreads)
   for (int a = 0; a < RA; ++a) {
     const int r = ty + 16 * a, t = tgt_t[r];
     const bool ok = row0 + r < R && (kSampled || (t >= 1 && t <= N));
+    const float lq = kSampled && ok && logq != nullptr ? logq[t] : 0.f;
     float part = 0.f;
     if (ok)
       for (int d = tx; d < C; d += 16) part = fmaf(Hs[r * ld + d], E[(size_t)t * C + d], part);
     part = tile::row_sum(part);  // every lane: the reduction shuffles
-    sp[a] = ok ? part : __int_as_float(0x7fffffff);
+    sp[a] = ok ? corrected<kSampled>(part, lq) : __int_as_float(0x7fffffff);
     m[a] = kSampled ? sp[a] : -INFINITY;
     l[a] = kSampled ? 1.f : 0.f;
   }
@@ -116,7 +142,7 @@ __global__ void __launch_bounds__(tile::kThreads)
   // Pass 1: online log-sum-exp over the candidate tiles.
   for (int j0 = 0; j0 < N; j0 += kBM) {
     __syncthreads();  // the previous tile's readers are done
-    load_cands<kSampled, NC>(Es, id_t, E, neg, j0, N, C);
+    load_cands<kSampled, NC>(Es, id_t, lq_t, E, neg, logq, j0, N, C);
     __syncthreads();
     float sc[RA][RA];
     tile::zero(sc);
@@ -129,7 +155,7 @@ __global__ void __launch_bounds__(tile::kThreads)
       for (int b = 0; b < RA; ++b) {
         const int j = tx + 16 * b;
         const bool in = j0 + j < N && !(kSampled && id_t[j] == t);
-        sc[a][b] = in ? sc[a][b] : -INFINITY;
+        sc[a][b] = in ? corrected<kSampled>(sc[a][b], kSampled ? lq_t[j] : 0.f) : -INFINITY;
         mx = fmaxf(mx, sc[a][b]);
       }
       const float m_new = fmaxf(m[a], tile::row_max(mx));
@@ -162,7 +188,7 @@ __global__ void __launch_bounds__(tile::kThreads)
   tile::zero(acc);
   for (int j0 = 0; j0 < N; j0 += kBM) {
     __syncthreads();
-    load_cands<kSampled, NC>(Es, id_t, E, neg, j0, N, C);
+    load_cands<kSampled, NC>(Es, id_t, lq_t, E, neg, logq, j0, N, C);
     __syncthreads();
     float sc[RA][RA];
     tile::zero(sc);
@@ -174,7 +200,8 @@ __global__ void __launch_bounds__(tile::kThreads)
 #pragma unroll
       for (int b = 0; b < RA; ++b) {
         const int j = tx + 16 * b;
-        Ps[r * lds + j] = grad_of<kSampled>(sc[a][b], row_in && j0 + j < N, id_t[j], tgt_t[r],
+        const float s = corrected<kSampled>(sc[a][b], kSampled ? lq_t[j] : 0.f);
+        Ps[r * lds + j] = grad_of<kSampled>(s, row_in && j0 + j < N, id_t[j], tgt_t[r],
                                             lse[a], gs);
       }
     }
@@ -206,28 +233,29 @@ __global__ void __launch_bounds__(tile::kThreads)
 template <bool kSampled, int NC>
 __global__ void __launch_bounds__(tile::kThreads)
     tiled_items_kernel(float* dE, const float* h, const float* E, const int32_t* targets,
-                 const int32_t* neg, const float* lse, int R, int C, int N, float gs,
-                 int tiles_per_split, bool atomic) {
+                 const int32_t* neg, const float* logq, const float* lse, int R, int C, int N,
+                 float gs, int tiles_per_split, bool atomic) {
   constexpr int ld = tile::row_ld<NC>(), lds = tile::score_ld<RA>();
   extern __shared__ float smem[];
   float* Es = smem;
   float* Hs = Es + kBM * ld;
   float* Ps = Hs + kBM * ld;
   float* lse_t = Ps + kBM * lds;
-  int32_t* tgt_t = reinterpret_cast<int32_t*>(lse_t + kBM);
+  float* lq_t = lse_t + kBM;
+  int32_t* tgt_t = reinterpret_cast<int32_t*>(lq_t + kBM);
   int32_t* id_t = tgt_t + kBM;
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
   const int j0 = blockIdx.x * kBM;
   const int row_tiles = (int)(((long long)R + kBM - 1) / kBM);
   const int t0 = blockIdx.y * tiles_per_split;
   const int t1 = min(row_tiles, t0 + tiles_per_split);
-  load_cands<kSampled, NC>(Es, id_t, E, neg, j0, N, C);
+  load_cands<kSampled, NC>(Es, id_t, lq_t, E, neg, logq, j0, N, C);
 
   float acc[RA][NC];
   tile::zero(acc);
   for (int t = t0; t < t1; ++t) {
     const int r0 = t * kBM;
-    __syncthreads();  // the previous tile's readers are done (and Es, id_t written)
+    __syncthreads();  // the previous tile's readers are done (and Es, id_t, lq_t written)
     load_rows<NC>(Hs, tgt_t, h, targets, r0, R, C);
     for (int r = threadIdx.x; r < kBM; r += tile::kThreads)
       lse_t[r] = r0 + r < R ? lse[r0 + r] : 0.f;
@@ -242,7 +270,8 @@ __global__ void __launch_bounds__(tile::kThreads)
 #pragma unroll
       for (int b = 0; b < RA; ++b) {
         const int r = tx + 16 * b;
-        Ps[j * lds + r] = grad_of<kSampled>(sc[a][b], cand_in && r0 + r < R, id_t[j], tgt_t[r],
+        const float s = corrected<kSampled>(sc[a][b], kSampled ? lq_t[j] : 0.f);
+        Ps[j * lds + r] = grad_of<kSampled>(s, cand_in && r0 + r < R, id_t[j], tgt_t[r],
                                             lse_t[r], gs);
       }
     }
@@ -269,15 +298,15 @@ __global__ void __launch_bounds__(tile::kThreads)
 
 template <bool kSampled, int NC>
 void launch_tiled(float* loss, float* dh, float* dE, float* lse, const float* h, const float* E,
-            const int32_t* targets, const int32_t* neg, int R, int C, int N, float gs,
-            cudaStream_t s) {
+            const int32_t* targets, const int32_t* neg, const float* logq, int R, int C, int N,
+            float gs, cudaStream_t s) {
   const size_t smem = smem_bytes<NC>();
   const int optin = tile::smem_optin();
   FSR_REQUIRE(smem <= (size_t)optin, "softmax loss: C = ", C, " needs ", smem,
               " bytes of shared memory a block; this GPU offers ", optin);
   tile::allow_smem(tiled_rows_kernel<kSampled, NC>, smem);
   tiled_rows_kernel<kSampled, NC><<<(unsigned)cuda::ceil_div(R, kBM), tile::kThreads, smem, s>>>(
-      loss, dh, dE, lse, h, E, targets, neg, R, C, N, gs);
+      loss, dh, dE, lse, h, E, targets, neg, logq, R, C, N, gs);
   FSR_CUDA_LAUNCH_CHECK();
   if (gs == 0.f || N == 0) return;
   // Row ranges: about two blocks per multiprocessor in all.
@@ -285,7 +314,8 @@ void launch_tiled(float* loss, float* dh, float* dE, float* lse, const float* h,
   tile::allow_smem(tiled_items_kernel<kSampled, NC>, smem);
   const dim3 grid((unsigned)cuda::ceil_div(N, kBM), (unsigned)sp.splits);
   tiled_items_kernel<kSampled, NC><<<grid, tile::kThreads, smem, s>>>(
-      dE, h, E, targets, neg, lse, R, C, N, gs, sp.tiles_per_split, kSampled || sp.splits > 1);
+      dE, h, E, targets, neg, logq, lse, R, C, N, gs, sp.tiles_per_split,
+      kSampled || sp.splits > 1);
   FSR_CUDA_LAUNCH_CHECK();
 }
 
@@ -299,13 +329,14 @@ constexpr int kChunkedBlocks = 256;  // about this many items-kernel blocks
 // Ss[r][j] <- ds of row row0 + r and candidate j0 + j (0 where masked or outside).
 template <bool kSampled>
 __device__ void chunked_to_grad(float (*Ss)[kIT + 1], int row0, int R, int j0, int N,
-                                const int32_t* targets, const int32_t* neg, const float* lse,
-                                float gs) {
+                                const int32_t* targets, const int32_t* neg, const float* logq,
+                                const float* lse, float gs) {
   for (int idx = threadIdx.x; idx < kRT * kIT; idx += tile::kThreads) {
     const int r = idx / kIT, j = idx % kIT;
     const int row = row0 + r, jj = j0 + j;
     const bool in = row < R && jj < N;
-    Ss[r][j] = grad_of<kSampled>(Ss[r][j], in, in ? item_of<kSampled>(neg, jj) : -1,
+    const float s = corrected<kSampled>(Ss[r][j], in ? lq_of<kSampled>(logq, neg, jj) : 0.f);
+    Ss[r][j] = grad_of<kSampled>(s, in, in ? item_of<kSampled>(neg, jj) : -1,
                                  in ? targets[row] : 0, in ? lse[row] : 0.f, gs);
   }
   __syncthreads();
@@ -314,8 +345,8 @@ __device__ void chunked_to_grad(float (*Ss)[kIT + 1], int row0, int R, int j0, i
 template <bool kSampled>
 __global__ void __launch_bounds__(tile::kThreads)
     chunked_rows_kernel(float* loss, float* dh, float* dE, float* lse, const float* h,
-                        const float* E, const int32_t* targets, const int32_t* neg, int R, int C,
-                        int N, float gs) {
+                        const float* E, const int32_t* targets, const int32_t* neg,
+                        const float* logq, int R, int C, int N, float gs) {
   __shared__ float Hs[kRT][kKC + 1];
   __shared__ float Es[kIT][kKC + 1];
   __shared__ float Ss[kRT][kIT + 1];
@@ -350,7 +381,9 @@ __global__ void __launch_bounds__(tile::kThreads)
         for (int c = lane; c < C; c += 32)
           d = fmaf(h[(size_t)row * C + c], E[(size_t)t * C + c], d);
       tg[q] = t;
-      sp[q] = ok ? warp_sum(d) : __int_as_float(0x7fffffff);
+      d = warp_sum(d);
+      if (kSampled && logq != nullptr) d = corrected<kSampled>(d, logq[t]);
+      sp[q] = ok ? d : __int_as_float(0x7fffffff);
       if (kSampled) {
         m[q] = sp[q];
         z[q] = 1.f;
@@ -366,7 +399,10 @@ __global__ void __launch_bounds__(tile::kThreads)
       const int jj0 = j0 + lane, jj1 = j0 + lane + 32;
       const bool in0 = jj0 < N && !(kSampled && item_of<kSampled>(neg, jj0) == tg[q]);
       const bool in1 = jj1 < N && !(kSampled && item_of<kSampled>(neg, jj1) == tg[q]);
-      const float v0 = in0 ? Ss[r][lane] : -INFINITY, v1 = in1 ? Ss[r][lane + 32] : -INFINITY;
+      const float v0 =
+          in0 ? corrected<kSampled>(Ss[r][lane], lq_of<kSampled>(logq, neg, jj0)) : -INFINITY;
+      const float v1 =
+          in1 ? corrected<kSampled>(Ss[r][lane + 32], lq_of<kSampled>(logq, neg, jj1)) : -INFINITY;
       const float mn = fmaxf(m[q], warp_max(fmaxf(v0, v1)));
       const bool any = mn != -INFINITY;
       const float e = warp_sum(any ? expf(v0 - mn) + expf(v1 - mn) : 0.f);
@@ -406,7 +442,7 @@ __global__ void __launch_bounds__(tile::kThreads)
     }
   for (int j0 = 0; j0 < N; j0 += kIT) {
     tile::chunk::score<kRT>(Ss, Hs, Es, C, rows, cands(j0));
-    chunked_to_grad<kSampled>(Ss, row0, R, j0, N, targets, neg, lse, gs);
+    chunked_to_grad<kSampled>(Ss, row0, R, j0, N, targets, neg, logq, lse, gs);
     for (int c0 = 0; c0 < C; c0 += kKC) {
       __syncthreads();  // earlier readers of Es are done
       tile::chunk::load(Es, kIT, C, c0, cands(j0));
@@ -443,8 +479,8 @@ __global__ void __launch_bounds__(tile::kThreads)
 template <bool kSampled>
 __global__ void __launch_bounds__(tile::kThreads)
     chunked_items_kernel(float* dE, float* scratch, const float* h, const float* E,
-                         const int32_t* targets, const int32_t* neg, const float* lse, int R,
-                         int C, int N, float gs, int tiles_per_split) {
+                         const int32_t* targets, const int32_t* neg, const float* logq,
+                         const float* lse, int R, int C, int N, float gs, int tiles_per_split) {
   __shared__ float Hs[kRT][kKC + 1];
   __shared__ float Es[kIT][kKC + 1];
   __shared__ float Ss[kRT][kIT + 1];
@@ -470,7 +506,7 @@ __global__ void __launch_bounds__(tile::kThreads)
     const int r0 = t * kRT;
     auto rows = [&](int r) { return r0 + r < R ? h + (size_t)(r0 + r) * C : nullptr; };
     tile::chunk::score<kRT>(Ss, Hs, Es, C, rows, cands);
-    chunked_to_grad<kSampled>(Ss, r0, R, j0, N, targets, neg, lse, gs);
+    chunked_to_grad<kSampled>(Ss, r0, R, j0, N, targets, neg, logq, lse, gs);
     for (int c0 = 0; c0 < C; c0 += kKC) {
       __syncthreads();  // earlier readers of Hs are done
       tile::chunk::load(Hs, kRT, C, c0, rows);
@@ -501,11 +537,11 @@ __global__ void __launch_bounds__(tile::kThreads)
 
 template <bool kSampled>
 void launch_chunked(float* loss, float* dh, float* dE, float* workspace, const float* h,
-                    const float* E, const int32_t* targets, const int32_t* neg, int R, int C,
-                    int N, float gs, cudaStream_t s) {
+                    const float* E, const int32_t* targets, const int32_t* neg,
+                    const float* logq, int R, int C, int N, float gs, cudaStream_t s) {
   float* lse = workspace;
   chunked_rows_kernel<kSampled><<<(unsigned)cuda::ceil_div(R, kRT), tile::kThreads, 0, s>>>(
-      loss, dh, dE, lse, h, E, targets, neg, R, C, N, gs);
+      loss, dh, dE, lse, h, E, targets, neg, logq, R, C, N, gs);
   FSR_CUDA_LAUNCH_CHECK();
   if (gs == 0.f || N == 0) return;
   const RowSplit sp = cuda::row_split(R, N, kRT, kIT, kChunkedBlocks);
@@ -514,7 +550,7 @@ void launch_chunked(float* loss, float* dh, float* dE, float* workspace, const f
   float* scratch = kSampled || sp.splits > 1 ? workspace + R : nullptr;
   const dim3 grid((unsigned)cuda::ceil_div(N, kIT), (unsigned)sp.splits);
   chunked_items_kernel<kSampled><<<grid, tile::kThreads, 0, s>>>(
-      dE, scratch, h, E, targets, neg, lse, R, C, N, gs, sp.tiles_per_split);
+      dE, scratch, h, E, targets, neg, logq, lse, R, C, N, gs, sp.tiles_per_split);
   FSR_CUDA_LAUNCH_CHECK();
 }
 
@@ -531,18 +567,25 @@ size_t workspace(int R, int C, int N) {
 }
 
 // The loss of R rows over N candidates; workspace: workspace<kSampled>(R, C, N) floats.
+// logq: the sampled loss's logQ table (V + 1 floats) or null; null for the full softmax.
 template <bool kSampled>
 void run(float* loss, float* dh, float* dE, float* workspace, const float* h, const float* E,
-         const int32_t* targets, const int32_t* neg, int R, int C, int N, float gs,
-         cudaStream_t s) {
+         const int32_t* targets, const int32_t* neg, const float* logq, int R, int C, int N,
+         float gs, cudaStream_t s) {
+  if (!kSampled) logq = nullptr;
   if (C > kMaxC)
-    return launch_chunked<kSampled>(loss, dh, dE, workspace, h, E, targets, neg, R, C, N, gs, s);
+    return launch_chunked<kSampled>(loss, dh, dE, workspace, h, E, targets, neg, logq, R, C, N,
+                                    gs, s);
   float* lse = workspace;
   switch (tile::nc_for(C)) {
-    case 1: return launch_tiled<kSampled, 1>(loss, dh, dE, lse, h, E, targets, neg, R, C, N, gs, s);
-    case 2: return launch_tiled<kSampled, 2>(loss, dh, dE, lse, h, E, targets, neg, R, C, N, gs, s);
-    case 4: return launch_tiled<kSampled, 4>(loss, dh, dE, lse, h, E, targets, neg, R, C, N, gs, s);
-    default: return launch_tiled<kSampled, 8>(loss, dh, dE, lse, h, E, targets, neg, R, C, N, gs, s);
+    case 1:
+      return launch_tiled<kSampled, 1>(loss, dh, dE, lse, h, E, targets, neg, logq, R, C, N, gs, s);
+    case 2:
+      return launch_tiled<kSampled, 2>(loss, dh, dE, lse, h, E, targets, neg, logq, R, C, N, gs, s);
+    case 4:
+      return launch_tiled<kSampled, 4>(loss, dh, dE, lse, h, E, targets, neg, logq, R, C, N, gs, s);
+    default:
+      return launch_tiled<kSampled, 8>(loss, dh, dE, lse, h, E, targets, neg, logq, R, C, N, gs, s);
   }
 }
 

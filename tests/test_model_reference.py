@@ -15,7 +15,19 @@ import fastsasrec
 from reference import model as RM
 
 CORE = fastsasrec._core
-LOSSES = ["bce", "sampled_softmax", "softmax"]
+LOSSES = ["bce", "sampled_softmax", "softmax", "gbce", "sampled_softmax_mixed",
+          "sampled_softmax_popularity", "sampled_softmax_in_batch"]
+# Each case's engine configuration: the loss and its sampler (the sampled softmax's
+# non-uniform negatives with the logQ correction, gbce with a calibration t < 1).
+LOSS_CFG = {
+    "bce": dict(loss="bce"), "sampled_softmax": dict(loss="sampled_softmax"),
+    "softmax": dict(loss="softmax"), "gbce": dict(loss="gbce", gbce_t=0.5, n_negatives=3),
+    "sampled_softmax_mixed": dict(loss="sampled_softmax", negatives="mixed", logq_correction=True),
+    "sampled_softmax_popularity": dict(loss="sampled_softmax", negatives="popularity",
+                                       logq_correction=True),
+    "sampled_softmax_in_batch": dict(loss="sampled_softmax", negatives="in_batch",
+                                     logq_correction=False),
+}
 STEP = 3
 
 GOLDEN = dict(n_items=11, factors=12, n_heads=2, n_layers=2, max_seq=6, dropout=0.3,
@@ -43,17 +55,28 @@ def _flat_sequences():
     return items, offsets
 
 
+def _counts(cfg):
+    """The trainable sequences' target counts (the popularity samplers' and logQ's)."""
+    items, offsets = _flat_sequences()
+    keep = np.concatenate([[0], np.cumsum([len(SEQUENCES[i]) for i in TRAINABLE])]).astype(np.int64)
+    flat = np.concatenate([SEQUENCES[i] for i in TRAINABLE]).astype(np.int32)
+    return RM.target_counts(flat, keep, cfg)
+
+
 def _setup(config_name, loss, seed):
     """(model, cfg, batch, float32 params): the model's initial parameters plus noise (so
-    biases and layernorm gains are not trivially 0 / 1), and a batch from build_batch."""
-    cfg = dict(GOLDEN, **CONFIGS[config_name], loss=loss)
+    biases and layernorm gains are not trivially 0 / 1), and a batch from build_batch.
+    cfg carries the target counts (key _counts) the reference needs for the logQ table."""
+    cfg = dict(GOLDEN, **CONFIGS[config_name], **LOSS_CFG[loss])
     model = CORE.Model(cfg)
     rng = np.random.default_rng(seed)
     params = (model.get_params() + 0.1 * rng.standard_normal(model.n_params)).astype(np.float32)
     model.set_params(params)
+    counts = _counts(cfg)
+    model.set_target_counts(counts)
     items, offsets = _flat_sequences()
     batch = model.build_batch(items, offsets, TRAINABLE, STEP)
-    return model, cfg, batch, params
+    return model, dict(cfg, _counts=counts), batch, params
 
 
 def _run(model, batch, train, grad, step=STEP):
@@ -64,15 +87,20 @@ def _run(model, batch, train, grad, step=STEP):
 # --------------------------------------------------------------------------- batches
 @pytest.mark.parametrize("loss", LOSSES)
 def test_build_batch_matches_reference(loss):
-    cfg = dict(GOLDEN, loss=loss)
+    cfg = dict(GOLDEN, **LOSS_CFG[loss])
     model = CORE.Model(cfg)
     items, offsets = _flat_sequences()
+    counts = _counts(cfg)
+    flat = np.concatenate([SEQUENCES[i] for i in TRAINABLE]).astype(np.int32)
+    starts = np.concatenate([[0], np.cumsum([len(SEQUENCES[i]) for i in TRAINABLE])]).astype(np.int64)
+    np.testing.assert_array_equal(model.target_counts(flat, starts), counts)
+    model.set_target_counts(counts)
     seqs = np.array([4, 0, 1, 3, 5], np.int64)  # any order
     with pytest.raises(ValueError, match="sequence 2 has 1 items; a training sequence needs 2"):
         model.build_batch(items, offsets, np.array([4, 2], np.int64), 1)
     for step in (1, STEP, 1000):
         got = model.build_batch(items, offsets, seqs, step)
-        ref = RM.build_batch(items, offsets, seqs, cfg, step)
+        ref = RM.build_batch(items, offsets, seqs, cfg, step, counts)
         for k in ("items", "targets", "pos", "cu", "negatives"):
             np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{loss} step {step}: {k}")
     assert np.diff(got["cu"]).min() == 1, "the 2-item sequence must give a 1-row sequence"

@@ -677,6 +677,22 @@ LOSS_CASES = [  # (kind, R, C, V, N, grad_scale, logit scale, seed)
     # the GPU's tiled path: 64 rows x 64 candidates, C up to 128 (wider C: the chunked one)
     ("sampled_softmax", 65, 128, 300, 64, 1 / 65, 1.0, 137),
     ("softmax", 129, 128, 130, 0, 1 / 129, 1.0, 138),
+    # the sampled softmax with the logQ correction (a random log-probability table)
+    ("sampled_softmax_logq", 1, 13, 11, 1, 1.0, 1.0, 140),
+    ("sampled_softmax_logq", 9, 13, 11, 5, 1 / 9, 1.0, 141),   # targets among negatives, repeats
+    ("sampled_softmax_logq", 30, 20, 50, 30, 1.0, 5.0, 142),
+    ("sampled_softmax_logq", 7, 5, 9, 8, 0.0, 1.0, 143),       # forward only
+    ("sampled_softmax_logq", 65, 128, 300, 64, 1 / 65, 1.0, 144),   # the GPU's tiled path
+    ("sampled_softmax_logq", 33, 130, 300, 65, 1 / 33, 1.0, 145),   # its chunked path
+    ("sampled_softmax_logq", 1100, 8, 60, 4000, 1 / 1100, 1.0, 146),  # 2 CPU chunks
+    # gbce: N negatives per row (beta from the case's seed parity: 1 or a calibrated 0.3)
+    ("gbce", 1, 13, 11, 1, 1.0, 1.0, 150),       # the only negative is the target
+    ("gbce", 9, 13, 11, 5, 1 / 9, 1.0, 151),     # negatives hold targets, repeats
+    ("gbce", 40, 20, 50, 16, 0.0, 1.0, 152),     # forward only
+    ("gbce", 300, 20, 30, 40, 1e-3, 1.0, 153),   # threaded scatter into dE
+    ("gbce", 16, 8, 10, 7, 0.5, 8.0, 154),       # large logits (saturated sigmoids)
+    ("gbce", 33, 130, 300, 65, 1 / 33, 1.0, 155), ("gbce", 257, 7, 100, 3, 1 / 257, 1.0, 156),
+    ("gbce", 5, 1, 7, 256, 1.0, 1.0, 157),
 ]
 LOSS_ID = lambda k, r, c, v, n, g, sc, s: f"{k}-R{r}-C{c}-V{v}-N{n}-gs{g:.3g}-x{sc}-s{s}"  # noqa: E731
 
@@ -688,7 +704,13 @@ def _loss_inputs(kind, R_, C, V, N, scale, rng):
     if kind == "bce":
         negatives = rng.integers(1, V + 1, R_).astype(np.int32)
         negatives[::3] = targets[::3]
-    elif kind == "sampled_softmax":
+    elif kind == "gbce":
+        negatives = rng.integers(1, V + 1, (R_, N)).astype(np.int32)
+        negatives[::3, 0] = targets[::3]  # targets among a row's negatives
+        if N > 2:
+            negatives[:, 2] = negatives[:, 1]  # a repeated negative
+        negatives = negatives.ravel()
+    elif kind.startswith("sampled_softmax"):
         negatives = rng.integers(1, V + 1, N).astype(np.int32)
         negatives[: min(N, 3)] = targets[: min(N, 3)]  # targets among the negatives
         if N > 4:
@@ -698,31 +720,74 @@ def _loss_inputs(kind, R_, C, V, N, scale, rng):
     return h, E, targets, negatives
 
 
+def _loss_extra(kind, V, seed):
+    """(op kind, logq, beta) of a case: the logq table is drawn from the seed (log-
+    probabilities of a random distribution over items 1..V, row 0 unused)."""
+    if kind == "sampled_softmax_logq":
+        rng = np.random.default_rng(seed + 1000)
+        q = rng.gamma(0.5, size=V + 1)
+        logq = np.log(q / q[1:].sum()).astype(np.float32)
+        logq[0] = 0.0
+        return "sampled_softmax", logq, 1.0
+    if kind == "gbce":
+        return "gbce", None, 1.0 if seed % 2 == 0 else 0.3
+    return kind, None, 1.0
+
+
+def _ref_loss(kind, h, E, t, n, gs, seed):
+    op, logq, beta = _loss_extra(kind, E.shape[0] - 1, seed)
+    return R.loss(op, h, E, t, n, gs, logq=logq, beta=beta)
+
+
 def _softmax_probs(logits):
     lz = np.max(logits, axis=1, keepdims=True)
     e = np.exp(logits - lz)
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _loss(ops, kind, h, E, t, n, gs, dE):
+def _loss(ops, kind, h, E, t, n, gs, dE, seed):
     """loss, dh of loss_<kind> on the engine, accumulating into dE (in place).  dh is
     written only with a gradient (grad_scale != 0): poisoned then, zeros otherwise."""
     R_, C = h.shape
-    V, N = E.shape[0] - 1, len(n)
+    V = E.shape[0] - 1
+    op, logq, beta = _loss_extra(kind, V, seed)
+    N = len(n) // R_ if op == "gbce" else len(n)
     loss = poison(R_)
     dh = poison(R_, C) if gs != 0 else zeros(R_, C)
     # Workspace arrives with whatever the arena held last: NaN here, so an op that reads
     # workspace it has not written fails.
-    ws = poison(getattr(ops, f"loss_{kind}_workspace")(R_, C, V, N))
-    getattr(ops, f"loss_{kind}")(loss, dh, dE, h, E, t, n, R_, C, V, N, gs, ws)
+    ws = poison(getattr(ops, f"loss_{op}_workspace")(R_, C, V, N))
+    if op == "sampled_softmax":
+        ops.loss_sampled_softmax(loss, dh, dE, h, E, t, n, logq, R_, C, V, N, gs, ws)
+    elif op == "gbce":
+        ops.loss_gbce(loss, dh, dE, h, E, t, n, R_, C, V, N, f32(beta), gs, ws)
+    else:
+        getattr(ops, f"loss_{op}")(loss, dh, dE, h, E, t, n, R_, C, V, N, gs, ws)
     return loss, dh
 
 
-def _loss_tolerances(kind, h, E, t, n, gs, rloss):
+def _loss_tolerances(kind, h, E, t, n, gs, rloss, seed):
     """Error allowances of (loss, dh, dE) from the magnitudes of the computation."""
     R_, C = h.shape
     V = E.shape[0] - 1
     ah, aE = np.abs(h.astype(np.float64)), np.abs(E.astype(np.float64))
+    kind, logq, beta = _loss_extra(kind, V, seed)
+    if kind == "gbce":
+        nn = n.reshape(R_, -1)
+        N = nn.shape[1]
+        mp = np.sum(ah * aE[t], axis=1)
+        mn = np.einsum("rc,rjc->rj", ah, aE[nn])
+        # Each logit off by up to C u m; the loss sums 1 + N softplus terms (1-Lipschitz).
+        tol_loss = bound(C + N, (beta * mp + mn.sum(axis=1)) / (1 + N) + np.abs(rloss))
+        g = abs(gs) / (1 + N)
+        wp = g * beta * (1 + mp)
+        wn = g * (1 + mn)
+        tol_dh = bound(C + N, wp[:, None] * aE[t] + np.einsum("rj,rjc->rc", wn, aE[nn]))
+        mag_dE = np.zeros_like(aE)
+        np.add.at(mag_dE, t, wp[:, None] * ah)
+        np.add.at(mag_dE, nn.ravel(), (wn[:, :, None] * ah[:, None, :]).reshape(-1, C))
+        tol_dE = bound(C + R_ * N, mag_dE)
+        return tol_loss, tol_dh, tol_dE
     if kind == "bce":
         mp, mn = np.sum(ah * aE[t], axis=1), np.sum(ah * aE[n], axis=1)
         # softplus is 1-Lipschitz: the loss inherits the two logits' errors.
@@ -735,9 +800,13 @@ def _loss_tolerances(kind, h, E, t, n, gs, rloss):
         tol_dE = bound(C + R_, mag_dE)
     else:
         if kind == "sampled_softmax":
-            signed = R.sampled_softmax_logits(h, E, t, n)
-            mags = np.where(np.isinf(signed), 0.0, np.concatenate([np.sum(ah * aE[t], axis=1)[:, None],
-                                                                    ah @ aE[n].T], axis=1))
+            signed = R.sampled_softmax_logits(h, E, t, n, logq)
+            mags = np.concatenate([np.sum(ah * aE[t], axis=1)[:, None], ah @ aE[n].T], axis=1)
+            if logq is not None:  # the correction's subtraction rounds at the logit's size
+                alq = np.abs(logq.astype(np.float64))
+                mags = mags + np.concatenate([alq[t][:, None],
+                                              np.broadcast_to(alq[n][None, :], (R_, len(n)))], axis=1)
+            mags = np.where(np.isinf(signed), 0.0, mags)
             M = 1 + len(n)
         else:
             signed = h.astype(np.float64) @ E[1:].astype(np.float64).T
@@ -773,9 +842,9 @@ def test_loss(ops, kind, R_, C, V, N, gs, scale, seed):
     h, E, t, n = _loss_inputs(kind, R_, C, V, N, scale, rng)
     gs = f32(gs)
     dE = zeros(V + 1, C)
-    loss, dh = _loss(ops, kind, h, E, t, n, gs, dE)
-    rloss, rdh, rdE = R.loss(kind, h, E, t, n, gs)
-    tol_loss, tol_dh, tol_dE = _loss_tolerances(kind, h, E, t, n, gs, rloss)
+    loss, dh = _loss(ops, kind, h, E, t, n, gs, dE, seed)
+    rloss, rdh, rdE = _ref_loss(kind, h, E, t, n, gs, seed)
+    tol_loss, tol_dh, tol_dE = _loss_tolerances(kind, h, E, t, n, gs, rloss, seed)
 
     assert_close(loss, rloss, tol_loss, f"{kind} loss", seed)
     assert_close(dh, rdh, tol_dh, f"{kind} dh", seed)
@@ -787,7 +856,8 @@ def test_loss(ops, kind, R_, C, V, N, gs, scale, seed):
 
 # Every kind: single and threaded scatters, the GPU's tiled paths, a forward only; not the
 # multi-chunk giants.
-LOSS_ACC_CASES = [c for c in LOSS_CASES if c[-1] in (52, 54, 57, 58, 63, 65, 130, 137, 138)]
+LOSS_ACC_CASES = [c for c in LOSS_CASES if c[-1] in (52, 54, 57, 58, 63, 65, 130, 137, 138,
+                                                            141, 144, 151, 152, 153, 155)]
 
 
 @pytest.mark.parametrize("kind,R_,C,V,N,gs,scale,seed", LOSS_ACC_CASES,
@@ -800,12 +870,12 @@ def test_loss_accumulates_into_dE(ops, kind, R_, C, V, N, gs, scale, seed):
     h, E, t, n = _loss_inputs(kind, R_, C, V, N, scale, rng)
     gs = f32(gs)
     plain = zeros(V + 1, C)
-    _loss(ops, kind, h, E, t, n, gs, plain)
+    _loss(ops, kind, h, E, t, n, gs, plain, seed)
     prefill = normal(rng, V + 1, C)
     dE = prefill.copy()
-    loss, dh = _loss(ops, kind, h, E, t, n, gs, dE)
-    rloss, rdh, rdE = R.loss(kind, h, E, t, n, gs)
-    tol_loss, tol_dh, tol_dE = _loss_tolerances(kind, h, E, t, n, gs, rloss)
+    loss, dh = _loss(ops, kind, h, E, t, n, gs, dE, seed)
+    rloss, rdh, rdE = _ref_loss(kind, h, E, t, n, gs, seed)
+    tol_loss, tol_dh, tol_dE = _loss_tolerances(kind, h, E, t, n, gs, rloss, seed)
     assert_close(loss, rloss, tol_loss, f"{kind} loss", seed)
     assert_close(dh, rdh, tol_dh, f"{kind} dh", seed)
     assert_accumulated(dE, prefill, plain, rdE, tol_dE, f"{kind} dE", seed)
@@ -1034,13 +1104,15 @@ def test_reference_fd_attention(lens, H, p, seed):
     _check(f, {"Q": Q, "K": K, "V": V}, {"Q": dQ, "K": dK, "V": dV}, "attention", seed)
 
 
-@pytest.mark.parametrize("kind,seed", [("bce", 99), ("sampled_softmax", 100), ("softmax", 101)])
+@pytest.mark.parametrize("kind,seed", [("bce", 99), ("sampled_softmax", 100), ("softmax", 101),
+                                       ("sampled_softmax_logq", 102), ("gbce", 103), ("gbce", 104)])
 def test_reference_fd_losses(kind, seed):
     rng = np.random.default_rng(seed)
     h, E = rng.standard_normal((4, 3)), rng.standard_normal((7, 3))
     t = np.array([1, 6, 2, 6])
-    n = np.array([6, 3, 3, 5]) if kind == "bce" else np.array([6, 3, 3, 5, 1]) if kind == "sampled_softmax" else None
+    n = {"bce": np.array([6, 3, 3, 5]), "softmax": None,
+         "gbce": np.array([6, 3, 3, 1, 6, 6, 5, 2, 4, 4, 1, 6])}.get(kind, np.array([6, 3, 3, 5, 1]))
     gs = 0.7
-    f = lambda q: gs * np.sum(R.loss(kind, q["h"], q["E"], t, n, gs)[0])  # noqa: E731
-    _, dh, dE = R.loss(kind, h, E, t, n, gs)
+    f = lambda q: gs * np.sum(_ref_loss(kind, q["h"], q["E"], t, n, gs, seed)[0])  # noqa: E731
+    _, dh, dE = _ref_loss(kind, h, E, t, n, gs, seed)
     _check(f, {"h": h, "E": E}, {"h": dh, "E": dE}, kind, seed)

@@ -145,6 +145,9 @@ Config parse_config(const py::dict& d, int* threads = nullptr) {
     else if (k == "dropout") c.dropout = v.cast<float>();
     else if (k == "loss") c.loss = parse_loss(v.cast<std::string>());
     else if (k == "n_negatives") c.n_negatives = v.cast<int>();
+    else if (k == "negatives") c.negatives = parse_negatives(v.cast<std::string>());
+    else if (k == "logq_correction") c.logq_correction = v.cast<bool>();
+    else if (k == "gbce_t") c.gbce_t = v.cast<float>();
     else if (k == "learning_rate") c.learning_rate = v.cast<float>();
     else if (k == "weight_decay") c.weight_decay = v.cast<float>();
     else if (k == "beta1") c.beta1 = v.cast<float>();
@@ -211,7 +214,8 @@ HostBatch batch_from_arrays(py::object items, py::object targets, py::object pos
     FSR_REQUIRE(b.pos[r] >= 0 && b.pos[r] < c.max_seq, "pos[", r, "] = ", b.pos[r], " outside 0..", c.max_seq - 1);
   }
   const size_t need = c.loss == LossKind::BCE ? (size_t)R
-                      : c.loss == LossKind::SampledSoftmax ? (size_t)c.n_negatives : 0;
+                      : c.loss == LossKind::SampledSoftmax ? (size_t)c.n_negatives
+                      : c.loss == LossKind::GBCE ? (size_t)R * c.n_negatives : 0;
   FSR_REQUIRE(b.negatives.size() == need, "negatives must have ", need, " entries for loss '",
               loss_name(c.loss), "', got ", b.negatives.size());
   for (size_t j = 0; j < b.negatives.size(); ++j)
@@ -554,6 +558,17 @@ PYBIND11_MODULE(_core, m) {
         s.build_batch(it.data(), off.data(), sq.data(), (int)sq.shape(0), step, b);
         return batch_to_dict(b);
       })
+      .def("target_counts", [](const Model& s, py::object items, py::object offsets) {
+        auto it = arr<int32_t>(items, "items", 1);
+        auto off = arr<int64_t>(offsets, "offsets", 1);
+        check_sequences(it, off, s.config().n_items, "sequences");
+        const auto c = s.target_counts(it.data(), off.data(), off.shape(0) - 1);
+        return to_numpy(c, {(py::ssize_t)c.size()});
+      }, py::arg("items"), py::arg("offsets"))
+      .def("set_target_counts", [](Model& s, py::object counts) {
+        auto c = arr<int64_t>(counts, "counts", 1);
+        s.set_target_counts(std::vector<int64_t>(c.data(), c.data() + c.size()));
+      }, py::arg("counts"))
       .def("forward_backward", [](Model& s, py::object items, py::object targets, py::object pos, py::object cu, py::object negatives, bool train, bool grad, int64_t step) {
         HostBatch b = batch_from_arrays(items, targets, pos, cu, negatives, s.config());
         py::gil_scoped_release nogil;

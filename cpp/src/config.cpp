@@ -1,5 +1,6 @@
 #include "fastsasrec/config.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "fastsasrec/common.h"
@@ -25,9 +26,10 @@ void Config::validate(bool with_catalogue) const {
   FSR_REQUIRE(adam_eps > 0.f, "adam_eps must be > 0, got ", adam_eps);
   FSR_REQUIRE(ln_eps > 0.f, "ln_eps must be > 0, got ", ln_eps);
   FSR_REQUIRE(n_negatives >= 1, "n_negatives must be >= 1, got ", n_negatives);
+  FSR_REQUIRE(gbce_t >= 0.f && gbce_t <= 1.f, "gbce_t must be in [0, 1], got ", gbce_t);
   if (!with_catalogue) return;
   FSR_REQUIRE(n_items >= 1, "n_items must be >= 1, got ", n_items);
-  if (loss == LossKind::SampledSoftmax) {
+  if (loss == LossKind::SampledSoftmax || loss == LossKind::GBCE) {
     FSR_REQUIRE(n_negatives < n_items, "n_negatives (", n_negatives,
                 ") must be smaller than the catalogue (", n_items, " items)");
   }
@@ -39,7 +41,33 @@ LossKind parse_loss(const std::string& name) {
   if (name == "bce") return LossKind::BCE;
   if (name == "sampled_softmax") return LossKind::SampledSoftmax;
   if (name == "softmax") return LossKind::Softmax;
-  throw ValueError("loss must be one of 'bce', 'sampled_softmax', 'softmax', got '" + name + "'");
+  if (name == "gbce") return LossKind::GBCE;
+  throw ValueError("loss must be one of 'bce', 'sampled_softmax', 'softmax', 'gbce', got '" + name +
+                   "'");
+}
+
+float Config::gbce_beta() const {
+  const double alpha = (double)n_negatives / std::max(1, n_items - 1);
+  return (float)(alpha * (gbce_t * (1.0 - 1.0 / alpha) + 1.0 / alpha));
+}
+
+NegativeKind parse_negatives(const std::string& name) {
+  if (name == "uniform") return NegativeKind::Uniform;
+  if (name == "popularity") return NegativeKind::Popularity;
+  if (name == "in_batch") return NegativeKind::InBatch;
+  if (name == "mixed") return NegativeKind::Mixed;
+  throw ValueError("negatives must be one of 'uniform', 'popularity', 'in_batch', 'mixed', got '" +
+                   name + "'");
+}
+
+std::string negatives_name(NegativeKind kind) {
+  switch (kind) {
+    case NegativeKind::Uniform: return "uniform";
+    case NegativeKind::Popularity: return "popularity";
+    case NegativeKind::InBatch: return "in_batch";
+    case NegativeKind::Mixed: return "mixed";
+  }
+  return "?";
 }
 
 Precision parse_precision(const std::string& name) {
@@ -55,6 +83,7 @@ std::string loss_name(LossKind kind) {
     case LossKind::BCE: return "bce";
     case LossKind::SampledSoftmax: return "sampled_softmax";
     case LossKind::Softmax: return "softmax";
+    case LossKind::GBCE: return "gbce";
   }
   return "?";
 }

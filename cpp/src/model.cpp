@@ -128,6 +128,7 @@ Model::Model(const Config& cfg, const std::string& device, int threads) : cfg_(c
   score_buf_ = std::make_unique<Buffer>(*be_);
   loss_buf_ = std::make_unique<Buffer>(*be_);
   backup_ = std::make_unique<Buffer>(*be_);
+  logq_ = std::make_unique<Buffer>(*be_);
   train_acts_ = std::make_unique<Acts>();
   infer_acts_ = std::make_unique<Acts>();
   init_params(cfg_.seed);
@@ -255,7 +256,9 @@ void Model::ensure_acts(Acts& a, int R, int B, bool training) {
   for (int32_t** p : {&a.items, &a.targets, &a.pos}) i(p, Rs);
   i(&a.cu, (size_t)B + 1);
   i(&a.rows, (size_t)B);
-  i(&a.neg, std::max<size_t>(Rs, (size_t)std::max(cfg_.n_negatives, 1)));
+  const size_t n_neg = cfg_.loss == LossKind::GBCE ? Rs * (size_t)cfg_.n_negatives
+                                                   : (size_t)std::max(cfg_.n_negatives, 1);
+  i(&a.neg, std::max<size_t>(Rs, n_neg));
   size_t total = 0;
   for (auto& pl : plan) total += (pl.second + 15) / 16 * 16;
   a.arena = std::make_unique<Buffer>(*be_, total * 4);
@@ -406,6 +409,7 @@ size_t Model::loss_workspace(int R) const {
     case LossKind::BCE: return be_->loss_bce_workspace(R, C, V, N);
     case LossKind::SampledSoftmax: return be_->loss_sampled_softmax_workspace(R, C, V, N);
     case LossKind::Softmax: return be_->loss_softmax_workspace(R, C, V, N);
+    case LossKind::GBCE: return be_->loss_gbce_workspace(R, C, V, N);
   }
   return 0;
 }
@@ -421,11 +425,15 @@ void Model::loss(float* loss, float* dh, const float* h, const Acts& a, int R, f
       return be_->loss_bce(loss, dh, dE, h, E, a.targets, a.neg, R, C, V, N, grad_scale,
                            a.workspace);
     case LossKind::SampledSoftmax:
-      return be_->loss_sampled_softmax(loss, dh, dE, h, E, a.targets, a.neg, R, C, V, N,
+      return be_->loss_sampled_softmax(loss, dh, dE, h, E, a.targets, a.neg,
+                                       cfg_.uses_logq() ? logq_->f() : nullptr, R, C, V, N,
                                        grad_scale, a.workspace);
     case LossKind::Softmax:
       return be_->loss_softmax(loss, dh, dE, h, E, a.targets, a.neg, R, C, V, N, grad_scale,
                                a.workspace);
+    case LossKind::GBCE:
+      return be_->loss_gbce(loss, dh, dE, h, E, a.targets, a.neg, R, C, V, N, cfg_.gbce_beta(),
+                            grad_scale, a.workspace);
   }
 }
 

@@ -41,16 +41,92 @@ void Model::build_batch(const int32_t* items, const int64_t* offsets, const int6
         out.negatives[r] = cand;
       }
     }
+  } else if (cfg_.loss == LossKind::GBCE) {
+    // N uniform negatives per row (the loss skips one equal to the row's target).
+    const int N = cfg_.n_negatives, R = out.R();
+    out.negatives.resize((size_t)R * N);
+    for (size_t e = 0; e < out.negatives.size(); ++e) out.negatives[e] = rng_int(key, e, 1, V);
   } else if (cfg_.loss == LossKind::SampledSoftmax) {
-    out.negatives.resize(cfg_.n_negatives);
-    for (int j = 0; j < cfg_.n_negatives; ++j) out.negatives[j] = rng_int(key, j, 1, V);
+    const int N = cfg_.n_negatives, R = out.R();
+    out.negatives.resize(N);
+    const NegativeKind kind = cfg_.negatives;
+    FSR_REQUIRE(kind != NegativeKind::Popularity || (int)pop_cdf_.size() == V,
+                "negatives='popularity' needs the target counts (set_target_counts)");
+    // mixed: the first half from the batch's targets, the rest uniform.
+    const int n_batch = kind == NegativeKind::InBatch ? N : kind == NegativeKind::Mixed ? N / 2 : 0;
+    for (int j = 0; j < N; ++j) {
+      if (j < n_batch) {
+        out.negatives[j] = out.targets[rng_int(key, j, 0, R - 1)];
+      } else if (kind == NegativeKind::Popularity) {
+        // 53 random bits, scaled to the total count: the first item whose cumulative
+        // count exceeds the draw.
+        const uint64_t bits = ((uint64_t)rng_u32(key, 2 * (uint64_t)j) << 21) |
+                              (rng_u32(key, 2 * (uint64_t)j + 1) >> 11);
+        const double u = (double)bits * 0x1p-53 * pop_cdf_.back();
+        const auto it = std::upper_bound(pop_cdf_.begin(), pop_cdf_.end(), u);
+        out.negatives[j] = 1 + (int32_t)std::min<ptrdiff_t>(it - pop_cdf_.begin(), V - 1);
+      } else {
+        out.negatives[j] = rng_int(key, j, 1, V);
+      }
+    }
   }
+}
+
+std::vector<int64_t> Model::target_counts(const int32_t* items, const int64_t* offsets,
+                                          int64_t n_seq) const {
+  const int T = cfg_.max_seq, V = cfg_.n_items;
+  std::vector<int64_t> counts(V + 1, 0);
+  for (int64_t s = 0; s < n_seq; ++s) {
+    const int64_t n = std::min<int64_t>(offsets[s + 1] - offsets[s] - 1, T);
+    for (int64_t e = offsets[s + 1] - n; e < offsets[s + 1]; ++e) {
+      const int32_t it = items[e];
+      FSR_REQUIRE(it >= 1 && it <= V, "sequences: item id ", it, " at position ", e,
+                  " is outside 1..", V);
+      ++counts[it];
+    }
+  }
+  return counts;
+}
+
+// q(i): popularity and in_batch draw item i with probability c_i / total (in_batch: a row
+// of a batch, so c_i / total on average over the epoch's batches); mixed draws half of the
+// N that way and half uniformly, q(i) = (n_batch c_i / total + (N - n_batch) / V) / N.
+// An item never a target gets q as if counted half a time (it is never drawn from the
+// counts, and a finite log keeps the table free of -inf).
+void Model::set_target_counts(const std::vector<int64_t>& counts) {
+  const int V = cfg_.n_items;
+  FSR_REQUIRE((int64_t)counts.size() == (int64_t)V + 1, "target counts: expected ", V + 1,
+              " entries, got ", counts.size());
+  if (counts == counts_ && (int)pop_cdf_.size() == V) return;
+  std::vector<double> cdf(V);
+  double total = 0.0;
+  for (int i = 1; i <= V; ++i) {
+    FSR_REQUIRE(counts[i] >= 0, "target counts: counts[", i, "] = ", counts[i], " is negative");
+    total += (double)counts[i];
+    cdf[i - 1] = total;
+  }
+  FSR_REQUIRE(total > 0, "target counts: every count is 0");
+  if (cfg_.uses_logq()) {
+    const int N = cfg_.n_negatives;
+    const double w_batch = cfg_.negatives == NegativeKind::Mixed ? (double)(N / 2) / N : 1.0;
+    std::vector<float> lq(V + 1, 0.f);
+    for (int i = 1; i <= V; ++i) {
+      const double c = counts[i] > 0 ? (double)counts[i] : 0.5;
+      lq[i] = (float)std::log(w_batch * c / total + (1.0 - w_batch) / V);
+    }
+    be_->upload(logq_->grow((V + 1) * sizeof(float)), lq.data(), (V + 1) * sizeof(float));
+    be_->synchronize();
+  }
+  pop_cdf_ = std::move(cdf);
+  counts_ = counts;
 }
 
 // Upload, forward, loss (+ backward): the per-row losses are left in a.loss.
 void Model::run_step(const HostBatch& batch, bool train, bool grad, int64_t step) {
   const Shape s{batch.R(), batch.B(), batch.n_max};
   FSR_ASSERT(s.R > 0 && s.B > 0);
+  FSR_REQUIRE(!cfg_.uses_logq() || !counts_.empty(),
+              "the logQ correction needs the target counts (set_target_counts)");
   Acts& a = *train_acts_;
   ensure_acts(a, s.R, s.B, true);
   upload_batch(batch, a);
@@ -90,6 +166,8 @@ Model::EpochResult Model::train_epoch(const int32_t* items, const int64_t* offse
                 " items; every training sequence needs 2 or more (fit drops shorter ones)");
     order[s] = s;
   }
+  if (cfg_.loss == LossKind::SampledSoftmax && cfg_.negatives != NegativeKind::Uniform)
+    set_target_counts(target_counts(items, offsets, n_seq));
   // Fisher-Yates with the counter RNG of this epoch.
   const uint64_t key = rng_key(cfg_.seed ^ (kSamplerSalt + 1), (uint64_t)epoch);
   for (int64_t i = (int64_t)order.size() - 1; i > 0; --i) {

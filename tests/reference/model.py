@@ -20,6 +20,7 @@ from . import ops
 CONFIG_DEFAULTS = dict(
     factors=64, ffn_factors=0, n_heads=1, n_layers=2, max_seq=50, dropout=0.2,
     loss="sampled_softmax", n_negatives=256, ln_eps=1e-8, seed=42,
+    negatives="uniform", logq_correction=False, gbce_t=0.75,
 )
 
 
@@ -74,7 +75,31 @@ def unflatten(flat, tensors) -> dict:
 
 
 # ----------------------------------------------------------------------------- batches
-def build_batch(items, offsets, seqs, cfg, step):
+def target_counts(items, offsets, cfg):
+    """(V + 1,) how often each item is a training target: each sequence's last
+    min(n - 1, max_seq) items (the sampled softmax's popularity counts)."""
+    c = full_config(cfg)
+    counts = np.zeros(c["n_items"] + 1, np.int64)
+    for s in range(len(offsets) - 1):
+        a, b = int(offsets[s]), int(offsets[s + 1])
+        n = min(b - a - 1, c["max_seq"])
+        np.add.at(counts, np.asarray(items[b - n: b], np.int64), 1)
+    return counts
+
+
+def logq_table(counts, cfg):
+    """(V + 1,) log q(item) of the sampler (popularity and in_batch: c_i / total; mixed:
+    (N//2 c_i / total + (N - N//2) / V) / N; a count of 0 taken as 0.5), rounded to float32."""
+    c = full_config(cfg)
+    V, N = c["n_items"], c["n_negatives"]
+    w = (N // 2) / N if c["negatives"] == "mixed" else 1.0
+    cnt = np.where(np.asarray(counts, np.float64) > 0, counts, 0.5)
+    lq = np.log(w * cnt / float(np.sum(counts[1:])) + (1 - w) / V).astype(np.float32)
+    lq[0] = 0.0
+    return lq
+
+
+def build_batch(items, offsets, seqs, cfg, step, counts=None):
     """The packed training batch of sequences ``seqs`` (indices into offsets).
 
     Each sequence (of 2 or more items) contributes its most recent max_seq + 1 items: inputs are all but the last, targets all but the first, positions right-aligned
@@ -105,8 +130,23 @@ def build_batch(items, offsets, seqs, cfg, step):
             draws = ops.rng_int(key, r * 64 + np.arange(64), 1, V)
             fresh = [d for d in draws if d not in seen]
             negs.append(fresh[0] if fresh else draws[-1])
+    elif c["loss"] == "gbce":  # N uniform draws per row, counters r N + j
+        negs = list(ops.rng_int(key, np.arange(len(out["targets"]) * c["n_negatives"]), 1, V))
     elif c["loss"] == "sampled_softmax":
-        negs = list(ops.rng_int(key, np.arange(c["n_negatives"]), 1, V))
+        N, R_ = c["n_negatives"], len(out["targets"])
+        kind = c["negatives"]
+        n_batch = N if kind == "in_batch" else N // 2 if kind == "mixed" else 0
+        negs = []
+        for j in range(N):
+            if j < n_batch:  # one of the batch's targets
+                negs.append(out["targets"][int(ops.rng_int(key, [j], 0, R_ - 1)[0])])
+            elif kind == "popularity":  # 53 random bits against the cumulative counts
+                hi, lo = (int(x) for x in ops.rng_u32(key, [2 * j, 2 * j + 1]))
+                u = ((hi << 21) | (lo >> 11)) * 2.0**-53
+                cdf = np.cumsum(np.asarray(counts[1:], np.float64))
+                negs.append(1 + min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), V - 1))
+            else:
+                negs.append(int(ops.rng_int(key, [j], 1, V)[0]))
     else:
         negs = []
     res = {k: np.asarray(v, np.int32) for k, v in out.items()}
@@ -187,7 +227,16 @@ def forward_backward(params, batch, cfg, step, train=True, grad=True):
 
     # ---- forward, keeping what the backward needs
     h, saved, x = _forward(P, items, pos, cu, c, masks)
-    per_row, dh, dE_loss = ops.loss(c["loss"], h, P["item_emb"], targets, negatives, 1.0 / R)
+    logq = None
+    if c["loss"] == "sampled_softmax" and c["negatives"] != "uniform" and c["logq_correction"]:
+        logq = logq_table(c["_counts"], c)
+    N = c["n_negatives"]
+    beta = 1.0
+    if c["loss"] == "gbce":  # alpha = N / (V - 1);  beta = alpha (t (1 - 1/alpha) + 1/alpha)
+        alpha = N / max(1, c["n_items"] - 1)
+        beta = float(np.float32(alpha * (np.float32(c["gbce_t"]) * (1 - 1 / alpha) + 1 / alpha)))
+    per_row, dh, dE_loss = ops.loss(c["loss"], h, P["item_emb"], targets, negatives, 1.0 / R,
+                                    logq=logq, beta=beta)
     mean_loss = float(np.mean(per_row))
     if not grad:
         return mean_loss, None

@@ -343,28 +343,35 @@ def bce_loss(h, E, targets, negatives, grad_scale):
     return loss, dh, dE
 
 
-def sampled_softmax_logits(h, E, targets, negatives):
-    """(R, 1 + N) logits [h.E[tgt], h.E[neg_1..N]], -inf where neg_j == tgt_r."""
+def sampled_softmax_logits(h, E, targets, negatives, logq=None):
+    """(R, 1 + N) logits [h.E[tgt], h.E[neg_1..N]], each less logq[item] when logq (V + 1
+    floats) is given, and -inf where neg_j == tgt_r."""
     h = np.asarray(h, np.float64)
     E = np.asarray(E, np.float64)
     t, n = np.asarray(targets), np.asarray(negatives)
     logits = np.concatenate([np.sum(h * E[t], axis=1)[:, None], h @ E[n].T], axis=1)
+    if logq is not None:
+        lq = np.asarray(logq, np.float64)
+        logits -= np.concatenate([lq[t][:, None], np.broadcast_to(lq[n][None, :], (len(t), len(n)))],
+                                 axis=1)
     logits[:, 1:] = np.where(n[None, :] == t[:, None], -np.inf, logits[:, 1:])
     return logits
 
 
-def sampled_softmax_loss(h, E, targets, negatives, grad_scale):
-    """Sampled softmax with N negatives shared by all rows.
+def sampled_softmax_loss(h, E, targets, negatives, grad_scale, logq=None):
+    """Sampled softmax with N negatives shared by all rows, logQ-corrected when logq is
+    given (Yi et al., RecSys 2019).
 
-    h (R, C), E (V + 1, C), targets (R,), negatives (N,).  Logits of row r:
-    [h.E[tgt], h.E[neg_1..N]], a negative equal to the row's target removed (-inf).
-    loss(R) = logsumexp(logits) - h.E[tgt];  returns (loss, dh (R, C), dE (V + 1, C)),
-    the gradients of grad_scale * sum(loss)."""
+    h (R, C), E (V + 1, C), targets (R,), negatives (N,), logq None or (V + 1,).  Logits of
+    row r: [h.E[tgt] - logq[tgt], h.E[neg_j] - logq[neg_j]], a negative equal to the row's
+    target removed (-inf).  loss(R) = logsumexp(logits) - logits[0];  returns (loss,
+    dh (R, C), dE (V + 1, C)), the gradients of grad_scale * sum(loss) (the correction is a
+    constant of each logit, so the gradients' form is the plain sampled softmax's)."""
     h = np.asarray(h, np.float64)
     E = np.asarray(E, np.float64)
     t, n = np.asarray(targets), np.asarray(negatives)
     Et, En = E[t], E[n]
-    logits = sampled_softmax_logits(h, E, t, n)
+    logits = sampled_softmax_logits(h, E, t, n, logq)
     lz = _logsumexp(logits, axis=1)
     loss = lz - logits[:, 0]
     ds = np.exp(logits - lz[:, None])
@@ -374,6 +381,33 @@ def sampled_softmax_loss(h, E, targets, negatives, grad_scale):
     dE = np.zeros_like(E)
     np.add.at(dE, t, ds[:, :1] * h)
     np.add.at(dE, n, ds[:, 1:].T @ h)
+    return loss, dh, dE
+
+
+def gbce_loss(h, E, targets, negatives, beta, grad_scale):
+    """gBCE (Petrov & Macdonald, RecSys 2023) with N negatives per row.
+
+    h (R, C), E (V + 1, C), targets (R,), negatives (R, N): row r's own negatives; one equal
+    to the row's target does not count.  With s_pos = h.E[tgt] and s_j = h.E[neg_j]:
+    loss(R) = (beta softplus(-s_pos) + sum_j softplus(s_j)) / (1 + N);  returns (loss,
+    dh (R, C), dE (V + 1, C)), the gradients of grad_scale * sum(loss)."""
+    h = np.asarray(h, np.float64)
+    E = np.asarray(E, np.float64)
+    t = np.asarray(targets)
+    R_ = len(t)
+    n = np.asarray(negatives).reshape(R_, -1)
+    N = n.shape[1]
+    counts = (n != t[:, None]).astype(np.float64)
+    sp = np.sum(h * E[t], axis=1)
+    sn = np.einsum("rc,rjc->rj", h, E[n])
+    loss = (float(beta) * _softplus(-sp) + np.sum(counts * _softplus(sn), axis=1)) / (1 + N)
+    g = float(grad_scale) / (1 + N)
+    a = -g * float(beta) * _sigmoid(-sp)   # d/ds_pos
+    b = g * _sigmoid(sn) * counts          # d/ds_j
+    dh = a[:, None] * E[t] + np.einsum("rj,rjc->rc", b, E[n])
+    dE = np.zeros_like(E)
+    np.add.at(dE, t, a[:, None] * h)
+    np.add.at(dE, n.ravel(), (b[:, :, None] * h[:, None, :]).reshape(-1, h.shape[1]))
     return loss, dh, dE
 
 
@@ -398,12 +432,14 @@ def softmax_loss(h, E, targets, grad_scale):
     return loss, ds @ E[1:], dE
 
 
-def loss(kind, h, E, targets, negatives, grad_scale):
-    """Dispatch on kind in {'bce', 'sampled_softmax', 'softmax'}: (loss, dh, dE)."""
+def loss(kind, h, E, targets, negatives, grad_scale, logq=None, beta=1.0):
+    """Dispatch on kind in {'bce', 'sampled_softmax', 'softmax', 'gbce'}: (loss, dh, dE)."""
     if kind == "bce":
         return bce_loss(h, E, targets, negatives, grad_scale)
     if kind == "sampled_softmax":
-        return sampled_softmax_loss(h, E, targets, negatives, grad_scale)
+        return sampled_softmax_loss(h, E, targets, negatives, grad_scale, logq)
+    if kind == "gbce":
+        return gbce_loss(h, E, targets, negatives, beta, grad_scale)
     if kind == "softmax":
         return softmax_loss(h, E, targets, grad_scale)
     raise ValueError(kind)

@@ -15,7 +15,11 @@
 
 namespace fsr {
 
-enum class LossKind { BCE = 0, SampledSoftmax = 1, Softmax = 2 };
+enum class LossKind { BCE = 0, SampledSoftmax = 1, Softmax = 2, GBCE = 3 };
+// Where the sampled softmax draws its N shared negatives from: the catalogue uniformly, the
+// training targets' unigram distribution, the batch's own targets, or half each of the
+// batch's targets and the catalogue.
+enum class NegativeKind { Uniform = 0, Popularity = 1, InBatch = 2, Mixed = 3 };
 // FP32: every product in fp32.  BF16: the operands of the linear layers' matrix products
 // are rounded to bfloat16 (to nearest, ties to even) and their products summed in fp32;
 // everything else (weights, activations, attention, losses, optimizer) stays fp32.

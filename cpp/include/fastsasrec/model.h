@@ -123,6 +123,14 @@ class Model {
   // Forward (+ backward when grad) on one packed batch; dropout masks of step `step` when
   // train. Gradients are left in the gradient arena. Returns the mean loss.
   double forward_backward(const HostBatch& batch, bool train, bool grad, int64_t step);
+  // The sampled softmax's popularity sampler (negatives 'popularity', 'in_batch', 'mixed'):
+  // counts[i] = how often item i (1..V; counts has V + 1 entries) is a training target.
+  // train_epoch sets them from its sequences (the targets its batches hold); a caller of
+  // build_batch or forward_backward sets them first.  Also sets the logQ table.
+  void set_target_counts(const std::vector<int64_t>& counts);
+  // counts as train_epoch sets them: each sequence's last min(n - 1, max_seq) items.
+  std::vector<int64_t> target_counts(const int32_t* items, const int64_t* offsets,
+                                     int64_t n_seq) const;
   // AdamW over the whole arena with the gradients of the last forward_backward.
   void optimizer_step();
 
@@ -182,6 +190,9 @@ class Model {
   std::unique_ptr<Buffer> score_buf_;  // inference scratch: states, exclusions, top-k
   std::unique_ptr<Buffer> loss_buf_;   // per-row losses of an epoch, summed when full
   std::unique_ptr<Buffer> backup_;     // params, m, v at an interruptible epoch's start
+  std::unique_ptr<Buffer> logq_;       // V + 1 floats: log q(item) of the sampler (uses_logq)
+  std::vector<double> pop_cdf_;        // V: cumulative target counts of items 1..V
+  std::vector<int64_t> counts_;        // V + 1: the target counts pop_cdf_ was built from
   mutable std::mutex mu_;  // guards the arenas and parameters across public calls
   int64_t step_ = 0;       // optimizer steps taken (AdamW's t, and dropout streams)
 };

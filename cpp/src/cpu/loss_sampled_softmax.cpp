@@ -1,5 +1,8 @@
-// Sampled softmax: N negatives shared by every row of the batch.
-//   s_pos(r) = h_r . E[tgt_r];   s(r, j) = h_r . E[neg_j], set to -inf where neg_j == tgt_r
+// Sampled softmax: N negatives shared by every row of the batch, with the logQ correction
+// (Yi et al., RecSys 2019) when logq is given: each logit less the log of its item's
+// sampling probability, lq(i) = logq[i] (0 for every item when logq is null).
+//   s_pos(r) = h_r . E[tgt_r] - lq(tgt_r);   s(r, j) = h_r . E[neg_j] - lq(neg_j), set to
+//   -inf where neg_j == tgt_r (a row's own target is never its negative)
 //   forward : loss(R) = logsumexp(s_pos, s(r, :)) - s_pos
 //   backward (grad_scale != 0), with softmax probabilities p_pos, p_j over [s_pos, s(r, :)]:
 //             ds(r, j) = grad_scale * p_j;  ds_pos = grad_scale * (p_pos - 1)
@@ -34,8 +37,9 @@ size_t loss_sampled_softmax_workspace(const Context&, int R, int C, int V, int N
 }
 
 void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE, const float* h,
-                          const float* E, const int32_t* targets, const int32_t* negatives, int R,
-                          int C, int V, int N, float grad_scale, float* workspace) {
+                          const float* E, const int32_t* targets, const int32_t* negatives,
+                          const float* logq, int R, int C, int V, int N, float grad_scale,
+                          float* workspace) {
   const bool grad = grad_scale != 0.f;
   const int rc = chunk_rows(R, N);
   float* En = workspace;
@@ -54,10 +58,13 @@ void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE,
         const long r = r0 + i;
         const float* hr = h + (size_t)r * C;
         const float* ep = E + (size_t)targets[r] * C;
-        const float sp = dot(hr, ep, C);
-        float* row = logits + (size_t)i * N;
         const int32_t t = targets[r];
-        for (int j = 0; j < N; ++j) row[j] = negatives[j] == t ? ninf : row[j];
+        const float sp = dot(hr, ep, C) - (logq ? logq[t] : 0.f);
+        float* row = logits + (size_t)i * N;
+        if (logq)
+          for (int j = 0; j < N; ++j) row[j] = negatives[j] == t ? ninf : row[j] - logq[negatives[j]];
+        else
+          for (int j = 0; j < N; ++j) row[j] = negatives[j] == t ? ninf : row[j];
         const float m = std::max(sp, row_max(row, N));
         const float ep_ = fast_exp(sp - m);
         // exp(s - m) is kept: the gradient is grad_scale * e / z
