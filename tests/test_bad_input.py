@@ -61,7 +61,7 @@ def test_set_params_checks_everything_before_setting_anything():
         m.set_params(factors=10, n_heads=4)
     with pytest.raises(ValueError, match="dropout must be in"):
         m.set_params(factors=16, dropout=2.0)
-    assert (m.factors, m.n_heads, m.dropout) == (8, 2, 0.3), "a failed set_params changes nothing"
+    assert (m.factors, m.n_heads, m.dropout) == (8, 2, "auto"), "a failed set_params changes nothing"
 
 
 def test_cuda_device_is_a_clear_error_without_backend():

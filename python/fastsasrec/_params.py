@@ -16,26 +16,28 @@ import numpy as np
 from fastsasrec import _core
 from fastsasrec._device import resolve_device
 
-LOSSES = ("auto", "sampled_softmax", "softmax", "bce")
+LOSSES = ("auto", "sampled_softmax", "softmax", "bce", "gbce")
+NEGATIVES = ("auto", "uniform", "popularity", "in_batch", "mixed")
 PRECISIONS = ("fp32", "bf16")
-# loss="auto" uses the full softmax up to this many items (where it costs at most about
-# twice the sampled softmax on a CPU and is the most accurate loss), sampled_softmax above.
-AUTO_SOFTMAX_MAX_ITEMS = 2048
 
 # name -> (kind, default), in the constructor's order.  kind: "int", "float", "choice",
-# "device" or "seed".
+# "device", "seed" or "flag" (True, False or None); "int" and "float" parameters whose
+# default is "auto" also take "auto" (chosen from the data by fit: _auto.py).
 PARAMS: Dict[str, tuple] = {
     "factors": ("int", 64),
     "n_layers": ("int", 2),
     "n_heads": ("int", 1),
-    "max_seq": ("int", 50),
-    "dropout": ("float", 0.3),
+    "max_seq": ("int", "auto"),
+    "dropout": ("float", "auto"),
     "loss": ("choice", "auto"),
+    "negatives": ("choice", "auto"),
+    "logq_correction": ("flag", None),
     "n_negatives": ("int", 256),
+    "gbce_t": ("float", 0.75),
     "learning_rate": ("float", 1e-3),
     "weight_decay": ("float", 0.0),
     "batch_size": ("int", 128),
-    "iterations": ("int", 50),
+    "iterations": ("int", "auto"),
     "device": ("device", "auto"),
     "random_state": ("seed", 42),
     "verbose": ("int", 0),
@@ -43,13 +45,20 @@ PARAMS: Dict[str, tuple] = {
     "precision": ("choice", "fp32"),
 }
 DEFAULTS: Dict[str, Any] = {name: default for name, (_, default) in PARAMS.items()}
-_CHOICES = {"loss": LOSSES, "precision": PRECISIONS}
+_CHOICES = {"loss": LOSSES, "negatives": NEGATIVES, "precision": PRECISIONS}
+AUTO = {name for name, (_, default) in PARAMS.items() if default == "auto"}
+# What the engine's range check sees for "auto" before the data is known.
+_AUTO_PLACEHOLDER = {"max_seq": 50, "dropout": 0.3, "loss": "softmax", "negatives": "uniform"}
 _PYTHON_ONLY_MIN = {"iterations": 0, "verbose": 0}  # the engine never sees these
 
 
 def convert(name: str, value: Any) -> Any:
     """The value as the type the parameter takes, or ValueError naming both."""
     kind = PARAMS[name][0]
+    if name in AUTO and isinstance(value, str) and value == "auto":
+        return value
+    if kind == "flag":
+        return None if value is None else flag(value, name)
     if kind == "choice":
         if not isinstance(value, str) or value not in _CHOICES[name]:
             raise ValueError(f"{name} must be one of {_CHOICES[name]}, got {value!r}")
@@ -66,7 +75,8 @@ def convert(name: str, value: Any) -> Any:
         return int(value)
     if kind == "int":
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
+            auto = ' (or "auto")' if name in AUTO else ""
+            raise ValueError(f"{name} must be an integer, got {value!r}{auto}")
         value = int(value)
         if name in _PYTHON_ONLY_MIN:
             if value < _PYTHON_ONLY_MIN[name]:
@@ -80,26 +90,28 @@ def convert(name: str, value: Any) -> Any:
     except OverflowError:
         number = None
     if number is None or not math.isfinite(number):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        auto = ' (or "auto")' if name in AUTO else ""
+        raise ValueError(f"{name} must be a finite number, got {value!r}{auto}")
     return number
 
 
-def resolve_loss(loss: str, n_items: int) -> str:
-    """The loss a fit on n_items items uses: ``loss`` itself unless it is "auto"."""
-    if loss != "auto":
-        return loss
-    return "softmax" if n_items <= AUTO_SOFTMAX_MAX_ITEMS else "sampled_softmax"
-
-
 def engine_config(params: Dict[str, Any], n_items: int, seed: int) -> Dict[str, Any]:
-    """The engine's configuration for a fit of ``params`` on n_items items."""
-    return dict(
+    """The engine's configuration for a fit of ``params`` (no "auto" left but iterations)
+    on n_items items.  The sampler's keys are written only for the losses that read them,
+    so that other models' files stay as older versions wrote them."""
+    cfg = dict(
         n_items=n_items, factors=params["factors"], n_heads=params["n_heads"],
         n_layers=params["n_layers"], max_seq=params["max_seq"], dropout=params["dropout"],
-        loss=resolve_loss(params["loss"], n_items), n_negatives=params["n_negatives"],
+        loss=params["loss"], n_negatives=params["n_negatives"],
         learning_rate=params["learning_rate"], weight_decay=params["weight_decay"],
         batch_size=params["batch_size"], seed=seed, precision=params["precision"],
     )
+    if params["loss"] == "sampled_softmax" and params["negatives"] != "uniform":
+        cfg["negatives"] = params["negatives"]
+        cfg["logq_correction"] = bool(params["logq_correction"])
+    if params["loss"] == "gbce":
+        cfg["gbce_t"] = params["gbce_t"]
+    return cfg
 
 
 def checked(params: Dict[str, Any], given: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -112,10 +124,10 @@ def checked(params: Dict[str, Any], given: Optional[Dict[str, Any]] = None) -> D
         out[name] = convert(name, value)
     # Without a catalogue, "auto" is checked as the loss with no catalogue checks.
     cfg = {k: v for k, v in out.items() if k in ("factors", "n_heads", "n_layers", "max_seq",
-                                                 "dropout", "n_negatives", "learning_rate",
-                                                 "weight_decay", "batch_size", "precision",
-                                                 "num_threads")}
-    cfg["loss"] = "softmax" if out["loss"] == "auto" else out["loss"]
+                                                 "dropout", "loss", "negatives", "n_negatives",
+                                                 "gbce_t", "learning_rate", "weight_decay",
+                                                 "batch_size", "precision", "num_threads")}
+    cfg.update({k: v for k, v in _AUTO_PLACEHOLDER.items() if cfg.get(k) == "auto"})
     if out["random_state"] is not None:
         cfg["seed"] = out["random_state"]
     _core.check_config(cfg)

@@ -64,8 +64,10 @@ _STREAM_ERRORS = (EOFError, NotImplementedError, RuntimeError, KeyError, Overflo
 # The engine's configuration keys (cpp/bindings/module.cpp, parse_config) and their types.
 _CONFIG_INTS = ("n_items", "factors", "ffn_factors", "n_heads", "n_layers", "max_seq",
                 "n_negatives", "batch_size")
-_CONFIG_FLOATS = ("dropout", "learning_rate", "weight_decay", "beta1", "beta2", "adam_eps", "ln_eps")
-_CONFIG_STRS = ("loss", "precision")
+_CONFIG_FLOATS = ("dropout", "learning_rate", "weight_decay", "beta1", "beta2", "adam_eps", "ln_eps",
+                  "gbce_t")
+_CONFIG_STRS = ("loss", "precision", "negatives")
+_CONFIG_BOOLS = ("logq_correction",)
 
 def layout(config: Dict[str, Any]) -> Tuple[List[Tuple[str, int, Tuple[int, ...]]], int]:
     """([(name, offset, shape)], n_params) of the engine's flat weights for ``config``,
@@ -210,6 +212,7 @@ def _model_meta(state: Any, tensors: List[Tuple[str, int, Tuple[int, ...]]]) -> 
         "item_id_kind": "str" if item_ids.dtype.kind == "U" else "int",
         "item_ids_ascending": is_ascending(item_ids),
         "loss_history": list(state.loss_history),
+        **({"defaults": state.defaults} if state.defaults else {}),
     }
 
 
@@ -398,6 +401,8 @@ def _check_config(config: Any, n_items: int, path: str) -> Dict[str, Any]:
             ok = _is_number(value) and math.isfinite(value)
         elif key in _CONFIG_STRS:
             ok = isinstance(value, str)
+        elif key in _CONFIG_BOOLS:
+            ok = isinstance(value, bool)
         else:
             raise ValueError(f"path {path!r}: unknown engine_config key {key!r}")
         if not ok:
@@ -627,7 +632,20 @@ def load(cls: Any, path: "os.PathLike[str] | str", device: str = "auto",
     engine.set_params(arrays["params"])
     model._set_fitted(engine, config, arrays["item_ids"], arrays["popularity"].astype(np.int64))
     model.loss_history_ = loss_history
+    if "defaults" in meta:
+        model._set_defaults(_defaults(meta, path))
     return model
+
+
+def _defaults(meta: Dict[str, Any], path: str) -> Dict[str, Dict[str, Any]]:
+    """The header's record of the settings "auto" chose: {name: {"value", "why", ...}}."""
+    d = meta["defaults"]
+    ok = isinstance(d, dict) and all(
+        isinstance(k, str) and isinstance(v, dict) and "value" in v and isinstance(v.get("why"), str)
+        for k, v in d.items())
+    if not ok:
+        raise ValueError(f"path {path!r}: invalid defaults {d!r}")
+    return d
 
 
 def _int_field(meta: Dict[str, Any], key: str, path: str, lo: int = 0) -> int:

@@ -155,8 +155,22 @@ def _parse_ids(text: str, model, flag: str) -> List[Any]:
     return tokens
 
 
+def _auto_or(kind):
+    """An argparse type: "auto" or a value of ``kind``."""
+    def parse(text: str):
+        if text == "auto":
+            return text
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__} or 'auto', got {text!r}") from None
+    parse.__name__ = f"{kind.__name__} or 'auto'"
+    return parse
+
+
 def _model_params(args: argparse.Namespace) -> Dict[str, Any]:
     given = dict(factors=args.factors, iterations=args.epochs, max_seq=args.max_seq, loss=args.loss,
+                 negatives=getattr(args, "negatives", None),
                  random_state=args.seed, num_threads=args.threads, n_layers=args.layers,
                  n_heads=args.heads, dropout=args.dropout, learning_rate=args.lr,
                  batch_size=args.batch_size)
@@ -222,6 +236,12 @@ def _train(args: argparse.Namespace) -> int:
     loss = f", final loss {model.loss_history_[-1]:.4f}" if model.loss_history_ else ""
     print(f"trained on {len(df):,} events of {n_users:,} users over {model.n_items:,} items: "
           f"{len(model.loss_history_)} epochs in {dt:.1f}s ({model.loss_} loss{loss})")
+    if model.defaults_:
+        print("chosen from the data: " + ", ".join(f"{k} {v['value']}" for k, v in model.defaults_.items())
+              + (" (epoch kept)" if "iterations" in model.defaults_ else ""))
+        if args.verbose:
+            for k, v in model.defaults_.items():
+                print(f"  {k}: {v['why']}")
     return _finish(model, args, "training")
 
 
@@ -484,12 +504,18 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_columns(t)
     t.add_argument("-o", "--output", required=True, metavar="MODEL", help="where to save the model")
     t.add_argument("--factors", type=int, help="embedding width (default: 64)")
-    t.add_argument("--epochs", type=int, help="training epochs (default: 50)")
-    t.add_argument("--max-seq", type=int, help="most recent items read per user (default: 50)")
-    t.add_argument("--loss", choices=["auto", "softmax", "sampled_softmax", "bce"], help="default: auto")
+    t.add_argument("--epochs", type=_auto_or(int), metavar="N|auto",
+                   help="training epochs (default: auto, early stopping on a held-out slice)")
+    t.add_argument("--max-seq", type=_auto_or(int), metavar="N|auto",
+                   help="most recent items read per user (default: auto, from the sequence lengths)")
+    t.add_argument("--loss", choices=["auto", "softmax", "sampled_softmax", "gbce", "bce"],
+                   help="default: auto (from the catalogue size)")
+    t.add_argument("--negatives", choices=["auto", "uniform", "popularity", "in_batch", "mixed"],
+                   help="the sampled softmax's negatives (default: auto)")
     t.add_argument("--layers", type=int, help="transformer blocks (default: 2)")
     t.add_argument("--heads", type=int, help="attention heads (default: 1)")
-    t.add_argument("--dropout", type=float, help="default: 0.3")
+    t.add_argument("--dropout", type=_auto_or(float), metavar="P|auto",
+                   help="default: auto, from the data's density")
     t.add_argument("--lr", type=float, help="learning rate (default: 0.001)")
     t.add_argument("--batch-size", type=int, help="default: 128")
     t.add_argument("--seed", type=int, help="random seed (default: 42)")

@@ -27,6 +27,7 @@ from fastsasrec import _core, _persist
 from fastsasrec import metrics as _metrics
 from fastsasrec._compat import NotebookCompat
 from fastsasrec._device import resolve_device
+from fastsasrec import _auto
 from fastsasrec._params import DEFAULTS, PARAMS, checked, engine_config, flag, positive_int
 from fastsasrec.data import (
     Sequences,
@@ -70,6 +71,7 @@ class _Fitted:
     best_epoch: int = 0
     interrupted: bool = False
     validation: Optional[Dict[str, Any]] = None
+    defaults: Optional[Dict[str, Dict[str, Any]]] = None
     cache: Dict[str, Any] = dataclasses.field(default_factory=dict, init=False, repr=False)
 
     def lookup(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -294,27 +296,50 @@ class SASRec(NotebookCompat):
         Width of the item embeddings and hidden states.
     n_layers, n_heads : int
         Transformer blocks and attention heads (``factors % n_heads == 0``).
-    max_seq : int
-        How many of the most recent items the model reads.
-    dropout : float
+    Every setting given as ``"auto"`` (the default of ``max_seq``, ``dropout``, ``loss``,
+    ``negatives`` and ``iterations``) is chosen by ``fit`` from the data it is given;
+    ``defaults_`` then says what was chosen and why.  A value given always wins.
+
+    max_seq : int or "auto"
+        How many of the most recent items the model reads.  ``auto``: the 90th percentile
+        of the sequence lengths, rounded up to 10, within 10..50.
+    dropout : float or "auto"
         Dropout rate on embeddings, attention probabilities and feed-forward layers.
-        The paper used 0.2 on dense data (MovieLens-1M) and 0.5 on sparse data; short
-        sessions are sparse, so the default sits between.
-    loss : {"auto", "sampled_softmax", "softmax", "bce"}
-        ``softmax`` is full cross-entropy over the catalogue (the most accurate);
-        ``sampled_softmax`` uses ``n_negatives`` uniform negatives shared across a batch
-        (cost independent of the catalogue); ``bce`` is the paper's loss (one sampled
-        negative per position).  ``auto`` picks ``softmax`` for catalogues of up to
-        2,048 items and ``sampled_softmax`` above; ``loss_`` says which was used.
+        ``auto`` follows the data's density (events / (sequences x items)), as the paper
+        used 0.2 on dense data and 0.5 on sparse: 0.2 at 1% or more, 0.5 at 0.1% or less.
+    loss : {"auto", "softmax", "sampled_softmax", "gbce", "bce"}
+        ``softmax`` is full cross-entropy over the catalogue; ``sampled_softmax`` uses
+        ``n_negatives`` negatives shared across a batch (cost independent of the
+        catalogue); ``gbce`` is gSASRec's calibrated binary cross-entropy (Petrov &
+        Macdonald, 2023) with ``n_negatives`` uniform negatives per position; ``bce`` is
+        the paper's loss (one sampled negative per position).  ``auto`` chooses from the
+        catalogue size (see ``defaults_``); ``loss_`` says which was used.
+    negatives : {"auto", "uniform", "popularity", "in_batch", "mixed"}
+        Where ``sampled_softmax`` draws its negatives: the catalogue uniformly, the
+        training targets' popularity, the batch's own targets, or half the batch's targets
+        and half uniform.  A row's own target is never its negative.
+    logq_correction : bool or None
+        ``sampled_softmax``: subtract the log of each item's sampling probability from its
+        logit (Yi et al., 2019), so that popular items drawn often are not over-penalised.
+        None: on exactly when the negatives are not uniform.
     n_negatives : int
-        Negatives per batch for ``sampled_softmax``; must be smaller than the catalogue.
+        Negatives per batch for ``sampled_softmax``, per position for ``gbce``; must be
+        smaller than the catalogue.
+    gbce_t : float
+        ``gbce``'s calibration in [0, 1] (0: plain binary cross-entropy; the paper's 0.75).
     learning_rate, weight_decay : float
         AdamW settings (betas 0.9 / 0.98); weight decay applies to matrices and embeddings.
     batch_size : int
         Sequences per training step.
-    iterations : int
+    iterations : int or "auto"
         Training epochs.  Each epoch uses every sequence's most recent ``max_seq + 1``
-        items, every position being a target.
+        items, every position being a target.  ``auto``: early stopping.  Without
+        ``validation``, fit holds out the last item of a sample of sequences (as many as 2%
+        of the events, 500 to 5,000 sequences), scores NDCG@10 on them after each epoch,
+        stops after a patience of about 200 optimizer steps without improvement, and keeps
+        the best epoch's weights (not refitted on the held-out items, which would take
+        a second fit's time).  With fewer than 100 sequences of 3 or more items, a fixed
+        count of about 1,500 steps (20..200 epochs).
     device : {"auto", "cpu", "cuda"}
         ``auto`` picks the GPU when the CUDA backend is compiled in and a GPU is usable.
     random_state : int or None
@@ -342,14 +367,17 @@ class SASRec(NotebookCompat):
         factors: int = DEFAULTS["factors"],
         n_layers: int = DEFAULTS["n_layers"],
         n_heads: int = DEFAULTS["n_heads"],
-        max_seq: int = DEFAULTS["max_seq"],
-        dropout: float = DEFAULTS["dropout"],
+        max_seq: "int | str" = DEFAULTS["max_seq"],
+        dropout: "float | str" = DEFAULTS["dropout"],
         loss: str = DEFAULTS["loss"],
+        negatives: str = DEFAULTS["negatives"],
+        logq_correction: Optional[bool] = DEFAULTS["logq_correction"],
         n_negatives: int = DEFAULTS["n_negatives"],
+        gbce_t: float = DEFAULTS["gbce_t"],
         learning_rate: float = DEFAULTS["learning_rate"],
         weight_decay: float = DEFAULTS["weight_decay"],
         batch_size: int = DEFAULTS["batch_size"],
-        iterations: int = DEFAULTS["iterations"],
+        iterations: "int | str" = DEFAULTS["iterations"],
         device: str = DEFAULTS["device"],
         random_state: Optional[int] = DEFAULTS["random_state"],
         verbose: int = DEFAULTS["verbose"],
@@ -524,7 +552,10 @@ class SASRec(NotebookCompat):
         _check_catalogue(item_ids)
         internal = (inverse.reshape(-1) + 1).astype(np.int32)
         fingerprint = _fingerprint(flat, offsets) if checkpoint is not None or resume is not None else None
+        lengths = np.diff(offsets)
+        resolved, chosen = _auto.resolve(params, lengths, int(item_ids.size))
         start = None
+        seed = None
         if resume is not None:
             ck = _persist.load_checkpoint(resume)
             _check_resumable(ck, resume, params, fingerprint, early_stopping_patience)
@@ -540,18 +571,57 @@ class SASRec(NotebookCompat):
                               best_score=-math.inf if es["best_score"] is None else es["best_score"],
                               best_epoch=es["best_epoch"], since_best=es["since_best"],
                               best_params=arrays.get("best_params"))
+            seed = int(config["seed"])
         else:
             seed = params["random_state"]
             if seed is None:
                 seed = int(np.random.SeedSequence().generate_state(1)[0])
-            config = engine_config(params, int(item_ids.size), seed)
+            config = engine_config(resolved, int(item_ids.size), seed)
             engine = _core.Model(config, resolve_device(params["device"], config),
                                  threads=params["num_threads"])
+        iterations, carved = params["iterations"], None
+        if iterations == "auto":
+            plan = _auto.schedule(int(lengths.size), int(config["batch_size"]))
+            if validation is None:
+                carved = _auto.carve_slice(lengths, seed)
+            if validation is None and carved is None:
+                iterations = plan["fixed"]
+                chosen["iterations"] = {"value": iterations, "why": (
+                    f"too few sequences of 3 or more items ({int((lengths >= 3).sum())} < "
+                    f"{_auto.SLICE_MIN_USERS}) to hold a validation slice out: about "
+                    f"{_auto.STEPS_FIXED} optimizer steps, within 20..200 epochs")}
+            else:
+                iterations = plan["max_epochs"]
+                if early_stopping_patience is None:
+                    early_stopping_patience = plan["patience"]
+            if carved is not None:
+                # The slice's sequences, whole, are the validation data (evaluate holds
+                # each one's last item out); training sees them without that item.
+                starts, ends = offsets[carved], offsets[carved + 1]
+                take = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)])
+                validation = Sequences._of(flat[take], np.concatenate(
+                    ([0], np.cumsum(ends - starts))).astype(np.int64))
+                keep = np.ones(flat.size, bool)
+                keep[ends - 1] = False
+                internal = internal[keep]
+                offsets = np.concatenate(([0], np.cumsum(np.diff(offsets) - np.isin(
+                    np.arange(lengths.size), carved)))).astype(np.int64)
         state = _Fitted(engine, config, params, _read_only(item_ids),
                         _read_only(counts.astype(np.int64)))
-        state = self._train(state, internal, offsets, params["iterations"], validation,
+        state = self._train(state, internal, offsets, iterations, validation,
                             early_stopping_patience, callbacks, start, checkpoint,
                             checkpoint_every, fingerprint)
+        if params["iterations"] == "auto" and "iterations" not in chosen:
+            ran, kept = len(state.loss_history), state.best_epoch
+            source = (f"a validation slice: the last items of {carved.size} of the {lengths.size} "
+                      "sequences, held out of training" if carved is not None
+                      else "the validation sequences given")
+            chosen["iterations"] = {"value": kept, "epochs_run": ran, "why": (
+                f"early stopping on {source} (NDCG@10 after each epoch, patience "
+                f"{early_stopping_patience} epochs, at most {iterations}); the weights of epoch "
+                f"{kept} of {ran} are kept rather than refitted on everything, which would take "
+                "the time of a second fit for the few held-out items")}
+        state = dataclasses.replace(state, defaults=chosen)
         with _PUBLISH:
             self._state = state
         return self
@@ -568,6 +638,11 @@ class SASRec(NotebookCompat):
                         loss_history=tuple(float(x) for x in loss_history))
         with _PUBLISH:
             self._state = state
+
+    def _set_defaults(self, defaults: Dict[str, Dict[str, Any]]) -> None:
+        """Republishes the fitted model with ``defaults_`` (load: from the file's header)."""
+        with _PUBLISH:
+            self._state = dataclasses.replace(self._fitted(), defaults=dict(defaults))
 
     def _train(self, state: _Fitted, internal, offsets, total: int, validation=None,
                patience=None, callbacks=None, start: "Optional[_Progress]" = None,
@@ -722,9 +797,17 @@ class SASRec(NotebookCompat):
 
     @property
     def fitted_params_(self) -> Dict[str, Any]:
-        """The parameters the fitted model was fitted (or loaded) with; ``get_params`` gives
-        those of the next fit, which ``set_params`` changes."""
+        """The parameters the fitted model was fitted (or loaded) with, as given ("auto"
+        included: ``defaults_`` says what it chose); ``get_params`` gives those of the next
+        fit, which ``set_params`` changes."""
         return dict(self._fitted().params)
+
+    @property
+    def defaults_(self) -> Dict[str, Dict[str, Any]]:
+        """The settings "auto" chose for the fitted model: {name: {"value": ..., "why": ...}}
+        (iterations: the epoch whose weights are kept, and "epochs_run").  Empty when every
+        setting was given, or for a model read by ``load``."""
+        return dict(self._fitted().defaults or {})
 
     @property
     def loss_(self) -> Optional[str]:

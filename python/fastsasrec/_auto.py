@@ -1,0 +1,97 @@
+"""The settings ``"auto"`` chooses from the data fit is given, and why.
+
+Only settings adapt; the architecture stays the paper's.  Each rule follows from a
+property of the data rather than from a data set's name, and was chosen on the
+validation targets of MovieLens 100K, Amazon Beauty and Sports and the synthetic store
+(benchmarks/BENCHMARKS.md, "Quality"); an explicit value always wins.
+
+- ``dropout``: from the data's density (events / (sequences x items)), as the paper
+  chose 0.2 for dense data and 0.5 for sparse: 0.2 at a density of 1% or more, 0.5 at
+  0.1% or less, linear in log-density between.
+- ``max_seq``: the 90th percentile of the sequence lengths, rounded up to a multiple of
+  10, within 10..50 (batches are packed, so a longer window costs only where sequences
+  are that long; beyond 50 it cost more than it gave on the dense set).
+- ``loss``: the full softmax up to ``SOFTMAX_MAX_ITEMS`` items; above, the sampled
+  softmax, whose cost does not grow with the catalogue.
+- ``negatives``: the sampled softmax's ``mixed`` negatives (half from the batch's
+  targets, half uniform) with the logQ correction.
+- ``iterations``: early stopping on a validation slice (see ``carve_slice``), at most
+  ``max_epochs`` epochs, patience from the batches an epoch holds.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+SOFTMAX_MAX_ITEMS = 2048
+DENSE, SPARSE = 1e-2, 1e-3  # densities of dropout 0.2 and 0.5
+SLICE_MIN_USERS = 100       # fewer eligible sequences: no slice, a fixed number of epochs
+STEPS_PATIENCE = 200        # optimizer steps without improvement before stopping
+STEPS_MAX = 30000           # at most this many optimizer steps (and 50..1000 epochs)
+STEPS_FIXED = 1500          # without a slice: about this many steps (20..200 epochs)
+
+
+def _why(value: Any, why: str) -> Dict[str, Any]:
+    return {"value": value, "why": why}
+
+
+def resolve(params: Dict[str, Any], lengths: np.ndarray, n_items: int
+            ) -> Tuple[Dict[str, Any], Dict[str, Dict[str, Any]]]:
+    """(params with every "auto" but iterations replaced, {name: {"value", "why"}} of the
+    replaced ones).  lengths: the training sequences' lengths."""
+    out = dict(params)
+    chosen: Dict[str, Dict[str, Any]] = {}
+    n_seq = int(lengths.size)
+    events = int(lengths.sum())
+    if params["dropout"] == "auto":
+        density = events / max(1, n_seq * n_items)
+        x = (math.log10(DENSE) - math.log10(max(density, 1e-12))) / (math.log10(DENSE) - math.log10(SPARSE))
+        d = round((0.2 + 0.3 * min(1.0, max(0.0, x))) * 20) / 20
+        out["dropout"] = d
+        chosen["dropout"] = _why(d, f"density {density:.3g} (events / (sequences x items)): 0.2 at "
+                                    f">= {DENSE:g}, 0.5 at <= {SPARSE:g}, log-linear between")
+    if params["max_seq"] == "auto":
+        p90 = float(np.percentile(lengths, 90)) if n_seq else 2.0
+        m = int(min(50, max(10, math.ceil(p90 / 10) * 10)))
+        out["max_seq"] = m
+        chosen["max_seq"] = _why(m, f"90th percentile of sequence lengths {p90:.0f}, rounded up "
+                                    "to 10, within 10..50")
+    if params["loss"] == "auto":
+        loss = "softmax" if n_items <= SOFTMAX_MAX_ITEMS else "sampled_softmax"
+        out["loss"] = loss
+        chosen["loss"] = _why(loss, f"{n_items} items: the full softmax up to {SOFTMAX_MAX_ITEMS}, "
+                                    "the sampled softmax above")
+    if params["negatives"] == "auto":
+        neg = "mixed" if out["loss"] == "sampled_softmax" else "uniform"
+        out["negatives"] = neg
+        if out["loss"] == "sampled_softmax":
+            chosen["negatives"] = _why(neg, "half the batch's targets, half uniform, logQ-corrected")
+    if params["logq_correction"] is None:
+        out["logq_correction"] = out["negatives"] != "uniform"
+    return out, chosen
+
+
+def carve_slice(lengths: np.ndarray, seed: int) -> Optional[np.ndarray]:
+    """The sequences whose last item fit holds out to choose the epochs: a random sample of
+    those with 3 or more items (2 or more remain to train on), as many as 2% of the
+    events (so training loses little) but at least 500 (so NDCG@10 is not too noisy to
+    stop on) and at most 5,000; None when fewer than SLICE_MIN_USERS are eligible."""
+    eligible = np.flatnonzero(lengths >= 3)
+    if eligible.size < SLICE_MIN_USERS:
+        return None
+    n = int(min(eligible.size, max(500, min(5000, math.ceil(0.02 * lengths.sum())))))
+    rng = np.random.default_rng([seed, 0x51CE])
+    return np.sort(rng.choice(eligible, size=n, replace=False))
+
+
+def schedule(n_seq: int, batch_size: int) -> Dict[str, int]:
+    """Epoch counts from the optimizer steps an epoch takes: patience and the cap of early
+    stopping, and the fixed count used without a slice."""
+    batches = max(1, math.ceil(n_seq / batch_size))
+    return {
+        "patience": max(5, math.ceil(STEPS_PATIENCE / batches)),
+        "max_epochs": min(1000, max(50, math.ceil(STEPS_MAX / batches))),
+        "fixed": min(200, max(20, math.ceil(STEPS_FIXED / batches))),
+    }

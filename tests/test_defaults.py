@@ -1,0 +1,169 @@
+"""Settings chosen from the data ("auto"): each rule, explicit values winning, the
+validation slice fit carves for iterations="auto", and defaults_ saying what was chosen."""
+import warnings
+
+import numpy as np
+import pytest
+
+from fastsasrec import SASRec, _auto
+from fastsasrec.data import flatten_sequences
+
+# Random sequences hold nothing to learn: the model may well lose to the most popular items.
+RANDOM_DATA = pytest.mark.filterwarnings("ignore:the trained model is worse")
+SMALL = dict(factors=16, n_layers=1, batch_size=64, num_threads=1, device="cpu", random_state=3)
+
+
+def _sequences(n_seq, n_items, lo, hi, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, n_items + 1, size=int(rng.integers(lo, hi + 1))).tolist()
+            for _ in range(n_seq)]
+
+
+# ----------------------------------------------------------------------------- rules
+def _resolve(seqs, **given):
+    params = dict(SASRec(**given).get_params())
+    lengths = np.array([len(s) for s in seqs])
+    n_items = len({x for s in seqs for x in s})
+    return _auto.resolve(params, lengths, n_items)
+
+
+def test_dropout_follows_the_density():
+    dense = _sequences(300, 100, 40, 60)       # ~50 events of 100 items a sequence: 50%
+    sparse = _sequences(3000, 5000, 3, 6)      # ~4.5 events of 5,000 items: 0.09%
+    middle = _sequences(3000, 1000, 3, 6)      # 0.45%: between
+    d = [_resolve(s)[0]["dropout"] for s in (dense, middle, sparse)]
+    assert d[0] == 0.2 and d[2] == 0.5 and 0.2 < d[1] < 0.5
+    chosen = _resolve(sparse)[1]["dropout"]
+    assert chosen["value"] == 0.5 and "density" in chosen["why"]
+
+
+def test_max_seq_follows_the_lengths():
+    short = _sequences(500, 200, 2, 6)
+    mid = _sequences(500, 200, 10, 25)
+    long = _sequences(200, 200, 80, 300)
+    assert _resolve(short)[0]["max_seq"] == 10
+    assert _resolve(mid)[0]["max_seq"] in (20, 30)
+    assert _resolve(long)[0]["max_seq"] == 50
+
+
+def test_loss_and_negatives_follow_the_catalogue():
+    small = _sequences(200, 500, 3, 8)
+    big = _sequences(2000, _auto.SOFTMAX_MAX_ITEMS * 3, 3, 8)
+    p, chosen = _resolve(small)
+    assert p["loss"] == "softmax" and "negatives" not in chosen
+    p, chosen = _resolve(big)
+    assert p["loss"] == "sampled_softmax" and p["negatives"] == "mixed" and p["logq_correction"]
+    assert chosen["loss"]["value"] == "sampled_softmax"
+
+
+def test_explicit_values_win():
+    seqs = _sequences(3000, 5000, 3, 6)
+    p, chosen = _resolve(seqs, dropout=0.1, max_seq=7, loss="bce", negatives="uniform",
+                         iterations=3)
+    assert (p["dropout"], p["max_seq"], p["loss"], p["negatives"]) == (0.1, 7, "bce", "uniform")
+    assert chosen == {}
+    # logq_correction follows the negatives unless given
+    p, _ = _resolve(seqs, loss="sampled_softmax", negatives="popularity")
+    assert p["logq_correction"] is True
+    p, _ = _resolve(seqs, loss="sampled_softmax", negatives="popularity", logq_correction=False)
+    assert p["logq_correction"] is False
+
+
+@pytest.mark.parametrize("name,value,match", [
+    ("dropout", "Auto", "dropout must be a finite number"),
+    ("max_seq", "auto ", "max_seq must be an integer"),
+    ("iterations", "AUTO", "iterations must be an integer"),
+    ("negatives", "in-batch", "negatives must be one of"),
+    ("logq_correction", "yes", "logq_correction must be True or False"),
+    ("gbce_t", 1.5, r"gbce_t must be in \[0, 1\], got 1.5"),
+    ("loss", "gBCE", "loss must be one of"),
+])
+def test_bad_settings_name_the_argument(name, value, match):
+    with pytest.raises(ValueError, match=match):
+        SASRec(**{name: value})
+
+
+# ----------------------------------------------------------------------------- iterations
+@RANDOM_DATA
+def test_auto_iterations_stop_early_on_a_carved_slice_and_say_so():
+    seqs = _sequences(600, 80, 4, 12, seed=1)
+    m = SASRec(**SMALL).fit(seqs)
+    chosen = m.defaults_
+    it = chosen["iterations"]
+    plan = _auto.schedule(600, SMALL["batch_size"])
+    assert 1 <= it["value"] <= it["epochs_run"] <= plan["max_epochs"]
+    assert it["value"] == m.best_epoch_ and it["epochs_run"] == len(m.loss_history_)
+    assert "validation slice" in it["why"] and "500 of the 600" in it["why"]
+    assert m.validation_ is not None  # compared with the most popular items on the slice
+    assert set(chosen) >= {"dropout", "max_seq", "loss", "iterations"}
+    assert m.fitted_params_["iterations"] == "auto"  # as given; defaults_ has the choice
+
+
+@RANDOM_DATA
+def test_auto_iterations_are_early_stopping_on_the_slice_exactly():
+    """fit with iterations="auto" is the fit a user would write by hand: the slice's last
+    items held out of training, the slice as validation, the schedule's patience and cap."""
+    seqs = _sequences(600, 80, 4, 12, seed=2)
+    auto = SASRec(**SMALL).fit(seqs)
+    flat = flatten_sequences(seqs, "s")
+    lengths = flat.lengths
+    carved = _auto.carve_slice(lengths, SMALL["random_state"])
+    plan = _auto.schedule(len(seqs), SMALL["batch_size"])
+    chosen = {k: v["value"] for k, v in auto.defaults_.items() if k != "iterations"}
+    train = [s[:-1] if i in set(carved.tolist()) else s for i, s in enumerate(seqs)]
+    val = [seqs[i] for i in carved]
+    by_hand = SASRec(**dict(SMALL, **chosen, iterations=plan["max_epochs"])).fit(
+        train, validation=val, early_stopping_patience=plan["patience"])
+    assert by_hand.best_epoch_ == auto.best_epoch_
+    assert len(by_hand.loss_history_) == len(auto.loss_history_)
+    np.testing.assert_array_equal(by_hand._engine.get_params(), auto._engine.get_params())
+
+
+@RANDOM_DATA
+def test_too_few_sequences_for_a_slice_train_a_fixed_number_of_epochs():
+    seqs = _sequences(40, 30, 3, 6)
+    m = SASRec(**SMALL).fit(seqs)
+    it = m.defaults_["iterations"]
+    assert it["value"] == len(m.loss_history_) == _auto.schedule(40, SMALL["batch_size"])["fixed"]
+    assert "too few sequences" in it["why"]
+    assert m.validation_ is None
+
+
+@RANDOM_DATA
+def test_validation_given_with_auto_iterations_is_used_for_early_stopping():
+    seqs = _sequences(300, 50, 4, 10, seed=5)
+    val = _sequences(100, 50, 4, 10, seed=6)
+    m = SASRec(**SMALL).fit(seqs, validation=val)
+    it = m.defaults_["iterations"]
+    assert "the validation sequences given" in it["why"] and it["value"] == m.best_epoch_
+    assert m.validation_ is not None
+
+
+@RANDOM_DATA
+def test_auto_fits_are_deterministic():
+    seqs = _sequences(600, 80, 4, 12, seed=7)
+    a = SASRec(**SMALL).fit(seqs)
+    b = SASRec(**SMALL).fit(seqs)
+    np.testing.assert_array_equal(a._engine.get_params(), b._engine.get_params())
+    assert a.defaults_ == b.defaults_
+
+
+def test_a_model_losing_to_most_popular_on_the_slice_warns():
+    """Item 1 always comes next; a learning rate of 1e-9 cannot learn it: the carved slice
+    finds the model below the most-popular ranking and fit says so."""
+    rng = np.random.default_rng(4)
+    seqs = [rng.integers(2, 300, size=8).tolist() + [1] for _ in range(600)]
+    with pytest.warns(UserWarning, match="worse than recommending the most popular items"):
+        bad = SASRec(**dict(SMALL, learning_rate=1e-9)).fit(seqs)
+    assert not bad.validation_["beats_most_popular"]
+
+
+@RANDOM_DATA
+def test_defaults_survive_save_and_load(tmp_path):
+    seqs = _sequences(200, 60, 4, 10, seed=8)
+    m = SASRec(**SMALL, iterations=2).fit(seqs)
+    m.save(tmp_path / "m.fsr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = SASRec.load(tmp_path / "m.fsr", device="cpu")
+    assert loaded.defaults_ == m.defaults_ and "iterations" not in m.defaults_
