@@ -301,3 +301,18 @@ def test_bad_arguments_are_usage_errors(trained, capsys):
     assert code == 2 and "invalid choice" in err
     code, out, _ = run(capsys, ["--help"])
     assert code == 0 and "demo" in out and "evaluate" in out
+
+
+def test_train_with_auto_settings_says_what_it_chose(tmp_path, capsys):
+    events, model = tmp_path / "events.csv", tmp_path / "auto.fsr"
+    chain_events(n_users=300, seed=4).to_csv(events, index=False)
+    code, out, err = run(capsys, ["train", events, "-o", model, "--factors", "16", "--epochs", "auto",
+                                  "--dropout", "auto", "--seed", "3", "--threads", "1", "-v"])
+    assert code == 0, err
+    chosen = next(line for line in out.splitlines() if line.startswith("chosen from the data:"))
+    assert "dropout" in chosen and "max_seq 10" in chosen and "loss softmax" in chosen
+    assert "iterations" in chosen and "(epoch kept)" in chosen
+    assert "early stopping on a validation slice" in out  # the reasons, with -v
+    assert fastsasrec.SASRec.load(model, device="cpu").defaults_["max_seq"]["value"] == 10
+    code, out, err = run(capsys, ["train", events, "-o", model, "--epochs", "many"])
+    assert code == 2 and "--epochs" in err and "expected int or 'auto', got 'many'" in err

@@ -182,3 +182,24 @@ class TestTrainingExperience:
         SASRec(iterations=2, verbose=1, device=device, **KW).fit(chain_data)
         err = capsys.readouterr().err
         assert "SASRec" in err and "tok/s" in err and "2/2" in err
+
+
+def test_recommend_batch_leaves_out_each_sessions_own_exclusions():
+    """exclude= (a cart per session) is left out like the session's own items, row by row;
+    unknown ids in it are ignored, and a cold session's popular items skip it too."""
+    from fastsasrec import SASRec
+    rng = np.random.default_rng(11)
+    seqs = [rng.integers(1, 40, size=8).tolist() for _ in range(200)]
+    m = SASRec(factors=16, n_layers=1, iterations=2, num_threads=1, device="cpu").fit(seqs)
+    sessions = [[1, 2, 3], [4, 5], [999], [6]]
+    base, _ = m.recommend_batch(sessions, n=10)
+    carts = [base[0][:3].tolist(), [], base[2][:2].tolist() + [12345], [7, 8]]
+    ids, scores = m.recommend_batch(sessions, n=10, exclude=carts)
+    for b, (s, cart) in enumerate(zip(sessions, carts)):
+        assert not set(ids[b].tolist()) & (set(cart) | set(s)), b
+        one, one_scores = m.recommend(s, n=10, exclude=cart)
+        np.testing.assert_array_equal(ids[b], one)
+        np.testing.assert_array_equal(scores[b], one_scores)
+    np.testing.assert_array_equal(ids[1], base[1])  # an empty entry changes nothing
+    with pytest.raises(ValueError, match="exclude must have one entry per session: 3 entries for 4"):
+        m.recommend_batch(sessions, exclude=carts[:3])

@@ -221,6 +221,26 @@ def _drop_short(sequences: Sequences, stacklevel: int = 4) -> Tuple[np.ndarray, 
     return flat, offsets
 
 
+def _rows(items: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The flat (items, offsets) of rows ``rows`` of a flat (items, offsets)."""
+    lengths = np.diff(offsets)[rows]
+    starts = offsets[rows]
+    take = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths) + \
+        np.arange(int(lengths.sum()))
+    return items[take], np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+
+
+def _merge_rows(a: Tuple[np.ndarray, np.ndarray], b: Tuple[np.ndarray, np.ndarray]
+                ) -> Tuple[np.ndarray, np.ndarray]:
+    """Row r of the result is row r of a followed by row r of b (flat forms, same rows)."""
+    (ia, oa), (ib, ob) = a, b
+    la, lb = np.diff(oa), np.diff(ob)
+    row = np.concatenate((np.repeat(np.arange(la.size), la), np.repeat(np.arange(lb.size), lb)))
+    order = np.argsort(row, kind="stable")
+    items = np.concatenate((ia, ib)).astype(np.int32)[order]
+    return items, np.concatenate(([0], np.cumsum(la + lb))).astype(np.int64)
+
+
 def _fingerprint(flat: np.ndarray, offsets: np.ndarray) -> Dict[str, Any]:
     """What a checkpoint records of its training data: the SHA-256 of the ids (their type,
     then their values) and the offsets, with the counts to name in an error."""
@@ -943,7 +963,7 @@ class SASRec(NotebookCompat):
         return state.item_ids[ids - 1], scores
 
     def recommend_batch(
-        self, sessions: Any, n: int = 10, exclude_seen: bool = True
+        self, sessions: Any, n: int = 10, exclude_seen: bool = True, exclude: Any = None
     ) -> Tuple[np.ndarray, np.ndarray]:
         """Top-n for many sessions at once: (ids, scores), each of shape
         (len(sessions), min(n, n_items)), best first.
@@ -955,6 +975,11 @@ class SASRec(NotebookCompat):
         real item's score can also be -inf, when it overflows float32: the id is the
         marker).  Empty slots come last in their row.
 
+        ``exclude``: per session, ids never to recommend to it (a cart, items already
+        bought), as lists (one per session) or a ``Sequences``; ids the model does not know
+        are ignored.  They are left out as the session's own items are with
+        ``exclude_seen``, in the same engine call.
+
         On a model on the GPU, ``sessions`` may also be a 2-D CuPy integer array (sessions x
         items, every id known): it is mapped and scored on the GPU, and (ids, scores) come
         back as CuPy arrays, with no copy through the host.
@@ -963,10 +988,19 @@ class SASRec(NotebookCompat):
         n = min(positive_int(n, "n"), int(state.item_ids.size))
         exclude_seen = flag(exclude_seen, "exclude_seen")
         if _is_cupy(sessions):
+            if exclude is not None:
+                raise ValueError("exclude is not supported with CuPy sessions; pass the "
+                                 "sessions as lists or a Sequences")
             return self._recommend_batch_cupy(state, sessions, n, exclude_seen)
         internal, offsets = drop_unknown(*self._encode_sessions(state, sessions, "sessions"))
         B = offsets.size - 1
         lengths = np.diff(offsets)
+        extra = None
+        if exclude is not None:
+            extra = drop_unknown(*self._encode_sessions(state, exclude, "exclude"))
+            if extra[1].size - 1 != B:
+                raise ValueError(f"exclude must have one entry per session: {extra[1].size - 1} "
+                                 f"entries for {B} sessions")
         ids = np.zeros((B, n), dtype=np.int32)
         scores = np.full((B, n), -np.inf, dtype=np.float32)
         warm = np.flatnonzero(lengths > 0)
@@ -979,11 +1013,19 @@ class SASRec(NotebookCompat):
                 w_off = np.concatenate(([0], np.cumsum(lengths[warm]))).astype(np.int64)
             ex_items = w_items if exclude_seen else np.zeros(0, dtype=np.int32)
             ex_off = w_off if exclude_seen else np.zeros(warm.size + 1, dtype=np.int64)
+            if extra is not None:
+                ex_items, ex_off = _merge_rows((ex_items, ex_off), _rows(*extra, warm))
             ids[warm], scores[warm] = state.engine.recommend(w_items, w_off, n, ex_items, ex_off)
         cold = np.flatnonzero(lengths == 0)
         if cold.size:
-            pi, ps = state.popular(n, np.zeros(0, dtype=np.int32))
-            ids[cold], scores[cold] = pi, ps
+            none = np.zeros(0, dtype=np.int32)
+            if extra is None or not np.diff(extra[1])[cold].any():
+                pi, ps = state.popular(n, none)
+                ids[cold], scores[cold] = pi, ps
+            else:
+                for b in cold:
+                    pi, ps = state.popular(n, extra[0][extra[1][b]:extra[1][b + 1]])
+                    ids[b, :pi.size], scores[b, :ps.size] = pi, ps
         out = state.item_ids[np.maximum(ids, 1) - 1]
         empty = ids == 0
         if empty.any():
