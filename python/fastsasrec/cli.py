@@ -102,7 +102,7 @@ def _as_time(col, name: str, path: str, what: str):
     return parsed.dt.tz_localize(None)
 
 
-def _load_model(path: str, threads: Optional[int] = None):
+def _load_model(path: str, threads: Optional[int] = None, device: str = "auto"):
     from fastsasrec import SASRec, _persist
 
     if threads is not None and threads < 0:
@@ -110,7 +110,7 @@ def _load_model(path: str, threads: Optional[int] = None):
     if not os.path.exists(path):
         raise CLIError(f"MODEL file {path!r} does not exist")
     try:
-        return _persist.load(SASRec, path, device="auto", num_threads=threads)
+        return _persist.load(SASRec, path, device=device, num_threads=threads)
     except (ValueError, OSError) as e:
         raise CLIError(f"cannot load MODEL {path!r}: {' '.join(str(e).splitlines())}") from None
     except MemoryError:
@@ -177,6 +177,67 @@ def _model_params(args: argparse.Namespace) -> Dict[str, Any]:
     params = {k: v for k, v in given.items() if v is not None}
     params["verbose"] = 1 if args.verbose else 0
     return params
+
+
+# ----------------------------------------------------------------------------- score
+def _score(args: argparse.Namespace) -> int:
+    from fastsasrec import batch
+
+    ev = args.events
+    if not os.path.exists(ev):
+        raise CLIError(f"EVENTS file {ev!r} does not exist")
+    if os.path.isdir(ev):
+        raise CLIError(f"EVENTS {ev!r} is a folder, not a .csv or .parquet file")
+    if not ev.lower().endswith((".parquet", ".pq", ".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")):
+        raise CLIError(f"EVENTS must be a .csv or .parquet file, got {ev!r}")
+    if os.path.getsize(ev) == 0:
+        raise CLIError(f"EVENTS file {ev!r} is empty")
+    out = args.output
+    if not out.lower().endswith((".parquet", ".pq", ".csv")):
+        raise CLIError(f"-o/--output must end in .parquet or .csv, got {out!r}")
+    _check_output(out)
+    if args.n < 1:
+        raise CLIError(f"-n must be >= 1, got {args.n}")
+    if args.chunk_rows < 1:
+        raise CLIError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
+    model = _load_model(args.model, device=args.device, threads=args.threads)
+    time_col = None if args.no_time else args.time_col
+    total = _count_rows(args.events)
+    last = [0.0]
+
+    def progress(read: int, users: int) -> None:
+        now = time.perf_counter()
+        if args.quiet or now - last[0] < 0.5:
+            return
+        last[0] = now
+        share = f" ({100 * read / total:.0f}%)" if total else ""
+        print(f"\rread {read:,} events{share}, scored {users:,} users", end="", file=sys.stderr, flush=True)
+
+    parse = lambda col: _as_time(col, time_col, args.events, "EVENTS")  # noqa: E731
+    try:
+        done = batch.score_file(model, args.model, args.events, out, user_col=args.user_col,
+                                item_col=args.item_col, time_col=time_col, n=args.n,
+                                exclude_seen=not args.include_seen, sorted_by_user=args.sorted_by_user,
+                                chunk_rows=args.chunk_rows, progress=progress, time_parser=parse)
+    except ValueError as e:
+        raise CLIError(f"EVENTS {args.events!r}: {e}") from None
+    if not args.quiet:
+        print(f"\rread {done['events_read']:,} events, scored {done['users']:,} users", file=sys.stderr)
+    print(f"scored {done['users']:,} users ({done['events_read']:,} events) in {done['seconds']:.1f}s: "
+          f"{done['rows']:,} rows to {out} (model sha256 {done['model_sha256'][:12]})")
+    return 0
+
+
+def _count_rows(path: str) -> int:
+    """Rows of a .parquet (from its footer); 0 (unknown) for a .csv."""
+    if path.lower().endswith((".parquet", ".pq")):
+        try:
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        except Exception:  # noqa: BLE001 - the reader says what is wrong with it
+            return 0
+    return 0
 
 
 # ----------------------------------------------------------------------------- train
@@ -572,6 +633,27 @@ def _build_parser() -> argparse.ArgumentParser:
                         "negatives, as in the SASRec paper (easier, not comparable)")
     e.add_argument("--threads", type=int, default=None)
     e.set_defaults(func=_evaluate)
+
+    sc = sub.add_parser("score", help="recommendations for every user of an event log (nightly jobs)",
+                        description="Build each user's session from an event log (their most recent "
+                                    "max_seq events), score it and write (user, rank, item, score) rows "
+                                    "to a .parquet or .csv file, the model file's SHA-256 in its metadata "
+                                    "(a .csv gets it in OUTPUT.meta.json). The log is read in chunks.")
+    sc.add_argument("model", metavar="MODEL", help="a model file written by train")
+    sc.add_argument("events", metavar="EVENTS", help="event log: .csv or .parquet")
+    _add_columns(sc)
+    sc.add_argument("-o", "--output", required=True, metavar="RECS",
+                    help="where to write: .parquet (needs pyarrow) or .csv")
+    sc.add_argument("-n", type=int, default=10, help="recommendations per user (default: 10)")
+    sc.add_argument("--include-seen", action="store_true", help="allow items of the session itself")
+    sc.add_argument("--sorted-by-user", action="store_true",
+                    help="EVENTS holds each user's events together, users in ascending order: memory is "
+                         "then one chunk (otherwise also max_seq events per user)")
+    sc.add_argument("--chunk-rows", type=int, default=1_000_000, help="rows per chunk (default: 1,000,000)")
+    sc.add_argument("--threads", type=int, help="CPU threads (default: 0, all cores)")
+    sc.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    sc.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    sc.set_defaults(func=_score)
 
     sv = sub.add_parser("serve", help="serve recommendations over HTTP (the live widget)",
                         description="Serve a model over HTTP: recommend, batch, similar items, "
