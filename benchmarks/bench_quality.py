@@ -164,7 +164,8 @@ def run_ours(row, seqs, V, which, seed, threads, sampled):
     defaults = model.defaults_
     out.update(seconds=seconds, epochs=int(model.best_epoch_), epochs_run=len(model.loss_history_),
                defaults={k: v["value"] for k, v in defaults.items()},
-               config={k: model.fitted_params_[k] for k in ("dropout", "max_seq", "loss", "negatives")})
+               config={k: defaults[k]["value"] if k in defaults else model.fitted_params_[k]
+                       for k in ("dropout", "max_seq", "loss", "negatives")})
     return out
 
 

@@ -18,10 +18,32 @@ namespace fsr {
 
 namespace {
 
+// Makes `device` the calling thread's current GPU for one call and puts back the one it
+// had: a thread's current device is the CUDA runtime's per-thread state, and a model on
+// GPU N may be called from any thread (a server's pool), beside code using other GPUs.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) : want_(device) {
+    FSR_CUDA_CHECK(cudaGetDevice(&prev_));
+    if (prev_ != want_) FSR_CUDA_CHECK(cudaSetDevice(want_));
+  }
+  ~DeviceGuard() {
+    if (prev_ != want_) cudaSetDevice(prev_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = 0, want_;
+};
+
 class CudaBackend final : public Backend {
  public:
-  CudaBackend() {
-    FSR_CUDA_CHECK(cudaGetDevice(&device_));
+  // device: the GPU's index, or -1 for the calling thread's current one.
+  explicit CudaBackend(int device) {
+    if (device < 0) FSR_CUDA_CHECK(cudaGetDevice(&device));
+    device_ = device;
+    DeviceGuard on(device_);
     FSR_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     if (cublasCreate(&blas_) != CUBLAS_STATUS_SUCCESS) {
       cudaStreamDestroy(stream_);
@@ -36,12 +58,16 @@ class CudaBackend final : public Backend {
     ctx_.bf16_scratch = &bf16_scratch_;
   }
   ~CudaBackend() override {
+    int prev = device_;
+    cudaGetDevice(&prev);
+    if (prev != device_) cudaSetDevice(device_);
     if (stream_) cudaStreamSynchronize(stream_);
     bf16_scratch_.reset();
     if (stage_) cudaFreeHost(stage_);
     if (stage_done_) cudaEventDestroy(stage_done_);
     if (blas_) cublasDestroy(blas_);
     if (stream_) cudaStreamDestroy(stream_);
+    if (prev != device_) cudaSetDevice(prev);
   }
   std::string name() const override { return "cuda"; }
   std::string unsupported(int T, int D) const override {
@@ -50,6 +76,7 @@ class CudaBackend final : public Backend {
   int device_index() const override { return device_; }
   std::string check_memory(const void* p, size_t n) const override {
     if (!n) return {};
+    DeviceGuard on(device_);
     const char* ends[2] = {static_cast<const char*>(p), static_cast<const char*>(p) + n - 1};
     for (const char* q : ends) {
       char at[32];
@@ -73,6 +100,7 @@ class CudaBackend final : public Backend {
   size_t inference_rows() const override { return size_t(1) << 17; }
 
   void* alloc(size_t bytes) override {
+    DeviceGuard on(device_);
     void* p = nullptr;
     const cudaError_t err = cudaMalloc(&p, bytes ? bytes : 256);
     if (err != cudaSuccess) {
@@ -86,6 +114,7 @@ class CudaBackend final : public Backend {
     return p;
   }
   void release(void* p) override {
+    DeviceGuard on(device_);
     if (p) {
       cudaStreamSynchronize(stream_);
       cudaFree(p);
@@ -96,6 +125,7 @@ class CudaBackend final : public Backend {
   // the host goes on (building the next batch).  Reaching the ring's end waits for every
   // copy out of it; an upload larger than the ring copies synchronously.
   void upload(void* dst, const void* src, size_t n) override {
+    DeviceGuard on(device_);
     if (!n) return;
     if (!stage_ && n <= kStageBytes) {
       if (cudaHostAlloc((void**)&stage_, kStageBytes, cudaHostAllocDefault) != cudaSuccess) {
@@ -120,23 +150,32 @@ class CudaBackend final : public Backend {
     stage_head_ += (n + 255) / 256 * 256;
   }
   void download(void* dst, const void* src, size_t n) override {
+    DeviceGuard on(device_);
     if (n) FSR_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, stream_));
     FSR_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void zero(void* p, size_t n) override {
+    DeviceGuard on(device_);
     if (n) FSR_CUDA_CHECK(cudaMemsetAsync(p, 0, n, stream_));
   }
   void copy(void* dst, const void* src, size_t n) override {
+    DeviceGuard on(device_);
     if (n) FSR_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, stream_));
   }
-  void synchronize() override { FSR_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void synchronize() override {
+    DeviceGuard on(device_);
+    FSR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
   void set_precision(Precision p) override { ctx_.precision = p; }
   void set_threads(int n) override { FSR_REQUIRE(n >= 0, "num_threads must be >= 0, got ", n); }
   int threads() const override { return 1; }
 
   // Every op of ops.def: the CUDA function with the context first.
 #define FSR_OP(ret, name, params, args) \
-  ret name params override { return cuda::name(ctx_, FSR_EXPAND args); }
+  ret name params override {                      \
+    DeviceGuard on(device_);                      \
+    return cuda::name(ctx_, FSR_EXPAND args);     \
+  }
 #include "fastsasrec/ops.def"
 #undef FSR_OP
 
@@ -204,6 +243,17 @@ extern "C" __attribute__((visibility("default"))) int fsr_cuda_probe(char* why, 
   return 1;
 }
 
-extern "C" __attribute__((visibility("default"))) fsr::Backend* fsr_cuda_create() {
-  return new fsr::CudaBackend();
+// device: a GPU's index, or -1 for the calling thread's current one.
+extern "C" __attribute__((visibility("default"))) fsr::Backend* fsr_cuda_create(int device) {
+  return new fsr::CudaBackend(device);
+}
+
+// How many GPUs the runtime sees (0 when none, or no driver).
+extern "C" __attribute__((visibility("default"))) int fsr_cuda_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
 }

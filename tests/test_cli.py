@@ -57,7 +57,7 @@ def recommended(out):
 
 # ----------------------------------------------------------------------------- demo
 def test_demo_prints_metrics_and_the_four_use_cases(capsys):
-    code, out, err = run(capsys, ["demo", "--sessions", "1500", "--epochs", "8", "--seed", "1", "--threads", "1"])
+    code, out, err = run(capsys, ["demo", "--sessions", "1500", "--epochs", "12", "--seed", "1", "--threads", "1"])
     assert code == 0, err
     assert "HR@10" in out and "coverage@10" in out and "most popular" in out
     assert "leave-one-out, full catalogue ranking" in out and "new visitors" in out
@@ -153,7 +153,7 @@ def test_string_ids_and_date_strings(tmp_path, capsys):
     df.rename(columns={"user_id": "visitor", "item_id": "sku", "timestamp": "at"}).to_csv(events, index=False)
     cols = ["--user-col", "visitor", "--item-col", "sku", "--time-col", "at"]
     code, out, err = run(capsys, ["train", events, "-o", model, *cols, "--epochs", "30", "--factors", "16",
-                                  "--max-seq", "8", "--lr", "0.005", "--threads", "1", "--loss", "softmax"])
+                                  "--max-seq", "8", "--dropout", "0.1", "--lr", "0.005", "--threads", "1", "--loss", "softmax"])
     assert code == 0, err
     assert "60 users" in out and "softmax loss" in out
     code, out, err = run(capsys, ["recommend", model, "--session", "p010,p011,p012", "-n", "3"])

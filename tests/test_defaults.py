@@ -27,14 +27,14 @@ def _resolve(seqs, **given):
     return _auto.resolve(params, lengths, n_items)
 
 
-def test_dropout_follows_the_density():
-    dense = _sequences(300, 100, 40, 60)       # ~50 events of 100 items a sequence: 50%
-    sparse = _sequences(3000, 5000, 3, 6)      # ~4.5 events of 5,000 items: 0.09%
-    middle = _sequences(3000, 1000, 3, 6)      # 0.45%: between
-    d = [_resolve(s)[0]["dropout"] for s in (dense, middle, sparse)]
+def test_dropout_follows_the_events_per_item():
+    rich = _sequences(1000, 100, 40, 60)       # ~50,000 events over 100 items: 500 an item
+    poor = _sequences(3000, 5000, 3, 6)        # ~13,500 over 5,000: 3 an item
+    middle = _sequences(3000, 100, 3, 6)       # ~13,500 over 100: 135 an item
+    d = [_resolve(s)[0]["dropout"] for s in (rich, middle, poor)]
     assert d[0] == 0.2 and d[2] == 0.5 and 0.2 < d[1] < 0.5
-    chosen = _resolve(sparse)[1]["dropout"]
-    assert chosen["value"] == 0.5 and "density" in chosen["why"]
+    chosen = _resolve(poor)[1]["dropout"]
+    assert chosen["value"] == 0.5 and "events per item" in chosen["why"]
 
 
 def test_max_seq_follows_the_lengths():

@@ -32,10 +32,47 @@ def test_cuda_status_is_reported():
     assert ok or why, "an unusable CUDA backend must say why"
     info = CORE.build_info()
     assert info["cuda"].startswith(("compiled", "not compiled"))
+    assert CORE.cuda_device_count() >= (1 if ok else 0)
+
+
+@pytest.mark.parametrize("bad", ["gpu", "CUDA", "cuda:", "cuda:-1", "cuda:01", "cuda:1.0", "cuda: 0",
+                                 "cuda:99999999999", 0, None])
+def test_device_strings_are_checked(bad):
+    with pytest.raises(ValueError, match=r"device must be one of \('auto', 'cpu', 'cuda', 'cuda:N'\)"):
+        SASRec(device=bad)
+
+
+def test_a_gpu_index_is_checked_against_the_machine():
+    n = CORE.cuda_device_count()
+    with pytest.raises(ValueError, match=f"device='cuda:{n}' is not available"):
+        SASRec(device=f"cuda:{n}")
+    if CUDA_OK:
+        assert "does not exist: this machine has" in CORE.backend_available(f"cuda:{n}")[1]
+
+
+@needs_cuda
+def test_a_model_on_gpu_n_says_so_and_runs_there(tmp_path):
+    rng = np.random.default_rng(2)
+    seqs = [rng.integers(1, 30, size=6).tolist() for _ in range(50)]
+    last = f"cuda:{CORE.cuda_device_count() - 1}"
+    m = SASRec(factors=8, n_layers=1, iterations=1, device=last).fit(seqs)
+    assert m._engine.device == last and m._engine.device_index == int(last[5:])
+    cpu = SASRec(factors=8, n_layers=1, iterations=1, device="cpu").fit(seqs)
+    assert cpu._engine.device == "cpu" and cpu._engine.device_index == -1
+    ids, _ = m.recommend_batch(seqs[:5], n=3)
+    m.save(tmp_path / "m.fsr")
+    back = SASRec.load(tmp_path / "m.fsr", device=last)
+    np.testing.assert_array_equal(back.recommend_batch(seqs[:5], n=3)[0], ids)
+    assert m.to("cuda")._engine.device == last  # already on a GPU: stays
+
+
+SAMPLERS = {"gbce": dict(loss="gbce", gbce_t=0.5, n_negatives=3),
+            "sampled_softmax_mixed": dict(loss="sampled_softmax", negatives="mixed",
+                                          logq_correction=True)}
 
 
 def _pair(loss, seed=5, **extra):
-    cfg = dict(GOLDEN, loss=loss, **extra)
+    cfg = dict(GOLDEN, **SAMPLERS.get(loss, {"loss": loss}), **extra)
     cpu, gpu = CORE.Model(cfg, "cpu"), CORE.Model(cfg, "cuda")
     rng = np.random.default_rng(seed)
     params = (cpu.get_params() + 0.1 * rng.standard_normal(cpu.n_params)).astype(np.float32)
@@ -44,12 +81,16 @@ def _pair(loss, seed=5, **extra):
     items = np.concatenate(SEQUENCES).astype(np.int32)
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in SEQUENCES])]).astype(np.int64)
     trainable = np.array([i for i, s in enumerate(SEQUENCES) if len(s) >= 2], np.int64)
+    counts = RM.target_counts(np.concatenate([SEQUENCES[i] for i in trainable]).astype(np.int32),
+                              np.concatenate([[0], np.cumsum([len(SEQUENCES[i]) for i in trainable])]), cfg)
+    for m in (cpu, gpu):
+        m.set_target_counts(counts)
     batch = cpu.build_batch(items, offsets, trainable, 3)
-    return cfg, cpu, gpu, params, batch
+    return dict(cfg, _counts=counts), cpu, gpu, params, batch
 
 
 @needs_cuda
-@pytest.mark.parametrize("loss", ["bce", "sampled_softmax", "softmax"])
+@pytest.mark.parametrize("loss", ["bce", "sampled_softmax", "softmax", "gbce", "sampled_softmax_mixed"])
 def test_training_step_matches_cpu_and_reference(loss):
     cfg, cpu, gpu, params, b = _pair(loss)
     args = (b["items"], b["targets"], b["pos"], b["cu"], b["negatives"])
@@ -107,7 +148,7 @@ def test_save_on_one_device_load_on_the_other(tmp_path):
 
 
 @needs_cuda
-@pytest.mark.parametrize("loss", ["sampled_softmax", "softmax"])
+@pytest.mark.parametrize("loss", ["sampled_softmax", "softmax", "gbce"])
 def test_batches_of_every_size_train_on_cuda(loss):
     """Batches far smaller than the largest one reuse its arena: the loss workspace must be
     large enough for every smaller batch too (an overflow once corrupted the next batch's

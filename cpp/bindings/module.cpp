@@ -437,6 +437,7 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("device"), py::arg("config"),
      "Why a usable device cannot run a model of this config (max_seq, factors, n_heads): "
      "'' when it can.");
+  m.def("cuda_device_count", &cuda_device_count, "GPUs the CUDA backend can use (0: none).");
   m.def("backend_available", [](const std::string& device) {
     std::string why;
     const bool ok = backend_available(device, &why);

@@ -2,6 +2,7 @@
 // its own shared library (libfastsasrec_cuda.so, next to this module), loaded on first
 // use: a machine without a GPU, a driver or cuBLAS imports fastsasrec all the same and
 // gets the reason back here.
+#include <cstdint>
 #include <string>
 
 #include "fastsasrec/backend.h"
@@ -23,7 +24,8 @@ namespace {
 struct CudaPlugin {
   void* handle = nullptr;
   int (*probe)(char*, size_t) = nullptr;
-  Backend* (*create)() = nullptr;
+  Backend* (*create)(int) = nullptr;
+  int (*count)() = nullptr;
   std::string error;
 };
 
@@ -48,8 +50,10 @@ CudaPlugin& cuda_plugin() {
       return;
     }
     plugin.probe = reinterpret_cast<int (*)(char*, size_t)>(dlsym(plugin.handle, "fsr_cuda_probe"));
-    plugin.create = reinterpret_cast<Backend* (*)()>(dlsym(plugin.handle, "fsr_cuda_create"));
-    if (!plugin.probe || !plugin.create) plugin.error = "the CUDA backend library is incomplete";
+    plugin.create = reinterpret_cast<Backend* (*)(int)>(dlsym(plugin.handle, "fsr_cuda_create"));
+    plugin.count = reinterpret_cast<int (*)()>(dlsym(plugin.handle, "fsr_cuda_count"));
+    if (!plugin.probe || !plugin.create || !plugin.count)
+      plugin.error = "the CUDA backend library is incomplete";
   });
   return plugin;
 }
@@ -76,11 +80,44 @@ bool cuda_usable(std::string* why_not) {
 
 }  // namespace
 
+// "cuda" -> -1 (the current GPU), "cuda:N" -> N; -2 for anything else.
+static int cuda_index(const std::string& device) {
+  if (device == "cuda") return -1;
+  if (device.rfind("cuda:", 0) != 0 || device.size() == 5 || device.size() > 14) return -2;
+  int64_t n = 0;
+  for (size_t i = 5; i < device.size(); ++i) {
+    if (device[i] < '0' || device[i] > '9') return -2;
+    n = n * 10 + (device[i] - '0');
+  }
+  return n <= INT32_MAX ? (int)n : -2;
+}
+
+int cuda_device_count() {
+#ifdef FSR_WITH_CUDA
+  std::string why;
+  if (!cuda_usable(&why)) return 0;
+  return cuda_plugin().count();
+#else
+  return 0;
+#endif
+}
+
 bool backend_available(const std::string& device, std::string* why_not) {
   if (device == "cpu") return true;
-  if (device == "cuda") return cuda_usable(why_not);
-  if (why_not) *why_not = "unknown device '" + device + "' (expected 'cpu' or 'cuda')";
-  return false;
+  const int index = cuda_index(device);
+  if (index == -2) {
+    if (why_not) *why_not = "unknown device '" + device + "' (expected 'cpu', 'cuda' or 'cuda:N')";
+    return false;
+  }
+  if (!cuda_usable(why_not)) return false;
+  const int count = cuda_device_count();
+  if (index >= count) {
+    if (why_not)
+      *why_not = detail::cat("GPU ", index, " does not exist: this machine has ", count,
+                             count == 1 ? " GPU (cuda:0)" : " GPUs (cuda:0 .. cuda:" + std::to_string(count - 1) + ")");
+    return false;
+  }
+  return true;
 }
 
 std::unique_ptr<Backend> make_backend(const std::string& device) {
@@ -88,9 +125,9 @@ std::unique_ptr<Backend> make_backend(const std::string& device) {
   if (!backend_available(device, &why)) throw ValueError("device='" + device + "': " + why);
   if (device == "cpu") return make_cpu_backend();
 #ifdef FSR_WITH_CUDA
-  return std::unique_ptr<Backend>(cuda_plugin().create());
+  return std::unique_ptr<Backend>(cuda_plugin().create(cuda_index(device)));
 #else
-  throw ValueError("device='cuda': the CUDA backend is not compiled into this build");
+  throw ValueError("device='" + device + "': the CUDA backend is not compiled into this build");
 #endif
 }
 

@@ -113,9 +113,9 @@ const TensorInfo& Model::tensor(const std::string& name) const {
 Model::Model(const Config& cfg, const std::string& device, int threads) : cfg_(cfg) {
   cfg_.validate();
   be_ = make_backend(device);
-  device_ = be_->name();
+  device_ = be_->device_index() >= 0 ? "cuda:" + std::to_string(be_->device_index()) : be_->name();
   const std::string why = be_->unsupported(cfg_.max_seq, cfg_.head_dim());
-  FSR_REQUIRE(why.empty(), "device '", device_, "': ", why);
+  FSR_REQUIRE(why.empty(), "device '", device, "': ", why);
   be_->set_precision(cfg_.precision);
   be_->set_threads(threads);
   build_layout();

@@ -34,6 +34,9 @@ def show_config() -> None:
     omp = info["openmp"]
     print(f"  OpenMP: {'yes (' + str(omp) + ')' if omp else 'no'}; threads: {info['omp_max_threads']}")
     print(f"  CUDA backend: {info['cuda']}")
-    print(f"  GPU usable now: {'yes' if ok else 'no (' + why + ')'}")
+    count = _core.cuda_device_count() if ok else 0
+    devices = f"yes: {count} GPU{'s' if count != 1 else ''}, device='cuda:0'" + \
+        (f" .. 'cuda:{count - 1}'" if count > 1 else "")
+    print(f"  GPU usable now: {devices if ok else 'no (' + why + ')'}")
     if _core.test_ops:
         print("  test build: _core.Ops binds the raw ops (unchecked sizes; tests only)")

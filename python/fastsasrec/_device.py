@@ -1,10 +1,18 @@
-"""Device selection: "auto" | "cpu" | "cuda", and the probe behind cuda_available()."""
+"""Device selection: "auto" | "cpu" | "cuda" | "cuda:N", and the probe behind
+cuda_available()."""
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any, Dict, Optional, Tuple
 
-VALID_DEVICES = ("auto", "cpu", "cuda")
+VALID_DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+_CUDA_N = re.compile(r"cuda:(0|[1-9][0-9]{0,8})")
+
+
+def is_device(device: Any) -> bool:
+    """Whether ``device`` is a device string fastsasrec knows (usable or not)."""
+    return isinstance(device, str) and (device in ("auto", "cpu", "cuda") or bool(_CUDA_N.fullmatch(device)))
 
 
 def cuda_status() -> Tuple[bool, str]:
@@ -22,15 +30,19 @@ def resolve_device(device: str, config: Optional[Dict[str, Any]] = None) -> str:
     run that model (the CUDA attention's limits on max_seq and the head width), and says
     why when it falls back to the CPU; "cuda" leaves the refusal, with its reason, to the
     engine."""
-    if not isinstance(device, str) or device not in VALID_DEVICES:
-        raise ValueError(f"device must be one of {VALID_DEVICES}, got {device!r}")
+    if not is_device(device):
+        raise ValueError(f"device must be one of {VALID_DEVICES} (N a GPU's index), got {device!r}")
     if device == "cpu":
         return "cpu"
     ok, why = cuda_status()
-    if device == "cuda":
+    if device.startswith("cuda"):
+        if ok and device != "cuda":
+            from fastsasrec import _core
+
+            ok, why = _core.backend_available(device)
         if not ok:
-            raise ValueError(f"device='cuda' is not available: {why}. Use device='cpu' or 'auto'.")
-        return "cuda"
+            raise ValueError(f"device={device!r} is not available: {why}. Use device='cpu' or 'auto'.")
+        return device
     if not ok:
         return "cpu"
     if config is not None:

@@ -663,7 +663,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sv.add_argument("model", metavar="MODEL")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000, help="default: 8000")
-    sv.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    sv.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     sv.add_argument("--threads", type=int, default=None, help="CPU threads of the engine (default: all cores)")
     sv.add_argument("--max-batch", type=int, default=64, help="sessions per engine call (default: 64)")
     sv.add_argument("--max-wait-ms", type=float, default=0.0,

@@ -325,8 +325,8 @@ class SASRec(NotebookCompat):
         of the sequence lengths, rounded up to 10, within 10..50.
     dropout : float or "auto"
         Dropout rate on embeddings, attention probabilities and feed-forward layers.
-        ``auto`` follows the data's density (events / (sequences x items)), as the paper
-        used 0.2 on dense data and 0.5 on sparse: 0.2 at 1% or more, 0.5 at 0.1% or less.
+        ``auto`` follows the training events per item (the examples each item embedding
+        learns from): 0.5 at 64 or fewer, 0.2 at 256 or more, log-linear between.
     loss : {"auto", "softmax", "sampled_softmax", "gbce", "bce"}
         ``softmax`` is full cross-entropy over the catalogue; ``sampled_softmax`` uses
         ``n_negatives`` negatives shared across a batch (cost independent of the
@@ -360,8 +360,10 @@ class SASRec(NotebookCompat):
         the best epoch's weights (not refitted on the held-out items, which would take
         a second fit's time).  With fewer than 100 sequences of 3 or more items, a fixed
         count of about 1,500 steps (20..200 epochs).
-    device : {"auto", "cpu", "cuda"}
-        ``auto`` picks the GPU when the CUDA backend is compiled in and a GPU is usable.
+    device : {"auto", "cpu", "cuda", "cuda:N"}
+        ``auto`` picks the GPU when the CUDA backend is compiled in and a GPU is usable;
+        ``cuda`` is the current GPU, ``cuda:N`` GPU N (a Spark or Ray task's own GPU).  A
+        model on GPU N runs there from any thread.
     random_state : int or None
         Seed of initialisation, shuffling, negatives and dropout.  Results are
         deterministic for a given seed and thread count.
@@ -889,7 +891,8 @@ class SASRec(NotebookCompat):
         return int(self._fitted().item_ids.size)
 
     def to(self, device: str) -> "SASRec":
-        """Moves the fitted model to another device ("cpu", "cuda" or "auto"); returns self.
+        """Moves the fitted model to another device ("cpu", "cuda", "cuda:N" or "auto");
+        returns self.  ("cuda" leaves a model already on a GPU where it is.)
         The weights travel through host memory; the optimizer state starts afresh.  The next
         fit uses the device too."""
         resolve_device(device)  # an unknown or unusable device is the caller's mistake
@@ -897,7 +900,7 @@ class SASRec(NotebookCompat):
             state = self._fitted()
             backend = resolve_device(device, state.config)
             moved = dataclasses.replace(state, params=dict(state.params, device=device))
-            if backend != state.engine.device:
+            if backend != state.engine.device and not (backend == "cuda" and state.engine.device_index >= 0):
                 engine = _core.Model(dict(state.config), backend, threads=state.params["num_threads"])
                 engine.set_params(state.engine.get_params())
                 moved = dataclasses.replace(moved, engine=engine)
@@ -1037,7 +1040,7 @@ class SASRec(NotebookCompat):
         import cupy as cp
 
         engine = state.engine
-        if engine.device != "cuda":
+        if engine.device_index < 0:
             raise ValueError(
                 f"sessions is a CuPy array but this model is on {engine.device!r}: move it "
                 "with .to('cuda'), or pass a NumPy array or lists"

@@ -76,5 +76,7 @@ class Backend {
 // Throws fsr::ValueError naming the device when it is unknown or unavailable.
 std::unique_ptr<Backend> make_backend(const std::string& device);
 bool backend_available(const std::string& device, std::string* why_not);
+// GPUs the CUDA backend can use (0 without it, a driver or a GPU).
+int cuda_device_count();
 
 }  // namespace fsr

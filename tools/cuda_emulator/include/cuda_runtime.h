@@ -67,6 +67,7 @@ inline const char* cudaGetErrorName(cudaError_t e) { return e ? "cudaErrorEmulat
 inline const char* cudaGetErrorString(cudaError_t e) { return e ? "emulated error" : "no error"; }
 inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
   *v = a == cudaDevAttrMaxSharedMemoryPerBlockOptin ? emu::smem_optin() : 132;
   return cudaSuccess;

@@ -1,0 +1,138 @@
+"""Batch scoring on Spark: each user's session built in Spark, scored on the executors.
+
+    from fastsasrec.spark import recommend
+    recs = recommend(events_df, "model.fsr", user_col="user_id", item_col="item_id",
+                     time_col="timestamp", n=10)      # a Spark DataFrame
+    recs.write.parquet("recs/")
+
+The session of a user is their most recent ``max_seq`` events, ordered by ``time_col``
+(ties in the order Spark read the rows), built with a window in Spark.  The partitions
+are scored with ``mapInPandas`` over Arrow batches.  The model file reaches the executors
+through ``SparkContext.addFile`` (or, with ``ship=False``, by a path every executor can
+read) and is loaded once per Python worker process.  On an executor with GPUs, a task
+takes the GPU Spark gave it (``device="auto"`` or ``"cuda"``: the task's first ``gpu``
+resource address becomes ``cuda:N``).  Needs pyspark (the ``spark`` extra).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+_MODELS: Dict[Tuple[str, str, int], Any] = {}  # per Python worker: (path, device, threads)
+_LOCK = threading.Lock()
+
+
+def _worker_model(path: str, device: str, threads: int) -> Any:
+    """The model at ``path`` on ``device``, loaded once per worker process."""
+    from fastsasrec import SASRec
+
+    key = (path, device, threads)
+    with _LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            model = _MODELS[key] = SASRec.load(path, device=device, num_threads=threads)
+        return model
+
+
+def _task_device(device: str) -> str:
+    """``device``, with "auto" / "cuda" made the GPU this Spark task was given (if any)."""
+    if device not in ("auto", "cuda"):
+        return device
+    try:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        gpus = ctx.resources().get("gpu") if ctx is not None else None
+    except Exception:  # noqa: BLE001 - no task context: not on an executor
+        gpus = None
+    if gpus is not None and gpus.addresses:
+        return f"cuda:{int(gpus.addresses[0])}"
+    return "cpu" if device == "auto" else device
+
+
+def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_col: str = "item_id",
+              time_col: Optional[str] = "timestamp", n: int = 10, exclude_seen: bool = True,
+              num_threads: int = 1, device: str = "auto", ship: bool = True) -> Any:
+    """(user_col, rank, item, score) rows for every user of the Spark DataFrame
+    ``events_df``, as a Spark DataFrame (lazy: nothing runs until it is written or
+    collected).
+
+    ``num_threads``: CPU threads of each task's model (a task per core is Spark's way, so
+    1 by default).  ``device``: "cpu", "cuda:N", or "auto" / "cuda" for the GPU the task
+    was given (auto: the CPU when none was).  ``ship``: send the model file with
+    ``SparkContext.addFile``; False reads ``model_path`` on each executor (a shared
+    filesystem).  Errors name the argument: a missing column, a bad ``n``, a model file
+    that does not load on the driver."""
+    from pyspark.sql import SparkSession, Window
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from fastsasrec import SASRec
+    from fastsasrec._params import flag, positive_int
+
+    n = positive_int(n, "n")
+    num_threads = int(num_threads)
+    if num_threads < 0:
+        raise ValueError(f"num_threads must be >= 0, got {num_threads}")
+    exclude_seen = flag(exclude_seen, "exclude_seen")
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a string, got {device!r}")
+    for arg, col in (("user_col", user_col), ("item_col", item_col), ("time_col", time_col)):
+        if col is not None and col not in events_df.columns:
+            raise ValueError(f"{arg}={col!r} is not a column of events_df; its columns are "
+                             f"{events_df.columns}")
+    model_path = os.path.abspath(os.fspath(model_path))
+    driver = SASRec.load(model_path, device="cpu")  # checks the file once, on the driver
+    T_ = int(driver._config["max_seq"])
+    k = min(n, driver.n_items)
+    item_type = events_df.schema[item_col].dataType
+    user_type = events_df.schema[user_col].dataType
+    if ship:
+        spark = SparkSession.getActiveSession() or events_df.sparkSession
+        spark.sparkContext.addFile(model_path)
+        name = os.path.basename(model_path)
+    else:
+        name = None
+
+    # Sessions: each user's most recent max_seq events in time order.
+    order_cols = ([F.col(time_col).desc()] if time_col is not None else []) + [F.col("_fsr_seq").desc()]
+    w = Window.partitionBy(user_col).orderBy(*order_cols)
+    recent = (events_df.select(user_col, item_col, *([time_col] if time_col else []))
+              .withColumn("_fsr_seq", F.monotonically_increasing_id())
+              .withColumn("_fsr_back", F.row_number().over(w))
+              .where(F.col("_fsr_back") <= T_))
+    sessions = (recent.groupBy(user_col)
+                .agg(F.sort_array(F.collect_list(F.struct(F.col("_fsr_back"), F.col(item_col))), asc=False)
+                     .alias("_fsr_events"))
+                .select(user_col, F.col(f"_fsr_events.{item_col}").alias("_fsr_items")))
+
+    schema = T.StructType([T.StructField(user_col, user_type), T.StructField("rank", T.IntegerType()),
+                           T.StructField("item", item_type), T.StructField("score", T.FloatType())])
+
+    def score(batches: Iterator[Any]) -> Iterator[Any]:
+        import numpy as np
+        import pandas as pd
+
+        if name is not None:
+            from pyspark import SparkFiles
+
+            path = SparkFiles.get(name)
+        else:
+            path = model_path
+        model = _worker_model(path, _task_device(device), num_threads)
+        for pdf in batches:
+            if not len(pdf):
+                continue
+            sessions = [list(x) for x in pdf["_fsr_items"]]
+            ids, scores = model.recommend_batch(sessions, n=k, exclude_seen=exclude_seen)
+            filled = (ids != "") if ids.dtype.kind == "U" else (ids != -1)
+            mask = filled.ravel()
+            yield pd.DataFrame({
+                user_col: np.repeat(pdf[user_col].to_numpy(), k)[mask],
+                "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(pdf))[mask],
+                "item": ids.ravel()[mask],
+                "score": scores.ravel()[mask].astype(np.float32),
+            })
+
+    return sessions.mapInPandas(score, schema=schema)
