@@ -6,6 +6,7 @@ this process (so that a test can inject a clock, or reload the model); the signa
 import asyncio
 import concurrent.futures
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -454,7 +455,17 @@ def test_process_sighup_reloads_and_sigterm_drains(model, other_model, tmp_path)
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             futs = [pool.submit(httpx.post, url + "/v1/recommend/batch",
                                 json={"sessions": big, "n": 50}, timeout=60) for _ in range(8)]
-            time.sleep(0.2)
+            # SIGTERM once the server holds them (a loaded machine may take a while to
+            # connect them; one not yet connected would meet a closed port).
+            deadline = time.monotonic() + 20
+            while True:
+                answered = sum(f.done() for f in futs)  # before the read: never counted twice
+                text = httpx.get(url + "/metrics").text
+                held = int(re.search(r"^fastsasrec_requests_in_flight (\d+)$", text, re.M).group(1)) - 1
+                if held + answered >= len(futs):
+                    break
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
             proc.send_signal(signal.SIGTERM)
             codes = [f.result().status_code for f in futs]
         assert codes == [200] * 8

@@ -254,9 +254,15 @@ class Metrics:
         self.batch = _Histogram(_BATCH_BUCKETS)
         self.unknown_items = 0
         self.reloads = {"ok": 0, "failed": 0}
+        self.in_flight = 0  # requests received and not yet answered (this one included)
+
+    def started(self) -> None:
+        with self.lock:
+            self.in_flight += 1
 
     def request(self, route: str, status: int, seconds: float) -> None:
         with self.lock:
+            self.in_flight -= 1
             self.requests[(route, status)] = self.requests.get((route, status), 0) + 1
             self.latency.setdefault(route, _Histogram(_LATENCY_BUCKETS)).observe(seconds)
 
@@ -275,9 +281,14 @@ class Metrics:
             lines += self.batch.lines("fastsasrec_batch_sessions")
             unknown = self.unknown_items
             reloads = dict(self.reloads)
+            in_flight = self.in_flight
         sessions, items = server.sessions.stats()
         loaded = server.current
         lines += [
+            "# HELP fastsasrec_requests_in_flight Requests received and not yet answered "
+            "(this one included).",
+            "# TYPE fastsasrec_requests_in_flight gauge",
+            f"fastsasrec_requests_in_flight {in_flight}",
             "# HELP fastsasrec_queue_depth Requests waiting for the engine.",
             "# TYPE fastsasrec_queue_depth gauge",
             f"fastsasrec_queue_depth {server.batcher.depth}",
@@ -916,6 +927,7 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
+        self.server.metrics.started()
         rid = None
         for k, v in scope.get("headers", []):
             if k == b"x-request-id" and 0 < len(v) <= 64 and re.fullmatch(rb"[A-Za-z0-9._-]+", v):
