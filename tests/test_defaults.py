@@ -48,12 +48,15 @@ def test_max_seq_follows_the_lengths():
 
 def test_loss_and_negatives_follow_the_catalogue():
     small = _sequences(200, 500, 3, 8)
-    big = _sequences(2000, _auto.SOFTMAX_MAX_ITEMS * 3, 3, 8)
+    big = _sequences(8000, _auto.SOFTMAX_MAX_ITEMS + 5000, 3, 8)
     p, chosen = _resolve(small)
     assert p["loss"] == "softmax" and "negatives" not in chosen
     p, chosen = _resolve(big)
     assert p["loss"] == "sampled_softmax" and p["negatives"] == "mixed" and p["logq_correction"]
-    assert chosen["loss"]["value"] == "sampled_softmax"
+    assert chosen["loss"]["value"] == "sampled_softmax" and p["n_negatives"] == 1024
+    assert _resolve(small, loss="gbce")[0]["n_negatives"] == 256
+    assert _resolve(_sequences(50, 20, 3, 8), loss="sampled_softmax")[0]["n_negatives"] == 19
+    assert _resolve(big, n_negatives=64)[0]["n_negatives"] == 64
 
 
 def test_explicit_values_win():
@@ -92,8 +95,10 @@ def test_auto_iterations_stop_early_on_a_carved_slice_and_say_so():
     it = chosen["iterations"]
     plan = _auto.schedule(600, SMALL["batch_size"])
     assert 1 <= it["value"] <= it["epochs_run"] <= plan["max_epochs"]
-    assert it["value"] == m.best_epoch_ and it["epochs_run"] == len(m.loss_history_)
+    # the model is the refit on everything, for the chosen epochs
+    assert it["value"] == m.best_epoch_ == len(m.loss_history_)
     assert "validation slice" in it["why"] and "500 of the 600" in it["why"]
+    assert "trained on everything" in it["why"]
     assert m.validation_ is not None  # compared with the most popular items on the slice
     assert set(chosen) >= {"dropout", "max_seq", "loss", "iterations"}
     assert m.fitted_params_["iterations"] == "auto"  # as given; defaults_ has the choice
@@ -101,8 +106,9 @@ def test_auto_iterations_stop_early_on_a_carved_slice_and_say_so():
 
 @RANDOM_DATA
 def test_auto_iterations_are_early_stopping_on_the_slice_exactly():
-    """fit with iterations="auto" is the fit a user would write by hand: the slice's last
-    items held out of training, the slice as validation, the schedule's patience and cap."""
+    """fit with iterations="auto" is the two fits a user would write by hand: the slice's
+    last items held out of training, the slice as validation, the schedule's patience and
+    cap; then a fresh fit on everything for the epoch that won."""
     seqs = _sequences(600, 80, 4, 12, seed=2)
     auto = SASRec(**SMALL).fit(seqs)
     flat = flatten_sequences(seqs, "s")
@@ -114,9 +120,11 @@ def test_auto_iterations_are_early_stopping_on_the_slice_exactly():
     val = [seqs[i] for i in carved]
     by_hand = SASRec(**dict(SMALL, **chosen, iterations=plan["max_epochs"])).fit(
         train, validation=val, early_stopping_patience=plan["patience"])
-    assert by_hand.best_epoch_ == auto.best_epoch_
-    assert len(by_hand.loss_history_) == len(auto.loss_history_)
-    np.testing.assert_array_equal(by_hand._engine.get_params(), auto._engine.get_params())
+    kept = auto.defaults_["iterations"]["value"]
+    assert by_hand.best_epoch_ == kept
+    assert len(by_hand.loss_history_) == auto.defaults_["iterations"]["epochs_run"]
+    refit = SASRec(**dict(SMALL, **chosen, iterations=kept)).fit(seqs)
+    np.testing.assert_array_equal(refit._engine.get_params(), auto._engine.get_params())
 
 
 @RANDOM_DATA
@@ -167,3 +175,25 @@ def test_defaults_survive_save_and_load(tmp_path):
         warnings.simplefilter("error")
         loaded = SASRec.load(tmp_path / "m.fsr", device="cpu")
     assert loaded.defaults_ == m.defaults_ and "iterations" not in m.defaults_
+
+
+@RANDOM_DATA
+@pytest.mark.parametrize("phase", ["slice", "refit"])
+def test_an_auto_fit_resumes_from_either_phase(tmp_path, phase):
+    """A checkpoint copied during early stopping on the slice, or during the refit on
+    everything, resumes to the weights of the uninterrupted fit."""
+    import shutil
+
+    seqs = _sequences(600, 80, 4, 12, seed=9)
+    ck = tmp_path / "job.ckpt"
+    side = tmp_path / "copy.ckpt"
+
+    def copy_once(model, epoch, logs):
+        if (("val_NDCG@10" in logs) == (phase == "slice")) and epoch == 2 and not side.exists():
+            shutil.copy(ck, side)
+
+    whole = SASRec(**SMALL).fit(seqs, checkpoint=ck, callbacks=[copy_once])
+    assert side.exists()
+    again = SASRec(**SMALL).fit(seqs, checkpoint=tmp_path / "again.ckpt", resume=side)
+    np.testing.assert_array_equal(again._engine.get_params(), whole._engine.get_params())
+    assert again.defaults_["iterations"] == whole.defaults_["iterations"]

@@ -32,7 +32,7 @@ PARAMS: Dict[str, tuple] = {
     "loss": ("choice", "auto"),
     "negatives": ("choice", "auto"),
     "logq_correction": ("flag", None),
-    "n_negatives": ("int", 256),
+    "n_negatives": ("int", "auto"),
     "gbce_t": ("float", 0.75),
     "learning_rate": ("float", 1e-3),
     "weight_decay": ("float", 0.0),
@@ -48,7 +48,8 @@ DEFAULTS: Dict[str, Any] = {name: default for name, (_, default) in PARAMS.items
 _CHOICES = {"loss": LOSSES, "negatives": NEGATIVES, "precision": PRECISIONS}
 AUTO = {name for name, (_, default) in PARAMS.items() if default == "auto"}
 # What the engine's range check sees for "auto" before the data is known.
-_AUTO_PLACEHOLDER = {"max_seq": 50, "dropout": 0.3, "loss": "softmax", "negatives": "uniform"}
+_AUTO_PLACEHOLDER = {"max_seq": 50, "dropout": 0.3, "loss": "softmax", "negatives": "uniform",
+                     "n_negatives": 256}
 _PYTHON_ONLY_MIN = {"iterations": 0, "verbose": 0}  # the engine never sees these
 
 

@@ -658,8 +658,9 @@ def _int_field(meta: Dict[str, Any], key: str, path: str, lo: int = 0) -> int:
 def load_checkpoint(path: "os.PathLike[str] | str") -> Dict[str, Any]:
     """What a checkpoint holds, checked: ``params`` (the fit's), ``config``, ``arrays``
     (params, m, v, item_ids, popularity, best_params when saved), ``step``, ``epoch``,
-    ``loss_history``, ``history``, ``early_stopping`` and ``fingerprint``.  Raises like
-    ``load``."""
+    ``loss_history``, ``history``, ``early_stopping``, ``fingerprint`` and ``refit`` (None,
+    or the epochs and choice of an iterations="auto" fit's refit on everything, whose
+    epochs the checkpoint counts).  Raises like ``load``."""
     path = os.fspath(path)
     meta, config, arrays = _read_file(path, checkpoint=True)
     loss_history = _loss_history(meta, path)
@@ -681,6 +682,11 @@ def load_checkpoint(path: "os.PathLike[str] | str") -> Dict[str, Any]:
     fingerprint = meta.get("fingerprint")
     if not isinstance(fingerprint, dict) or not isinstance(fingerprint.get("sha256"), str):
         raise ValueError(f"path {path!r}: invalid fingerprint {fingerprint!r}")
+    refit = meta.get("refit")
+    if refit is not None and not (isinstance(refit, dict) and isinstance(refit.get("epochs"), int)
+                                  and not isinstance(refit["epochs"], bool) and refit["epochs"] >= 1
+                                  and isinstance(refit.get("chosen"), dict)):
+        raise ValueError(f"path {path!r}: invalid refit {refit!r}")
     return dict(params=_params_of(meta, path), config=config, arrays=arrays,
                 step=_int_field(meta, "step", path), epoch=epoch, loss_history=loss_history,
-                history=history, early_stopping=es, fingerprint=fingerprint)
+                history=history, early_stopping=es, fingerprint=fingerprint, refit=refit)
