@@ -216,6 +216,16 @@ def _model_meta(state: Any, tensors: List[Tuple[str, int, Tuple[int, ...]]]) -> 
     }
 
 
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes, read a MiB at a time (the model's tag in what it
+    serves and scores)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def save(model: Any, path: "os.PathLike[str] | str") -> None:
     """Writes a fitted model to ``path`` through a temporary file in the same folder,
     fsynced and renamed over it, so a crash never leaves a half-written model; the file

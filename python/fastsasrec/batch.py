@@ -13,7 +13,6 @@ file's SHA-256 in the output's metadata.  ``fastsasrec score`` is score_file.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from typing import Any, Callable, Iterator, Optional, Tuple
 import numpy as np
 
 from fastsasrec.data import Sequences, _as_ids, _column, _table_kind, transactions_to_sequences
+from fastsasrec import _persist
 from fastsasrec._params import flag, positive_int
 
 SCORE_BATCH = 1 << 16  # sessions per recommend_batch call
@@ -79,14 +79,6 @@ def recommend_frame(model: Any, df: Any, user_col: Any = "user_id", item_col: An
 
 
 # ----------------------------------------------------------------------------- streaming
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _chunks(path: str, cols: list, chunk_rows: int) -> Iterator[Any]:
     """pandas frames of at most chunk_rows rows of the named columns of a .csv or .parquet."""
     import pandas as pd
@@ -181,7 +173,7 @@ def score_file(model: Any, model_path: str, events: str, output: str, user_col: 
     T = int(model._config["max_seq"])
     cols = [c for c in dict.fromkeys((user_col, item_col, time_col)) if c is not None]
     t0 = time.perf_counter()
-    meta = {"model": os.path.abspath(model_path), "model_sha256": file_sha256(model_path),
+    meta = {"model": os.path.abspath(model_path), "model_sha256": _persist.file_sha256(model_path),
             "events": os.path.abspath(events), "n": n, "exclude_seen": bool(exclude_seen),
             "session": f"each user's most recent {T} events", "user_col": user_col}
     writer = _Writer(output, meta)

@@ -29,7 +29,6 @@ import array
 import asyncio
 import concurrent.futures
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -44,6 +43,8 @@ from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from fastsasrec import _persist
 
 log = logging.getLogger("fastsasrec.serve")
 
@@ -101,13 +102,6 @@ def _file_signature(path: str) -> Optional[Tuple[float, int, int]]:
         return None
     return (st.st_mtime, st.st_size, st.st_ino)
 
-
-def _sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _warm(model: Any) -> None:
@@ -520,7 +514,7 @@ class Server:
         # between the two reads changes its signature, and the pair is read again.
         for _ in range(3):
             before = _file_signature(path)
-            sha = _sha256_of(path)
+            sha = _persist.file_sha256(path)
             model = SASRec.load(path, device=self.device, num_threads=self.num_threads)
             if _file_signature(path) == before:
                 break
