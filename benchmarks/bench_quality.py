@@ -233,7 +233,8 @@ def table(split_: str) -> str:
             secs = np.mean([r.get("seconds", 0.0) for r in runs])
             settings = runs[0].get("config", "")
             if settings:
-                settings = ", ".join(f"{k} {v}" for k, v in settings.items())
+                settings = ", ".join(f"{k} {v}" for k, v in settings.items()
+                                     if k != "negatives" or settings.get("loss") == "sampled_softmax")
             samp = ""
             if "sampled_NDCG@10" in runs[0]:
                 samp = f" (sampled HR@10 {np.mean([r['sampled_HR@10'] for r in runs]):.3f})"
