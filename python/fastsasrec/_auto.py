@@ -16,13 +16,17 @@ validation targets of MovieLens 100K, Amazon Beauty and Sports and the synthetic
   are that long; beyond 50 it cost more than it gave on the dense set).
 - ``loss``: the full softmax up to ``SOFTMAX_MAX_ITEMS`` items (the most accurate: on
   Beauty's 12,000 items, validation NDCG@10 0.0706 against 0.0672 for 1,024 mixed
-  negatives, 0.0633 for 256 and 0.0557 for 256 uniform ones, at 2.6x their time per
-  epoch); above, the sampled softmax, whose cost does not grow with the catalogue.
+  negatives, 0.0633 for 256 and 0.0557 for 256 uniform ones, at several times their
+  time per epoch); above, the sampled softmax, whose cost does not grow with the
+  catalogue.
 - ``negatives``: the sampled softmax's ``mixed`` negatives (half from the batch's
   targets, half uniform) with the logQ correction; ``n_negatives``: 1,024 for it (95% of
   the full softmax's NDCG@10 on Beauty at 38% of its time), 256 for gbce (the paper's).
 - ``iterations``: early stopping on a validation slice (see ``carve_slice``), at most
-  ``max_epochs`` epochs, patience from the batches an epoch holds.
+  ``max_epochs`` epochs, patience from the batches an epoch holds; then fit trains a
+  fresh model on everything for the winning number of epochs (the held-out items are
+  each sequence's most recent: on MovieLens 100K's validation targets the refit scored
+  0.117 against 0.110 for the early-stopped weights).
 """
 from __future__ import annotations
 
