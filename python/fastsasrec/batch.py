@@ -38,6 +38,21 @@ def _recent(items: np.ndarray, offsets: np.ndarray, T: int) -> Tuple[np.ndarray,
     return items[take], np.concatenate(([0], np.cumsum(keep))).astype(np.int64)
 
 
+def long_rows(users: np.ndarray, ids: np.ndarray, scores: np.ndarray, user_col: str = "user") -> "Any":
+    """recommend_batch's (B, k) ids and scores as (user_col, rank, item, score) rows, best
+    first, empty slots (id -1 or "") left out: the one output shape of every batch path."""
+    import pandas as pd
+
+    k = ids.shape[1]
+    mask = ((ids != "") if ids.dtype.kind == "U" else (ids != -1)).ravel()
+    return pd.DataFrame({
+        user_col: np.repeat(np.asarray(users), k)[mask],
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), ids.shape[0])[mask],
+        "item": ids.ravel()[mask],
+        "score": scores.ravel()[mask].astype(np.float32),
+    })
+
+
 def _score(model: Any, users: np.ndarray, items: np.ndarray, offsets: np.ndarray, n: int,
            exclude_seen: bool) -> "Any":
     """The (user, rank, item, score) frame of flat sessions (their last max_seq items)."""
@@ -51,14 +66,7 @@ def _score(model: Any, users: np.ndarray, items: np.ndarray, offsets: np.ndarray
         o = offsets[b0:b1 + 1]
         ids, scores = model.recommend_batch(Sequences(items[o[0]:o[-1]], o - o[0]), n=n,
                                             exclude_seen=exclude_seen)
-        k = ids.shape[1]
-        filled = (ids != -1) if ids.dtype.kind != "U" else (ids != "")
-        parts.append(pd.DataFrame({
-            "user": np.repeat(users[b0:b1], k)[filled.ravel()],
-            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), b1 - b0)[filled.ravel()],
-            "item": ids.ravel()[filled.ravel()],
-            "score": scores.ravel()[filled.ravel()],
-        }))
+        parts.append(long_rows(users[b0:b1], ids, scores))
     if not parts:
         return pd.DataFrame({"user": users[:0], "rank": np.zeros(0, np.int32),
                              "item": np.zeros(0, np.int64), "score": np.zeros(0, np.float32)})
@@ -212,9 +220,17 @@ def score_file(model: Any, model_path: str, events: str, output: str, user_col: 
                     if len(ready):
                         users_done += _emit(model, ready, T, n, exclude_seen, writer)
             else:
-                both = frame if state is None else pd.concat([state, frame], ignore_index=True)
+                # Only the users this chunk touches are merged and re-sorted; the others'
+                # kept events stay as they are.
+                if state is None:
+                    kept, both = None, frame
+                else:
+                    touched = state["user"].isin(frame["user"].unique())
+                    kept = state[~touched]
+                    both = pd.concat([state[touched], frame], ignore_index=True)
                 both = both.sort_values(["user", "t", "seq"], kind="stable")
-                state = both.groupby("user", sort=False).tail(T)
+                merged = both.groupby("user", sort=False).tail(T)
+                state = merged if kept is None else pd.concat([kept, merged], ignore_index=True)
             if progress is not None:
                 progress(read, users_done)
         rest = carry if sorted_by_user else state

@@ -39,23 +39,15 @@ class Recommender:
         self.k = min(self.n, self.model.n_items)
 
     def __call__(self, batch: Any) -> Any:
-        import numpy as np
-        import pandas as pd
+        from fastsasrec.batch import long_rows
 
         for col in (self.user_col, self.items_col):
             if col not in batch.columns:
                 raise ValueError(f"the batch has no column {col!r} (user_col / items_col); its "
                                  f"columns are {list(batch.columns)}")
-        k = self.k
         sessions = [list(x) for x in batch[self.items_col]]
-        ids, scores = self.model.recommend_batch(sessions, n=k, exclude_seen=self.exclude_seen)
-        mask = ((ids != "") if ids.dtype.kind == "U" else (ids != -1)).ravel()
-        return pd.DataFrame({
-            self.user_col: np.repeat(batch[self.user_col].to_numpy(), k)[mask],
-            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(batch))[mask],
-            "item": ids.ravel()[mask],
-            "score": scores.ravel()[mask],
-        })
+        ids, scores = self.model.recommend_batch(sessions, n=self.k, exclude_seen=self.exclude_seen)
+        return long_rows(batch[self.user_col].to_numpy(), ids, scores, self.user_col)
 
 
 def _actor_has_gpu() -> bool:

@@ -111,28 +111,20 @@ def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_c
                            T.StructField("item", item_type), T.StructField("score", T.FloatType())])
 
     def score(batches: Iterator[Any]) -> Iterator[Any]:
-        import numpy as np
-        import pandas as pd
-
         if name is not None:
             from pyspark import SparkFiles
 
             path = SparkFiles.get(name)
         else:
             path = model_path
+        from fastsasrec.batch import long_rows
+
         model = _worker_model(path, _task_device(device), num_threads)
         for pdf in batches:
             if not len(pdf):
                 continue
             sessions = [list(x) for x in pdf["_fsr_items"]]
             ids, scores = model.recommend_batch(sessions, n=k, exclude_seen=exclude_seen)
-            filled = (ids != "") if ids.dtype.kind == "U" else (ids != -1)
-            mask = filled.ravel()
-            yield pd.DataFrame({
-                user_col: np.repeat(pdf[user_col].to_numpy(), k)[mask],
-                "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(pdf))[mask],
-                "item": ids.ravel()[mask],
-                "score": scores.ravel()[mask].astype(np.float32),
-            })
+            yield long_rows(pdf[user_col].to_numpy(), ids, scores, user_col)
 
     return sessions.mapInPandas(score, schema=schema)
