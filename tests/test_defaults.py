@@ -40,10 +40,12 @@ def test_dropout_follows_the_events_per_item():
 def test_max_seq_follows_the_lengths():
     short = _sequences(500, 200, 2, 6)
     mid = _sequences(500, 200, 10, 25)
-    long = _sequences(200, 200, 80, 300)
+    long = _sequences(200, 200, 80, 150)
+    very_long = _sequences(200, 200, 250, 600)
     assert _resolve(short)[0]["max_seq"] == 10
     assert _resolve(mid)[0]["max_seq"] in (20, 30)
-    assert _resolve(long)[0]["max_seq"] == 50
+    assert _resolve(long)[0]["max_seq"] in (140, 150)  # the 90th percentile, rounded up
+    assert _resolve(very_long)[0]["max_seq"] == 200    # the cap
 
 
 def test_loss_and_negatives_follow_the_catalogue():
