@@ -559,14 +559,18 @@ Plan plan(int B, int C, int V, int K) {
 
 }  // namespace
 
+// The GPU's topk reads E itself: no scoring table.
+size_t score_table_size(const Context&, int, int) { return 0; }
+void score_table_pack(const Context&, float*, const float*, int, int) {}
+
 size_t topk_workspace(const Context&, int B, int C, int V, int K) {
   if (B <= 0 || K <= 0) return 0;
   return 2 * (size_t)B * (size_t)plan(B, C, V, K).n_cand;
 }
 
 void topk(const Context& ctx, int32_t* ids, float* scores, const float* h, const float* E,
-          const int32_t* excl, const int64_t* excl_off, int B, int C, int V, int K,
-          float* workspace) {
+          const float* /*table*/, int /*screen*/, const int32_t* excl, const int64_t* excl_off,
+          int B, int C, int V, int K, float* workspace) {
   const cudaStream_t s = ctx.stream;
   if (B < 0 || C < 0 || V < 0 || K < 0)
     throw std::runtime_error(::fsr::detail::cat("topk: negative size (B=", B, ", C=", C,

@@ -961,6 +961,16 @@ TOPK_CASES = [  # (B, C, V, K, exclusion mode, integer-valued data, seed)
 ]
 
 
+def score_table(ops, E, C, V):
+    """The backend's scoring table of E (None where the backend has none)."""
+    n = ops.score_table_size(C, V)
+    if n == 0:
+        return None
+    table = poison(n)
+    ops.score_table_pack(table, E, C, V)
+    return table
+
+
 @pytest.mark.parametrize("B,C,V,K,mode,integer,seed", TOPK_CASES,
                          ids=ids(TOPK_CASES, lambda b, c, v, k, m, i, s: f"B{b}-C{c}-V{v}-K{k}-{m}-int{int(i)}-s{s}"))
 def test_topk(ops, B, C, V, K, mode, integer, seed):
@@ -971,9 +981,17 @@ def test_topk(ops, B, C, V, K, mode, integer, seed):
     else:
         h, E = normal(rng, B, C), normal(rng, V + 1, C)
     lists, flat, off = _exclusions(mode, B, V, rng)
+    table = score_table(ops, E, C, V)
     got_ids, got_sc = poison(B, K, dtype=np.int32), poison(B, K)
     ws = poison(ops.topk_workspace(B, C, V, K))  # never read before it is written
-    ops.topk(got_ids, got_sc, h, E, flat, off, B, C, V, K, ws)
+    ops.topk(got_ids, got_sc, h, E, table, 0, flat, off, B, C, V, K, ws)
+    # Every way of scoring (fp32 only, the int8 screen, no table given) gives the same ids
+    # and scores, bit for bit.
+    for screen, tab in ((1, table), (2, table), (0, None)):
+        ids2, sc2 = poison(B, K, dtype=np.int32), poison(B, K)
+        ops.topk(ids2, sc2, h, E, tab, screen, flat, off, B, C, V, K, ws)
+        np.testing.assert_array_equal(ids2, got_ids, err_msg=f"topk ids, screen {screen}")
+        np.testing.assert_array_equal(sc2, got_sc, err_msg=f"topk scores, screen {screen}")
     ref_ids, ref_sc = R.topk(h, E, lists, K)
     if integer:
         np.testing.assert_array_equal(got_ids, ref_ids, err_msg=f"topk ids (seed {seed})")
@@ -1003,6 +1021,65 @@ def test_topk(ops, B, C, V, K, mode, integer, seed):
         s = np.concatenate([ref_best, [ref_sc[b, k_real]] if k_real < min(K, left) else []])
         if np.all(np.abs(np.diff(s)) > 4 * tol[b].max()):
             np.testing.assert_array_equal(sel, ref_ids[b, :k_real], err_msg=msg)
+
+
+def _screen_case(kind, rng):
+    """(h, E) of one adversarial kind for the int8 screen's exactness."""
+    B, C, V = 5, 64, 3001
+    h = normal(rng, B, C)
+    E = normal(rng, V + 1, C)
+    if kind == "near_ties":  # one base row plus perturbations at float32's last bits
+        base = normal(rng, 1, C)
+        E = (base + rng.standard_normal((V + 1, C)).astype(np.float32) * 1e-6).astype(np.float32)
+    elif kind == "duplicates":  # exact ties everywhere: the lower id wins
+        E = np.repeat(normal(rng, 40, C), (V + 1) // 40 + 1, axis=0)[: V + 1].copy()
+    elif kind == "spiky":  # one large value a row: its int8 codes lose the small ones
+        E[np.arange(V + 1), rng.integers(0, C, V + 1)] = 1e3
+    elif kind == "scales":  # rows from 1e-30 to 1e30, zero rows among them
+        E *= (10.0 ** rng.integers(-30, 31, (V + 1, 1))).astype(np.float32)
+        E[rng.integers(0, V + 1, 50)] = 0
+    elif kind == "integers":  # every score exact, ties exact
+        h = rng.integers(-3, 4, (B, C)).astype(np.float32)
+        E = rng.integers(-3, 4, (V + 1, C)).astype(np.float32)
+    elif kind == "zero_h":  # every score 0: all tie
+        h[:] = 0
+    elif kind == "sparse_h":  # H dominated by one coordinate
+        h[:] = 1e-6
+        h[:, 3] = 50
+    return h, np.ascontiguousarray(E, np.float32)
+
+
+@pytest.mark.parametrize("kind", ["random", "near_ties", "duplicates", "spiky", "scales", "integers",
+                                  "zero_h", "sparse_h"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_topk_screen_is_exact(kind, threads):
+    """The int8 screen (its candidates from proven bounds, re-scored in fp32) returns the
+    fp32 top-k's ids and scores bit for bit, at any thread count, with exclusions (the
+    best items of the first session among them), for K = 1, 10 and 700."""
+    if not CORE.backend_available("cpu")[0]:
+        pytest.skip("cpu backend not usable")
+    ops = CORE.Ops("cpu", threads=threads)
+    rng = np.random.default_rng(abs(hash(kind)) % 2**32)
+    h, E = _screen_case(kind, rng)
+    B, C, V = h.shape[0], h.shape[1], E.shape[0] - 1
+    table = score_table(ops, E, C, V)
+    best = np.argsort(-(h[0].astype(np.float64) @ E[1:].T.astype(np.float64)), kind="stable")[:20] + 1
+    lists = [best.tolist(), [], list(range(1, V + 1, 7)), [1, 2, 3], []]
+    off = np.concatenate([[0], np.cumsum([len(l) for l in lists])]).astype(np.int64)
+    flat = np.array([e for l in lists for e in l], np.int32)
+    for K in (1, 10, 700):
+        got = {}
+        for screen in (1, 2):
+            ids, sc = poison(B, K, dtype=np.int32), poison(B, K)
+            ops.topk(ids, sc, h, E, table, screen, flat, off, B, C, V, K, None)
+            got[screen] = ids, sc
+        np.testing.assert_array_equal(got[2][0], got[1][0], err_msg=f"{kind} K={K}: ids")
+        np.testing.assert_array_equal(got[2][1], got[1][1], err_msg=f"{kind} K={K}: scores")
+        # And they are the top-k: no excluded item, best first, ties by the lower id.
+        for b in range(B):
+            i, s = got[1][0][b], got[1][1][b]
+            assert not set(i.tolist()) & set(lists[b]), f"{kind}: returned an excluded item"
+            assert all(s[k] > s[k + 1] or (s[k] == s[k + 1] and i[k] < i[k + 1]) for k in range(K - 1))
 
 
 # ============================================================================ the reference's own backward

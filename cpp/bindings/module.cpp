@@ -634,6 +634,10 @@ PYBIND11_MODULE(_core, m) {
                              static_cast<const int32_t*>(excl.ptr), (int)excl.shape[1], k,
                              static_cast<int32_t*>(ids.ptr), static_cast<float*>(sc.ptr));
       }, py::arg("items"), py::arg("excl"), py::arg("k"), py::arg("out_ids"), py::arg("out_scores"))
+      .def_property("scoring", &Model::scoring, &Model::set_scoring,
+                    "How top-k scores: 'auto', 'fp32' (every item's exact score) or 'int8' "
+                    "(an int8 screen with proven bounds, then fp32 re-scoring of the "
+                    "candidates); the same ids and scores every way.")
       .def("item_embeddings", [](const Model& s) {
         return to_numpy(s.item_embeddings(), {(py::ssize_t)s.config().n_items, (py::ssize_t)s.config().factors});
       });

@@ -85,6 +85,12 @@ void Model::score(int64_t B, int K, int64_t n_excl, States states, Exclusions ex
   int32_t* ids = (int32_t*)(base + sz_h + sz_off + sz_ex);
   float* sc = (float*)(base + sz_h + sz_off + sz_ex + sz_out);
   float* ws = (float*)(base + sz_h + sz_off + sz_ex + 2 * sz_out);
+  const size_t table_size = be_->score_table_size(C, V);
+  if (table_size && table_stale_) {
+    be_->score_table_pack(static_cast<float*>(score_table_->grow(table_size * 4)), E, C, V);
+    table_stale_ = false;
+  }
+  const float* table = table_size ? score_table_->f() : nullptr;
   for (int64_t b0 = 0; b0 < B; b0 += chunk) {
     const int64_t b1 = std::min(B, b0 + chunk);
     states(b0, b1, h);
@@ -93,8 +99,8 @@ void Model::score(int64_t B, int K, int64_t n_excl, States states, Exclusions ex
     float* out_sc = nullptr;
     outputs(b0, b1, out_ids, out_sc);
     const bool staged = out_ids == nullptr;
-    be_->topk(staged ? ids : out_ids, staged ? sc : out_sc, h, E, ex_chunk, off, (int)(b1 - b0),
-              C, V, K, ws);
+    be_->topk(staged ? ids : out_ids, staged ? sc : out_sc, h, E, table, screen_, ex_chunk, off,
+              (int)(b1 - b0), C, V, K, ws);
     if (staged) {
       out_ids = ids;
       out_sc = sc;
@@ -197,5 +203,14 @@ void Model::recommend_resident(const int32_t* items, int64_t B, int L, const int
       });
   be_->synchronize();
 }
+
+void Model::set_scoring(const std::string& how) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int s = how == "auto" ? 0 : how == "fp32" ? 1 : how == "int8" ? 2 : -1;
+  FSR_REQUIRE(s >= 0, "scoring must be 'auto', 'fp32' or 'int8', got '", how, "'");
+  screen_ = s;
+}
+
+std::string Model::scoring() const { return screen_ == 0 ? "auto" : screen_ == 1 ? "fp32" : "int8"; }
 
 }  // namespace fsr

@@ -126,6 +126,7 @@ Model::Model(const Config& cfg, const std::string& device, int threads) : cfg_(c
   v_ = std::make_unique<Buffer>(*be_, bytes);
   be_->zero(grads_->get(), bytes);
   score_buf_ = std::make_unique<Buffer>(*be_);
+  score_table_ = std::make_unique<Buffer>(*be_);
   loss_buf_ = std::make_unique<Buffer>(*be_);
   backup_ = std::make_unique<Buffer>(*be_);
   logq_ = std::make_unique<Buffer>(*be_);
@@ -169,6 +170,7 @@ void Model::init_params(uint64_t seed) {
   }
   const size_t bytes = n_params_ * sizeof(float);
   be_->upload(params_->get(), host.data(), bytes);
+  table_stale_ = true;
   be_->zero(m_->get(), bytes);
   be_->zero(v_->get(), bytes);
   step_ = 0;
@@ -186,6 +188,7 @@ void Model::set_params(const std::vector<float>& flat) {
   FSR_REQUIRE(flat.size() == n_params_, "parameter vector has ", flat.size(),
               " values, the model has ", n_params_);
   be_->upload(params_->get(), flat.data(), n_params_ * sizeof(float));
+  table_stale_ = true;
 }
 
 void Model::get_optimizer_state(std::vector<float>* m, std::vector<float>* v) const {

@@ -149,6 +149,7 @@ double Model::forward_backward(const HostBatch& batch, bool train, bool grad, in
 
 void Model::optimizer_step() {
   ++step_;
+  table_stale_ = true;
   be_->adamw_step(params_->f(), grads_->f(), m_->f(), v_->f(), n_params_, n_decay_,
                   cfg_.learning_rate, cfg_.beta1, cfg_.beta2, cfg_.adam_eps, cfg_.weight_decay,
                   step_);
@@ -204,6 +205,7 @@ Model::EpochResult Model::train_epoch(const int32_t* items, const int64_t* offse
   }
   auto restore = [&] {
     be_->copy(params_->get(), saved, bytes);
+    table_stale_ = true;
     be_->copy(m_->get(), saved + bytes, bytes);
     be_->copy(v_->get(), saved + 2 * bytes, bytes);
     be_->synchronize();

@@ -146,6 +146,10 @@ class Model {
   // The ids are checked where they are (find_outside) before they index anything.
   void recommend_resident(const int32_t* items, int64_t B, int L, const int32_t* excl, int Lx,
                           int K, int32_t* out_ids, float* out_scores);
+  // How top-k scores (the same ids and scores every way): "auto" (the backend chooses),
+  // "fp32" (every item's exact score), "int8" (the CPU's int8 screen, then fp32 re-scoring).
+  void set_scoring(const std::string& how);
+  std::string scoring() const;
 
  private:
   class Buffer;      // backend memory, released with its owner
@@ -188,6 +192,11 @@ class Model {
   std::unique_ptr<Buffer> params_, grads_, m_, v_;  // the four arenas, one layout
   std::unique_ptr<Acts> train_acts_, infer_acts_;
   std::unique_ptr<Buffer> score_buf_;  // inference scratch: states, exclusions, top-k
+  // The backend's scoring table of the item embeddings (score_table_pack), packed by the
+  // first top-k after the weights change (table_stale_: set by every write of the weights).
+  std::unique_ptr<Buffer> score_table_;
+  bool table_stale_ = true;
+  int screen_ = 0;  // topk's screen: 0 the backend chooses, 1 fp32 only, 2 int8 screen
   std::unique_ptr<Buffer> loss_buf_;   // per-row losses of an epoch, summed when full
   std::unique_ptr<Buffer> backup_;     // params, m, v at an interruptible epoch's start
   std::unique_ptr<Buffer> logq_;       // V + 1 floats: log q(item) of the sampler (uses_logq)

@@ -1,13 +1,47 @@
-// Top-k scoring for recommendation.
+// Top-k scoring for recommendation, and the scoring table it reads.
 //   ids(B,K), scores(B,K) = the K best items 1..V of h(B,C) . E^T, best first (ties: the
 //   lower id first), skipping excl[excl_off[b] .. excl_off[b+1]) for row b; slots left when
 //   fewer than K items remain get id 0 and score -inf.  NaN scores are never selected.
-// Items are scored a tile at a time (rows x kTile), each row keeping a K-heap: memory is
-// bounded by the tile, never B x V.  Rows are split over threads in blocks.
+//
+// Every score is one fused multiply-add chain, c = 0..C-1 in order from 0 (std::fmaf's
+// rounding), whichever kernel computes it: so a score depends on its session and item
+// only, never on the batch, the thread count or the instruction set, and recommend and
+// recommend_batch agree bit for bit.
+//
+// The scoring table (score_table_pack, once per weights) holds the items in panels of
+// kPanel, each panel's C columns of kPanel lanes in turn, so a vector of lanes is one
+// column of kPanel items and the kernels need no horizontal sums:
+//   - fp32 panels: E's values;
+//   - int8 panels with per-item scales s_i (q = round(E / s), s = max|E_i| / 127) and per-
+//     item error coefficients r_i, such that for any h with H = sum |h_c|,
+//       | s_i * fma-chain(h, q_i) - fma-chain(h, E_i) | <= H * r_i,
+//     (r_i = max_c |E_ic - s_i q_ic| plus the two chains' rounding, gamma_{C+1} (127 s_i +
+//     max|E_i|), plus a margin for forming a +- H r in float; see pack_item).
+// Two ways to the same top-k:
+//   - fp32: every item's exact score, kept in a K-heap per session;
+//   - the int8 screen (bandwidth-bound work, few sessions: a quarter of the bytes): an
+//     approximate score a_i for every item with its bound e_i = H r_i; tau = the K-th
+//     largest a_i - e_i of the items not excluded; the candidates are the items with
+//     a_i + e_i >= tau, which include every item of the exact top-k (K items score at least
+//     tau, so the K-th best exact score is >= tau, and a_i + e_i >= exact_i); candidates are
+//     re-scored with the fp32 chain from E's row and kept in the K-heap.  Same ids, same
+//     scores.  Items with a non-finite bound are always candidates.
+// Work is split into units of (a block of sessions, a range of item panels), handed out to
+// threads; each unit's exact top-k of its range is merged per session at the end.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+// GCC 12's avx512fintrin.h trips its own -Wmaybe-uninitialized (an intrinsic's undefined
+// source operand), not this file's code.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#endif
 
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
@@ -15,9 +49,210 @@
 namespace fsr::cpu {
 
 namespace {
-constexpr int kTile = 4096;   // items per tile
-constexpr int kRowBlock = 32; // rows per task
+constexpr int kPanel = 16;      // items per panel
+constexpr int kTilePanels = 64; // panels per tile: 1,024 items, 256 KB of fp32 at C = 64
+constexpr int kScreenMax = 16;  // the int8 screen (screen = 0) for at most this many sessions
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
 
+// ---- the vector unit: lanes of float, loads of fp32 and int8 panel columns, fused multiply-add
+#if defined(__AVX512F__)
+struct Simd {
+  static constexpr int L = 16;
+  static constexpr int MR = 4, NR = 4;  // sessions x panels of the micro-tile: 16 accumulators
+  using v = __m512;
+  static v zero() { return _mm512_setzero_ps(); }
+  static v load(const float* p) { return _mm512_loadu_ps(p); }
+  static v loadq(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static v bcast(float x) { return _mm512_set1_ps(x); }
+  static v fma(v a, v b, v c) { return _mm512_fmadd_ps(a, b, c); }
+  static void store(float* p, v x) { _mm512_storeu_ps(p, x); }
+};
+#elif defined(__AVX2__) && defined(__FMA__)
+struct Simd {
+  static constexpr int L = 8;
+  static constexpr int MR = 4, NR = 1;  // 4 x 2 accumulators of 8 lanes
+  using v = __m256;
+  static v zero() { return _mm256_setzero_ps(); }
+  static v load(const float* p) { return _mm256_loadu_ps(p); }
+  static v loadq(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  static v bcast(float x) { return _mm256_set1_ps(x); }
+  static v fma(v a, v b, v c) { return _mm256_fmadd_ps(a, b, c); }
+  static void store(float* p, v x) { _mm256_storeu_ps(p, x); }
+};
+#else
+struct Simd {  // plain floats: std::fmaf, the same rounding as the vector units
+  static constexpr int L = 1;
+  static constexpr int MR = 2, NR = 1;
+  using v = float;
+  static v zero() { return 0.f; }
+  static v load(const float* p) { return *p; }
+  static v loadq(const int8_t* p) { return (float)*p; }
+  static v bcast(float x) { return x; }
+  static v fma(v a, v b, v c) { return std::fmaf(a, b, c); }
+  static void store(float* p, v x) { *p = x; }
+};
+#endif
+constexpr int kW = kPanel / Simd::L;  // vectors per panel column
+
+// Bit j (j < kPanel) set: p[j] > t (never for NaN).
+inline uint32_t above(const float* p, float t) {
+#if defined(__AVX512F__)
+  return _mm512_cmp_ps_mask(_mm512_loadu_ps(p), _mm512_set1_ps(t), _CMP_GT_OQ);
+#elif defined(__AVX2__) && defined(__FMA__)
+  const __m256 tv = _mm256_set1_ps(t);
+  return (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p), tv, _CMP_GT_OQ)) |
+         (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p + 8), tv, _CMP_GT_OQ)) << 8;
+#else
+  uint32_t m = 0;
+  for (int j = 0; j < kPanel; ++j) m |= (uint32_t)(p[j] > t) << j;
+  return m;
+#endif
+}
+
+// The screen's bounds of kPanel items: lo = a - e and hi = a + e with a = s * dot, e = H * r;
+// bits of the candidates (hi >= tau, or hi NaN) and of the lower bounds above tau.
+inline void bounds(const float* dot, const float* s, const float* r, float H, float tau,
+                   float* lo, float* hi, uint32_t* cand, uint32_t* low) {
+#if defined(__AVX512F__)
+  const __m512 a = _mm512_mul_ps(_mm512_loadu_ps(s), _mm512_loadu_ps(dot));
+  const __m512 e = _mm512_mul_ps(_mm512_set1_ps(H), _mm512_loadu_ps(r));
+  const __m512 l = _mm512_sub_ps(a, e), u = _mm512_add_ps(a, e), tv = _mm512_set1_ps(tau);
+  _mm512_storeu_ps(lo, l);
+  _mm512_storeu_ps(hi, u);
+  *cand = _mm512_cmp_ps_mask(u, tv, _CMP_GE_OQ) | _mm512_cmp_ps_mask(u, u, _CMP_UNORD_Q);
+  *low = _mm512_cmp_ps_mask(l, tv, _CMP_GT_OQ);
+#else
+  uint32_t c = 0, w = 0;
+  for (int j = 0; j < kPanel; ++j) {
+    const float a = s[j] * dot[j], e = H * r[j];
+    lo[j] = a - e;
+    hi[j] = a + e;
+    c |= (uint32_t)(hi[j] >= tau || std::isnan(hi[j])) << j;
+    w |= (uint32_t)(lo[j] > tau) << j;
+  }
+  *cand = c;
+  *low = w;
+#endif
+}
+
+// out(MR, NR * kPanel) = h(MR rows, ld C) . the NR panels from p (each C x kPanel), every
+// output one fma chain over c from 0.  T: float (fp32 panels) or int8_t (unscaled).
+template <int MR, int NR, typename T>
+void micro(const float* h, const T* p, int C, float* out) {
+  typename Simd::v acc[MR][NR * kW];
+  for (int m = 0; m < MR; ++m)
+    for (int k = 0; k < NR * kW; ++k) acc[m][k] = Simd::zero();
+  const size_t panel = (size_t)C * kPanel;
+  for (int c = 0; c < C; ++c) {
+    typename Simd::v e[NR * kW];
+    for (int n = 0; n < NR; ++n)
+      for (int w = 0; w < kW; ++w) {
+        const T* src = p + n * panel + (size_t)c * kPanel + w * Simd::L;
+        if constexpr (std::is_same_v<T, float>) e[n * kW + w] = Simd::load(src);
+        else e[n * kW + w] = Simd::loadq(src);
+      }
+    for (int m = 0; m < MR; ++m) {
+      const typename Simd::v b = Simd::bcast(h[(size_t)m * C + c]);
+      for (int k = 0; k < NR * kW; ++k) acc[m][k] = Simd::fma(b, e[k], acc[m][k]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int k = 0; k < NR * kW; ++k) Simd::store(out + (size_t)m * NR * kPanel + k * Simd::L, acc[m][k]);
+}
+
+// micro for mr <= MR sessions and nr <= NR panels (the edges), picked at run time.
+template <typename T, int MR = Simd::MR>
+void micro_any(int mr, int nr, const float* h, const T* p, int C, float* out) {
+  if constexpr (MR > 1) {
+    if (mr < MR) return micro_any<T, MR - 1>(mr, nr, h, p, C, out);
+  }
+  if (nr == Simd::NR) return micro<MR, Simd::NR, T>(h, p, C, out);
+  if constexpr (Simd::NR > 1) {
+    // Narrow edges: one panel at a time.
+    for (int n = 0; n < nr; ++n) {
+      float tmp[MR * kPanel];
+      micro<MR, 1, T>(h, p + (size_t)n * C * kPanel, C, tmp);
+      for (int m = 0; m < MR; ++m)
+        std::memcpy(out + (size_t)m * nr * kPanel + n * kPanel, tmp + m * kPanel, sizeof(float) * kPanel);
+    }
+  }
+}
+
+// The fp32 score of one item, as every kernel computes it.
+inline float exact_score(const float* h, const float* e, int C) {
+  float acc = 0.f;
+  for (int c = 0; c < C; ++c) acc = std::fmaf(h[c], e[c], acc);
+  return acc;
+}
+
+// ---- the table
+struct TableView {
+  int np;              // panels
+  const float* f32;    // np x C x kPanel
+  const float* scale;  // np x kPanel: s_i
+  const float* coef;   // np x kPanel: r_i
+  const int8_t* q;     // np x C x kPanel
+};
+size_t n_panels(int V) { return ((size_t)std::max(V, 0) + kPanel - 1) / kPanel; }
+size_t table_floats(int C, int V) {
+  const size_t np = n_panels(V), cells = np * (size_t)C * kPanel;
+  return cells + 2 * np * kPanel + (cells + 3) / 4;
+}
+TableView view(const float* t, int C, int V) {
+  TableView tv;
+  tv.np = (int)n_panels(V);
+  const size_t cells = (size_t)tv.np * C * kPanel;
+  tv.f32 = t;
+  tv.scale = t + cells;
+  tv.coef = tv.scale + (size_t)tv.np * kPanel;
+  tv.q = reinterpret_cast<const int8_t*>(tv.coef + (size_t)tv.np * kPanel);
+  return tv;
+}
+
+// gamma_n = n u / (1 - n u), u = 2^-24: the relative bound of an n-term dot product's rounding.
+double gamma_n(int n) {
+  const double nu = (double)n * 0x1p-24;
+  return nu / (1.0 - nu);
+}
+
+// Item e (C values) into its panel lane: fp32 copy, int8 codes, scale and error coefficient.
+void pack_item(const float* e, int C, float* f32, int8_t* q, float* scale, float* coef) {
+  double mx = 0.0;
+  bool finite = true;
+  for (int c = 0; c < C; ++c) {
+    f32[(size_t)c * kPanel] = e[c];
+    finite = finite && std::isfinite(e[c]);
+    mx = std::max(mx, std::fabs((double)e[c]));
+  }
+  if (!finite) {  // never screened out: always a candidate
+    for (int c = 0; c < C; ++c) q[(size_t)c * kPanel] = 0;
+    *scale = 0.f;
+    *coef = kInf;
+    return;
+  }
+  const float s = (float)(mx / 127.0);
+  double d = 0.0;  // max |E - s q|, exact in double
+  for (int c = 0; c < C; ++c) {
+    int qc = s > 0.f ? (int)std::lrint((double)e[c] / (double)s) : 0;
+    qc = std::clamp(qc, -127, 127);
+    q[(size_t)c * kPanel] = (int8_t)qc;
+    d = std::max(d, std::fabs((double)e[c] - (double)s * qc));
+  }
+  // Rounding: the fp32 chain is within gamma_C H max|E|, the int8 chain and its scaling
+  // within gamma_{C+1} H 127 s; forming a +- e in float costs at most u (|a| + e) <=
+  // u (128 s + ...) H, far inside the margin 2^-10 (s + max|E| / 127) H.
+  const double g = gamma_n(C + 1);
+  const double r = d + g * (mx + 127.0 * s) + 0x1p-10 * ((double)s + mx / 127.0);
+  *scale = s;
+  *coef = std::nextafter((float)r, kInf);
+}
+
+// ---- selection
 struct Cand {
   float s;
   int32_t id;
@@ -26,65 +261,284 @@ struct Cand {
 inline bool better(const Cand& a, const Cand& b) { return a.s > b.s || (a.s == b.s && a.id < b.id); }
 // Min-heap on "better": the root is the worst kept candidate.
 inline bool heap_cmp(const Cand& a, const Cand& b) { return better(a, b); }
-}  // namespace
 
-// The CPU allocates its tiles and heaps per call, per thread (no workspace).
-size_t topk_workspace(const Context&, int B, int C, int V, int K) { return 0; }
+inline bool excluded(const int32_t* ex, int n, int32_t id) {  // ex sorted
+  return std::binary_search(ex, ex + n, id);
+}
 
-void topk(const Context& ctx, int32_t* ids, float* scores, const float* h, const float* E,
-          const int32_t* excl, const int64_t* excl_off, int B, int C, int V, int K,
-          float* workspace) {
-  const float ninf = -std::numeric_limits<float>::infinity();
-  const int nblocks = (B + kRowBlock - 1) / kRowBlock;
-  const int tile_n = std::min(kTile, std::max(V, 1));
-  // Per thread: a tile of scores, the rows' K-heaps and fill counts, allocated before the
-  // region (a failed allocation is a MemoryError here, not inside the region).
-  static_assert(sizeof(Cand) == 2 * sizeof(float), "a candidate is two floats of scratch");
-  const size_t rows = (size_t)std::min(B, kRowBlock);
-  const ThreadScratch scratch("topk", usable_threads(ctx.threads),
-                              rows * tile_n + 2 * rows * (size_t)K + rows);
-  parallel_for_dynamic(ctx.threads, nblocks, [&](int blk) {
-    const int b0 = blk * kRowBlock, b1 = std::min(B, b0 + kRowBlock), nb = b1 - b0;
-    float* S = scratch.slot();
-    Cand* heaps = reinterpret_cast<Cand*>(S + rows * tile_n);
-    int* fill = reinterpret_cast<int*>(S + rows * tile_n + 2 * rows * (size_t)K);
-    std::fill(fill, fill + nb, 0);
-    for (int i0 = 1; i0 <= V; i0 += tile_n) {
-      const int in = std::min(tile_n, V - i0 + 1);
-      gemm(ctx.threads, false, true, nb, in, C, 1.f, h + (size_t)b0 * C, C, E + (size_t)i0 * C, C, 0.f, S, in);
-      for (int b = 0; b < nb; ++b) {
-        float* row = S + (size_t)b * in;
-        for (int64_t e = excl_off[b0 + b]; e < excl_off[b0 + b + 1]; ++e) {
-          const int32_t x = excl[e];
-          if (x >= i0 && x < i0 + in) row[x - i0] = std::numeric_limits<float>::quiet_NaN();
-        }
-        Cand* hp = heaps + (size_t)b * K;
-        int& f = fill[b];
-        for (int j = 0; j < in; ++j) {
-          const float s = row[j];
-          if (std::isnan(s)) continue;
-          const Cand c{s, i0 + j};
-          if (f < K) {
-            hp[f++] = c;
-            std::push_heap(hp, hp + f, heap_cmp);
-          } else if (better(c, hp[0])) {
-            std::pop_heap(hp, hp + K, heap_cmp);
-            hp[K - 1] = c;
-            std::push_heap(hp, hp + K, heap_cmp);
+// A session's K-heap of (score, id).
+struct Heap {
+  Cand* c;
+  int f, K;
+  // Offer item `id` (ids offered in increasing order within one unit, so an equal score
+  // never displaces the root).  NaN never enters.
+  void offer(float s, int32_t id) {
+    if (std::isnan(s)) return;
+    const Cand x{s, id};
+    if (f < K) {
+      c[f++] = x;
+      std::push_heap(c, c + f, heap_cmp);
+    } else if (better(x, c[0])) {
+      std::pop_heap(c, c + K, heap_cmp);
+      c[K - 1] = x;
+      std::push_heap(c, c + K, heap_cmp);
+    }
+  }
+  // Scores that could enter: > threshold() (or any, not NaN, while not full).
+  float threshold() const { return f < K ? -kInf : c[0].s; }
+  bool full() const { return f == K; }
+};
+
+// A K-heap of floats (the screen's lower bounds): the K-th largest so far at the root.
+struct LowHeap {
+  float* v;
+  int f, K;
+  void offer(float x) {
+    if (f < K) {
+      v[f++] = x;
+      std::push_heap(v, v + f, std::greater<float>());
+    } else if (x > v[0]) {
+      std::pop_heap(v, v + K, std::greater<float>());
+      v[K - 1] = x;
+      std::push_heap(v, v + K, std::greater<float>());
+    }
+  }
+  float tau() const { return f < K ? -kInf : v[0]; }
+};
+
+// The sessions' sorted exclusions (binary-searched when an item would enter a heap).
+struct Exclusions {
+  std::vector<int32_t> ids;
+  std::vector<int64_t> off;
+  Exclusions(const int32_t* excl, const int64_t* excl_off, int B) : off(excl_off, excl_off + B + 1) {
+    const int64_t base = excl_off[0];
+    for (int b = 0; b <= B; ++b) off[b] -= base;
+    ids.assign(excl + base, excl + base + off[B]);
+    for (int b = 0; b < B; ++b) std::sort(ids.begin() + off[b], ids.begin() + off[b + 1]);
+  }
+  const int32_t* of(int b) const { return ids.data() + off[b]; }
+  int count(int b) const { return (int)(off[b + 1] - off[b]); }
+};
+
+// One unit of the fp32 way: sessions b0..b0+nb of h, panels p0..p1, into heaps[0..nb).
+void unit_fp32(const TableView& t, const float* h, int b0, int nb, int p0, int p1, int C, int V,
+               const Exclusions& ex, Heap* heaps, float* out) {
+  for (int t0 = p0; t0 < p1; t0 += kTilePanels) {
+    const int t1 = std::min(p1, t0 + kTilePanels);
+    for (int m0 = 0; m0 < nb; m0 += Simd::MR) {
+      const int mr = std::min(Simd::MR, nb - m0);
+      for (int n0 = t0; n0 < t1; n0 += Simd::NR) {
+        const int nr = std::min(Simd::NR, t1 - n0);
+        micro_any<float>(mr, nr, h + (size_t)(b0 + m0) * C, t.f32 + (size_t)n0 * C * kPanel, C, out);
+        const int first = n0 * kPanel + 1, n_items = std::min(nr * kPanel, V - first + 1);
+        for (int m = 0; m < mr; ++m) {
+          Heap& hp = heaps[m0 + m];
+          const float* row = out + (size_t)m * nr * kPanel;
+          const int b = b0 + m0 + m;
+          for (int j0 = 0; j0 < n_items; j0 += kPanel) {
+            // While the heap is full, only scores above its worst can enter: a mask of them.
+            const int n = std::min(kPanel, n_items - j0);
+            uint32_t bits = hp.full() ? above(row + j0, hp.threshold()) : 0xFFFFu;
+            bits &= n == kPanel ? 0xFFFFu : (1u << n) - 1;
+            while (bits) {
+              const int j = j0 + __builtin_ctz(bits);
+              bits &= bits - 1;
+              if (ex.count(b) && excluded(ex.of(b), ex.count(b), first + j)) continue;
+              hp.offer(row[j], first + j);
+            }
           }
         }
       }
     }
-    for (int b = 0; b < nb; ++b) {
-      Cand* hp = heaps + (size_t)b * K;
-      const int f = fill[b];
-      std::sort(hp, hp + f, better);
-      int32_t* oi = ids + (size_t)(b0 + b) * K;
-      float* os = scores + (size_t)(b0 + b) * K;
-      for (int k = 0; k < K; ++k) {
-        oi[k] = k < f ? hp[k].id : 0;
-        os[k] = k < f ? hp[k].s : ninf;
+  }
+}
+
+// One unit of the int8 screen: the same result as unit_fp32.  low: nb LowHeaps; cand:
+// nb lists of room (p1 - p0) * kPanel ids each.
+void unit_screen(const TableView& t, const float* E, const float* h, int b0, int nb, int p0,
+                 int p1, int C, int V, const Exclusions& ex, Heap* heaps, LowHeap* low,
+                 int32_t* cand, float* cand_u, float* out) {
+  const size_t room = (size_t)(p1 - p0) * kPanel;
+  float H[Simd::MR];
+  int n_cand[Simd::MR] = {};
+  for (int m = 0; m < nb; ++m) {
+    double s = 0.0;
+    for (int c = 0; c < C; ++c) s += std::fabs((double)h[(size_t)(b0 + m) * C + c]);
+    H[m] = std::nextafter((float)(s * (1.0 + 0x1p-40)), kInf);
+  }
+  for (int n0 = p0; n0 < p1; n0 += Simd::NR) {
+    const int nr = std::min(Simd::NR, p1 - n0);
+    micro_any<int8_t>(nb, nr, h + (size_t)b0 * C, t.q + (size_t)n0 * C * kPanel, C, out);
+    const int first = n0 * kPanel + 1, n_items = std::min(nr * kPanel, V - first + 1);
+    const float* sc = t.scale + (size_t)n0 * kPanel;
+    const float* rc = t.coef + (size_t)n0 * kPanel;
+    for (int m = 0; m < nb; ++m) {
+      const float* row = out + (size_t)m * nr * kPanel;
+      LowHeap& lh = low[m];
+      const int b = b0 + m;
+      int32_t* cl = cand + m * room;
+      float* cu = cand_u + m * room;
+      for (int j0 = 0; j0 < n_items; j0 += kPanel) {
+        const int n = std::min(kPanel, n_items - j0);
+        const uint32_t valid = n == kPanel ? 0xFFFFu : (1u << n) - 1;
+        float lo[kPanel], hi[kPanel];
+        uint32_t cbits, lbits;
+        bounds(row + j0, sc + j0, rc + j0, H[m], lh.tau(), lo, hi, &cbits, &lbits);
+        cbits &= valid;
+        lbits &= valid;
+        while (cbits) {  // candidates (a non-finite bound always is one)
+          const int j = __builtin_ctz(cbits);
+          cbits &= cbits - 1;
+          cl[n_cand[m]] = first + j0 + j;
+          cu[n_cand[m]++] = std::isnan(hi[j]) ? kInf : hi[j];
+        }
+        while (lbits) {  // lower bounds that enter (tau only rises: a stale mask is safe)
+          const int j = __builtin_ctz(lbits);
+          lbits &= lbits - 1;
+          if (!(ex.count(b) && excluded(ex.of(b), ex.count(b), first + j0 + j))) lh.offer(lo[j]);
+        }
       }
+    }
+  }
+  for (int m = 0; m < nb; ++m) {
+    const float tau = low[m].tau();
+    const int b = b0 + m;
+    const int32_t* cl = cand + m * room;
+    const float* cu = cand_u + m * room;
+    for (int i = 0; i < n_cand[m]; ++i) {
+      if (!(cu[i] >= tau)) continue;
+      const int32_t id = cl[i];
+      if (ex.count(b) && excluded(ex.of(b), ex.count(b), id)) continue;
+      heaps[m].offer(exact_score(h + (size_t)b * C, E + (size_t)id * C, C), id);
+    }
+  }
+}
+
+}  // namespace
+
+size_t score_table_size(const Context&, int C, int V) { return table_floats(C, V); }
+
+void score_table_pack(const Context& ctx, float* table, const float* E, int C, int V) {
+  const TableView tv = view(table, C, V);
+  float* f32 = table;
+  float* scale = const_cast<float*>(tv.scale);
+  float* coef = const_cast<float*>(tv.coef);
+  int8_t* q = const_cast<int8_t*>(tv.q);
+  parallel_chunks(ctx.threads, tv.np, (long)C * kPanel, [&](long lo, long hi, int) {
+    for (long p = lo; p < hi; ++p) {
+      const size_t base = (size_t)p * C * kPanel;
+      for (int j = 0; j < kPanel; ++j) {
+        const long item = p * kPanel + j + 1;
+        const size_t lane = (size_t)p * kPanel + j;
+        if (item <= V) {
+          pack_item(E + (size_t)item * C, C, f32 + base + j, q + base + j, scale + lane, coef + lane);
+        } else {  // padding lanes: zeros, never read as items
+          for (int c = 0; c < C; ++c) {
+            f32[base + (size_t)c * kPanel + j] = 0.f;
+            q[base + (size_t)c * kPanel + j] = 0;
+          }
+          scale[lane] = 0.f;
+          coef[lane] = 0.f;
+        }
+      }
+    }
+  });
+}
+
+// The CPU allocates its scratch per call (no workspace).
+size_t topk_workspace(const Context&, int B, int C, int V, int K) { return 0; }
+
+void topk(const Context& ctx, int32_t* ids, float* scores, const float* h, const float* E,
+          const float* table, int screen, const int32_t* excl, const int64_t* excl_off, int B,
+          int C, int V, int K, float* workspace) {
+  FSR_REQUIRE(B >= 0 && C >= 0 && V >= 0 && K >= 0, "topk: negative size (B=", B, ", C=", C,
+              ", V=", V, ", K=", K, ")");
+  FSR_REQUIRE(screen >= 0 && screen <= 2, "topk: screen must be 0, 1 or 2, got ", screen);
+  if (B == 0 || K == 0) return;
+  std::vector<float> own;  // no table given: pack one for this call
+  if (!table) {
+    own.resize(table_floats(C, V));
+    score_table_pack(ctx, own.data(), E, C, V);
+    table = own.data();
+  }
+  const TableView tv = view(table, C, V);
+  const Exclusions ex(excl, excl_off, B);
+  const bool use_screen = screen == 2 || (screen == 0 && B <= kScreenMax && C > 0);
+  // Units: session blocks x panel ranges, enough of them for the threads.
+  const int nt = usable_threads(ctx.threads);
+  const int sb = use_screen ? Simd::MR : 32;
+  const int n_sb = (B + sb - 1) / sb;
+  int n_ir = 1;
+  if (n_sb < nt && tv.np > 0) n_ir = std::max(1, std::min((nt + n_sb - 1) / n_sb, tv.np / 16));
+  const int per_range = tv.np > 0 ? (tv.np + n_ir - 1) / n_ir : 0;
+  const int n_units = n_sb * n_ir;
+  // Scratch per thread: heaps (and the screen's bound heaps and candidate lists) of one
+  // unit, and a micro-tile; partial lists per unit when the items are split.
+  const size_t out_floats = (size_t)Simd::MR * Simd::NR * kPanel;
+  const size_t room = (size_t)std::max(per_range, 1) * kPanel;
+  const size_t per_thread = 2 * (size_t)sb * K + out_floats +
+                            (use_screen ? (size_t)sb * K + 2 * (size_t)sb * room : 0);
+  const ThreadScratch scratch("topk", nt, per_thread);
+  std::vector<Cand> partial(n_ir > 1 ? (size_t)n_units * sb * K : 0);
+  std::vector<int> partial_fill(n_ir > 1 ? (size_t)n_units * sb : 0);
+  parallel_for_dynamic(nt, n_units, [&](int u) {
+    const int blk = u / n_ir, r = u % n_ir;
+    const int b0 = blk * sb, nb = std::min(B, b0 + sb) - b0;
+    const int p0 = std::min(tv.np, r * per_range), p1 = std::min(tv.np, p0 + per_range);
+    float* S = scratch.slot();
+    Cand* hc = reinterpret_cast<Cand*>(S);
+    float* out = S + 2 * (size_t)sb * K;
+    Heap heaps[32];
+    for (int m = 0; m < nb; ++m) heaps[m] = Heap{hc + (size_t)m * K, 0, K};
+    if (use_screen) {
+      float* lv = out + out_floats;
+      int32_t* cand = reinterpret_cast<int32_t*>(lv + (size_t)sb * K);
+      float* cand_u = reinterpret_cast<float*>(cand + (size_t)sb * room);
+      LowHeap low[Simd::MR];
+      for (int m = 0; m < nb; ++m) low[m] = LowHeap{lv + (size_t)m * K, 0, K};
+      for (int m0 = 0; m0 < nb; m0 += Simd::MR) {
+        const int mr = std::min(Simd::MR, nb - m0);
+        unit_screen(tv, E, h, b0 + m0, mr, p0, p1, C, V, ex, heaps + m0, low, cand, cand_u, out);
+      }
+    } else {
+      unit_fp32(tv, h, b0, nb, p0, p1, C, V, ex, heaps, out);
+    }
+    for (int m = 0; m < nb; ++m) {
+      Heap& hp = heaps[m];
+      std::sort(hp.c, hp.c + hp.f, better);
+      if (n_ir > 1) {
+        const size_t slot = (size_t)u * sb + m;
+        std::copy(hp.c, hp.c + hp.f, partial.begin() + slot * K);
+        partial_fill[slot] = hp.f;
+        continue;
+      }
+      int32_t* oi = ids + (size_t)(b0 + m) * K;
+      float* os = scores + (size_t)(b0 + m) * K;
+      for (int k = 0; k < K; ++k) {
+        oi[k] = k < hp.f ? hp.c[k].id : 0;
+        os[k] = k < hp.f ? hp.c[k].s : -kInf;
+      }
+    }
+  });
+  if (n_ir == 1) return;
+  // Merge each session's sorted lists of its ranges.
+  const ThreadScratch merge("topk", nt, 2 * (size_t)n_ir * K);
+  parallel_for(nt, B, [&](int b) {
+    const int blk = b / sb, m = b % sb;
+    Cand* all = reinterpret_cast<Cand*>(merge.slot());
+    int n = 0;
+    for (int r = 0; r < n_ir; ++r) {
+      const size_t slot = (size_t)(blk * n_ir + r) * sb + m;
+      const Cand* src = partial.data() + slot * K;
+      n = (int)(std::copy(src, src + partial_fill[slot], all + n) - all);
+    }
+    const int f = std::min(K, n);
+    std::partial_sort(all, all + f, all + n, better);
+    int32_t* oi = ids + (size_t)b * K;
+    float* os = scores + (size_t)b * K;
+    for (int k = 0; k < K; ++k) {
+      oi[k] = k < f ? all[k].id : 0;
+      os[k] = k < f ? all[k].s : -kInf;
     }
   });
 }
