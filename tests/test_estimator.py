@@ -77,6 +77,65 @@ def test_recommend_batch_matches_single(trained):
         np.testing.assert_allclose(scores[b], s1, rtol=1e-5, atol=1e-6)
 
 
+def test_scores_follow_the_weights(chain_data):
+    """The CPU scores from a table packed from the item embeddings; it is packed again
+    whenever the weights change, so after training on, every way of scoring returns the
+    current weights' scores."""
+    m = SASRec(iterations=2, random_state=5, **SMALL).fit(chain_data)
+    sessions = [[110, 111], [130, 131, 132], [120]]
+    row = {int(i): r for r, i in enumerate(m.item_ids)}
+
+    def check():
+        h = m.session_embeddings(sessions).astype(np.float64)
+        E = np.asarray(m.item_embeddings, np.float64)
+        out = {}
+        for how in ("fp32", "int8", "auto"):
+            m._engine.scoring = how
+            ids, sc = m.recommend_batch(sessions, n=5)
+            for b in range(len(sessions)):
+                want = E[[row[int(i)] for i in ids[b]]] @ h[b]
+                np.testing.assert_allclose(sc[b], want, rtol=1e-5, atol=1e-5, err_msg=how)
+            out[how] = ids, sc
+        for how in ("int8", "auto"):
+            np.testing.assert_array_equal(out[how][0], out["fp32"][0])
+            np.testing.assert_array_equal(out[how][1], out["fp32"][1])
+        return out["fp32"][1]
+
+    before = check()
+    m.partial_fit(chain_data, epochs=1)
+    after = check()
+    assert not np.array_equal(before, after)
+    with pytest.raises(ValueError, match="scoring must be 'auto', 'fp32' or 'int8', got 'fp16'"):
+        m._engine.scoring = "fp16"
+
+
+def test_engine_scores_follow_optimizer_steps(chain_data):
+    """The same at the engine: a top-k (which packs the table), an epoch of optimizer
+    steps, a top-k again: its scores are the new weights'."""
+    m = SASRec(iterations=1, random_state=6, **SMALL).fit(chain_data)
+    eng = m._engine
+    V = len(m.item_ids)
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(1, V + 1, int(rng.integers(2, 9))) for _ in range(64)]
+    items = np.concatenate(seqs).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in seqs])]).astype(np.int64)
+    none = np.zeros(0, np.int32)
+
+    def scores_are_current():
+        ids, sc = eng.recommend(items, offsets, 5, none, np.zeros(len(seqs) + 1, np.int64))
+        h = eng.session_states(items, offsets).astype(np.float64)
+        E = np.asarray(eng.item_embeddings(), np.float64)  # rows 1..V
+        want = np.einsum("bkc,bc->bk", E[ids - 1], h)
+        np.testing.assert_allclose(sc, want, rtol=1e-5, atol=1e-5)
+        return sc
+
+    for how in ("fp32", "int8"):
+        eng.scoring = how
+        before = scores_are_current()
+        eng.train_epoch(items, offsets, 99, False, None)
+        assert not np.array_equal(scores_are_current(), before)
+
+
 @pytest.mark.emulated_gpu
 def test_recommend_batch_pads_when_exclusions_leave_too_few(device):
     seqs = [[1, 2, 3], [2, 3, 1], [3, 1, 2]]
