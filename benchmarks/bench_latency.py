@@ -56,16 +56,13 @@ def time_calls(fn, sessions, warmup: int) -> np.ndarray:
     return out / 1e6  # ms
 
 
-def torch_recommender(ds: common.Dataset, epochs: int):
+def torch_request(net, item_to_idx, item_ids, t_max: int = CONFIG["max_seq"], k: int = K):
+    """One whole request on the PyTorch reference's network (eval mode): original ids to
+    internal ids, the forward pass under torch.inference_mode(), scores over the catalogue,
+    the session's items excluded, top-k, back to original ids."""
     import torch
 
-    import torch_reference as tr
-
-    model = tr.TorchSASRec(ds.n_items, threads=THREADS, **CONFIG)
-    model.fit(ds.contexts, epochs)
-    net = model.net.eval()
     emb = net.item_emb.weight
-    item_to_idx, item_ids, t_max = ds.item_to_idx, ds.item_ids, CONFIG["max_seq"]
 
     def recommend(session):
         idx = [item_to_idx[i] for i in session if i in item_to_idx][-t_max:]
@@ -77,10 +74,37 @@ def torch_recommender(ds: common.Dataset, epochs: int):
             scores[0] = float("-inf")
             if idx:
                 scores[idx] = float("-inf")
-            top = scores.topk(K)
+            top = scores.topk(k)
         return item_ids[top.indices.numpy()], top.values.numpy()
 
     return recommend
+
+
+def torch_recommender(ds: common.Dataset, epochs: int):
+    import torch_reference as tr
+
+    model = tr.TorchSASRec(ds.n_items, threads=THREADS, **CONFIG)
+    model.fit(ds.contexts, epochs)
+    return torch_request(model.net.eval(), ds.item_to_idx, ds.item_ids)
+
+
+def synthetic(n_items: int, n_sessions: int, seed: int, length: int = 20):
+    """An untrained fastsasrec model and PyTorch reference over n_items items (ids 1..n;
+    latency does not depend on the weights), and n_sessions sessions of `length` random
+    items."""
+    from fastsasrec import SASRec
+    import torch_reference as tr
+
+    vocab = [[i, i + 1] for i in range(1, n_items + 1, 2)]
+    cfg = {k: v for k, v in CONFIG.items() if k not in ("n_negatives",)}
+    ours = SASRec(**cfg, n_negatives=min(256, n_items - 1), iterations=0, verbose=0,
+                  num_threads=THREADS).fit(vocab)
+    theirs = tr.TorchSASRec(n_items, threads=THREADS, **CONFIG).net.eval()
+    item_ids = np.arange(n_items + 1)
+    item_to_idx = {i: i for i in range(1, n_items + 1)}
+    rng = np.random.default_rng(seed)
+    sessions = rng.integers(1, n_items + 1, size=(n_sessions, length)).tolist()
+    return ours, torch_request(theirs, item_to_idx, item_ids), sessions
 
 
 def fastsasrec_recommender(SASRec, ds: common.Dataset, epochs: int):
@@ -101,8 +125,13 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=50, help="untimed calls first")
     ap.add_argument("--seed", type=int, default=0, help="seed of the session draw")
     ap.add_argument("--data", default=None, help="ml-100k folder or u.data (default: <repo>/../shared/data/ml-100k)")
+    ap.add_argument("--items", type=int, default=None,
+                    help="an untrained model over this many synthetic items instead of ML-100K "
+                         "(sessions of 20 random items)")
     ap.add_argument("--out", default=None, help="write results as JSON here")
     args = ap.parse_args(argv)
+    if args.items is not None:
+        return main_synthetic(args)
 
     impls = ["torch", "fastsasrec"] if args.impl == "both" else [args.impl]
     SASRec = import_fastsasrec() if "fastsasrec" in impls else None
@@ -140,6 +169,30 @@ def main(argv=None) -> int:
         with open(args.out, "w") as f:
             json.dump({"machine": info, "config": CONFIG, "epochs": args.epochs, "rows": rows}, f, indent=2)
         print(f"\nwrote {args.out}")
+    return 0
+
+
+def main_synthetic(args) -> int:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    info = common.machine_info(THREADS)
+    common.print_machine_info(info)
+    ours, theirs, sessions = synthetic(args.items, args.sessions, args.seed)
+    print(f"{len(sessions)} sessions of 20 items; {args.items:,} items (untrained); top {K}\n",
+          flush=True)
+    rows = []
+    for label, fn in (("torch (eager, inference_mode)", theirs),
+                      ("fastsasrec", lambda s: ours.recommend(s, n=K))):
+        ms = time_calls(fn, sessions, args.warmup)
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        rows.append({"impl": label, "threads": THREADS, "sessions": len(sessions), "p50 ms": float(p50),
+                     "p90 ms": float(p90), "p99 ms": float(p99), "mean ms": float(ms.mean())})
+    print(f"\n## Single-session recommend latency, CPU, 1 thread ({args.items:,} items)\n")
+    print(common.markdown_table(rows, formats={c: ".3f" for c in ("p50 ms", "p90 ms", "p99 ms", "mean ms")}))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"machine": info, "items": args.items, "rows": rows}, f, indent=2)
     return 0
 
 
