@@ -9,8 +9,9 @@
 // recommend_batch agree bit for bit.
 //
 // The scoring table (score_table_pack, once per weights) holds the items in panels of
-// kPanel, each panel's C columns of kPanel lanes in turn, so a vector of lanes is one
-// column of kPanel items and the kernels need no horizontal sums:
+// kPanel lanes, so a vector of lanes is one factor of kPanel items and the kernels need no
+// horizontal sums; kGroup panels are interleaved by factor, so a kernel reading a group's
+// panels reads one sequential stream (the hardware prefetcher's best case):
 //   - fp32 panels: E's values;
 //   - int8 panels with per-item scales s_i (q = round(E / s), s = max|E_i| / 127) and per-
 //     item error coefficients r_i, such that for any h with H = sum |h_c|,
@@ -50,6 +51,7 @@ namespace fsr::cpu {
 
 namespace {
 constexpr int kPanel = 16;      // items per panel
+constexpr int kGroup = 4;       // panels interleaved by column: one stream for the kernels to read
 constexpr int kTilePanels = 64; // panels per tile: 1,024 items, 256 KB of fp32 at C = 64
 constexpr int kScreenMax = 16;  // the int8 screen (screen = 0) for at most this many sessions
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
@@ -69,6 +71,9 @@ struct Simd {
   static v bcast(float x) { return _mm512_set1_ps(x); }
   static v fma(v a, v b, v c) { return _mm512_fmadd_ps(a, b, c); }
   static void store(float* p, v x) { _mm512_storeu_ps(p, x); }
+  // Keeps x in a register: without it the compiler folds the panel loads into every FMA
+  // that uses them, MR loads per vector instead of one, and the loads then bound the kernel.
+  static void keep(v& x) { asm("" : "+v"(x)); }
 };
 #elif defined(__AVX2__) && defined(__FMA__)
 struct Simd {
@@ -83,6 +88,7 @@ struct Simd {
   static v bcast(float x) { return _mm256_set1_ps(x); }
   static v fma(v a, v b, v c) { return _mm256_fmadd_ps(a, b, c); }
   static void store(float* p, v x) { _mm256_storeu_ps(p, x); }
+  static void keep(v& x) { asm("" : "+x"(x)); }
 };
 #else
 struct Simd {  // plain floats: std::fmaf, the same rounding as the vector units
@@ -95,6 +101,7 @@ struct Simd {  // plain floats: std::fmaf, the same rounding as the vector units
   static v bcast(float x) { return x; }
   static v fma(v a, v b, v c) { return std::fmaf(a, b, c); }
   static void store(float* p, v x) { *p = x; }
+  static void keep(v&) {}
 };
 #endif
 constexpr int kW = kPanel / Simd::L;  // vectors per panel column
@@ -140,26 +147,32 @@ inline void bounds(const float* dot, const float* s, const float* r, float H, fl
 #endif
 }
 
-// out(MR, NR * kPanel) = h(MR rows, ld C) . the NR panels from p (each C x kPanel), every
-// output one fma chain over c from 0.  T: float (fp32 panels) or int8_t (unscaled).
+// Panels come in groups of kGroup, a group's column c holding its panels' lanes side by
+// side (64 values: one 64-byte line of int8, four of fp32), columns one after another: the
+// kernels read one sequential stream however many of a group's panels they take.
+constexpr size_t kPanelStep = kPanel, kColumnStep = kGroup * kPanel;
+
+// out(MR, NR * kPanel) = h(MR rows, ld C) . the NR panels from p, every output one fma
+// chain over c from 0 (the NR panels in one group).  T: float (fp32 panels) or int8_t
+// (unscaled).
 template <int MR, int NR, typename T>
 void micro(const float* h, const T* p, int C, float* out) {
   typename Simd::v acc[MR][NR * kW];
   for (int m = 0; m < MR; ++m)
     for (int k = 0; k < NR * kW; ++k) acc[m][k] = Simd::zero();
-  const size_t panel = (size_t)C * kPanel;
+  const size_t panel = kPanelStep, column = kColumnStep;
   for (int c = 0; c < C; ++c) {
-    typename Simd::v e[NR * kW];
+    typename Simd::v b[MR];
+    for (int m = 0; m < MR; ++m) b[m] = Simd::bcast(h[(size_t)m * C + c]);
     for (int n = 0; n < NR; ++n)
       for (int w = 0; w < kW; ++w) {
-        const T* src = p + n * panel + (size_t)c * kPanel + w * Simd::L;
-        if constexpr (std::is_same_v<T, float>) e[n * kW + w] = Simd::load(src);
-        else e[n * kW + w] = Simd::loadq(src);
+        const T* src = p + n * panel + (size_t)c * column + w * Simd::L;
+        typename Simd::v e;
+        if constexpr (std::is_same_v<T, float>) e = Simd::load(src);
+        else e = Simd::loadq(src);
+        Simd::keep(e);
+        for (int m = 0; m < MR; ++m) acc[m][n * kW + w] = Simd::fma(b[m], e, acc[m][n * kW + w]);
       }
-    for (int m = 0; m < MR; ++m) {
-      const typename Simd::v b = Simd::bcast(h[(size_t)m * C + c]);
-      for (int k = 0; k < NR * kW; ++k) acc[m][k] = Simd::fma(b, e[k], acc[m][k]);
-    }
   }
   for (int m = 0; m < MR; ++m)
     for (int k = 0; k < NR * kW; ++k) Simd::store(out + (size_t)m * NR * kPanel + k * Simd::L, acc[m][k]);
@@ -176,7 +189,7 @@ void micro_any(int mr, int nr, const float* h, const T* p, int C, float* out) {
     // Narrow edges: one panel at a time.
     for (int n = 0; n < nr; ++n) {
       float tmp[MR * kPanel];
-      micro<MR, 1, T>(h, p + (size_t)n * C * kPanel, C, tmp);
+      micro<MR, 1, T>(h, p + n * kPanelStep, C, tmp);
       for (int m = 0; m < MR; ++m)
         std::memcpy(out + (size_t)m * nr * kPanel + n * kPanel, tmp + m * kPanel, sizeof(float) * kPanel);
     }
@@ -191,24 +204,29 @@ inline float exact_score(const float* h, const float* e, int C) {
 }
 
 // ---- the table
+size_t n_panels(int V) { return ((size_t)std::max(V, 0) + kPanel - 1) / kPanel; }
+// Values of the fp32 (or int8) panels: whole groups.
+size_t n_cells(int C, int V) { return (n_panels(V) + kGroup - 1) / kGroup * kGroup * (size_t)C * kPanel; }
+// Where panel n's column 0 starts.
+inline size_t panel_at(int n, int C) {
+  return (size_t)(n / kGroup) * C * kColumnStep + (size_t)(n % kGroup) * kPanelStep;
+}
 struct TableView {
   int np;              // panels
-  const float* f32;    // np x C x kPanel
+  const float* f32;    // n_cells, grouped
   const float* scale;  // np x kPanel: s_i
   const float* coef;   // np x kPanel: r_i
-  const int8_t* q;     // np x C x kPanel
+  const int8_t* q;     // n_cells, grouped
 };
-size_t n_panels(int V) { return ((size_t)std::max(V, 0) + kPanel - 1) / kPanel; }
 size_t table_floats(int C, int V) {
-  const size_t np = n_panels(V), cells = np * (size_t)C * kPanel;
-  return cells + 2 * np * kPanel + (cells + 3) / 4;
+  const size_t cells = n_cells(C, V);
+  return cells + 2 * n_panels(V) * kPanel + (cells + 3) / 4;
 }
 TableView view(const float* t, int C, int V) {
   TableView tv;
   tv.np = (int)n_panels(V);
-  const size_t cells = (size_t)tv.np * C * kPanel;
   tv.f32 = t;
-  tv.scale = t + cells;
+  tv.scale = t + n_cells(C, V);
   tv.coef = tv.scale + (size_t)tv.np * kPanel;
   tv.q = reinterpret_cast<const int8_t*>(tv.coef + (size_t)tv.np * kPanel);
   return tv;
@@ -220,17 +238,19 @@ double gamma_n(int n) {
   return nu / (1.0 - nu);
 }
 
-// Item e (C values) into its panel lane: fp32 copy, int8 codes, scale and error coefficient.
+// Item e (C values) into its panel lane (columns kColumnStep apart): fp32 copy, int8
+// codes, scale and error coefficient.
 void pack_item(const float* e, int C, float* f32, int8_t* q, float* scale, float* coef) {
+  constexpr size_t qs = kColumnStep;
   double mx = 0.0;
   bool finite = true;
   for (int c = 0; c < C; ++c) {
-    f32[(size_t)c * kPanel] = e[c];
+    f32[(size_t)c * qs] = e[c];
     finite = finite && std::isfinite(e[c]);
     mx = std::max(mx, std::fabs((double)e[c]));
   }
   if (!finite) {  // never screened out: always a candidate
-    for (int c = 0; c < C; ++c) q[(size_t)c * kPanel] = 0;
+    for (int c = 0; c < C; ++c) q[(size_t)c * qs] = 0;
     *scale = 0.f;
     *coef = kInf;
     return;
@@ -240,7 +260,7 @@ void pack_item(const float* e, int C, float* f32, int8_t* q, float* scale, float
   for (int c = 0; c < C; ++c) {
     int qc = s > 0.f ? (int)std::lrint((double)e[c] / (double)s) : 0;
     qc = std::clamp(qc, -127, 127);
-    q[(size_t)c * kPanel] = (int8_t)qc;
+    q[(size_t)c * qs] = (int8_t)qc;
     d = std::max(d, std::fabs((double)e[c] - (double)s * qc));
   }
   // Rounding: the fp32 chain is within gamma_C H max|E|, the int8 chain and its scaling
@@ -329,7 +349,7 @@ void unit_fp32(const TableView& t, const float* h, int b0, int nb, int p0, int p
       const int mr = std::min(Simd::MR, nb - m0);
       for (int n0 = t0; n0 < t1; n0 += Simd::NR) {
         const int nr = std::min(Simd::NR, t1 - n0);
-        micro_any<float>(mr, nr, h + (size_t)(b0 + m0) * C, t.f32 + (size_t)n0 * C * kPanel, C, out);
+        micro_any<float>(mr, nr, h + (size_t)(b0 + m0) * C, t.f32 + panel_at(n0, C), C, out);
         const int first = n0 * kPanel + 1, n_items = std::min(nr * kPanel, V - first + 1);
         for (int m = 0; m < mr; ++m) {
           Heap& hp = heaps[m0 + m];
@@ -368,7 +388,7 @@ void unit_screen(const TableView& t, const float* E, const float* h, int b0, int
   }
   for (int n0 = p0; n0 < p1; n0 += Simd::NR) {
     const int nr = std::min(Simd::NR, p1 - n0);
-    micro_any<int8_t>(nb, nr, h + (size_t)b0 * C, t.q + (size_t)n0 * C * kPanel, C, out);
+    micro_any<int8_t>(nb, nr, h + (size_t)b0 * C, t.q + panel_at(n0, C), C, out);
     const int first = n0 * kPanel + 1, n_items = std::min(nr * kPanel, V - first + 1);
     const float* sc = t.scale + (size_t)n0 * kPanel;
     const float* rc = t.coef + (size_t)n0 * kPanel;
@@ -424,19 +444,18 @@ void score_table_pack(const Context& ctx, float* table, const float* E, int C, i
   float* scale = const_cast<float*>(tv.scale);
   float* coef = const_cast<float*>(tv.coef);
   int8_t* q = const_cast<int8_t*>(tv.q);
+  // Zeros first: the padding lanes and the last group's panels past np (never items).
+  std::memset(f32, 0, n_cells(C, V) * sizeof(float));
+  std::memset(q, 0, n_cells(C, V));
   parallel_chunks(ctx.threads, tv.np, (long)C * kPanel, [&](long lo, long hi, int) {
     for (long p = lo; p < hi; ++p) {
-      const size_t base = (size_t)p * C * kPanel;
+      const size_t base = panel_at((int)p, C);
       for (int j = 0; j < kPanel; ++j) {
         const long item = p * kPanel + j + 1;
         const size_t lane = (size_t)p * kPanel + j;
         if (item <= V) {
           pack_item(E + (size_t)item * C, C, f32 + base + j, q + base + j, scale + lane, coef + lane);
-        } else {  // padding lanes: zeros, never read as items
-          for (int c = 0; c < C; ++c) {
-            f32[base + (size_t)c * kPanel + j] = 0.f;
-            q[base + (size_t)c * kPanel + j] = 0;
-          }
+        } else {
           scale[lane] = 0.f;
           coef[lane] = 0.f;
         }
@@ -470,7 +489,8 @@ void topk(const Context& ctx, int32_t* ids, float* scores, const float* h, const
   const int n_sb = (B + sb - 1) / sb;
   int n_ir = 1;
   if (n_sb < nt && tv.np > 0) n_ir = std::max(1, std::min((nt + n_sb - 1) / n_sb, tv.np / 16));
-  const int per_range = tv.np > 0 ? (tv.np + n_ir - 1) / n_ir : 0;
+  // Ranges start on an int8 group (the screen's kernel reads a group's panels together).
+  const int per_range = tv.np > 0 ? ((tv.np + n_ir - 1) / n_ir + kGroup - 1) / kGroup * kGroup : 0;
   const int n_units = n_sb * n_ir;
   // Scratch per thread: heaps (and the screen's bound heaps and candidate lists) of one
   // unit, and a micro-tile; partial lists per unit when the items are split.
