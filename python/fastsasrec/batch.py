@@ -7,7 +7,7 @@ user with no item the model knows gets the most popular items.  Rows whose item 
 empty slot (fewer items than ``n`` left) are not written.
 
 ``recommend_frame`` scores a table held in memory; ``score_file`` streams an event file
-in chunks, holding the chunk and at most ``max_seq`` events per user (the chunk alone
+in chunks, holding the chunk and at most 1.5 x ``max_seq`` events per user (the chunk alone
 when the file is sorted by user), and writes Parquet or CSV atomically, with the model
 file's SHA-256 in the output's metadata.  ``fastsasrec score`` is score_file.
 """
@@ -186,7 +186,8 @@ def score_file(model: Any, model_path: str, events: str, output: str, user_col: 
             "session": f"each user's most recent {T} events", "user_col": user_col}
     writer = _Writer(output, meta)
     read = users_done = 0
-    state = None  # unsorted: (user, order, item) of at most T events per user
+    state = None  # unsorted: (user, t, seq, item) of at most T events per user, sorted
+    pending, pending_rows = [], 0  # unsorted: chunks not merged into state yet
     carry = None  # sorted: the last user's rows of the previous chunk
     last_user = None
     seq = 0
@@ -220,22 +221,25 @@ def score_file(model: Any, model_path: str, events: str, output: str, user_col: 
                     if len(ready):
                         users_done += _emit(model, ready, T, n, exclude_seen, writer)
             else:
-                # Only the users this chunk touches are merged and re-sorted; the others'
-                # kept events stay as they are.
-                if state is None:
-                    kept, both = None, frame
-                else:
-                    touched = state["user"].isin(frame["user"].unique())
-                    kept = state[~touched]
-                    both = pd.concat([state[touched], frame], ignore_index=True)
-                both = both.sort_values(["user", "t", "seq"], kind="stable")
-                merged = both.groupby("user", sort=False).tail(T)
-                state = merged if kept is None else pd.concat([kept, merged], ignore_index=True)
+                # Chunks wait until they hold half as many rows as the kept events (or a
+                # chunk's worth), then all are merged at once: each event is sorted a few
+                # times in all, not once per chunk (every chunk of an event log touches most
+                # users), for at most 1.5x the kept events in memory.
+                pending.append(frame)
+                pending_rows += len(frame)
+                if pending_rows >= max(chunk_rows, 0 if state is None else len(state) // 2):
+                    state = _merge(state, pending, T)
+                    pending, pending_rows = [], 0
             if progress is not None:
                 progress(read, users_done)
-        rest = carry if sorted_by_user else state
-        if rest is not None and len(rest):
-            users_done += _emit(model, rest, T, n, exclude_seen, writer)
+        if sorted_by_user:
+            if carry is not None and len(carry):
+                users_done += _emit(model, carry, T, n, exclude_seen, writer)
+        else:
+            if pending:
+                state = _merge(state, pending, T)
+            if state is not None and len(state):
+                users_done += _emit(model, state, T, n, exclude_seen, writer, is_sorted=True)
         empty = _score(model, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64),
                        n, exclude_seen)
         writer.close(empty.rename(columns={"user": user_col}))
@@ -275,9 +279,22 @@ def _first_out_of_order(users: np.ndarray, before: Any) -> int:
     return 0
 
 
-def _emit(model: Any, rows: Any, T: int, n: int, exclude_seen: bool, writer: _Writer) -> int:
+def _merge(state: Any, pending: list, T: int) -> Any:
+    """The kept events (sorted by user, time, file order; at most T a user) merged with the
+    pending chunks'.  The frames are in file order and the sort is stable, so sorting by
+    (user, time) keeps the file order of equal times."""
+    import pandas as pd
+
+    both = pd.concat(([] if state is None else [state]) + pending, ignore_index=True)
+    both = both.sort_values(["user", "t"], kind="stable")
+    return both.groupby("user", sort=False).tail(T)
+
+
+def _emit(model: Any, rows: Any, T: int, n: int, exclude_seen: bool, writer: _Writer,
+          is_sorted: bool = False) -> int:
     """Scores the complete users of ``rows`` (user, t, seq, item) and writes them."""
-    rows = rows.sort_values(["user", "t", "seq"], kind="stable")
+    if not is_sorted:
+        rows = rows.sort_values(["user", "t", "seq"], kind="stable")
     u = rows["user"].to_numpy()
     starts = np.flatnonzero(np.concatenate(([True], u[1:] != u[:-1])))
     offsets = np.append(starts, u.size).astype(np.int64)

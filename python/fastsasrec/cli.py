@@ -648,7 +648,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--include-seen", action="store_true", help="allow items of the session itself")
     sc.add_argument("--sorted-by-user", action="store_true",
                     help="EVENTS holds each user's events together, users in ascending order: memory is "
-                         "then one chunk (otherwise also max_seq events per user)")
+                         "then one chunk (otherwise also up to 1.5 x max_seq events per user)")
     sc.add_argument("--chunk-rows", type=int, default=1_000_000, help="rows per chunk (default: 1,000,000)")
     sc.add_argument("--threads", type=int, help="CPU threads (default: 0, all cores)")
     sc.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
