@@ -64,6 +64,8 @@ REFERENCE = {
     "torch_bce_paper": dict(loss="bce", dropout=0.5),
     "torch_softmax_d0.2": dict(loss="softmax", dropout=0.2),
     "torch_softmax_d0.5": dict(loss="softmax", dropout=0.5),
+    # the better configuration with the window the defaults choose on long histories
+    "torch_softmax_d0.5_T200": dict(loss="softmax", dropout=0.5, max_seq=200),
 }
 ROWS = list(OURS) + list(REFERENCE) + ["most_popular"]
 
@@ -178,7 +180,8 @@ def run_reference(row, seqs, V, which, seed, threads, sampled):
     train, val, report = split(seqs, which)
     train = [s for s in train if len(s) >= 2]
     cfg = REFERENCE[row]
-    model = TorchSASRec(V, factors=64, n_layers=2, n_heads=1, max_seq=50, dropout=cfg["dropout"],
+    model = TorchSASRec(V, factors=64, n_layers=2, n_heads=1, max_seq=cfg.get("max_seq", 50),
+                        dropout=cfg["dropout"],
                         loss=cfg["loss"], random_state=seed, threads=threads)
     plan = _auto.schedule(len(train), 128)
     best, best_epoch, since, epoch = -1.0, 0, 0, 0
