@@ -323,7 +323,7 @@ class SASRec(NotebookCompat):
 
     max_seq : int or "auto"
         How many of the most recent items the model reads.  ``auto``: the 90th percentile
-        of the sequence lengths, rounded up to 10, within 10..50.
+        of the sequence lengths, rounded up to 10, within 10..200.
     dropout : float or "auto"
         Dropout rate on embeddings, attention probabilities and feed-forward layers.
         ``auto`` follows the training events per item (the examples each item embedding
