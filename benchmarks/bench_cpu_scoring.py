@@ -35,18 +35,9 @@ import numpy as np  # noqa: E402
 
 import common  # noqa: E402
 from bench_latency import synthetic, time_calls  # noqa: E402
+from common import median_time  # noqa: E402
 
 K = 10
-
-
-def median_time(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def read_bandwidth(n_bytes: int) -> dict:

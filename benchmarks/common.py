@@ -186,6 +186,20 @@ def most_popular_topk_fn(train_seqs: Sequence[Sequence[int]], n_items: int):
 # --------------------------------------------------------------------------- reporting
 
 
+def median_time(fn: Callable[[], object], reps: int) -> float:
+    """The median wall time in seconds of `reps` calls of fn, after one untimed call
+    (allocations, warm-up)."""
+    import time
+
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None,
                    formats: dict[str, str] | None = None) -> str:
     """Rows of dicts as a markdown table; formats maps a column to a format spec (".1f")."""
