@@ -22,7 +22,7 @@ uvicorn = pytest.importorskip("uvicorn", reason="the serve tests need uvicorn (t
 pytest.importorskip("starlette", reason="the serve tests need starlette (the serve extra)")
 
 from fastsasrec import SASRec  # noqa: E402
-from fastsasrec.serve import create_app  # noqa: E402
+from fastsasrec.serve import create_app, uvicorn_config  # noqa: E402
 
 
 def sessions(n=300, items=60, seed=0):
@@ -53,7 +53,7 @@ class Running:
         self.app = app
         self.server = app.state.server
         self.port = free_port()
-        self.uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+        self.uv = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=self.port,
                                                 log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.uv.run, daemon=True)
         self.thread.start()
@@ -175,7 +175,7 @@ def test_model_health_ready_metrics(running, model, tmp_path):
 
 
 def test_not_ready_until_the_model_is_in(running, model, monkeypatch):
-    from fastsasrec import serve
+    from fastsasrec.serve import server as serve
 
     gate = threading.Event()
     original = serve._warm
@@ -259,14 +259,14 @@ def test_string_catalogues(running):
 
 
 def test_a_server_error_is_a_logged_500_with_the_request_id(running, monkeypatch, caplog):
-    from fastsasrec import serve
+    from fastsasrec.serve import batcher
 
     r = running()
 
     def broken(*a, **k):
         raise RuntimeError("the engine broke")
 
-    monkeypatch.setattr(serve, "score", broken)
+    monkeypatch.setattr(batcher, "score", broken)
     with caplog.at_level("ERROR", logger="fastsasrec.serve"):
         got = r.client.post("/v1/recommend", json={"session": [1]})
     assert got.status_code == 500

@@ -1,0 +1,59 @@
+"""The recommendation server for the live widget: ``fastsasrec serve MODEL``, or
+``create_app(model_or_path, ...)`` to mount in an existing ASGI application.
+
+An ASGI app (Starlette; run by uvicorn), installed with ``pip install "fastsasrec[serve]"``.
+Endpoints (JSON in and out):
+
+    POST   /v1/recommend          {session, n, exclude, exclude_seen} -> {items, scores, fallback, model}
+    POST   /v1/recommend/batch    {sessions, n, exclude_seen}         -> {results: [{items, scores, fallback}], model}
+    POST   /v1/similar            {item, n}                           -> {items, scores, model}
+    POST   /v1/sessions/{id}/events   {items, n, exclude}  appends clicks to a held session
+    GET    /v1/sessions/{id}      the held session;  DELETE: forget it
+    PUT    /v1/denylist           {items}: never recommend these (GET: the list)
+    GET    /v1/model   /healthz   /readyz   /metrics (Prometheus text)
+
+``exclude_seen`` (default true) leaves the session's own items out; ``keep_seen``, its
+opposite, is accepted as a deprecated alias.  ``fallback`` is true when the session had no
+item the model knows and the answer is the most popular items.  No answer holds an item
+of the denylist, /v1/similar's included.
+
+The modules, by job: ``app`` (the endpoints, module-level functions reading
+``request.app.state.server``, and ``create_app``), ``server`` (the state behind them:
+the model, held by one reference that a reload replaces whole; running it with uvicorn),
+``batcher`` (concurrent requests gathered into one scoring call), ``sessions`` (the held
+sessions), ``metrics`` (/metrics), ``inputs`` (what a request may hold; every client
+mistake a 4xx naming it), ``protocol`` (deadlines on each request's head and body, and the
+connection cap that sheds the slow first).
+
+The model is held by one reference that a reload replaces whole (SIGHUP, ``--watch``, or
+``Server.reload``): the new file is loaded and warmed beside the old model, then swapped
+in one assignment, so every request is answered wholly by one model; a file that fails to
+load leaves the old one serving.  Sessions held by the server live in this process only.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from fastsasrec.serve.batcher import Batcher, score
+from fastsasrec.serve.inputs import MAX_BATCH_SESSIONS, MAX_DEPTH, MAX_N, HTTPError
+from fastsasrec.serve.metrics import Metrics
+from fastsasrec.serve.protocol import protocol
+from fastsasrec.serve.server import Loaded, Server, prepare, run, serve_app, uvicorn_config
+from fastsasrec.serve.sessions import SessionStore
+
+__all__ = ["create_app", "prepare", "serve_app", "run", "uvicorn_config", "Server", "Loaded",
+           "SessionStore", "Metrics", "Batcher", "HTTPError", "protocol", "score",
+           "MAX_N", "MAX_BATCH_SESSIONS", "MAX_DEPTH"]
+
+
+def __getattr__(name: str) -> Any:
+    # The app needs starlette (the serve extra): imported when first asked for, so the
+    # session store and the rest stay importable without it.
+    if name == "create_app":
+        try:
+            from fastsasrec.serve.app import create_app
+        except ImportError as e:  # pragma: no cover - the serve extra is missing
+            raise ImportError(f"the server needs starlette and uvicorn: pip install "
+                              f"\"fastsasrec[serve]\" ({e})") from None
+        return create_app
+    raise AttributeError(f"module 'fastsasrec.serve' has no attribute {name!r}")

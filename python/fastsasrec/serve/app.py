@@ -1,0 +1,341 @@
+"""The HTTP endpoints, as Starlette functions at module level: each reads the server's
+state from ``request.app.state.server`` (a ``Server``).  ``create_app`` assembles them."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Match, Route
+
+from fastsasrec.serve import inputs
+from fastsasrec.serve.batcher import _Ask
+from fastsasrec.serve.inputs import MAX_BATCH_SESSIONS, MAX_N, HTTPError
+from fastsasrec.serve.server import Loaded, Server
+
+log = logging.getLogger("fastsasrec.serve")
+
+
+# ----------------------------------------------------------------------------- helpers
+async def body_of(request: Request) -> Dict[str, Any]:
+    """The request's JSON object, read up to the server's ``max_body`` bytes (413 past it)."""
+    limit = request.app.state.server.max_body
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise HTTPError(413, f"request body of {length} bytes is over the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return inputs.parse_body(b"".join(chunks))
+
+
+def loaded(server: Server) -> Loaded:
+    cur = server.current
+    if not server.ready or cur is None:
+        raise HTTPError(503, "the model is not loaded yet")
+    return cur
+
+
+def _str_ids(cur: Loaded) -> bool:
+    return cur.model.item_ids.dtype.kind == "U"
+
+
+def _out(ids: np.ndarray, scores: np.ndarray) -> Tuple[List[Any], List[Optional[float]]]:
+    return ids.tolist(), [float(s) if math.isfinite(s) else None for s in scores.tolist()]
+
+
+def _answer(ask: _Ask) -> Dict[str, Any]:
+    ids, scores, fallback = ask.result
+    items, sc = _out(ids, scores)
+    return {"items": items, "scores": sc, "fallback": bool(fallback)}
+
+
+async def _recommend_one(server: Server, cur: Loaded, session: List[Any], n: int,
+                         exclude: List[Any], exclude_seen: bool) -> Dict[str, Any]:
+    ask = _Ask(session, n, exclude, exclude_seen, cur)
+    await server.batcher.submit([ask])
+    out = _answer(ask)
+    out["model"] = cur.tag
+    return out
+
+
+# ----------------------------------------------------------------------------- endpoints
+async def recommend(request: Request) -> Response:
+    server = request.app.state.server
+    cur = loaded(server)
+    body = await body_of(request)
+    inputs.check_keys(body, ("session", "n", "exclude", "exclude_seen", "keep_seen"))
+    s = _str_ids(cur)
+    if "session" not in body:
+        raise HTTPError(422, "session: required (a list of item ids, oldest first)")
+    session = inputs.ids(body["session"], "session", s)
+    n = inputs.int_field(body, "n", 10, 1, MAX_N)
+    exclude = inputs.ids(body.get("exclude", []), "exclude", s)
+    exclude_seen = inputs.exclude_seen(body)
+    return JSONResponse(await _recommend_one(server, cur, session, n, exclude, exclude_seen))
+
+
+async def recommend_batch(request: Request) -> Response:
+    server = request.app.state.server
+    cur = loaded(server)
+    body = await body_of(request)
+    inputs.check_keys(body, ("sessions", "n", "exclude_seen", "keep_seen"))
+    s = _str_ids(cur)
+    sessions = body.get("sessions")
+    if not isinstance(sessions, list) or not sessions:
+        raise inputs.unprocessable("sessions", sessions, "must be a non-empty list of sessions")
+    if len(sessions) > MAX_BATCH_SESSIONS:
+        raise inputs.unprocessable("sessions", f"<{len(sessions)} sessions>",
+                                   f"holds more than {MAX_BATCH_SESSIONS} sessions")
+    sessions = [inputs.ids(x, f"sessions[{i}]", s) for i, x in enumerate(sessions)]
+    n = inputs.int_field(body, "n", 10, 1, MAX_N)
+    exclude_seen = inputs.exclude_seen(body)
+    asks = [_Ask(x, n, [], exclude_seen, cur) for x in sessions]
+    await server.batcher.submit(asks)
+    return JSONResponse({"results": [_answer(a) for a in asks], "model": cur.tag})
+
+
+async def similar(request: Request) -> Response:
+    server = request.app.state.server
+    cur = loaded(server)
+    body = await body_of(request)
+    inputs.check_keys(body, ("item", "n"))
+    if "item" not in body:
+        raise HTTPError(422, "item: required (an item id)")
+    item = inputs.ids([body["item"]], "item", _str_ids(cur))[0]
+    n = inputs.int_field(body, "n", 10, 1, MAX_N)
+    deny = server.denylist
+    loop = asyncio.get_running_loop()
+    try:
+        # The denylist's items are never answered: asked for n more, then left out.
+        ids, sims = await loop.run_in_executor(None, cur.model.similar_items, item, n + len(deny))
+    except ValueError as e:
+        if "not in the model's catalogue" in str(e):
+            raise HTTPError(404, f"item {json.dumps(item)} is not in the model's catalogue") from None
+        raise HTTPError(422, str(e)) from None
+    if deny:
+        keep = ~np.isin(ids, np.array(deny, dtype=ids.dtype))
+        ids, sims = ids[keep][:n], sims[keep][:n]
+    items, sc = _out(ids, sims)
+    return JSONResponse({"items": items, "scores": sc, "model": cur.tag})
+
+
+async def session_events(request: Request) -> Response:
+    server = request.app.state.server
+    cur = loaded(server)
+    sid = inputs.session_id(request.path_params["session_id"])
+    body = await body_of(request)
+    inputs.check_keys(body, ("items", "n", "exclude"))
+    s = _str_ids(cur)
+    if "items" not in body:
+        raise HTTPError(422, "items: required (the clicked item ids, oldest first)")
+    items = inputs.ids(body["items"], "items", s, limit=10_000)
+    n = inputs.int_field(body, "n", 10, 1, MAX_N)
+    exclude = inputs.ids(body.get("exclude", []), "exclude", s)
+    held = server.sessions.append(sid, items, int(cur.model._fitted().config["max_seq"]), s)
+    out = await _recommend_one(server, cur, held, n, exclude, True)
+    out["session_id"] = sid
+    out["session_length"] = len(held)
+    return JSONResponse(out)
+
+
+async def session_get(request: Request) -> Response:
+    sid = inputs.session_id(request.path_params["session_id"])
+    held = request.app.state.server.sessions.get(sid)
+    if held is None:
+        raise HTTPError(404, f"no session {sid!r} (never created, expired or evicted)")
+    items, ttl = held
+    return JSONResponse({"session_id": sid, "items": list(items), "expires_in": ttl})
+
+
+async def session_delete(request: Request) -> Response:
+    sid = inputs.session_id(request.path_params["session_id"])
+    if not request.app.state.server.sessions.delete(sid):
+        raise HTTPError(404, f"no session {sid!r} (never created, expired or evicted)")
+    return Response(status_code=204)
+
+
+async def denylist_put(request: Request) -> Response:
+    server = request.app.state.server
+    cur = loaded(server)
+    body = await body_of(request)
+    inputs.check_keys(body, ("items",))
+    if "items" not in body:
+        raise HTTPError(422, "items: required (the item ids never to recommend)")
+    items = inputs.ids(body["items"], "items", _str_ids(cur))
+    server.denylist = tuple(dict.fromkeys(items))  # one assignment: a batch reads it once
+    return JSONResponse({"items": len(server.denylist)})
+
+
+async def denylist_get(request: Request) -> Response:
+    return JSONResponse({"items": list(request.app.state.server.denylist)})
+
+
+async def model_info(request: Request) -> Response:
+    from fastsasrec import __version__
+
+    cur = loaded(request.app.state.server)
+    state = cur.model._fitted()
+    return JSONResponse({
+        "library_version": __version__, "model": cur.tag, "sha256": cur.sha256,
+        "path": cur.path, "items": int(state.item_ids.size),
+        "factors": int(state.config["factors"]), "max_seq": int(state.config["max_seq"]),
+        "device": state.engine.device, "loaded_at": cur.loaded_at,
+    })
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok\n")
+
+
+async def readyz(request: Request) -> Response:
+    server = request.app.state.server
+    if not server.ready:
+        why = f"the model failed to load: {server.load_error}" if server.load_error \
+            else "the model is loading"
+        return PlainTextResponse(f"not ready: {why}\n", status_code=503)
+    return PlainTextResponse("ready\n")
+
+
+async def metrics(request: Request) -> Response:
+    server = request.app.state.server
+    return PlainTextResponse(server.metrics.render(server),
+                             media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+ROUTES = [
+    Route("/v1/recommend", recommend, methods=["POST"]),
+    Route("/v1/recommend/batch", recommend_batch, methods=["POST"]),
+    Route("/v1/similar", similar, methods=["POST"]),
+    Route("/v1/sessions/{session_id}/events", session_events, methods=["POST"]),
+    Route("/v1/sessions/{session_id}", session_get, methods=["GET"]),
+    Route("/v1/sessions/{session_id}", session_delete, methods=["DELETE"]),
+    Route("/v1/denylist", denylist_put, methods=["PUT"]),
+    Route("/v1/denylist", denylist_get, methods=["GET"]),
+    Route("/v1/model", model_info, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]
+
+
+# ----------------------------------------------------------------------------- errors
+def _rid(request: Request) -> str:
+    return request.scope.get("fastsasrec.request_id", "")
+
+
+async def client_error(request: Request, exc: HTTPError) -> Response:
+    return JSONResponse({"error": exc.message, "request_id": _rid(request)}, status_code=exc.status)
+
+
+async def routing_error(request: Request, exc: HTTPException) -> Response:
+    return JSONResponse({"error": str(exc.detail), "request_id": _rid(request)},
+                        status_code=exc.status_code, headers=exc.headers)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    log.error("request %s %s %s failed", _rid(request), request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": "internal error (logged with this request id)",
+                         "request_id": _rid(request)}, status_code=500)
+
+
+# ----------------------------------------------------------------------------- the app
+def create_app(model_or_path: Any, *, device: str = "auto", num_threads: Optional[int] = None,
+               max_batch: int = 64, max_wait_ms: float = 0.0, session_ttl: float = 1800.0,
+               max_sessions: int = 100_000, max_body: int = 1 << 20, watch: float = 0.0,
+               header_timeout: float = 10.0, body_timeout: float = 30.0,
+               max_connections: Optional[int] = None,
+               clock: Callable[[], float] = time.monotonic, signals: bool = False) -> Any:
+    """The server as an ASGI application (Starlette).
+
+    ``model_or_path``: a fitted SASRec, or the path of a model file (loaded at startup, and
+    reloadable).  ``max_batch``: sessions per engine call; ``max_wait_ms``: how long a
+    batch may wait for company under load (0: it takes what arrived while the engine ran).
+    ``session_ttl`` (seconds) and ``max_sessions`` bound the held sessions; ``max_body``:
+    the largest request body in bytes; ``watch``: seconds between checks of the model file
+    for a new version (0: never).  ``header_timeout`` and ``body_timeout``: seconds a
+    connection has to send a request's head, then its body, before it is closed;
+    ``max_connections``: open connections at most, the slow shed first (None: from the
+    open-files limit); these three hold when the app runs under ``serve_app`` or
+    ``uvicorn_config``.  ``clock``: the sessions' clock (tests inject one).  ``signals``:
+    SIGHUP reloads (the CLI sets it).  ``app.state.server`` is the ``Server``."""
+    server = Server(model_or_path, device=device, num_threads=num_threads, max_batch=max_batch,
+                    max_wait_ms=max_wait_ms, session_ttl=session_ttl, max_sessions=max_sessions,
+                    max_body=max_body, watch=watch, header_timeout=header_timeout,
+                    body_timeout=body_timeout, max_connections=max_connections, clock=clock)
+
+    @asynccontextmanager
+    async def lifespan(app: Any):
+        await server.startup()
+        if signals:
+            server.install_signal_handlers()
+        yield
+        await server.shutdown()
+
+    inner = Starlette(routes=ROUTES, lifespan=lifespan,
+                      exception_handlers={HTTPError: client_error, HTTPException: routing_error,
+                                          Exception: server_error})
+    inner.state.server = server
+    app = _Guard(inner, server)
+    app.state = inner.state
+    return app
+
+
+class _Guard:
+    """ASGI middleware: a request id on every request (X-Request-ID, the client's when it
+    sends a sane one, else a new one), on its response and in its log lines; and each
+    request counted and timed for /metrics by its route template.  (The errors' bodies are
+    the app's exception handlers': JSON {"error", "request_id"}.)"""
+
+    def __init__(self, app: Any, server: Server):
+        self.app, self.server = app, server
+        self.router = app.router
+
+    def _route(self, scope: Dict[str, Any]) -> str:
+        for r in self.router.routes:
+            match, _ = r.matches(scope)
+            if match != Match.NONE:
+                return r.path
+        return "other"
+
+    async def __call__(self, scope: Dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        self.server.metrics.started()
+        rid = None
+        for k, v in scope.get("headers", []):
+            if k == b"x-request-id" and 0 < len(v) <= 64 and re.fullmatch(rb"[A-Za-z0-9._-]+", v):
+                rid = v.decode()
+        rid = rid or uuid.uuid4().hex[:16]
+        scope["fastsasrec.request_id"] = rid
+        status = [500]
+
+        async def send_with_id(message: Dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message = dict(message, headers=list(message.get("headers", [])) +
+                               [(b"x-request-id", rid.encode())])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:  # noqa: BLE001 - answered (500) and logged by the app already
+            pass
+        finally:
+            self.server.metrics.request(self._route(scope), status[0], time.perf_counter() - t0)

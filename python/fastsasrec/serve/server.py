@@ -1,0 +1,250 @@
+"""The state behind the app (``app.state.server``): the model, held by one reference that
+a reload replaces whole, the held sessions, the denylist, the batcher and the metrics; and
+the functions that run it with uvicorn."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from fastsasrec import _persist
+from fastsasrec.serve.batcher import Batcher
+from fastsasrec.serve.metrics import Metrics
+from fastsasrec.serve.protocol import BODY_TIMEOUT, HEADER_TIMEOUT, protocol
+from fastsasrec.serve.sessions import SessionStore
+
+log = logging.getLogger("fastsasrec.serve")
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """One model as served: the estimator, where it came from, and what /v1/model says."""
+
+    model: Any
+    path: Optional[str]
+    sha256: Optional[str]
+    loaded_at: float
+    generation: int
+
+    @property
+    def tag(self) -> str:
+        """What each response names its model by: the file's SHA-256 prefix (or the
+        generation of a model given in memory)."""
+        return self.sha256[:12] if self.sha256 else f"memory-{self.generation}"
+
+
+def _file_signature(path: str) -> Optional[Tuple[float, int, int]]:
+    """(mtime, size, inode) of the file at ``path``, None when it cannot be read: what
+    changes when a new model file is written or renamed over it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size, st.st_ino)
+
+
+def _warm(model: Any) -> None:
+    """One request through every path a request takes, so the first client does not pay
+    for the first allocations."""
+    ids = model.item_ids[: min(3, model.n_items)]
+    model.recommend(list(ids.tolist()), n=min(10, model.n_items))
+
+
+class Server:
+    """The state behind the app: the model, the held sessions, the denylist, the batcher
+    and the metrics.  ``app.state.server`` of ``create_app``."""
+
+    def __init__(self, model_or_path: Any, *, device: str = "auto", num_threads: Optional[int] = None,
+                 max_batch: int = 64, max_wait_ms: float = 0.0, session_ttl: float = 1800.0,
+                 max_sessions: int = 100_000, max_body: int = 1 << 20, watch: float = 0.0,
+                 header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_TIMEOUT,
+                 max_connections: Optional[int] = None, clock: Callable[[], float] = time.monotonic):
+        for name, v, lo in (("max_batch", max_batch, 1), ("max_sessions", max_sessions, 1),
+                            ("max_body", max_body, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        for name, v in (("max_wait_ms", max_wait_ms), ("session_ttl", session_ttl), ("watch", watch)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+        if session_ttl <= 0:
+            raise ValueError(f"session_ttl must be > 0 seconds, got {session_ttl!r}")
+        self.device, self.num_threads = device, num_threads
+        self.max_body, self.watch_interval = max_body, float(watch)
+        self.metrics = Metrics()
+        # The protocol uvicorn runs the app with (``uvicorn_config``): deadlines on each
+        # request's head and body, and the connection cap.
+        self.connections_closed: Dict[str, int] = {}
+        self.http_protocol = protocol(header_timeout, body_timeout, max_connections,
+                                      self.connections_closed)
+        self.sessions = SessionStore(max_sessions, float(session_ttl), clock)
+        self.batcher = Batcher(self, max_batch, float(max_wait_ms))
+        self.denylist: Tuple[Any, ...] = ()
+        self.current: Optional[Loaded] = None
+        self.ready = False
+        self._generation = 0
+        self._reload_lock: Optional[asyncio.Lock] = None
+        self._watch_task: Optional[asyncio.Task] = None
+        self._load_task: Optional[asyncio.Task] = None
+        self.load_error: Optional[str] = None
+        self._source = model_or_path
+        if isinstance(model_or_path, (str, os.PathLike)):
+            self.path: Optional[str] = os.fspath(model_or_path)
+        else:
+            self.path = None
+            if not hasattr(model_or_path, "_fitted"):
+                raise ValueError(f"model_or_path must be a fitted SASRec or a model file path, "
+                                 f"got {type(model_or_path).__name__}")
+            model_or_path._fitted()  # not fitted: the caller's mistake, said now
+
+    # ---- model
+    def _load(self, path: str) -> Loaded:
+        from fastsasrec import SASRec
+
+        # The digest and the model must be of one file: a new file renamed over the path
+        # between the two reads changes its signature, and the pair is read again.
+        for _ in range(3):
+            before = _file_signature(path)
+            sha = _persist.file_sha256(path)
+            model = SASRec.load(path, device=self.device, num_threads=self.num_threads)
+            if _file_signature(path) == before:
+                break
+        else:
+            raise RuntimeError(f"{path!r} changed three times while it was being loaded")
+        _warm(model)
+        self._generation += 1
+        return Loaded(model, path, sha, time.time(), self._generation)
+
+    async def startup(self) -> None:
+        """Starts the batcher and loads (and warms) the model in the background: the server
+        answers /healthz at once, and 503 "not ready" until the model is in."""
+        self._reload_lock = asyncio.Lock()
+        self.batcher.start()
+        self._load_task = asyncio.get_running_loop().create_task(self._initial_load())
+
+    async def _initial_load(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if self.current is not None:
+                pass  # loaded before the server started (load_now)
+            elif self.path is not None:
+                self.current = await loop.run_in_executor(None, self._load, self.path)
+            else:
+                model = self._source
+                if self.num_threads is not None:
+                    model.set_params(num_threads=self.num_threads)
+                await loop.run_in_executor(None, _warm, model)
+                self._generation += 1
+                self.current = Loaded(model, None, None, time.time(), self._generation)
+        except Exception as e:  # noqa: BLE001 - said in the log; /readyz stays 503
+            log.error("could not load the model %s: %s", self.path or "", e)
+            self.load_error = str(e)
+            return
+        self.ready = True
+        log.info("serving %s (%d items, model %s)", self.path or "a model in memory",
+                 self.current.model.n_items, self.current.tag)
+        if self.watch_interval > 0 and self.path is not None:
+            self._watch_task = loop.create_task(self._watch())
+
+    async def shutdown(self) -> None:
+        for task in (self._watch_task, self._load_task):
+            if task is not None:
+                task.cancel()
+        await self.batcher.stop()
+
+    async def reload(self, path: Optional[str] = None) -> bool:
+        """Loads ``path`` (default: the file being served) beside the current model, warms
+        it and swaps it in; True when it did.  A file that fails to load is logged and the
+        current model goes on serving."""
+        path = path or self.path
+        if path is None:
+            log.error("reload: this server was given a model in memory, not a file")
+            return False
+        async with self._reload_lock:
+            loop = asyncio.get_running_loop()
+            try:
+                new = await loop.run_in_executor(None, self._load, path)
+            except Exception as e:  # noqa: BLE001 - any failure keeps the old model
+                with self.metrics.lock:
+                    self.metrics.reloads["failed"] += 1
+                log.error("reload of %s failed, still serving model %s: %s", path,
+                          self.current.tag if self.current else "none", e)
+                return False
+            old = self.current
+            self.current = new  # one assignment: a request reads it once
+            self.path = path
+            with self.metrics.lock:
+                self.metrics.reloads["ok"] += 1
+            log.info("reloaded %s: model %s -> %s (%d items)", path, old.tag if old else "none",
+                     new.tag, new.model.n_items)
+            return True
+
+    def load_now(self) -> None:
+        """Loads and warms the model file here, before the server starts, so that a file
+        that cannot be served is the caller's error (ValueError or OSError naming it)
+        rather than a server that never gets ready."""
+        if self.path is None:
+            raise ValueError("load_now needs a model file; this server was given a model")
+        self.current = self._load(self.path)
+
+    async def _watch(self) -> None:
+        seen = _file_signature(self.path)
+        while True:
+            await asyncio.sleep(self.watch_interval)
+            now = _file_signature(self.path)
+            if now is not None and now != seen:
+                seen = now
+                await self.reload()
+
+    def install_signal_handlers(self) -> None:
+        """SIGHUP reloads the model (main thread of a Unix process only)."""
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        except (NotImplementedError, RuntimeError, ValueError, AttributeError):
+            log.info("SIGHUP reload not available here (not the main thread, or no SIGHUP)")
+
+
+def prepare(path: str, **kw: Any) -> Any:
+    """The app for the model file at ``path`` (``create_app``'s keywords), the model
+    already loaded and warmed: ValueError or OSError naming the file if it cannot be."""
+    from fastsasrec.serve.app import create_app
+
+    app = create_app(path, signals=True, **kw)
+    app.state.server.load_now()
+    return app
+
+
+def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, **kw: Any) -> Any:
+    """uvicorn's Config for ``app``, with the server's guarded HTTP protocol (its deadlines
+    and connection cap); ``kw``: more of uvicorn.Config's keywords."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, http=app.state.server.http_protocol,
+                          ws="none", **kw)
+
+
+def serve_app(app: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Runs ``app`` with uvicorn until SIGINT or SIGTERM (requests in flight are finished
+    first); SIGHUP reloads the model."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = uvicorn_config(app, host, port, log_level="info", access_log=False,
+                            timeout_graceful_shutdown=30)
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # pragma: no cover - as uvicorn.run
+        pass
+    if not server.started:
+        raise SystemExit(3)  # uvicorn's exit status when it could not start (port in use)
+
+
+def run(path: str, host: str = "127.0.0.1", port: int = 8000, **kw: Any) -> None:
+    """Serves the model file at ``path``: ``prepare`` then ``serve_app``."""
+    serve_app(prepare(path, **kw), host, port)
