@@ -45,19 +45,21 @@ def _base() -> type:
 
 class _Deadlines:
     """The mixin over uvicorn's protocol.  ``_phase``: "head" (waiting for a request head),
-    "body" (head in, body not complete) or None (the app has the request); ``_since``: when
-    the phase began; ``_seen``: the request cycle whose head was last seen complete."""
+    "body" (head in, body not complete) or None (the app has the request); ``_seen``: the
+    request cycle whose head was last seen complete."""
 
     header_timeout: float = HEADER_TIMEOUT
     body_timeout: float = BODY_TIMEOUT
     max_connections: Optional[int] = None
     closed: Dict[str, int] = {}
+    # The connections waiting for a request head, the longest-waiting first (a dict keeps
+    # its insertion order): what the cap sheds, found in O(1).
+    waiting: Dict[Any, None] = {}
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         self._timer = None
         self._phase: Optional[str] = None
-        self._since = 0.0
         self._seen = None
         self._wait("head")
         if self.max_connections is not None and len(self.connections) > self.max_connections:
@@ -92,9 +94,12 @@ class _Deadlines:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._phase == "head":
+            self.waiting.pop(self, None)
         self._phase = phase
+        if phase == "head":
+            self.waiting[self] = None
         if phase is not None and not self.transport.is_closing():
-            self._since = self.loop.time()
             limit = self.header_timeout if phase == "head" else self.body_timeout
             self._timer = self.loop.call_later(limit, self._expire, phase)
 
@@ -112,8 +117,7 @@ class _Deadlines:
     def _shed(self) -> None:
         """Closes the connection that has waited longest for a request head: another one
         when there is one, else this new one."""
-        waiting = [p for p in self.connections if getattr(p, "_phase", None) == "head"]
-        oldest = min(waiting, key=lambda p: p._since) if waiting else self
+        oldest = next(iter(self.waiting), self)
         oldest._close("shed" if oldest is not self else "refused")
 
 
@@ -132,4 +136,5 @@ def protocol(header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_
     base = _base()
     return type(f"Guarded{base.__name__}", (_Deadlines, base), {
         "header_timeout": float(header_timeout), "body_timeout": float(body_timeout),
-        "max_connections": max_connections, "closed": {} if closed is None else closed})
+        "max_connections": max_connections, "closed": {} if closed is None else closed,
+        "waiting": {}})
