@@ -37,12 +37,11 @@ from typing import Any
 from fastsasrec.serve.batcher import Batcher, score
 from fastsasrec.serve.inputs import MAX_BATCH_SESSIONS, MAX_DEPTH, MAX_N, HTTPError
 from fastsasrec.serve.metrics import Metrics
-from fastsasrec.serve.protocol import protocol
 from fastsasrec.serve.server import Loaded, Server, prepare, run, serve_app, uvicorn_config
 from fastsasrec.serve.sessions import SessionStore
 
 __all__ = ["create_app", "prepare", "serve_app", "run", "uvicorn_config", "Server", "Loaded",
-           "SessionStore", "Metrics", "Batcher", "HTTPError", "protocol", "score",
+           "SessionStore", "Metrics", "Batcher", "HTTPError", "score",
            "MAX_N", "MAX_BATCH_SESSIONS", "MAX_DEPTH"]
 
 
