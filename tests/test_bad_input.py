@@ -125,8 +125,19 @@ def test_auto_loss_follows_the_catalogue_size():
 
 
 def test_not_fitted():
-    with pytest.raises(RuntimeError, match="not fitted"):
-        SASRec().recommend([1])
+    """As scikit-learn's: both ValueError and AttributeError, so hasattr answers."""
+    from fastsasrec import NotFittedError
+
+    m = SASRec()
+    for call in (lambda: m.recommend([1]), lambda: m.recommend_batch([[1]]), lambda: m.item_ids_,
+                 lambda: m.max_seq_, lambda: m.popularity_, lambda: m.similar_items(1)):
+        with pytest.raises(NotFittedError, match="not fitted") as e:
+            call()
+        assert isinstance(e.value, ValueError) and isinstance(e.value, AttributeError)
+    assert not hasattr(m, "item_ids_") and not hasattr(m, "max_seq_")
+    m.fit([[1, 2, 3], [2, 3, 4]] * 10)
+    assert hasattr(m, "item_ids_") and m.max_seq_ >= 1 and m.popularity_.sum() == 60
+    assert list(m.item_ids_) == list(m.item_ids) == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("n, match", [(0, "n must be a positive integer"), (-1, "n must be"),

@@ -116,6 +116,34 @@ class Sequences:
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             yield self._items[lo:hi]
 
+    # The flat slicing every caller needs, written once (no per-sequence Python loop).
+    def take(self, rows: Any) -> "Sequences":
+        """The sequences ``rows`` (integer indices, in that order) as a new Sequences."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = np.diff(self._offsets)[rows]
+        offsets = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        take = np.repeat(self._offsets[rows] - offsets[:-1], lengths) + np.arange(int(offsets[-1]))
+        return Sequences._of(self._items[take], offsets)
+
+    def tail(self, n: int) -> "Sequences":
+        """Each sequence's last ``n`` items (all of a shorter one)."""
+        keep = np.minimum(np.diff(self._offsets), n)
+        offsets = np.zeros(keep.size + 1, dtype=np.int64)
+        np.cumsum(keep, out=offsets[1:])
+        take = np.repeat(self._offsets[1:] - keep - offsets[:-1], keep) + np.arange(int(offsets[-1]))
+        return Sequences._of(self._items[take], offsets)
+
+    def head(self, drop: Any) -> "Sequences":
+        """Each sequence less its last ``drop[i]`` items (``drop``: an int or one per
+        sequence; a sequence shorter than that becomes empty)."""
+        lengths = np.diff(self._offsets)
+        keep = np.maximum(lengths - np.asarray(drop, dtype=np.int64), 0)
+        offsets = np.zeros(keep.size + 1, dtype=np.int64)
+        np.cumsum(keep, out=offsets[1:])
+        take = np.repeat(self._offsets[:-1] - offsets[:-1], keep) + np.arange(int(offsets[-1]))
+        return Sequences._of(self._items[take], offsets)
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Sequences is immutable")
 
