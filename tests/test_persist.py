@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import fastsasrec
-from fastsasrec import SASRec, _core, _persist
+from fastsasrec import SASRec, _archive, _core, _persist
 
 SESSIONS = [[1, 2, 3, 4], [2, 3, 4, 5], [5, 4, 3, 2], [1, 3, 5, 2], [4, 1, 2, 3]]
 HEADER = "fastsasrec.json"
@@ -456,10 +456,10 @@ def test_saved_file_follows_the_umask(model, tmp_path, monkeypatch):
         model.save(tmp_path / "a.fsr")  # replacing a file: the new one's mode
         assert stat.S_IMODE(os.stat(tmp_path / "a.fsr").st_mode) == 0o600
         # where /proc does not say the umask, it is read by setting it back
-        monkeypatch.setattr(_persist, "open", lambda *a, **k: (_ for _ in ()).throw(OSError()),
+        monkeypatch.setattr(_archive, "open", lambda *a, **k: (_ for _ in ()).throw(OSError()),
                             raising=False)
         os.umask(0o027)
-        assert _persist._umask() == 0o027 and os.umask(0o027) == 0o027
+        assert _archive.umask() == 0o027 and os.umask(0o027) == 0o027
         model.save(tmp_path / "b.fsr")
         assert stat.S_IMODE(os.stat(tmp_path / "b.fsr").st_mode) == 0o640
     finally:
