@@ -333,7 +333,7 @@ def load(cls: Any, path: "os.PathLike[str] | str", device: str = "auto",
     ``num_threads`` (None: 0, all cores; the thread count a file was saved with is never
     taken from it).  Raises FileNotFoundError, ValueError for anything wrong with the file
     (not a regular file, not a model, truncated, corrupted, inconsistent, written by a
-    newer version, unreadable)."""
+    newer version, unreadable, weights whose forward pass is not finite)."""
     path = os.fspath(path)
     resolve_device(device)  # the caller's mistake, said before the file's
     meta, config, arrays = _read_file(path)
@@ -349,12 +349,29 @@ def load(cls: Any, path: "os.PathLike[str] | str", device: str = "auto",
     if num_threads is not None:
         model.set_params(num_threads=num_threads)
     engine = _core.Model(config, resolve_device(device, config), threads=model.num_threads)
-    engine.set_params(arrays["params"])
+    engine.set_params(arrays.pop("params"))  # freed before the probe copies the item table
+    _check_forward(engine, config, path)
     model._set_fitted(engine, config, arrays["item_ids"], arrays["popularity"].astype(np.int64))
     model.loss_history_ = loss_history
     if "defaults" in meta:
         model._set_defaults(_defaults(meta, path))
     return model
+
+
+def _check_forward(engine: Any, config: Dict[str, Any], path: str) -> None:
+    """Refuses weights that are finite but whose forward pass is not (a file re-signed
+    after its weights were changed, say to 3e38 each: every score NaN, so nothing would
+    be recommended): the hidden states of two probe sessions (the first item; the first
+    max_seq items) and their scores against every item must be finite."""
+    n = min(int(config["n_items"]), int(config["max_seq"]))
+    items = np.concatenate([[1], np.arange(1, n + 1)]).astype(np.int32)
+    h = engine.session_states(items, np.array([0, 1, 1 + n], dtype=np.int64))
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite(h).all() and np.isfinite(h @ engine.item_embeddings().T).all()
+    if not finite:
+        raise ValueError(f"path {path!r}: the weights give a non-finite forward pass (NaN or "
+                         "infinite hidden states or scores for a probe session): the file is "
+                         "corrupted or was altered, or its training diverged")
 
 
 def _defaults(meta: Dict[str, Any], path: str) -> Dict[str, Dict[str, Any]]:
