@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
+import tempfile
 import warnings
 from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -261,3 +263,24 @@ def same_file(a: str, b: str) -> bool:
     except OSError:
         pass
     return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output(output: str, flag: str = "output") -> None:
+    """ValueError, before any work, when a file could not be written to ``output``."""
+    target = os.path.realpath(output) if os.path.islink(output) else output
+    if os.path.isdir(target):
+        raise ValueError(f"{flag} {output!r} is a folder: give a file name, such as "
+                         f"{os.path.join(output, 'model.fsr')!r}")
+    if os.path.exists(target) and not stat.S_ISREG(os.stat(target).st_mode):
+        raise ValueError(f"{flag} {output!r} exists and is not a regular file")
+    out_dir = os.path.dirname(os.path.abspath(target))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"the folder of {flag} {output!r} is not a folder: {out_dir}")
+    if not os.path.isdir(out_dir):
+        raise ValueError(f"the folder of {flag} {output!r} does not exist: {out_dir}")
+    try:  # the one sure test that the folder takes a new file: make one
+        fd, probe = tempfile.mkstemp(prefix=".fastsasrec-", suffix=".tmp", dir=out_dir)
+    except OSError as e:
+        raise ValueError(f"cannot write {flag} {output!r}: {e.strerror} in the folder {out_dir}") from None
+    os.close(fd)
+    os.unlink(probe)

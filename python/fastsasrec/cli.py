@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import stat
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -65,24 +63,9 @@ def _load_model(path: str, threads: Optional[int] = None, device: str = "auto"):
 
 
 def _check_output(output: str) -> None:
-    """Fails before training when the model could not be written to ``output``."""
-    target = os.path.realpath(output) if os.path.islink(output) else output
-    if os.path.isdir(target):
-        raise CLIError(f"--output {output!r} is a folder: give a file name, such as "
-                       f"{os.path.join(output, 'model.fsr')!r}")
-    if os.path.exists(target) and not stat.S_ISREG(os.stat(target).st_mode):
-        raise CLIError(f"--output {output!r} exists and is not a regular file")
-    out_dir = os.path.dirname(os.path.abspath(target))
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise CLIError(f"the folder of --output {output!r} is not a folder: {out_dir}")
-    if not os.path.isdir(out_dir):
-        raise CLIError(f"the folder of --output {output!r} does not exist: {out_dir}")
-    try:  # the one sure test that the folder takes a new file: make one
-        fd, probe = tempfile.mkstemp(prefix=".fastsasrec-", suffix=".tmp", dir=out_dir)
-    except OSError as e:
-        raise CLIError(f"cannot write --output {output!r}: {e.strerror} in the folder {out_dir}") from None
-    os.close(fd)
-    os.unlink(probe)
+    from fastsasrec._events import check_output
+
+    check_output(output, "--output")
 
 
 def _parse_ids(text: str, model, flag: str) -> List[Any]:
