@@ -1,8 +1,10 @@
 """Bad input gets a clear exception naming the argument and the value."""
 import os
+import re
 import zipfile
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import fastsasrec
@@ -125,8 +127,19 @@ def test_auto_loss_follows_the_catalogue_size():
 
 
 def test_not_fitted():
-    with pytest.raises(RuntimeError, match="not fitted"):
-        SASRec().recommend([1])
+    """As scikit-learn's: both ValueError and AttributeError, so hasattr answers."""
+    from fastsasrec import NotFittedError
+
+    m = SASRec()
+    for call in (lambda: m.recommend([1]), lambda: m.recommend_batch([[1]]), lambda: m.item_ids_,
+                 lambda: m.max_seq_, lambda: m.popularity_, lambda: m.similar_items(1)):
+        with pytest.raises(NotFittedError, match="not fitted") as e:
+            call()
+        assert isinstance(e.value, ValueError) and isinstance(e.value, AttributeError)
+    assert not hasattr(m, "item_ids_") and not hasattr(m, "max_seq_")
+    m.fit([[1, 2, 3], [2, 3, 4]] * 10)
+    assert hasattr(m, "item_ids_") and m.max_seq_ >= 1 and m.popularity_.sum() == 60
+    assert list(m.item_ids_) == list(m.item_ids) == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("n, match", [(0, "n must be a positive integer"), (-1, "n must be"),
@@ -317,8 +330,8 @@ def test_numpy_integers_of_mixed_types_keep_their_exact_ids():
 def test_strings_ending_with_nul_are_refused():
     """Found by tests/test_fuzz.py: NumPy strings drop trailing NUL characters, so "a\\x00"
     was silently the item "a" (and fit merged the two into one item)."""
-    with pytest.raises(ValueError, match=r"sequences\[0\]\[1\] is 'a\\x00': string item ids may "
-                                         r"not end with a NUL character"):
+    with pytest.raises(ValueError, match=r"sequences\[0\]\[1\] is 'a\\x00': ids may not hold "
+                                         r"control characters \(below 0x20: NUL"):
         SASRec(**SMALL).fit([["a", "a\x00"], ["b", "a"]])
     m = SASRec(**SMALL).fit([["a", "b", "c"], ["c", "b", "a"]])
     for call, where in [(lambda: m.recommend(["a\x00", "b"]), r"session\[0\]"),
@@ -328,8 +341,42 @@ def test_strings_ending_with_nul_are_refused():
                         (lambda: fastsasrec.Sequences(["a", "b\x00"], [0, 2]), r"items\[1\]")]:
         with pytest.raises(ValueError, match=where + ".*NUL"):
             call()
-    # A NUL inside an id is kept by NumPy, and is just another (unknown) id.
-    assert m.recommend(["a\x00b"], n=3)[0].tolist() == m.recommend([], n=3)[0].tolist()
+
+
+CONTROL = ["a\x00b", "\x00", "sku\t1", "line\n", "cr\r", "\x1f", "del\x7f", "\x01x"]
+
+
+@pytest.mark.parametrize("bad", CONTROL)
+def test_control_characters_in_ids_are_refused_on_every_path(bad):
+    """A control character anywhere in an id (NUL inside one included: NumPy kept it, and
+    it was another, unknown, id) is refused by fit, recommend, recommend_batch, exclude,
+    evaluate, Sequences and event tables, naming the value."""
+    text = re.escape(repr(bad))
+    m = SASRec(**SMALL).fit([["a", "b", "c"], ["c", "b", "a"]])
+    calls = [(lambda: SASRec(**SMALL).fit([["a", bad], ["b", "a"]]), r"sequences\[0\]\[1\]"),
+             (lambda: m.recommend(["a", bad]), r"session\[1\]"),
+             (lambda: m.recommend(["a"], exclude=[bad]), r"exclude\[0\]"),
+             (lambda: m.recommend_batch([["a"], ["b", bad]]), r"sessions\[1\]\[1\]"),
+             (lambda: m.recommend_batch([["a"]], exclude=[[bad]]), r"exclude\[0\]\[0\]"),
+             (lambda: m.evaluate([["a", "b", bad]]), r"sequences\[0\]\[2\]"),
+             (lambda: fastsasrec.Sequences(np.array(["a", bad], dtype=object), [0, 2]), r"items\[1\]"),
+             (lambda: SASRec.from_transactions(pd.DataFrame({"u": [1, 1], "i": ["a", bad]}), "u", "i",
+                                               **SMALL), r"column 'i'\[1\]"),
+             (lambda: SASRec.from_transactions(pd.DataFrame({"u": ["x", bad], "i": ["a", "b"]}), "u", "i",
+                                               **SMALL), r"column 'u'\[1\]")]
+    if not bad.endswith("\x00"):  # NumPy drops a trailing NUL of a str array: nothing to see
+        calls += [(lambda: fastsasrec.Sequences(np.array(["a", bad]), [0, 2]), r"items\[1\]"),
+                  (lambda: m.recommend_batch([np.array(["a", bad])]), r"sessions\[0\]\[1\]")]
+    for call, where in calls:
+        with pytest.raises(ValueError, match=where + f" is {text}: ids may not hold control characters"):
+            call()
+
+
+def test_printable_unicode_ids_still_pass():
+    ids = ["café", "a b", "ü-1", "\u00a0x", "\u2028"]
+    m = SASRec(**SMALL).fit([ids, ids[::-1]])
+    assert sorted(m.item_ids.tolist()) == sorted(ids)
+    assert m.recommend(ids[:2], n=2)[0].size == 2
 
 
 def test_nested_entries_in_a_session_are_named():

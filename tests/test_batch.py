@@ -4,6 +4,7 @@ model's SHA-256 in the output's metadata."""
 import hashlib
 import json
 import os
+import sys
 
 import numpy as np
 import pandas as pd
@@ -40,16 +41,16 @@ def fitted(tmp_path_factory):
     return m, str(path), ev, d
 
 
-def _by_hand(m, ev, n):
-    """Each user's last max_seq events by (time, file order), through recommend_batch."""
+def _by_hand(m, ev, n, exclude_seen=True):
+    """Each user's whole history by (time, file order), through recommend_batch."""
     users, sessions = [], []
     for u, g in ev.groupby("user_id", sort=True):
         users.append(u)
-        sessions.append(g.sort_values("timestamp", kind="stable")["item_id"].tolist()[-8:])
-    return users, *m.recommend_batch(sessions, n=n)
+        sessions.append(g.sort_values("timestamp", kind="stable")["item_id"].tolist())
+    return users, *m.recommend_batch(sessions, n=n, exclude_seen=exclude_seen)
 
 
-def test_recommend_frame_is_recommend_batch_on_each_users_recent_events(fitted):
+def test_recommend_frame_is_recommend_batch_on_each_users_history(fitted):
     m, _, ev, _ = fitted
     out = batch.recommend_frame(m, ev, "user_id", "item_id", "timestamp", n=5)
     assert list(out.columns) == ["user_id", "rank", "item", "score"]
@@ -58,6 +59,22 @@ def test_recommend_frame_is_recommend_batch_on_each_users_recent_events(fitted):
     assert out["rank"].tolist() == list(range(1, 6)) * len(users)
     np.testing.assert_array_equal(out["item"].to_numpy(), ids.ravel())
     np.testing.assert_allclose(out["score"].to_numpy(), scores.ravel(), rtol=1e-6, atol=1e-6)
+    keep = batch.recommend_frame(m, ev, "user_id", "item_id", "timestamp", n=5, exclude_seen=False)
+    np.testing.assert_array_equal(keep["item"].to_numpy(), _by_hand(m, ev, 5, False)[1].ravel())
+
+
+def test_every_item_of_the_history_is_seen_not_only_the_last_max_seq(fitted):
+    """The model reads the last max_seq (8) events, but an item of an earlier event is
+    never recommended (it was: ML-100K user 1 got two movies they had rated)."""
+    m, _, ev, _ = fitted
+    out = batch.recommend_frame(m, ev, "user_id", "item_id", "timestamp", n=m.n_items)
+    long = 0
+    for u, g in ev.groupby("user_id"):
+        items = g.sort_values("timestamp", kind="stable")["item_id"].tolist()
+        long += len(set(items[:-8]) - set(items[-8:])) > 0
+        got = out.loc[out["user_id"] == u, "item"].tolist()
+        assert not set(got) & set(items) and len(got) == m.n_items - len(set(items))
+    assert long > 20  # the log has users whose early items are outside the window
 
 
 @pytest.mark.parametrize("fmt,sorted_by_user,chunk", [("parquet", False, 37), ("csv", False, 1000),
@@ -73,7 +90,8 @@ def test_score_file_streams_to_the_same_answers(fitted, tmp_path, fmt, sorted_by
     want = batch.recommend_frame(m, ev, "user_id", "item_id", "timestamp", n=5)
     got = pd.read_csv(out) if out.suffix == ".csv" else pq.read_table(out).to_pandas()
     assert done["users"] == ev["user_id"].nunique() and done["rows"] == len(want) == len(got)
-    assert got["user_id"].tolist() == want["user_id"].tolist()
+    # users are written as they were read: a CSV's as text
+    assert got["user_id"].tolist() == [str(u) if fmt == "csv" else u for u in want["user_id"]]
     np.testing.assert_array_equal(got["item"].to_numpy(), want["item"].to_numpy())
     np.testing.assert_allclose(got["score"].to_numpy(), want["score"].to_numpy(), rtol=1e-6, atol=1e-6)
     sha = hashlib.sha256(open(model_path, "rb").read()).hexdigest()
@@ -93,7 +111,8 @@ def test_out_of_order_input_with_sorted_by_user_fails_and_keeps_the_old_output(f
     out.write_bytes(b"yesterday")
     code = main(["score", model_path, str(events), "-o", str(out), "--sorted-by-user", "--chunk-rows", "10"])
     err = capsys.readouterr().err
-    assert code == 2 and "--sorted-by-user: user" in err and "comes after a greater user id" in err
+    assert code == 2 and "(--sorted-by-user): user" in err and "comes after user" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
     assert out.read_bytes() == b"yesterday"
     assert sorted(os.listdir(tmp_path)) == ["ev.csv", "recs.parquet"]
 
@@ -125,6 +144,20 @@ def test_score_command_end_to_end(fitted, tmp_path, capsys):
     out = tmp_path / "recs.parquet"
     assert main(["score", model_path, str(events), "-o", str(out), "-n", "3", "--threads", "1"]) == 0
     captured = capsys.readouterr()
-    assert f"scored {ev['user_id'].nunique()} users" in captured.out and "read " in captured.err
+    assert f"scored {ev['user_id'].nunique()} users" in captured.out
+    assert captured.err == ""  # no progress (nor carriage returns) where stderr is no terminal
     got = pq.read_table(out).to_pandas()
     assert got.groupby("user_id").size().eq(3).all()
+
+
+def test_score_shows_progress_on_a_terminal_only(fitted, tmp_path, capsys, monkeypatch):
+    m, model_path, ev, _ = fitted
+    events = tmp_path / "ev.csv"
+    ev.to_csv(events, index=False)
+    out = tmp_path / "recs.csv"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["score", model_path, str(events), "-o", str(out), "--chunk-rows", "100"]) == 0
+    err = capsys.readouterr().err
+    assert "\rread " in err and f"scored {ev['user_id'].nunique()} users" in err
+    assert main(["score", model_path, str(events), "-o", str(out), "-q"]) == 0
+    assert capsys.readouterr().err == ""

@@ -170,7 +170,7 @@ RESLN_CASES = [  # (R, C, p, seed)
 
 @pytest.mark.parametrize("R_,C,p,seed", RESLN_CASES,
                          ids=ids(RESLN_CASES, lambda r, c, p, s: f"R{r}-C{c}-p{p}-s{s}"))
-def test_residual_layernorm(ops, R_, C, p, seed):
+def test_layernorm_residual(ops, R_, C, p, seed):
     rng = np.random.default_rng(seed)
     a, b = normal(rng, R_, C, scale=2.0), normal(rng, R_, C)
     b[b == 0] = 1.0  # no exact zeros, so the mask shows in the sum
@@ -179,12 +179,12 @@ def test_residual_layernorm(ops, R_, C, p, seed):
     mult = R.dropout_multiplier(R.uniform(key, R_ * C).reshape(R_, C), p)
     s, out, mean, rstd = poison(R_, C), poison(R_, C), poison(R_), poison(R_)
     ops.layernorm_residual_forward(s, out, mean, rstd, a, b, p, key, g, beta, R_, C, eps)
-    rs_ = R.residual_layernorm_forward(a, b, g, beta, eps, mult)[0]
+    rs_ = R.layernorm_residual_forward(a, b, g, beta, eps, mult)[0]
     # The sum: the dropout's mask bit for bit (a dropped b leaves a exactly), and within
     # the rounding of b * keep / (1 - p) and one addition elsewhere.
     dropped = mult == 0
     np.testing.assert_array_equal(s[dropped], a[dropped], err_msg=f"dropout mask (seed {seed})")
-    assert_close(s, rs_, bound(0, np.abs(a) + np.abs(b) * mult), "residual_layernorm sum", seed)
+    assert_close(s, rs_, bound(0, np.abs(a) + np.abs(b) * mult), "layernorm_residual sum", seed)
     # The norm of the engine's own sum: exactly what layernorm_forward gives for it (the
     # fused pass normalises as the plain one does), and within test_layernorm's bounds of
     # the float64 norm of that sum.
@@ -195,8 +195,8 @@ def test_residual_layernorm(ops, R_, C, p, seed):
     ref, rmean, rrstd = R.layernorm_forward(s, g, beta, eps)
     cond = np.abs(s).max(axis=1) * rrstd
     assert_close(out, ref, bound(C, (1.0 + cond)[:, None] * np.abs(g) + np.abs(beta)),
-                 "residual_layernorm out", seed)
-    assert_close(rstd, rrstd, bound(C, rrstd * (1.0 + cond)), "residual_layernorm rstd", seed)
+                 "layernorm_residual out", seed)
+    assert_close(rstd, rrstd, bound(C, rrstd * (1.0 + cond)), "layernorm_residual rstd", seed)
 
 
 # ============================================================================ embedding
@@ -761,8 +761,12 @@ def _loss(ops, kind, h, E, t, n, gs, dE, seed):
         ops.loss_sampled_softmax(loss, dh, dE, h, E, t, n, logq, R_, C, V, N, gs, ws)
     elif op == "gbce":
         ops.loss_gbce(loss, dh, dE, h, E, t, n, R_, C, V, N, f32(beta), gs, ws)
+    elif op == "bce":
+        ops.loss_bce(loss, dh, dE, h, E, t, n, R_, C, V, N, gs, ws)
+    elif op == "softmax":
+        ops.loss_softmax(loss, dh, dE, h, E, t, n, R_, C, V, N, gs, ws)
     else:
-        getattr(ops, f"loss_{op}")(loss, dh, dE, h, E, t, n, R_, C, V, N, gs, ws)
+        raise ValueError(op)
     return loss, dh
 
 
@@ -1152,7 +1156,7 @@ def test_reference_fd_dropout_residual():
            "dropout+residual", seed)
 
 
-def test_reference_fd_residual_layernorm():
+def test_reference_fd_layernorm_residual():
     seed = 102
     rng = np.random.default_rng(seed)
     a, b = rng.standard_normal((3, 6)), rng.standard_normal((3, 6))
@@ -1161,10 +1165,10 @@ def test_reference_fd_residual_layernorm():
     mult = R.dropout_multiplier(R.uniform(R.rng_key(seed, 0), 18).reshape(3, 6), 0.3)
 
     def f(q):  # the sum feeds on (w1) as well as the norm (w2), as a layer's output does
-        s, out, _, _ = R.residual_layernorm_forward(q["a"], q["b"], q["g"], q["beta"], 1e-5, mult)
+        s, out, _, _ = R.layernorm_residual_forward(q["a"], q["b"], q["g"], q["beta"], 1e-5, mult)
         return np.sum(w1 * s) + np.sum(w2 * out)
 
-    da, db, dg, dbeta = R.residual_layernorm_backward(w1, w2, a, b, g, beta, 1e-5, mult)
+    da, db, dg, dbeta = R.layernorm_residual_backward(w1, w2, a, b, g, beta, 1e-5, mult)
     _check(f, {"a": a, "b": b, "g": g, "beta": beta}, {"a": da, "b": db, "g": dg, "beta": dbeta},
            "residual+layernorm", seed)
 

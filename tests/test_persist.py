@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import fastsasrec
-from fastsasrec import SASRec, _core, _persist
+from fastsasrec import SASRec, _archive, _core, _persist
 
 SESSIONS = [[1, 2, 3, 4], [2, 3, 4, 5], [5, 4, 3, 2], [1, 3, 5, 2], [4, 1, 2, 3]]
 HEADER = "fastsasrec.json"
@@ -426,6 +426,26 @@ def test_non_finite_weights_in_a_file(model, saved, tmp_path):
         SASRec.load(q)
 
 
+def test_weights_whose_forward_is_not_finite(model, saved, tmp_path):
+    """Finite weights, re-signed, whose forward pass is not: every weight 3e38 (NaN hidden
+    states: recommend would return nothing), and weights whose hidden states are finite
+    but whose scores overflow (a huge final bias times larger item embeddings)."""
+    flat = model._engine.get_params()
+    q = rewrite(saved, tmp_path / "big.fsr", replace={"params.npy": npy(np.full_like(flat, 3e38))})
+    with pytest.raises(ValueError, match=r"big\.fsr'.*weights give a non-finite forward pass"):
+        SASRec.load(q, device="cpu")
+    flat = flat.copy()
+    where = {n: (o, int(np.prod(s))) for n, o, s in model._engine.tensors()}
+    o, n = where["item_emb"]
+    flat[o:o + n] *= 100
+    o, n = where["final_ln.bias"]
+    flat[o:o + n] = 1e37
+    q = rewrite(saved, tmp_path / "scores.fsr", replace={"params.npy": npy(flat)})
+    with pytest.raises(ValueError, match=r"scores\.fsr'.*weights give a non-finite forward pass"):
+        SASRec.load(q, device="cpu")
+    same_model(model, SASRec.load(saved, device="cpu"))  # the unaltered file still loads
+
+
 def test_big_endian_arrays_load(model, saved, tmp_path):
     rep = {"params.npy": npy(model._engine.get_params().astype(">f4")),
            "item_ids.npy": npy(model.item_ids.astype(">i8")),
@@ -456,10 +476,10 @@ def test_saved_file_follows_the_umask(model, tmp_path, monkeypatch):
         model.save(tmp_path / "a.fsr")  # replacing a file: the new one's mode
         assert stat.S_IMODE(os.stat(tmp_path / "a.fsr").st_mode) == 0o600
         # where /proc does not say the umask, it is read by setting it back
-        monkeypatch.setattr(_persist, "open", lambda *a, **k: (_ for _ in ()).throw(OSError()),
+        monkeypatch.setattr(_archive, "open", lambda *a, **k: (_ for _ in ()).throw(OSError()),
                             raising=False)
         os.umask(0o027)
-        assert _persist._umask() == 0o027 and os.umask(0o027) == 0o027
+        assert _archive.umask() == 0o027 and os.umask(0o027) == 0o027
         model.save(tmp_path / "b.fsr")
         assert stat.S_IMODE(os.stat(tmp_path / "b.fsr").st_mode) == 0o640
     finally:

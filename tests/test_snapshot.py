@@ -13,7 +13,7 @@ import types
 import numpy as np
 import pytest
 
-import fastsasrec.estimator as estimator_module
+import fastsasrec._training as training_module
 from fastsasrec import SASRec
 from conftest import chain_sessions
 
@@ -132,30 +132,41 @@ def test_a_fit_in_progress_is_seen_by_its_callbacks_only(refs):
     assert which(refs, *m.recommend_batch(SESSIONS, n=5)) == "B"
 
 
-def test_two_concurrent_fits_never_mix_and_the_last_one_wins(refs):
-    """Two fits on one estimator at once: each publishes its own complete model, and the
-    one that ends last is the model."""
+def _held_writer(m, call):
+    """Starts ``call(callbacks)`` in a thread and holds it in its first epoch's callback
+    until released: (thread, release, errors)."""
+    inside, release, errors = threading.Event(), threading.Event(), []
+
+    def hold(model, epoch, logs):
+        inside.set()
+        assert release.wait(60)
+
+    def run():
+        try:
+            call([hold])
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert inside.wait(60)
+    return t, release, errors
+
+
+def test_two_concurrent_fits_are_serialised_and_the_later_one_wins(refs):
+    """Writers are serialised: a fit started while another runs waits for it to end (it
+    never trains beside it), then its own complete model is published."""
     for first, last in (("A", "B"), ("B", "A")):
         m = SASRec(**KW)
         data = {"A": A, "B": B}
-        done_first = threading.Event()
-        errors = []
-
-        def wait_for_first(model, epoch, logs):  # holds the last fit until the first is in
-            if epoch == KW["iterations"]:
-                assert done_first.wait(60)
-
-        def run(name, callbacks):
-            try:
-                m.fit(data[name], callbacks=callbacks)
-            except BaseException as e:  # noqa: BLE001
-                errors.append(e)
-
-        t_last = threading.Thread(target=run, args=(last, [wait_for_first]))
-        t_last.start()
-        run(first, None)
-        done_first.set()
-        t_last.join(60)
+        t1, release, errors = _held_writer(m, lambda cbs: m.fit(data[first], callbacks=cbs))
+        t2 = threading.Thread(target=lambda: m.fit(data[last]))
+        t2.start()
+        t2.join(0.5)
+        assert t2.is_alive() and m._state is None  # waits for the first writer
+        release.set()
+        t1.join(60)
+        t2.join(60)
         assert not errors, errors
         assert which(refs, *m.recommend_batch(SESSIONS, n=5)) == last
         assert set(m.item_ids.tolist()) == refs[last].catalogue
@@ -172,6 +183,39 @@ def test_two_concurrent_fits_never_mix_and_the_last_one_wins(refs):
         assert name is not None
         assert set(m.item_ids.tolist()) == refs[name].catalogue
         assert m.loss_history_ == refs[name].loss_history and m._state.config["n_items"] == 30
+
+
+def test_overlapping_partial_fits_lose_nothing():
+    """A second partial_fit called while one runs waits and trains on its result: both
+    calls' new items and epochs are in the model (the second used to start from the
+    model as it was and drop the first's)."""
+    m = SASRec(**KW).fit(A)
+    base = len(m.loss_history_)
+    day1 = [[1, 2, 500, 501]] * 8
+    day2 = [[3, 4, 600, 601]] * 8
+    t1, release, errors = _held_writer(m, lambda cbs: m.partial_fit(day1, epochs=2, callbacks=cbs))
+    t2 = threading.Thread(target=lambda: m.partial_fit(day2, epochs=3))
+    t2.start()
+    t2.join(0.5)
+    assert t2.is_alive()
+    release.set()
+    t1.join(60)
+    t2.join(60)
+    assert not errors, errors
+    assert {500, 501, 600, 601} <= set(m.item_ids.tolist())
+    assert len(m.loss_history_) == base + 5
+
+
+def test_a_thread_count_set_during_partial_fit_is_kept():
+    """set_params(num_threads=...) applies at once, and the model a partial_fit running
+    meanwhile publishes keeps it (it used to be reverted to the count the call began with)."""
+    m = SASRec(**dict(KW, num_threads=2)).fit(A)
+    t, release, errors = _held_writer(m, lambda cbs: m.partial_fit(A[:10], epochs=1, callbacks=cbs))
+    m.set_params(num_threads=1)
+    release.set()
+    t.join(60)
+    assert not errors, errors
+    assert m.num_threads == 1 and m.fitted_params_["num_threads"] == 1
 
 
 def snapshot(m):
@@ -217,7 +261,7 @@ def test_a_failed_first_fit_leaves_the_model_unfitted(tmp_path):
     assert m._state is None and m.loss_history_ == [] and m.loss_ is None
     for call in (lambda: m.recommend([1, 2]), lambda: m.recommend_batch([[1]]),
                  lambda: m.save(tmp_path / "m.fsr"), lambda: m.item_ids, lambda: m.evaluate(A)):
-        with pytest.raises(RuntimeError, match="not fitted"):
+        with pytest.raises(ValueError, match="not fitted"):
             call()
     assert not (tmp_path / "m.fsr").exists()
 
@@ -227,7 +271,7 @@ def test_weights_that_are_not_finite_are_never_published(monkeypatch):
     themselves are checked before the model is published."""
     m = SASRec(**KW).fit(A)
     state = m._state
-    real = estimator_module._core
+    real = training_module._core
 
     class NaNAfterTraining:  # an engine whose last optimizer step overflowed
         def __init__(self, *args, **kwargs):
@@ -241,7 +285,7 @@ def test_weights_that_are_not_finite_are_never_published(monkeypatch):
             p[-1] = np.inf
             return p
 
-    monkeypatch.setattr(estimator_module, "_core", types.SimpleNamespace(Model=NaNAfterTraining))
+    monkeypatch.setattr(training_module, "_core", types.SimpleNamespace(Model=NaNAfterTraining))
     with pytest.raises(RuntimeError, match="weights after epoch 2 are not finite"):
         m.fit(B)
     with pytest.raises(RuntimeError, match="not finite"):

@@ -324,7 +324,7 @@ def test_partial_fit_grows_the_catalogue(seqs, straight):
 
 
 def test_new_rows_start_as_a_fit_of_the_grown_catalogue_would(seqs):
-    from fastsasrec.estimator import _continued_engine
+    from fastsasrec._training import _continued_engine
 
     model = SASRec(**P).fit(seqs)
     state = model._state

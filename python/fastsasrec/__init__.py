@@ -14,9 +14,10 @@ _core = _load_core()
 from fastsasrec._device import cuda_status as _cuda_status  # noqa: E402
 from fastsasrec.data import Sequences  # noqa: E402
 from fastsasrec.estimator import SASRec  # noqa: E402
+from fastsasrec._fitted import NotFittedError, Recommendations  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["SASRec", "Sequences", "cuda_available", "show_config", "__version__"]
+__all__ = ["SASRec", "Sequences", "NotFittedError", "Recommendations", "cuda_available", "show_config", "__version__"]
 
 
 def cuda_available() -> bool:

@@ -11,6 +11,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fastsasrec import _fitted
+
 
 class NotebookCompat:
     """``_item_map``, ``_rev_item_map``, ``_item_emb`` and ``recommend_items`` over a fitted
@@ -56,5 +58,5 @@ class NotebookCompat:
         ex = np.asarray(list(exclude) if exclude is not None else [], dtype=np.int64)
         if ex.size and (ex.min() < 1 or ex.max() > V):
             raise ValueError(f"exclude holds internal ids outside 1..{V}")
-        ids, scores = self._recommend(state, item_ids[seq - 1], n, False, item_ids[ex - 1])
+        ids, scores = _fitted.recommend_one(state, item_ids[seq - 1], n, False, item_ids[ex - 1])
         return state.encode(np.asarray(ids)).astype(np.int64), scores

@@ -11,28 +11,23 @@ epochs done, the fit's record, the early-stopping state and the data's fingerpri
 
 Reading trusts nothing in the file: every size is checked against what the header implies
 (and the header against the engine's ranges) before anything is allocated or the engine
-is built, each member is read with a bound, and every failure is a ValueError that names
-the file and the cause (or the OSError of opening it: missing, not permitted).
+is built, each member is read with a bound (``_archive``, the zip reading and the atomic
+write; this module is the schema), and every failure is a ValueError that names the file
+and the cause (or the OSError of opening it: missing, not permitted).
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import math
 import numbers
 import os
-import stat
-import struct
-import tempfile
-import threading
 import zipfile
-import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from fastsasrec import _core
+from fastsasrec import _archive, _core
+from fastsasrec._archive import file_sha256  # noqa: F401  (the model's tag: batch, serve)
+from fastsasrec._archive import save_target as _save_target  # estimator: a checkpoint's path
 from fastsasrec._device import resolve_device
 
 FORMAT_NAME = "fastsasrec"
@@ -45,21 +40,6 @@ CHECKPOINT_VERSION = 1
 HEADER = "fastsasrec.json"
 _ARRAYS = ("params", "item_ids", "popularity")
 _OPTIMIZER = ("m", "v")  # a checkpoint's; and "best_params" with an early-stopping best
-
-_MAX_MEMBERS = 64               # beyond this the zip is not ours, whatever its names
-_MAX_HEADER_BYTES = 16 << 20    # the JSON header (loss history included)
-_MAX_NPY_PREFIX = 64 << 10      # an .npy member's magic, version and header dict
-_MAX_RATIO = 100                # uncompressed / compressed bytes of a member ...
-_RATIO_FREE_BYTES = 1 << 20     # ... once it is larger than this
-_CHUNK = 1 << 20
-
-try:
-    import lzma
-    _LZMA_ERRORS: tuple = (lzma.LZMAError,)
-except ImportError:  # pragma: no cover - Python built without lzma
-    _LZMA_ERRORS = ()
-_STREAM_ERRORS = (EOFError, NotImplementedError, RuntimeError, KeyError, OverflowError, zlib.error,
-                  struct.error) + _LZMA_ERRORS
 
 # The engine's configuration keys (cpp/bindings/module.cpp, parse_config) and their types.
 _CONFIG_INTS = ("n_items", "factors", "ffn_factors", "n_heads", "n_layers", "max_seq",
@@ -78,79 +58,6 @@ def layout(config: Dict[str, Any]) -> Tuple[List[Tuple[str, int, Tuple[int, ...]
 
 
 # ----------------------------------------------------------------------------- save
-_umask_lock = threading.Lock()
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it where the system says it (Linux),
-    else by setting and restoring it under a lock (restrictively meanwhile, so that a file
-    another thread creates in that instant is never more open than it should be)."""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    with _umask_lock:
-        mask = os.umask(0o077)
-        os.umask(mask)
-    return mask
-
-
-def _fsync_dir(directory: str) -> None:
-    """Makes a rename in ``directory`` durable where the system allows it (some file
-    systems and Windows cannot open or sync a folder: then nothing is done)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
-
-
-def _npy_bytes(arr: np.ndarray) -> memoryview:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getbuffer()  # no copy of the (possibly large) weights
-
-
-def _save_target(path: "os.PathLike[str] | str") -> Tuple[str, str, str]:
-    """(path, the file to replace, its folder) after the checks a save makes first."""
-    path = os.fspath(path)
-    target = os.path.realpath(path) if os.path.islink(path) else path
-    try:
-        st = os.stat(target)
-    except FileNotFoundError:
-        st = None
-    if st is not None and stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(f"cannot save to {path!r}: it is a folder; give a file name")
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"cannot save to {path!r}: it is {_kind(st.st_mode)}, not a regular file")
-    directory = os.path.dirname(os.path.abspath(target))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot save to {path!r}: the folder {directory!r} does not exist")
-    return path, target, directory
-
-
 def _check_finite(flat: np.ndarray, tensors: List[Tuple[str, int, Tuple[int, ...]]], path: str,
                   what: str = "weights") -> None:
     finite = np.isfinite(flat)
@@ -161,40 +68,6 @@ def _check_finite(flat: np.ndarray, tensors: List[Tuple[str, int, Tuple[int, ...
         raise ValueError(f"cannot save to {path!r}: {bad} of the model's {flat.size} {what} are NaN "
                          f"or infinite (the first in {where}); the training diverged: try a lower "
                          "learning_rate")
-
-
-def _write(path: str, target: str, directory: str, meta: Dict[str, Any],
-           arrays: Dict[str, np.ndarray]) -> None:
-    """The archive of ``meta`` (plus each array's SHA-256) and ``arrays`` written to a
-    temporary file in ``directory``, fsynced, given the umask's permissions and renamed
-    over ``target``; the folder is fsynced after.  On any failure the temporary file is
-    removed and ``target`` is untouched."""
-    members = {name + ".npy": _npy_bytes(a) for name, a in arrays.items()}
-    meta = dict(meta, sha256={name: hashlib.sha256(data).hexdigest() for name, data in members.items()})
-    header = json.dumps(meta, indent=1)
-    mode = 0o666 & ~_umask()
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".fastsasrec-", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise type(e)(e.errno, f"cannot save to {path!r}: cannot create a file in {directory!r} "
-                               f"({e.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
-                z.writestr(HEADER, header)
-                for name, data in members.items():
-                    z.writestr(name, data)
-            f.flush()
-            os.chmod(tmp, mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
 
 
 def _model_meta(state: Any, tensors: List[Tuple[str, int, Tuple[int, ...]]]) -> Dict[str, Any]:
@@ -216,16 +89,6 @@ def _model_meta(state: Any, tensors: List[Tuple[str, int, Tuple[int, ...]]]) -> 
     }
 
 
-def file_sha256(path: str) -> str:
-    """The SHA-256 of a file's bytes, read a MiB at a time (the model's tag in what it
-    serves and scores)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save(model: Any, path: "os.PathLike[str] | str") -> None:
     """Writes a fitted model to ``path`` through a temporary file in the same folder,
     fsynced and renamed over it, so a crash never leaves a half-written model; the file
@@ -239,7 +102,7 @@ def save(model: Any, path: "os.PathLike[str] | str") -> None:
     _check_finite(flat, tensors, path)
     meta = _model_meta(state, tensors)
     meta = {"format": FORMAT_NAME, "format_version": 1 if meta["item_ids_ascending"] else 2, **meta}
-    _write(path, target, directory, meta, {
+    _archive.write(path, target, directory, HEADER, meta, {
         "params": flat,
         "item_ids": state.item_ids,
         "popularity": np.asarray(state.popularity, dtype=np.int64),
@@ -265,127 +128,10 @@ def save_checkpoint(path: "os.PathLike[str] | str", state: Any, progress: Dict[s
               "popularity": np.asarray(state.popularity, dtype=np.int64), "m": m, "v": v}
     if best_params is not None:
         arrays["best_params"] = np.asarray(best_params, dtype=np.float32)
-    _write(path, target, directory, meta, arrays)
+    _archive.write(path, target, directory, HEADER, meta, arrays)
 
 
 # ----------------------------------------------------------------------------- load
-class _Bounded:
-    """A member's stream read with a cap on the bytes taken, hashing what it gives."""
-
-    def __init__(self, raw: Any, limit: int):
-        self.raw, self.limit, self.count = raw, limit, 0
-        self.sha = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0 or n > self.limit - self.count:
-            n = self.limit - self.count + 1  # one byte over the cap says the cap was passed
-        data = self.raw.read(n)
-        self.count += len(data)
-        if self.count > self.limit:
-            raise _TooLong()
-        self.sha.update(data)
-        return data
-
-
-class _TooLong(Exception):
-    pass
-
-
-def _open_regular(path: str):
-    """A binary file object of ``path`` if it is a regular file: a FIFO, a device, a
-    socket or a folder is refused (ValueError naming it) without blocking on it."""
-    st = os.stat(path)  # FileNotFoundError, PermissionError: the caller's to see
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"path {path!r} is {_kind(st.st_mode)}, not a fastsasrec model file")
-    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
-    flags |= getattr(os, "O_NONBLOCK", 0)  # should a FIFO be put there since the stat
-    fd = os.open(path, flags)
-    try:
-        st = os.fstat(fd)  # what was opened, should the path have changed since the stat
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"path {path!r} is {_kind(st.st_mode)}, not a fastsasrec model file")
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb"), st.st_size
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _member(z: zipfile.ZipFile, name: str, file_len: int, path: str) -> zipfile.ZipInfo:
-    """The zip entry ``name`` after the checks that bound what reading it takes."""
-    info = z.getinfo(name)
-    if info.flag_bits & 0x1:
-        raise ValueError(f"path {path!r}: {name} is encrypted")
-    if info.header_offset + info.compress_size > file_len:
-        raise ValueError(f"path {path!r}: {name} claims {info.compress_size} bytes beyond the end "
-                         "of the file (truncated or corrupted)")
-    if info.file_size > max(_RATIO_FREE_BYTES, _MAX_RATIO * info.compress_size):
-        raise ValueError(f"path {path!r}: {name} would decompress {info.compress_size} bytes to "
-                         f"{info.file_size}, more than {_MAX_RATIO} times: refused")
-    return info
-
-
-def _check_sizes(info: zipfile.ZipInfo, nbytes: int, what: str, path: str) -> None:
-    """The member's size in the zip directory against the ``nbytes`` of data its header
-    implies (plus an .npy prefix of 10 to _MAX_NPY_PREFIX bytes)."""
-    if not nbytes + 10 <= info.file_size <= nbytes + _MAX_NPY_PREFIX:
-        raise ValueError(f"path {path!r}: {info.filename} holds {info.file_size} bytes, but {what} "
-                         f"take {nbytes} bytes (plus the .npy header)")
-
-
-def _read_npy(z: zipfile.ZipFile, info: zipfile.ZipInfo, n: int, kinds: str, path: str,
-              itemsize: Optional[int] = None) -> Tuple[np.ndarray, str]:
-    """(a 1-d array of n entries, its member's SHA-256) read from an .npy member whose
-    header is checked (dtype kind in ``kinds``, its item size, shape (n,), the member's
-    size) before its data is allocated and read."""
-    name = info.filename
-    with z.open(info) as raw:
-        src = _Bounded(raw, _MAX_NPY_PREFIX)
-        try:
-            version = np.lib.format.read_magic(src)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(src)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(src)
-            else:
-                raise ValueError(f"unsupported .npy version {version}")
-        except _TooLong:
-            raise ValueError(f"path {path!r}: {name} has an .npy header longer than {_MAX_NPY_PREFIX} "
-                             "bytes") from None
-        except (ValueError, SyntaxError, TypeError, KeyError) as e:
-            raise ValueError(f"path {path!r}: {name} is not a valid .npy array ({e})") from None
-        if dtype.kind not in kinds or dtype.hasobject or dtype.fields is not None \
-                or (itemsize is not None and dtype.itemsize != itemsize):
-            raise ValueError(f"path {path!r}: {name} holds {dtype} values, not the expected type")
-        if shape != (n,):
-            raise ValueError(f"path {path!r}: {name} has shape {shape}, the header says ({n},)")
-        prefix = src.count
-        nbytes = n * dtype.itemsize
-        if info.file_size != prefix + nbytes:
-            raise ValueError(f"path {path!r}: {name} holds {info.file_size} bytes, {n} {dtype} values "
-                             f"need {prefix + nbytes}")
-        out = np.empty(n, dtype=dtype)
-        view = memoryview(out.view(np.uint8)) if nbytes else memoryview(b"")
-        src.limit = prefix + nbytes
-        pos = 0
-        try:
-            while pos < nbytes:
-                chunk = src.read(min(_CHUNK, nbytes - pos))
-                if not chunk:
-                    raise ValueError(f"path {path!r}: {name} ends early (truncated)")
-                view[pos:pos + len(chunk)] = chunk
-                pos += len(chunk)
-            if src.read(1):
-                raise _TooLong()
-        except _TooLong:
-            raise ValueError(f"path {path!r}: {name} holds more than {info.file_size} bytes") from None
-    if dtype.byteorder not in ("=", "|"):  # written on a machine of the other byte order
-        native = f"U{dtype.itemsize // 4}" if dtype.kind == "U" else f"{dtype.kind}{dtype.itemsize}"
-        out = out.astype(native)
-    return out, src.sha.hexdigest()
-
-
 def _is_number(x: Any) -> bool:
     """A JSON number that converts to a float (not a bool, not an integer too large)."""
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
@@ -453,27 +199,8 @@ def _read(f: Any, file_len: int, path: str, checkpoint: bool = False):
     what = "checkpoint" if checkpoint else "model"
     fmt, max_version = (CHECKPOINT_NAME, CHECKPOINT_VERSION) if checkpoint else (FORMAT_NAME, FORMAT_VERSION)
     with zipfile.ZipFile(f, "r") as z:
-        infos = z.infolist()
-        if len(infos) > _MAX_MEMBERS:
-            raise ValueError(f"path {path!r} is not a fastsasrec {what} ({len(infos)} zip members)")
-        names = [i.filename for i in infos]
-        if HEADER not in names:
-            raise ValueError(f"path {path!r} is not a fastsasrec {what} (no {HEADER})")
-        if len(set(names)) != len(names):
-            dup = next(n for n in names if names.count(n) > 1)
-            raise ValueError(f"path {path!r}: zip member {dup!r} appears more than once")
-        info = _member(z, HEADER, file_len, path)
-        if info.file_size > _MAX_HEADER_BYTES:
-            raise ValueError(f"path {path!r}: {HEADER} is {info.file_size} bytes, more than the "
-                             f"{_MAX_HEADER_BYTES} a {what} header takes")
-        with z.open(info) as raw:
-            src = _Bounded(raw, info.file_size)
-            try:
-                text = src.read(info.file_size)
-                src.read(1)
-            except _TooLong:
-                raise ValueError(f"path {path!r}: {HEADER} holds more than {info.file_size} bytes") from None
-        meta = json.loads(text.decode("utf-8"))
+        names = _archive.member_names(z, HEADER, path, what)
+        meta = _archive.read_json(z, HEADER, file_len, path, what)
         if not isinstance(meta, dict) or meta.get("format") != fmt:
             got = meta.get("format") if isinstance(meta, dict) else None
             hint = ""
@@ -520,22 +247,22 @@ def _read(f: Any, file_len: int, path: str, checkpoint: bool = False):
 
         # Every member's size from the zip directory against what the header implies,
         # before any array is allocated.
-        members = {name: _member(z, name + ".npy", file_len, path) for name in arrays_in}
+        members = {name: _archive.member(z, name + ".npy", file_len, path) for name in arrays_in}
         floats = [name for name in arrays_in if name not in ("item_ids", "popularity")]
         for name in floats:
-            _check_sizes(members[name], 4 * n_params,
+            _archive.check_sizes(members[name], 4 * n_params,
                          f"the {n_params} float32 {'weights' if name.endswith('params') else 'moments'} "
                          "of the header's engine_config", path)
-        _check_sizes(members["popularity"], 8 * n_items, f"the popularity of {n_items} items", path)
+        _archive.check_sizes(members["popularity"], 8 * n_items, f"the popularity of {n_items} items", path)
         if kind == "int":
-            _check_sizes(members["item_ids"], 8 * n_items, f"{n_items} int64 item ids", path)
+            _archive.check_sizes(members["item_ids"], 8 * n_items, f"{n_items} int64 item ids", path)
         arrays, sums = {}, {}
         for name in floats:
-            arrays[name], sums[name] = _read_npy(z, members[name], n_params, "f", path, 4)
-        arrays["item_ids"], sums["item_ids"] = _read_npy(
+            arrays[name], sums[name] = _archive.read_npy(z, members[name], n_params, "f", path, 4)
+        arrays["item_ids"], sums["item_ids"] = _archive.read_npy(
             z, members["item_ids"], n_items, "i" if kind == "int" else "U", path,
             8 if kind == "int" else None)
-        arrays["popularity"], sums["popularity"] = _read_npy(z, members["popularity"], n_items, "i",
+        arrays["popularity"], sums["popularity"] = _archive.read_npy(z, members["popularity"], n_items, "i",
                                                              path, 8)
     if digests is not None:
         for name in arrays_in:
@@ -586,26 +313,9 @@ def _read_file(path: str, checkpoint: bool = False):
     """(header, config, arrays) of the file at ``path``, every failure a ValueError (or
     FileNotFoundError) naming the file and the cause."""
     what = "checkpoint" if checkpoint else "model"
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"path {path!r} does not exist")
-    f, file_len = _open_regular(path)
-    with f:
-        try:
-            meta, config, arrays = _read(f, file_len, path, checkpoint)
-        except zipfile.BadZipFile as e:
-            text = str(e)
-            if text.startswith("Bad CRC-32"):
-                raise ValueError(f"path {path!r}: checksum mismatch (CRC-32) in {text.split()[-1]}: "
-                                 "the file is corrupted") from None
-            raise ValueError(f"path {path!r} is not a valid fastsasrec {what} file (truncated or "
-                             f"corrupted: {e})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-            raise ValueError(f"path {path!r}: corrupted {what} header ({e})") from None
-        except _STREAM_ERRORS as e:  # a corrupted compressed stream or zip structure
-            raise ValueError(f"path {path!r} is not a valid fastsasrec {what} file ({type(e).__name__}: "
-                             f"{e})") from None
-        except OSError as e:  # a seek to a corrupted offset, bz2's bad stream, the disk's own
-            raise ValueError(f"path {path!r}: could not read the {what} ({e})") from None
+    f, file_len = _archive.open_regular(path)
+    with f, _archive.read_errors(path, what):
+        meta, config, arrays = _read(f, file_len, path, checkpoint)
     _check_arrays(arrays, path, ascending_optional=checkpoint or meta["format_version"] >= 2)
     return meta, config, arrays
 
@@ -623,7 +333,7 @@ def load(cls: Any, path: "os.PathLike[str] | str", device: str = "auto",
     ``num_threads`` (None: 0, all cores; the thread count a file was saved with is never
     taken from it).  Raises FileNotFoundError, ValueError for anything wrong with the file
     (not a regular file, not a model, truncated, corrupted, inconsistent, written by a
-    newer version, unreadable)."""
+    newer version, unreadable, weights whose forward pass is not finite)."""
     path = os.fspath(path)
     resolve_device(device)  # the caller's mistake, said before the file's
     meta, config, arrays = _read_file(path)
@@ -639,12 +349,29 @@ def load(cls: Any, path: "os.PathLike[str] | str", device: str = "auto",
     if num_threads is not None:
         model.set_params(num_threads=num_threads)
     engine = _core.Model(config, resolve_device(device, config), threads=model.num_threads)
-    engine.set_params(arrays["params"])
+    engine.set_params(arrays.pop("params"))  # freed before the probe copies the item table
+    _check_forward(engine, config, path)
     model._set_fitted(engine, config, arrays["item_ids"], arrays["popularity"].astype(np.int64))
     model.loss_history_ = loss_history
     if "defaults" in meta:
         model._set_defaults(_defaults(meta, path))
     return model
+
+
+def _check_forward(engine: Any, config: Dict[str, Any], path: str) -> None:
+    """Refuses weights that are finite but whose forward pass is not (a file re-signed
+    after its weights were changed, say to 3e38 each: every score NaN, so nothing would
+    be recommended): the hidden states of two probe sessions (the first item; the first
+    max_seq items) and their scores against every item must be finite."""
+    n = min(int(config["n_items"]), int(config["max_seq"]))
+    items = np.concatenate([[1], np.arange(1, n + 1)]).astype(np.int32)
+    h = engine.session_states(items, np.array([0, 1, 1 + n], dtype=np.int64))
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite(h).all() and np.isfinite(h @ engine.item_embeddings().T).all()
+    if not finite:
+        raise ValueError(f"path {path!r}: the weights give a non-finite forward pass (NaN or "
+                         "infinite hidden states or scores for a probe session): the file is "
+                         "corrupted or was altered, or its training diverged")
 
 
 def _defaults(meta: Dict[str, Any], path: str) -> Dict[str, Dict[str, Any]]:

@@ -1,41 +1,71 @@
 """Batch scoring of event logs: each user's session built from their events, scored, and
 written as (user, rank, item, score) rows.
 
-A user's session is their most recent ``max_seq`` events (the model reads no more), in
-time order; with ``exclude_seen`` those items are left out of their recommendations.  A
-user with no item the model knows gets the most popular items.  Rows whose item is an
-empty slot (fewer items than ``n`` left) are not written.
+A user's history is all their events, in time order.  The model reads the most recent
+``max_seq`` of them that it knows (as ``recommend_batch`` does with a whole history); with
+``exclude_seen`` every item of the history is left out of their recommendations, not only
+those ``max_seq``.  A user with no item the model knows gets the most popular items.  Rows
+whose item is an empty slot (fewer items than ``n`` left) are not written.
 
-``recommend_frame`` scores a table held in memory; ``score_file`` streams an event file
-in chunks, holding the chunk and at most 1.5 x ``max_seq`` events per user (the chunk alone
-when the file is sorted by user), and writes Parquet or CSV atomically, with the model
-file's SHA-256 in the output's metadata.  ``fastsasrec score`` is score_file.
+``recommend_frame`` scores a table held in memory; ``score_file`` streams an event file in
+chunks and writes Parquet or CSV atomically, with the model file's SHA-256 in the output's
+metadata.  Its memory, for a file in any order: per user, their last ``max_seq`` known
+events plus the distinct items they saw before those (``max_seq`` + the user's distinct
+items), and the chunks not merged yet (at most half as many rows, or one chunk); with
+``sorted_by_user``, one chunk and one user.  ``fastsasrec score`` is score_file.  Files are
+read by ``fastsasrec._events``: CSV ids as text, user ids written out as they were read.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import time
-from typing import Any, Callable, Iterator, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
-from fastsasrec.data import Sequences, _as_ids, _column, _table_kind, transactions_to_sequences
-from fastsasrec import _persist
+from fastsasrec import _events
+from fastsasrec._persist import file_sha256
 from fastsasrec._params import flag, positive_int
+from fastsasrec.data import Sequences, check_ids_compatible, transactions_to_sequences
 
 SCORE_BATCH = 1 << 16  # sessions per recommend_batch call
 META_KEY = "fastsasrec"  # the output's metadata key (Parquet schema metadata, CSV sidecar)
 
 
-def _recent(items: np.ndarray, offsets: np.ndarray, T: int) -> Tuple[np.ndarray, np.ndarray]:
-    """The last T items of each flat sequence."""
+def _catalogue(model: Any) -> np.ndarray:
+    """The fitted model's item ids (NotFittedError, a ValueError, when it is not fitted)."""
+    try:
+        return model.item_ids_
+    except AttributeError:  # TEMP until the estimator has item_ids_
+        return model.item_ids
+
+
+def _max_seq(model: Any) -> int:
+    try:
+        return int(model.max_seq_)
+    except AttributeError:  # TEMP until the estimator has max_seq_
+        return int(model._config["max_seq"])
+
+
+def _recent(items: np.ndarray, offsets: np.ndarray, T: int) -> Tuple[np.ndarray, np.ndarray,
+                                                                      np.ndarray, np.ndarray]:
+    """(items, offsets) of the last T items of each flat sequence, and of the items before."""
     lengths = np.diff(offsets)
     keep = np.minimum(lengths, T)
-    starts = offsets[1:] - keep
-    take = np.repeat(starts - np.concatenate(([0], np.cumsum(keep)[:-1])), keep) + np.arange(int(keep.sum()))
-    return items[take], np.concatenate(([0], np.cumsum(keep))).astype(np.int64)
+    cut = offsets[1:] - keep
+    before = np.repeat(np.arange(lengths.size), lengths)
+    recent = np.arange(items.size) >= cut[before]
+    r_off = np.concatenate(([0], np.cumsum(keep))).astype(np.int64)
+    o_off = np.concatenate(([0], np.cumsum(lengths - keep))).astype(np.int64)
+    return items[recent], r_off, items[~recent], o_off
+
+
+def _known(model: Any, items: np.ndarray, what: str) -> np.ndarray:
+    """Which of ``items`` the model knows (ValueError when their kind is not the model's)."""
+    ids = _catalogue(model)
+    check_ids_compatible(items, ids, what)
+    return np.isin(items, ids)
 
 
 def long_rows(users: np.ndarray, ids: np.ndarray, scores: np.ndarray, user_col: str = "user") -> "Any":
@@ -53,62 +83,55 @@ def long_rows(users: np.ndarray, ids: np.ndarray, scores: np.ndarray, user_col: 
     })
 
 
-def _score(model: Any, users: np.ndarray, items: np.ndarray, offsets: np.ndarray, n: int,
-           exclude_seen: bool) -> "Any":
-    """The (user, rank, item, score) frame of flat sessions (their last max_seq items)."""
+def _score(model: Any, users: np.ndarray, recent: Tuple[np.ndarray, np.ndarray],
+           older: Tuple[np.ndarray, np.ndarray], n: int, exclude_seen: bool) -> "Any":
+    """The (user, rank, item, score) frame of users whose sessions are ``recent`` (flat
+    items, offsets: their last max_seq known items) and who saw ``older`` before them."""
     import pandas as pd
 
-    T = int(model._config["max_seq"])
-    items, offsets = _recent(items, offsets, T)
     parts = []
     for b0 in range(0, users.size, SCORE_BATCH):
         b1 = min(users.size, b0 + SCORE_BATCH)
-        o = offsets[b0:b1 + 1]
-        ids, scores = model.recommend_batch(Sequences(items[o[0]:o[-1]], o - o[0]), n=n,
-                                            exclude_seen=exclude_seen)
-        parts.append(long_rows(users[b0:b1], ids, scores))
+        o = recent[1][b0:b1 + 1]
+        sessions = Sequences(recent[0][o[0]:o[-1]], o - o[0])
+        if exclude_seen:
+            e = older[1][b0:b1 + 1]
+            kw = {"exclude": Sequences(older[0][e[0]:e[-1]], e - e[0])}
+        else:
+            kw = {}
+        ids, scores = model.recommend_batch(sessions, n=n, exclude_seen=exclude_seen, **kw)
+        parts.append(long_rows(users[b0:b1], np.asarray(ids), np.asarray(scores)))
     if not parts:
         return pd.DataFrame({"user": users[:0], "rank": np.zeros(0, np.int32),
-                             "item": np.zeros(0, np.int64), "score": np.zeros(0, np.float32)})
+                             "item": _catalogue(model)[:0], "score": np.zeros(0, np.float32)})
     return pd.concat(parts, ignore_index=True)
+
+
+def _score_histories(model: Any, users: np.ndarray, items: np.ndarray, offsets: np.ndarray, n: int,
+                     exclude_seen: bool) -> "Any":
+    """``_score`` of whole histories (flat, in time order, unknown items included)."""
+    known = _known(model, items, "items")
+    k_off = np.concatenate(([0], np.cumsum(known))).astype(np.int64)[offsets]
+    r_items, r_off, o_items, o_off = _recent(items[known], k_off, _max_seq(model))
+    return _score(model, users, (r_items, r_off), (o_items, o_off), n, exclude_seen)
 
 
 def recommend_frame(model: Any, df: Any, user_col: Any = "user_id", item_col: Any = "item_id",
                     time_col: Any = None, n: int = 10, exclude_seen: bool = True) -> "Any":
     """(user, rank, item, score) for every user of the event table ``df`` (pandas or
-    polars DataFrame, or pyarrow Table): their session is their most recent max_seq
-    events, by ``time_col`` (input order breaks ties, and stands in for time when it is
-    None).  Ranks start at 1; the ``user`` column is named ``user_col``."""
-    model._fitted()
+    polars DataFrame, or pyarrow Table): their history is all their events, by
+    ``time_col`` (input order breaks ties, and stands in for time when it is None); the
+    model reads its last max_seq known items, and ``exclude_seen`` leaves out all of it.
+    Ranks start at 1; the ``user`` column is named ``user_col``."""
+    _catalogue(model)
     n = positive_int(n, "n")
     exclude_seen = flag(exclude_seen, "exclude_seen")
     items, offsets, users = transactions_to_sequences(df, user_col, item_col, time_col)
-    return _score(model, users, items, offsets, n, exclude_seen).rename(columns={"user": user_col})
+    return _score_histories(model, users, items, offsets, n, exclude_seen).rename(
+        columns={"user": user_col})
 
 
 # ----------------------------------------------------------------------------- streaming
-def _chunks(path: str, cols: list, chunk_rows: int) -> Iterator[Any]:
-    """pandas frames of at most chunk_rows rows of the named columns of a .csv or .parquet."""
-    import pandas as pd
-
-    if path.lower().endswith((".parquet", ".pq")):
-        import pyarrow.parquet as pq
-
-        f = pq.ParquetFile(path)
-        missing = [c for c in cols if c not in f.schema_arrow.names]
-        if missing:
-            raise ValueError(f"{path!r} has no column {missing[0]!r}; its columns are: "
-                             f"{', '.join(f.schema_arrow.names)}")
-        for batch in f.iter_batches(batch_size=chunk_rows, columns=cols):
-            yield batch.to_pandas()
-    else:
-        header = pd.read_csv(path, nrows=0).columns
-        missing = [c for c in cols if c not in header]
-        if missing:
-            raise ValueError(f"{path!r} has no column {missing[0]!r}; its columns are: {', '.join(header)}")
-        yield from pd.read_csv(path, usecols=cols, chunksize=chunk_rows)
-
-
 class _Writer:
     """Rows to a temporary file beside ``path``, renamed over it by close(); abort()
     removes it.  Parquet keeps the metadata in its schema, CSV in PATH.meta.json."""
@@ -163,141 +186,182 @@ class _Writer:
 def score_file(model: Any, model_path: str, events: str, output: str, user_col: str = "user_id",
                item_col: str = "item_id", time_col: Optional[str] = "timestamp", n: int = 10,
                exclude_seen: bool = True, sorted_by_user: bool = False, chunk_rows: int = 1_000_000,
-               progress: Optional[Callable[[int, int], None]] = None,
-               time_parser: Optional[Callable[[Any], Any]] = None) -> dict:
+               progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """Streams ``events`` (.csv or .parquet) in chunks of ``chunk_rows`` rows and writes
     each user's recommendations to ``output`` (.parquet or .csv); returns a summary (users,
     rows, seconds, model SHA-256).  ``sorted_by_user``: the file holds each user's events
-    together, users in ascending order (ORDER BY user, time); memory is then the chunk
-    alone, and a user out of order is an error.  Otherwise the most recent max_seq events
-    of every user are kept until the end.  ``progress(rows_read, users_scored)`` is called
-    after each chunk.  A failure removes the partial output; a finished one replaces
-    ``output`` whole."""
-    import pandas as pd
-
-    model._fitted()
+    together, users ascending (ORDER BY user, time; as text, or as numbers for ids that are
+    integers): memory is then one chunk and one user, and a user out of order is an error.
+    Otherwise each user's last max_seq known events and the distinct items they saw
+    before are kept until the end (the module's docstring).  ``progress(rows_read,
+    users_scored)`` is called after each chunk.  A failure removes the partial output; a
+    finished one replaces ``output`` whole."""
+    ids = _catalogue(model)
     n = positive_int(n, "n")
+    exclude_seen = flag(exclude_seen, "exclude_seen")
     chunk_rows = positive_int(chunk_rows, "chunk_rows")
-    T = int(model._config["max_seq"])
-    cols = [c for c in dict.fromkeys((user_col, item_col, time_col)) if c is not None]
+    T = _max_seq(model)
     t0 = time.perf_counter()
-    meta = {"model": os.path.abspath(model_path), "model_sha256": _persist.file_sha256(model_path),
+    meta = {"model": os.path.abspath(model_path), "model_sha256": file_sha256(model_path),
             "events": os.path.abspath(events), "n": n, "exclude_seen": bool(exclude_seen),
-            "session": f"each user's most recent {T} events", "user_col": user_col}
+            "session": f"each user's most recent {T} known events; seen: every event of the user",
+            "user_col": user_col}
+    flags = ("user_col", "item_col", "time_col")
     writer = _Writer(output, meta)
-    read = users_done = 0
-    state = None  # unsorted: (user, t, seq, item) of at most T events per user, sorted
-    pending, pending_rows = [], 0  # unsorted: chunks not merged into state yet
-    carry = None  # sorted: the last user's rows of the previous chunk
-    last_user = None
-    seq = 0
+    job = _Sorted(model, n, exclude_seen, writer) if sorted_by_user else _Unsorted(model, n, exclude_seen,
+                                                                                  writer, chunk_rows)
+    read = 0
     try:
-        for chunk in _chunks(events, cols, chunk_rows):
-            try:
-                u, it, ts = _chunk_columns(chunk, user_col, item_col, time_col, time_parser)
-            except ValueError as e:  # rows numbered in the file, not the chunk
-                raise ValueError(re.sub(r"(at row |\[)(\d+)",
-                                        lambda g: f"{g.group(1)}{int(g.group(2)) + read}", str(e))) from None
-            frame = pd.DataFrame({"user": u, "t": ts, "seq": np.arange(seq, seq + len(u)), "item": it})
-            seq += len(u)
-            read += len(u)
-            if sorted_by_user:
-                if len(frame):
-                    first = frame["user"].iloc[0]
-                    order_ok = frame["user"].is_monotonic_increasing and (
-                        last_user is None or not first < last_user)
-                    if not order_ok:
-                        bad = _first_out_of_order(frame["user"].to_numpy(), last_user)
-                        raise ValueError(
-                            f"--sorted-by-user: user {frame['user'].iloc[bad].item()!r} at row "
-                            f"{read - len(u) + bad} "
-                            "comes after a greater user id; the file must hold users in ascending "
-                            "order (or drop --sorted-by-user)")
-                    last_user = frame["user"].iloc[-1]
-                    if carry is not None:
-                        frame = pd.concat([carry, frame], ignore_index=True)
-                    tail = frame["user"] == last_user
-                    carry, ready = frame[tail], frame[~tail]
-                    if len(ready):
-                        users_done += _emit(model, ready, T, n, exclude_seen, writer)
-            else:
-                # Chunks wait until they hold half as many rows as the kept events (or a
-                # chunk's worth), then all are merged at once: each event is sorted a few
-                # times in all, not once per chunk (every chunk of an event log touches most
-                # users), for at most 1.5x the kept events in memory.
-                pending.append(frame)
-                pending_rows += len(frame)
-                if pending_rows >= max(chunk_rows, 0 if state is None else len(state) // 2):
-                    state = _merge(state, pending, T)
-                    pending, pending_rows = [], 0
+        for chunk in _events.chunks(events, user_col, item_col, time_col, chunk_rows,
+                                    _events.item_mode(ids), what="events", flags=flags):
+            times = np.zeros(chunk.users.size, np.int64) if chunk.times is None else chunk.times
+            job.add(chunk.row, chunk.users, chunk.items, times)
+            read += chunk.users.size
             if progress is not None:
-                progress(read, users_done)
-        if sorted_by_user:
-            if carry is not None and len(carry):
-                users_done += _emit(model, carry, T, n, exclude_seen, writer)
-        else:
-            if pending:
-                state = _merge(state, pending, T)
-            if state is not None and len(state):
-                users_done += _emit(model, state, T, n, exclude_seen, writer, is_sorted=True)
-        empty = _score(model, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64),
-                       n, exclude_seen)
+                progress(read, job.done)
+        job.finish()
+        empty = _score(model, np.zeros(0, np.int64), (ids[:0], np.zeros(1, np.int64)),
+                       (ids[:0], np.zeros(1, np.int64)), n, exclude_seen)
         writer.close(empty.rename(columns={"user": user_col}))
     except BaseException:
         writer.abort()
         raise
     if progress is not None:
-        progress(read, users_done)
-    return dict(meta, users=users_done, rows=writer.rows, events_read=read,
+        progress(read, job.done)
+    return dict(meta, users=job.done, rows=writer.rows, events_read=read,
                 seconds=time.perf_counter() - t0)
 
 
-def _chunk_columns(chunk: Any, user_col: str, item_col: str, time_col: Optional[str],
-                   time_parser: Optional[Callable[[Any], Any]]) -> Tuple[Any, Any, Any]:
-    """(users, item ids, times) of one chunk; ValueError naming a column and a row."""
+def _frame(users: np.ndarray, times: np.ndarray, items: np.ndarray) -> Any:
     import pandas as pd
 
-    kind = _table_kind(chunk)
-    u = _column(chunk, kind, user_col, "user_col")
-    it = _as_ids(_column(chunk, kind, item_col, "item_col"), f"column {item_col!r}")
-    if time_col is None:
-        return u, it, np.zeros(len(u), np.int64)
-    ts = _column(chunk, kind, time_col, "timestamp_col")
-    if time_parser is not None:
-        ts = np.asarray(time_parser(pd.Series(ts)))
-    if ts.dtype.kind not in "iufM":
-        raise ValueError(f"column {time_col!r} must hold numbers or datetimes, got {ts.dtype}")
-    return u, it, ts
+    return pd.DataFrame({"user": users, "t": times, "item": items})
 
 
-def _first_out_of_order(users: np.ndarray, before: Any) -> int:
-    prev = before
-    for i, x in enumerate(users.tolist()):
-        if prev is not None and x < prev:
-            return i
-        prev = x
-    return 0
+def _num_key(x: Any) -> Any:
+    """Numeric order of text ids that are canonical integers (all of them before the rest)."""
+    if isinstance(x, str):
+        return (0, len(x), x) if x.isdigit() and x.isascii() and (x == "0" or x[0] != "0") else (1, 0, x)
+    return x
 
 
-def _merge(state: Any, pending: list, T: int) -> Any:
-    """The kept events (sorted by user, time, file order; at most T a user) merged with the
-    pending chunks'.  The frames are in file order and the sort is stable, so sorting by
-    (user, time) keeps the file order of equal times."""
-    import pandas as pd
+class _Sorted:
+    """sorted_by_user: each user's events together, users ascending (as text, or as the
+    numbers that canonical integer ids are); the last user of a chunk waits for the next."""
 
-    both = pd.concat(([] if state is None else [state]) + pending, ignore_index=True)
-    both = both.sort_values(["user", "t"], kind="stable")
-    return both.groupby("user", sort=False).tail(T)
+    def __init__(self, model: Any, n: int, exclude_seen: bool, writer: "_Writer") -> None:
+        self.model, self.n, self.exclude_seen, self.writer = model, n, exclude_seen, writer
+        self.carry = None
+        self.last: Any = None
+        self.as_text = self.as_number = True
+        self.done = 0
+
+    def _check_order(self, row: int, users: np.ndarray) -> None:
+        starts = np.flatnonzero(np.concatenate(([True], users[1:] != users[:-1])))
+        prev = self.last
+        for j, x in zip(starts.tolist(), users[starts].tolist()):
+            if prev is not None and not (j == 0 and x == prev):
+                self.as_text = self.as_text and prev < x
+                self.as_number = self.as_number and _num_key(prev) < _num_key(x)
+                if not (self.as_text or self.as_number):
+                    raise ValueError(f"sorted_by_user (--sorted-by-user): user {x!r} at row {row + j} "
+                                     f"comes after user {prev!r}, a greater user id or one seen before; "
+                                     "the file must hold each user's events together, users in "
+                                     "ascending order (or drop --sorted-by-user)")
+            prev = x
+        self.last = prev
+
+    def add(self, row: int, users: np.ndarray, items: np.ndarray, times: np.ndarray) -> None:
+        import pandas as pd
+
+        if not users.size:
+            return
+        self._check_order(row, users)
+        frame = _frame(users, times, items)
+        if self.carry is not None:
+            frame = pd.concat([self.carry, frame], ignore_index=True)
+        tail = (frame["user"] == self.last).to_numpy()
+        self.carry, ready = frame[tail], frame[~tail]
+        if len(ready):
+            self._emit(ready)
+
+    def finish(self) -> None:
+        if self.carry is not None and len(self.carry):
+            self._emit(self.carry)
+
+    def _emit(self, rows: Any) -> None:
+        rows = rows.sort_values(["user", "t"], kind="stable")  # file order breaks ties
+        u = rows["user"].to_numpy()
+        starts = np.flatnonzero(np.concatenate(([True], u[1:] != u[:-1])))
+        offsets = np.append(starts, u.size).astype(np.int64)
+        frame = _score_histories(self.model, u[starts], rows["item"].to_numpy(), offsets, self.n,
+                                 self.exclude_seen)
+        self.writer.write(frame.rename(columns={"user": self.writer.meta["user_col"]}))
+        self.done += int(starts.size)
 
 
-def _emit(model: Any, rows: Any, T: int, n: int, exclude_seen: bool, writer: _Writer,
-          is_sorted: bool = False) -> int:
-    """Scores the complete users of ``rows`` (user, t, seq, item) and writes them."""
-    if not is_sorted:
-        rows = rows.sort_values(["user", "t", "seq"], kind="stable")
-    u = rows["user"].to_numpy()
-    starts = np.flatnonzero(np.concatenate(([True], u[1:] != u[:-1])))
-    offsets = np.append(starts, u.size).astype(np.int64)
-    frame = _score(model, u[starts], rows["item"].to_numpy(), offsets, n, exclude_seen)
-    writer.write(frame.rename(columns={"user": writer.meta.get("user_col", "user")}))
-    return int(starts.size)
+class _Unsorted:
+    """A file in any order: per user, the last max_seq known events (``recent``), the
+    distinct known items seen before them (``older``) and whether they had events of
+    unknown items (``cold``: such a user is scored even with no known item)."""
+
+    def __init__(self, model: Any, n: int, exclude_seen: bool, writer: "_Writer", chunk_rows: int) -> None:
+        self.model, self.n, self.exclude_seen, self.writer = model, n, exclude_seen, writer
+        self.T, self.chunk_rows = _max_seq(model), chunk_rows
+        self.recent = self.older = self.cold = None
+        self.pending, self.pending_rows, self.cold_pending = [], 0, []
+        self.done = 0
+
+    def add(self, row: int, users: np.ndarray, items: np.ndarray, times: np.ndarray) -> None:
+        known = _known(self.model, items, "items")
+        self.pending.append(_frame(users[known], times[known], items[known]))
+        self.pending_rows += int(known.sum())
+        if not known.all():
+            self.cold_pending.append(users[~known])
+        # Chunks wait until they hold half as many rows as the kept events (or a chunk's
+        # worth), then all are merged at once: each event is sorted a few times in all, not
+        # once per chunk (every chunk of an event log touches most users).
+        held = 0 if self.recent is None else len(self.recent)
+        if self.pending_rows >= max(self.chunk_rows, held // 2):
+            self._merge()
+
+    def _merge(self) -> None:
+        import pandas as pd
+
+        if not self.pending and self.recent is None:
+            return  # no chunk read (each chunk leaves a frame, empty or not)
+        both = pd.concat(([] if self.recent is None else [self.recent]) + self.pending, ignore_index=True)
+        both = both.sort_values(["user", "t"], kind="stable")  # file order breaks ties
+        keep = (both.groupby("user", sort=False).cumcount(ascending=False) < self.T).to_numpy()
+        self.recent = both[keep]
+        if not keep.all() or self.older is not None:
+            parts = ([] if self.older is None else [self.older]) + [both.loc[~keep, ["user", "item"]]]
+            self.older = pd.concat(parts, ignore_index=True).drop_duplicates()
+        if self.cold_pending:
+            parts = ([] if self.cold is None else [self.cold]) + self.cold_pending
+            self.cold = pd.unique(np.concatenate(parts))
+        self.pending, self.pending_rows, self.cold_pending = [], 0, []
+
+    def finish(self) -> None:
+        import pandas as pd
+
+        self._merge()
+        recent = self.recent
+        if recent is None:
+            return
+        users = pd.unique(np.concatenate([recent["user"].to_numpy()]
+                                         + ([] if self.cold is None else [self.cold])))
+        if not users.size:
+            return
+        users = np.sort(users)
+        index = pd.Index(users)
+
+        def by_user(rows: Any) -> Tuple[np.ndarray, np.ndarray]:  # stable: time order kept
+            code = index.get_indexer(rows["user"].to_numpy())
+            off = np.concatenate(([0], np.cumsum(np.bincount(code, minlength=users.size))))
+            return rows["item"].to_numpy()[np.argsort(code, kind="stable")], off.astype(np.int64)
+
+        older = self.older if self.older is not None else recent.iloc[:0]
+        frame = _score(self.model, users, by_user(recent), by_user(older), self.n, self.exclude_seen)
+        self.writer.write(frame.rename(columns={"user": self.writer.meta["user_col"]}))
+        self.done += int(users.size)

@@ -5,6 +5,7 @@
     fastsasrec update MODEL EVENTS -o MODEL       continue training on new events (and new items)
     fastsasrec recommend MODEL --session 12,40,7  next items for a session
     fastsasrec evaluate MODEL EVENTS              hold out each user's last item and rank it
+    fastsasrec score MODEL EVENTS -o RECS         recommendations for every user of a log (nightly)
     fastsasrec serve MODEL [--port 8000]          the HTTP server for the live widget
 
 Errors in what the user gave (files, columns, ids, arguments) print one line on stderr
@@ -15,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import stat
 import sys
-import tempfile
 import time
-import warnings
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -30,87 +28,34 @@ class CLIError(Exception):
 
 
 # ----------------------------------------------------------------------------- helpers
-def _fmt_ids(ids: Sequence[Any], names: Dict[Any, str], limit: int = 60) -> List[str]:
-    out = []
-    for x in ids:
-        name = names.get(x.item() if hasattr(x, "item") else x, str(x))
-        out.append(name if len(name) <= limit else name[: limit - 1] + "…")
-    return out
+def _read(args: argparse.Namespace, items: Optional[str] = None):
+    """The EVENTS file as a DataFrame of its user, item and time columns (the one reader)."""
+    from fastsasrec import _events
+
+    time_col = None if args.no_time else args.time_col
+    return _events.read(args.events, args.user_col, args.item_col, time_col, items=items), time_col
 
 
-def _read_events(path: str, cols: Sequence[Optional[str]], what: str = "EVENTS",
-                 str_item_col: Optional[str] = None):
-    """Reads an event log (.csv, .csv.gz, .parquet) into a pandas DataFrame holding the
-    named columns, with a string time column turned into datetimes."""
-    if not os.path.exists(path):
-        raise CLIError(f"{what} file {path!r} does not exist")
-    if os.path.isdir(path):
-        raise CLIError(f"{what} {path!r} is a folder, not a .csv or .parquet file")
-    lower = path.lower()
-    is_parquet = lower.endswith((".parquet", ".pq"))
-    if not is_parquet and not lower.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")):
-        raise CLIError(f"{what} must be a .csv or .parquet file, got {path!r}")
-    import pandas as pd
+def _refuse_inputs(outputs: Sequence[Tuple[str, Optional[str]]], inputs: Sequence[Tuple[str, str]]) -> None:
+    """Refuses, before any work, an output path that is an input (a symlink to one too)."""
+    from fastsasrec._events import same_file
 
-    if os.path.getsize(path) == 0:
-        raise CLIError(f"{what} file {path!r} is empty")
-    try:
-        if is_parquet:
-            df = pd.read_parquet(path)
-        else:
-            dtype = {str_item_col: str} if str_item_col is not None else None
-            df = pd.read_csv(path, dtype=dtype)
-    except ImportError:
-        raise CLIError(f"reading the .parquet file {what} {path!r} needs pyarrow: pip install pyarrow") from None
-    except pd.errors.EmptyDataError:
-        raise CLIError(f"{what} file {path!r} is empty") from None
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as e:
-        raise CLIError(f"could not read {what} file {path!r}: {e}") from None
-    present = [str(c) for c in df.columns]
-    flags = ("--user-col", "--item-col", "--time-col")
-    missing = [(c, f) for c, f in zip(cols, flags) if c is not None and c not in df.columns]
-    if missing:
-        names = ", ".join(f"{c!r} ({f})" for c, f in missing)
-        raise CLIError(f"{what} file {path!r} has no column {names}; its columns are: "
-                       f"{', '.join(present) if present else '(none)'}")
-    if len(df) == 0:
-        raise CLIError(f"{what} file {path!r} has no rows (columns: {', '.join(present)})")
-    df = df[[c for c in dict.fromkeys(cols) if c is not None]]
-    time_col = cols[2]
-    if time_col is not None:
-        df = df.copy()
-        df[time_col] = _as_time(df[time_col], time_col, path, what)
-    return df
-
-
-def _as_time(col, name: str, path: str, what: str):
-    import pandas as pd
-
-    if isinstance(col.dtype, pd.DatetimeTZDtype):
-        return col.dt.tz_convert("UTC").dt.tz_localize(None)
-    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-        return col
-    if pd.api.types.is_datetime64_any_dtype(col):
-        return col
-    try:
-        with warnings.catch_warnings():  # pandas warns when it falls back to parsing one by one
-            warnings.simplefilter("ignore", UserWarning)
-            parsed = pd.to_datetime(col, utc=True)
-    except (ValueError, TypeError, OverflowError) as e:
-        raise CLIError(f"column {name!r} (--time-col) of {what} file {path!r} must hold numbers or "
-                       f"dates: {e}") from None
-    return parsed.dt.tz_localize(None)
+    for flag, out in outputs:
+        for name, path in inputs:
+            if out is not None and same_file(out, path):
+                raise CLIError(f"{flag} {out!r} is the {name} file {path!r}: it would be overwritten; "
+                               "give another path")
 
 
 def _load_model(path: str, threads: Optional[int] = None, device: str = "auto"):
-    from fastsasrec import SASRec, _persist
+    from fastsasrec import SASRec
 
     if threads is not None and threads < 0:
         raise CLIError(f"--threads must be >= 0 (0: all cores), got {threads}")
     if not os.path.exists(path):
         raise CLIError(f"MODEL file {path!r} does not exist")
     try:
-        return _persist.load(SASRec, path, device=device, num_threads=threads)
+        return SASRec.load(path, device=device, num_threads=threads)
     except (ValueError, OSError) as e:
         raise CLIError(f"cannot load MODEL {path!r}: {' '.join(str(e).splitlines())}") from None
     except MemoryError:
@@ -118,24 +63,9 @@ def _load_model(path: str, threads: Optional[int] = None, device: str = "auto"):
 
 
 def _check_output(output: str) -> None:
-    """Fails before training when the model could not be written to ``output``."""
-    target = os.path.realpath(output) if os.path.islink(output) else output
-    if os.path.isdir(target):
-        raise CLIError(f"--output {output!r} is a folder: give a file name, such as "
-                       f"{os.path.join(output, 'model.fsr')!r}")
-    if os.path.exists(target) and not stat.S_ISREG(os.stat(target).st_mode):
-        raise CLIError(f"--output {output!r} exists and is not a regular file")
-    out_dir = os.path.dirname(os.path.abspath(target))
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise CLIError(f"the folder of --output {output!r} is not a folder: {out_dir}")
-    if not os.path.isdir(out_dir):
-        raise CLIError(f"the folder of --output {output!r} does not exist: {out_dir}")
-    try:  # the one sure test that the folder takes a new file: make one
-        fd, probe = tempfile.mkstemp(prefix=".fastsasrec-", suffix=".tmp", dir=out_dir)
-    except OSError as e:
-        raise CLIError(f"cannot write --output {output!r}: {e.strerror} in the folder {out_dir}") from None
-    os.close(fd)
-    os.unlink(probe)
+    from fastsasrec._events import check_output
+
+    check_output(output, "--output")
 
 
 def _parse_ids(text: str, model, flag: str) -> List[Any]:
@@ -144,14 +74,11 @@ def _parse_ids(text: str, model, flag: str) -> List[Any]:
     if not text.strip() or any(t == "" for t in tokens):
         raise CLIError(f"{flag} must be comma-separated item ids like 12,40,7, got {text!r}")
     if model.item_ids.dtype.kind in "iu":
-        out = []
         for t in tokens:
-            try:
-                out.append(int(t))
-            except ValueError:
-                raise CLIError(f"{flag}: {t!r} is not an integer, and this model's item ids are integers "
-                               f"(got {text!r})") from None
-        return out
+            if not (t.isdigit() and t.isascii() and (t == "0" or t[0] != "0")):
+                raise CLIError(f"{flag}: {t!r} is not an integer written as digits with no sign or "
+                               f"leading zero, and this model's item ids are integers (got {text!r})")
+        return [int(t) for t in tokens]
     return tokens
 
 
@@ -181,63 +108,54 @@ def _model_params(args: argparse.Namespace) -> Dict[str, Any]:
 
 # ----------------------------------------------------------------------------- score
 def _score(args: argparse.Namespace) -> int:
-    from fastsasrec import batch
+    from fastsasrec import _events, batch
 
-    ev = args.events
-    if not os.path.exists(ev):
-        raise CLIError(f"EVENTS file {ev!r} does not exist")
-    if os.path.isdir(ev):
-        raise CLIError(f"EVENTS {ev!r} is a folder, not a .csv or .parquet file")
-    if not ev.lower().endswith((".parquet", ".pq", ".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")):
-        raise CLIError(f"EVENTS must be a .csv or .parquet file, got {ev!r}")
-    if os.path.getsize(ev) == 0:
-        raise CLIError(f"EVENTS file {ev!r} is empty")
+    _events.check_file(args.events)
     out = args.output
     if not out.lower().endswith((".parquet", ".pq", ".csv")):
         raise CLIError(f"-o/--output must end in .parquet or .csv, got {out!r}")
+    _refuse_inputs([("-o/--output", out), ("-o/--output", out + ".meta.json")],
+                   [("EVENTS", args.events), ("MODEL", args.model)])
     _check_output(out)
     if args.n < 1:
         raise CLIError(f"-n must be >= 1, got {args.n}")
     if args.chunk_rows < 1:
         raise CLIError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
+    exclude_seen = _exclude_seen(args, "--include-seen")
     model = _load_model(args.model, device=args.device, threads=args.threads)
     time_col = None if args.no_time else args.time_col
-    total = _count_rows(args.events)
+    total = _events.count_rows(args.events)
+    show = not args.quiet and sys.stderr.isatty()  # a log file gets no carriage returns
     last = [0.0]
 
     def progress(read: int, users: int) -> None:
         now = time.perf_counter()
-        if args.quiet or now - last[0] < 0.5:
+        if not show or now - last[0] < 0.5:
             return
         last[0] = now
         share = f" ({100 * read / total:.0f}%)" if total else ""
         print(f"\rread {read:,} events{share}, scored {users:,} users", end="", file=sys.stderr, flush=True)
 
-    parse = lambda col: _as_time(col, time_col, args.events, "EVENTS")  # noqa: E731
     try:
         done = batch.score_file(model, args.model, args.events, out, user_col=args.user_col,
                                 item_col=args.item_col, time_col=time_col, n=args.n,
-                                exclude_seen=not args.include_seen, sorted_by_user=args.sorted_by_user,
-                                chunk_rows=args.chunk_rows, progress=progress, time_parser=parse)
+                                exclude_seen=exclude_seen, sorted_by_user=args.sorted_by_user,
+                                chunk_rows=args.chunk_rows, progress=progress)
     except ValueError as e:
         raise CLIError(f"EVENTS {args.events!r}: {e}") from None
-    if not args.quiet:
+    if show:
         print(f"\rread {done['events_read']:,} events, scored {done['users']:,} users", file=sys.stderr)
     print(f"scored {done['users']:,} users ({done['events_read']:,} events) in {done['seconds']:.1f}s: "
           f"{done['rows']:,} rows to {out} (model sha256 {done['model_sha256'][:12]})")
     return 0
 
 
-def _count_rows(path: str) -> int:
-    """Rows of a .parquet (from its footer); 0 (unknown) for a .csv."""
-    if path.lower().endswith((".parquet", ".pq")):
-        try:
-            import pyarrow.parquet as pq
-
-            return int(pq.ParquetFile(path).metadata.num_rows)
-        except Exception:  # noqa: BLE001 - the reader says what is wrong with it
-            return 0
-    return 0
+def _exclude_seen(args: argparse.Namespace, old: str) -> bool:
+    """--exclude-seen / --no-exclude-seen, or the deprecated ``old`` flag (with a note)."""
+    if args.deprecated_keep_seen:
+        print(f"note: {old} is deprecated: use --no-exclude-seen", file=sys.stderr)
+        return False
+    return bool(args.exclude_seen)
 
 
 # ----------------------------------------------------------------------------- train
@@ -266,7 +184,9 @@ def _check_checkpoint_args(args: argparse.Namespace) -> Dict[str, Any]:
         return {}
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise CLIError(f"--checkpoint-every must be >= 1 (epochs), got {args.checkpoint_every}")
-    if os.path.abspath(args.checkpoint) == os.path.abspath(args.output):
+    from fastsasrec._events import same_file
+
+    if same_file(args.checkpoint, args.output):
         raise CLIError("--checkpoint and --output must be different files")
     kw: Dict[str, Any] = {"checkpoint": args.checkpoint,
                           "checkpoint_every": args.checkpoint_every or 1}
@@ -284,10 +204,13 @@ def _check_checkpoint_args(args: argparse.Namespace) -> Dict[str, Any]:
 def _train(args: argparse.Namespace) -> int:
     from fastsasrec import SASRec
 
-    time_col = None if args.no_time else args.time_col
+    if isinstance(args.epochs, int) and args.epochs < 1:
+        raise CLIError(f"--epochs must be >= 1 or auto, got {args.epochs}")
+    _refuse_inputs([("-o/--output", args.output), ("--checkpoint", args.checkpoint)],
+                   [("EVENTS", args.events)])
     _check_output(args.output)
     checkpoint_kw = _check_checkpoint_args(args)
-    df = _read_events(args.events, (args.user_col, args.item_col, time_col))
+    df, time_col = _read(args)
     params = _model_params(args)
     t0 = time.perf_counter()
     model = SASRec.from_transactions(df, user_col=args.user_col, item_col=args.item_col,
@@ -307,16 +230,15 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _update(args: argparse.Namespace) -> int:
-    from fastsasrec import Sequences
+    from fastsasrec import Sequences, _events
     from fastsasrec.data import transactions_to_sequences
 
     if args.epochs < 1:
         raise CLIError(f"--epochs must be >= 1, got {args.epochs}")
+    _refuse_inputs([("-o/--output", args.output)], [("EVENTS", args.events)])
     _check_output(args.output)
     model = _load_model(args.model, args.threads)
-    time_col = None if args.no_time else args.time_col
-    str_items = args.item_col if model.item_ids.dtype.kind == "U" else None
-    df = _read_events(args.events, (args.user_col, args.item_col, time_col), str_item_col=str_items)
+    df, time_col = _read(args, _events.item_mode(model.item_ids))
     items, offsets, _ = transactions_to_sequences(df, args.user_col, args.item_col, time_col)
     model.set_params(verbose=1 if args.verbose else 0)
     before = model.n_items
@@ -343,7 +265,8 @@ def _recommend(args: argparse.Namespace) -> int:
         else:
             print(f"note: no item of --session is in the model's catalogue ({unknown}): "
                   "these are the most popular items", file=sys.stderr)
-    ids, scores = model.recommend(session, n=args.n, exclude_seen=not args.keep_seen, exclude=exclude)
+    ids, scores = model.recommend(session, n=args.n, exclude_seen=_exclude_seen(args, "--keep-seen"),
+                                  exclude=exclude)
     width = max([4] + [len(str(x)) for x in ids.tolist()])
     print(f"rank  {'item':>{width}}  score")
     for r, (x, s) in enumerate(zip(ids.tolist(), scores.tolist()), 1):
@@ -353,13 +276,11 @@ def _recommend(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- evaluate
 def _evaluate(args: argparse.Namespace) -> int:
-    from fastsasrec import Sequences
+    from fastsasrec import Sequences, _events
     from fastsasrec.data import transactions_to_sequences
 
     model = _load_model(args.model, args.threads)
-    time_col = None if args.no_time else args.time_col
-    str_items = args.item_col if model.item_ids.dtype.kind == "U" else None
-    df = _read_events(args.events, (args.user_col, args.item_col, time_col), str_item_col=str_items)
+    df, time_col = _read(args, _events.item_mode(model.item_ids))
     items, offsets, _ = transactions_to_sequences(df, args.user_col, args.item_col, time_col)
     sequences = Sequences(items, offsets)  # flat from the file to the engine
     res = model.evaluate(sequences, k=args.k, protocol=args.protocol)
@@ -403,134 +324,6 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- demo
-def _store_examples(names: Dict[int, str]) -> Dict[str, Any]:
-    """Hand-picked sessions of the synthetic store for the use cases."""
-    pid = {v: k for k, v in names.items()}
-    espresso = [pid["Acme espresso machine"], pid["Acme burr grinder"], pid["Acme coffee scale"]]
-    focused = [pid[f"Nordic {x}"] for x in ("running shoes", "running socks", "sports watch", "energy gels")]
-    scattered = [pid[x] for x in ("Vela tent", "Acme serum", "Kite road bike", "Orbit stroller")]
-    return dict(cart_session=espresso, cart=espresso[:2], focused=focused, scattered=scattered,
-                focused_label="one journey", scattered_label="four categories")
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from fastsasrec import SASRec
-    from fastsasrec.data import leave_one_out
-    from fastsasrec.datasets import movielens_100k, synthetic_store
-    from fastsasrec.metrics import most_popular_topk, ranks_from_topk, summarize
-
-    rng = np.random.default_rng(args.seed)
-    if args.download and args.movielens is None:
-        raise CLIError("--download goes with --movielens")
-    if args.movielens is not None:
-        from fastsasrec.data import transactions_to_sequences
-
-        path = None if args.movielens == "" else args.movielens
-        events, names = movielens_100k(path, download=args.download)
-        flat, offsets, _ = transactions_to_sequences(events, "user_id", "item_id", "timestamp")
-        sessions = [s.tolist() for s in np.split(flat, offsets[1:-1])]
-        who, what, viewed = "users", "movies", "watched"
-        epochs = 40 if args.epochs is None else args.epochs
-        params = dict(factors=64, n_layers=2, max_seq=50, iterations=epochs)
-        print(f"MovieLens 100K: {len(flat):,} ratings of {len(names):,} movies by {len(sessions):,} users")
-    else:
-        sessions, names = synthetic_store(n_sessions=args.sessions, random_state=args.seed)
-        who, what, viewed = "visitors", "products", "viewed"
-        epochs = 15 if args.epochs is None else args.epochs
-        params = dict(factors=48, n_layers=2, max_seq=20, n_negatives=64, iterations=epochs)
-        print(f"synthetic store: {len(sessions):,} sessions over {len(names)} products")
-    # New visitors: train on 80% of the sessions, then predict the last item of each of
-    # the other 20% from the items before it.
-    n_test = len(sessions) // 5
-    train, test = sessions[n_test:], sessions[:n_test]
-    if n_test < 1 or not any(len(s) >= 2 for s in test):
-        raise CLIError(f"too few sessions to hold out new {who}: use more of them")
-    print(f"  {len(train):,} to train on, {len(test):,} new {who} to predict")
-    model = SASRec(random_state=args.seed, verbose=0, num_threads=args.threads, **params)
-    t0 = time.perf_counter()
-    model.fit(train)
-    print(f"trained {epochs} epochs in {time.perf_counter() - t0:.1f}s "
-          f"(final loss {model.loss_history_[-1]:.3f})" if model.loss_history_ else "trained 0 epochs")
-
-    # ---- quality against the most-popular baseline
-    k = 10
-    ours = model.evaluate(test, k=k, protocol="loo")
-    contexts, targets = leave_one_out(test)
-    pop_top = most_popular_topk(contexts, train, k)
-    pop = summarize(ranks_from_topk(pop_top, targets), k)
-    shown = {x for x in pop_top.ravel().tolist() if x is not None}
-    pop[f"coverage@{k}"] = len(shown) / model.n_items
-    cols = [f"HR@{k}", f"NDCG@{k}", f"MRR@{k}", f"coverage@{k}"]
-    print(f"\nnext item of {ours['n']:,} new {who} (not seen in training): each one's last item "
-          f"held out; {ours['protocol']}, items already {viewed} excluded")
-    print(f"  {'':14s}" + "".join(f"{c:>12s}" for c in cols))
-    print(f"  {'SASRec':14s}" + "".join(f"{ours[c]:12.3f}" for c in cols))
-    print(f"  {'most popular':14s}" + "".join(f"{pop[c]:12.3f}" for c in cols))
-    print(f"  (coverage: the share of the {model.n_items:,} {what} shown in some top-{k} list)")
-
-    # ---- (a) "based on what you viewed" widget
-    print(f"\n(a) based on what you {viewed}: the widget for a live session")
-    usable = [i for i, c in enumerate(contexts) if len(c) >= 2]
-    last = None
-    for i in rng.choice(usable, size=min(2, len(usable)), replace=False):
-        ctx = contexts[i][-3:]
-        ids, scores = model.recommend(ctx, n=3)
-        print(f"  {viewed}: " + " -> ".join(_fmt_ids(ctx, names)))
-        print("  next:   " + ", ".join(f"{n} ({s:.2f})" for n, s in zip(_fmt_ids(ids, names), scores)))
-        if last is None and np.isin(ctx[-1], model.item_ids):
-            last = ctx[-1]
-    if last is not None:  # the same page's "similar products" strip: nearest item embeddings
-        sim, cos = model.similar_items(last, n=3)
-        print(f"  similar to {_fmt_ids([last], names)[0]}: "
-              + ", ".join(f"{n} ({c:.2f})" for n, c in zip(_fmt_ids(sim, names), cos)))
-
-    # ---- (b) re-engagement
-    print(f"\n(b) re-engagement: the one {what[:-1]} to feature for lapsed {who}, from their last 10 items")
-    for _ in range(3):
-        if args.movielens is not None or len(test) < 2:
-            history = list(test[int(rng.integers(len(test)))])
-        else:  # a returning shopper: two earlier visits
-            a, b = rng.choice(len(test), size=2, replace=False)
-            history = list(test[a]) + list(test[b])
-        recent = history[-10:]
-        ids, _ = model.recommend(recent, n=1)
-        shown_recent = _fmt_ids(recent[-3:], names, limit=40)
-        more = f"(+{len(recent) - 3} before) " if len(recent) > 3 else ""
-        print(f"  last {viewed}: {more}" + ", ".join(shown_recent))
-        print(f"  feature:    {_fmt_ids(ids, names)[0]}")
-
-    # ---- (c) abandoned cart
-    if args.movielens is None:
-        ex = _store_examples(names)
-        cart_session, cart = ex["cart_session"], ex["cart"]
-    else:
-        long_ctx = [c for c in contexts if len(c) >= 3] or contexts
-        cart_session = list(long_ctx[int(rng.integers(len(long_ctx)))][-3:])
-        cart = cart_session[: max(1, len(cart_session) - 1)]
-    print("\n(c) abandoned-cart upsell: recommendations that leave out what is already in the cart")
-    print(f"  {viewed}: " + " -> ".join(_fmt_ids(cart_session, names)))
-    print("  cart:   " + ", ".join(_fmt_ids(cart, names)))
-    ids, scores = model.recommend(cart_session, n=3, exclude_seen=False, exclude=cart)
-    print("  upsell: " + ", ".join(f"{n} ({s:.2f})" for n, s in zip(_fmt_ids(ids, names), scores)))
-
-    # ---- (d) session quality
-    print("\n(d) session quality: how focused a session is (0 scattered .. 1 one intent)")
-    if args.movielens is None:
-        focused, scattered = ex["focused"], ex["scattered"]
-        focused_label, scattered_label = ex["focused_label"], ex["scattered_label"]
-    else:  # the most and least focused of some new users' last 5 movies
-        pool = ([c[-5:] for c in contexts if len(c) >= 5] or [c[-5:] for c in contexts if len(c) >= 2]
-                or [list(c) for c in contexts])[:200]
-        q = [model.session_quality(s) for s in pool]
-        focused, scattered = pool[int(np.argmax(q))], pool[int(np.argmin(q))]
-        focused_label, scattered_label = f"most focused of {len(pool)}", f"least focused of {len(pool)}"
-    for label, s in ((f"focused ({focused_label})", focused), (f"scattered ({scattered_label})", scattered)):
-        print(f"  {label}: focus {model.session_quality(s):.2f}")
-        print("    " + ", ".join(_fmt_ids(s, names, limit=40)))
-    return 0
-
-
 # ----------------------------------------------------------------------------- parser
 def _add_columns(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user-col", default="user_id", help="column of user (or session) ids (default: user_id)")
@@ -540,23 +333,20 @@ def _add_columns(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-time", action="store_true", help="no time column: keep each user's events in file order")
 
 
+def _add_seen(p: argparse.ArgumentParser, old: str, what: str) -> None:
+    p.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=True,
+                   help=f"leave out {what} (default); --no-exclude-seen allows them")
+    p.add_argument(old, dest="deprecated_keep_seen", action="store_true",
+                   help="deprecated: --no-exclude-seen")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastsasrec", description="fast SASRec next-item recommendation")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="train on built-in data and show the store use cases",
-                       description="Train on synthetic store sessions (or MovieLens 100K), compare with "
-                                   "the most-popular baseline and show four store use cases.")
-    d.add_argument("--sessions", type=int, default=4000, help="synthetic sessions (default: 4000)")
-    d.add_argument("--epochs", type=int, default=None, help="training epochs (default: 15; 40 for MovieLens)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0, all cores)")
-    d.add_argument("--movielens", nargs="?", const="", default=None, metavar="PATH",
-                   help="use MovieLens 100K from PATH (a folder with u.data and u.item; default: "
-                        "./ml-100k or the download cache) instead of the synthetic store")
-    d.add_argument("--download", action="store_true",
-                   help="with --movielens: download MovieLens 100K from GroupLens when no local copy exists")
-    d.set_defaults(func=_demo)
+    from fastsasrec import demo
+
+    demo.add_parser(sub)
 
     t = sub.add_parser("train", help="fit a model on an event log and save it",
                        description="Fit SASRec on an event log (one row per event), one sequence per user "
@@ -615,7 +405,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--session", required=True, help="comma-separated item ids, oldest first: 12,40,7")
     r.add_argument("-n", type=int, default=10, help="how many items (default: 10)")
     r.add_argument("--exclude", help="comma-separated item ids never to recommend (e.g. the cart)")
-    r.add_argument("--keep-seen", action="store_true", help="allow the session's own items")
+    _add_seen(r, "--keep-seen", "the session's own items")
     r.add_argument("--threads", type=int, default=None)
     r.set_defaults(func=_recommend)
 
@@ -635,8 +425,9 @@ def _build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_evaluate)
 
     sc = sub.add_parser("score", help="recommendations for every user of an event log (nightly jobs)",
-                        description="Build each user's session from an event log (their most recent "
-                                    "max_seq events), score it and write (user, rank, item, score) rows "
+                        description="Build each user's session from an event log (the model reads their "
+                                    "most recent max_seq known events; all of their items count as seen), "
+                                    "score it and write (user, rank, item, score) rows "
                                     "to a .parquet or .csv file, the model file's SHA-256 in its metadata "
                                     "(a .csv gets it in OUTPUT.meta.json). The log is read in chunks.")
     sc.add_argument("model", metavar="MODEL", help="a model file written by train")
@@ -645,10 +436,11 @@ def _build_parser() -> argparse.ArgumentParser:
     sc.add_argument("-o", "--output", required=True, metavar="RECS",
                     help="where to write: .parquet (needs pyarrow) or .csv")
     sc.add_argument("-n", type=int, default=10, help="recommendations per user (default: 10)")
-    sc.add_argument("--include-seen", action="store_true", help="allow items of the session itself")
+    _add_seen(sc, "--include-seen", "every item of the user's events in EVENTS")
     sc.add_argument("--sorted-by-user", action="store_true",
-                    help="EVENTS holds each user's events together, users in ascending order: memory is "
-                         "then one chunk (otherwise also up to 1.5 x max_seq events per user)")
+                    help="EVENTS holds each user's events together, users in ascending order (as text, "
+                         "or as numbers for integer ids): memory is then one chunk and one user "
+                         "(otherwise, per user, max_seq events plus the distinct items seen before them)")
     sc.add_argument("--chunk-rows", type=int, default=1_000_000, help="rows per chunk (default: 1,000,000)")
     sc.add_argument("--threads", type=int, help="CPU threads (default: 0, all cores)")
     sc.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")

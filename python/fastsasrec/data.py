@@ -3,13 +3,14 @@
 ``Sequences`` is the flat form of many sequences (items one after the other, and offsets);
 lists of lists and the other inputs are flattened into one.  The engine sees items as
 internal ids 1..V (0 is padding); ``item_ids[i - 1]`` is the original id of internal id
-``i``.  Ids are either all integers or all strings.
+``i``.  Ids are either all integers or all strings; a string id holding a control character
+(below 0x20, NUL, tab and newline included, or 0x7f) is refused wherever ids come in.
 """
 from __future__ import annotations
 
 import math
 import numbers
-import operator
+import re
 from itertools import chain
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
@@ -18,7 +19,39 @@ import numpy as np
 from fastsasrec import _core
 
 _INT_KINDS = "iu"
-_NUL_END = operator.methodcaller("endswith", "\x00")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+_CONTROL_WHY = ("ids may not hold control characters (below 0x20: NUL, tab, newline...; "
+                "or 0x7f)")
+
+
+def _first_control(strs: List[str]) -> int:
+    """The index of the first string of ``strs`` holding a control character, or -1: one
+    regular-expression pass over them all, then a walk only when there is one."""
+    if not strs or _CONTROL.search("".join(strs)) is None:
+        return -1
+    return next(i for i, x in enumerate(strs) if _CONTROL.search(x))
+
+
+def _first_control_array(a: np.ndarray) -> int:
+    """``_first_control`` of a NumPy str array, on its code points (a NUL inside an id
+    is one; NumPy has already dropped a trailing one, which a Python str path catches)."""
+    if a.size == 0 or a.dtype.itemsize == 0:
+        return -1
+    codes = np.ascontiguousarray(a).reshape(-1).view(np.uint32).reshape(a.size, -1)
+    bad = (codes < 0x20) | (codes == 0x7F)
+    if not bad.any():
+        return -1
+    bad &= np.arange(codes.shape[1]) < np.char.str_len(a.reshape(-1))[:, None]  # not padding
+    rows = np.flatnonzero(bad.any(axis=1))
+    return int(rows[0]) if rows.size else -1
+
+
+def _check_text(a: np.ndarray, where: Any) -> np.ndarray:
+    """A str array of ids, or ValueError naming ``where(i)`` of its first control character."""
+    i = _first_control_array(a)
+    if i >= 0:
+        raise ValueError(f"{where(i)} is {str(a.reshape(-1)[i])!r}: {_CONTROL_WHY}")
+    return a
 
 
 def _describe(x: Any) -> str:
@@ -115,6 +148,34 @@ class Sequences:
         bounds = self._offsets.tolist()
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             yield self._items[lo:hi]
+
+    # The flat slicing every caller needs, written once (no per-sequence Python loop).
+    def take(self, rows: Any) -> "Sequences":
+        """The sequences ``rows`` (integer indices, in that order) as a new Sequences."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = np.diff(self._offsets)[rows]
+        offsets = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        take = np.repeat(self._offsets[rows] - offsets[:-1], lengths) + np.arange(int(offsets[-1]))
+        return Sequences._of(self._items[take], offsets)
+
+    def tail(self, n: int) -> "Sequences":
+        """Each sequence's last ``n`` items (all of a shorter one)."""
+        keep = np.minimum(np.diff(self._offsets), n)
+        offsets = np.zeros(keep.size + 1, dtype=np.int64)
+        np.cumsum(keep, out=offsets[1:])
+        take = np.repeat(self._offsets[1:] - keep - offsets[:-1], keep) + np.arange(int(offsets[-1]))
+        return Sequences._of(self._items[take], offsets)
+
+    def head(self, drop: Any) -> "Sequences":
+        """Each sequence less its last ``drop[i]`` items (``drop``: an int or one per
+        sequence; a sequence shorter than that becomes empty)."""
+        lengths = np.diff(self._offsets)
+        keep = np.maximum(lengths - np.asarray(drop, dtype=np.int64), 0)
+        offsets = np.zeros(keep.size + 1, dtype=np.int64)
+        np.cumsum(keep, out=offsets[1:])
+        take = np.repeat(self._offsets[:-1] - offsets[:-1], keep) + np.arange(int(offsets[-1]))
+        return Sequences._of(self._items[take], offsets)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Sequences is immutable")
@@ -230,9 +291,8 @@ def _check_item(x: Any, where: str) -> None:
         raise ValueError(f"{where} is {_describe(x)}: item ids must be integers or strings")
     if isinstance(x, numbers.Integral) and not -(2**63) <= int(x) < 2**63:
         raise ValueError(f"{where} is {x}: integer item ids must fit in 64 bits (int64)")
-    if isinstance(x, str) and x.endswith("\x00"):
-        raise ValueError(f"{where} is {x!r}: string item ids may not end with a NUL character "
-                         "('\\x00'), which NumPy strings drop (it would be another item's id)")
+    if isinstance(x, str) and _CONTROL.search(x):
+        raise ValueError(f"{where} is {x!r}: {_CONTROL_WHY}")
 
 
 def _array_of(lst: List[Any]) -> np.ndarray:
@@ -256,8 +316,8 @@ def _flatten_plain_lists(seqs: List[Any]) -> Optional[Tuple[np.ndarray, np.ndarr
     if ints is not None or set(map(type, seqs)) != {list}:
         return ints
     flat = list(chain.from_iterable(seqs))
-    if set(map(type, flat)) != {str} or any(map(_NUL_END, flat)):
-        return None  # the general path names a string ending with NUL
+    if set(map(type, flat)) != {str} or _first_control(flat) >= 0:
+        return None  # the general path names a string with a control character
     offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs)), out=offsets[1:])
     return np.array(flat, dtype=str), offsets
@@ -310,7 +370,10 @@ def flatten_sequences(sequences: Any, name: str = "sequences") -> Sequences:
         flat = np.concatenate([_int64(p, lambda j, i=i: f"{name}[{i}][{j}]")
                                for i, p in enumerate(parts) if p.size])
         return Sequences._of(flat, offsets)
-    if kinds <= {"U"} and not any(o is not None and any(map(_NUL_END, o)) for o in originals):
+    if kinds <= {"U"} and not any(o is not None and _first_control(o) >= 0 for o in originals):
+        for i, p in enumerate(parts):  # arrays given as they are: their NULs inside ids
+            if originals[i] is None:
+                _check_text(p, lambda j, i=i: f"{name}[{i}][{j}]")
         return Sequences._of(np.concatenate([p for p in parts if p.size]), offsets)
     # Mixed, float, bool or object: find the first offending entry and name it.
     saw_int = saw_str = None
@@ -454,13 +517,29 @@ def _as_ids(values: np.ndarray, what: str) -> np.ndarray:
     if values.dtype.kind in _INT_KINDS:
         return _int64(values, lambda i: f"{what}[{i}]")
     if values.dtype.kind == "U":
-        return values
-    for i, x in enumerate(values.tolist()):
+        return _check_text(values, lambda i: f"{what}[{i}]")
+    listed = values.tolist()
+    if values.ndim == 1 and set(map(type, listed)) == {str} and _first_control(listed) < 0:
+        return values.astype(str)  # text (a CSV column read as text): one pass, no walk
+    for i, x in enumerate(listed):
         _check_item(x, f"{what}[{i}]")
-    kinds = {isinstance(x, str) for x in values.tolist()}
+    kinds = {isinstance(x, str) for x in listed}
     if len(kinds) > 1:
         raise ValueError(f"{what} mixes integers and strings; ids must be all one kind")
     return values.astype(str) if kinds == {True} else values.astype(np.int64)
+
+
+def check_user_ids(users: np.ndarray, what: str) -> np.ndarray:
+    """``users`` as they are, or ValueError naming the first text id that holds a control
+    character (numbers and other kinds pass)."""
+    if users.dtype.kind == "U":
+        return _check_text(users, lambda i: f"{what}[{i}]")
+    if users.dtype == object:
+        strs = [x if isinstance(x, str) else "" for x in users.tolist()]
+        i = _first_control(strs)
+        if i >= 0:
+            raise ValueError(f"{what}[{i}] is {strs[i]!r}: {_CONTROL_WHY}")
+    return users
 
 
 def transactions_to_sequences(
@@ -473,7 +552,7 @@ def transactions_to_sequences(
     items = _as_ids(_column(df, kind, item_col, "item_col"), f"column {item_col!r}")
     if items.size == 0:
         raise ValueError("the event table is empty: nothing to train on")
-    users = _column(df, kind, user_col, "user_col")
+    users = check_user_ids(_column(df, kind, user_col, "user_col"), f"column {user_col!r}")
     try:
         user_ids, user_code = np.unique(users, return_inverse=True)
     except TypeError:

@@ -6,10 +6,11 @@ whole catalogue (context items excluded), or -1 / >= k when it is not in the top
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
+from fastsasrec import _fitted
 from fastsasrec._params import positive_int, seed_or_none
 from fastsasrec.data import Sequences, check_ids_compatible, flatten_sequences
 
@@ -75,17 +76,7 @@ def popular_baseline(model: Any, sequences: Any, k: int = 10) -> Dict[str, Any]:
     sequences = flatten_sequences(sequences, "sequences")
     check_ids_compatible(sequences.items, state.item_ids, "sequences")
     contexts, targets, used = hold_out_last(sequences)
-    ctx = state.encode(contexts.items)
-    bounds = contexts.offsets
-    kk = min(k, int(state.popularity.size))
-    top = np.zeros((used.size, kk), dtype=np.int64)
-    for b in range(used.size):
-        ids, _ = state.popular(kk, ctx[bounds[b]:bounds[b + 1]])
-        top[b, : ids.size] = ids
-    t_int = state.encode(np.asarray(targets)).astype(np.int64)
-    hit = (top == t_int[:, None]) & (t_int[:, None] > 0)
-    ranks = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
-    out = summarize(ranks, k)
+    out = summarize(_fitted.popular_ranks(state, contexts, targets, k), k)
     out["n"] = int(used.size)
     return out
 
@@ -94,14 +85,9 @@ def popular_baseline(model: Any, sequences: Any, k: int = 10) -> Dict[str, Any]:
 def hold_out_last(sequences: Sequences) -> Tuple[Sequences, np.ndarray, np.ndarray]:
     """(contexts, targets, used): each sequence of 2 or more items less its last item, that
     last item, and the indices of those sequences; computed on the flat arrays."""
-    lengths = sequences.lengths
-    used = np.flatnonzero(lengths >= 2)
-    ends = sequences.offsets[used + 1] - 1  # positions of the held-out items
-    keep = np.repeat(lengths >= 2, lengths)
-    keep[ends] = False
-    offsets = np.zeros(used.size + 1, dtype=np.int64)
-    np.cumsum(lengths[used] - 1, out=offsets[1:])
-    return Sequences(sequences.items[keep], offsets), sequences.items[ends], used
+    used = np.flatnonzero(sequences.lengths >= 2)
+    kept = sequences.take(used)
+    return kept.head(1), kept.items[kept.offsets[1:] - 1], used
 
 
 def evaluate(
@@ -115,21 +101,21 @@ def evaluate(
     """``model.evaluate``: each sequence's last item held out and ranked by a fitted model
     from the items before it (see SASRec.evaluate).  ``model`` must not change during the
     call: SASRec.evaluate passes a view holding one fitted model."""
-    model._fitted()
+    state = model._fitted()
     k = positive_int(k, "k")
     if protocol not in ("loo", "sampled"):
         raise ValueError(f"protocol must be 'loo' or 'sampled', got {protocol!r}")
     sequences = flatten_sequences(sequences, "sequences")
-    item_ids = model.item_ids
+    item_ids = state.item_ids
     check_ids_compatible(sequences.items, item_ids, "sequences")
     contexts, targets, used = hold_out_last(sequences)
     if used.size == 0:
         raise ValueError("no sequence has 2 or more items: nothing to evaluate")
     if protocol == "loo":
-        ids, _ = model.recommend_batch(contexts, n=k, exclude_seen=True)  # min(k, V) columns
+        ids, _ = _fitted.recommend(state, contexts, k, exclude_seen=True)  # min(k, V) columns
         ranks = ranks_from_topk(ids, targets)
         # A target unknown to the model is a miss (it may equal an empty slot's filler id).
-        ranks[model._fitted().encode(targets) == 0] = -1
+        ranks[state.encode(targets) == 0] = -1
         out = summarize(ranks, k)
         shown = ids[ids != ("" if ids.dtype.kind == "U" else -1)]  # fit rejects these ids
         out[f"coverage@{k}"] = float(np.unique(shown).size / item_ids.size)
@@ -137,41 +123,8 @@ def evaluate(
     else:
         n_negatives = positive_int(n_negatives, "n_negatives")
         random_state = seed_or_none(random_state, "random_state")
-        out = summarize(_sampled_ranks(model, contexts, targets, n_negatives, random_state), k)
+        out = summarize(_fitted.rank_among(state, contexts, targets, n_negatives, random_state), k)
         label = f"sampled: {n_negatives} negatives (SASRec paper protocol)"
     out["n"] = int(used.size)
     out["protocol"] = label
     return out
-
-
-def _sampled_ranks(model: Any, contexts: Sequences, targets: np.ndarray, n_neg: int,
-                   seed: Any) -> np.ndarray:
-    """The rank of each target among n_neg random items its sequence does not contain
-    (-1 when the target or the whole context is unknown to the model)."""
-    item_ids = model.item_ids
-    V = item_ids.size
-    H = model.session_embeddings(contexts).astype(np.float64)
-    E = model.item_embeddings.astype(np.float64)
-    state = model._fitted()
-    t_int = state.encode(np.asarray(targets))
-    c_int, bounds = state.encode(contexts.items), contexts.offsets.tolist()
-    rng = np.random.default_rng(seed)
-    ranks = np.full(len(contexts), -1, dtype=np.int64)
-    for b in range(len(contexts)):
-        if t_int[b] == 0 or np.isnan(H[b, 0]):
-            continue  # unknown target or context: a miss
-        seen = set(c_int[bounds[b]:bounds[b + 1]].tolist()) | {int(t_int[b])}
-        if V - len(seen) < n_neg:
-            raise ValueError(f"n_negatives ({n_neg}) exceeds the items a sequence does not contain")
-        neg: List[int] = []
-        while len(neg) < n_neg:
-            for x in rng.integers(1, V + 1, size=2 * n_neg).tolist():
-                if x not in seen:
-                    seen.add(x)
-                    neg.append(x)
-                    if len(neg) == n_neg:
-                        break
-        s_t = H[b] @ E[t_int[b] - 1]
-        s_n = E[np.asarray(neg) - 1] @ H[b]
-        ranks[b] = int((s_n > s_t).sum())
-    return ranks

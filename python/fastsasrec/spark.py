@@ -5,8 +5,11 @@
                      time_col="timestamp", n=10)      # a Spark DataFrame
     recs.write.parquet("recs/")
 
-The session of a user is their most recent ``max_seq`` events, ordered by ``time_col``
-(ties in the order Spark read the rows), built with a window in Spark.  The partitions
+A user's history is all their events, ordered by ``time_col`` (ties in the order Spark read
+the rows).  The model reads its most recent ``max_seq`` events of items it knows (a window
+in Spark, after a broadcast semi-join with the catalogue); with ``exclude_seen``, the
+distinct items of the events before them are left out too, as ``recommend_batch`` does with
+a whole history.  The partitions
 are scored with ``mapInPandas`` over Arrow batches.  The model file reaches the executors
 through ``SparkContext.addFile`` (or, with ``ship=False``, by a path every executor can
 read) and is loaded once per Python worker process.  On an executor with GPUs, a task
@@ -33,6 +36,14 @@ def _worker_model(path: str, device: str, threads: int) -> Any:
         if model is None:
             model = _MODELS[key] = SASRec.load(path, device=device, num_threads=threads)
         return model
+
+
+def _fitted_parts(model: Any) -> Tuple[int, Any]:
+    """(max_seq, item ids) of a fitted model."""
+    try:
+        return int(model.max_seq_), model.item_ids_
+    except AttributeError:  # TEMP until the estimator has max_seq_ and item_ids_
+        return int(model._config["max_seq"]), model.item_ids
 
 
 def _task_device(device: str) -> str:
@@ -83,29 +94,39 @@ def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_c
             raise ValueError(f"{arg}={col!r} is not a column of events_df; its columns are "
                              f"{events_df.columns}")
     model_path = os.path.abspath(os.fspath(model_path))
-    driver = SASRec.load(model_path, device="cpu")  # checks the file once, on the driver
-    T_ = int(driver._config["max_seq"])
-    k = min(n, driver.n_items)
+    # Loaded on the driver once: it checks the file, and gives max_seq and the catalogue.
+    driver = SASRec.load(model_path, device="cpu")
+    T_, catalogue = _fitted_parts(driver)
+    k = min(n, catalogue.size)
     item_type = events_df.schema[item_col].dataType
     user_type = events_df.schema[user_col].dataType
+    spark = SparkSession.getActiveSession() or events_df.sparkSession
     if ship:
-        spark = SparkSession.getActiveSession() or events_df.sparkSession
         spark.sparkContext.addFile(model_path)
         name = os.path.basename(model_path)
     else:
         name = None
 
-    # Sessions: each user's most recent max_seq events in time order.
+    # Each user's most recent max_seq known events in time order, and the distinct known
+    # items of their events before those; a user with no known item is kept (popular items).
+    import pandas as pd
+
+    known_ids = (spark.createDataFrame(pd.DataFrame({"_fsr_item": catalogue.tolist()}))
+                 .select(F.col("_fsr_item").cast(item_type).alias("_fsr_item")))
+    events = (events_df.select(user_col, item_col, *([time_col] if time_col else []))
+              .withColumn("_fsr_seq", F.monotonically_increasing_id()))
+    known = events.join(F.broadcast(known_ids), F.col(item_col) == F.col("_fsr_item"), "left_semi")
     order_cols = ([F.col(time_col).desc()] if time_col is not None else []) + [F.col("_fsr_seq").desc()]
     w = Window.partitionBy(user_col).orderBy(*order_cols)
-    recent = (events_df.select(user_col, item_col, *([time_col] if time_col else []))
-              .withColumn("_fsr_seq", F.monotonically_increasing_id())
-              .withColumn("_fsr_back", F.row_number().over(w))
-              .where(F.col("_fsr_back") <= T_))
-    sessions = (recent.groupBy(user_col)
-                .agg(F.sort_array(F.collect_list(F.struct(F.col("_fsr_back"), F.col(item_col))), asc=False)
-                     .alias("_fsr_events"))
-                .select(user_col, F.col(f"_fsr_events.{item_col}").alias("_fsr_items")))
+    ranked = known.withColumn("_fsr_back", F.row_number().over(w))
+    recent = (ranked.where(F.col("_fsr_back") <= T_).groupBy(user_col)
+              .agg(F.sort_array(F.collect_list(F.struct(F.col("_fsr_back"), F.col(item_col))), asc=False)
+                   .alias("_fsr_events"))
+              .select(user_col, F.col(f"_fsr_events.{item_col}").alias("_fsr_items")))
+    older = (ranked.where(F.col("_fsr_back") > T_).groupBy(user_col)
+             .agg(F.collect_set(F.col(item_col)).alias("_fsr_older")))
+    sessions = (events_df.select(user_col).distinct()
+                .join(recent, user_col, "left").join(older, user_col, "left"))
 
     schema = T.StructType([T.StructField(user_col, user_type), T.StructField("rank", T.IntegerType()),
                            T.StructField("item", item_type), T.StructField("score", T.FloatType())])
@@ -123,8 +144,9 @@ def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_c
         for pdf in batches:
             if not len(pdf):
                 continue
-            sessions = [list(x) for x in pdf["_fsr_items"]]
-            ids, scores = model.recommend_batch(sessions, n=k, exclude_seen=exclude_seen)
+            sessions = [[] if x is None else list(x) for x in pdf["_fsr_items"]]
+            kw = {"exclude": [[] if x is None else list(x) for x in pdf["_fsr_older"]]} if exclude_seen else {}
+            ids, scores = model.recommend_batch(sessions, n=k, exclude_seen=exclude_seen, **kw)
             yield long_rows(pdf[user_col].to_numpy(), ids, scores, user_col)
 
     return sessions.mapInPandas(score, schema=schema)

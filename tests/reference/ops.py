@@ -123,19 +123,19 @@ def residual_backward(dout):
     return d.copy(), d.copy()
 
 
-# ----------------------------------------------------------------------------- residual + layernorm
-def residual_layernorm_forward(a, b, g, beta, eps, mult=None):
+# ----------------------------------------------------------------------------- layernorm + residual
+def layernorm_residual_forward(a, b, g, beta, eps, mult=None):
     """sum(R, C) = a + b * mult (``mult`` from dropout_multiplier; None: no dropout), then
     layernorm_forward(sum, g, beta, eps).  Returns (sum, out, mean, rstd)."""
     s = residual_forward(a, b if mult is None else dropout_forward(b, mult))
     return (s,) + layernorm_forward(s, g, beta, eps)
 
 
-def residual_layernorm_backward(dsum, dout, a, b, g, beta, eps, mult=None):
-    """(da, db, dg, dbeta) of residual_layernorm_forward, for the gradients dsum reaching
+def layernorm_residual_backward(dsum, dout, a, b, g, beta, eps, mult=None):
+    """(da, db, dg, dbeta) of layernorm_residual_forward, for the gradients dsum reaching
     the sum directly and dout reaching the norm's output: d(sum) = dsum + dLN/dsum goes to
     a unchanged and to b through the dropout."""
-    s = residual_layernorm_forward(a, b, g, beta, eps, mult)[0]
+    s = layernorm_residual_forward(a, b, g, beta, eps, mult)[0]
     ds, dg, dbeta = layernorm_backward(dout, s, g, eps)
     ds = ds + np.asarray(dsum, np.float64)
     da, db = residual_backward(ds)
@@ -322,7 +322,7 @@ def _logsumexp(a, axis):
     return (m + np.log(np.sum(np.exp(a - m), axis=axis, keepdims=True))).squeeze(axis)
 
 
-def bce_loss(h, E, targets, negatives, grad_scale):
+def loss_bce(h, E, targets, negatives, grad_scale):
     """Binary cross-entropy with one negative per row.
 
     h (R, C), E (V + 1, C), targets (R,), negatives (R,).
@@ -358,7 +358,7 @@ def sampled_softmax_logits(h, E, targets, negatives, logq=None):
     return logits
 
 
-def sampled_softmax_loss(h, E, targets, negatives, grad_scale, logq=None):
+def loss_sampled_softmax(h, E, targets, negatives, grad_scale, logq=None):
     """Sampled softmax with N negatives shared by all rows, logQ-corrected when logq is
     given (Yi et al., RecSys 2019).
 
@@ -384,7 +384,7 @@ def sampled_softmax_loss(h, E, targets, negatives, grad_scale, logq=None):
     return loss, dh, dE
 
 
-def gbce_loss(h, E, targets, negatives, beta, grad_scale):
+def loss_gbce(h, E, targets, negatives, beta, grad_scale):
     """gBCE (Petrov & Macdonald, RecSys 2023) with N negatives per row.
 
     h (R, C), E (V + 1, C), targets (R,), negatives (R, N): row r's own negatives; one equal
@@ -411,7 +411,7 @@ def gbce_loss(h, E, targets, negatives, beta, grad_scale):
     return loss, dh, dE
 
 
-def softmax_loss(h, E, targets, grad_scale):
+def loss_softmax(h, E, targets, grad_scale):
     """Full softmax cross-entropy over items 1..V.
 
     h (R, C), E (V + 1, C), targets (R,) in 1..V.
@@ -435,13 +435,13 @@ def softmax_loss(h, E, targets, grad_scale):
 def loss(kind, h, E, targets, negatives, grad_scale, logq=None, beta=1.0):
     """Dispatch on kind in {'bce', 'sampled_softmax', 'softmax', 'gbce'}: (loss, dh, dE)."""
     if kind == "bce":
-        return bce_loss(h, E, targets, negatives, grad_scale)
+        return loss_bce(h, E, targets, negatives, grad_scale)
     if kind == "sampled_softmax":
-        return sampled_softmax_loss(h, E, targets, negatives, grad_scale, logq)
+        return loss_sampled_softmax(h, E, targets, negatives, grad_scale, logq)
     if kind == "gbce":
-        return gbce_loss(h, E, targets, negatives, beta, grad_scale)
+        return loss_gbce(h, E, targets, negatives, beta, grad_scale)
     if kind == "softmax":
-        return softmax_loss(h, E, targets, grad_scale)
+        return loss_softmax(h, E, targets, grad_scale)
     raise ValueError(kind)
 
 

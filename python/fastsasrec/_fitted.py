@@ -1,0 +1,475 @@
+"""The fitted model as one immutable snapshot, and the one function that scores sessions.
+
+A ``Fitted`` holds the engine, its configuration, the catalogue and the fit's record; fit,
+partial_fit, load and to() build one aside and the estimator publishes it with a single
+assignment, so a call that reads the snapshot once gets wholly one model.
+
+``recommend`` is the only code that turns sessions into top-k lists: encoding the ids,
+"seen" (every item of the session it is given, however long; the model reads only the
+last ``max_seq``), the per-session exclude lists, the denylist, the fallback for a session
+with no known item (the most popular items, flagged), the engine call and the ids back.
+``recommend``, ``recommend_batch``, ``similar_items``, evaluation, the server, batch
+scoring, Spark and Ray all reach it through the estimator's public methods.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from fastsasrec.data import (
+    Sequences,
+    catalogue_lookup,
+    check_ids_compatible,
+    drop_unknown,
+    encode,
+    flatten_sequences,
+)
+from fastsasrec._params import flag, positive_int
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A call that needs a fitted model on one that is not: both ValueError and
+    AttributeError, so ``hasattr(model, "item_ids_")`` answers False before ``fit``."""
+
+
+def not_fitted() -> NotFittedError:
+    return NotFittedError("this SASRec model is not fitted yet: call fit() or load() first")
+
+
+class Recommendations(tuple):
+    """``(ids, scores)``, unpacked as a pair, with ``fallback``: for ``recommend`` a bool,
+    for ``recommend_batch`` a bool array with one entry per session; True where the session
+    had no item the model knows and got the most popular items (scored by their share of
+    training interactions, not by the model)."""
+
+    fallback: Any
+
+    def __new__(cls, ids: Any, scores: Any, fallback: Any) -> "Recommendations":
+        self = super().__new__(cls, (ids, scores))
+        self.fallback = fallback
+        return self
+
+    @property
+    def ids(self) -> Any:
+        return self[0]
+
+    @property
+    def scores(self) -> Any:
+        return self[1]
+
+    def __reduce__(self):  # pickles (Spark, Ray) as itself, fallback included
+        return (Recommendations, (self[0], self[1], self.fallback))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Fitted:
+    """One fitted model, never changed once published (a change publishes a new one).
+
+    ``engine``: the C++ model.  ``config``: the configuration the engine was built with
+    (its shape: n_items, factors, max_seq, ...).  ``params``: the estimator's parameters
+    this model was fitted (or loaded) with.  ``item_ids``: the catalogue, entry i the
+    original id of internal id i + 1 (read-only; ascending after fit, new items appended
+    after the old ones by partial_fit); ``popularity``: each item's count of training
+    interactions (read-only).  ``loss_history``, ``history``, ``best_epoch``: the fit's
+    record; ``interrupted``: the fit was stopped by Ctrl-C (the weights are those of its
+    last completed epoch).  ``cache``: values computed from this model on first use (item
+    embeddings, the id lookup, the encoded denylist); two threads filling an entry at once
+    store equal values."""
+
+    engine: Any
+    config: Dict[str, Any]
+    params: Dict[str, Any]
+    item_ids: np.ndarray
+    popularity: np.ndarray
+    loss_history: Tuple[float, ...] = ()
+    history: Tuple[Dict[str, Any], ...] = ()
+    best_epoch: int = 0
+    interrupted: bool = False
+    validation: Optional[Dict[str, Any]] = None
+    defaults: Optional[Dict[str, Dict[str, Any]]] = None
+    cache: Dict[str, Any] = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_ids.size)
+
+    def lookup(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """(sorted ids, their internal indices or None): what ``encode`` searches."""
+        found = self.cache.get("lookup")
+        if found is None:
+            found = self.cache["lookup"] = catalogue_lookup(self.item_ids)
+        return found
+
+    def encode(self, flat: np.ndarray) -> np.ndarray:
+        """Internal ids (int32, 1..V) of original ids; 0 for ids not in the catalogue."""
+        return encode(flat, *self.lookup())
+
+    def popular(self, n: int, excluded: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """The n most popular items less ``excluded`` (internal ids), with their share of
+        training interactions: what a session with no known item gets.  Ties go to the
+        lower internal id.  The order is sorted once per model, not per call."""
+        found = self.cache.get("popular")
+        if found is None:
+            share = self.popularity / max(int(self.popularity.sum()), 1)
+            order = np.lexsort((np.arange(share.size), -share)) + 1
+            found = self.cache["popular"] = (order, share)
+        order, share = found
+        head = order[: n + excluded.size]  # the exclusions remove at most that many
+        if excluded.size:
+            head = head[~np.isin(head, excluded)]
+        head = head[:n]
+        return head, share[head - 1].astype(np.float32)
+
+    def item_embeddings(self) -> np.ndarray:
+        E = self.cache.get("item_embeddings")
+        if E is None:
+            E = self.engine.item_embeddings()
+            E.setflags(write=False)
+            self.cache["item_embeddings"] = E
+        return E
+
+    def denylist(self, deny: Any) -> np.ndarray:
+        """The internal ids of ``deny`` (ids unknown to the model dropped), encoded once per
+        model and per denylist object: pass the same object while the list is unchanged."""
+        if deny is None:
+            return _NONE
+        cached = self.cache.get("denylist")
+        if cached is not None and cached[0] is deny:
+            return cached[1]
+        ids = encode_flat(self, deny, "denylist")
+        ids = np.unique(ids[ids > 0]).astype(np.int32)
+        self.cache["denylist"] = (deny, ids)
+        return ids
+
+
+_NONE = np.zeros(0, dtype=np.int32)
+
+
+def read_only(a: np.ndarray) -> np.ndarray:
+    a = a.view()
+    a.flags.writeable = False
+    return a
+
+
+def filler(item_ids: np.ndarray) -> Any:
+    """The id of recommend_batch's empty slots: "" for string catalogues, -1 otherwise."""
+    return "" if item_ids.dtype.kind == "U" else -1
+
+
+def check_catalogue(item_ids: np.ndarray) -> None:
+    """Rejects a catalogue holding the id that marks recommend_batch's empty slots (a real
+    item's score can be -inf, so the id is what marks a slot empty)."""
+    fill = filler(item_ids)
+    if item_ids.size and bool((item_ids == fill).any()):
+        raise ValueError(
+            f"item id {fill!r} is reserved: recommend_batch fills the slots it has no item for "
+            "with it (-1 for integer ids, \"\" for string ids); drop or rename that item"
+        )
+
+
+# ----------------------------------------------------------------------------- encoding
+def encode_sessions(state: Fitted, sessions: Any, name: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(internal ids, offsets) of many sessions of original ids; unknown ids are 0."""
+    flat = flatten_sequences(sessions, name)
+    check_ids_compatible(flat.items, state.item_ids, name)
+    return state.encode(flat.items), flat.offsets
+
+
+def encode_flat(state: Fitted, ids: Any, name: str) -> np.ndarray:
+    """Internal ids (0 for unknown) of one collection of original ids (a session, a cart,
+    the denylist), its positions named as ``name[i]`` in errors."""
+    if ids is None or isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
+        raise ValueError(f"{name} must be a sequence of item ids, got {ids!r}")
+    try:
+        internal, _ = encode_sessions(state, [ids], name)
+    except ValueError as e:  # name the position inside this one collection
+        raise ValueError(str(e).replace(f"{name}[0]", name)) from None
+    return internal
+
+
+def _rows(items: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The flat (items, offsets) of rows ``rows`` of a flat (items, offsets)."""
+    taken = Sequences._of(items, offsets).take(rows)
+    return taken.items, taken.offsets
+
+
+def _merge_rows(parts) -> Tuple[np.ndarray, np.ndarray]:
+    """Row r of the result is row r of each part in turn (flat forms with the same rows)."""
+    parts = [p for p in parts if p is not None]
+    if len(parts) == 1:
+        return parts[0]
+    lengths = [np.diff(o) for _, o in parts]
+    row = np.concatenate([np.repeat(np.arange(l.size), l) for l in lengths])
+    order = np.argsort(row, kind="stable")
+    items = np.concatenate([i for i, _ in parts]).astype(np.int32)[order]
+    return items, np.concatenate(([0], np.cumsum(sum(lengths)))).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- the scorer
+def recommend(state: Fitted, sessions: Any, n: Any, exclude_seen: Any = True, exclude: Any = None,
+              denylist: Any = None, name: str = "sessions") -> Recommendations:
+    """Top-n for many sessions of original ids: (ids, scores) of shape (B, min(n, n_items)),
+    best first, with ``fallback`` (B,).  Each row leaves out its own session's items (every
+    one given, when ``exclude_seen``), its ``exclude`` list and the denylist; a slot with no
+    item left is id -1 (or "") and score -inf, last in its row."""
+    n = min(positive_int(n, "n"), state.n_items)
+    exclude_seen = flag(exclude_seen, "exclude_seen")
+    internal, offsets = drop_unknown(*encode_sessions(state, sessions, name))
+    extra = None
+    if exclude is not None:
+        extra = drop_unknown(*encode_sessions(state, exclude, "exclude"))
+        if extra[1].size != offsets.size:
+            raise ValueError(f"exclude must have one entry per session: {extra[1].size - 1} "
+                             f"entries for {offsets.size - 1} sessions")
+    ids, scores, cold = score(state, internal, offsets, n, exclude_seen, extra, state.denylist(denylist))
+    return Recommendations(to_original(state, ids), scores, cold)
+
+
+def recommend_one(state: Fitted, session: Any, n: Any, exclude_seen: Any = True,
+                  exclude: Any = None, denylist: Any = None) -> Recommendations:
+    """``recommend`` for one session: (ids, scores) without empty slots, ``fallback`` a bool."""
+    n = min(positive_int(n, "n"), state.n_items)
+    exclude_seen = flag(exclude_seen, "exclude_seen")
+    known = encode_flat(state, session, "session")
+    known = known[known > 0]
+    extra = None
+    if exclude is not None:
+        ex = encode_flat(state, exclude, "exclude")
+        ex = ex[ex > 0]
+        extra = (ex, np.array([0, ex.size], dtype=np.int64))
+    ids, scores, cold = score(state, known, np.array([0, known.size], dtype=np.int64), n,
+                              exclude_seen, extra, state.denylist(denylist))
+    ids, scores = ids[0], scores[0]
+    valid = ids > 0
+    if not valid.all():
+        ids, scores = ids[valid], scores[valid]
+    return Recommendations(state.item_ids[ids - 1], scores, bool(cold[0]))
+
+
+def score(state: Fitted, internal: np.ndarray, offsets: np.ndarray, n: int, exclude_seen: bool,
+          extra: Optional[Tuple[np.ndarray, np.ndarray]], deny: np.ndarray
+          ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The engine call behind every recommendation, in internal ids: sessions (known items
+    only, flat), n <= n_items, each row's extra exclusions (flat, known only) and the
+    denylist.  Returns (ids (B, n), 0 in an empty slot; scores, -inf there; cold (B,))."""
+    B = offsets.size - 1
+    lengths = np.diff(offsets)
+    ids = np.zeros((B, n), dtype=np.int32)
+    scores = np.full((B, n), -np.inf, dtype=np.float32)
+    cold = lengths == 0
+    warm = np.flatnonzero(~cold)
+    if warm.size:
+        if warm.size == B:
+            w_items, w_off = internal, offsets
+        else:
+            w_items, w_off = _rows(internal, offsets, warm)
+        parts = [(w_items, w_off) if exclude_seen else None,
+                 (_rows(*extra, warm) if warm.size != B else extra) if extra is not None else None]
+        if deny.size:
+            parts.append((np.tile(deny, warm.size),
+                           np.arange(warm.size + 1, dtype=np.int64) * deny.size))
+        parts = [p for p in parts if p is not None]
+        if parts:
+            ex_items, ex_off = _merge_rows(parts)
+        else:
+            ex_items, ex_off = _NONE, np.zeros(warm.size + 1, dtype=np.int64)
+        ids[warm], scores[warm] = state.engine.recommend(
+            np.ascontiguousarray(w_items, dtype=np.int32), w_off, n,
+            np.ascontiguousarray(ex_items, dtype=np.int32), ex_off)
+    for b in np.flatnonzero(cold):
+        parts = [deny]
+        if extra is not None:
+            parts.append(extra[0][extra[1][b]:extra[1][b + 1]])
+        excl = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        pi, ps = popular_cached(state, n, excl)
+        ids[b, :pi.size], scores[b, :ps.size] = pi, ps
+    return ids, scores, cold
+
+
+def popular_cached(state: Fitted, n: int, excl: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``state.popular`` with the common no-exclusion answer computed once per n."""
+    if excl.size:
+        return state.popular(n, excl)
+    key = ("popular_n", n)
+    found = state.cache.get(key)
+    if found is None:
+        found = state.cache[key] = state.popular(n, _NONE)
+    return found
+
+
+def to_original(state: Fitted, ids: np.ndarray) -> np.ndarray:
+    """Internal ids (0: an empty slot) to original ids (the filler there)."""
+    out = state.item_ids[np.maximum(ids, 1) - 1]
+    empty = ids == 0
+    if empty.any():
+        out[empty] = filler(state.item_ids)
+    return out
+
+
+def recommend_cupy(state: Fitted, sessions: Any, n: int, exclude_seen: bool) -> Recommendations:
+    """recommend_batch for a 2-D CuPy array of known ids on the model's GPU: mapped and
+    scored there, CuPy ids and scores back (no session can be cold: every id is known)."""
+    import cupy as cp
+
+    engine = state.engine
+    if engine.device_index < 0:
+        raise ValueError(
+            f"sessions is a CuPy array but this model is on {engine.device!r}: move it "
+            "with .to('cuda'), or pass a NumPy array or lists"
+        )
+    if sessions.device.id != engine.device_index:
+        raise ValueError(
+            f"sessions is on GPU {sessions.device.id} but this model is on GPU "
+            f"{engine.device_index}: copy it there first (cupy.asarray inside "
+            f"`with cupy.cuda.Device({engine.device_index}):`)"
+        )
+    if sessions.ndim != 2 or sessions.dtype.kind not in "iu":
+        raise ValueError(
+            "sessions as a CuPy array must be 2-D integer item ids (sessions x items), got "
+            f"shape {sessions.shape} of {sessions.dtype}"
+        )
+    if state.item_ids.dtype.kind not in "iu":
+        raise ValueError("this model's item ids are strings: CuPy sessions cannot name them")
+    B, L = sessions.shape
+    if L == 0 or B == 0:
+        raise ValueError(f"sessions must have at least one item per session, got shape {sessions.shape}")
+    if sessions.dtype.kind == "u" and sessions.dtype.itemsize == 8:
+        top = int(sessions.max())  # one scalar crosses to the host
+        if top >= 2**63:
+            raise ValueError(f"sessions holds {top}: integer item ids must fit in 64 bits (int64)")
+    ids_gpu, sorted_gpu, order_gpu = _cupy_item_ids(state, cp)
+    x = sessions.astype(cp.int64, copy=False)
+    pos = cp.minimum(cp.searchsorted(sorted_gpu, x), sorted_gpu.size - 1)
+    found = sorted_gpu[pos] == x
+    if not bool(found.all()):  # one scalar crosses to the host
+        bad = int(x.ravel()[int(cp.argmin(found.ravel()))])
+        raise ValueError(
+            f"sessions: item id {bad} is not in the model's catalogue; CuPy sessions must "
+            "hold known ids only (NumPy arrays and lists skip unknown ones)"
+        )
+    internal = ((pos if order_gpu is None else order_gpu[pos]) + 1).astype(cp.int32)
+    fwd = cp.ascontiguousarray(internal[:, -state.config["max_seq"]:])
+    excl = internal if exclude_seen else None
+    out_ids = cp.empty((B, n), dtype=cp.int32)
+    out_scores = cp.empty((B, n), dtype=cp.float32)
+    # The engine works on its own stream: what CuPy's stream wrote must be done first.
+    cp.cuda.get_current_stream().synchronize()
+    engine.recommend_resident(fwd, excl, n, out_ids, out_scores)  # returns once its stream is done
+    ids = ids_gpu[cp.maximum(out_ids, 1) - 1]
+    ids[out_ids == 0] = filler(state.item_ids)
+    return Recommendations(ids, out_scores, cp.zeros(B, dtype=bool))
+
+
+def _cupy_item_ids(state: Fitted, cp: Any) -> Any:
+    """(catalogue, sorted ids, their internal indices or None) on the GPU."""
+    found = state.cache.get("cupy_item_ids")
+    if found is None:
+        sorted_ids, order = state.lookup()
+        ids = cp.asarray(state.item_ids)
+        found = (ids, ids if order is None else cp.asarray(sorted_ids),
+                 None if order is None else cp.asarray(order))
+        state.cache["cupy_item_ids"] = found
+    return found
+
+
+# ----------------------------------------------------------------------------- the rest
+def session_states(state: Fitted, sessions: Any) -> np.ndarray:
+    """(B, factors): each session's final hidden state; NaN rows for no known item."""
+    internal, offsets = drop_unknown(*encode_sessions(state, sessions, "sessions"))
+    lengths = np.diff(offsets)
+    out = np.full((lengths.size, state.config["factors"]), np.nan, dtype=np.float32)
+    warm = np.flatnonzero(lengths > 0)
+    if warm.size:
+        w_items, w_off = _rows(internal, offsets, warm) if warm.size != lengths.size else (internal, offsets)
+        out[warm] = state.engine.session_states(w_items, w_off)
+    return out
+
+
+def _cosine_rows(state: Fitted) -> np.ndarray:
+    U = state.cache.get("cosine_rows")
+    if U is None:
+        E = state.item_embeddings()
+        U = E / np.clip(np.linalg.norm(E, axis=1, keepdims=True), 1e-8, None)
+        U.setflags(write=False)
+        state.cache["cosine_rows"] = U
+    return U
+
+
+def similar(state: Fitted, item: Any, n: Any, denylist: Any = None) -> Recommendations:
+    """The n items closest to ``item`` by cosine (itself and the denylist left out)."""
+    n = positive_int(n, "n")
+    internal = encode_flat(state, [item], "item")
+    if internal[0] == 0:
+        raise ValueError(f"item {item!r} is not in the model's catalogue")
+    U = _cosine_rows(state)
+    sims = U @ U[internal[0] - 1]
+    sims[internal[0] - 1] = -np.inf
+    deny = state.denylist(denylist)
+    if deny.size:
+        sims[deny - 1] = -np.inf
+    k = min(n, sims.size - 1 - int(deny[deny != internal[0]].size))
+    top = np.argpartition(-sims, k - 1)[:k] if k > 0 else np.zeros(0, dtype=np.int64)
+    top = top[np.lexsort((top, -sims[top]))]
+    return Recommendations(state.item_ids[top], sims[top].astype(np.float32), False)
+
+
+def session_quality(state: Fitted, session: Any) -> float:
+    """The mean pairwise cosine of the session's known items, clipped to [0, 1]."""
+    known = encode_flat(state, session, "session")
+    known = known[known > 0]
+    m = known.size
+    if m < 2:
+        return 0.0
+    U = _cosine_rows(state)[known - 1].astype(np.float64)
+    sim = U @ U.T
+    mean = (sim.sum() - np.trace(sim)) / (m * (m - 1))
+    return float(np.clip(mean, 0.0, 1.0))
+
+
+def rank_among(state: Fitted, contexts: Sequences, targets: np.ndarray, n_neg: int,
+               seed: Any) -> np.ndarray:
+    """The sampled protocol's ranks: each target's rank among n_neg random items its
+    context does not contain, by the model's scores (-1 when the target or the whole
+    context is unknown to the model)."""
+    H = session_states(state, contexts).astype(np.float64)
+    E = state.item_embeddings().astype(np.float64)
+    V = state.n_items
+    t_int = state.encode(np.asarray(targets))
+    c_int, bounds = state.encode(contexts.items), contexts.offsets.tolist()
+    rng = np.random.default_rng(seed)
+    ranks = np.full(len(contexts), -1, dtype=np.int64)
+    for b in range(len(contexts)):
+        if t_int[b] == 0 or np.isnan(H[b, 0]):
+            continue  # unknown target or context: a miss
+        seen = set(c_int[bounds[b]:bounds[b + 1]].tolist()) | {int(t_int[b])}
+        if V - len(seen) < n_neg:
+            raise ValueError(f"n_negatives ({n_neg}) exceeds the items a sequence does not contain")
+        neg = []
+        while len(neg) < n_neg:
+            for x in rng.integers(1, V + 1, size=2 * n_neg).tolist():
+                if x not in seen:
+                    seen.add(x)
+                    neg.append(x)
+                    if len(neg) == n_neg:
+                        break
+        s_t = H[b] @ E[t_int[b] - 1]
+        s_n = E[np.asarray(neg) - 1] @ H[b]
+        ranks[b] = int((s_n > s_t).sum())
+    return ranks
+
+
+def popular_ranks(state: Fitted, contexts: Sequences, targets: np.ndarray, k: int) -> np.ndarray:
+    """Each target's rank in the fallback's answer (the most popular items less the
+    context's), as a session with no known item gets it: the most-popular baseline."""
+    ctx = state.encode(contexts.items)
+    bounds = contexts.offsets
+    kk = min(k, state.n_items)
+    top = np.zeros((len(contexts), kk), dtype=np.int64)
+    for b in range(len(contexts)):
+        ids, _ = state.popular(kk, ctx[bounds[b]:bounds[b + 1]])
+        top[b, : ids.size] = ids
+    t_int = state.encode(np.asarray(targets)).astype(np.int64)
+    hit = (top == t_int[:, None]) & (t_int[:, None] > 0)
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
