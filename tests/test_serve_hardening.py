@@ -282,3 +282,42 @@ def test_a_process_at_its_open_files_limit_keeps_answering(model, tmp_path):
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# ----------------------------------------------------------------------------- one scorer
+def test_the_server_scores_through_the_public_api_only():
+    """The server never reaches into the fitted snapshot, the engine or the file format:
+    every answer comes from recommend, recommend_batch and similar_items."""
+    import pathlib
+    import re
+
+    import fastsasrec.serve as serve
+
+    private = re.compile(r"(?<![A-Za-z0-9])(_fitted|_config|_persist|_core|_state)\b|\.engine\b")
+    for path in pathlib.Path(serve.__file__).parent.glob("*.py"):
+        found = private.search(path.read_text())
+        assert found is None, f"{path.name} uses {found.group(0)}"
+
+
+def test_a_batch_mixing_options_answers_each_as_alone(model):
+    """One scoring call for asks with different n, exclude_seen, exclude lists and cold
+    sessions gives each what recommend gives it alone, the denylist applied to all."""
+    from fastsasrec.serve.batcher import _Ask, score
+    from fastsasrec.serve.metrics import Metrics
+    from fastsasrec.serve.server import Loaded
+
+    loaded = Loaded.of(model, None, None, 1)
+    deny = (7, 12345)
+    asks = [_Ask([1, 2, 3], 5, [], True), _Ask([1, 2, 3], 8, [4], False), _Ask([], 3, [], True),
+            _Ask([999_999], 4, [9], False), _Ask([5, 5, 6], 2, [], False), _Ask([8], 59, [], True)]
+    metrics = Metrics()
+    score(loaded, asks, deny, metrics)
+    for a in asks:
+        ids, scores, fallback = a.result
+        want = model.recommend(a.session, n=a.n, exclude_seen=a.exclude_seen,
+                               exclude=a.exclude or None, denylist=deny)
+        assert ids.tolist() == want[0].tolist(), a
+        np.testing.assert_allclose(scores, want[1], rtol=1e-6)
+        assert fallback == want.fallback == (a.session in ([], [999_999]))
+        assert 7 not in ids.tolist()
+    assert metrics.unknown_items == 1

@@ -3,6 +3,7 @@ state from ``request.app.state.server`` (a ``Server``).  ``create_app`` assemble
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -121,15 +122,12 @@ async def similar(request: Request) -> Response:
     deny = server.denylist
     loop = asyncio.get_running_loop()
     try:
-        # The denylist's items are never answered: asked for n more, then left out.
-        ids, sims = await loop.run_in_executor(None, cur.model.similar_items, item, n + len(deny))
+        ids, sims = await loop.run_in_executor(None, functools.partial(
+            cur.model.similar_items, item, n, denylist=deny if deny else None))
     except ValueError as e:
         if "not in the model's catalogue" in str(e):
             raise HTTPError(404, f"item {json.dumps(item)} is not in the model's catalogue") from None
         raise HTTPError(422, str(e)) from None
-    if deny:
-        keep = ~np.isin(ids, np.array(deny, dtype=ids.dtype))
-        ids, sims = ids[keep][:n], sims[keep][:n]
     items, sc = _out(ids, sims)
     return JSONResponse({"items": items, "scores": sc, "model": cur.tag})
 
@@ -146,7 +144,7 @@ async def session_events(request: Request) -> Response:
     items = inputs.ids(body["items"], "items", s, limit=10_000)
     n = inputs.int_field(body, "n", 10, 1, MAX_N)
     exclude = inputs.ids(body.get("exclude", []), "exclude", s)
-    held = server.sessions.append(sid, items, int(cur.model._fitted().config["max_seq"]), s)
+    held = server.sessions.append(sid, items, cur.max_seq, s)
     out = await _recommend_one(server, cur, held, n, exclude, True)
     out["session_id"] = sid
     out["session_length"] = len(held)
@@ -189,12 +187,11 @@ async def model_info(request: Request) -> Response:
     from fastsasrec import __version__
 
     cur = loaded(request.app.state.server)
-    state = cur.model._fitted()
+    model = cur.model
     return JSONResponse({
         "library_version": __version__, "model": cur.tag, "sha256": cur.sha256,
-        "path": cur.path, "items": int(state.item_ids.size),
-        "factors": int(state.config["factors"]), "max_seq": int(state.config["max_seq"]),
-        "device": state.engine.device, "loaded_at": cur.loaded_at,
+        "path": cur.path, "items": int(model.item_ids_.size), "factors": int(model.factors_),
+        "max_seq": cur.max_seq, "device": model.device_, "loaded_at": cur.loaded_at,
     })
 
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from fastsasrec.serve.metrics import Metrics
 
@@ -32,61 +30,40 @@ class _Ask:
     result: Any = None
 
 
-def _encode(state: Any, ids: Sequence[Any], str_ids: bool) -> np.ndarray:
-    if not ids:
-        return np.zeros(0, dtype=np.int32)
-    arr = np.array(ids, dtype=str) if str_ids else np.array(ids, dtype=np.int64)
-    return state.encode(arr)
-
-
 def score(loaded: "Loaded", asks: Sequence[_Ask], deny: Sequence[Any], metrics: Metrics) -> None:
-    """Fills each ask's result with (ids, scores, fallback) from one engine call for every
-    session with a known item (the most popular items for the others), each session's
-    exclusions its own (its items with exclude_seen, its exclude list, the denylist)."""
+    """Fills each ask's result with (ids, scores, fallback) from one call of the model's
+    recommend_batch (recommend for a lone ask) with the largest n, each row cut to its
+    own n; each session's exclusions its own (its items with exclude_seen, its exclude
+    list) and the denylist's."""
     model = loaded.model
-    state = model._fitted()
-    str_ids = state.item_ids.dtype.kind == "U"
-    V = int(state.item_ids.size)
-    cached = state.cache.get("denylist")  # encoded once per denylist and model
-    if cached is not None and cached[0] is deny:
-        deny_int = cached[1]
-    else:
-        deny_int = _encode(state, list(deny), str_ids)
-        deny_int = deny_int[deny_int > 0]
-        state.cache["denylist"] = (deny, deny_int)
-    warm: List[Tuple[_Ask, np.ndarray, np.ndarray]] = []
-    unknown = 0
-    for a in asks:
-        internal = _encode(state, a.session, str_ids)
-        known = internal[internal > 0]
-        unknown += int(internal.size - known.size)
-        extra = _encode(state, a.exclude, str_ids)
-        parts = [deny_int, extra[extra > 0]]
-        if a.exclude_seen:
-            parts.append(known)
-        excl = np.concatenate(parts).astype(np.int32) if any(p.size for p in parts) \
-            else np.zeros(0, dtype=np.int32)
-        n = min(a.n, V)
-        if known.size == 0:
-            ids, scores = state.popular(n, excl)
-            a.result = (state.item_ids[ids - 1], scores, True)
-        else:
-            warm.append((a, known[-state.config["max_seq"]:], excl))
+    deny = deny if deny else None  # the same object while the denylist is unchanged
+    unknown = loaded.unknown([a.session for a in asks])
     if unknown:
         with metrics.lock:
             metrics.unknown_items += unknown
-    if not warm:
+    if len(asks) == 1:
+        a = asks[0]
+        got = model.recommend(a.session, n=a.n, exclude_seen=a.exclude_seen,
+                              exclude=a.exclude or None, denylist=deny)
+        a.result = (got[0], got[1], bool(got.fallback))
         return
-    K = min(max(a.n for a, _, _ in warm), V)
-    items = np.concatenate([k for _, k, _ in warm]).astype(np.int32)
-    offsets = np.concatenate(([0], np.cumsum([k.size for _, k, _ in warm]))).astype(np.int64)
-    excl = np.concatenate([e for _, _, e in warm]).astype(np.int32)
-    excl_off = np.concatenate(([0], np.cumsum([e.size for _, _, e in warm]))).astype(np.int64)
-    ids, scores = state.engine.recommend(items, offsets, K, excl, excl_off)  # GIL released
-    for row, (a, _, _) in enumerate(warm):
+    seen = {a.exclude_seen for a in asks}
+    if len(seen) == 1:  # one setting for all: the scorer leaves each session's items out
+        exclude_seen = seen.pop()
+        exclude = [a.exclude for a in asks] if any(a.exclude for a in asks) else None
+    else:  # mixed: each session that leaves its items out lists them among its exclusions
+        exclude_seen = False
+        exclude = [a.session + a.exclude if a.exclude_seen else a.exclude for a in asks]
+    got = model.recommend_batch([a.session for a in asks], n=max(a.n for a in asks),
+                                exclude_seen=exclude_seen, exclude=exclude, denylist=deny)
+    ids, scores, fallback = got[0], got[1], got.fallback
+    empty = "" if ids.dtype.kind == "U" else -1  # the id of an empty slot
+    for row, a in enumerate(asks):
         r_ids, r_sc = ids[row, : a.n], scores[row, : a.n]
-        valid = r_ids > 0
-        a.result = (state.item_ids[r_ids[valid] - 1], r_sc[valid], False)
+        valid = r_ids != empty
+        if not valid.all():
+            r_ids, r_sc = r_ids[valid], r_sc[valid]
+        a.result = (r_ids, r_sc, bool(fallback[row]))
 
 
 class Batcher:
@@ -152,19 +129,31 @@ class Batcher:
                 for group in groups.values():
                     with self.server.metrics.lock:
                         self.server.metrics.batch.observe(len(group))
-                    try:
-                        if len(batch) == 1 and not self.queue:
-                            # A lone request: answered on the loop's thread, without two
-                            # thread hops (nothing else is waiting for the loop meanwhile).
-                            score(group[0].loaded, group, deny, self.server.metrics)
-                        else:
-                            await loop.run_in_executor(self.pool, score, group[0].loaded, group,
-                                                       deny, self.server.metrics)
-                    except Exception as e:  # noqa: BLE001 - answered as the requests' 500
+                    # A lone request is answered on the loop's thread, without two thread
+                    # hops (nothing else is waiting for the loop meanwhile).
+                    lone = len(batch) == 1 and not self.queue
+                    error = await self._score(group, deny, lone)
+                    if error is not None and len(group) > 1:
+                        # One session the model refuses must not fail the others: each alone.
                         for a in group:
-                            if not a.future.done():
+                            a.result = None
+                            e = await self._score([a], deny, False)
+                            if e is not None and not a.future.done():
                                 a.future.set_exception(e)
-                        continue
+                    elif error is not None:
+                        group[0].future.set_exception(error)
                     for a in group:
                         if not a.future.done():
                             a.future.set_result(None)
+
+    async def _score(self, group: List[_Ask], deny: Sequence[Any], lone: bool) -> Optional[Exception]:
+        """Scores ``group``; the exception it raised, if any (answered as a 500)."""
+        try:
+            if lone:
+                score(group[0].loaded, group, deny, self.server.metrics)
+            else:
+                await asyncio.get_running_loop().run_in_executor(
+                    self.pool, score, group[0].loaded, group, deny, self.server.metrics)
+        except Exception as e:  # noqa: BLE001 - answered as the requests' 500
+            return e
+        return None

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import itertools
 import logging
 import math
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from fastsasrec import _persist
+import numpy as np
+
 from fastsasrec.serve.batcher import Batcher
 from fastsasrec.serve.metrics import Metrics
 from fastsasrec.serve.protocol import BODY_TIMEOUT, HEADER_TIMEOUT, protocol
@@ -23,19 +26,45 @@ log = logging.getLogger("fastsasrec.serve")
 
 @dataclasses.dataclass(frozen=True)
 class Loaded:
-    """One model as served: the estimator, where it came from, and what /v1/model says."""
+    """One model as served: the estimator, where it came from, and what /v1/model says.
+    ``max_seq``: the most recent items of a session the model reads (what a held session
+    keeps); ``catalogue``: the model's item ids, sorted (to count unknown ones)."""
 
     model: Any
     path: Optional[str]
     sha256: Optional[str]
     loaded_at: float
     generation: int
+    max_seq: int = 0
+    catalogue: Any = None
+
+    @classmethod
+    def of(cls, model: Any, path: Optional[str], sha256: Optional[str], generation: int) -> "Loaded":
+        return cls(model, path, sha256, time.time(), generation, int(model.max_seq_),
+                   np.sort(model.item_ids_))
 
     @property
     def tag(self) -> str:
         """What each response names its model by: the file's SHA-256 prefix (or the
         generation of a model given in memory)."""
         return self.sha256[:12] if self.sha256 else f"memory-{self.generation}"
+
+    def unknown(self, sessions: Sequence[List[Any]]) -> int:
+        """How many ids of ``sessions`` are not in the model's catalogue."""
+        ids = sessions[0] if len(sessions) == 1 else list(itertools.chain.from_iterable(sessions))
+        if not ids:
+            return 0
+        x = np.array(ids, dtype=str if self.catalogue.dtype.kind == "U" else np.int64)
+        at = np.minimum(np.searchsorted(self.catalogue, x), self.catalogue.size - 1)
+        return int((self.catalogue[at] != x).sum())
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _file_signature(path: str) -> Optional[Tuple[float, int, int]]:
@@ -51,8 +80,9 @@ def _file_signature(path: str) -> Optional[Tuple[float, int, int]]:
 def _warm(model: Any) -> None:
     """One request through every path a request takes, so the first client does not pay
     for the first allocations."""
-    ids = model.item_ids[: min(3, model.n_items)]
-    model.recommend(list(ids.tolist()), n=min(10, model.n_items))
+    ids = model.item_ids_[:3].tolist()
+    model.recommend(ids, n=10)
+    model.recommend_batch([ids, ids[:1]], n=10)
 
 
 class Server:
@@ -96,10 +126,10 @@ class Server:
             self.path: Optional[str] = os.fspath(model_or_path)
         else:
             self.path = None
-            if not hasattr(model_or_path, "_fitted"):
+            if not hasattr(type(model_or_path), "recommend_batch"):
                 raise ValueError(f"model_or_path must be a fitted SASRec or a model file path, "
                                  f"got {type(model_or_path).__name__}")
-            model_or_path._fitted()  # not fitted: the caller's mistake, said now
+            model_or_path.item_ids_  # not fitted: the caller's mistake, said now
 
     # ---- model
     def _load(self, path: str) -> Loaded:
@@ -109,7 +139,7 @@ class Server:
         # between the two reads changes its signature, and the pair is read again.
         for _ in range(3):
             before = _file_signature(path)
-            sha = _persist.file_sha256(path)
+            sha = _sha256(path)
             model = SASRec.load(path, device=self.device, num_threads=self.num_threads)
             if _file_signature(path) == before:
                 break
@@ -117,7 +147,7 @@ class Server:
             raise RuntimeError(f"{path!r} changed three times while it was being loaded")
         _warm(model)
         self._generation += 1
-        return Loaded(model, path, sha, time.time(), self._generation)
+        return Loaded.of(model, path, sha, self._generation)
 
     async def startup(self) -> None:
         """Starts the batcher and loads (and warms) the model in the background: the server
@@ -139,7 +169,7 @@ class Server:
                     model.set_params(num_threads=self.num_threads)
                 await loop.run_in_executor(None, _warm, model)
                 self._generation += 1
-                self.current = Loaded(model, None, None, time.time(), self._generation)
+                self.current = Loaded.of(model, None, None, self._generation)
         except Exception as e:  # noqa: BLE001 - said in the log; /readyz stays 503
             log.error("could not load the model %s: %s", self.path or "", e)
             self.load_error = str(e)
