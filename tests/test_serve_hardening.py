@@ -2,6 +2,7 @@
 control characters or lone surrogates, session ids that only match in part, the denylist on
 every answer, the fallback said, and clients that connect and stall.  The server is the
 real uvicorn on a loopback port, as in test_serve.py."""
+import asyncio
 import os
 import resource
 import signal
@@ -321,3 +322,42 @@ def test_a_batch_mixing_options_answers_each_as_alone(model):
         assert fallback == want.fallback == (a.session in ([], [999_999]))
         assert 7 not in ids.tolist()
     assert metrics.unknown_items == 1
+
+
+class Picky:
+    """A model that refuses any session holding item 13 (as a model would refuse an id
+    it cannot take), otherwise the real model."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def recommend(self, session, **kw):
+        if 13 in session:
+            raise ValueError("session: item 13 refused")
+        return self.model.recommend(session, **kw)
+
+    def recommend_batch(self, sessions, **kw):
+        if any(13 in s for s in sessions):
+            raise ValueError("sessions: item 13 refused")
+        return self.model.recommend_batch(sessions, **kw)
+
+
+def test_a_refused_session_fails_alone_not_the_batch_it_joined(running, model):
+    from fastsasrec.serve.batcher import _Ask
+
+    r = running(Picky(model))
+    cur = r.server.current
+    asks = [_Ask([1, 2], 3, [], True, cur), _Ask([13], 3, [], True, cur), _Ask([4], 2, [], True, cur)]
+
+    async def submit():
+        await asyncio.gather(r.server.batcher.submit(asks), return_exceptions=True)
+        return [a.future.exception() for a in asks]
+
+    errors = r.call(submit())
+    assert errors[0] is None and errors[2] is None and "item 13 refused" in str(errors[1])
+    for a in (asks[0], asks[2]):
+        assert a.result[0].tolist() == model.recommend(a.session, n=a.n)[0].tolist()
+    assert r.client.post("/v1/recommend", json={"session": [13]}).status_code == 500
