@@ -33,10 +33,10 @@ def test_construction_and_access():
     assert repr(long).endswith("[[0, 1, 2, 3, 4, ...], [0, 1, 2, 3, 4, ...], [0, 1, 2, 3, 4, ...], ...])")
 
 
-def test_immutable_and_not_copied():
+def test_immutable_items_not_copied_offsets_copied():
     items, offsets = np.array([1, 2, 3, 4], dtype=np.int64), np.array([0, 2, 4], dtype=np.int64)
     s = Sequences(items, offsets)
-    assert np.shares_memory(s.items, items) and np.shares_memory(s.offsets, offsets)
+    assert np.shares_memory(s.items, items) and not np.shares_memory(s.offsets, offsets)
     assert items.flags.writeable, "the caller's arrays stay as they were"
     with pytest.raises(ValueError):
         s.items[0] = 9
@@ -199,3 +199,26 @@ def test_a_tuple_of_flat_arrays_is_not_taken_as_flat(model, lists):
     # a tuple of two real sessions is still two sessions
     ids, _ = model.recommend_batch(([110, 111], [120, 121, 122]), n=2)
     np.testing.assert_array_equal(ids, model.recommend_batch([[110, 111], [120, 121, 122]], n=2)[0])
+
+
+def test_offsets_are_copied_and_a_changed_item_is_checked_again():
+    """Changing the offsets array after construction used to make evaluate raise
+    IndexError (out of range) or silently answer for other sequences (in range)."""
+    from fastsasrec import SASRec
+
+    seqs = [[1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6]] * 10
+    items = np.array([x for s in seqs for x in s], dtype=np.int64)
+    offsets = np.arange(0, items.size + 1, 4, dtype=np.int64)
+    s = Sequences(items, offsets)
+    m = SASRec(factors=8, n_layers=1, max_seq=4, n_negatives=2, iterations=1, num_threads=1).fit(s)
+    before = m.evaluate(s, k=3)
+    offsets[1] = 10**9
+    assert s.offsets[1] == 4 and m.evaluate(s, k=3) == before
+    offsets[1] = 3  # in range: would silently cut other sequences
+    assert m.evaluate(s, k=3) == before
+    text = np.array(["aa", "bb", "cc", "aa"])
+    st = Sequences(text, np.array([0, 2, 4]))
+    text[1] = "b\x01"  # the view sees the change: refused like any control character
+    with pytest.raises(ValueError, match="control"):
+        m2 = SASRec(factors=8, n_layers=1, max_seq=4, n_negatives=1, iterations=1, num_threads=1)
+        m2.fit(st)

@@ -215,7 +215,7 @@ def test_a_thread_count_set_during_partial_fit_is_kept():
     release.set()
     t.join(60)
     assert not errors, errors
-    assert m.num_threads == 1 and m.fitted_params_["num_threads"] == 1
+    assert m.num_threads == 1 and m.fitted_params_["num_threads"] == 1 and m._engine.threads == 1
 
 
 def snapshot(m):

@@ -351,10 +351,8 @@ def load(cls: Any, path: "os.PathLike[str] | str", device: str = "auto",
     engine = _core.Model(config, resolve_device(device, config), threads=model.num_threads)
     engine.set_params(arrays.pop("params"))  # freed before the probe copies the item table
     _check_forward(engine, config, path)
-    model._set_fitted(engine, config, arrays["item_ids"], arrays["popularity"].astype(np.int64))
-    model.loss_history_ = loss_history
-    if "defaults" in meta:
-        model._set_defaults(_defaults(meta, path))
+    model._set_fitted(engine, config, arrays["item_ids"], arrays["popularity"].astype(np.int64),
+                      loss_history, _defaults(meta, path) if "defaults" in meta else None)
     return model
 
 

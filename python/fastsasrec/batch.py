@@ -33,37 +33,17 @@ SCORE_BATCH = 1 << 16  # sessions per recommend_batch call
 META_KEY = "fastsasrec"  # the output's metadata key (Parquet schema metadata, CSV sidecar)
 
 
-def _catalogue(model: Any) -> np.ndarray:
-    """The fitted model's item ids (NotFittedError, a ValueError, when it is not fitted)."""
-    try:
-        return model.item_ids_
-    except AttributeError:  # TEMP until the estimator has item_ids_
-        return model.item_ids
-
-
-def _max_seq(model: Any) -> int:
-    try:
-        return int(model.max_seq_)
-    except AttributeError:  # TEMP until the estimator has max_seq_
-        return int(model._config["max_seq"])
-
-
 def _recent(items: np.ndarray, offsets: np.ndarray, T: int) -> Tuple[np.ndarray, np.ndarray,
                                                                       np.ndarray, np.ndarray]:
     """(items, offsets) of the last T items of each flat sequence, and of the items before."""
-    lengths = np.diff(offsets)
-    keep = np.minimum(lengths, T)
-    cut = offsets[1:] - keep
-    before = np.repeat(np.arange(lengths.size), lengths)
-    recent = np.arange(items.size) >= cut[before]
-    r_off = np.concatenate(([0], np.cumsum(keep))).astype(np.int64)
-    o_off = np.concatenate(([0], np.cumsum(lengths - keep))).astype(np.int64)
-    return items[recent], r_off, items[~recent], o_off
+    flat = Sequences._of(items, offsets)
+    recent, older = flat.tail(T), flat.head(np.minimum(flat.lengths, T))
+    return recent.items, recent.offsets, older.items, older.offsets
 
 
 def _known(model: Any, items: np.ndarray, what: str) -> np.ndarray:
     """Which of ``items`` the model knows (ValueError when their kind is not the model's)."""
-    ids = _catalogue(model)
+    ids = model.item_ids_
     check_ids_compatible(items, ids, what)
     return np.isin(items, ids)
 
@@ -103,7 +83,7 @@ def _score(model: Any, users: np.ndarray, recent: Tuple[np.ndarray, np.ndarray],
         parts.append(long_rows(users[b0:b1], np.asarray(ids), np.asarray(scores)))
     if not parts:
         return pd.DataFrame({"user": users[:0], "rank": np.zeros(0, np.int32),
-                             "item": _catalogue(model)[:0], "score": np.zeros(0, np.float32)})
+                             "item": model.item_ids_[:0], "score": np.zeros(0, np.float32)})
     return pd.concat(parts, ignore_index=True)
 
 
@@ -112,7 +92,7 @@ def _score_histories(model: Any, users: np.ndarray, items: np.ndarray, offsets: 
     """``_score`` of whole histories (flat, in time order, unknown items included)."""
     known = _known(model, items, "items")
     k_off = np.concatenate(([0], np.cumsum(known))).astype(np.int64)[offsets]
-    r_items, r_off, o_items, o_off = _recent(items[known], k_off, _max_seq(model))
+    r_items, r_off, o_items, o_off = _recent(items[known], k_off, model.max_seq_)
     return _score(model, users, (r_items, r_off), (o_items, o_off), n, exclude_seen)
 
 
@@ -123,7 +103,7 @@ def recommend_frame(model: Any, df: Any, user_col: Any = "user_id", item_col: An
     ``time_col`` (input order breaks ties, and stands in for time when it is None); the
     model reads its last max_seq known items, and ``exclude_seen`` leaves out all of it.
     Ranks start at 1; the ``user`` column is named ``user_col``."""
-    _catalogue(model)
+    model.item_ids_
     n = positive_int(n, "n")
     exclude_seen = flag(exclude_seen, "exclude_seen")
     items, offsets, users = transactions_to_sequences(df, user_col, item_col, time_col)
@@ -196,11 +176,11 @@ def score_file(model: Any, model_path: str, events: str, output: str, user_col: 
     before are kept until the end (the module's docstring).  ``progress(rows_read,
     users_scored)`` is called after each chunk.  A failure removes the partial output; a
     finished one replaces ``output`` whole."""
-    ids = _catalogue(model)
+    ids = model.item_ids_
     n = positive_int(n, "n")
     exclude_seen = flag(exclude_seen, "exclude_seen")
     chunk_rows = positive_int(chunk_rows, "chunk_rows")
-    T = _max_seq(model)
+    T = model.max_seq_
     t0 = time.perf_counter()
     meta = {"model": os.path.abspath(model_path), "model_sha256": file_sha256(model_path),
             "events": os.path.abspath(events), "n": n, "exclude_seen": bool(exclude_seen),
@@ -307,7 +287,7 @@ class _Unsorted:
 
     def __init__(self, model: Any, n: int, exclude_seen: bool, writer: "_Writer", chunk_rows: int) -> None:
         self.model, self.n, self.exclude_seen, self.writer = model, n, exclude_seen, writer
-        self.T, self.chunk_rows = _max_seq(model), chunk_rows
+        self.T, self.chunk_rows = model.max_seq_, chunk_rows
         self.recent = self.older = self.cold = None
         self.pending, self.pending_rows, self.cold_pending = [], 0, []
         self.done = 0

@@ -84,8 +84,10 @@ class Sequences:
     (2, [6, 5], [3, 2])
 
     The arrays are checked on construction (ValueError naming the argument and the value)
-    and kept read-only; integer ids become int64, and arrays already int64 (or strings) are
-    not copied.  (A plain tuple ``(items, offsets)`` would read as two sequences: this type
+    and kept read-only.  ``offsets`` is copied (8 bytes a sequence), so changing the array
+    given afterwards changes nothing here; ``items`` is a view when it is already int64 (or
+    strings), not a copy, so a changed item is seen, and checked again, by the next call
+    that reads it, like any bad id.  (A plain tuple ``(items, offsets)`` would read as two sequences: this type
     says that the arrays are flat.)
     """
 
@@ -218,7 +220,9 @@ def _as_offsets(offsets: Any, n_items: int) -> np.ndarray:
         raise ValueError(f"offsets must be integers, got {o.dtype}")
     # The engine takes numpy's own int64 dtype object only; an equal one that is another
     # object (an unpickled array's, np.longlong's) is refused there: view it as that dtype.
-    o = o.astype(np.int64, copy=False).view(np.int64)
+    # Always a copy (8 bytes a sequence): a caller changing its array afterwards must not
+    # change, or break, the sequences already checked.
+    o = o.astype(np.int64, copy=True).view(np.int64)
     if o[0] != 0:
         raise ValueError(f"offsets must start at 0, got offsets[0] = {int(o[0])}")
     down = np.flatnonzero(o[1:] < o[:-1])
@@ -331,6 +335,11 @@ def flatten_sequences(sequences: Any, name: str = "sequences") -> Sequences:
     integers and strings, or a sequence that is not a list.
     """
     if isinstance(sequences, Sequences):
+        # Items are a view of the caller's array (no copy of the bulk), so a text id changed
+        # since construction is checked again here; an integer one needs no check (any
+        # int64 is an id; the reserved -1 is refused where it matters, by fit).
+        if sequences.items.dtype.kind == "U":
+            _check_text(sequences.items, lambda i: f"{name}: item {i}")
         return sequences
     if (isinstance(sequences, np.ndarray) and sequences.ndim == 2
             and sequences.dtype.kind in _INT_KINDS):  # fixed-length sessions, one per row

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
               + ", ".join(f"{n} ({c:.2f})" for n, c in zip(_fmt_ids(sim, names), cos)))
 
     # ---- (b) re-engagement
-    print(f"\n(b) re-engagement: the one {what[:-1]} to feature for lapsed {who}, from their last 10 items")
+    print(f"\n(b) re-engagement: the one {what[:-1]} to feature for lapsed {who}, never one they had")
     for _ in range(3):
         if args.movielens is not None or len(test) < 2:
             history = list(test[int(rng.integers(len(test)))])
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             a, b = rng.choice(len(test), size=2, replace=False)
             history = list(test[a]) + list(test[b])
         recent = history[-10:]
-        ids, _ = model.recommend(recent, n=1)
+        ids, _ = model.recommend(history, n=1)  # reads the last max_seq; excludes all of it
         shown_recent = _fmt_ids(recent[-3:], names, limit=40)
         more = f"(+{len(recent) - 3} before) " if len(recent) > 3 else ""
         print(f"  last {viewed}: {more}" + ", ".join(shown_recent))

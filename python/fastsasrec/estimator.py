@@ -303,11 +303,6 @@ class SASRec(NotebookCompat):
                              loss_history=tuple(float(x) for x in loss_history),
                              defaults=None if defaults is None else dict(defaults)))
 
-    def _set_defaults(self, defaults: Dict[str, Dict[str, Any]]) -> None:
-        """Republishes the fitted model with ``defaults_``."""
-        with _PUBLISH:
-            self._state = dataclasses.replace(self._fitted(), defaults=dict(defaults))
-
     def _fitted(self) -> Fitted:
         """The published model: each public call reads it once, here, and uses only it."""
         state = self._state

@@ -38,14 +38,6 @@ def _worker_model(path: str, device: str, threads: int) -> Any:
         return model
 
 
-def _fitted_parts(model: Any) -> Tuple[int, Any]:
-    """(max_seq, item ids) of a fitted model."""
-    try:
-        return int(model.max_seq_), model.item_ids_
-    except AttributeError:  # TEMP until the estimator has max_seq_ and item_ids_
-        return int(model._config["max_seq"]), model.item_ids
-
-
 def _task_device(device: str) -> str:
     """``device``, with "auto" / "cuda" made the GPU this Spark task was given (if any)."""
     if device not in ("auto", "cuda"):
@@ -96,7 +88,7 @@ def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_c
     model_path = os.path.abspath(os.fspath(model_path))
     # Loaded on the driver once: it checks the file, and gives max_seq and the catalogue.
     driver = SASRec.load(model_path, device="cpu")
-    T_, catalogue = _fitted_parts(driver)
+    T_, catalogue = driver.max_seq_, driver.item_ids_
     k = min(n, catalogue.size)
     item_type = events_df.schema[item_col].dataType
     user_type = events_df.schema[user_col].dataType
