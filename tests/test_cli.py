@@ -313,3 +313,12 @@ def test_train_with_auto_settings_says_what_it_chose(tmp_path, capsys):
     assert fastsasrec.SASRec.load(model, device="cpu").defaults_["max_seq"]["value"] == 10
     code, out, err = run(capsys, ["train", events, "-o", model, "--epochs", "many"])
     assert code == 2 and "--epochs" in err and "expected int or 'auto', got 'many'" in err
+
+
+def test_serve_guard_flags_are_checked(capsys, trained):
+    """The server's slow-client deadlines and connection cap are flags of `fastsasrec
+    serve`, refused before the model is loaded when out of range."""
+    _, model = trained
+    for flag, value in (("--header-timeout", 0), ("--body-timeout", -1), ("--max-connections", 0)):
+        code, _, err = run(capsys, ["serve", model, flag, value])
+        assert code == 2 and flag in err and str(value) in err

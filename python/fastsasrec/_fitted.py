@@ -200,6 +200,9 @@ def _merge_rows(parts) -> Tuple[np.ndarray, np.ndarray]:
     parts = [p for p in parts if p is not None]
     if len(parts) == 1:
         return parts[0]
+    if parts[0][1].size == 2:  # one row: a concatenation
+        items = np.concatenate([i for i, _ in parts]).astype(np.int32, copy=False)
+        return items, np.array([0, items.size], dtype=np.int64)
     lengths = [np.diff(o) for _, o in parts]
     row = np.concatenate([np.repeat(np.arange(l.size), l) for l in lengths])
     order = np.argsort(row, kind="stable")
@@ -255,10 +258,22 @@ def score(state: Fitted, internal: np.ndarray, offsets: np.ndarray, n: int, excl
     only, flat), n <= n_items, each row's extra exclusions (flat, known only) and the
     denylist.  Returns (ids (B, n), 0 in an empty slot; scores, -inf there; cold (B,))."""
     B = offsets.size - 1
-    lengths = np.diff(offsets)
+    if int(offsets[1]) > 0 if B == 1 else bool((offsets[1:] > offsets[:-1]).all()):
+        # Every session warm (a live session, most batches): straight to the engine.
+        if exclude_seen and extra is None and not deny.size:
+            ex_items, ex_off = internal, offsets
+        else:
+            parts = [(internal, offsets) if exclude_seen else None, extra]
+            if deny.size:
+                parts.append((np.tile(deny, B), np.arange(B + 1, dtype=np.int64) * deny.size))
+            parts = [p for p in parts if p is not None]
+            ex_items, ex_off = _merge_rows(parts) if parts else (_NONE, np.zeros(B + 1, dtype=np.int64))
+        ids, scores = state.engine.recommend(internal, offsets, n, ex_items, ex_off)
+        return ids, scores, np.zeros(B, dtype=bool)
+    lengths = offsets[1:] - offsets[:-1]
+    cold = lengths == 0
     ids = np.zeros((B, n), dtype=np.int32)
     scores = np.full((B, n), -np.inf, dtype=np.float32)
-    cold = lengths == 0
     warm = np.flatnonzero(~cold)
     if warm.size:
         if warm.size == B:

@@ -310,10 +310,17 @@ def _serve(args: argparse.Namespace) -> int:
         raise CLIError(f"--port must be in 0..65535, got {args.port}")
     if args.threads is not None and args.threads < 0:
         raise CLIError(f"--threads must be >= 0 (0: all cores), got {args.threads}")
+    for flag, value in (("--header-timeout", args.header_timeout), ("--body-timeout", args.body_timeout)):
+        if not value > 0:
+            raise CLIError(f"{flag} must be > 0 seconds, got {value}")
+    if args.max_connections is not None and args.max_connections < 1:
+        raise CLIError(f"--max-connections must be >= 1, got {args.max_connections}")
     app = serve.create_app(args.model, device=args.device, num_threads=args.threads,
                            max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                            session_ttl=args.session_ttl, max_sessions=args.max_sessions,
-                           max_body=args.max_body, watch=args.watch, signals=True)
+                           max_body=args.max_body, watch=args.watch, signals=True,
+                           header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                           max_connections=args.max_connections)
     try:  # the model is loaded before the server starts: a bad file is said here, in one line
         app.state.server.load_now()
     except (ValueError, OSError) as e:
@@ -467,6 +474,14 @@ def _build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-sessions", type=int, default=100_000,
                     help="sessions held at most; the least recently used go first (default: 100000)")
     sv.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default: 1 MiB)")
+    sv.add_argument("--header-timeout", type=float, default=10.0,
+                    help="seconds a connection has to send a request's head, from opening or from its "
+                         "last response; a slower one is closed (default: 10)")
+    sv.add_argument("--body-timeout", type=float, default=30.0,
+                    help="seconds a request has to send its body once its head is in (default: 30)")
+    sv.add_argument("--max-connections", type=int, default=None,
+                    help="open connections at most; at the cap the one waiting longest for a request "
+                         "head is closed first (default: the open-files limit less 64)")
     sv.add_argument("--watch", type=float, default=0.0, metavar="SECONDS",
                     help="check the model file every SECONDS and reload a new version (default: 0, off)")
     sv.set_defaults(func=_serve)
