@@ -559,10 +559,6 @@ Plan plan(int B, int C, int V, int K) {
 
 }  // namespace
 
-// The GPU's topk reads E itself: no scoring table.
-size_t score_table_size(const Context&, int, int) { return 0; }
-void score_table_pack(const Context&, float*, const float*, int, int) {}
-
 size_t topk_workspace(const Context&, int B, int C, int V, int K) {
   if (B <= 0 || K <= 0) return 0;
   return 2 * (size_t)B * (size_t)plan(B, C, V, K).n_cand;

@@ -2,48 +2,77 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <string_view>
+#include <type_traits>
 
 #include "fastsasrec/common.h"
 
 namespace fsr {
 
+namespace {
+
+std::string bound(double x, bool integral) {
+  if (integral) return std::to_string((long long)x);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", x);
+  return buf;
+}
+
+// One field in its range (a float also finite), or fsr::ValueError naming it and the value.
+template <typename T>
+void check_field(const char* name, T v, const Range& r) {
+  if constexpr (std::is_arithmetic_v<T> && !std::is_same_v<T, bool>) {
+    if (r.kind == Range::Any) return;
+    const double x = (double)v;
+    bool ok = std::isfinite(x);
+    switch (r.kind) {
+      case Range::Any: break;
+      case Range::AtLeast: ok = ok && x >= r.lo; break;
+      case Range::Above: ok = ok && x > r.lo; break;
+      case Range::Closed: ok = ok && x >= r.lo && x <= r.hi; break;
+      case Range::HalfOpen: ok = ok && x >= r.lo && x < r.hi; break;
+    }
+    FSR_REQUIRE(ok, name, " must be ", r.text(std::is_integral_v<T>), ", got ", v);
+  }
+}
+
+}  // namespace
+
+std::string Range::text(bool integral) const {
+  switch (kind) {
+    case Any: return "";
+    case AtLeast: return ">= " + bound(lo, integral);
+    case Above: return "> " + bound(lo, integral);
+    case Closed:
+      return integral ? "in " + bound(lo, true) + ".." + bound(hi, true)
+                      : "in [" + bound(lo, false) + ", " + bound(hi, false) + "]";
+    case HalfOpen: return "in [" + bound(lo, integral) + ", " + bound(hi, integral) + ")";
+  }
+  return "";
+}
+
 void Config::validate(bool with_catalogue) const {
-  FSR_REQUIRE(factors >= 1, "factors must be >= 1, got ", factors);
-  FSR_REQUIRE(ffn_factors >= 0, "ffn_factors must be >= 0, got ", ffn_factors);
-  FSR_REQUIRE(n_heads >= 1, "n_heads must be >= 1, got ", n_heads);
+  // Each field in its range (config.def), in the table's order; n_items (the catalogue's
+  // size) only once the catalogue is known.
+#define FSR_CONFIG(type, name, default_value, range, doc) \
+  if (with_catalogue || std::string_view(#name) != "n_items") check_field(#name, name, range);
+#include "fastsasrec/config.def"
+#undef FSR_CONFIG
+
+  // ---- between fields
+  // The heads split the width evenly.
   FSR_REQUIRE(factors % n_heads == 0, "factors (", factors, ") must be divisible by n_heads (",
               n_heads, ")");
-  FSR_REQUIRE(n_layers >= 0 && n_layers <= 300, "n_layers must be in 0..300, got ", n_layers);
-  FSR_REQUIRE(max_seq >= 1 && max_seq <= 1 << 16, "max_seq must be in 1..65536, got ", max_seq);
-  FSR_REQUIRE(dropout >= 0.f && dropout < 1.f, "dropout must be in [0, 1), got ", dropout);
-  FSR_REQUIRE(batch_size >= 1, "batch_size must be >= 1, got ", batch_size);
-  FSR_REQUIRE(std::isfinite(learning_rate) && learning_rate > 0.f,
-              "learning_rate must be > 0, got ", learning_rate);
-  FSR_REQUIRE(std::isfinite(weight_decay) && weight_decay >= 0.f,
-              "weight_decay must be >= 0, got ", weight_decay);
-  FSR_REQUIRE(beta1 >= 0.f && beta1 < 1.f, "beta1 must be in [0, 1), got ", beta1);
-  FSR_REQUIRE(beta2 >= 0.f && beta2 < 1.f, "beta2 must be in [0, 1), got ", beta2);
-  FSR_REQUIRE(adam_eps > 0.f, "adam_eps must be > 0, got ", adam_eps);
-  FSR_REQUIRE(ln_eps > 0.f, "ln_eps must be > 0, got ", ln_eps);
-  FSR_REQUIRE(n_negatives >= 1, "n_negatives must be >= 1, got ", n_negatives);
-  FSR_REQUIRE(gbce_t >= 0.f && gbce_t <= 1.f, "gbce_t must be in [0, 1], got ", gbce_t);
   if (!with_catalogue) return;
-  FSR_REQUIRE(n_items >= 1, "n_items must be >= 1, got ", n_items);
+  // The sampled losses draw their negatives from the other items of the catalogue.
   if (loss == LossKind::SampledSoftmax || loss == LossKind::GBCE) {
     FSR_REQUIRE(n_negatives < n_items, "n_negatives (", n_negatives,
                 ") must be smaller than the catalogue (", n_items, " items)");
   }
+  // bce draws one negative other than the target.
   if (loss == LossKind::BCE)
     FSR_REQUIRE(n_items >= 2, "loss='bce' needs at least 2 items, got ", n_items);
-}
-
-LossKind parse_loss(const std::string& name) {
-  if (name == "bce") return LossKind::BCE;
-  if (name == "sampled_softmax") return LossKind::SampledSoftmax;
-  if (name == "softmax") return LossKind::Softmax;
-  if (name == "gbce") return LossKind::GBCE;
-  throw ValueError("loss must be one of 'bce', 'sampled_softmax', 'softmax', 'gbce', got '" + name +
-                   "'");
 }
 
 float Config::gbce_beta() const {
@@ -51,41 +80,45 @@ float Config::gbce_beta() const {
   return (float)(alpha * (gbce_t * (1.0 - 1.0 / alpha) + 1.0 / alpha));
 }
 
-NegativeKind parse_negatives(const std::string& name) {
-  if (name == "uniform") return NegativeKind::Uniform;
-  if (name == "popularity") return NegativeKind::Popularity;
-  if (name == "in_batch") return NegativeKind::InBatch;
-  if (name == "mixed") return NegativeKind::Mixed;
-  throw ValueError("negatives must be one of 'uniform', 'popularity', 'in_batch', 'mixed', got '" +
-                   name + "'");
+// ---- the names of the enum fields' values, index = the enum's value (backend.h)
+template <>
+const std::vector<std::string>& names<LossKind>() {
+  static const std::vector<std::string> n = {"bce", "sampled_softmax", "softmax", "gbce"};
+  return n;
+}
+template <>
+const std::vector<std::string>& names<NegativeKind>() {
+  static const std::vector<std::string> n = {"uniform", "popularity", "in_batch", "mixed"};
+  return n;
+}
+template <>
+const std::vector<std::string>& names<Precision>() {
+  static const std::vector<std::string> n = {"fp32", "bf16"};
+  return n;
 }
 
-std::string negatives_name(NegativeKind kind) {
-  switch (kind) {
-    case NegativeKind::Uniform: return "uniform";
-    case NegativeKind::Popularity: return "popularity";
-    case NegativeKind::InBatch: return "in_batch";
-    case NegativeKind::Mixed: return "mixed";
-  }
-  return "?";
+template <typename E>
+E parse_name(const char* field, const std::string& name) {
+  const auto& n = names<E>();
+  for (size_t i = 0; i < n.size(); ++i)
+    if (n[i] == name) return static_cast<E>(i);
+  std::string list;
+  for (size_t i = 0; i < n.size(); ++i) list += (i ? ", '" : "'") + n[i] + "'";
+  throw ValueError(detail::cat(field, " must be one of ", list, ", got '", name, "'"));
 }
 
-Precision parse_precision(const std::string& name) {
-  if (name == "fp32") return Precision::FP32;
-  if (name == "bf16") return Precision::BF16;
-  throw ValueError("precision must be 'fp32' or 'bf16', got '" + name + "'");
+template <typename E>
+std::string name_of(E value) {
+  const auto& n = names<E>();
+  const size_t i = static_cast<size_t>(value);
+  return i < n.size() ? n[i] : "?";
 }
 
-std::string precision_name(Precision p) { return p == Precision::BF16 ? "bf16" : "fp32"; }
-
-std::string loss_name(LossKind kind) {
-  switch (kind) {
-    case LossKind::BCE: return "bce";
-    case LossKind::SampledSoftmax: return "sampled_softmax";
-    case LossKind::Softmax: return "softmax";
-    case LossKind::GBCE: return "gbce";
-  }
-  return "?";
-}
+template LossKind parse_name<LossKind>(const char*, const std::string&);
+template NegativeKind parse_name<NegativeKind>(const char*, const std::string&);
+template Precision parse_name<Precision>(const char*, const std::string&);
+template std::string name_of<LossKind>(LossKind);
+template std::string name_of<NegativeKind>(NegativeKind);
+template std::string name_of<Precision>(Precision);
 
 }  // namespace fsr

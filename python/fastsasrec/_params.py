@@ -1,7 +1,9 @@
 """SASRec's hyper-parameters: their types and defaults, and the one place they are checked.
 
 Python checks types and converts (integers, finite numbers, choice strings, the seed);
-the ranges are the engine's: ``_core.check_config`` raises ValueError with C++'s messages,
+the types and choices of the parameters that are engine fields come from the engine's
+table (``_core.config_schema()``, cpp/include/fastsasrec/config.def), and the ranges are
+the engine's: ``_core.check_config`` raises ValueError with C++'s messages,
 which name the parameter and the value.  Only the parameters the engine never sees
 (``iterations``, ``verbose``) have their ranges here.
 """
@@ -16,37 +18,37 @@ import numpy as np
 from fastsasrec import _core
 from fastsasrec._device import resolve_device
 
-LOSSES = ("auto", "sampled_softmax", "softmax", "bce", "gbce")
-NEGATIVES = ("auto", "uniform", "popularity", "in_batch", "mixed")
-PRECISIONS = ("fp32", "bf16")
+# The engine's config fields, from its own table (cpp/include/fastsasrec/config.def):
+# name -> {name, type, default, min, max, range, choices, doc}, in the table's order.
+ENGINE: Dict[str, Dict[str, Any]] = {f["name"]: f for f in _core.config_schema()}
 
-# name -> (kind, default), in the constructor's order.  kind: "int", "float", "choice",
-# "device", "seed" or "flag" (True, False or None); "int" and "float" parameters whose
-# default is "auto" also take "auto" (chosen from the data by fit: _auto.py).
-PARAMS: Dict[str, tuple] = {
-    "factors": ("int", 64),
-    "n_layers": ("int", 2),
-    "n_heads": ("int", 1),
-    "max_seq": ("int", "auto"),
-    "dropout": ("float", "auto"),
-    "loss": ("choice", "auto"),
-    "negatives": ("choice", "auto"),
-    "logq_correction": ("flag", None),
-    "n_negatives": ("int", "auto"),
-    "gbce_t": ("float", 0.75),
-    "learning_rate": ("float", 1e-3),
-    "weight_decay": ("float", 0.0),
-    "batch_size": ("int", 128),
-    "iterations": ("int", "auto"),
-    "device": ("device", "auto"),
-    "random_state": ("seed", 42),
-    "verbose": ("int", 0),
-    "num_threads": ("int", 0),
-    "precision": ("choice", "fp32"),
+LOSSES = ("auto",) + tuple(ENGINE["loss"]["choices"])
+NEGATIVES = ("auto",) + tuple(ENGINE["negatives"]["choices"])
+PRECISIONS = tuple(ENGINE["precision"]["choices"])
+
+# The estimator's parameters in the constructor's order, with their defaults.  A parameter
+# named as an engine field takes its kind from the engine's type; the others' kinds are
+# _OWN_KINDS.  kind: "int", "float", "choice", "device", "seed" or "flag" (True, False or
+# None); "int" and "float" parameters whose default is "auto" also take "auto" (chosen
+# from the data by fit: _auto.py).
+DEFAULTS: Dict[str, Any] = {
+    "factors": 64, "n_layers": 2, "n_heads": 1, "max_seq": "auto", "dropout": "auto",
+    "loss": "auto", "negatives": "auto", "logq_correction": None, "n_negatives": "auto",
+    "gbce_t": 0.75, "learning_rate": 1e-3, "weight_decay": 0.0, "batch_size": 128,
+    "iterations": "auto", "device": "auto", "random_state": 42, "verbose": 0, "num_threads": 0,
+    "precision": "fp32",
 }
-DEFAULTS: Dict[str, Any] = {name: default for name, (_, default) in PARAMS.items()}
-_CHOICES = {"loss": LOSSES, "negatives": NEGATIVES, "precision": PRECISIONS}
+_OWN_KINDS = {"iterations": "int", "device": "device", "random_state": "seed", "verbose": "int",
+              "num_threads": "int"}
+_ENGINE_KINDS = {"int": "int", "float": "float", "str": "choice", "bool": "flag", "uint64": "seed"}
+# name -> (kind, default)
+PARAMS: Dict[str, tuple] = {
+    name: (_OWN_KINDS[name] if name in _OWN_KINDS else _ENGINE_KINDS[ENGINE[name]["type"]], default)
+    for name, default in DEFAULTS.items()
+}
 AUTO = {name for name, (_, default) in PARAMS.items() if default == "auto"}
+_CHOICES = {name: (("auto",) if name in AUTO else ()) + tuple(ENGINE[name]["choices"])
+            for name, (kind, _) in PARAMS.items() if kind == "choice"}
 # What the engine's range check sees for "auto" before the data is known.
 _AUTO_PLACEHOLDER = {"max_seq": 50, "dropout": 0.3, "loss": "softmax", "negatives": "uniform",
                      "n_negatives": 256}
@@ -96,17 +98,17 @@ def convert(name: str, value: Any) -> Any:
     return number
 
 
+# The engine's fields a fit writes only for the losses that read them (engine_config).
+_LOSS_ONLY = ("negatives", "logq_correction", "gbce_t")
+
+
 def engine_config(params: Dict[str, Any], n_items: int, seed: int) -> Dict[str, Any]:
     """The engine's configuration for a fit of ``params`` (no "auto" left but iterations)
     on n_items items.  The sampler's keys are written only for the losses that read them,
     so that other models' files stay as older versions wrote them."""
-    cfg = dict(
-        n_items=n_items, factors=params["factors"], n_heads=params["n_heads"],
-        n_layers=params["n_layers"], max_seq=params["max_seq"], dropout=params["dropout"],
-        loss=params["loss"], n_negatives=params["n_negatives"],
-        learning_rate=params["learning_rate"], weight_decay=params["weight_decay"],
-        batch_size=params["batch_size"], seed=seed, precision=params["precision"],
-    )
+    given = {"n_items": n_items, "seed": seed}
+    cfg = {name: given[name] if name in given else params[name] for name in ENGINE
+           if name in given or (name in params and name not in _LOSS_ONLY)}
     if params["loss"] == "sampled_softmax" and params["negatives"] != "uniform":
         cfg["negatives"] = params["negatives"]
         cfg["logq_correction"] = bool(params["logq_correction"])
@@ -124,10 +126,7 @@ def checked(params: Dict[str, Any], given: Optional[Dict[str, Any]] = None) -> D
             raise ValueError(f"unknown parameter {name!r}; valid: {sorted(PARAMS)}")
         out[name] = convert(name, value)
     # Without a catalogue, "auto" is checked as the loss with no catalogue checks.
-    cfg = {k: v for k, v in out.items() if k in ("factors", "n_heads", "n_layers", "max_seq",
-                                                 "dropout", "loss", "negatives", "n_negatives",
-                                                 "gbce_t", "learning_rate", "weight_decay",
-                                                 "batch_size", "precision", "num_threads")}
+    cfg = {k: v for k, v in out.items() if (k in ENGINE and v is not None) or k == "num_threads"}
     cfg.update({k: v for k, v in _AUTO_PLACEHOLDER.items() if cfg.get(k) == "auto"})
     if out["random_state"] is not None:
         cfg["seed"] = out["random_state"]

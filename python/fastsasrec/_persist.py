@@ -41,13 +41,9 @@ HEADER = "fastsasrec.json"
 _ARRAYS = ("params", "item_ids", "popularity")
 _OPTIMIZER = ("m", "v")  # a checkpoint's; and "best_params" with an early-stopping best
 
-# The engine's configuration keys (cpp/bindings/module.cpp, parse_config) and their types.
-_CONFIG_INTS = ("n_items", "factors", "ffn_factors", "n_heads", "n_layers", "max_seq",
-                "n_negatives", "batch_size")
-_CONFIG_FLOATS = ("dropout", "learning_rate", "weight_decay", "beta1", "beta2", "adam_eps", "ln_eps",
-                  "gbce_t")
-_CONFIG_STRS = ("loss", "precision", "negatives")
-_CONFIG_BOOLS = ("logq_correction",)
+# The engine's configuration keys and their types ("int", "float", "bool", "uint64" or
+# "str"), from the engine's own table (cpp/include/fastsasrec/config.def).
+_CONFIG_TYPES = {f["name"]: f["type"] for f in _core.config_schema()}
 
 def layout(config: Dict[str, Any]) -> Tuple[List[Tuple[str, int, Tuple[int, ...]]], int]:
     """([(name, offset, shape)], n_params) of the engine's flat weights for ``config``,
@@ -148,16 +144,15 @@ def _check_config(config: Any, n_items: int, path: str) -> Dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError(f"path {path!r}: engine_config must be an object, got {type(config).__name__}")
     for key, value in config.items():
-        if key in _CONFIG_INTS or key == "seed":
-            hi = 2**64 if key == "seed" else 2**31
-            ok = isinstance(value, int) and not isinstance(value, bool) and -hi <= value < hi
-            if key == "seed":
-                ok = ok and value >= 0
-        elif key in _CONFIG_FLOATS:
+        kind = _CONFIG_TYPES.get(key)
+        if kind in ("int", "uint64"):
+            lo, hi = (0, 2**64) if kind == "uint64" else (-2**31, 2**31)
+            ok = isinstance(value, int) and not isinstance(value, bool) and lo <= value < hi
+        elif kind == "float":
             ok = _is_number(value) and math.isfinite(value)
-        elif key in _CONFIG_STRS:
+        elif kind == "str":
             ok = isinstance(value, str)
-        elif key in _CONFIG_BOOLS:
+        elif kind == "bool":
             ok = isinstance(value, bool)
         else:
             raise ValueError(f"path {path!r}: unknown engine_config key {key!r}")

@@ -1,35 +1,34 @@
-// Model and training configuration.
+// Model and training configuration: the fields are the table config.def.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "fastsasrec/backend.h"
 
 namespace fsr {
 
+// A field's valid values (config.def's range column).
+struct Range {
+  enum Kind { Any, AtLeast, Above, Closed, HalfOpen };
+  Kind kind;
+  double lo, hi;
+  static constexpr Range any() { return {Any, 0, 0}; }
+  static constexpr Range at_least(double lo) { return {AtLeast, lo, 0}; }
+  static constexpr Range above(double lo) { return {Above, lo, 0}; }
+  static constexpr Range in(double lo, double hi) { return {Closed, lo, hi}; }
+  static constexpr Range in_half_open(double lo, double hi) { return {HalfOpen, lo, hi}; }
+  // What a message says after "must be ": ">= 1", "> 0", "in 0..300" (integral) or
+  // "in [0, 1]", "in [0, 1)"; "" for any().
+  std::string text(bool integral) const;
+};
+
+// The fields, their types and defaults: config.def.
 struct Config {
-  int n_items = 0;         // V: catalogue size (internal ids 1..V; 0 = padding)
-  int factors = 64;        // C
-  int ffn_factors = 0;     // F: feed-forward width; 0 means C (the paper's block)
-  int n_heads = 1;         // H (must divide C)
-  int n_layers = 2;        // L
-  int max_seq = 50;        // T
-  float dropout = 0.2f;
-  LossKind loss = LossKind::SampledSoftmax;
-  int n_negatives = 256;   // N (sampled_softmax: shared by the batch; gbce: per row)
-  NegativeKind negatives = NegativeKind::Uniform;  // sampled_softmax's sampler
-  bool logq_correction = false;  // sampled_softmax: subtract log q(item) from each logit
-  float gbce_t = 0.75f;    // gbce's calibration t in [0, 1] (Petrov & Macdonald, 2023)
-  float learning_rate = 1e-3f;
-  float weight_decay = 0.0f;
-  float beta1 = 0.9f;
-  float beta2 = 0.98f;
-  float adam_eps = 1e-8f;
-  float ln_eps = 1e-8f;
-  int batch_size = 128;    // B: sequences per batch
-  Precision precision = Precision::FP32;
-  uint64_t seed = 42;
+#define FSR_CONFIG(type, name, default_value, range, doc) type name = default_value;
+#include "fastsasrec/config.def"
+#undef FSR_CONFIG
 
   int ffn() const { return ffn_factors > 0 ? ffn_factors : factors; }
   int head_dim() const { return factors / n_heads; }
@@ -40,17 +39,20 @@ struct Config {
   bool uses_logq() const {
     return loss == LossKind::SampledSoftmax && logq_correction && negatives != NegativeKind::Uniform;
   }
-  // Throws fsr::ValueError naming the first bad field and its value: the one place that
-  // knows the ranges.  Without the catalogue (a model not yet fitted), n_items and the
-  // checks that depend on it are skipped.
+  // Throws fsr::ValueError naming the first bad field and its value: each field in its
+  // range (config.def), then the checks between fields.  Without the catalogue (a model
+  // not yet fitted), n_items and the checks that depend on it are skipped.
   void validate(bool with_catalogue = true) const;
 };
 
-LossKind parse_loss(const std::string& name);
-std::string loss_name(LossKind kind);
-NegativeKind parse_negatives(const std::string& name);
-std::string negatives_name(NegativeKind kind);
-Precision parse_precision(const std::string& name);
-std::string precision_name(Precision p);
+// The names of an enum field's values, in the enum's order (index = value): how the
+// config reads and writes them.  For LossKind, NegativeKind and Precision.
+template <typename E>
+const std::vector<std::string>& names();
+// The value named `name`, or fsr::ValueError: "<field> must be one of 'a', 'b', got 'x'".
+template <typename E>
+E parse_name(const char* field, const std::string& name);
+template <typename E>
+std::string name_of(E value);
 
 }  // namespace fsr

@@ -1,4 +1,4 @@
-// Top-k scoring for recommendation, and the scoring table it reads.
+// Top-k scoring for recommendation, over the scoring table of score_table.cpp.
 //   ids(B,K), scores(B,K) = the K best items 1..V of h(B,C) . E^T, best first (ties: the
 //   lower id first), skipping excl[excl_off[b] .. excl_off[b+1]) for row b; slots left when
 //   fewer than K items remain get id 0 and score -inf.  NaN scores are never selected.
@@ -8,17 +8,7 @@
 // only, never on the batch, the thread count or the instruction set, and recommend and
 // recommend_batch agree bit for bit.
 //
-// The scoring table (score_table_pack, once per weights) holds the items in panels of
-// kPanel lanes, so a vector of lanes is one factor of kPanel items and the kernels need no
-// horizontal sums; kGroup panels are interleaved by factor, so a kernel reading a group's
-// panels reads one sequential stream (the hardware prefetcher's best case):
-//   - fp32 panels: E's values;
-//   - int8 panels with per-item scales s_i (q = round(E / s), s = max|E_i| / 127) and per-
-//     item error coefficients r_i, such that for any h with H = sum |h_c|,
-//       | s_i * fma-chain(h, q_i) - fma-chain(h, E_i) | <= H * r_i,
-//     (r_i = max_c |E_ic - s_i q_ic| plus the two chains' rounding, gamma_{C+1} (127 s_i +
-//     max|E_i|), plus a margin for forming a +- H r in float; see pack_item).
-// Two ways to the same top-k:
+// Two ways to the same top-k (the fp32 and int8 panels of the table, score_table.cpp):
 //   - fp32: every item's exact score, kept in a K-heap per session;
 //   - the int8 screen (bandwidth-bound work, few sessions: a quarter of the bytes): an
 //     approximate score a_i for every item with its bound e_i = H r_i; tau = the K-th
@@ -46,12 +36,13 @@
 
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
+#include "cpu/score_table.h"
 
 namespace fsr::cpu {
 
+using namespace table;
+
 namespace {
-constexpr int kPanel = 16;      // items per panel
-constexpr int kGroup = 4;       // panels interleaved by column: one stream for the kernels to read
 constexpr int kTilePanels = 64; // panels per tile: 1,024 items, 256 KB of fp32 at C = 64
 constexpr int kScreenMax = 16;  // the int8 screen (screen = 0) for at most this many sessions
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
@@ -147,11 +138,6 @@ inline void bounds(const float* dot, const float* s, const float* r, float H, fl
 #endif
 }
 
-// Panels come in groups of kGroup, a group's column c holding its panels' lanes side by
-// side (64 values: one 64-byte line of int8, four of fp32), columns one after another: the
-// kernels read one sequential stream however many of a group's panels they take.
-constexpr size_t kPanelStep = kPanel, kColumnStep = kGroup * kPanel;
-
 // out(MR, NR * kPanel) = h(MR rows, ld C) . the NR panels from p, every output one fma
 // chain over c from 0 (the NR panels in one group).  T: float (fp32 panels) or int8_t
 // (unscaled).
@@ -201,75 +187,6 @@ inline float exact_score(const float* h, const float* e, int C) {
   float acc = 0.f;
   for (int c = 0; c < C; ++c) acc = std::fmaf(h[c], e[c], acc);
   return acc;
-}
-
-// ---- the table
-size_t n_panels(int V) { return ((size_t)std::max(V, 0) + kPanel - 1) / kPanel; }
-// Values of the fp32 (or int8) panels: whole groups.
-size_t n_cells(int C, int V) { return (n_panels(V) + kGroup - 1) / kGroup * kGroup * (size_t)C * kPanel; }
-// Where panel n's column 0 starts.
-inline size_t panel_at(int n, int C) {
-  return (size_t)(n / kGroup) * C * kColumnStep + (size_t)(n % kGroup) * kPanelStep;
-}
-struct TableView {
-  int np;              // panels
-  const float* f32;    // n_cells, grouped
-  const float* scale;  // np x kPanel: s_i
-  const float* coef;   // np x kPanel: r_i
-  const int8_t* q;     // n_cells, grouped
-};
-size_t table_floats(int C, int V) {
-  const size_t cells = n_cells(C, V);
-  return cells + 2 * n_panels(V) * kPanel + (cells + 3) / 4;
-}
-TableView view(const float* t, int C, int V) {
-  TableView tv;
-  tv.np = (int)n_panels(V);
-  tv.f32 = t;
-  tv.scale = t + n_cells(C, V);
-  tv.coef = tv.scale + (size_t)tv.np * kPanel;
-  tv.q = reinterpret_cast<const int8_t*>(tv.coef + (size_t)tv.np * kPanel);
-  return tv;
-}
-
-// gamma_n = n u / (1 - n u), u = 2^-24: the relative bound of an n-term dot product's rounding.
-double gamma_n(int n) {
-  const double nu = (double)n * 0x1p-24;
-  return nu / (1.0 - nu);
-}
-
-// Item e (C values) into its panel lane (columns kColumnStep apart): fp32 copy, int8
-// codes, scale and error coefficient.
-void pack_item(const float* e, int C, float* f32, int8_t* q, float* scale, float* coef) {
-  constexpr size_t qs = kColumnStep;
-  double mx = 0.0;
-  bool finite = true;
-  for (int c = 0; c < C; ++c) {
-    f32[(size_t)c * qs] = e[c];
-    finite = finite && std::isfinite(e[c]);
-    mx = std::max(mx, std::fabs((double)e[c]));
-  }
-  if (!finite) {  // never screened out: always a candidate
-    for (int c = 0; c < C; ++c) q[(size_t)c * qs] = 0;
-    *scale = 0.f;
-    *coef = kInf;
-    return;
-  }
-  const float s = (float)(mx / 127.0);
-  double d = 0.0;  // max |E - s q|, exact in double
-  for (int c = 0; c < C; ++c) {
-    int qc = s > 0.f ? (int)std::lrint((double)e[c] / (double)s) : 0;
-    qc = std::clamp(qc, -127, 127);
-    q[(size_t)c * qs] = (int8_t)qc;
-    d = std::max(d, std::fabs((double)e[c] - (double)s * qc));
-  }
-  // Rounding: the fp32 chain is within gamma_C H max|E|, the int8 chain and its scaling
-  // within gamma_{C+1} H 127 s; forming a +- e in float costs at most u (|a| + e) <=
-  // u (128 s + ...) H, far inside the margin 2^-10 (s + max|E| / 127) H.
-  const double g = gamma_n(C + 1);
-  const double r = d + g * (mx + 127.0 * s) + 0x1p-10 * ((double)s + mx / 127.0);
-  *scale = s;
-  *coef = std::nextafter((float)r, kInf);
 }
 
 // ---- selection
@@ -435,34 +352,6 @@ void unit_screen(const TableView& t, const float* E, const float* h, int b0, int
 }
 
 }  // namespace
-
-size_t score_table_size(const Context&, int C, int V) { return table_floats(C, V); }
-
-void score_table_pack(const Context& ctx, float* table, const float* E, int C, int V) {
-  const TableView tv = view(table, C, V);
-  float* f32 = table;
-  float* scale = const_cast<float*>(tv.scale);
-  float* coef = const_cast<float*>(tv.coef);
-  int8_t* q = const_cast<int8_t*>(tv.q);
-  // Zeros first: the padding lanes and the last group's panels past np (never items).
-  std::memset(f32, 0, n_cells(C, V) * sizeof(float));
-  std::memset(q, 0, n_cells(C, V));
-  parallel_chunks(ctx.threads, tv.np, (long)C * kPanel, [&](long lo, long hi, int) {
-    for (long p = lo; p < hi; ++p) {
-      const size_t base = panel_at((int)p, C);
-      for (int j = 0; j < kPanel; ++j) {
-        const long item = p * kPanel + j + 1;
-        const size_t lane = (size_t)p * kPanel + j;
-        if (item <= V) {
-          pack_item(E + (size_t)item * C, C, f32 + base + j, q + base + j, scale + lane, coef + lane);
-        } else {
-          scale[lane] = 0.f;
-          coef[lane] = 0.f;
-        }
-      }
-    }
-  });
-}
 
 // The CPU allocates its scratch per call (no workspace).
 size_t topk_workspace(const Context&, int B, int C, int V, int K) { return 0; }

@@ -1,0 +1,168 @@
+// _core.Ops, the raw ops for the tests: _core.Ops(device) has one method per op of ops.def, taking that op's
+// arguments in order.  A pointer argument is a C-contiguous numpy array of exactly its
+// pointee's dtype, or None (null).  Each array is copied into backend memory before the
+// call; the arrays of the non-const pointers (the op's outputs) are copied back into the
+// same numpy arrays after it, so "+=" outputs accumulate onto what the caller put there.
+// No shapes are checked: these are the raw ops, for tests against the float64 reference,
+// compiled in only by a test build (cmake -DFASTSASREC_TEST_OPS=ON): an index or size
+// past an array's end reads or writes outside it, so a release module never binds them:
+// CMakeLists.txt compiles this file only then, and defines FSR_TEST_OPS.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <memory>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "bind.h"
+#include "convert.h"
+#include "fastsasrec/backend.h"
+#include "fastsasrec/config.h"
+#include "fastsasrec/rng.h"
+
+namespace fsr::bind {
+
+namespace {
+
+template <typename T>
+const char* pointee_name() {
+  if constexpr (std::is_same_v<T, float>) return "float32";
+  else if constexpr (std::is_same_v<T, int32_t>) return "int32";
+  else return "int64";
+}
+
+// Backend memory of n values of T, released when it goes out of scope.
+template <typename T>
+class Buffer {
+ public:
+  Buffer(Backend& be, size_t n) : be_(&be), n_(n), p_(static_cast<T*>(be.alloc(n * sizeof(T)))) {}
+  Buffer(Buffer&& o) noexcept : be_(o.be_), n_(o.n_), p_(o.p_) { o.p_ = nullptr; }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  Buffer& operator=(Buffer&&) = delete;
+  ~Buffer() {
+    if (p_) be_->release(p_);
+  }
+  T* get() const { return p_; }
+
+ private:
+  Backend* be_;
+  size_t n_;
+  T* p_;
+};
+
+// One argument of an op, converted from Python: a scalar, or an array put in backend memory
+// (and, for an output, fetched back by finish()).
+template <typename A>
+struct OpArg {
+  A value;
+  OpArg(Backend&, py::handle h, const std::string& where) {
+    try {
+      value = h.cast<A>();
+    } catch (const py::cast_error&) {
+      throw ValueError(where + " must be a " + (std::is_same_v<A, bool> ? "bool" : std::is_integral_v<A> ? "int" : "float") +
+                       ", got " + type_name(h));
+    }
+  }
+  A get() const { return value; }
+  void finish(Backend&) {}
+};
+template <typename T>
+struct OpArg<T*> {
+  using V = std::remove_const_t<T>;
+  static constexpr bool kOutput = !std::is_const_v<T>;
+  py::array array;
+  std::unique_ptr<Buffer<V>> buf;
+  OpArg(Backend& be, py::handle h, const std::string& where) {
+    if (h.is_none()) return;
+    if (!py::isinstance<py::array>(h))
+      throw ValueError(detail::cat(where, " must be a numpy array of ", pointee_name<V>(), " or None, got ",
+                                   type_name(h)));
+    array = py::reinterpret_borrow<py::array>(h);
+    if (!array.dtype().equal(py::dtype::of<V>()))
+      throw ValueError(detail::cat(where, " must have dtype ", pointee_name<V>(), ", got ",
+                                   std::string(py::str(array.dtype()))));
+    if (!(array.flags() & py::array::c_style))
+      throw ValueError(where + " must be C-contiguous");
+    if (kOutput && !array.writeable()) throw ValueError(where + " is an output: it must be writeable");
+    buf = std::make_unique<Buffer<V>>(be, (size_t)array.size());
+    be.upload(buf->get(), array.data(), (size_t)array.size() * sizeof(V));
+  }
+  T* get() const { return buf ? buf->get() : nullptr; }
+  void finish(Backend& be) {
+    if (kOutput && buf) be.download(array.mutable_data(), buf->get(), (size_t)array.size() * sizeof(V));
+  }
+};
+
+template <typename Ret, typename... A, size_t... I>
+py::object call_op(Backend& be, Ret (Backend::*op)(A...), const char* name, const py::args& args,
+                   std::index_sequence<I...>) {
+  FSR_REQUIRE(args.size() == sizeof...(A), name, " takes ", sizeof...(A), " arguments, got ",
+              args.size());
+  std::tuple<OpArg<A>...> conv{
+      OpArg<A>(be, args[I], detail::cat(name, ": argument ", I))...};
+  if constexpr (std::is_void_v<Ret>) {
+    (be.*op)(std::get<I>(conv).get()...);
+    (std::get<I>(conv).finish(be), ...);
+    return py::none();
+  } else {
+    const Ret r = (be.*op)(std::get<I>(conv).get()...);
+    (std::get<I>(conv).finish(be), ...);
+    return py::cast(r);
+  }
+}
+
+template <typename Ret, typename... A>
+py::object call_op(Backend& be, Ret (Backend::*op)(A...), const char* name, const py::args& args) {
+  return call_op(be, op, name, args, std::index_sequence_for<A...>{});
+}
+
+class Ops {
+ public:
+  Ops(const std::string& device, const std::string& precision, int threads)
+      : be_(make_backend(device)) {
+    be_->set_precision(parse_name<Precision>("precision", precision));
+    be_->set_threads(threads);
+  }
+  std::string device() const { return be_->name(); }
+  int threads() const { return be_->threads(); }
+  Backend& backend() { return *be_; }
+
+ private:
+  std::unique_ptr<Backend> be_;
+};
+
+using F32 = py::array_t<float, py::array::c_style>;
+
+F32 uniform(uint64_t key, int64_t n) {
+  FSR_REQUIRE(n >= 0, "n must be >= 0, got ", n);
+  F32 out({(py::ssize_t)n});
+  for (int64_t e = 0; e < n; ++e) out.mutable_data()[e] = rng_uniform(key, (uint64_t)e);
+  return out;
+}
+
+}  // namespace
+
+void bind_ops(py::module_& m) {
+  py::class_<Ops> cls(m, "Ops",
+                      "The ops of one device's backend (the list in ops.def), one by one, for "
+                      "tests against the float64 NumPy reference.  Ops(device) raises "
+                      "ValueError when the device is unusable.");
+  cls.def(py::init<const std::string&, const std::string&, int>(), py::arg("device"),
+          py::arg("precision") = "fp32", py::arg("threads") = 0)
+      .def_property_readonly("device", &Ops::device)
+      .def_property_readonly("threads", &Ops::threads)
+      .def_static("rng_key", &rng_key, py::arg("seed"), py::arg("stream"))
+      .def_static("uniform", &uniform, py::arg("key"), py::arg("n"));
+#define FSR_OP(ret, name, params, arg_names)                                             \
+  cls.def(                                                                             \
+      #name,                                                                           \
+      [](Ops& o, const py::args& a) { return call_op(o.backend(), &Backend::name, #name, a); }, \
+      #name #params);
+#include "fastsasrec/ops.def"
+#undef FSR_OP
+}
+
+}  // namespace fsr::bind
