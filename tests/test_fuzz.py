@@ -272,7 +272,13 @@ INT64 = st.integers(-2**63, 2**63 - 1)
 HUGE = st.one_of(st.integers(min_value=2**63), st.integers(max_value=-2**63 - 1),
                  st.sampled_from([2**63, 2**64, -2**63 - 1, 10**30]))
 NP_INTS = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
-NUL_STRINGS = st.sampled_from(["a\x00", "\x00", "\x00a", "b\x00\x00", "日本\x00"])
+# Ids holding a control character (NUL, anything below 0x20, DEL) are refused on every path.
+NUL_STRINGS = st.sampled_from(["a\x00", "\x00", "\x00a", "b\x00\x00", "日本\x00", "a\x0b", "\n",
+                               "x\x1fy", "\x7f"])
+
+
+def _no_control(s):
+    return not any(ord(c) < 0x20 or ord(c) == 0x7F for c in s)
 
 
 def _np_int_of(v):
@@ -305,7 +311,7 @@ def clean_element(model):
     cat = catalogue(model)
     known = st.sampled_from(cat)
     if is_str_model(model):
-        unknown = st.one_of(st.text(max_size=4).filter(lambda s: "\x00" not in s),
+        unknown = st.one_of(st.text(max_size=4).filter(_no_control),
                             st.sampled_from(["zz", "a ", "A\u0301", "-2", "B"]))
         npy = known.map(np.str_)
     else:
