@@ -203,6 +203,19 @@ def test_verbose_prints_a_line_per_epoch_in_a_pipe(events, tmp_path):
     assert "\r" not in err
 
 
+def test_update_shows_its_epochs_with_verbose(events, tmp_path, capsys):
+    model = tmp_path / "m.fsr"
+    assert main(["train", events, "-o", str(model), "--epochs", "1", *TRAIN]) == 0
+    capsys.readouterr()
+    args = ["update", str(model), events, "-o", str(model), "--user-col", "u", "--item-col", "i",
+            "--no-time", "--epochs", "2", "--threads", "1"]
+    assert main(args + ["-v"]) == 0
+    err = capsys.readouterr().err
+    assert [line.split()[:4] for line in err.splitlines()] == [
+        ["SASRec", "train", "epoch", "2/3"], ["SASRec", "train", "epoch", "3/3"]]
+    assert main(args) == 0 and capsys.readouterr().err == ""  # not a terminal: nothing
+
+
 def test_a_terminal_shows_the_phase_the_epoch_and_an_eta(events, tmp_path):
     code, out, seen = on_terminal("train", events, "-o", tmp_path / "m.fsr", *TRAIN)
     assert code == 0, seen

@@ -262,10 +262,12 @@ def fit(model: Any, sequences: Sequences, validation=None, early_stopping_patien
 def train(model: Any, state: Fitted, internal, offsets, total: int, validation=None,
            patience=None, callbacks=None, start: "Optional[_Progress]" = None,
            checkpoint=None, every: int = 1, fingerprint=None,
-           extra: Optional[Dict[str, Any]] = None, phase: str = "train") -> Fitted:
+           extra: Optional[Dict[str, Any]] = None, phase: str = "train",
+           verbose: Optional[int] = None) -> Fitted:
     """Trains ``state``'s engine, which no one else sees yet, until ``total`` epochs are
     done (``start``: those done before, and the early-stopping state; ``phase``: the
-    history's and the progress line's name of this training), and returns the
+    history's and the progress line's name of this training; ``verbose``: the progress
+    shown, by default the fit's parameter), and returns the
     snapshot to publish: the fit's record filled in, the best epoch's weights restored.
     Raises, with nothing published, when the loss or the weights are not finite, or on
     Ctrl-C before an epoch of this call is done."""
@@ -295,7 +297,7 @@ def train(model: Any, state: Fitted, internal, offsets, total: int, validation=N
             "fingerprint": fingerprint, **(extra or {})}, run.best_params)
         saved_at = len(run.losses)
 
-    watch = Watch(params["verbose"], phase, total, first, patience)
+    watch = Watch(params["verbose"] if verbose is None else verbose, phase, total, first, patience)
     interrupted = False
     try:
         while len(run.losses) < total:
@@ -402,5 +404,6 @@ def partial_fit(model: Any, sequences: Any, epochs: int = 1, callbacks: Any = No
                                 item_ids=read_only(item_ids), popularity=read_only(popularity),
                                 interrupted=False)
     start = _Progress(losses=list(state.loss_history), history=list(state.history))
+    # verbose is the estimator's now (a runtime setting, like num_threads), not the fit's.
     return train(model, grown, internal, offsets, len(state.loss_history) + epochs, start=start,
-                 callbacks=callbacks)
+                 callbacks=callbacks, verbose=model.get_params()["verbose"])
