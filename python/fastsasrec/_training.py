@@ -23,6 +23,7 @@ from fastsasrec import metrics as _metrics
 from fastsasrec._device import resolve_device
 from fastsasrec._fitted import Fitted, check_catalogue, read_only
 from fastsasrec._params import engine_config, positive_int
+from fastsasrec._progress import Watch
 from fastsasrec.data import Sequences, check_ids_compatible, flatten_sequences
 
 
@@ -30,36 +31,6 @@ def _all_finite(a: np.ndarray) -> bool:
     """Whether every value is finite (min and max propagate NaN; no array the size of a)."""
     return a.size == 0 or bool(np.isfinite(a.min()) and np.isfinite(a.max()))
 
-
-class _progress:
-    """A tqdm bar (epoch, loss, tokens/s) when verbose and tqdm is installed, one printed
-    line per epoch when verbose without it, nothing otherwise."""
-
-    def __init__(self, epochs: int, verbose: int) -> None:
-        self.epochs, self.verbose, self.bar = epochs, verbose, None
-        if verbose:
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=epochs, desc="SASRec", unit="epoch")
-            except ImportError:
-                pass
-
-    def update(self, logs: Dict[str, Any]) -> None:
-        if not self.verbose:
-            return
-        extra = {"loss": f"{logs['loss']:.4f}", "tok/s": f"{logs['tokens_per_s']:,.0f}"}
-        if "val_NDCG@10" in logs:
-            extra["val NDCG@10"] = f"{logs['val_NDCG@10']:.4f}"
-        if self.bar is not None:
-            self.bar.set_postfix(extra)
-            self.bar.update(1)
-        else:
-            print(f"epoch {logs['epoch']}/{self.epochs}  " + "  ".join(f"{k} {v}" for k, v in extra.items()))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 _FIT_ARGS = ("validation", "early_stopping_patience", "callbacks", "checkpoint",
              "checkpoint_every", "resume")
@@ -255,12 +226,12 @@ def fit(model: Any, sequences: Sequences, validation=None, early_stopping_patien
                     read_only(counts.astype(np.int64)))
     if refit_ck is not None:
         state = train(model, state, *full, iterations, None, None, callbacks, start, checkpoint,
-                            checkpoint_every, fingerprint, extra={"refit": refit_ck})
+                      checkpoint_every, fingerprint, extra={"refit": refit_ck}, phase="refit")
         chosen["iterations"] = dict(refit_ck["chosen"])
         return dataclasses.replace(state, defaults=chosen)
     state = train(model, state, internal, offsets, iterations, validation,
-                        early_stopping_patience, callbacks, start, checkpoint,
-                        checkpoint_every, fingerprint)
+                  early_stopping_patience, callbacks, start, checkpoint,
+                  checkpoint_every, fingerprint, phase="train" if carved is None else "slice")
     if params["iterations"] == "auto" and "iterations" not in chosen:
         ran, kept = len(state.loss_history), state.best_epoch
         source = (f"a validation slice: the last items of {carved.size} of the {lengths.size} "
@@ -281,17 +252,22 @@ def fit(model: Any, sequences: Sequences, validation=None, early_stopping_patien
                                 threads=params["num_threads"])
             again = Fitted(fresh, config, params, read_only(item_ids),
                             read_only(counts.astype(np.int64)))
-            again = train(model, again, *full, kept, None, None, callbacks, None, checkpoint,
-                                checkpoint_every, fingerprint, extra={"refit": refit})
+            # The refit's history follows the slice's, which its checkpoints keep too.
+            again = train(model, again, *full, kept, None, None, callbacks,
+                          _Progress(history=list(state.history)), checkpoint,
+                          checkpoint_every, fingerprint, extra={"refit": refit}, phase="refit")
             state = dataclasses.replace(again, validation=state.validation)
     return dataclasses.replace(state, defaults=chosen)
 
 def train(model: Any, state: Fitted, internal, offsets, total: int, validation=None,
            patience=None, callbacks=None, start: "Optional[_Progress]" = None,
            checkpoint=None, every: int = 1, fingerprint=None,
-           extra: Optional[Dict[str, Any]] = None) -> Fitted:
+           extra: Optional[Dict[str, Any]] = None, phase: str = "train",
+           verbose: Optional[int] = None) -> Fitted:
     """Trains ``state``'s engine, which no one else sees yet, until ``total`` epochs are
-    done (``start``: those done before, and the early-stopping state), and returns the
+    done (``start``: those done before, and the early-stopping state; ``phase``: the
+    history's and the progress line's name of this training; ``verbose``: the progress
+    shown, by default the fit's parameter), and returns the
     snapshot to publish: the fit's record filled in, the best epoch's weights restored.
     Raises, with nothing published, when the loss or the weights are not finite, or on
     Ctrl-C before an epoch of this call is done."""
@@ -321,7 +297,7 @@ def train(model: Any, state: Fitted, internal, offsets, total: int, validation=N
             "fingerprint": fingerprint, **(extra or {})}, run.best_params)
         saved_at = len(run.losses)
 
-    bar = _progress(total - first, params["verbose"])
+    watch = Watch(params["verbose"] if verbose is None else verbose, phase, total, first, patience)
     interrupted = False
     try:
         while len(run.losses) < total:
@@ -334,7 +310,7 @@ def train(model: Any, state: Fitted, internal, offsets, total: int, validation=N
                     f"training diverged at epoch {epoch}: loss is {loss}; lower learning_rate"
                 )
             run.losses.append(float(loss))
-            logs: Dict[str, Any] = {"epoch": epoch, "loss": float(loss),
+            logs: Dict[str, Any] = {"phase": phase, "epoch": epoch, "loss": float(loss),
                                     "tokens_per_s": tokens / max(dt, 1e-9)}
             if validation is not None:
                 val = _metrics.evaluate(model._view(record()), validation, k=10)
@@ -345,8 +321,10 @@ def train(model: Any, state: Fitted, internal, offsets, total: int, validation=N
                     run.best_params = engine.get_params()
                 else:
                     run.since_best += 1
+            logs["seconds"] = time.perf_counter() - t0  # the epoch and its validation
             run.history.append(logs)
-            bar.update(logs)
+            watch.update(logs, (run.best_score, run.best_epoch) if validation is not None else None,
+                         run.since_best)
             view = model._view(record())
             stop = any(bool(cb(view, epoch, logs)) for cb in (callbacks or []))
             if patience is not None and run.since_best >= patience:
@@ -366,7 +344,7 @@ def train(model: Any, state: Fitted, internal, offsets, total: int, validation=N
         )
         save_checkpoint()
     finally:
-        bar.close()
+        watch.close()
     if run.best_params is not None and run.best_epoch != len(run.losses):
         engine.set_params(run.best_params)
     if not _all_finite(engine.get_params()):
@@ -426,5 +404,6 @@ def partial_fit(model: Any, sequences: Any, epochs: int = 1, callbacks: Any = No
                                 item_ids=read_only(item_ids), popularity=read_only(popularity),
                                 interrupted=False)
     start = _Progress(losses=list(state.loss_history), history=list(state.history))
+    # verbose is the estimator's now (a runtime setting, like num_threads), not the fit's.
     return train(model, grown, internal, offsets, len(state.loss_history) + epochs, start=start,
-                 callbacks=callbacks)
+                 callbacks=callbacks, verbose=model.get_params()["verbose"])

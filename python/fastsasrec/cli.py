@@ -7,6 +7,7 @@
     fastsasrec evaluate MODEL EVENTS              hold out each user's last item and rank it
     fastsasrec score MODEL EVENTS -o RECS         recommendations for every user of a log (nightly)
     fastsasrec serve MODEL [--port 8000]          the HTTP server for the live widget
+    fastsasrec plot HISTORY.csv -o curves.png     loss and validation NDCG@10 per epoch
 
 Errors in what the user gave (files, columns, ids, arguments) print one line on stderr
 and exit with status 2.  Ctrl-C exits with status 130; ``train`` and ``update`` then write
@@ -102,8 +103,16 @@ def _model_params(args: argparse.Namespace) -> Dict[str, Any]:
                  n_heads=args.heads, dropout=args.dropout, learning_rate=args.lr,
                  batch_size=args.batch_size)
     params = {k: v for k, v in given.items() if v is not None}
-    params["verbose"] = 1 if args.verbose else 0
+    params["verbose"] = _verbosity(args)
     return params
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    """The model's verbose: -q 0; -v 2 (one line per epoch, and the live line on a
+    terminal); otherwise the live line when stderr is a terminal, nothing in a pipe."""
+    if args.quiet:
+        return 0
+    return 2 if args.verbose else int(sys.stderr.isatty())
 
 
 # ----------------------------------------------------------------------------- score
@@ -206,9 +215,15 @@ def _train(args: argparse.Namespace) -> int:
 
     if isinstance(args.epochs, int) and args.epochs < 1:
         raise CLIError(f"--epochs must be >= 1 or auto, got {args.epochs}")
-    _refuse_inputs([("-o/--output", args.output), ("--checkpoint", args.checkpoint)],
-                   [("EVENTS", args.events)])
+    _refuse_inputs([("-o/--output", args.output), ("--checkpoint", args.checkpoint),
+                    ("--history", args.history)], [("EVENTS", args.events)])
     _check_output(args.output)
+    if args.history is not None:
+        from fastsasrec._events import check_output, same_file
+
+        check_output(args.history, "--history")
+        if any(p is not None and same_file(args.history, p) for p in (args.output, args.checkpoint)):
+            raise CLIError(f"--history {args.history!r} is the model or checkpoint file: give another path")
     checkpoint_kw = _check_checkpoint_args(args)
     df, time_col = _read(args)
     params = _model_params(args)
@@ -226,6 +241,15 @@ def _train(args: argparse.Namespace) -> int:
         if args.verbose:
             for k, v in model.defaults_.items():
                 print(f"  {k}: {v['why']}")
+    from fastsasrec._progress import PHASES, phase_times
+
+    print("time: " + "; ".join(f"{PHASES.get(p, p)} {n} epochs in {sec:.1f}s"
+                               for p, n, sec in phase_times(model.history_)))
+    if args.history is not None:
+        from fastsasrec.plot import write_history
+
+        write_history(model.history_, args.history)
+        print(f"wrote the history of {len(model.history_)} epochs to {args.history}")
     return _finish(model, args, "training")
 
 
@@ -240,7 +264,7 @@ def _update(args: argparse.Namespace) -> int:
     model = _load_model(args.model, args.threads)
     df, time_col = _read(args, _events.item_mode(model.item_ids))
     items, offsets, _ = transactions_to_sequences(df, args.user_col, args.item_col, time_col)
-    model.set_params(verbose=1 if args.verbose else 0)
+    model.set_params(verbose=_verbosity(args))
     before = model.n_items
     t0 = time.perf_counter()
     model.partial_fit(Sequences(items, offsets), epochs=args.epochs)
@@ -347,6 +371,14 @@ def _add_seen(p: argparse.ArgumentParser, old: str, what: str) -> None:
                    help="deprecated: --no-exclude-seen")
 
 
+def _add_verbosity(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress, only the summary")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="one plain line per epoch on stderr (for logs), and the reasons of the "
+                        "settings chosen (default: a live progress line when stderr is a terminal)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastsasrec", description="fast SASRec next-item recommendation")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -378,7 +410,10 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, help="default: 128")
     t.add_argument("--seed", type=int, help="random seed (default: 42)")
     t.add_argument("--threads", type=int, help="CPU threads (default: 0, all cores)")
-    t.add_argument("-v", "--verbose", action="store_true", help="report each epoch")
+    _add_verbosity(t)
+    t.add_argument("--history", metavar="FILE.csv",
+                   help="write the history (one row per epoch of each phase: loss, tokens/s, "
+                        "seconds, validation NDCG@10 ...) to FILE.csv, for fastsasrec plot")
     t.add_argument("--checkpoint", metavar="PATH",
                    help="write a training checkpoint (weights, optimizer, progress) to PATH")
     t.add_argument("--checkpoint-every", type=int, metavar="N",
@@ -403,7 +438,7 @@ def _build_parser() -> argparse.ArgumentParser:
     u.add_argument("--threads", type=int, default=None)
     u.add_argument("--keep-partial", action="store_true",
                    help="on Ctrl-C, save the last completed epoch's model to --output (exit 130)")
-    u.add_argument("-v", "--verbose", action="store_true", help="report each epoch")
+    _add_verbosity(u)
     u.set_defaults(func=_update)
 
     r = sub.add_parser("recommend", help="next items for a session",
@@ -485,6 +520,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--watch", type=float, default=0.0, metavar="SECONDS",
                     help="check the model file every SECONDS and reload a new version (default: 0, off)")
     sv.set_defaults(func=_serve)
+
+    from fastsasrec import plot
+
+    plot.add_parser(sub)
     return parser
 
 

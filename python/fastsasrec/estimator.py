@@ -106,7 +106,10 @@ class SASRec(NotebookCompat):
         Seed of initialisation, shuffling, negatives and dropout.  Results are
         deterministic for a given seed and thread count.
     verbose : int
-        1 prints one line per epoch.
+        0: silent.  1: progress on stderr, one line rewritten in place on a terminal or
+        in a notebook (the phase, epoch, loss, tokens/s, validation NDCG@10 and the best
+        so far, the time left: exact for fixed epochs, a bound while early stopping),
+        one line per epoch elsewhere.  2: both (the per-epoch lines for logs).
     num_threads : int
         CPU threads of this model's engine (0: all cores).  The count belongs to the model,
         never to the process; ``set_params(num_threads=...)`` changes it on a fitted model.
@@ -215,7 +218,7 @@ class SASRec(NotebookCompat):
         are restored.  The kept weights are then compared with recommending the most
         popular items on the same sequences: fit warns when the model loses, and
         ``validation_`` holds both scores.  ``callbacks``: callables ``cb(model, epoch, logs)`` run after each
-        epoch (``logs``: loss, tokens/s, validation metrics); one returning True stops
+        epoch (``logs``: the epoch's ``history_`` entry); one returning True stops
         training.  Their ``model`` is a view of this estimator holding the model being
         trained, as of that epoch (recommend, evaluate or save it there).
 
@@ -435,9 +438,20 @@ class SASRec(NotebookCompat):
 
     @property
     def history_(self) -> List[Dict[str, Any]]:
-        """One dict of logs (loss, tokens/s, validation metrics) per epoch of the fit."""
+        """One dict per epoch of the fit, of both phases of an "auto" fit (the slice's
+        early stopping, then the refit): ``phase`` ("slice", "refit" or "train"), ``epoch``
+        (counted within its phase), ``loss``, ``tokens_per_s``, ``seconds`` (the epoch and
+        its validation) and the validation metrics (``val_NDCG@10`` ...) where scored."""
         state = self._state
         return [] if state is None else list(state.history)
+
+    def plot_history(self, path: "Optional[os.PathLike[str] | str]" = None):
+        """The fit's loss and validation NDCG@10 per epoch, both phases of an "auto" fit,
+        the kept epoch marked: a matplotlib Figure (needs ``fastsasrec[plot]``), saved to
+        ``path`` when given.  See ``fastsasrec.plot.plot_history``."""
+        from fastsasrec.plot import plot_history
+
+        return plot_history(self.history_, path, chosen=self.best_epoch_ or None)
 
     @property
     def best_epoch_(self) -> int:
