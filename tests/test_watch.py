@@ -15,11 +15,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import fastsasrec
 from fastsasrec import SASRec
 from fastsasrec._progress import Watch, clock, phase_times
 from fastsasrec.cli import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Subprocesses import the fastsasrec these tests import (installed, or the tree's with a
+# built _core), never the source tree alone.
+PKG_PARENT = os.path.dirname(os.path.dirname(fastsasrec.__file__))
+
 SMALL = dict(factors=8, n_layers=1, batch_size=64, num_threads=1, device="cpu", random_state=3)
 TRAIN = ["--user-col", "u", "--item-col", "i", "--no-time", "--factors", "8", "--layers", "1",
          "--batch-size", "64", "--threads", "1", "--seed", "3"]
@@ -50,7 +54,7 @@ def events(tmp_path_factory):
 
 def command(*args, stderr_fd=None):
     """Runs ``fastsasrec`` in a new process: (status, stdout, stderr or None)."""
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    env = dict(os.environ, PYTHONPATH=PKG_PARENT)
     p = subprocess.run([sys.executable, "-m", "fastsasrec", *map(str, args)], env=env,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE if stderr_fd is None else stderr_fd,
                        text=True, timeout=300)
@@ -62,7 +66,7 @@ def on_terminal(*args, columns=250):
     stdout, what the terminal received)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    env = dict(os.environ, PYTHONPATH=PKG_PARENT)
     p = subprocess.Popen([sys.executable, "-m", "fastsasrec", *map(str, args)], env=env,
                          stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
@@ -241,7 +245,7 @@ def test_bad_history_and_verbosity_arguments(events, tmp_path, capsys):
 def test_import_stays_light():
     code = ("import sys, fastsasrec, fastsasrec.cli, fastsasrec.plot; fastsasrec.cli._build_parser(); "
             "print('matplotlib' in sys.modules)")
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    env = dict(os.environ, PYTHONPATH=PKG_PARENT)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
 
