@@ -213,15 +213,11 @@ def fit(model: Any, sequences: Sequences, validation=None, early_stopping_patien
         if carved is not None:
             # The slice's sequences, whole, are the validation data (evaluate holds
             # each one's last item out); training sees them without that item.
-            starts, ends = offsets[carved], offsets[carved + 1]
-            take = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)])
-            validation = Sequences._of(flat[take], np.concatenate(
-                ([0], np.cumsum(ends - starts))).astype(np.int64))
-            keep = np.ones(flat.size, bool)
-            keep[ends - 1] = False
-            internal = internal[keep]
-            offsets = np.concatenate(([0], np.cumsum(np.diff(offsets) - np.isin(
-                np.arange(lengths.size), carved)))).astype(np.int64)
+            validation = Sequences._of(flat, offsets).take(carved)
+            drop = np.zeros(lengths.size, dtype=np.int64)
+            drop[carved] = 1
+            rest = Sequences._of(internal, offsets).head(drop)
+            internal, offsets = rest.items, rest.offsets
     state = Fitted(engine, config, params, read_only(item_ids),
                     read_only(counts.astype(np.int64)))
     if refit_ck is not None:
