@@ -166,6 +166,29 @@ def write(path: str, target: str, directory: str, header: str, meta: Dict[str, A
     fsync_dir(directory)
 
 
+def write_bytes(path: "os.PathLike[str] | str", data: bytes) -> None:
+    """``data`` to ``path`` the way ``write`` saves a model: a temporary file in its folder,
+    fsynced, given the umask's permissions and renamed over it (then the folder fsynced);
+    on any failure the temporary file is removed and ``path`` is untouched."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fastsasrec-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.chmod(tmp, 0o666 & ~umask())
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(directory)
+
+
 # ----------------------------------------------------------------------------- read
 class Bounded:
     """A member's stream read with a cap on the bytes taken, hashing what it gives."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
+from fastsasrec import _archive
 from typing import Any, Dict, List, Optional, Sequence
 
 FIRST_COLUMNS = ("phase", "epoch", "loss", "tokens_per_s", "seconds")
@@ -29,23 +29,7 @@ def write_history(history: Sequence[Dict[str, Any]], path: "os.PathLike[str] | s
     w = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
     w.writeheader()
     w.writerows(history)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastsasrec-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    _archive.write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
 def read_history(path: "os.PathLike[str] | str") -> List[Dict[str, Any]]:
