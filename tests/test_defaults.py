@@ -199,3 +199,47 @@ def test_an_auto_fit_resumes_from_either_phase(tmp_path, phase):
     again = SASRec(**SMALL).fit(seqs, checkpoint=tmp_path / "again.ckpt", resume=side)
     np.testing.assert_array_equal(again._engine.get_params(), whole._engine.get_params())
     assert again.defaults_["iterations"] == whole.defaults_["iterations"]
+
+
+@RANDOM_DATA
+def test_a_warm_refit_is_the_slice_fit_then_partial_fit(monkeypatch, tmp_path):
+    """_auto.REFIT = "continue" (measured beside the fresh refit by
+    benchmarks/bench_time_to_quality.py; not the default): the slice's best weights train
+    ceil(REFIT_SHARE x kept) more epochs on everything, exactly as partial_fit would, and a
+    checkpoint copied during those epochs resumes to the same weights."""
+    import math
+    import shutil
+
+    monkeypatch.setattr(_auto, "REFIT", "continue")
+    monkeypatch.setattr(_auto, "REFIT_SHARE", 0.5)
+    seqs = _sequences(600, 80, 4, 12, seed=2)
+    ck = tmp_path / "job.ckpt"
+    copies = []  # the checkpoint as early stopping fired, then after the first refit epoch
+
+    def copy_during_the_refit(model, epoch, logs):
+        if logs["phase"] == "refit" and len(copies) < 2:
+            copies.append(tmp_path / f"copy{len(copies)}.ckpt")
+            shutil.copy(ck, copies[-1])
+
+    auto = SASRec(**SMALL).fit(seqs, checkpoint=ck, callbacks=[copy_during_the_refit])
+    kept = auto.defaults_["iterations"]["value"]
+    more = max(1, math.ceil(0.5 * kept))
+    assert auto.best_epoch_ == kept + more and "more epochs" in auto.defaults_["iterations"]["why"]
+    assert [e["phase"] for e in auto.history_].count("refit") == more
+    carved = _auto.carve_slice(flatten_sequences(seqs, "s").lengths, SMALL["random_state"])
+    plan = _auto.schedule(len(seqs), SMALL["batch_size"])
+    chosen = {k: v["value"] for k, v in auto.defaults_.items() if k != "iterations"}
+    train = [s[:-1] if i in set(carved.tolist()) else s for i, s in enumerate(seqs)]
+    by_hand = SASRec(**dict(SMALL, **chosen, iterations=plan["max_epochs"])).fit(
+        train, validation=[seqs[i] for i in carved], early_stopping_patience=plan["patience"])
+    assert by_hand.best_epoch_ == kept
+    by_hand.partial_fit(seqs, epochs=more)
+    np.testing.assert_array_equal(by_hand._engine.get_params(), auto._engine.get_params())
+    assert len(copies) == min(2, more)
+    for side in copies:
+        again = SASRec(**SMALL).fit(seqs, checkpoint=tmp_path / "again.ckpt", resume=side)
+        np.testing.assert_array_equal(again._engine.get_params(), auto._engine.get_params())
+        assert again.best_epoch_ == auto.best_epoch_
+        untimed = [[{k: v for k, v in e.items() if k not in ("seconds", "tokens_per_s")} for e in m.history_]
+                   for m in (again, auto)]
+        assert untimed[0] == untimed[1]

@@ -30,7 +30,10 @@ validation targets of MovieLens 100K, Amazon Beauty and Sports and the synthetic
   ``max_epochs`` epochs, patience from the batches an epoch holds; then fit trains a
   fresh model on everything for the winning number of epochs (the held-out items are
   each sequence's most recent: on MovieLens 100K's validation targets the refit scored
-  0.117 against 0.110 for the early-stopped weights).
+  0.117 against 0.110 for the early-stopped weights).  ``REFIT = "continue"`` instead lets
+  the slice's best weights train ``REFIT_SHARE`` of their epochs more on everything (the
+  slice fit, then partial_fit): measured beside the fresh refit by
+  benchmarks/bench_time_to_quality.py, not yet the default.
 """
 from __future__ import annotations
 
@@ -46,6 +49,8 @@ SLICE_MIN_USERS = 100       # fewer eligible sequences: no slice, a fixed number
 STEPS_PATIENCE = 200        # optimizer steps without improvement before stopping
 STEPS_MAX = 30000           # at most this many optimizer steps (and 50..1000 epochs)
 STEPS_FIXED = 1500          # without a slice: about this many steps (20..200 epochs)
+REFIT = "fresh"             # after the slice: "fresh" (a new model for the best epoch count)
+REFIT_SHARE = 0.1           # or "continue": the best weights, this share of its epochs more
 
 
 def _why(value: Any, why: str) -> Dict[str, Any]:

@@ -1,0 +1,85 @@
+"""Time to quality of the default fit's procedure, on validation targets only: the levers
+of `iterations="auto"` measured side by side (the learning rate, the patience of early
+stopping, and a refit that starts fresh or continues from the slice's best weights).
+
+Protocol: bench_quality.py's ``--split val`` for its "defaults" row (each sequence less its
+last two items to fit on, the second to last reported; the test targets are never read).
+Each variant is SASRec() with every setting "auto" but those named:
+
+    python benchmarks/bench_time_to_quality.py --dataset ml-100k --variants defaults lr3e-3_warm
+    python benchmarks/bench_time_to_quality.py --dataset beauty --threads 1 --seeds 0 1
+
+Prints one JSON line per (variant, seed): HR@10, NDCG@10, fit seconds, and each phase's
+epochs and seconds.  ``_auto.REFIT`` ("fresh" or "continue") and ``_auto.STEPS_PATIENCE``
+are the procedure's own module settings, set here per variant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quality import K, load, metrics, split  # noqa: E402
+
+# name: (SASRec parameters, _auto.REFIT, _auto.STEPS_PATIENCE or None for the default)
+VARIANTS = {
+    "defaults": ({}, "fresh", None),
+    "warm": ({}, "continue", None),
+    "lr3e-3_warm": ({"learning_rate": 3e-3}, "continue", None),
+    "lr3e-3_warm_pat100": ({"learning_rate": 3e-3}, "continue", 100),
+    "lr5e-3_warm": ({"learning_rate": 5e-3}, "continue", None),
+    "lr5e-3_warm_pat100": ({"learning_rate": 5e-3}, "continue", 100),
+}
+
+
+def run(dataset: str, variant: str, seed: int, threads: int) -> dict:
+    from fastsasrec import SASRec, _auto
+
+    params, refit, patience = VARIANTS[variant]
+    saved = (_auto.REFIT, _auto.STEPS_PATIENCE)
+    _auto.REFIT = refit
+    if patience is not None:
+        _auto.STEPS_PATIENCE = patience
+    try:
+        seqs, _ = load(dataset)
+        train, _, report = split(seqs, "val")
+        model = SASRec(random_state=seed, num_threads=threads, **params)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit([s for s in train if len(s) >= 2])
+        seconds = time.perf_counter() - t0
+    finally:
+        _auto.REFIT, _auto.STEPS_PATIENCE = saved
+    ids, _ = model.recommend_batch(report[0], n=K)
+    out = dict(dataset=dataset, variant=variant, seed=seed, threads=threads,
+               **metrics(np.asarray(ids), report[1]), seconds=round(seconds, 1))
+    phases: dict = {}
+    for h in model.history_:
+        n, s = phases.get(h["phase"], (0, 0.0))
+        phases[h["phase"]] = (n + 1, s + h["seconds"])
+    out["phases"] = {k: [n, round(s, 1)] for k, (n, s) in phases.items()}
+    out["kept_epoch"] = model.defaults_.get("iterations", {}).get("value")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "beauty", "sports", "synthetic"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    for seed in args.seeds:
+        for v in args.variants:
+            print(json.dumps(run(args.dataset, v, seed, args.threads)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
