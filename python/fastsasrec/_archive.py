@@ -132,15 +132,12 @@ def save_target(path: "os.PathLike[str] | str") -> Tuple[str, str, str]:
     return path, target, directory
 
 
-def write(path: str, target: str, directory: str, header: str, meta: Dict[str, Any],
-          arrays: Dict[str, np.ndarray]) -> None:
-    """The archive of ``meta`` (plus each array's SHA-256) as the member ``header`` and
-    ``arrays`` as ``<name>.npy``, written to a temporary file in ``directory``, fsynced,
-    given the umask's permissions and renamed over ``target``; the folder is fsynced
-    after.  On any failure the temporary file is removed and ``target`` is untouched."""
-    members = {name + ".npy": npy_bytes(a) for name, a in arrays.items()}
-    meta = dict(meta, sha256={name: hashlib.sha256(data).hexdigest() for name, data in members.items()})
-    text = json.dumps(meta, indent=1)
+@contextlib.contextmanager
+def replacing(path: str, target: str, directory: str) -> Iterator[Any]:
+    """A binary file to write that, once the block ends, is fsynced, given the umask's
+    permissions and renamed over ``target`` (the folder fsynced after); if the block
+    fails, the temporary file is removed and ``target`` is untouched.  ``path`` names the
+    destination in errors."""
     mode = 0o666 & ~umask()
     try:
         fd, tmp = tempfile.mkstemp(prefix=".fastsasrec-", suffix=".tmp", dir=directory)
@@ -149,10 +146,7 @@ def write(path: str, target: str, directory: str, header: str, meta: Dict[str, A
                                f"({e.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
-                z.writestr(header, text)
-                for name, data in members.items():
-                    z.writestr(name, data)
+            yield f
             f.flush()
             os.chmod(tmp, mode)
             os.fsync(f.fileno())
@@ -166,27 +160,26 @@ def write(path: str, target: str, directory: str, header: str, meta: Dict[str, A
     fsync_dir(directory)
 
 
+def write(path: str, target: str, directory: str, header: str, meta: Dict[str, Any],
+          arrays: Dict[str, np.ndarray]) -> None:
+    """The archive of ``meta`` (plus each array's SHA-256) as the member ``header`` and
+    ``arrays`` as ``<name>.npy``, written through ``replacing``: a crash never leaves a
+    half-written file at ``target``."""
+    members = {name + ".npy": npy_bytes(a) for name, a in arrays.items()}
+    meta = dict(meta, sha256={name: hashlib.sha256(data).hexdigest() for name, data in members.items()})
+    text = json.dumps(meta, indent=1)
+    with replacing(path, target, directory) as f:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+            z.writestr(header, text)
+            for name, data in members.items():
+                z.writestr(name, data)
+
+
 def write_bytes(path: "os.PathLike[str] | str", data: bytes) -> None:
-    """``data`` to ``path`` the way ``write`` saves a model: a temporary file in its folder,
-    fsynced, given the umask's permissions and renamed over it (then the folder fsynced);
-    on any failure the temporary file is removed and ``path`` is untouched."""
+    """``data`` to ``path`` the way ``write`` saves a model (through ``replacing``)."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastsasrec-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.chmod(tmp, 0o666 & ~umask())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(directory)
+    with replacing(path, path, os.path.dirname(os.path.abspath(path))) as f:
+        f.write(data)
 
 
 # ----------------------------------------------------------------------------- read
