@@ -54,7 +54,12 @@ def test_recommend_contract(trained):
 
 def test_unknown_items_and_cold_sessions(trained):
     ids_a, s_a = trained.recommend([110, 111, 112], n=3)
-    ids_b, s_b = trained.recommend([99999, 110, 111, -5, 112], n=3)
+    got = trained.recommend([99999, 110, 111, -5, 112], n=3)
+    ids_b, s_b = got
+    assert got.unknown == 2 and trained.recommend([110, 111, 112], n=3).unknown == 0
+    batch = trained.recommend_batch([[99999, 110], [110, 111], [99999, 123456], []], n=3)
+    np.testing.assert_array_equal(batch.unknown, [1, 0, 2, 0])
+    np.testing.assert_array_equal(batch.fallback, [False, False, True, True])
     # unknown ids are ignored entirely
     np.testing.assert_array_equal(ids_a, ids_b)
     np.testing.assert_allclose(s_a, s_b, rtol=1e-6)

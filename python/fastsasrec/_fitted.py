@@ -42,13 +42,17 @@ class Recommendations(tuple):
     """``(ids, scores)``, unpacked as a pair, with ``fallback``: for ``recommend`` a bool,
     for ``recommend_batch`` a bool array with one entry per session; True where the session
     had no item the model knows and got the most popular items (scored by their share of
-    training interactions, not by the model)."""
+    training interactions, not by the model).  ``unknown``: how many of the session's ids
+    the model does not know (and so did not read): an int for ``recommend``, an int array
+    per session for ``recommend_batch``, 0 for ``similar_items``."""
 
     fallback: Any
+    unknown: Any
 
-    def __new__(cls, ids: Any, scores: Any, fallback: Any) -> "Recommendations":
+    def __new__(cls, ids: Any, scores: Any, fallback: Any, unknown: Any = 0) -> "Recommendations":
         self = super().__new__(cls, (ids, scores))
         self.fallback = fallback
+        self.unknown = unknown
         return self
 
     @property
@@ -60,7 +64,7 @@ class Recommendations(tuple):
         return self[1]
 
     def __reduce__(self):  # pickles (Spark, Ray) as itself, fallback included
-        return (Recommendations, (self[0], self[1], self.fallback))
+        return (Recommendations, (self[0], self[1], self.fallback, self.unknown))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -219,7 +223,8 @@ def recommend(state: Fitted, sessions: Any, n: Any, exclude_seen: Any = True, ex
     item left is id -1 (or "") and score -inf, last in its row."""
     n = min(positive_int(n, "n"), state.n_items)
     exclude_seen = flag(exclude_seen, "exclude_seen")
-    internal, offsets = drop_unknown(*encode_sessions(state, sessions, name))
+    given, given_off = encode_sessions(state, sessions, name)
+    internal, offsets = drop_unknown(given, given_off)
     extra = None
     if exclude is not None:
         extra = drop_unknown(*encode_sessions(state, exclude, "exclude"))
@@ -227,7 +232,9 @@ def recommend(state: Fitted, sessions: Any, n: Any, exclude_seen: Any = True, ex
             raise ValueError(f"exclude must have one entry per session: {extra[1].size - 1} "
                              f"entries for {offsets.size - 1} sessions")
     ids, scores, cold = score(state, internal, offsets, n, exclude_seen, extra, state.denylist(denylist))
-    return Recommendations(to_original(state, ids), scores, cold)
+    unknown = np.diff(given_off) - np.diff(offsets) if internal is not given else \
+        np.zeros(offsets.size - 1, dtype=np.int64)
+    return Recommendations(to_original(state, ids), scores, cold, unknown)
 
 
 def recommend_one(state: Fitted, session: Any, n: Any, exclude_seen: Any = True,
@@ -235,8 +242,8 @@ def recommend_one(state: Fitted, session: Any, n: Any, exclude_seen: Any = True,
     """``recommend`` for one session: (ids, scores) without empty slots, ``fallback`` a bool."""
     n = min(positive_int(n, "n"), state.n_items)
     exclude_seen = flag(exclude_seen, "exclude_seen")
-    known = encode_flat(state, session, "session")
-    known = known[known > 0]
+    given = encode_flat(state, session, "session")
+    known = given[given > 0]
     extra = None
     if exclude is not None:
         ex = encode_flat(state, exclude, "exclude")
@@ -248,7 +255,7 @@ def recommend_one(state: Fitted, session: Any, n: Any, exclude_seen: Any = True,
     valid = ids > 0
     if not valid.all():
         ids, scores = ids[valid], scores[valid]
-    return Recommendations(state.item_ids[ids - 1], scores, bool(cold[0]))
+    return Recommendations(state.item_ids[ids - 1], scores, bool(cold[0]), int(given.size - known.size))
 
 
 def score(state: Fitted, internal: np.ndarray, offsets: np.ndarray, n: int, exclude_seen: bool,
@@ -374,7 +381,7 @@ def recommend_cupy(state: Fitted, sessions: Any, n: int, exclude_seen: bool) -> 
     engine.recommend_resident(fwd, excl, n, out_ids, out_scores)  # returns once its stream is done
     ids = ids_gpu[cp.maximum(out_ids, 1) - 1]
     ids[out_ids == 0] = filler(state.item_ids)
-    return Recommendations(ids, out_scores, cp.zeros(B, dtype=bool))
+    return Recommendations(ids, out_scores, cp.zeros(B, dtype=bool), cp.zeros(B, dtype=cp.int64))
 
 
 def _cupy_item_ids(state: Fitted, cp: Any) -> Any:
@@ -432,8 +439,8 @@ def similar(state: Fitted, item: Any, n: Any, denylist: Any = None) -> Recommend
 
 def session_quality(state: Fitted, session: Any) -> float:
     """The mean pairwise cosine of the session's known items, clipped to [0, 1]."""
-    known = encode_flat(state, session, "session")
-    known = known[known > 0]
+    given = encode_flat(state, session, "session")
+    known = given[given > 0]
     m = known.size
     if m < 2:
         return 0.0

@@ -37,15 +37,12 @@ def score(loaded: "Loaded", asks: Sequence[_Ask], deny: Sequence[Any], metrics: 
     list) and the denylist's."""
     model = loaded.model
     deny = deny if deny else None  # the same object while the denylist is unchanged
-    unknown = loaded.unknown([a.session for a in asks])
-    if unknown:
-        with metrics.lock:
-            metrics.unknown_items += unknown
     if len(asks) == 1:
         a = asks[0]
         got = model.recommend(a.session, n=a.n, exclude_seen=a.exclude_seen,
                               exclude=a.exclude or None, denylist=deny)
         a.result = (got[0], got[1], bool(got.fallback))
+        _count_unknown(metrics, got.unknown)
         return
     seen = {a.exclude_seen for a in asks}
     if len(seen) == 1:  # one setting for all: the scorer leaves each session's items out
@@ -57,6 +54,7 @@ def score(loaded: "Loaded", asks: Sequence[_Ask], deny: Sequence[Any], metrics: 
     got = model.recommend_batch([a.session for a in asks], n=max(a.n for a in asks),
                                 exclude_seen=exclude_seen, exclude=exclude, denylist=deny)
     ids, scores, fallback = got[0], got[1], got.fallback
+    _count_unknown(metrics, int(got.unknown.sum()))
     empty = "" if ids.dtype.kind == "U" else -1  # the id of an empty slot
     for row, a in enumerate(asks):
         r_ids, r_sc = ids[row, : a.n], scores[row, : a.n]
@@ -64,6 +62,12 @@ def score(loaded: "Loaded", asks: Sequence[_Ask], deny: Sequence[Any], metrics: 
         if not valid.all():
             r_ids, r_sc = r_ids[valid], r_sc[valid]
         a.result = (r_ids, r_sc, bool(fallback[row]))
+
+
+def _count_unknown(metrics: Metrics, unknown: int) -> None:
+    if unknown:
+        with metrics.lock:
+            metrics.unknown_items += unknown
 
 
 class Batcher:

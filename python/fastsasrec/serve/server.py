@@ -6,15 +6,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import itertools
 import logging
 import math
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
-
-import numpy as np
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from fastsasrec.serve.batcher import Batcher
 from fastsasrec.serve.metrics import Metrics
@@ -28,7 +25,7 @@ log = logging.getLogger("fastsasrec.serve")
 class Loaded:
     """One model as served: the estimator, where it came from, and what /v1/model says.
     ``max_seq``: the most recent items of a session the model reads (what a held session
-    keeps); ``catalogue``: the model's item ids, sorted (to count unknown ones)."""
+    keeps)."""
 
     model: Any
     path: Optional[str]
@@ -36,12 +33,10 @@ class Loaded:
     loaded_at: float
     generation: int
     max_seq: int = 0
-    catalogue: Any = None
 
     @classmethod
     def of(cls, model: Any, path: Optional[str], sha256: Optional[str], generation: int) -> "Loaded":
-        return cls(model, path, sha256, time.time(), generation, int(model.max_seq_),
-                   np.sort(model.item_ids_))
+        return cls(model, path, sha256, time.time(), generation, int(model.max_seq_))
 
     @property
     def tag(self) -> str:
@@ -49,14 +44,6 @@ class Loaded:
         generation of a model given in memory)."""
         return self.sha256[:12] if self.sha256 else f"memory-{self.generation}"
 
-    def unknown(self, sessions: Sequence[List[Any]]) -> int:
-        """How many ids of ``sessions`` are not in the model's catalogue."""
-        ids = sessions[0] if len(sessions) == 1 else list(itertools.chain.from_iterable(sessions))
-        if not ids:
-            return 0
-        x = np.array(ids, dtype=str if self.catalogue.dtype.kind == "U" else np.int64)
-        at = np.minimum(np.searchsorted(self.catalogue, x), self.catalogue.size - 1)
-        return int((self.catalogue[at] != x).sum())
 
 
 def _sha256(path: str) -> str:
