@@ -653,7 +653,7 @@ class Worker:
             if case["must_accept"]:
                 raise Wrong(f"valid parameters were refused: {res[1]}: {res[2]}")
             return res
-        from fastsasrec._params import AUTO, PARAMS, LOSSES, NEGATIVES, PRECISIONS
+        from fastsasrec._params import AUTO, PARAMS, LOSSES, NEGATIVES, PRECISIONS, ENGINE
 
         for got, given in zip(res[1], (case["init"], dict(case["init"], **(case["set"] or {})))):
             for k, (kind, _) in PARAMS.items():
@@ -663,7 +663,8 @@ class Worker:
                 ok = {"int": lambda v: type(v) is int,
                       "float": lambda v: type(v) is float and math.isfinite(v),
                       "flag": lambda v: v is None or type(v) is bool,
-                      "choice": lambda v: v in {"loss": LOSSES, "negatives": NEGATIVES}.get(k, PRECISIONS),
+                      "choice": lambda v: v in {"loss": LOSSES, "negatives": NEGATIVES,
+                                                "precision": PRECISIONS}.get(k, ENGINE[k]["choices"]),
                       "device": lambda v: v in ("auto", "cpu", "cuda"),
                       "seed": lambda v: v is None or (type(v) is int and 0 <= v < 2**63)}[kind](v)
                 if not ok:

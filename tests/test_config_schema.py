@@ -110,7 +110,8 @@ def test_python_derives_its_engine_keys_and_types_from_the_schema():
     engine_params = {name for name in _params.PARAMS if name in BY_NAME}
     assert engine_params == {"factors", "n_layers", "n_heads", "max_seq", "dropout", "loss",
                              "negatives", "logq_correction", "n_negatives", "gbce_t",
-                             "learning_rate", "weight_decay", "batch_size", "precision"}
+                             "learning_rate", "weight_decay", "batch_size", "precision",
+                             "feature_pooling"}
     for name in engine_params:
         assert _params.PARAMS[name][0] == kinds[BY_NAME[name]["type"]], name
     assert _params.LOSSES[1:] == tuple(BY_NAME["loss"]["choices"])
@@ -122,6 +123,10 @@ def test_python_derives_its_engine_keys_and_types_from_the_schema():
     assert set(cfg) == {"n_items", "factors", "n_heads", "n_layers", "max_seq", "dropout", "loss",
                         "n_negatives", "learning_rate", "weight_decay", "batch_size", "precision",
                         "seed", "gbce_t"}
+    _core.check_config(cfg)
+    # the features' keys only for a model with features
+    cfg = _params.engine_config(params, n_items=10, seed=7, n_feature_values=4)
+    assert cfg["n_feature_values"] == 4 and cfg["feature_pooling"] == "mean"
     _core.check_config(cfg)
     # the model file's schema: every key with the engine's type
     assert _persist._CONFIG_TYPES == {f["name"]: f["type"] for f in SCHEMA}

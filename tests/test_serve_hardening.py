@@ -314,7 +314,8 @@ def test_a_batch_mixing_options_answers_each_as_alone(model):
     metrics = Metrics()
     score(loaded, asks, deny, metrics)
     for a in asks:
-        ids, scores, fallback = a.result
+        ids, scores, fallback, names = a.result
+        assert names is None  # a model without item names
         want = model.recommend(a.session, n=a.n, exclude_seen=a.exclude_seen,
                                exclude=a.exclude or None, denylist=deny)
         assert ids.tolist() == want[0].tolist(), a

@@ -15,9 +15,10 @@ from fastsasrec._device import cuda_status as _cuda_status  # noqa: E402
 from fastsasrec.data import Sequences  # noqa: E402
 from fastsasrec.estimator import SASRec  # noqa: E402
 from fastsasrec._fitted import NotFittedError, Recommendations  # noqa: E402
+from fastsasrec._features import ItemFeatures  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["SASRec", "Sequences", "NotFittedError", "Recommendations", "cuda_available", "show_config", "__version__"]
+__all__ = ["SASRec", "Sequences", "ItemFeatures", "NotFittedError", "Recommendations", "cuda_available", "show_config", "__version__"]
 
 
 def cuda_available() -> bool:

@@ -284,3 +284,25 @@ def check_output(output: str, flag: str = "output") -> None:
         raise ValueError(f"cannot write {flag} {output!r}: {e.strerror} in the folder {out_dir}") from None
     os.close(fd)
     os.unlink(probe)
+
+
+def read_items(path: str, id_col: str, items: Optional[str], what: str = "--item-features") -> Any:
+    """A table of item features (.csv or .parquet) as a pandas DataFrame indexed by item id,
+    the ids by the module's rules for ``items`` (None: integers when every one is canonical
+    integer text); the other columns typed by pandas over the whole file (a CSV's "NA" and
+    "null" are text, an empty cell is missing).  ValueError naming the file and the cause."""
+    import pandas as pd
+
+    check_file(path, what)
+    with _reading(path, what):
+        if is_parquet(path):
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, dtype={id_col: str}, keep_default_na=False, na_values=[""])
+    if id_col not in frame.columns:
+        raise ValueError(f"{what} file {path!r} has no column {id_col!r} (--item-id-col); its "
+                         f"columns are: {', '.join(map(str, frame.columns))}")
+    if len(frame) == 0:
+        raise ValueError(f"{what} file {path!r} has no rows")
+    ids = items_of(frame[id_col], items, id_col, "--item-id-col", 0)
+    return frame.drop(columns=[id_col]).set_axis(pd.Index(ids, name=id_col), axis=0)

@@ -44,15 +44,20 @@ class Recommendations(tuple):
     had no item the model knows and got the most popular items (scored by their share of
     training interactions, not by the model).  ``unknown``: how many of the session's ids
     the model does not know (and so did not read): an int for ``recommend``, an int array
-    per session for ``recommend_batch``, 0 for ``similar_items``."""
+    per session for ``recommend_batch``, 0 for ``similar_items``.  ``names``: the items'
+    display names beside ``ids`` (same shape; "" for an item without one, or an empty
+    slot) when the model was fitted with ``item_names``, else None."""
 
     fallback: Any
     unknown: Any
+    names: Any
 
-    def __new__(cls, ids: Any, scores: Any, fallback: Any, unknown: Any = 0) -> "Recommendations":
+    def __new__(cls, ids: Any, scores: Any, fallback: Any, unknown: Any = 0,
+                names: Any = None) -> "Recommendations":
         self = super().__new__(cls, (ids, scores))
         self.fallback = fallback
         self.unknown = unknown
+        self.names = names
         return self
 
     @property
@@ -64,7 +69,7 @@ class Recommendations(tuple):
         return self[1]
 
     def __reduce__(self):  # pickles (Spark, Ray) as itself, fallback included
-        return (Recommendations, (self[0], self[1], self.fallback, self.unknown))
+        return (Recommendations, (self[0], self[1], self.fallback, self.unknown, self.names))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -93,11 +98,23 @@ class Fitted:
     interrupted: bool = False
     validation: Optional[Dict[str, Any]] = None
     defaults: Optional[Dict[str, Dict[str, Any]]] = None
+    features: Any = None  # _features.ModelFeatures: the items' feature bags and names
     cache: Dict[str, Any] = dataclasses.field(default_factory=dict, init=False, repr=False)
 
     @property
     def n_items(self) -> int:
         return int(self.item_ids.size)
+
+    def names_of(self, internal: np.ndarray) -> Optional[np.ndarray]:
+        """The display names of internal ids (0: an empty slot, named ""); None when the
+        model has no names."""
+        f = self.features
+        if f is None or f.names is None:
+            return None
+        named = self.cache.get("names")
+        if named is None:  # entry 0 for the empty slot
+            named = self.cache["names"] = np.concatenate((np.array([""], dtype=f.names.dtype), f.names))
+        return named[internal]
 
     def lookup(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """(sorted ids, their internal indices or None): what ``encode`` searches."""
@@ -234,7 +251,7 @@ def recommend(state: Fitted, sessions: Any, n: Any, exclude_seen: Any = True, ex
     ids, scores, cold = score(state, internal, offsets, n, exclude_seen, extra, state.denylist(denylist))
     unknown = np.diff(given_off) - np.diff(offsets) if internal is not given else \
         np.zeros(offsets.size - 1, dtype=np.int64)
-    return Recommendations(to_original(state, ids), scores, cold, unknown)
+    return Recommendations(to_original(state, ids), scores, cold, unknown, state.names_of(ids))
 
 
 def recommend_one(state: Fitted, session: Any, n: Any, exclude_seen: Any = True,
@@ -255,7 +272,8 @@ def recommend_one(state: Fitted, session: Any, n: Any, exclude_seen: Any = True,
     valid = ids > 0
     if not valid.all():
         ids, scores = ids[valid], scores[valid]
-    return Recommendations(state.item_ids[ids - 1], scores, bool(cold[0]), int(given.size - known.size))
+    return Recommendations(state.item_ids[ids - 1], scores, bool(cold[0]), int(given.size - known.size),
+                           state.names_of(ids))
 
 
 def score(state: Fitted, internal: np.ndarray, offsets: np.ndarray, n: int, exclude_seen: bool,
@@ -434,7 +452,8 @@ def similar(state: Fitted, item: Any, n: Any, denylist: Any = None) -> Recommend
     k = min(n, sims.size - 1 - int(deny[deny != internal[0]].size))
     top = np.argpartition(-sims, k - 1)[:k] if k > 0 else np.zeros(0, dtype=np.int64)
     top = top[np.lexsort((top, -sims[top]))]
-    return Recommendations(state.item_ids[top], sims[top].astype(np.float32), False)
+    return Recommendations(state.item_ids[top], sims[top].astype(np.float32), False, 0,
+                           state.names_of(top + 1))
 
 
 def session_quality(state: Fitted, session: Any) -> float:

@@ -36,10 +36,10 @@ DEFAULTS: Dict[str, Any] = {
     "loss": "auto", "negatives": "auto", "logq_correction": None, "n_negatives": "auto",
     "gbce_t": 0.75, "learning_rate": 1e-3, "weight_decay": 0.0, "batch_size": 128,
     "iterations": "auto", "device": "auto", "random_state": 42, "verbose": 0, "num_threads": 0,
-    "precision": "fp32",
+    "precision": "fp32", "feature_pooling": "mean", "feature_buckets": 10,
 }
 _OWN_KINDS = {"iterations": "int", "device": "device", "random_state": "seed", "verbose": "int",
-              "num_threads": "int"}
+              "num_threads": "int", "feature_buckets": "int"}
 _ENGINE_KINDS = {"int": "int", "float": "float", "str": "choice", "bool": "flag", "uint64": "seed"}
 # name -> (kind, default)
 PARAMS: Dict[str, tuple] = {
@@ -52,7 +52,8 @@ _CHOICES = {name: (("auto",) if name in AUTO else ()) + tuple(ENGINE[name]["choi
 # What the engine's range check sees for "auto" before the data is known.
 _AUTO_PLACEHOLDER = {"max_seq": 50, "dropout": 0.3, "loss": "softmax", "negatives": "uniform",
                      "n_negatives": 256}
-_PYTHON_ONLY_MIN = {"iterations": 0, "verbose": 0}  # the engine never sees these
+_PYTHON_ONLY_MIN = {"iterations": 0, "verbose": 0, "feature_buckets": 1}  # the engine never sees these
+_PYTHON_ONLY_MAX = {"feature_buckets": 1000}
 
 
 def convert(name: str, value: Any) -> Any:
@@ -84,6 +85,8 @@ def convert(name: str, value: Any) -> Any:
         if name in _PYTHON_ONLY_MIN:
             if value < _PYTHON_ONLY_MIN[name]:
                 raise ValueError(f"{name} must be >= {_PYTHON_ONLY_MIN[name]}, got {value!r}")
+            if value > _PYTHON_ONLY_MAX.get(name, value):
+                raise ValueError(f"{name} must be <= {_PYTHON_ONLY_MAX[name]}, got {value!r}")
         elif not -2**31 <= value < 2**31:  # the engine's int: a type, not a range
             raise ValueError(f"{name} must be a 32-bit integer, got {value!r}")
         return value
@@ -98,17 +101,25 @@ def convert(name: str, value: Any) -> Any:
     return number
 
 
-# The engine's fields a fit writes only for the losses that read them (engine_config).
+# The engine's fields a fit writes only for the losses that read them (engine_config), and
+# only for a model with item features.
 _LOSS_ONLY = ("negatives", "logq_correction", "gbce_t")
+_FEATURES_ONLY = ("feature_pooling",)
+# The estimator's parameters that only a model with item features records.
+FEATURE_PARAMS = ("feature_pooling", "feature_buckets")
 
 
-def engine_config(params: Dict[str, Any], n_items: int, seed: int) -> Dict[str, Any]:
+def engine_config(params: Dict[str, Any], n_items: int, seed: int,
+                  n_feature_values: int = 0) -> Dict[str, Any]:
     """The engine's configuration for a fit of ``params`` (no "auto" left but iterations)
-    on n_items items.  The sampler's keys are written only for the losses that read them,
-    so that other models' files stay as older versions wrote them."""
+    on n_items items (and a feature-value table of n_feature_values rows).  The sampler's
+    keys are written only for the losses that read them, and the features' only with
+    features, so that other models' files stay as older versions wrote them."""
     given = {"n_items": n_items, "seed": seed}
+    if n_feature_values:
+        given.update(n_feature_values=n_feature_values, feature_pooling=params["feature_pooling"])
     cfg = {name: given[name] if name in given else params[name] for name in ENGINE
-           if name in given or (name in params and name not in _LOSS_ONLY)}
+           if name in given or (name in params and name not in _LOSS_ONLY + _FEATURES_ONLY)}
     if params["loss"] == "sampled_softmax" and params["negatives"] != "uniform":
         cfg["negatives"] = params["negatives"]
         cfg["logq_correction"] = bool(params["logq_correction"])

@@ -25,21 +25,24 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from fastsasrec import _archive, _core
+from fastsasrec import _archive, _core, _features
 from fastsasrec._archive import file_sha256  # noqa: F401  (the model's tag: batch, serve)
 from fastsasrec._archive import save_target as _save_target  # estimator: a checkpoint's path
 from fastsasrec._device import resolve_device
+from fastsasrec._params import FEATURE_PARAMS
 
 FORMAT_NAME = "fastsasrec"
 # 1: the catalogue ascending; 2: in internal order, unique (a catalogue partial_fit grew).
-# A file is written as version 1 whenever its catalogue is ascending, so older readers
-# read it.
-FORMAT_VERSION = 2
+# 3: item features (their vocabularies in the header; each item's values and the display
+# names as arrays).  A file is written as the lowest version that can hold it (1 whenever
+# its catalogue is ascending and it has no features), so older readers read it.
+FORMAT_VERSION = 3
 CHECKPOINT_NAME = "fastsasrec-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: item features, as in a model file
 HEADER = "fastsasrec.json"
 _ARRAYS = ("params", "item_ids", "popularity")
 _OPTIMIZER = ("m", "v")  # a checkpoint's; and "best_params" with an early-stopping best
+_FEATURE_ARRAYS = ("feature_values", "feature_offsets")  # and "item_names" with names
 
 # The engine's configuration keys and their types ("int", "float", "bool", "uint64" or
 # "str"), from the engine's own table (cpp/include/fastsasrec/config.def).
@@ -72,9 +75,14 @@ def _model_meta(state: Any, tensors: List[Tuple[str, int, Tuple[int, ...]]]) -> 
     from fastsasrec.data import is_ascending
 
     item_ids = state.item_ids
+    params = dict(state.params)
+    feats = state.features
+    if feats is None:  # as a model without features was written before they existed
+        for name in FEATURE_PARAMS:
+            params.pop(name, None)
     return {
         "library_version": __version__,
-        "params": dict(state.params),
+        "params": params,
         "n_items": int(item_ids.size),
         "engine_config": dict(state.config),
         "tensors": [[n, o, list(s)] for n, o, s in tensors],
@@ -82,7 +90,20 @@ def _model_meta(state: Any, tensors: List[Tuple[str, int, Tuple[int, ...]]]) -> 
         "item_ids_ascending": is_ascending(item_ids),
         "loss_history": list(state.loss_history),
         **({"defaults": state.defaults} if state.defaults else {}),
+        **({"features": {"columns": feats.space.to_json(), "n_entries": int(feats.values.size),
+                         "has_names": feats.names is not None}} if feats is not None else {}),
     }
+
+
+def _feature_arrays(state: Any) -> Dict[str, np.ndarray]:
+    feats = state.features
+    if feats is None:
+        return {}
+    out = {"feature_values": np.asarray(feats.values, dtype=np.int32),
+           "feature_offsets": np.asarray(feats.offsets, dtype=np.int64)}
+    if feats.names is not None:
+        out["item_names"] = feats.names
+    return out
 
 
 def save(model: Any, path: "os.PathLike[str] | str") -> None:
@@ -97,11 +118,13 @@ def save(model: Any, path: "os.PathLike[str] | str") -> None:
     flat = np.asarray(state.engine.get_params(), dtype=np.float32)
     _check_finite(flat, tensors, path)
     meta = _model_meta(state, tensors)
-    meta = {"format": FORMAT_NAME, "format_version": 1 if meta["item_ids_ascending"] else 2, **meta}
+    version = 3 if state.features is not None else 1 if meta["item_ids_ascending"] else 2
+    meta = {"format": FORMAT_NAME, "format_version": version, **meta}
     _archive.write(path, target, directory, HEADER, meta, {
         "params": flat,
         "item_ids": state.item_ids,
         "popularity": np.asarray(state.popularity, dtype=np.int64),
+        **_feature_arrays(state),
     })
 
 
@@ -121,7 +144,8 @@ def save_checkpoint(path: "os.PathLike[str] | str", state: Any, progress: Dict[s
             **_model_meta(state, tensors), "step": int(step), **progress,
             "has_best_params": best_params is not None}
     arrays = {"params": flat, "item_ids": state.item_ids,
-              "popularity": np.asarray(state.popularity, dtype=np.int64), "m": m, "v": v}
+              "popularity": np.asarray(state.popularity, dtype=np.int64), "m": m, "v": v,
+              **_feature_arrays(state)}
     if best_params is not None:
         arrays["best_params"] = np.asarray(best_params, dtype=np.float32)
     _archive.write(path, target, directory, HEADER, meta, arrays)
@@ -218,6 +242,9 @@ def _read(f: Any, file_len: int, path: str, checkpoint: bool = False):
             if not isinstance(has_best, bool):
                 raise ValueError(f"path {path!r}: invalid has_best_params {has_best!r}")
             arrays_in = _ARRAYS + _OPTIMIZER + (("best_params",) if has_best else ())
+        space, n_entries, has_names = _features_header(meta, version, path)
+        if space is not None:
+            arrays_in = arrays_in + _FEATURE_ARRAYS + (("item_names",) if has_names else ())
         expected = (HEADER,) + tuple(name + ".npy" for name in arrays_in)
         for name in expected:
             if name not in names:
@@ -231,6 +258,10 @@ def _read(f: Any, file_len: int, path: str, checkpoint: bool = False):
             raise ValueError(f"path {path!r}: invalid n_items {n_items!r}")
         config = _check_config(meta.get("engine_config"), n_items, path)
         n_params = _check_tensors(meta.get("tensors"), config, path)
+        n_values = int(config.get("n_feature_values", 0))
+        if (space.size if space is not None else 0) != n_values:
+            raise ValueError(f"path {path!r}: engine_config n_feature_values={n_values} but the "
+                             f"header's feature columns have {space.size if space else 0} values")
         kind = meta.get("item_id_kind", "int")
         if kind not in ("int", "str"):
             raise ValueError(f"path {path!r}: invalid item_id_kind {kind!r}")
@@ -243,7 +274,8 @@ def _read(f: Any, file_len: int, path: str, checkpoint: bool = False):
         # Every member's size from the zip directory against what the header implies,
         # before any array is allocated.
         members = {name: _archive.member(z, name + ".npy", file_len, path) for name in arrays_in}
-        floats = [name for name in arrays_in if name not in ("item_ids", "popularity")]
+        floats = [name for name in arrays_in if name not in ("item_ids", "popularity", "item_names")
+                  + _FEATURE_ARRAYS]
         for name in floats:
             _archive.check_sizes(members[name], 4 * n_params,
                          f"the {n_params} float32 {'weights' if name.endswith('params') else 'moments'} "
@@ -259,12 +291,43 @@ def _read(f: Any, file_len: int, path: str, checkpoint: bool = False):
             8 if kind == "int" else None)
         arrays["popularity"], sums["popularity"] = _archive.read_npy(z, members["popularity"], n_items, "i",
                                                              path, 8)
+        if space is not None:
+            _archive.check_sizes(members["feature_offsets"], 8 * (n_items + 2),
+                                 f"the feature offsets of {n_items} items", path)
+            _archive.check_sizes(members["feature_values"], 4 * n_entries,
+                                 f"{n_entries} int32 feature values", path)
+            arrays["feature_offsets"], sums["feature_offsets"] = _archive.read_npy(
+                z, members["feature_offsets"], n_items + 2, "i", path, 8)
+            arrays["feature_values"], sums["feature_values"] = _archive.read_npy(
+                z, members["feature_values"], n_entries, "i", path, 4)
+            _features.check_csr(arrays["feature_values"], arrays["feature_offsets"], n_items,
+                                space.size, f"path {path!r}")
+            if has_names:
+                arrays["item_names"], sums["item_names"] = _archive.read_npy(
+                    z, members["item_names"], n_items, "U", path)
+            arrays["features"] = _features.ModelFeatures(
+                space, arrays["feature_values"], arrays["feature_offsets"], arrays.get("item_names"))
     if digests is not None:
         for name in arrays_in:
             if digests[name + ".npy"].lower() != sums[name]:
                 raise ValueError(f"path {path!r}: {name}.npy checksum mismatch (SHA-256): the file is "
                                  "corrupted or was altered")
     return meta, config, arrays
+
+
+def _features_header(meta: Dict[str, Any], version: int, path: str):
+    """(space, entries, has_names) of the header's item features; (None, 0, False) without."""
+    f = meta.get("features")
+    if f is None:
+        return None, 0, False
+    if version < 3 and meta.get("format") == FORMAT_NAME or version < 2 and meta.get("format") == CHECKPOINT_NAME:
+        raise ValueError(f"path {path!r}: item features in a file of format version {version}")
+    ok = (isinstance(f, dict) and set(f) == {"columns", "n_entries", "has_names"}
+          and isinstance(f["n_entries"], int) and not isinstance(f["n_entries"], bool)
+          and 0 <= f["n_entries"] < 2**31 and isinstance(f["has_names"], bool))
+    if not ok:
+        raise ValueError(f"path {path!r}: invalid features field in the header")
+    return _features.FeatureSpace.from_json(f["columns"], f"path {path!r}"), f["n_entries"], f["has_names"]
 
 
 def _check_arrays(arrays: Dict[str, np.ndarray], path: str, ascending_optional: bool) -> None:
@@ -316,10 +379,14 @@ def _read_file(path: str, checkpoint: bool = False):
 
 
 def _params_of(meta: Dict[str, Any], path: str) -> Dict[str, Any]:
+    """The header's parameters; those of item features at their defaults in a file of a
+    model without features (which leaves them out, as files before features did)."""
+    from fastsasrec._params import DEFAULTS
+
     params = meta.get("params")
     if not isinstance(params, dict):
         raise ValueError(f"path {path!r}: params must be an object")
-    return dict(params)
+    return {**{name: DEFAULTS[name] for name in FEATURE_PARAMS}, **params}
 
 
 def load(cls: Any, path: "os.PathLike[str] | str", device: str = "auto",
@@ -345,9 +412,13 @@ def load(cls: Any, path: "os.PathLike[str] | str", device: str = "auto",
         model.set_params(num_threads=num_threads)
     engine = _core.Model(config, resolve_device(device, config), threads=model.num_threads)
     engine.set_params(arrays.pop("params"))  # freed before the probe copies the item table
+    feats = arrays.get("features")
+    if feats is not None:
+        feats.attach(engine)
     _check_forward(engine, config, path)
     model._set_fitted(engine, config, arrays["item_ids"], arrays["popularity"].astype(np.int64),
-                      loss_history, _defaults(meta, path) if "defaults" in meta else None)
+                      loss_history, _defaults(meta, path) if "defaults" in meta else None,
+                      features=feats)
     return model
 
 

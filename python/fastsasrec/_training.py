@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import threading
@@ -18,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from fastsasrec import _auto, _core, _persist
+from fastsasrec import _auto, _core, _features, _persist
 from fastsasrec import metrics as _metrics
 from fastsasrec._device import resolve_device
 from fastsasrec._fitted import Fitted, check_catalogue, read_only
@@ -32,8 +33,6 @@ def _all_finite(a: np.ndarray) -> bool:
     return a.size == 0 or bool(np.isfinite(a.min()) and np.isfinite(a.max()))
 
 
-_FIT_ARGS = ("validation", "early_stopping_patience", "callbacks", "checkpoint",
-             "checkpoint_every", "resume")
 # The parameters a resumed fit may change: they alter neither the weights nor their order.
 _RESUME_FREE = ("iterations", "verbose", "num_threads", "device")
 
@@ -77,10 +76,15 @@ def _drop_short(sequences: Sequences, stacklevel: int = 4) -> Tuple[np.ndarray, 
     return flat, offsets
 
 
-def _fingerprint(flat: np.ndarray, offsets: np.ndarray) -> Dict[str, Any]:
+def _fingerprint(flat: np.ndarray, offsets: np.ndarray, feats: Any = None) -> Dict[str, Any]:
     """What a checkpoint records of its training data: the SHA-256 of the ids (their type,
-    then their values) and the offsets, with the counts to name in an error."""
+    then their values), the offsets and the item features (their vocabularies and each
+    item's values), with the counts to name in an error."""
     h = hashlib.sha256()
+    if feats is not None:
+        h.update(json.dumps(feats.space.to_json(), sort_keys=True).encode())
+        h.update(np.ascontiguousarray(feats.values, dtype="<i4").tobytes())
+        h.update(np.ascontiguousarray(feats.offsets, dtype="<i8").tobytes())
     if flat.dtype.kind == "U":
         h.update(b"str")
         h.update(np.char.str_len(flat).astype("<i8").tobytes())
@@ -144,8 +148,56 @@ def _continued_engine(state: Fitted, n_items: int) -> Tuple[Any, Dict[str, Any]]
     return engine, config
 
 
+def _catalogue(flat: np.ndarray, table: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(item_ids ascending, internal ids of ``flat``, each item's count in ``flat``): the
+    items of the sequences and of the features table (new products, count 0)."""
+    if table is None or table.ids.size == 0:
+        item_ids, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+        return item_ids, (inverse.reshape(-1) + 1).astype(np.int32), counts
+    item_ids = np.unique(np.concatenate((flat, table.ids)))
+    internal = (np.searchsorted(item_ids, flat) + 1).astype(np.int32)
+    return item_ids, internal, np.bincount(internal - 1, minlength=item_ids.size)
+
+
+def _features_table(item_features: Any, item_names: Any, flat: np.ndarray) -> Any:
+    if item_features is None:
+        if item_names is not None:
+            raise ValueError(f"item_names={item_names!r} names a column of item_features: "
+                             "give item_features too")
+        return None
+    return _features.as_table(item_features, item_names, "str" if flat.dtype.kind == "U" else "int")
+
+
+def _with_features(engine: Any, feats: Any) -> Any:
+    """Gives a new engine the items' feature bags; each column's "unknown" row starts (and,
+    held by no fitted item, stays) at zero."""
+    if feats is not None:
+        feats.attach(engine)
+        _features.zero_rows(engine, _features.TENSOR, feats.space.unknown_rows())
+    return engine
+
+
+def _finished(state: Fitted) -> Fitted:
+    """A model with features: the id embeddings of the items no training sequence held
+    (new products) set to zero, so that their features alone represent them (training
+    only pushed those rows down, as negatives)."""
+    if state.features is not None and not state.interrupted:
+        cold = np.flatnonzero(np.asarray(state.popularity) == 0) + 1
+        _features.zero_rows(state.engine, "item_emb", cold)
+    return state
+
+
 def fit(model: Any, sequences: Sequences, validation=None, early_stopping_patience=None,
-         callbacks=None, checkpoint=None, checkpoint_every=1, resume=None, params=None):
+         callbacks=None, checkpoint=None, checkpoint_every=1, resume=None, params=None,
+         item_features=None, item_names=None):
+    state = _fit(model, sequences, validation, early_stopping_patience, callbacks, checkpoint,
+                 checkpoint_every, resume, params, item_features, item_names)
+    return _finished(state)
+
+
+def _fit(model: Any, sequences: Sequences, validation=None, early_stopping_patience=None,
+         callbacks=None, checkpoint=None, checkpoint_every=1, resume=None, params=None,
+         item_features=None, item_names=None):
     if params is None:
         params = model.get_params()  # read once: a set_params meanwhile is for the next fit
     if early_stopping_patience is not None:
@@ -158,11 +210,12 @@ def fit(model: Any, sequences: Sequences, validation=None, early_stopping_patien
         checkpoint = _persist._save_target(checkpoint)[0]  # a bad path fails before training
     if validation is not None:
         validation = flatten_sequences(validation, "validation")
-    flat, offsets = _drop_short(sequences)
-    item_ids, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    flat, offsets = _drop_short(sequences, stacklevel=5)
+    table = _features_table(item_features, item_names, flat)
+    item_ids, internal, counts = _catalogue(flat, table)
     check_catalogue(item_ids)
-    internal = (inverse.reshape(-1) + 1).astype(np.int32)
-    fingerprint = _fingerprint(flat, offsets) if checkpoint is not None or resume is not None else None
+    feats = _features.fitted(table, item_ids, params["feature_buckets"]) if table is not None else None
+    fingerprint = _fingerprint(flat, offsets, feats) if checkpoint is not None or resume is not None else None
     lengths = np.diff(offsets)
     resolved, chosen = _auto.resolve(params, lengths, int(item_ids.size))
     start = None
@@ -176,6 +229,8 @@ def fit(model: Any, sequences: Sequences, validation=None, early_stopping_patien
                              threads=params["num_threads"])
         arrays = ck["arrays"]
         engine.set_params(arrays["params"])
+        if feats is not None:
+            feats.attach(engine)
         engine.set_optimizer_state(arrays["m"], arrays["v"], ck["step"])
         params = dict(ck["params"], **{k: params[k] for k in _RESUME_FREE})
         es = ck["early_stopping"]
@@ -189,9 +244,10 @@ def fit(model: Any, sequences: Sequences, validation=None, early_stopping_patien
         seed = params["random_state"]
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
-        config = engine_config(resolved, int(item_ids.size), seed)
-        engine = _core.Model(config, resolve_device(params["device"], config),
-                             threads=params["num_threads"])
+        config = engine_config(resolved, int(item_ids.size), seed,
+                               feats.space.size if feats is not None else 0)
+        engine = _with_features(_core.Model(config, resolve_device(params["device"], config),
+                                            threads=params["num_threads"]), feats)
     iterations, carved = params["iterations"], None
     full = (internal, offsets)
     if refit_ck is not None:  # the slice was done: continue the refit on everything
@@ -219,7 +275,7 @@ def fit(model: Any, sequences: Sequences, validation=None, early_stopping_patien
             rest = Sequences._of(internal, offsets).head(drop)
             internal, offsets = rest.items, rest.offsets
     state = Fitted(engine, config, params, read_only(item_ids),
-                    read_only(counts.astype(np.int64)))
+                    read_only(counts.astype(np.int64)), features=feats)
     if refit_ck is not None:
         state = train(model, state, *full, iterations, None, None, callbacks, start, checkpoint,
                       checkpoint_every, fingerprint, extra={"refit": refit_ck}, phase="refit")
@@ -263,10 +319,10 @@ def fit(model: Any, sequences: Sequences, validation=None, early_stopping_patien
                                         best_epoch=kept + more if not again.interrupted else again.best_epoch)
         elif carved is not None and not state.interrupted:
             refit = {"epochs": kept, "chosen": chosen["iterations"]}
-            fresh = _core.Model(config, resolve_device(params["device"], config),
-                                threads=params["num_threads"])
+            fresh = _with_features(_core.Model(config, resolve_device(params["device"], config),
+                                               threads=params["num_threads"]), feats)
             again = Fitted(fresh, config, params, read_only(item_ids),
-                            read_only(counts.astype(np.int64)))
+                            read_only(counts.astype(np.int64)), features=feats)
             # The refit's history follows the slice's, which its checkpoints keep too.
             again = train(model, again, *full, kept, None, None, callbacks,
                           _Progress(history=list(state.history)), checkpoint,
@@ -394,33 +450,49 @@ def against_popular(model: Any, state: Fitted, validation: Sequences, run: "_Pro
             "beats_most_popular": bool(score >= pop)}
 
 
-def partial_fit(model: Any, sequences: Any, epochs: int = 1, callbacks: Any = None) -> Fitted:
+def partial_fit(model: Any, sequences: Any, epochs: int = 1, callbacks: Any = None,
+                item_features: Any = None, item_names: Any = None) -> Fitted:
     """SASRec.partial_fit's model: the fitted one trained ``epochs`` more epochs on
-    ``sequences``, new items appended to its catalogue (see SASRec.partial_fit)."""
+    ``sequences``, new items (of the sequences, and of ``item_features``: new products)
+    appended to its catalogue (see SASRec.partial_fit)."""
     flat = flatten_sequences(sequences, "sequences")
     epochs = positive_int(epochs, "epochs")
     state = model._state
     if state is None:
         params = dict(model.get_params(), iterations=epochs)
-        return fit(model, flat, callbacks=callbacks, params=params)
+        return fit(model, flat, callbacks=callbacks, params=params, item_features=item_features,
+                   item_names=item_names)
     _check_callbacks(callbacks)
+    if item_features is not None and state.features is None:
+        raise ValueError("item_features: this model was fitted without item features; fit it "
+                         "with item_features to give them")
     items, offsets = _drop_short(flat, stacklevel=4)
     check_ids_compatible(items, state.item_ids, "sequences")
+    table = _features_table(item_features, item_names, state.item_ids)
     internal = state.encode(items)
     unknown = internal == 0
     V = int(state.item_ids.size)
-    new_ids, inverse = np.unique(items[unknown], return_inverse=True)
+    candidates = items[unknown]
+    if table is not None and table.ids.size:
+        candidates = np.concatenate((candidates, table.ids[state.encode(table.ids) == 0]))
+    new_ids = np.unique(candidates)
     check_catalogue(new_ids)
-    internal[unknown] = (V + 1 + inverse.reshape(-1)).astype(np.int32)
+    internal[unknown] = (V + 1 + np.searchsorted(new_ids, items[unknown])).astype(np.int32)
     n_items = V + int(new_ids.size)
     item_ids = np.concatenate((state.item_ids, new_ids)) if new_ids.size else state.item_ids
     popularity = np.bincount(internal - 1, minlength=n_items).astype(np.int64)
     popularity[:V] += state.popularity
     engine, config = _continued_engine(state, n_items)
+    feats = state.features
+    if feats is not None:
+        feats = feats.grown(table, item_ids)
+        feats.attach(engine)
+        # New items start from their features alone: a zero id embedding.
+        _features.zero_rows(engine, "item_emb", np.arange(V + 1, n_items + 1))
     grown = dataclasses.replace(state, engine=engine, config=config,
                                 item_ids=read_only(item_ids), popularity=read_only(popularity),
-                                interrupted=False)
+                                interrupted=False, features=feats)
     start = _Progress(losses=list(state.loss_history), history=list(state.history))
     # verbose is the estimator's now (a runtime setting, like num_threads), not the fit's.
-    return train(model, grown, internal, offsets, len(state.loss_history) + epochs, start=start,
-                 callbacks=callbacks, verbose=model.get_params()["verbose"])
+    return _finished(train(model, grown, internal, offsets, len(state.loss_history) + epochs,
+                           start=start, callbacks=callbacks, verbose=model.get_params()["verbose"]))

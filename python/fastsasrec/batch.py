@@ -48,19 +48,24 @@ def _known(model: Any, items: np.ndarray, what: str) -> np.ndarray:
     return np.isin(items, ids)
 
 
-def long_rows(users: np.ndarray, ids: np.ndarray, scores: np.ndarray, user_col: str = "user") -> "Any":
+def long_rows(users: np.ndarray, ids: np.ndarray, scores: np.ndarray, user_col: str = "user",
+              names: Optional[np.ndarray] = None) -> "Any":
     """recommend_batch's (B, k) ids and scores as (user_col, rank, item, score) rows, best
-    first, empty slots (id -1 or "") left out: the one output shape of every batch path."""
+    first, empty slots (id -1 or "") left out: the one output shape of every batch path;
+    with ``names`` (a model fitted with item names) a "name" column after "item"."""
     import pandas as pd
 
     k = ids.shape[1]
     mask = ((ids != "") if ids.dtype.kind == "U" else (ids != -1)).ravel()
-    return pd.DataFrame({
+    cols = {
         user_col: np.repeat(np.asarray(users), k)[mask],
         "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), ids.shape[0])[mask],
         "item": ids.ravel()[mask],
-        "score": scores.ravel()[mask].astype(np.float32),
-    })
+    }
+    if names is not None:
+        cols["name"] = np.asarray(names).ravel()[mask]
+    cols["score"] = scores.ravel()[mask].astype(np.float32)
+    return pd.DataFrame(cols)
 
 
 def _score(model: Any, users: np.ndarray, recent: Tuple[np.ndarray, np.ndarray],
@@ -79,11 +84,14 @@ def _score(model: Any, users: np.ndarray, recent: Tuple[np.ndarray, np.ndarray],
             kw = {"exclude": Sequences(older[0][e[0]:e[-1]], e - e[0])}
         else:
             kw = {}
-        ids, scores = model.recommend_batch(sessions, n=n, exclude_seen=exclude_seen, **kw)
-        parts.append(long_rows(users[b0:b1], np.asarray(ids), np.asarray(scores)))
+        got = model.recommend_batch(sessions, n=n, exclude_seen=exclude_seen, **kw)
+        parts.append(long_rows(users[b0:b1], np.asarray(got[0]), np.asarray(got[1]),
+                               names=got.names))
     if not parts:
-        return pd.DataFrame({"user": users[:0], "rank": np.zeros(0, np.int32),
-                             "item": model.item_ids_[:0], "score": np.zeros(0, np.float32)})
+        empty = {"user": users[:0], "rank": np.zeros(0, np.int32), "item": model.item_ids_[:0]}
+        if model.item_names_ is not None:
+            empty["name"] = np.zeros(0, dtype=str)
+        return pd.DataFrame({**empty, "score": np.zeros(0, np.float32)})
     return pd.concat(parts, ignore_index=True)
 
 

@@ -48,6 +48,14 @@ def _refuse_inputs(outputs: Sequence[Tuple[str, Optional[str]]], inputs: Sequenc
                                "give another path")
 
 
+def _inputs(args: argparse.Namespace) -> List[Tuple[str, str]]:
+    """The files a command reads (what no output may overwrite)."""
+    out = [("EVENTS", args.events)]
+    if getattr(args, "item_features", None) is not None:
+        out.append(("--item-features", args.item_features))
+    return out
+
+
 def _load_model(path: str, threads: Optional[int] = None, device: str = "auto"):
     from fastsasrec import SASRec
 
@@ -210,13 +218,45 @@ def _check_checkpoint_args(args: argparse.Namespace) -> Dict[str, Any]:
     return kw
 
 
+def _item_features(args: argparse.Namespace, item_ids: np.ndarray) -> Any:
+    """The --item-features table as fit takes it (None without the flag)."""
+    from fastsasrec import ItemFeatures, _events
+
+    if getattr(args, "item_features", None) is None:
+        for flag in ("item_names", "item_list_col"):
+            if getattr(args, flag, None):
+                raise CLIError(f"--{flag.replace('_', '-')} reads a column of --item-features: give "
+                               "--item-features ITEMS too")
+        return None
+    multi = {}
+    for spec in args.item_list_col or ():
+        col, _, sep = spec.partition(":")
+        multi[col] = sep or "|"
+    frame = _events.read_items(args.item_features, args.item_id_col or args.item_col,
+                               _events.item_mode(item_ids))
+    return ItemFeatures(frame, names=args.item_names, multi=multi or None)
+
+
+def _add_item_feature_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--item-features", metavar="ITEMS",
+                   help="a .csv or .parquet of item features, one row per item (category, brand, "
+                        "price, tags): numbers become buckets, other columns categories; items "
+                        "with no event (new products) join the catalogue")
+    p.add_argument("--item-id-col", metavar="COL", help="ITEMS' item id column (default: --item-col's)")
+    p.add_argument("--item-names", metavar="COL",
+                   help="ITEMS' column of display names, shown beside ids (never a feature)")
+    p.add_argument("--item-list-col", metavar="COL[:SEP]", action="append",
+                   help="an ITEMS column holding several values per item, split on SEP "
+                        "(default |), e.g. genres:|  (repeatable)")
+
+
 def _train(args: argparse.Namespace) -> int:
     from fastsasrec import SASRec
 
     if isinstance(args.epochs, int) and args.epochs < 1:
         raise CLIError(f"--epochs must be >= 1 or auto, got {args.epochs}")
     _refuse_inputs([("-o/--output", args.output), ("--checkpoint", args.checkpoint),
-                    ("--history", args.history)], [("EVENTS", args.events)])
+                    ("--history", args.history)], _inputs(args))
     _check_output(args.output)
     if args.history is not None:
         from fastsasrec._events import check_output, same_file
@@ -227,9 +267,11 @@ def _train(args: argparse.Namespace) -> int:
     checkpoint_kw = _check_checkpoint_args(args)
     df, time_col = _read(args)
     params = _model_params(args)
+    feats = _item_features(args, df[args.item_col].to_numpy()[:1])
     t0 = time.perf_counter()
     model = SASRec.from_transactions(df, user_col=args.user_col, item_col=args.item_col,
-                                     timestamp_col=time_col, **params, **checkpoint_kw)
+                                     timestamp_col=time_col, **params, **checkpoint_kw,
+                                     **({"item_features": feats} if feats is not None else {}))
     dt = time.perf_counter() - t0
     n_users = int(df[args.user_col].nunique())
     loss = f", final loss {model.loss_history_[-1]:.4f}" if model.loss_history_ else ""
@@ -259,15 +301,16 @@ def _update(args: argparse.Namespace) -> int:
 
     if args.epochs < 1:
         raise CLIError(f"--epochs must be >= 1, got {args.epochs}")
-    _refuse_inputs([("-o/--output", args.output)], [("EVENTS", args.events)])
+    _refuse_inputs([("-o/--output", args.output)], _inputs(args))
     _check_output(args.output)
     model = _load_model(args.model, args.threads)
     df, time_col = _read(args, _events.item_mode(model.item_ids))
     items, offsets, _ = transactions_to_sequences(df, args.user_col, args.item_col, time_col)
     model.set_params(verbose=_verbosity(args))
+    feats = _item_features(args, model.item_ids)
     before = model.n_items
     t0 = time.perf_counter()
-    model.partial_fit(Sequences(items, offsets), epochs=args.epochs)
+    model.partial_fit(Sequences(items, offsets), epochs=args.epochs, item_features=feats)
     dt = time.perf_counter() - t0
     done = len(model.loss_history_)
     print(f"updated on {len(df):,} events: {model.n_items - before:,} new items "
@@ -289,12 +332,14 @@ def _recommend(args: argparse.Namespace) -> int:
         else:
             print(f"note: no item of --session is in the model's catalogue ({unknown}): "
                   "these are the most popular items", file=sys.stderr)
-    ids, scores = model.recommend(session, n=args.n, exclude_seen=_exclude_seen(args, "--keep-seen"),
-                                  exclude=exclude)
+    got = model.recommend(session, n=args.n, exclude_seen=_exclude_seen(args, "--keep-seen"),
+                          exclude=exclude)
+    ids, scores = got
     width = max([4] + [len(str(x)) for x in ids.tolist()])
-    print(f"rank  {'item':>{width}}  score")
+    names = got.names.tolist() if got.names is not None else None
+    print(f"rank  {'item':>{width}}  score" + ("   name" if names is not None else ""))
     for r, (x, s) in enumerate(zip(ids.tolist(), scores.tolist()), 1):
-        print(f"{r:>4}  {str(x):>{width}}  {s:.4f}")
+        print(f"{r:>4}  {str(x):>{width}}  {s:.4f}" + (f"  {names[r - 1]}" if names is not None else ""))
     return 0
 
 
@@ -414,6 +459,7 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--history", metavar="FILE.csv",
                    help="write the history (one row per epoch of each phase: loss, tokens/s, "
                         "seconds, validation NDCG@10 ...) to FILE.csv, for fastsasrec plot")
+    _add_item_feature_args(t)
     t.add_argument("--checkpoint", metavar="PATH",
                    help="write a training checkpoint (weights, optimizer, progress) to PATH")
     t.add_argument("--checkpoint-every", type=int, metavar="N",
@@ -435,6 +481,7 @@ def _build_parser() -> argparse.ArgumentParser:
     u.add_argument("-o", "--output", required=True, metavar="MODEL",
                    help="where to save the updated model (may be MODEL itself)")
     u.add_argument("--epochs", type=int, default=1, help="epochs over the new events (default: 1)")
+    _add_item_feature_args(u)
     u.add_argument("--threads", type=int, default=None)
     u.add_argument("--keep-partial", action="store_true",
                    help="on Ctrl-C, save the last completed epoch's model to --output (exit 130)")

@@ -37,7 +37,7 @@ _PUBLISH = threading.Lock()
 
 # fit's keyword arguments that from_transactions passes on.
 _FIT_ARGS = ("validation", "early_stopping_patience", "callbacks", "checkpoint",
-             "checkpoint_every", "resume")
+             "checkpoint_every", "resume", "item_features", "item_names")
 
 
 def _is_cupy(x: Any) -> bool:
@@ -119,6 +119,14 @@ class SASRec(NotebookCompat):
         sums the products in float32 (the GPU's tensor cores); weights, activations,
         attention, losses and the optimizer stay float32.  The CPU computes the same
         rounding, for the same answers, but gains no speed from it.
+    feature_pooling : {"mean", "sum"}
+        With ``fit(item_features=...)``: an item's vector is its id embedding plus the
+        mean (or the sum) of its feature values' embeddings, on the input side and as the
+        output layer alike.
+    feature_buckets : int
+        With ``item_features``: how many buckets a numeric column becomes (by the quantiles
+        of its values over the table's items, so each holds about as many items; fewer when
+        values repeat).
 
     Thread safety: one fitted model can serve many threads at once.  The fitted model is
     one snapshot that ``fit``, ``load`` and ``to`` replace whole, so every call gets
@@ -147,6 +155,8 @@ class SASRec(NotebookCompat):
         verbose: int = DEFAULTS["verbose"],
         num_threads: int = DEFAULTS["num_threads"],
         precision: str = DEFAULTS["precision"],
+        feature_pooling: str = DEFAULTS["feature_pooling"],
+        feature_buckets: int = DEFAULTS["feature_buckets"],
     ) -> None:
         given = {name: value for name, value in locals().items() if name in PARAMS}
         for name, value in checked(given).items():
@@ -190,6 +200,8 @@ class SASRec(NotebookCompat):
         checkpoint: "Optional[os.PathLike[str] | str]" = None,
         checkpoint_every: int = 1,
         resume: "Optional[os.PathLike[str] | str]" = None,
+        item_features: Any = None,
+        item_names: Optional[str] = None,
     ) -> "SASRec":
         """Trains on sequences of original item ids (oldest first); returns self.
 
@@ -230,12 +242,25 @@ class SASRec(NotebookCompat):
         ``verbose``, ``num_threads`` and ``device`` may differ) give the same weights as an
         uninterrupted fit with the same seed and threads.  Data whose fingerprint differs
         from the checkpoint's, or other parameters, are refused with a ValueError.  Give
-        ``validation`` again to continue early stopping.
+        ``validation`` again to continue early stopping, and ``item_features`` again.
+
+        ``item_features``: what is known of each item, a table with one row per item (a
+        pandas or polars DataFrame, a pyarrow Table) indexed by item id, every column a
+        feature; or a ``fastsasrec.ItemFeatures`` naming the id column, the kinds and the
+        list columns.  A column of numbers becomes ``feature_buckets`` buckets; a column
+        of lists (genres, tags) gives an item several values; any other column is
+        categorical.  An item's vector is its id embedding plus the pooled embeddings of
+        its values (``feature_pooling``), learnt with the rest.  Items of the table that
+        no sequence holds (new products) join the catalogue and are recommended from their
+        features: their id embedding is zero.  An item without a row holds a "no features"
+        value; a duplicated id is refused.  ``item_names``: a column of the table holding
+        display names (never a feature), returned beside ids as ``names``.
         """
         sequences = flatten_sequences(sequences, "sequences")
         with self._writer:
             return self._publish(_training.fit(self, sequences, validation, early_stopping_patience,
-                                               callbacks, checkpoint, checkpoint_every, resume))
+                                               callbacks, checkpoint, checkpoint_every, resume,
+                                               item_features=item_features, item_names=item_names))
 
 
     @classmethod
@@ -253,14 +278,16 @@ class SASRec(NotebookCompat):
         sorted stably by user, then by ``timestamp_col`` (numbers or datetimes; None keeps
         the table's order).  ``params``: the constructor's parameters, plus ``fit``'s
         ``validation``, ``early_stopping_patience``, ``callbacks``, ``checkpoint``,
-        ``checkpoint_every`` and ``resume``.  Returns the fitted model."""
+        ``checkpoint_every``, ``resume``, ``item_features`` and ``item_names``.  Returns the
+        fitted model."""
         fit_kw = {k: params.pop(k) for k in _FIT_ARGS if k in params}
         model = cls(**params)
         items, offsets, _ = transactions_to_sequences(df, user_col, item_col, timestamp_col)
         return model.fit(Sequences._of(items, offsets), **fit_kw)
 
     def partial_fit(self, sequences: Any, epochs: int = 1,
-                    callbacks: Optional[Sequence[Callable[..., Any]]] = None) -> "SASRec":
+                    callbacks: Optional[Sequence[Callable[..., Any]]] = None,
+                    item_features: Any = None, item_names: Optional[str] = None) -> "SASRec":
         """Continues training the fitted model on ``sequences`` (e.g. today's events) for
         ``epochs`` epochs, from its current weights and optimizer state; returns self.
 
@@ -273,10 +300,16 @@ class SASRec(NotebookCompat):
         ``load`` has no optimizer state (a model file keeps only the weights): AdamW starts
         afresh.  On an unfitted estimator it is ``fit`` with ``iterations=epochs``.
 
+        ``item_features`` (a model fitted with them): rows for new products, which join
+        the catalogue with their features (and a zero id embedding) even before any event
+        holds them, or new rows for known items; encoded with the vocabularies of fit (a
+        value fit never saw counts as its column's "unknown" value).
+
         Writers are serialised: a second partial_fit (or fit, or to()) called meanwhile
         waits, then trains on this one's result; nothing either adds is lost."""
         with self._writer:
-            return self._publish(_training.partial_fit(self, sequences, epochs, callbacks))
+            return self._publish(_training.partial_fit(self, sequences, epochs, callbacks,
+                                                       item_features, item_names))
 
     # ------------------------------------------------------------------ state
     def _publish(self, state: Fitted) -> "SASRec":
@@ -295,7 +328,7 @@ class SASRec(NotebookCompat):
 
     def _set_fitted(self, engine: Any, config: Dict[str, Any], item_ids: np.ndarray,
                     popularity: np.ndarray, loss_history: Sequence[float] = (),
-                    defaults: Optional[Dict[str, Dict[str, Any]]] = None) -> None:
+                    defaults: Optional[Dict[str, Dict[str, Any]]] = None, features: Any = None) -> None:
         """Publishes a loaded model, once: the engine, the configuration it was built with,
         the catalogue (original ids in internal order), each item's count of training
         interactions, the loss of each epoch and what "auto" chose; its parameters are
@@ -304,7 +337,8 @@ class SASRec(NotebookCompat):
         self._publish(Fitted(engine, dict(config), self.get_params(), read_only(np.asarray(item_ids)),
                              read_only(np.asarray(popularity)),
                              loss_history=tuple(float(x) for x in loss_history),
-                             defaults=None if defaults is None else dict(defaults)))
+                             defaults=None if defaults is None else dict(defaults),
+                             features=features))
 
     def _fitted(self) -> Fitted:
         """The published model: each public call reads it once, here, and uses only it."""
@@ -368,6 +402,34 @@ class SASRec(NotebookCompat):
     @property
     def n_items_(self) -> int:
         return self._fitted().n_items
+
+    @property
+    def item_names_(self) -> Optional[np.ndarray]:
+        """Display names in ``item_ids_`` order ("" for an item without one), or None: the
+        ``item_names`` column of the features fit (or partial_fit) was given."""
+        f = self._fitted().features
+        return None if f is None else f.names
+
+    @property
+    def item_features_(self) -> Optional[List[Dict[str, Any]]]:
+        """The item features the model reads, or None: per column its name, kind
+        (categorical, multi, numeric), values (categorical, multi) or bucket edges
+        (numeric); each column also has an "unknown" and a "missing" value."""
+        f = self._fitted().features
+        return None if f is None else f.space.to_json()
+
+    def item_feature_values(self, item: Any) -> List[str]:
+        """The feature values the model holds for one item, as text (``genres='Comedy'``,
+        ``year in [1990, 1994)``, ``<no features>``): what its vector adds to its id."""
+        state = self._fitted()
+        if state.features is None:
+            raise ValueError("this model was fitted without item_features")
+        internal = _fitted.encode_flat(state, [item], "item")
+        if internal[0] == 0:
+            raise ValueError(f"item {item!r} is not in the model's catalogue")
+        f = state.features
+        i = int(internal[0])
+        return [f.space.describe(int(v)) for v in f.values[f.offsets[i]:f.offsets[i + 1]]]
 
     @property
     def max_seq_(self) -> int:

@@ -46,8 +46,8 @@ class Recommender:
                 raise ValueError(f"the batch has no column {col!r} (user_col / items_col); its "
                                  f"columns are {list(batch.columns)}")
         sessions = [list(x) for x in batch[self.items_col]]
-        ids, scores = self.model.recommend_batch(sessions, n=self.k, exclude_seen=self.exclude_seen)
-        return long_rows(batch[self.user_col].to_numpy(), ids, scores, self.user_col)
+        got = self.model.recommend_batch(sessions, n=self.k, exclude_seen=self.exclude_seen)
+        return long_rows(batch[self.user_col].to_numpy(), got[0], got[1], self.user_col, got.names)
 
 
 def _actor_has_gpu() -> bool:

@@ -60,9 +60,12 @@ def _out(ids: np.ndarray, scores: np.ndarray) -> Tuple[List[Any], List[Optional[
 
 
 def _answer(ask: _Ask) -> Dict[str, Any]:
-    ids, scores, fallback = ask.result
+    ids, scores, fallback, names = ask.result
     items, sc = _out(ids, scores)
-    return {"items": items, "scores": sc, "fallback": bool(fallback)}
+    out = {"items": items, "scores": sc, "fallback": bool(fallback)}
+    if names is not None:
+        out["names"] = names.tolist()
+    return out
 
 
 async def _recommend_one(server: Server, cur: Loaded, session: List[Any], n: int,
@@ -122,14 +125,19 @@ async def similar(request: Request) -> Response:
     deny = server.denylist
     loop = asyncio.get_running_loop()
     try:
-        ids, sims = await loop.run_in_executor(None, functools.partial(
+        got = await loop.run_in_executor(None, functools.partial(
             cur.model.similar_items, item, n, denylist=deny if deny else None))
+        ids, sims = got
     except ValueError as e:
         if "not in the model's catalogue" in str(e):
             raise HTTPError(404, f"item {json.dumps(item)} is not in the model's catalogue") from None
         raise HTTPError(422, str(e)) from None
     items, sc = _out(ids, sims)
-    return JSONResponse({"items": items, "scores": sc, "model": cur.tag})
+    out = {"items": items, "scores": sc, "model": cur.tag}
+    names = getattr(got, "names", None)
+    if names is not None:
+        out["names"] = names.tolist()
+    return JSONResponse(out)
 
 
 async def session_events(request: Request) -> Response:

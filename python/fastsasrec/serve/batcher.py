@@ -18,8 +18,8 @@ if TYPE_CHECKING:  # pragma: no cover
 @dataclasses.dataclass
 class _Ask:
     """One session to score: original ids, how many items, what not to recommend.
-    ``result``: (ids, scores, fallback), fallback true when the session had no known item
-    and the answer is the most popular items."""
+    ``result``: (ids, scores, fallback, names), fallback true when the session had no known
+    item and the answer is the most popular items; names None when the model has none."""
 
     session: List[Any]
     n: int
@@ -31,7 +31,7 @@ class _Ask:
 
 
 def score(loaded: "Loaded", asks: Sequence[_Ask], deny: Sequence[Any], metrics: Metrics) -> None:
-    """Fills each ask's result with (ids, scores, fallback) from one call of the model's
+    """Fills each ask's result with (ids, scores, fallback, names) from one call of the model's
     recommend_batch (recommend for a lone ask) with the largest n, each row cut to its
     own n; each session's exclusions its own (its items with exclude_seen, its exclude
     list) and the denylist's."""
@@ -41,7 +41,7 @@ def score(loaded: "Loaded", asks: Sequence[_Ask], deny: Sequence[Any], metrics: 
         a = asks[0]
         got = model.recommend(a.session, n=a.n, exclude_seen=a.exclude_seen,
                               exclude=a.exclude or None, denylist=deny)
-        a.result = (got[0], got[1], bool(got.fallback))
+        a.result = (got[0], got[1], bool(got.fallback), got.names)
         _count_unknown(metrics, got.unknown)
         return
     seen = {a.exclude_seen for a in asks}
@@ -53,15 +53,17 @@ def score(loaded: "Loaded", asks: Sequence[_Ask], deny: Sequence[Any], metrics: 
         exclude = [a.session + a.exclude if a.exclude_seen else a.exclude for a in asks]
     got = model.recommend_batch([a.session for a in asks], n=max(a.n for a in asks),
                                 exclude_seen=exclude_seen, exclude=exclude, denylist=deny)
-    ids, scores, fallback = got[0], got[1], got.fallback
+    ids, scores, fallback, names = got[0], got[1], got.fallback, got.names
     _count_unknown(metrics, int(got.unknown.sum()))
     empty = "" if ids.dtype.kind == "U" else -1  # the id of an empty slot
     for row, a in enumerate(asks):
         r_ids, r_sc = ids[row, : a.n], scores[row, : a.n]
+        r_names = names[row, : a.n] if names is not None else None
         valid = r_ids != empty
         if not valid.all():
             r_ids, r_sc = r_ids[valid], r_sc[valid]
-        a.result = (r_ids, r_sc, bool(fallback[row]))
+            r_names = r_names[valid] if r_names is not None else None
+        a.result = (r_ids, r_sc, bool(fallback[row]), r_names)
 
 
 def _count_unknown(metrics: Metrics, unknown: int) -> None:

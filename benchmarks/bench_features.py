@@ -1,0 +1,225 @@
+"""Item features on MovieLens 100K (each movie's genres and release year), side by side
+with the id-only model in the same run, and the cold-start protocol.
+
+Quality (--part quality): bench_quality.py's protocol (full-catalogue leave-one-out; the
+"defaults" row: SASRec() fit on each sequence less its last item, its epochs chosen on
+a slice it carves itself), for
+  * ids: SASRec() on ids alone;
+  * features_mean, features_sum: SASRec(feature_pooling=...) with item_features = a
+    table of genres (a list per movie) and year (a number: 10 buckets by quantile).
+--split val reports the validation targets (each sequence's second to last item, the
+model trained without the last two): what the pooling is chosen on.
+
+Cold start (--part cold): a share (10%) of the movies, drawn by seed, held out of training
+entirely; their features known.  The model trains on each user's other movies less the
+last one (a leave-one-out of the warm movies), with the held-out movies in the catalogue
+as new products (in the features table, in no sequence).  Reported:
+  * cold HR@10 / NDCG@10: each user whose history holds a held-out movie, its last one as
+    the target, its context the warm movies before it, ranked over the whole catalogue;
+    beside a uniform pick among the held-out movies (HR@10 = 10 / held-out count) and the
+    content baseline (the held-out movies sharing the most genres and year bucket with
+    the session, the newest session item's first);
+  * warm NDCG@10: the warm leave-one-out, against the same model trained without the
+    held-out movies in its catalogue (features_off_catalogue).
+
+Each (part, split, row, seed) is cached as JSON under benchmarks/.features_cache.
+
+    python benchmarks/bench_features.py --part quality --split val --rows ids features_mean features_sum --seeds 0 1
+    python benchmarks/bench_features.py --part quality --split test --rows ids features_mean --seeds 0 1 2
+    python benchmarks/bench_features.py --part cold --seeds 0 1 2
+    python benchmarks/bench_features.py --table
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_quality import DATA, K, load, metrics, split  # noqa: E402
+
+CACHE = HERE / ".features_cache"
+GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+          "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+          "Romance", "Sci-Fi", "Thriller", "War", "Western"]
+ROWS = {"ids": None, "features_mean": "mean", "features_sum": "sum"}
+
+
+def movie_table():
+    """(a DataFrame indexed by movie id: genres (list), year (float, NaN when unknown),
+    title), from u.item (latin-1)."""
+    import pandas as pd
+
+    rows = []
+    with open(DATA / "ml-100k" / "u.item", encoding="latin-1") as f:
+        for line in f:
+            p = line.rstrip("\n").split("|")
+            if len(p) < 24:
+                continue
+            date = p[2].strip()
+            year = float(date[-4:]) if len(date) >= 4 and date[-4:].isdigit() else np.nan
+            genres = [g for g, flag in zip(GENRES, p[5:24]) if flag == "1"]
+            rows.append({"item_id": int(p[0]), "genres": genres, "year": year, "title": p[1]})
+    return pd.DataFrame(rows).set_index("item_id")
+
+
+def fit(row, seqs, seed, threads, table):
+    from fastsasrec import SASRec
+
+    pooling = ROWS[row]
+    model = SASRec(random_state=seed, num_threads=threads,
+                   **({"feature_pooling": pooling} if pooling else {}))
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit([s for s in seqs if len(s) >= 2],
+                  **({"item_features": table, "item_names": "title"} if pooling else {}))
+    return model, time.perf_counter() - t0
+
+
+def run_quality(row, which, seed, threads):
+    seqs, _ = load("ml-100k")  # internal ids are the movie ids (1..1682, every one rated)
+    train, _, report = split(seqs, which)
+    fit_on = train if which == "val" else report[0]
+    model, seconds = fit(row, fit_on, seed, threads, movie_table())
+    ids, _ = model.recommend_batch(report[0], n=K, exclude_seen=True)
+    out = metrics(np.asarray(ids), report[1])
+    out.update(seconds=seconds, epochs=int(model.best_epoch_), epochs_run=len(model.loss_history_))
+    return out
+
+
+def cold_split(seqs, share, seed):
+    """(held-out movie ids, training sequences, warm (contexts, targets), cold (contexts,
+    targets)): see the module's docstring."""
+    ids = np.unique(np.concatenate([np.asarray(s) for s in seqs]))
+    rng = np.random.default_rng(seed)
+    cold = set(rng.choice(ids, size=int(round(share * ids.size)), replace=False).tolist())
+    train, warm_ctx, warm_tg, cold_ctx, cold_tg = [], [], [], [], []
+    for s in seqs:
+        warm = [x for x in s if x not in cold]
+        if len(warm) >= 3:
+            train.append(warm[:-1])
+            warm_ctx.append(warm[:-1])
+            warm_tg.append(warm[-1])
+        last = max((i for i, x in enumerate(s) if x in cold), default=None)
+        if last is not None:
+            ctx = [x for x in s[:last] if x not in cold]
+            if ctx:
+                cold_ctx.append(ctx)
+                cold_tg.append(s[last])
+    return sorted(cold), train, (warm_ctx, np.array(warm_tg)), (cold_ctx, np.array(cold_tg))
+
+
+def content_topk(contexts, candidates, values, k):
+    """The candidates sharing the most feature values with the session (ties: those
+    sharing the newest session item's values first, then by id)."""
+    cand = np.asarray(candidates)
+    cand_vals = [values[c] for c in cand.tolist()]
+    out = np.zeros((len(contexts), k), dtype=np.int64)
+    for r, ctx in enumerate(contexts):
+        bag = {}
+        for age, x in enumerate(reversed(ctx)):
+            for v in values.get(x, ()):
+                bag[v] = bag.get(v, 0) + 1
+        newest = values.get(ctx[-1], set())
+        score = np.array([sum(bag.get(v, 0) for v in cv) for cv in cand_vals], dtype=np.float64)
+        recent = np.array([len(newest & cv) for cv in cand_vals], dtype=np.float64)
+        order = np.lexsort((cand, -recent, -score))[:k]
+        out[r, :order.size] = cand[order]
+    return out
+
+
+def run_cold(row, seed, threads, share=0.1):
+    import pandas as pd
+
+    seqs, _ = load("ml-100k")
+    table = movie_table()
+    cold, train, warm, coldcases = cold_split(seqs, share, seed)
+    if row == "features_off_catalogue":
+        model, seconds = fit("features_mean", train, seed, threads, table.drop(index=cold))
+    else:
+        model, seconds = fit(row, train, seed, threads, table)
+    out = {"seconds": seconds, "held_out": len(cold), "cold_cases": int(len(coldcases[1]))}
+    ids, _ = model.recommend_batch(warm[0], n=K, exclude_seen=True)
+    out.update({f"warm_{k}": v for k, v in metrics(np.asarray(ids), warm[1]).items()})
+    if row != "features_off_catalogue":
+        ids, _ = model.recommend_batch(coldcases[0], n=K, exclude_seen=True)
+        out.update({f"cold_{k}": v for k, v in metrics(np.asarray(ids), coldcases[1]).items()})
+        out["uniform_cold_HR@10"] = min(1.0, K / len(cold))
+        # content baseline: genres and the year's decade as the shared values
+        values = {int(i): {*(f"g:{g}" for g in r.genres),
+                           *((f"d:{int(r.year) // 10}",) if not pd.isna(r.year) else ())}
+                  for i, r in table.iterrows()}
+        top = content_topk(coldcases[0], cold, values, K)
+        out.update({f"content_cold_{k}": v for k, v in metrics(top, coldcases[1]).items()})
+        in_top = np.isin(np.asarray(ids), np.asarray(cold))
+        out["cold_items_in_top10_share"] = float(in_top.mean())
+    return out
+
+
+def cache_path(part, which, row, seed):
+    return CACHE / f"{part}_{which}_{row}_{seed}.json"
+
+
+def table_text() -> str:
+    lines = []
+    for part, which in (("quality", "val"), ("quality", "test"), ("cold", "test")):
+        found = {}
+        for f in sorted(CACHE.glob(f"{part}_{which}_*.json")):
+            row, seed = f.stem[len(part) + len(which) + 2:].rsplit("_", 1)
+            found.setdefault(row, []).append(json.loads(f.read_text()))
+        if not found:
+            continue
+        keys = sorted({k for rs in found.values() for r in rs for k, v in r.items()
+                       if isinstance(v, (int, float))})
+        lines.append(f"\n{part}, {which} targets (mean over seeds; n = seeds)\n")
+        lines.append("| row | n | " + " | ".join(keys) + " |")
+        lines.append("|---|---|" + "---|" * len(keys))
+        for row, rs in found.items():
+            cells = []
+            for k in keys:
+                v = [r[k] for r in rs if k in r]
+                cells.append("" if not v else f"{np.mean(v):.4f}" if abs(np.mean(v)) < 10 else f"{np.mean(v):.0f}")
+            lines.append(f"| {row} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--part", choices=["quality", "cold"], default="quality")
+    ap.add_argument("--split", choices=["val", "test"], default="test")
+    ap.add_argument("--rows", nargs="+", default=None)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--table", action="store_true")
+    args = ap.parse_args()
+    if args.table:
+        print(table_text())
+        return
+    if not (DATA / "ml-100k" / "u.item").exists():
+        raise SystemExit(f"{DATA / 'ml-100k'} not found (set FASTSASREC_DATA)")
+    CACHE.mkdir(exist_ok=True)
+    rows = args.rows or (["ids", "features_mean"] if args.part == "quality"
+                         else ["features_mean", "features_off_catalogue"])
+    which = args.split if args.part == "quality" else "test"
+    for seed in args.seeds:
+        for row in rows:
+            path = cache_path(args.part, which, row, seed)
+            if path.exists():
+                continue
+            out = run_quality(row, which, seed, args.threads) if args.part == "quality" \
+                else run_cold(row, seed, args.threads)
+            out.update(row=row, seed=seed, split=which, threads=args.threads)
+            path.write_text(json.dumps(out, indent=1))
+            print(json.dumps(out), flush=True)
+    print(table_text())
+
+
+if __name__ == "__main__":
+    main()

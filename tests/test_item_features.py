@@ -1,0 +1,236 @@
+"""Item features in the estimator: the table's reading, new products in the catalogue,
+names beside ids, partial_fit, the model file and checkpoints."""
+import json
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fastsasrec import ItemFeatures, SASRec
+from fastsasrec import _features
+
+# Four categories of ten items; sessions stay inside a category, in id order.
+CATS = {c: list(range(100 * (c + 1), 100 * (c + 1) + 10)) for c in range(4)}
+
+
+def _sessions(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        c = int(rng.integers(4))
+        start = int(rng.integers(0, 6))
+        out.append(CATS[c][start:start + int(rng.integers(3, 5))])
+    return out
+
+
+def _table(extra=()):
+    rows = []
+    for c, items in CATS.items():
+        for j, i in enumerate(items):
+            rows.append({"item_id": i, "category": f"cat{c}", "tags": [f"t{c}", "all"],
+                         "price": float(10 * c + j), "title": f"Item {i}"})
+    for i, c in extra:
+        rows.append({"item_id": i, "category": f"cat{c}", "tags": [f"t{c}"], "price": 5.0,
+                     "title": f"New {i}"})
+    return pd.DataFrame(rows).set_index("item_id")
+
+
+def _model(**kw):
+    params = dict(factors=16, n_layers=1, max_seq=8, dropout=0.0, iterations=12, batch_size=32,
+                  learning_rate=5e-3, num_threads=1, random_state=0, loss="softmax")
+    params.update(kw)
+    return SASRec(**params)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    # Items 999 and 998 are new products: in the table, in no session.
+    m = _model().fit(_sessions(), item_features=_table(extra=[(999, 2), (998, 3)]),
+                     item_names="title")
+    return m
+
+
+def test_the_table_is_read_as_documented():
+    t = _features.table(_table(), names="title")
+    assert t.columns == ("category", "tags", "price")
+    assert t.kinds == ("categorical", "multi", "numeric")
+    space = t.learn(4)
+    cat, tags, price = space.columns
+    assert cat.values == ("cat0", "cat1", "cat2", "cat3") and set(tags.values) == {"all", "t0", "t1", "t2", "t3"}
+    assert len(price.edges) == 3  # 4 buckets by quartile of the 40 prices
+    # Row 0, then per column: unknown, missing, its values.
+    assert space.size == 1 + (2 + 4) + (2 + 5) + (2 + 4)
+    values, offsets = space.encode(t, np.array([100, 5, 309]))
+    assert offsets.tolist() == [0, 0, 4, 5, 9]  # 100: category, two tags, a bucket; 5: no row
+    assert [space.describe(int(v)) for v in values[offsets[2]:offsets[3]]] == ["<no features>"]
+    assert [space.describe(int(v)) for v in values[offsets[1]:offsets[2]]][:3] == [
+        "category='cat0'", "tags='t0'", "tags='all'"]
+    assert space.describe(int(values[offsets[3] + 3])).startswith("price in [")
+
+
+def test_delimited_and_missing_cells():
+    df = pd.DataFrame({"genres": ["Action|Comedy", "", None, "Drama"], "year": [1990, None, 1995, 2001]},
+                      index=[1, 2, 3, 4])
+    t = ItemFeatures(df, multi={"genres": "|"}).table("int")
+    space = t.learn(10)
+    values, offsets = space.encode(t, np.array([1, 2, 3, 4]))
+    bag = lambda i: [space.describe(int(v)) for v in values[offsets[i]:offsets[i + 1]]]  # noqa: E731
+    assert bag(1)[:2] == ["genres='Action'", "genres='Comedy'"]
+    assert bag(2) == ["genres=<missing>", "year=<missing>"]
+    assert bag(3)[0] == "genres=<missing>"
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: pd.DataFrame({"c": ["a", "b"]}, index=[7, 7]), "item id 7 has 2 rows"),
+    (lambda: pd.DataFrame({"title": ["x"]}, index=[1]), "no feature column"),
+    (lambda: [1, 2, 3], "must be a table"),
+])
+def test_bad_tables_are_refused(make, match):
+    with pytest.raises(ValueError, match=match):
+        _model(iterations=1).fit(_sessions(20), item_features=make(), item_names="title"
+                                 if match == "no feature column" else None)
+
+
+def test_bad_arguments_name_themselves():
+    with pytest.raises(ValueError, match="item_names='title'.*give item_features"):
+        _model(iterations=1).fit(_sessions(20), item_names="title")
+    with pytest.raises(ValueError, match="names='nope' is not a column"):
+        _model(iterations=1).fit(_sessions(20), item_features=_table(), item_names="nope")
+    with pytest.raises(ValueError, match="item ids are strings"):
+        _model(iterations=1).fit(_sessions(20), item_features=_table().set_axis(
+            [f"s{i}" for i in range(40)], axis=0))
+    with pytest.raises(ValueError, match="feature_buckets must be >= 1"):
+        SASRec(feature_buckets=0)
+    with pytest.raises(ValueError, match="feature_pooling"):
+        SASRec(feature_pooling="max")
+    plain = _model(iterations=1).fit(_sessions(20))
+    with pytest.raises(ValueError, match="fitted without item features"):
+        plain.partial_fit(_sessions(5), item_features=_table())
+
+
+def test_new_products_join_the_catalogue_from_their_features(fitted):
+    assert fitted.n_items_ == 42 and {998, 999} <= set(fitted.item_ids_.tolist())
+    pos = {i: k for k, i in enumerate(fitted.item_ids_.tolist())}
+    assert fitted.popularity_[pos[999]] == 0
+    # Their id embedding is zero: the vector is the features' part alone, the same for two
+    # new items with the same values, and alike to their category's items.
+    E = fitted.item_embeddings_
+    assert np.abs(E[pos[999]]).sum() > 0
+    sims = {i: float(E[pos[999]] @ E[pos[i]]) for i in CATS[2] + CATS[0]}
+    assert np.mean([sims[i] for i in CATS[2]]) > np.mean([sims[i] for i in CATS[0]])
+    assert fitted.item_feature_values(999)[0] == "category='cat2'"
+    assert fitted.item_feature_values(100)[0] == "category='cat0'"
+
+
+def _rank(model, session, item):
+    return model.recommend(session, n=model.n_items_).ids.tolist().index(item)
+
+
+def test_a_new_product_is_recommended_to_its_category(fitted):
+    # 999 is in category 2 (items 300..309), with no event: it ranks higher after a
+    # category-2 session than after a category-0 one, and 998 (category 3) the other way.
+    assert _rank(fitted, [300, 301, 302], 999) < _rank(fitted, [100, 101, 102], 999)
+    assert _rank(fitted, [400, 401, 402], 998) < _rank(fitted, [300, 301, 302], 998)
+    assert fitted.recommend([300, 301, 302], n=1).ids.tolist() == [303]
+
+
+def test_names_beside_ids(fitted):
+    got = fitted.recommend([300, 301], n=4)
+    assert got.names.tolist() == [f"Item {i}" if i < 900 else f"New {i}" for i in got.ids.tolist()]
+    batch = fitted.recommend_batch([[300, 301], [424242]], n=3)
+    assert batch.names.shape == (2, 3)
+    for r in range(2):
+        assert batch.names[r].tolist() == [f"Item {i}" if i < 900 else f"New {i}" for i in batch.ids[r].tolist()]
+    sim = fitted.similar_items(100, n=3)
+    assert sim.names.tolist() == [f"Item {i}" if i < 900 else f"New {i}" for i in sim.ids.tolist()]
+    assert fitted.item_names_[list(fitted.item_ids_).index(999)] == "New 999"
+    assert _model(iterations=1).fit(_sessions(20)).recommend([100], n=2).names is None
+
+
+def test_the_model_file_keeps_features_and_names(fitted, tmp_path):
+    path = tmp_path / "m.fsr"
+    fitted.save(path)
+    with zipfile.ZipFile(path) as z:
+        meta = json.loads(z.read("fastsasrec.json"))
+    assert meta["format_version"] == 3 and meta["features"]["has_names"]
+    back = SASRec.load(path)
+    for s in ([300, 301], [100], [999]):
+        a, b = fitted.recommend(s, n=6), back.recommend(s, n=6)
+        assert a.ids.tolist() == b.ids.tolist() and a.names.tolist() == b.names.tolist()
+        np.testing.assert_array_equal(a.scores, b.scores)
+    assert back.item_features_ == fitted.item_features_
+    assert back.get_params()["feature_pooling"] == fitted.get_params()["feature_pooling"]
+
+
+def test_a_model_without_features_writes_the_old_format(tmp_path):
+    path = tmp_path / "plain.fsr"
+    _model(iterations=1).fit(_sessions(20)).save(path)
+    with zipfile.ZipFile(path) as z:
+        meta = json.loads(z.read("fastsasrec.json"))
+        names = z.namelist()
+    assert meta["format_version"] == 1 and "features" not in meta
+    assert "feature_pooling" not in meta["params"] and "feature_buckets" not in meta["params"]
+    assert "n_feature_values" not in meta["engine_config"] and not any("feature" in n for n in names)
+
+
+def test_a_tampered_feature_table_is_refused(fitted, tmp_path):
+    path = tmp_path / "m.fsr"
+    fitted.save(path)
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    meta = json.loads(members["fastsasrec.json"])
+    meta["features"]["columns"][0]["values"].append("extra")  # one more value than the table has
+    members["fastsasrec.json"] = json.dumps(meta).encode()
+    bad = tmp_path / "bad.fsr"
+    with zipfile.ZipFile(bad, "w") as z:
+        for n, b in members.items():
+            z.writestr(n, b)
+    with pytest.raises(ValueError, match="n_feature_values"):
+        SASRec.load(bad)
+
+
+def test_partial_fit_adds_new_products_with_their_features(fitted, tmp_path):
+    fitted.save(tmp_path / "m.fsr")
+    m = SASRec.load(tmp_path / "m.fsr", num_threads=1)
+    before = m.n_items_
+    new = pd.DataFrame({"category": ["cat1", "cat9"], "tags": [["t1"], ["zzz"]], "price": [3.0, 1e6],
+                        "title": ["Fresh 777", "Odd 778"]}, index=[777, 778])
+    m.partial_fit(_sessions(30, seed=3), epochs=1, item_features=new, item_names="title")
+    assert m.n_items_ == before + 2
+    assert m.item_feature_values(777)[0] == "category='cat1'"
+    assert m.item_feature_values(778)[:2] == ["category=<unknown>", "tags=<unknown>"]
+    assert m.item_feature_values(778)[2].endswith(", inf)")  # beyond the fitted range: the last bucket
+    got = m.recommend([110, 111], n=m.n_items_)
+    pos = got.ids.tolist().index(777)
+    assert got.names[pos] == "Fresh 777"
+
+
+def test_checkpoints_resume_bit_exactly_with_features(tmp_path):
+    table = _table(extra=[(999, 2)])
+    whole = _model(iterations=4).fit(_sessions(), item_features=table)
+    ck = tmp_path / "ck.fsr"
+    _model(iterations=2).fit(_sessions(), item_features=table, checkpoint=ck)
+    resumed = _model(iterations=4).fit(_sessions(), item_features=table, resume=ck)
+    np.testing.assert_array_equal(whole.item_embeddings_, resumed.item_embeddings_)
+    with pytest.raises(ValueError, match="other training data"):
+        _model(iterations=4).fit(_sessions(), item_features=_table(), resume=ck)
+
+
+def test_sum_and_mean_pooling_differ_and_both_train():
+    table = _table(extra=[(999, 2)])
+    a = _model(feature_pooling="mean").fit(_sessions(), item_features=table)
+    b = _model(feature_pooling="sum").fit(_sessions(), item_features=table)
+    assert not np.allclose(a.item_embeddings_, b.item_embeddings_)
+    for m in (a, b):
+        assert m.recommend([300, 301, 302], n=1).ids.tolist() == [303]
+        assert _rank(m, [300, 301, 302], 999) < _rank(m, [100, 101, 102], 999)
+
+
+def test_from_transactions_takes_item_features():
+    rows = [(u, i, t) for u, s in enumerate(_sessions(200)) for t, i in enumerate(s)]
+    df = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    m = SASRec.from_transactions(df, factors=16, n_layers=1, max_seq=8, iterations=2,
+                                 num_threads=1, item_features=_table(extra=[(999, 1)]),
+                                 item_names="title")
+    assert 999 in m.item_ids_.tolist() and m.item_names_ is not None
