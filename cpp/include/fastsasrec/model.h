@@ -69,7 +69,8 @@ struct HostBatch {
 };
 
 // The flat parameter arena of a model of this config, from the parameter table (no
-// allocation): its tensors in order; *n_decay gets the length of the weight-decayed prefix.
+// allocation): its tensors in order; *n_decay gets the length of the weight-decayed prefix
+// (the feature table, last when there is one, is decayed too, by a pass of its own).
 std::vector<TensorInfo> param_layout(const Config& cfg, size_t* n_decay = nullptr);
 
 // One model may be called from several threads (a web server's pool): the public calls
