@@ -1,8 +1,9 @@
 """Every op of cpp/include/fastsasrec/ops.def has a float64 reference of the same name in
-tests/reference/ops.py and a test in tests/test_ops.py that calls it, save the ops listed
+tests/reference/ops.py and a test in tests/test_ops*.py that calls it, save the ops listed
 below with the reason each needs no reference (or no test) and the check that stands in
 for it.  Read from the sources alone: no build of the engine is needed."""
 import ast
+import glob
 import os
 import re
 
@@ -12,7 +13,8 @@ from reference import ops as R
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPS_DEF = os.path.join(ROOT, "cpp", "include", "fastsasrec", "ops.def")
-TEST_OPS = os.path.join(ROOT, "tests", "test_ops.py")
+# The op tests: test_ops.py, and test_ops_<stem>.py for ops tested in a file of their own.
+TEST_OPS_FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "test_ops*.py")))
 
 # Ops without a float64 reference, and what checks them instead (each claim is checked by
 # test_exemptions_hold below).
@@ -75,11 +77,14 @@ def reached_calls(path):
 
 
 OPS = engine_ops()
-TESTS = reached_calls(TEST_OPS)
+TESTS = {}
+for _path in TEST_OPS_FILES:
+    TESTS.update({f"{os.path.basename(_path)}::{t}": r for t, r in reached_calls(_path).items()})
 
 
 def _tests_calling(*calls):
-    return sorted(t for t, reached in TESTS.items() if set(calls) <= reached)
+    """The tests (by name, without their file) that call all of `calls`."""
+    return sorted(t.split("::")[1] for t, reached in TESTS.items() if set(calls) <= reached)
 
 
 @pytest.mark.parametrize("name", OPS)
@@ -96,7 +101,7 @@ def test_op_has_a_test(name):
     if WORKSPACE.search(name):
         return
     assert _tests_calling(f"ops.{name}"), (
-        f"no test in tests/test_ops.py calls ops.{name}(...)")
+        f"no test in tests/test_ops*.py calls ops.{name}(...)")
 
 
 def test_exemptions_hold():
@@ -116,6 +121,7 @@ def test_the_checks_can_fail(tmp_path):
     """The parsers find what is there and miss what is not: an op without a reference or
     a test is caught."""
     assert len(OPS) >= 20 and "loss_bce" in OPS and "topk" in OPS
+    assert {"test_ops.py", "test_ops_feature_bag.py"} <= {os.path.basename(p) for p in TEST_OPS_FILES}
     src = tmp_path / "t.py"
     src.write_text("def helper(ops):\n    ops.topk(1)\n\n"
                    "def test_a(ops):\n    helper(ops)\n    R.topk(2)\n\n"

@@ -195,9 +195,22 @@ void bind_model(py::module_& m) {
                     "How top-k scores: 'auto', 'fp32' (every item's exact score) or 'int8' "
                     "(an int8 screen with proven bounds, then fp32 re-scoring of the "
                     "candidates); the same ids and scores every way.")
-      .def("item_embeddings", [](const Model& s) {
+      .def("item_embeddings", [](Model& s) {
         return to_numpy(s.item_embeddings(), {(py::ssize_t)s.config().n_items, (py::ssize_t)s.config().factors});
-      });
+      }, "(V, C): items 1..V's rows of the item table (with features: E + their pooled embeddings)")
+      .def("set_item_features", [](Model& s, py::object values, py::object offsets) {
+        auto val = arr<int32_t>(values, "values", 1);
+        auto off = arr<int64_t>(offsets, "offsets", 1);
+        FSR_REQUIRE(off.shape(0) >= 1, "offsets must have at least one entry");
+        FSR_REQUIRE(off.data()[off.shape(0) - 1] == val.shape(0), "offsets[-1] (",
+                    off.data()[off.shape(0) - 1], ") must equal the number of values (",
+                    val.shape(0), ")");
+        s.set_item_features(val.data(), off.data(), off.shape(0) - 1);
+      }, py::arg("values"), py::arg("offsets"),
+         "Each item's feature values: values[offsets[i]:offsets[i + 1]] for the items 0..V "
+         "(item 0, the padding, has none), each in 0..n_feature_values - 1; needed before "
+         "a model with n_feature_values > 0 trains or scores")
+      .def_property_readonly("has_item_features", &Model::has_item_features);
 }
 
 }  // namespace fsr::bind

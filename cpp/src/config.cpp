@@ -96,6 +96,11 @@ const std::vector<std::string>& names<Precision>() {
   static const std::vector<std::string> n = {"fp32", "bf16"};
   return n;
 }
+template <>
+const std::vector<std::string>& names<FeaturePooling>() {
+  static const std::vector<std::string> n = {"sum", "mean"};
+  return n;
+}
 
 template <typename E>
 E parse_name(const char* field, const std::string& name) {
@@ -117,8 +122,10 @@ std::string name_of(E value) {
 template LossKind parse_name<LossKind>(const char*, const std::string&);
 template NegativeKind parse_name<NegativeKind>(const char*, const std::string&);
 template Precision parse_name<Precision>(const char*, const std::string&);
+template FeaturePooling parse_name<FeaturePooling>(const char*, const std::string&);
 template std::string name_of<LossKind>(LossKind);
 template std::string name_of<NegativeKind>(NegativeKind);
 template std::string name_of<Precision>(Precision);
+template std::string name_of<FeaturePooling>(FeaturePooling);
 
 }  // namespace fsr

@@ -72,7 +72,7 @@ template <typename States, typename Exclusions, typename Outputs>
 void Model::score(int64_t B, int K, int64_t n_excl, States states, Exclusions exclusions,
                   Outputs outputs) {
   const int C = cfg_.factors, V = cfg_.n_items;
-  const float* E = params_->f() + off_E_;
+  const float* E = item_table();
   const int64_t chunk = std::min<int64_t>(B, kScoreChunk);
   const size_t sz_h = aligned((size_t)chunk * C * 4), sz_off = aligned((size_t)(chunk + 1) * 8),
                sz_ex = aligned((size_t)std::max<int64_t>(n_excl, 1) * 4),

@@ -45,6 +45,7 @@ int64_t extent(Dim d, const Config& c) {
     case Dim::F: return c.ffn();
     case Dim::V1: return (int64_t)c.n_items + 1;
     case Dim::T: return c.max_seq;
+    case Dim::NF: return c.n_feature_values;
   }
   return 0;
 }
@@ -80,6 +81,7 @@ std::vector<TensorInfo> param_layout(const Config& cfg, size_t* n_decay) {
   add_layers(false);
   for (int i = 0; i < kGlobalParams; ++i)
     if (!kGlobalTable[i].decay) add(kGlobalTable[i].name, kGlobalTable[i]);
+  if (cfg.n_feature_values > 0) add(kFeatureEmb.name, kFeatureEmb);
   return out;
 }
 
@@ -102,6 +104,7 @@ void Model::build_layout() {
   off_P_ = at.at(kGlobalTable[kPosEmb].name);
   off_lnf_g_ = at.at(kGlobalTable[kLnfG].name);
   off_lnf_b_ = at.at(kGlobalTable[kLnfB].name);
+  off_F_ = cfg_.n_feature_values > 0 ? at.at(kFeatureEmb.name) : n_params_;
 }
 
 const TensorInfo& Model::tensor(const std::string& name) const {
@@ -130,6 +133,10 @@ Model::Model(const Config& cfg, const std::string& device, int threads) : cfg_(c
   loss_buf_ = std::make_unique<Buffer>(*be_);
   backup_ = std::make_unique<Buffer>(*be_);
   logq_ = std::make_unique<Buffer>(*be_);
+  fused_ = std::make_unique<Buffer>(*be_);
+  feat_ = std::make_unique<Buffer>(*be_);
+  if (cfg_.n_feature_values > 0)
+    fused_->grow(((size_t)cfg_.n_items + 1) * cfg_.factors * sizeof(float));
   train_acts_ = std::make_unique<Acts>();
   infer_acts_ = std::make_unique<Acts>();
   init_params(cfg_.seed);
@@ -170,7 +177,7 @@ void Model::init_params(uint64_t seed) {
   }
   const size_t bytes = n_params_ * sizeof(float);
   be_->upload(params_->get(), host.data(), bytes);
-  table_stale_ = true;
+  weights_changed();
   be_->zero(m_->get(), bytes);
   be_->zero(v_->get(), bytes);
   step_ = 0;
@@ -188,7 +195,7 @@ void Model::set_params(const std::vector<float>& flat) {
   FSR_REQUIRE(flat.size() == n_params_, "parameter vector has ", flat.size(),
               " values, the model has ", n_params_);
   be_->upload(params_->get(), flat.data(), n_params_ * sizeof(float));
-  table_stale_ = true;
+  weights_changed();
 }
 
 void Model::get_optimizer_state(std::vector<float>* m, std::vector<float>* v) const {
@@ -217,12 +224,71 @@ std::vector<float> Model::get_grads() const {
   return out;
 }
 
-std::vector<float> Model::item_embeddings() const {
+std::vector<float> Model::item_embeddings() {
   std::lock_guard<std::mutex> lock(mu_);
   const size_t C = cfg_.factors, V = cfg_.n_items;
   std::vector<float> out(V * C);
-  be_->download(out.data(), params_->f() + off_E_ + C, V * C * sizeof(float));
+  be_->download(out.data(), item_table() + C, V * C * sizeof(float));
   return out;
+}
+
+// ------------------------------------------------------------------ item features
+void Model::set_item_features(const int32_t* values, const int64_t* offsets, int64_t n_items1) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t V1 = (int64_t)cfg_.n_items + 1, NF = cfg_.n_feature_values;
+  FSR_REQUIRE(NF > 0, "set_item_features: this model has no feature table (n_feature_values = 0)");
+  FSR_REQUIRE(n_items1 == V1, "offsets must have ", V1 + 1, " entries (items 0..", V1 - 1,
+              " and the end), got ", n_items1 + 1);
+  FSR_REQUIRE(offsets[0] == 0, "offsets[0] must be 0, got ", offsets[0]);
+  for (int64_t i = 0; i < V1; ++i)
+    FSR_REQUIRE(offsets[i + 1] >= offsets[i], "offsets must be non-decreasing: offsets[", i + 1,
+                "] = ", offsets[i + 1], " < offsets[", i, "] = ", offsets[i]);
+  FSR_REQUIRE(offsets[1] == 0, "item 0 (the padding) must have no feature values, got ",
+              offsets[1]);
+  const int64_t n = offsets[V1];
+  FSR_REQUIRE(n <= INT32_MAX, "values: ", n, " feature values in all, at most ", INT32_MAX);
+  for (int64_t i = 1; i < V1; ++i)
+    for (int64_t j = offsets[i]; j < offsets[i + 1]; ++j)
+      FSR_REQUIRE(values[j] >= 0 && values[j] < NF, "values: item ", i, " has feature value ",
+                  values[j], " (values[", j, "]), outside 0..", NF - 1, " (n_feature_values)");
+  // One int32 block: values (n), offsets (V1 + 1), inv_items (n), inv_offsets (NF + 1).
+  // The inverse by counting: each value's items in ascending order.
+  std::vector<int32_t> host(2 * (size_t)n + V1 + NF + 2);
+  int32_t* h_values = host.data();
+  int32_t* h_offsets = h_values + n;
+  int32_t* h_inv = h_offsets + V1 + 1;
+  int32_t* h_inv_off = h_inv + n;
+  std::copy(values, values + n, h_values);
+  for (int64_t i = 0; i <= V1; ++i) h_offsets[i] = (int32_t)offsets[i];
+  for (int64_t j = 0; j < n; ++j) ++h_inv_off[values[j] + 1];
+  for (int64_t v = 0; v < NF; ++v) h_inv_off[v + 1] += h_inv_off[v];
+  std::vector<int32_t> at(h_inv_off, h_inv_off + NF);
+  for (int64_t i = 1; i < V1; ++i)
+    for (int64_t j = offsets[i]; j < offsets[i + 1]; ++j) h_inv[at[values[j]]++] = (int32_t)i;
+  int32_t* d = static_cast<int32_t*>(feat_->grow(host.size() * sizeof(int32_t)));
+  be_->upload(d, host.data(), host.size() * sizeof(int32_t));
+  be_->synchronize();
+  feat_values_ = d;
+  feat_offsets_ = d + n;
+  inv_items_ = d + n + V1 + 1;
+  inv_offsets_ = d + 2 * n + V1 + 1;
+  features_set_ = true;
+  weights_changed();
+}
+
+const float* Model::item_table() {
+  const float* E = params_->f() + off_E_;
+  if (cfg_.n_feature_values == 0) return E;
+  FSR_REQUIRE(features_set_, "the model has item features (n_feature_values = ",
+              cfg_.n_feature_values, "): set_item_features must be called before it trains "
+              "or scores");
+  if (fused_stale_) {
+    be_->feature_bag_forward(fused_->f(), E, params_->f() + off_F_, feat_values_, feat_offsets_,
+                             cfg_.n_items + 1, cfg_.factors,
+                             cfg_.feature_pooling == FeaturePooling::Mean);
+    fused_stale_ = false;
+  }
+  return fused_->f();
 }
 
 // ------------------------------------------------------------------ arenas
@@ -294,7 +360,7 @@ void Model::forward(Acts& a, const Shape& s, bool train, int64_t step, Rows rows
   const float* lnf_g = params_->f() + off_lnf_g_;
   const float* lnf_b = params_->f() + off_lnf_b_;
   float* x0 = L > 0 ? a.layers[0].x : a.xL;
-  be.embedding_forward(x0, a.items, a.pos, params_->f() + off_E_, params_->f() + off_P_, R, C,
+  be.embedding_forward(x0, a.items, a.pos, item_table(), params_->f() + off_P_, R, C,
                        std::sqrt((float)C), p,
                        rng_key(cfg_.seed, dropout_stream(step, site_embedding())));
   if (L == 0) {  // the final norm of the embeddings (of each sequence's last row: Rows::Last)
@@ -403,6 +469,12 @@ void Model::backward(Acts& a, const Shape& s, bool train, int64_t step) {
   }
   be.embedding_backward(G + off_E_, G + off_P_, a.dx, a.items, a.pos, R, C, std::sqrt((float)C),
                         p, key(site_embedding()));
+  // With features, dE (complete now: the loss's part and the embedding's) is the fused
+  // table's gradient; the features' part of it goes to dF.
+  if (cfg_.n_feature_values > 0)
+    be.feature_bag_backward(G + off_F_, G + off_E_, inv_items_, inv_offsets_, feat_offsets_,
+                            cfg_.n_feature_values, C,
+                            cfg_.feature_pooling == FeaturePooling::Mean);
 }
 
 // ------------------------------------------------------------------ the loss
@@ -421,7 +493,7 @@ size_t Model::loss_workspace(int R) const {
 // grad_scale != 0 also dh = and the item embeddings' gradient +=.
 void Model::loss(float* loss, float* dh, const float* h, const Acts& a, int R, float grad_scale) {
   const int C = cfg_.factors, V = cfg_.n_items, N = cfg_.n_negatives;
-  const float* E = params_->f() + off_E_;
+  const float* E = item_table();
   float* dE = grads_->f() + off_E_;
   switch (cfg_.loss) {
     case LossKind::BCE:

@@ -46,8 +46,11 @@ class Model::Buffer {
 // Shapes are in the dimensions of the config; the arena's order (which is also the model
 // file's) is: the decayed tensors first, so AdamW's weight decay is one prefix -- the
 // item and position embeddings, then each layer's decayed tensors in table order --, then
-// each layer's other tensors in table order, then the final norm.
-enum class Dim { One, C, C2, F, V1, T };  // 1, C, 2C, F, V + 1, T
+// each layer's other tensors in table order, then the final norm.  A model with item
+// features (n_feature_values > 0) adds their table after all of these (kFeatureEmb): a
+// model without them keeps this layout, and its initialisation, exactly.  That table is
+// weight-decayed too, by an AdamW pass of its own (the decayed prefix stays as it is).
+enum class Dim { One, C, C2, F, V1, T, NF };  // 1, C, 2C, F, V + 1, T, n_feature_values
 using Init = ParamInit;
 struct ParamSpec {
   const char* name;
@@ -82,6 +85,8 @@ inline constexpr ParamSpec kGlobalTable[kGlobalParams] = {
     {"final_ln.weight", Dim::C, Dim::One, false, Init::Ones},
     {"final_ln.bias", Dim::C, Dim::One, false, Init::Zeros},
 };
+// The feature values' embeddings (only with n_feature_values > 0), last in the arena.
+inline constexpr ParamSpec kFeatureEmb = {"F", Dim::NF, Dim::C, true, Init::Xavier};
 
 // The pointers of one block's tensors in one arena (parameters or gradients).
 struct Model::Layer {

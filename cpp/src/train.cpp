@@ -147,12 +147,19 @@ double Model::forward_backward(const HostBatch& batch, bool train, bool grad, in
   return sum / R;
 }
 
+// One pass over the arena; the feature table, after the undecayed tensors, takes a pass of
+// its own with its weight decay (AdamW is elementwise: the split changes nothing else).
 void Model::optimizer_step() {
   ++step_;
-  table_stale_ = true;
-  be_->adamw_step(params_->f(), grads_->f(), m_->f(), v_->f(), n_params_, n_decay_,
+  weights_changed();
+  be_->adamw_step(params_->f(), grads_->f(), m_->f(), v_->f(), off_F_, n_decay_,
                   cfg_.learning_rate, cfg_.beta1, cfg_.beta2, cfg_.adam_eps, cfg_.weight_decay,
                   step_);
+  const size_t n_F = n_params_ - off_F_;
+  if (n_F)
+    be_->adamw_step(params_->f() + off_F_, grads_->f() + off_F_, m_->f() + off_F_,
+                    v_->f() + off_F_, n_F, n_F, cfg_.learning_rate, cfg_.beta1, cfg_.beta2,
+                    cfg_.adam_eps, cfg_.weight_decay, step_);
 }
 
 Model::EpochResult Model::train_epoch(const int32_t* items, const int64_t* offsets,
@@ -205,7 +212,7 @@ Model::EpochResult Model::train_epoch(const int32_t* items, const int64_t* offse
   }
   auto restore = [&] {
     be_->copy(params_->get(), saved, bytes);
-    table_stale_ = true;
+    weights_changed();
     be_->copy(m_->get(), saved + bytes, bytes);
     be_->copy(v_->get(), saved + 2 * bytes, bytes);
     be_->synchronize();

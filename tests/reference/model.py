@@ -4,7 +4,9 @@ Block (as in the engine and the paper's reference code):
     q = LN1(x);  x1 = q + MHA(Q = q Wq + bq, [K | V] = x Wkv + bkv) Wo + bo
     y = LN2(x1); x  = y + drop(drop(relu(y W1 + b1)) W2 + b2)
 then h = LN_f(x) and the loss scores h against the (shared) item embedding.
-The embedding is x = drop(E[items] * sqrt(C) + P[pos]).
+The embedding is x = drop(E[items] * sqrt(C) + P[pos]).  With item features
+(n_feature_values > 0, the CSR in cfg["_features"]) E is the fused table E + pool(F[values])
+on both sides, and F's gradient is the feature bag's backward of E's.
 
 Dropout masks are those of the engine: site s of step k draws stream k * 1024 + s
 (s = 0 embedding; 1 + 3 l attention, 2 + 3 l FFN hidden, 3 + 3 l FFN output of layer l),
@@ -20,7 +22,8 @@ from . import ops
 CONFIG_DEFAULTS = dict(
     factors=64, ffn_factors=0, n_heads=1, n_layers=2, max_seq=50, dropout=0.2,
     loss="sampled_softmax", n_negatives=256, ln_eps=1e-8, seed=42,
-    negatives="uniform", logq_correction=False, gbce_t=0.75,
+    negatives="uniform", logq_correction=False, gbce_t=0.75, n_feature_values=0,
+    feature_pooling="mean",
 )
 
 
@@ -47,7 +50,8 @@ def tensor_names(cfg: dict) -> list:
         names += [f"layers.{l}.{n}" for n in
                   ("ln1.weight", "ln1.bias", "attn_q.bias", "attn_kv.bias", "attn_out.bias",
                    "ln2.weight", "ln2.bias", "ffn1.bias", "ffn2.bias")]
-    return names + ["final_ln.weight", "final_ln.bias"]
+    names += ["final_ln.weight", "final_ln.bias"]
+    return names + (["F"] if full_config(cfg)["n_feature_values"] else [])
 
 
 def tensor_shapes(cfg: dict) -> dict:
@@ -64,7 +68,19 @@ def tensor_shapes(cfg: dict) -> dict:
             p + "attn_kv.bias": (2 * C,), p + "attn_out.bias": (C,), p + "ln2.weight": (C,),
             p + "ln2.bias": (C,), p + "ffn1.bias": (F,), p + "ffn2.bias": (C,),
         })
+    if c["n_feature_values"]:
+        shapes["F"] = (c["n_feature_values"], C)
     return shapes
+
+
+def fused(P, c):
+    """P with item_emb read as the model reads it: with item features (c["_features"] =
+    (values, offsets), the CSR of items 0..V), E + pool(F[each item's values])."""
+    if not c["n_feature_values"]:
+        return P
+    values, offsets = c["_features"]
+    return dict(P, item_emb=ops.feature_bag_forward(P["item_emb"], P["F"], values, offsets,
+                                                    c["feature_pooling"] == "mean"))
 
 
 def unflatten(flat, tensors) -> dict:
@@ -205,7 +221,7 @@ def _forward(P, items, pos, cu, c, masks):
 def hidden_states(params, items, pos, cu, cfg):
     """Evaluation-mode (no dropout) final hidden states h (R, C) of a packed batch."""
     c = full_config(cfg)
-    P = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    P = fused({k: np.asarray(v, np.float64) for k, v in params.items()}, c)
     masks = dropout_masks(c, 0, len(items), train=False)
     return _forward(P, np.asarray(items), np.asarray(pos), np.asarray(cu), c, masks)[0]
 
@@ -218,7 +234,8 @@ def forward_backward(params, batch, cfg, step, train=True, grad=True):
     Returns (loss: float, grads: {name: float64 array} or None)."""
     c = full_config(cfg)
     C, H, L, eps = c["factors"], c["n_heads"], c["n_layers"], c["ln_eps"]
-    P = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    P0 = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    P = fused(P0, c)  # with features, item_emb is the fused table and its gradient dT
     items, pos, cu = (np.asarray(batch[k]) for k in ("items", "pos", "cu"))
     targets, negatives = np.asarray(batch["targets"]), np.asarray(batch["negatives"])
     R = len(items)
@@ -242,7 +259,7 @@ def forward_backward(params, batch, cfg, step, train=True, grad=True):
         return mean_loss, None
 
     # ---- backward
-    G = {k: np.zeros_like(v) for k, v in P.items()}
+    G = {k: np.zeros_like(v) for k, v in P0.items()}
     dx, G["final_ln.weight"], G["final_ln.bias"] = ops.layernorm_backward(
         dh, x, P["final_ln.weight"], eps)
     for l in reversed(range(L)):
@@ -272,6 +289,10 @@ def forward_backward(params, batch, cfg, step, train=True, grad=True):
     dE_emb, G["pos_emb"] = ops.embedding_backward(dx, items, pos, P["item_emb"].shape[0],
                                                   P["pos_emb"].shape[0], scale, masks["emb"])
     G["item_emb"] = dE_emb + dE_loss
+    if c["n_feature_values"]:
+        values, offsets = c["_features"]
+        G["F"] = ops.feature_bag_backward(G["item_emb"], values, offsets, c["n_feature_values"],
+                                          c["feature_pooling"] == "mean")
     return mean_loss, G
 
 

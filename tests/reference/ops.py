@@ -166,6 +166,38 @@ def embedding_backward(dx, items, pos, n_rows_E, n_rows_P, scale, mult=None):
     return dE, dP
 
 
+# ----------------------------------------------------------------------------- feature bag
+def _bag_weights(offsets, mean):
+    """Per item: 1 / n_i (mean) or 1 (sum), n_i its number of values (0 values: 1)."""
+    n = np.diff(np.asarray(offsets, np.int64))
+    return 1.0 / np.maximum(n, 1) if mean else np.ones(len(n))
+
+
+def feature_bag_forward(E, F, values, offsets, mean):
+    """out(V1, C) = E + pool(F[values[offsets[i]:offsets[i + 1]]]) per item i, the pool the
+    sum or (mean) the mean; an item with no values keeps E[i]."""
+    out = np.array(E, np.float64)
+    F = np.asarray(F, np.float64)
+    w = _bag_weights(offsets, mean)
+    for i in range(len(offsets) - 1):
+        vs = np.asarray(values[offsets[i]:offsets[i + 1]])
+        if vs.size:
+            out[i] += F[vs].sum(axis=0) * w[i]
+    return out
+
+
+def feature_bag_backward(dout, values, offsets, n_values, mean):
+    """dF(n_values, C): each item's dout row (times 1 / n_i for the mean) added to each of
+    its values' rows (read from the items' lists, not from an inverse)."""
+    dout = np.asarray(dout, np.float64)
+    dF = np.zeros((n_values, dout.shape[1]))
+    w = _bag_weights(offsets, mean)
+    for i in range(len(offsets) - 1):
+        vs = np.asarray(values[offsets[i]:offsets[i + 1]])
+        np.add.at(dF, vs, dout[i] * w[i])
+    return dF
+
+
 # ----------------------------------------------------------------------------- layernorm
 def layernorm_forward(x, g, b, eps):
     """out(R, C) = (x - mean) / sqrt(var + eps) * g + b (biased variance over C).

@@ -24,6 +24,8 @@ enum class NegativeKind { Uniform = 0, Popularity = 1, InBatch = 2, Mixed = 3 };
 // are rounded to bfloat16 (to nearest, ties to even) and their products summed in fp32;
 // everything else (weights, activations, attention, losses, optimizer) stays fp32.
 enum class Precision { FP32 = 0, BF16 = 1 };
+// How an item's feature values' embeddings are pooled before they join its id embedding.
+enum class FeaturePooling { Sum = 0, Mean = 1 };
 
 class Backend {
  public:

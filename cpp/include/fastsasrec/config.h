@@ -46,7 +46,7 @@ struct Config {
 };
 
 // The names of an enum field's values, in the enum's order (index = value): how the
-// config reads and writes them.  For LossKind, NegativeKind and Precision.
+// config reads and writes them.  For LossKind, NegativeKind, Precision and FeaturePooling.
 template <typename E>
 const std::vector<std::string>& names();
 // The value named `name`, or fsr::ValueError: "<field> must be one of 'a', 'b', got 'x'".

@@ -6,6 +6,10 @@
 // Block (the paper's reference code):  q = LN1(x);  x = q + MHA(Q = q, K = V = x);
 //                                      y = LN2(x);  x = y + FFN(y)
 // then h = LN_f(x) and scores = h . E^T (the output shares the item embedding).
+// With item features (n_feature_values > 0), E is read as the fused item table
+// T = E + pool(F[each item's feature values]) (feature_bag_forward) on the input and the
+// output side alike: recomputed from the weights before a step's forward and after every
+// write of the weights; in backward dE is dT and the features' part flows into dF.
 // Batches are packed: the rows are the real positions of the batch's sequences, one
 // after another, with the positional index right-aligned (the last item of a sequence of
 // n inputs sits at position T - 1, input t at T - n + t), exactly as in a left-padded
@@ -65,7 +69,8 @@ struct HostBatch {
 };
 
 // The flat parameter arena of a model of this config, from the parameter table (no
-// allocation): its tensors in order; *n_decay gets the length of the weight-decayed prefix.
+// allocation): its tensors in order; *n_decay gets the length of the weight-decayed prefix
+// (the feature table, last when there is one, is decayed too, by a pass of its own).
 std::vector<TensorInfo> param_layout(const Config& cfg, size_t* n_decay = nullptr);
 
 // One model may be called from several threads (a web server's pool): the public calls
@@ -95,8 +100,17 @@ class Model {
   void set_params(const std::vector<float>& flat);
   std::vector<float> get_grads() const;
   const TensorInfo& tensor(const std::string& name) const;
-  // Item embedding rows 1..V (V, C) as a host copy.
-  std::vector<float> item_embeddings() const;
+  // Item embedding rows 1..V (V, C) as a host copy: the fused rows when the model has
+  // item features.
+  std::vector<float> item_embeddings();
+
+  // ---- item features (a model with n_feature_values > 0 needs them before any training
+  // or inference): values[offsets[i] .. offsets[i+1]) are item i's feature values, for the
+  // items 0..V (n_items1 = V + 1; offsets has V + 2 entries, item 0 has none), each in
+  // 0..n_feature_values - 1.  Builds the inverse (each value's items) and puts both in
+  // backend memory.
+  void set_item_features(const int32_t* values, const int64_t* offsets, int64_t n_items1);
+  bool has_item_features() const { return features_set_; }
 
   // AdamW's state as host copies (the moments m and v in arena order; the step is step()),
   // for checkpoints; set_optimizer_state puts a saved one back.
@@ -172,6 +186,14 @@ class Model {
   void backward(Acts& a, const Shape& s, bool train, int64_t step);
   void run_step(const HostBatch& batch, bool train, bool grad, int64_t step);
   void loss(float* loss, float* dh, const float* h, const Acts& a, int R, float grad_scale);
+  // The item table every forward, loss and score reads: E, or with features the fused
+  // table (recomputed when the weights changed since it was last built).
+  const float* item_table();
+  // Every write of the weights: the fused table and the scoring table are rebuilt on use.
+  void weights_changed() {
+    fused_stale_ = true;
+    table_stale_ = true;
+  }
   size_t loss_workspace(int R) const;
   // Inference: sessions b0..b1 packed (their last max_seq items) and forwarded; their
   // final states in a.hlast.
@@ -188,6 +210,7 @@ class Model {
   std::vector<TensorInfo> tensors_;
   std::vector<size_t> layer_off_;  // per layer, the offsets of its tensors (Layer's order)
   size_t off_E_ = 0, off_P_ = 0, off_lnf_g_ = 0, off_lnf_b_ = 0;
+  size_t off_F_ = 0;  // the feature table's offset (n_params_ when the model has none)
   size_t n_params_ = 0, n_decay_ = 0;
   std::unique_ptr<Buffer> params_, grads_, m_, v_;  // the four arenas, one layout
   std::unique_ptr<Acts> train_acts_, infer_acts_;
@@ -196,6 +219,12 @@ class Model {
   // first top-k after the weights change (table_stale_: set by every write of the weights).
   std::unique_ptr<Buffer> score_table_;
   bool table_stale_ = true;
+  // Item features: fused_ is T ((V + 1) x C) and fused_stale_ says it must be rebuilt;
+  // feat_ holds the CSR (values, offsets) and its inverse (inv_items, inv_offsets), int32.
+  std::unique_ptr<Buffer> fused_, feat_;
+  const int32_t *feat_values_ = nullptr, *feat_offsets_ = nullptr, *inv_items_ = nullptr,
+                *inv_offsets_ = nullptr;
+  bool features_set_ = false, fused_stale_ = true;
   int screen_ = 0;  // topk's screen: 0 the backend chooses, 1 fp32 only, 2 int8 screen
   std::unique_ptr<Buffer> loss_buf_;   // per-row losses of an epoch, summed when full
   std::unique_ptr<Buffer> backup_;     // params, m, v at an interruptible epoch's start

@@ -1,0 +1,143 @@
+"""The feature bag op (cpp/src/cpu/feature_bag.cpp, cuda/feature_bag.cu) on every device
+against the float64 reference (tests/reference/ops.py): the fused item table
+out = E + pool(F[each item's values]) and the gradient dF += of it, on random and awkward
+shapes (items with no values, a value shared by every item, a value listed twice by one
+item, V1 = 1, widths off multiples of 16 and 32, enough rows to split over threads), from
+poisoned outputs (=) and random prefills (+=); plus a finite-difference check of the
+reference's backward.  Tolerances: tests/reference/__init__.py's ``bound``; each case's
+seed is in its id."""
+import numpy as np
+import pytest
+
+import fastsasrec
+from reference import assert_close, bound
+from reference import model as RM
+from reference import ops as R
+
+CORE = fastsasrec._core
+if not CORE.test_ops:
+    pytest.skip("fastsasrec was built without the raw ops (_core.Ops): build with "
+                "-DFASTSASREC_TEST_OPS=ON", allow_module_level=True)
+_OPS = {}
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def ops(request):
+    device = request.param
+    ok, why = CORE.backend_available(device)
+    if not ok:
+        pytest.skip(f"{device} backend not usable: {why}")
+    if device not in _OPS:
+        _OPS[device] = CORE.Ops(device)
+    return _OPS[device]
+
+
+def bags(kind, V1, NF, rng):
+    """(values int32, offsets int32 (V1 + 1)): each item's feature values; item 0 has none."""
+    if kind == "random":
+        counts = rng.integers(0, 5, V1)
+    elif kind == "sparse":  # most items without values
+        counts = np.where(rng.random(V1) < 0.8, 0, rng.integers(1, 3, V1))
+    elif kind == "shared":  # every item lists value NF - 1, some one more
+        counts = 1 + (rng.random(V1) < 0.5)
+    else:  # "repeats": an item may list a value twice
+        counts = rng.integers(1, 4, V1)
+    counts[0] = 0
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    values = rng.integers(0, NF, int(offsets[-1])).astype(np.int32)
+    if kind == "shared":
+        values[offsets[:-1][counts > 0]] = NF - 1
+    if kind == "repeats":
+        two = np.flatnonzero(counts >= 2)
+        values[offsets[two] + 1] = values[offsets[two]]
+    return values, offsets
+
+
+def inverse(values, offsets, NF):
+    """(inv_items, inv_offsets (NF + 1)): each value's items in ascending order."""
+    items = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets)).astype(np.int32)
+    order = np.argsort(values, kind="stable")
+    inv_offsets = np.concatenate([[0], np.cumsum(np.bincount(values, minlength=NF))]).astype(np.int32)
+    return items[order], inv_offsets
+
+
+CASES = [  # (kind, V1, C, NF, seed)
+    ("random", 12, 8, 5, 1), ("random", 50, 13, 30, 2), ("sparse", 40, 7, 6, 3),
+    ("shared", 30, 16, 4, 4), ("repeats", 25, 33, 9, 5),
+    ("random", 1, 5, 3, 6),          # V1 = 1: the padding item alone
+    ("random", 2, 1, 1, 7),          # C = 1, one value
+    ("random", 3000, 20, 200, 8),    # enough rows for the threads
+    ("shared", 700, 65, 3, 9),       # a value shared by ~700 items: a long inverse list
+]
+CASE_IDS = [f"{k}-V{v}-C{c}-NF{n}-s{s}" for k, v, c, n, s in CASES]
+
+
+@pytest.mark.parametrize("mean", [True, False], ids=["mean", "sum"])
+@pytest.mark.parametrize("kind,V1,C,NF,seed", CASES, ids=CASE_IDS)
+def test_feature_bag(ops, kind, V1, C, NF, seed, mean):
+    rng = np.random.default_rng(seed)
+    values, offsets = bags(kind, V1, NF, rng)
+    inv_items, inv_offsets = inverse(values, offsets, NF)
+    E, F = rng.standard_normal((V1, C)).astype(np.float32), rng.standard_normal((NF, C)).astype(np.float32)
+    n_item = int(np.max(np.diff(offsets), initial=0))
+    n_value = int(np.max(np.diff(inv_offsets), initial=0))
+
+    out = np.full((V1, C), np.nan, np.float32)
+    ops.feature_bag_forward(out, E, F, values, offsets, V1, C, mean)
+    ref = R.feature_bag_forward(E, F, values, offsets, mean)
+    mag = R.feature_bag_forward(np.abs(E), np.abs(F), values, offsets, mean)
+    assert_close(out, ref, bound(n_item + 1, mag), "feature_bag_forward", seed)
+    empty = np.diff(offsets) == 0
+    np.testing.assert_array_equal(out[empty], E[empty], err_msg=f"items without values (seed {seed})")
+
+    dout = rng.standard_normal((V1, C)).astype(np.float32)
+    rdF = R.feature_bag_backward(dout, values, offsets, NF, mean)
+    tol = bound(n_value + 1, R.feature_bag_backward(np.abs(dout), values, offsets, NF, mean))
+    dF = np.zeros((NF, C), np.float32)
+    ops.feature_bag_backward(dF, dout, inv_items, inv_offsets, offsets, NF, C, mean)
+    assert_close(dF, rdF, tol, "feature_bag_backward", seed)
+    prefill = rng.standard_normal((NF, C)).astype(np.float32)
+    acc = prefill.copy()
+    ops.feature_bag_backward(acc, dout, inv_items, inv_offsets, offsets, NF, C, mean)
+    pre = prefill.astype(np.float64)
+    assert_close(acc, pre + rdF, tol + bound(0, np.abs(pre) + np.abs(rdF)),
+                 "feature_bag_backward (accumulated)", seed)
+    unused = np.diff(inv_offsets) == 0
+    np.testing.assert_array_equal(acc[unused], prefill[unused], err_msg=f"unused values' rows (seed {seed})")
+
+
+@pytest.mark.parametrize("mean", [True, False], ids=["mean", "sum"])
+def test_feature_bag_does_not_depend_on_threads(mean):
+    """One writer per row, terms in list order: 1 and 2 threads give the same bits."""
+    rng = np.random.default_rng(10)
+    V1, C, NF = 3000, 24, 50
+    values, offsets = bags("random", V1, NF, rng)
+    inv_items, inv_offsets = inverse(values, offsets, NF)
+    E, F = rng.standard_normal((V1, C)).astype(np.float32), rng.standard_normal((NF, C)).astype(np.float32)
+    dout = rng.standard_normal((V1, C)).astype(np.float32)
+    got = []
+    for threads in (1, 2):
+        o = CORE.Ops("cpu", threads=threads)
+        out, dF = np.zeros((V1, C), np.float32), np.zeros((NF, C), np.float32)
+        o.feature_bag_forward(out, E, F, values, offsets, V1, C, mean)
+        o.feature_bag_backward(dF, dout, inv_items, inv_offsets, offsets, NF, C, mean)
+        got.append((out, dF))
+    for a, b in zip(*got):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind,mean,seed", [("random", True, 11), ("repeats", False, 12),
+                                            ("sparse", True, 13)])
+def test_reference_fd_feature_bag(kind, mean, seed):
+    """The reference's backward is the derivative of its forward (float64 central
+    differences, as test_ops.py's checks of the other ops)."""
+    rng = np.random.default_rng(seed)
+    V1, C, NF = 7, 3, 4
+    values, offsets = bags(kind, V1, NF, rng)
+    params = {"E": rng.standard_normal((V1, C)), "F": rng.standard_normal((NF, C))}
+    w = rng.standard_normal((V1, C))
+    f = lambda q: np.sum(w * R.feature_bag_forward(q["E"], q["F"], values, offsets, mean))  # noqa: E731
+    grads = {"E": w, "F": R.feature_bag_backward(w, values, offsets, NF, mean)}
+    for name, i, an, num in RM.finite_difference_check(f, params, grads, rng, None, 1e-6):
+        assert abs(an - num) <= 1e-6 * abs(num) + 1e-7 * max(1.0, abs(f(params))), (
+            f"reference gradient of {name}[{i}] = {an!r}, finite difference {num!r} (seed {seed})")
