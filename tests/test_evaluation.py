@@ -162,3 +162,141 @@ def test_bad_targets(pop_model):
         pop_model.evaluate([[1]], targets=[[2]], protocol="sampled")
     with pytest.raises(ValueError, match="this model's item ids are integers"):
         pop_model.evaluate([[1]], targets=[["a"]])
+
+
+# ----------------------------------------------------------------------------- split by time
+def _log():
+    rows = [("a", 1, 1), ("a", 2, 2), ("a", 3, 5), ("a", 4, 6),   # context [1, 2], targets [3, 4]
+            ("b", 2, 3), ("b", 6, 7), ("b", 6, 9), ("b", 2, 4),   # context [2], targets [2, 6, 6]
+            ("c", 5, 8),                                           # no event before: left out
+            ("d", 1, 1)]                                           # no event after: left out
+    df = pd.DataFrame(rows, columns=["user", "item", "t"])
+    return df.sample(frac=1.0, random_state=3).reset_index(drop=True)
+
+
+def test_split_by_time_by_hand():
+    df = _log()
+    train, test = split_by_time(df, at=4, user_col="user", item_col="item", time_col="t")
+    assert sorted(map(tuple, train[["user", "item", "t"]].values.tolist())) == \
+        [("a", 1, 1), ("a", 2, 2), ("b", 2, 3), ("d", 1, 1)]
+    assert test.users.tolist() == ["a", "b"] and test.at == 4
+    assert [s.tolist() for s in test.contexts] == [[1, 2], [2]]
+    assert [s.tolist() for s in test.targets] == [[3, 4], [2, 6, 6]]  # at 4 is after; in time order
+    assert (test.no_events_before, test.no_events_after) == (1, 1)
+    # items 3, 4 (user a) and 6 (user b, once) have no event before 4; 5 is c's, left out
+    assert test.new_item_targets == 3
+
+
+def test_split_by_time_at_a_share_of_the_events():
+    df = _log()
+    # times in order 1 1 2 3 4 5 6 7 8 9: the event at 50% (index 5) is at time 5
+    train, test = split_by_time(df, at=0.5, user_col="user", item_col="item", time_col="t")
+    assert test.at == 5 and len(train) == 5
+    assert [s.tolist() for s in test.targets] == [[3, 4], [6, 6]]
+
+
+def test_split_by_time_on_dates_and_its_evaluation(pop_model):
+    df = _log()
+    df["t"] = pd.Timestamp("2024-01-01") + pd.to_timedelta(df["t"], unit="D")
+    train, test = split_by_time(df, at="2024-01-05", user_col="user", item_col="item", time_col="t")
+    assert [s.tolist() for s in test.contexts] == [[1, 2], [2]] and len(train) == 4
+    # the popular lists: [3, 4, 5] for a (less 1, 2), [1, 3, 4] for b (less 2); 2 seen, 6 unknown
+    res = popular_baseline(pop_model, test.contexts, k=3, targets=test.targets)
+    assert res["HR@3"] == 0.5 and res["Recall@3"] == pytest.approx((1.0 + 0.0) / 2)
+    assert res["MAP@3"] == pytest.approx((1.0 + 0.0) / 2) and res["unknown_targets"] == 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(at=1), r"at=1 leaves no event on one side: the events run from 1 to 9"),
+    (dict(at=10), "at=10 leaves no event on one side"),
+    (dict(at=0.0), "at=0.0 leaves no event on one side"),
+    (dict(at="x"), r"at must be a share of the events in \(0, 1\) or a time like column 't' \(numbers\), got 'x'"),
+    (dict(at=4, time_col="when"), r"events has no column 'when' \(time_col\); its columns: \['user', 'item', 't'\]"),
+    (dict(at=4, item_col="sku"), r"events has no column 'sku' \(item_col\)"),
+])
+def test_split_by_time_refuses_bad_input(kwargs, match):
+    args = dict(user_col="user", item_col="item", time_col="t")
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        split_by_time(_log(), **args)
+
+
+def test_split_by_time_refuses_what_is_not_a_frame_or_a_time():
+    with pytest.raises(ValueError, match="events must be a pandas DataFrame, got list"):
+        split_by_time([[1, 2, 3]], at=0.5)
+    df = _log().astype({"t": str})
+    with pytest.raises(ValueError, match=r"column 't' \(time_col\) must hold numbers or datetimes"):
+        split_by_time(df, at=0.5, user_col="user", item_col="item", time_col="t")
+    df = _log()
+    df["t"] = pd.Timestamp("2024-01-01") + pd.to_timedelta(df["t"], unit="D")
+    with pytest.raises(ValueError, match=r"a time like column 't' \(datetimes\), got 'soon'"):
+        split_by_time(df, at="soon", user_col="user", item_col="item", time_col="t")
+
+
+# ----------------------------------------------------------------------------- cold start
+A, B, C = [1, 2, 3], [3, 1], [2, 4, 1, 3]
+# For each single held-out item: (training sequences, contexts, targets), worked out by hand.
+BY_HAND = {
+    1: ([[2, 3], [2, 4, 3]], [[3], [2, 4]], [1, 1]),        # B is left with one item; A's 1 is first
+    2: ([[1, 3], [3, 1], [4, 1, 3]], [[1]], [2]),           # C's 2 is first: no context
+    3: ([[1, 2], [2, 4, 1]], [[1, 2], [2, 4, 1]], [3, 3]),
+    4: ([A, B, [2, 1, 3]], [[2]], [4]),
+}
+
+
+def test_cold_start_split_by_hand():
+    seen = set()
+    for seed in range(12):
+        train, held, contexts, targets = cold_start_split([A, B, C], share=0.25, random_state=seed)
+        assert held.size == 1
+        want = BY_HAND[int(held[0])]
+        assert [s.tolist() for s in train] == want[0]
+        assert [s.tolist() for s in contexts] == want[1] and targets.tolist() == want[2]
+        seen.add(int(held[0]))
+    assert len(seen) >= 3  # the seed draws the items
+    again = cold_start_split([A, B, C], share=0.25, random_state=5)
+    assert again.held_out.tolist() == cold_start_split([A, B, C], share=0.25, random_state=5).held_out.tolist()
+
+
+def test_cold_start_contexts_drop_the_held_out_items():
+    seqs = [[5, 1, 6, 2, 3], [7, 8]]
+    splits = (cold_start_split(seqs, share=0.25, random_state=seed) for seed in range(1000))  # 2 of 8
+    split = next(s for s in splits if s.held_out.tolist() == [1, 2])
+    assert [s.tolist() for s in split.train] == [[5, 6, 3], [7, 8]]
+    assert [s.tolist() for s in split.contexts] == [[5], [5, 6]] and split.targets.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("share, match", [(0, "share must be a number strictly between 0 and 1, got 0"),
+                                          (1.0, "got 1.0"), ("0.1", "got '0.1'"),
+                                          (0.05, "share=0.05 holds out 0 of 4 items")])
+def test_cold_start_split_refuses_bad_shares(share, match):
+    with pytest.raises(ValueError, match=match):
+        cold_start_split([A, B, C], share=share)
+    with pytest.raises(ValueError, match="random_state must be a non-negative integer or None, got -1"):
+        cold_start_split([A, B, C], random_state=-1)
+
+
+VALUES = {12: {"horror"}, 10: {"drama", "1995"}, 11: {"comedy", "1990"},
+          20: {"drama", "comedy"}, 21: {"comedy"}, 22: {"drama"}, 23: {"1990", "comedy"},
+          25: {"drama", "1995"}, 26: {"comedy"}, 30: {"comedy", "horror"}}  # 24: none
+
+
+def test_content_baseline_by_hand():
+    cands = [30, 26, 25, 24, 23, 22, 21, 20]
+    # context 12, 10, 11 (11 the newest).  Shared with the whole context, then with 11, 10, 12:
+    # 23: 2 (2, 0, 0); 20: 2 (1, 1, 0); 30: 2 (1, 0, 1); 25: 2 (0, 2, 0);
+    # 21 and 26: 1 (1, 0, 0), lower id first; 22: 1 (0, 1, 0); 24: 0
+    top = content_baseline([[12, 10, 11], [20]], cands, VALUES, k=8)
+    assert top[0].tolist() == [23, 20, 30, 25, 21, 26, 22, 24]
+    # context [20]: 20 itself left out; every other candidate with a value shares one
+    assert top[1].tolist() == [21, 22, 23, 25, 26, 30, 24, None]
+    assert content_baseline([[12, 10, 11]], cands, VALUES, k=3).tolist() == [[23, 20, 30]]
+
+
+def test_content_baseline_refuses_bad_input():
+    with pytest.raises(ValueError, match="item_values must be a mapping of item id -> set of feature values, got list"):
+        content_baseline([[1]], [2], [{"a"}], k=1)
+    with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
+        content_baseline([[1]], [2], {}, k=0)
+    with pytest.raises(ValueError, match="candidates is empty"):
+        content_baseline([[1]], [], {}, k=1)
