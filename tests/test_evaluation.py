@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fastsasrec import SASRec, Sequences
+from fastsasrec import SASRec
 from fastsasrec.metrics import (
     content_baseline, cold_start_split, popular_baseline, popularity_percentiles, ranking_metrics,
     split_by_time, uniform_hit_rate,
