@@ -294,6 +294,16 @@ def n_value(n):
     return int(n)
 
 
+def k_values(k):
+    """evaluate's k as the cut-offs it stands for (an int, or a non-empty list of them)."""
+    if isinstance(k, (list, tuple, range, np.ndarray)):
+        ks = [n_value(x) for x in (np.asarray(k, dtype=object).tolist() if isinstance(k, np.ndarray) else k)]
+        if not ks:
+            raise Wrong(f"k={k!r} (empty) was accepted")
+        return ks
+    return [n_value(k)]
+
+
 def truth(flag, used):
     """bool(flag) of an accepted exclude_seen; one without a truth value (an array) is
     accepted only by a call that never needed it (no session had a known item)."""
@@ -687,18 +697,26 @@ class Worker:
         if name == "unfitted":
             raise Wrong("an unfitted model answered evaluate")
         out = res[1]
-        k = n_value(case["k"])
+        ks = k_values(case["k"])
         view = view_of(recipe)
         check_ids_valid(view, "evaluate")
         used = [s for s in view if len(s) >= 2]
         if out.get("n") != len(used):
             raise Wrong(f"evaluate n={out.get('n')}, {len(used)} sequences have 2+ items")
+        for k in ks:
+            self.check_evaluate_at(m, name, case, out, used, k)
+        return ("accepted", "")
+
+    def check_evaluate_at(self, m, name, case, out, used, k):
+        """The metrics at cut-off k of an accepted evaluate."""
         for key in (f"HR@{k}", f"NDCG@{k}", f"MRR@{k}"):
             v = out.get(key)
             if not isinstance(v, float) or not 0.0 <= v <= 1.0:
                 raise Wrong(f"evaluate {key} = {v!r}")
         if not out[f"MRR@{k}"] <= out[f"NDCG@{k}"] + 1e-12 <= out[f"HR@{k}"] + 2e-12:
             raise Wrong(f"evaluate: not MRR <= NDCG <= HR: {out}")
+        if out.get(f"MAP@{k}") != out[f"MRR@{k}"]:  # one target per sequence
+            raise Wrong(f"evaluate: MAP@{k} is not MRR@{k} with one target: {out}")
         if case["protocol"] == "loo":
             o = self.oracle(name)
             hits = 0
@@ -708,7 +726,6 @@ class Worker:
                 hits += id_kind(t) == ("str" if o.is_str else "int") and t in o.index and t in ids.tolist()
             if not math.isclose(out[f"HR@{k}"], hits / len(used), abs_tol=1e-12):
                 raise Wrong(f"evaluate HR@{k} = {out[f'HR@{k}']}, recommend() hits {hits} of {len(used)}")
-        return ("accepted", "")
 
     # ---- the harness's own check: what a crash and a hang look like
     def op_selftest(self, what):

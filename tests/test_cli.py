@@ -129,12 +129,62 @@ def test_train_recommend_evaluate_round_trip(trained, capsys):
     code, out, err = run(capsys, ["evaluate", model, events, "-k", "5"])
     assert code == 0, err
     assert "150 users' last items" in out and "leave-one-out, full catalogue ranking" in out
-    metrics = dict(re.findall(r"^\s+(\S+@5)\s+([0-9.]+)$", out, flags=re.M))
-    assert set(metrics) == {"HR@5", "NDCG@5", "MRR@5", "coverage@5"}
-    assert float(metrics["HR@5"]) > 0.8, out
+    metrics = {m: (float(a), float(b)) for m, a, b in
+               re.findall(r"^\s+(\S+@5)\s+([0-9.]+)\s+([0-9.]+)$", out, flags=re.M)}
+    assert set(metrics) == {"HR@5", "NDCG@5", "MRR@5", "MAP@5", "coverage@5", "pop_percentile@5"}
+    assert metrics["HR@5"][0] > 0.8, out
+    # the most-popular baseline beside it, by the same protocol: far below on the chain
+    assert "most popular" in out.splitlines()[1] and metrics["HR@5"][1] < 0.3, out
     code, out, err = run(capsys, ["evaluate", model, events, "--protocol", "sampled"])
     assert code == 0, err
     assert "sampled: 100 negatives" in out and "HR@10" in out
+
+
+def _table(out):
+    """{metric@k: (model, most popular)} from the output of ``evaluate``."""
+    return {m: (float(a), float(b)) for m, a, b in
+            re.findall(r"^\s+(\S+@\d+)\s+([0-9.]+)\s+([0-9.]+)$", out, flags=re.M)}
+
+
+def test_evaluate_at_several_k_and_split_by_time(trained, capsys):
+    from fastsasrec import SASRec
+    from fastsasrec.metrics import popular_baseline, split_by_time
+
+    events, model = trained
+    code, out, err = run(capsys, ["evaluate", model, events, "--k", "5,10,20"])
+    assert code == 0, err
+    table = _table(out)
+    assert {f"{m}@{k}" for m in ("HR", "NDCG", "MRR", "MAP", "coverage", "pop_percentile")
+            for k in (5, 10, 20)} == set(table)
+    assert table["HR@5"][0] <= table["HR@10"][0] <= table["HR@20"][0]
+
+    code, out, err = run(capsys, ["evaluate", model, events, "-k", "10", "--split-time", "0.8"])
+    assert code == 0, err
+    table = _table(out)
+    assert "Recall@10" in table and "left out:" in out and "ranked from their events before it" in out
+    # the same figures as the Python calls on the same split
+    m = SASRec.load(model)
+    _, test = split_by_time(pd.read_csv(events), at=0.8)
+    want = m.evaluate(test.contexts, k=10, targets=test.targets)
+    pop = popular_baseline(m, test.contexts, k=10, targets=test.targets)
+    assert f"{want['n']:,} users' events from {test.at} on" in out
+    for key in ("HR@10", "Recall@10", "NDCG@10", "MAP@10"):
+        assert table[key] == (round(want[key], 4), round(pop[key], 4)), key
+    assert want["Recall@10"] < want["HR@10"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--k", "5,x"], "--k must be positive integers separated by commas, like 5,10,20, got '5,x'"),
+    (["-k", "0"], "--k must be positive integers separated by commas, like 5,10,20, got '0'"),
+    (["--split-time", "0.5", "--no-time"], "--split-time needs the time column: drop --no-time"),
+    (["--split-time", "0.5", "--protocol", "sampled"], "--split-time ranks the full catalogue"),
+    (["--split-time", "99999999"], "--split-time 99999999: at=99999999 leaves no event on one side"),
+    (["--split-time", "tomorrow"], "--split-time tomorrow: at must be a share of the events in (0, 1)"),
+])
+def test_evaluate_refuses_bad_cutoffs_and_split_times(trained, capsys, argv, message):
+    events, model = trained
+    code, _, err = run(capsys, ["evaluate", model, events, *argv])
+    assert code == 2 and message in err, err
 
 
 def test_recommend_notes_unknown_items(trained, capsys):

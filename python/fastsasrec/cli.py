@@ -4,7 +4,8 @@
     fastsasrec train EVENTS -o MODEL              fit a model on an event log (.csv or .parquet)
     fastsasrec update MODEL EVENTS -o MODEL       continue training on new events (and new items)
     fastsasrec recommend MODEL --session 12,40,7  next items for a session
-    fastsasrec evaluate MODEL EVENTS              hold out each user's last item and rank it
+    fastsasrec evaluate MODEL EVENTS              hold out each user's last item (or split by time), rank
+                                                  it, beside the most popular items
     fastsasrec score MODEL EVENTS -o RECS         recommendations for every user of a log (nightly)
     fastsasrec serve MODEL [--port 8000]          the HTTP server for the live widget
     fastsasrec plot HISTORY.csv -o curves.png     loss and validation NDCG@10 per epoch
@@ -343,28 +344,6 @@ def _recommend(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- evaluate
-def _evaluate(args: argparse.Namespace) -> int:
-    from fastsasrec import Sequences, _events
-    from fastsasrec.data import transactions_to_sequences
-
-    model = _load_model(args.model, args.threads)
-    df, time_col = _read(args, _events.item_mode(model.item_ids))
-    items, offsets, _ = transactions_to_sequences(df, args.user_col, args.item_col, time_col)
-    sequences = Sequences(items, offsets)  # flat from the file to the engine
-    res = model.evaluate(sequences, k=args.k, protocol=args.protocol)
-    skipped = len(sequences) - res["n"]
-    order = "in time order" if time_col is not None else "in file order"
-    print(f"{res['n']:,} users' last items held out and ranked from the items before them "
-          f"({order}); protocol: {res['protocol']}")
-    if skipped:
-        print(f"({skipped:,} users with fewer than 2 events skipped)")
-    for key, v in res.items():
-        if key not in ("n", "protocol"):
-            print(f"  {key:<12s} {v:.4f}")
-    return 0
-
-
 # ----------------------------------------------------------------------------- serve
 def _serve(args: argparse.Namespace) -> int:
     try:
@@ -498,20 +477,9 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=None)
     r.set_defaults(func=_recommend)
 
-    e = sub.add_parser("evaluate", help="hold out each user's last item and rank it",
-                       description="Build one sequence per user from an event log, hold out each "
-                                   "sequence's last item and rank it from the items before it. "
-                                   "For an honest figure, use events of users the model was not "
-                                   "trained on (or trained on without their last items).")
-    e.add_argument("model", metavar="MODEL")
-    e.add_argument("events", metavar="EVENTS", help="event log: .csv or .parquet")
-    _add_columns(e)
-    e.add_argument("-k", type=int, default=10, help="cut-off of the metrics (default: 10)")
-    e.add_argument("--protocol", choices=["loo", "sampled"], default="loo",
-                   help="loo: rank the full catalogue (default); sampled: rank against 100 random "
-                        "negatives, as in the SASRec paper (easier, not comparable)")
-    e.add_argument("--threads", type=int, default=None)
-    e.set_defaults(func=_evaluate)
+    from fastsasrec import _cli_evaluate
+
+    _cli_evaluate.add_parser(sub)
 
     sc = sub.add_parser("score", help="recommendations for every user of an event log (nightly jobs)",
                         description="Build each user's session from an event log (the model reads their "

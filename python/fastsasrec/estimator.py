@@ -615,23 +615,26 @@ class SASRec(NotebookCompat):
     def evaluate(
         self,
         sequences: Any,
-        k: int = 10,
+        k: Any = 10,
         protocol: str = "loo",
         n_negatives: int = 100,
         random_state: int = 0,
+        targets: Any = None,
     ) -> Dict[str, Any]:
-        """Holds out each sequence's last item and ranks it from the items before it.
+        """Ranks held-out items from the items before them; one flat dict of metrics.
 
-        ``sequences``: lists of original ids, or a ``Sequences``.  ``protocol="loo"`` ranks the whole catalogue (the context's items excluded);
-        ``"sampled"`` ranks it among ``n_negatives`` random items the sequence does not
-        contain (the SASRec paper's 100-negative protocol: much easier, so its numbers are
-        not comparable with full ranking).  Returns HR@k, NDCG@k, MRR@k, coverage@k (the
-        share of the catalogue that appears in some top-k list; loo only), ``n`` (sequences
-        scored; shorter than 2 are skipped) and ``protocol``, a label to print with them.
-        Held-out items unknown to the model count as misses.  k may exceed the catalogue
-        (every item is then in the top k)."""
+        ``sequences``: lists of ids or a ``Sequences``; each one's last item is held out
+        (shorter than 2 skipped), or with ``targets`` (one list per sequence, such as
+        ``split_by_time``'s) the whole sequence is the context and every listed item a
+        target (Recall@k added).  ``protocol="loo"`` ranks the whole catalogue, the
+        context's items excluded; ``"sampled"`` ranks among ``n_negatives`` random items
+        (the SASRec paper's: much easier, not comparable).  ``k``: an int or a list
+        (``[5, 10, 20]``: one scoring pass, every metric at every k).  Keys, by k: HR,
+        (Recall), NDCG, MRR, MAP, and for full ranking coverage and pop_percentile (100:
+        always the most popular item), e.g. ``"NDCG@10"``; then ``n``, ``unknown_targets``
+        (misses) and ``protocol``.  ``fastsasrec.metrics`` defines each metric."""
         return _metrics.evaluate(self._view(self._fitted()), sequences, k, protocol,
-                                 n_negatives, random_state)
+                                 n_negatives, random_state, targets)
 
     # ------------------------------------------------------------------ files
     def save(self, path: "os.PathLike[str] | str") -> None:
