@@ -34,6 +34,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402
+import bench_latency  # noqa: E402
 from bench_latency import synthetic, time_calls  # noqa: E402
 from common import median_time  # noqa: E402
 
@@ -103,7 +104,7 @@ def batch(V: int, B: int, threads: int, seed: int) -> dict:
     vocab = [[i, i + 1] for i in range(1, V + 1, 2)]
     model = SASRec(factors=64, max_seq=50, n_layers=2, loss="sampled_softmax",
                    n_negatives=min(256, V - 1), iterations=0, verbose=0,
-                   num_threads=threads).fit(vocab)
+                   num_threads=threads).fit(vocab, **bench_latency.fit_kw(V))
     S = np.random.default_rng(seed).integers(1, V + 1, size=(B, 20))
     flops = 2.0 * B * 64 * V
     row = {"items": V, "sessions": B, "threads": threads}
@@ -151,7 +152,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="threads of the batch rows")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    ap.add_argument("--item-features", action="store_true",
+                    help="fit our models with a features table (category, brand, tags, price)")
     args = ap.parse_args()
+    bench_latency.ITEM_FEATURES = args.item_features
     info = common.machine_info(args.threads)
     common.print_machine_info(info)
     singles, batches = [], []

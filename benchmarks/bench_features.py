@@ -27,6 +27,7 @@ Each (part, split, row, seed) is cached as JSON under benchmarks/.features_cache
     python benchmarks/bench_features.py --part quality --split val --rows ids features_mean features_sum --seeds 0 1
     python benchmarks/bench_features.py --part quality --split test --rows ids features_mean --seeds 0 1 2
     python benchmarks/bench_features.py --part cold --seeds 0 1 2
+    python benchmarks/bench_features.py --part cost --threads 2 --reps 3   # training time
     python benchmarks/bench_features.py --table
 """
 from __future__ import annotations
@@ -48,7 +49,9 @@ CACHE = HERE / ".features_cache"
 GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
           "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
           "Romance", "Sci-Fi", "Thriller", "War", "Western"]
-ROWS = {"ids": None, "features_mean": "mean", "features_sum": "sum"}
+ROWS = {"ids": None, "features_mean": "mean", "features_sum": "sum", "features_mean_trained_id": "mean",
+        # the feature table starting at zero instead of random (an experiment on its init)
+        "features_mean_f0": "mean", "features_sum_f0": "sum"}
 
 
 def movie_table():
@@ -70,9 +73,18 @@ def movie_table():
 
 
 def fit(row, seqs, seed, threads, table):
-    from fastsasrec import SASRec
+    from fastsasrec import SASRec, _features, _training
 
     pooling = ROWS[row]
+    if row.endswith("_f0") and not getattr(_training, "_f0", False):
+        first = _training._with_features
+
+        def zero_start(engine, feats):
+            engine = first(engine, feats)
+            if feats is not None:
+                _features.zero_rows(engine, _features.TENSOR, np.arange(feats.space.size))
+            return engine
+        _training._with_features, _training._f0 = zero_start, True
     model = SASRec(random_state=seed, num_threads=threads,
                    **({"feature_pooling": pooling} if pooling else {}))
     t0 = time.perf_counter()
@@ -143,6 +155,17 @@ def run_cold(row, seed, threads, share=0.1):
     cold, train, warm, coldcases = cold_split(seqs, share, seed)
     if row == "features_off_catalogue":
         model, seconds = fit("features_mean", train, seed, threads, table.drop(index=cold))
+    elif row == "features_mean_trained_id":
+        # the new products' id embeddings as training left them (pushed down as negatives),
+        # instead of zero: the choice fit makes, measured
+        from fastsasrec import _training
+
+        keep = _training._finished
+        _training._finished = lambda state: state
+        try:
+            model, seconds = fit("features_mean", train, seed, threads, table)
+        finally:
+            _training._finished = keep
     else:
         model, seconds = fit(row, train, seed, threads, table)
     out = {"seconds": seconds, "held_out": len(cold), "cold_cases": int(len(coldcases[1]))}
@@ -160,6 +183,32 @@ def run_cold(row, seed, threads, share=0.1):
         out.update({f"content_cold_{k}": v for k, v in metrics(top, coldcases[1]).items()})
         in_top = np.isin(np.asarray(ids), np.asarray(cold))
         out["cold_items_in_top10_share"] = float(in_top.mean())
+    return out
+
+
+def run_cost(reps, threads, epochs=5):
+    """Training time per epoch, ids against features (genres and year), at fixed settings
+    (factors 64, 2 layers, max_seq 50, dropout 0.2, batch 128), the two interleaved."""
+    from fastsasrec import SASRec
+
+    seqs, _ = load("ml-100k")
+    table = movie_table()
+    out = {}
+    for loss in ("softmax", "sampled_softmax"):
+        times = {"ids": [], "features": []}
+        for rep in range(reps):
+            for row in (("ids", "features") if rep % 2 == 0 else ("features", "ids")):
+                m = SASRec(factors=64, n_layers=2, max_seq=50, dropout=0.2, batch_size=128,
+                           loss=loss, negatives="uniform" if loss != "softmax" else "auto",
+                           iterations=epochs, num_threads=threads, random_state=rep)
+                t0 = time.perf_counter()
+                m.fit(seqs, **({"item_features": table} if row == "features" else {}))
+                times[row].append((time.perf_counter() - t0) / epochs)
+        ids, feats = np.median(times["ids"]), np.median(times["features"])
+        out[loss] = {"ids_s_per_epoch": float(ids), "features_s_per_epoch": float(feats),
+                     "ratio": float(feats / ids), "runs": times}
+        print(f"{loss}: {ids:.2f} s/epoch ids, {feats:.2f} features: {feats / ids:.2f}x "
+              f"(medians of {reps}, {threads} threads)", flush=True)
     return out
 
 
@@ -192,7 +241,8 @@ def table_text() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", choices=["quality", "cold"], default="quality")
+    ap.add_argument("--part", choices=["quality", "cold", "cost"], default="quality")
+    ap.add_argument("--reps", type=int, default=3, help="--part cost: interleaved repeats")
     ap.add_argument("--split", choices=["val", "test"], default="test")
     ap.add_argument("--rows", nargs="+", default=None)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -205,6 +255,10 @@ def main() -> None:
     if not (DATA / "ml-100k" / "u.item").exists():
         raise SystemExit(f"{DATA / 'ml-100k'} not found (set FASTSASREC_DATA)")
     CACHE.mkdir(exist_ok=True)
+    if args.part == "cost":
+        out = run_cost(args.reps, args.threads)
+        (CACHE / f"cost_{args.threads}threads.json").write_text(json.dumps(out, indent=1))
+        return
     rows = args.rows or (["ids", "features_mean"] if args.part == "quality"
                          else ["features_mean", "features_off_catalogue"])
     which = args.split if args.part == "quality" else "test"

@@ -88,6 +88,30 @@ def torch_recommender(ds: common.Dataset, epochs: int):
     return torch_request(model.net.eval(), ds.item_to_idx, ds.item_ids)
 
 
+# --item-features: the fastsasrec models are fitted with a features table (feature_table),
+# to show that features cost nothing at inference.
+ITEM_FEATURES = False
+
+
+def feature_table(n_items: int, seed: int = 0):
+    """A store's table over items 1..n_items: a category (50 values), a brand (1,000), a
+    list of 1-3 tags (200) and a price (10 buckets)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "category": rng.integers(0, 50, n_items).astype(str),
+        "brand": rng.integers(0, 1000, n_items).astype(str),
+        "tags": [rng.integers(0, 200, int(rng.integers(1, 4))).astype(str).tolist()
+                 for _ in range(n_items)],
+        "price": rng.lognormal(3, 1, n_items),
+    }, index=np.arange(1, n_items + 1))
+
+
+def fit_kw(n_items: int) -> dict:
+    return {"item_features": feature_table(n_items)} if ITEM_FEATURES else {}
+
+
 def synthetic(n_items: int, n_sessions: int, seed: int, length: int = 20):
     """An untrained fastsasrec model and PyTorch reference over n_items items (ids 1..n;
     latency does not depend on the weights), and n_sessions sessions of `length` random
@@ -98,7 +122,7 @@ def synthetic(n_items: int, n_sessions: int, seed: int, length: int = 20):
     vocab = [[i, i + 1] for i in range(1, n_items + 1, 2)]
     cfg = {k: v for k, v in CONFIG.items() if k not in ("n_negatives",)}
     ours = SASRec(**cfg, n_negatives=min(256, n_items - 1), iterations=0, verbose=0,
-                  num_threads=THREADS).fit(vocab)
+                  num_threads=THREADS).fit(vocab, **fit_kw(n_items))
     theirs = tr.TorchSASRec(n_items, threads=THREADS, **CONFIG).net.eval()
     item_ids = np.arange(n_items + 1)
     item_to_idx = {i: i for i in range(1, n_items + 1)}
@@ -109,7 +133,7 @@ def synthetic(n_items: int, n_sessions: int, seed: int, length: int = 20):
 
 def fastsasrec_recommender(SASRec, ds: common.Dataset, epochs: int):
     model = SASRec(**CONFIG, iterations=epochs, device="cpu", verbose=0, num_threads=THREADS)
-    model.fit(ds.to_original(ds.contexts))
+    model.fit(ds.to_original(ds.contexts), **fit_kw(ds.n_items))
 
     def recommend(session):
         return model.recommend(session, n=K)
@@ -129,7 +153,11 @@ def main(argv=None) -> int:
                     help="an untrained model over this many synthetic items instead of ML-100K "
                          "(sessions of 20 random items)")
     ap.add_argument("--out", default=None, help="write results as JSON here")
+    ap.add_argument("--item-features", action="store_true",
+                    help="fit our models with a features table (category, brand, tags, price)")
     args = ap.parse_args(argv)
+    global ITEM_FEATURES
+    ITEM_FEATURES = args.item_features
     if args.items is not None:
         return main_synthetic(args)
 

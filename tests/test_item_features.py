@@ -234,3 +234,64 @@ def test_from_transactions_takes_item_features():
                                  num_threads=1, item_features=_table(extra=[(999, 1)]),
                                  item_names="title")
     assert 999 in m.item_ids_.tolist() and m.item_names_ is not None
+
+
+# ----------------------------------------------------------------------------- surfaces
+def _events_csv(path, sessions):
+    rows = [(u, i, t) for u, s in enumerate(sessions) for t, i in enumerate(s)]
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(path, index=False)
+
+
+def test_the_command_line_takes_features_and_prints_names(tmp_path, capsys):
+    from fastsasrec.cli import main
+
+    events, items, model = tmp_path / "events.csv", tmp_path / "items.csv", tmp_path / "m.fsr"
+    _events_csv(events, _sessions(200))
+    table = _table(extra=[(999, 2)]).reset_index()
+    table["tags"] = table["tags"].map("|".join)
+    table.to_csv(items, index=False)
+    args = ["--epochs", "3", "--factors", "16", "--max-seq", "8", "--threads", "1", "-q"]
+    assert main(["train", str(events), "-o", str(model), "--item-features", str(items),
+                 "--item-names", "title", "--item-list-col", "tags"] + args) == 0
+    m = SASRec.load(model)
+    assert 999 in m.item_ids_.tolist() and m.item_feature_values(100)[1:3] == ["tags='t0'", "tags='all'"]
+    capsys.readouterr()
+    assert main(["recommend", str(model), "--session", "300,301", "-n", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["rank", "item", "score", "name"]
+    for line in out[1:]:
+        rank, item, score, *name = line.split()
+        assert " ".join(name) == (f"Item {item}" if int(item) < 900 else f"New {item}")
+    recs = tmp_path / "recs.csv"
+    assert main(["score", str(model), str(events), "-o", str(recs), "-n", "2", "-q"]) == 0
+    got = pd.read_csv(recs)
+    assert list(got.columns)[:4] == ["user_id", "rank", "item", "name"]
+    assert (got["name"] == got["item"].map(lambda i: f"Item {i}" if i < 900 else f"New {i}")).all()
+    # the features file is an input: never overwritten
+    assert main(["train", str(events), "-o", str(items), "--item-features", str(items)] + args) == 2
+    new = pd.DataFrame({"item_id": [555], "category": ["cat1"], "tags": ["t1"], "price": [3.0],
+                        "title": ["Fresh"]})
+    new.to_csv(tmp_path / "new.csv", index=False)
+    assert main(["update", str(model), str(events), "-o", str(tmp_path / "m2.fsr"), "--item-features",
+                 str(tmp_path / "new.csv"), "--item-names", "title", "--item-list-col", "tags", "-q"]) == 0
+    m2 = SASRec.load(tmp_path / "m2.fsr")
+    assert 555 in m2.item_ids_.tolist() and m2.item_names_[list(m2.item_ids_).index(555)] == "Fresh"
+    assert main(["train", str(events), "-o", str(model), "--item-names", "title"] + args) == 2
+
+
+def test_the_server_answers_names_beside_ids(fitted):
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from fastsasrec.serve import create_app
+
+    with TestClient(create_app(fitted)) as client:
+        got = client.post("/v1/recommend", json={"session": [300, 301], "n": 3}).json()
+        assert got["names"] == [f"Item {i}" if i < 900 else f"New {i}" for i in got["items"]]
+        got = client.post("/v1/recommend/batch", json={"sessions": [[300], [100, 101]], "n": 2}).json()
+        for r in got["results"]:
+            assert r["names"] == [f"Item {i}" if i < 900 else f"New {i}" for i in r["items"]]
+        got = client.post("/v1/similar", json={"item": 100, "n": 2}).json()
+        assert got["names"] == [f"Item {i}" if i < 900 else f"New {i}" for i in got["items"]]
+        got = client.post("/v1/sessions/s1/events", json={"items": [300]}).json()
+        assert len(got["names"]) == len(got["items"])

@@ -51,12 +51,24 @@ def run(args: argparse.Namespace) -> int:
         epochs = 40 if args.epochs is None else args.epochs
         params = dict(factors=64, n_layers=2, max_seq=50, iterations=epochs)
         print(f"MovieLens 100K: {len(flat):,} ratings of {len(names):,} movies by {len(sessions):,} users")
+        features = {}
     else:
+        import pandas as pd
+
+        from fastsasrec.datasets import synthetic_store_catalog
+
         sessions, names = synthetic_store(n_sessions=args.sessions, random_state=args.seed)
         who, what, viewed = "visitors", "products", "viewed"
         epochs = 15 if args.epochs is None else args.epochs
         params = dict(factors=48, n_layers=2, max_seq=20, n_negatives=64, iterations=epochs)
         print(f"synthetic store: {len(sessions):,} sessions over {len(names)} products")
+        # What the store knows of each product: its category and brand, and its name.
+        catalog = synthetic_store_catalog()
+        table = pd.DataFrame({"category": [c for _, c in catalog.values()],
+                              "brand": [n.split()[0] for n, _ in catalog.values()],
+                              "name": [n for n, _ in catalog.values()]}, index=list(catalog))
+        features = {"item_features": table, "item_names": "name"}
+        print("  item features: category, brand; names shown beside ids")
     # New visitors: train on 80% of the sessions, then predict the last item of each of
     # the other 20% from the items before it.
     n_test = len(sessions) // 5
@@ -66,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {len(train):,} to train on, {len(test):,} new {who} to predict")
     model = SASRec(random_state=args.seed, verbose=0, num_threads=args.threads, **params)
     t0 = time.perf_counter()
-    model.fit(train)
+    model.fit(train, **features)
+    if model.item_names_ is not None:  # the names the model carries
+        names = dict(zip(model.item_ids_.tolist(), model.item_names_.tolist()))
     print(f"trained {epochs} epochs in {time.perf_counter() - t0:.1f}s "
           f"(final loss {model.loss_history_[-1]:.3f})" if model.loss_history_ else "trained 0 epochs")
 
