@@ -47,7 +47,7 @@ if not fastsasrec.cuda_available():
 PY
 cd "$ROOT"
 export FASTSASREC_EMULATED_GPU=1
-# test_ops: every op on both devices; test_devices: the model on both devices, less the
+# test_ops*: every op on both devices; test_devices: the model on both devices, less the
 # three ML-100K epochs (hours when every GPU thread is a fiber); then the estimator's and
 # the use cases' emulated_gpu subset on "cuda".
 # The op tests run twice, each block's threads in order (under AddressSanitizer where it
@@ -56,13 +56,13 @@ export FASTSASREC_EMULATED_GPU=1
 if [[ -n "$ASAN_PKG" ]]; then
   LD_PRELOAD="$ASAN_LIB $("$CXX" -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0 \
     PYTHONPATH="$ASAN_PKG${BASE_PYTHONPATH:+:$BASE_PYTHONPATH}" \
-    "$PY" -m pytest -q -p no:faulthandler tests/test_ops.py -k cuda "$@"
+    "$PY" -m pytest -q -p no:faulthandler tests/test_ops*.py -k cuda "$@"
 else
-  "$PY" -m pytest -q tests/test_ops.py -k cuda "$@"
+  "$PY" -m pytest -q tests/test_ops*.py -k cuda "$@"
 fi
-FSR_EMU_REVERSE=1 "$PY" -m pytest -q tests/test_ops.py -k cuda "$@"
+FSR_EMU_REVERSE=1 "$PY" -m pytest -q tests/test_ops*.py -k cuda "$@"
 # Attention on a card with 99 KB of shared memory a block (32-row tiles for D > 64).
 FSR_EMU_SMEM_OPTIN=101376 "$PY" -m pytest -q tests/test_ops.py -k "cuda and attention" "$@"
 "$PY" -m pytest -q tests/test_devices.py tests/test_engine_safety.py -k "not three_epochs_on_movielens" "$@"
-"$PY" -m pytest -q tests/test_training_jobs.py -k "cuda" "$@"
+"$PY" -m pytest -q tests/test_training_jobs.py tests/test_feature_engine.py -k "cuda" "$@"
 "$PY" -m pytest -q tests/test_estimator.py tests/test_use_cases.py -k cuda "$@"

@@ -40,7 +40,7 @@ else
     -C cmake.define.FASTSASREC_CUDA=ON -C cmake.define.FASTSASREC_CUDA_ARCHITECTURES=90
 fi
 cd /tmp && step show_config $PY -c "import fastsasrec; fastsasrec.show_config()"; cd - >/dev/null
-step gpu_tests $PY -m pytest tests/test_devices.py tests/test_ops.py tests/test_engine_safety.py -q -rs -p no:cacheprovider
+step gpu_tests $PY -m pytest tests/test_devices.py tests/test_ops.py tests/test_ops_feature_bag.py tests/test_feature_engine.py tests/test_engine_safety.py -q -rs -p no:cacheprovider
 step gpu_behaviour $PY -m pytest tests/test_estimator.py tests/test_use_cases.py -k cuda -q -rs -p no:cacheprovider
 step bench_score $PY benchmarks/bench_score.py --device cuda --sessions 65536 --items 1000000
 step sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 $PY -c "
