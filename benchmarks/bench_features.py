@@ -10,15 +10,16 @@ a slice it carves itself), for
 --split val reports the validation targets (each sequence's second to last item, the
 model trained without the last two): what the pooling is chosen on.
 
-Cold start (--part cold): a share (10%) of the movies, drawn by seed, held out of training
-entirely; their features known.  The model trains on each user's other movies less the
-last one (a leave-one-out of the warm movies), with the held-out movies in the catalogue
-as new products (in the features table, in no sequence).  Reported:
-  * cold HR@10 / NDCG@10: each user whose history holds a held-out movie, its last one as
-    the target, its context the warm movies before it, ranked over the whole catalogue;
-    beside a uniform pick among the held-out movies (HR@10 = 10 / held-out count) and the
-    content baseline (the held-out movies sharing the most genres and year bucket with
-    the session, the newest session item's first);
+Cold start (--part cold): fastsasrec.metrics.cold_start_split holds a share (10%) of the
+movies, drawn by seed, out of training entirely; their features known.  The model trains
+on each user's other movies less the last one (a leave-one-out of the warm movies), with
+the held-out movies in the catalogue as new products (in the features table, in no
+sequence).  Reported:
+  * cold HR@10 / NDCG@10: every event of a held-out movie that follows a warm one, its
+    context the warm movies before it, ranked over the whole catalogue; beside a uniform
+    pick among the held-out movies (HR@10 = 10 / held-out count) and the content baseline
+    (metrics.content_baseline: the held-out movies sharing the most genres and release
+    decade with the session, the newest session item's first);
   * warm NDCG@10: the warm leave-one-out, against the same model trained without the
     held-out movies in its catalogue (features_off_catalogue).
 
@@ -49,7 +50,7 @@ CACHE = HERE / ".features_cache"
 GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
           "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
           "Romance", "Sci-Fi", "Thriller", "War", "Western"]
-ROWS = {"ids": None, "features_mean": "mean", "features_sum": "sum", "features_mean_trained_id": "mean",
+ROWS = {"ids": None, "features_mean": "mean", "features_sum": "sum",
         # the feature table starting at zero instead of random (an experiment on its init)
         "features_mean_f0": "mean", "features_sum_f0": "sum"}
 
@@ -106,83 +107,57 @@ def run_quality(row, which, seed, threads):
     return out
 
 
-def cold_split(seqs, share, seed):
-    """(held-out movie ids, training sequences, warm (contexts, targets), cold (contexts,
-    targets)): see the module's docstring."""
-    ids = np.unique(np.concatenate([np.asarray(s) for s in seqs]))
-    rng = np.random.default_rng(seed)
-    cold = set(rng.choice(ids, size=int(round(share * ids.size)), replace=False).tolist())
-    train, warm_ctx, warm_tg, cold_ctx, cold_tg = [], [], [], [], []
-    for s in seqs:
-        warm = [x for x in s if x not in cold]
-        if len(warm) >= 3:
-            train.append(warm[:-1])
-            warm_ctx.append(warm[:-1])
-            warm_tg.append(warm[-1])
-        last = max((i for i, x in enumerate(s) if x in cold), default=None)
-        if last is not None:
-            ctx = [x for x in s[:last] if x not in cold]
-            if ctx:
-                cold_ctx.append(ctx)
-                cold_tg.append(s[last])
-    return sorted(cold), train, (warm_ctx, np.array(warm_tg)), (cold_ctx, np.array(cold_tg))
-
-
-def content_topk(contexts, candidates, values, k):
-    """The candidates sharing the most feature values with the session (ties: those
-    sharing the newest session item's values first, then by id)."""
-    cand = np.asarray(candidates)
-    cand_vals = [values[c] for c in cand.tolist()]
-    out = np.zeros((len(contexts), k), dtype=np.int64)
-    for r, ctx in enumerate(contexts):
-        bag = {}
-        for age, x in enumerate(reversed(ctx)):
-            for v in values.get(x, ()):
-                bag[v] = bag.get(v, 0) + 1
-        newest = values.get(ctx[-1], set())
-        score = np.array([sum(bag.get(v, 0) for v in cv) for cv in cand_vals], dtype=np.float64)
-        recent = np.array([len(newest & cv) for cv in cand_vals], dtype=np.float64)
-        order = np.lexsort((cand, -recent, -score))[:k]
-        out[r, :order.size] = cand[order]
+def _cold_metrics(model, cold, coldcases):
+    ids, _ = model.recommend_batch(coldcases[0], n=K, exclude_seen=True)
+    out = {f"cold_{k}": v for k, v in metrics(np.asarray(ids), coldcases[1]).items()}
+    out["cold_items_in_top10_share"] = float(np.isin(np.asarray(ids), np.asarray(cold)).mean())
     return out
 
 
 def run_cold(row, seed, threads, share=0.1):
+    """One fit per row: "features_mean" reports the new products' id embeddings both as
+    training left them (trained_id_*: pushed down as negatives) and at zero (what fit
+    keeps), from the same fit; "features_off_catalogue" trains without them."""
     import pandas as pd
+
+    from fastsasrec import _training
+
+    from fastsasrec.metrics import cold_start_split, content_baseline, uniform_hit_rate
 
     seqs, _ = load("ml-100k")
     table = movie_table()
-    cold, train, warm, coldcases = cold_split(seqs, share, seed)
+    cs = cold_start_split(seqs, share=share, random_state=seed)
+    cold = cs.held_out.tolist()
+    warm_seqs = [s.tolist() for s in np.split(cs.train.items, cs.train.offsets[1:-1])]
+    # the warm movies' leave-one-out: train on each sequence less its last item
+    train = [s[:-1] for s in warm_seqs if len(s) >= 3]
+    warm = ([s[:-1] for s in warm_seqs if len(s) >= 3], np.array([s[-1] for s in warm_seqs if len(s) >= 3]))
+    coldcases = ([c.tolist() for c in np.split(cs.contexts.items, cs.contexts.offsets[1:-1])], cs.targets)
+    out = {"held_out": len(cold), "cold_cases": int(len(coldcases[1]))}
     if row == "features_off_catalogue":
-        model, seconds = fit("features_mean", train, seed, threads, table.drop(index=cold))
-    elif row == "features_mean_trained_id":
-        # the new products' id embeddings as training left them (pushed down as negatives),
-        # instead of zero: the choice fit makes, measured
-        from fastsasrec import _training
-
+        model, out["seconds"] = fit("features_mean", train, seed, threads, table.drop(index=cold))
+    else:
         keep = _training._finished
         _training._finished = lambda state: state
         try:
-            model, seconds = fit("features_mean", train, seed, threads, table)
+            model, out["seconds"] = fit(row, train, seed, threads, table)
         finally:
             _training._finished = keep
-    else:
-        model, seconds = fit(row, train, seed, threads, table)
-    out = {"seconds": seconds, "held_out": len(cold), "cold_cases": int(len(coldcases[1]))}
-    ids, _ = model.recommend_batch(warm[0], n=K, exclude_seen=True)
-    out.update({f"warm_{k}": v for k, v in metrics(np.asarray(ids), warm[1]).items()})
-    if row != "features_off_catalogue":
-        ids, _ = model.recommend_batch(coldcases[0], n=K, exclude_seen=True)
-        out.update({f"cold_{k}": v for k, v in metrics(np.asarray(ids), coldcases[1]).items()})
-        out["uniform_cold_HR@10"] = min(1.0, K / len(cold))
+        out.update({f"trained_id_{k}": v for k, v in _cold_metrics(model, cold, coldcases).items()})
+        ids, _ = model.recommend_batch(warm[0], n=K, exclude_seen=True)
+        out.update({f"trained_id_warm_{k}": v for k, v in metrics(np.asarray(ids), warm[1]).items()})
+        _training._finished(model._state)  # the zero id embeddings fit gives them
+        out.update(_cold_metrics(model, cold, coldcases))
+        out["uniform_cold_HR@10"] = uniform_hit_rate(K, len(cold))
         # content baseline: genres and the year's decade as the shared values
         values = {int(i): {*(f"g:{g}" for g in r.genres),
                            *((f"d:{int(r.year) // 10}",) if not pd.isna(r.year) else ())}
                   for i, r in table.iterrows()}
-        top = content_topk(coldcases[0], cold, values, K)
+        top = content_baseline(coldcases[0], cold, values, K)
+        top = np.where(top == None, -1, top).astype(np.int64)  # noqa: E711 (object array)
         out.update({f"content_cold_{k}": v for k, v in metrics(top, coldcases[1]).items()})
-        in_top = np.isin(np.asarray(ids), np.asarray(cold))
-        out["cold_items_in_top10_share"] = float(in_top.mean())
+    ids, _ = model.recommend_batch(warm[0], n=K, exclude_seen=True)
+    out.update({f"warm_{k}": v for k, v in metrics(np.asarray(ids), warm[1]).items()})
     return out
 
 

@@ -150,41 +150,58 @@ class FeatureSpace:
     # ------------------------------------------------------------------ encoding
     def encode(self, table: "Table", item_ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """The CSR (values int32, offsets int64 of V + 2) of the catalogue ``item_ids``
-        (internal id i + 1 is item_ids[i]); an item the table has no row for holds row 0."""
+        (internal id i + 1 is item_ids[i]); an item the table has no row for holds row 0.
+        An item's values come column by column, each value once."""
         V = int(item_ids.size)
         where = table.rows_of(item_ids)  # -1: no row
-        lookups = [c.lookup() if c.kind != "numeric" else None for c in self.columns]
-        bases = self.bases()
-        bags: List[List[int]] = [[]]
-        for i in range(V):
-            r = int(where[i])
-            if r < 0:
-                bags.append([NO_FEATURES])
+        has = np.flatnonzero(where >= 0)
+        rows = where[has].tolist()
+        # (item index, value row) pairs, column after column; then grouped by item
+        # (a stable sort keeps the column order within an item).
+        items_parts, value_parts = [np.flatnonzero(where < 0)], [np.full(V - has.size, NO_FEATURES)]
+        for c, base, cells in zip(self.columns, self.bases(), table.cells):
+            if c.kind == "numeric":  # one value per item: its bucket, or the missing row
+                x = np.full(len(rows), np.nan)
+                for k, (i, r) in enumerate(zip(has.tolist(), rows)):
+                    got = c.cell_values(cells[r], item_ids[i].item())
+                    if got:
+                        v = got[0]
+                        if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
+                            raise ValueError(f"item_features column {c.name!r}, item "
+                                             f"{item_ids[i].item()!r}: {v!r} is not a number "
+                                             "(the column is numeric)")
+                        x[k] = float(v)
+                its = has
+                vals_a = np.where(np.isnan(x), base + 1,
+                                  base + 2 + np.searchsorted(np.asarray(c.edges), x, side="right"))
+                items_parts.append(its.astype(np.int64))
+                value_parts.append(vals_a.astype(np.int64))
                 continue
-            bag: List[int] = []
-            item = item_ids[i].item()
-            for c, lut, base, cells in zip(self.columns, lookups, bases, table.cells):
-                vals = c.cell_values(cells[r], item)
-                if not vals:
-                    bag.append(base + 1)
+            lut = c.lookup()
+            its, vals = [], []
+            for i, r in zip(has.tolist(), rows):
+                got = c.cell_values(cells[r], item_ids[i].item())
+                if not got:
+                    its.append(i)
+                    vals.append(base + 1)
                     continue
                 seen = set()
-                for v in vals:
-                    if c.kind == "numeric":
-                        if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
-                            raise ValueError(f"item_features column {c.name!r}, item {item!r}: "
-                                             f"{v!r} is not a number (the column is numeric)")
-                        j = 2 + int(np.searchsorted(np.asarray(c.edges), float(v), side="right"))
-                    else:
-                        found = lut.get(_key(v))
-                        j = 0 if found is None else 2 + found
+                for v in got:
+                    found = lut.get(_key(v))
+                    j = base + (0 if found is None else 2 + found)
                     if j not in seen:
                         seen.add(j)
-                        bag.append(base + j)
-            bags.append(bag)
+                        its.append(i)
+                        vals.append(j)
+            vals_a = np.asarray(vals, dtype=np.int64)
+            items_parts.append(np.asarray(its, dtype=np.int64))
+            value_parts.append(vals_a)
+        items_all = np.concatenate(items_parts).astype(np.int64)
+        order = np.argsort(items_all, kind="stable")
+        values = np.concatenate(value_parts).astype(np.int32)[order]
+        counts = np.bincount(items_all, minlength=V)
         offsets = np.zeros(V + 2, dtype=np.int64)
-        offsets[1:] = np.cumsum([len(b) for b in bags])
-        values = np.fromiter((v for b in bags for v in b), dtype=np.int32, count=int(offsets[-1]))
+        np.cumsum(counts, out=offsets[2:])
         return values, offsets
 
     # ------------------------------------------------------------------ the file
