@@ -85,8 +85,11 @@ inline constexpr ParamSpec kGlobalTable[kGlobalParams] = {
     {"final_ln.weight", Dim::C, Dim::One, false, Init::Ones},
     {"final_ln.bias", Dim::C, Dim::One, false, Init::Zeros},
 };
-// The feature values' embeddings (only with n_feature_values > 0), last in the arena.
-inline constexpr ParamSpec kFeatureEmb = {"F", Dim::NF, Dim::C, true, Init::Xavier};
+// The feature values' embeddings (only with n_feature_values > 0), last in the arena.  They
+// start at zero: an item starts as its id embedding alone, and its features add what
+// training finds in them (Xavier over (NF, C) starts them several times larger than the
+// item embeddings, whose fan-in is the catalogue: measured worse, BENCHMARKS.md).
+inline constexpr ParamSpec kFeatureEmb = {"F", Dim::NF, Dim::C, true, Init::Zeros};
 
 // The pointers of one block's tensors in one arena (parameters or gradients).
 struct Model::Layer {

@@ -15,7 +15,7 @@ per column, its kind and vocabulary, fixed at fit:
 
 Each column also has a ``missing`` row (an empty cell, NaN, None, an empty list) and an
 ``unknown`` row (a value first seen after fit, by ``partial_fit``: the vocabulary stays as
-fitted; the row starts at zero and stays there, since no item fitted holds it).  Row 0 of
+fitted; like every row it starts at zero, and no fitted item moves it).  Row 0 of
 the table is "no features": the bag of an item the table has no row for.
 
 The item's bag is stored as a CSR over internal ids 0..V (``values``, ``offsets`` of V + 2
@@ -32,7 +32,6 @@ import numpy as np
 
 KINDS = ("categorical", "multi", "numeric")
 NO_FEATURES = 0
-TENSOR = "F"  # the engine's tensor of feature-value embeddings
 _MAX_COLUMNS = 1_000
 _MAX_VALUES = 10_000_000  # rows of the feature-value table at most
 
@@ -123,10 +122,6 @@ class FeatureSpace:
             out.append(at)
             at += c.size
         return out
-
-    def unknown_rows(self) -> np.ndarray:
-        """The rows no fitted item holds: each column's "unknown" row."""
-        return np.asarray(self.bases(), dtype=np.int64)
 
     def describe(self, row: int) -> str:
         """The row's meaning, e.g. ``genre=Comedy`` or ``price in [9.5, 20)``."""

@@ -169,11 +169,10 @@ def _features_table(item_features: Any, item_names: Any, flat: np.ndarray) -> An
 
 
 def _with_features(engine: Any, feats: Any) -> Any:
-    """Gives a new engine the items' feature bags; each column's "unknown" row starts (and,
-    held by no fitted item, stays) at zero."""
+    """Gives a new engine the items' feature bags.  (The feature table starts at zero, so
+    each column's "unknown" row, held by no fitted item, stays there.)"""
     if feats is not None:
         feats.attach(engine)
-        _features.zero_rows(engine, _features.TENSOR, feats.space.unknown_rows())
     return engine
 
 
