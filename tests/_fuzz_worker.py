@@ -47,7 +47,22 @@ MODELS = {
                           n_negatives=4, iterations=1, batch_size=8, num_threads=1)),
     "one": (ONE_IDS, dict(factors=8, n_layers=0, max_seq=5, loss="softmax", iterations=1,
                           num_threads=1)),
+    # with item features and names (feature_table): a format-3 file; ids 25-27 are new
+    # products, in the table and in no training sequence
+    "feat": (INT_IDS + [25, 26, 27], dict(factors=8, n_layers=1, n_heads=1, max_seq=5,
+                                           loss="softmax", iterations=2, batch_size=8,
+                                           num_threads=1, feature_buckets=3)),
 }
+
+
+def feature_table(ids):
+    """The "feat" model's item features: a category, a list of tags, a price, a name."""
+    import pandas as pd
+
+    return pd.DataFrame({"category": [f"c{i % 3}" for i in ids],
+                         "tags": [[f"t{i % 4}", f"t{i % 5}"] for i in ids],
+                         "price": [float(i * 1.5) for i in ids],
+                         "name": [f"item {i}" for i in ids]}, index=list(ids))
 FITTED = tuple(MODELS)                 # the models a case can name, plus "unfitted"
 MODEL_NAMES = FITTED + ("unfitted",)
 
@@ -386,7 +401,9 @@ class Worker:
         for name, (ids, params) in MODELS.items():
             path = os.path.join(models_dir, name + ".fsr")
             if not os.path.exists(path):
-                m = SASRec(device="cpu", random_state=0, **params).fit(training_sequences(ids))
+                kw = {"item_features": feature_table(ids), "item_names": "name"} if name == "feat" else {}
+                trained_on = [i for i in ids if i <= 24] if name == "feat" else ids
+                m = SASRec(device="cpu", random_state=0, **params).fit(training_sequences(trained_on), **kw)
                 m.save(path)
             self.models[name] = SASRec.load(path, device="cpu", num_threads=params["num_threads"])
         self.models["unfitted"] = SASRec(device="cpu", **MODELS["int"][1])
