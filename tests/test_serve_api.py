@@ -359,6 +359,10 @@ def test_bad_origins_are_named(model, origins, match):
 
 # ----------------------------------------------------------------------------- the process
 def _self_signed(tmp_path):
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
                     "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
@@ -367,10 +371,6 @@ def _self_signed(tmp_path):
 
 
 def test_cli_serves_tls_cors_and_keys(tmp_path, model):
-    import shutil
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a certificate")
     path = tmp_path / "m.fsr"
     model.save(path)
     cert, key = _self_signed(tmp_path)
@@ -422,3 +422,33 @@ def test_cli_refuses_bad_tls_files_by_name(tmp_path, model):
                               *args], capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and match in out.stderr and "cert.pem" in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_cli_passes_tls_and_proxy_options_to_uvicorn(tmp_path, model, monkeypatch):
+    """The options reach uvicorn's own Config as given (what uvicorn does with them is its
+    own, tested by it); the served app is the one with the key and the origins."""
+    import uvicorn
+
+    from fastsasrec.cli import main
+
+    path = tmp_path / "m.fsr"
+    model.save(path)
+    cert, key = _self_signed(tmp_path)
+    seen = {}
+
+    class Captured:
+        def __init__(self, config):
+            seen["config"], self.started = config, True
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(uvicorn, "Server", Captured)
+    assert main(["serve", str(path), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
+                 "--forwarded-allow-ips", "10.0.0.5,10.1.0.0/16", "--no-proxy-headers"]) == 0
+    config = seen["config"]
+    assert (config.ssl_certfile, config.ssl_keyfile) == (str(cert), str(key))
+    assert config.proxy_headers is False and config.forwarded_allow_ips == "10.0.0.5,10.1.0.0/16"
+    assert main(["serve", str(path)]) == 0
+    config = seen["config"]
+    assert config.ssl_certfile is None and config.proxy_headers is True
