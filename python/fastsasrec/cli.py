@@ -363,19 +363,25 @@ def _serve(args: argparse.Namespace) -> int:
             raise CLIError(f"{flag} must be > 0 seconds, got {value}")
     if args.max_connections is not None and args.max_connections < 1:
         raise CLIError(f"--max-connections must be >= 1, got {args.max_connections}")
+    from fastsasrec.serve.access import read_api_keys
+
+    keys = read_api_keys(args.api_key_file) if args.api_key_file is not None else None
     app = serve.create_app(args.model, device=args.device, num_threads=args.threads,
                            max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                            session_ttl=args.session_ttl, max_sessions=args.max_sessions,
                            max_body=args.max_body, watch=args.watch, signals=True,
                            header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-                           max_connections=args.max_connections)
+                           max_connections=args.max_connections, api_keys=keys,
+                           cors_origins=args.cors_origin)
     try:  # the model is loaded before the server starts: a bad file is said here, in one line
         app.state.server.load_now()
     except (ValueError, OSError) as e:
         raise CLIError(f"cannot load MODEL {args.model!r}: {' '.join(str(e).splitlines())}") from None
     except MemoryError:
         raise CLIError(f"cannot load MODEL {args.model!r}: not enough memory for it") from None
-    serve.serve_app(app, host=args.host, port=args.port)
+    serve.serve_app(app, host=args.host, port=args.port, ssl_certfile=args.ssl_certfile,
+                    ssl_keyfile=args.ssl_keyfile, proxy_headers=args.proxy_headers,
+                    forwarded_allow_ips=args.forwarded_allow_ips)
     return 0
 
 
@@ -534,6 +540,20 @@ def _build_parser() -> argparse.ArgumentParser:
                          "head is closed first (default: the open-files limit less 64)")
     sv.add_argument("--watch", type=float, default=0.0, metavar="SECONDS",
                     help="check the model file every SECONDS and reload a new version (default: 0, off)")
+    sv.add_argument("--api-key-file", metavar="PATH",
+                    help="keys, one a line (# comments): the denylist, /v1/model and /metrics then "
+                         "need Authorization: Bearer <key> (default: no key, every route open)")
+    sv.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                    help="a browser origin allowed to call the server, e.g. https://shop.example "
+                         "(repeatable; default: none)")
+    sv.add_argument("--ssl-certfile", metavar="PEM", help="serve HTTPS with this certificate (uvicorn's)")
+    sv.add_argument("--ssl-keyfile", metavar="PEM", help="its private key, if not in --ssl-certfile")
+    sv.add_argument("--proxy-headers", action=argparse.BooleanOptionalAction, default=True,
+                    help="take the client's address and scheme from X-Forwarded-For/-Proto when the "
+                         "connection comes from --forwarded-allow-ips (default: on, uvicorn's)")
+    sv.add_argument("--forwarded-allow-ips", metavar="IPS",
+                    help="proxies trusted for those headers: addresses or networks, comma-separated, "
+                         "or * (default: $FORWARDED_ALLOW_IPS, else 127.0.0.1)")
     sv.set_defaults(func=_serve)
 
     from fastsasrec import plot

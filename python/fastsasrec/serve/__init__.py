@@ -11,6 +11,11 @@ Endpoints (JSON in and out):
     GET    /v1/sessions/{id}      the held session;  DELETE: forget it
     PUT    /v1/denylist           {items}: never recommend these (GET: the list)
     GET    /v1/model   /healthz   /readyz   /metrics (Prometheus text)
+    GET    /openapi.json          this list as an OpenAPI 3.1 document
+
+With API keys (``--api-key-file``, ``create_app(api_keys=)``) the denylist, /v1/model and
+/metrics need ``Authorization: Bearer <key>``; ``--cors-origin`` lets browser pages of
+those origins call the server.
 
 ``exclude_seen`` (default true) leaves the session's own items out; ``keep_seen``, its
 opposite, is accepted as a deprecated alias.  ``fallback`` is true when the session had no
@@ -23,7 +28,8 @@ the model, held by one reference that a reload replaces whole; running it with u
 ``batcher`` (concurrent requests gathered into one scoring call), ``sessions`` (the held
 sessions), ``metrics`` (/metrics), ``inputs`` (what a request may hold; every client
 mistake a 4xx naming it), ``protocol`` (deadlines on each request's head and body, and the
-connection cap that sheds the slow first).
+connection cap that sheds the slow first), ``openapi`` (the document, as data), ``access``
+(the API keys and the CORS origins).
 
 The model is held by one reference that a reload replaces whole (SIGHUP, ``--watch``, or
 ``Server.reload``): the new file is loaded and warmed beside the old model, then swapped

@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Match, Route
 
-from fastsasrec.serve import inputs
+from fastsasrec.serve import access, inputs
+from fastsasrec.serve.openapi import OPERATOR, document, openapi
 from fastsasrec.serve.batcher import _Ask
 from fastsasrec.serve.inputs import MAX_BATCH_SESSIONS, MAX_N, HTTPError
 from fastsasrec.serve.server import Loaded, Server
@@ -222,20 +223,28 @@ async def metrics(request: Request) -> Response:
                              media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-ROUTES = [
-    Route("/v1/recommend", recommend, methods=["POST"]),
-    Route("/v1/recommend/batch", recommend_batch, methods=["POST"]),
-    Route("/v1/similar", similar, methods=["POST"]),
-    Route("/v1/sessions/{session_id}/events", session_events, methods=["POST"]),
-    Route("/v1/sessions/{session_id}", session_get, methods=["GET"]),
-    Route("/v1/sessions/{session_id}", session_delete, methods=["DELETE"]),
-    Route("/v1/denylist", denylist_put, methods=["PUT"]),
-    Route("/v1/denylist", denylist_get, methods=["GET"]),
-    Route("/v1/model", model_info, methods=["GET"]),
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/readyz", readyz, methods=["GET"]),
-    Route("/metrics", metrics, methods=["GET"]),
-]
+def _route(path: str, endpoint: Any, method: str) -> Route:
+    # The operator's routes (openapi.OPERATOR) need an API key when the server has keys.
+    if (method, path) in OPERATOR:
+        endpoint = access.operator(endpoint)
+    return Route(path, endpoint, methods=[method])
+
+
+ROUTES = [_route(*r) for r in (
+    ("/v1/recommend", recommend, "POST"),
+    ("/v1/recommend/batch", recommend_batch, "POST"),
+    ("/v1/similar", similar, "POST"),
+    ("/v1/sessions/{session_id}/events", session_events, "POST"),
+    ("/v1/sessions/{session_id}", session_get, "GET"),
+    ("/v1/sessions/{session_id}", session_delete, "DELETE"),
+    ("/v1/denylist", denylist_put, "PUT"),
+    ("/v1/denylist", denylist_get, "GET"),
+    ("/v1/model", model_info, "GET"),
+    ("/healthz", healthz, "GET"),
+    ("/readyz", readyz, "GET"),
+    ("/metrics", metrics, "GET"),
+    ("/openapi.json", openapi, "GET"),
+)]
 
 
 # ----------------------------------------------------------------------------- errors
@@ -244,7 +253,8 @@ def _rid(request: Request) -> str:
 
 
 async def client_error(request: Request, exc: HTTPError) -> Response:
-    return JSONResponse({"error": exc.message, "request_id": _rid(request)}, status_code=exc.status)
+    return JSONResponse({"error": exc.message, "request_id": _rid(request)}, status_code=exc.status,
+                        headers=exc.headers)
 
 
 async def routing_error(request: Request, exc: HTTPException) -> Response:
@@ -263,7 +273,8 @@ def create_app(model_or_path: Any, *, device: str = "auto", num_threads: Optiona
                max_batch: int = 64, max_wait_ms: float = 0.0, session_ttl: float = 1800.0,
                max_sessions: int = 100_000, max_body: int = 1 << 20, watch: float = 0.0,
                header_timeout: float = 10.0, body_timeout: float = 30.0,
-               max_connections: Optional[int] = None,
+               max_connections: Optional[int] = None, api_keys: Optional[List[str]] = None,
+               cors_origins: Optional[List[str]] = None,
                clock: Callable[[], float] = time.monotonic, signals: bool = False) -> Any:
     """The server as an ASGI application (Starlette).
 
@@ -276,8 +287,14 @@ def create_app(model_or_path: Any, *, device: str = "auto", num_threads: Optiona
     connection has to send a request's head, then its body, before it is closed;
     ``max_connections``: open connections at most, the slow shed first (None: from the
     open-files limit); these three hold when the app runs under ``serve_app`` or
-    ``uvicorn_config``.  ``clock``: the sessions' clock (tests inject one).  ``signals``:
-    SIGHUP reloads (the CLI sets it).  ``app.state.server`` is the ``Server``."""
+    ``uvicorn_config``.  ``api_keys``: the operator's routes (the denylist, /v1/model,
+    /metrics) need ``Authorization: Bearer <one of them>`` (None: open; see ``access``).
+    ``cors_origins``: browser origins allowed to call the server (CORS; None: none).
+    ``clock``: the sessions' clock (tests inject one).  ``signals``: SIGHUP reloads (the
+    CLI sets it).  ``app.state.server`` is the ``Server``; GET /openapi.json describes
+    the API."""
+    keys = access.digests(api_keys)
+    origins = access.cors_origins(cors_origins)
     server = Server(model_or_path, device=device, num_threads=num_threads, max_batch=max_batch,
                     max_wait_ms=max_wait_ms, session_ttl=session_ttl, max_sessions=max_sessions,
                     max_body=max_body, watch=watch, header_timeout=header_timeout,
@@ -292,9 +309,12 @@ def create_app(model_or_path: Any, *, device: str = "auto", num_threads: Optiona
         await server.shutdown()
 
     inner = Starlette(routes=ROUTES, lifespan=lifespan,
+                      middleware=[access.cors_middleware(origins)] if origins else None,
                       exception_handlers={HTTPError: client_error, HTTPException: routing_error,
                                           Exception: server_error})
     inner.state.server = server
+    inner.state.api_keys = keys
+    inner.state.openapi = document(secured=keys is not None)
     app = _Guard(inner, server)
     app.state = inner.state
     return app

@@ -21,9 +21,9 @@ _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 class HTTPError(Exception):
     """An error answered to the client with its status and message (never a 500)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: Optional[Dict[str, str]] = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
 
 
 def unprocessable(field: str, value: Any, why: str) -> HTTPError:

@@ -245,14 +245,32 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, **kw: An
                           ws="none", **kw)
 
 
-def serve_app(app: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve_app(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
+              ssl_certfile: Optional[str] = None, ssl_keyfile: Optional[str] = None,
+              proxy_headers: bool = True, forwarded_allow_ips: Optional[str] = None) -> None:
     """Runs ``app`` with uvicorn until SIGINT or SIGTERM (requests in flight are finished
-    first); SIGHUP reloads the model."""
+    first); SIGHUP reloads the model.  ``ssl_certfile`` (PEM; the key too unless
+    ``ssl_keyfile``): HTTPS.  ``proxy_headers``: the client address and scheme are taken
+    from X-Forwarded-For and X-Forwarded-Proto when the connection comes from one of
+    ``forwarded_allow_ips`` (comma-separated addresses or networks, "*" for any; None:
+    $FORWARDED_ALLOW_IPS, else 127.0.0.1).  These are uvicorn's own options."""
     import uvicorn
 
+    if ssl_keyfile is not None and ssl_certfile is None:
+        raise ValueError(f"ssl_keyfile {ssl_keyfile!r} needs ssl_certfile (the certificate)")
+    if ssl_certfile is not None:  # said here, in one line, rather than by uvicorn's traceback
+        import ssl
+
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(ssl_certfile, ssl_keyfile)
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"cannot use ssl_certfile {ssl_certfile!r} with ssl_keyfile "
+                             f"{ssl_keyfile!r}: {e}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = uvicorn_config(app, host, port, log_level="info", access_log=False,
-                            timeout_graceful_shutdown=30)
+                            timeout_graceful_shutdown=30, ssl_certfile=ssl_certfile,
+                            ssl_keyfile=ssl_keyfile, proxy_headers=proxy_headers,
+                            forwarded_allow_ips=forwarded_allow_ips)
     server = uvicorn.Server(config)
     try:
         server.run()
@@ -262,6 +280,10 @@ def serve_app(app: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
         raise SystemExit(3)  # uvicorn's exit status when it could not start (port in use)
 
 
-def run(path: str, host: str = "127.0.0.1", port: int = 8000, **kw: Any) -> None:
-    """Serves the model file at ``path``: ``prepare`` then ``serve_app``."""
-    serve_app(prepare(path, **kw), host, port)
+def run(path: str, host: str = "127.0.0.1", port: int = 8000, *, ssl_certfile: Optional[str] = None,
+        ssl_keyfile: Optional[str] = None, proxy_headers: bool = True,
+        forwarded_allow_ips: Optional[str] = None, **kw: Any) -> None:
+    """Serves the model file at ``path``: ``prepare`` (``create_app``'s keywords) then
+    ``serve_app`` (TLS and proxy headers)."""
+    serve_app(prepare(path, **kw), host, port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+              proxy_headers=proxy_headers, forwarded_allow_ips=forwarded_allow_ips)
