@@ -295,3 +295,37 @@ def test_the_server_answers_names_beside_ids(fitted):
         assert got["names"] == [f"Item {i}" if i < 900 else f"New {i}" for i in got["items"]]
         got = client.post("/v1/sessions/s1/events", json={"items": [300]}).json()
         assert len(got["names"]) == len(got["items"])
+
+
+def test_spark_and_ray_carry_names(fitted, tmp_path):
+    """The batch surfaces write a "name" column after "item" for a model with names, the
+    same rows as recommend_frame."""
+    from fastsasrec.batch import recommend_frame
+
+    path = tmp_path / "m.fsr"
+    fitted.save(path)
+    rows = [(u, i, t) for u, s in enumerate(_sessions(30, seed=5)) for t, i in enumerate(s)]
+    events = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    want = recommend_frame(fitted, events, n=3).sort_values(["user_id", "rank"]).reset_index(drop=True)
+    assert list(want.columns) == ["user_id", "rank", "item", "name", "score"]
+    assert (want["name"] == want["item"].map(lambda i: f"Item {i}" if i < 900 else f"New {i}")).all()
+    pytest.importorskip("pyspark", reason="the spark extra (pyspark) is not installed")
+    import os
+    import shutil
+
+    if shutil.which("java") is None and "JAVA_HOME" not in os.environ:
+        pytest.skip("Spark needs Java (java on PATH or JAVA_HOME)")
+    from pyspark.sql import SparkSession
+
+    from fastsasrec.spark import recommend
+
+    spark = (SparkSession.builder.master("local[2]").appName("fastsasrec-names")
+             .config("spark.sql.shuffle.partitions", "2").config("spark.ui.enabled", "false")
+             .config("spark.sql.execution.arrow.pyspark.enabled", "true").getOrCreate())
+    try:
+        got = recommend(spark.createDataFrame(events), str(path), n=3, num_threads=1).toPandas()
+    finally:
+        spark.stop()
+    got = got.sort_values(["user_id", "rank"]).reset_index(drop=True)
+    assert list(got.columns) == list(want.columns)
+    assert got["item"].tolist() == want["item"].tolist() and got["name"].tolist() == want["name"].tolist()

@@ -89,6 +89,7 @@ def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_c
     # Loaded on the driver once: it checks the file, and gives max_seq and the catalogue.
     driver = SASRec.load(model_path, device="cpu")
     T_, catalogue = driver.max_seq_, driver.item_ids_
+    named = driver.item_names_ is not None  # a "name" column after "item" (item_names)
     k = min(n, catalogue.size)
     item_type = events_df.schema[item_col].dataType
     user_type = events_df.schema[user_col].dataType
@@ -121,7 +122,9 @@ def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_c
                 .join(recent, user_col, "left").join(older, user_col, "left"))
 
     schema = T.StructType([T.StructField(user_col, user_type), T.StructField("rank", T.IntegerType()),
-                           T.StructField("item", item_type), T.StructField("score", T.FloatType())])
+                           T.StructField("item", item_type)]
+                          + ([T.StructField("name", T.StringType())] if named else [])
+                          + [T.StructField("score", T.FloatType())])
 
     def score(batches: Iterator[Any]) -> Iterator[Any]:
         if name is not None:
@@ -138,7 +141,7 @@ def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_c
                 continue
             sessions = [[] if x is None else list(x) for x in pdf["_fsr_items"]]
             kw = {"exclude": [[] if x is None else list(x) for x in pdf["_fsr_older"]]} if exclude_seen else {}
-            ids, scores = model.recommend_batch(sessions, n=k, exclude_seen=exclude_seen, **kw)
-            yield long_rows(pdf[user_col].to_numpy(), ids, scores, user_col)
+            got = model.recommend_batch(sessions, n=k, exclude_seen=exclude_seen, **kw)
+            yield long_rows(pdf[user_col].to_numpy(), got[0], got[1], user_col, got.names)
 
     return sessions.mapInPandas(score, schema=schema)
