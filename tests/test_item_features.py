@@ -297,7 +297,7 @@ def test_the_server_answers_names_beside_ids(fitted):
         assert len(got["names"]) == len(got["items"])
 
 
-def test_spark_and_ray_carry_names(fitted, tmp_path):
+def test_recommend_frame_and_spark_carry_names(fitted, tmp_path):
     """The batch surfaces write a "name" column after "item" for a model with names, the
     same rows as recommend_frame."""
     from fastsasrec.batch import recommend_frame
