@@ -103,3 +103,11 @@ def test_cli_store_flags_are_checked(capsys, model, tmp_path):
     (tmp_path / "d.json").write_text("[]")
     assert main(["serve", path, "--denylist-file", str(tmp_path / "d.json")]) == 2
     assert "not a denylist" in capsys.readouterr().err
+
+
+def test_a_redis_store_without_redis_py_names_the_extra(model, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(ImportError, match=r'pip install "fastsasrec\[redis\]"'):
+        create_app(model, store="redis://127.0.0.1:6379/0")
