@@ -305,3 +305,25 @@ def test_the_denylist_reaches_the_other_replica_within_the_bound(fleet):
     c = start()
     assert c.client.get("/v1/denylist").json() == {"items": [7, 8]}
     assert not {7, 8} & set(c.client.post("/v1/recommend", json={"session": [1], "n": 60}).json()["items"])
+
+
+def test_string_ids_round_trip_through_redis(tmp_path):
+    from fastsasrec.serve import create_app
+    from test_serve import Running
+
+    rs = RedisServer(tmp_path)
+    seqs = [[f"sku-{i}" for i in s] for s in sessions(items=40)]
+    model = SASRec(iterations=1, factors=8, max_seq=10, random_state=0, num_threads=1).fit(seqs)
+    r = Running(create_app(model, store=rs.url))
+    try:
+        odd = ["sku-1", "s:sku-2", "12", "sku-3"]  # ids that look like the encoding, or a number
+        got = r.client.post("/v1/sessions/x/events", json={"items": odd, "event_id": "a"}).json()
+        assert got["session_length"] == 4 and all(isinstance(i, str) for i in got["items"])
+        assert r.client.get("/v1/sessions/x").json()["items"] == odd
+        assert r.client.put("/v1/denylist", json={"items": ["sku-5"]}).json() == {"items": 1}
+        assert r.client.get("/v1/denylist").json() == {"items": ["sku-5"]}
+        doc = r.client.get("/openapi.json").json()
+        assert "503" in doc["paths"]["/v1/sessions/{session_id}"]["get"]["responses"]
+    finally:
+        r.close()
+        rs.kill()

@@ -11,7 +11,7 @@ pytest.importorskip("uvicorn", reason="the serve tests need uvicorn (the serve e
 
 from fastsasrec.serve import SessionStore, create_app  # noqa: E402
 from fastsasrec.serve.sessions import EVENT_IDS  # noqa: E402
-from test_serve import Running, model, sessions  # noqa: E402,F401
+from test_serve import Running, model  # noqa: E402,F401 (model: a fixture)
 
 
 @pytest.fixture
