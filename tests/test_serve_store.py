@@ -111,3 +111,15 @@ def test_a_redis_store_without_redis_py_names_the_extra(model, monkeypatch):
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ImportError, match=r'pip install "fastsasrec\[redis\]"'):
         create_app(model, store="redis://127.0.0.1:6379/0")
+
+
+def test_a_redis_url_is_shown_without_its_password():
+    pytest.importorskip("redis", reason="needs redis-py (the test extra)")
+    from fastsasrec.serve.redis_store import RedisStore
+
+    store = RedisStore("redis://app:s3cret@cache.internal:6380/2", max_sessions=10, ttl=60)
+    assert store.name == "redis://app:***@cache.internal:6380/2"
+    assert RedisStore("redis://h:1/0", max_sessions=10, ttl=60).name == "redis://h:1/0"
+    for bad in (0, -1, float("nan"), True):
+        with pytest.raises(ValueError, match="store_timeout must be a number of seconds > 0"):
+            RedisStore("redis://h:1/0", max_sessions=10, ttl=60, timeout=bad)
