@@ -7,7 +7,7 @@ Endpoints (JSON in and out):
     POST   /v1/recommend          {session, n, exclude, exclude_seen} -> {items, scores, fallback, model}
     POST   /v1/recommend/batch    {sessions, n, exclude_seen}         -> {results: [{items, scores, fallback}], model}
     POST   /v1/similar            {item, n}                           -> {items, scores, model}
-    POST   /v1/sessions/{id}/events   {items, n, exclude}  appends clicks to a held session
+    POST   /v1/sessions/{id}/events   {items, n, exclude, event_id}  appends clicks to a held session
     GET    /v1/sessions/{id}      the held session;  DELETE: forget it
     PUT    /v1/denylist           {items}: never recommend these (GET: the list)
     GET    /v1/model   /healthz   /readyz   /metrics (Prometheus text)
@@ -26,7 +26,8 @@ The modules, by job: ``app`` (the endpoints, module-level functions reading
 ``request.app.state.server``, and ``create_app``), ``server`` (the state behind them:
 the model, held by one reference that a reload replaces whole; running it with uvicorn),
 ``batcher`` (concurrent requests gathered into one scoring call), ``sessions`` (the held
-sessions), ``metrics`` (/metrics), ``inputs`` (what a request may hold; every client
+sessions in this process), ``stores`` and ``redis_store`` (where sessions and the
+denylist live), ``metrics`` (/metrics), ``inputs`` (what a request may hold; every client
 mistake a 4xx naming it), ``protocol`` (deadlines on each request's head and body, and the
 connection cap that sheds the slow first), ``openapi`` (the document, as data), ``access``
 (the API keys and the CORS origins).
@@ -34,7 +35,12 @@ connection cap that sheds the slow first), ``openapi`` (the document, as data), 
 The model is held by one reference that a reload replaces whole (SIGHUP, ``--watch``, or
 ``Server.reload``): the new file is loaded and warmed beside the old model, then swapped
 in one assignment, so every request is answered wholly by one model; a file that fails to
-load leaves the old one serving.  Sessions held by the server live in this process only.
+load leaves the old one serving.
+
+Held sessions and the denylist live in a store (``stores``): this process by default
+(the denylist optionally in a file), or Redis (``redis_store``, ``--store
+redis://HOST:PORT/DB``), shared by every replica; a store that does not answer within
+its deadline makes its routes answer 503 with Retry-After while the others go on.
 """
 from __future__ import annotations
 

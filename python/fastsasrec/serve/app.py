@@ -25,6 +25,7 @@ from fastsasrec.serve.openapi import OPERATOR, document, openapi
 from fastsasrec.serve.batcher import _Ask
 from fastsasrec.serve.inputs import MAX_BATCH_SESSIONS, MAX_N, HTTPError
 from fastsasrec.serve.server import Loaded, Server
+from fastsasrec.serve.stores import StoreError
 
 log = logging.getLogger("fastsasrec.serve")
 
@@ -146,14 +147,15 @@ async def session_events(request: Request) -> Response:
     cur = loaded(server)
     sid = inputs.session_id(request.path_params["session_id"])
     body = await body_of(request)
-    inputs.check_keys(body, ("items", "n", "exclude"))
+    inputs.check_keys(body, ("items", "n", "exclude", "event_id"))
     s = _str_ids(cur)
     if "items" not in body:
         raise HTTPError(422, "items: required (the clicked item ids, oldest first)")
     items = inputs.ids(body["items"], "items", s, limit=10_000)
     n = inputs.int_field(body, "n", 10, 1, MAX_N)
     exclude = inputs.ids(body.get("exclude", []), "exclude", s)
-    held = server.sessions.append(sid, items, cur.max_seq, s)
+    event_id = inputs.event_id(body["event_id"]) if "event_id" in body else None
+    held = await server.store.append(sid, items, cur.max_seq, s, event_id)
     out = await _recommend_one(server, cur, held, n, exclude, True)
     out["session_id"] = sid
     out["session_length"] = len(held)
@@ -162,7 +164,7 @@ async def session_events(request: Request) -> Response:
 
 async def session_get(request: Request) -> Response:
     sid = inputs.session_id(request.path_params["session_id"])
-    held = request.app.state.server.sessions.get(sid)
+    held = await request.app.state.server.store.get(sid)
     if held is None:
         raise HTTPError(404, f"no session {sid!r} (never created, expired or evicted)")
     items, ttl = held
@@ -171,7 +173,7 @@ async def session_get(request: Request) -> Response:
 
 async def session_delete(request: Request) -> Response:
     sid = inputs.session_id(request.path_params["session_id"])
-    if not request.app.state.server.sessions.delete(sid):
+    if not await request.app.state.server.store.delete(sid):
         raise HTTPError(404, f"no session {sid!r} (never created, expired or evicted)")
     return Response(status_code=204)
 
@@ -184,12 +186,12 @@ async def denylist_put(request: Request) -> Response:
     if "items" not in body:
         raise HTTPError(422, "items: required (the item ids never to recommend)")
     items = inputs.ids(body["items"], "items", _str_ids(cur))
-    server.denylist = tuple(dict.fromkeys(items))  # one assignment: a batch reads it once
-    return JSONResponse({"items": len(server.denylist)})
+    deny = await server.store.write_denylist(items)
+    return JSONResponse({"items": len(deny)})
 
 
 async def denylist_get(request: Request) -> Response:
-    return JSONResponse({"items": list(request.app.state.server.denylist)})
+    return JSONResponse({"items": list(await request.app.state.server.store.read_denylist())})
 
 
 async def model_info(request: Request) -> Response:
@@ -213,6 +215,9 @@ async def readyz(request: Request) -> Response:
     if not server.ready:
         why = f"the model failed to load: {server.load_error}" if server.load_error \
             else "the model is loading"
+        return PlainTextResponse(f"not ready: {why}\n", status_code=503)
+    why = await server.store.check()
+    if why is not None:
         return PlainTextResponse(f"not ready: {why}\n", status_code=503)
     return PlainTextResponse("ready\n")
 
@@ -262,6 +267,14 @@ async def routing_error(request: Request, exc: HTTPException) -> Response:
                         status_code=exc.status_code, headers=exc.headers)
 
 
+async def store_error(request: Request, exc: StoreError) -> Response:
+    # The store is down or slow: the client may try again shortly (the stateless routes
+    # answer meanwhile).
+    log.warning("request %s %s %s: %s", _rid(request), request.method, request.url.path, exc)
+    return JSONResponse({"error": str(exc), "request_id": _rid(request)}, status_code=503,
+                        headers={"Retry-After": "1"})
+
+
 async def server_error(request: Request, exc: Exception) -> Response:
     log.error("request %s %s %s failed", _rid(request), request.method, request.url.path, exc_info=exc)
     return JSONResponse({"error": "internal error (logged with this request id)",
@@ -274,8 +287,9 @@ def create_app(model_or_path: Any, *, device: str = "auto", num_threads: Optiona
                max_sessions: int = 100_000, max_body: int = 1 << 20, watch: float = 0.0,
                header_timeout: float = 10.0, body_timeout: float = 30.0,
                max_connections: Optional[int] = None, api_keys: Optional[List[str]] = None,
-               cors_origins: Optional[List[str]] = None,
-               clock: Callable[[], float] = time.monotonic, signals: bool = False) -> Any:
+               cors_origins: Optional[List[str]] = None, store: Optional[str] = None,
+               denylist_file: Optional[str] = None, store_timeout: float = 0.25,
+               denylist_refresh: float = 1.0, clock: Callable[[], float] = time.monotonic, signals: bool = False) -> Any:
     """The server as an ASGI application (Starlette).
 
     ``model_or_path``: a fitted SASRec, or the path of a model file (loaded at startup, and
@@ -290,6 +304,11 @@ def create_app(model_or_path: Any, *, device: str = "auto", num_threads: Optiona
     ``uvicorn_config``.  ``api_keys``: the operator's routes (the denylist, /v1/model,
     /metrics) need ``Authorization: Bearer <one of them>`` (None: open; see ``access``).
     ``cors_origins``: browser origins allowed to call the server (CORS; None: none).
+    ``store``: where the held sessions and the denylist live: None or "memory" (this
+    process; ``denylist_file``: a JSON file that keeps the denylist across restarts), or
+    "redis://HOST:PORT/DB" (shared by replicas; ``store_timeout``: seconds each Redis call
+    may take, past which the request is answered 503 with Retry-After;
+    ``denylist_refresh``: seconds between checks for another replica's denylist change).
     ``clock``: the sessions' clock (tests inject one).  ``signals``: SIGHUP reloads (the
     CLI sets it).  ``app.state.server`` is the ``Server``; GET /openapi.json describes
     the API."""
@@ -298,7 +317,9 @@ def create_app(model_or_path: Any, *, device: str = "auto", num_threads: Optiona
     server = Server(model_or_path, device=device, num_threads=num_threads, max_batch=max_batch,
                     max_wait_ms=max_wait_ms, session_ttl=session_ttl, max_sessions=max_sessions,
                     max_body=max_body, watch=watch, header_timeout=header_timeout,
-                    body_timeout=body_timeout, max_connections=max_connections, clock=clock)
+                    body_timeout=body_timeout, max_connections=max_connections, store=store,
+                    denylist_file=denylist_file, store_timeout=store_timeout,
+                    denylist_refresh=denylist_refresh, clock=clock)
 
     @asynccontextmanager
     async def lifespan(app: Any):
@@ -311,10 +332,10 @@ def create_app(model_or_path: Any, *, device: str = "auto", num_threads: Optiona
     inner = Starlette(routes=ROUTES, lifespan=lifespan,
                       middleware=[access.cors_middleware(origins)] if origins else None,
                       exception_handlers={HTTPError: client_error, HTTPException: routing_error,
-                                          Exception: server_error})
+                                          StoreError: store_error, Exception: server_error})
     inner.state.server = server
     inner.state.api_keys = keys
-    inner.state.openapi = document(secured=keys is not None)
+    inner.state.openapi = document(secured=keys is not None, shared_store=server.store.shared)
     app = _Guard(inner, server)
     app.state = inner.state
     return app

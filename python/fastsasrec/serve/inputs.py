@@ -130,3 +130,11 @@ def session_id(sid: str) -> str:
     if not _SESSION_ID.fullmatch(sid):
         raise unprocessable("session_id", sid, "must be 1 to 256 URL-safe characters")
     return sid
+
+
+def event_id(value: Any) -> str:
+    """A client's id of an event (so that a retry is applied once): 1 to 128 URL-safe
+    characters, or 422."""
+    if not isinstance(value, str) or len(value) > 128 or not _SESSION_ID.fullmatch(value):
+        raise unprocessable("event_id", value, "must be a string of 1 to 128 URL-safe characters")
+    return value

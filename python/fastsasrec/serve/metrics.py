@@ -50,6 +50,15 @@ class Metrics:
         self.unknown_items = 0
         self.reloads = {"ok": 0, "failed": 0}
         self.in_flight = 0  # requests received and not yet answered (this one included)
+        self.store_errors: Dict[str, int] = {}
+        self.store_latency: Dict[str, _Histogram] = {}
+
+    def store_call(self, op: str, seconds: float, error: bool) -> None:
+        """One call to a shared store (Redis): its latency, and whether it failed."""
+        with self.lock:
+            self.store_latency.setdefault(op, _Histogram(_LATENCY_BUCKETS)).observe(seconds)
+            if error:
+                self.store_errors[op] = self.store_errors.get(op, 0) + 1
 
     def started(self) -> None:
         with self.lock:
@@ -74,10 +83,21 @@ class Metrics:
             lines += ["# HELP fastsasrec_batch_sessions Sessions per engine call (micro-batches).",
                       "# TYPE fastsasrec_batch_sessions histogram"]
             lines += self.batch.lines("fastsasrec_batch_sessions")
+            if self.store_latency:
+                lines += ["# HELP fastsasrec_store_seconds Calls to the session store (Redis) "
+                          "by operation, errors included.",
+                          "# TYPE fastsasrec_store_seconds histogram"]
+                for op, h in sorted(self.store_latency.items()):
+                    lines += h.lines("fastsasrec_store_seconds", f'op="{op}"')
+                lines += ["# HELP fastsasrec_store_errors_total Calls to the session store that "
+                          "failed or timed out (answered 503 where a request needed them).",
+                          "# TYPE fastsasrec_store_errors_total counter"]
+                lines += [f'fastsasrec_store_errors_total{{op="{op}"}} {self.store_errors.get(op, 0)}'
+                          for op in sorted(self.store_latency)]
             unknown = self.unknown_items
             reloads = dict(self.reloads)
             in_flight = self.in_flight
-        sessions, items = server.sessions.stats()
+        gauges = server.store.gauges()
         loaded = server.current
         lines += [
             "# HELP fastsasrec_requests_in_flight Requests received and not yet answered "
@@ -90,18 +110,19 @@ class Metrics:
             "# HELP fastsasrec_unknown_items_total Session items not in the model's catalogue.",
             "# TYPE fastsasrec_unknown_items_total counter",
             f"fastsasrec_unknown_items_total {unknown}",
-            "# HELP fastsasrec_sessions Sessions held by the server.",
-            "# TYPE fastsasrec_sessions gauge",
-            f"fastsasrec_sessions {sessions}",
-            "# HELP fastsasrec_session_items Items held in those sessions.",
-            "# TYPE fastsasrec_session_items gauge",
-            f"fastsasrec_session_items {items}",
-            "# HELP fastsasrec_session_bytes Memory of the held sessions (keys, items, entries).",
-            "# TYPE fastsasrec_session_bytes gauge",
-            f"fastsasrec_session_bytes {server.sessions.memory()}",
-            "# HELP fastsasrec_sessions_evicted_total Sessions dropped at the cap (least recently used).",
+        ]
+        for key, kind, text in (
+                ("sessions", "gauge", "Sessions held by the server."),
+                ("session_items", "gauge", "Items held in those sessions."),
+                ("session_bytes", "gauge", "Memory of the held sessions (keys, items, entries).")):
+            if key in gauges:
+                lines += [f"# HELP fastsasrec_{key} {text}", f"# TYPE fastsasrec_{key} {kind}",
+                          f"fastsasrec_{key} {gauges[key]}"]
+        lines += [
+            "# HELP fastsasrec_sessions_evicted_total Sessions dropped at the cap (least "
+            "recently used; with a shared store, those this process evicted).",
             "# TYPE fastsasrec_sessions_evicted_total counter",
-            f"fastsasrec_sessions_evicted_total {server.sessions.evicted}",
+            f"fastsasrec_sessions_evicted_total {server.store.evicted}",
             "# HELP fastsasrec_reloads_total Model reloads by result.",
             "# TYPE fastsasrec_reloads_total counter",
             f'fastsasrec_reloads_total{{result="ok"}} {reloads["ok"]}',

@@ -21,6 +21,8 @@ _ERRORS = {
     413: "the body is over the server's limit (--max-body)",
     422: "a field of the wrong type or value, named with the value",
     503: "the model is not loaded yet",
+    "503 store": "the model is not loaded yet, or the session store did not answer (down or "
+                 "slow): try again after Retry-After seconds",
     500: "internal error (logged with the request id)",
 }
 
@@ -81,6 +83,9 @@ SCHEMAS: Dict[str, Any] = {
     "EventsRequest": _obj({
         "items": dict(_IDS, maxItems=10_000, description="the clicked items, oldest first"),
         "n": _N, "exclude": _IDS,
+        "event_id": {"type": "string", "pattern": "^[A-Za-z0-9._~:@!$&'()*+,;=-]{1,128}$",
+                     "description": "the client's id of this event: sent again (a retry), it "
+                                    "is applied once and the session is answered as it is"},
     }, ["items"]),
     "SessionRecommendation": _obj(dict(_ANSWER, model={"type": "string"},
                                        session_id={"type": "string"},
@@ -106,6 +111,11 @@ SCHEMAS: Dict[str, Any] = {
 _SESSION_ID = {"name": "session_id", "in": "path", "required": True,
                "schema": {"type": "string", "pattern": "^[A-Za-z0-9._~:@!$&'()*+,;=-]{1,256}$"}}
 
+# The routes that call the session store: with a shared store (Redis) they can answer 503.
+STORE = frozenset({("POST", "/v1/sessions/{session_id}/events"), ("GET", "/v1/sessions/{session_id}"),
+                   ("DELETE", "/v1/sessions/{session_id}"), ("PUT", "/v1/denylist"),
+                   ("GET", "/v1/denylist")})
+
 # (method, path): (summary, request schema, 200's schema or media type, error statuses)
 _OPS: Dict[tuple, tuple] = {
     ("POST", "/v1/recommend"): ("Recommend for a session the client sends",
@@ -124,15 +134,19 @@ _OPS: Dict[tuple, tuple] = {
     ("GET", "/v1/denylist"): ("The denylist", None, "Denylist", ()),
     ("GET", "/v1/model"): ("The model being served", None, "Model", (503,)),
     ("GET", "/healthz"): ("Liveness: the process answers", None, "text/plain", ()),
-    ("GET", "/readyz"): ("Readiness: the model is loaded and warmed (503, text, until then)",
+    ("GET", "/readyz"): ("Readiness: the model is loaded and warmed, and the session store "
+                         "answers (503, text, saying why, until then)",
                          None, "text/plain", ()),
     ("GET", "/metrics"): ("Prometheus metrics (text format 0.0.4)", None, "text/plain", ()),
     ("GET", "/openapi.json"): ("This document", None, "application/json", ()),
 }
 
 
-def _operation(method: str, path: str, secured: bool) -> Dict[str, Any]:
+def _operation(method: str, path: str, secured: bool, shared_store: bool) -> Dict[str, Any]:
     summary, request, ok, errors = _OPS[(method, path)]
+    store = shared_store and (method, path) in STORE
+    if store:
+        errors = tuple(sorted(set(errors) | {503}))
     op: Dict[str, Any] = {"summary": summary, "operationId": _operation_id(method, path)}
     if "{session_id}" in path:
         op["parameters"] = [_SESSION_ID]
@@ -153,8 +167,11 @@ def _operation(method: str, path: str, secured: bool) -> Dict[str, Any]:
         responses["200"] = {"description": "ok", "content": {"application/json": {"schema": _ref(ok)}}}
     statuses = list(errors) + ([401] if secured else []) + [500]
     for status in sorted(statuses):
-        responses[str(status)] = {"description": _ERRORS[status],
+        responses[str(status)] = {"description": _ERRORS["503 store" if store and status == 503 else status],
                                   "content": {"application/json": {"schema": _ref("Error")}}}
+        if store and status == 503:
+            responses["503"]["headers"] = {"Retry-After": {"schema": {"type": "integer"},
+                                                           "description": "seconds"}}
         if status == 401:
             responses["401"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
     op["responses"] = responses
@@ -168,15 +185,17 @@ def _operation_id(method: str, path: str) -> str:
     return "_".join([method.lower()] + words)
 
 
-def document(secured: bool = False, version: Optional[str] = None) -> Dict[str, Any]:
+def document(secured: bool = False, version: Optional[str] = None,
+             shared_store: bool = False) -> Dict[str, Any]:
     """The OpenAPI 3.1 document of the server's API; ``secured``: the server has API keys,
-    so the operator's routes (``OPERATOR``) need one."""
+    so the operator's routes (``OPERATOR``) need one; ``shared_store``: sessions and the
+    denylist live in Redis, so their routes (``STORE``) can answer 503 with Retry-After."""
     if version is None:
         from fastsasrec import __version__ as version
     paths: Dict[str, Dict[str, Any]] = {}
     for method, path in _OPS:
         guarded = secured and (method, path) in OPERATOR
-        paths.setdefault(path, {})[method.lower()] = _operation(method, path, guarded)
+        paths.setdefault(path, {})[method.lower()] = _operation(method, path, guarded, shared_store)
     components: Dict[str, Any] = {"schemas": SCHEMAS}
     if secured:
         components["securitySchemes"] = {"apiKey": {

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from fastsasrec.serve.batcher import Batcher
 from fastsasrec.serve.metrics import Metrics
 from fastsasrec.serve.protocol import BODY_TIMEOUT, HEADER_TIMEOUT, protocol
-from fastsasrec.serve.sessions import SessionStore
+from fastsasrec.serve.stores import Store, open_store
 
 log = logging.getLogger("fastsasrec.serve")
 
@@ -80,7 +80,9 @@ class Server:
                  max_batch: int = 64, max_wait_ms: float = 0.0, session_ttl: float = 1800.0,
                  max_sessions: int = 100_000, max_body: int = 1 << 20, watch: float = 0.0,
                  header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_TIMEOUT,
-                 max_connections: Optional[int] = None, clock: Callable[[], float] = time.monotonic):
+                 max_connections: Optional[int] = None, store: Optional[str] = None,
+                 denylist_file: Optional[str] = None, store_timeout: float = 0.25,
+                 denylist_refresh: float = 1.0, clock: Callable[[], float] = time.monotonic):
         for name, v, lo in (("max_batch", max_batch, 1), ("max_sessions", max_sessions, 1),
                             ("max_body", max_body, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -98,9 +100,13 @@ class Server:
         self.connections_closed: Dict[str, int] = {}
         self.http_protocol = protocol(header_timeout, body_timeout, max_connections,
                                       self.connections_closed)
-        self.sessions = SessionStore(max_sessions, float(session_ttl), clock)
+        self.store: Store = open_store(store, max_sessions=max_sessions, ttl=float(session_ttl),
+                                       clock=clock, denylist_file=denylist_file,
+                                       timeout=store_timeout, denylist_refresh=denylist_refresh,
+                                       metrics=self.metrics)
+        # The in-process store's sessions (None with a shared store).
+        self.sessions = getattr(self.store, "sessions", None) if not self.store.shared else None
         self.batcher = Batcher(self, max_batch, float(max_wait_ms))
-        self.denylist: Tuple[Any, ...] = ()
         self.current: Optional[Loaded] = None
         self.ready = False
         self._generation = 0
@@ -117,6 +123,11 @@ class Server:
                 raise ValueError(f"model_or_path must be a fitted SASRec or a model file path, "
                                  f"got {type(model_or_path).__name__}")
             model_or_path.item_ids_  # not fitted: the caller's mistake, said now
+
+    @property
+    def denylist(self) -> Tuple[Any, ...]:
+        """The denylist as this process knows it (the store's cached tuple)."""
+        return self.store.denylist
 
     # ---- model
     def _load(self, path: str) -> Loaded:
@@ -140,6 +151,7 @@ class Server:
         """Starts the batcher and loads (and warms) the model in the background: the server
         answers /healthz at once, and 503 "not ready" until the model is in."""
         self._reload_lock = asyncio.Lock()
+        await self.store.start()
         self.batcher.start()
         self._load_task = asyncio.get_running_loop().create_task(self._initial_load())
 
@@ -172,6 +184,7 @@ class Server:
             if task is not None:
                 task.cancel()
         await self.batcher.stop()
+        await self.store.stop()
 
     async def reload(self, path: Optional[str] = None) -> bool:
         """Loads ``path`` (default: the file being served) beside the current model, warms

@@ -8,6 +8,10 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+# Event ids remembered per session (the most recent): a retry is recognised as long as it
+# comes within this many later events of the same session.
+EVENT_IDS = 256
+
 
 class SessionStore:
     """The sessions the server holds: for each client session id, its most recent items
@@ -24,6 +28,7 @@ class SessionStore:
         self.max_sessions, self.ttl, self.clock = max_sessions, ttl, clock
         self._d: "OrderedDict[str, Tuple[Any, float]]" = OrderedDict()
         self._bytes: Dict[str, int] = {}
+        self._events: Dict[str, "OrderedDict[str, None]"] = {}  # recent event ids, per session
         self._lock = threading.Lock()
         self.evicted = 0
         self.expired = 0
@@ -36,6 +41,7 @@ class SessionStore:
 
     def _drop(self, sid: str) -> None:
         del self._d[sid]
+        self._events.pop(sid, None)
         self.bytes -= self._bytes.pop(sid)
 
     def _expire(self, now: float) -> None:
@@ -46,21 +52,35 @@ class SessionStore:
             self._drop(sid)
             self.expired += 1
 
-    def append(self, sid: str, items: Sequence[Any], max_len: int, str_ids: bool) -> List[Any]:
-        """Appends ``items`` to session ``sid`` (made on first use) and returns its items."""
+    def append(self, sid: str, items: Sequence[Any], max_len: int, str_ids: bool,
+               event_id: Optional[str] = None) -> List[Any]:
+        """Appends ``items`` to session ``sid`` (made on first use) and returns its items.
+        ``event_id``: the client's id of this event; an id among the session's last
+        ``EVENT_IDS`` is not applied again (the session is returned as it is)."""
         now = self.clock()
         with self._lock:
             self._expire(now)
             held = self._d.get(sid)
             seq = held[0] if held is not None else None
+            events = self._events.get(sid) if held is not None else None
             if held is not None:
                 self._drop(sid)
             if seq is None or (str_ids != isinstance(seq, list)):
-                seq = [] if str_ids else array.array("q")
+                seq, events = ([] if str_ids else array.array("q")), None
+            if event_id is not None:
+                events = events if events is not None else OrderedDict()
+                if event_id in events:
+                    items = ()
+                else:
+                    events[event_id] = None
+                    if len(events) > EVENT_IDS:
+                        events.popitem(last=False)
             seq.extend(items)
             if len(seq) > max_len:
                 del seq[: len(seq) - max_len]
             self._d[sid] = (seq, now)
+            if events is not None:
+                self._events[sid] = events
             self._bytes[sid] = self._size(sid, seq)
             self.bytes += self._bytes[sid]
             while len(self._d) > self.max_sessions:
