@@ -145,7 +145,7 @@ def run_cold(row, seed, threads, share=0.1):
         out.update({f"trained_id_{k}": v for k, v in _cold_metrics(model, cold, coldcases).items()})
         ids, _ = model.recommend_batch(warm[0], n=K, exclude_seen=True)
         out.update({f"trained_id_warm_{k}": v for k, v in metrics(np.asarray(ids), warm[1]).items()})
-        _training._finished(model._state)  # the zero id embeddings fit gives them
+        model._state = _training._finished(model._state)  # the zero id embeddings fit gives them
         out.update(_cold_metrics(model, cold, coldcases))
         out["uniform_cold_HR@10"] = uniform_hit_rate(K, len(cold))
         # content baseline: genres and the year's decade as the shared values

@@ -127,6 +127,19 @@ def _rank(model, session, item):
     return model.recommend(session, n=model.n_items_).ids.tolist().index(item)
 
 
+def test_new_products_are_their_features_alone():
+    # Two new products with the same features: the same vector (a zero id embedding), in
+    # the published model's every view (item_embeddings_, the scores).
+    extra = _table(extra=[(997, 1), (996, 1)])
+    m = _model(iterations=4).fit(_sessions(), item_features=extra, item_names="title")
+    pos = {i: k for k, i in enumerate(m.item_ids_.tolist())}
+    E = m.item_embeddings_
+    np.testing.assert_array_equal(E[pos[997]], E[pos[996]])
+    got = m.recommend([200, 201], n=m.n_items_)
+    s = dict(zip(got.ids.tolist(), got.scores.tolist()))
+    assert s[997] == s[996]
+
+
 def test_a_new_product_is_recommended_to_its_category(fitted):
     # 999 is in category 2 (items 300..309), with no event: it ranks higher after a
     # category-2 session than after a category-0 one, and 998 (category 3) the other way.

@@ -182,7 +182,9 @@ def _finished(state: Fitted) -> Fitted:
     only pushed those rows down, as negatives)."""
     if state.features is not None and not state.interrupted:
         cold = np.flatnonzero(np.asarray(state.popularity) == 0) + 1
-        _features.zero_rows(state.engine, "item_emb", cold)
+        if cold.size:
+            _features.zero_rows(state.engine, "item_emb", cold)
+            return dataclasses.replace(state)  # a fresh cache: nothing computed before it
     return state
 
 
