@@ -501,9 +501,9 @@ def rank_among(state: Fitted, contexts: Sequences, targets: np.ndarray, n_neg: i
     return ranks
 
 
-def popular_ranks(state: Fitted, contexts: Sequences, targets: np.ndarray, k: int) -> np.ndarray:
-    """Each target's rank in the fallback's answer (the most popular items less the
-    context's), as a session with no known item gets it: the most-popular baseline."""
+def popular_topk(state: Fitted, contexts: Sequences, k: int) -> np.ndarray:
+    """(B, min(k, V)) internal ids: the most popular items less each context's, as a
+    session with no known item gets them (0: an empty slot): the most-popular baseline."""
     ctx = state.encode(contexts.items)
     bounds = contexts.offsets
     kk = min(k, state.n_items)
@@ -511,6 +511,4 @@ def popular_ranks(state: Fitted, contexts: Sequences, targets: np.ndarray, k: in
     for b in range(len(contexts)):
         ids, _ = state.popular(kk, ctx[bounds[b]:bounds[b + 1]])
         top[b, : ids.size] = ids
-    t_int = state.encode(np.asarray(targets)).astype(np.int64)
-    hit = (top == t_int[:, None]) & (t_int[:, None] > 0)
-    return np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
+    return top

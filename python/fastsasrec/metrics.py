@@ -146,19 +146,6 @@ def _hits(state: Any, top: np.ndarray, targets: Sequences) -> Tuple[np.ndarray, 
     return hits, n_t, int((t_int == 0).sum())
 
 
-def popular_topk(state: Any, contexts: Sequences, k: int) -> np.ndarray:
-    """(B, min(k, V)) internal ids: the most popular items less each context's, as a
-    session with no known item gets them (0: an empty slot)."""
-    ctx = state.encode(contexts.items)
-    bounds = contexts.offsets
-    kk = min(k, state.n_items)
-    top = np.zeros((len(contexts), kk), dtype=np.int64)
-    for b in range(len(contexts)):
-        ids, _ = state.popular(kk, ctx[bounds[b]:bounds[b + 1]])
-        top[b, : ids.size] = ids
-    return top
-
-
 def most_popular_topk(contexts: Sequence[Sequence[Any]], train: Sequence[Sequence[Any]], k: int = 10) -> np.ndarray:
     """The most-popular-unseen baseline: for each context, the k most frequent training
     items it does not contain.  Returns an object array (len(contexts), min(k, number of
@@ -263,7 +250,7 @@ def popular_baseline(model: Any, sequences: Any, k: Any = 10, targets: Any = Non
     state = model._fitted()
     ks = cutoffs(k)
     contexts, tgt, n = _cases(state, sequences, targets)
-    top = popular_topk(state, contexts, max(ks))
+    top = _fitted.popular_topk(state, contexts, max(ks))
     hits, n_t, unknown = _hits(state, top, tgt)
     out: Dict[str, Any] = ranking_metrics(hits, n_t, ks, recall=targets is not None)
     out.update(_list_metrics(top, ks, state.popularity))
