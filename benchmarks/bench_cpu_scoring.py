@@ -4,8 +4,9 @@ several catalogue sizes.
 
     python benchmarks/bench_cpu_scoring.py --items 1682 100000 1000000
 
-For each catalogue size (an untrained model over synthetic items: scoring cost does not
-depend on the weights; factors 64, 2 layers, max_seq 50; sessions of 20 random items):
+For each catalogue size (an untrained model over synthetic items, or one trained
+--train-epochs on pairs of them: the fp32 scorer's cost does not depend on the weights, the
+int8 screen's a little, by how many items its bound lets through; factors 64, 2 layers, max_seq 50; sessions of 20 random items):
 
 * one session, 1 thread: the p50 of `model.recommend(session, n=10)` with the scorer's
   ways ("auto", "fp32": every item's exact score; "int8": the exact int8 screen), of the
@@ -103,7 +104,7 @@ def batch(V: int, B: int, threads: int, seed: int) -> dict:
     torch.set_num_threads(threads)
     vocab = [[i, i + 1] for i in range(1, V + 1, 2)]
     model = SASRec(factors=64, max_seq=50, n_layers=2, loss="sampled_softmax",
-                   n_negatives=min(256, V - 1), iterations=0, verbose=0,
+                   n_negatives=min(256, V - 1), iterations=bench_latency.TRAIN_EPOCHS, verbose=0,
                    num_threads=threads).fit(vocab, **bench_latency.fit_kw(V))
     S = np.random.default_rng(seed).integers(1, V + 1, size=(B, 20))
     flops = 2.0 * B * 64 * V
@@ -154,8 +155,12 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--item-features", action="store_true",
                     help="fit our models with a features table (category, brand, tags, price)")
+    ap.add_argument("--train-epochs", type=int, default=0,
+                    help="epochs the models train first (0: untrained; give 1 or more to compare "
+                         "with --item-features: the feature table starts at zero)")
     args = ap.parse_args()
     bench_latency.ITEM_FEATURES = args.item_features
+    bench_latency.TRAIN_EPOCHS = args.train_epochs
     info = common.machine_info(args.threads)
     common.print_machine_info(info)
     singles, batches = [], []

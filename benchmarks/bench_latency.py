@@ -91,6 +91,9 @@ def torch_recommender(ds: common.Dataset, epochs: int):
 # --item-features: the fastsasrec models are fitted with a features table (feature_table),
 # to show that features cost nothing at inference.
 ITEM_FEATURES = False
+# Epochs the synthetic models train (0: untrained; with item features the feature table
+# stays at its zero start until trained, so a comparison with features trains both).
+TRAIN_EPOCHS = 0
 
 
 def feature_table(n_items: int, seed: int = 0):
@@ -121,7 +124,7 @@ def synthetic(n_items: int, n_sessions: int, seed: int, length: int = 20):
 
     vocab = [[i, i + 1] for i in range(1, n_items + 1, 2)]
     cfg = {k: v for k, v in CONFIG.items() if k not in ("n_negatives",)}
-    ours = SASRec(**cfg, n_negatives=min(256, n_items - 1), iterations=0, verbose=0,
+    ours = SASRec(**cfg, n_negatives=min(256, n_items - 1), iterations=TRAIN_EPOCHS, verbose=0,
                   num_threads=THREADS).fit(vocab, **fit_kw(n_items))
     theirs = tr.TorchSASRec(n_items, threads=THREADS, **CONFIG).net.eval()
     item_ids = np.arange(n_items + 1)
