@@ -298,7 +298,13 @@ def test_the_server_answers_names_beside_ids(fitted):
 
     from fastsasrec.serve import create_app
 
+    import time
+
     with TestClient(create_app(fitted)) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:  # the model loads after startup
+            assert time.monotonic() < deadline, "the server did not get ready"
+            time.sleep(0.01)
         got = client.post("/v1/recommend", json={"session": [300, 301], "n": 3}).json()
         assert got["names"] == [f"Item {i}" if i < 900 else f"New {i}" for i in got["items"]]
         got = client.post("/v1/recommend/batch", json={"sessions": [[300], [100, 101]], "n": 2}).json()

@@ -18,22 +18,19 @@ import copy
 import dataclasses
 import os
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
 from fastsasrec import _core, _fitted, _persist, _training
 from fastsasrec import metrics as _metrics
+from fastsasrec._attributes import _PUBLISH, FittedAttributes
 from fastsasrec._compat import NotebookCompat
 from fastsasrec._device import resolve_device
 from fastsasrec._fitted import Fitted, Recommendations, check_catalogue, read_only
 from fastsasrec._params import DEFAULTS, PARAMS, checked, flag, positive_int
 from fastsasrec.data import Sequences, flatten_sequences, transactions_to_sequences
 
-# Publishing a snapshot assigns ``_state`` under this lock, so that a read-modify-write
-# (to(), num_threads) never undoes a publish made meanwhile by another thread.  Readers
-# never take it.
-_PUBLISH = threading.Lock()
 
 # fit's keyword arguments that from_transactions passes on.
 _FIT_ARGS = ("validation", "early_stopping_patience", "callbacks", "checkpoint",
@@ -45,7 +42,7 @@ def _is_cupy(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "cupy" and hasattr(x, "__cuda_array_interface__")
 
 
-class SASRec(NotebookCompat):
+class SASRec(FittedAttributes, NotebookCompat):
     """SASRec (Kang & McAuley, 2018): next-item recommendation from an ordered session.
 
     Parameters
@@ -378,148 +375,6 @@ class SASRec(NotebookCompat):
     def _popularity(self) -> Optional[np.ndarray]:
         state = self._state
         return None if state is None else state.popularity
-
-    # ------------------------------------------------------------------ fitted attributes
-    # Before fit they raise NotFittedError (a ValueError and an AttributeError), so that
-    # ``hasattr(model, "item_ids_")`` says whether the model is fitted.
-    @property
-    def item_ids_(self) -> np.ndarray:
-        """Original item ids in internal order (read-only); entry i matches row i of
-        ``item_embeddings_``.  Ascending after fit; partial_fit appends new items."""
-        return self._fitted().item_ids
-
-    @property
-    def item_embeddings_(self) -> np.ndarray:
-        """(n_items, factors) float32 item embeddings (also the output layer), read-only."""
-        return self._fitted().item_embeddings()
-
-    @property
-    def popularity_(self) -> np.ndarray:
-        """Each item's count of training interactions (read-only), in ``item_ids_`` order:
-        what the fallback for a session with no known item ranks by."""
-        return self._fitted().popularity
-
-    @property
-    def n_items_(self) -> int:
-        return self._fitted().n_items
-
-    @property
-    def item_names_(self) -> Optional[np.ndarray]:
-        """Display names in ``item_ids_`` order ("" for an item without one), or None: the
-        ``item_names`` column of the features fit (or partial_fit) was given."""
-        f = self._fitted().features
-        return None if f is None else f.names
-
-    @property
-    def item_features_(self) -> Optional[List[Dict[str, Any]]]:
-        """The item features the model reads, or None: per column its name, kind
-        (categorical, multi, numeric), values (categorical, multi) or bucket edges
-        (numeric); each column also has an "unknown" and a "missing" value."""
-        f = self._fitted().features
-        return None if f is None else f.space.to_json()
-
-    def item_feature_values(self, item: Any) -> List[str]:
-        """The feature values the model holds for one item, as text (``genres='Comedy'``,
-        ``year in [1990, 1994)``, ``<no features>``): what its vector adds to its id."""
-        state = self._fitted()
-        if state.features is None:
-            raise ValueError("this model was fitted without item_features")
-        internal = _fitted.encode_flat(state, [item], "item")
-        if internal[0] == 0:
-            raise ValueError(f"item {item!r} is not in the model's catalogue")
-        f = state.features
-        i = int(internal[0])
-        return [f.space.describe(int(v)) for v in f.values[f.offsets[i]:f.offsets[i + 1]]]
-
-    @property
-    def max_seq_(self) -> int:
-        """The most recent items of a session the model reads ("auto" resolved)."""
-        return int(self._fitted().config["max_seq"])
-
-    @property
-    def factors_(self) -> int:
-        return int(self._fitted().config["factors"])
-
-    @property
-    def device_(self) -> str:
-        """The device the fitted model runs on: "cpu" or "cuda:N"."""
-        engine = self._fitted().engine
-        return "cpu" if engine.device_index < 0 else f"cuda:{engine.device_index}"
-
-    # Older names of the same attributes.
-    item_ids = item_ids_
-    item_embeddings = item_embeddings_
-    n_items = n_items_
-
-    @property
-    def fitted_params_(self) -> Dict[str, Any]:
-        """The parameters the fitted model was fitted (or loaded) with, as given ("auto"
-        included: ``defaults_`` says what it chose); ``get_params`` gives those of the next
-        fit, which ``set_params`` changes."""
-        return dict(self._fitted().params)
-
-    @property
-    def defaults_(self) -> Dict[str, Dict[str, Any]]:
-        """The settings "auto" chose for the fitted model: {name: {"value": ..., "why": ...}}
-        (iterations: the epoch whose weights are kept, and "epochs_run").  Empty when every
-        setting was given."""
-        return dict(self._fitted().defaults or {})
-
-    @property
-    def loss_(self) -> Optional[str]:
-        """The loss the fitted model was trained with ("auto" resolved); None before fit."""
-        state = self._state
-        return None if state is None else str(state.config["loss"])
-
-    @property
-    def loss_history_(self) -> List[float]:
-        """The training loss of each epoch of the fitted model ([] before fit)."""
-        state = self._state
-        return [] if state is None else list(state.loss_history)
-
-    @loss_history_.setter
-    def loss_history_(self, value: Sequence[float]) -> None:
-        with _PUBLISH:
-            state = self._fitted()
-            self._state = dataclasses.replace(state, loss_history=tuple(float(x) for x in value))
-
-    @property
-    def validation_(self) -> Optional[Dict[str, Any]]:
-        """With ``validation=`` given to fit: the kept weights' validation NDCG@10, the
-        most-popular items' on the same sequences, the epoch and whether the model beats
-        them (fit warns when it does not); None otherwise."""
-        state = self._state
-        return None if state is None or state.validation is None else dict(state.validation)
-
-    @property
-    def interrupted_(self) -> bool:
-        """True when the fit (or partial_fit) that made this model was stopped by Ctrl-C:
-        its weights are those of its last completed epoch (``len(loss_history_)``)."""
-        state = self._state
-        return False if state is None else state.interrupted
-
-    @property
-    def history_(self) -> List[Dict[str, Any]]:
-        """One dict per epoch of the fit, of both phases of an "auto" fit (the slice's
-        early stopping, then the refit): ``phase`` ("slice", "refit" or "train"), ``epoch``
-        (counted within its phase), ``loss``, ``tokens_per_s``, ``seconds`` (the epoch and
-        its validation) and the validation metrics (``val_NDCG@10`` ...) where scored."""
-        state = self._state
-        return [] if state is None else list(state.history)
-
-    def plot_history(self, path: "Optional[os.PathLike[str] | str]" = None):
-        """The fit's loss and validation NDCG@10 per epoch, both phases of an "auto" fit,
-        the kept epoch marked: a matplotlib Figure (needs ``fastsasrec[plot]``), saved to
-        ``path`` when given.  See ``fastsasrec.plot.plot_history``."""
-        from fastsasrec.plot import plot_history
-
-        return plot_history(self.history_, path, chosen=self.best_epoch_ or None)
-
-    @property
-    def best_epoch_(self) -> int:
-        """The epoch whose weights the model has (the best validated one, or the last)."""
-        state = self._state
-        return 0 if state is None else state.best_epoch
 
     def to(self, device: str) -> "SASRec":
         """Moves the fitted model to another device ("cpu", "cuda", "cuda:N" or "auto");
