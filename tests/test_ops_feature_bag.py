@@ -18,18 +18,7 @@ CORE = fastsasrec._core
 if not CORE.test_ops:
     pytest.skip("fastsasrec was built without the raw ops (_core.Ops): build with "
                 "-DFASTSASREC_TEST_OPS=ON", allow_module_level=True)
-_OPS = {}
-
-
-@pytest.fixture(params=["cpu", "cuda"])
-def ops(request):
-    device = request.param
-    ok, why = CORE.backend_available(device)
-    if not ok:
-        pytest.skip(f"{device} backend not usable: {why}")
-    if device not in _OPS:
-        _OPS[device] = CORE.Ops(device)
-    return _OPS[device]
+from test_ops import ops  # noqa: E402,F401 (the fixture: each device's ops, skipped where unusable)
 
 
 def bags(kind, V1, NF, rng):

@@ -11,21 +11,8 @@ pytest.importorskip("uvicorn", reason="the serve tests need uvicorn (the serve e
 
 from fastsasrec.serve import SessionStore, create_app  # noqa: E402
 from fastsasrec.serve.sessions import EVENT_IDS  # noqa: E402
-from test_serve import Running, model  # noqa: E402,F401 (model: a fixture)
-
-
-@pytest.fixture
-def running():
-    servers = []
-
-    def start(model, **kw):
-        r = Running(create_app(model, **kw))
-        servers.append(r)
-        return r
-
-    yield start
-    for r in servers:
-        r.close()
+from test_serve import model  # noqa: E402,F401 (a fixture)
+from test_serve_hardening import running  # noqa: E402,F401 (a fixture: servers of a given model)
 
 
 def test_a_repeated_event_id_is_applied_once():
