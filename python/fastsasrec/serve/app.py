@@ -24,6 +24,7 @@ from fastsasrec.serve import access, inputs
 from fastsasrec.serve.openapi import OPERATOR, document, openapi
 from fastsasrec.serve.batcher import _Ask
 from fastsasrec.serve.inputs import MAX_BATCH_SESSIONS, MAX_N, HTTPError
+from fastsasrec.serve.metrics import CONTENT_TYPE
 from fastsasrec.serve.server import Loaded, Server
 from fastsasrec.serve.stores import StoreError
 
@@ -224,8 +225,7 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     server = request.app.state.server
-    return PlainTextResponse(server.metrics.render(server),
-                             media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(server.metrics.render(server), media_type=CONTENT_TYPE)
 
 
 def _route(path: str, endpoint: Any, method: str) -> Route:

@@ -97,9 +97,8 @@ class Server:
         self.metrics = Metrics()
         # The protocol uvicorn runs the app with (``uvicorn_config``): deadlines on each
         # request's head and body, and the connection cap.
-        self.connections_closed: Dict[str, int] = {}
         self.http_protocol = protocol(header_timeout, body_timeout, max_connections,
-                                      self.connections_closed)
+                                      self.metrics.closed)
         self.store: Store = open_store(store, max_sessions=max_sessions, ttl=float(session_ttl),
                                        clock=clock, denylist_file=denylist_file,
                                        timeout=store_timeout, denylist_refresh=denylist_refresh,
@@ -174,6 +173,7 @@ class Server:
             self.load_error = str(e)
             return
         self.ready = True
+        self.metrics.model(self.current)
         log.info("serving %s (%d items, model %s)", self.path or "a model in memory",
                  self.current.model.n_items, self.current.tag)
         if self.watch_interval > 0 and self.path is not None:
@@ -199,16 +199,15 @@ class Server:
             try:
                 new = await loop.run_in_executor(None, self._load, path)
             except Exception as e:  # noqa: BLE001 - any failure keeps the old model
-                with self.metrics.lock:
-                    self.metrics.reloads["failed"] += 1
+                self.metrics.reloads.labels("failed").inc()
                 log.error("reload of %s failed, still serving model %s: %s", path,
                           self.current.tag if self.current else "none", e)
                 return False
             old = self.current
             self.current = new  # one assignment: a request reads it once
             self.path = path
-            with self.metrics.lock:
-                self.metrics.reloads["ok"] += 1
+            self.metrics.reloads.labels("ok").inc()
+            self.metrics.model(new)
             log.info("reloaded %s: model %s -> %s (%d items)", path, old.tag if old else "none",
                      new.tag, new.model.n_items)
             return True
