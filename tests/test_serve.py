@@ -529,6 +529,28 @@ def test_cli_refuses_bad_settings_by_name(tmp_path, model):
     assert out.returncode == 2 and "max_batch must be an integer >= 1, got 0" in out.stderr
 
 
+
+def test_workers_need_the_shared_store(tmp_path, model):
+    # Sessions in one worker's memory would be unknown to the others: refused, in one line.
+    path = tmp_path / "m.fsr"
+    model.save(path)
+    for flags, said in ((["--workers", "2"], "--workers 2 needs --store redis://HOST:PORT/DB: "
+                                             "with the in-process store each worker would hold "
+                                             "its own sessions"),
+                        (["--workers", "0"], "--workers must be >= 1, got 0")):
+        out = subprocess.run([sys.executable, "-m", "fastsasrec", "serve", str(path), *flags],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and said in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_each_worker_gets_its_share_of_the_cores(monkeypatch):
+    from fastsasrec.serve import workers
+
+    monkeypatch.setattr(workers, "cores", lambda: 16)
+    assert [workers.engine_threads(n, None) for n in (1, 2, 3, 16, 32)] == [16, 8, 5, 1, 1]
+    assert workers.engine_threads(4, 2) == 2 and workers.engine_threads(4, 0) == 0  # the user's
+
 def test_popular_answers_are_sorted_once_per_model(model):
     """Sessions with no known item get the most popular items: the order is computed once
     per fitted model (a cache), and exclusions only drop items from its head."""

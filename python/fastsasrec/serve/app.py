@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import math
+import os
 import re
 import time
 import uuid
@@ -204,6 +205,7 @@ async def model_info(request: Request) -> Response:
         "library_version": __version__, "model": cur.tag, "sha256": cur.sha256,
         "path": cur.path, "items": int(model.item_ids_.size), "factors": int(model.factors_),
         "max_seq": cur.max_seq, "device": model.device_, "loaded_at": cur.loaded_at,
+        "pid": os.getpid(),
     })
 
 

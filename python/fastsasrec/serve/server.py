@@ -110,6 +110,7 @@ class Server:
         self.ready = False
         self._generation = 0
         self._reload_lock: Optional[asyncio.Lock] = None
+        self.loop: Optional[asyncio.AbstractEventLoop] = None  # the loop it runs in, once started
         self._watch_task: Optional[asyncio.Task] = None
         self._load_task: Optional[asyncio.Task] = None
         self.load_error: Optional[str] = None
@@ -150,6 +151,7 @@ class Server:
         """Starts the batcher and loads (and warms) the model in the background: the server
         answers /healthz at once, and 503 "not ready" until the model is in."""
         self._reload_lock = asyncio.Lock()
+        self.loop = asyncio.get_running_loop()
         await self.store.start()
         self.batcher.start()
         self._load_task = asyncio.get_running_loop().create_task(self._initial_load())
@@ -257,6 +259,25 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, **kw: An
                           ws="none", **kw)
 
 
+def run_options(ssl_certfile: Optional[str] = None, ssl_keyfile: Optional[str] = None,
+                proxy_headers: bool = True, forwarded_allow_ips: Optional[str] = None) -> Dict[str, Any]:
+    """uvicorn's options for serving (``serve_app``'s keywords), the TLS files checked:
+    ValueError, in one line, when they cannot be used."""
+    if ssl_keyfile is not None and ssl_certfile is None:
+        raise ValueError(f"ssl_keyfile {ssl_keyfile!r} needs ssl_certfile (the certificate)")
+    if ssl_certfile is not None:  # said here, in one line, rather than by uvicorn's traceback
+        import ssl
+
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(ssl_certfile, ssl_keyfile)
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"cannot use ssl_certfile {ssl_certfile!r} with ssl_keyfile "
+                             f"{ssl_keyfile!r}: {e}") from None
+    return dict(log_level="info", access_log=False, timeout_graceful_shutdown=30,
+                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, proxy_headers=proxy_headers,
+                forwarded_allow_ips=forwarded_allow_ips)
+
+
 def serve_app(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
               ssl_certfile: Optional[str] = None, ssl_keyfile: Optional[str] = None,
               proxy_headers: bool = True, forwarded_allow_ips: Optional[str] = None) -> None:
@@ -268,22 +289,9 @@ def serve_app(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
     $FORWARDED_ALLOW_IPS, else 127.0.0.1).  These are uvicorn's own options."""
     import uvicorn
 
-    if ssl_keyfile is not None and ssl_certfile is None:
-        raise ValueError(f"ssl_keyfile {ssl_keyfile!r} needs ssl_certfile (the certificate)")
-    if ssl_certfile is not None:  # said here, in one line, rather than by uvicorn's traceback
-        import ssl
-
-        try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(ssl_certfile, ssl_keyfile)
-        except (OSError, ssl.SSLError) as e:
-            raise ValueError(f"cannot use ssl_certfile {ssl_certfile!r} with ssl_keyfile "
-                             f"{ssl_keyfile!r}: {e}") from None
+    options = run_options(ssl_certfile, ssl_keyfile, proxy_headers, forwarded_allow_ips)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = uvicorn_config(app, host, port, log_level="info", access_log=False,
-                            timeout_graceful_shutdown=30, ssl_certfile=ssl_certfile,
-                            ssl_keyfile=ssl_keyfile, proxy_headers=proxy_headers,
-                            forwarded_allow_ips=forwarded_allow_ips)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, host, port, **options))
     try:
         server.run()
     except KeyboardInterrupt:  # pragma: no cover - as uvicorn.run
