@@ -83,7 +83,7 @@ class Metrics:
             self.reloads.labels(result)
         for reason in CLOSE_REASONS:
             self._closed.labels(reason)
-        self._routes: Dict[str, Any] = {}
+        self._children: Dict[Any, Any] = {}
 
     # ---- what the server counts
     def started(self) -> None:
@@ -91,11 +91,13 @@ class Metrics:
 
     def request(self, route: str, status: int, seconds: float) -> None:
         self._in_flight.dec()
-        self._requests.labels(route, str(status)).inc()
-        h = self._routes.get(route)
-        if h is None:
-            h = self._routes[route] = self._latency.labels(route)
-        h.observe(seconds)
+        key = (route, status)
+        children = self._children.get(key)
+        if children is None:  # labels() looked up once per route and status
+            children = self._children[key] = (self._requests.labels(route, str(status)),
+                                               self._latency.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def store_call(self, op: str, seconds: float, error: bool) -> None:
         """One call to a shared store (Redis): its latency, and whether it failed."""
