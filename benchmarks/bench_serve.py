@@ -280,7 +280,7 @@ def sweep(port, reqs, rates, duration, conns, target_ms=20.0):
     return rows
 
 
-def generator_ceiling(duration: float, conns: int) -> dict:
+def generator_ceiling(duration: float, conns: int) -> tuple:
     """The generator's own ceiling: a trivial server, as fast as 32 connections go; and
     the floor of latency (its p50 at two low rates)."""
     port = free_port()
@@ -295,7 +295,7 @@ def generator_ceiling(duration: float, conns: int) -> dict:
           f"{ceiling['gen_us_per_req']:.0f} µs of generator CPU per request; the trivial server's "
           + ", ".join(f"p50 {f['p50']:.2f} ms at {r:.0f} req/s" for r, f in floor.items())
           + " (loopback, the generator and wake-ups: the floor of any server here)")
-    return {"ceiling": ceiling, "floor": {str(k): v for k, v in floor.items()}}
+    return ceiling, floor
 
 
 def main() -> None:
@@ -327,7 +327,9 @@ def main() -> None:
     common.print_machine_info(common.machine_info(args.threads))
     results = {}
 
-    results.update(generator_ceiling(args.duration, args.conns))
+    ceiling, floor = generator_ceiling(args.duration, args.conns)
+    results["ceiling"] = ceiling
+    results["floor"] = {str(k): v for k, v in floor.items()}
     if args.fleet:
         from bench_serve_fleet import fleet
 
