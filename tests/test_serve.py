@@ -166,12 +166,12 @@ def test_model_health_ready_metrics(running, model, tmp_path):
     r.client.post("/v1/sessions/a/events", json={"items": [1]})
     text = r.client.get("/metrics").text
     assert 'fastsasrec_requests_total{route="/v1/recommend",status="200"} 1' in text
-    assert 'fastsasrec_request_seconds_bucket{route="/v1/recommend",le="+Inf"} 1' in text
+    assert 'fastsasrec_request_seconds_bucket{le="+Inf",route="/v1/recommend"} 1' in text
     assert "fastsasrec_unknown_items_total 1" in text
     assert "fastsasrec_sessions 1" in text and "fastsasrec_session_items 1" in text
-    assert int(next(l for l in text.splitlines() if l.startswith("fastsasrec_session_bytes ")).split()[1]) > 0
+    assert float(next(l for l in text.splitlines() if l.startswith("fastsasrec_session_bytes ")).split()[1]) > 0
     assert "fastsasrec_queue_depth 0" in text and "fastsasrec_batch_sessions_count 2" in text
-    assert f'fastsasrec_model_info{{model="{info["model"]}",items="{model.n_items}"}} 1' in text
+    assert f'fastsasrec_model_info{{items="{model.n_items}",model="{info["model"]}"}} 1' in text
 
 
 def test_not_ready_until_the_model_is_in(running, model, monkeypatch):
@@ -292,7 +292,7 @@ def test_concurrent_requests_are_batched_and_right(running, model):
     want = [model.recommend(s, n=5)[0].tolist() for s in asks]
     assert got == want
     text = r.client.get("/metrics").text
-    count = int(next(l for l in text.splitlines() if l.startswith("fastsasrec_batch_sessions_count")).split()[1])
+    count = float(next(l for l in text.splitlines() if l.startswith("fastsasrec_batch_sessions_count")).split()[1])
     assert count < len(asks)  # some engine calls served several requests
 
 
@@ -461,7 +461,7 @@ def test_process_sighup_reloads_and_sigterm_drains(model, other_model, tmp_path)
             while True:
                 answered = sum(f.done() for f in futs)  # before the read: never counted twice
                 text = httpx.get(url + "/metrics").text
-                held = int(re.search(r"^fastsasrec_requests_in_flight (\d+)$", text, re.M).group(1)) - 1
+                held = float(re.search(r"^fastsasrec_requests_in_flight ([\d.]+)$", text, re.M).group(1)) - 1
                 if held + answered >= len(futs):
                     break
                 assert time.monotonic() < deadline
@@ -529,6 +529,28 @@ def test_cli_refuses_bad_settings_by_name(tmp_path, model):
     assert out.returncode == 2 and "max_batch must be an integer >= 1, got 0" in out.stderr
 
 
+
+def test_workers_need_the_shared_store(tmp_path, model):
+    # Sessions in one worker's memory would be unknown to the others: refused, in one line.
+    path = tmp_path / "m.fsr"
+    model.save(path)
+    for flags, said in ((["--workers", "2"], "--workers 2 needs --store redis://HOST:PORT/DB: "
+                                             "with the in-process store each worker would hold "
+                                             "its own sessions"),
+                        (["--workers", "0"], "--workers must be >= 1, got 0")):
+        out = subprocess.run([sys.executable, "-m", "fastsasrec", "serve", str(path), *flags],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and said in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_each_worker_gets_its_share_of_the_cores(monkeypatch):
+    from fastsasrec.serve import workers
+
+    monkeypatch.setattr(workers, "cores", lambda: 16)
+    assert [workers.engine_threads(n, None) for n in (1, 2, 3, 16, 32)] == [16, 8, 5, 1, 1]
+    assert workers.engine_threads(4, 2) == 2 and workers.engine_threads(4, 0) == 0  # the user's
+
 def test_popular_answers_are_sorted_once_per_model(model):
     """Sessions with no known item get the most popular items: the order is computed once
     per fitted model (a cache), and exclusions only drop items from its head."""
@@ -539,3 +561,13 @@ def test_popular_answers_are_sorted_once_per_model(model):
     np.testing.assert_array_equal(b[0][:3], a[0][2:])
     ids, _ = model.recommend([999999], n=5)
     np.testing.assert_array_equal(ids, model.item_ids[a[0] - 1])
+
+
+def test_prometheus_client_is_the_servers_alone():
+    # /metrics is kept by prometheus_client, imported when a server is made, never by
+    # `import fastsasrec` (nor by the serve package's session store).
+    code = ("import sys, fastsasrec, fastsasrec.cli, fastsasrec.serve; "
+            "print('prometheus_client' in sys.modules); "
+            "fastsasrec.serve.Metrics(); print('prometheus_client' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"], out.stderr

@@ -4,10 +4,16 @@ session, concurrently, all kept in each sender's order; a retried event id appli
 a replica SIGKILLed mid-load and Redis killed and restarted under load (AOF, fsync
 always) losing no acknowledged event; 503 with Retry-After while Redis is down or slow,
 the stateless routes answering, recovery without a restart; the denylist reaching the
-other replica within its bound and surviving restarts.  Skipped, with the reason, where
+other replica within its bound and surviving restarts.  And `--workers 2` on one port: a
+session continued across its workers, /metrics one view of both, a worker killed and
+replaced, SIGHUP and --watch rolling a new model through every worker under load with no
+failed request.  Which worker answered: /v1/model's pid, asked on the same connection (a
+connection stays with the worker that accepted it).  Skipped, with the reason, where
 redis-server or redis-py is absent.  Bounded: a few hundred requests per test."""
 import concurrent.futures
+import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -327,3 +333,134 @@ def test_string_ids_round_trip_through_redis(tmp_path):
     finally:
         r.close()
         rs.kill()
+
+
+# ----------------------------------------------------------------------------- workers
+@pytest.fixture(scope="module")
+def other_path(model_path):
+    other = SASRec(iterations=1, factors=8, max_seq=200, random_state=1, num_threads=1).fit(sessions())
+    path = model_path.parent / "other.fsr"
+    other.save(path)
+    return path
+
+
+@pytest.fixture
+def workers(fleet, model_path, tmp_path):
+    """start(*extra): `fastsasrec serve --workers 2` on the fleet's Redis, serving a copy of
+    the model (tests replace the file); returns (the process, the copy's path)."""
+    rs, _, _ = fleet
+    made = []
+
+    def start(*extra):
+        live = tmp_path / f"live{len(made)}.fsr"
+        shutil.copy(model_path, live)
+        w = Replica(live, rs.url, tmp_path / f"workers{len(made)}.log", "--workers", "2", *extra)
+        made.append(w)
+        return w, live
+
+    yield start
+    for w in made:
+        w.stop()
+
+
+def _on_a_new_connection(url, method, path, **kw):
+    """(response, pid of the worker that answered it): /v1/model asked on the same connection."""
+    with httpx.Client(base_url=url, timeout=10) as c:
+        got = c.request(method, path, **kw)
+        return got, c.get("/v1/model").json()["pid"]
+
+
+def _tag(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def _serving(text, tag):
+    """How many workers /metrics says serve model ``tag``."""
+    m = re.search(r'^fastsasrec_model_info\{items="\d+",model="%s"\} ([\d.]+)$' % tag, text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def _until(check, what, limit=30):
+    deadline = time.monotonic() + limit
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_workers_share_sessions_and_metrics_and_replace_a_dead_one(workers, other_path):
+    w, live = workers("--watch", "0.2")
+    sent, pids = [], set()
+    while len(pids) < 2 or len(sent) < 10:  # events until both workers have taken some
+        assert len(sent) < 60, f"every event reached worker {pids}"
+        got, pid = _on_a_new_connection(w.url, "POST", "/v1/sessions/w/events",
+                                        json={"items": [len(sent) + 1]})
+        sent.append(len(sent) + 1)
+        assert got.status_code == 200 and got.json()["session_length"] == len(sent), got.text
+        pids.add(pid)
+    assert w.client.get("/v1/sessions/w").json()["items"] == sent
+    # /metrics is the fleet's, whichever worker answers it.
+    count = f'fastsasrec_requests_total{{route="/v1/sessions/{{session_id}}/events",status="200"}} {len(sent)}.0'
+    hist = f'fastsasrec_request_seconds_count{{route="/v1/sessions/{{session_id}}/events"}} {len(sent)}.0'
+    scraped = set()
+    for _ in range(60):
+        if len(scraped) == 2:
+            break
+        got, pid = _on_a_new_connection(w.url, "GET", "/metrics")
+        assert count in got.text and hist in got.text, got.text
+        assert _serving(got.text, _tag(live)) == 2
+        scraped.add(pid)
+    assert scraped == pids
+    # A worker that dies is replaced; its live gauges leave /metrics (else 3 would serve).
+    os.kill(min(pids), signal.SIGKILL)
+    _until(lambda: _on_a_new_connection(w.url, "GET", "/v1/model")[1] not in pids,
+           "no new worker answered")
+    _until(lambda: _serving(w.client.get("/metrics").text, _tag(live)) == 2, "the count is off")
+    assert w.client.get("/v1/sessions/w").json()["items"] == sent
+    # --watch: a new file rolls through every worker.
+    shutil.copy(other_path, live)
+    _until(lambda: _serving(w.client.get("/metrics").text, _tag(other_path)) == 2, "no reload")
+    assert 'fastsasrec_reloads_total{result="ok"} 2.0' in w.client.get("/metrics").text
+
+
+def test_sighup_rolls_a_new_model_through_every_worker_with_no_failed_request(workers, other_path):
+    w, live = workers()
+    old, new = _tag(live), _tag(other_path)
+    stop, answers = threading.Event(), []
+
+    def load():  # a few requests per connection, so that both workers take some
+        while not stop.is_set():
+            with httpx.Client(base_url=w.url, timeout=10) as c:
+                for _ in range(4):
+                    try:
+                        got = c.post("/v1/recommend", json={"session": [1, 2, 3], "n": 5})
+                    except httpx.TransportError as e:
+                        answers.append((repr(e), None))
+                    else:
+                        answers.append((got.status_code, got.json().get("model")))
+                    time.sleep(0.002)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        _until(lambda: len(answers) > 20, "no answers")
+        shutil.copy(other_path, live)
+        w.proc.send_signal(signal.SIGHUP)
+        _until(lambda: _serving(w.client.get("/metrics").text, new) == 2, "not every worker reloaded")
+        n = len(answers)
+        _until(lambda: len(answers) > n + 20, "no answers after the reload")
+    finally:
+        stop.set()
+        loader.join(30)
+    assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:5]
+    tags = [tag for _, tag in answers]
+    assert tags[0] == old and tags[-1] == new and set(tags) == {old, new}
+    seen = set()
+    for _ in range(60):  # every worker says it serves the new model
+        info = _on_a_new_connection(w.url, "GET", "/v1/model")[0].json()
+        assert info["model"] == new
+        seen.add(info["pid"])
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2
+    text = w.client.get("/metrics").text
+    assert 'fastsasrec_reloads_total{result="ok"} 2.0' in text and _serving(text, old) == 0

@@ -42,19 +42,29 @@ def _serve(args: argparse.Namespace) -> int:
             import redis  # noqa: F401
         except ImportError:
             raise CLIError(f"--store {store} needs redis-py: pip install \"fastsasrec[redis]\"") from None
+    n = args.workers
+    if n < 1:
+        raise CLIError(f"--workers must be >= 1, got {n}")
+    if n > 1 and store == "memory":
+        raise CLIError(f"--workers {n} needs --store redis://HOST:PORT/DB: with the in-process "
+                       f"store each worker would hold its own sessions and denylist, and a "
+                       f"session's next event could reach a worker that does not know it")
     from fastsasrec.serve.access import read_api_keys
+    from fastsasrec.serve.workers import engine_threads
 
     keys = read_api_keys(args.api_key_file) if args.api_key_file is not None else None
+    # Workers: each an equal share of the cores unless --threads; the supervisor watches
+    # the file and rolls a reload through them.
+    kw = dict(device=args.device, num_threads=args.threads if n == 1 else engine_threads(n, args.threads),
+              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, session_ttl=args.session_ttl,
+              max_sessions=args.max_sessions, max_body=args.max_body,
+              watch=args.watch if n == 1 else 0.0, header_timeout=args.header_timeout,
+              body_timeout=args.body_timeout, max_connections=args.max_connections,
+              api_keys=keys, cors_origins=args.cors_origin, store=store,
+              denylist_file=args.denylist_file, store_timeout=args.store_timeout,
+              denylist_refresh=args.denylist_refresh)
     try:  # a damaged --denylist-file is said here, in one line
-        app = serve.create_app(args.model, device=args.device, num_threads=args.threads,
-                               max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                               session_ttl=args.session_ttl, max_sessions=args.max_sessions,
-                               max_body=args.max_body, watch=args.watch, signals=True,
-                               header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-                               max_connections=args.max_connections, api_keys=keys,
-                               cors_origins=args.cors_origin, store=store,
-                               denylist_file=args.denylist_file, store_timeout=args.store_timeout,
-                               denylist_refresh=args.denylist_refresh)
+        app = serve.create_app(args.model, signals=n == 1, **kw)
     except ValueError as e:
         raise CLIError(str(e)) from None
     try:  # the model is loaded before the server starts: a bad file is said here, in one line
@@ -63,9 +73,17 @@ def _serve(args: argparse.Namespace) -> int:
         raise CLIError(f"cannot load MODEL {args.model!r}: {' '.join(str(e).splitlines())}") from None
     except MemoryError:
         raise CLIError(f"cannot load MODEL {args.model!r}: not enough memory for it") from None
-    serve.serve_app(app, host=args.host, port=args.port, ssl_certfile=args.ssl_certfile,
-                    ssl_keyfile=args.ssl_keyfile, proxy_headers=args.proxy_headers,
-                    forwarded_allow_ips=args.forwarded_allow_ips)
+    tls = dict(ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+               proxy_headers=args.proxy_headers, forwarded_allow_ips=args.forwarded_allow_ips)
+    if n == 1:
+        serve.serve_app(app, host=args.host, port=args.port, **tls)
+        return 0
+    from fastsasrec.serve import workers
+    from fastsasrec.serve.server import run_options
+
+    options = run_options(**tls)
+    del app  # loaded here as a check only: each worker loads its own
+    workers.run(n, dict(model_or_path=args.model, **kw), args.host, args.port, options, args.watch)
     return 0
 
 
@@ -74,13 +92,18 @@ def add_parser(sub: Any) -> None:
     sv = sub.add_parser("serve", help="serve recommendations over HTTP (the live widget)",
                         description="Serve a model over HTTP: recommend, batch, similar items, "
                                     "server-held sessions updated click by click, a denylist, "
-                                    "/metrics.  SIGHUP reloads the model file; SIGTERM drains "
-                                    "requests in flight.  Needs pip install \"fastsasrec[serve]\".")
+                                    "/metrics.  SIGHUP reloads the model file (worker by "
+                                    "worker); SIGTERM drains requests in flight.  Needs pip install \"fastsasrec[serve]\".")
     sv.add_argument("model", metavar="MODEL")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000, help="default: 8000")
     sv.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    sv.add_argument("--threads", type=int, default=None, help="CPU threads of the engine (default: all cores)")
+    sv.add_argument("--threads", type=int, default=None,
+                    help="CPU threads of each worker's engine (default: all cores, shared equally "
+                         "among the workers)")
+    sv.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="server processes on the one port, each with its own engine (default: 1; "
+                         "more needs --store redis://: sessions must be shared)")
     sv.add_argument("--max-batch", type=int, default=64, help="sessions per engine call (default: 64)")
     sv.add_argument("--max-wait-ms", type=float, default=0.0,
                     help="how long a batch may wait for company under load (default: 0: batches "

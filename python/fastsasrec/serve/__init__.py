@@ -27,10 +27,12 @@ The modules, by job: ``app`` (the endpoints, module-level functions reading
 the model, held by one reference that a reload replaces whole; running it with uvicorn),
 ``batcher`` (concurrent requests gathered into one scoring call), ``sessions`` (the held
 sessions in this process), ``stores`` and ``redis_store`` (where sessions and the
-denylist live), ``metrics`` (/metrics), ``inputs`` (what a request may hold; every client
-mistake a 4xx naming it), ``protocol`` (deadlines on each request's head and body, and the
-connection cap that sheds the slow first), ``openapi`` (the document, as data), ``access``
-(the API keys and the CORS origins).
+denylist live), ``metrics`` (/metrics, prometheus_client; one view across workers),
+``workers`` (``--workers N``: worker processes on one port, reloads rolled through them),
+``inputs`` (what a request may hold; every client mistake a 4xx naming it), ``protocol``
+(deadlines on each request's head and body, and the connection cap that sheds the slow
+first), ``openapi`` (the document, as data), ``access`` (the API keys and the CORS
+origins).
 
 The model is held by one reference that a reload replaces whole (SIGHUP, ``--watch``, or
 ``Server.reload``): the new file is loaded and warmed beside the old model, then swapped

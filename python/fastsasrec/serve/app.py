@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import math
+import os
 import re
 import time
 import uuid
@@ -24,6 +25,7 @@ from fastsasrec.serve import access, inputs
 from fastsasrec.serve.openapi import OPERATOR, document, openapi
 from fastsasrec.serve.batcher import _Ask
 from fastsasrec.serve.inputs import MAX_BATCH_SESSIONS, MAX_N, HTTPError
+from fastsasrec.serve.metrics import CONTENT_TYPE
 from fastsasrec.serve.server import Loaded, Server
 from fastsasrec.serve.stores import StoreError
 
@@ -203,6 +205,7 @@ async def model_info(request: Request) -> Response:
         "library_version": __version__, "model": cur.tag, "sha256": cur.sha256,
         "path": cur.path, "items": int(model.item_ids_.size), "factors": int(model.factors_),
         "max_seq": cur.max_seq, "device": model.device_, "loaded_at": cur.loaded_at,
+        "pid": os.getpid(),
     })
 
 
@@ -224,8 +227,7 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     server = request.app.state.server
-    return PlainTextResponse(server.metrics.render(server),
-                             media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(server.metrics.render(server), media_type=CONTENT_TYPE)
 
 
 def _route(path: str, endpoint: Any, method: str) -> Route:

@@ -67,9 +67,7 @@ def score(loaded: "Loaded", asks: Sequence[_Ask], deny: Sequence[Any], metrics: 
 
 
 def _count_unknown(metrics: Metrics, unknown: int) -> None:
-    if unknown:
-        with metrics.lock:
-            metrics.unknown_items += unknown
+    metrics.unknown(unknown)
 
 
 class Batcher:
@@ -105,6 +103,7 @@ class Batcher:
         for a in asks:
             a.future = loop.create_future()
             self.queue.append(a)
+        self.server.metrics.queue_depth.set(len(self.queue))
         self.wake.set()
         for a in asks:
             await a.future
@@ -125,6 +124,7 @@ class Batcher:
                         except asyncio.TimeoutError:
                             break
                 batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch:]
+                self.server.metrics.queue_depth.set(len(self.queue))
                 self.last_size = len(batch)
                 deny = self.server.denylist
                 # Each request is answered by the model it was tagged with: a batch that
@@ -133,8 +133,7 @@ class Batcher:
                 for a in batch:
                     groups.setdefault(id(a.loaded), []).append(a)
                 for group in groups.values():
-                    with self.server.metrics.lock:
-                        self.server.metrics.batch.observe(len(group))
+                    self.server.metrics.batch.observe(len(group))
                     # A lone request is answered on the loop's thread, without two thread
                     # hops (nothing else is waiting for the loop meanwhile).
                     lone = len(batch) == 1 and not self.queue

@@ -104,8 +104,10 @@ SCHEMAS: Dict[str, Any] = {
         "items": {"type": "integer"}, "factors": {"type": "integer"},
         "max_seq": {"type": "integer"}, "device": {"type": "string"},
         "loaded_at": {"type": "number", "description": "Unix time"},
+        "pid": {"type": "integer", "description": "the server process that answered (one "
+                "of the workers with --workers)"},
     }, ["library_version", "model", "sha256", "path", "items", "factors", "max_seq",
-        "device", "loaded_at"]),
+        "device", "loaded_at", "pid"]),
 }
 
 _SESSION_ID = {"name": "session_id", "in": "path", "required": True,

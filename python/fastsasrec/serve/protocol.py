@@ -17,7 +17,7 @@ uvicorn's HTTP protocol (httptools when installed, else h11), for ``uvicorn.Conf
 from __future__ import annotations
 
 import resource
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 30.0
@@ -51,7 +51,7 @@ class _Deadlines:
     header_timeout: float = HEADER_TIMEOUT
     body_timeout: float = BODY_TIMEOUT
     max_connections: Optional[int] = None
-    closed: Dict[str, int] = {}
+    closed: Callable[[str], None] = staticmethod(lambda reason: None)
     # The connections waiting for a request head, the longest-waiting first (a dict keeps
     # its insertion order): what the cap sheds, found in O(1).
     waiting: Dict[Any, None] = {}
@@ -108,7 +108,7 @@ class _Deadlines:
         self._close("header_timeout" if phase == "head" else "body_timeout")
 
     def _close(self, reason: str) -> None:
-        self.closed[reason] = self.closed.get(reason, 0) + 1
+        self.closed(reason)
         self._wait(None)
         self._phase = "closed"
         if not self.transport.is_closing():
@@ -122,10 +122,11 @@ class _Deadlines:
 
 
 def protocol(header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_TIMEOUT,
-             max_connections: Optional[int] = None, closed: Optional[Dict[str, int]] = None) -> type:
+             max_connections: Optional[int] = None,
+             closed: Optional[Callable[[str], None]] = None) -> type:
     """uvicorn's HTTP protocol with these deadlines (seconds) and connection cap (None: the
-    default from the open-files limit); ``closed`` counts the connections closed by each
-    reason (header_timeout, body_timeout, shed, refused)."""
+    default from the open-files limit); ``closed(reason)`` is called for each connection
+    closed, by its reason (header_timeout, body_timeout, shed, refused)."""
     for name, v in (("header_timeout", header_timeout), ("body_timeout", body_timeout)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
             raise ValueError(f"{name} must be a number of seconds > 0, got {v!r}")
@@ -136,5 +137,5 @@ def protocol(header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_
     base = _base()
     return type(f"Guarded{base.__name__}", (_Deadlines, base), {
         "header_timeout": float(header_timeout), "body_timeout": float(body_timeout),
-        "max_connections": max_connections, "closed": {} if closed is None else closed,
+        "max_connections": max_connections, "closed": staticmethod(closed or (lambda reason: None)),
         "waiting": {}})

@@ -195,6 +195,8 @@ class RedisStore(Store):
         applied, evicted, held = await self._call(
             "append", lambda: self._append(keys=self._keys(sid), args=args))
         self._evicted += int(evicted)
+        if evicted and self.metrics is not None:
+            self.metrics.evicted.inc(int(evicted))
         return [_decode(b) for b in held]
 
     async def get(self, sid: str) -> Optional[Tuple[List[Any], float]]:

@@ -97,9 +97,8 @@ class Server:
         self.metrics = Metrics()
         # The protocol uvicorn runs the app with (``uvicorn_config``): deadlines on each
         # request's head and body, and the connection cap.
-        self.connections_closed: Dict[str, int] = {}
         self.http_protocol = protocol(header_timeout, body_timeout, max_connections,
-                                      self.connections_closed)
+                                      self.metrics.closed)
         self.store: Store = open_store(store, max_sessions=max_sessions, ttl=float(session_ttl),
                                        clock=clock, denylist_file=denylist_file,
                                        timeout=store_timeout, denylist_refresh=denylist_refresh,
@@ -111,6 +110,7 @@ class Server:
         self.ready = False
         self._generation = 0
         self._reload_lock: Optional[asyncio.Lock] = None
+        self.loop: Optional[asyncio.AbstractEventLoop] = None  # the loop it runs in, once started
         self._watch_task: Optional[asyncio.Task] = None
         self._load_task: Optional[asyncio.Task] = None
         self.load_error: Optional[str] = None
@@ -151,6 +151,7 @@ class Server:
         """Starts the batcher and loads (and warms) the model in the background: the server
         answers /healthz at once, and 503 "not ready" until the model is in."""
         self._reload_lock = asyncio.Lock()
+        self.loop = asyncio.get_running_loop()
         await self.store.start()
         self.batcher.start()
         self._load_task = asyncio.get_running_loop().create_task(self._initial_load())
@@ -174,6 +175,7 @@ class Server:
             self.load_error = str(e)
             return
         self.ready = True
+        self.metrics.model(self.current)
         log.info("serving %s (%d items, model %s)", self.path or "a model in memory",
                  self.current.model.n_items, self.current.tag)
         if self.watch_interval > 0 and self.path is not None:
@@ -199,16 +201,15 @@ class Server:
             try:
                 new = await loop.run_in_executor(None, self._load, path)
             except Exception as e:  # noqa: BLE001 - any failure keeps the old model
-                with self.metrics.lock:
-                    self.metrics.reloads["failed"] += 1
+                self.metrics.reloads.labels("failed").inc()
                 log.error("reload of %s failed, still serving model %s: %s", path,
                           self.current.tag if self.current else "none", e)
                 return False
             old = self.current
             self.current = new  # one assignment: a request reads it once
             self.path = path
-            with self.metrics.lock:
-                self.metrics.reloads["ok"] += 1
+            self.metrics.reloads.labels("ok").inc()
+            self.metrics.model(new)
             log.info("reloaded %s: model %s -> %s (%d items)", path, old.tag if old else "none",
                      new.tag, new.model.n_items)
             return True
@@ -258,6 +259,25 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, **kw: An
                           ws="none", **kw)
 
 
+def run_options(ssl_certfile: Optional[str] = None, ssl_keyfile: Optional[str] = None,
+                proxy_headers: bool = True, forwarded_allow_ips: Optional[str] = None) -> Dict[str, Any]:
+    """uvicorn's options for serving (``serve_app``'s keywords), the TLS files checked:
+    ValueError, in one line, when they cannot be used."""
+    if ssl_keyfile is not None and ssl_certfile is None:
+        raise ValueError(f"ssl_keyfile {ssl_keyfile!r} needs ssl_certfile (the certificate)")
+    if ssl_certfile is not None:  # said here, in one line, rather than by uvicorn's traceback
+        import ssl
+
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(ssl_certfile, ssl_keyfile)
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"cannot use ssl_certfile {ssl_certfile!r} with ssl_keyfile "
+                             f"{ssl_keyfile!r}: {e}") from None
+    return dict(log_level="info", access_log=False, timeout_graceful_shutdown=30,
+                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, proxy_headers=proxy_headers,
+                forwarded_allow_ips=forwarded_allow_ips)
+
+
 def serve_app(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
               ssl_certfile: Optional[str] = None, ssl_keyfile: Optional[str] = None,
               proxy_headers: bool = True, forwarded_allow_ips: Optional[str] = None) -> None:
@@ -269,22 +289,9 @@ def serve_app(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
     $FORWARDED_ALLOW_IPS, else 127.0.0.1).  These are uvicorn's own options."""
     import uvicorn
 
-    if ssl_keyfile is not None and ssl_certfile is None:
-        raise ValueError(f"ssl_keyfile {ssl_keyfile!r} needs ssl_certfile (the certificate)")
-    if ssl_certfile is not None:  # said here, in one line, rather than by uvicorn's traceback
-        import ssl
-
-        try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(ssl_certfile, ssl_keyfile)
-        except (OSError, ssl.SSLError) as e:
-            raise ValueError(f"cannot use ssl_certfile {ssl_certfile!r} with ssl_keyfile "
-                             f"{ssl_keyfile!r}: {e}") from None
+    options = run_options(ssl_certfile, ssl_keyfile, proxy_headers, forwarded_allow_ips)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = uvicorn_config(app, host, port, log_level="info", access_log=False,
-                            timeout_graceful_shutdown=30, ssl_certfile=ssl_certfile,
-                            ssl_keyfile=ssl_keyfile, proxy_headers=proxy_headers,
-                            forwarded_allow_ips=forwarded_allow_ips)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, host, port, **options))
     try:
         server.run()
     except KeyboardInterrupt:  # pragma: no cover - as uvicorn.run

@@ -94,8 +94,9 @@ class LocalStore(Store):
     name = "in-process"
 
     def __init__(self, max_sessions: int, ttl: float, clock: Callable[[], float] = time.monotonic,
-                 denylist_file: Optional[str] = None):
+                 denylist_file: Optional[str] = None, metrics: Any = None):
         self.sessions = SessionStore(max_sessions, ttl, clock)
+        self.metrics = metrics
         self.denylist_file = os.fspath(denylist_file) if denylist_file is not None else None
         self.denylist = ()
         if self.denylist_file is not None and os.path.exists(self.denylist_file):
@@ -112,7 +113,11 @@ class LocalStore(Store):
 
     async def append(self, sid: str, items: Sequence[Any], max_seq: int, str_ids: bool,
                      event_id: Optional[str] = None) -> List[Any]:
-        return self.sessions.append(sid, items, max_seq, str_ids, event_id)
+        before = self.sessions.evicted
+        held = self.sessions.append(sid, items, max_seq, str_ids, event_id)
+        if self.metrics is not None and self.sessions.evicted != before:
+            self.metrics.evicted.inc(self.sessions.evicted - before)
+        return held
 
     async def get(self, sid: str) -> Optional[Tuple[List[Any], float]]:
         return self.sessions.get(sid)
@@ -140,7 +145,7 @@ def open_store(url: Optional[str], *, max_sessions: int, ttl: float,
     """The store a server's ``store`` argument names: None or "memory" (in this process),
     or redis://HOST:PORT/DB (rediss:// for TLS, unix:///path.sock?db=N)."""
     if url is None or url == "memory":
-        return LocalStore(max_sessions, ttl, clock, denylist_file)
+        return LocalStore(max_sessions, ttl, clock, denylist_file, metrics)
     if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"store must be 'memory' or a redis:// URL (redis://HOST:PORT/DB), got {url!r}")
     if denylist_file is not None:
