@@ -6,12 +6,13 @@ Protocol: bench_quality.py's ``--split val`` for its "defaults" row (each sequen
 last two items to fit on, the second to last reported; the test targets are never read).
 Each variant is SASRec() with every setting "auto" but those named:
 
-    python benchmarks/bench_time_to_quality.py --dataset ml-100k --variants defaults lr3e-3_warm
+    python benchmarks/bench_time_to_quality.py --dataset ml-100k --variants defaults previous
     python benchmarks/bench_time_to_quality.py --dataset beauty --threads 1 --seeds 0 1
 
 Prints one JSON line per (variant, seed): HR@10, NDCG@10, fit seconds, and each phase's
-epochs and seconds.  ``_auto.REFIT`` ("fresh" or "continue") and ``_auto.STEPS_PATIENCE``
-are the procedure's own module settings, set here per variant.
+epochs and seconds.  The procedure's own module settings (``_auto.REFIT``,
+``REFIT_SHARE``, ``REFIT_DECAY``, ``STEPS_PATIENCE``, ``STEPS_SMOOTH``) are set here per
+variant.
 """
 from __future__ import annotations
 
@@ -27,25 +28,32 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import K, load, metrics, split  # noqa: E402
 
-# name: (SASRec parameters, _auto.REFIT, _auto.STEPS_PATIENCE or None for the default)
+# name: (SASRec parameters, the procedure's own module settings in _auto for this variant)
+PREVIOUS = {"REFIT": "fresh", "STEPS_PATIENCE": 200, "STEPS_SMOOTH": 1}  # before 2026-12-06
 VARIANTS = {
-    "defaults": ({}, "fresh", None),
-    "warm": ({}, "continue", None),
-    "lr3e-3_warm": ({"learning_rate": 3e-3}, "continue", None),
-    "lr3e-3_warm_pat100": ({"learning_rate": 3e-3}, "continue", 100),
-    "lr5e-3_warm": ({"learning_rate": 5e-3}, "continue", None),
-    "lr5e-3_warm_pat100": ({"learning_rate": 5e-3}, "continue", 100),
+    "defaults": ({}, {}),
+    "previous": ({"learning_rate": 1e-3}, PREVIOUS),
+    "previous_lr": ({}, PREVIOUS),                       # the learning-rate rule alone
+    "fresh": ({}, {"REFIT": "fresh"}),
+    "no_decay": ({}, {"REFIT_DECAY": False}),
+    "share0.2": ({}, {"REFIT_SHARE": 0.2}),
+    "lr1e-3": ({"learning_rate": 1e-3}, {}),
+    "no_smooth": ({}, {"STEPS_SMOOTH": 1}),
+    "pat200": ({}, {"STEPS_PATIENCE": 200}),
+    # the first measurements (2026-12-05): a warm refit without decay, no smoothing
+    "warm": ({"learning_rate": 1e-3}, {"STEPS_PATIENCE": 200, "STEPS_SMOOTH": 1, "REFIT_DECAY": False}),
+    "lr3e-3_warm": ({"learning_rate": 3e-3}, {"STEPS_PATIENCE": 200, "STEPS_SMOOTH": 1,
+                                              "REFIT_DECAY": False}),
 }
 
 
 def run(dataset: str, variant: str, seed: int, threads: int) -> dict:
     from fastsasrec import SASRec, _auto
 
-    params, refit, patience = VARIANTS[variant]
-    saved = (_auto.REFIT, _auto.STEPS_PATIENCE)
-    _auto.REFIT = refit
-    if patience is not None:
-        _auto.STEPS_PATIENCE = patience
+    params, settings = VARIANTS[variant]
+    saved = {k: getattr(_auto, k) for k in settings}
+    for k, v in settings.items():
+        setattr(_auto, k, v)
     try:
         seqs, _ = load(dataset)
         train, _, report = split(seqs, "val")
@@ -56,7 +64,8 @@ def run(dataset: str, variant: str, seed: int, threads: int) -> dict:
             model.fit([s for s in train if len(s) >= 2])
         seconds = time.perf_counter() - t0
     finally:
-        _auto.REFIT, _auto.STEPS_PATIENCE = saved
+        for k, v in saved.items():
+            setattr(_auto, k, v)
     ids, _ = model.recommend_batch(report[0], n=K)
     out = dict(dataset=dataset, variant=variant, seed=seed, threads=threads,
                **metrics(np.asarray(ids), report[1]), seconds=round(seconds, 1))
@@ -66,6 +75,7 @@ def run(dataset: str, variant: str, seed: int, threads: int) -> dict:
         phases[h["phase"]] = (n + 1, s + h["seconds"])
     out["phases"] = {k: [n, round(s, 1)] for k, (n, s) in phases.items()}
     out["kept_epoch"] = model.defaults_.get("iterations", {}).get("value")
+    out["learning_rate"] = model.defaults_.get("learning_rate", {}).get("value", params.get("learning_rate"))
     return out
 
 

@@ -118,7 +118,7 @@ def test_python_derives_its_engine_keys_and_types_from_the_schema():
     assert _params.PRECISIONS == tuple(BY_NAME["precision"]["choices"])
     # the engine config of a fit: only the schema's keys, each accepted by the engine
     params = dict(_params.DEFAULTS, max_seq=5, dropout=0.1, loss="gbce", negatives="uniform",
-                  n_negatives=3, factors=8)
+                  n_negatives=3, factors=8, learning_rate=1e-3)
     cfg = _params.engine_config(params, n_items=10, seed=7)
     assert set(cfg) == {"n_items", "factors", "n_heads", "n_layers", "max_seq", "dropout", "loss",
                         "n_negatives", "learning_rate", "weight_decay", "batch_size", "precision",

@@ -1,5 +1,6 @@
 """Settings chosen from the data ("auto"): each rule, explicit values winning, the
 validation slice fit carves for iterations="auto", and defaults_ saying what was chosen."""
+import math
 import warnings
 
 import numpy as np
@@ -61,11 +62,29 @@ def test_loss_and_negatives_follow_the_catalogue():
     assert _resolve(big, n_negatives=64)[0]["n_negatives"] == 64
 
 
+def test_the_learning_rate_follows_the_targets_a_batch_holds():
+    short = _sequences(3000, 500, 3, 6)    # ~4.5 targets a sequence: 576 a batch of 128
+    long = _sequences(500, 500, 60, 100)   # max_seq 100: ~79 a sequence, ~10,100 a batch
+    very_long = _sequences(500, 500, 300, 400)  # max_seq 200: 200 a sequence, 25,600 a batch
+    assert _resolve(short)[0]["learning_rate"] == _auto.LR_BASE
+    p, chosen = _resolve(long)
+    per_seq = np.mean([min(len(s), p["max_seq"] + 1) - 1 for s in long])
+    want = _auto.LR_BASE * np.sqrt(128 * per_seq / _auto.LR_TOKENS)
+    assert p["learning_rate"] == pytest.approx(want, rel=0.05) and 3e-3 < want < 3.3e-3
+    assert "training targets a batch" in chosen["learning_rate"]["why"]
+    assert _resolve(very_long)[0]["learning_rate"] == _auto.LR_MAX  # the cap
+    # the batch is what the rule reads: a quarter of the sequences a batch, half the rate
+    assert _resolve(long, batch_size=32)[0]["learning_rate"] == pytest.approx(want / 2, rel=0.05)
+    # a batch larger than the data holds only the data's sequences: 10 of ~79 targets
+    assert _resolve(long[:10])[0]["learning_rate"] == _auto.LR_BASE
+
+
 def test_explicit_values_win():
     seqs = _sequences(3000, 5000, 3, 6)
     p, chosen = _resolve(seqs, dropout=0.1, max_seq=7, loss="bce", negatives="uniform",
-                         iterations=3)
+                         iterations=3, learning_rate=0.01)
     assert (p["dropout"], p["max_seq"], p["loss"], p["negatives"]) == (0.1, 7, "bce", "uniform")
+    assert p["learning_rate"] == 0.01
     assert chosen == {}
     # logq_correction follows the negatives unless given
     p, _ = _resolve(seqs, loss="sampled_softmax", negatives="popularity")
@@ -97,20 +116,45 @@ def test_auto_iterations_stop_early_on_a_carved_slice_and_say_so():
     it = chosen["iterations"]
     plan = _auto.schedule(600, SMALL["batch_size"])
     assert 1 <= it["value"] <= it["epochs_run"] <= plan["max_epochs"]
-    # the model is the refit on everything, for the chosen epochs
-    assert it["value"] == m.best_epoch_ == len(m.loss_history_)
+    # the model is the kept epoch's weights trained REFIT_SHARE of its epochs more on everything
+    more = max(1, math.ceil(_auto.REFIT_SHARE * it["value"]))
+    assert m.best_epoch_ == len(m.loss_history_) == it["value"] + more
     assert "validation slice" in it["why"] and "500 of the 600" in it["why"]
-    assert "trained on everything" in it["why"]
+    assert f"train {more} more epochs" in it["why"] and "on everything" in it["why"]
     assert m.validation_ is not None  # compared with the most popular items on the slice
     assert set(chosen) >= {"dropout", "max_seq", "loss", "iterations"}
     assert m.fitted_params_["iterations"] == "auto"  # as given; defaults_ has the choice
 
 
 @RANDOM_DATA
-def test_auto_iterations_are_early_stopping_on_the_slice_exactly():
-    """fit with iterations="auto" is the two fits a user would write by hand: the slice's
-    last items held out of training, the slice as validation, the schedule's patience and
-    cap; then a fresh fit on everything for the epoch that won."""
+def test_early_stopping_on_the_slice_watches_a_running_mean_where_epochs_are_few_steps():
+    """600 sequences in batches of 64: 10 steps an epoch, so the slice's score is averaged
+    over round(STEPS_SMOOTH / 10) epochs; the kept epoch ends the best run, and training
+    stops a patience of epochs after it."""
+    seqs = _sequences(600, 80, 4, 12, seed=1)
+    m = SASRec(**SMALL).fit(seqs)
+    plan = _auto.schedule(600, SMALL["batch_size"])
+    w = plan["smooth"]
+    assert w == round(_auto.STEPS_SMOOTH / 10) > 1
+    sl = [e for e in m.history_ if e["phase"] == "slice"]
+    raw = np.array([e["val_NDCG@10"] for e in sl])
+    mean = np.array([raw[max(0, i - w + 1):i + 1].mean() for i in range(raw.size)])
+    np.testing.assert_allclose([e["val_NDCG@10_smoothed"] for e in sl], mean, rtol=1e-12)
+    kept = m.defaults_["iterations"]["value"]
+    assert kept == 1 + int(np.argmax(mean))  # the first of equal means
+    assert len(sl) == min(kept + plan["patience"], plan["max_epochs"])
+    assert f"averaged over the last {w} epochs" in m.defaults_["iterations"]["why"]
+    # where an epoch is many steps, each epoch's own score
+    assert _auto.schedule(64 * 100, 64)["smooth"] == 1
+
+
+@RANDOM_DATA
+def test_auto_iterations_are_early_stopping_on_the_slice_exactly(monkeypatch):
+    """With _auto.REFIT = "fresh", fit with iterations="auto" is the two fits a user would
+    write by hand: the slice's last items held out of training, the slice as validation,
+    the schedule's patience and cap; then a fresh fit on everything for the epoch that won."""
+    monkeypatch.setattr(_auto, "REFIT", "fresh")
+    monkeypatch.setattr(_auto, "STEPS_SMOOTH", 1)  # each epoch's own score, as fit(validation=) watches
     seqs = _sequences(600, 80, 4, 12, seed=2)
     auto = SASRec(**SMALL).fit(seqs)
     flat = flatten_sequences(seqs, "s")
@@ -181,17 +225,20 @@ def test_defaults_survive_save_and_load(tmp_path):
 
 @RANDOM_DATA
 @pytest.mark.parametrize("phase", ["slice", "refit"])
-def test_an_auto_fit_resumes_from_either_phase(tmp_path, phase):
+def test_an_auto_fit_resumes_from_either_phase(tmp_path, phase, monkeypatch):
     """A checkpoint copied during early stopping on the slice, or during the refit on
     everything, resumes to the weights of the uninterrupted fit."""
     import shutil
 
+    monkeypatch.setattr(_auto, "REFIT_SHARE", 0.5)  # a refit of several epochs
     seqs = _sequences(600, 80, 4, 12, seed=9)
     ck = tmp_path / "job.ckpt"
     side = tmp_path / "copy.ckpt"
+    seen = []
 
-    def copy_once(model, epoch, logs):
-        if (("val_NDCG@10" in logs) == (phase == "slice")) and epoch == 2 and not side.exists():
+    def copy_once(model, epoch, logs):  # after the phase's second epoch
+        seen.append(logs["phase"])
+        if seen.count(phase) == 2 and logs["phase"] == phase and not side.exists():
             shutil.copy(ck, side)
 
     whole = SASRec(**SMALL).fit(seqs, checkpoint=ck, callbacks=[copy_once])
@@ -203,15 +250,17 @@ def test_an_auto_fit_resumes_from_either_phase(tmp_path, phase):
 
 @RANDOM_DATA
 def test_a_warm_refit_is_the_slice_fit_then_partial_fit(monkeypatch, tmp_path):
-    """_auto.REFIT = "continue" (measured beside the fresh refit by
-    benchmarks/bench_time_to_quality.py; not the default): the slice's best weights train
-    ceil(REFIT_SHARE x kept) more epochs on everything, exactly as partial_fit would, and a
-    checkpoint copied during those epochs resumes to the same weights."""
+    """The default refit (_auto.REFIT = "continue"), its decay aside: the slice's best
+    weights train ceil(REFIT_SHARE x kept) more epochs on everything, exactly as partial_fit would on the
+    early-stopped model whose history ends at its kept epoch, and a checkpoint copied during
+    those epochs resumes to the same weights."""
+    import dataclasses
     import math
     import shutil
 
-    monkeypatch.setattr(_auto, "REFIT", "continue")
     monkeypatch.setattr(_auto, "REFIT_SHARE", 0.5)
+    monkeypatch.setattr(_auto, "STEPS_SMOOTH", 1)  # each epoch's own score, as fit(validation=) watches
+    monkeypatch.setattr(_auto, "REFIT_DECAY", False)  # partial_fit's constant rate (decay: below)
     seqs = _sequences(600, 80, 4, 12, seed=2)
     ck = tmp_path / "job.ckpt"
     copies = []  # the checkpoint as early stopping fired, then after the first refit epoch
@@ -225,7 +274,7 @@ def test_a_warm_refit_is_the_slice_fit_then_partial_fit(monkeypatch, tmp_path):
     kept = auto.defaults_["iterations"]["value"]
     more = max(1, math.ceil(0.5 * kept))
     assert auto.best_epoch_ == kept + more and "more epochs" in auto.defaults_["iterations"]["why"]
-    assert [e["phase"] for e in auto.history_].count("refit") == more
+    assert [e["epoch"] for e in auto.history_ if e["phase"] == "refit"] == list(range(kept + 1, kept + more + 1))
     carved = _auto.carve_slice(flatten_sequences(seqs, "s").lengths, SMALL["random_state"])
     plan = _auto.schedule(len(seqs), SMALL["batch_size"])
     chosen = {k: v["value"] for k, v in auto.defaults_.items() if k != "iterations"}
@@ -233,6 +282,9 @@ def test_a_warm_refit_is_the_slice_fit_then_partial_fit(monkeypatch, tmp_path):
     by_hand = SASRec(**dict(SMALL, **chosen, iterations=plan["max_epochs"])).fit(
         train, validation=[seqs[i] for i in carved], early_stopping_patience=plan["patience"])
     assert by_hand.best_epoch_ == kept
+    # the kept model's lineage: epochs 1..kept (the weights early stopping restored)
+    by_hand._state = dataclasses.replace(by_hand._state,
+                                         loss_history=by_hand._state.loss_history[:kept])
     by_hand.partial_fit(seqs, epochs=more)
     np.testing.assert_array_equal(by_hand._engine.get_params(), auto._engine.get_params())
     assert len(copies) == min(2, more)
@@ -243,3 +295,39 @@ def test_a_warm_refit_is_the_slice_fit_then_partial_fit(monkeypatch, tmp_path):
         untimed = [[{k: v for k, v in e.items() if k not in ("seconds", "tokens_per_s")} for e in m.history_]
                    for m in (again, auto)]
         assert untimed[0] == untimed[1]
+
+
+@RANDOM_DATA
+def test_the_refit_decays_the_learning_rate_to_zero_and_resumes_with_it(monkeypatch, tmp_path):
+    """Each refit epoch trains at learning_rate x (more - j + 0.5) / more (j = 1..more: a
+    linear decay to zero, each epoch at its midpoint); the rate is whole again after fit
+    (partial_fit trains at it), and a checkpoint copied mid-refit resumes to the same weights
+    (the schedule is in the checkpoint)."""
+    import shutil
+
+    monkeypatch.setattr(_auto, "REFIT_SHARE", 3.0)  # a refit of several epochs, whatever is kept
+    seqs = _sequences(600, 80, 4, 12, seed=2)
+    ck, side = tmp_path / "job.ckpt", tmp_path / "copy.ckpt"
+    scales = {}
+
+    def watch(model, epoch, logs):
+        scales[(logs["phase"], epoch)] = model._state.engine.lr_scale
+        if logs["phase"] == "refit" and not side.exists():
+            shutil.copy(ck, side)
+
+    auto = SASRec(**SMALL).fit(seqs, checkpoint=ck, callbacks=[watch])
+    kept = auto.defaults_["iterations"]["value"]
+    more = auto.best_epoch_ - kept
+    assert more >= 3
+    refit = [scales[("refit", kept + j)] for j in range(1, more + 1)]
+    np.testing.assert_allclose(refit, [(more - j + 0.5) / more for j in range(1, more + 1)], rtol=1e-6)
+    assert all(v == 1.0 for (phase, _), v in scales.items() if phase == "slice")
+    assert auto._state.engine.lr_scale == 1.0
+    # without the decay the same fit ends elsewhere
+    monkeypatch.setattr(_auto, "REFIT_DECAY", False)
+    flat = SASRec(**SMALL).fit(seqs)
+    assert flat.best_epoch_ == auto.best_epoch_
+    assert not np.array_equal(flat._engine.get_params(), auto._engine.get_params())
+    monkeypatch.setattr(_auto, "REFIT_DECAY", True)
+    again = SASRec(**SMALL).fit(seqs, checkpoint=tmp_path / "again.ckpt", resume=side)
+    np.testing.assert_array_equal(again._engine.get_params(), auto._engine.get_params())

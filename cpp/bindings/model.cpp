@@ -133,6 +133,9 @@ void bind_model(py::module_& m) {
         return s.forward_backward(b, train, grad, step);
       }, py::arg("items"), py::arg("targets"), py::arg("pos"), py::arg("cu"), py::arg("negatives"), py::arg("train"), py::arg("grad"), py::arg("step"))
       .def("optimizer_step", &Model::optimizer_step)
+      .def("set_lr_scale", &Model::set_lr_scale, py::arg("scale"),
+           "learning_rate's multiplier for the steps that follow (1 as built; not saved)")
+      .def_property_readonly("lr_scale", &Model::lr_scale)
       .def("session_states", [](Model& s, py::object items, py::object offsets) {
         auto it = arr<int32_t>(items, "items", 1);
         auto off = arr<int64_t>(offsets, "offsets", 1);

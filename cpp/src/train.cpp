@@ -149,16 +149,22 @@ double Model::forward_backward(const HostBatch& batch, bool train, bool grad, in
 
 // One pass over the arena; the feature table, after the undecayed tensors, takes a pass of
 // its own with its weight decay (AdamW is elementwise: the split changes nothing else).
+void Model::set_lr_scale(float s) {
+  FSR_REQUIRE(std::isfinite(s) && s > 0.f, "lr_scale must be a finite number > 0, got ", s);
+  std::lock_guard<std::mutex> lock(mu_);
+  lr_scale_ = s;
+}
+
 void Model::optimizer_step() {
   ++step_;
   weights_changed();
+  const float lr = cfg_.learning_rate * lr_scale_;
   be_->adamw_step(params_->f(), grads_->f(), m_->f(), v_->f(), off_F_, n_decay_,
-                  cfg_.learning_rate, cfg_.beta1, cfg_.beta2, cfg_.adam_eps, cfg_.weight_decay,
-                  step_);
+                  lr, cfg_.beta1, cfg_.beta2, cfg_.adam_eps, cfg_.weight_decay, step_);
   const size_t n_F = n_params_ - off_F_;
   if (n_F)
     be_->adamw_step(params_->f() + off_F_, grads_->f() + off_F_, m_->f() + off_F_,
-                    v_->f() + off_F_, n_F, n_F, cfg_.learning_rate, cfg_.beta1, cfg_.beta2,
+                    v_->f() + off_F_, n_F, n_F, lr, cfg_.beta1, cfg_.beta2,
                     cfg_.adam_eps, cfg_.weight_decay, step_);
 }
 

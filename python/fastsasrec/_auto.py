@@ -26,14 +26,25 @@ validation targets of MovieLens 100K, Amazon Beauty and Sports and the synthetic
 - ``negatives``: the sampled softmax's ``mixed`` negatives (half from the batch's
   targets, half uniform) with the logQ correction; ``n_negatives``: 1,024 for it (95% of
   the full softmax's NDCG@10 on Beauty at 38% of its time), 256 for gbce (the paper's).
+- ``learning_rate``: from the training targets a batch holds (batch_size sequences times
+  the mean targets a sequence gives, at most max_seq): AdamW's 1e-3 at 1,024 or fewer,
+  growing with the square root of the targets above (the square-root rule for adaptive
+  optimizers' batch size), at most 4e-3.  A batch of many long sequences is a big, quiet
+  gradient that takes a longer step: MovieLens 100K (about 10,000 targets a batch, 8
+  batches an epoch) reached the same validation NDCG@10 at 3e-3 in 40% of the epochs of
+  1e-3, while Amazon Beauty (about 1,000 a batch, 175 batches an epoch) lost 5% at 3e-3
+  and keeps 1e-3.
 - ``iterations``: early stopping on a validation slice (see ``carve_slice``), at most
-  ``max_epochs`` epochs, patience from the batches an epoch holds; then fit trains a
-  fresh model on everything for the winning number of epochs (the held-out items are
-  each sequence's most recent: on MovieLens 100K's validation targets the refit scored
-  0.117 against 0.110 for the early-stopped weights).  ``REFIT = "continue"`` instead lets
-  the slice's best weights train ``REFIT_SHARE`` of their epochs more on everything (the
-  slice fit, then partial_fit): measured beside the fresh refit by
-  benchmarks/bench_time_to_quality.py, not yet the default.
+  ``max_epochs`` epochs, patience from the batches an epoch holds (about 100 optimizer
+  steps, at least 5 epochs), the score it watches averaged over about 40 steps' epochs
+  (where an epoch is a few steps, neighbouring epochs differ by noise more than by
+  learning); then the best epoch's weights train a fifth of their epochs more on
+  everything (the held-out items are each sequence's most recent, which the next-item task
+  leans on most), the learning rate decaying linearly to zero over those epochs.  Against
+  training a fresh model on everything for the winning number of epochs (``REFIT =
+  "fresh"``) that is a fraction of the time; the decay and the fifth (against a tenth at a
+  constant rate) were chosen on MovieLens 100K's validation targets.  Measured by
+  benchmarks/bench_time_to_quality.py (BENCHMARKS.md, "Time to quality").
 """
 from __future__ import annotations
 
@@ -46,11 +57,21 @@ SOFTMAX_MAX_ITEMS = 20000
 MAX_SEQ_CAP = 200           # the longest window "auto" chooses
 RICH, POOR = 256.0, 64.0   # events per item of dropout 0.2 and 0.5
 SLICE_MIN_USERS = 100       # fewer eligible sequences: no slice, a fixed number of epochs
-STEPS_PATIENCE = 200        # optimizer steps without improvement before stopping
+LR_BASE, LR_TOKENS, LR_MAX = 1e-3, 1024, 4e-3  # learning_rate: 1e-3 at 1,024 targets a batch,
+#                             growing with the square root of the targets a batch holds, to 4e-3
+STEPS_PATIENCE = 100        # optimizer steps without improvement before stopping
+STEPS_SMOOTH = 40           # early stopping watches the mean score of about this many steps
 STEPS_MAX = 30000           # at most this many optimizer steps (and 50..1000 epochs)
 STEPS_FIXED = 1500          # without a slice: about this many steps (20..200 epochs)
-REFIT = "fresh"             # after the slice: "fresh" (a new model for the best epoch count)
-REFIT_SHARE = 0.1           # or "continue": the best weights, this share of its epochs more
+REFIT = "continue"          # after the slice: "continue" (the best weights, REFIT_SHARE of
+REFIT_SHARE = 0.2           # their epochs more on everything) or "fresh" (a new model)
+REFIT_DECAY = True          # the continued refit's learning rate decays linearly to zero
+
+
+def refit_lr_scale(epoch: int, kept: int, more: int) -> float:
+    """learning_rate's multiplier in epoch ``epoch`` (kept+1..kept+more) of a continued
+    refit: linear decay to zero over its epochs, each epoch at its midpoint's value."""
+    return (more - (epoch - kept) + 0.5) / more
 
 
 def _why(value: Any, why: str) -> Dict[str, Any]:
@@ -78,6 +99,16 @@ def resolve(params: Dict[str, Any], lengths: np.ndarray, n_items: int
         out["max_seq"] = m
         chosen["max_seq"] = _why(m, f"90th percentile of sequence lengths {p90:.0f}, rounded up "
                                     f"to 10, within 10..{MAX_SEQ_CAP}")
+    if params["learning_rate"] == "auto":
+        window = int(out["max_seq"])
+        per_seq = float(np.mean(np.clip(np.minimum(lengths, window + 1) - 1, 0, None))) if n_seq else 1.0
+        batch = max(1.0, min(n_seq, int(params["batch_size"])) * per_seq)
+        lr = float(min(LR_MAX, LR_BASE * max(1.0, math.sqrt(batch / LR_TOKENS))))
+        lr = float(f"{lr:.2g}")
+        out["learning_rate"] = lr
+        chosen["learning_rate"] = _why(lr, f"{batch:,.0f} training targets a batch: {LR_BASE:g} at "
+                                           f"<= {LR_TOKENS:,}, growing with the square root of the "
+                                           f"targets a batch holds, at most {LR_MAX:g}")
     if params["loss"] == "auto":
         loss = "softmax" if n_items <= SOFTMAX_MAX_ITEMS else "sampled_softmax"
         out["loss"] = loss
@@ -114,10 +145,13 @@ def carve_slice(lengths: np.ndarray, seed: int) -> Optional[np.ndarray]:
 
 def schedule(n_seq: int, batch_size: int) -> Dict[str, int]:
     """Epoch counts from the optimizer steps an epoch takes: patience and the cap of early
-    stopping, and the fixed count used without a slice."""
+    stopping, the epochs whose mean score it watches (where an epoch is a few steps, the
+    slice's scores of neighbouring epochs differ by noise more than by learning), and the
+    fixed count used without a slice."""
     batches = max(1, math.ceil(n_seq / batch_size))
     return {
         "patience": max(5, math.ceil(STEPS_PATIENCE / batches)),
+        "smooth": max(1, round(STEPS_SMOOTH / batches)),
         "max_epochs": min(1000, max(50, math.ceil(STEPS_MAX / batches))),
         "fixed": min(200, max(20, math.ceil(STEPS_FIXED / batches))),
     }

@@ -34,7 +34,7 @@ PRECISIONS = tuple(ENGINE["precision"]["choices"])
 DEFAULTS: Dict[str, Any] = {
     "factors": 64, "n_layers": 2, "n_heads": 1, "max_seq": "auto", "dropout": "auto",
     "loss": "auto", "negatives": "auto", "logq_correction": None, "n_negatives": "auto",
-    "gbce_t": 0.75, "learning_rate": 1e-3, "weight_decay": 0.0, "batch_size": 128,
+    "gbce_t": 0.75, "learning_rate": "auto", "weight_decay": 0.0, "batch_size": 128,
     "iterations": "auto", "device": "auto", "random_state": 42, "verbose": 0, "num_threads": 0,
     "precision": "fp32", "feature_pooling": "mean", "feature_buckets": 10,
 }
@@ -51,7 +51,7 @@ _CHOICES = {name: (("auto",) if name in AUTO else ()) + tuple(ENGINE[name]["choi
             for name, (kind, _) in PARAMS.items() if kind == "choice"}
 # What the engine's range check sees for "auto" before the data is known.
 _AUTO_PLACEHOLDER = {"max_seq": 50, "dropout": 0.3, "loss": "softmax", "negatives": "uniform",
-                     "n_negatives": 256}
+                     "n_negatives": 256, "learning_rate": 1e-3}
 _PYTHON_ONLY_MIN = {"iterations": 0, "verbose": 0, "feature_buckets": 1}  # the engine never sees these
 _PYTHON_ONLY_MAX = {"feature_buckets": 1000}
 

@@ -456,6 +456,14 @@ def _int_field(meta: Dict[str, Any], key: str, path: str, lo: int = 0) -> int:
     return x
 
 
+def _valid_decay(refit: Dict[str, Any]) -> bool:
+    """A refit's decay_from, where present: the kept epoch count it decays after."""
+    if "decay_from" not in refit:
+        return True
+    d = refit["decay_from"]
+    return isinstance(d, int) and not isinstance(d, bool) and 0 <= d < refit["epochs"]
+
+
 def load_checkpoint(path: "os.PathLike[str] | str") -> Dict[str, Any]:
     """What a checkpoint holds, checked: ``params`` (the fit's), ``config``, ``arrays``
     (params, m, v, item_ids, popularity, best_params when saved), ``step``, ``epoch``,
@@ -486,7 +494,8 @@ def load_checkpoint(path: "os.PathLike[str] | str") -> Dict[str, Any]:
     refit = meta.get("refit")
     if refit is not None and not (isinstance(refit, dict) and isinstance(refit.get("epochs"), int)
                                   and not isinstance(refit["epochs"], bool) and refit["epochs"] >= 1
-                                  and isinstance(refit.get("chosen"), dict)):
+                                  and isinstance(refit.get("chosen"), dict)
+                                  and _valid_decay(refit)):
         raise ValueError(f"path {path!r}: invalid refit {refit!r}")
     return dict(params=_params_of(meta, path), config=config, arrays=arrays,
                 step=_int_field(meta, "step", path), epoch=epoch, loss_history=loss_history,

@@ -3,9 +3,9 @@ with a carriage return on a terminal), the plain per-epoch lines of a log, each 
 closing line and the phase times of a history.
 
 A fit has up to two phases (the ``phase`` field of ``history_``): "slice", early stopping
-on a slice fit holds out itself, which chooses the epoch count; "refit", a fresh model
-trained on everything for that count; "train", any other training (fixed epochs, or
-early stopping on validation data given by the caller).
+on a slice fit holds out itself, which chooses the epoch count; "refit", the kept
+weights trained a fifth of that count more on everything (the rate decaying to zero); "train", any other training
+(fixed epochs, or early stopping on validation data given by the caller).
 """
 from __future__ import annotations
 
@@ -99,6 +99,8 @@ class Watch:
         score = short = ""
         if "val_NDCG@10" in logs:
             score = short = f"NDCG@10 {logs['val_NDCG@10']:.4f}"
+            if "val_NDCG@10_smoothed" in logs:  # what early stopping watches: a running mean
+                score = short = score + f", mean {logs['val_NDCG@10_smoothed']:.4f}"
             if best is not None:
                 score += f" (best {best[0]:.4f} at epoch {best[1]})"
                 short += f" (best {best[0]:.4f})"

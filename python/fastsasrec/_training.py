@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -249,7 +249,7 @@ def _fit(model: Any, sequences: Sequences, validation=None, early_stopping_patie
                                feats.space.size if feats is not None else 0)
         engine = _with_features(_core.Model(config, resolve_device(params["device"], config),
                                             threads=params["num_threads"]), feats)
-    iterations, carved = params["iterations"], None
+    iterations, carved, plan = params["iterations"], None, None
     full = (internal, offsets)
     if refit_ck is not None:  # the slice was done: continue the refit on everything
         iterations = int(refit_ck["epochs"])
@@ -279,15 +279,18 @@ def _fit(model: Any, sequences: Sequences, validation=None, early_stopping_patie
                     read_only(counts.astype(np.int64)), features=feats)
     if refit_ck is not None:
         state = train(model, state, *full, iterations, None, None, callbacks, start, checkpoint,
-                      checkpoint_every, fingerprint, extra={"refit": refit_ck}, phase="refit")
+                      checkpoint_every, fingerprint, extra={"refit": refit_ck}, phase="refit",
+                      lr_scale=_refit_decay(refit_ck))
         chosen["iterations"] = dict(refit_ck["chosen"])
         kept = refit_ck.get("trained")  # a warm refit's epochs of training in all
         if isinstance(kept, int) and not isinstance(kept, bool) and not state.interrupted:
             state = dataclasses.replace(state, best_epoch=kept)
         return dataclasses.replace(state, defaults=chosen)
+    smooth = plan["smooth"] if carved is not None else 1
     state = train(model, state, internal, offsets, iterations, validation,
                   early_stopping_patience, callbacks, start, checkpoint,
-                  checkpoint_every, fingerprint, phase="train" if carved is None else "slice")
+                  checkpoint_every, fingerprint, phase="train" if carved is None else "slice",
+                  smooth=smooth)
     if params["iterations"] == "auto" and "iterations" not in chosen:
         ran, kept = len(state.loss_history), state.best_epoch
         source = (f"a validation slice: the last items of {carved.size} of the {lengths.size} "
@@ -297,27 +300,30 @@ def _fit(model: Any, sequences: Sequences, validation=None, early_stopping_patie
             after = "; the best epoch's weights are kept"
         elif _auto.REFIT == "continue":
             after = (f"; then the best epoch's weights train {max(1, math.ceil(_auto.REFIT_SHARE * kept))} "
-                     f"more epochs ({_auto.REFIT_SHARE:.0%} of {kept}) on everything, the held-out "
-                     "items included: they are each sequence's most recent items, which the "
-                     "next-item task leans on most")
+                     f"more epochs ({_auto.REFIT_SHARE:.0%} of {kept}) on everything"
+                     + (", the learning rate decaying linearly to zero" if _auto.REFIT_DECAY else "")
+                     + ", the held-out items included: they are each sequence's most recent "
+                     "items, which the next-item task leans on most")
         else:
             after = ("; then a fresh model (same seed) is trained on everything, the held-out "
                      f"items included, for those {kept} epochs: they are each sequence's most "
                      "recent items, which the next-item task leans on most")
         chosen["iterations"] = {"value": kept, "epochs_run": ran, "why": (
-            f"early stopping on {source} (NDCG@10 after each epoch, patience "
-            f"{early_stopping_patience} epochs, at most {iterations}){after}")}
+            f"early stopping on {source} (NDCG@10 after each epoch"
+            + (f", averaged over the last {smooth} epochs" if smooth > 1 else "")
+            + f", patience {early_stopping_patience} epochs, at most {iterations}){after}")}
         if carved is not None and not state.interrupted and _auto.REFIT == "continue":
-            # The best epoch's weights (restored) go on learning on everything.
+            # The best epoch's weights (restored) go on learning on everything: the kept
+            # model's lineage is the slice's epochs 1..kept, then kept+1..kept+more.
             more = max(1, math.ceil(_auto.REFIT_SHARE * kept))
-            total = len(state.loss_history) + more
-            refit = {"epochs": total, "chosen": chosen["iterations"], "trained": kept + more}
-            again = train(model, state, *full, total, None, None, callbacks,
-                          _Progress(losses=list(state.loss_history), history=list(state.history)),
+            refit = {"epochs": kept + more, "chosen": chosen["iterations"], "trained": kept + more}
+            if _auto.REFIT_DECAY:
+                refit["decay_from"] = kept
+            again = train(model, state, *full, kept + more, None, None, callbacks,
+                          _Progress(losses=list(state.loss_history[:kept]), history=list(state.history)),
                           checkpoint, checkpoint_every, fingerprint, extra={"refit": refit},
-                          phase="refit")
-            state = dataclasses.replace(again, validation=state.validation,
-                                        best_epoch=kept + more if not again.interrupted else again.best_epoch)
+                          phase="refit", lr_scale=_refit_decay(refit))
+            state = dataclasses.replace(again, validation=state.validation)
         elif carved is not None and not state.interrupted:
             refit = {"epochs": kept, "chosen": chosen["iterations"]}
             fresh = _with_features(_core.Model(config, resolve_device(params["device"], config),
@@ -331,15 +337,28 @@ def _fit(model: Any, sequences: Sequences, validation=None, early_stopping_patie
             state = dataclasses.replace(again, validation=state.validation)
     return dataclasses.replace(state, defaults=chosen)
 
+def _refit_decay(refit: Dict[str, Any]) -> Optional[Callable[[int], float]]:
+    """The continued refit's learning-rate schedule (epoch -> multiplier), or None."""
+    kept = refit.get("decay_from")
+    if not isinstance(kept, int) or isinstance(kept, bool):
+        return None
+    more = int(refit["epochs"]) - kept
+    return lambda epoch: _auto.refit_lr_scale(epoch, kept, more)
+
+
 def train(model: Any, state: Fitted, internal, offsets, total: int, validation=None,
            patience=None, callbacks=None, start: "Optional[_Progress]" = None,
            checkpoint=None, every: int = 1, fingerprint=None,
            extra: Optional[Dict[str, Any]] = None, phase: str = "train",
-           verbose: Optional[int] = None) -> Fitted:
+           verbose: Optional[int] = None, smooth: int = 1,
+           lr_scale: Optional[Callable[[int], float]] = None) -> Fitted:
     """Trains ``state``'s engine, which no one else sees yet, until ``total`` epochs are
     done (``start``: those done before, and the early-stopping state; ``phase``: the
     history's and the progress line's name of this training; ``verbose``: the progress
-    shown, by default the fit's parameter), and returns the
+    shown, by default the fit's parameter; ``smooth``: early stopping watches the mean of
+    the phase's last ``smooth`` validation scores, logged as ``val_NDCG@10_smoothed``, and
+    keeps the weights of the epoch that ends the best run of them; ``lr_scale``: epoch ->
+    learning_rate's multiplier in it, 1 again after), and returns the
     snapshot to publish: the fit's record filled in, the best epoch's weights restored.
     Raises, with nothing published, when the loss or the weights are not finite, or on
     Ctrl-C before an epoch of this call is done."""
@@ -376,6 +395,8 @@ def train(model: Any, state: Fitted, internal, offsets, total: int, validation=N
         done = patience is not None and run.best_params is not None and run.since_best >= patience
         while len(run.losses) < total and not done:
             epoch = len(run.losses) + 1
+            if lr_scale is not None:
+                engine.set_lr_scale(lr_scale(epoch))
             t0 = time.perf_counter()
             loss = engine.train_epoch(internal, offsets, epoch - 1, check_signals=check_signals)
             dt = time.perf_counter() - t0
@@ -390,6 +411,11 @@ def train(model: Any, state: Fitted, internal, offsets, total: int, validation=N
                 val = _metrics.evaluate(model._view(record()), validation, k=10)
                 logs.update({f"val_{k}": v for k, v in val.items() if k.endswith("@10")})
                 score = val["NDCG@10"]
+                if smooth > 1:  # the phase's earlier scores are in the history, resumed too
+                    last = [h["val_NDCG@10"] for h in run.history
+                            if h.get("phase") == phase and "val_NDCG@10" in h][-(smooth - 1):]
+                    score = float(np.mean(last + [score]))
+                    logs["val_NDCG@10_smoothed"] = score
                 if score > run.best_score:
                     run.best_score, run.best_epoch, run.since_best = score, epoch, 0
                     run.best_params = engine.get_params()
@@ -419,6 +445,8 @@ def train(model: Any, state: Fitted, internal, offsets, total: int, validation=N
         save_checkpoint()
     finally:
         watch.close()
+        if lr_scale is not None:
+            engine.set_lr_scale(1.0)
     if run.best_params is not None and run.best_epoch != len(run.losses):
         engine.set_params(run.best_params)
     if not _all_finite(engine.get_params()):

@@ -395,7 +395,8 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--heads", type=int, help="attention heads (default: 1)")
     t.add_argument("--dropout", type=_auto_or(float), metavar="P|auto",
                    help="default: auto, from the data's density")
-    t.add_argument("--lr", type=float, help="learning rate (default: 0.001)")
+    t.add_argument("--lr", type=_auto_or(float), metavar="LR|auto",
+                   help="learning rate (default: auto, from the training targets a batch holds)")
     t.add_argument("--batch-size", type=int, help="default: 128")
     t.add_argument("--seed", type=int, help="random seed (default: 42)")
     t.add_argument("--threads", type=int, help="CPU threads (default: 0, all cores)")

@@ -82,8 +82,12 @@ class SASRec(FittedAttributes, NotebookCompat):
         smaller than the catalogue.  ``auto``: 1,024 for sampled_softmax, 256 for gbce.
     gbce_t : float
         ``gbce``'s calibration in [0, 1] (0: plain binary cross-entropy; the paper's 0.75).
-    learning_rate, weight_decay : float
-        AdamW settings (betas 0.9 / 0.98); weight decay applies to matrices and embeddings.
+    learning_rate : float or "auto"
+        AdamW's learning rate (betas 0.9 / 0.98).  ``auto``: 1e-3 up to 1,024 training
+        targets a batch, growing with the square root of the targets a batch holds above
+        that, at most 4e-3 (long sequences make big batches: MovieLens 100K gets 3.2e-3).
+    weight_decay : float
+        AdamW's weight decay; it applies to matrices and embeddings.
     batch_size : int
         Sequences per training step.
     iterations : int or "auto"
@@ -91,9 +95,10 @@ class SASRec(FittedAttributes, NotebookCompat):
         items, every position being a target.  ``auto``: early stopping.  Without
         ``validation``, fit holds out the last item of a sample of sequences (as many as 2%
         of the events, 500 to 5,000 sequences), scores NDCG@10 on them after each epoch,
-        stops after a patience of about 200 optimizer steps without improvement, then
-        trains a fresh model on everything (the held-out items included) for the best
-        epoch's count.  With fewer than 100 sequences of 3 or more items, a fixed
+        stops after a patience of about 100 optimizer steps (at least 5 epochs) without
+        improvement (the score averaged over about 40 steps' epochs), then trains the
+        best epoch's weights a fifth of its epochs more on everything (the held-out items
+        included), the learning rate decaying linearly to zero.  With fewer than 100 sequences of 3 or more items, a fixed
         count of about 1,500 steps (20..200 epochs).
     device : {"auto", "cpu", "cuda", "cuda:N"}
         ``auto`` picks the GPU when the CUDA backend is compiled in and a GPU is usable;
@@ -143,7 +148,7 @@ class SASRec(FittedAttributes, NotebookCompat):
         logq_correction: Optional[bool] = DEFAULTS["logq_correction"],
         n_negatives: int = DEFAULTS["n_negatives"],
         gbce_t: float = DEFAULTS["gbce_t"],
-        learning_rate: float = DEFAULTS["learning_rate"],
+        learning_rate: "float | str" = DEFAULTS["learning_rate"],
         weight_decay: float = DEFAULTS["weight_decay"],
         batch_size: int = DEFAULTS["batch_size"],
         iterations: "int | str" = DEFAULTS["iterations"],

@@ -67,7 +67,17 @@ def chosen_epoch(history: Sequence[Dict[str, Any]]) -> Optional[int]:
     scored = [h for h in last if "val_NDCG@10" in h]
     if phase == "refit" or not scored:
         return int(last[-1]["epoch"])
-    return int(max(scored, key=lambda h: (h["val_NDCG@10"], -h["epoch"]))["epoch"])
+    return int(_best(scored)["epoch"])
+
+
+def _watched(h: Dict[str, Any]) -> float:
+    """The score early stopping watched at an epoch: the running mean where it kept one."""
+    return h.get("val_NDCG@10_smoothed", h["val_NDCG@10"])
+
+
+def _best(scored: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """The epoch early stopping kept: the best watched score, the first of equals."""
+    return max(scored, key=lambda h: (_watched(h), -h["epoch"]))
 
 
 def _figure_classes():
@@ -108,9 +118,15 @@ def plot_history(history: Sequence[Dict[str, Any]], path: "Optional[os.PathLike[
         if scored and val:
             axes[1].plot([h["epoch"] for h in val], [h["val_NDCG@10"] for h in val],
                          label=_LABELS.get(phase, phase), **style)
-            best = max(val, key=lambda h: (h["val_NDCG@10"], -h["epoch"]))
-            axes[1].plot([best["epoch"]], [best["val_NDCG@10"]], "o", color=style["color"],
-                         markersize=6, label=f"best {best['val_NDCG@10']:.4f} (epoch {best['epoch']})")
+            smoothed = [h for h in val if "val_NDCG@10_smoothed" in h]
+            if smoothed:  # the running mean early stopping watched
+                axes[1].plot([h["epoch"] for h in smoothed], [h["val_NDCG@10_smoothed"] for h in smoothed],
+                             color=style["color"], linewidth=2.4, alpha=0.45,
+                             label=f"{_LABELS.get(phase, phase)}, running mean")
+            best = _best(val)
+            what = "best mean" if smoothed else "best"
+            axes[1].plot([best["epoch"]], [_watched(best)], "o", color=style["color"],
+                         markersize=6, label=f"{what} {_watched(best):.4f} (epoch {best['epoch']})")
             after = val[-1]["epoch"] - best["epoch"]
             if phase == "slice" and after > 0:  # the epochs without gain that stopped it
                 axes[1].axvspan(best["epoch"], val[-1]["epoch"], color="0.85", alpha=0.6,

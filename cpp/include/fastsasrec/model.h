@@ -145,8 +145,14 @@ class Model {
   // counts as train_epoch sets them: each sequence's last min(n - 1, max_seq) items.
   std::vector<int64_t> target_counts(const int32_t* items, const int64_t* offsets,
                                      int64_t n_seq) const;
-  // AdamW over the whole arena with the gradients of the last forward_backward.
+  // AdamW over the whole arena with the gradients of the last forward_backward, at
+  // learning_rate x lr_scale.
   void optimizer_step();
+  // The multiplier of learning_rate for the steps that follow (a schedule the caller runs:
+  // the refit's decay); 1 as built.  Not part of the model: a file or checkpoint keeps
+  // the configured rate, and whoever resumes sets the scale again.
+  void set_lr_scale(float s);
+  float lr_scale() const { return lr_scale_; }
 
   // ---- inference (infer.cpp)
   // h(B,C): the final hidden state at each session's last position (last max_seq items).
@@ -233,6 +239,7 @@ class Model {
   std::vector<int64_t> counts_;        // V + 1: the target counts pop_cdf_ was built from
   mutable std::mutex mu_;  // guards the arenas and parameters across public calls
   int64_t step_ = 0;       // optimizer steps taken (AdamW's t, and dropout streams)
+  float lr_scale_ = 1.f;   // set_lr_scale
 };
 
 }  // namespace fsr
