@@ -1,0 +1,151 @@
+"""precision="bf16" on the CPU: the bf16 product gemm_bf16 (cpp/src/cpu/gemm_bf16.cpp, its
+dispatch and fallback in gemm.cpp) on both of its paths, the AVX-512 BF16 kernel and the
+fallback (round_bf16 copies, then sgemm), against a float64 product of the bf16-rounded
+operands on random and awkward shapes; which path runs; the softmax losses under bf16
+against the float64 reference on bf16 operands; and a model trained a few steps on each
+path.
+
+Error model: the product of two bfloat16 numbers is exact in float32, so a bf16 product
+is an fp32 sum of exact terms, held to the fp32 bound ``bound(K, |alpha| |A| |B| +
+|beta| |C|)`` of tests/reference (whatever the summation order: the paths differ only
+there).  The losses round their ds to bf16 before the backward products: an fp32 ds and
+the float64 reference's may round to neighbouring bf16 values where ds lies within its
+own fp32 error of a rounding midpoint, so those elements (and only those) are allowed the
+one bf16 step between the two roundings.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastsasrec
+from reference import assert_close, bound
+from reference import ops as R
+from test_ops import (_loss_extra, _loss_inputs, _loss_tolerances, f32, poison,  # noqa: F401
+                      zeros)
+
+CORE = fastsasrec._core
+if not CORE.test_ops:
+    pytest.skip("fastsasrec was built without the raw ops (_core.Ops): build with "
+                "-DFASTSASREC_TEST_OPS=ON", allow_module_level=True)
+OPS = CORE.Ops
+NATIVE = OPS.gemm_bf16_native()
+PATHS = [pytest.param(True, id="kernel", marks=pytest.mark.skipif(
+             not NATIVE, reason="no AVX-512 BF16 kernel here (CPU, build or FASTSASREC_NO_AVX512BF16)")),
+         pytest.param(False, id="fallback")]
+
+
+def _cpu_has_avx512_bf16():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx512_bf16" in line for line in f)
+    except OSError:
+        return None
+
+
+# ============================================================================ gemm_bf16
+SIZES = (1, 3, 17, 63, 64, 65, 257)
+# Every size in every position, with the shapes training uses; K = 1025 crosses the
+# kernel's depth blocks (512), N = 257 its column blocks (256), M = 65 its 8-row tiles.
+GEMM_SHAPES = [(m, n, k) for m, n, k in zip(SIZES, SIZES[::-1], SIZES[3:] + SIZES[:3])] + [
+    (1, 1, 1), (3, 3, 3), (17, 65, 1), (257, 1, 257), (65, 257, 64), (64, 64, 1025),
+    (1, 257, 1025), (300, 64, 64), (155, 1682, 64), (155, 64, 1682), (1682, 64, 155)]
+# (alpha, beta, extra leading-dimension padding): C overwritten (beta 0: a NaN start must
+# not leak), accumulated, scaled; leading dimensions past the widths.
+GEMM_SCALARS = [(1.0, 0.0, 0), (0.5, 2.0, 3), (-1.5, 1.0, 16)]
+
+
+def _gemm_case(M, N, K, ta, tb, alpha, beta, pad, seed):
+    rng = np.random.default_rng(seed)
+    a_rows, a_cols = (K, M) if ta else (M, K)
+    b_rows, b_cols = (N, K) if tb else (K, N)
+    A = rng.standard_normal((a_rows, a_cols + pad)).astype(np.float32)
+    B = rng.standard_normal((b_rows, b_cols + pad)).astype(np.float32)
+    C = rng.standard_normal((M, N + pad)).astype(np.float32)
+    if beta == 0.0:
+        C[:, :N] = np.nan  # never read
+    return A, B, C
+
+
+def _gemm_reference(A, B, C, M, N, K, ta, tb, alpha, beta):
+    a = R.bf16(np.ascontiguousarray(A[:, : (M if ta else K)])).astype(np.float64)
+    b = R.bf16(np.ascontiguousarray(B[:, : (K if tb else N)])).astype(np.float64)
+    a, b = (a.T if ta else a), (b.T if tb else b)
+    c = C[:, :N].astype(np.float64)
+    ref = alpha * (a @ b) + (beta * c if beta != 0.0 else 0.0)
+    mag = abs(alpha) * (np.abs(a) @ np.abs(b)) + (abs(beta) * np.abs(c) if beta != 0.0 else 0.0)
+    return ref, bound(K, mag)
+
+
+@pytest.mark.parametrize("native", PATHS)
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)],
+                         ids=["NN", "NT", "TN", "TT"])
+@pytest.mark.parametrize("M,N,K", GEMM_SHAPES, ids=[f"{m}x{n}x{k}" for m, n, k in GEMM_SHAPES])
+def test_gemm_bf16(native, ta, tb, M, N, K):
+    """C = alpha op(A) op(B) + beta C on bf16-rounded operands, against float64, for each
+    alpha/beta and padded leading dimensions, on 1 and 2 threads; the padding columns of C
+    are never written."""
+    for i, (alpha, beta, pad) in enumerate(GEMM_SCALARS):
+        seed = 1000 * M + 100 * N + K + 7 * i + 3 * ta + tb
+        A, B, C0 = _gemm_case(M, N, K, ta, tb, alpha, beta, pad, seed)
+        ref, tol = _gemm_reference(A, B, C0, M, N, K, ta, tb, alpha, beta)
+        for threads in (1, 2):
+            C = C0.copy()
+            OPS.gemm_bf16(native, threads, ta, tb, M, N, K, f32(alpha), A, A.shape[1], B,
+                          B.shape[1], f32(beta), C, C.shape[1])
+            what = f"gemm_bf16 {'kernel' if native else 'fallback'} {threads} threads a{alpha} b{beta} pad{pad}"
+            assert_close(C[:, :N], ref, tol, what, seed)
+            np.testing.assert_array_equal(C[:, N:], C0[:, N:], err_msg=f"{what}: padding written")
+
+
+@pytest.mark.parametrize("native", PATHS)
+def test_gemm_bf16_rounds_to_nearest_even(native):
+    """An identity product returns the bf16 roundings exactly: halfway cases to the even
+    neighbour, both signs, just past halfway up; an odd depth (the last pair half zero)."""
+    vals = [1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 1 + 2**-8 + 2**-20, -(1 + 3 * 2**-8), 0.1]
+    A = np.array([vals * 3], np.float32)[:, :17]  # 1 x 17
+    for ta, tb in [(False, False), (True, True)]:
+        a = np.ascontiguousarray(A.T) if ta else A
+        eye = np.eye(17, dtype=np.float32)
+        C = poison(1, 17)
+        OPS.gemm_bf16(native, 1, ta, tb, 1, 17, 17, 1.0, a, a.shape[1], eye, 17, 0.0, C, 17)
+        np.testing.assert_array_equal(C, R.bf16(A))
+        assert C[0, 0] == 1.0 and C[0, 1] == 1 + 2**-6 and C[0, 3] == 1 + 2**-7
+
+
+def test_gemm_bf16_is_not_sgemm():
+    """The rounding is really applied: operands that bf16 changes give a result off sgemm's
+    by far more than fp32's bound (and equal to the rounded operands' product)."""
+    A = np.full((2, 4), 1 + 2**-9 + 2**-12, np.float32)
+    B = np.ones((4, 2), np.float32)
+    for native in [True, False] if NATIVE else [False]:
+        C = poison(2, 2)
+        OPS.gemm_bf16(native, 1, False, False, 2, 2, 4, 1.0, A, 4, B, 2, 0.0, C, 2)
+        np.testing.assert_array_equal(C, 4.0)
+
+
+def test_the_bf16_path_is_reported():
+    """build_info says which path the bf16 products take: the kernel exactly where the CPU
+    has AVX-512 BF16 (and the environment does not turn it off); the fallback otherwise,
+    where asking for the kernel is a ValueError."""
+    info = CORE.build_info()["bf16_gemm"]
+    assert info == ("avx512bf16" if NATIVE else "sgemm")
+    has = _cpu_has_avx512_bf16()
+    if has is not None and not os.environ.get("FASTSASREC_NO_AVX512BF16"):
+        assert NATIVE == has, f"/proc/cpuinfo avx512_bf16={has}, kernel chosen={NATIVE}"
+    if not NATIVE:
+        with pytest.raises(ValueError, match="AVX-512 BF16 kernel is not available"):
+            OPS.gemm_bf16(True, 1, False, False, 1, 1, 1, 1.0, zeros(1, 1), 1, zeros(1, 1), 1, 0.0,
+                          zeros(1, 1), 1)
+
+
+def test_the_environment_turns_the_kernel_off():
+    """FASTSASREC_NO_AVX512BF16=1 (read once, at the first bf16 product) selects the
+    fallback in a fresh process."""
+    code = ("import fastsasrec; c = fastsasrec._core; "
+            "print(c.build_info()['bf16_gemm'], c.Ops.gemm_bf16_native())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, FASTSASREC_NO_AVX512BF16="1")).stdout.split()
+    assert out == ["sgemm", "False"]
