@@ -28,8 +28,8 @@ class Scratch {
 struct Context {
   cudaStream_t stream = nullptr;          // every launch and copy goes to this stream
   cublasHandle_t blas = nullptr;          // on `stream`: the bf16 products
-  Precision precision = Precision::FP32;  // of the linear layers' products
-  Scratch* bf16_scratch = nullptr;        // the linear layers' bf16 operand copies
+  Precision precision = Precision::FP32;  // of the linear layers' and softmax losses' products
+  Scratch* bf16_scratch = nullptr;        // their bf16 operand copies
 };
 
 #define FSR_OP(ret, name, params, args) ret name(const Context& ctx, FSR_EXPAND params);
@@ -42,5 +42,7 @@ std::string attention_unsupported(int T, int D);
 
 // linear.cu: the bytes of bf16 operand scratch a product of (R, I, O) needs.
 size_t linear_bf16_scratch_bytes(int R, int I, int O);
+// linear.cu: dst(n) = src rounded to bfloat16 (the CPU's round_bf16), as floats, on stream s.
+void round_bf16(float* dst, const float* src, size_t n, cudaStream_t s);
 
 }  // namespace fsr::cuda

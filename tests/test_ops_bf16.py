@@ -23,8 +23,8 @@ import pytest
 import fastsasrec
 from reference import assert_close, bound
 from reference import ops as R
-from test_ops import (_loss_extra, _loss_inputs, _loss_tolerances, f32, poison,  # noqa: F401
-                      zeros)
+from test_ops import (LOSS_CASES, LOSS_ID, _loss_extra, _loss_inputs, _loss_tolerances, f32, ids,
+                      ops_bf16, poison, zeros)  # noqa: F401 (ops_bf16: the fixture)
 
 CORE = fastsasrec._core
 if not CORE.test_ops:
@@ -149,3 +149,90 @@ def test_the_environment_turns_the_kernel_off():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=dict(os.environ, FASTSASREC_NO_AVX512BF16="1")).stdout.split()
     assert out == ["sgemm", "False"]
+
+
+# ============================================================================ the losses
+BF16_LOSS_CASES = [c for c in LOSS_CASES if c[0].startswith(("sampled_softmax", "softmax"))
+                   and c[-1] not in (61, 66, 146)] + [
+    ("softmax", 300, 64, 1682, 0, 1 / 300, 1.0, 170),          # the training shape (ML-100K)
+    ("sampled_softmax", 300, 64, 1682, 256, 1 / 300, 1.0, 171),
+    ("softmax", 700, 64, 600, 0, 1 / 700, 1.0, 172),           # row chunks, threaded products
+]
+
+
+def _ds_flip_allowance(kind, h, E, t, n, gs, seed):
+    """Per candidate and row, how far the engine's bf16 ds may sit from the reference's:
+    the span of the bf16 roundings of the values within ds's fp32 error (0 unless ds lies
+    that close to a rounding midpoint); (R, candidates), candidates as the reference's ds."""
+    R_, C = h.shape
+    V = E.shape[0] - 1
+    op, logq, _ = _loss_extra(kind, V, seed)
+    ah, aE = np.abs(h.astype(np.float64)), np.abs(E.astype(np.float64))
+    if op == "sampled_softmax":
+        logits = R.sampled_softmax_logits(h, E, t, n, logq)
+        mags = np.concatenate([np.sum(ah * aE[t], axis=1)[:, None], ah @ aE[n].T], axis=1)
+        if logq is not None:
+            mags = mags + np.abs(logq.astype(np.float64)).max()
+        mags = np.where(np.isinf(logits), 0.0, mags)
+        onehot = np.zeros_like(logits)
+        onehot[:, 0] = 1.0
+    else:
+        logits = h.astype(np.float64) @ E[1:].astype(np.float64).T
+        mags = ah @ aE[1:].T
+        onehot = np.zeros_like(logits)
+        onehot[np.arange(R_), t - 1] = 1.0
+    m = mags.max(axis=1)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    ds = gs * (p - onehot)
+    err = bound(C + logits.shape[1], abs(gs) * (1 + m)[:, None] * (p + onehot))
+    return np.abs(R.bf16(ds + err).astype(np.float64) - R.bf16(ds - err))
+
+
+@pytest.mark.parametrize("kind,R_,C,V,N,gs,scale,seed", BF16_LOSS_CASES, ids=ids(BF16_LOSS_CASES, LOSS_ID))
+def test_loss_bf16(ops_bf16, kind, R_, C, V, N, gs, scale, seed):
+    """precision="bf16": the softmax losses' products on bfloat16 operands (h, E; ds before
+    dh and dE; the sampled loss's target terms too), fp32 sums, against the float64
+    reference on the same roundings."""
+    rng = np.random.default_rng(seed)
+    h, E, t, n = _loss_inputs(kind, R_, C, V, N, scale, rng)
+    gs = f32(gs)
+    op, logq, _ = _loss_extra(kind, V, seed)
+    loss, dh = poison(R_), poison(R_, C) if gs != 0 else zeros(R_, C)
+    dE = zeros(V + 1, C)
+    ws = poison(getattr(ops_bf16, f"loss_{op}_workspace")(R_, C, V, N))
+    if op == "sampled_softmax":
+        ops_bf16.loss_sampled_softmax(loss, dh, dE, h, E, t, n, logq, R_, C, V, N, gs, ws)
+    else:
+        ops_bf16.loss_softmax(loss, dh, dE, h, E, t, n, R_, C, V, N, gs, ws)
+    hb, Eb = R.bf16(h), R.bf16(E)
+    rloss, rdh, rdE = R.loss(op, h, E, t, n, gs, logq=logq, bf16=True)
+    tol_loss, tol_dh, tol_dE = _loss_tolerances(kind, hb, Eb, t, n, gs, rloss, seed)
+    assert_close(loss, rloss, tol_loss, f"{kind} bf16 loss", seed)
+    if gs == 0:
+        assert not dh.any() and not dE.any(), f"grad_scale 0 must write no gradient (seed {seed})"
+        return
+    flip = _ds_flip_allowance(kind, hb, Eb, t, n, gs, seed)
+    ah, aE = np.abs(hb.astype(np.float64)), np.abs(Eb.astype(np.float64))
+    flip_dE = np.zeros_like(aE)
+    if op == "sampled_softmax":
+        flip_dh = flip[:, :1] * aE[t] + flip[:, 1:] @ aE[n]
+        np.add.at(flip_dE, t, flip[:, :1] * ah)
+        np.add.at(flip_dE, n, flip[:, 1:].T @ ah)
+    else:
+        flip_dh = flip @ aE[1:]
+        flip_dE[1:] = flip.T @ ah
+    assert_close(dh, rdh, tol_dh + flip_dh, f"{kind} bf16 dh", seed)
+    assert_close(dE, rdE, tol_dE + flip_dE, f"{kind} bf16 dE", seed)
+    assert not dE[0].any(), f"row 0 (padding) of dE written (seed {seed})"
+
+
+@pytest.mark.skipif(not NATIVE, reason="the fallback already ran the tests in this process")
+def test_the_fallback_passes_the_bf16_loss_tests():
+    """The loss tests again with FASTSASREC_NO_AVX512BF16=1 (the fallback's products)."""
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                        "-k", "test_loss_bf16 and cpu"], capture_output=True, text=True,
+                       env=dict(os.environ, FASTSASREC_NO_AVX512BF16="1"),
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " failed" not in r.stdout
