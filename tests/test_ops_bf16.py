@@ -13,6 +13,7 @@ the float64 reference's may round to neighbouring bf16 values where ds lies with
 own fp32 error of a rounding midpoint, so those elements (and only those) are allowed the
 one bf16 step between the two roundings.
 """
+import json
 import os
 import subprocess
 import sys
@@ -236,3 +237,65 @@ def test_the_fallback_passes_the_bf16_loss_tests():
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and " failed" not in r.stdout
+
+
+# ============================================================================ the model
+_STEPS = """
+import json, sys
+import numpy as np
+import fastsasrec
+CORE = fastsasrec._core
+rng = np.random.default_rng(11)
+seqs = [rng.integers(1, 301, size=int(rng.integers(2, 31))).astype(np.int32) for _ in range(64)]
+items = np.concatenate(seqs)
+offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64)
+out = {"path": CORE.build_info()["bf16_gemm"]}
+for loss in ("softmax", "sampled_softmax"):
+    for prec in ("bf16", "fp32"):
+        cfg = dict(n_items=300, factors=64, n_heads=1, n_layers=2, max_seq=30, dropout=0.2,
+                   n_negatives=64, seed=7, loss=loss, precision=prec, batch_size=64)
+        m = CORE.Model(cfg, "cpu")
+        m.set_threads(2)
+        m.set_target_counts(m.target_counts(items, offsets))
+        losses, grads = [], None
+        for step in range(1, 4):
+            b = m.build_batch(items, offsets, np.arange(len(seqs), dtype=np.int64), step)
+            losses.append(m.forward_backward(b["items"], b["targets"], b["pos"], b["cu"],
+                                             b["negatives"], train=True, grad=True, step=step))
+            grads = m.get_grads().tolist() if grads is None else grads
+            m.optimizer_step()
+        out[loss + "-" + prec] = dict(losses=losses, grads=grads, params=m.get_params().tolist())
+json.dump(out, sys.stdout)
+"""
+
+
+def _steps(no_kernel):
+    env = dict(os.environ)
+    env.pop("FASTSASREC_NO_AVX512BF16", None)
+    if no_kernel:
+        env["FASTSASREC_NO_AVX512BF16"] = "1"
+    r = subprocess.run([sys.executable, "-c", _STEPS], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout)
+
+
+@pytest.mark.skipif(not NATIVE, reason="no AVX-512 BF16 kernel here: one path only")
+def test_the_model_trains_alike_on_both_paths():
+    """Three bf16 training steps (forward, backward, AdamW; 2 threads) with the kernel and
+    with the fallback.  The paths differ only in the order of fp32 sums, which the next bf16
+    rounding turns into a one-step difference of a few operands: the first step's gradients
+    differ by a small fraction of what bf16 itself changes against fp32, the losses by a
+    small fraction of one bf16 step (2^-8), the weights after three steps by less than bf16
+    moves them."""
+    kern, fall = _steps(False), _steps(True)
+    assert (kern["path"], fall["path"]) == ("avx512bf16", "sgemm")
+    rel = lambda a, b: float(np.linalg.norm(np.subtract(a, b)) / np.linalg.norm(b))  # noqa: E731
+    for loss in ("softmax", "sampled_softmax"):
+        k, f, fp32 = kern[f"{loss}-bf16"], fall[f"{loss}-bf16"], kern[f"{loss}-fp32"]
+        assert fp32 == fall[f"{loss}-fp32"], f"{loss}: fp32 must not depend on the bf16 path"
+        np.testing.assert_allclose(k["losses"][0], f["losses"][0], rtol=1e-5, err_msg=loss)
+        np.testing.assert_allclose(k["losses"], f["losses"], rtol=1e-4, err_msg=loss)
+        g_paths, g_bf16 = rel(k["grads"], f["grads"]), rel(k["grads"], fp32["grads"])
+        assert g_paths <= 0.1 * g_bf16, (loss, "gradients", g_paths, g_bf16)
+        p_paths, p_bf16 = rel(k["params"], f["params"]), rel(k["params"], fp32["params"])
+        assert p_paths <= 0.5 * p_bf16, (loss, "weights", p_paths, p_bf16)
