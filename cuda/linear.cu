@@ -244,10 +244,14 @@ void gemm_bf16(cublasHandle_t h, bool ta, bool tb, int M, int N, int K, const ui
 }
 }  // namespace
 
-void round_bf16(float* dst, const float* src, size_t n, cudaStream_t s) {
-  if (n == 0) return;
-  round_bf16_kernel<<<blocks_for(n, 256), 256, 0, s>>>(dst, src, n);
+const float* bf16_copies(const Context& ctx, const float* a, size_t na, const float* b, size_t nb) {
+  if (ctx.precision != Precision::BF16) return nullptr;
+  float* dst = static_cast<float*>(ctx.bf16_scratch->get((na + nb) * sizeof(float)));
+  if (na) round_bf16_kernel<<<blocks_for(na, 256), 256, 0, ctx.stream>>>(dst, a, na);
   FSR_CUDA_LAUNCH_CHECK();
+  if (nb) round_bf16_kernel<<<blocks_for(nb, 256), 256, 0, ctx.stream>>>(dst + na, b, nb);
+  FSR_CUDA_LAUNCH_CHECK();
+  return dst;
 }
 
 size_t linear_bf16_scratch_bytes(int R, int I, int O) {

@@ -33,7 +33,6 @@
 #include <cstdint>
 
 #include "cuda/common.cuh"
-#include "cuda/ops.cuh"
 #include "cuda/tile.cuh"
 
 namespace fsr::cuda::softmax_kernels {
@@ -572,28 +571,10 @@ size_t workspace(int R, int C, int N) {
   return (size_t)R + (scratch ? (size_t)splits * std::max(N, 0) * std::max(C, 0) : 0);
 }
 
-// The operands the kernels read: h (R x C) and E (rows x C) themselves, or under
-// ctx.precision BF16 their bfloat16 roundings in the context's scratch (the whole table: a
-// pass over E, as AdamW makes each step anyway), so that every product, s_pos's included,
-// takes the CPU twin's bf16 operands.
-struct Operands {
-  const float* h;
-  const float* E;
-  bool bf16;
-};
-inline Operands operands(const Context& ctx, const float* h, const float* E, int R, int C, int rows) {
-  if (ctx.precision != Precision::BF16) return {h, E, false};
-  const size_t nh = (size_t)R * C, nE = (size_t)rows * C;
-  float* at = static_cast<float*>(ctx.bf16_scratch->get((nh + nE) * sizeof(float)));
-  round_bf16(at, h, nh, ctx.stream);
-  round_bf16(at + nh, E, nE, ctx.stream);
-  return {at, at + nh, true};
-}
-
 // The loss of R rows over N candidates; workspace: workspace<kSampled>(R, C, N) floats.
 // logq: the sampled loss's logQ table (V + 1 floats) or null; null for the full softmax.
-// bf16: h and E arrive rounded to bfloat16 (the caller's copies), and ds and ds_pos are
-// rounded before they enter the backward products.
+// bf16: h and E arrive rounded to bfloat16 (bf16_copies), and ds and ds_pos are rounded
+// before they enter the backward products.
 template <bool kSampled>
 void run(float* loss, float* dh, float* dE, float* workspace, const float* h, const float* E,
          const int32_t* targets, const int32_t* neg, const float* logq, int R, int C, int N,

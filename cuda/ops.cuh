@@ -42,7 +42,9 @@ std::string attention_unsupported(int T, int D);
 
 // linear.cu: the bytes of bf16 operand scratch a product of (R, I, O) needs.
 size_t linear_bf16_scratch_bytes(int R, int I, int O);
-// linear.cu: dst(n) = src rounded to bfloat16 (the CPU's round_bf16), as floats, on stream s.
-void round_bf16(float* dst, const float* src, size_t n, cudaStream_t s);
+// linear.cu: under ctx.precision BF16, a (na floats) then b (nb floats) rounded to bfloat16
+// (the CPU's round_bf16), as floats, in the context's scratch; null under fp32.  The softmax
+// losses' operands h and E (the whole table: one pass, as AdamW's).
+const float* bf16_copies(const Context& ctx, const float* a, size_t na, const float* b, size_t nb);
 
 }  // namespace fsr::cuda
