@@ -5,6 +5,8 @@ reference port (torch_reference.py), same model, same data, same thread count.
     python benchmarks/bench_train.py --epochs 60 --losses bce,sampled_softmax,softmax --threads 2
     python benchmarks/bench_train.py --impl torch --epochs 60 --losses softmax --threads 2
     python benchmarks/bench_train.py --warmup-check
+    python benchmarks/bench_train.py --impl fastsasrec --losses softmax,sampled_softmax \
+        --precisions fp32,bf16 --epochs 3 --default-seeds ""   # bf16 against fp32
 
 Reports, per loss and implementation: train tokens/s (tokens per epoch x epochs / wall
 time of fit only; tokens per epoch = sum over training sequences of min(len, max_seq+1)-1),
@@ -58,9 +60,9 @@ def run_torch(ds: common.Dataset, loss: str, epochs: int, threads: int, verbose:
 
 
 def run_fastsasrec(SASRec, ds: common.Dataset, loss: str, epochs: int, threads: int, verbose: int,
-                   device: str = "cpu") -> dict:
+                   device: str = "cpu", precision: str = "fp32") -> dict:
     model = SASRec(**dict(CONFIG, loss=loss), iterations=epochs, device=device, verbose=verbose,
-                   num_threads=threads)
+                   num_threads=threads, precision=precision)
     train_orig = ds.to_original(ds.contexts)
     t0 = time.perf_counter()
     model.fit(train_orig)
@@ -96,6 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-seq", type=int, default=None, help="override the config's max_seq")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                     help="cuda: fastsasrec's CUDA backend against the reference eager and torch.compile'd")
+    ap.add_argument("--precisions", default="fp32",
+                    help="comma-separated fastsasrec precisions (fp32, bf16): a row each")
     ap.add_argument("--default-seeds", default="42,1,2",
                     help="seeds of the fastsasrec-with-defaults rows (empty: skip them)")
     args = ap.parse_args(argv)
@@ -107,6 +111,9 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unknown loss(es): {bad}")
     epochs = 2 if args.warmup_check else args.epochs
+    precisions = [s.strip() for s in args.precisions.split(",") if s.strip()]
+    if not precisions or any(p not in ("fp32", "bf16") for p in precisions):
+        ap.error(f"--precisions: fp32 and/or bf16, got {args.precisions!r}")
     impls = ["torch", "fastsasrec"] if args.impl == "both" else [args.impl]
     if args.device == "cuda" and "torch" in impls:
         # fastsasrec first: after torch.compile had run in the same process, fastsasrec's
@@ -114,7 +121,11 @@ def main(argv=None) -> int:
         # BENCHMARKS.md), so the compiled reference runs last.
         impls = ["fastsasrec", "torch", "torch.compile"] if "fastsasrec" in impls else ["torch", "torch.compile"]
 
-    SASRec = import_fastsasrec() if "fastsasrec" in impls else None
+    uses_fastsasrec = "fastsasrec" in impls
+    SASRec = import_fastsasrec() if uses_fastsasrec else None
+    # fastsasrec runs once per precision ("fastsasrec" is fp32's row, "fastsasrec bf16" bf16's)
+    impls = [i for impl in impls for i in ([impl] if impl != "fastsasrec" else
+             ["fastsasrec" if p == "fp32" else f"fastsasrec {p}" for p in precisions])]
     if "torch" in impls:
         import torch  # noqa: F401  (so its version shows in the machine description)
 
@@ -142,7 +153,8 @@ def main(argv=None) -> int:
                 r = run_torch(ds, loss, epochs, args.threads, args.verbose, args.device,
                               compile=impl == "torch.compile")
             else:
-                r = run_fastsasrec(SASRec, ds, loss, epochs, args.threads, args.verbose, args.device)
+                prec = impl.split(" ")[1] if " " in impl else "fp32"
+                r = run_fastsasrec(SASRec, ds, loss, epochs, args.threads, args.verbose, args.device, prec)
             tps = tok_epoch * epochs / r["train_s"]
             # steady state: the median epoch after the first (compilation, allocation)
             if "epoch_times" in r and len(r["epoch_times"]) > 1:
@@ -162,8 +174,12 @@ def main(argv=None) -> int:
             if "torch.compile" in speed:
                 ratio += f" ({speed['fastsasrec'] / speed['torch.compile']:.2f}x vs compile)"
             next(r for r in rows[::-1] if r["impl"] == "fastsasrec")["speed vs torch"] = ratio
+        for p in precisions:
+            if p != "fp32" and f"fastsasrec {p}" in speed and "fastsasrec" in speed:
+                row = next(r for r in rows[::-1] if r["impl"] == f"fastsasrec {p}")
+                row["speed vs torch"] = f"{speed[f'fastsasrec {p}'] / speed['fastsasrec']:.2f}x fp32"
 
-    seeds = [int(x) for x in args.default_seeds.split(",") if x.strip()] if "fastsasrec" in impls else []
+    seeds = [int(x) for x in args.default_seeds.split(",") if x.strip()] if uses_fastsasrec else []
     if args.warmup_check:
         seeds = seeds[:1]
     hr, nd = [], []

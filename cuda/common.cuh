@@ -57,6 +57,17 @@ inline long long max_splits(int R, int n_items, int rows_per_tile, int items_per
 }
 
 // Sum / max over the 32 lanes of a warp (all lanes get the result).
+// x rounded to the nearest bfloat16 (ties to even; NaN stays a quiet NaN; past bf16's
+// largest: inf), as a float: the CPU's round_bf16, bit for bit.
+__device__ __forceinline__ float round_bf16(float x) {
+  uint32_t u = __float_as_uint(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u)
+    u |= 0x00400000u;
+  else
+    u += 0x7fffu + ((u >> 16) & 1u);
+  return __uint_as_float(u & 0xffff0000u);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

@@ -180,8 +180,8 @@ class CudaBackend final : public Backend {
 #undef FSR_OP
 
  private:
-  // Device room for the bf16 operand copies of the linear layers, grown on demand with a
-  // quarter to spare (batches vary in rows).
+  // Device room for the bf16 operand copies (linear layers, softmax losses), grown on
+  // demand with a quarter to spare (batches vary in rows).
   class GrowingScratch final : public cuda::Scratch {
    public:
     explicit GrowingScratch(CudaBackend& be) : be_(be) {}

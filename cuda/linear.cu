@@ -39,14 +39,7 @@ const char* cublas_name(cublasStatus_t st) {
 }
 
 // The bits of x rounded to bfloat16 (to nearest, ties to even; NaN stays a quiet NaN).
-__device__ inline uint16_t bf16_bits(float x) {
-  uint32_t u = __float_as_uint(x);
-  if ((u & 0x7fffffffu) > 0x7f800000u)
-    u |= 0x00400000u;
-  else
-    u += 0x7fffu + ((u >> 16) & 1u);  // may round up to inf, as the CPU's does
-  return (uint16_t)(u >> 16);
-}
+__device__ inline uint16_t bf16_bits(float x) { return (uint16_t)(__float_as_uint(round_bf16(x)) >> 16); }
 
 __global__ void to_bf16_kernel(uint16_t* dst, const float* src, size_t n) {
   const size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -62,6 +55,11 @@ const uint16_t* to_bf16(uint16_t*& at, const float* src, size_t n, cudaStream_t 
     FSR_CUDA_LAUNCH_CHECK();
   }
   return dst;
+}
+
+__global__ void round_bf16_kernel(float* dst, const float* src, size_t n) {
+  const size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e < n) dst[e] = round_bf16(src[e]);
 }
 
 // The dropout of a product's output, applied as it is stored (thr == 0: none).
@@ -245,6 +243,16 @@ void gemm_bf16(cublasHandle_t h, bool ta, bool tb, int M, int N, int K, const ui
   FSR_CUBLAS_CHECK(st);
 }
 }  // namespace
+
+const float* bf16_copies(const Context& ctx, const float* a, size_t na, const float* b, size_t nb) {
+  if (ctx.precision != Precision::BF16) return nullptr;
+  float* dst = static_cast<float*>(ctx.bf16_scratch->get((na + nb) * sizeof(float)));
+  if (na) round_bf16_kernel<<<blocks_for(na, 256), 256, 0, ctx.stream>>>(dst, a, na);
+  FSR_CUDA_LAUNCH_CHECK();
+  if (nb) round_bf16_kernel<<<blocks_for(nb, 256), 256, 0, ctx.stream>>>(dst + na, b, nb);
+  FSR_CUDA_LAUNCH_CHECK();
+  return dst;
+}
 
 size_t linear_bf16_scratch_bytes(int R, int I, int O) {
   auto n = [](long long x) { return (size_t)((x + 7) / 8 * 8); };

@@ -11,6 +11,8 @@
 //             dE[neg_j] += (ds^T h)_j;  dE[tgt_r] += ds_pos h_r                         +=
 // Fused (cuda/loss_softmax_kernels.cuh, shared with the full softmax): the logits never exist
 // as an R x N matrix; the correction is subtracted from each product as it is (re)computed.
+// ctx.precision BF16: h, E, ds and ds_pos rounded to bfloat16 before the products, fp32
+// sums, as the CPU twin computes them (bf16_copies and run's bf16).
 #include <stdexcept>
 
 #include "cuda/common.cuh"
@@ -37,8 +39,12 @@ void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE,
         "loss_sampled_softmax: workspace is null (loss_sampled_softmax_workspace floats needed)");
   if (grad_scale != 0.f && (dh == nullptr || dE == nullptr))
     throw std::runtime_error("loss_sampled_softmax: dh and dE are needed when grad_scale != 0");
-  softmax_kernels::run<true>(loss, dh, dE, workspace, h, E, targets, negatives, logq, R, C, N,
-                             grad_scale, s);
+  // bf16: h and E rounded to bfloat16 (copies in the context's scratch); fp32: null
+  const float* b = bf16_copies(ctx, h, (size_t)R * C, E, (size_t)(V + 1) * C);
+  const float* hx = b ? b : h;
+  const float* Ex = b ? b + (size_t)R * C : E;
+  softmax_kernels::run<true>(loss, dh, dE, workspace, hx, Ex, targets, negatives, logq, R, C, N,
+                             grad_scale, b != nullptr, s);
 }
 
 }  // namespace fsr::cuda

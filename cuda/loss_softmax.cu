@@ -6,6 +6,8 @@
 //             dE[1:] += ds^T h                                                        +=
 // Fused (cuda/loss_softmax_kernels.cuh, shared with the sampled softmax): the logits never exist
 // as an R x V matrix.
+// ctx.precision BF16: h, E and ds rounded to bfloat16 before the products, fp32 sums, as the
+// CPU twin computes them (bf16_copies and run's bf16).
 #include <stdexcept>
 
 #include "cuda/common.cuh"
@@ -31,8 +33,12 @@ void loss_softmax(const Context& ctx, float* loss, float* dh, float* dE, const f
     throw std::runtime_error("loss_softmax: workspace is null (loss_softmax_workspace floats needed)");
   if (grad_scale != 0.f && (dh == nullptr || dE == nullptr))
     throw std::runtime_error("loss_softmax: dh and dE are needed when grad_scale != 0");
-  softmax_kernels::run<false>(loss, dh, dE, workspace, h, E, targets, nullptr, nullptr, R, C, V,
-                              grad_scale, s);
+  // bf16: h and E rounded to bfloat16 (copies in the context's scratch); fp32: null
+  const float* b = bf16_copies(ctx, h, (size_t)R * C, E, (size_t)(V + 1) * C);
+  const float* hx = b ? b : h;
+  const float* Ex = b ? b + (size_t)R * C : E;
+  softmax_kernels::run<false>(loss, dh, dE, workspace, hx, Ex, targets, nullptr, nullptr, R, C, V,
+                              grad_scale, b != nullptr, s);
 }
 
 }  // namespace fsr::cuda

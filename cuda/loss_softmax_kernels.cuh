@@ -95,20 +95,22 @@ __device__ __forceinline__ void load_rows(float* Hs, int32_t* tgt_t, const float
 }
 
 // ds of logit s for candidate `id` (index jj < N when `in`) and a row with target `tgt`,
-// log-sum-exp `lse` (row inside the batch when `in`): 0 for masked and missing entries.
+// log-sum-exp `lse` (row inside the batch when `in`): 0 for masked and missing entries;
+// rounded to bfloat16 when bf16 (an operand of the backward products).
 template <bool kSampled>
-__device__ __forceinline__ float grad_of(float s, bool in, int id, int tgt, float lse, float gs) {
+__device__ __forceinline__ float grad_of(float s, bool in, int id, int tgt, float lse, float gs,
+                                         bool bf16) {
   if (!in || (kSampled && id == tgt)) return 0.f;
   float p = gs * expf(s - lse);
   if (!kSampled && id == tgt) p -= gs;
-  return p;
+  return bf16 ? round_bf16(p) : p;
 }
 
 template <bool kSampled, int NC>
 __global__ void __launch_bounds__(tile::kThreads)
     tiled_rows_kernel(float* loss, float* dh, float* dE, float* lse_out, const float* h, const float* E,
                 const int32_t* targets, const int32_t* neg, const float* logq, int R, int C, int N,
-                float gs) {
+                float gs, bool bf16) {
   constexpr int ld = tile::row_ld<NC>(), lds = tile::score_ld<RA>();
   extern __shared__ float smem[];
   float* Hs = smem;
@@ -202,7 +204,7 @@ __global__ void __launch_bounds__(tile::kThreads)
         const int j = tx + 16 * b;
         const float s = corrected<kSampled>(sc[a][b], kSampled ? lq_t[j] : 0.f);
         Ps[r * lds + j] = grad_of<kSampled>(s, row_in && j0 + j < N, id_t[j], tgt_t[r],
-                                            lse[a], gs);
+                                            lse[a], gs, bf16);
       }
     }
     __syncthreads();
@@ -213,7 +215,8 @@ __global__ void __launch_bounds__(tile::kThreads)
     for (int a = 0; a < RA; ++a) {
       const int r = ty + 16 * a;
       if (row0 + r >= R) continue;
-      const float dpos = gs * (expf(sp[a] - lse[a]) - 1.f);
+      float dpos = gs * (expf(sp[a] - lse[a]) - 1.f);
+      if (bf16) dpos = round_bf16(dpos);
       const size_t t = (size_t)tgt_t[r] * C;
 #pragma unroll
       for (int c = 0; c < NC; ++c) {
@@ -234,7 +237,7 @@ template <bool kSampled, int NC>
 __global__ void __launch_bounds__(tile::kThreads)
     tiled_items_kernel(float* dE, const float* h, const float* E, const int32_t* targets,
                  const int32_t* neg, const float* logq, const float* lse, int R, int C, int N,
-                 float gs, int tiles_per_split, bool atomic) {
+                 float gs, int tiles_per_split, bool atomic, bool bf16) {
   constexpr int ld = tile::row_ld<NC>(), lds = tile::score_ld<RA>();
   extern __shared__ float smem[];
   float* Es = smem;
@@ -272,7 +275,7 @@ __global__ void __launch_bounds__(tile::kThreads)
         const int r = tx + 16 * b;
         const float s = corrected<kSampled>(sc[a][b], kSampled ? lq_t[j] : 0.f);
         Ps[j * lds + r] = grad_of<kSampled>(s, cand_in && r0 + r < R, id_t[j], tgt_t[r],
-                                            lse_t[r], gs);
+                                            lse_t[r], gs, bf16);
       }
     }
     __syncthreads();
@@ -299,14 +302,14 @@ __global__ void __launch_bounds__(tile::kThreads)
 template <bool kSampled, int NC>
 void launch_tiled(float* loss, float* dh, float* dE, float* lse, const float* h, const float* E,
             const int32_t* targets, const int32_t* neg, const float* logq, int R, int C, int N,
-            float gs, cudaStream_t s) {
+            float gs, bool bf16, cudaStream_t s) {
   const size_t smem = smem_bytes<NC>();
   const int optin = tile::smem_optin();
   FSR_REQUIRE(smem <= (size_t)optin, "softmax loss: C = ", C, " needs ", smem,
               " bytes of shared memory a block; this GPU offers ", optin);
   tile::allow_smem(tiled_rows_kernel<kSampled, NC>, smem);
   tiled_rows_kernel<kSampled, NC><<<(unsigned)cuda::ceil_div(R, kBM), tile::kThreads, smem, s>>>(
-      loss, dh, dE, lse, h, E, targets, neg, logq, R, C, N, gs);
+      loss, dh, dE, lse, h, E, targets, neg, logq, R, C, N, gs, bf16);
   FSR_CUDA_LAUNCH_CHECK();
   if (gs == 0.f || N == 0) return;
   // Row ranges: about two blocks per multiprocessor in all.
@@ -315,7 +318,7 @@ void launch_tiled(float* loss, float* dh, float* dE, float* lse, const float* h,
   const dim3 grid((unsigned)cuda::ceil_div(N, kBM), (unsigned)sp.splits);
   tiled_items_kernel<kSampled, NC><<<grid, tile::kThreads, smem, s>>>(
       dE, h, E, targets, neg, logq, lse, R, C, N, gs, sp.tiles_per_split,
-      kSampled || sp.splits > 1);
+      kSampled || sp.splits > 1, bf16);
   FSR_CUDA_LAUNCH_CHECK();
 }
 
@@ -330,14 +333,14 @@ constexpr int kChunkedBlocks = 256;  // about this many items-kernel blocks
 template <bool kSampled>
 __device__ void chunked_to_grad(float (*Ss)[kIT + 1], int row0, int R, int j0, int N,
                                 const int32_t* targets, const int32_t* neg, const float* logq,
-                                const float* lse, float gs) {
+                                const float* lse, float gs, bool bf16) {
   for (int idx = threadIdx.x; idx < kRT * kIT; idx += tile::kThreads) {
     const int r = idx / kIT, j = idx % kIT;
     const int row = row0 + r, jj = j0 + j;
     const bool in = row < R && jj < N;
     const float s = corrected<kSampled>(Ss[r][j], in ? lq_of<kSampled>(logq, neg, jj) : 0.f);
     Ss[r][j] = grad_of<kSampled>(s, in, in ? item_of<kSampled>(neg, jj) : -1,
-                                 in ? targets[row] : 0, in ? lse[row] : 0.f, gs);
+                                 in ? targets[row] : 0, in ? lse[row] : 0.f, gs, bf16);
   }
   __syncthreads();
 }
@@ -346,7 +349,7 @@ template <bool kSampled>
 __global__ void __launch_bounds__(tile::kThreads)
     chunked_rows_kernel(float* loss, float* dh, float* dE, float* lse, const float* h,
                         const float* E, const int32_t* targets, const int32_t* neg,
-                        const float* logq, int R, int C, int N, float gs) {
+                        const float* logq, int R, int C, int N, float gs, bool bf16) {
   __shared__ float Hs[kRT][kKC + 1];
   __shared__ float Es[kIT][kKC + 1];
   __shared__ float Ss[kRT][kIT + 1];
@@ -422,6 +425,7 @@ __global__ void __launch_bounds__(tile::kThreads)
         lse[row] = l;
         loss[row] = l - sp[q];
         if (kSampled) d = gs * (expf(sp[q] - l) - 1.f);
+        if (bf16) d = round_bf16(d);
       }
       dpos[r] = d;
       tgt[r] = tg[q];
@@ -442,7 +446,7 @@ __global__ void __launch_bounds__(tile::kThreads)
     }
   for (int j0 = 0; j0 < N; j0 += kIT) {
     tile::chunk::score<kRT>(Ss, Hs, Es, C, rows, cands(j0));
-    chunked_to_grad<kSampled>(Ss, row0, R, j0, N, targets, neg, logq, lse, gs);
+    chunked_to_grad<kSampled>(Ss, row0, R, j0, N, targets, neg, logq, lse, gs, bf16);
     for (int c0 = 0; c0 < C; c0 += kKC) {
       __syncthreads();  // earlier readers of Es are done
       tile::chunk::load(Es, kIT, C, c0, cands(j0));
@@ -480,7 +484,8 @@ template <bool kSampled>
 __global__ void __launch_bounds__(tile::kThreads)
     chunked_items_kernel(float* dE, float* scratch, const float* h, const float* E,
                          const int32_t* targets, const int32_t* neg, const float* logq,
-                         const float* lse, int R, int C, int N, float gs, int tiles_per_split) {
+                         const float* lse, int R, int C, int N, float gs, int tiles_per_split,
+                         bool bf16) {
   __shared__ float Hs[kRT][kKC + 1];
   __shared__ float Es[kIT][kKC + 1];
   __shared__ float Ss[kRT][kIT + 1];
@@ -506,7 +511,7 @@ __global__ void __launch_bounds__(tile::kThreads)
     const int r0 = t * kRT;
     auto rows = [&](int r) { return r0 + r < R ? h + (size_t)(r0 + r) * C : nullptr; };
     tile::chunk::score<kRT>(Ss, Hs, Es, C, rows, cands);
-    chunked_to_grad<kSampled>(Ss, r0, R, j0, N, targets, neg, logq, lse, gs);
+    chunked_to_grad<kSampled>(Ss, r0, R, j0, N, targets, neg, logq, lse, gs, bf16);
     for (int c0 = 0; c0 < C; c0 += kKC) {
       __syncthreads();  // earlier readers of Hs are done
       tile::chunk::load(Hs, kRT, C, c0, rows);
@@ -538,10 +543,10 @@ __global__ void __launch_bounds__(tile::kThreads)
 template <bool kSampled>
 void launch_chunked(float* loss, float* dh, float* dE, float* workspace, const float* h,
                     const float* E, const int32_t* targets, const int32_t* neg,
-                    const float* logq, int R, int C, int N, float gs, cudaStream_t s) {
+                    const float* logq, int R, int C, int N, float gs, bool bf16, cudaStream_t s) {
   float* lse = workspace;
   chunked_rows_kernel<kSampled><<<(unsigned)cuda::ceil_div(R, kRT), tile::kThreads, 0, s>>>(
-      loss, dh, dE, lse, h, E, targets, neg, logq, R, C, N, gs);
+      loss, dh, dE, lse, h, E, targets, neg, logq, R, C, N, gs, bf16);
   FSR_CUDA_LAUNCH_CHECK();
   if (gs == 0.f || N == 0) return;
   const RowSplit sp = cuda::row_split(R, N, kRT, kIT, kChunkedBlocks);
@@ -550,7 +555,7 @@ void launch_chunked(float* loss, float* dh, float* dE, float* workspace, const f
   float* scratch = kSampled || sp.splits > 1 ? workspace + R : nullptr;
   const dim3 grid((unsigned)cuda::ceil_div(N, kIT), (unsigned)sp.splits);
   chunked_items_kernel<kSampled><<<grid, tile::kThreads, 0, s>>>(
-      dE, scratch, h, E, targets, neg, logq, lse, R, C, N, gs, sp.tiles_per_split);
+      dE, scratch, h, E, targets, neg, logq, lse, R, C, N, gs, sp.tiles_per_split, bf16);
   FSR_CUDA_LAUNCH_CHECK();
 }
 
@@ -568,24 +573,26 @@ size_t workspace(int R, int C, int N) {
 
 // The loss of R rows over N candidates; workspace: workspace<kSampled>(R, C, N) floats.
 // logq: the sampled loss's logQ table (V + 1 floats) or null; null for the full softmax.
+// bf16: h and E arrive rounded to bfloat16 (bf16_copies), and ds and ds_pos are rounded
+// before they enter the backward products.
 template <bool kSampled>
 void run(float* loss, float* dh, float* dE, float* workspace, const float* h, const float* E,
          const int32_t* targets, const int32_t* neg, const float* logq, int R, int C, int N,
-         float gs, cudaStream_t s) {
+         float gs, bool bf16, cudaStream_t s) {
   if (!kSampled) logq = nullptr;
   if (C > kMaxC)
     return launch_chunked<kSampled>(loss, dh, dE, workspace, h, E, targets, neg, logq, R, C, N,
-                                    gs, s);
+                                    gs, bf16, s);
   float* lse = workspace;
   switch (tile::nc_for(C)) {
     case 1:
-      return launch_tiled<kSampled, 1>(loss, dh, dE, lse, h, E, targets, neg, logq, R, C, N, gs, s);
+      return launch_tiled<kSampled, 1>(loss, dh, dE, lse, h, E, targets, neg, logq, R, C, N, gs, bf16, s);
     case 2:
-      return launch_tiled<kSampled, 2>(loss, dh, dE, lse, h, E, targets, neg, logq, R, C, N, gs, s);
+      return launch_tiled<kSampled, 2>(loss, dh, dE, lse, h, E, targets, neg, logq, R, C, N, gs, bf16, s);
     case 4:
-      return launch_tiled<kSampled, 4>(loss, dh, dE, lse, h, E, targets, neg, logq, R, C, N, gs, s);
+      return launch_tiled<kSampled, 4>(loss, dh, dE, lse, h, E, targets, neg, logq, R, C, N, gs, bf16, s);
     default:
-      return launch_tiled<kSampled, 8>(loss, dh, dE, lse, h, E, targets, neg, logq, R, C, N, gs, s);
+      return launch_tiled<kSampled, 8>(loss, dh, dE, lse, h, E, targets, neg, logq, R, C, N, gs, bf16, s);
   }
 }
 

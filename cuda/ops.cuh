@@ -28,8 +28,8 @@ class Scratch {
 struct Context {
   cudaStream_t stream = nullptr;          // every launch and copy goes to this stream
   cublasHandle_t blas = nullptr;          // on `stream`: the bf16 products
-  Precision precision = Precision::FP32;  // of the linear layers' products
-  Scratch* bf16_scratch = nullptr;        // the linear layers' bf16 operand copies
+  Precision precision = Precision::FP32;  // of the linear layers' and softmax losses' products
+  Scratch* bf16_scratch = nullptr;        // their bf16 operand copies
 };
 
 #define FSR_OP(ret, name, params, args) ret name(const Context& ctx, FSR_EXPAND params);
@@ -42,5 +42,9 @@ std::string attention_unsupported(int T, int D);
 
 // linear.cu: the bytes of bf16 operand scratch a product of (R, I, O) needs.
 size_t linear_bf16_scratch_bytes(int R, int I, int O);
+// linear.cu: under ctx.precision BF16, a (na floats) then b (nb floats) rounded to bfloat16
+// (the CPU's round_bf16), as floats, in the context's scratch; null under fp32.  The softmax
+// losses' operands h and E (the whole table: one pass, as AdamW's).
+const float* bf16_copies(const Context& ctx, const float* a, size_t na, const float* b, size_t nb);
 
 }  // namespace fsr::cuda

@@ -12,6 +12,7 @@
 
 #include "bind.h"
 #include "convert.h"
+#include "cpu/ops.h"
 #include "fastsasrec/backend.h"
 #include "fastsasrec/config.h"
 #include "fastsasrec/model.h"
@@ -80,6 +81,8 @@ PYBIND11_MODULE(_core, m) {
     d["omp_max_threads"] = 1;
 #endif
     d["blas"] = "OpenBLAS (scipy-openblas32)";
+    // the CPU's bf16 products: the AVX-512 BF16 kernel, or bf16 operands through sgemm
+    d["bf16_gemm"] = cpu::gemm_bf16_native() ? "avx512bf16" : "sgemm";
 #ifndef FSR_CUDA_LINE
 #define FSR_CUDA_LINE "not compiled"
 #endif

@@ -18,6 +18,7 @@
 
 #include "bind.h"
 #include "convert.h"
+#include "cpu/ops.h"
 #include "fastsasrec/backend.h"
 #include "fastsasrec/config.h"
 #include "fastsasrec/rng.h"
@@ -143,6 +144,20 @@ F32 uniform(uint64_t key, int64_t n) {
   return out;
 }
 
+// cpu::gemm_bf16 on a chosen path (native: the AVX-512 BF16 kernel; else the fallback) over
+// `threads` threads, on numpy arrays in place (C: += / = as beta says).
+void gemm_bf16(bool native, int threads, bool ta, bool tb, int M, int N, int K, float alpha,
+               const F32& A, int lda, const F32& B, int ldb, float beta, F32& C, int ldc) {
+  cpu::gemm_bf16_path(native, threads, ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta,
+                      C.mutable_data(), ldc);
+}
+
+// cpu::gemm, the fp32 product the bf16 one is measured against.
+void gemm_fp32(int threads, bool ta, bool tb, int M, int N, int K, float alpha, const F32& A, int lda,
+               const F32& B, int ldb, float beta, F32& C, int ldc) {
+  cpu::gemm(threads, ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, C.mutable_data(), ldc);
+}
+
 }  // namespace
 
 void bind_ops(py::module_& m) {
@@ -155,7 +170,19 @@ void bind_ops(py::module_& m) {
       .def_property_readonly("device", &Ops::device)
       .def_property_readonly("threads", &Ops::threads)
       .def_static("rng_key", &rng_key, py::arg("seed"), py::arg("stream"))
-      .def_static("uniform", &uniform, py::arg("key"), py::arg("n"));
+      .def_static("uniform", &uniform, py::arg("key"), py::arg("n"))
+      .def_static("gemm_bf16", &gemm_bf16, py::arg("native"), py::arg("threads"), py::arg("trans_a"),
+                  py::arg("trans_b"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("alpha"),
+                  py::arg("A"), py::arg("lda"), py::arg("B"), py::arg("ldb"), py::arg("beta"),
+                  py::arg("C"), py::arg("ldc"),
+                  "The CPU's bf16 product C = alpha op(A) op(B) + beta C (row-major, in place), on "
+                  "the AVX-512 BF16 kernel (native=True) or the fallback; sizes unchecked.")
+      .def_static("gemm", &gemm_fp32, py::arg("threads"), py::arg("trans_a"), py::arg("trans_b"),
+                  py::arg("M"), py::arg("N"), py::arg("K"), py::arg("alpha"), py::arg("A"),
+                  py::arg("lda"), py::arg("B"), py::arg("ldb"), py::arg("beta"), py::arg("C"),
+                  py::arg("ldc"), "The CPU's fp32 product (sgemm split over threads), in place.")
+      .def_static("gemm_bf16_native", &cpu::gemm_bf16_native,
+                  "Whether the CPU's bf16 products run the AVX-512 BF16 kernel here.");
 #define FSR_OP(ret, name, params, arg_names)                                             \
   cls.def(                                                                             \
       #name,                                                                           \

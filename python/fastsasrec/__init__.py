@@ -33,6 +33,8 @@ def show_config() -> None:
     print(f"fastsasrec {__version__}")
     print(f"  compiler: {info['compiler']}")
     print(f"  BLAS: {info['blas']}")
+    print("  bf16 products (CPU): " + ("AVX-512 BF16 kernel" if info["bf16_gemm"] == "avx512bf16"
+                                      else "bf16 operands through sgemm (no AVX-512 BF16 here)"))
     omp = info["openmp"]
     print(f"  OpenMP: {'yes (' + str(omp) + ')' if omp else 'no'}; threads: {info['omp_max_threads']}")
     print(f"  CUDA backend: {info['cuda']}")

@@ -255,10 +255,14 @@ def linear_backward(dout, x, W):
 
 def bf16(x):
     """float32 x rounded to the nearest bfloat16 (ties to even), as float32: what
-    precision="bf16" does to the operands of the linear layers' products."""
+    precision="bf16" does to the operands of the linear layers' and the softmax losses'
+    products."""
     u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
     u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
     return u.astype(np.uint32).view(np.float32)
+
+
+_to_bf16 = bf16  # (the name the loss functions reach past their bf16 flag)
 
 
 def relu_backward(dout, relu_out):
@@ -390,7 +394,7 @@ def sampled_softmax_logits(h, E, targets, negatives, logq=None):
     return logits
 
 
-def loss_sampled_softmax(h, E, targets, negatives, grad_scale, logq=None):
+def loss_sampled_softmax(h, E, targets, negatives, grad_scale, logq=None, bf16=False):
     """Sampled softmax with N negatives shared by all rows, logQ-corrected when logq is
     given (Yi et al., RecSys 2019).
 
@@ -398,9 +402,9 @@ def loss_sampled_softmax(h, E, targets, negatives, grad_scale, logq=None):
     row r: [h.E[tgt] - logq[tgt], h.E[neg_j] - logq[neg_j]], a negative equal to the row's
     target removed (-inf).  loss(R) = logsumexp(logits) - logits[0];  returns (loss,
     dh (R, C), dE (V + 1, C)), the gradients of grad_scale * sum(loss) (the correction is a
-    constant of each logit, so the gradients' form is the plain sampled softmax's)."""
-    h = np.asarray(h, np.float64)
-    E = np.asarray(E, np.float64)
+    constant of each logit, so the gradients' form is the plain sampled softmax's).
+    bf16: every product's operands rounded to bfloat16 (h, E, and ds before dh and dE)."""
+    h, E = _operands(bf16, h, E)
     t, n = np.asarray(targets), np.asarray(negatives)
     Et, En = E[t], E[n]
     logits = sampled_softmax_logits(h, E, t, n, logq)
@@ -409,6 +413,7 @@ def loss_sampled_softmax(h, E, targets, negatives, grad_scale, logq=None):
     ds = np.exp(logits - lz[:, None])
     ds[:, 0] -= 1.0
     ds *= float(grad_scale)
+    (ds,) = _operands(bf16, ds)
     dh = ds[:, :1] * Et + ds[:, 1:] @ En
     dE = np.zeros_like(E)
     np.add.at(dE, t, ds[:, :1] * h)
@@ -443,14 +448,14 @@ def loss_gbce(h, E, targets, negatives, beta, grad_scale):
     return loss, dh, dE
 
 
-def loss_softmax(h, E, targets, grad_scale):
+def loss_softmax(h, E, targets, grad_scale, bf16=False):
     """Full softmax cross-entropy over items 1..V.
 
     h (R, C), E (V + 1, C), targets (R,) in 1..V.
     loss(R) = logsumexp_i h.E[i] - h.E[tgt];  returns (loss, dh (R, C), dE (V + 1, C)),
-    the gradients of grad_scale * sum(loss) (row 0 of dE is zero)."""
-    h = np.asarray(h, np.float64)
-    E = np.asarray(E, np.float64)
+    the gradients of grad_scale * sum(loss) (row 0 of dE is zero).
+    bf16: every product's operands rounded to bfloat16 (h, E, and ds before dh and dE)."""
+    h, E = _operands(bf16, h, E)
     t = np.asarray(targets)
     R = h.shape[0]
     logits = h @ E[1:].T  # (R, V)
@@ -459,21 +464,29 @@ def loss_softmax(h, E, targets, grad_scale):
     ds = np.exp(logits - lz[:, None])
     ds[np.arange(R), t - 1] -= 1.0
     ds *= float(grad_scale)
+    (ds,) = _operands(bf16, ds)
     dE = np.zeros_like(E)
     dE[1:] = ds.T @ h
     return loss, ds @ E[1:], dE
 
 
-def loss(kind, h, E, targets, negatives, grad_scale, logq=None, beta=1.0):
-    """Dispatch on kind in {'bce', 'sampled_softmax', 'softmax', 'gbce'}: (loss, dh, dE)."""
+def _operands(bf16, *xs):
+    """The arrays as float64 products read them: themselves, or (bf16) each rounded to
+    float32 and then to bfloat16."""
+    return tuple(np.asarray(_to_bf16(x) if bf16 else x, np.float64) for x in xs)
+
+
+def loss(kind, h, E, targets, negatives, grad_scale, logq=None, beta=1.0, bf16=False):
+    """Dispatch on kind in {'bce', 'sampled_softmax', 'softmax', 'gbce'}: (loss, dh, dE);
+    bf16 (the softmax losses): their products on bfloat16 operands."""
     if kind == "bce":
         return loss_bce(h, E, targets, negatives, grad_scale)
     if kind == "sampled_softmax":
-        return loss_sampled_softmax(h, E, targets, negatives, grad_scale, logq)
+        return loss_sampled_softmax(h, E, targets, negatives, grad_scale, logq, bf16)
     if kind == "gbce":
         return loss_gbce(h, E, targets, negatives, beta, grad_scale)
     if kind == "softmax":
-        return loss_softmax(h, E, targets, grad_scale)
+        return loss_softmax(h, E, targets, grad_scale, bf16)
     raise ValueError(kind)
 
 

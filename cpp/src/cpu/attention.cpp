@@ -8,6 +8,8 @@
 //             dQ(R, ldq) =, dK, dV(R, ldkv) =
 //   attention_last_forward: inference, one query per sequence (its last row), no dropout
 // Dropout counter of (query row i, head h, key row j) is (i * H + h) * T + (j - start).
+// ctx.precision BF16 leaves these products in fp32: per (sequence, head) they are small
+// (n x n x D, about 4% of a step's work at width 64), too small for the bf16 GEMM to gain.
 // One task per (sequence, head): each task owns its output rows, so any schedule gives
 // the same result.  Only an n_max x n_max score tile per thread exists, never R x R,
 // allocated before the parallel region (a failed allocation is a MemoryError, never an

@@ -1,11 +1,15 @@
 // gemm: the one door to BLAS.  OpenBLAS runs single-threaded; fastsasrec splits each
 // product over its own OpenMP threads (rows of C, or columns when C has few rows), so
 // one thread pool serves both BLAS and the elementwise ops and results depend only on
-// the thread count.
+// the thread count.  gemm_bf16, the same product on bfloat16 operands, chooses here between
+// its AVX-512 BF16 kernel (gemm_bf16.cpp) and its fallback (round, then sgemm).
 #include <cblas.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
+#include <vector>
 
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
@@ -47,6 +51,23 @@ int gemm_blocks(int nt, int extent, double flops) {
   return std::max(1, std::min(nt, extent / 16));
 }
 
+// The output extent gemm splits over nt threads (rows when M >= N) and its block size: the
+// one rule of gemm and gemm_bf16, so their results depend only on the thread count.
+namespace {
+struct Split {
+  bool rows;
+  int extent, block, nblocks;
+};
+Split split_of(int nt, int M, int N) {
+  Split s;
+  s.rows = M >= N;
+  s.extent = s.rows ? M : N;
+  s.block = std::max(16, ((s.extent + nt - 1) / nt + 15) / 16 * 16);
+  s.nblocks = (s.extent + s.block - 1) / s.block;
+  return s;
+}
+}  // namespace
+
 void gemm(int nt, bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
           const float* B, int ldb, float beta, float* C, int ldc) {
   blas_single_threaded();
@@ -57,14 +78,10 @@ void gemm(int nt, bool ta, bool tb, int M, int N, int K, float alpha, const floa
     return;
   }
   // Split the larger output dimension into nt contiguous blocks (multiples of 16 rows/cols).
-  const bool split_rows = M >= N;
-  const int extent = split_rows ? M : N;
-  int block = (extent + nt - 1) / nt;
-  block = std::max(16, (block + 15) / 16 * 16);
-  const int nblocks = (extent + block - 1) / block;
-  parallel_for(nt, nblocks, [&](int t) {
-    const int lo = t * block, hi = std::min(extent, lo + block);
-    if (split_rows) {
+  const Split sp = split_of(nt, M, N);
+  parallel_for(nt, sp.nblocks, [&](int t) {
+    const int lo = t * sp.block, hi = std::min(sp.extent, lo + sp.block);
+    if (sp.rows) {
       const float* Ab = ta ? A + lo : A + (size_t)lo * lda;
       gemm_serial(ta, tb, hi - lo, N, K, alpha, Ab, lda, B, ldb, beta, C + (size_t)lo * ldc, ldc);
     } else {
@@ -72,6 +89,90 @@ void gemm(int nt, bool ta, bool tb, int M, int N, int K, float alpha, const floa
       gemm_serial(ta, tb, M, hi - lo, K, alpha, A, lda, Bb, ldb, beta, C + lo, ldc);
     }
   });
+}
+
+// ---- gemm_bf16
+void round_bf16(int nt, float* dst, const float* src, size_t n) {
+  const int nb = (int)std::min<size_t>(64, (n + 65535) / 65536);
+  parallel_for(nt, std::max(nb, 1), [&](int t) {
+    const size_t e0 = n * t / std::max(nb, 1), e1 = n * (t + 1) / std::max(nb, 1);
+    for (size_t e = e0; e < e1; ++e) dst[e] = round_bf16(src[e]);
+  });
+}
+
+bool gemm_bf16_native() {
+  static const bool native = [] {
+    const char* off = std::getenv("FASTSASREC_NO_AVX512BF16");
+    if (off && *off && std::strcmp(off, "0") != 0) return false;
+    if (!gemm_bf16_kernel_compiled()) return false;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") != 0;
+#else
+    return false;
+#endif
+  }();
+  return native;
+}
+
+namespace {
+// The fallback: the operands rounded to bf16 (round_bf16, compact copies), then sgemm.
+void gemm_bf16_fallback(int nt, bool ta, bool tb, int M, int N, int K, float alpha, const float* A,
+                        int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+  thread_local std::vector<float> sa, sb;
+  auto rounded = [&](std::vector<float>& s, const float* X, int rows, int cols, int ld) {
+    s.resize((size_t)rows * cols);
+    if (ld == cols) {
+      round_bf16(nt, s.data(), X, s.size());
+    } else {
+      for (int r = 0; r < rows; ++r) round_bf16(1, s.data() + (size_t)r * cols, X + (size_t)r * ld, cols);
+    }
+    return s.data();
+  };
+  const float* Ab = rounded(sa, A, ta ? K : M, ta ? M : K, lda);
+  const float* Bb = rounded(sb, B, tb ? N : K, tb ? K : N, ldb);
+  gemm(nt, ta, tb, M, N, K, alpha, Ab, ta ? M : K, Bb, tb ? K : N, beta, C, ldc);
+}
+}  // namespace
+
+void gemm_bf16_path(bool native, int nt, bool ta, bool tb, int M, int N, int K, float alpha,
+                    const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (native && !gemm_bf16_native())
+    throw ValueError("gemm_bf16: the AVX-512 BF16 kernel is not available on this CPU or build");
+  if (!native || K <= 0) {
+    gemm_bf16_fallback(nt, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  nt = usable_threads(nt);
+  const bool serial = nt <= 1 || 2.0 * M * N * K < 2.0e5;
+  const Split sp = split_of(nt, M, N);
+  const int nblocks = serial ? 1 : sp.nblocks;
+  // Each block's packing room, allocated here, before any parallel region.
+  const size_t words = gemm_bf16_kernel_scratch();
+  thread_local std::vector<uint32_t> scratch;
+  if (scratch.size() < words * nblocks) scratch.resize(words * nblocks);
+  uint32_t* const room = scratch.data();
+  if (serial) {
+    gemm_bf16_kernel(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, room);
+    return;
+  }
+  parallel_for(nt, nblocks, [&](int t) {
+    const int lo = t * sp.block, hi = std::min(sp.extent, lo + sp.block);
+    uint32_t* r = room + words * t;
+    if (sp.rows) {
+      const float* Ab = ta ? A + lo : A + (size_t)lo * lda;
+      gemm_bf16_kernel(ta, tb, hi - lo, N, K, alpha, Ab, lda, B, ldb, beta, C + (size_t)lo * ldc, ldc, r);
+    } else {
+      const float* Bb = tb ? B + (size_t)lo * ldb : B + lo;
+      gemm_bf16_kernel(ta, tb, M, hi - lo, K, alpha, A, lda, Bb, ldb, beta, C + lo, ldc, r);
+    }
+  });
+}
+
+void gemm_bf16(int nt, bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
+               const float* B, int ldb, float beta, float* C, int ldc) {
+  gemm_bf16_path(gemm_bf16_native(), nt, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 }  // namespace fsr::cpu

@@ -10,6 +10,9 @@
 //             dE[neg_j] += (ds^T h)_j;  dE[tgt_r] += ds_pos h_r
 // Rows are processed in chunks, so at most chunk x N logits exist at once.
 // workspace (floats): En and dEn (2 N C), one chunk of logits, and R coefficients.
+// ctx.precision BF16: every product's operands in bfloat16 with fp32 sums, as the CUDA twin
+// computes them: h, E and ds in the three GEMMs (gemm_bf16), h_r, E[tgt_r] and ds_pos in
+// s_pos and the target's terms.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -41,6 +44,9 @@ void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE,
                           const float* logq, int R, int C, int V, int N, float grad_scale,
                           float* workspace) {
   const bool grad = grad_scale != 0.f;
+  const bool bf16 = ctx.precision == Precision::BF16;
+  const auto mm = bf16 ? gemm_bf16 : gemm;
+  auto op = [bf16](float x) { return bf16 ? round_bf16(x) : x; };  // an operand
   const int rc = chunk_rows(R, N);
   float* En = workspace;
   float* dEn = En + (size_t)N * C;
@@ -52,14 +58,19 @@ void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE,
 
   for (int r0 = 0; r0 < R; r0 += rc) {
     const int rn = std::min(rc, R - r0);
-    gemm(ctx.threads, false, true, rn, N, C, 1.f, h + (size_t)r0 * C, C, En, C, 0.f, logits, N);
+    mm(ctx.threads, false, true, rn, N, C, 1.f, h + (size_t)r0 * C, C, En, C, 0.f, logits, N);
     parallel_chunks(ctx.threads, rn, N + C, [&](long a, long b, int) {
       for (long i = a; i < b; ++i) {
         const long r = r0 + i;
         const float* hr = h + (size_t)r * C;
         const float* ep = E + (size_t)targets[r] * C;
         const int32_t t = targets[r];
-        const float sp = dot(hr, ep, C) - (logq ? logq[t] : 0.f);
+        float d = 0.f;
+        if (bf16)
+          for (int c = 0; c < C; ++c) d += op(hr[c]) * op(ep[c]);
+        else
+          d = dot(hr, ep, C);
+        const float sp = d - (logq ? logq[t] : 0.f);
         float* row = logits + (size_t)i * N;
         if (logq)
           for (int j = 0; j < N; ++j) row[j] = negatives[j] == t ? ninf : row[j] - logq[negatives[j]];
@@ -73,14 +84,14 @@ void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE,
         if (grad) {
           const float c = grad_scale / z;
           for (int j = 0; j < N; ++j) row[j] *= c;
-          dpos[r] = grad_scale * (ep_ / z - 1.f);
+          dpos[r] = op(grad_scale * (ep_ / z - 1.f));
         }
       }
     });
     if (!grad) continue;
     float* dhc = dh + (size_t)r0 * C;
-    gemm(ctx.threads, false, false, rn, C, N, 1.f, logits, N, En, C, 0.f, dhc, C);
-    gemm(ctx.threads, true, false, N, C, rn, 1.f, logits, N, h + (size_t)r0 * C, C, 1.f, dEn, C);
+    mm(ctx.threads, false, false, rn, C, N, 1.f, logits, N, En, C, 0.f, dhc, C);
+    mm(ctx.threads, true, false, N, C, rn, 1.f, logits, N, h + (size_t)r0 * C, C, 1.f, dEn, C);
   }
   if (!grad) return;
   // dh += ds_pos E[tgt]
@@ -88,7 +99,7 @@ void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE,
     for (long r = a; r < b; ++r) {
       const float* ep = E + (size_t)targets[r] * C;
       float* d = dh + (size_t)r * C;
-      for (int c = 0; c < C; ++c) d[c] += dpos[r] * ep[c];
+      for (int c = 0; c < C; ++c) d[c] += dpos[r] * op(ep[c]);
     }
   });
   // Scatter into item rows, each thread owning a block of columns.
@@ -103,7 +114,7 @@ void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE,
     for (int r = 0; r < R; ++r) {
       float* d = dE + (size_t)targets[r] * C;
       const float* hr = h + (size_t)r * C;
-      for (int c = c0; c < c1; ++c) d[c] += dpos[r] * hr[c];
+      for (int c = c0; c < c1; ++c) d[c] += dpos[r] * op(hr[c]);
     }
   });
 }

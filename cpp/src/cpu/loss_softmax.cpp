@@ -4,6 +4,8 @@
 //   backward (grad_scale != 0): ds = grad_scale * (softmax(s) - onehot(tgt))
 //             dh(R,C) = ds E[1:];   dE[1:] += ds^T h
 // Rows are processed in chunks; workspace: loss_softmax_workspace(R, C, V, N) floats (one chunk).
+// ctx.precision BF16: the three products by gemm_bf16 (h, E and ds rounded to bfloat16, sums
+// in fp32), as the CUDA twin computes them.
 #include <algorithm>
 #include <cmath>
 
@@ -32,12 +34,13 @@ void loss_softmax(const Context& ctx, float* loss, float* dh, float* dE, const f
                   const int32_t* targets, const int32_t* negatives, int R, int C, int V, int N,
                   float grad_scale, float* workspace) {
   const bool grad = grad_scale != 0.f;
+  const auto mm = ctx.precision == Precision::BF16 ? gemm_bf16 : gemm;
   const int rc = chunk_rows(R, V);
   const float* E1 = E + C;  // item 1 onwards
   float* logits = workspace;
   for (int r0 = 0; r0 < R; r0 += rc) {
     const int rn = std::min(rc, R - r0);
-    gemm(ctx.threads, false, true, rn, V, C, 1.f, h + (size_t)r0 * C, C, E1, C, 0.f, logits, V);
+    mm(ctx.threads, false, true, rn, V, C, 1.f, h + (size_t)r0 * C, C, E1, C, 0.f, logits, V);
     parallel_chunks(ctx.threads, rn, V, [&](long a, long b, int) {
       for (long i = a; i < b; ++i) {
         const long r = r0 + i;
@@ -56,8 +59,8 @@ void loss_softmax(const Context& ctx, float* loss, float* dh, float* dE, const f
       }
     });
     if (!grad) continue;
-    gemm(ctx.threads, false, false, rn, C, V, 1.f, logits, V, E1, C, 0.f, dh + (size_t)r0 * C, C);
-    gemm(ctx.threads, true, false, V, C, rn, 1.f, logits, V, h + (size_t)r0 * C, C, 1.f, dE + C, C);
+    mm(ctx.threads, false, false, rn, C, V, 1.f, logits, V, E1, C, 0.f, dh + (size_t)r0 * C, C);
+    mm(ctx.threads, true, false, V, C, rn, 1.f, logits, V, h + (size_t)r0 * C, C, 1.f, dE + C, C);
   }
 }
 

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "fastsasrec/backend.h"  // LossKind, Precision
 
@@ -15,7 +16,7 @@ namespace fsr::cpu {
 // What every CPU op runs with, owned by the backend (so by its model).
 struct Context {
   int threads = 1;                        // OpenMP threads of each parallel region (>= 1)
-  Precision precision = Precision::FP32;  // of the linear layers' products
+  Precision precision = Precision::FP32;  // of the linear layers' and the softmax losses' products
 };
 
 #define FSR_OP(ret, name, params, args) ret name(const Context& ctx, FSR_EXPAND params);
@@ -32,9 +33,43 @@ void gemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alpha, c
 // How many of nt threads to split an output extent over for a product of `flops` (1 = serial).
 int gemm_blocks(int nt, int extent, double flops);
 
-// ---- linear.cpp: dst(n) = src rounded to the nearest bfloat16 (ties to even; NaN stays
+// ---- gemm_bf16: the same product as gemm on bfloat16 operands, with fp32 sums: A and B
+// rounded to bf16 (as round_bf16 does), every product of two bf16 exact in fp32.  Runs the
+// AVX-512 BF16 kernel of gemm_bf16.cpp where the CPU has it (gemm_bf16_native()), else the
+// fallback: round_bf16 copies of the operands, then gemm.  The two differ only in the order
+// of the fp32 sums (and the kernel's subnormals, which it takes as zero).  Split over nt
+// threads as gemm splits, so results depend only on the thread count.
+void gemm_bf16(int nt, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
+               int lda, const float* B, int ldb, float beta, float* C, int ldc);
+// Whether gemm_bf16 runs the kernel here: compiled in, the CPU has AVX-512 BF16, and the
+// environment does not set FASTSASREC_NO_AVX512BF16 (read once).
+bool gemm_bf16_native();
+// gemm_bf16 on a chosen path (native: the kernel, ValueError where it is unavailable; else
+// the fallback), for the tests of both.
+void gemm_bf16_path(bool native, int nt, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                    const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc);
+// gemm_bf16.cpp (compiled with AVX-512 BF16; call only where gemm_bf16_native()): the kernel
+// on the calling thread, with scratch of gemm_bf16_kernel_scratch() words; K > 0.
+bool gemm_bf16_kernel_compiled();
+size_t gemm_bf16_kernel_scratch();
+void gemm_bf16_kernel(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
+                      int lda, const float* B, int ldb, float beta, float* C, int ldc, uint32_t* scratch);
+
+// ---- gemm.cpp: dst(n) = src rounded to the nearest bfloat16 (ties to even; NaN stays
 // NaN), as floats, over nt threads
 void round_bf16(int nt, float* dst, const float* src, size_t n);
+// One float rounded so (round_bf16's rule).
+inline float round_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u)
+    u |= 0x00400000u;  // NaN: keep it a (quiet) NaN
+  else
+    u += 0x7fffu + ((u >> 16) & 1u);  // to nearest, ties to even (may round to inf)
+  u &= 0xffff0000u;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
 
 // The threads of "0 = all cores": OpenMP's default for a new region (OMP_NUM_THREADS, else
 // the cores this process may use).

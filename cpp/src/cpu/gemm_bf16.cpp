@@ -1,0 +1,216 @@
+// gemm_bf16_kernel: C(M,N) = alpha * op(A) op(B) + beta * C on bfloat16 operands with fp32
+// sums, by AVX-512 BF16's vdpbf16ps (two products of bf16 pairs added to an fp32 lane).
+// A and B are fp32 as gemm takes them (row-major, the same transpose flags and leading
+// dimensions); packing rounds them to bf16 to nearest, ties to even, bit for bit as
+// round_bf16 does (NaN stays NaN, a value past bf16's largest rounds to inf).  The product
+// of two bf16 numbers is exact in fp32, so this computes what round_bf16 + sgemm computes,
+// in another summation order; vdpbf16ps also treats subnormal operands and sums as zero.
+// This file alone is compiled with -mavx512bf16 (CMakeLists.txt); its kernel runs only
+// where gemm_bf16 (gemm.cpp, the dispatch and the fallback) has found the instructions.
+//
+// Blocking (one thread, C's block): for NC columns at a time, for KC depths at a time, B's
+// block is packed as panels of NR = 32 columns, each depth pair (k, k+1) one row of 32 bf16
+// pairs (two zmm registers); then for each MR = 8 rows of A, its MR x KC block is packed as
+// bf16 pairs, and an 8 x 32 tile of C is summed in 16 zmm registers per panel.  Depth past K
+// and rows or columns past the block are zero in the packs and never stored.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/ops.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define FSR_HAVE_BF16_KERNEL 1
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12 warns of the "undefined" source operand of its own AVX-512 shift intrinsics.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#endif
+
+namespace fsr::cpu {
+
+#ifdef FSR_HAVE_BF16_KERNEL
+
+namespace {
+constexpr int MR = 8, NR = 32;
+constexpr int KC = 512, NC = 256;  // a B block of KC x NC bf16 = 256 KiB (L2)
+constexpr int KP = KC / 2;         // depth pairs of a block
+
+// Each lane's float rounded to bf16 (round_bf16's rule), in the lane's high 16 bits.
+inline __m512i round_hi(__m512 x) {
+  const __m512i u = _mm512_castps_si512(x);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x00400000)));
+  return _mm512_and_si512(r, _mm512_set1_epi32((int)0xffff0000u));
+}
+
+// Lane j: the pair (lo[j], hi[j]) rounded, lo in the low half (the depth k, hi k + 1).
+inline __m512i pair(__m512 lo, __m512 hi) {
+  return _mm512_or_si512(_mm512_srli_epi32(round_hi(lo), 16), round_hi(hi));
+}
+
+inline __mmask16 first(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << std::max(n, 0)) - 1); }
+
+// A's rows i0..i0+mr-1 (of op(A)), depths k0..k0+kc-1, as pairs.  Not transposed: row i's
+// pairs consecutive (Ap[i * kp + p]); transposed: each pair's 8 rows consecutive (Ap[p * 8 + i]).
+void pack_a(uint32_t* Ap, bool ta, const float* A, int lda, int i0, int mr, int k0, int kc) {
+  const int kp = (kc + 1) / 2;
+  if (!ta) {
+    for (int i = 0; i < MR; ++i) {
+      uint16_t* dst = reinterpret_cast<uint16_t*>(Ap + (size_t)i * kp);
+      if (i >= mr) {
+        std::memset(dst, 0, (size_t)kp * 4);
+        continue;
+      }
+      const float* src = A + (size_t)(i0 + i) * lda + k0;
+      for (int k = 0; k < 2 * kp; k += 16) {
+        const __m512 x = _mm512_maskz_loadu_ps(first(kc - k), src + k);
+        const __m256i h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_hi(x), 16));
+        _mm256_mask_storeu_epi16(dst + k, (__mmask16)first(2 * kp - k), h);
+      }
+    }
+    return;
+  }
+  const __mmask16 rows = first(mr);
+  for (int p = 0; p < kp; ++p) {
+    const int k = k0 + 2 * p;
+    const __m512 lo = _mm512_maskz_loadu_ps(rows, A + (size_t)k * lda + i0);
+    const __m512 hi = 2 * p + 1 < kc ? _mm512_maskz_loadu_ps(rows, A + (size_t)(k + 1) * lda + i0)
+                                     : _mm512_setzero_ps();
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(Ap + (size_t)p * MR),
+                        _mm512_castsi512_si256(pair(lo, hi)));
+  }
+}
+
+// B's depths k0..k0+kc-1 and columns j0..j0+nc-1 (of op(B)) as panels of NR columns:
+// panel q, pair p at Bp[(q * kp + p) * NR].  tmp: NR * KC bf16 (the transposed case).
+void pack_b(uint32_t* Bp, uint16_t* tmp, bool tb, const float* B, int ldb, int k0, int kc, int j0, int nc) {
+  const int kp = (kc + 1) / 2;
+  for (int q = 0; q * NR < nc; ++q) {
+    const int jq = j0 + q * NR, w = std::min(NR, nc - q * NR);
+    uint32_t* P = Bp + (size_t)q * kp * NR;
+    if (!tb) {
+      const __mmask16 m0 = first(w), m1 = first(w - 16);
+      for (int p = 0; p < kp; ++p) {
+        const float* r0 = B + (size_t)(k0 + 2 * p) * ldb + jq;
+        const bool has1 = 2 * p + 1 < kc;
+        const float* r1 = r0 + ldb;
+        const __m512 z = _mm512_setzero_ps();
+        _mm512_storeu_si512(P + (size_t)p * NR,
+                            pair(_mm512_maskz_loadu_ps(m0, r0), has1 ? _mm512_maskz_loadu_ps(m0, r1) : z));
+        _mm512_storeu_si512(P + (size_t)p * NR + 16,
+                            pair(_mm512_maskz_loadu_ps(m1, r0 + 16), has1 ? _mm512_maskz_loadu_ps(m1, r1 + 16) : z));
+      }
+      continue;
+    }
+    // Transposed: column j of op(B) is row j of B, contiguous in depth.  Each column is
+    // rounded into tmp (its pairs consecutive), then pairs are gathered 16 columns at a time.
+    for (int j = 0; j < NR; ++j) {
+      uint16_t* dst = tmp + (size_t)j * 2 * kp;
+      if (j >= w) {
+        std::memset(dst, 0, (size_t)kp * 4);
+        continue;
+      }
+      const float* src = B + (size_t)(jq + j) * ldb + k0;
+      for (int k = 0; k < 2 * kp; k += 16) {
+        const __m512 x = _mm512_maskz_loadu_ps(first(kc - k), src + k);
+        _mm256_mask_storeu_epi16(dst + k, (__mmask16)first(2 * kp - k),
+                                 _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_hi(x), 16)));
+      }
+    }
+    const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                           _mm512_set1_epi32(kp));
+    const __m512i idx16 = _mm512_add_epi32(idx, _mm512_set1_epi32(16 * kp));
+    const int* t32 = reinterpret_cast<const int*>(tmp);
+    for (int p = 0; p < kp; ++p) {
+      _mm512_storeu_si512(P + (size_t)p * NR, _mm512_i32gather_epi32(idx, t32 + p, 4));
+      _mm512_storeu_si512(P + (size_t)p * NR + 16, _mm512_i32gather_epi32(idx16, t32 + p, 4));
+    }
+  }
+}
+
+// The 8 x 32 tile: acc = sum over kp pairs of A's pairs (by rows) times the panel's.
+template <bool kTransA>
+inline void tile(__m512 acc[MR][2], const uint32_t* Ap, int kp, const uint32_t* P) {
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int p = 0; p < kp; ++p) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(P + (size_t)p * NR);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(P + (size_t)p * NR + 16);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const uint32_t a = kTransA ? Ap[(size_t)p * MR + i] : Ap[(size_t)i * kp + p];
+      const __m512bh av = (__m512bh)_mm512_set1_epi32((int)a);
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, b1);
+    }
+  }
+}
+
+// C's tile rows i < mr, columns < w: = alpha acc + beta C (first depth block; beta 0 never
+// reads C), or += alpha acc (later blocks).
+inline void store(float* C, int ldc, const __m512 acc[MR][2], int mr, int w, float alpha, float beta,
+                  bool first_block) {
+  const __mmask16 m[2] = {first(w), first(w - 16)};
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(first_block ? beta : 1.f);
+  const bool read = !first_block || beta != 0.f;
+  for (int i = 0; i < mr; ++i)
+    for (int h = 0; h < 2; ++h) {
+      if (!m[h]) continue;
+      float* c = C + (size_t)i * ldc + 16 * h;
+      __m512 v = _mm512_mul_ps(va, acc[i][h]);
+      if (read) v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m[h], c), v);
+      _mm512_mask_storeu_ps(c, m[h], v);
+    }
+}
+}  // namespace
+
+bool gemm_bf16_kernel_compiled() { return true; }
+
+size_t gemm_bf16_kernel_scratch() {  // uint32 words: A's pack, B's packs, B's transposition
+  return (size_t)MR * KP + (size_t)KP * NC + (size_t)NR * KP + 16;
+}
+
+void gemm_bf16_kernel(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
+                      const float* B, int ldb, float beta, float* C, int ldc, uint32_t* scratch) {
+  if (M <= 0 || N <= 0) return;
+  uint32_t* const base = reinterpret_cast<uint32_t*>(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+  uint32_t* const Ap = base;
+  uint32_t* const Bp = Ap + (size_t)MR * KP;
+  uint16_t* const tmp = reinterpret_cast<uint16_t*>(Bp + (size_t)KP * NC);
+  __m512 acc[MR][2];
+  for (int j0 = 0; j0 < N; j0 += NC) {
+    const int nc = std::min(NC, N - j0);
+    for (int k0 = 0; k0 < K; k0 += KC) {
+      const int kc = std::min(KC, K - k0), kp = (kc + 1) / 2;
+      pack_b(Bp, tmp, tb, B, ldb, k0, kc, j0, nc);
+      for (int i0 = 0; i0 < M; i0 += MR) {
+        const int mr = std::min(MR, M - i0);
+        pack_a(Ap, ta, A, lda, i0, mr, k0, kc);
+        for (int q = 0; q * NR < nc; ++q) {
+          const uint32_t* P = Bp + (size_t)q * kp * NR;
+          if (ta)
+            tile<true>(acc, Ap, kp, P);
+          else
+            tile<false>(acc, Ap, kp, P);
+          store(C + (size_t)i0 * ldc + j0 + q * NR, ldc, acc, mr, std::min(NR, nc - q * NR), alpha,
+                beta, k0 == 0);
+        }
+      }
+    }
+  }
+}
+
+#else  // the compiler lacks AVX-512 BF16: gemm_bf16 always takes its fallback
+
+bool gemm_bf16_kernel_compiled() { return false; }
+size_t gemm_bf16_kernel_scratch() { return 0; }
+void gemm_bf16_kernel(bool, bool, int, int, int, float, const float*, int, const float*, int, float,
+                      float*, int, uint32_t*) {}
+
+#endif
+
+}  // namespace fsr::cpu
