@@ -46,11 +46,11 @@ def import_fastsasrec():
 
 
 def run_torch(ds: common.Dataset, loss: str, epochs: int, threads: int, verbose: int,
-              device: str = "cpu", compile: bool = False) -> dict:
+              device: str = "cpu", compile: bool = False, bf16: bool = False) -> dict:
     import torch_reference as tr
 
     model = tr.TorchSASRec(ds.n_items, **dict(CONFIG, loss=loss), threads=threads, verbose=verbose,
-                           device=device, compile=compile)
+                           device=device, compile=compile, autocast_bf16=bf16)
     t0 = time.perf_counter()
     model.fit(ds.contexts, epochs)
     train_s = time.perf_counter() - t0
@@ -124,8 +124,9 @@ def main(argv=None) -> int:
     uses_fastsasrec = "fastsasrec" in impls
     SASRec = import_fastsasrec() if uses_fastsasrec else None
     # fastsasrec runs once per precision ("fastsasrec" is fp32's row, "fastsasrec bf16" bf16's)
-    impls = [i for impl in impls for i in ([impl] if impl != "fastsasrec" else
-             ["fastsasrec" if p == "fp32" else f"fastsasrec {p}" for p in precisions])]
+    # and so does the eager reference ("torch bf16": PyTorch's autocast to bfloat16)
+    impls = [i for impl in impls for i in ([impl] if impl not in ("fastsasrec", "torch") else
+             [impl if p == "fp32" else f"{impl} {p}" for p in precisions])]
     if "torch" in impls:
         import torch  # noqa: F401  (so its version shows in the machine description)
 
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
             print(f"[{impl} / {loss}] training {epochs} epochs ...", flush=True)
             if impl.startswith("torch"):
                 r = run_torch(ds, loss, epochs, args.threads, args.verbose, args.device,
-                              compile=impl == "torch.compile")
+                              compile=impl == "torch.compile", bf16=impl == "torch bf16")
             else:
                 prec = impl.split(" ")[1] if " " in impl else "fp32"
                 r = run_fastsasrec(SASRec, ds, loss, epochs, args.threads, args.verbose, args.device, prec)
@@ -178,6 +179,11 @@ def main(argv=None) -> int:
             if p != "fp32" and f"fastsasrec {p}" in speed and "fastsasrec" in speed:
                 row = next(r for r in rows[::-1] if r["impl"] == f"fastsasrec {p}")
                 row["speed vs torch"] = f"{speed[f'fastsasrec {p}'] / speed['fastsasrec']:.2f}x fp32"
+                if f"torch {p}" in speed:
+                    row["speed vs torch"] += f", {speed[f'fastsasrec {p}'] / speed[f'torch {p}']:.2f}x torch {p}"
+            if p != "fp32" and f"torch {p}" in speed and "torch" in speed:
+                row = next(r for r in rows[::-1] if r["impl"] == f"torch {p}")
+                row["speed vs torch"] = f"{speed[f'torch {p}'] / speed['torch']:.2f}x torch fp32"
 
     seeds = [int(x) for x in args.default_seeds.split(",") if x.strip()] if uses_fastsasrec else []
     if args.warmup_check:

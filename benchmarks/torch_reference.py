@@ -133,6 +133,7 @@ class TorchSASRec:
         verbose: int = 0,
         device: str = "cpu",
         compile: bool = False,
+        autocast_bf16: bool = False,
     ):
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r}; expected one of {LOSSES}")
@@ -156,6 +157,8 @@ class TorchSASRec:
         )
         self.epoch_losses: list[float] = []
         self.epoch_times: list[float] = []
+        # PyTorch's own bf16: autocast over the forward and the loss (fp32 master weights)
+        self.autocast_bf16 = autocast_bf16
 
     # ------------------------------------------------------------------ training
 
@@ -207,8 +210,9 @@ class TorchSASRec:
             total, nb = 0.0, 0
             for s in range(0, len(order), self.batch_size):
                 win = windows[order[s : s + self.batch_size]]
-                h = self.forward(self._t(win[:, :-1]))
-                loss = self._loss(h, win)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
+                    h = self.forward(self._t(win[:, :-1]))
+                    loss = self._loss(h, win)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
