@@ -36,7 +36,9 @@ VARIANTS = {
     "previous_lr": ({}, PREVIOUS),                       # the learning-rate rule alone
     "fresh": ({}, {"REFIT": "fresh"}),
     "no_decay": ({}, {"REFIT_DECAY": False}),
-    "share0.2": ({}, {"REFIT_SHARE": 0.2}),
+    "share0.1": ({}, {"REFIT_SHARE": 0.1}),
+    "share0.3": ({}, {"REFIT_SHARE": 0.3}),
+    "pat100": ({}, {"STEPS_PATIENCE": 100}),
     "lr1e-3": ({"learning_rate": 1e-3}, {}),
     "no_smooth": ({}, {"STEPS_SMOOTH": 1}),
     "pat200": ({}, {"STEPS_PATIENCE": 200}),

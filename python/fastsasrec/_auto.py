@@ -35,7 +35,7 @@ validation targets of MovieLens 100K, Amazon Beauty and Sports and the synthetic
   1e-3, while Amazon Beauty (about 1,000 a batch, 175 batches an epoch) lost 5% at 3e-3
   and keeps 1e-3.
 - ``iterations``: early stopping on a validation slice (see ``carve_slice``), at most
-  ``max_epochs`` epochs, patience from the batches an epoch holds (about 100 optimizer
+  ``max_epochs`` epochs, patience from the batches an epoch holds (about 150 optimizer
   steps, at least 5 epochs), the score it watches averaged over about 40 steps' epochs
   (where an epoch is a few steps, neighbouring epochs differ by noise more than by
   learning); then the best epoch's weights train a fifth of their epochs more on
@@ -59,7 +59,7 @@ RICH, POOR = 256.0, 64.0   # events per item of dropout 0.2 and 0.5
 SLICE_MIN_USERS = 100       # fewer eligible sequences: no slice, a fixed number of epochs
 LR_BASE, LR_TOKENS, LR_MAX = 1e-3, 1024, 4e-3  # learning_rate: 1e-3 at 1,024 targets a batch,
 #                             growing with the square root of the targets a batch holds, to 4e-3
-STEPS_PATIENCE = 100        # optimizer steps without improvement before stopping
+STEPS_PATIENCE = 150        # optimizer steps without improvement before stopping
 STEPS_SMOOTH = 40           # early stopping watches the mean score of about this many steps
 STEPS_MAX = 30000           # at most this many optimizer steps (and 50..1000 epochs)
 STEPS_FIXED = 1500          # without a slice: about this many steps (20..200 epochs)
