@@ -53,6 +53,18 @@ GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy",
 ROWS = {"ids": None, "features_mean": "mean", "features_sum": "sum"}
 
 
+def row_params(row):
+    """The estimator's parameters of a row: {} for "ids"; features_<pooling> with
+    id_dropout 0, features_<pooling>_iddrop<p> with id_dropout p."""
+    if row == "ids":
+        return {}
+    base, _, p = row.partition("_iddrop")
+    if base not in ROWS or ROWS[base] is None:
+        raise SystemExit(f"unknown row {row!r}: ids, features_mean, features_sum, "
+                         "features_<pooling>_iddrop<p>")
+    return {"feature_pooling": ROWS[base], "id_dropout": float(p) if p else 0.0}
+
+
 def movie_table():
     """(a DataFrame indexed by movie id: genres (list), year (float, NaN when unknown),
     title), from u.item (latin-1)."""
@@ -74,14 +86,13 @@ def movie_table():
 def fit(row, seqs, seed, threads, table):
     from fastsasrec import SASRec
 
-    pooling = ROWS[row]
-    model = SASRec(random_state=seed, num_threads=threads,
-                   **({"feature_pooling": pooling} if pooling else {}))
+    params = row_params(row)
+    model = SASRec(random_state=seed, num_threads=threads, **params)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit([s for s in seqs if len(s) >= 2],
-                  **({"item_features": table, "item_names": "title"} if pooling else {}))
+                  **({"item_features": table, "item_names": "title"} if params else {}))
     return model, time.perf_counter() - t0
 
 

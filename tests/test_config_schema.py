@@ -111,7 +111,7 @@ def test_python_derives_its_engine_keys_and_types_from_the_schema():
     assert engine_params == {"factors", "n_layers", "n_heads", "max_seq", "dropout", "loss",
                              "negatives", "logq_correction", "n_negatives", "gbce_t",
                              "learning_rate", "weight_decay", "batch_size", "precision",
-                             "feature_pooling"}
+                             "feature_pooling", "id_dropout"}
     for name in engine_params:
         assert _params.PARAMS[name][0] == kinds[BY_NAME[name]["type"]], name
     assert _params.LOSSES[1:] == tuple(BY_NAME["loss"]["choices"])
@@ -127,6 +127,14 @@ def test_python_derives_its_engine_keys_and_types_from_the_schema():
     # the features' keys only for a model with features
     cfg = _params.engine_config(params, n_items=10, seed=7, n_feature_values=4)
     assert cfg["n_feature_values"] == 4 and cfg["feature_pooling"] == "mean"
+    _core.check_config(cfg)
+    # id_dropout with features only, and only when it is not 0
+    assert "id_dropout" not in _params.engine_config(dict(params, id_dropout=0.3), n_items=10,
+                                                     seed=7)
+    assert "id_dropout" not in _params.engine_config(dict(params, id_dropout=0.0), n_items=10,
+                                                     seed=7, n_feature_values=4)
+    cfg = _params.engine_config(dict(params, id_dropout=0.3), n_items=10, seed=7, n_feature_values=4)
+    assert cfg["id_dropout"] == 0.3
     _core.check_config(cfg)
     # the model file's schema: every key with the engine's type
     assert _persist._CONFIG_TYPES == {f["name"]: f["type"] for f in SCHEMA}

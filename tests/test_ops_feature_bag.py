@@ -1,10 +1,11 @@
 """The feature bag op (cpp/src/cpu/feature_bag.cpp, cuda/feature_bag.cu) on every device
 against the float64 reference (tests/reference/ops.py): the fused item table
-out = E + pool(F[each item's values]) and the gradient dF += of it, on random and awkward
-shapes (items with no values, a value shared by every item, a value listed twice by one
-item, V1 = 1, widths off multiples of 16 and 32, enough rows to split over threads), from
-poisoned outputs (=) and random prefills (+=); plus a finite-difference check of the
-reference's backward.  Tolerances: tests/reference/__init__.py's ``bound``; each case's
+out = m * E + pool(F[each item's values]) (m the id-dropout mask, all ones when p = 0),
+the gradient dF += of it and the id part's dE = m * dout (in place), on random and
+awkward shapes (items with no values, a value shared by every item, a value listed twice
+by one item, V1 = 1, widths off multiples of 16 and 32, enough rows to split over
+threads), from poisoned outputs (=) and random prefills (+=); plus a finite-difference
+check of the reference's backward.  Tolerances: tests/reference/__init__.py's ``bound``; each case's
 seed is in its id."""
 import numpy as np
 import pytest
@@ -61,33 +62,45 @@ CASES = [  # (kind, V1, C, NF, seed)
 CASE_IDS = [f"{k}-V{v}-C{c}-NF{n}-s{s}" for k, v, c, n, s in CASES]
 
 
+@pytest.mark.parametrize("p", [0.0, 0.4], ids=["p0", "p0.4"])
 @pytest.mark.parametrize("mean", [True, False], ids=["mean", "sum"])
 @pytest.mark.parametrize("kind,V1,C,NF,seed", CASES, ids=CASE_IDS)
-def test_feature_bag(ops, kind, V1, C, NF, seed, mean):
+def test_feature_bag(ops, kind, V1, C, NF, seed, mean, p):
     rng = np.random.default_rng(seed)
     values, offsets = bags(kind, V1, NF, rng)
     inv_items, inv_offsets = inverse(values, offsets, NF)
     E, F = rng.standard_normal((V1, C)).astype(np.float32), rng.standard_normal((NF, C)).astype(np.float32)
     n_item = int(np.max(np.diff(offsets), initial=0))
     n_value = int(np.max(np.diff(inv_offsets), initial=0))
+    key = R.rng_key(seed, R.dropout_stream(3, R.id_dropout_site()))
+    keep = R.id_keep(key, V1, p)
+    if p > 0 and V1 > 20:
+        assert 0 < keep.sum() < V1, "the mask must keep some rows and drop others"
 
     out = np.full((V1, C), np.nan, np.float32)
-    ops.feature_bag_forward(out, E, F, values, offsets, V1, C, mean)
-    ref = R.feature_bag_forward(E, F, values, offsets, mean)
-    mag = R.feature_bag_forward(np.abs(E), np.abs(F), values, offsets, mean)
+    ops.feature_bag_forward(out, E, F, values, offsets, V1, C, mean, p, key)
+    ref = R.feature_bag_forward(E, F, values, offsets, mean, keep)
+    mag = R.feature_bag_forward(np.abs(E), np.abs(F), values, offsets, mean, keep)
     assert_close(out, ref, bound(n_item + 1, mag), "feature_bag_forward", seed)
     empty = np.diff(offsets) == 0
-    np.testing.assert_array_equal(out[empty], E[empty], err_msg=f"items without values (seed {seed})")
+    np.testing.assert_array_equal(out[empty], E[empty] * keep[empty, None].astype(np.float32),
+                                  err_msg=f"items without values (seed {seed})")
+    # a dropped row is the pool alone: the same bits as with E = 0
+    dropped = keep == 0
+    zero_E = np.full((V1, C), np.nan, np.float32)
+    ops.feature_bag_forward(zero_E, np.zeros_like(E), F, values, offsets, V1, C, mean, 0.0, 0)
+    np.testing.assert_array_equal(out[dropped], zero_E[dropped], err_msg=f"dropped rows (seed {seed})")
 
     dout = rng.standard_normal((V1, C)).astype(np.float32)
-    rdF = R.feature_bag_backward(dout, values, offsets, NF, mean)
-    tol = bound(n_value + 1, R.feature_bag_backward(np.abs(dout), values, offsets, NF, mean))
-    dF = np.zeros((NF, C), np.float32)
-    ops.feature_bag_backward(dF, dout, inv_items, inv_offsets, offsets, NF, C, mean)
+    rdE, rdF = R.feature_bag_backward(dout, values, offsets, NF, mean, keep)
+    tol = bound(n_value + 1, R.feature_bag_backward(np.abs(dout), values, offsets, NF, mean)[1])
+    dF, dE = np.zeros((NF, C), np.float32), dout.copy()
+    ops.feature_bag_backward(dF, dE, inv_items, inv_offsets, offsets, NF, V1, C, mean, p, key)
     assert_close(dF, rdF, tol, "feature_bag_backward", seed)
+    np.testing.assert_array_equal(dE, rdE.astype(np.float32), err_msg=f"dE = m * dout (seed {seed})")
     prefill = rng.standard_normal((NF, C)).astype(np.float32)
-    acc = prefill.copy()
-    ops.feature_bag_backward(acc, dout, inv_items, inv_offsets, offsets, NF, C, mean)
+    acc, dE = prefill.copy(), dout.copy()
+    ops.feature_bag_backward(acc, dE, inv_items, inv_offsets, offsets, NF, V1, C, mean, p, key)
     pre = prefill.astype(np.float64)
     assert_close(acc, pre + rdF, tol + bound(0, np.abs(pre) + np.abs(rdF)),
                  "feature_bag_backward (accumulated)", seed)
@@ -95,8 +108,28 @@ def test_feature_bag(ops, kind, V1, C, NF, seed, mean):
     np.testing.assert_array_equal(acc[unused], prefill[unused], err_msg=f"unused values' rows (seed {seed})")
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_id_dropout_mask_rate_and_key(p):
+    """The mask drops about p of the rows (binomial, 5 sigma), and another step's key draws
+    another mask."""
+    V1, n = 20000, 20000
+    k1 = R.rng_key(1, R.dropout_stream(5, R.id_dropout_site()))
+    k2 = R.rng_key(1, R.dropout_stream(6, R.id_dropout_site()))
+    m1, m2 = R.id_keep(k1, V1, p), R.id_keep(k2, V1, p)
+    assert abs((1 - m1.mean()) - p) <= 5 * np.sqrt(p * (1 - p) / n)
+    assert (m1 != m2).any()
+    o = CORE.Ops("cpu", threads=1)
+    E = np.ones((V1, 1), np.float32)
+    out = np.zeros((V1, 1), np.float32)
+    offsets = np.zeros(V1 + 1, np.int32)
+    o.feature_bag_forward(out, E, np.zeros((1, 1), np.float32), np.zeros(0, np.int32), offsets,
+                          V1, 1, True, p, k1)
+    np.testing.assert_array_equal(out[:, 0], m1.astype(np.float32))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
 @pytest.mark.parametrize("mean", [True, False], ids=["mean", "sum"])
-def test_feature_bag_does_not_depend_on_threads(mean):
+def test_feature_bag_does_not_depend_on_threads(mean, p):
     """One writer per row, terms in list order: 1 and 2 threads give the same bits."""
     rng = np.random.default_rng(10)
     V1, C, NF = 3000, 24, 50
@@ -107,26 +140,31 @@ def test_feature_bag_does_not_depend_on_threads(mean):
     got = []
     for threads in (1, 2):
         o = CORE.Ops("cpu", threads=threads)
-        out, dF = np.zeros((V1, C), np.float32), np.zeros((NF, C), np.float32)
-        o.feature_bag_forward(out, E, F, values, offsets, V1, C, mean)
-        o.feature_bag_backward(dF, dout, inv_items, inv_offsets, offsets, NF, C, mean)
-        got.append((out, dF))
+        out, dF, dE = np.zeros((V1, C), np.float32), np.zeros((NF, C), np.float32), dout.copy()
+        o.feature_bag_forward(out, E, F, values, offsets, V1, C, mean, p, 99)
+        o.feature_bag_backward(dF, dE, inv_items, inv_offsets, offsets, NF, V1, C, mean, p, 99)
+        got.append((out, dF, dE))
     for a, b in zip(*got):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("kind,mean,seed", [("random", True, 11), ("repeats", False, 12),
-                                            ("sparse", True, 13)])
-def test_reference_fd_feature_bag(kind, mean, seed):
-    """The reference's backward is the derivative of its forward (float64 central
-    differences, as test_ops.py's checks of the other ops)."""
+@pytest.mark.parametrize("kind,mean,seed,p", [("random", True, 11, 0.0), ("repeats", False, 12, 0.0),
+                                              ("sparse", True, 13, 0.0), ("random", True, 14, 0.5),
+                                              ("repeats", False, 15, 0.5)])
+def test_reference_fd_feature_bag(kind, mean, seed, p):
+    """The reference's backward is the derivative of its forward, id dropout's mask fixed
+    (float64 central differences, as test_ops.py's checks of the other ops)."""
     rng = np.random.default_rng(seed)
     V1, C, NF = 7, 3, 4
     values, offsets = bags(kind, V1, NF, rng)
+    keep = R.id_keep(R.rng_key(seed, R.id_dropout_site()), V1, p)
+    if p > 0:
+        assert 0 < keep.sum() < V1
     params = {"E": rng.standard_normal((V1, C)), "F": rng.standard_normal((NF, C))}
     w = rng.standard_normal((V1, C))
-    f = lambda q: np.sum(w * R.feature_bag_forward(q["E"], q["F"], values, offsets, mean))  # noqa: E731
-    grads = {"E": w, "F": R.feature_bag_backward(w, values, offsets, NF, mean)}
+    f = lambda q: np.sum(w * R.feature_bag_forward(q["E"], q["F"], values, offsets, mean, keep))  # noqa: E731
+    dE, dF = R.feature_bag_backward(w, values, offsets, NF, mean, keep)
+    grads = {"E": dE, "F": dF}
     for name, i, an, num in RM.finite_difference_check(f, params, grads, rng, None, 1e-6):
         assert abs(an - num) <= 1e-6 * abs(num) + 1e-7 * max(1.0, abs(f(params))), (
             f"reference gradient of {name}[{i}] = {an!r}, finite difference {num!r} (seed {seed})")

@@ -64,6 +64,9 @@ void Config::validate(bool with_catalogue) const {
   // The heads split the width evenly.
   FSR_REQUIRE(factors % n_heads == 0, "factors (", factors, ") must be divisible by n_heads (",
               n_heads, ")");
+  // Id dropout leaves an item to its features: without features it would leave nothing.
+  FSR_REQUIRE(id_dropout == 0.f || n_feature_values > 0, "id_dropout (", id_dropout,
+              ") needs item features, but n_feature_values = ", n_feature_values);
   if (!with_catalogue) return;
   // The sampled losses draw their negatives from the other items of the catalogue.
   if (loss == LossKind::SampledSoftmax || loss == LossKind::GBCE) {

@@ -276,19 +276,29 @@ void Model::set_item_features(const int32_t* values, const int64_t* offsets, int
   weights_changed();
 }
 
-const float* Model::item_table() {
+const float* Model::item_table(int64_t mask_step) {
   const float* E = params_->f() + off_E_;
   if (cfg_.n_feature_values == 0) return E;
   FSR_REQUIRE(features_set_, "the model has item features (n_feature_values = ",
               cfg_.n_feature_values, "): set_item_features must be called before it trains "
               "or scores");
-  if (fused_stale_) {
+  if (fused_stale_ || fused_step_ != mask_step) {
     be_->feature_bag_forward(fused_->f(), E, params_->f() + off_F_, feat_values_, feat_offsets_,
                              cfg_.n_items + 1, cfg_.factors,
-                             cfg_.feature_pooling == FeaturePooling::Mean);
+                             cfg_.feature_pooling == FeaturePooling::Mean,
+                             mask_step < 0 ? 0.f : cfg_.id_dropout, id_dropout_key(mask_step));
     fused_stale_ = false;
+    fused_step_ = mask_step;
   }
   return fused_->f();
+}
+
+int64_t Model::id_mask_step(bool train, int64_t step) const {
+  return train && cfg_.id_dropout > 0.f && cfg_.n_feature_values > 0 ? step : -1;
+}
+
+uint64_t Model::id_dropout_key(int64_t mask_step) const {
+  return mask_step < 0 ? 0 : rng_key(cfg_.seed, dropout_stream(mask_step, site_id_dropout()));
 }
 
 // ------------------------------------------------------------------ arenas
@@ -360,7 +370,8 @@ void Model::forward(Acts& a, const Shape& s, bool train, int64_t step, Rows rows
   const float* lnf_g = params_->f() + off_lnf_g_;
   const float* lnf_b = params_->f() + off_lnf_b_;
   float* x0 = L > 0 ? a.layers[0].x : a.xL;
-  be.embedding_forward(x0, a.items, a.pos, item_table(), params_->f() + off_P_, R, C,
+  be.embedding_forward(x0, a.items, a.pos, item_table(id_mask_step(train, step)),
+                       params_->f() + off_P_, R, C,
                        std::sqrt((float)C), p,
                        rng_key(cfg_.seed, dropout_stream(step, site_embedding())));
   if (L == 0) {  // the final norm of the embeddings (of each sequence's last row: Rows::Last)
@@ -470,11 +481,15 @@ void Model::backward(Acts& a, const Shape& s, bool train, int64_t step) {
   be.embedding_backward(G + off_E_, G + off_P_, a.dx, a.items, a.pos, R, C, std::sqrt((float)C),
                         p, key(site_embedding()));
   // With features, dE (complete now: the loss's part and the embedding's) is the fused
-  // table's gradient; the features' part of it goes to dF.
-  if (cfg_.n_feature_values > 0)
+  // table's gradient; the features' part of it goes to dF, and what stays in dE is the id
+  // part's (the rows the step's id dropout left out: zero).
+  if (cfg_.n_feature_values > 0) {
+    const int64_t ms = id_mask_step(train, step);
     be.feature_bag_backward(G + off_F_, G + off_E_, inv_items_, inv_offsets_, feat_offsets_,
-                            cfg_.n_feature_values, C,
-                            cfg_.feature_pooling == FeaturePooling::Mean);
+                            cfg_.n_feature_values, cfg_.n_items + 1, C,
+                            cfg_.feature_pooling == FeaturePooling::Mean,
+                            ms < 0 ? 0.f : cfg_.id_dropout, id_dropout_key(ms));
+  }
 }
 
 // ------------------------------------------------------------------ the loss
@@ -491,9 +506,10 @@ size_t Model::loss_workspace(int R) const {
 
 // loss(R) = the per-row losses of final states h against the batch's targets; with
 // grad_scale != 0 also dh = and the item embeddings' gradient +=.
-void Model::loss(float* loss, float* dh, const float* h, const Acts& a, int R, float grad_scale) {
+void Model::loss(float* loss, float* dh, const float* h, const Acts& a, int R, float grad_scale,
+                 int64_t mask_step) {
   const int C = cfg_.factors, V = cfg_.n_items, N = cfg_.n_negatives;
-  const float* E = item_table();
+  const float* E = item_table(mask_step);
   float* dE = grads_->f() + off_E_;
   switch (cfg_.loss) {
     case LossKind::BCE:

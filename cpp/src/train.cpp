@@ -132,7 +132,7 @@ void Model::run_step(const HostBatch& batch, bool train, bool grad, int64_t step
   upload_batch(batch, a);
   forward(a, s, train, step, Rows::All);
   if (grad) be_->zero(grads_->get(), n_params_ * sizeof(float));
-  loss(a.loss, a.dh, a.h, a, s.R, grad ? 1.f / s.R : 0.f);
+  loss(a.loss, a.dh, a.h, a, s.R, grad ? 1.f / s.R : 0.f, id_mask_step(train, step));
   if (grad) backward(a, s, train, step);
 }
 

@@ -36,7 +36,7 @@ DEFAULTS: Dict[str, Any] = {
     "loss": "auto", "negatives": "auto", "logq_correction": None, "n_negatives": "auto",
     "gbce_t": 0.75, "learning_rate": "auto", "weight_decay": 0.0, "batch_size": 128,
     "iterations": "auto", "device": "auto", "random_state": 42, "verbose": 0, "num_threads": 0,
-    "precision": "fp32", "feature_pooling": "mean", "feature_buckets": 10,
+    "precision": "fp32", "feature_pooling": "mean", "feature_buckets": 10, "id_dropout": 0.0,
 }
 _OWN_KINDS = {"iterations": "int", "device": "device", "random_state": "seed", "verbose": "int",
               "num_threads": "int", "feature_buckets": "int"}
@@ -104,9 +104,9 @@ def convert(name: str, value: Any) -> Any:
 # The engine's fields a fit writes only for the losses that read them (engine_config), and
 # only for a model with item features.
 _LOSS_ONLY = ("negatives", "logq_correction", "gbce_t")
-_FEATURES_ONLY = ("feature_pooling",)
+_FEATURES_ONLY = ("feature_pooling", "id_dropout")
 # The estimator's parameters that only a model with item features records.
-FEATURE_PARAMS = ("feature_pooling", "feature_buckets")
+FEATURE_PARAMS = ("feature_pooling", "feature_buckets", "id_dropout")
 
 
 def engine_config(params: Dict[str, Any], n_items: int, seed: int,
@@ -114,10 +114,13 @@ def engine_config(params: Dict[str, Any], n_items: int, seed: int,
     """The engine's configuration for a fit of ``params`` (no "auto" left but iterations)
     on n_items items (and a feature-value table of n_feature_values rows).  The sampler's
     keys are written only for the losses that read them, and the features' only with
-    features, so that other models' files stay as older versions wrote them."""
+    features (id_dropout only when it is not 0), so that other models' files stay as older
+    versions wrote them."""
     given = {"n_items": n_items, "seed": seed}
     if n_feature_values:
         given.update(n_feature_values=n_feature_values, feature_pooling=params["feature_pooling"])
+        if params["id_dropout"]:
+            given.update(id_dropout=params["id_dropout"])
     cfg = {name: given[name] if name in given else params[name] for name in ENGINE
            if name in given or (name in params and name not in _LOSS_ONLY + _FEATURES_ONLY)}
     if params["loss"] == "sampled_softmax" and params["negatives"] != "uniform":
@@ -141,6 +144,8 @@ def checked(params: Dict[str, Any], given: Optional[Dict[str, Any]] = None) -> D
     cfg.update({k: v for k, v in _AUTO_PLACEHOLDER.items() if cfg.get(k) == "auto"})
     if out["random_state"] is not None:
         cfg["seed"] = out["random_state"]
+    if cfg.get("id_dropout"):  # its range checked as a model with features would check it
+        cfg["n_feature_values"] = 1
     _core.check_config(cfg)
     return out
 

@@ -380,13 +380,18 @@ def _read_file(path: str, checkpoint: bool = False):
 
 def _params_of(meta: Dict[str, Any], path: str) -> Dict[str, Any]:
     """The header's parameters; those of item features at their defaults in a file of a
-    model without features (which leaves them out, as files before features did)."""
+    model without features (which leaves them out, as files before features did), and
+    id_dropout 0 in a file of a model with features written before it existed (which
+    trained without it)."""
     from fastsasrec._params import DEFAULTS
 
     params = meta.get("params")
     if not isinstance(params, dict):
         raise ValueError(f"path {path!r}: params must be an object")
-    return {**{name: DEFAULTS[name] for name in FEATURE_PARAMS}, **params}
+    before = {name: DEFAULTS[name] for name in FEATURE_PARAMS}
+    if meta.get("features") is not None:
+        before["id_dropout"] = 0.0
+    return {**before, **params}
 
 
 def load(cls: Any, path: "os.PathLike[str] | str", device: str = "auto",

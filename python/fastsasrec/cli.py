@@ -110,7 +110,7 @@ def _model_params(args: argparse.Namespace) -> Dict[str, Any]:
                  negatives=getattr(args, "negatives", None),
                  random_state=args.seed, num_threads=args.threads, n_layers=args.layers,
                  n_heads=args.heads, dropout=args.dropout, learning_rate=args.lr,
-                 batch_size=args.batch_size)
+                 batch_size=args.batch_size, id_dropout=getattr(args, "id_dropout", None))
     params = {k: v for k, v in given.items() if v is not None}
     params["verbose"] = _verbosity(args)
     return params
@@ -228,6 +228,9 @@ def _item_features(args: argparse.Namespace, item_ids: np.ndarray) -> Any:
             if getattr(args, flag, None):
                 raise CLIError(f"--{flag.replace('_', '-')} reads a column of --item-features: give "
                                "--item-features ITEMS too")
+        if getattr(args, "id_dropout", None):
+            raise CLIError(f"--id-dropout {args.id_dropout} leaves items to their features: give "
+                           "--item-features ITEMS too")
         return None
     multi = {}
     for spec in args.item_list_col or ():
@@ -405,6 +408,10 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="write the history (one row per epoch of each phase: loss, tokens/s, "
                         "seconds, validation NDCG@10 ...) to FILE.csv, for fastsasrec plot")
     _add_item_feature_args(t)
+    t.add_argument("--id-dropout", type=float, metavar="P",
+                   help="with --item-features: the probability that a training step leaves an "
+                        "item's id embedding out, so that its features must carry it (default: "
+                        "SASRec's id_dropout)")
     t.add_argument("--checkpoint", metavar="PATH",
                    help="write a training checkpoint (weights, optimizer, progress) to PATH")
     t.add_argument("--checkpoint-every", type=int, metavar="N",

@@ -129,6 +129,13 @@ class SASRec(FittedAttributes, NotebookCompat):
         With ``item_features``: how many buckets a numeric column becomes (by the quantiles
         of its values over the table's items, so each holds about as many items; fewer when
         values repeat).
+    id_dropout : float in [0, 1)
+        With ``item_features``: the probability that a training step leaves an item's id
+        embedding out of its vector (DropoutNet's id dropout), on the input side and the
+        output layer alike, the item then its features alone, as a new product is.  So the
+        features learn to carry an item, and the id rows stop repeating what the features
+        say.  Nothing is dropped at inference (no rescaling: the id rows are the items' own
+        part, the features the shared part).  Without features it changes nothing.
 
     Thread safety: one fitted model can serve many threads at once.  The fitted model is
     one snapshot that ``fit``, ``load`` and ``to`` replace whole, so every call gets
@@ -159,6 +166,7 @@ class SASRec(FittedAttributes, NotebookCompat):
         precision: str = DEFAULTS["precision"],
         feature_pooling: str = DEFAULTS["feature_pooling"],
         feature_buckets: int = DEFAULTS["feature_buckets"],
+        id_dropout: float = DEFAULTS["id_dropout"],
     ) -> None:
         given = {name: value for name, value in locals().items() if name in PARAMS}
         for name, value in checked(given).items():

@@ -6,7 +6,9 @@ Block (as in the engine and the paper's reference code):
 then h = LN_f(x) and the loss scores h against the (shared) item embedding.
 The embedding is x = drop(E[items] * sqrt(C) + P[pos]).  With item features
 (n_feature_values > 0, the CSR in cfg["_features"]) E is the fused table E + pool(F[values])
-on both sides, and F's gradient is the feature bag's backward of E's.
+on both sides, and F's gradient is the feature bag's backward of E's.  With id_dropout
+p > 0, a training step's fused table is keep * E + pool(F[values]) (keep: ops.id_keep of
+the step's stream k * 1024 + 1023), on both sides, and E's gradient is keep * dT.
 
 Dropout masks are those of the engine: site s of step k draws stream k * 1024 + s
 (s = 0 embedding; 1 + 3 l attention, 2 + 3 l FFN hidden, 3 + 3 l FFN output of layer l),
@@ -23,7 +25,7 @@ CONFIG_DEFAULTS = dict(
     factors=64, ffn_factors=0, n_heads=1, n_layers=2, max_seq=50, dropout=0.2,
     loss="sampled_softmax", n_negatives=256, ln_eps=1e-8, seed=42,
     negatives="uniform", logq_correction=False, gbce_t=0.75, n_feature_values=0,
-    feature_pooling="mean",
+    feature_pooling="mean", id_dropout=0.0,
 )
 
 
@@ -32,7 +34,7 @@ def full_config(cfg: dict) -> dict:
     engine stores), ffn_factors resolved (0 means factors)."""
     c = dict(CONFIG_DEFAULTS)
     c.update(cfg)
-    for k in ("dropout", "ln_eps"):
+    for k in ("dropout", "ln_eps", "id_dropout"):
         c[k] = float(np.float32(c[k]))
     if not c["ffn_factors"]:
         c["ffn_factors"] = c["factors"]
@@ -73,14 +75,23 @@ def tensor_shapes(cfg: dict) -> dict:
     return shapes
 
 
-def fused(P, c):
+def id_keep(c, step, train=True):
+    """The id-dropout mask (V + 1,) of training step ``step``, or None (no features, p = 0,
+    or not training)."""
+    if not (train and c["n_feature_values"] and c["id_dropout"] > 0):
+        return None
+    key = ops.rng_key(c["seed"], ops.dropout_stream(step, ops.id_dropout_site()))
+    return ops.id_keep(key, c["n_items"] + 1, c["id_dropout"])
+
+
+def fused(P, c, keep=None):
     """P with item_emb read as the model reads it: with item features (c["_features"] =
-    (values, offsets), the CSR of items 0..V), E + pool(F[each item's values])."""
+    (values, offsets), the CSR of items 0..V), keep * E + pool(F[each item's values])."""
     if not c["n_feature_values"]:
         return P
     values, offsets = c["_features"]
     return dict(P, item_emb=ops.feature_bag_forward(P["item_emb"], P["F"], values, offsets,
-                                                    c["feature_pooling"] == "mean"))
+                                                    c["feature_pooling"] == "mean", keep))
 
 
 def unflatten(flat, tensors) -> dict:
@@ -235,7 +246,8 @@ def forward_backward(params, batch, cfg, step, train=True, grad=True):
     c = full_config(cfg)
     C, H, L, eps = c["factors"], c["n_heads"], c["n_layers"], c["ln_eps"]
     P0 = {k: np.asarray(v, np.float64) for k, v in params.items()}
-    P = fused(P0, c)  # with features, item_emb is the fused table and its gradient dT
+    keep = id_keep(c, step, train)
+    P = fused(P0, c, keep)  # with features, item_emb is the fused table and its gradient dT
     items, pos, cu = (np.asarray(batch[k]) for k in ("items", "pos", "cu"))
     targets, negatives = np.asarray(batch["targets"]), np.asarray(batch["negatives"])
     R = len(items)
@@ -291,8 +303,9 @@ def forward_backward(params, batch, cfg, step, train=True, grad=True):
     G["item_emb"] = dE_emb + dE_loss
     if c["n_feature_values"]:
         values, offsets = c["_features"]
-        G["F"] = ops.feature_bag_backward(G["item_emb"], values, offsets, c["n_feature_values"],
-                                          c["feature_pooling"] == "mean")
+        G["item_emb"], G["F"] = ops.feature_bag_backward(G["item_emb"], values, offsets,
+                                                         c["n_feature_values"],
+                                                         c["feature_pooling"] == "mean", keep)
     return mean_loss, G
 
 

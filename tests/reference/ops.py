@@ -173,10 +173,27 @@ def _bag_weights(offsets, mean):
     return 1.0 / np.maximum(n, 1) if mean else np.ones(len(n))
 
 
-def feature_bag_forward(E, F, values, offsets, mean):
-    """out(V1, C) = E + pool(F[values[offsets[i]:offsets[i + 1]]]) per item i, the pool the
-    sum or (mean) the mean; an item with no values keeps E[i]."""
+def id_dropout_site() -> int:
+    """The id dropout's site: the last stream of a step (above every layer's)."""
+    return STREAMS_PER_STEP - 1
+
+
+def id_keep(key: int, n_rows: int, p: float) -> np.ndarray:
+    """The id-dropout mask m (n_rows,) of 0.0 / 1.0: row i keeps its id embedding when its
+    draw (counter i) is >= p in float32; no rescaling.  p == 0 gives all ones."""
+    p32 = np.float32(p)
+    if p32 <= 0:
+        return np.ones(n_rows)
+    return (uniform(key, n_rows) >= p32).astype(np.float64)
+
+
+def feature_bag_forward(E, F, values, offsets, mean, keep=None):
+    """out(V1, C) = keep * E + pool(F[values[offsets[i]:offsets[i + 1]]]) per item i, the
+    pool the sum or (mean) the mean; an item with no values keeps keep[i] E[i].  keep: the
+    id-dropout mask (id_keep), None for all ones."""
     out = np.array(E, np.float64)
+    if keep is not None:
+        out *= np.asarray(keep, np.float64)[:, None]
     F = np.asarray(F, np.float64)
     w = _bag_weights(offsets, mean)
     for i in range(len(offsets) - 1):
@@ -186,19 +203,20 @@ def feature_bag_forward(E, F, values, offsets, mean):
     return out
 
 
-def feature_bag_backward(dout, values, offsets, n_values, mean):
-    """dF(n_values, C): each item's dout row (times 1 / n_i for the mean) added to each of
-    its values' rows (read from the items' lists, not from an inverse)."""
+def feature_bag_backward(dout, values, offsets, n_values, mean, keep=None):
+    """(dE (V1, C), dF (n_values, C)): dE = keep * dout; each item's dout row (times 1 / n_i
+    for the mean) added to each of its values' rows of dF (read from the items' lists, not
+    from an inverse)."""
     dout = np.asarray(dout, np.float64)
     dF = np.zeros((n_values, dout.shape[1]))
     w = _bag_weights(offsets, mean)
     for i in range(len(offsets) - 1):
         vs = np.asarray(values[offsets[i]:offsets[i + 1]])
         np.add.at(dF, vs, dout[i] * w[i])
-    return dF
+    dE = dout.copy() if keep is None else dout * np.asarray(keep, np.float64)[:, None]
+    return dE, dF
 
 
-# ----------------------------------------------------------------------------- layernorm
 def layernorm_forward(x, g, b, eps):
     """out(R, C) = (x - mean) / sqrt(var + eps) * g + b (biased variance over C).
 

@@ -9,7 +9,9 @@
 // With item features (n_feature_values > 0), E is read as the fused item table
 // T = E + pool(F[each item's feature values]) (feature_bag_forward) on the input and the
 // output side alike: recomputed from the weights before a step's forward and after every
-// write of the weights; in backward dE is dT and the features' part flows into dF.
+// write of the weights; in backward dE is dT and the features' part flows into dF.  With
+// id_dropout p > 0, a training step reads T_i = m_i E_i + pool(F)_i, m_i in {0, 1} kept
+// with probability 1 - p per (step, item), the same mask on both sides and on dE.
 // Batches are packed: the rows are the real positions of the batch's sequences, one
 // after another, with the positional index right-aligned (the last item of a sequence of
 // n inputs sits at position T - 1, input t at T - n + t), exactly as in a left-padded
@@ -191,10 +193,15 @@ class Model {
   void layer_forward(Acts& a, int l, const Shape& s, float p, int64_t step, Rows rows);
   void backward(Acts& a, const Shape& s, bool train, int64_t step);
   void run_step(const HostBatch& batch, bool train, bool grad, int64_t step);
-  void loss(float* loss, float* dh, const float* h, const Acts& a, int R, float grad_scale);
+  void loss(float* loss, float* dh, const float* h, const Acts& a, int R, float grad_scale,
+            int64_t mask_step);
   // The item table every forward, loss and score reads: E, or with features the fused
-  // table (recomputed when the weights changed since it was last built).
-  const float* item_table();
+  // table (recomputed when the weights changed since it was last built, or it was built
+  // with another id-dropout mask).  mask_step: the training step whose id-dropout mask it
+  // applies, -1 none (inference, and every model without id dropout).
+  const float* item_table(int64_t mask_step = -1);
+  int64_t id_mask_step(bool train, int64_t step) const;  // -1, or step when it drops ids
+  uint64_t id_dropout_key(int64_t mask_step) const;      // the mask's RNG key (-1: 0)
   // Every write of the weights: the fused table and the scoring table are rebuilt on use.
   void weights_changed() {
     fused_stale_ = true;
@@ -231,6 +238,7 @@ class Model {
   const int32_t *feat_values_ = nullptr, *feat_offsets_ = nullptr, *inv_items_ = nullptr,
                 *inv_offsets_ = nullptr;
   bool features_set_ = false, fused_stale_ = true;
+  int64_t fused_step_ = -1;  // the id-dropout mask fused_ was built with (-1: none)
   int screen_ = 0;  // topk's screen: 0 the backend chooses, 1 fp32 only, 2 int8 screen
   std::unique_ptr<Buffer> loss_buf_;   // per-row losses of an epoch, summed when full
   std::unique_ptr<Buffer> backup_;     // params, m, v at an interruptible epoch's start

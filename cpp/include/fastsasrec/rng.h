@@ -55,6 +55,13 @@ FSR_HD inline bool dropout_keep(uint64_t key, uint64_t counter, uint32_t thresho
   return (rng_u32(key, counter) >> 8) >= threshold;
 }
 
+// Id dropout (feature_bag): item row i keeps its id embedding in the step of `key` when
+// its draw (counter i) passes the threshold; no rescaling (m_i is 0 or 1).  The one
+// definition of the mask, for both backends.
+FSR_HD inline bool id_kept(uint64_t key, int64_t item, uint32_t threshold) {
+  return dropout_keep(key, static_cast<uint64_t>(item), threshold);
+}
+
 // The dropout multiplier of one element: 1 / (1 - p) when kept, 0 when dropped.
 FSR_HD inline float keep_scale(uint64_t key, uint64_t counter, uint32_t threshold, float inv_keep) {
   return dropout_keep(key, counter, threshold) ? inv_keep : 0.f;
@@ -68,7 +75,8 @@ FSR_HD inline int32_t rng_int(uint64_t key, uint64_t counter, int32_t lo, int32_
 
 // Stream ids: one per random site, so no two sites ever share draws.
 //   dropout at site s of training step k:  stream = k * kStreamsPerStep + s
-//   s = 0 embedding; s = 1 + 3 * layer + {0 attention, 1 ffn hidden, 2 ffn output}
+//   s = 0 embedding; s = 1 + 3 * layer + {0 attention, 1 ffn hidden, 2 ffn output};
+//   s = kStreamsPerStep - 1 the item table's id dropout (feature_bag; above every layer's)
 // Samplers use their own seeds (seed ^ kSamplerSalt) so they never collide with dropout.
 constexpr uint64_t kStreamsPerStep = 1024;
 constexpr uint64_t kSamplerSalt = 0xA5A5F00DCAFEBEEFULL;
@@ -78,5 +86,6 @@ inline int site_embedding() { return 0; }
 inline int site_attention(int layer) { return 1 + 3 * layer; }
 inline int site_ffn_hidden(int layer) { return 2 + 3 * layer; }
 inline int site_ffn_out(int layer) { return 3 + 3 * layer; }
+inline int site_id_dropout() { return (int)kStreamsPerStep - 1; }
 
 }  // namespace fsr
