@@ -10,7 +10,7 @@ import pytest
 import fastsasrec
 from reference import model as RM
 from reference import ops as R
-from test_feature_engine import CFG, NF, STEP, batch_of, csr, flat, model_with_features, run
+from test_feature_engine import CFG, NF, STEP, batch_of, flat, model_with_features, run
 
 CORE = fastsasrec._core
 P_ID = 0.5
@@ -118,23 +118,7 @@ def test_engine_finite_differences_with_id_dropout(pooling):
     assert max(abs(g[k]) for k in coords[:4]) > 1e-3
 
 
-# --------------------------------------------------------------------------- checkpoints
-def test_checkpoint_round_trip_continues_bit_exactly():
-    """The masks are a function of (seed, step, item): a model rebuilt from the weights,
-    moments and step continues exactly as the one that went on."""
-    items, offsets = flat()
-    a, cfg = model_with_features("mean", id_dropout=P_ID)
-    a.train_epoch(items, offsets, 0)
-    params, (m_, v_, step) = a.get_params(), a.optimizer_state()
-    a.train_epoch(items, offsets, 1)
-    b = CORE.Model({k: v for k, v in cfg.items() if not k.startswith("_")})
-    b.set_item_features(*csr())
-    b.set_params(params)
-    b.set_optimizer_state(m_, v_, step)
-    b.train_epoch(items, offsets, 1)
-    np.testing.assert_array_equal(b.get_params(), a.get_params())
-    np.testing.assert_array_equal(b.optimizer_state()[1], a.optimizer_state()[1])
-    np.testing.assert_array_equal(b.item_embeddings(), a.item_embeddings())
+# The checkpoint round trip with id dropout: test_feature_engine.py (parametrized).
 
 
 # --------------------------------------------------------------------------- inference
