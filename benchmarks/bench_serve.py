@@ -298,6 +298,18 @@ def generator_ceiling(duration: float, conns: int) -> tuple:
     return ceiling, floor
 
 
+def print_rows(name: str, rows: list) -> float:
+    """Prints a sweep's rows as table lines named ``name``; returns the highest rate
+    achieved at p99 <= 20 ms without errors (0 when none)."""
+    for r in rows:
+        rate = "max (32 conns)" if r["rate"] is None else f"{r['rate']:.0f}"
+        print(f"| {name} | {rate} | {r['sent']} | {r['errors']} | {r['achieved']:,.0f} | "
+              f"{r['p50']:.2f} | {r['p99']:.2f} | {r['max']:.1f} | {r['gen_us_per_req']:.0f} |",
+              flush=True)
+    held = [r for r in rows if r["rate"] is not None and r["p99"] <= 20 and not r["errors"]]
+    return max((r["achieved"] for r in held), default=0.0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="ML-100K (default: ../shared/data/ml-100k)")
@@ -370,13 +382,7 @@ def main() -> None:
                 rows = sweep(port, reqs, rates, args.duration, args.conns)
             finally:
                 stop(proc)
-            for r in rows:
-                rate = "max (32 conns)" if r["rate"] is None else f"{r['rate']:.0f}"
-                print(f"| {impl} | {rate} | {r['sent']} | {r['errors']} | {r['achieved']:,.0f} | "
-                      f"{r['p50']:.2f} | {r['p99']:.2f} | {r['max']:.1f} | {r['gen_us_per_req']:.0f} |",
-                      flush=True)
-            held = [r for r in rows if r["rate"] is not None and r["p99"] <= 20 and not r["errors"]]
-            best = max((r["achieved"] for r in held), default=0.0)
+            best = print_rows(impl, rows)
             low = rows[0]
             fl = floor.get(low["rate"])
             outside = (f" = engine {eng:.3f} ms + the floor {fl['p50']:.2f} ms + "

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from bench_serve import _exchange, free_port, ml100k_model, start, stop
+from bench_serve import _exchange, free_port, ml100k_model, print_rows, start, stop
 
 CLICKS = 10  # events per visitor (a session), well under max_seq: none trimmed away
 
@@ -172,13 +172,7 @@ def fleet(args) -> dict:
             finally:
                 for p in procs:
                     stop(p)
-            for r in rows:
-                rate = "max (32 conns)" if r["rate"] is None else f"{r['rate']:.0f}"
-                print(f"| {setup} | {rate} | {r['sent']} | {r['errors']} | {r['achieved']:,.0f} | "
-                      f"{r['p50']:.2f} | {r['p99']:.2f} | {r['max']:.1f} | {r['gen_us_per_req']:.0f} |",
-                      flush=True)
-            held = [r for r in rows if r["rate"] is not None and r["p99"] <= 20 and not r["errors"]]
-            best = max((r["achieved"] for r in held), default=0.0)
+            best = print_rows(setup, rows)
             at_1000 = next((r["p99"] for r in rows if r["rate"] == 1000), None)
             results[setup] = dict(rows=rows, best_rate_p99_20ms=best, p99_at_1000=at_1000,
                                   acknowledged=len(acked), sessions_checked=checked, lost=missing)

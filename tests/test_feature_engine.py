@@ -52,6 +52,22 @@ def run(m, batch, grad=True, step=STEP):
                               batch["negatives"], train=True, grad=grad, step=step)
 
 
+
+def check_finite_differences(m, batch, theta, g, coords, what, eps=1e-3):
+    """The engine's gradient g at each coordinate of the parameters theta against central
+    differences of the float32 loss of ``batch`` (step eps, as float32 represents it)."""
+    for k in coords:
+        plus, minus = theta.copy(), theta.copy()
+        plus[k] += np.float32(eps)
+        minus[k] -= np.float32(eps)
+        m.set_params(plus)
+        lp = run(m, batch, grad=False)
+        m.set_params(minus)
+        lm = run(m, batch, grad=False)
+        m.set_params(theta)
+        fd = (lp - lm) / (float(plus[k]) - float(minus[k]))
+        assert abs(fd - g[k]) <= 1e-2 * abs(g[k]) + 2e-4, f"{what}: coordinate {k}: fd {fd!r}, gradient {g[k]!r}"
+
 def batch_of(m):
     items, offsets = flat()
     return m.build_batch(items, offsets, np.arange(len(SEQUENCES), dtype=np.int64), STEP)
@@ -163,17 +179,7 @@ def test_engine_finite_differences_in_F_and_E(pooling):
     # F rows of values 0, 3 (shared), 4 (listed twice by item 7); E rows of items 2 and 7
     coords = [off_F + 0 * C + 1, off_F + 3 * C + 5, off_F + 4 * C + 11, off_E + 2 * C + 3,
               off_E + 7 * C + 0]
-    eps = 1e-3
-    for k in coords:
-        plus, minus = theta.copy(), theta.copy()
-        plus[k] += np.float32(eps)
-        minus[k] -= np.float32(eps)
-        m.set_params(plus)
-        lp = run(m, batch, grad=False)
-        m.set_params(minus)
-        lm = run(m, batch, grad=False)
-        fd = (lp - lm) / (float(plus[k]) - float(minus[k]))
-        assert abs(fd - g[k]) <= 1e-2 * abs(g[k]) + 2e-4, f"{pooling}: coordinate {k}: fd {fd!r}, gradient {g[k]!r}"
+    check_finite_differences(m, batch, theta, g, coords, pooling)
     assert max(abs(g[k]) for k in coords[:3]) > 1e-3
 
 

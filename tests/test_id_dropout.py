@@ -10,7 +10,8 @@ import pytest
 import fastsasrec
 from reference import model as RM
 from reference import ops as R
-from test_feature_engine import CFG, NF, STEP, batch_of, flat, model_with_features, run
+from test_feature_engine import (CFG, NF, STEP, batch_of, check_finite_differences, flat,
+                                 model_with_features, run)
 
 CORE = fastsasrec._core
 P_ID = 0.5
@@ -103,17 +104,7 @@ def test_engine_finite_differences_with_id_dropout(pooling):
     off_E, off_F, C = m.tensors()[0][1], m.tensors()[-1][1], CFG["factors"]
     coords = [off_F + 0 * C + 1, off_F + 3 * C + 5, off_E + kept[0] * C + 3,
               off_E + kept[-1] * C + 0, off_E + drop[0] * C + 2]
-    eps = 1e-3
-    for k in coords:
-        plus, minus = theta.copy(), theta.copy()
-        plus[k] += np.float32(eps)
-        minus[k] -= np.float32(eps)
-        m.set_params(plus)
-        lp = run(m, batch, grad=False)
-        m.set_params(minus)
-        lm = run(m, batch, grad=False)
-        fd = (lp - lm) / (float(plus[k]) - float(minus[k]))
-        assert abs(fd - g[k]) <= 1e-2 * abs(g[k]) + 2e-4, f"{pooling}: coordinate {k}: fd {fd!r}, gradient {g[k]!r}"
+    check_finite_differences(m, batch, theta, g, coords, pooling)
     assert g[coords[-1]] == 0
     assert max(abs(g[k]) for k in coords[:4]) > 1e-3
 
