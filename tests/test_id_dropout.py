@@ -10,7 +10,7 @@ import pytest
 import fastsasrec
 from reference import model as RM
 from reference import ops as R
-from test_feature_engine import (CFG, NF, STEP, batch_of, check_finite_differences, flat,
+from test_feature_engine import (CFG, LOSSES, NF, STEP, batch_of, check_finite_differences, flat,
                                  model_with_features, run)
 
 CORE = fastsasrec._core
@@ -53,10 +53,6 @@ def test_p0_is_the_model_without_the_field_and_p_changes_training():
 
 
 # --------------------------------------------------------------------------- gradients
-LOSSES = {"sampled_softmax": dict(loss="sampled_softmax"), "softmax": dict(loss="softmax"),
-          "bce": dict(loss="bce"), "gbce": dict(loss="gbce", gbce_t=0.5, n_negatives=3)}
-
-
 @pytest.mark.emulated_gpu
 @pytest.mark.parametrize("pooling", ["mean", "sum"])
 @pytest.mark.parametrize("loss", list(LOSSES))

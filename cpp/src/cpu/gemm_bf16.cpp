@@ -55,6 +55,15 @@ inline __m512i pair(__m512 lo, __m512 hi) {
 
 inline __mmask16 first(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << std::max(n, 0)) - 1); }
 
+// kc contiguous floats rounded to bf16 into dst's 2 * kp halves (the depth past kc zero).
+inline void round_row(uint16_t* dst, const float* src, int kc, int kp) {
+  for (int k = 0; k < 2 * kp; k += 16) {
+    const __m512 x = _mm512_maskz_loadu_ps(first(kc - k), src + k);
+    _mm256_mask_storeu_epi16(dst + k, (__mmask16)first(2 * kp - k),
+                             _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_hi(x), 16)));
+  }
+}
+
 // A's rows i0..i0+mr-1 (of op(A)), depths k0..k0+kc-1, as pairs.  Not transposed: row i's
 // pairs consecutive (Ap[i * kp + p]); transposed: each pair's 8 rows consecutive (Ap[p * 8 + i]).
 void pack_a(uint32_t* Ap, bool ta, const float* A, int lda, int i0, int mr, int k0, int kc) {
@@ -66,12 +75,7 @@ void pack_a(uint32_t* Ap, bool ta, const float* A, int lda, int i0, int mr, int 
         std::memset(dst, 0, (size_t)kp * 4);
         continue;
       }
-      const float* src = A + (size_t)(i0 + i) * lda + k0;
-      for (int k = 0; k < 2 * kp; k += 16) {
-        const __m512 x = _mm512_maskz_loadu_ps(first(kc - k), src + k);
-        const __m256i h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_hi(x), 16));
-        _mm256_mask_storeu_epi16(dst + k, (__mmask16)first(2 * kp - k), h);
-      }
+      round_row(dst, A + (size_t)(i0 + i) * lda + k0, kc, kp);
     }
     return;
   }
@@ -115,12 +119,7 @@ void pack_b(uint32_t* Bp, uint16_t* tmp, bool tb, const float* B, int ldb, int k
         std::memset(dst, 0, (size_t)kp * 4);
         continue;
       }
-      const float* src = B + (size_t)(jq + j) * ldb + k0;
-      for (int k = 0; k < 2 * kp; k += 16) {
-        const __m512 x = _mm512_maskz_loadu_ps(first(kc - k), src + k);
-        _mm256_mask_storeu_epi16(dst + k, (__mmask16)first(2 * kp - k),
-                                 _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_hi(x), 16)));
-      }
+      round_row(dst, B + (size_t)(jq + j) * ldb + k0, kc, kp);
     }
     const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                            _mm512_set1_epi32(kp));
