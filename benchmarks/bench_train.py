@@ -7,12 +7,21 @@ reference port (torch_reference.py), same model, same data, same thread count.
     python benchmarks/bench_train.py --warmup-check
     python benchmarks/bench_train.py --impl fastsasrec --losses softmax,sampled_softmax \
         --precisions fp32,bf16 --epochs 3 --default-seeds ""   # bf16 against fp32
+    python benchmarks/bench_train.py --impl fastsasrec --epochs 15 --default-seeds "" \
+        --op-profile 3                                          # where an epoch's time goes
 
 Reports, per loss and implementation: train tokens/s (tokens per epoch x epochs / wall
 time of fit only; tokens per epoch = sum over training sequences of min(len, max_seq+1)-1),
 HR@10 and NDCG@10 under leave-last-out with full-catalogue ranking (see common.py),
 and fastsasrec's speed relative to the reference. The most-popular-unseen baseline is
 printed as a sanity line (HR@10 0.0859, NDCG@10 0.0449).
+
+--op-profile E: after the timed rows, one more fit of E epochs per loss and precision with
+the CPU backend's op profile on (fastsasrec._core.op_profile_start/stop), printed per op:
+calls, time, share of the ops' time, the GFLOP of its matrix products and their rate,
+beside the machine's sgemm rate measured in the same run (numpy's float32 product of
+2048 x 2048 matrices on the same thread count, best of 5).  The profiled fits are not
+the timed ones.
 """
 import _env  # noqa: I001  (first: strips OpenBLAS variables before numpy loads)
 
@@ -85,6 +94,45 @@ def run_defaults(SASRec, ds: common.Dataset, epochs: int, threads: int, seed: in
             **common.evaluate(common.fastsasrec_topk(model, ds), ds.contexts, ds.targets, k=10)}
 
 
+def sgemm_rate(threads: int, n: int = 2048, repeat: int = 5) -> float:
+    """The machine's float32 GEMM rate (FLOP/s): numpy's product of n x n matrices on
+    `threads` threads, best of `repeat`."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+    with threadpool_limits(limits=threads):
+        a @ b
+        best = min(_timed(lambda: a @ b) for _ in range(repeat))
+    return 2.0 * n ** 3 / best
+
+
+def _timed(f) -> float:
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
+def profile_ops(SASRec, ds: common.Dataset, loss: str, epochs: int, threads: int, precision: str,
+                tok_epoch: int) -> dict:
+    """A fit of `epochs` epochs with the CPU op profile on: its ops, slowest first."""
+    from fastsasrec import _core
+
+    model = SASRec(**dict(CONFIG, loss=loss), iterations=epochs, device="cpu", verbose=0,
+                   num_threads=threads, precision=precision)
+    train_orig = ds.to_original(ds.contexts)
+    _core.op_profile_start()
+    try:
+        t0 = time.perf_counter()
+        model.fit(train_orig)
+        fit_s = time.perf_counter() - t0
+    finally:
+        ops = _core.op_profile_stop()
+    ops = sorted((r for r in ops if r["seconds"] > 0), key=lambda r: -r["seconds"])
+    return {"fit_s": fit_s, "ops_s": sum(r["seconds"] for r in ops),
+            "tokens_per_s": tok_epoch * epochs / fit_s, "ops": ops}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=60)
@@ -100,6 +148,8 @@ def main(argv=None) -> int:
                     help="cuda: fastsasrec's CUDA backend against the reference eager and torch.compile'd")
     ap.add_argument("--precisions", default="fp32",
                     help="comma-separated fastsasrec precisions (fp32, bf16): a row each")
+    ap.add_argument("--op-profile", type=int, default=0, metavar="EPOCHS",
+                    help="also profile a fit of EPOCHS epochs per loss and precision, op by op (CPU)")
     ap.add_argument("--default-seeds", default="42,1,2",
                     help="seeds of the fastsasrec-with-defaults rows (empty: skip them)")
     args = ap.parse_args(argv)
@@ -208,6 +258,25 @@ def main(argv=None) -> int:
     print("\n## Training on ML-100K (leave-last-out, full-catalogue ranking)\n")
     print(common.markdown_table(rows, formats={"train_s": ".1f", "tokens/s": ",.0f",
                                                "steady tokens/s": ",.0f"}))
+    profiles = []
+    if args.op_profile and uses_fastsasrec and args.device == "cpu":
+        rate = sgemm_rate(args.threads)
+        print(f"\n## Op profile, {args.op_profile} epochs a fit (the machine's sgemm: "
+              f"{rate / 1e9:.0f} GFLOP/s at 2048^3, {args.threads} threads, this run)")
+        for loss in losses:
+            for p in precisions:
+                prof = profile_ops(SASRec, ds, loss, args.op_profile, args.threads, p, tok_epoch)
+                profiles.append({"loss": loss, "precision": p, "sgemm_flops_per_s": rate, **prof})
+                print(f"\n### {loss}, {p}: {prof['tokens_per_s']:,.0f} tokens/s; the ops take "
+                      f"{prof['ops_s']:.2f} s of the fit's {prof['fit_s']:.2f} s\n")
+                print(common.markdown_table(
+                    [{"op": r["op"], "calls": r["calls"], "s": r["seconds"],
+                      "share": r["seconds"] / prof["ops_s"], "GFLOP": r["flops"] / 1e9,
+                      "GFLOP/s": r["flops"] / r["seconds"] / 1e9 if r["flops"] else None,
+                      "of sgemm": r["flops"] / r["seconds"] / rate if r["flops"] else None}
+                     for r in prof["ops"]],
+                    formats={"s": ".3f", "share": ".1%", "GFLOP": ".2f", "GFLOP/s": ".0f",
+                             "of sgemm": ".0%"}))
 
     if args.warmup_check:
         broken = [r for r in rows[1:] if not all(math.isfinite(r[k]) for k in ("tokens/s", "HR@10", "NDCG@10"))]
@@ -219,7 +288,8 @@ def main(argv=None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"machine": info, "config": CONFIG, "epochs": epochs,
-                       "tokens_per_epoch": tok_epoch, "rows": rows}, f, indent=2)
+                       "tokens_per_epoch": tok_epoch, "rows": rows, "op_profiles": profiles},
+                      f, indent=2)
         print(f"\nwrote {args.out}")
     return 0
 

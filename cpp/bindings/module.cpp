@@ -12,6 +12,7 @@
 
 #include "bind.h"
 #include "convert.h"
+#include "cpu/op_profile.h"
 #include "cpu/ops.h"
 #include "fastsasrec/backend.h"
 #include "fastsasrec/config.h"
@@ -91,6 +92,26 @@ PYBIND11_MODULE(_core, m) {
     d["compiler"] = __VERSION__;
     return d;
   });
+
+  m.def("op_profile_start", [] { cpu::op_profile_enable(true); },
+     "Zeroes the CPU backend's op profile and starts it: every op call of every CPU model is "
+     "timed, and its matrix products' floating-point operations counted, until "
+     "op_profile_stop (process-wide: profile one training at a time).");
+  m.def("op_profile_stop", [] {
+    cpu::op_profile_enable(false);
+    py::list out;
+    for (const auto& s : cpu::op_profile_read()) {
+      py::dict d;
+      d["op"] = s.name;
+      d["calls"] = s.calls;
+      d["seconds"] = s.seconds;
+      d["flops"] = s.flops;
+      out.append(d);
+    }
+    return out;
+  }, "Stops the op profile; returns [{op, calls, seconds, flops}] for each op called since "
+     "op_profile_start, in ops.def's order (flops: 2 M N K summed over the op's matrix "
+     "products).");
 
   bind_model(m);
 #ifdef FSR_TEST_OPS

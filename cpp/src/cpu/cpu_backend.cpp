@@ -6,6 +6,7 @@
 #include <cstring>
 #include <mutex>
 
+#include "cpu/op_profile.h"
 #include "cpu/ops.h"
 #include "fastsasrec/backend.h"
 #include "fastsasrec/common.h"
@@ -102,11 +103,13 @@ class CpuBackend final : public Backend {
   }
   int threads() const override { return ctx_.threads; }
 
-  // Every op of ops.def: take the cores, then the CPU function with the context first.
-#define FSR_OP(ret, name, params, args)  \
-  ret name params override {             \
-    Cores cores(ctx_.threads);           \
-    return cpu::name(ctx_, FSR_EXPAND args); \
+  // Every op of ops.def: take the cores, then the CPU function with the context first
+  // (timed when the op profile is on: op_profile.h).
+#define FSR_OP(ret, name, params, args)        \
+  ret name params override {                   \
+    Cores cores(ctx_.threads);                 \
+    cpu::OpScope scope(cpu::kOp_##name);       \
+    return cpu::name(ctx_, FSR_EXPAND args);   \
   }
 #include "fastsasrec/ops.def"
 #undef FSR_OP

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <vector>
 
+#include "cpu/op_profile.h"
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
 
@@ -28,6 +29,7 @@ void gemm_serial(bool ta, bool tb, int M, int N, int K, float alpha, const float
                       const float* B, int ldb, float beta, float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
   blas_single_threaded();
+  op_profile_count(M, N, K);
   if (K <= 0) {  // BLAS leaves beta*C alone only when K > 0 in some builds: be explicit
     for (int i = 0; i < M; ++i)
       for (int j = 0; j < N; ++j) C[(size_t)i * ldc + j] = beta == 0.f ? 0.f : beta * C[(size_t)i * ldc + j];
@@ -144,6 +146,7 @@ void gemm_bf16_path(bool native, int nt, bool ta, bool tb, int M, int N, int K, 
     gemm_bf16_fallback(nt, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
+  op_profile_count(M, N, K);
   nt = usable_threads(nt);
   const bool serial = nt <= 1 || 2.0 * M * N * K < 2.0e5;
   const Split sp = split_of(nt, M, N);
