@@ -8,6 +8,10 @@
 //             din  (= or +=) rstd * (gh - mean(gh) - xhat * mean(gh * xhat))
 //             dg(C) += sum_r dout * xhat;   db(C) += sum_r dout
 // dg and db are summed per thread over contiguous row chunks, then in thread order.
+// Each row's sums are OpenMP SIMD reductions (a plain float accumulator may not be
+// reordered without -ffast-math, so it would add one element at a time, each add waiting
+// for the last): the order is the build's vector order, fixed, so results stay
+// deterministic.
 #include <cmath>
 #include <vector>
 
@@ -22,9 +26,11 @@ namespace {
 inline void normalize_row(float* o, float* mean, float* rstd, const float* x, const float* g,
                           const float* b, int C, float eps) {
   float s = 0.f;
+#pragma omp simd reduction(+ : s)
   for (int c = 0; c < C; ++c) s += x[c];
   const float m = s / C;
   float v = 0.f;
+#pragma omp simd reduction(+ : v)
   for (int c = 0; c < C; ++c) v += (x[c] - m) * (x[c] - m);
   const float rs = 1.f / std::sqrt(v / C + eps);
   *mean = m;
@@ -73,6 +79,7 @@ void layernorm_backward(const Context& ctx, float* din, float* dg, float* db, co
       const float* d = dout + (size_t)r * C;
       const float m = mean[r], rs = rstd[r];
       float sum_gh = 0.f, sum_ghx = 0.f;
+#pragma omp simd reduction(+ : sum_gh, sum_ghx)
       for (int c = 0; c < C; ++c) {
         const float xh = (x[c] - m) * rs;
         const float gh = d[c] * g[c];
