@@ -21,7 +21,8 @@ sequence).  Reported:
     (metrics.content_baseline: the held-out movies sharing the most genres and release
     decade with the session, the newest session item's first);
   * warm NDCG@10: the warm leave-one-out, against the same model trained without the
-    held-out movies in its catalogue (features_off_catalogue).
+    held-out movies in its catalogue (<row>_off_catalogue; features_off_catalogue is
+    features_mean's).
 
 Each (part, split, row, seed) is cached as JSON under benchmarks/.features_cache.
 
@@ -144,8 +145,9 @@ def run_cold(row, seed, threads, share=0.1):
     warm = ([s[:-1] for s in warm_seqs if len(s) >= 3], np.array([s[-1] for s in warm_seqs if len(s) >= 3]))
     coldcases = ([c.tolist() for c in np.split(cs.contexts.items, cs.contexts.offsets[1:-1])], cs.targets)
     out = {"held_out": len(cold), "cold_cases": int(len(coldcases[1]))}
-    if row == "features_off_catalogue":
-        model, out["seconds"] = fit("features_mean", train, seed, threads, table.drop(index=cold))
+    if row.endswith("off_catalogue"):
+        base = row[:-len("_off_catalogue")] if row != "features_off_catalogue" else "features_mean"
+        model, out["seconds"] = fit(base, train, seed, threads, table.drop(index=cold))
     else:
         keep = _training._finished
         _training._finished = lambda state: state
