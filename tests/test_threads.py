@@ -105,3 +105,25 @@ def test_models_with_different_thread_counts_run_at_once_with_sequential_answers
         np.testing.assert_array_equal(ids, sequential[n][3], err_msg=f"{n} threads: ids")
         np.testing.assert_array_equal(scores, sequential[n][4], err_msg=f"{n} threads: scores")
         np.testing.assert_array_equal(states, sequential[n][2], err_msg=f"{n} threads: states")
+
+
+def test_a_model_given_more_threads_trains_on_as_one_made_with_them():
+    """The full softmax's workspace grows with the thread count (the catalogue is split over
+    the threads, each with its partial dh): a model that trained at 1 thread and is then
+    given 3 plans its buffers again, and its next epoch equals, bit for bit, that of a model
+    made with 3 threads from the same weights, moments and step."""
+    core = fastsasrec._core
+    cfg = dict(n_items=700, factors=16, n_layers=1, max_seq=20, loss="softmax", batch_size=64, seed=3)
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(1, 701, rng.integers(2, 30)) for _ in range(300)]
+    items = np.concatenate(seqs).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64)
+    grown = core.Model(cfg, "cpu", threads=1)
+    grown.train_epoch(items, offsets, 0)
+    made = core.Model(cfg, "cpu", threads=3)
+    made.set_params(grown.get_params())
+    made.set_optimizer_state(*grown.optimizer_state())
+    grown.set_threads(3)
+    grown.train_epoch(items, offsets, 1)
+    made.train_epoch(items, offsets, 1)
+    np.testing.assert_array_equal(grown.get_params(), made.get_params())

@@ -303,7 +303,10 @@ uint64_t Model::id_dropout_key(int64_t mask_step) const {
 
 // ------------------------------------------------------------------ arenas
 void Model::ensure_acts(Acts& a, int R, int B, bool training) {
-  if (a.arena && R <= a.cap_R && B <= a.cap_B && (a.training || !training)) return;
+  // (the loss's workspace may grow with the thread count, which set_threads can change)
+  if (a.arena && R <= a.cap_R && B <= a.cap_B && (a.training || !training) &&
+      (!training || loss_workspace(a.cap_R) <= a.ws_cap))
+    return;
   R = std::max(R, a.cap_R);
   B = std::max(B, a.cap_B);
   training = training || a.training;
@@ -330,7 +333,8 @@ void Model::ensure_acts(Acts& a, int R, int B, bool training) {
     f(&a.df1, Rs * F);
     f(&a.dKV, Rs * 2 * C);
     f(&a.loss, Rs);
-    f(&a.workspace, loss_workspace(R));
+    a.ws_cap = loss_workspace(R);
+    f(&a.workspace, a.ws_cap);
   }
   for (int32_t** p : {&a.items, &a.targets, &a.pos}) i(p, Rs);
   i(&a.cu, (size_t)B + 1);

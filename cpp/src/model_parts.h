@@ -113,6 +113,7 @@ struct Model::Acts {
           *rows = nullptr;
   int cap_R = 0, cap_B = 0;
   bool training = false;
+  size_t ws_cap = 0;  // floats of workspace (the loss's, which may depend on the thread count)
   std::unique_ptr<Buffer> arena;
 };
 
