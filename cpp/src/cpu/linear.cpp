@@ -44,28 +44,52 @@ void linear_forward(const Context& ctx, float* out, const float* in, const float
   });
 }
 
-// din in one region (rows split); dW and db in another (columns of dout split: each
-// thread owns whole columns of dW and db, summing over all rows in order).  bf16: din and
-// dW by gemm_bf16, db in a region of its own.
+// fp32: one region, rows split: each thread computes its rows of din (dout W^T), then,
+// while those rows of dout are in cache, its partial dW (in^T dout over its rows) and db
+// in scratch; the partials are then added in thread order (results depend only on the
+// thread count).  bf16: din and dW by gemm_bf16, db in a region of its own.
 void linear_backward(const Context& ctx, float* din, float* dW, float* db, const float* dout, const float* in,
                      const float* W, int R, int I, int O, bool accumulate) {
-  const bool bf16 = ctx.precision == Precision::BF16;
-  if (din) {
-    if (bf16)
-      gemm_bf16(ctx.threads, false, true, R, I, O, 1.f, dout, O, W, O, accumulate ? 1.f : 0.f, din, I);
-    else
-      gemm(ctx.threads, false, true, R, I, O, 1.f, dout, O, W, O, accumulate ? 1.f : 0.f, din, I);
+  if (ctx.precision == Precision::BF16) {
+    if (din) gemm_bf16(ctx.threads, false, true, R, I, O, 1.f, dout, O, W, O, accumulate ? 1.f : 0.f, din, I);
+    gemm_bf16(ctx.threads, true, false, I, O, R, 1.f, in, I, dout, O, 1.f, dW, O);
+    const int nb = gemm_blocks(ctx.threads, O, 2.0 * R * I * O);
+    parallel_for(ctx.threads, nb, [&](int t) {
+      const int c0 = (int)((long)O * t / nb), c1 = (int)((long)O * (t + 1) / nb);
+      for (int r = 0; r < R; ++r) {
+        const float* d = dout + (size_t)r * O;
+        for (int c = c0; c < c1; ++c) db[c] += d[c];
+      }
+    });
+    return;
   }
-  if (bf16) gemm_bf16(ctx.threads, true, false, I, O, R, 1.f, in, I, dout, O, 1.f, dW, O);
-  const int nb = gemm_blocks(ctx.threads, O, 2.0 * R * I * O);
+  const int nb = gemm_blocks(ctx.threads, R, 2.0 * R * I * O);
+  const size_t part = (size_t)(I + 1) * O;  // a thread's dW, then its db
+  const ThreadScratch scratch("linear_backward", nb > 1 ? nb : 1, nb > 1 ? part : 0);
   parallel_for(ctx.threads, nb, [&](int t) {
-    const int c0 = (int)((long)O * t / nb), c1 = (int)((long)O * (t + 1) / nb);
-    if (!bf16) gemm_serial(true, false, I, c1 - c0, R, 1.f, in, I, dout + c0, O, 1.f, dW + c0, O);
-    for (int r = 0; r < R; ++r) {
-      const float* d = dout + (size_t)r * O;
-      for (int c = c0; c < c1; ++c) db[c] += d[c];
+    const int r0 = (int)((long)R * t / nb), r1 = (int)((long)R * (t + 1) / nb);
+    const float* d = dout + (size_t)r0 * O;
+    if (din)
+      gemm_serial(false, true, r1 - r0, I, O, 1.f, d, O, W, O, accumulate ? 1.f : 0.f,
+                  din + (size_t)r0 * I, I);
+    float* pW = nb > 1 ? scratch.at(t) : dW;
+    float* pb = nb > 1 ? pW + (size_t)I * O : db;
+    gemm_serial(true, false, I, O, r1 - r0, 1.f, in + (size_t)r0 * I, I, d, O, nb > 1 ? 0.f : 1.f, pW, O);
+    if (nb > 1)
+      for (int c = 0; c < O; ++c) pb[c] = 0.f;
+    for (int r = r0; r < r1; ++r) {
+      const float* dr = dout + (size_t)r * O;
+#pragma omp simd
+      for (int c = 0; c < O; ++c) pb[c] += dr[c];
     }
   });
+  if (nb <= 1) return;
+  // the partials in block order
+  for (int t = 0; t < nb; ++t) {
+    const float* pW = scratch.at(t);
+    for (size_t e = 0; e < (size_t)I * O; ++e) dW[e] += pW[e];
+    for (int c = 0; c < O; ++c) db[c] += pW[(size_t)I * O + c];
+  }
 }
 
 }  // namespace fsr::cpu

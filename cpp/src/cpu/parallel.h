@@ -107,6 +107,8 @@ class ThreadScratch {
     const int t = thread_id();
     return buf_.get() + (size_t)(t < slots_ ? t : 0) * floats_;
   }
+  // Slot t (0 <= t < the slots made), for work split into blocks that each own a slot.
+  float* at(int t) const { return buf_.get() + (size_t)t * floats_; }
 
  private:
   int slots_;
