@@ -24,12 +24,16 @@ sequence).  Reported:
     held-out movies in its catalogue (<row>_off_catalogue; features_off_catalogue is
     features_mean's).
 
+Synthetic (--part synthetic): the synthetic store's products with their category and brand
+as features, validation targets (a second data set for choosing the features' defaults).
+
 Each (part, split, row, seed) is cached as JSON under benchmarks/.features_cache.
 
     python benchmarks/bench_features.py --part quality --split val --rows ids features_mean features_sum --seeds 0 1
     python benchmarks/bench_features.py --part quality --split test --rows ids features_mean --seeds 0 1 2
     python benchmarks/bench_features.py --part cold --seeds 0 1 2
     python benchmarks/bench_features.py --part cost --threads 2 --reps 3   # training time
+    python benchmarks/bench_features.py --part synthetic --rows ids features_mean features_mean_iddrop0.1 --seeds 0 1 2
     python benchmarks/bench_features.py --table
 """
 from __future__ import annotations
@@ -173,6 +177,34 @@ def run_cold(row, seed, threads, share=0.1):
     return out
 
 
+def run_synthetic(row, seed, threads):
+    """The synthetic store (fastsasrec.datasets; 300 products, 5,000 sessions of seed
+    `seed`), each product's category and brand as its features: validation targets only
+    (each session of 4+ views fit less its last two, scored on the second to last over
+    the whole catalogue, seen items allowed: journeys revisit)."""
+    import pandas as pd
+
+    from fastsasrec import SASRec
+    from fastsasrec.datasets import synthetic_store, synthetic_store_catalog
+
+    cat = synthetic_store_catalog()
+    table = pd.DataFrame({"category": {i: c for i, (_, c) in cat.items()},
+                          "brand": {i: n.split(" ")[0] for i, (n, _) in cat.items()}})
+    seqs = [s for s in synthetic_store(5000, random_state=seed)[0] if len(s) >= 4]
+    train, target = [s[:-2] for s in seqs], np.array([s[-2] for s in seqs])
+    params = row_params(row)
+    model = SASRec(random_state=seed, num_threads=threads, **params)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(train, **({"item_features": table} if params else {}))
+    seconds = time.perf_counter() - t0
+    ids, _ = model.recommend_batch(train, n=K, exclude_seen=False)
+    out = metrics(np.asarray(ids), target)
+    out.update(seconds=seconds, epochs=int(model.best_epoch_))
+    return out
+
+
 def run_cost(reps, threads, epochs=5):
     """Training time per epoch, ids against features (genres and year), at fixed settings
     (factors 64, 2 layers, max_seq 50, dropout 0.2, batch 128), the two interleaved."""
@@ -205,7 +237,8 @@ def cache_path(part, which, row, seed):
 
 def table_text() -> str:
     lines = []
-    for part, which in (("quality", "val"), ("quality", "test"), ("cold", "test")):
+    for part, which in (("quality", "val"), ("quality", "test"), ("cold", "test"),
+                        ("synthetic", "val")):
         found = {}
         for f in sorted(CACHE.glob(f"{part}_{which}_*.json")):
             row, seed = f.stem[len(part) + len(which) + 2:].rsplit("_", 1)
@@ -228,7 +261,7 @@ def table_text() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", choices=["quality", "cold", "cost"], default="quality")
+    ap.add_argument("--part", choices=["quality", "cold", "cost", "synthetic"], default="quality")
     ap.add_argument("--reps", type=int, default=3, help="--part cost: interleaved repeats")
     ap.add_argument("--split", choices=["val", "test"], default="test")
     ap.add_argument("--rows", nargs="+", default=None)
@@ -239,23 +272,25 @@ def main() -> None:
     if args.table:
         print(table_text())
         return
-    if not (DATA / "ml-100k" / "u.item").exists():
+    if args.part != "synthetic" and not (DATA / "ml-100k" / "u.item").exists():
         raise SystemExit(f"{DATA / 'ml-100k'} not found (set FASTSASREC_DATA)")
     CACHE.mkdir(exist_ok=True)
     if args.part == "cost":
         out = run_cost(args.reps, args.threads)
         (CACHE / f"cost_{args.threads}threads.json").write_text(json.dumps(out, indent=1))
         return
-    rows = args.rows or (["ids", "features_mean"] if args.part == "quality"
-                         else ["features_mean", "features_off_catalogue"])
-    which = args.split if args.part == "quality" else "test"
+    rows = args.rows or (["features_mean", "features_off_catalogue"] if args.part == "cold"
+                         else ["ids", "features_mean"])
+    which = {"quality": args.split, "synthetic": "val"}.get(args.part, "test")
+    run = {"quality": lambda row, seed: run_quality(row, which, seed, args.threads),
+           "cold": lambda row, seed: run_cold(row, seed, args.threads),
+           "synthetic": lambda row, seed: run_synthetic(row, seed, args.threads)}[args.part]
     for seed in args.seeds:
         for row in rows:
             path = cache_path(args.part, which, row, seed)
             if path.exists():
                 continue
-            out = run_quality(row, which, seed, args.threads) if args.part == "quality" \
-                else run_cold(row, seed, args.threads)
+            out = run(row, seed)
             out.update(row=row, seed=seed, split=which, threads=args.threads)
             path.write_text(json.dumps(out, indent=1))
             print(json.dumps(out), flush=True)

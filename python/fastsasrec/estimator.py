@@ -137,7 +137,10 @@ class SASRec(FittedAttributes, NotebookCompat):
         output layer alike, the item then its features alone, as a new product is.  So the
         features learn to carry an item, and the id rows stop repeating what the features
         say.  Nothing is dropped at inference (no rescaling: the id rows are the items' own
-        part, the features the shared part).  Without features it changes nothing.
+        part, the features the shared part).  Without features it changes nothing.  The
+        default, 0.1, was chosen on validation targets: on MovieLens 100K (genres, year;
+        2 seeds) NDCG@10 0.1273 against 0.1224 without it (0.25: 0.1258; 0.5: 0.1143), on
+        the synthetic store (category, brand; 3 seeds) 0.305 against 0.290.
 
     Thread safety: one fitted model can serve many threads at once.  The fitted model is
     one snapshot that ``fit``, ``load`` and ``to`` replace whole, so every call gets
