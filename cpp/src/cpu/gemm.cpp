@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <new>
 #include <vector>
 
 #include "cpu/op_profile.h"
@@ -171,6 +172,33 @@ void gemm_bf16_path(bool native, int nt, bool ta, bool tb, int M, int N, int K, 
       gemm_bf16_kernel(ta, tb, M, hi - lo, K, alpha, A, lda, Bb, ldb, beta, C + lo, ldc, r);
     }
   });
+}
+
+BlockGemm::BlockGemm(const char* op, const Context& ctx, int blocks)
+    : bf16_(ctx.precision == Precision::BF16), usable_(!bf16_ || gemm_bf16_native()) {
+  if (!bf16_ || !usable_) return;
+  words_ = gemm_bf16_kernel_scratch();
+  scratch_.reset(new (std::nothrow) uint32_t[words_ * (size_t)std::max(blocks, 1)]);
+  if (!scratch_)
+    throw MemoryError(detail::cat(op, ": could not allocate ", words_ * 4 * (size_t)blocks,
+                                  " bytes of bf16 packing scratch"));
+}
+
+void BlockGemm::operator()(int block, bool ta, bool tb, int M, int N, int K, float alpha,
+                           const float* A, int lda, const float* B, int ldb, float beta, float* C,
+                           int ldc) const {
+  if (!bf16_) {
+    gemm_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  if (M <= 0 || N <= 0) return;
+  op_profile_count(M, N, K);
+  if (K <= 0) {  // the kernel needs K > 0: C = beta C
+    gemm_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  gemm_bf16_kernel(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
+                   scratch_.get() + words_ * (size_t)block);
 }
 
 void gemm_bf16(int nt, bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,

@@ -4,8 +4,11 @@
 //   backward: din(R,I) (= or +=, skipped when null) = dout W^T
 //             dW(I,O) += in^T dout;   db(O) += column sums of dout
 // The ReLU's own backward is applied by the caller (dropout_backward with relu_out).
-// ctx.precision BF16 computes the three products by gemm_bf16 (operands rounded to bfloat16,
-// sums in fp32, as a GPU's bf16 matrix units do); the bias, the ReLU and db stay fp32.
+// ctx.precision BF16 computes the three products on bfloat16 operands (rounded to nearest
+// even, sums in fp32, as a GPU's bf16 matrix units do); the bias, the ReLU and db stay fp32.
+// Each op is one parallel region, rows split, every product of a block on its own thread
+// (BlockGemm: sgemm, or the bf16 kernel); where bf16 has no kernel, the products go
+// through gemm_bf16 (rounded copies, then sgemm), a region each.
 #include <algorithm>
 
 #include "cpu/ops.h"
@@ -14,67 +17,69 @@
 
 namespace fsr::cpu {
 
-// fp32: one parallel region per product: each thread fills its block of rows with the bias,
-// accumulates its GEMM onto it (beta = 1) and applies the ReLU and the dropout while the
-// block is in cache.  bf16: the product by gemm_bf16, then the same epilogue (b + the sum:
-// the same one rounding) in a region of its own.
+namespace {
+// out's rows [r0, r1) after their product: ReLU, then dropout, while they are in cache.
+inline void epilogue(float* out, int r0, int r1, int O, bool relu, float p, uint64_t key,
+                     uint32_t thr, float inv_keep) {
+  float* o = out + (size_t)r0 * O;
+  const size_t n = (size_t)(r1 - r0) * O, e0 = (size_t)r0 * O;
+  if (relu)
+    for (size_t e = 0; e < n; ++e) o[e] = std::max(o[e], 0.f);
+  if (p > 0.f)
+    for (size_t e = 0; e < n; ++e) o[e] *= keep_scale(key, e0 + e, thr, inv_keep);
+}
+}  // namespace
+
+// Each thread fills its block of rows with the bias, accumulates its product onto it
+// (beta = 1: b + the sum, one rounding) and applies the ReLU and the dropout.
 void linear_forward(const Context& ctx, float* out, const float* in, const float* W, const float* b, int R, int I,
                     int O, bool relu, float p, uint64_t key) {
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
   const uint32_t thr = dropout_threshold(p);
-  const bool bf16 = ctx.precision == Precision::BF16;
-  if (bf16) gemm_bf16(ctx.threads, false, false, R, O, I, 1.f, in, I, W, O, 0.f, out, O);
   const int nb = gemm_blocks(ctx.threads, R, 2.0 * R * I * O);
+  const BlockGemm mm("linear_forward", ctx, nb);
+  if (!mm.usable()) gemm_bf16(ctx.threads, false, false, R, O, I, 1.f, in, I, W, O, 0.f, out, O);
   parallel_for(ctx.threads, nb, [&](int t) {
     const int r0 = (int)((long)R * t / nb), r1 = (int)((long)R * (t + 1) / nb);
     float* o = out + (size_t)r0 * O;
-    if (bf16) {
+    if (!mm.usable()) {
       for (int r = r0; r < r1; ++r)
         for (int c = 0; c < O; ++c) out[(size_t)r * O + c] += b[c];
     } else {
       for (int r = r0; r < r1; ++r)
         for (int c = 0; c < O; ++c) out[(size_t)r * O + c] = b[c];
-      gemm_serial(false, false, r1 - r0, O, I, 1.f, in + (size_t)r0 * I, I, W, O, 1.f, o, O);
+      mm(t, false, false, r1 - r0, O, I, 1.f, in + (size_t)r0 * I, I, W, O, 1.f, o, O);
     }
-    const size_t n = (size_t)(r1 - r0) * O, e0 = (size_t)r0 * O;
-    if (relu)
-      for (size_t e = 0; e < n; ++e) o[e] = std::max(o[e], 0.f);
-    if (p > 0.f)
-      for (size_t e = 0; e < n; ++e) o[e] *= keep_scale(key, e0 + e, thr, inv_keep);
+    epilogue(out, r0, r1, O, relu, p, key, thr, inv_keep);
   });
 }
 
-// fp32: one region, rows split: each thread computes its rows of din (dout W^T), then,
-// while those rows of dout are in cache, its partial dW (in^T dout over its rows) and db
-// in scratch; the partials are then added in thread order (results depend only on the
-// thread count).  bf16: din and dW by gemm_bf16, db in a region of its own.
+// Rows split: each thread computes its rows of din (dout W^T), then, while those rows of
+// dout are in cache, its partial dW (in^T dout over its rows) and db in scratch; the
+// partials are then added in block order (results depend only on the thread count).
 void linear_backward(const Context& ctx, float* din, float* dW, float* db, const float* dout, const float* in,
                      const float* W, int R, int I, int O, bool accumulate) {
-  if (ctx.precision == Precision::BF16) {
+  const int nb = gemm_blocks(ctx.threads, R, 2.0 * R * I * O);
+  const BlockGemm mm("linear_backward", ctx, nb);
+  if (!mm.usable()) {  // bf16 without its kernel: a region per product
     if (din) gemm_bf16(ctx.threads, false, true, R, I, O, 1.f, dout, O, W, O, accumulate ? 1.f : 0.f, din, I);
     gemm_bf16(ctx.threads, true, false, I, O, R, 1.f, in, I, dout, O, 1.f, dW, O);
-    const int nb = gemm_blocks(ctx.threads, O, 2.0 * R * I * O);
-    parallel_for(ctx.threads, nb, [&](int t) {
-      const int c0 = (int)((long)O * t / nb), c1 = (int)((long)O * (t + 1) / nb);
-      for (int r = 0; r < R; ++r) {
-        const float* d = dout + (size_t)r * O;
-        for (int c = c0; c < c1; ++c) db[c] += d[c];
-      }
-    });
+    for (int r = 0; r < R; ++r) {
+      const float* d = dout + (size_t)r * O;
+      for (int c = 0; c < O; ++c) db[c] += d[c];
+    }
     return;
   }
-  const int nb = gemm_blocks(ctx.threads, R, 2.0 * R * I * O);
-  const size_t part = (size_t)(I + 1) * O;  // a thread's dW, then its db
+  const size_t part = (size_t)(I + 1) * O;  // a block's dW, then its db
   const ThreadScratch scratch("linear_backward", nb > 1 ? nb : 1, nb > 1 ? part : 0);
   parallel_for(ctx.threads, nb, [&](int t) {
     const int r0 = (int)((long)R * t / nb), r1 = (int)((long)R * (t + 1) / nb);
     const float* d = dout + (size_t)r0 * O;
     if (din)
-      gemm_serial(false, true, r1 - r0, I, O, 1.f, d, O, W, O, accumulate ? 1.f : 0.f,
-                  din + (size_t)r0 * I, I);
+      mm(t, false, true, r1 - r0, I, O, 1.f, d, O, W, O, accumulate ? 1.f : 0.f, din + (size_t)r0 * I, I);
     float* pW = nb > 1 ? scratch.at(t) : dW;
     float* pb = nb > 1 ? pW + (size_t)I * O : db;
-    gemm_serial(true, false, I, O, r1 - r0, 1.f, in + (size_t)r0 * I, I, d, O, nb > 1 ? 0.f : 1.f, pW, O);
+    mm(t, true, false, I, O, r1 - r0, 1.f, in + (size_t)r0 * I, I, d, O, nb > 1 ? 0.f : 1.f, pW, O);
     if (nb > 1)
       for (int c = 0; c < O; ++c) pb[c] = 0.f;
     for (int r = r0; r < r1; ++r) {
@@ -84,8 +89,7 @@ void linear_backward(const Context& ctx, float* din, float* dW, float* db, const
     }
   });
   if (nb <= 1) return;
-  // the partials in block order
-  for (int t = 0; t < nb; ++t) {
+  for (int t = 0; t < nb; ++t) {  // the partials in block order
     const float* pW = scratch.at(t);
     for (size_t e = 0; e < (size_t)I * O; ++e) dW[e] += pW[e];
     for (int c = 0; c < O; ++c) db[c] += pW[(size_t)I * O + c];

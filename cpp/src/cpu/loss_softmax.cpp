@@ -4,15 +4,17 @@
 //   backward (grad_scale != 0): ds = grad_scale * (softmax(s) - onehot(tgt))
 //             dh(R,C) = ds E[1:];   dE[1:] += ds^T h
 // Rows are processed in chunks; workspace: loss_softmax_workspace(R, C, V, N) floats.
-// fp32: one parallel region for the whole op.  Each thread owns a contiguous slice of the
-// catalogue and, chunk after chunk of rows, computes its slice of the logits, its share of
-// each row's max and sum (combined across threads at two barriers, in thread order), turns
-// its slice into ds, and adds ds^T h into its own rows of dE and ds E into its own partial
-// dh, all while its slice of the chunk is in its cache; the partial dh are then summed in
-// thread order, each thread a share of the rows.  No thread ever writes another's rows of
-// dE, and results depend only on the thread count.
-// ctx.precision BF16: chunk by chunk, the three products by gemm_bf16 (h, E and ds rounded
-// to bfloat16, sums in fp32), as the CUDA twin computes them.
+// One parallel region for the whole op (fp32, and bf16 with its kernel).  Each thread owns
+// a contiguous slice of the catalogue and, chunk after chunk of rows, computes its slice of
+// the logits, its share of each row's max and sum (combined across threads at two
+// barriers, in thread order), turns its slice into ds, and adds ds^T h into its own rows of
+// dE and ds E into its own partial dh, all while its slice of the chunk is in its cache;
+// the partial dh are then summed in thread order, each thread a share of the rows.  No
+// thread ever writes another's rows of dE, and results depend only on the thread count.
+// ctx.precision BF16: the three products on bfloat16 operands (h, E and ds rounded, sums in
+// fp32), as the CUDA twin computes them: in the same region by the AVX-512 BF16 kernel
+// (BlockGemm), or, where the CPU has none, chunk by chunk through gemm_bf16 (its rounded
+// copies, then sgemm), a region per product.
 #include <algorithm>
 #include <cmath>
 
@@ -45,6 +47,7 @@ size_t workspace_floats(int R, int C, int V, int slices) {
   return rc * V + 2 * (size_t)slices * rc + rc + (size_t)slices * rc * C;
 }
 
+// bf16 where the CPU has no kernel: chunk by chunk, a region per product.
 void loss_softmax_bf16(const Context& ctx, float* loss, float* dh, float* dE, const float* h,
                        const float* E, const int32_t* targets, int R, int C, int V,
                        float grad_scale, float* logits) {
@@ -78,19 +81,20 @@ void loss_softmax_bf16(const Context& ctx, float* loss, float* dh, float* dE, co
 }  // namespace
 
 size_t loss_softmax_workspace(const Context& ctx, int R, int C, int V, int N) {
-  if (ctx.precision == Precision::BF16) return (size_t)chunk_rows(R, V, 2) * V;
+  if (ctx.precision == Precision::BF16 && !gemm_bf16_native()) return (size_t)chunk_rows(R, V, 2) * V;
   return workspace_floats(R, C, V, item_slices(ctx, R, C, V));
 }
 
 void loss_softmax(const Context& ctx, float* loss, float* dh, float* dE, const float* h, const float* E,
                   const int32_t* targets, const int32_t* negatives, int R, int C, int V, int N,
                   float grad_scale, float* workspace) {
-  if (ctx.precision == Precision::BF16) {
+  const int slices = item_slices(ctx, R, C, V);
+  const BlockGemm mm("loss_softmax", ctx, slices);
+  if (!mm.usable()) {
     loss_softmax_bf16(ctx, loss, dh, dE, h, E, targets, R, C, V, grad_scale, workspace);
     return;
   }
   const bool grad = grad_scale != 0.f;
-  const int slices = item_slices(ctx, R, C, V);
   const int rc = chunk_rows(R, V, slices);
   const float* E1 = E + C;  // item 1 onwards
   float* const logits = workspace;
@@ -104,7 +108,7 @@ void loss_softmax(const Context& ctx, float* loss, float* dh, float* dE, const f
       const int rn = std::min(rc, R - r0);
       const int q0 = (int)((long)rn * t / k), q1 = (int)((long)rn * (t + 1) / k);  // my rows
       float* L = logits + (size_t)rc * v0;  // my slice: rn x nv
-      gemm_serial(false, true, rn, nv, C, 1.f, h + (size_t)r0 * C, C, E1 + (size_t)v0 * C, C, 0.f, L, nv);
+      mm(t, false, true, rn, nv, C, 1.f, h + (size_t)r0 * C, C, E1 + (size_t)v0 * C, C, 0.f, L, nv);
       for (int i = 0; i < rn; ++i) {
         const float* row = L + (size_t)i * nv;
         maxes[(size_t)t * rc + i] = row_max(row, nv);
@@ -138,9 +142,8 @@ void loss_softmax(const Context& ctx, float* loss, float* dh, float* dE, const f
         continue;  // the next chunk rewrites what the others may still read
       }
       float* P = k == 1 ? dh + (size_t)r0 * C : partial + (size_t)t * rc * C;
-      gemm_serial(false, false, rn, C, nv, 1.f, L, nv, E1 + (size_t)v0 * C, C, 0.f, P, C);
-      gemm_serial(true, false, nv, C, rn, 1.f, L, nv, h + (size_t)r0 * C, C, 1.f,
-                  dE + C + (size_t)v0 * C, C);
+      mm(t, false, false, rn, C, nv, 1.f, L, nv, E1 + (size_t)v0 * C, C, 0.f, P, C);
+      mm(t, true, false, nv, C, rn, 1.f, L, nv, h + (size_t)r0 * C, C, 1.f, dE + C + (size_t)v0 * C, C);
       if (k == 1) continue;
 #pragma omp barrier
       for (int i = q0; i < q1; ++i) {

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 
 #include "fastsasrec/backend.h"  // LossKind, Precision
 
@@ -54,6 +55,25 @@ bool gemm_bf16_kernel_compiled();
 size_t gemm_bf16_kernel_scratch();
 void gemm_bf16_kernel(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                       int lda, const float* B, int ldb, float beta, float* C, int ldc, uint32_t* scratch);
+
+// ---- gemm.cpp: products on the calling thread for an op that splits its own work inside
+// one parallel region, each thread a block: fp32 by gemm_serial, bf16 by the AVX-512 BF16
+// kernel with packing scratch per block, allocated here, before the region (a failed
+// allocation is a MemoryError, never an exception inside it).  Where bf16 has no kernel
+// (usable() is false) such an op keeps a region per product, through gemm_bf16.
+class BlockGemm {
+ public:
+  BlockGemm(const char* op, const Context& ctx, int blocks);
+  bool usable() const { return usable_; }
+  void operator()(int block, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                  const float* A, int lda, const float* B, int ldb, float beta, float* C,
+                  int ldc) const;
+
+ private:
+  bool bf16_, usable_;
+  size_t words_ = 0;
+  std::unique_ptr<uint32_t[]> scratch_;
+};
 
 // ---- gemm.cpp: dst(n) = src rounded to the nearest bfloat16 (ties to even; NaN stays
 // NaN), as floats, over nt threads
