@@ -858,33 +858,39 @@ def test_loss(ops, kind, R_, C, V, N, gs, scale, seed):
     assert not dE[0].any(), f"row 0 (padding) of dE written (seed {seed})"
 
 
-# The CPU's full softmax splits the catalogue over its threads (each thread a slice of the
-# items, its row maxima and sums combined across threads, dh summed from per-thread
-# partials): every thread count, uneven slices, several chunks, with and without a gradient.
-SOFTMAX_THREAD_CASES = [  # (R, C, V, grad_scale, seed)
-    (300, 32, 517, 1 / 300, 70),     # one chunk, slices of 172-173 items at 3 threads
-    (200, 16, 9001, 1 / 200, 71),    # several chunks of 32 rows
-    (77, 24, 1000, 0.0, 72),         # forward only
+# The CPU's softmax losses split their candidates over the threads (the full softmax the
+# catalogue, the sampled one its N negatives: each thread a slice, the row maxima and sums
+# combined across threads, dh summed from per-thread partials): every thread count, uneven
+# slices, several chunks, with and without a gradient, with the logQ correction.
+THREAD_LOSS_CASES = [  # (kind, R, C, V, N, grad_scale, seed)
+    ("softmax", 300, 32, 517, 0, 1 / 300, 70),    # one chunk, slices of 172-173 items at 3 threads
+    ("softmax", 200, 16, 9001, 0, 1 / 200, 71),   # several chunks of 32 rows
+    ("softmax", 77, 24, 1000, 0, 0.0, 72),        # forward only
+    ("sampled_softmax", 300, 32, 900, 517, 1 / 300, 73),  # negatives hold targets, repeats
+    ("sampled_softmax", 1100, 8, 60, 4000, 1 / 1100, 74),  # 17 chunks
+    ("sampled_softmax", 90, 24, 400, 300, 0.0, 75),         # forward only
+    ("sampled_softmax_logq", 300, 32, 900, 517, 1 / 300, 76),
 ]
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("R_,C,V,gs,seed", SOFTMAX_THREAD_CASES,
-                         ids=ids(SOFTMAX_THREAD_CASES, lambda r, c, v, g, s: f"R{r}-C{c}-V{v}-gs{g:.3g}-s{s}"))
-def test_loss_softmax_any_thread_count(R_, C, V, gs, seed, threads):
+@pytest.mark.parametrize("kind,R_,C,V,N,gs,seed", THREAD_LOSS_CASES,
+                         ids=ids(THREAD_LOSS_CASES,
+                                 lambda k, r, c, v, n, g, s: f"{k}-R{r}-C{c}-V{v}-N{n}-gs{g:.3g}-s{s}"))
+def test_softmax_losses_any_thread_count(kind, R_, C, V, N, gs, seed, threads):
     if not CORE.backend_available("cpu")[0]:
         pytest.skip("cpu backend not usable")
     ops = CORE.Ops("cpu", threads=threads)
     rng = np.random.default_rng(seed)
-    h, E, t, n = _loss_inputs("softmax", R_, C, V, 0, 1.0, rng)
+    h, E, t, n = _loss_inputs(kind, R_, C, V, N, 1.0, rng)
     gs = f32(gs)
     dE = zeros(V + 1, C)
-    loss, dh = _loss(ops, "softmax", h, E, t, n, gs, dE, seed)
-    rloss, rdh, rdE = _ref_loss("softmax", h, E, t, n, gs, seed)
-    tol_loss, tol_dh, tol_dE = _loss_tolerances("softmax", h, E, t, n, gs, rloss, seed)
-    assert_close(loss, rloss, tol_loss, f"softmax loss ({threads} threads)", seed)
-    assert_close(dh, rdh, tol_dh, f"softmax dh ({threads} threads)", seed)
-    assert_close(dE, rdE, tol_dE, f"softmax dE ({threads} threads)", seed)
+    loss, dh = _loss(ops, kind, h, E, t, n, gs, dE, seed)
+    rloss, rdh, rdE = _ref_loss(kind, h, E, t, n, gs, seed)
+    tol_loss, tol_dh, tol_dE = _loss_tolerances(kind, h, E, t, n, gs, rloss, seed)
+    assert_close(loss, rloss, tol_loss, f"{kind} loss ({threads} threads)", seed)
+    assert_close(dh, rdh, tol_dh, f"{kind} dh ({threads} threads)", seed)
+    assert_close(dE, rdE, tol_dE, f"{kind} dE ({threads} threads)", seed)
     if gs == 0:
         assert not dh.any() and not dE.any()
 

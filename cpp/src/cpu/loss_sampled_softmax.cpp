@@ -9,10 +9,19 @@
 //             dh(R,C) = ds_pos E[tgt] + ds En        (En = E[neg], N x C)
 //             dE[neg_j] += (ds^T h)_j;  dE[tgt_r] += ds_pos h_r
 // Rows are processed in chunks, so at most chunk x N logits exist at once.
-// workspace (floats): En and dEn (2 N C), one chunk of logits, and R coefficients.
+// One parallel region does the chunks (fp32, and bf16 with its kernel), as loss_softmax
+// does: each thread owns a contiguous slice of the N negatives (its rows of En and dEn) and,
+// chunk after chunk, computes its slice of the logits, its share of each row's max and sum
+// (combined with the positive's logit across threads at two barriers, in thread order),
+// turns its slice into ds, adds ds^T h into its rows of dEn and ds En into its partial dh,
+// summed in thread order, each thread a share of the rows.  Then the positive's terms and
+// the scatter into dE, as before.  Results depend only on the thread count.
+// workspace (floats): En and dEn (2 N C), one chunk of logits, R coefficients, and the
+// threads' row maxima, sums, the chunk's positive logits and partial dh.
 // ctx.precision BF16: every product's operands in bfloat16 with fp32 sums, as the CUDA twin
-// computes them: h, E and ds in the three GEMMs (gemm_bf16), h_r, E[tgt_r] and ds_pos in
-// s_pos and the target's terms.
+// computes them: h, E and ds in the three GEMMs (the bf16 kernel, or, where the CPU has
+// none, gemm_bf16 a region per product), h_r, E[tgt_r] and ds_pos in s_pos and the
+// target's terms.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -33,13 +42,27 @@ inline int chunk_rows(int R, int N) {
   const size_t rows = std::max<size_t>(32, kChunkLogits / std::max(N, 1));
   return (int)std::max<size_t>(1, std::min<size_t>((size_t)R, rows));
 }
+// The threads that split the negatives: at most one per 64, and one for a small job.
+int negative_slices(const Context& ctx, int R, int C, int N) {
+  const int nt = usable_threads(ctx.threads);
+  if (nt <= 1 || 2.0 * R * N * C < 2.0e5) return 1;
+  return std::max(1, std::min(nt, N / 64));
+}
+bool fused(const Context& ctx) { return ctx.precision != Precision::BF16 || gemm_bf16_native(); }
+size_t extra_floats(int R, int C, int N, int slices) {  // beyond the chunk path's
+  const size_t rc = chunk_rows(R, N);
+  return 2 * (size_t)slices * rc + rc + (size_t)slices * rc * C;
+}
 }  // namespace
 
-size_t loss_sampled_softmax_workspace(const Context&, int R, int C, int V, int N) {
-  return 2 * (size_t)N * C + (size_t)chunk_rows(R, N) * N + (size_t)R;
+size_t loss_sampled_softmax_workspace(const Context& ctx, int R, int C, int V, int N) {
+  const size_t base = 2 * (size_t)N * C + (size_t)chunk_rows(R, N) * N + (size_t)R;
+  return fused(ctx) ? base + extra_floats(R, C, N, negative_slices(ctx, R, C, N)) : base;
 }
 
-void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE, const float* h,
+namespace {
+// bf16 where the CPU has no kernel: chunk by chunk, a region per product.
+void sampled_softmax_regions(const Context& ctx, float* loss, float* dh, float* dE, const float* h,
                           const float* E, const int32_t* targets, const int32_t* negatives,
                           const float* logq, int R, int C, int V, int N, float grad_scale,
                           float* workspace) {
@@ -93,6 +116,140 @@ void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE,
     mm(ctx.threads, false, false, rn, C, N, 1.f, logits, N, En, C, 0.f, dhc, C);
     mm(ctx.threads, true, false, N, C, rn, 1.f, logits, N, h + (size_t)r0 * C, C, 1.f, dEn, C);
   }
+  if (!grad) return;
+  // dh += ds_pos E[tgt]
+  parallel_chunks(ctx.threads, R, C, [&](long a, long b, int) {
+    for (long r = a; r < b; ++r) {
+      const float* ep = E + (size_t)targets[r] * C;
+      float* d = dh + (size_t)r * C;
+      for (int c = 0; c < C; ++c) d[c] += dpos[r] * op(ep[c]);
+    }
+  });
+  // Scatter into item rows, each thread owning a block of columns.
+  const int nt = (long)(R + N) * C < 16384 ? 1 : std::min(ctx.threads, C);
+  parallel_for(ctx.threads, nt, [&](int t) {
+    const int c0 = C * t / nt, c1 = C * (t + 1) / nt;
+    for (int j = 0; j < N; ++j) {
+      float* d = dE + (size_t)negatives[j] * C;
+      const float* g = dEn + (size_t)j * C;
+      for (int c = c0; c < c1; ++c) d[c] += g[c];
+    }
+    for (int r = 0; r < R; ++r) {
+      float* d = dE + (size_t)targets[r] * C;
+      const float* hr = h + (size_t)r * C;
+      for (int c = c0; c < c1; ++c) d[c] += dpos[r] * op(hr[c]);
+    }
+  });
+}
+}  // namespace
+
+void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE, const float* h,
+                          const float* E, const int32_t* targets, const int32_t* negatives,
+                          const float* logq, int R, int C, int V, int N, float grad_scale,
+                          float* workspace) {
+  if (!fused(ctx)) {
+    sampled_softmax_regions(ctx, loss, dh, dE, h, E, targets, negatives, logq, R, C, V, N,
+                            grad_scale, workspace);
+    return;
+  }
+  const bool grad = grad_scale != 0.f;
+  const bool bf16 = ctx.precision == Precision::BF16;
+  auto op = [bf16](float x) { return bf16 ? round_bf16(x) : x; };  // an operand
+  const int slices = negative_slices(ctx, R, C, N);
+  const BlockGemm mm("loss_sampled_softmax", ctx, slices);
+  const int rc = chunk_rows(R, N);
+  float* const En = workspace;
+  float* const dEn = En + (size_t)N * C;
+  float* const logits = dEn + (size_t)N * C;  // rc x N, slice t a contiguous rc x n_t block
+  float* const dpos = logits + (size_t)rc * N;  // R
+  float* const maxes = dpos + R;  // slices x rc
+  float* const sums = maxes + (size_t)slices * rc;  // slices x rc
+  float* const spos = sums + (size_t)slices * rc;  // rc
+  float* const partial = spos + rc;  // slices x rc x C
+  const float ninf = -std::numeric_limits<float>::infinity();
+  auto body = [&](int t, int k) {
+    const int j0 = (int)((long)N * t / k), j1 = (int)((long)N * (t + 1) / k), nj = j1 - j0;
+    for (int j = j0; j < j1; ++j) std::memcpy(En + (size_t)j * C, E + (size_t)negatives[j] * C, C * sizeof(float));
+    if (grad) std::memset(dEn + (size_t)j0 * C, 0, (size_t)nj * C * sizeof(float));
+    for (int r0 = 0; r0 < R; r0 += rc) {
+      const int rn = std::min(rc, R - r0);
+      const int q0 = (int)((long)rn * t / k), q1 = (int)((long)rn * (t + 1) / k);  // my rows
+      float* L = logits + (size_t)rc * j0;  // my slice: rn x nj
+      mm(t, false, true, rn, nj, C, 1.f, h + (size_t)r0 * C, C, En + (size_t)j0 * C, C, 0.f, L, nj);
+      for (int i = 0; i < rn; ++i) {
+        const int32_t tg = targets[r0 + i];
+        float* row = L + (size_t)i * nj;
+        if (logq)
+          for (int j = 0; j < nj; ++j) row[j] = negatives[j0 + j] == tg ? ninf : row[j] - logq[negatives[j0 + j]];
+        else
+          for (int j = 0; j < nj; ++j) row[j] = negatives[j0 + j] == tg ? ninf : row[j];
+        maxes[(size_t)t * rc + i] = row_max(row, nj);
+        if (i < q0 || i >= q1) continue;
+        const float* hr = h + (size_t)(r0 + i) * C;
+        const float* ep = E + (size_t)tg * C;
+        float d = 0.f;
+        if (bf16)
+          for (int c = 0; c < C; ++c) d += op(hr[c]) * op(ep[c]);
+        else
+          d = dot(hr, ep, C);
+        spos[i] = d - (logq ? logq[tg] : 0.f);
+      }
+#pragma omp barrier
+      for (int i = 0; i < rn; ++i) {
+        float m = spos[i];
+        for (int u = 0; u < k; ++u) m = std::max(m, maxes[(size_t)u * rc + i]);
+        float* row = L + (size_t)i * nj;
+        // exp(s - m) is kept: the gradient is grad_scale * e / z
+        sums[(size_t)t * rc + i] = exp_sum_inplace(row, nj, m);
+      }
+#pragma omp barrier
+      for (int i = 0; i < rn; ++i) {
+        const float sp = spos[i];
+        float m = sp;
+        for (int u = 0; u < k; ++u) m = std::max(m, maxes[(size_t)u * rc + i]);
+        const float ep_ = fast_exp(sp - m);
+        float z = ep_;
+        for (int u = 0; u < k; ++u) z += sums[(size_t)u * rc + i];
+        if (i >= q0 && i < q1) {
+          loss[r0 + i] = m + std::log(z) - sp;
+          if (grad) dpos[r0 + i] = op(grad_scale * (ep_ / z - 1.f));
+        }
+        if (!grad) continue;
+        float* row = L + (size_t)i * nj;
+        const float c = grad_scale / z;
+        for (int j = 0; j < nj; ++j) row[j] *= c;
+      }
+      if (!grad) {  // (every thread alike: no barrier is skipped by one alone)
+#pragma omp barrier
+        continue;  // the next chunk rewrites what the others may still read
+      }
+      float* P = k == 1 ? dh + (size_t)r0 * C : partial + (size_t)t * rc * C;
+      mm(t, false, false, rn, C, nj, 1.f, L, nj, En + (size_t)j0 * C, C, 0.f, P, C);
+      mm(t, true, false, nj, C, rn, 1.f, L, nj, h + (size_t)r0 * C, C, 1.f, dEn + (size_t)j0 * C, C);
+      if (k == 1) continue;
+#pragma omp barrier
+      for (int i = q0; i < q1; ++i) {
+        float* d = dh + (size_t)(r0 + i) * C;
+        const float* p0 = partial + (size_t)i * C;
+        for (int c = 0; c < C; ++c) d[c] = p0[c];
+        for (int u = 1; u < k; ++u) {
+          const float* pu = partial + ((size_t)u * rc + i) * C;
+#pragma omp simd
+          for (int c = 0; c < C; ++c) d[c] += pu[c];
+        }
+      }
+    }
+  };
+#ifdef _OPENMP
+  if (slices > 1) {
+#pragma omp parallel num_threads(slices)
+    body(omp_get_thread_num(), omp_get_num_threads());
+  } else {
+    body(0, 1);
+  }
+#else
+  body(0, 1);
+#endif
   if (!grad) return;
   // dh += ds_pos E[tgt]
   parallel_chunks(ctx.threads, R, C, [&](long a, long b, int) {
