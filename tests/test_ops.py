@@ -842,6 +842,12 @@ def _loss_tolerances(kind, h, E, t, n, gs, rloss, seed):
 
 @pytest.mark.parametrize("kind,R_,C,V,N,gs,scale,seed", LOSS_CASES, ids=ids(LOSS_CASES, LOSS_ID))
 def test_loss(ops, kind, R_, C, V, N, gs, scale, seed):
+    _check_loss(ops, kind, R_, C, V, N, gs, scale, seed)
+
+
+def _check_loss(ops, kind, R_, C, V, N, gs, scale, seed, what=""):
+    """One loss case against the float64 reference: loss, dh and dE within their error
+    bounds, no gradient written with grad_scale 0, row 0 (padding) of dE untouched."""
     rng = np.random.default_rng(seed)
     h, E, t, n = _loss_inputs(kind, R_, C, V, N, scale, rng)
     gs = f32(gs)
@@ -850,9 +856,9 @@ def test_loss(ops, kind, R_, C, V, N, gs, scale, seed):
     rloss, rdh, rdE = _ref_loss(kind, h, E, t, n, gs, seed)
     tol_loss, tol_dh, tol_dE = _loss_tolerances(kind, h, E, t, n, gs, rloss, seed)
 
-    assert_close(loss, rloss, tol_loss, f"{kind} loss", seed)
-    assert_close(dh, rdh, tol_dh, f"{kind} dh", seed)
-    assert_close(dE, rdE, tol_dE, f"{kind} dE", seed)
+    assert_close(loss, rloss, tol_loss, f"{kind} loss{what}", seed)
+    assert_close(dh, rdh, tol_dh, f"{kind} dh{what}", seed)
+    assert_close(dE, rdE, tol_dE, f"{kind} dE{what}", seed)
     if gs == 0:
         assert not dh.any() and not dE.any(), f"grad_scale 0 must write no gradient (seed {seed})"
     assert not dE[0].any(), f"row 0 (padding) of dE written (seed {seed})"
@@ -880,19 +886,8 @@ THREAD_LOSS_CASES = [  # (kind, R, C, V, N, grad_scale, seed)
 def test_softmax_losses_any_thread_count(kind, R_, C, V, N, gs, seed, threads):
     if not CORE.backend_available("cpu")[0]:
         pytest.skip("cpu backend not usable")
-    ops = CORE.Ops("cpu", threads=threads)
-    rng = np.random.default_rng(seed)
-    h, E, t, n = _loss_inputs(kind, R_, C, V, N, 1.0, rng)
-    gs = f32(gs)
-    dE = zeros(V + 1, C)
-    loss, dh = _loss(ops, kind, h, E, t, n, gs, dE, seed)
-    rloss, rdh, rdE = _ref_loss(kind, h, E, t, n, gs, seed)
-    tol_loss, tol_dh, tol_dE = _loss_tolerances(kind, h, E, t, n, gs, rloss, seed)
-    assert_close(loss, rloss, tol_loss, f"{kind} loss ({threads} threads)", seed)
-    assert_close(dh, rdh, tol_dh, f"{kind} dh ({threads} threads)", seed)
-    assert_close(dE, rdE, tol_dE, f"{kind} dE ({threads} threads)", seed)
-    if gs == 0:
-        assert not dh.any() and not dE.any()
+    _check_loss(CORE.Ops("cpu", threads=threads), kind, R_, C, V, N, gs, 1.0, seed,
+                f" ({threads} threads)")
 
 
 # Every kind: single and threaded scatters, the GPU's tiled paths, a forward only; not the

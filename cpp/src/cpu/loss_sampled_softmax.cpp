@@ -61,6 +61,36 @@ size_t loss_sampled_softmax_workspace(const Context& ctx, int R, int C, int V, i
 }
 
 namespace {
+// After the negatives' products: dh += ds_pos E[tgt]; then dEn and ds_pos h scattered
+// into the item rows of dE, each thread owning a block of columns.
+void positive_terms(const Context& ctx, float* dh, float* dE, const float* h, const float* E,
+                    const int32_t* targets, const int32_t* negatives, const float* dEn,
+                    const float* dpos, int R, int C, int N) {
+  const bool bf16 = ctx.precision == Precision::BF16;
+  auto op = [bf16](float x) { return bf16 ? round_bf16(x) : x; };  // an operand
+  parallel_chunks(ctx.threads, R, C, [&](long a, long b, int) {
+    for (long r = a; r < b; ++r) {
+      const float* ep = E + (size_t)targets[r] * C;
+      float* d = dh + (size_t)r * C;
+      for (int c = 0; c < C; ++c) d[c] += dpos[r] * op(ep[c]);
+    }
+  });
+  const int nt = (long)(R + N) * C < 16384 ? 1 : std::min(ctx.threads, C);
+  parallel_for(ctx.threads, nt, [&](int t) {
+    const int c0 = C * t / nt, c1 = C * (t + 1) / nt;
+    for (int j = 0; j < N; ++j) {
+      float* d = dE + (size_t)negatives[j] * C;
+      const float* g = dEn + (size_t)j * C;
+      for (int c = c0; c < c1; ++c) d[c] += g[c];
+    }
+    for (int r = 0; r < R; ++r) {
+      float* d = dE + (size_t)targets[r] * C;
+      const float* hr = h + (size_t)r * C;
+      for (int c = c0; c < c1; ++c) d[c] += dpos[r] * op(hr[c]);
+    }
+  });
+}
+
 // bf16 where the CPU has no kernel: chunk by chunk, a region per product.
 void sampled_softmax_regions(const Context& ctx, float* loss, float* dh, float* dE, const float* h,
                           const float* E, const int32_t* targets, const int32_t* negatives,
@@ -117,29 +147,7 @@ void sampled_softmax_regions(const Context& ctx, float* loss, float* dh, float* 
     mm(ctx.threads, true, false, N, C, rn, 1.f, logits, N, h + (size_t)r0 * C, C, 1.f, dEn, C);
   }
   if (!grad) return;
-  // dh += ds_pos E[tgt]
-  parallel_chunks(ctx.threads, R, C, [&](long a, long b, int) {
-    for (long r = a; r < b; ++r) {
-      const float* ep = E + (size_t)targets[r] * C;
-      float* d = dh + (size_t)r * C;
-      for (int c = 0; c < C; ++c) d[c] += dpos[r] * op(ep[c]);
-    }
-  });
-  // Scatter into item rows, each thread owning a block of columns.
-  const int nt = (long)(R + N) * C < 16384 ? 1 : std::min(ctx.threads, C);
-  parallel_for(ctx.threads, nt, [&](int t) {
-    const int c0 = C * t / nt, c1 = C * (t + 1) / nt;
-    for (int j = 0; j < N; ++j) {
-      float* d = dE + (size_t)negatives[j] * C;
-      const float* g = dEn + (size_t)j * C;
-      for (int c = c0; c < c1; ++c) d[c] += g[c];
-    }
-    for (int r = 0; r < R; ++r) {
-      float* d = dE + (size_t)targets[r] * C;
-      const float* hr = h + (size_t)r * C;
-      for (int c = c0; c < c1; ++c) d[c] += dpos[r] * op(hr[c]);
-    }
-  });
+  positive_terms(ctx, dh, dE, h, E, targets, negatives, dEn, dpos, R, C, N);
 }
 }  // namespace
 
@@ -228,52 +236,12 @@ void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE,
       mm(t, true, false, nj, C, rn, 1.f, L, nj, h + (size_t)r0 * C, C, 1.f, dEn + (size_t)j0 * C, C);
       if (k == 1) continue;
 #pragma omp barrier
-      for (int i = q0; i < q1; ++i) {
-        float* d = dh + (size_t)(r0 + i) * C;
-        const float* p0 = partial + (size_t)i * C;
-        for (int c = 0; c < C; ++c) d[c] = p0[c];
-        for (int u = 1; u < k; ++u) {
-          const float* pu = partial + ((size_t)u * rc + i) * C;
-#pragma omp simd
-          for (int c = 0; c < C; ++c) d[c] += pu[c];
-        }
-      }
+      sum_partials(dh + (size_t)r0 * C, partial, k, rc, q0, q1, C);
     }
   };
-#ifdef _OPENMP
-  if (slices > 1) {
-#pragma omp parallel num_threads(slices)
-    body(omp_get_thread_num(), omp_get_num_threads());
-  } else {
-    body(0, 1);
-  }
-#else
-  body(0, 1);
-#endif
+  parallel_team(slices, body);
   if (!grad) return;
-  // dh += ds_pos E[tgt]
-  parallel_chunks(ctx.threads, R, C, [&](long a, long b, int) {
-    for (long r = a; r < b; ++r) {
-      const float* ep = E + (size_t)targets[r] * C;
-      float* d = dh + (size_t)r * C;
-      for (int c = 0; c < C; ++c) d[c] += dpos[r] * op(ep[c]);
-    }
-  });
-  // Scatter into item rows, each thread owning a block of columns.
-  const int nt = (long)(R + N) * C < 16384 ? 1 : std::min(ctx.threads, C);
-  parallel_for(ctx.threads, nt, [&](int t) {
-    const int c0 = C * t / nt, c1 = C * (t + 1) / nt;
-    for (int j = 0; j < N; ++j) {
-      float* d = dE + (size_t)negatives[j] * C;
-      const float* g = dEn + (size_t)j * C;
-      for (int c = c0; c < c1; ++c) d[c] += g[c];
-    }
-    for (int r = 0; r < R; ++r) {
-      float* d = dE + (size_t)targets[r] * C;
-      const float* hr = h + (size_t)r * C;
-      for (int c = c0; c < c1; ++c) d[c] += dpos[r] * op(hr[c]);
-    }
-  });
+  positive_terms(ctx, dh, dE, h, E, targets, negatives, dEn, dpos, R, C, N);
 }
 
 }  // namespace fsr::cpu

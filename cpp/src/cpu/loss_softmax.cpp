@@ -146,26 +146,10 @@ void loss_softmax(const Context& ctx, float* loss, float* dh, float* dE, const f
       mm(t, true, false, nv, C, rn, 1.f, L, nv, h + (size_t)r0 * C, C, 1.f, dE + C + (size_t)v0 * C, C);
       if (k == 1) continue;
 #pragma omp barrier
-      for (int i = q0; i < q1; ++i) {
-        float* d = dh + (size_t)(r0 + i) * C;
-        const float* p0 = partial + (size_t)i * C;
-        for (int c = 0; c < C; ++c) d[c] = p0[c];
-        for (int u = 1; u < k; ++u) {
-          const float* pu = partial + ((size_t)u * rc + i) * C;
-#pragma omp simd
-          for (int c = 0; c < C; ++c) d[c] += pu[c];
-        }
-      }
+      sum_partials(dh + (size_t)r0 * C, partial, k, rc, q0, q1, C);
     }
   };
-#ifdef _OPENMP
-  if (slices > 1) {
-#pragma omp parallel num_threads(slices)
-    body(omp_get_thread_num(), omp_get_num_threads());
-    return;
-  }
-#endif
-  body(0, 1);
+  parallel_team(slices, body);
 }
 
 }  // namespace fsr::cpu

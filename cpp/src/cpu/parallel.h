@@ -86,6 +86,38 @@ inline void parallel_chunks(int nt, long n, long cost, F&& f) {
 #endif
 }
 
+// One region of n threads running body(thread, team size), for an op that splits its own
+// work and synchronises with `#pragma omp barrier` inside (the team may be smaller than
+// asked); n <= 1, or no OpenMP: body(0, 1) on the calling thread.
+template <typename F>
+inline void parallel_team(int n, F&& body) {
+#ifdef _OPENMP
+  if (n > 1) {
+#pragma omp parallel num_threads(n)
+    body(omp_get_thread_num(), omp_get_num_threads());
+    return;
+  }
+#endif
+  body(0, 1);
+}
+
+// out's rows [q0, q1) (each C floats) = the sum, in block order, of k partials laid out
+// one after another, each rows_each rows of C: the last step of an op whose threads each
+// summed their share of every row (the softmax losses' dh).
+inline void sum_partials(float* out, const float* partial, int k, int rows_each, int q0, int q1,
+                         int C) {
+  for (int i = q0; i < q1; ++i) {
+    float* d = out + (size_t)i * C;
+    const float* p0 = partial + (size_t)i * C;
+    for (int c = 0; c < C; ++c) d[c] = p0[c];
+    for (int u = 1; u < k; ++u) {
+      const float* pu = partial + ((size_t)u * rows_each + i) * C;
+#pragma omp simd
+      for (int c = 0; c < C; ++c) d[c] += pu[c];
+    }
+  }
+}
+
 // Scratch for the threads of one region, each its own slot of `floats`, allocated by the
 // calling thread before the region starts: no exception (an allocation that fails is a
 // MemoryError here) may leave a parallel region, where it would end the process.
