@@ -149,6 +149,11 @@ int Model::threads() const { return be_->threads(); }
 void Model::set_threads(int n) {
   std::lock_guard<std::mutex> lock(mu_);
   be_->set_threads(n);
+  // The loss's workspace may grow with the thread count: a training arena planned for
+  // fewer threads is dropped, and the next step plans it again.
+  Acts& a = *train_acts_;
+  if (a.arena && a.training && loss_workspace(a.cap_R) > a.ws_cap)
+    train_acts_ = std::make_unique<Acts>();
 }
 
 // By the table: Xavier-normal matrices and embeddings (row 0 of the item embedding zero),
@@ -303,10 +308,7 @@ uint64_t Model::id_dropout_key(int64_t mask_step) const {
 
 // ------------------------------------------------------------------ arenas
 void Model::ensure_acts(Acts& a, int R, int B, bool training) {
-  // (the loss's workspace may grow with the thread count, which set_threads can change)
-  if (a.arena && R <= a.cap_R && B <= a.cap_B && (a.training || !training) &&
-      (!training || loss_workspace(a.cap_R) <= a.ws_cap))
-    return;
+  if (a.arena && R <= a.cap_R && B <= a.cap_B && (a.training || !training)) return;
   R = std::max(R, a.cap_R);
   B = std::max(B, a.cap_B);
   training = training || a.training;
