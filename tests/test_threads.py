@@ -127,3 +127,30 @@ def test_a_model_given_more_threads_trains_on_as_one_made_with_them():
     grown.train_epoch(items, offsets, 1)
     made.train_epoch(items, offsets, 1)
     np.testing.assert_array_equal(grown.get_params(), made.get_params())
+
+
+@pytest.mark.parametrize("env,shown,left", [
+    ({}, "spin 1000 then sleep (fastsasrec's default", None),
+    ({"OMP_WAIT_POLICY": "passive"}, "OMP_WAIT_POLICY=passive (yours)", "passive"),
+    ({"GOMP_SPINCOUNT": "0"}, "GOMP_SPINCOUNT=0 (yours)", "0"),
+])
+def test_openmp_waiting_is_the_users_or_a_short_spin_that_does_not_leak(env, shown, left):
+    """The engine's OpenMP loads with a short spin unless the user chose a policy; the
+    variable is gone after the import (PyTorch's OpenMP, loaded later, keeps its default),
+    and a user's choice is left as it was."""
+    import os
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = ("import os, fastsasrec; fastsasrec.show_config(); "
+            "print('ENV', os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"OpenMP waiting: {shown}" in out.stdout, out.stdout
+    env_line = out.stdout.strip().splitlines()[-1].split()
+    spin, policy = (None if v == "None" else v for v in env_line[1:])
+    assert spin == env.get("GOMP_SPINCOUNT") and policy == env.get("OMP_WAIT_POLICY"), env_line
+    if left is None:
+        assert spin is None and policy is None

@@ -37,6 +37,10 @@ def show_config() -> None:
                                       else "bf16 operands through sgemm (no AVX-512 BF16 here)"))
     omp = info["openmp"]
     print(f"  OpenMP: {'yes (' + str(omp) + ')' if omp else 'no'}; threads: {info['omp_max_threads']}")
+    if omp:
+        from fastsasrec import _loader
+
+        print(f"  OpenMP waiting: {_loader.openmp_wait}")
     print(f"  CUDA backend: {info['cuda']}")
     count = _core.cuda_device_count() if ok else 0
     devices = f"yes: {count} GPU{'s' if count != 1 else ''}, device='cuda:0'" + \

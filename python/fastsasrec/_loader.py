@@ -21,21 +21,42 @@ def _preload_blas() -> None:
             return
 
 
-def _quiet_openmp() -> None:
-    # OpenMP threads that busy-wait between parallel regions are fast on an idle machine
-    # and disastrous on a shared one (a laptop, a CI runner, a notebook next to other
-    # work): a descheduled peer makes every barrier cost a scheduler time slice.  Waiting
-    # passively costs little here (a few microseconds per region), so it is the default
-    # unless the user chose a policy.  libgomp reads this when it is first loaded.
-    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "passive"
+# libgomp's spin before a waiting thread sleeps, unless the user chose a policy.  Between
+# two parallel regions of a training step the engine's serial gap is microseconds, so a
+# short spin catches the next region without a futex wake-up (about 40 us on a virtual
+# machine), while a thread that finds no work soon sleeps and leaves its core to other
+# processes.  Measured (BENCHMARKS.md, "OpenMP waiting"): passive waiting costs about 9%
+# of training throughput on a quiet machine; libgomp's own default (300,000 spins, about
+# 3 ms) is 2.5x slower with other work busy on both cores; 1,000 spins is within noise of
+# passive waiting there and as fast as spinning on a quiet machine.
+SPIN_COUNT = "1000"
+# How the engine's OpenMP threads wait, as show_config() prints it (set by load_core).
+openmp_wait = "not loaded"
+
+
+def _import_with_short_spin(name: str):
+    # libgomp reads its environment once, when it is first loaded (here, with the engine).
+    # The variable is set for that load only and then removed, so libraries loaded later
+    # (PyTorch's own OpenMP, say) keep their defaults.
+    global openmp_wait
+    mine = [f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ]
+    chosen = bool(mine)
+    if not chosen:
+        os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+    openmp_wait = (", ".join(mine) + " (yours)" if chosen else
+                   f"spin {SPIN_COUNT} then sleep (fastsasrec's default; OMP_WAIT_POLICY or "
+                   "GOMP_SPINCOUNT chooses)")
+    try:
+        return importlib.import_module(name)
+    finally:
+        if not chosen:
+            os.environ.pop("GOMP_SPINCOUNT", None)
 
 
 def load_core():
-    _quiet_openmp()
     _preload_blas()
     try:
-        return importlib.import_module("fastsasrec._core")
+        return _import_with_short_spin("fastsasrec._core")
     except ImportError as e:  # pragma: no cover - a broken install
         raise ImportError(
             "fastsasrec's compiled engine (fastsasrec._core) could not be loaded: "
