@@ -509,6 +509,8 @@ ATT_CASES = [  # (sequence lengths, C, H, T, p, seed)
     ([257, 33, 1, 130], 130, 2, 300, 0.3, 127),  # D = 65; lengths across 32-row tiles
     ([129, 65, 7], 256, 2, 129, 0.0, 128),  # D = 128 without dropout (also inference)
     ([100, 1, 33], 33, 1, 512, 0.0, 129),  # D = 33, T far above the longest sequence
+    ([50, 50, 50, 17, 3], 64, 1, 50, 0.2, 130),  # the training shape: D = 64, n = 50
+    ([70, 9, 4], 48, 2, 70, 0.3, 131),     # D = 24 (two 16-lane chunks, one partial)
 ]
 
 
@@ -615,6 +617,28 @@ def test_find_outside(ops, n):
         first = np.full(1, -7, np.int64)
         ops.find_outside(first, case, case.size, lo, hi)
         assert first[0] == R.find_outside(case, lo, hi)
+
+
+def test_attention_sgemm_path_passes_the_attention_tests():
+    """With AVX-512 the CPU's attention runs its causal kernels; the attention tests again
+    with FASTSASREC_NO_AVX512=1 (read once per process), where each product is an sgemm."""
+    import os
+    import subprocess
+    import sys
+
+    if CORE.build_info()["attention"] != "avx512":
+        pytest.skip("this process already runs the sgemm path (no AVX-512 kernels here)")
+    env = dict(os.environ, FASTSASREC_NO_AVX512="1")
+    info = subprocess.run([sys.executable, "-c", "import fastsasrec; "
+                           "print(fastsasrec._core.build_info()['attention'])"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert info.stdout.split() == ["sgemm"], info.stdout + info.stderr
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                        "-k", "attention and cpu and not sgemm_path"], capture_output=True,
+                       text=True, env=env, timeout=900,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " failed" not in r.stdout
 
 
 def test_attention_rows_see_only_their_sequence(ops):

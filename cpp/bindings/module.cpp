@@ -84,6 +84,7 @@ PYBIND11_MODULE(_core, m) {
     d["blas"] = "OpenBLAS (scipy-openblas32)";
     // the CPU's bf16 products: the AVX-512 BF16 kernel, or bf16 operands through sgemm
     d["bf16_gemm"] = cpu::gemm_bf16_native() ? "avx512bf16" : "sgemm";
+    d["attention"] = cpu::attention_kernels() ? "avx512" : "sgemm";
 #ifndef FSR_CUDA_LINE
 #define FSR_CUDA_LINE "not compiled"
 #endif

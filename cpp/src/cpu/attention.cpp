@@ -16,14 +16,27 @@
 // exception inside the region).
 // n_max (the longest sequence, by which the GPU sizes its launch) and the backward's O
 // (from which the GPU takes delta) are not needed here.
+// Products: with AVX-512 (a build for a CPU that has it, and FASTSASREC_NO_AVX512 unset)
+// each (sequence, head)'s products run in the register-blocked kernels below, which
+// compute only the causal half (the rows' j <= i, plus the small triangle inside a block
+// of 4 rows) and need no packing; otherwise one sgemm per product, the full n x n square.
+// The scores' kernel reads the keys (or values) transposed, a D x n copy per task.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 
 #include "cpu/fast_math.h"
+#include "cpu/op_profile.h"
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
 #include "fastsasrec/rng.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define FSR_ATTENTION_KERNELS 1
+#endif
 
 namespace fsr::cpu {
 
@@ -38,7 +51,176 @@ int longest(const int32_t* cu, int B) {
 ThreadScratch tiles(const char* op, const Context& ctx, size_t floats) {
   return ThreadScratch(op, usable_threads(ctx.threads), floats);
 }
+
+constexpr int NR = 4;  // rows of a kernel's block
+
+#ifdef FSR_ATTENTION_KERNELS
+inline __mmask16 lanes(int w) { return w >= 16 ? (__mmask16)0xffff : w <= 0 ? 0 : (__mmask16)((1u << w) - 1); }
+
+// out(r, :D) = alpha * sum_{k in [k0, k1)} c(r, k) in(k, :D) for the RR (<= NR) rows of a
+// block, c(r, k) = coef[r * csr + k * csk]: D in chunks of 16 lanes, NQ chunks at a time,
+// RR x NQ sums in registers (RR and NQ fixed at compile time, so nothing spills), each
+// input row loaded once for the block's rows.
+template <int NQ, int RR>
+void combine_block(float* out, int ldo, const float* in, int ldi, const float* coef, int csr,
+                   int csk, int k0, int k1, int D, float alpha) {
+  for (int d0 = 0; d0 < D; d0 += 16 * NQ) {
+    __mmask16 m[NQ];
+    for (int q = 0; q < NQ; ++q) m[q] = lanes(D - d0 - 16 * q);
+    __m512 acc[RR][NQ];
+    for (int r = 0; r < RR; ++r)
+      for (int q = 0; q < NQ; ++q) acc[r][q] = _mm512_setzero_ps();
+    for (int k = k0; k < k1; ++k) {
+      const float* x = in + (size_t)k * ldi + d0;
+      __m512 v[NQ];
+      for (int q = 0; q < NQ; ++q) v[q] = _mm512_maskz_loadu_ps(m[q], x + 16 * q);
+      const float* c = coef + (size_t)k * csk;
+      for (int r = 0; r < RR; ++r) {
+        const __m512 cr = _mm512_set1_ps(c[(size_t)r * csr]);
+        for (int q = 0; q < NQ; ++q) acc[r][q] = _mm512_fmadd_ps(cr, v[q], acc[r][q]);
+      }
+    }
+    const __m512 a = _mm512_set1_ps(alpha);
+    for (int r = 0; r < RR; ++r)
+      for (int q = 0; q < NQ; ++q)
+        _mm512_mask_storeu_ps(out + (size_t)r * ldo + d0 + 16 * q, m[q], _mm512_mul_ps(a, acc[r][q]));
+  }
+}
+
+template <int NQ>
+void combine_rows_q(float* out, int ldo, int nr, const float* in, int ldi, const float* coef,
+                    int csr, int csk, int k0, int k1, int D, float alpha) {
+  switch (nr) {
+    case 4: combine_block<NQ, 4>(out, ldo, in, ldi, coef, csr, csk, k0, k1, D, alpha); break;
+    case 3: combine_block<NQ, 3>(out, ldo, in, ldi, coef, csr, csk, k0, k1, D, alpha); break;
+    case 2: combine_block<NQ, 2>(out, ldo, in, ldi, coef, csr, csk, k0, k1, D, alpha); break;
+    default: combine_block<NQ, 1>(out, ldo, in, ldi, coef, csr, csk, k0, k1, D, alpha); break;
+  }
+}
+
+// The rows r < nr (<= NR) of a block: combine_block with the chunks D needs.
+void combine_rows(float* out, int ldo, int nr, const float* in, int ldi, const float* coef,
+                  int csr, int csk, int k0, int k1, int D, float alpha) {
+  if (D > 32) combine_rows_q<4>(out, ldo, nr, in, ldi, coef, csr, csk, k0, k1, D, alpha);
+  else if (D > 16) combine_rows_q<2>(out, ldo, nr, in, ldi, coef, csr, csk, k0, k1, D, alpha);
+  else combine_rows_q<1>(out, ldo, nr, in, ldi, coef, csr, csk, k0, k1, D, alpha);
+  op_profile_count(nr, k1 - k0, D);
+}
+
+// S(r, j0 + j) = alpha * A(r, :D) . B(j0 + j, :D) for the RR rows of a block and j < jw
+// (<= 16 NQ), from Bt (B transposed, D x ldbt): RR x NQ sums of 16 lanes in registers.
+template <int NQ, int RR>
+void scores_block(float* S, int lds, const float* A, int lda, const float* Bt, int ldbt,
+                  int j0, int jw, int D, float alpha) {
+  __m512 acc[RR][NQ];
+  for (int r = 0; r < RR; ++r)
+    for (int q = 0; q < NQ; ++q) acc[r][q] = _mm512_setzero_ps();
+  for (int d = 0; d < D; ++d) {
+    const float* b = Bt + (size_t)d * ldbt + j0;
+    __m512 v[NQ];
+    for (int q = 0; q < NQ; ++q) v[q] = _mm512_loadu_ps(b + 16 * q);
+    for (int r = 0; r < RR; ++r) {
+      const __m512 ar = _mm512_set1_ps(A[(size_t)r * lda + d]);
+      for (int q = 0; q < NQ; ++q) acc[r][q] = _mm512_fmadd_ps(ar, v[q], acc[r][q]);
+    }
+  }
+  const __m512 a = _mm512_set1_ps(alpha);
+  for (int r = 0; r < RR; ++r)
+    for (int q = 0; q < NQ; ++q)
+      _mm512_mask_storeu_ps(S + (size_t)r * lds + j0 + 16 * q, lanes(jw - 16 * q), _mm512_mul_ps(a, acc[r][q]));
+}
+
+template <int RR>
+void scores_block_r(float* S, int lds, const float* A, int lda, const float* Bt, int ldbt,
+                    int j0, int jw, int D, float alpha) {
+  switch ((jw + 15) / 16) {
+    case 4: scores_block<4, RR>(S, lds, A, lda, Bt, ldbt, j0, jw, D, alpha); break;
+    case 3: scores_block<3, RR>(S, lds, A, lda, Bt, ldbt, j0, jw, D, alpha); break;
+    case 2: scores_block<2, RR>(S, lds, A, lda, Bt, ldbt, j0, jw, D, alpha); break;
+    default: scores_block<1, RR>(S, lds, A, lda, Bt, ldbt, j0, jw, D, alpha); break;
+  }
+}
+
+// S(r, j) for r < nr (<= NR) and j < jn: 64 columns at a time (Bt's rows hold whole
+// 16-lane chunks, zero past the keys).
+void scores_rows(float* S, int lds, int nr, const float* A, int lda, const float* Bt, int ldbt,
+                 int jn, int D, float alpha) {
+  for (int j0 = 0; j0 < jn; j0 += 64) {
+    const int jw = std::min(64, jn - j0);
+    switch (nr) {
+      case 4: scores_block_r<4>(S, lds, A, lda, Bt, ldbt, j0, jw, D, alpha); break;
+      case 3: scores_block_r<3>(S, lds, A, lda, Bt, ldbt, j0, jw, D, alpha); break;
+      case 2: scores_block_r<2>(S, lds, A, lda, Bt, ldbt, j0, jw, D, alpha); break;
+      default: scores_block_r<1>(S, lds, A, lda, Bt, ldbt, j0, jw, D, alpha); break;
+    }
+  }
+  op_profile_count(nr, jn, D);
+}
+#endif
+
+// Bt(d, j) = B(j, d) for j < n, d < D; Bt's rows are ldbt >= n (a multiple of 16) long, the
+// lanes past n zero (the scores' kernel loads whole 16-lane chunks).
+inline void transpose_into(float* Bt, int ldbt, const float* B, int ldb, int n, int D) {
+  for (int d = 0; d < D; ++d) {
+    float* row = Bt + (size_t)d * ldbt;
+    for (int j = 0; j < n; ++j) row[j] = B[(size_t)j * ldb + d];
+    for (int j = n; j < ldbt; ++j) row[j] = 0.f;
+  }
+}
+
+// Causal S = alpha * A B^T (rows i, columns j <= i; entries past the diagonal inside a
+// block of NR rows are written too, and those past it otherwise left alone).
+void causal_scores(float* S, int n, const float* A, int lda, const float* Bt, int ldbt, int D, float alpha) {
+#ifdef FSR_ATTENTION_KERNELS
+  for (int i0 = 0; i0 < n; i0 += NR) {
+    const int nr = std::min(NR, n - i0);
+    scores_rows(S + (size_t)i0 * n, n, nr, A + (size_t)i0 * lda, lda, Bt, ldbt, i0 + nr, D, alpha);
+  }
+#else
+  (void)S, (void)n, (void)A, (void)lda, (void)Bt, (void)ldbt, (void)D, (void)alpha;
+#endif
+}
+
+// out(i, :) = alpha * sum_{j <= i} P(i, j) in(j, :)   (P n x n, zero past the diagonal)
+void causal_rows(float* out, int ldo, const float* P, int n, const float* in, int ldi, int D, float alpha) {
+#ifdef FSR_ATTENTION_KERNELS
+  for (int i0 = 0; i0 < n; i0 += NR) {
+    const int nr = std::min(NR, n - i0), k1 = std::min(n, i0 + NR);
+    float* o = out + (size_t)i0 * ldo;
+    const float* c = P + (size_t)i0 * n;
+    combine_rows(o, ldo, nr, in, ldi, c, n, 1, 0, k1, D, alpha);
+  }
+#else
+  (void)out, (void)ldo, (void)P, (void)n, (void)in, (void)ldi, (void)D, (void)alpha;
+#endif
+}
+
+// out(j, :) = alpha * sum_{i >= j} P(i, j) in(i, :)   (P^T's rows; P zero past the diagonal)
+void causal_rows_t(float* out, int ldo, const float* P, int n, const float* in, int ldi, int D, float alpha) {
+#ifdef FSR_ATTENTION_KERNELS
+  for (int j0 = 0; j0 < n; j0 += NR) {
+    const int nr = std::min(NR, n - j0);
+    float* o = out + (size_t)j0 * ldo;
+    const float* c = P + j0;
+    combine_rows(o, ldo, nr, in, ldi, c, 1, n, j0, n, D, alpha);
+  }
+#else
+  (void)out, (void)ldo, (void)P, (void)n, (void)in, (void)ldi, (void)D, (void)alpha;
+#endif
+}
 }  // namespace
+
+bool attention_kernels() {
+#ifdef FSR_ATTENTION_KERNELS
+  static const bool on = [] {
+    const char* off = std::getenv("FASTSASREC_NO_AVX512");
+    return !(off && *off && std::strcmp(off, "0") != 0);
+  }();
+  return on;
+#else
+  return false;
+#endif
+}
 
 void attention_forward(const Context& ctx, float* O, float* lse, const float* Q, int ldq, const float* K,
                        const float* V, int ldkv, const int32_t* cu, int B, int H, int D, int T,
@@ -47,8 +229,10 @@ void attention_forward(const Context& ctx, float* O, float* lse, const float* Q,
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
   const uint32_t thr = dropout_threshold(p);
   const int ldo = H * D;
-  const size_t nn = (size_t)longest(cu, B) * longest(cu, B);
-  const ThreadScratch scratch = tiles("attention_forward", ctx, nn);
+  const int nmax = longest(cu, B), ldt = (nmax + 15) / 16 * 16;
+  const bool kern = attention_kernels();
+  const size_t nn = (size_t)nmax * nmax;
+  const ThreadScratch scratch = tiles("attention_forward", ctx, nn + (kern ? (size_t)D * ldt : 0));
   parallel_for_dynamic(ctx.threads, B * H, [&](int task) {
     const int s = task / H, h = task % H;
     const int st = cu[s], n = cu[s + 1] - cu[s];
@@ -57,7 +241,13 @@ void attention_forward(const Context& ctx, float* O, float* lse, const float* Q,
     const float* Qh = Q + (size_t)st * ldq + h * D;
     const float* Kh = K + (size_t)st * ldkv + h * D;
     const float* Vh = V + (size_t)st * ldkv + h * D;
-    gemm(ctx.threads, false, true, n, n, D, scale, Qh, ldq, Kh, ldkv, 0.f, S, n);
+    if (kern) {
+      float* Kt = S + nn;
+      transpose_into(Kt, ldt, Kh, ldkv, n, D);
+      causal_scores(S, n, Qh, ldq, Kt, ldt, D, scale);
+    } else {
+      gemm(ctx.threads, false, true, n, n, D, scale, Qh, ldq, Kh, ldkv, 0.f, S, n);
+    }
     for (int i = 0; i < n; ++i) {
       float* row = S + (size_t)i * n;
       const float m = row_max(row, i + 1);
@@ -71,7 +261,10 @@ void attention_forward(const Context& ctx, float* O, float* lse, const float* Q,
         for (int j = 0; j <= i; ++j) row[j] *= inv_l;
       for (int j = i + 1; j < n; ++j) row[j] = 0.f;
     }
-    gemm(ctx.threads, false, false, n, D, n, 1.f, S, n, Vh, ldkv, 0.f, O + (size_t)st * ldo + h * D, ldo);
+    if (kern)
+      causal_rows(O + (size_t)st * ldo + h * D, ldo, S, n, Vh, ldkv, D, 1.f);
+    else
+      gemm(ctx.threads, false, false, n, D, n, 1.f, S, n, Vh, ldkv, 0.f, O + (size_t)st * ldo + h * D, ldo);
   });
 }
 
@@ -84,19 +277,30 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
   const uint32_t thr = dropout_threshold(p);
   const int ldo = H * D;
-  const size_t nn = (size_t)longest(cu, B) * longest(cu, B);
-  const ThreadScratch scratch = tiles("attention_backward", ctx, 2 * nn);
+  const int nmax = longest(cu, B), ldt = (nmax + 15) / 16 * 16;
+  const bool kern = attention_kernels();
+  const size_t nn = (size_t)nmax * nmax;
+  const ThreadScratch scratch = tiles("attention_backward", ctx, 2 * nn + (kern ? (size_t)D * ldt : 0));
   parallel_for_dynamic(ctx.threads, B * H, [&](int task) {
     const int s = task / H, h = task % H;
     const int st = cu[s], n = cu[s + 1] - cu[s];
     if (n <= 0) return;
     float* P = scratch.slot();           // probabilities, then dS
     float* G = P + nn;                   // dropped probabilities, then dP
+    float* Bt = G + nn;                  // the keys, then the values, transposed (kernels)
     const float* Qh = Q + (size_t)st * ldq + h * D;
     const float* Kh = K + (size_t)st * ldkv + h * D;
     const float* Vh = V + (size_t)st * ldkv + h * D;
     const float* dOh = dO + (size_t)st * ldo + h * D;
-    gemm(ctx.threads, false, true, n, n, D, scale, Qh, ldq, Kh, ldkv, 0.f, P, n);
+    float* dQh = dQ + (size_t)st * ldq + h * D;
+    float* dKh = dK + (size_t)st * ldkv + h * D;
+    float* dVh = dV + (size_t)st * ldkv + h * D;
+    if (kern) {
+      transpose_into(Bt, ldt, Kh, ldkv, n, D);
+      causal_scores(P, n, Qh, ldq, Bt, ldt, D, scale);
+    } else {
+      gemm(ctx.threads, false, true, n, n, D, scale, Qh, ldq, Kh, ldkv, 0.f, P, n);
+    }
     for (int i = 0; i < n; ++i) {
       float* row = P + (size_t)i * n;
       float* grow = G + (size_t)i * n;
@@ -109,10 +313,15 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
         for (int j = 0; j <= i; ++j) grow[j] = row[j];
       for (int j = i + 1; j < n; ++j) row[j] = grow[j] = 0.f;
     }
-    // dV_h = Pd^T dO_h
-    gemm(ctx.threads, true, false, n, D, n, 1.f, G, n, dOh, ldo, 0.f, dV + (size_t)st * ldkv + h * D, ldkv);
-    // G = dO_h V_h^T (gradient of the dropped probabilities)
-    gemm(ctx.threads, false, true, n, n, D, 1.f, dOh, ldo, Vh, ldkv, 0.f, G, n);
+    // dV_h = Pd^T dO_h;  G = dO_h V_h^T (gradient of the dropped probabilities)
+    if (kern) {
+      causal_rows_t(dVh, ldkv, G, n, dOh, ldo, D, 1.f);
+      transpose_into(Bt, ldt, Vh, ldkv, n, D);
+      causal_scores(G, n, dOh, ldo, Bt, ldt, D, 1.f);
+    } else {
+      gemm(ctx.threads, true, false, n, D, n, 1.f, G, n, dOh, ldo, 0.f, dVh, ldkv);
+      gemm(ctx.threads, false, true, n, n, D, 1.f, dOh, ldo, Vh, ldkv, 0.f, G, n);
+    }
     for (int i = 0; i < n; ++i) {
       float* row = P + (size_t)i * n;
       float* grow = G + (size_t)i * n;
@@ -124,8 +333,13 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
       for (int j = i + 1; j < n; ++j) row[j] = 0.f;
     }
     // dQ_h = scale * dS K_h;  dK_h = scale * dS^T Q_h
-    gemm(ctx.threads, false, false, n, D, n, scale, P, n, Kh, ldkv, 0.f, dQ + (size_t)st * ldq + h * D, ldq);
-    gemm(ctx.threads, true, false, n, D, n, scale, P, n, Qh, ldq, 0.f, dK + (size_t)st * ldkv + h * D, ldkv);
+    if (kern) {
+      causal_rows(dQh, ldq, P, n, Kh, ldkv, D, scale);
+      causal_rows_t(dKh, ldkv, P, n, Qh, ldq, D, scale);
+    } else {
+      gemm(ctx.threads, false, false, n, D, n, scale, P, n, Kh, ldkv, 0.f, dQh, ldq);
+      gemm(ctx.threads, true, false, n, D, n, scale, P, n, Qh, ldq, 0.f, dKh, ldkv);
+    }
   });
 }
 
