@@ -22,7 +22,10 @@ sequence).  Reported:
     decade with the session, the newest session item's first);
   * warm NDCG@10: the warm leave-one-out, against the same model trained without the
     held-out movies in its catalogue (<row>_off_catalogue; features_off_catalogue is
-    features_mean's).
+    features_mean's);
+  * what a new product's id embedding holds, from the same fit: zero (what fit keeps;
+    unprefixed), as training left it (trained_id_*), the warm items' mean (idmean_*) and
+    the mean of the warm items sharing the most feature values with it (idnear_*).
 
 Synthetic (--part synthetic): the synthetic store's products with their category and brand
 as features, validation targets (a second data set for choosing the features' defaults).
@@ -129,6 +132,41 @@ def _cold_metrics(model, cold, coldcases):
     return out
 
 
+def _id_rows(model):
+    """A copy of the fitted engine's id embeddings (row i: internal id i, 0 the padding)."""
+    from fastsasrec import _features
+
+    return _features.tensor_rows(model._state.engine, "item_emb").copy()
+
+
+def _set_id_rows(model, rows):
+    import dataclasses
+
+    from fastsasrec import _features
+
+    _features.set_tensor(model._state.engine, "item_emb", rows)
+    model._state = dataclasses.replace(model._state)  # a fresh cache of the fused table
+
+
+def _id_part_choices(model, trained):
+    """What a new product's id embedding could hold, each a full table (warm rows as
+    trained): "mean", the mean of the warm items' rows; "near", the mean of the rows of
+    the warm items sharing the most feature values with it (all those tied at the most)."""
+    st = model._state
+    cold = np.flatnonzero(np.asarray(st.popularity) == 0) + 1
+    warm = np.flatnonzero(np.asarray(st.popularity) > 0) + 1
+    f = st.features
+    bags = np.zeros((f.offsets.size - 1, f.space.size), dtype=np.float32)
+    for i in range(f.offsets.size - 1):
+        bags[i, f.values[f.offsets[i]:f.offsets[i + 1]]] = 1.0
+    shared = bags[cold] @ bags[warm].T
+    mean, near = trained.copy(), trained.copy()
+    mean[cold] = trained[warm].mean(axis=0)
+    for c, row in zip(cold.tolist(), shared):
+        near[c] = trained[warm[row == row.max()]].mean(axis=0)
+    return {"mean": mean, "near": near}
+
+
 def run_cold(row, seed, threads, share=0.1):
     """One fit per row: "features_mean" reports the new products' id embeddings both as
     training left them (trained_id_*: pushed down as negatives) and at zero (what fit
@@ -162,6 +200,13 @@ def run_cold(row, seed, threads, share=0.1):
         out.update({f"trained_id_{k}": v for k, v in _cold_metrics(model, cold, coldcases).items()})
         ids, _ = model.recommend_batch(warm[0], n=K, exclude_seen=True)
         out.update({f"trained_id_warm_{k}": v for k, v in metrics(np.asarray(ids), warm[1]).items()})
+        trained = _id_rows(model)
+        for name, rows in _id_part_choices(model, trained).items():  # the alternatives
+            _set_id_rows(model, rows)
+            out.update({f"id{name}_{k}": v for k, v in _cold_metrics(model, cold, coldcases).items()})
+            ids, _ = model.recommend_batch(warm[0], n=K, exclude_seen=True)
+            out.update({f"id{name}_warm_{k}": v for k, v in metrics(np.asarray(ids), warm[1]).items()})
+        _set_id_rows(model, trained)
         model._state = _training._finished(model._state)  # the zero id embeddings fit gives them
         out.update(_cold_metrics(model, cold, coldcases))
         out["uniform_cold_HR@10"] = uniform_hit_rate(K, len(cold))

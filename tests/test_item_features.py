@@ -348,3 +348,24 @@ def test_recommend_frame_and_spark_carry_names(fitted, tmp_path):
     got = got.sort_values(["user_id", "rank"]).reset_index(drop=True)
     assert list(got.columns) == list(want.columns)
     assert got["item"].tolist() == want["item"].tolist() and got["name"].tolist() == want["name"].tolist()
+
+
+def test_an_engine_tensor_is_read_and_replaced_by_name(fitted):
+    """_features.tensor_rows / set_tensor / zero_rows touch the named tensor alone."""
+    engine = fitted._state.engine
+    before = engine.get_params().copy()
+    emb = _features.tensor_rows(engine, "item_emb")
+    assert emb.ndim == 2 and emb.shape[0] == fitted.n_items + 1
+    changed = emb + 1.0
+    _features.set_tensor(engine, "item_emb", changed)
+    np.testing.assert_array_equal(_features.tensor_rows(engine, "item_emb"), changed)
+    _features.zero_rows(engine, "item_emb", np.array([1, 2]))
+    now = _features.tensor_rows(engine, "item_emb")
+    assert not now[[1, 2]].any()
+    np.testing.assert_array_equal(now[3:], changed[3:])
+    after = engine.get_params()
+    off = {n: (int(o), int(np.prod(s))) for n, o, s in engine.tensors()}["item_emb"]
+    outside = np.ones(before.size, bool)
+    outside[off[0]:off[0] + off[1]] = False
+    np.testing.assert_array_equal(after[outside], before[outside])
+    _features.set_tensor(engine, "item_emb", emb)  # the fixture's model as it was
