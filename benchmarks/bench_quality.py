@@ -171,6 +171,17 @@ def run_ours(row, seqs, V, which, seed, threads, sampled):
     return out
 
 
+def run_reference_alone(*args) -> dict:
+    """run_reference in a fresh process that loads PyTorch before anything else: PyTorch
+    and fastsasrec share one libgomp.so.1 in a process, with the waiting policy of
+    whichever loaded first (bench_train.run_torch_alone); apart, the reference runs at
+    its own default, as it would alone, and the fastsasrec rows at theirs."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_reference, args)
+
+
 def run_reference(row, seqs, V, which, seed, threads, sampled):
     import torch
     from torch_reference import TorchSASRec
@@ -272,7 +283,7 @@ def main() -> None:
                 elif row in OURS:
                     out = run_ours(row, seqs, V, args.split, seed, args.threads, sampled)
                 else:
-                    out = run_reference(row, seqs, V, args.split, seed, args.threads, sampled)
+                    out = run_reference_alone(row, seqs, V, args.split, seed, args.threads, sampled)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(out, indent=1))

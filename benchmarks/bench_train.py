@@ -13,7 +13,9 @@ reference port (torch_reference.py), same model, same data, same thread count.
 Reports, per loss and implementation: train tokens/s (tokens per epoch x epochs / wall
 time of fit only; tokens per epoch = sum over training sequences of min(len, max_seq+1)-1),
 HR@10 and NDCG@10 under leave-last-out with full-catalogue ranking (see common.py),
-and fastsasrec's speed relative to the reference. The most-popular-unseen baseline is
+and fastsasrec's speed relative to the reference.  On the CPU each reference row runs in
+a fresh process of its own (run_torch_alone: the two libraries would otherwise share one
+libgomp and its waiting policy), so each library runs at its own OpenMP defaults. The most-popular-unseen baseline is
 printed as a sanity line (HR@10 0.0859, NDCG@10 0.0449).
 
 --op-profile E: after the timed rows, one more fit of E epochs per loss and precision with
@@ -66,6 +68,18 @@ def run_torch(ds: common.Dataset, loss: str, epochs: int, threads: int, verbose:
     metrics = common.evaluate(lambda ctx: model.topk(ctx, 10), ds.contexts, ds.targets, k=10)
     return {"train_s": train_s, "final_loss": model.epoch_losses[-1], "epoch_times": model.epoch_times,
             **metrics}
+
+
+def run_torch_alone(*args, **kw) -> dict:
+    """run_torch in a fresh process that never loads fastsasrec.  PyTorch's wheels carry a
+    libgomp.so.1, which fastsasrec's engine shares within a process (the loader keeps one
+    copy per name), with whichever waiting policy loaded first: fastsasrec's short spin,
+    measured 5% slower for the reference than its own default (BENCHMARKS.md, "OpenMP
+    waiting").  Apart, each library runs as it would alone."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_torch, args, kw)
 
 
 def run_fastsasrec(SASRec, ds: common.Dataset, loss: str, epochs: int, threads: int, verbose: int,
@@ -177,7 +191,7 @@ def main(argv=None) -> int:
     # and so does the eager reference ("torch bf16": PyTorch's autocast to bfloat16)
     impls = [i for impl in impls for i in ([impl] if impl not in ("fastsasrec", "torch") else
              [impl if p == "fp32" else f"{impl} {p}" for p in precisions])]
-    if "torch" in impls:
+    if "torch" in impls and args.device != "cpu":
         import torch  # noqa: F401  (so its version shows in the machine description)
 
         torch.set_num_threads(args.threads)
@@ -200,7 +214,10 @@ def main(argv=None) -> int:
         speed = {}
         for impl in impls:
             print(f"[{impl} / {loss}] training {epochs} epochs ...", flush=True)
-            if impl.startswith("torch"):
+            if impl.startswith("torch") and args.device == "cpu":
+                r = run_torch_alone(ds, loss, epochs, args.threads, args.verbose, args.device,
+                                    compile=impl == "torch.compile", bf16=impl == "torch bf16")
+            elif impl.startswith("torch"):
                 r = run_torch(ds, loss, epochs, args.threads, args.verbose, args.device,
                               compile=impl == "torch.compile", bf16=impl == "torch bf16")
             else:

@@ -154,3 +154,22 @@ def test_openmp_waiting_is_the_users_or_a_short_spin_that_does_not_leak(env, sho
     assert spin == env.get("GOMP_SPINCOUNT") and policy == env.get("OMP_WAIT_POLICY"), env_line
     if left is None:
         assert spin is None and policy is None
+
+
+def test_openmp_loaded_by_another_library_first_is_said_so():
+    """When the system's libgomp is already in the process before fastsasrec loads, the
+    spin cannot apply, and show_config() says whose settings hold."""
+    import ctypes.util
+    import os
+    import subprocess
+    import sys
+
+    if not os.path.exists("/proc/self/maps") or not ctypes.util.find_library("gomp"):
+        pytest.skip("needs Linux's /proc and a system libgomp")
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = ("import ctypes; ctypes.CDLL('libgomp.so.1'); import fastsasrec; "
+            "fastsasrec.show_config()")
+    out = subprocess.run([sys.executable, "-c", code], env=base, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "OpenMP waiting: libgomp's own (another library loaded it first" in out.stdout, out.stdout

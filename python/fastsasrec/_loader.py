@@ -27,23 +27,40 @@ def _preload_blas() -> None:
 # machine), while a thread that finds no work soon sleeps and leaves its core to other
 # processes.  Measured (BENCHMARKS.md, "OpenMP waiting"): passive waiting costs about 9%
 # of training throughput on a quiet machine; libgomp's own default (300,000 spins, about
-# 3 ms) is 2.5x slower with other work busy on both cores; 1,000 spins is within noise of
-# passive waiting there and as fast as spinning on a quiet machine.
+# 3 ms) is 7x slower with other work busy on both cores; 1,000 spins is within a few
+# percent of passive waiting there and as fast as spinning on a quiet machine.
 SPIN_COUNT = "1000"
 # How the engine's OpenMP threads wait, as show_config() prints it (set by load_core).
 openmp_wait = "not loaded"
 
 
+def _libgomp_loaded() -> bool:
+    """Whether the system's libgomp (the engine's OpenMP: libgomp.so.1, the file
+    libgomp.so.1.x.y) is already in this process, loaded by another extension: its
+    settings are then fixed.  (Wheels that bundle their own copy under another name,
+    libgomp-<hash>.so.1 as PyTorch's, do not count.)"""
+    try:
+        with open("/proc/self/maps") as f:
+            return any(os.path.basename(line.split()[-1]).startswith("libgomp.so")
+                       for line in f if "/" in line)
+    except OSError:  # not Linux: nothing to tell
+        return False
+
+
 def _import_with_short_spin(name: str):
     # libgomp reads its environment once, when it is first loaded (here, with the engine).
-    # The variable is set for that load only and then removed, so libraries loaded later
-    # (PyTorch's own OpenMP, say) keep their defaults.
+    # The variable is set for that load only and then removed, so that OpenMP runtimes of
+    # other names loaded later do not read it.  A library that loads libgomp.so.1 after us
+    # shares this copy, and its setting (PyTorch's wheels carry a libgomp.so.1 of their
+    # own, which the loader does not load twice).
     global openmp_wait
     mine = [f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ]
     chosen = bool(mine)
     if not chosen:
         os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
     openmp_wait = (", ".join(mine) + " (yours)" if chosen else
+                   "libgomp's own (another library loaded it first; set OMP_WAIT_POLICY or "
+                   "GOMP_SPINCOUNT before any import to choose)" if _libgomp_loaded() else
                    f"spin {SPIN_COUNT} then sleep (fastsasrec's default; OMP_WAIT_POLICY or "
                    "GOMP_SPINCOUNT chooses)")
     try:
