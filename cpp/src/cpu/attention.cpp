@@ -23,8 +23,6 @@
 // The scores' kernel reads the keys (or values) transposed, a D x n copy per task.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 
 #include "cpu/fast_math.h"
@@ -212,10 +210,7 @@ void causal_rows_t(float* out, int ldo, const float* P, int n, const float* in, 
 
 bool attention_kernels() {
 #ifdef FSR_ATTENTION_KERNELS
-  static const bool on = [] {
-    const char* off = std::getenv("FASTSASREC_NO_AVX512");
-    return !(off && *off && std::strcmp(off, "0") != 0);
-  }();
+  static const bool on = !env_flag("FASTSASREC_NO_AVX512");
   return on;
 #else
   return false;

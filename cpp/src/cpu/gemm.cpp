@@ -103,10 +103,14 @@ void round_bf16(int nt, float* dst, const float* src, size_t n) {
   });
 }
 
+bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v && std::strcmp(v, "0") != 0;
+}
+
 bool gemm_bf16_native() {
   static const bool native = [] {
-    const char* off = std::getenv("FASTSASREC_NO_AVX512BF16");
-    if (off && *off && std::strcmp(off, "0") != 0) return false;
+    if (env_flag("FASTSASREC_NO_AVX512BF16")) return false;
     if (!gemm_bf16_kernel_compiled()) return false;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();

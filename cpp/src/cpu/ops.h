@@ -32,6 +32,9 @@ void gemm(int nt, bool trans_a, bool trans_b, int M, int N, int K, float alpha, 
 void gemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                  int lda, const float* B, int ldb, float beta, float* C, int ldc);
 // How many of nt threads to split an output extent over for a product of `flops` (1 = serial).
+// Whether the environment variable `name` turns something off: set, not empty, not "0".
+bool env_flag(const char* name);
+
 // Whether attention's products run in its AVX-512 causal kernels (a build for a CPU with
 // AVX-512, FASTSASREC_NO_AVX512 unset; read once) or as one sgemm each (attention.cpp).
 bool attention_kernels();
