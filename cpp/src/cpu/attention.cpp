@@ -156,14 +156,53 @@ void scores_rows(float* S, int lds, int nr, const float* A, int lda, const float
 }
 #endif
 
+#ifdef FSR_ATTENTION_KERNELS
+// Bt(c, r) = B(r, c) for r < 16 and c < cols (<= 16): 16 lanes written to each of Bt's
+// first `cols` rows, the rows r >= `rows` of B read as zero.  In registers: pairs of rows
+// interleaved by 32 bits, then by 64, then the 128-bit lanes gathered.
+inline void transpose16(float* Bt, int ldbt, const float* B, int ldb, int rows, int cols) {
+  const __mmask16 m = lanes(cols);
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = i < rows ? _mm512_maskz_loadu_ps(m, B + (size_t)i * ldb) : _mm512_setzero_ps();
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_maskz_unpacklo_ps(0xffff, r[i], r[i + 1]);      // row i, i+1: columns 0, 1 of each lane
+    t[i + 1] = _mm512_maskz_unpackhi_ps(0xffff, r[i], r[i + 1]);  // columns 2, 3 of each lane
+  }
+  for (int g = 0; g < 16; g += 4) {  // rows g..g+3: u[g + c] holds column c of each lane
+    const __m512d a = _mm512_castps_pd(t[g]), b = _mm512_castps_pd(t[g + 1]);
+    const __m512d c = _mm512_castps_pd(t[g + 2]), d = _mm512_castps_pd(t[g + 3]);
+    r[g] = _mm512_castpd_ps(_mm512_maskz_unpacklo_pd(0xff, a, c));
+    r[g + 1] = _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(0xff, a, c));
+    r[g + 2] = _mm512_castpd_ps(_mm512_maskz_unpacklo_pd(0xff, b, d));
+    r[g + 3] = _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(0xff, b, d));
+  }
+  for (int c = 0; c < 4; ++c) {  // r[c], r[4 + c], r[8 + c], r[12 + c]: columns c, c+4, c+8, c+12
+    const __m512 v0 = _mm512_mask_shuffle_f32x4(r[c], 0xffff, r[c], r[4 + c], 0x88), v1 = _mm512_mask_shuffle_f32x4(r[8 + c], 0xffff, r[8 + c], r[12 + c], 0x88);
+    const __m512 w0 = _mm512_mask_shuffle_f32x4(r[c], 0xffff, r[c], r[4 + c], 0xDD), w1 = _mm512_mask_shuffle_f32x4(r[8 + c], 0xffff, r[8 + c], r[12 + c], 0xDD);
+    t[c] = _mm512_mask_shuffle_f32x4(v0, 0xffff, v0, v1, 0x88);
+    t[c + 8] = _mm512_mask_shuffle_f32x4(v0, 0xffff, v0, v1, 0xDD);
+    t[c + 4] = _mm512_mask_shuffle_f32x4(w0, 0xffff, w0, w1, 0x88);
+    t[c + 12] = _mm512_mask_shuffle_f32x4(w0, 0xffff, w0, w1, 0xDD);
+  }
+  for (int c = 0; c < cols; ++c) _mm512_storeu_ps(Bt + (size_t)c * ldbt, t[c]);
+}
+#endif
+
 // Bt(d, j) = B(j, d) for j < n, d < D; Bt's rows are ldbt >= n (a multiple of 16) long, the
 // lanes past n zero (the scores' kernel loads whole 16-lane chunks).
 inline void transpose_into(float* Bt, int ldbt, const float* B, int ldb, int n, int D) {
+#ifdef FSR_ATTENTION_KERNELS
+  for (int j0 = 0; j0 < ldbt; j0 += 16)
+    for (int d0 = 0; d0 < D; d0 += 16)
+      transpose16(Bt + (size_t)d0 * ldbt + j0, ldbt, B + (size_t)std::min(j0, n) * ldb + d0, ldb,
+                  std::max(0, std::min(16, n - j0)), std::min(16, D - d0));
+#else
   for (int d = 0; d < D; ++d) {
     float* row = Bt + (size_t)d * ldbt;
     for (int j = 0; j < n; ++j) row[j] = B[(size_t)j * ldb + d];
     for (int j = n; j < ldbt; ++j) row[j] = 0.f;
   }
+#endif
 }
 
 // Causal S = alpha * A B^T (rows i, columns j <= i; entries past the diagonal inside a
