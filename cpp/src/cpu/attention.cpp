@@ -53,7 +53,6 @@ ThreadScratch tiles(const char* op, const Context& ctx, size_t floats) {
 constexpr int NR = 4;  // rows of a kernel's block
 
 #ifdef FSR_ATTENTION_KERNELS
-inline __mmask16 lanes(int w) { return w >= 16 ? (__mmask16)0xffff : w <= 0 ? 0 : (__mmask16)((1u << w) - 1); }
 
 // out(r, :D) = alpha * sum_{k in [k0, k1)} c(r, k) in(k, :D) for the RR (<= NR) rows of a
 // block, c(r, k) = coef[r * csr + k * csk]: D in chunks of 16 lanes, NQ chunks at a time,
@@ -64,7 +63,7 @@ void combine_block(float* out, int ldo, const float* in, int ldi, const float* c
                    int csk, int k0, int k1, int D, float alpha) {
   for (int d0 = 0; d0 < D; d0 += 16 * NQ) {
     __mmask16 m[NQ];
-    for (int q = 0; q < NQ; ++q) m[q] = lanes(D - d0 - 16 * q);
+    for (int q = 0; q < NQ; ++q) m[q] = head_lanes(D - d0 - 16 * q);
     __m512 acc[RR][NQ];
     for (int r = 0; r < RR; ++r)
       for (int q = 0; q < NQ; ++q) acc[r][q] = _mm512_setzero_ps();
@@ -125,7 +124,7 @@ void scores_block(float* S, int lds, const float* A, int lda, const float* Bt, i
   const __m512 a = _mm512_set1_ps(alpha);
   for (int r = 0; r < RR; ++r)
     for (int q = 0; q < NQ; ++q)
-      _mm512_mask_storeu_ps(S + (size_t)r * lds + j0 + 16 * q, lanes(jw - 16 * q), _mm512_mul_ps(a, acc[r][q]));
+      _mm512_mask_storeu_ps(S + (size_t)r * lds + j0 + 16 * q, head_lanes(jw - 16 * q), _mm512_mul_ps(a, acc[r][q]));
 }
 
 template <int RR>
@@ -161,14 +160,15 @@ void scores_rows(float* S, int lds, int nr, const float* A, int lda, const float
 // first `cols` rows, the rows r >= `rows` of B read as zero.  In registers: pairs of rows
 // interleaved by 32 bits, then by 64, then the 128-bit lanes gathered.
 inline void transpose16(float* Bt, int ldbt, const float* B, int ldb, int rows, int cols) {
-  const __mmask16 m = lanes(cols);
+  const __mmask16 m = head_lanes(cols);
   __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = i < rows ? _mm512_maskz_loadu_ps(m, B + (size_t)i * ldb) : _mm512_setzero_ps();
+  for (int i = 0; i < 16; ++i)
+    r[i] = i < rows ? _mm512_maskz_loadu_ps(m, B + (size_t)i * ldb) : _mm512_setzero_ps();
   for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_maskz_unpacklo_ps(0xffff, r[i], r[i + 1]);      // row i, i+1: columns 0, 1 of each lane
     t[i + 1] = _mm512_maskz_unpackhi_ps(0xffff, r[i], r[i + 1]);  // columns 2, 3 of each lane
   }
-  for (int g = 0; g < 16; g += 4) {  // rows g..g+3: u[g + c] holds column c of each lane
+  for (int g = 0; g < 16; g += 4) {  // rows g..g+3: r[g + c] holds column c of each lane
     const __m512d a = _mm512_castps_pd(t[g]), b = _mm512_castps_pd(t[g + 1]);
     const __m512d c = _mm512_castps_pd(t[g + 2]), d = _mm512_castps_pd(t[g + 3]);
     r[g] = _mm512_castpd_ps(_mm512_maskz_unpacklo_pd(0xff, a, c));
@@ -177,8 +177,10 @@ inline void transpose16(float* Bt, int ldbt, const float* B, int ldb, int rows, 
     r[g + 3] = _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(0xff, b, d));
   }
   for (int c = 0; c < 4; ++c) {  // r[c], r[4 + c], r[8 + c], r[12 + c]: columns c, c+4, c+8, c+12
-    const __m512 v0 = _mm512_mask_shuffle_f32x4(r[c], 0xffff, r[c], r[4 + c], 0x88), v1 = _mm512_mask_shuffle_f32x4(r[8 + c], 0xffff, r[8 + c], r[12 + c], 0x88);
-    const __m512 w0 = _mm512_mask_shuffle_f32x4(r[c], 0xffff, r[c], r[4 + c], 0xDD), w1 = _mm512_mask_shuffle_f32x4(r[8 + c], 0xffff, r[8 + c], r[12 + c], 0xDD);
+    const __m512 v0 = _mm512_mask_shuffle_f32x4(r[c], 0xffff, r[c], r[4 + c], 0x88);
+    const __m512 v1 = _mm512_mask_shuffle_f32x4(r[8 + c], 0xffff, r[8 + c], r[12 + c], 0x88);
+    const __m512 w0 = _mm512_mask_shuffle_f32x4(r[c], 0xffff, r[c], r[4 + c], 0xDD);
+    const __m512 w1 = _mm512_mask_shuffle_f32x4(r[8 + c], 0xffff, r[8 + c], r[12 + c], 0xDD);
     t[c] = _mm512_mask_shuffle_f32x4(v0, 0xffff, v0, v1, 0x88);
     t[c + 8] = _mm512_mask_shuffle_f32x4(v0, 0xffff, v0, v1, 0xDD);
     t[c + 4] = _mm512_mask_shuffle_f32x4(w0, 0xffff, w0, w1, 0x88);

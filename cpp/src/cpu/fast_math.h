@@ -45,15 +45,17 @@ inline float fast_exp(float x) {
 namespace fsr::cpu {
 
 // Row reductions.  With AVX-512 (a build for a CPU that has it): 16 lanes of partial
-// results, then a tree across the lanes.  Otherwise OpenMP SIMD
-// reductions, so that they vectorise without -ffast-math (a plain float accumulator
-// forbids reordering); GCC ends those with the lanes added one at a time, which costs
-// more than the row itself at the rows of 64 that layernorm and attention sum.  Either
-// order is fixed by the build, so results are deterministic.
+// results, then a tree across the lanes.  Otherwise OpenMP SIMD reductions, so that they
+// vectorise without -ffast-math (a plain float accumulator forbids reordering); GCC ends
+// those with the lanes added one at a time, which costs more than the row itself at the
+// rows of 64 that layernorm and attention sum.  Either order is fixed by the build, so
+// results are deterministic.
 
 #if defined(__AVX512F__)
-// The first min(n, 16) lanes (n >= 0).
-inline __mmask16 head_lanes(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
+// The first min(n, 16) lanes (none when n <= 0).
+inline __mmask16 head_lanes(int n) {
+  return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
 
 // The sum and the max of a vector's 16 lanes, as a tree: halves, quarters, pairs, lanes.
 // Every intrinsic here and in the kernels that use them is the masked form with all lanes
