@@ -42,7 +42,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import load_ml100k  # noqa: E402
+from common import in_fresh_process, load_ml100k  # noqa: E402
 
 DATA = Path(os.environ.get("FASTSASREC_DATA", HERE.parent.parent / "shared" / "data"))
 CACHE = HERE / ".quality_cache"
@@ -172,14 +172,10 @@ def run_ours(row, seqs, V, which, seed, threads, sampled):
 
 
 def run_reference_alone(*args) -> dict:
-    """run_reference in a fresh process that loads PyTorch before anything else: PyTorch
-    and fastsasrec share one libgomp.so.1 in a process, with the waiting policy of
-    whichever loaded first (bench_train.run_torch_alone); apart, the reference runs at
-    its own default, as it would alone, and the fastsasrec rows at theirs."""
-    import multiprocessing
-
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_reference, args)
+    """run_reference in a fresh process that loads PyTorch before anything else
+    (common.in_fresh_process: in one process PyTorch and fastsasrec would share one
+    libgomp and its waiting policy)."""
+    return in_fresh_process(run_reference, *args)
 
 
 def run_reference(row, seqs, V, which, seed, threads, sampled):

@@ -15,8 +15,8 @@ time of fit only; tokens per epoch = sum over training sequences of min(len, max
 HR@10 and NDCG@10 under leave-last-out with full-catalogue ranking (see common.py),
 and fastsasrec's speed relative to the reference.  On the CPU each reference row runs in
 a fresh process of its own (run_torch_alone: the two libraries would otherwise share one
-libgomp and its waiting policy), so each library runs at its own OpenMP defaults. The most-popular-unseen baseline is
-printed as a sanity line (HR@10 0.0859, NDCG@10 0.0449).
+libgomp and its waiting policy), so each library runs at its own OpenMP defaults.  The
+most-popular-unseen baseline is printed as a sanity line (HR@10 0.0859, NDCG@10 0.0449).
 
 --op-profile E: after the timed rows, one more fit of E epochs per loss and precision with
 the CPU backend's op profile on (fastsasrec._core.op_profile_start/stop), printed per op:
@@ -71,15 +71,9 @@ def run_torch(ds: common.Dataset, loss: str, epochs: int, threads: int, verbose:
 
 
 def run_torch_alone(*args, **kw) -> dict:
-    """run_torch in a fresh process that never loads fastsasrec.  PyTorch's wheels carry a
-    libgomp.so.1, which fastsasrec's engine shares within a process (the loader keeps one
-    copy per name), with whichever waiting policy loaded first: fastsasrec's short spin,
-    measured 5% slower for the reference than its own default (BENCHMARKS.md, "OpenMP
-    waiting").  Apart, each library runs as it would alone."""
-    import multiprocessing
-
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_torch, args, kw)
+    """run_torch in a fresh process that never loads fastsasrec (common.in_fresh_process:
+    in one process the two would share one libgomp and its waiting policy)."""
+    return common.in_fresh_process(run_torch, *args, **kw)
 
 
 def run_fastsasrec(SASRec, ds: common.Dataset, loss: str, epochs: int, threads: int, verbose: int,

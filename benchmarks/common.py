@@ -186,6 +186,18 @@ def most_popular_topk_fn(train_seqs: Sequence[Sequence[int]], n_items: int):
 # --------------------------------------------------------------------------- reporting
 
 
+def in_fresh_process(fn: Callable, *args, **kw):
+    """fn(*args, **kw) in a fresh (spawned) process, its result returned.  The PyTorch
+    reference runs this way beside fastsasrec: PyTorch's wheels carry a libgomp.so.1,
+    which fastsasrec's engine shares within a process (the loader keeps one copy per
+    name), with the waiting policy of whichever loaded first (BENCHMARKS.md, "OpenMP
+    waiting").  Apart, each library runs at its own defaults, as it would alone."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args, kw)
+
+
 def median_time(fn: Callable[[], object], reps: int) -> float:
     """The median wall time in seconds of `reps` calls of fn, after one untimed call
     (allocations, warm-up)."""

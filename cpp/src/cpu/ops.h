@@ -32,14 +32,14 @@ void gemm(int nt, bool trans_a, bool trans_b, int M, int N, int K, float alpha, 
 void gemm_serial(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                  int lda, const float* B, int ldb, float beta, float* C, int ldc);
 // How many of nt threads to split an output extent over for a product of `flops` (1 = serial).
+int gemm_blocks(int nt, int extent, double flops);
+
 // Whether the environment variable `name` turns something off: set, not empty, not "0".
 bool env_flag(const char* name);
 
 // Whether attention's products run in its AVX-512 causal kernels (a build for a CPU with
 // AVX-512, FASTSASREC_NO_AVX512 unset; read once) or as one sgemm each (attention.cpp).
 bool attention_kernels();
-
-int gemm_blocks(int nt, int extent, double flops);
 
 // ---- gemm_bf16: the same product as gemm on bfloat16 operands, with fp32 sums: A and B
 // rounded to bf16 (as round_bf16 does), every product of two bf16 exact in fp32.  Runs the
