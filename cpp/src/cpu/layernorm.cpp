@@ -29,11 +29,9 @@ namespace {
 inline void normalize_row(float* o, float* mean, float* rstd, const float* x, const float* g,
                           const float* b, int C, float eps) {
 #if defined(__AVX512F__)
-  __m512 acc = _mm512_setzero_ps();
-  for (int c = 0; c < C; c += 16) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(head_lanes(C - c), x + c));
-  const float m = lanes_sum(acc) / C;
+  const float m = row_sum(x, C) / C;
   const __m512 vm = _mm512_set1_ps(m);
-  acc = _mm512_setzero_ps();
+  __m512 acc = _mm512_setzero_ps();
   for (int c = 0; c < C; c += 16) {
     const __mmask16 k = head_lanes(C - c);
     const __m512 d = _mm512_maskz_sub_ps(k, _mm512_maskz_loadu_ps(k, x + c), vm);
