@@ -619,23 +619,24 @@ def test_find_outside(ops, n):
         assert first[0] == R.find_outside(case, lo, hi)
 
 
-def test_attention_sgemm_path_passes_the_attention_tests():
-    """With AVX-512 the CPU's attention runs its causal kernels; the attention tests again
-    with FASTSASREC_NO_AVX512=1 (read once per process), where each product is an sgemm."""
+def test_sgemm_path_passes_the_product_tests():
+    """With AVX-512 the CPU's fp32 products (the linear layers, attention, the softmax
+    losses' backward) run in gemm_rows's register-blocked kernels; the tests of those ops
+    again with FASTSASREC_NO_AVX512=1 (read once per process), where each is an sgemm."""
     import os
     import subprocess
     import sys
 
-    if CORE.build_info()["attention"] != "avx512":
+    if CORE.build_info()["fp32_kernels"] != "avx512":
         pytest.skip("this process already runs the sgemm path (no AVX-512 kernels here)")
     env = dict(os.environ, FASTSASREC_NO_AVX512="1")
     info = subprocess.run([sys.executable, "-c", "import fastsasrec; "
-                           "print(fastsasrec._core.build_info()['attention'])"],
+                           "print(fastsasrec._core.build_info()['fp32_kernels'])"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert info.stdout.split() == ["sgemm"], info.stdout + info.stderr
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                        "-k", "attention and cpu and not sgemm_path"], capture_output=True,
-                       text=True, env=env, timeout=900,
+                        "-k", "(attention or linear or loss) and cpu and not sgemm_path"],
+                       capture_output=True, text=True, env=env, timeout=900,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and " failed" not in r.stdout

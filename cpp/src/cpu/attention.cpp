@@ -17,8 +17,8 @@
 // n_max (the longest sequence, by which the GPU sizes its launch) and the backward's O
 // (from which the GPU takes delta) are not needed here.
 // Products: with AVX-512 (a build for a CPU that has it, and FASTSASREC_NO_AVX512 unset)
-// each (sequence, head)'s products run in the register-blocked kernels below, which
-// compute only the causal half (the rows' j <= i, plus the small triangle inside a block
+// each (sequence, head)'s products run in gemm_rows's register-blocked kernels
+// (gemm_rows.h), block by block below, which compute only the causal half (the rows' j <= i, plus the small triangle inside a block
 // of 4 rows) and need no packing; otherwise one sgemm per product, the full n x n square.
 // The scores' kernel reads the keys (or values) transposed, a D x n copy per task.
 #include <algorithm>
@@ -26,6 +26,7 @@
 #include <limits>
 
 #include "cpu/fast_math.h"
+#include "cpu/gemm_rows.h"
 #include "cpu/op_profile.h"
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
@@ -53,104 +54,19 @@ ThreadScratch tiles(const char* op, const Context& ctx, size_t floats) {
 constexpr int NR = 4;  // rows of a kernel's block
 
 #ifdef FSR_ATTENTION_KERNELS
-
-// out(r, :D) = alpha * sum_{k in [k0, k1)} c(r, k) in(k, :D) for the RR (<= NR) rows of a
-// block, c(r, k) = coef[r * csr + k * csk]: D in chunks of 16 lanes, NQ chunks at a time,
-// RR x NQ sums in registers (RR and NQ fixed at compile time, so nothing spills), each
-// input row loaded once for the block's rows.
-template <int NQ, int RR>
-void combine_block(float* out, int ldo, const float* in, int ldi, const float* coef, int csr,
-                   int csk, int k0, int k1, int D, float alpha) {
-  for (int d0 = 0; d0 < D; d0 += 16 * NQ) {
-    __mmask16 m[NQ];
-    for (int q = 0; q < NQ; ++q) m[q] = head_lanes(D - d0 - 16 * q);
-    __m512 acc[RR][NQ];
-    for (int r = 0; r < RR; ++r)
-      for (int q = 0; q < NQ; ++q) acc[r][q] = _mm512_setzero_ps();
-    for (int k = k0; k < k1; ++k) {
-      const float* x = in + (size_t)k * ldi + d0;
-      __m512 v[NQ];
-      for (int q = 0; q < NQ; ++q) v[q] = _mm512_maskz_loadu_ps(m[q], x + 16 * q);
-      const float* c = coef + (size_t)k * csk;
-      for (int r = 0; r < RR; ++r) {
-        const __m512 cr = _mm512_set1_ps(c[(size_t)r * csr]);
-        for (int q = 0; q < NQ; ++q) acc[r][q] = _mm512_fmadd_ps(cr, v[q], acc[r][q]);
-      }
-    }
-    const __m512 a = _mm512_set1_ps(alpha);
-    for (int r = 0; r < RR; ++r)
-      for (int q = 0; q < NQ; ++q)
-        _mm512_mask_storeu_ps(out + (size_t)r * ldo + d0 + 16 * q, m[q], _mm512_mul_ps(a, acc[r][q]));
-  }
-}
-
-template <int NQ>
-void combine_rows_q(float* out, int ldo, int nr, const float* in, int ldi, const float* coef,
-                    int csr, int csk, int k0, int k1, int D, float alpha) {
-  switch (nr) {
-    case 4: combine_block<NQ, 4>(out, ldo, in, ldi, coef, csr, csk, k0, k1, D, alpha); break;
-    case 3: combine_block<NQ, 3>(out, ldo, in, ldi, coef, csr, csk, k0, k1, D, alpha); break;
-    case 2: combine_block<NQ, 2>(out, ldo, in, ldi, coef, csr, csk, k0, k1, D, alpha); break;
-    default: combine_block<NQ, 1>(out, ldo, in, ldi, coef, csr, csk, k0, k1, D, alpha); break;
-  }
-}
-
-// The rows r < nr (<= NR) of a block: combine_block with the chunks D needs.
+// out(r, :D) = alpha * sum_{k in [k0, k1)} c(r, k) in(k, :D) for the rows r < nr (<= NR) of a
+// block, c(r, k) = coef[r * csr + k * csk]: gemm_rows's register-blocked sums.
 void combine_rows(float* out, int ldo, int nr, const float* in, int ldi, const float* coef,
                   int csr, int csk, int k0, int k1, int D, float alpha) {
-  if (D > 32) combine_rows_q<4>(out, ldo, nr, in, ldi, coef, csr, csk, k0, k1, D, alpha);
-  else if (D > 16) combine_rows_q<2>(out, ldo, nr, in, ldi, coef, csr, csk, k0, k1, D, alpha);
-  else combine_rows_q<1>(out, ldo, nr, in, ldi, coef, csr, csk, k0, k1, D, alpha);
+  gemm_rows(nr, D, k1 - k0, alpha, coef + (size_t)k0 * csk, csr, csk, in + (size_t)k0 * ldi, ldi, 0.f, out, ldo);
   op_profile_count(nr, k1 - k0, D);
 }
 
-// S(r, j0 + j) = alpha * A(r, :D) . B(j0 + j, :D) for the RR rows of a block and j < jw
-// (<= 16 NQ), from Bt (B transposed, D x ldbt): RR x NQ sums of 16 lanes in registers.
-template <int NQ, int RR>
-void scores_block(float* S, int lds, const float* A, int lda, const float* Bt, int ldbt,
-                  int j0, int jw, int D, float alpha) {
-  __m512 acc[RR][NQ];
-  for (int r = 0; r < RR; ++r)
-    for (int q = 0; q < NQ; ++q) acc[r][q] = _mm512_setzero_ps();
-  for (int d = 0; d < D; ++d) {
-    const float* b = Bt + (size_t)d * ldbt + j0;
-    __m512 v[NQ];
-    for (int q = 0; q < NQ; ++q) v[q] = _mm512_loadu_ps(b + 16 * q);
-    for (int r = 0; r < RR; ++r) {
-      const __m512 ar = _mm512_set1_ps(A[(size_t)r * lda + d]);
-      for (int q = 0; q < NQ; ++q) acc[r][q] = _mm512_fmadd_ps(ar, v[q], acc[r][q]);
-    }
-  }
-  const __m512 a = _mm512_set1_ps(alpha);
-  for (int r = 0; r < RR; ++r)
-    for (int q = 0; q < NQ; ++q)
-      _mm512_mask_storeu_ps(S + (size_t)r * lds + j0 + 16 * q, head_lanes(jw - 16 * q), _mm512_mul_ps(a, acc[r][q]));
-}
-
-template <int RR>
-void scores_block_r(float* S, int lds, const float* A, int lda, const float* Bt, int ldbt,
-                    int j0, int jw, int D, float alpha) {
-  switch ((jw + 15) / 16) {
-    case 4: scores_block<4, RR>(S, lds, A, lda, Bt, ldbt, j0, jw, D, alpha); break;
-    case 3: scores_block<3, RR>(S, lds, A, lda, Bt, ldbt, j0, jw, D, alpha); break;
-    case 2: scores_block<2, RR>(S, lds, A, lda, Bt, ldbt, j0, jw, D, alpha); break;
-    default: scores_block<1, RR>(S, lds, A, lda, Bt, ldbt, j0, jw, D, alpha); break;
-  }
-}
-
-// S(r, j) for r < nr (<= NR) and j < jn: 64 columns at a time (Bt's rows hold whole
-// 16-lane chunks, zero past the keys).
+// S(r, j) = alpha * A(r, :D) . B(j, :D) for r < nr (<= NR) and j < jn, from Bt (B
+// transposed, D x ldbt): gemm_rows again, Bt's rows as the product's right operand.
 void scores_rows(float* S, int lds, int nr, const float* A, int lda, const float* Bt, int ldbt,
                  int jn, int D, float alpha) {
-  for (int j0 = 0; j0 < jn; j0 += 64) {
-    const int jw = std::min(64, jn - j0);
-    switch (nr) {
-      case 4: scores_block_r<4>(S, lds, A, lda, Bt, ldbt, j0, jw, D, alpha); break;
-      case 3: scores_block_r<3>(S, lds, A, lda, Bt, ldbt, j0, jw, D, alpha); break;
-      case 2: scores_block_r<2>(S, lds, A, lda, Bt, ldbt, j0, jw, D, alpha); break;
-      default: scores_block_r<1>(S, lds, A, lda, Bt, ldbt, j0, jw, D, alpha); break;
-    }
-  }
+  gemm_rows(nr, jn, D, alpha, A, lda, 1, Bt, ldbt, 0.f, S, lds);
   op_profile_count(nr, jn, D);
 }
 #endif
@@ -249,14 +165,6 @@ void causal_rows_t(float* out, int ldo, const float* P, int n, const float* in, 
 }
 }  // namespace
 
-bool attention_kernels() {
-#ifdef FSR_ATTENTION_KERNELS
-  static const bool on = !env_flag("FASTSASREC_NO_AVX512");
-  return on;
-#else
-  return false;
-#endif
-}
 
 void attention_forward(const Context& ctx, float* O, float* lse, const float* Q, int ldq, const float* K,
                        const float* V, int ldkv, const int32_t* cu, int B, int H, int D, int T,
@@ -266,7 +174,7 @@ void attention_forward(const Context& ctx, float* O, float* lse, const float* Q,
   const uint32_t thr = dropout_threshold(p);
   const int ldo = H * D;
   const int nmax = longest(cu, B), ldt = (nmax + 15) / 16 * 16;
-  const bool kern = attention_kernels();
+  const bool kern = avx512_kernels();
   const size_t nn = (size_t)nmax * nmax;
   const ThreadScratch scratch = tiles("attention_forward", ctx, nn + (kern ? (size_t)D * ldt : 0));
   parallel_for_dynamic(ctx.threads, B * H, [&](int task) {
@@ -314,7 +222,7 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
   const uint32_t thr = dropout_threshold(p);
   const int ldo = H * D;
   const int nmax = longest(cu, B), ldt = (nmax + 15) / 16 * 16;
-  const bool kern = attention_kernels();
+  const bool kern = avx512_kernels();
   const size_t nn = (size_t)nmax * nmax;
   const ThreadScratch scratch = tiles("attention_backward", ctx, 2 * nn + (kern ? (size_t)D * ldt : 0));
   parallel_for_dynamic(ctx.threads, B * H, [&](int task) {

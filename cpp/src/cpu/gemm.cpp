@@ -12,6 +12,7 @@
 #include <new>
 #include <vector>
 
+#include "cpu/gemm_rows.h"
 #include "cpu/op_profile.h"
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
@@ -108,6 +109,11 @@ bool env_flag(const char* name) {
   return v && *v && std::strcmp(v, "0") != 0;
 }
 
+bool avx512_kernels() {
+  static const bool on = kGemmRows && !env_flag("FASTSASREC_NO_AVX512");
+  return on;
+}
+
 bool gemm_bf16_native() {
   static const bool native = [] {
     if (env_flag("FASTSASREC_NO_AVX512BF16")) return false;
@@ -179,7 +185,7 @@ void gemm_bf16_path(bool native, int nt, bool ta, bool tb, int M, int N, int K, 
 }
 
 BlockGemm::BlockGemm(const char* op, const Context& ctx, int blocks)
-    : bf16_(ctx.precision == Precision::BF16), usable_(!bf16_ || gemm_bf16_native()) {
+    : bf16_(ctx.precision == Precision::BF16), usable_(!bf16_ || gemm_bf16_native()), rows_(avx512_kernels()) {
   if (!bf16_ || !usable_) return;
   words_ = gemm_bf16_kernel_scratch();
   scratch_.reset(new (std::nothrow) uint32_t[words_ * (size_t)std::max(blocks, 1)]);
@@ -192,7 +198,12 @@ void BlockGemm::operator()(int block, bool ta, bool tb, int M, int N, int K, flo
                            const float* A, int lda, const float* B, int ldb, float beta, float* C,
                            int ldc) const {
   if (!bf16_) {
-    gemm_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (rows_ && !tb) {  // gemm_rows reads B by rows; op(A) through strides
+      op_profile_count(M, N, K);
+      gemm_rows(M, N, K, alpha, A, ta ? 1 : lda, ta ? lda : 1, B, ldb, beta, C, ldc);
+    } else {
+      gemm_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    }
     return;
   }
   if (M <= 0 || N <= 0) return;

@@ -7,7 +7,8 @@
 // ctx.precision BF16 computes the three products on bfloat16 operands (rounded to nearest
 // even, sums in fp32, as a GPU's bf16 matrix units do); the bias, the ReLU and db stay fp32.
 // Each op is one parallel region, rows split, every product of a block on its own thread
-// (BlockGemm: sgemm, or the bf16 kernel); where bf16 has no kernel, the products go
+// (BlockGemm: fp32 in gemm_rows's AVX-512 kernels, or sgemm; bf16 in its kernel); where
+// bf16 has no kernel, the products go
 // through gemm_bf16 (rounded copies, then sgemm), a region each.
 #include <algorithm>
 
@@ -18,6 +19,8 @@
 namespace fsr::cpu {
 
 namespace {
+constexpr int kChunk = 192;  // rows of out a forward thread finishes at a time (48 KiB at width 64)
+
 // out's rows [r0, r1) after their product: ReLU, then dropout, while they are in cache.
 inline void epilogue(float* out, int r0, int r1, int O, bool relu, float p, uint64_t key,
                      uint32_t thr, float inv_keep) {
@@ -40,17 +43,22 @@ void linear_forward(const Context& ctx, float* out, const float* in, const float
   const BlockGemm mm("linear_forward", ctx, nb);
   if (!mm.usable()) gemm_bf16(ctx.threads, false, false, R, O, I, 1.f, in, I, W, O, 0.f, out, O);
   parallel_for(ctx.threads, nb, [&](int t) {
-    const int r0 = (int)((long)R * t / nb), r1 = (int)((long)R * (t + 1) / nb);
-    float* o = out + (size_t)r0 * O;
-    if (!mm.usable()) {
-      for (int r = r0; r < r1; ++r)
-        for (int c = 0; c < O; ++c) out[(size_t)r * O + c] += b[c];
-    } else {
-      for (int r = r0; r < r1; ++r)
-        for (int c = 0; c < O; ++c) out[(size_t)r * O + c] = b[c];
-      mm(t, false, false, r1 - r0, O, I, 1.f, in + (size_t)r0 * I, I, W, O, 1.f, o, O);
+    const int t0 = (int)((long)R * t / nb), t1 = (int)((long)R * (t + 1) / nb);
+    // The block's rows kChunk at a time, so that each chunk of out stays in cache from the
+    // bias through the product to the epilogue.
+    for (int r0 = t0; r0 < t1; r0 += kChunk) {
+      const int r1 = std::min(t1, r0 + kChunk);
+      float* o = out + (size_t)r0 * O;
+      if (!mm.usable()) {
+        for (int r = r0; r < r1; ++r)
+          for (int c = 0; c < O; ++c) out[(size_t)r * O + c] += b[c];
+      } else {
+        for (int r = r0; r < r1; ++r)
+          for (int c = 0; c < O; ++c) out[(size_t)r * O + c] = b[c];
+        mm(t, false, false, r1 - r0, O, I, 1.f, in + (size_t)r0 * I, I, W, O, 1.f, o, O);
+      }
+      epilogue(out, r0, r1, O, relu, p, key, thr, inv_keep);
     }
-    epilogue(out, r0, r1, O, relu, p, key, thr, inv_keep);
   });
 }
 
@@ -72,11 +80,18 @@ void linear_backward(const Context& ctx, float* din, float* dW, float* db, const
   }
   const size_t part = (size_t)(I + 1) * O;  // a block's dW, then its db
   const ThreadScratch scratch("linear_backward", nb > 1 ? nb : 1, nb > 1 ? part : 0);
+  // W^T (O x I), so that din's product reads its right operand by rows (gemm_rows' form;
+  // the bf16 kernel packs either form to the same panels).
+  const ThreadScratch wt("linear_backward", 1, din ? (size_t)O * I : 0);
+  float* const Wt = wt.at(0);
+  if (din)
+    for (int i = 0; i < I; ++i)
+      for (int o = 0; o < O; ++o) Wt[(size_t)o * I + i] = W[(size_t)i * O + o];
   parallel_for(ctx.threads, nb, [&](int t) {
     const int r0 = (int)((long)R * t / nb), r1 = (int)((long)R * (t + 1) / nb);
     const float* d = dout + (size_t)r0 * O;
     if (din)
-      mm(t, false, true, r1 - r0, I, O, 1.f, d, O, W, O, accumulate ? 1.f : 0.f, din + (size_t)r0 * I, I);
+      mm(t, false, false, r1 - r0, I, O, 1.f, d, O, Wt, I, accumulate ? 1.f : 0.f, din + (size_t)r0 * I, I);
     float* pW = nb > 1 ? scratch.at(t) : dW;
     float* pb = nb > 1 ? pW + (size_t)I * O : db;
     mm(t, true, false, I, O, r1 - r0, 1.f, in + (size_t)r0 * I, I, d, O, nb > 1 ? 0.f : 1.f, pW, O);

@@ -37,9 +37,10 @@ int gemm_blocks(int nt, int extent, double flops);
 // Whether the environment variable `name` turns something off: set, not empty, not "0".
 bool env_flag(const char* name);
 
-// Whether attention's products run in its AVX-512 causal kernels (a build for a CPU with
-// AVX-512, FASTSASREC_NO_AVX512 unset; read once) or as one sgemm each (attention.cpp).
-bool attention_kernels();
+// Whether the fp32 products of the linear layers, attention and the softmax losses run in
+// gemm_rows's AVX-512 kernels (gemm_rows.h: a build for a CPU with AVX-512, and
+// FASTSASREC_NO_AVX512 unset; read once) or through sgemm (gemm.cpp).
+bool avx512_kernels();
 
 // ---- gemm_bf16: the same product as gemm on bfloat16 operands, with fp32 sums: A and B
 // rounded to bf16 (as round_bf16 does), every product of two bf16 exact in fp32.  Runs the
@@ -64,7 +65,8 @@ void gemm_bf16_kernel(bool trans_a, bool trans_b, int M, int N, int K, float alp
                       int lda, const float* B, int ldb, float beta, float* C, int ldc, uint32_t* scratch);
 
 // ---- gemm.cpp: products on the calling thread for an op that splits its own work inside
-// one parallel region, each thread a block: fp32 by gemm_serial, bf16 by the AVX-512 BF16
+// one parallel region, each thread a block: fp32 by gemm_rows where avx512_kernels() and
+// op(B) is B as stored (else gemm_serial), bf16 by the AVX-512 BF16
 // kernel with packing scratch per block, allocated here, before the region (a failed
 // allocation is a MemoryError, never an exception inside it).  Where bf16 has no kernel
 // (usable() is false) such an op keeps a region per product, through gemm_bf16.
@@ -77,7 +79,7 @@ class BlockGemm {
                   int ldc) const;
 
  private:
-  bool bf16_, usable_;
+  bool bf16_, usable_, rows_;
   size_t words_ = 0;
   std::unique_ptr<uint32_t[]> scratch_;
 };
