@@ -17,7 +17,8 @@
 // summed in thread order, each thread a share of the rows.  Then the positive's terms and
 // the scatter into dE, as before.  Results depend only on the thread count.
 // workspace (floats): En and dEn (2 N C), one chunk of logits, R coefficients, and the
-// threads' row maxima, sums, the chunk's positive logits and partial dh.
+// threads' row maxima, sums, the chunk's positive logits and partial dh; with gemm_rows
+// (fp32 on AVX-512), En transposed too (C N), so that the logits' product reads it by rows.
 // ctx.precision BF16: every product's operands in bfloat16 with fp32 sums, as the CUDA twin
 // computes them: h, E and ds in the three GEMMs (the bf16 kernel, or, where the CPU has
 // none, gemm_bf16 a region per product), h_r, E[tgt_r] and ds_pos in s_pos and the
@@ -49,15 +50,15 @@ int negative_slices(const Context& ctx, int R, int C, int N) {
   return std::max(1, std::min(nt, N / 64));
 }
 bool fused(const Context& ctx) { return ctx.precision != Precision::BF16 || gemm_bf16_native(); }
-size_t extra_floats(int R, int C, int N, int slices) {  // beyond the chunk path's
+size_t extra_floats(const Context& ctx, int R, int C, int N, int slices) {  // beyond the chunk path's
   const size_t rc = chunk_rows(R, N);
-  return 2 * (size_t)slices * rc + rc + (size_t)slices * rc * C;
+  return 2 * (size_t)slices * rc + rc + (size_t)slices * rc * C + (rows_products(ctx) ? (size_t)C * N : 0);
 }
 }  // namespace
 
 size_t loss_sampled_softmax_workspace(const Context& ctx, int R, int C, int V, int N) {
   const size_t base = 2 * (size_t)N * C + (size_t)chunk_rows(R, N) * N + (size_t)R;
-  return fused(ctx) ? base + extra_floats(R, C, N, negative_slices(ctx, R, C, N)) : base;
+  return fused(ctx) ? base + extra_floats(ctx, R, C, N, negative_slices(ctx, R, C, N)) : base;
 }
 
 namespace {
@@ -174,16 +175,26 @@ void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE,
   float* const sums = maxes + (size_t)slices * rc;  // slices x rc
   float* const spos = sums + (size_t)slices * rc;  // rc
   float* const partial = spos + rc;  // slices x rc x C
+  // En transposed (C x N), for gemm_rows's logits (rows_products): B read by rows
+  float* const EnT = rows_products(ctx) ? partial + (size_t)slices * rc * C : nullptr;
   const float ninf = -std::numeric_limits<float>::infinity();
   auto body = [&](int t, int k) {
     const int j0 = (int)((long)N * t / k), j1 = (int)((long)N * (t + 1) / k), nj = j1 - j0;
-    for (int j = j0; j < j1; ++j) std::memcpy(En + (size_t)j * C, E + (size_t)negatives[j] * C, C * sizeof(float));
+    for (int j = j0; j < j1; ++j) {
+      const float* e = E + (size_t)negatives[j] * C;
+      std::memcpy(En + (size_t)j * C, e, C * sizeof(float));
+      if (EnT)
+        for (int c = 0; c < C; ++c) EnT[(size_t)c * N + j] = e[c];
+    }
     if (grad) std::memset(dEn + (size_t)j0 * C, 0, (size_t)nj * C * sizeof(float));
     for (int r0 = 0; r0 < R; r0 += rc) {
       const int rn = std::min(rc, R - r0);
       const int q0 = (int)((long)rn * t / k), q1 = (int)((long)rn * (t + 1) / k);  // my rows
       float* L = logits + (size_t)rc * j0;  // my slice: rn x nj
-      mm(t, false, true, rn, nj, C, 1.f, h + (size_t)r0 * C, C, En + (size_t)j0 * C, C, 0.f, L, nj);
+      if (EnT)
+        mm(t, false, false, rn, nj, C, 1.f, h + (size_t)r0 * C, C, EnT + j0, N, 0.f, L, nj);
+      else
+        mm(t, false, true, rn, nj, C, 1.f, h + (size_t)r0 * C, C, En + (size_t)j0 * C, C, 0.f, L, nj);
       for (int i = 0; i < rn; ++i) {
         const int32_t tg = targets[r0 + i];
         float* row = L + (size_t)i * nj;

@@ -3,7 +3,9 @@
 //   forward : loss(R) = logsumexp_i s(r, i) - s(r, tgt_r)
 //   backward (grad_scale != 0): ds = grad_scale * (softmax(s) - onehot(tgt))
 //             dh(R,C) = ds E[1:];   dE[1:] += ds^T h
-// Rows are processed in chunks; workspace: loss_softmax_workspace(R, C, V, N) floats.
+// Rows are processed in chunks; workspace: loss_softmax_workspace(R, C, V, N) floats (with
+// gemm_rows, fp32 on AVX-512, E[1:] transposed among them, so that the logits' product
+// reads it by rows).
 // One parallel region for the whole op (fp32, and bf16 with its kernel).  Each thread owns
 // a contiguous slice of the catalogue and, chunk after chunk of rows, computes its slice of
 // the logits, its share of each row's max and sum (combined across threads at two
@@ -42,9 +44,9 @@ inline int chunk_rows(int R, int V, int slices) {
 // Workspace: the chunk's logits (rc x V, slice t a contiguous rc x n_t block), each
 // thread's row maxima and sums (2 x slices x rc), the target logits (rc), and each
 // thread's partial dh (slices x rc x C).
-size_t workspace_floats(int R, int C, int V, int slices) {
+size_t workspace_floats(const Context& ctx, int R, int C, int V, int slices) {
   const size_t rc = chunk_rows(R, V, slices);
-  return rc * V + 2 * (size_t)slices * rc + rc + (size_t)slices * rc * C;
+  return rc * V + 2 * (size_t)slices * rc + rc + (size_t)slices * rc * C + (rows_products(ctx) ? (size_t)C * V : 0);
 }
 
 // bf16 where the CPU has no kernel: chunk by chunk, a region per product.
@@ -82,7 +84,7 @@ void loss_softmax_bf16(const Context& ctx, float* loss, float* dh, float* dE, co
 
 size_t loss_softmax_workspace(const Context& ctx, int R, int C, int V, int N) {
   if (ctx.precision == Precision::BF16 && !gemm_bf16_native()) return (size_t)chunk_rows(R, V, 2) * V;
-  return workspace_floats(R, C, V, item_slices(ctx, R, C, V));
+  return workspace_floats(ctx, R, C, V, item_slices(ctx, R, C, V));
 }
 
 void loss_softmax(const Context& ctx, float* loss, float* dh, float* dE, const float* h, const float* E,
@@ -102,13 +104,21 @@ void loss_softmax(const Context& ctx, float* loss, float* dh, float* dE, const f
   float* const sums = maxes + (size_t)slices * rc;  // slices x rc
   float* const target_logit = sums + (size_t)slices * rc;  // rc
   float* const partial = target_logit + rc;  // slices x rc x C
+  // E[1:] transposed (C x V), for gemm_rows's logits (rows_products): B read by rows
+  float* const Et = rows_products(ctx) ? partial + (size_t)slices * rc * C : nullptr;
   auto body = [&](int t, int k) {
     const int v0 = (int)((long)V * t / k), v1 = (int)((long)V * (t + 1) / k), nv = v1 - v0;
+    if (Et)  // my slice of the items, transposed once for every chunk
+      for (int v = v0; v < v1; ++v)
+        for (int c = 0; c < C; ++c) Et[(size_t)c * V + v] = E1[(size_t)v * C + c];
     for (int r0 = 0; r0 < R; r0 += rc) {
       const int rn = std::min(rc, R - r0);
       const int q0 = (int)((long)rn * t / k), q1 = (int)((long)rn * (t + 1) / k);  // my rows
       float* L = logits + (size_t)rc * v0;  // my slice: rn x nv
-      mm(t, false, true, rn, nv, C, 1.f, h + (size_t)r0 * C, C, E1 + (size_t)v0 * C, C, 0.f, L, nv);
+      if (Et)
+        mm(t, false, false, rn, nv, C, 1.f, h + (size_t)r0 * C, C, Et + v0, V, 0.f, L, nv);
+      else
+        mm(t, false, true, rn, nv, C, 1.f, h + (size_t)r0 * C, C, E1 + (size_t)v0 * C, C, 0.f, L, nv);
       for (int i = 0; i < rn; ++i) {
         const float* row = L + (size_t)i * nv;
         maxes[(size_t)t * rc + i] = row_max(row, nv);
