@@ -53,6 +53,10 @@ ThreadScratch tiles(const char* op, const Context& ctx, size_t floats) {
 
 constexpr int NR = 4;  // rows of a kernel's block
 
+// Where row i of a probability tile must be zero up to (from i + 1): the kernels read only
+// the columns up to the end of row i's block of NR rows; an sgemm reads the whole row.
+inline int zero_end(bool kern, int i, int n) { return kern ? std::min(n, (i / NR + 1) * NR) : n; }
+
 #ifdef FSR_ATTENTION_KERNELS
 // out(r, :D) = alpha * sum_{k in [k0, k1)} c(r, k) in(k, :D) for the rows r < nr (<= NR) of a
 // block, c(r, k) = coef[r * csr + k * csk]: gemm_rows's register-blocked sums.
@@ -203,7 +207,7 @@ void attention_forward(const Context& ctx, float* O, float* lse, const float* Q,
         for (int j = 0; j <= i; ++j) row[j] *= inv_l * keep_scale(key, base + j, thr, inv_keep);
       else
         for (int j = 0; j <= i; ++j) row[j] *= inv_l;
-      for (int j = i + 1; j < n; ++j) row[j] = 0.f;
+      for (int j = i + 1; j < zero_end(kern, i, n); ++j) row[j] = 0.f;
     }
     if (kern)
       causal_rows(O + (size_t)st * ldo + h * D, ldo, S, n, Vh, ldkv, D, 1.f);
@@ -224,7 +228,8 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
   const int nmax = longest(cu, B), ldt = (nmax + 15) / 16 * 16;
   const bool kern = avx512_kernels();
   const size_t nn = (size_t)nmax * nmax;
-  const ThreadScratch scratch = tiles("attention_backward", ctx, 2 * nn + (kern ? (size_t)D * ldt : 0));
+  const size_t nbt = kern ? (size_t)D * ldt : 0;
+  const ThreadScratch scratch = tiles("attention_backward", ctx, 2 * nn + nbt + (p > 0.f ? nn : 0));
   parallel_for_dynamic(ctx.threads, B * H, [&](int task) {
     const int s = task / H, h = task % H;
     const int st = cu[s], n = cu[s + 1] - cu[s];
@@ -232,6 +237,7 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
     float* P = scratch.slot();           // probabilities, then dS
     float* G = P + nn;                   // dropped probabilities, then dP
     float* Bt = G + nn;                  // the keys, then the values, transposed (kernels)
+    float* Mk = Bt + nbt;                // the dropout multipliers (p > 0), drawn once
     const float* Qh = Q + (size_t)st * ldq + h * D;
     const float* Kh = K + (size_t)st * ldkv + h * D;
     const float* Vh = V + (size_t)st * ldkv + h * D;
@@ -251,11 +257,14 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
       const float l = lse[(size_t)(st + i) * H + h];
       const uint64_t base = ((uint64_t)(st + i) * H + h) * T;
       for (int j = 0; j <= i; ++j) row[j] = fast_exp(row[j] - l);
-      if (p > 0.f)
-        for (int j = 0; j <= i; ++j) grow[j] = row[j] * keep_scale(key, base + j, thr, inv_keep);
-      else
+      if (p > 0.f) {
+        float* mrow = Mk + (size_t)i * n;
+        for (int j = 0; j <= i; ++j) mrow[j] = keep_scale(key, base + j, thr, inv_keep);
+        for (int j = 0; j <= i; ++j) grow[j] = row[j] * mrow[j];
+      } else {
         for (int j = 0; j <= i; ++j) grow[j] = row[j];
-      for (int j = i + 1; j < n; ++j) row[j] = grow[j] = 0.f;
+      }
+      for (int j = i + 1; j < zero_end(kern, i, n); ++j) row[j] = grow[j] = 0.f;
     }
     // dV_h = Pd^T dO_h;  G = dO_h V_h^T (gradient of the dropped probabilities)
     if (kern) {
@@ -269,12 +278,13 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
     for (int i = 0; i < n; ++i) {
       float* row = P + (size_t)i * n;
       float* grow = G + (size_t)i * n;
-      const uint64_t base = ((uint64_t)(st + i) * H + h) * T;
-      if (p > 0.f)
-        for (int j = 0; j <= i; ++j) grow[j] *= keep_scale(key, base + j, thr, inv_keep);
+      if (p > 0.f) {
+        const float* mrow = Mk + (size_t)i * n;
+        for (int j = 0; j <= i; ++j) grow[j] *= mrow[j];
+      }
       const float delta = dot(row, grow, i + 1);
       for (int j = 0; j <= i; ++j) row[j] = row[j] * (grow[j] - delta);
-      for (int j = i + 1; j < n; ++j) row[j] = 0.f;
+      for (int j = i + 1; j < zero_end(kern, i, n); ++j) row[j] = 0.f;
     }
     // dQ_h = scale * dS K_h;  dK_h = scale * dS^T Q_h
     if (kern) {
