@@ -57,10 +57,14 @@ def import_fastsasrec():
 
 
 def run_torch(ds: common.Dataset, loss: str, epochs: int, threads: int, verbose: int,
-              device: str = "cpu", compile: bool = False, bf16: bool = False) -> dict:
+              device: str = "cpu", compile: bool = False, bf16: bool = False,
+              config: dict | None = None) -> dict:
+    """The reference's fit and evaluation.  config: the model's settings (default CONFIG);
+    pass it explicitly to a fresh process, which imports this module anew and would
+    otherwise see CONFIG without the command line's overrides (--max-seq)."""
     import torch_reference as tr
 
-    model = tr.TorchSASRec(ds.n_items, **dict(CONFIG, loss=loss), threads=threads, verbose=verbose,
+    model = tr.TorchSASRec(ds.n_items, **dict(config or CONFIG, loss=loss), threads=threads, verbose=verbose,
                            device=device, compile=compile, autocast_bf16=bf16)
     t0 = time.perf_counter()
     model.fit(ds.contexts, epochs)
@@ -210,7 +214,8 @@ def main(argv=None) -> int:
             print(f"[{impl} / {loss}] training {epochs} epochs ...", flush=True)
             if impl.startswith("torch") and args.device == "cpu":
                 r = run_torch_alone(ds, loss, epochs, args.threads, args.verbose, args.device,
-                                    compile=impl == "torch.compile", bf16=impl == "torch bf16")
+                                    compile=impl == "torch.compile", bf16=impl == "torch bf16",
+                                    config=dict(CONFIG))
             elif impl.startswith("torch"):
                 r = run_torch(ds, loss, epochs, args.threads, args.verbose, args.device,
                               compile=impl == "torch.compile", bf16=impl == "torch bf16")
