@@ -2,7 +2,9 @@
 // product over its own OpenMP threads (rows of C, or columns when C has few rows), so
 // one thread pool serves both BLAS and the elementwise ops and results depend only on
 // the thread count.  gemm_bf16, the same product on bfloat16 operands, chooses here between
-// its AVX-512 BF16 kernel (gemm_bf16.cpp) and its fallback (round, then sgemm).
+// its AVX-512 BF16 kernel (gemm_bf16.cpp) and its fallback (round, then sgemm).  BlockGemm,
+// the products of ops that split their own rows, chooses too: fp32 in gemm_rows.h's
+// kernel where avx512_kernels() (the engine's own, no BLAS), else sgemm; bf16 in the kernel.
 #include <cblas.h>
 
 #include <algorithm>
