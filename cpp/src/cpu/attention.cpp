@@ -17,9 +17,10 @@
 // n_max (the longest sequence, by which the GPU sizes its launch) and the backward's O
 // (from which the GPU takes delta) are not needed here.
 // Products: with AVX-512 (a build for a CPU that has it, and FASTSASREC_NO_AVX512 unset)
-// each (sequence, head)'s products run in gemm_rows's register-blocked kernels
-// (gemm_rows.h), block by block below, which compute only the causal half (the rows' j <= i, plus the small triangle inside a block
-// of 4 rows) and need no packing; otherwise one sgemm per product, the full n x n square.
+// each (sequence, head)'s products run in gemm_rows's register-blocked kernel
+// (gemm_rows.h), called block by block below so as to compute only the causal half (the
+// rows' j <= i, plus the small triangle inside a block of 4 rows), with no packing;
+// otherwise one sgemm per product, the full n x n square.
 // The scores' kernel reads the keys (or values) transposed, a D x n copy per task.
 #include <algorithm>
 #include <cmath>
