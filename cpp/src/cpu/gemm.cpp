@@ -187,7 +187,7 @@ void gemm_bf16_path(bool native, int nt, bool ta, bool tb, int M, int N, int K, 
 }
 
 BlockGemm::BlockGemm(const char* op, const Context& ctx, int blocks)
-    : bf16_(ctx.precision == Precision::BF16), usable_(!bf16_ || gemm_bf16_native()), rows_(avx512_kernels()) {
+    : bf16_(ctx.precision == Precision::BF16), usable_(!bf16_ || gemm_bf16_native()), rows_(rows_products(ctx)) {
   if (!bf16_ || !usable_) return;
   words_ = gemm_bf16_kernel_scratch();
   scratch_.reset(new (std::nothrow) uint32_t[words_ * (size_t)std::max(blocks, 1)]);

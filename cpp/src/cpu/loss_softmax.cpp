@@ -42,8 +42,8 @@ inline int chunk_rows(int R, int V, int slices) {
   return (int)std::max<size_t>(1, std::min<size_t>((size_t)R, rows));
 }
 // Workspace: the chunk's logits (rc x V, slice t a contiguous rc x n_t block), each
-// thread's row maxima and sums (2 x slices x rc), the target logits (rc), and each
-// thread's partial dh (slices x rc x C).
+// thread's row maxima and sums (2 x slices x rc), the target logits (rc), each thread's
+// partial dh (slices x rc x C), and with gemm_rows (rows_products) E[1:] transposed (C x V).
 size_t workspace_floats(const Context& ctx, int R, int C, int V, int slices) {
   const size_t rc = chunk_rows(R, V, slices);
   return rc * V + 2 * (size_t)slices * rc + rc + (size_t)slices * rc * C + (rows_products(ctx) ? (size_t)C * V : 0);

@@ -42,8 +42,8 @@ bool env_flag(const char* name);
 // FASTSASREC_NO_AVX512 unset; read once) or through sgemm (gemm.cpp).
 bool avx512_kernels();
 // Whether this context's products run in gemm_rows (fp32 and avx512_kernels()), which reads
-// its right operand by rows: the softmax losses then keep their items' embeddings
-// transposed for the logits' product.
+// its right operand by rows: BlockGemm's one rule, by which the softmax losses also keep
+// their items' embeddings transposed for the logits' product.
 inline bool rows_products(const Context& ctx) { return ctx.precision == Precision::FP32 && avx512_kernels(); }
 
 // ---- gemm_bf16: the same product as gemm on bfloat16 operands, with fp32 sums: A and B
