@@ -534,9 +534,13 @@ std::string attention_unsupported(int T, int D) {
   return {};
 }
 
+// The fused kernels keep nothing between the passes: the backward recomputes the
+// probabilities from lse, so attention_forward's `saved` is always null here.
+size_t attention_saved_workspace(const Context&, int, int, int, float) { return 0; }
+
 void attention_forward(const Context& ctx, float* O, float* lse, const float* Q, int ldq, const float* K,
                        const float* V, int ldkv, const int32_t* cu, int B, int H, int D, int T,
-                       int n_max, float p, uint64_t key) {
+                       int n_max, float p, uint64_t key, float* /*saved*/) {
   const cudaStream_t stream = ctx.stream;
   check_shapes("attention_forward", B, H, D, ldq, ldkv);
   check_T("attention_forward", T);
@@ -554,7 +558,7 @@ void attention_forward(const Context& ctx, float* O, float* lse, const float* Q,
 void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, const float* dO, const float* O,
                         const float* Q, int ldq, const float* K, const float* V, int ldkv,
                         const float* lse, const int32_t* cu, int B, int H, int D, int T,
-                        int n_max, float p, uint64_t key) {
+                        int n_max, float p, uint64_t key, const float* /*saved*/) {
   const cudaStream_t stream = ctx.stream;
   check_shapes("attention_backward", B, H, D, ldq, ldkv);
   check_T("attention_backward", T);

@@ -540,10 +540,25 @@ def _attention_tolerances(Q, K, V, dO, cu, H, T, drop):
     return tol_O, tol_lse, tol_dQ, tol_dK, tol_dV
 
 
+def _saved(ops, keep, Rn, H, T, p):
+    """attention_forward's `saved` for the backward: None (recomputed from lse), or the
+    workspace the backend asks for, poisoned (the backward may read only what the forward
+    wrote).  A backend that keeps nothing (0 floats) has no second path to test."""
+    if not keep:
+        return None
+    n = ops.attention_saved_workspace(Rn, H, T, p)
+    if n == 0:
+        pytest.skip("this backend keeps no attention probabilities (its backward recomputes them)")
+    return poison(n)
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["recomputed", "saved"])
 @pytest.mark.parametrize("lens,C,H,T,p,seed", ATT_CASES,
                          ids=ids(ATT_CASES, lambda l, c, h, t, p, s:
                                  f"lens{'-'.join(map(str, l)) if len(l) < 6 else len(l)}-C{c}-H{h}-T{t}-p{p}-s{s}"))
-def test_attention(ops, lens, C, H, T, p, seed):
+def test_attention(ops, lens, C, H, T, p, seed, keep):
+    """The forward and the backward against the float64 reference, the backward both
+    recomputing the probabilities from lse and reading those its forward saved."""
     rng = np.random.default_rng(seed)
     cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
     Rn = int(cu[-1])
@@ -553,7 +568,8 @@ def test_attention(ops, lens, C, H, T, p, seed):
 
     B, D, n_max = len(lens), C // H, longest(cu)
     O, lse = poison(Rn, C), poison(Rn, H)
-    ops.attention_forward(O, lse, Q, C, K, V, C, cu, B, H, D, T, n_max, p, key)
+    saved = _saved(ops, keep, Rn, H, T, p)
+    ops.attention_forward(O, lse, Q, C, K, V, C, cu, B, H, D, T, n_max, p, key, saved)
     rO, rlse = R.attention_forward(Q, K, V, cu, H, drop)
     dO = normal(rng, Rn, C)
     tol_O, tol_lse, tol_dQ, tol_dK, tol_dV = _attention_tolerances(Q, K, V, dO, cu, H, T, drop)
@@ -561,7 +577,7 @@ def test_attention(ops, lens, C, H, T, p, seed):
     assert_close(lse, rlse, tol_lse, "attention_forward lse", seed)
 
     dQ, dK, dV = poison(Rn, C), poison(Rn, C), poison(Rn, C)
-    ops.attention_backward(dQ, dK, dV, dO, O, Q, C, K, V, C, lse, cu, B, H, D, T, n_max, p, key)
+    ops.attention_backward(dQ, dK, dV, dO, O, Q, C, K, V, C, lse, cu, B, H, D, T, n_max, p, key, saved)
     rdQ, rdK, rdV = R.attention_backward(dO, Q, K, V, cu, H, drop)
     assert_close(dQ, rdQ, tol_dQ, "attention_backward dQ", seed)
     assert_close(dK, rdK, tol_dK, "attention_backward dK", seed)
@@ -642,7 +658,8 @@ def test_sgemm_path_passes_the_product_tests():
     assert " passed" in r.stdout and " failed" not in r.stdout
 
 
-def test_attention_rows_see_only_their_sequence(ops):
+@pytest.mark.parametrize("keep", [False, True], ids=["recomputed", "saved"])
+def test_attention_rows_see_only_their_sequence(ops, keep):
     """Changing one sequence's keys and values leaves the other sequences' outputs and
     gradients bit-identical (no leakage across the packed boundary).  Exact on every
     device: each output row has one owner (a CPU task, a CUDA warp), no atomics."""
@@ -654,25 +671,27 @@ def test_attention_rows_see_only_their_sequence(ops):
 
     def forward(K, V):  # 3 sequences, H = 2 heads of D = 4, T = 4
         O, lse = poison(9, 8), poison(9, 2)
-        ops.attention_forward(O, lse, Q, 8, K, V, 8, cu, 3, 2, 4, 4, n_max, 0.3, key)
-        return O, lse
+        saved = _saved(ops, keep, 9, 2, 4, 0.3)
+        ops.attention_forward(O, lse, Q, 8, K, V, 8, cu, 3, 2, 4, 4, n_max, 0.3, key, saved)
+        return O, lse, saved
 
-    def backward(K, V, O, lse):
+    def backward(K, V, O, lse, saved):
         dQ, dK, dV = poison(9, 8), poison(9, 8), poison(9, 8)
-        ops.attention_backward(dQ, dK, dV, dO, O, Q, 8, K, V, 8, lse, cu, 3, 2, 4, 4, n_max, 0.3, key)
+        ops.attention_backward(dQ, dK, dV, dO, O, Q, 8, K, V, 8, lse, cu, 3, 2, 4, 4, n_max, 0.3, key,
+                               saved)
         return dQ, dK, dV
 
-    O1, l1 = forward(K, V)
+    O1, l1, s1 = forward(K, V)
     K2, V2 = K.copy(), V.copy()
     K2[4], V2[4] = 5.0, -5.0  # sequence 1 is row 4
-    O2, l2 = forward(K2, V2)
-    keep = np.r_[0:4, 5:9]
-    np.testing.assert_array_equal(O1[keep], O2[keep])
-    np.testing.assert_array_equal(l1[keep], l2[keep])
-    g1 = backward(K, V, O1, l1)
-    g2 = backward(K2, V2, O2, l2)
+    O2, l2, s2 = forward(K2, V2)
+    rows = np.r_[0:4, 5:9]
+    np.testing.assert_array_equal(O1[rows], O2[rows])
+    np.testing.assert_array_equal(l1[rows], l2[rows])
+    g1 = backward(K, V, O1, l1, s1)
+    g2 = backward(K2, V2, O2, l2, s2)
     for a, b in zip(g1, g2):
-        np.testing.assert_array_equal(a[keep], b[keep])
+        np.testing.assert_array_equal(a[rows], b[rows])
 
 
 # ============================================================================ losses

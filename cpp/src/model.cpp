@@ -326,6 +326,10 @@ void Model::ensure_acts(Acts& a, int R, int B, bool training) {
     f(&L.KV, Rs * 2 * C);
     f(&L.lse, Rs * H);
     f(&L.f1, Rs * F);
+    // Attention's probabilities, kept for its backward where the backend keeps them (the
+    // CPU) and they cost no more memory than the rest of the layer's activations.
+    const size_t saved = training ? be_->attention_saved_workspace(R, (int)H, cfg_.max_seq, cfg_.dropout) : 0;
+    if (saved > 0 && saved <= Rs * (8 * C + F + 4 + H)) f(&L.saved, saved);
   }
   for (float** p : {&a.xL, &a.h, &a.tmp}) f(p, Rs * C);
   for (float** p : {&a.meanf, &a.rstdf}) f(p, Rs);
@@ -423,7 +427,7 @@ void Model::layer_forward(Acts& a, int l, const Shape& s, float p, int64_t step,
     be.attention_last_forward(A.att, A.Qp, C, A.KV, A.KV + C, 2 * C, a.cu, s.B, H, D);
   else
     be.attention_forward(A.att, A.lse, A.Qp, C, A.KV, A.KV + C, 2 * C, a.cu, s.B, H, D, T,
-                         s.n_max, p, key(site_attention(l)));
+                         s.n_max, p, key(site_attention(l)), A.saved);
   be.linear_forward(a.tmp, A.att, w[kWo], w[kBo], Rq, C, C, false, 0.f, 0);
   // x1 = q + tmp;  y = LN2(x1)
   be.layernorm_residual_forward(A.x1, y, A.mean2, A.rstd2, q, a.tmp, 0.f, 0, w[kLn2G], w[kLn2B],
@@ -476,7 +480,7 @@ void Model::backward(Acts& a, const Shape& s, bool train, int64_t step) {
     // x1 = q + att Wo + bo
     be.linear_backward(a.datt, g[kWo], g[kBo], a.dx1, A.att, w[kWo], R, C, C, false);
     be.attention_backward(a.dQp, a.dKV, a.dKV + C, a.datt, A.att, A.Qp, C, A.KV, A.KV + C, 2 * C,
-                          A.lse, a.cu, B, H, D, T, s.n_max, p, key(site_attention(l)));
+                          A.lse, a.cu, B, H, D, T, s.n_max, p, key(site_attention(l)), A.saved);
     // dq = dx1 (the residual) + dQp Wq^T, in place in dx1
     be.linear_backward(a.dx1, g[kWq], g[kBq], a.dQp, A.q, w[kWq], R, C, C, true);
     // K, V = x Wkv + bkv;  q = LN1(x)

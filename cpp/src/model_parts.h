@@ -102,6 +102,7 @@ struct Model::Layer {
 struct Model::Acts {
   struct L {
     float *x, *q, *mean1, *rstd1, *Qp, *KV, *att, *lse, *x1, *y, *mean2, *rstd2, *f1;
+    float* saved = nullptr;  // attention's probabilities for its backward (null: recomputed)
   };
   std::vector<L> layers;
   float *xL = nullptr, *h = nullptr, *meanf = nullptr, *rstdf = nullptr, *tmp = nullptr;

@@ -2,16 +2,25 @@
 //   S = Q_h K_h^T / sqrt(D) for the rows of one sequence, causal: row i sees rows <= i
 //   forward : P = softmax(S) per row, lse(R,H) = logsumexp of each row saved,
 //             O_h = dropout_p(P) V_h                             O(R, H*D) =
-//   backward: P recomputed from lse;  Pd = dropout_p(P)
+//   backward: P and Pd = dropout_p(P) read from `saved`, or recomputed from lse
 //             dV_h = Pd^T dO_h;  dP = dropout_p'(dO_h V_h^T);  delta_i = sum_j P_ij dP_ij
 //             dS = P * (dP - delta);  dQ_h = dS K_h / sqrt(D);  dK_h = dS^T Q_h / sqrt(D)
 //             dQ(R, ldq) =, dK, dV(R, ldkv) =
+//             (from saved tiles, with m the dropout multipliers, Pd = P m and dP = m G
+//             for G = dO_h V_h^T: delta_i = sum_j Pd_ij G_ij, dS = Pd G - P delta, so no
+//             multiplier is drawn again)
 //   attention_last_forward: inference, one query per sequence (its last row), no dropout
+// saved (attention_saved_workspace(R, H, T, p) floats, or null): the forward writes each
+// (sequence s, head h)'s P, an n_s x n_s tile at H * sum_{t<s} n_t^2 + h * n_s^2, and with
+// dropout Pd at the same place of a second half (H * sum n_t^2 floats on); the backward
+// then skips the scores' product, the exponentials and the dropout draws (-40% in a C++
+// harness of the op at the training shape, BENCHMARKS.md).  Null (inference, or a model
+// whose probabilities would cost more memory than the rest of its layer) recomputes them.
 // Dropout counter of (query row i, head h, key row j) is (i * H + h) * T + (j - start).
 // ctx.precision BF16 leaves these products in fp32: per (sequence, head) they are small
 // (n x n x D, about 4% of a step's work at width 64), too small for the bf16 GEMM to gain.
 // One task per (sequence, head): each task owns its output rows, so any schedule gives
-// the same result.  Only an n_max x n_max score tile per thread exists, never R x R,
+// the same result.  Besides `saved`, only an n_max x n_max score tile per thread exists,
 // allocated before the parallel region (a failed allocation is a MemoryError, never an
 // exception inside the region).
 // n_max (the longest sequence, by which the GPU sizes its launch) and the backward's O
@@ -25,6 +34,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <vector>
 
 #include "cpu/fast_math.h"
 #include "cpu/gemm_rows.h"
@@ -171,9 +182,36 @@ void causal_rows_t(float* out, int ldo, const float* P, int n, const float* in, 
 }  // namespace
 
 
+size_t attention_saved_workspace(const Context&, int R, int H, int T, float p) {
+  // sum_s n_s^2 <= R * max n <= R * T per head: P, and with dropout Pd beside it
+  return (R <= 0 || H <= 0 || T <= 0) ? 0 : (size_t)R * (size_t)T * (size_t)H * (p > 0.f ? 2 : 1);
+}
+
+namespace {
+// Where (sequence s, head h)'s saved tiles start: H * sum_{t<s} n_t^2 + h * n_s^2 (P), the
+// dropped probabilities Pd `half` floats after (p > 0).  Checked against the workspace's
+// size, R * T * H per tile set (a sequence longer than T would not fit).
+struct SavedLayout {
+  std::vector<size_t> start;  // B + 1 prefix sums of H n_s^2
+  size_t half = 0;
+  SavedLayout(const char* op, const int32_t* cu, int B, int H, int T) : start((size_t)B + 1, 0) {
+    for (int s = 0; s < B; ++s) {
+      const size_t n = (size_t)std::max(0, cu[s + 1] - cu[s]);
+      start[s + 1] = start[s] + (size_t)H * n * n;
+    }
+    half = start[B];
+    const size_t R = (size_t)std::max(0, cu[B]);
+    FSR_REQUIRE(half <= R * (size_t)std::max(T, 0) * (size_t)H, op,
+                ": a sequence is longer than T = ", T, ", so the saved probabilities do not fit "
+                "attention_saved_workspace");
+  }
+  size_t at(int s, int h, int n) const { return start[s] + (size_t)h * n * n; }
+};
+}  // namespace
+
 void attention_forward(const Context& ctx, float* O, float* lse, const float* Q, int ldq, const float* K,
                        const float* V, int ldkv, const int32_t* cu, int B, int H, int D, int T,
-                       int n_max, float p, uint64_t key) {
+                       int n_max, float p, uint64_t key, float* saved) {
   const float scale = 1.f / std::sqrt((float)D);
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
   const uint32_t thr = dropout_threshold(p);
@@ -181,17 +219,21 @@ void attention_forward(const Context& ctx, float* O, float* lse, const float* Q,
   const int nmax = longest(cu, B), ldt = (nmax + 15) / 16 * 16;
   const bool kern = avx512_kernels();
   const size_t nn = (size_t)nmax * nmax;
-  const ThreadScratch scratch = tiles("attention_forward", ctx, nn + (kern ? (size_t)D * ldt : 0));
+  std::unique_ptr<SavedLayout> lay;
+  if (saved) lay.reset(new SavedLayout("attention_forward", cu, B, H, T));
+  // The tile: in scratch, or (saved) P in the workspace and, with dropout, Pd beside it.
+  const ThreadScratch scratch = tiles("attention_forward", ctx, (saved ? 0 : nn) + (kern ? (size_t)D * ldt : 0));
   parallel_for_dynamic(ctx.threads, B * H, [&](int task) {
     const int s = task / H, h = task % H;
     const int st = cu[s], n = cu[s + 1] - cu[s];
     if (n <= 0) return;
-    float* S = scratch.slot();
+    float* S = saved ? saved + lay->at(s, h, n) : scratch.slot();
+    float* Pd = saved && p > 0.f ? S + lay->half : S;
+    float* Kt = saved ? scratch.slot() : S + nn;
     const float* Qh = Q + (size_t)st * ldq + h * D;
     const float* Kh = K + (size_t)st * ldkv + h * D;
     const float* Vh = V + (size_t)st * ldkv + h * D;
     if (kern) {
-      float* Kt = S + nn;
       transpose_into(Kt, ldt, Kh, ldkv, n, D);
       causal_scores(S, n, Qh, ldq, Kt, ldt, D, scale);
     } else {
@@ -199,21 +241,28 @@ void attention_forward(const Context& ctx, float* O, float* lse, const float* Q,
     }
     for (int i = 0; i < n; ++i) {
       float* row = S + (size_t)i * n;
+      float* drow = Pd + (size_t)i * n;
       const float m = row_max(row, i + 1);
       const float l = exp_sum_inplace(row, i + 1, m);
       lse[(size_t)(st + i) * H + h] = m + std::log(l);
       const float inv_l = 1.f / l;
       const uint64_t base = ((uint64_t)(st + i) * H + h) * T;
-      if (p > 0.f)
+      if (p > 0.f && drow != row) {  // P kept, Pd beside it
+        for (int j = 0; j <= i; ++j) {
+          row[j] *= inv_l;
+          drow[j] = row[j] * keep_scale(key, base + j, thr, inv_keep);
+        }
+      } else if (p > 0.f) {
         for (int j = 0; j <= i; ++j) row[j] *= inv_l * keep_scale(key, base + j, thr, inv_keep);
-      else
+      } else {
         for (int j = 0; j <= i; ++j) row[j] *= inv_l;
-      for (int j = i + 1; j < zero_end(kern, i, n); ++j) row[j] = 0.f;
+      }
+      for (int j = i + 1; j < zero_end(kern, i, n); ++j) row[j] = drow[j] = 0.f;
     }
     if (kern)
-      causal_rows(O + (size_t)st * ldo + h * D, ldo, S, n, Vh, ldkv, D, 1.f);
+      causal_rows(O + (size_t)st * ldo + h * D, ldo, Pd, n, Vh, ldkv, D, 1.f);
     else
-      gemm(ctx.threads, false, false, n, D, n, 1.f, S, n, Vh, ldkv, 0.f, O + (size_t)st * ldo + h * D, ldo);
+      gemm(ctx.threads, false, false, n, D, n, 1.f, Pd, n, Vh, ldkv, 0.f, O + (size_t)st * ldo + h * D, ldo);
   });
 }
 
@@ -221,7 +270,7 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
                         const float* O, const float* Q, int ldq,
                         const float* K, const float* V, int ldkv, const float* lse,
                         const int32_t* cu, int B, int H, int D, int T, int n_max, float p,
-                        uint64_t key) {
+                        uint64_t key, const float* saved) {
   const float scale = 1.f / std::sqrt((float)D);
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
   const uint32_t thr = dropout_threshold(p);
@@ -230,15 +279,18 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
   const bool kern = avx512_kernels();
   const size_t nn = (size_t)nmax * nmax;
   const size_t nbt = kern ? (size_t)D * ldt : 0;
-  const ThreadScratch scratch = tiles("attention_backward", ctx, 2 * nn + nbt + (p > 0.f ? nn : 0));
+  std::unique_ptr<SavedLayout> lay;
+  if (saved) lay.reset(new SavedLayout("attention_backward", cu, B, H, T));
+  // Scratch: without saved tiles, P (then dS), G and the dropout multipliers; with them, G
+  // (then dS) only.
+  const size_t own = saved ? nn : 2 * nn + (p > 0.f ? nn : 0);
+  const ThreadScratch scratch = tiles("attention_backward", ctx, own + nbt);
   parallel_for_dynamic(ctx.threads, B * H, [&](int task) {
     const int s = task / H, h = task % H;
     const int st = cu[s], n = cu[s + 1] - cu[s];
     if (n <= 0) return;
-    float* P = scratch.slot();           // probabilities, then dS
-    float* G = P + nn;                   // dropped probabilities, then dP
-    float* Bt = G + nn;                  // the keys, then the values, transposed (kernels)
-    float* Mk = Bt + nbt;                // the dropout multipliers (p > 0), drawn once
+    float* G = scratch.slot();           // dP (the dropped probabilities' gradient), then dS
+    float* Bt = G + own;                 // the keys, then the values, transposed (kernels)
     const float* Qh = Q + (size_t)st * ldq + h * D;
     const float* Kh = K + (size_t)st * ldkv + h * D;
     const float* Vh = V + (size_t)st * ldkv + h * D;
@@ -246,54 +298,91 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
     float* dQh = dQ + (size_t)st * ldq + h * D;
     float* dKh = dK + (size_t)st * ldkv + h * D;
     float* dVh = dV + (size_t)st * ldkv + h * D;
-    if (kern) {
-      transpose_into(Bt, ldt, Kh, ldkv, n, D);
-      causal_scores(P, n, Qh, ldq, Bt, ldt, D, scale);
+    const float* P;   // probabilities
+    const float* Pd;  // dropped probabilities
+    float* dS;
+    if (saved) {
+      P = saved + lay->at(s, h, n);
+      Pd = p > 0.f ? P + lay->half : P;
+      dS = G;
     } else {
-      gemm(ctx.threads, false, true, n, n, D, scale, Qh, ldq, Kh, ldkv, 0.f, P, n);
-    }
-    for (int i = 0; i < n; ++i) {
-      float* row = P + (size_t)i * n;
-      float* grow = G + (size_t)i * n;
-      const float l = lse[(size_t)(st + i) * H + h];
-      const uint64_t base = ((uint64_t)(st + i) * H + h) * T;
-      for (int j = 0; j <= i; ++j) row[j] = fast_exp(row[j] - l);
-      if (p > 0.f) {
-        float* mrow = Mk + (size_t)i * n;
-        for (int j = 0; j <= i; ++j) mrow[j] = keep_scale(key, base + j, thr, inv_keep);
-        for (int j = 0; j <= i; ++j) grow[j] = row[j] * mrow[j];
+      float* Pw = G + nn;       // probabilities, then dS
+      float* Gd = G;            // dropped probabilities, then dP
+      float* Mk = Pw + nn;      // the dropout multipliers (p > 0), drawn once
+      if (kern) {
+        transpose_into(Bt, ldt, Kh, ldkv, n, D);
+        causal_scores(Pw, n, Qh, ldq, Bt, ldt, D, scale);
       } else {
-        for (int j = 0; j <= i; ++j) grow[j] = row[j];
+        gemm(ctx.threads, false, true, n, n, D, scale, Qh, ldq, Kh, ldkv, 0.f, Pw, n);
       }
-      for (int j = i + 1; j < zero_end(kern, i, n); ++j) row[j] = grow[j] = 0.f;
-    }
-    // dV_h = Pd^T dO_h;  G = dO_h V_h^T (gradient of the dropped probabilities)
-    if (kern) {
-      causal_rows_t(dVh, ldkv, G, n, dOh, ldo, D, 1.f);
-      transpose_into(Bt, ldt, Vh, ldkv, n, D);
-      causal_scores(G, n, dOh, ldo, Bt, ldt, D, 1.f);
-    } else {
-      gemm(ctx.threads, true, false, n, D, n, 1.f, G, n, dOh, ldo, 0.f, dVh, ldkv);
-      gemm(ctx.threads, false, true, n, n, D, 1.f, dOh, ldo, Vh, ldkv, 0.f, G, n);
-    }
-    for (int i = 0; i < n; ++i) {
-      float* row = P + (size_t)i * n;
-      float* grow = G + (size_t)i * n;
-      if (p > 0.f) {
-        const float* mrow = Mk + (size_t)i * n;
-        for (int j = 0; j <= i; ++j) grow[j] *= mrow[j];
+      for (int i = 0; i < n; ++i) {
+        float* row = Pw + (size_t)i * n;
+        float* grow = Gd + (size_t)i * n;
+        const float l = lse[(size_t)(st + i) * H + h];
+        const uint64_t base = ((uint64_t)(st + i) * H + h) * T;
+        for (int j = 0; j <= i; ++j) row[j] = fast_exp(row[j] - l);
+        if (p > 0.f) {
+          float* mrow = Mk + (size_t)i * n;
+          for (int j = 0; j <= i; ++j) mrow[j] = keep_scale(key, base + j, thr, inv_keep);
+          for (int j = 0; j <= i; ++j) grow[j] = row[j] * mrow[j];
+        } else {
+          for (int j = 0; j <= i; ++j) grow[j] = row[j];
+        }
+        for (int j = i + 1; j < zero_end(kern, i, n); ++j) row[j] = grow[j] = 0.f;
       }
-      const float delta = dot(row, grow, i + 1);
-      for (int j = 0; j <= i; ++j) row[j] = row[j] * (grow[j] - delta);
-      for (int j = i + 1; j < zero_end(kern, i, n); ++j) row[j] = 0.f;
+      // dV_h = Pd^T dO_h, before G's tile is overwritten by dP
+      if (kern)
+        causal_rows_t(dVh, ldkv, Gd, n, dOh, ldo, D, 1.f);
+      else
+        gemm(ctx.threads, true, false, n, D, n, 1.f, Gd, n, dOh, ldo, 0.f, dVh, ldkv);
+      // G = dO_h V_h^T, then dP = its dropped entries; delta = sum_j P dP; dS = P (dP - delta)
+      if (kern) {
+        transpose_into(Bt, ldt, Vh, ldkv, n, D);
+        causal_scores(G, n, dOh, ldo, Bt, ldt, D, 1.f);
+      } else {
+        gemm(ctx.threads, false, true, n, n, D, 1.f, dOh, ldo, Vh, ldkv, 0.f, G, n);
+      }
+      for (int i = 0; i < n; ++i) {
+        float* row = Pw + (size_t)i * n;
+        float* grow = G + (size_t)i * n;
+        if (p > 0.f) {
+          const float* mrow = Mk + (size_t)i * n;
+          for (int j = 0; j <= i; ++j) grow[j] *= mrow[j];
+        }
+        const float delta = dot(row, grow, i + 1);
+        for (int j = 0; j <= i; ++j) row[j] = row[j] * (grow[j] - delta);
+        for (int j = i + 1; j < zero_end(kern, i, n); ++j) row[j] = 0.f;
+      }
+      P = Pd = nullptr;
+      dS = Pw;
+    }
+    if (saved) {
+      // dV_h = Pd^T dO_h;  G = dO_h V_h^T;  delta_i = sum_j Pd G;  dS = Pd G - P delta
+      // (with m the dropout multipliers: Pd = P m, dP = m G, so P (dP - delta) = Pd G - P delta)
+      if (kern) {
+        causal_rows_t(dVh, ldkv, Pd, n, dOh, ldo, D, 1.f);
+        transpose_into(Bt, ldt, Vh, ldkv, n, D);
+        causal_scores(G, n, dOh, ldo, Bt, ldt, D, 1.f);
+      } else {
+        gemm(ctx.threads, true, false, n, D, n, 1.f, Pd, n, dOh, ldo, 0.f, dVh, ldkv);
+        gemm(ctx.threads, false, true, n, n, D, 1.f, dOh, ldo, Vh, ldkv, 0.f, G, n);
+      }
+      for (int i = 0; i < n; ++i) {
+        const float* prow = P + (size_t)i * n;
+        const float* drow = Pd + (size_t)i * n;
+        float* grow = G + (size_t)i * n;
+        const float delta = dot(drow, grow, i + 1);
+        for (int j = 0; j <= i; ++j) grow[j] = drow[j] * grow[j] - prow[j] * delta;
+        for (int j = i + 1; j < zero_end(kern, i, n); ++j) grow[j] = 0.f;
+      }
     }
     // dQ_h = scale * dS K_h;  dK_h = scale * dS^T Q_h
     if (kern) {
-      causal_rows(dQh, ldq, P, n, Kh, ldkv, D, scale);
-      causal_rows_t(dKh, ldkv, P, n, Qh, ldq, D, scale);
+      causal_rows(dQh, ldq, dS, n, Kh, ldkv, D, scale);
+      causal_rows_t(dKh, ldkv, dS, n, Qh, ldq, D, scale);
     } else {
-      gemm(ctx.threads, false, false, n, D, n, scale, P, n, Kh, ldkv, 0.f, dQh, ldq);
-      gemm(ctx.threads, true, false, n, D, n, scale, P, n, Qh, ldq, 0.f, dKh, ldkv);
+      gemm(ctx.threads, false, false, n, D, n, scale, dS, n, Kh, ldkv, 0.f, dQh, ldq);
+      gemm(ctx.threads, true, false, n, D, n, scale, dS, n, Qh, ldq, 0.f, dKh, ldkv);
     }
   });
 }
