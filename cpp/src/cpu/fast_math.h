@@ -67,6 +67,27 @@ inline float lanes_sum(__m512 v) {
   v = _mm512_add_ps(v, _mm512_mask_permute_ps(v, 0xffff, v, 0xB1));
   return _mm512_cvtss_f32(v);
 }
+// lanes_sum of four vectors at once: 128-bit lane k of the result holds lanes_sum(v_k) in
+// each of its 4 floats, added in lanes_sum's order (so bit for bit the same), with a
+// quarter of its shuffles.
+inline __m512 lanes_sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  // halves: [a.q0 + a.q2, a.q1 + a.q3, b.q0 + b.q2, b.q1 + b.q3] (q: 128-bit quarters)
+  const __m512 ab = _mm512_add_ps(_mm512_mask_shuffle_f32x4(a, 0xffff, a, b, 0x44),
+                                  _mm512_mask_shuffle_f32x4(a, 0xffff, a, b, 0xEE));
+  const __m512 cd = _mm512_add_ps(_mm512_mask_shuffle_f32x4(c, 0xffff, c, d, 0x44),
+                                  _mm512_mask_shuffle_f32x4(c, 0xffff, c, d, 0xEE));
+  // quarters: quarter k = row k's first quarter plus its second
+  __m512 v = _mm512_add_ps(_mm512_mask_shuffle_f32x4(ab, 0xffff, ab, cd, 0x88),
+                           _mm512_mask_shuffle_f32x4(ab, 0xffff, ab, cd, 0xDD));
+  v = _mm512_add_ps(v, _mm512_mask_permute_ps(v, 0xffff, v, 0x4E));
+  return _mm512_add_ps(v, _mm512_mask_permute_ps(v, 0xffff, v, 0xB1));
+}
+// Every float of lanes_sum4's quarter k.
+template <int k>
+inline __m512 quarter(__m512 v) {
+  return _mm512_mask_shuffle_f32x4(v, 0xffff, v, v, k * 0x55);
+}
+
 inline float lanes_max(__m512 v) {
   v = _mm512_maskz_max_ps(0xffff, v, _mm512_mask_shuffle_f32x4(v, 0xffff, v, v, 0x4E));
   v = _mm512_maskz_max_ps(0xffff, v, _mm512_mask_shuffle_f32x4(v, 0xffff, v, v, 0xB1));

@@ -12,7 +12,12 @@
 // rows are C = 64 wide, where GCC's OpenMP SIMD reductions spent more on adding their
 // lanes one at a time than on the row); otherwise OpenMP SIMD reductions (a plain float
 // accumulator may not be reordered without -ffast-math).  Either order is fixed by the
-// build, so results stay deterministic.
+// build, so results stay deterministic.  With AVX-512 the rows go four at a time, their
+// trees reduced together (lanes_sum4, the same sums bit for bit): a row's chain of sum,
+// mean, variance and square root is long for its 64 floats, and four side by side run
+// in about half the time of one after another (a C++ harness, 6,400 rows of 64, one
+// thread: the residual forward 0.33 -> 0.16 ms, the backward 0.149 -> 0.111 ms).
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -60,6 +65,58 @@ inline void normalize_row(float* o, float* mean, float* rstd, const float* x, co
   *rstd = rs;
 }
 
+#if defined(__AVX512F__)
+// normalize_row for nr <= 4 consecutive rows (stride C), bit for bit: their sums reduced
+// together (lanes_sum4), the row-long dependency chains of four rows side by side.  The
+// rows past nr repeat row 0 and are not stored.
+inline void normalize_rows4(float* o, float* mean, float* rstd, const float* x, const float* g,
+                            const float* b, int C, float eps, int nr) {
+  const float* xr[4];
+  for (int k = 0; k < 4; ++k) xr[k] = x + (size_t)(k < nr ? k : 0) * C;
+  const __m512 vC = _mm512_set1_ps((float)C);
+  __m512 a[4];
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) a[k] = _mm512_setzero_ps();
+  for (int c = 0; c < C; c += 16) {
+    const __mmask16 h = head_lanes(C - c);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) a[k] = _mm512_add_ps(a[k], _mm512_maskz_loadu_ps(h, xr[k] + c));
+  }
+  const __m512 m = _mm512_div_ps(lanes_sum4(a[0], a[1], a[2], a[3]), vC);
+  const __m512 mk[4] = {quarter<0>(m), quarter<1>(m), quarter<2>(m), quarter<3>(m)};
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) a[k] = _mm512_setzero_ps();
+  for (int c = 0; c < C; c += 16) {
+    const __mmask16 h = head_lanes(C - c);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      const __m512 d = _mm512_maskz_sub_ps(h, _mm512_maskz_loadu_ps(h, xr[k] + c), mk[k]);
+      a[k] = _mm512_fmadd_ps(d, d, a[k]);
+    }
+  }
+  const __m512 var = _mm512_add_ps(_mm512_div_ps(lanes_sum4(a[0], a[1], a[2], a[3]), vC), _mm512_set1_ps(eps));
+  const __m512 rs = _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_maskz_sqrt_ps(0xffff, var));
+  const __m512 rk[4] = {quarter<0>(rs), quarter<1>(rs), quarter<2>(rs), quarter<3>(rs)};
+  for (int c = 0; c < C; c += 16) {
+    const __mmask16 h = head_lanes(C - c);
+    const __m512 gv = _mm512_maskz_loadu_ps(h, g + c), bv = _mm512_maskz_loadu_ps(h, b + c);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      if (k >= nr) break;
+      const __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(h, xr[k] + c), mk[k]), rk[k]);
+      _mm512_mask_storeu_ps(o + (size_t)k * C + c, h, _mm512_fmadd_ps(xh, gv, bv));
+    }
+  }
+  alignas(64) float mv[16], rv[16];
+  _mm512_store_ps(mv, m);
+  _mm512_store_ps(rv, rs);
+  for (int k = 0; k < nr; ++k) {
+    mean[k] = mv[4 * k];
+    rstd[k] = rv[4 * k];
+  }
+}
+#endif
+
 // One row of the backward: din (= or +=), and the row's dout * xhat and dout added to
 // the thread's pg and pb.
 inline void backward_row(float* o, float* pg, float* pb, const float* x, const float* d, const float* g,
@@ -106,13 +163,77 @@ inline void backward_row(float* o, float* pg, float* pb, const float* x, const f
   }
 #endif
 }
+
+#if defined(__AVX512F__)
+// backward_row for nr <= 4 consecutive rows (stride C), bit for bit: the rows' two sums
+// reduced together, pg and pb updated row after row as before.  The rows past nr repeat
+// row 0 and touch nothing.
+inline void backward_rows4(float* o, float* pg, float* pb, const float* x, const float* d, const float* g,
+                           const float* mean, const float* rstd, int C, bool accumulate, int nr) {
+  const float *xr[4], *dr[4];
+  __m512 vm[4], vr[4], s_gh[4], s_ghx[4];
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) {
+    const int q = k < nr ? k : 0;
+    xr[k] = x + (size_t)q * C;
+    dr[k] = d + (size_t)q * C;
+    vm[k] = _mm512_set1_ps(mean[q]);
+    vr[k] = _mm512_set1_ps(rstd[q]);
+    s_gh[k] = s_ghx[k] = _mm512_setzero_ps();
+  }
+  for (int c = 0; c < C; c += 16) {
+    const __mmask16 h = head_lanes(C - c);
+    const __m512 gv = _mm512_maskz_loadu_ps(h, g + c);
+    __m512 pgv = _mm512_maskz_loadu_ps(h, pg + c), pbv = _mm512_maskz_loadu_ps(h, pb + c);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      const __m512 xh = _mm512_maskz_mul_ps(h, _mm512_sub_ps(_mm512_maskz_loadu_ps(h, xr[k] + c), vm[k]), vr[k]);
+      const __m512 dv = _mm512_maskz_loadu_ps(h, dr[k] + c);
+      const __m512 gh = _mm512_mul_ps(dv, gv);
+      s_gh[k] = _mm512_add_ps(s_gh[k], gh);
+      s_ghx[k] = _mm512_fmadd_ps(gh, xh, s_ghx[k]);
+      if (k < nr) {
+        pgv = _mm512_fmadd_ps(dv, xh, pgv);
+        pbv = _mm512_add_ps(dv, pbv);
+      }
+    }
+    _mm512_mask_storeu_ps(pg + c, h, pgv);
+    _mm512_mask_storeu_ps(pb + c, h, pbv);
+  }
+  const __m512 vC = _mm512_set1_ps((float)C);
+  const __m512 mg = _mm512_div_ps(lanes_sum4(s_gh[0], s_gh[1], s_gh[2], s_gh[3]), vC);
+  const __m512 mgx = _mm512_div_ps(lanes_sum4(s_ghx[0], s_ghx[1], s_ghx[2], s_ghx[3]), vC);
+  const __m512 mgk[4] = {quarter<0>(mg), quarter<1>(mg), quarter<2>(mg), quarter<3>(mg)};
+  const __m512 mgxk[4] = {quarter<0>(mgx), quarter<1>(mgx), quarter<2>(mgx), quarter<3>(mgx)};
+  for (int c = 0; c < C; c += 16) {
+    const __mmask16 h = head_lanes(C - c);
+    const __m512 gv = _mm512_maskz_loadu_ps(h, g + c);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      if (k >= nr) break;
+      const __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(h, xr[k] + c), vm[k]), vr[k]);
+      const __m512 gh = _mm512_mul_ps(_mm512_maskz_loadu_ps(h, dr[k] + c), gv);
+      __m512 v = _mm512_mul_ps(vr[k], _mm512_sub_ps(_mm512_sub_ps(gh, mgk[k]), _mm512_mul_ps(xh, mgxk[k])));
+      float* ok = o + (size_t)k * C + c;
+      if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(h, ok), v);
+      _mm512_mask_storeu_ps(ok, h, v);
+    }
+  }
+}
+#endif
 }  // namespace
 
 void layernorm_forward(const Context& ctx, float* out, float* mean, float* rstd, const float* in, const float* g,
                        const float* b, int R, int C, float eps) {
   parallel_chunks(ctx.threads, R, C, [&](long r0, long r1, int) {
+#if defined(__AVX512F__)
+    for (long r = r0; r < r1; r += 4)
+      normalize_rows4(out + (size_t)r * C, mean + r, rstd + r, in + (size_t)r * C, g, b, C, eps,
+                      (int)std::min<long>(4, r1 - r));
+#else
     for (long r = r0; r < r1; ++r)
       normalize_row(out + (size_t)r * C, mean + r, rstd + r, in + (size_t)r * C, g, b, C, eps);
+#endif
   });
 }
 
@@ -122,15 +243,25 @@ void layernorm_residual_forward(const Context& ctx, float* sum, float* out, floa
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
   const uint32_t thr = dropout_threshold(p);
   parallel_chunks(ctx.threads, R, C, [&](long r0, long r1, int) {
-    for (long r = r0; r < r1; ++r) {
-      const size_t o = (size_t)r * C;
+#if defined(__AVX512F__)
+    constexpr long kRows = 4;  // rows summed, then normalised together
+#else
+    constexpr long kRows = 1;
+#endif
+    for (long r = r0; r < r1; r += kRows) {
+      const long nr = std::min(kRows, r1 - r);
+      const size_t o = (size_t)r * C, n = (size_t)nr * C;
       float* s = sum + o;
       if (p > 0.f)
-        for (int c = 0; c < C; ++c)
-          s[c] = a[o + c] + b[o + c] * keep_scale(key, (uint64_t)(o + c), thr, inv_keep);
+        for (size_t e = 0; e < n; ++e)
+          s[e] = a[o + e] + b[o + e] * keep_scale(key, (uint64_t)(o + e), thr, inv_keep);
       else
-        for (int c = 0; c < C; ++c) s[c] = a[o + c] + b[o + c];
+        for (size_t e = 0; e < n; ++e) s[e] = a[o + e] + b[o + e];
+#if defined(__AVX512F__)
+      normalize_rows4(out + o, mean + r, rstd + r, s, g, beta, C, eps, (int)nr);
+#else
       normalize_row(out + o, mean + r, rstd + r, s, g, beta, C, eps);
+#endif
     }
   });
 }
@@ -143,9 +274,15 @@ void layernorm_backward(const Context& ctx, float* din, float* dg, float* db, co
   parallel_chunks(ctx.threads, R, C, [&](long r0, long r1, int t) {
     float* pg = part.data() + (size_t)t * 2 * C;
     float* pb = pg + C;
+#if defined(__AVX512F__)
+    for (long r = r0; r < r1; r += 4)
+      backward_rows4(din + (size_t)r * C, pg, pb, in + (size_t)r * C, dout + (size_t)r * C, g, mean + r,
+                     rstd + r, C, accumulate, (int)std::min<long>(4, r1 - r));
+#else
     for (long r = r0; r < r1; ++r)
       backward_row(din + (size_t)r * C, pg, pb, in + (size_t)r * C, dout + (size_t)r * C, g, mean[r],
                    rstd[r], C, accumulate);
+#endif
   });
   for (int t = 0; t < nt; ++t) {
     const float* pg = part.data() + (size_t)t * 2 * C;
