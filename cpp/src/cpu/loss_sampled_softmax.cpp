@@ -17,8 +17,10 @@
 // summed in thread order, each thread a share of the rows.  Then the positive's terms and
 // the scatter into dE, as before.  Results depend only on the thread count.
 // workspace (floats): En and dEn (2 N C), one chunk of logits, R coefficients, and the
-// threads' row maxima, sums, the chunk's positive logits and partial dh; with gemm_rows
-// (fp32 on AVX-512), En transposed too (C N), so that the logits' product reads it by rows.
+// threads' row maxima, sums, the chunk's positive logits and partial dh, and each
+// negative's logq (N, read by the vectorised pass that masks a row's own target); with
+// gemm_rows (fp32 on AVX-512), En transposed too (C N), so that the logits' product reads
+// it by rows.
 // ctx.precision BF16: every product's operands in bfloat16 with fp32 sums, as the CUDA twin
 // computes them: h, E and ds in the three GEMMs (the bf16 kernel, or, where the CPU has
 // none, gemm_bf16 a region per product), h_r, E[tgt_r] and ds_pos in s_pos and the
@@ -52,7 +54,35 @@ int negative_slices(const Context& ctx, int R, int C, int N) {
 bool fused(const Context& ctx) { return ctx.precision != Precision::BF16 || gemm_bf16_native(); }
 size_t extra_floats(const Context& ctx, int R, int C, int N, int slices) {  // beyond the chunk path's
   const size_t rc = chunk_rows(R, N);
-  return 2 * (size_t)slices * rc + rc + (size_t)slices * rc * C + (rows_products(ctx) ? (size_t)C * N : 0);
+  return 2 * (size_t)slices * rc + rc + (size_t)slices * rc * C + (rows_products(ctx) ? (size_t)C * N : 0) +
+         (size_t)N;
+}
+
+// A row of negatives' logits: row[j] = neg[j] == tg ? -inf : row[j] - lq[j] (lq null: as
+// 0), and the row's max (row_max of the result, in its order), in one vectorised pass.
+inline float negatives_row(float* row, const int32_t* neg, const float* lq, int n, int32_t tg) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+#if defined(__AVX512F__)
+  const __m512i t = _mm512_set1_epi32(tg);
+  const __m512 vinf = _mm512_set1_ps(ninf);
+  __m512 m = vinf;
+  for (int j = 0; j < n; j += 16) {
+    const __mmask16 k = head_lanes(n - j);
+    __m512 x = _mm512_maskz_loadu_ps(k, row + j);
+    if (lq) x = _mm512_maskz_sub_ps(k, x, _mm512_maskz_loadu_ps(k, lq + j));
+    const __mmask16 own = _mm512_mask_cmpeq_epi32_mask(k, _mm512_maskz_loadu_epi32(k, neg + j), t);
+    x = _mm512_mask_mov_ps(x, own, vinf);
+    _mm512_mask_storeu_ps(row + j, k, x);
+    m = _mm512_mask_max_ps(m, k, x, m);  // x > m ? x : m, as row_max
+  }
+  return lanes_max(m);
+#else
+  if (lq)
+    for (int j = 0; j < n; ++j) row[j] = neg[j] == tg ? ninf : row[j] - lq[j];
+  else
+    for (int j = 0; j < n; ++j) row[j] = neg[j] == tg ? ninf : row[j];
+  return row_max(row, n);
+#endif
 }
 }  // namespace
 
@@ -175,14 +205,15 @@ void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE,
   float* const sums = maxes + (size_t)slices * rc;  // slices x rc
   float* const spos = sums + (size_t)slices * rc;  // rc
   float* const partial = spos + rc;  // slices x rc x C
+  float* const lqn = partial + (size_t)slices * rc * C;  // N: logq of each negative (logq given)
   // En transposed (C x N), for gemm_rows's logits (rows_products): B read by rows
-  float* const EnT = rows_products(ctx) ? partial + (size_t)slices * rc * C : nullptr;
-  const float ninf = -std::numeric_limits<float>::infinity();
+  float* const EnT = rows_products(ctx) ? lqn + N : nullptr;
   auto body = [&](int t, int k) {
     const int j0 = (int)((long)N * t / k), j1 = (int)((long)N * (t + 1) / k), nj = j1 - j0;
     for (int j = j0; j < j1; ++j) {
       const float* e = E + (size_t)negatives[j] * C;
       std::memcpy(En + (size_t)j * C, e, C * sizeof(float));
+      if (logq) lqn[j] = logq[negatives[j]];
       if (EnT)
         for (int c = 0; c < C; ++c) EnT[(size_t)c * N + j] = e[c];
     }
@@ -198,11 +229,7 @@ void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE,
       for (int i = 0; i < rn; ++i) {
         const int32_t tg = targets[r0 + i];
         float* row = L + (size_t)i * nj;
-        if (logq)
-          for (int j = 0; j < nj; ++j) row[j] = negatives[j0 + j] == tg ? ninf : row[j] - logq[negatives[j0 + j]];
-        else
-          for (int j = 0; j < nj; ++j) row[j] = negatives[j0 + j] == tg ? ninf : row[j];
-        maxes[(size_t)t * rc + i] = row_max(row, nj);
+        maxes[(size_t)t * rc + i] = negatives_row(row, negatives + j0, logq ? lqn + j0 : nullptr, nj, tg);
         if (i < q0 || i >= q1) continue;
         const float* hr = h + (size_t)(r0 + i) * C;
         const float* ep = E + (size_t)tg * C;
