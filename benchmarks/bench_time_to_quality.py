@@ -42,6 +42,7 @@ VARIANTS = {
     "lr1e-3": ({"learning_rate": 1e-3}, {}),
     "no_smooth": ({}, {"STEPS_SMOOTH": 1}),
     "pat200": ({}, {"STEPS_PATIENCE": 200}),
+    "cap250": ({}, {"MAX_SEQ_CAP": 250}),                # max_seq's rule with a longer cap
     # the first measurements (2026-12-05): a warm refit without decay, no smoothing
     "warm": ({"learning_rate": 1e-3}, {"STEPS_PATIENCE": 200, "STEPS_SMOOTH": 1, "REFIT_DECAY": False}),
     "lr3e-3_warm": ({"learning_rate": 3e-3}, {"STEPS_PATIENCE": 200, "STEPS_SMOOTH": 1,
