@@ -6,9 +6,9 @@
 //             dV_h = Pd^T dO_h;  dP = dropout_p'(dO_h V_h^T);  delta_i = sum_j P_ij dP_ij
 //             dS = P * (dP - delta);  dQ_h = dS K_h / sqrt(D);  dK_h = dS^T Q_h / sqrt(D)
 //             dQ(R, ldq) =, dK, dV(R, ldkv) =
-//             (from saved tiles, with m the dropout multipliers, Pd = P m and dP = m G
-//             for G = dO_h V_h^T: delta_i = sum_j Pd_ij G_ij, dS = Pd G - P delta, so no
-//             multiplier is drawn again)
+//             computed as: with m the dropout multipliers, Pd = P m and dP = m G for
+//             G = dO_h V_h^T, so delta_i = sum_j Pd_ij G_ij and dS = Pd G - P delta (no
+//             multiplier needed once Pd is formed)
 //   attention_last_forward: inference, one query per sequence (its last row), no dropout
 // saved (attention_saved_workspace(R, H, T, p) floats, or null): the forward writes each
 // (sequence s, head h)'s P, an n_s x n_s tile at H * sum_{t<s} n_t^2 + h * n_s^2, and with
@@ -139,21 +139,35 @@ inline void transpose_into(float* Bt, int ldbt, const float* B, int ldb, int n, 
 #endif
 }
 
-// Causal S = alpha * A B^T (rows i, columns j <= i; entries past the diagonal inside a
-// block of NR rows are written too, and those past it otherwise left alone).
-void causal_scores(float* S, int n, const float* A, int lda, const float* Bt, int ldbt, int D, float alpha) {
+// S = alpha * A B^T over D columns, causal.  With the kernels: B transposed into Bt (D x
+// ldbt) first, then rows i and columns j <= i (entries past the diagonal inside a block of
+// NR rows are written too, and those past it otherwise left alone).  Otherwise one sgemm,
+// the full n x n square.
+void causal_scores(int nt, bool kern, float* S, int n, const float* A, int lda, const float* B, int ldb,
+                   float* Bt, int ldbt, int D, float alpha) {
+  if (!kern) {
+    gemm(nt, false, true, n, n, D, alpha, A, lda, B, ldb, 0.f, S, n);
+    return;
+  }
 #ifdef FSR_ATTENTION_KERNELS
+  transpose_into(Bt, ldbt, B, ldb, n, D);
   for (int i0 = 0; i0 < n; i0 += NR) {
     const int nr = std::min(NR, n - i0);
     scores_rows(S + (size_t)i0 * n, n, nr, A + (size_t)i0 * lda, lda, Bt, ldbt, i0 + nr, D, alpha);
   }
 #else
-  (void)S, (void)n, (void)A, (void)lda, (void)Bt, (void)ldbt, (void)D, (void)alpha;
+  (void)Bt, (void)ldbt;
 #endif
 }
 
-// out(i, :) = alpha * sum_{j <= i} P(i, j) in(j, :)   (P n x n, zero past the diagonal)
-void causal_rows(float* out, int ldo, const float* P, int n, const float* in, int ldi, int D, float alpha) {
+// out(i, :) = alpha * sum_{j <= i} P(i, j) in(j, :)   (P n x n, zero past the diagonal as
+// far as the kernels read, or, for the sgemm, entirely)
+void causal_rows(int nt, bool kern, float* out, int ldo, const float* P, int n, const float* in, int ldi, int D,
+                 float alpha) {
+  if (!kern) {
+    gemm(nt, false, false, n, D, n, alpha, P, n, in, ldi, 0.f, out, ldo);
+    return;
+  }
 #ifdef FSR_ATTENTION_KERNELS
   for (int i0 = 0; i0 < n; i0 += NR) {
     const int nr = std::min(NR, n - i0), k1 = std::min(n, i0 + NR);
@@ -161,13 +175,16 @@ void causal_rows(float* out, int ldo, const float* P, int n, const float* in, in
     const float* c = P + (size_t)i0 * n;
     combine_rows(o, ldo, nr, in, ldi, c, n, 1, 0, k1, D, alpha);
   }
-#else
-  (void)out, (void)ldo, (void)P, (void)n, (void)in, (void)ldi, (void)D, (void)alpha;
 #endif
 }
 
 // out(j, :) = alpha * sum_{i >= j} P(i, j) in(i, :)   (P^T's rows; P zero past the diagonal)
-void causal_rows_t(float* out, int ldo, const float* P, int n, const float* in, int ldi, int D, float alpha) {
+void causal_rows_t(int nt, bool kern, float* out, int ldo, const float* P, int n, const float* in, int ldi, int D,
+                   float alpha) {
+  if (!kern) {
+    gemm(nt, true, false, n, D, n, alpha, P, n, in, ldi, 0.f, out, ldo);
+    return;
+  }
 #ifdef FSR_ATTENTION_KERNELS
   for (int j0 = 0; j0 < n; j0 += NR) {
     const int nr = std::min(NR, n - j0);
@@ -175,8 +192,6 @@ void causal_rows_t(float* out, int ldo, const float* P, int n, const float* in, 
     const float* c = P + j0;
     combine_rows(o, ldo, nr, in, ldi, c, 1, n, j0, n, D, alpha);
   }
-#else
-  (void)out, (void)ldo, (void)P, (void)n, (void)in, (void)ldi, (void)D, (void)alpha;
 #endif
 }
 }  // namespace
@@ -233,12 +248,7 @@ void attention_forward(const Context& ctx, float* O, float* lse, const float* Q,
     const float* Qh = Q + (size_t)st * ldq + h * D;
     const float* Kh = K + (size_t)st * ldkv + h * D;
     const float* Vh = V + (size_t)st * ldkv + h * D;
-    if (kern) {
-      transpose_into(Kt, ldt, Kh, ldkv, n, D);
-      causal_scores(S, n, Qh, ldq, Kt, ldt, D, scale);
-    } else {
-      gemm(ctx.threads, false, true, n, n, D, scale, Qh, ldq, Kh, ldkv, 0.f, S, n);
-    }
+    causal_scores(ctx.threads, kern, S, n, Qh, ldq, Kh, ldkv, Kt, ldt, D, scale);
     for (int i = 0; i < n; ++i) {
       float* row = S + (size_t)i * n;
       float* drow = Pd + (size_t)i * n;
@@ -259,10 +269,7 @@ void attention_forward(const Context& ctx, float* O, float* lse, const float* Q,
       }
       for (int j = i + 1; j < zero_end(kern, i, n); ++j) row[j] = drow[j] = 0.f;
     }
-    if (kern)
-      causal_rows(O + (size_t)st * ldo + h * D, ldo, Pd, n, Vh, ldkv, D, 1.f);
-    else
-      gemm(ctx.threads, false, false, n, D, n, 1.f, Pd, n, Vh, ldkv, 0.f, O + (size_t)st * ldo + h * D, ldo);
+    causal_rows(ctx.threads, kern, O + (size_t)st * ldo + h * D, ldo, Pd, n, Vh, ldkv, D, 1.f);
   });
 }
 
@@ -281,15 +288,14 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
   const size_t nbt = kern ? (size_t)D * ldt : 0;
   std::unique_ptr<SavedLayout> lay;
   if (saved) lay.reset(new SavedLayout("attention_backward", cu, B, H, T));
-  // Scratch: without saved tiles, P (then dS), G and the dropout multipliers; with them, G
-  // (then dS) only.
+  // Scratch: G (then dS); without saved tiles also P and, with dropout, Pd.
   const size_t own = saved ? nn : 2 * nn + (p > 0.f ? nn : 0);
   const ThreadScratch scratch = tiles("attention_backward", ctx, own + nbt);
   parallel_for_dynamic(ctx.threads, B * H, [&](int task) {
     const int s = task / H, h = task % H;
     const int st = cu[s], n = cu[s + 1] - cu[s];
     if (n <= 0) return;
-    float* G = scratch.slot();           // dP (the dropped probabilities' gradient), then dS
+    float* G = scratch.slot();           // dO_h V_h^T, then dS
     float* Bt = G + own;                 // the keys, then the values, transposed (kernels)
     const float* Qh = Q + (size_t)st * ldq + h * D;
     const float* Kh = K + (size_t)st * ldkv + h * D;
@@ -299,91 +305,43 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
     float* dKh = dK + (size_t)st * ldkv + h * D;
     float* dVh = dV + (size_t)st * ldkv + h * D;
     const float* P;   // probabilities
-    const float* Pd;  // dropped probabilities
-    float* dS;
+    const float* Pd;  // dropped probabilities (P itself without dropout)
     if (saved) {
       P = saved + lay->at(s, h, n);
       Pd = p > 0.f ? P + lay->half : P;
-      dS = G;
-    } else {
-      float* Pw = G + nn;       // probabilities, then dS
-      float* Gd = G;            // dropped probabilities, then dP
-      float* Mk = Pw + nn;      // the dropout multipliers (p > 0), drawn once
-      if (kern) {
-        transpose_into(Bt, ldt, Kh, ldkv, n, D);
-        causal_scores(Pw, n, Qh, ldq, Bt, ldt, D, scale);
-      } else {
-        gemm(ctx.threads, false, true, n, n, D, scale, Qh, ldq, Kh, ldkv, 0.f, Pw, n);
-      }
+    } else {  // recomputed from lse, the multipliers drawn again
+      float* Pw = G + nn;
+      float* Dw = p > 0.f ? Pw + nn : Pw;
+      causal_scores(ctx.threads, kern, Pw, n, Qh, ldq, Kh, ldkv, Bt, ldt, D, scale);
       for (int i = 0; i < n; ++i) {
         float* row = Pw + (size_t)i * n;
-        float* grow = Gd + (size_t)i * n;
+        float* drow = Dw + (size_t)i * n;
         const float l = lse[(size_t)(st + i) * H + h];
         const uint64_t base = ((uint64_t)(st + i) * H + h) * T;
         for (int j = 0; j <= i; ++j) row[j] = fast_exp(row[j] - l);
-        if (p > 0.f) {
-          float* mrow = Mk + (size_t)i * n;
-          for (int j = 0; j <= i; ++j) mrow[j] = keep_scale(key, base + j, thr, inv_keep);
-          for (int j = 0; j <= i; ++j) grow[j] = row[j] * mrow[j];
-        } else {
-          for (int j = 0; j <= i; ++j) grow[j] = row[j];
-        }
-        for (int j = i + 1; j < zero_end(kern, i, n); ++j) row[j] = grow[j] = 0.f;
+        if (p > 0.f)
+          for (int j = 0; j <= i; ++j) drow[j] = row[j] * keep_scale(key, base + j, thr, inv_keep);
+        for (int j = i + 1; j < zero_end(kern, i, n); ++j) row[j] = drow[j] = 0.f;
       }
-      // dV_h = Pd^T dO_h, before G's tile is overwritten by dP
-      if (kern)
-        causal_rows_t(dVh, ldkv, Gd, n, dOh, ldo, D, 1.f);
-      else
-        gemm(ctx.threads, true, false, n, D, n, 1.f, Gd, n, dOh, ldo, 0.f, dVh, ldkv);
-      // G = dO_h V_h^T, then dP = its dropped entries; delta = sum_j P dP; dS = P (dP - delta)
-      if (kern) {
-        transpose_into(Bt, ldt, Vh, ldkv, n, D);
-        causal_scores(G, n, dOh, ldo, Bt, ldt, D, 1.f);
-      } else {
-        gemm(ctx.threads, false, true, n, n, D, 1.f, dOh, ldo, Vh, ldkv, 0.f, G, n);
-      }
-      for (int i = 0; i < n; ++i) {
-        float* row = Pw + (size_t)i * n;
-        float* grow = G + (size_t)i * n;
-        if (p > 0.f) {
-          const float* mrow = Mk + (size_t)i * n;
-          for (int j = 0; j <= i; ++j) grow[j] *= mrow[j];
-        }
-        const float delta = dot(row, grow, i + 1);
-        for (int j = 0; j <= i; ++j) row[j] = row[j] * (grow[j] - delta);
-        for (int j = i + 1; j < zero_end(kern, i, n); ++j) row[j] = 0.f;
-      }
-      P = Pd = nullptr;
-      dS = Pw;
+      P = Pw;
+      Pd = Dw;
     }
-    if (saved) {
-      // dV_h = Pd^T dO_h;  G = dO_h V_h^T;  delta_i = sum_j Pd G;  dS = Pd G - P delta
-      // (with m the dropout multipliers: Pd = P m, dP = m G, so P (dP - delta) = Pd G - P delta)
-      if (kern) {
-        causal_rows_t(dVh, ldkv, Pd, n, dOh, ldo, D, 1.f);
-        transpose_into(Bt, ldt, Vh, ldkv, n, D);
-        causal_scores(G, n, dOh, ldo, Bt, ldt, D, 1.f);
-      } else {
-        gemm(ctx.threads, true, false, n, D, n, 1.f, Pd, n, dOh, ldo, 0.f, dVh, ldkv);
-        gemm(ctx.threads, false, true, n, n, D, 1.f, dOh, ldo, Vh, ldkv, 0.f, G, n);
-      }
-      for (int i = 0; i < n; ++i) {
-        const float* prow = P + (size_t)i * n;
-        const float* drow = Pd + (size_t)i * n;
-        float* grow = G + (size_t)i * n;
-        const float delta = dot(drow, grow, i + 1);
-        for (int j = 0; j <= i; ++j) grow[j] = drow[j] * grow[j] - prow[j] * delta;
-        for (int j = i + 1; j < zero_end(kern, i, n); ++j) grow[j] = 0.f;
-      }
+    // dV_h = Pd^T dO_h;  G = dO_h V_h^T;  delta_i = sum_j Pd G;  dS = Pd G - P delta (in G)
+    // (with m the dropout multipliers: Pd = P m, dP = m G, so P (dP - delta) = Pd G - P delta)
+    causal_rows_t(ctx.threads, kern, dVh, ldkv, Pd, n, dOh, ldo, D, 1.f);
+    causal_scores(ctx.threads, kern, G, n, dOh, ldo, Vh, ldkv, Bt, ldt, D, 1.f);
+    for (int i = 0; i < n; ++i) {
+      const float* prow = P + (size_t)i * n;
+      const float* drow = Pd + (size_t)i * n;
+      float* grow = G + (size_t)i * n;
+      const float delta = dot(drow, grow, i + 1);
+      for (int j = 0; j <= i; ++j) grow[j] = drow[j] * grow[j] - prow[j] * delta;
+      for (int j = i + 1; j < zero_end(kern, i, n); ++j) grow[j] = 0.f;
     }
+    const float* dS = G;
     // dQ_h = scale * dS K_h;  dK_h = scale * dS^T Q_h
-    if (kern) {
-      causal_rows(dQh, ldq, dS, n, Kh, ldkv, D, scale);
-      causal_rows_t(dKh, ldkv, dS, n, Qh, ldq, D, scale);
-    } else {
-      gemm(ctx.threads, false, false, n, D, n, scale, dS, n, Kh, ldkv, 0.f, dQh, ldq);
-      gemm(ctx.threads, true, false, n, D, n, scale, dS, n, Qh, ldq, 0.f, dKh, ldkv);
-    }
+    causal_rows(ctx.threads, kern, dQh, ldq, dS, n, Kh, ldkv, D, scale);
+    causal_rows_t(ctx.threads, kern, dKh, ldkv, dS, n, Qh, ldq, D, scale);
   });
 }
 
