@@ -30,27 +30,10 @@
 namespace fsr::cpu {
 
 namespace {
+#if !defined(__AVX512F__)
 // One row: o = (x - mean) * rstd * g + b, with mean and rstd stored.
 inline void normalize_row(float* o, float* mean, float* rstd, const float* x, const float* g,
                           const float* b, int C, float eps) {
-#if defined(__AVX512F__)
-  const float m = row_sum(x, C) / C;
-  const __m512 vm = _mm512_set1_ps(m);
-  __m512 acc = _mm512_setzero_ps();
-  for (int c = 0; c < C; c += 16) {
-    const __mmask16 k = head_lanes(C - c);
-    const __m512 d = _mm512_maskz_sub_ps(k, _mm512_maskz_loadu_ps(k, x + c), vm);
-    acc = _mm512_fmadd_ps(d, d, acc);
-  }
-  const float rs = 1.f / std::sqrt(lanes_sum(acc) / C + eps);
-  const __m512 vr = _mm512_set1_ps(rs);
-  for (int c = 0; c < C; c += 16) {
-    const __mmask16 k = head_lanes(C - c);
-    const __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + c), vm), vr);
-    _mm512_mask_storeu_ps(o + c, k, _mm512_fmadd_ps(xh, _mm512_maskz_loadu_ps(k, g + c),
-                                                    _mm512_maskz_loadu_ps(k, b + c)));
-  }
-#else
   float s = 0.f;
 #pragma omp simd reduction(+ : s)
   for (int c = 0; c < C; ++c) s += x[c];
@@ -60,15 +43,16 @@ inline void normalize_row(float* o, float* mean, float* rstd, const float* x, co
   for (int c = 0; c < C; ++c) v += (x[c] - m) * (x[c] - m);
   const float rs = 1.f / std::sqrt(v / C + eps);
   for (int c = 0; c < C; ++c) o[c] = (x[c] - m) * rs * g[c] + b[c];
-#endif
   *mean = m;
   *rstd = rs;
 }
+#endif
 
 #if defined(__AVX512F__)
-// normalize_row for nr <= 4 consecutive rows (stride C), bit for bit: their sums reduced
-// together (lanes_sum4), the row-long dependency chains of four rows side by side.  The
-// rows past nr repeat row 0 and are not stored.
+// nr <= 4 consecutive rows (stride C): o = (x - mean) * rstd * g + b, with mean and rstd
+// stored.  Each row's sums are 16 lanes of partial sums and lanes_sum's tree, the four
+// rows' trees reduced together (lanes_sum4), so that the row-long dependency chains of
+// four rows run side by side.  The rows past nr repeat row 0 and are not stored.
 inline void normalize_rows4(float* o, float* mean, float* rstd, const float* x, const float* g,
                             const float* b, int C, float eps, int nr) {
   const float* xr[4];
@@ -117,34 +101,11 @@ inline void normalize_rows4(float* o, float* mean, float* rstd, const float* x, 
 }
 #endif
 
+#if !defined(__AVX512F__)
 // One row of the backward: din (= or +=), and the row's dout * xhat and dout added to
 // the thread's pg and pb.
 inline void backward_row(float* o, float* pg, float* pb, const float* x, const float* d, const float* g,
                          float m, float rs, int C, bool accumulate) {
-#if defined(__AVX512F__)
-  const __m512 vm = _mm512_set1_ps(m), vr = _mm512_set1_ps(rs);
-  __m512 s_gh = _mm512_setzero_ps(), s_ghx = _mm512_setzero_ps();
-  for (int c = 0; c < C; c += 16) {
-    const __mmask16 k = head_lanes(C - c);
-    const __m512 xh = _mm512_maskz_mul_ps(k, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + c), vm), vr);
-    const __m512 dv = _mm512_maskz_loadu_ps(k, d + c);
-    const __m512 gh = _mm512_mul_ps(dv, _mm512_maskz_loadu_ps(k, g + c));
-    s_gh = _mm512_add_ps(s_gh, gh);
-    s_ghx = _mm512_fmadd_ps(gh, xh, s_ghx);
-    _mm512_mask_storeu_ps(pg + c, k, _mm512_fmadd_ps(dv, xh, _mm512_maskz_loadu_ps(k, pg + c)));
-    _mm512_mask_storeu_ps(pb + c, k, _mm512_add_ps(dv, _mm512_maskz_loadu_ps(k, pb + c)));
-  }
-  const __m512 mg = _mm512_set1_ps(lanes_sum(s_gh) / C);
-  const __m512 mgx = _mm512_set1_ps(lanes_sum(s_ghx) / C);
-  for (int c = 0; c < C; c += 16) {
-    const __mmask16 k = head_lanes(C - c);
-    const __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + c), vm), vr);
-    const __m512 gh = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, d + c), _mm512_maskz_loadu_ps(k, g + c));
-    __m512 v = _mm512_mul_ps(vr, _mm512_sub_ps(_mm512_sub_ps(gh, mg), _mm512_mul_ps(xh, mgx)));
-    if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, o + c), v);
-    _mm512_mask_storeu_ps(o + c, k, v);
-  }
-#else
   float sum_gh = 0.f, sum_ghx = 0.f;
 #pragma omp simd reduction(+ : sum_gh, sum_ghx)
   for (int c = 0; c < C; ++c) {
@@ -161,13 +122,14 @@ inline void backward_row(float* o, float* pg, float* pb, const float* x, const f
     const float v = rs * (d[c] * g[c] - mg - xh * mgx);
     o[c] = accumulate ? o[c] + v : v;
   }
-#endif
 }
+#endif
 
 #if defined(__AVX512F__)
-// backward_row for nr <= 4 consecutive rows (stride C), bit for bit: the rows' two sums
-// reduced together, pg and pb updated row after row as before.  The rows past nr repeat
-// row 0 and touch nothing.
+// The backward of nr <= 4 consecutive rows (stride C): din (= or +=), and each row's
+// dout * xhat and dout added to the thread's pg and pb, row after row.  Each row's two sums
+// as in normalize_rows4, the rows' trees reduced together.  The rows past nr repeat row 0
+// and touch nothing.
 inline void backward_rows4(float* o, float* pg, float* pb, const float* x, const float* d, const float* g,
                            const float* mean, const float* rstd, int C, bool accumulate, int nr) {
   const float *xr[4], *dr[4];
