@@ -29,6 +29,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "cpu/fast_math.h"
 #include "cpu/ops.h"
@@ -138,7 +139,8 @@ void sampled_softmax_regions(const Context& ctx, float* loss, float* dh, float* 
   float* dpos = logits + (size_t)rc * N;
   for (int j = 0; j < N; ++j) std::memcpy(En + (size_t)j * C, E + (size_t)negatives[j] * C, C * sizeof(float));
   if (grad) std::memset(dEn, 0, (size_t)N * C * sizeof(float));
-  const float ninf = -std::numeric_limits<float>::infinity();
+  std::vector<float> lqn(logq ? (size_t)N : 0);  // logq of each negative
+  for (int j = 0; j < (int)lqn.size(); ++j) lqn[j] = logq[negatives[j]];
 
   for (int r0 = 0; r0 < R; r0 += rc) {
     const int rn = std::min(rc, R - r0);
@@ -156,11 +158,7 @@ void sampled_softmax_regions(const Context& ctx, float* loss, float* dh, float* 
           d = dot(hr, ep, C);
         const float sp = d - (logq ? logq[t] : 0.f);
         float* row = logits + (size_t)i * N;
-        if (logq)
-          for (int j = 0; j < N; ++j) row[j] = negatives[j] == t ? ninf : row[j] - logq[negatives[j]];
-        else
-          for (int j = 0; j < N; ++j) row[j] = negatives[j] == t ? ninf : row[j];
-        const float m = std::max(sp, row_max(row, N));
+        const float m = std::max(sp, negatives_row(row, negatives, logq ? lqn.data() : nullptr, N, t));
         const float ep_ = fast_exp(sp - m);
         // exp(s - m) is kept: the gradient is grad_scale * e / z
         const float z = ep_ + exp_sum_inplace(row, N, m);
