@@ -321,6 +321,7 @@ void Model::ensure_acts(Acts& a, int R, int B, bool training) {
   auto i = [&](int32_t** p, size_t n) { plan.push_back({(void**)p, n}); };
   a.layers.assign(Nl, {});
   for (auto& L : a.layers) {
+    const size_t first = plan.size();
     for (float** p : {&L.x, &L.q, &L.Qp, &L.att, &L.x1, &L.y}) f(p, Rs * C);
     for (float** p : {&L.mean1, &L.rstd1, &L.mean2, &L.rstd2}) f(p, Rs);
     f(&L.KV, Rs * 2 * C);
@@ -328,8 +329,10 @@ void Model::ensure_acts(Acts& a, int R, int B, bool training) {
     f(&L.f1, Rs * F);
     // Attention's probabilities, kept for its backward where the backend keeps them (the
     // CPU) and they cost no more memory than the rest of the layer's activations.
+    size_t layer = 0;
+    for (size_t k = first; k < plan.size(); ++k) layer += plan[k].second;
     const size_t saved = training ? be_->attention_saved_workspace(R, (int)H, cfg_.max_seq, cfg_.dropout) : 0;
-    if (saved > 0 && saved <= Rs * (8 * C + F + 4 + H)) f(&L.saved, saved);
+    if (saved > 0 && saved <= layer) f(&L.saved, saved);
   }
   for (float** p : {&a.xL, &a.h, &a.tmp}) f(p, Rs * C);
   for (float** p : {&a.meanf, &a.rstdf}) f(p, Rs);
