@@ -43,6 +43,10 @@ VARIANTS = {
     "no_smooth": ({}, {"STEPS_SMOOTH": 1}),
     "pat200": ({}, {"STEPS_PATIENCE": 200}),
     "cap250": ({}, {"MAX_SEQ_CAP": 250}),                # max_seq's rule with a longer cap
+    "heads2": ({"n_heads": 2}, {}),                      # two heads of 32 instead of one of 64
+    "heads4": ({"n_heads": 4}, {}),
+    "batch64": ({"batch_size": 64}, {}),                 # half the batch (the lr rule follows it)
+    "drop0.6": ({"dropout": 0.6}, {}),
     # the first measurements (2026-12-05): a warm refit without decay, no smoothing
     "warm": ({"learning_rate": 1e-3}, {"STEPS_PATIENCE": 200, "STEPS_SMOOTH": 1, "REFIT_DECAY": False}),
     "lr3e-3_warm": ({"learning_rate": 3e-3}, {"STEPS_PATIENCE": 200, "STEPS_SMOOTH": 1,
