@@ -1,5 +1,5 @@
 // Dropout on the GPU (twin of cpp/src/cpu/dropout.cpp): one thread per element, the same
-// counter-based masks (element e keeps when rng_uniform(key, e) >= p).
+// counter-based masks (element e keeps when dropout_uniform(key, e) >= p, fastsasrec/rng.h).
 //   dropout_forward : out(n) = in * keep / (1 - p)                        (out may be in)
 //   dropout_backward: din(n) = dout * keep / (1 - p) [* (relu_out > 0)]   (din may be dout)
 #include "cuda/common.cuh"

@@ -97,6 +97,33 @@ def test_rng_matches_reference(seed, stream):
     for n in (0, 1, 4097):
         np.testing.assert_array_equal(CORE.Ops.uniform(key, n), R.uniform(key, n),
                                       err_msg=f"uniform(key of ({seed}, {stream}), {n})")
+        np.testing.assert_array_equal(CORE.Ops.dropout_uniform(key, n), R.dropout_uniform(key, n),
+                                      err_msg=f"dropout_uniform(key of ({seed}, {stream}), {n})")
+
+
+# Counters from any start (odd ones take a draw's high half first), and across the 2^33 at
+# which a draw's counter (e // 2) carries into its high 32 bits.
+@pytest.mark.parametrize("start,n", [(0, 1), (1, 31), (7, 100), (2**33 - 40, 90), (2**33 - 41, 90),
+                                     (2**40 + 3, 64), (2**64 - 70, 69)])
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.99999])
+def test_cpu_dropout_masks_match_reference(start, n, p):
+    key = CORE.Ops.rng_key(5, 17)
+    got = CORE.Ops.dropout_keep_scales(key, p, start, n)
+    want = R.dropout_multiplier(R.dropout_uniform(key, n, start), p)
+    np.testing.assert_array_equal(got != 0, want != 0, err_msg=f"keep mask from counter {start}")
+    np.testing.assert_array_equal(got[got != 0], np.float32(1 / (1 - np.float32(p))))
+
+
+def test_dropout_uniform_statistics():
+    u = CORE.Ops.dropout_uniform(CORE.Ops.rng_key(7, 0), 200_000).astype(np.float64)
+    assert u.min() >= 0.0 and u.max() < 1.0
+    assert np.all(u * 2**16 == np.round(u * 2**16)), "dropout uniforms carry 16 bits"
+    for lo, hi in ((u[0::2], "even counters"), (u[1::2], "odd counters")):
+        frac = np.mean(lo < 0.3)  # each half of a draw on its own
+        assert abs(frac - 0.3) < 6 * np.sqrt(0.3 * 0.7 / lo.size), (hi, frac)
+    # neighbours (the two halves of one draw) uncorrelated
+    c = np.corrcoef(u[0::2], u[1::2])[0, 1]
+    assert abs(c) < 6 / np.sqrt(u.size / 2), c
 
 
 def test_uniform_statistics():
@@ -125,7 +152,7 @@ def test_dropout(ops, n, p, relu, seed):
     key = R.rng_key(seed, 99)
     x = normal(rng, n)
     x[x == 0] = 1.0  # no exact zeros, so a zero output means "dropped"
-    mult = R.dropout_multiplier(R.uniform(key, n), p)
+    mult = R.dropout_multiplier(R.dropout_uniform(key, n), p)
     out = poison(n)
     ops.dropout_forward(out, x, n, p, key)
     ref = R.dropout_forward(x, mult)
@@ -148,7 +175,7 @@ def test_dropout(ops, n, p, relu, seed):
 def test_dropout_keeps_at_threshold(ops):
     """keep is uniform >= p: a draw equal to p is kept (p chosen among the draws)."""
     key = R.rng_key(3, 4)
-    u = ops.uniform(key, 64)
+    u = ops.dropout_uniform(key, 64)
     k = int(np.argmin(np.abs(u - 0.5)))
     p = float(u[k])  # exactly representable: the engine compares the same float32 values
     out = poison(64)
@@ -176,7 +203,7 @@ def test_layernorm_residual(ops, R_, C, p, seed):
     b[b == 0] = 1.0  # no exact zeros, so the mask shows in the sum
     g, beta = normal(rng, C), normal(rng, C)
     eps, key = f32(1e-5), R.rng_key(seed, 7)
-    mult = R.dropout_multiplier(R.uniform(key, R_ * C).reshape(R_, C), p)
+    mult = R.dropout_multiplier(R.dropout_uniform(key, R_ * C).reshape(R_, C), p)
     s, out, mean, rstd = poison(R_, C), poison(R_, C), poison(R_), poison(R_)
     ops.layernorm_residual_forward(s, out, mean, rstd, a, b, p, key, g, beta, R_, C, eps)
     rs_ = R.layernorm_residual_forward(a, b, g, beta, eps, mult)[0]
@@ -219,7 +246,7 @@ def test_embedding(ops, R_, C, V, T, p, seed):
     pos = rng.integers(0, T, R_).astype(np.int32)
     scale = f32(np.sqrt(C))
     key = R.rng_key(seed, 0)
-    mult = R.dropout_multiplier(R.uniform(key, R_ * C).reshape(R_, C), p)
+    mult = R.dropout_multiplier(R.dropout_uniform(key, R_ * C).reshape(R_, C), p)
 
     x = poison(R_, C)
     ops.embedding_forward(x, items, pos, E, P, R_, C, scale, p, key)
@@ -253,7 +280,7 @@ def test_embedding_backward_accumulates(ops, R_, C, V, T, p, seed):
     pos = rng.integers(0, T, R_).astype(np.int32)
     scale = f32(np.sqrt(C))
     key = R.rng_key(seed, 0)
-    mult = R.dropout_multiplier(R.uniform(key, R_ * C).reshape(R_, C), p)
+    mult = R.dropout_multiplier(R.dropout_uniform(key, R_ * C).reshape(R_, C), p)
     dx = normal(rng, R_, C)
     plain = zeros(V + 1, C), zeros(T, C)
     ops.embedding_backward(*plain, dx, items, pos, R_, C, scale, p, key)
@@ -385,7 +412,7 @@ LIN_IDS = ids(LIN_CASES, lambda r, i, o, re, p, s: f"R{r}-I{i}-O{o}-relu{int(re)
 def _linear_dropout(R_, O, p, seed):
     """The output dropout's key and multipliers (R, O) of a linear case."""
     key = R.rng_key(seed, 5)
-    return key, R.dropout_multiplier(R.uniform(key, R_ * O).reshape(R_, O), p)
+    return key, R.dropout_multiplier(R.dropout_uniform(key, R_ * O).reshape(R_, O), p)
 
 
 @pytest.mark.parametrize("R_,I,O,relu,p,seed", LIN_CASES, ids=LIN_IDS)
@@ -564,7 +591,7 @@ def test_attention(ops, lens, C, H, T, p, seed, keep):
     Rn = int(cu[-1])
     Q, K, V = normal(rng, Rn, C), normal(rng, Rn, C), normal(rng, Rn, C)
     key = R.rng_key(seed, 1)
-    drop = R.attention_dropout(R.uniform(key, Rn * H * T), Rn, H, T, p) if p > 0 else None
+    drop = R.attention_dropout(R.dropout_uniform(key, Rn * H * T), Rn, H, T, p) if p > 0 else None
 
     B, D, n_max = len(lens), C // H, longest(cu)
     O, lse = poison(Rn, C), poison(Rn, H)
@@ -1186,7 +1213,7 @@ def test_reference_fd_embedding():
     rng = np.random.default_rng(seed)
     E, P = rng.standard_normal((6, 5)), rng.standard_normal((4, 5))
     items, pos = np.array([1, 3, 3, 5, 2]), np.array([0, 3, 1, 3, 2])
-    mult = R.dropout_multiplier(R.uniform(R.rng_key(seed, 0), 25).reshape(5, 5), 0.3)
+    mult = R.dropout_multiplier(R.dropout_uniform(R.rng_key(seed, 0), 25).reshape(5, 5), 0.3)
     w = rng.standard_normal((5, 5))
     f = lambda q: np.sum(w * R.embedding_forward(q["E"], q["P"], items, pos, 2.5, mult))  # noqa: E731
     dE, dP = R.embedding_backward(w, items, pos, 6, 4, 2.5, mult)
@@ -1208,7 +1235,7 @@ def test_reference_fd_linear(relu, p, seed):
     rng = np.random.default_rng(seed)
     x, W, b = rng.standard_normal((4, 3)), rng.standard_normal((3, 5)), rng.standard_normal(5)
     w = rng.standard_normal((4, 5))
-    mult = R.dropout_multiplier(R.uniform(R.rng_key(seed, 0), 20).reshape(4, 5), p) if p else None
+    mult = R.dropout_multiplier(R.dropout_uniform(R.rng_key(seed, 0), 20).reshape(4, 5), p) if p else None
     f = lambda q: np.sum(w * R.linear_forward(q["x"], q["W"], q["b"], relu, mult))  # noqa: E731
     # The backward through the output dropout, with the dropped output as the ReLU's mask
     # (as the engine's model does: it keeps only that output).
@@ -1223,7 +1250,7 @@ def test_reference_fd_dropout_residual():
     rng = np.random.default_rng(seed)
     x, y, w = rng.standard_normal(9), rng.standard_normal(9), rng.standard_normal(9)
     relu_out = np.maximum(rng.standard_normal(9), 0)
-    mult = R.dropout_multiplier(R.uniform(R.rng_key(seed, 0), 9), 0.3)
+    mult = R.dropout_multiplier(R.dropout_uniform(R.rng_key(seed, 0), 9), 0.3)
     # out = dropout(x) masked by a fixed ReLU pattern, plus y (residual)
     f = lambda q: np.sum(w * R.residual_forward(  # noqa: E731
         np.where(relu_out > 0, R.dropout_forward(q["x"], mult), 0.0), q["y"]))
@@ -1238,7 +1265,7 @@ def test_reference_fd_layernorm_residual():
     a, b = rng.standard_normal((3, 6)), rng.standard_normal((3, 6))
     g, beta = rng.standard_normal(6), rng.standard_normal(6)
     w1, w2 = rng.standard_normal((3, 6)), rng.standard_normal((3, 6))
-    mult = R.dropout_multiplier(R.uniform(R.rng_key(seed, 0), 18).reshape(3, 6), 0.3)
+    mult = R.dropout_multiplier(R.dropout_uniform(R.rng_key(seed, 0), 18).reshape(3, 6), 0.3)
 
     def f(q):  # the sum feeds on (w1) as well as the norm (w2), as a layer's output does
         s, out, _, _ = R.layernorm_residual_forward(q["a"], q["b"], q["g"], q["beta"], 1e-5, mult)
@@ -1255,7 +1282,7 @@ def test_reference_fd_attention(lens, H, p, seed):
     cu = np.concatenate([[0], np.cumsum(lens)])
     Rn, C, T = int(cu[-1]), 2 * H + 2 * (H == 1), 5
     Q, K, V, w = (rng.standard_normal((Rn, C)) for _ in range(4))
-    drop = R.attention_dropout(R.uniform(R.rng_key(seed, 1), Rn * H * T), Rn, H, T, p) if p else None
+    drop = R.attention_dropout(R.dropout_uniform(R.rng_key(seed, 1), Rn * H * T), Rn, H, T, p) if p else None
     f = lambda q: np.sum(w * R.attention_forward(q["Q"], q["K"], q["V"], cu, H, drop)[0])  # noqa: E731
     dQ, dK, dV = R.attention_backward(w, Q, K, V, cu, H, drop)
     _check(f, {"Q": Q, "K": K, "V": V}, {"Q": dQ, "K": dK, "V": dV}, "attention", seed)

@@ -15,9 +15,11 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "bind.h"
 #include "convert.h"
+#include "cpu/keep_bits.h"
 #include "cpu/ops.h"
 #include "fastsasrec/backend.h"
 #include "fastsasrec/config.h"
@@ -144,6 +146,32 @@ F32 uniform(uint64_t key, int64_t n) {
   return out;
 }
 
+// The CPU's dropout multipliers of counters [counter, counter + n) for rate p, as its masked
+// loops draw them (cpu/keep_bits.h, 32 at a time, from any counter), or element by element
+// where the build has no AVX-512 BW.
+F32 dropout_keep_scales(uint64_t key, float p, uint64_t counter, int64_t n) {
+  FSR_REQUIRE(n >= 0, "n must be >= 0, got ", n);
+  FSR_REQUIRE(p > 0.f && p < 1.f, "p must be in (0, 1), got ", p);
+  F32 out({(py::ssize_t)n});
+  float* o = out.mutable_data();
+  const uint32_t thr = dropout_threshold(p);
+  const float inv_keep = 1.f / (1.f - p);
+#if FSR_KEEP_BITS
+  std::vector<float> ones((size_t)n, 1.f);
+  fsr::cpu::scale_kept(o, ones.data(), (size_t)n, key, thr, counter, inv_keep);
+#else
+  for (int64_t e = 0; e < n; ++e) o[e] = keep_scale(key, counter + (uint64_t)e, thr, inv_keep);
+#endif
+  return out;
+}
+
+F32 dropout_uniform(uint64_t key, int64_t n) {
+  FSR_REQUIRE(n >= 0, "n must be >= 0, got ", n);
+  F32 out({(py::ssize_t)n});
+  for (int64_t e = 0; e < n; ++e) out.mutable_data()[e] = fsr::dropout_uniform(key, (uint64_t)e);
+  return out;
+}
+
 // cpu::gemm_bf16 on a chosen path (native: the AVX-512 BF16 kernel; else the fallback) over
 // `threads` threads, on numpy arrays in place (C: += / = as beta says).
 void gemm_bf16(bool native, int threads, bool ta, bool tb, int M, int N, int K, float alpha,
@@ -171,6 +199,9 @@ void bind_ops(py::module_& m) {
       .def_property_readonly("threads", &Ops::threads)
       .def_static("rng_key", &rng_key, py::arg("seed"), py::arg("stream"))
       .def_static("uniform", &uniform, py::arg("key"), py::arg("n"))
+      .def_static("dropout_uniform", &dropout_uniform, py::arg("key"), py::arg("n"))
+      .def_static("dropout_keep_scales", &dropout_keep_scales, py::arg("key"), py::arg("p"),
+                  py::arg("counter"), py::arg("n"))
       .def_static("gemm_bf16", &gemm_bf16, py::arg("native"), py::arg("threads"), py::arg("trans_a"),
                   py::arg("trans_b"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("alpha"),
                   py::arg("A"), py::arg("lda"), py::arg("B"), py::arg("ldb"), py::arg("beta"),

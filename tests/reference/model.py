@@ -194,7 +194,7 @@ def dropout_masks(cfg, step, R, train=True):
         n = int(np.prod(shape))
         if p <= 0:
             return np.ones(shape)
-        u = ops.uniform(ops.rng_key(c["seed"], ops.dropout_stream(step, site)), n)
+        u = ops.dropout_uniform(ops.rng_key(c["seed"], ops.dropout_stream(step, site)), n)
         return ops.dropout_multiplier(u.reshape(shape), p)
 
     return {

@@ -75,6 +75,16 @@ def uniform(key: int, n: int) -> np.ndarray:
     return ((u32 >> np.uint64(8)).astype(np.float64) / 16777216.0).astype(np.float32)
 
 
+def dropout_uniform(key: int, n: int, start: int = 0) -> np.ndarray:
+    """float32 dropout uniforms in [0, 1) of counters start..start+n-1: shape (n,).  16 bits
+    each, two to a 32-bit draw: counter e takes the low half of draw e // 2 when e is even,
+    the high half when it is odd; the uniform is that half / 2^16 (exact in float32)."""
+    e = np.uint64(start) + np.arange(n, dtype=np.uint64)
+    u32 = rng_u32(key, e >> np.uint64(1))
+    half = (u32 >> ((e & np.uint64(1)) * np.uint64(16))) & np.uint64(0xFFFF)
+    return (half.astype(np.float64) / 65536.0).astype(np.float32)
+
+
 def rng_int(key: int, counters, lo: int, hi: int) -> np.ndarray:
     """Integers in [lo, hi] by multiply-shift of the 32-bit draws: shape of ``counters``."""
     span = np.uint64(hi - lo + 1)
@@ -88,7 +98,8 @@ def dropout_stream(step: int, site: int) -> int:
 
 # ----------------------------------------------------------------------------- dropout
 def dropout_multiplier(u: np.ndarray, p: float) -> np.ndarray:
-    """Multipliers keep / (1 - p) (float64, shape of ``u``); keep = u >= p in float32.
+    """Multipliers keep / (1 - p) (float64, shape of ``u``); keep = u >= p in float32, u
+    from dropout_uniform.
 
     ``p`` is the float32 rate the engine sees; p == 0 gives all ones."""
     p32 = np.float32(p)
@@ -184,7 +195,7 @@ def id_keep(key: int, n_rows: int, p: float) -> np.ndarray:
     p32 = np.float32(p)
     if p32 <= 0:
         return np.ones(n_rows)
-    return (uniform(key, n_rows) >= p32).astype(np.float64)
+    return (dropout_uniform(key, n_rows) >= p32).astype(np.float64)
 
 
 def feature_bag_forward(E, F, values, offsets, mean, keep=None):

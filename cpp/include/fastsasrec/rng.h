@@ -46,13 +46,25 @@ FSR_HD inline float rng_uniform(uint64_t key, uint64_t counter) {
   return static_cast<float>(rng_u32(key, counter) >> 8) * (1.0f / 16777216.0f);
 }
 
-// Dropout keeps an element when its uniform draw is >= p, i.e. when its 24-bit draw
-// (u >> 8) is >= ceil(p * 2^24): compared as integers, so that the loops vectorise.
+// Dropout's draws are 16 bits, two to a 32-bit draw: counter e takes the low half of
+// rng_u32(key, e / 2) when e is even and the high half when it is odd, so that a vector loop
+// hashes once for two neighbouring elements (cpu/keep_bits.h).  As a uniform in [0, 1):
+// dropout_draw / 2^16.
+FSR_HD inline uint32_t dropout_draw(uint64_t key, uint64_t counter) {
+  return (rng_u32(key, counter >> 1) >> (static_cast<uint32_t>(counter & 1) * 16u)) & 0xFFFFu;
+}
+FSR_HD inline float dropout_uniform(uint64_t key, uint64_t counter) {
+  return static_cast<float>(dropout_draw(key, counter)) * (1.0f / 65536.0f);
+}
+
+// Dropout keeps an element when its uniform is >= p, i.e. when its 16-bit draw is
+// >= ceil(p * 2^16) (exact in float32): compared as integers, so that the loops vectorise.
+// The rate kept is 1 - ceil(p * 2^16) / 2^16, within 2^-16 of 1 - p.
 FSR_HD inline uint32_t dropout_threshold(float p) {
-  return p <= 0.f ? 0u : static_cast<uint32_t>(ceilf(p * 16777216.0f));
+  return p <= 0.f ? 0u : static_cast<uint32_t>(ceilf(p * 65536.0f));
 }
 FSR_HD inline bool dropout_keep(uint64_t key, uint64_t counter, uint32_t threshold) {
-  return (rng_u32(key, counter) >> 8) >= threshold;
+  return dropout_draw(key, counter) >= threshold;
 }
 
 // Id dropout (feature_bag): item row i keeps its id embedding in the step of `key` when

@@ -39,6 +39,7 @@
 
 #include "cpu/fast_math.h"
 #include "cpu/gemm_rows.h"
+#include "cpu/keep_bits.h"
 #include "cpu/op_profile.h"
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
@@ -258,12 +259,10 @@ void attention_forward(const Context& ctx, float* O, float* lse, const float* Q,
       const float inv_l = 1.f / l;
       const uint64_t base = ((uint64_t)(st + i) * H + h) * T;
       if (p > 0.f && drow != row) {  // P kept, Pd beside it
-        for (int j = 0; j <= i; ++j) {
-          row[j] *= inv_l;
-          drow[j] = row[j] * keep_scale(key, base + j, thr, inv_keep);
-        }
+        for (int j = 0; j <= i; ++j) row[j] *= inv_l;
+        scale_kept(drow, row, (size_t)i + 1, key, thr, base, inv_keep);
       } else if (p > 0.f) {
-        for (int j = 0; j <= i; ++j) row[j] *= inv_l * keep_scale(key, base + j, thr, inv_keep);
+        scale_kept(row, row, (size_t)i + 1, key, thr, base, inv_l * inv_keep);
       } else {
         for (int j = 0; j <= i; ++j) row[j] *= inv_l;
       }
@@ -319,8 +318,7 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
         const float l = lse[(size_t)(st + i) * H + h];
         const uint64_t base = ((uint64_t)(st + i) * H + h) * T;
         for (int j = 0; j <= i; ++j) row[j] = fast_exp(row[j] - l);
-        if (p > 0.f)
-          for (int j = 0; j <= i; ++j) drow[j] = row[j] * keep_scale(key, base + j, thr, inv_keep);
+        if (p > 0.f) scale_kept(drow, row, (size_t)i + 1, key, thr, base, inv_keep);
         for (int j = i + 1; j < zero_end(kern, i, n); ++j) row[j] = drow[j] = 0.f;
       }
       P = Pw;

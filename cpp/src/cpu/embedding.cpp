@@ -6,6 +6,7 @@
 // whole columns, so there are no races and the sums do not depend on the schedule.
 #include <algorithm>
 
+#include "cpu/keep_bits.h"
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
 #include "fastsasrec/rng.h"
@@ -22,9 +23,17 @@ void embedding_forward(const Context& ctx, float* x, const int32_t* items, const
       const float* q = P + (size_t)pos[r] * C;
       float* xr = x + (size_t)r * C;
       const uint64_t base = (uint64_t)r * C;
-      if (p > 0.f)
+      if (p > 0.f) {
+#if FSR_KEEP_BITS
+        const __m512 vs = _mm512_set1_ps(inv_keep), vsc = _mm512_set1_ps(scale);
+        keep_blocks((size_t)C, key, thr, base, [&](size_t c, __mmask16 keep, __mmask16 valid) {
+          const __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(valid, e + c), vsc, _mm512_maskz_loadu_ps(valid, q + c));
+          _mm512_mask_storeu_ps(xr + c, valid, _mm512_mul_ps(v, keep_mult(keep, vs)));
+        });
+#else
         for (int c = 0; c < C; ++c) xr[c] = (e[c] * scale + q[c]) * keep_scale(key, base + c, thr, inv_keep);
-      else
+#endif
+      } else
         for (int c = 0; c < C; ++c) xr[c] = e[c] * scale + q[c];
     }
   });
@@ -50,7 +59,7 @@ void embedding_backward(const Context& ctx, float* dE, float* dP, const float* d
       float v[kMaxBlock];
       for (int c0b = c0; c0b < c1; c0b += kMaxBlock) {
         const int nb = std::min(kMaxBlock, c1 - c0b);
-        for (int c = 0; c < nb; ++c) v[c] = g[c0b + c] * keep_scale(key, base + c0b + c, thr, inv_keep);
+        scale_kept(v, g + c0b, (size_t)nb, key, thr, base + c0b, inv_keep);
         for (int c = 0; c < nb; ++c) de[c0b + c] += scale * v[c];
         for (int c = 0; c < nb; ++c) dq[c0b + c] += v[c];
       }

@@ -23,6 +23,7 @@
 
 #include "cpu/fast_math.h"
 
+#include "cpu/keep_bits.h"
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
 #include "fastsasrec/rng.h"
@@ -199,6 +200,20 @@ void layernorm_forward(const Context& ctx, float* out, float* mean, float* rstd,
   });
 }
 
+#if FSR_KEEP_BITS
+namespace {
+// s = a + b * keep_scale(key, c + e), e < n.
+inline void dropped_sum(float* s, const float* a, const float* b, size_t n, uint64_t key,
+                                           uint32_t thr, uint64_t c, float inv_keep) {
+  const __m512 vs = _mm512_set1_ps(inv_keep);
+  keep_blocks(n, key, thr, c, [&](size_t i, __mmask16 keep, __mmask16 valid) {
+    _mm512_mask_storeu_ps(s + i, valid, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(valid, b + i), keep_mult(keep, vs),
+                                                        _mm512_maskz_loadu_ps(valid, a + i)));
+  });
+}
+}  // namespace
+#endif
+
 void layernorm_residual_forward(const Context& ctx, float* sum, float* out, float* mean, float* rstd, const float* a,
                                 const float* b, float p, uint64_t key, const float* g,
                                 const float* beta, int R, int C, float eps) {
@@ -214,10 +229,14 @@ void layernorm_residual_forward(const Context& ctx, float* sum, float* out, floa
       const long nr = std::min(kRows, r1 - r);
       const size_t o = (size_t)r * C, n = (size_t)nr * C;
       float* s = sum + o;
-      if (p > 0.f)
+      if (p > 0.f) {
+#if FSR_KEEP_BITS
+        dropped_sum(s, a + o, b + o, n, key, thr, (uint64_t)o, inv_keep);
+#else
         for (size_t e = 0; e < n; ++e)
           s[e] = a[o + e] + b[o + e] * keep_scale(key, (uint64_t)(o + e), thr, inv_keep);
-      else
+#endif
+      } else
         for (size_t e = 0; e < n; ++e) s[e] = a[o + e] + b[o + e];
 #if defined(__AVX512F__)
       normalize_rows4(out + o, mean + r, rstd + r, s, g, beta, C, eps, (int)nr);

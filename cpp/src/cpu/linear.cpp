@@ -12,6 +12,7 @@
 // through gemm_bf16 (rounded copies, then sgemm), a region each.
 #include <algorithm>
 
+#include "cpu/keep_bits.h"
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
 #include "fastsasrec/rng.h"
@@ -28,8 +29,9 @@ inline void epilogue(float* out, int r0, int r1, int O, bool relu, float p, uint
   const size_t n = (size_t)(r1 - r0) * O, e0 = (size_t)r0 * O;
   if (relu)
     for (size_t e = 0; e < n; ++e) o[e] = std::max(o[e], 0.f);
-  if (p > 0.f)
-    for (size_t e = 0; e < n; ++e) o[e] *= keep_scale(key, e0 + e, thr, inv_keep);
+  if (p > 0.f) {
+    scale_kept(o, o, n, key, thr, e0, inv_keep);
+  }
 }
 }  // namespace
 
