@@ -156,12 +156,8 @@ F32 dropout_keep_scales(uint64_t key, float p, uint64_t counter, int64_t n) {
   float* o = out.mutable_data();
   const uint32_t thr = dropout_threshold(p);
   const float inv_keep = 1.f / (1.f - p);
-#if FSR_KEEP_BITS
   std::vector<float> ones((size_t)n, 1.f);
   fsr::cpu::scale_kept(o, ones.data(), (size_t)n, key, thr, counter, inv_keep);
-#else
-  for (int64_t e = 0; e < n; ++e) o[e] = keep_scale(key, counter + (uint64_t)e, thr, inv_keep);
-#endif
   return out;
 }
 

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cpu/fast_math.h"  // head_lanes
 #include "fastsasrec/rng.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -89,9 +90,9 @@ inline void keep_blocks(size_t n, uint64_t key, uint32_t threshold, uint64_t c, 
   }
   if (i < n) {
     const uint32_t bits = kb.next();
-    const size_t left = n - i;
-    body(i, (__mmask16)bits, left >= 16 ? all : (__mmask16)((1u << left) - 1));
-    if (left > 16) body(i + 16, (__mmask16)(bits >> 16), (__mmask16)((1u << (left - 16)) - 1));
+    const int left = (int)(n - i);  // 1..31
+    body(i, (__mmask16)bits, head_lanes(left));
+    if (left > 16) body(i + 16, (__mmask16)(bits >> 16), head_lanes(left - 16));
   }
 }
 
@@ -102,23 +103,9 @@ inline __m512 keep_mult(__mmask16 keep, __m512 s) { return _mm512_maskz_mov_ps(k
 inline void scale_kept(float* x, const float* y, size_t n, uint64_t key, uint32_t threshold,
                        uint64_t c, float s) {
   const __m512 vs = _mm512_set1_ps(s);
-  KeepBits kb(key, threshold, c);
-  size_t i = 0;
-  for (; i + 32 <= n; i += 32) {  // whole blocks, unmasked
-    const uint32_t bits = kb.next();
-    _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(y + i), keep_mult((__mmask16)bits, vs)));
-    _mm512_storeu_ps(x + i + 16, _mm512_mul_ps(_mm512_loadu_ps(y + i + 16), keep_mult((__mmask16)(bits >> 16), vs)));
-  }
-  if (i < n) {
-    const uint32_t bits = kb.next();
-    for (int h = 0; h < 2 && i + 16 * h < n; ++h) {
-      const size_t left = n - i - 16 * h;
-      const __mmask16 valid = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-      float* xo = x + i + 16 * h;
-      _mm512_mask_storeu_ps(xo, valid, _mm512_mul_ps(_mm512_maskz_loadu_ps(valid, y + i + 16 * h),
-                                                     keep_mult((__mmask16)(bits >> (16 * h)), vs)));
-    }
-  }
+  keep_blocks(n, key, threshold, c, [&](size_t i, __mmask16 keep, __mmask16 valid) {
+    _mm512_mask_storeu_ps(x + i, valid, _mm512_mul_ps(_mm512_maskz_loadu_ps(valid, y + i), keep_mult(keep, vs)));
+  });
 }
 
 }  // namespace fsr::cpu
