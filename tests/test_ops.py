@@ -126,6 +126,22 @@ def test_dropout_uniform_statistics():
     assert abs(c) < 6 / np.sqrt(u.size / 2), c
 
 
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 25, 50, 1682])
+def test_fast_exp_rows_match_elementwise(n):
+    # exp_sum_inplace (16 lanes at a time, the row's end masked, on AVX-512) gives fast_exp's
+    # bits on every element, and its sum is the float64 sum to float32 rounding.
+    rng = np.random.default_rng(n)
+    x = rng.normal(0.0, 4.0, n).astype(np.float32)
+    if n >= 16:  # the range's edges and specials, inside a row
+        x[:8] = [0.0, -0.0, -87.4, -87.3, 88.3, 88.4, -np.inf, -1e-30]
+    m = np.float32(x[np.isfinite(x)].max() if n >= 16 else 0.5)
+    one, row, total = CORE.Ops.fast_exp(x, m)
+    np.testing.assert_array_equal(row.view(np.int32), one.view(np.int32))
+    ref = np.exp((x - m).astype(np.float64))  # the difference is rounded to float32 first
+    np.testing.assert_allclose(one, ref, rtol=1.5e-7, atol=1e-37)  # fast_exp: about 1 ulp
+    assert total == pytest.approx(ref.sum(), rel=n * 1.2e-7)
+
+
 def test_uniform_statistics():
     u = CORE.Ops.uniform(CORE.Ops.rng_key(7, 0), 200_000).astype(np.float64)
     assert u.min() >= 0.0 and u.max() < 1.0

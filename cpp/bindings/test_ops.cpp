@@ -19,6 +19,7 @@
 
 #include "bind.h"
 #include "convert.h"
+#include "cpu/fast_math.h"
 #include "cpu/keep_bits.h"
 #include "cpu/ops.h"
 #include "fastsasrec/backend.h"
@@ -168,6 +169,17 @@ F32 dropout_uniform(uint64_t key, int64_t n) {
   return out;
 }
 
+// fast_exp element by element, and exp_sum_inplace on x - m as one row (the vector form on
+// AVX-512 builds): (exp element-wise, the row's exp, the row's sum).
+std::tuple<F32, F32, float> fast_exp(const F32& x, float m) {
+  const int64_t n = x.size();
+  F32 one({(py::ssize_t)n}), row({(py::ssize_t)n});
+  for (int64_t e = 0; e < n; ++e) one.mutable_data()[e] = cpu::fast_exp(x.data()[e] - m);
+  std::copy(x.data(), x.data() + n, row.mutable_data());
+  const float sum = cpu::exp_sum_inplace(row.mutable_data(), (int)n, m);
+  return {one, row, sum};
+}
+
 // cpu::gemm_bf16 on a chosen path (native: the AVX-512 BF16 kernel; else the fallback) over
 // `threads` threads, on numpy arrays in place (C: += / = as beta says).
 void gemm_bf16(bool native, int threads, bool ta, bool tb, int M, int N, int K, float alpha,
@@ -198,6 +210,8 @@ void bind_ops(py::module_& m) {
       .def_static("dropout_uniform", &dropout_uniform, py::arg("key"), py::arg("n"))
       .def_static("dropout_keep_scales", &dropout_keep_scales, py::arg("key"), py::arg("p"),
                   py::arg("counter"), py::arg("n"))
+      .def_static("fast_exp", &fast_exp, py::arg("x"), py::arg("m"),
+                  "fast_exp(x - m) element by element, and exp_sum_inplace's row and sum.")
       .def_static("gemm_bf16", &gemm_bf16, py::arg("native"), py::arg("threads"), py::arg("trans_a"),
                   py::arg("trans_b"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("alpha"),
                   py::arg("A"), py::arg("lda"), py::arg("B"), py::arg("ldb"), py::arg("beta"),

@@ -123,20 +123,35 @@ inline void transpose16(float* Bt, int ldbt, const float* B, int ldb, int rows, 
 }
 #endif
 
-// Bt(d, j) = B(j, d) for j < n, d < D; Bt's rows are ldbt >= n (a multiple of 16) long, the
-// lanes past n zero (the scores' kernel loads whole 16-lane chunks).
+// Bt(d, j) = B(j, d) for j < n, d < D, in whole 16-lane chunks (the lanes of the last
+// chunk past n zero); Bt's rows are ldbt >= n long.  Only this sequence's chunks: the
+// scores' kernel reads no column past n, and a tile sized for the batch's longest
+// sequence would cost a short one as much as the longest.
 inline void transpose_into(float* Bt, int ldbt, const float* B, int ldb, int n, int D) {
 #ifdef FSR_ATTENTION_KERNELS
-  for (int j0 = 0; j0 < ldbt; j0 += 16)
+  for (int j0 = 0; j0 < n; j0 += 16)
     for (int d0 = 0; d0 < D; d0 += 16)
-      transpose16(Bt + (size_t)d0 * ldbt + j0, ldbt, B + (size_t)std::min(j0, n) * ldb + d0, ldb,
-                  std::max(0, std::min(16, n - j0)), std::min(16, D - d0));
+      transpose16(Bt + (size_t)d0 * ldbt + j0, ldbt, B + (size_t)j0 * ldb + d0, ldb,
+                  std::min(16, n - j0), std::min(16, D - d0));
 #else
-  for (int d = 0; d < D; ++d) {
-    float* row = Bt + (size_t)d * ldbt;
-    for (int j = 0; j < n; ++j) row[j] = B[(size_t)j * ldb + d];
-    for (int j = n; j < ldbt; ++j) row[j] = 0.f;
+  for (int d = 0; d < D; ++d)
+    for (int j = 0; j < n; ++j) Bt[(size_t)d * ldbt + j] = B[(size_t)j * ldb + d];
+#endif
+}
+
+// g[j] = d[j] g[j] - p[j] delta for j < n: one row of dS = Pd G - P delta, rounded as GCC
+// contracts the scalar expression (p delta, then d g minus it fused), in whole vectors
+// and one masked one (the compiler's loop ends a row with up to 15 scalar steps).
+inline void ds_row(float* g, const float* d, const float* pr, int n, float delta) {
+#ifdef FSR_ATTENTION_KERNELS
+  const __m512 vd = _mm512_set1_ps(delta);
+  for (int j = 0; j < n; j += 16) {
+    const __mmask16 k = head_lanes(n - j);
+    const __m512 t = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, pr + j), vd);
+    _mm512_mask_storeu_ps(g + j, k, _mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, d + j), _mm512_maskz_loadu_ps(k, g + j), t));
   }
+#else
+  for (int j = 0; j < n; ++j) g[j] = d[j] * g[j] - pr[j] * delta;
 #endif
 }
 
@@ -259,12 +274,12 @@ void attention_forward(const Context& ctx, float* O, float* lse, const float* Q,
       const float inv_l = 1.f / l;
       const uint64_t base = ((uint64_t)(st + i) * H + h) * T;
       if (p > 0.f && drow != row) {  // P kept, Pd beside it
-        for (int j = 0; j <= i; ++j) row[j] *= inv_l;
+        scale_inplace(row, i + 1, inv_l);
         scale_kept(drow, row, (size_t)i + 1, key, thr, base, inv_keep);
       } else if (p > 0.f) {
         scale_kept(row, row, (size_t)i + 1, key, thr, base, inv_l * inv_keep);
       } else {
-        for (int j = 0; j <= i; ++j) row[j] *= inv_l;
+        scale_inplace(row, i + 1, inv_l);
       }
       for (int j = i + 1; j < zero_end(kern, i, n); ++j) row[j] = drow[j] = 0.f;
     }
@@ -332,8 +347,7 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
       const float* prow = P + (size_t)i * n;
       const float* drow = Pd + (size_t)i * n;
       float* grow = G + (size_t)i * n;
-      const float delta = dot(drow, grow, i + 1);
-      for (int j = 0; j <= i; ++j) grow[j] = drow[j] * grow[j] - prow[j] * delta;
+      ds_row(grow, drow, prow, i + 1, dot(drow, grow, i + 1));
       for (int j = i + 1; j < zero_end(kern, i, n); ++j) grow[j] = 0.f;
     }
     const float* dS = G;

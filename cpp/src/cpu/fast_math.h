@@ -144,12 +144,71 @@ inline float dot(const float* a, const float* b, int n) {
 }
 #endif
 
+#if defined(__AVX512F__)
+// fast_exp of 16 lanes, bit for bit: the same operations in the same order, with the
+// contractions GCC makes of fast_exp's expressions (xc * log2e + kRound and the
+// polynomial's steps as fused multiply-adds, r - n * c as a fused negated one).  A loop
+// over fast_exp vectorises only in whole vectors and leaves the rest of a row (up to 15
+// elements) to scalar code; rows as short as attention's (a causal row of a 50-long
+// sequence averages 25) spent half their exponentials there.
+inline __m512 fast_exp16(__m512 x) {
+  const __m512 hi = _mm512_set1_ps(88.3762626647949f), lo = _mm512_set1_ps(-87.3365447504019f);
+  const __m512 round = _mm512_set1_ps(12582912.0f);
+  const __m512 xc = _mm512_maskz_max_ps(0xffff, _mm512_maskz_min_ps(0xffff, x, hi), lo);
+  const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f), round), round);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+  p = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
+  const __m512i bits = _mm512_maskz_slli_epi32(
+      0xffff, _mm512_add_epi32(_mm512_maskz_cvttps_epi32(0xffff, n), _mm512_set1_epi32(127)), 23);
+  __m512 out = _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+  out = _mm512_mask_mov_ps(out, _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), _mm512_setzero_ps());
+  out = _mm512_mask_mov_ps(out, _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ),
+                           _mm512_set1_ps(std::numeric_limits<float>::infinity()));
+  return _mm512_mask_mov_ps(out, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
+}
+
+// x[j] = exp(x[j] - m) for j < n; returns the sum, added as row_sum adds.
+inline float exp_sum_inplace(float* x, int n, float m) {
+  const __m512 vm = _mm512_set1_ps(m);
+  __m512 s = _mm512_setzero_ps();
+  for (int j = 0; j < n; j += 16) {
+    const __mmask16 k = head_lanes(n - j);
+    const __m512 e = fast_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), vm));
+    _mm512_mask_storeu_ps(x + j, k, e);
+    s = _mm512_add_ps(s, _mm512_maskz_mov_ps(k, e));
+  }
+  return lanes_sum(s);
+}
+
+// x[j] *= a for j < n
+inline void scale_inplace(float* x, int n, float a) {
+  const __m512 va = _mm512_set1_ps(a);
+  for (int j = 0; j < n; j += 16) {
+    const __mmask16 k = head_lanes(n - j);
+    _mm512_mask_storeu_ps(x + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + j), va));
+  }
+}
+#else
 // x[j] = exp(x[j] - m) for j < n; returns the sum.
 inline float exp_sum_inplace(float* x, int n, float m) {
 #pragma omp simd
   for (int j = 0; j < n; ++j) x[j] = fast_exp(x[j] - m);
   return row_sum(x, n);
 }
+
+// x[j] *= a for j < n
+inline void scale_inplace(float* x, int n, float a) {
+#pragma omp simd
+  for (int j = 0; j < n; ++j) x[j] *= a;
+}
+#endif
 
 // sum_j exp(x[j] - m), x unchanged.
 inline float exp_sum(const float* x, int n, float m) {
