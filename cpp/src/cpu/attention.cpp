@@ -139,6 +139,48 @@ inline void transpose_into(float* Bt, int ldbt, const float* B, int ldb, int n, 
 #endif
 }
 
+// Rows i0 .. i0 + nr - 1 (nr <= 4) of a causal score tile S (n wide; row i holds i + 1
+// scores): each row's max m and, with its scores replaced by exp(s - m), their sum l.
+// What row_max and exp_sum_inplace give row by row, bit for bit (the same vectors in the
+// same order, the four rows' trees reduced together: lanes_max4, lanes_sum4), with the
+// four rows' chains interleaved where one row alone waits on its reductions.
+#ifdef FSR_ATTENTION_KERNELS
+inline void causal_softmax4(float* S, int n, int i0, int nr, float* m, float* l) {
+  float* row[4];
+  int len[4];
+  for (int r = 0; r < 4; ++r) {
+    row[r] = S + (size_t)(i0 + std::min(r, nr - 1)) * n;
+    len[r] = r < nr ? i0 + r + 1 : 0;
+  }
+  const int end = i0 + nr;
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512 mv[4] = {ninf, ninf, ninf, ninf};
+  for (int j = 0; j < end; j += 16)
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      const __mmask16 k = head_lanes(len[r] - j);
+      mv[r] = _mm512_mask_max_ps(mv[r], k, _mm512_maskz_loadu_ps(k, row[r] + j), mv[r]);
+    }
+  alignas(64) float out[16];
+  _mm512_store_ps(out, lanes_max4(mv[0], mv[1], mv[2], mv[3]));
+  const __m512 mk[4] = {_mm512_set1_ps(out[0]), _mm512_set1_ps(out[4]), _mm512_set1_ps(out[8]),
+                        _mm512_set1_ps(out[12])};
+  __m512 sv[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  for (int j = 0; j < end; j += 16)
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      const __mmask16 k = head_lanes(len[r] - j);
+      if (!k) continue;
+      const __m512 e = fast_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, row[r] + j), mk[r]));
+      _mm512_mask_storeu_ps(row[r] + j, k, e);
+      sv[r] = _mm512_add_ps(sv[r], _mm512_maskz_mov_ps(k, e));
+    }
+  for (int r = 0; r < nr; ++r) m[r] = out[4 * r];
+  _mm512_store_ps(out, lanes_sum4(sv[0], sv[1], sv[2], sv[3]));
+  for (int r = 0; r < nr; ++r) l[r] = out[4 * r];
+}
+#endif
+
 // g[j] = d[j] g[j] - p[j] delta for j < n: one row of dS = Pd G - P delta, rounded as GCC
 // contracts the scalar expression (p delta, then d g minus it fused), in whole vectors
 // and one masked one (the compiler's loop ends a row with up to 15 scalar steps).
@@ -265,11 +307,17 @@ void attention_forward(const Context& ctx, float* O, float* lse, const float* Q,
     const float* Kh = K + (size_t)st * ldkv + h * D;
     const float* Vh = V + (size_t)st * ldkv + h * D;
     causal_scores(ctx.threads, kern, S, n, Qh, ldq, Kh, ldkv, Kt, ldt, D, scale);
+    float mr[4], lr[4];
     for (int i = 0; i < n; ++i) {
       float* row = S + (size_t)i * n;
       float* drow = Pd + (size_t)i * n;
+#ifdef FSR_ATTENTION_KERNELS
+      if (i % 4 == 0) causal_softmax4(S, n, i, std::min(4, n - i), mr, lr);
+      const float m = mr[i % 4], l = lr[i % 4];
+#else
       const float m = row_max(row, i + 1);
       const float l = exp_sum_inplace(row, i + 1, m);
+#endif
       lse[(size_t)(st + i) * H + h] = m + std::log(l);
       const float inv_l = 1.f / l;
       const uint64_t base = ((uint64_t)(st + i) * H + h) * T;

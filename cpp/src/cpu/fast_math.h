@@ -88,6 +88,19 @@ inline __m512 quarter(__m512 v) {
   return _mm512_mask_shuffle_f32x4(v, 0xffff, v, v, k * 0x55);
 }
 
+// lanes_max of four vectors at once, laid out as lanes_sum4's result (quarter k holds
+// lanes_max(v_k)), compared in lanes_max's order.
+inline __m512 lanes_max4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m512 ab = _mm512_maskz_max_ps(0xffff, _mm512_mask_shuffle_f32x4(a, 0xffff, a, b, 0x44),
+                                        _mm512_mask_shuffle_f32x4(a, 0xffff, a, b, 0xEE));
+  const __m512 cd = _mm512_maskz_max_ps(0xffff, _mm512_mask_shuffle_f32x4(c, 0xffff, c, d, 0x44),
+                                        _mm512_mask_shuffle_f32x4(c, 0xffff, c, d, 0xEE));
+  __m512 v = _mm512_maskz_max_ps(0xffff, _mm512_mask_shuffle_f32x4(ab, 0xffff, ab, cd, 0x88),
+                                 _mm512_mask_shuffle_f32x4(ab, 0xffff, ab, cd, 0xDD));
+  v = _mm512_maskz_max_ps(0xffff, v, _mm512_mask_permute_ps(v, 0xffff, v, 0x4E));
+  return _mm512_maskz_max_ps(0xffff, v, _mm512_mask_permute_ps(v, 0xffff, v, 0xB1));
+}
+
 inline float lanes_max(__m512 v) {
   v = _mm512_maskz_max_ps(0xffff, v, _mm512_mask_shuffle_f32x4(v, 0xffff, v, v, 0x4E));
   v = _mm512_maskz_max_ps(0xffff, v, _mm512_mask_shuffle_f32x4(v, 0xffff, v, v, 0xB1));
