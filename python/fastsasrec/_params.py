@@ -36,7 +36,7 @@ DEFAULTS: Dict[str, Any] = {
     "loss": "auto", "negatives": "auto", "logq_correction": None, "n_negatives": "auto",
     "gbce_t": 0.75, "learning_rate": "auto", "weight_decay": 0.0, "batch_size": 128,
     "iterations": "auto", "device": "auto", "random_state": 42, "verbose": 0, "num_threads": 0,
-    "precision": "fp32", "feature_pooling": "mean", "feature_buckets": 10, "id_dropout": 0.1,
+    "precision": "fp32", "feature_pooling": "mean", "feature_buckets": 10, "id_dropout": 0.0,
 }
 _OWN_KINDS = {"iterations": "int", "device": "device", "random_state": "seed", "verbose": "int",
               "num_threads": "int", "feature_buckets": "int"}
