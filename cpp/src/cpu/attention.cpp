@@ -420,7 +420,7 @@ void attention_last_forward(const Context& ctx, float* O, const float* Q, int ld
     gemm(ctx.threads, false, true, 1, n, D, scale, Q + (size_t)s * ldq + h * D, ldq, Kh, ldkv, 0.f, S, n);
     const float m = row_max(S, n);
     const float inv_l = 1.f / exp_sum_inplace(S, n, m);
-    for (int j = 0; j < n; ++j) S[j] *= inv_l;
+    scale_inplace(S, n, inv_l);
     gemm(ctx.threads, false, false, 1, D, n, 1.f, S, n, Vh, ldkv, 0.f, O + (size_t)s * ldo + h * D, ldo);
   });
 }

@@ -165,7 +165,7 @@ void sampled_softmax_regions(const Context& ctx, float* loss, float* dh, float* 
         loss[r] = m + std::log(z) - sp;
         if (grad) {
           const float c = grad_scale / z;
-          for (int j = 0; j < N; ++j) row[j] *= c;
+          scale_inplace(row, N, c);
           dpos[r] = op(grad_scale * (ep_ / z - 1.f));
         }
       }
@@ -261,7 +261,7 @@ void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE,
         if (!grad) continue;
         float* row = L + (size_t)i * nj;
         const float c = grad_scale / z;
-        for (int j = 0; j < nj; ++j) row[j] *= c;
+        scale_inplace(row, nj, c);
       }
       if (!grad) {  // (every thread alike: no barrier is skipped by one alone)
 #pragma omp barrier

@@ -70,7 +70,7 @@ void loss_softmax_bf16(const Context& ctx, float* loss, float* dh, float* dE, co
         loss[r] = m + std::log(z) - st;
         if (grad) {
           const float c = grad_scale / z;
-          for (int j = 0; j < V; ++j) row[j] *= c;
+          scale_inplace(row, V, c);
           row[t] -= grad_scale;
         }
       }
@@ -143,7 +143,7 @@ void loss_softmax(const Context& ctx, float* loss, float* dh, float* dE, const f
         if (!grad) continue;
         float* row = L + (size_t)i * nv;
         const float c = grad_scale / z;
-        for (int j = 0; j < nv; ++j) row[j] *= c;
+        scale_inplace(row, nv, c);
         const int tg = targets[r0 + i] - 1;
         if (tg >= v0 && tg < v1) row[tg - v0] -= grad_scale;
       }
