@@ -219,6 +219,41 @@ def test_partial_fit_adds_new_products_with_their_features(fitted, tmp_path):
     assert got.names[pos] == "Fresh 777"
 
 
+def test_partial_fit_reads_the_columns_by_name(fitted, tmp_path):
+    # A table given after fit may order its columns otherwise: each is read as the column
+    # of its name, never by position (two categorical columns swapped would otherwise pass
+    # every check and give each new product the other's values).
+    fitted.save(tmp_path / "m.fsr")
+    new = pd.DataFrame({"category": ["cat1"], "tags": [["t1"]], "price": [3.0]}, index=[777])
+    as_fitted = SASRec.load(tmp_path / "m.fsr", num_threads=1)
+    as_fitted.partial_fit(_sessions(30, seed=3), epochs=1, item_features=new)
+    reordered = SASRec.load(tmp_path / "m.fsr", num_threads=1)
+    reordered.partial_fit(_sessions(30, seed=3), epochs=1,
+                          item_features=new[["price", "tags", "category"]])
+    assert reordered.item_feature_values(777) == as_fitted.item_feature_values(777)
+    assert as_fitted.item_feature_values(777)[:2] == ["category='cat1'", "tags='t1'"]
+
+
+@pytest.mark.parametrize("frame, match", [
+    # a fitted column missing: its cells would be lost for every item of the table
+    (pd.DataFrame({"category": ["cat1"], "tags": [["t1"]]}, index=[777]),
+     r"lacks the feature column\(s\) 'price'"),
+    # a column the model does not have: it would be ignored in silence
+    (pd.DataFrame({"category": ["cat1"], "brand": ["b1"], "tags": [["t1"]], "price": [3.0]},
+                  index=[777]), r"column\(s\) 'brand' were not feature columns at fit"),
+    # a number the fitted buckets cannot hold, as fit refuses it
+    (pd.DataFrame({"category": ["cat1"], "tags": [["t1"]], "price": [np.inf]}, index=[777]),
+     r"column 'price', item 777: inf is not a finite number"),
+])
+def test_partial_fit_refuses_a_table_it_cannot_read_whole(fitted, tmp_path, frame, match):
+    fitted.save(tmp_path / "m.fsr")
+    m = SASRec.load(tmp_path / "m.fsr", num_threads=1)
+    before = m.n_items_
+    with pytest.raises(ValueError, match=match):
+        m.partial_fit(_sessions(30, seed=3), epochs=1, item_features=frame)
+    assert m.n_items_ == before  # the model is as it was
+
+
 def test_checkpoints_resume_bit_exactly_with_features(tmp_path):
     table = _table(extra=[(999, 2)])
     whole = _model(iterations=4).fit(_sessions(), item_features=table)

@@ -143,28 +143,51 @@ class FeatureSpace:
         raise ValueError(f"row {row} is outside the feature table of {self.size} rows")
 
     # ------------------------------------------------------------------ encoding
+    def cells_of(self, table: "Table") -> List[Sequence[Any]]:
+        """``table``'s cells of each fitted column, matched by name (a table given after
+        fit, to partial_fit, may order its columns otherwise).  A fitted column the table
+        lacks, or a column the model does not have, is refused: the columns are fixed at
+        fit, and a cell the model cannot read is never dropped in silence."""
+        have = dict(zip(table.columns, table.cells))
+        fitted = [c.name for c in self.columns]
+        missing = [n for n in fitted if n not in have]
+        extra = [n for n in table.columns if n not in set(fitted)]
+        listed = ", ".join(map(repr, fitted[:20])) + (", ..." if len(fitted) > 20 else "")
+        if missing:
+            raise ValueError(f"item_features lacks the feature column(s) "
+                             f"{', '.join(map(repr, missing[:20]))} of the fitted model (its columns, "
+                             f"fixed at fit: {listed}); give every one, with empty cells where "
+                             "an item's value is unknown")
+        if extra:
+            raise ValueError(f"item_features column(s) {', '.join(map(repr, extra[:20]))} "
+                             f"were not feature columns at fit (the model's, fixed at fit: "
+                             f"{listed}); drop them, name a display column with item_names "
+                             "(--item-names), or fit again to use them")
+        return [have[n] for n in fitted]
+
     def encode(self, table: "Table", item_ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """The CSR (values int32, offsets int64 of V + 2) of the catalogue ``item_ids``
         (internal id i + 1 is item_ids[i]); an item the table has no row for holds row 0.
         An item's values come column by column, each value once."""
         V = int(item_ids.size)
+        columns = self.cells_of(table)
         where = table.rows_of(item_ids)  # -1: no row
         has = np.flatnonzero(where >= 0)
         rows = where[has].tolist()
         # (item index, value row) pairs, column after column; then grouped by item
         # (a stable sort keeps the column order within an item).
         items_parts, value_parts = [np.flatnonzero(where < 0)], [np.full(V - has.size, NO_FEATURES)]
-        for c, base, cells in zip(self.columns, self.bases(), table.cells):
+        for c, base, cells in zip(self.columns, self.bases(), columns):
             if c.kind == "numeric":  # one value per item: its bucket, or the missing row
                 x = np.full(len(rows), np.nan)
                 for k, (i, r) in enumerate(zip(has.tolist(), rows)):
                     got = c.cell_values(cells[r], item_ids[i].item())
                     if got:
                         v = got[0]
-                        if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
+                        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
                             raise ValueError(f"item_features column {c.name!r}, item "
-                                             f"{item_ids[i].item()!r}: {v!r} is not a number "
-                                             "(the column is numeric)")
+                                             f"{item_ids[i].item()!r}: {v!r} is not a finite "
+                                             "number (the column is numeric)")
                         x[k] = float(v)
                 its = has
                 vals_a = np.where(np.isnan(x), base + 1,

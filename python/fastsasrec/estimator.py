@@ -320,7 +320,9 @@ class SASRec(FittedAttributes, NotebookCompat):
         ``item_features`` (a model fitted with them): rows for new products, which join
         the catalogue with their features (and a zero id embedding) even before any event
         holds them, or new rows for known items; encoded with the vocabularies of fit (a
-        value fit never saw counts as its column's "unknown" value).
+        value fit never saw counts as its column's "unknown" value).  Its columns are
+        those of fit, read by name in any order: a table that lacks one of them, or has
+        one fit did not, is refused (ValueError naming them).
 
         Writers are serialised: a second partial_fit (or fit, or to()) called meanwhile
         waits, then trains on this one's result; nothing either adds is lost."""
