@@ -206,6 +206,26 @@ def test_split_by_time_on_dates_and_its_evaluation(pop_model):
     assert res["MAP@3"] == pytest.approx((1.0 + 0.0) / 2) and res["unknown_targets"] == 1
 
 
+def test_split_by_time_on_datetimes_with_a_zone():
+    # Event logs often arrive with a zone (UTC from parquet or Spark, or local): the same
+    # instants in another zone split the same way, compared in UTC.
+    df = _log()
+    utc = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(df["t"], unit="D")
+    for zone in ("UTC", "America/New_York", "Asia/Kolkata"):
+        train, test = split_by_time(df.assign(t=utc.dt.tz_convert(zone)), at="2024-01-05",
+                                    user_col="user", item_col="item", time_col="t")
+        assert [s.tolist() for s in test.contexts] == [[1, 2], [2]] and len(train) == 4
+        assert [s.tolist() for s in test.targets] == [[3, 4], [2, 6, 6]]
+        assert test.at == np.datetime64("2024-01-05")
+    # an at with a zone is the instant it names: 2024-01-05 02:00 in Kolkata is 20:30 UTC
+    # on the 4th, after the event of day 3 and before that of day 4 (00:00 UTC on the
+    # 5th): the same split as at=4
+    _, test = split_by_time(df.assign(t=utc), at=pd.Timestamp("2024-01-05 02:00", tz="Asia/Kolkata"),
+                            user_col="user", item_col="item", time_col="t")
+    _, by_number = split_by_time(df, at=4, user_col="user", item_col="item", time_col="t")
+    assert [s.tolist() for s in test.targets] == [s.tolist() for s in by_number.targets]
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(at=1), r"at=1 leaves no event on one side: the events run from 1 to 9"),
     (dict(at=10), "at=10 leaves no event on one side"),

@@ -43,6 +43,25 @@ class TestFromTransactions:  # exact comparisons after training: CPU (determinis
         flat, off, users = transactions_to_sequences(df, "user_id", "item_id", "timestamp")
         assert flat.tolist() == [5, 6, 7, 6, 5] and off.tolist() == [0, 3, 5] and users.tolist() == [1, 2]
 
+    @pytest.mark.parametrize("lib", ["pandas", "polars", "pyarrow"])
+    def test_datetimes_with_a_zone(self, lib):
+        # Logs from parquet or Spark often hold times with a zone: they order as the
+        # instants they are, in every kind of table, as the same times without a zone.
+        pd = pytest.importorskip("pandas")
+        mod = pytest.importorskip(lib)
+        from fastsasrec.data import transactions_to_sequences
+
+        naive = pd.to_datetime(["2024-01-01 00:30", "2024-01-01 01:00", "2024-01-01 00:00",
+                                "2024-01-02 00:00", "2024-01-01 00:00"])
+        df = pd.DataFrame({"user_id": [1, 1, 1, 2, 2], "item_id": [11, 12, 10, 10, 13], "ts": naive})
+        zoned = df.assign(ts=naive.tz_localize("UTC").tz_convert("America/New_York"))
+        assert isinstance(zoned["ts"].dtype, pd.DatetimeTZDtype)
+        table = zoned if lib == "pandas" else mod.from_pandas(zoned) if lib == "polars" else mod.Table.from_pandas(zoned)
+        flat, off, users = transactions_to_sequences(table, "user_id", "item_id", "ts")
+        assert flat.tolist() == [10, 11, 12, 13, 10] and off.tolist() == [0, 3, 5]
+        assert [a.tolist() for a in transactions_to_sequences(df, "user_id", "item_id", "ts")] == \
+            [flat.tolist(), off.tolist(), users.tolist()]
+
     @pytest.mark.parametrize("lib", ["polars", "pyarrow"])
     def test_polars_and_pyarrow(self, chain_data, lib):
         mod = pytest.importorskip(lib)

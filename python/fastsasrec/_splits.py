@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, Tuple
 import numpy as np
 
 from fastsasrec._params import seed_or_none
-from fastsasrec.data import Sequences, flatten_sequences, transactions_to_sequences
+from fastsasrec.data import Sequences, _utc_naive, flatten_sequences, transactions_to_sequences
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +66,9 @@ def split_by_time(events: Any, at: Any = 0.8, user_col: Any = "user_id", item_co
     the time of the event at that share of the log in time order (0.8: about 80% of the
     events are before it; equal times stay on one side); anything else is a time of the
     column's kind (a number, or for datetimes a datetime or a date string).  An event at
-    exactly the split time is after it.  ``at`` must leave events on both sides."""
+    exactly the split time is after it.  ``at`` must leave events on both sides.
+    Datetimes with a time zone are compared in UTC (an ``at`` without one is read as
+    UTC), and ``test.at`` is in UTC."""
     import pandas as pd
 
     if not isinstance(events, pd.DataFrame):
@@ -76,7 +78,7 @@ def split_by_time(events: Any, at: Any = 0.8, user_col: Any = "user_id", item_co
             raise ValueError(f"events has no column {col!r} ({arg}); its columns: {list(events.columns)}")
     if len(events) == 0:
         raise ValueError("events is empty: nothing to split")
-    times = events[time_col].to_numpy()
+    times = _utc_naive(events[time_col]).to_numpy()  # times with a zone: in UTC
     if times.dtype.kind not in "iufM":
         raise ValueError(f"column {time_col!r} (time_col) must hold numbers or datetimes, got {times.dtype}")
     if pd.isna(times).any():

@@ -493,6 +493,16 @@ def _table_kind(df: Any) -> str:
     )
 
 
+def _utc_naive(col: Any) -> Any:
+    """A pandas column of datetimes with a time zone as UTC datetimes without one (what
+    NumPy holds, and what polars and pyarrow give for theirs); any other column as it is."""
+    import pandas as pd
+
+    if isinstance(col.dtype, pd.DatetimeTZDtype):
+        return col.dt.tz_convert("UTC").dt.tz_localize(None)
+    return col
+
+
 def _column(df: Any, kind: str, name: Any, arg: str) -> np.ndarray:
     """The column as a NumPy array; ValueError naming the column and the first row with a
     missing value: null, None, NaN or NaT, the same rule for every kind of table."""
@@ -502,7 +512,7 @@ def _column(df: Any, kind: str, name: Any, arg: str) -> np.ndarray:
     if kind == "pandas":
         col = df[name]
         missing = col.isna().to_numpy()  # None, NaN, NaT
-        values = None if missing.any() else col.to_numpy()
+        values = None if missing.any() else _utc_naive(col).to_numpy()
     elif kind == "polars":
         col = df.get_column(name)
         missing = col.is_null().to_numpy()
