@@ -27,7 +27,7 @@ from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from fastsasrec.data import _CONTROL_WHY, _first_control
+from fastsasrec.data import _CONTROL_WHY, _first_control, _utc_naive
 
 CSV = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")
 PARQUET = (".parquet", ".pq")
@@ -193,7 +193,7 @@ def times_of(col: Any, name: str, flag: str, row: int, what: str, path: str,
     state = {} if state is None else state
     where = f"column {name!r} ({flag}) of {what} file {path!r}"
     if isinstance(col.dtype, pd.DatetimeTZDtype):
-        return col.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
+        return _utc_naive(col).to_numpy()
     if ((pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col))
             or pd.api.types.is_datetime64_any_dtype(col)):
         return col.to_numpy()
