@@ -151,7 +151,8 @@ class FeatureSpace:
         have = dict(zip(table.columns, table.cells))
         fitted = [c.name for c in self.columns]
         missing = [n for n in fitted if n not in have]
-        extra = [n for n in table.columns if n not in set(fitted)]
+        known = set(fitted)
+        extra = [n for n in table.columns if n not in known]
         listed = ", ".join(map(repr, fitted[:20])) + (", ..." if len(fitted) > 20 else "")
         if missing:
             raise ValueError(f"item_features lacks the feature column(s) "
