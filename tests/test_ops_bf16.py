@@ -116,6 +116,33 @@ def test_gemm_bf16_rounds_to_nearest_even(native):
         assert C[0, 0] == 1.0 and C[0, 1] == 1 + 2**-6 and C[0, 3] == 1 + 2**-7
 
 
+@pytest.mark.parametrize("native", PATHS)
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)],
+                         ids=["NN", "NT", "TN", "TT"])
+def test_gemm_bf16_rounds_the_largest_subnormals_up(native, ta, tb):
+    """A subnormal float within half a bf16 step of FLT_MIN rounds up to FLT_MIN, a normal
+    bf16 that counts in the product (round_bf16's rule), in every packing of A and of B; the
+    kernel's rounding instruction alone would take it as zero.  Each operand in turn holds
+    such values among normal ones; the other is 2^100 times the identity, so the product
+    is exact: 2^100 bf16(S)."""
+    n = 40
+    rng = np.random.default_rng(5)
+    S = rng.standard_normal((n, n)).astype(np.float32)
+    window = rng.integers(0x007F8000, 0x00800000, (n, n), dtype=np.uint32)
+    window |= rng.integers(0, 2, (n, n), dtype=np.uint32) << 31  # either sign
+    pick = rng.random((n, n)) < 0.25
+    S[pick] = window[pick].view(np.float32)
+    big = np.float32(2.0**100) * np.eye(n, dtype=np.float32)
+    want = R.bf16(S) * np.float32(2.0**100)
+    assert np.all(np.abs(want[pick]) == np.float32(2.0**-26))  # FLT_MIN 2^100, not zero
+    for A, B in [(S, big), (big, S)]:  # C = S 2^100 I = 2^100 I S
+        a = np.ascontiguousarray(A.T) if ta else A
+        b = np.ascontiguousarray(B.T) if tb else B
+        C = poison(n, n)
+        OPS.gemm_bf16(native, 1, ta, tb, n, n, n, 1.0, a, n, b, n, 0.0, C, n)
+        np.testing.assert_array_equal(C, want)
+
+
 def test_gemm_bf16_is_not_sgemm():
     """The rounding is really applied: operands that bf16 changes give a result off sgemm's
     by far more than fp32's bound (and equal to the rounded operands' product)."""

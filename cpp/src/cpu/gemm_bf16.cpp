@@ -12,7 +12,10 @@
 // block is packed as panels of NR = 32 columns, each depth pair (k, k+1) one row of 32 bf16
 // pairs (two zmm registers); then for each MR = 8 rows of A, its MR x KC block is packed as
 // bf16 pairs, and an 8 x 32 tile of C is summed in 16 zmm registers per panel.  Depth past K
-// and rows or columns past the block are zero in the packs and never stored.
+// and rows or columns past the block are zero in the packs and never stored.  Packing
+// rounds 32 floats an instruction (vcvtne2ps2bf16; see round32 for its one difference from
+// round_bf16, and how it is kept out) and puts pairs side by side with word permutes; a
+// transposed B is rounded a column at a time and transposed in registers, 16 x 16 words.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -48,19 +51,43 @@ inline __m512i round_hi(__m512 x) {
   return _mm512_and_si512(r, _mm512_set1_epi32((int)0xffff0000u));
 }
 
-// Lane j: the pair (lo[j], hi[j]) rounded, lo in the low half (the depth k, hi k + 1).
-inline __m512i pair(__m512 lo, __m512 hi) {
-  return _mm512_or_si512(_mm512_srli_epi32(round_hi(lo), 16), round_hi(hi));
+inline __mmask16 first(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << std::max(n, 0)) - 1); }
+
+// Floats rounded by the instruction (vcvtne2ps2bf16, 32 at a time), which rounds to nearest even
+// as round_bf16 does but takes subnormal inputs as zero; round_bf16 may round the largest
+// of them up to FLT_MIN, a normal operand.  A vector holding any subnormal therefore takes
+// round_hi, so the packs equal round_bf16's bit for bit; real data almost never does.
+inline bool any_subnormal(__m512 x) { return _mm512_fpclass_ps_mask(x, 0x20) != 0; }
+
+// 32 floats (lo: the first 16) as 32 bf16 in order, round_bf16's rule.
+inline __m512i round32(__m512 lo, __m512 hi) {
+  if (__builtin_expect(any_subnormal(lo) || any_subnormal(hi), 0)) {
+    const __m512i l = _mm512_srli_epi32(round_hi(lo), 16), h = _mm512_srli_epi32(round_hi(hi), 16);
+    return _mm512_permutex2var_epi16(l, _mm512_set_epi16(62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32,
+                                                         30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0),
+                                     h);
+  }
+  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
 }
 
-inline __mmask16 first(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << std::max(n, 0)) - 1); }
+// Interleaves the halves of v (bf16 lanes 0-15 and 16-31): lane j of the result is the
+// pair (v[j], v[16 + j]) as one 32-bit word.
+inline __m512i interleave_halves(__m512i v) {
+  return _mm512_permutexvar_epi16(_mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                   23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0),
+                                  v);
+}
+
+// Lane j: the pair (lo[j], hi[j]) rounded, lo in the low half (the depth k, hi k + 1).
+inline __m512i pair(__m512 lo, __m512 hi) { return interleave_halves(round32(lo, hi)); }
 
 // kc contiguous floats rounded to bf16 into dst's 2 * kp halves (the depth past kc zero).
 inline void round_row(uint16_t* dst, const float* src, int kc, int kp) {
-  for (int k = 0; k < 2 * kp; k += 16) {
-    const __m512 x = _mm512_maskz_loadu_ps(first(kc - k), src + k);
-    _mm256_mask_storeu_epi16(dst + k, (__mmask16)first(2 * kp - k),
-                             _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_hi(x), 16)));
+  for (int k = 0; k < 2 * kp; k += 32) {
+    const __m512 lo = _mm512_maskz_loadu_ps(first(kc - k), src + k);
+    const __m512 hi = _mm512_maskz_loadu_ps(first(kc - k - 16), src + k + 16);
+    const __mmask32 m = (__mmask32)first(2 * kp - k) | ((__mmask32)first(2 * kp - k - 16) << 16);
+    _mm512_mask_storeu_epi16(dst + k, m, round32(lo, hi));
   }
 }
 
@@ -79,20 +106,51 @@ void pack_a(uint32_t* Ap, bool ta, const float* A, int lda, int i0, int mr, int 
     }
     return;
   }
+  // Two pairs at a time: depths k, k + 2 in one vector and k + 1, k + 3 in the other (eight
+  // rows each), rounded together, their halves interleaved into pairs p and p + 1.
   const __mmask16 rows = first(mr);
-  for (int p = 0; p < kp; ++p) {
-    const int k = k0 + 2 * p;
-    const __m512 lo = _mm512_maskz_loadu_ps(rows, A + (size_t)k * lda + i0);
-    const __m512 hi = 2 * p + 1 < kc ? _mm512_maskz_loadu_ps(rows, A + (size_t)(k + 1) * lda + i0)
-                                     : _mm512_setzero_ps();
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(Ap + (size_t)p * MR),
-                        _mm512_castsi512_si256(pair(lo, hi)));
+  auto row = [&](int d) {  // A's depth k0 + d, rows i0.. (zero past kc)
+    return d < kc ? _mm256_maskz_loadu_ps((__mmask8)rows, A + (size_t)(k0 + d) * lda + i0) : _mm256_setzero_ps();
+  };
+  for (int p = 0; p < kp; p += 2) {
+    const int d = 2 * p;
+    const __m512 lo = _mm512_insertf32x8(_mm512_castps256_ps512(row(d)), row(d + 2), 1);
+    const __m512 hi = _mm512_insertf32x8(_mm512_castps256_ps512(row(d + 1)), row(d + 3), 1);
+    const __m512i v = interleave_halves(round32(lo, hi));
+    if (p + 1 < kp)
+      _mm512_storeu_si512(Ap + (size_t)p * MR, v);
+    else
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(Ap + (size_t)p * MR), _mm512_castsi512_si256(v));
+  }
+}
+
+// v[r] (16 words each) transposed in place: word c of v[r] becomes word r of v[c].
+inline void transpose16(__m512i v[16]) {
+  __m512i t[16];
+  for (int r = 0; r < 16; r += 2) {
+    t[r] = _mm512_unpacklo_epi32(v[r], v[r + 1]);
+    t[r + 1] = _mm512_unpackhi_epi32(v[r], v[r + 1]);
+  }
+  for (int r = 0; r < 16; r += 4) {
+    v[r] = _mm512_unpacklo_epi64(t[r], t[r + 2]);
+    v[r + 1] = _mm512_unpackhi_epi64(t[r], t[r + 2]);
+    v[r + 2] = _mm512_unpacklo_epi64(t[r + 1], t[r + 3]);
+    v[r + 3] = _mm512_unpackhi_epi64(t[r + 1], t[r + 3]);
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int r = 0; r < 4; ++r) {
+      t[h + r] = _mm512_shuffle_i32x4(v[h + r], v[h + r + 4], 0x88);
+      t[h + r + 4] = _mm512_shuffle_i32x4(v[h + r], v[h + r + 4], 0xdd);
+    }
+  for (int r = 0; r < 8; ++r) {
+    v[r] = _mm512_shuffle_i32x4(t[r], t[r + 8], 0x88);
+    v[r + 8] = _mm512_shuffle_i32x4(t[r], t[r + 8], 0xdd);
   }
 }
 
 // B's depths k0..k0+kc-1 and columns j0..j0+nc-1 (of op(B)) as panels of NR columns:
-// panel q, pair p at Bp[(q * kp + p) * NR].  tmp: NR * KC bf16 (the transposed case).
-void pack_b(uint32_t* Bp, uint16_t* tmp, bool tb, const float* B, int ldb, int k0, int kc, int j0, int nc) {
+// panel q, pair p at Bp[(q * kp + p) * NR].
+void pack_b(uint32_t* Bp, bool tb, const float* B, int ldb, int k0, int kc, int j0, int nc) {
   const int kp = (kc + 1) / 2;
   for (int q = 0; q * NR < nc; ++q) {
     const int jq = j0 + q * NR, w = std::min(NR, nc - q * NR);
@@ -111,24 +169,24 @@ void pack_b(uint32_t* Bp, uint16_t* tmp, bool tb, const float* B, int ldb, int k
       }
       continue;
     }
-    // Transposed: column j of op(B) is row j of B, contiguous in depth.  Each column is
-    // rounded into tmp (its pairs consecutive), then pairs are gathered 16 columns at a time.
-    for (int j = 0; j < NR; ++j) {
-      uint16_t* dst = tmp + (size_t)j * 2 * kp;
-      if (j >= w) {
-        std::memset(dst, 0, (size_t)kp * 4);
-        continue;
+    // Transposed: column j of op(B) is row j of B, contiguous in depth.  Sixteen columns by
+    // sixteen pairs at a time: each column's 32 depths rounded into one vector of 16 pairs,
+    // then the 16 x 16 words transposed in registers, a vector per pair.
+    for (int j0 = 0; j0 < NR; j0 += 16)
+      for (int p0 = 0; p0 < kp; p0 += 16) {
+        const int d = 2 * p0;
+        __m512i v[16];
+        for (int r = 0; r < 16; ++r) {
+          if (j0 + r >= w) {
+            v[r] = _mm512_setzero_si512();
+            continue;
+          }
+          const float* src = B + (size_t)(jq + j0 + r) * ldb + k0 + d;
+          v[r] = round32(_mm512_maskz_loadu_ps(first(kc - d), src), _mm512_maskz_loadu_ps(first(kc - d - 16), src + 16));
+        }
+        transpose16(v);
+        for (int p = 0; p < 16 && p0 + p < kp; ++p) _mm512_storeu_si512(P + (size_t)(p0 + p) * NR + j0, v[p]);
       }
-      round_row(dst, B + (size_t)(jq + j) * ldb + k0, kc, kp);
-    }
-    const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                           _mm512_set1_epi32(kp));
-    const __m512i idx16 = _mm512_add_epi32(idx, _mm512_set1_epi32(16 * kp));
-    const int* t32 = reinterpret_cast<const int*>(tmp);
-    for (int p = 0; p < kp; ++p) {
-      _mm512_storeu_si512(P + (size_t)p * NR, _mm512_i32gather_epi32(idx, t32 + p, 4));
-      _mm512_storeu_si512(P + (size_t)p * NR + 16, _mm512_i32gather_epi32(idx16, t32 + p, 4));
-    }
   }
 }
 
@@ -169,8 +227,8 @@ inline void store(float* C, int ldc, const __m512 acc[MR][2], int mr, int w, flo
 
 bool gemm_bf16_kernel_compiled() { return true; }
 
-size_t gemm_bf16_kernel_scratch() {  // uint32 words: A's pack, B's packs, B's transposition
-  return (size_t)MR * KP + (size_t)KP * NC + (size_t)NR * KP + 16;
+size_t gemm_bf16_kernel_scratch() {  // uint32 words: A's pack, B's packs
+  return (size_t)MR * KP + (size_t)KP * NC + 16;
 }
 
 void gemm_bf16_kernel(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
@@ -179,13 +237,12 @@ void gemm_bf16_kernel(bool ta, bool tb, int M, int N, int K, float alpha, const 
   uint32_t* const base = reinterpret_cast<uint32_t*>(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
   uint32_t* const Ap = base;
   uint32_t* const Bp = Ap + (size_t)MR * KP;
-  uint16_t* const tmp = reinterpret_cast<uint16_t*>(Bp + (size_t)KP * NC);
   __m512 acc[MR][2];
   for (int j0 = 0; j0 < N; j0 += NC) {
     const int nc = std::min(NC, N - j0);
     for (int k0 = 0; k0 < K; k0 += KC) {
       const int kc = std::min(KC, K - k0), kp = (kc + 1) / 2;
-      pack_b(Bp, tmp, tb, B, ldb, k0, kc, j0, nc);
+      pack_b(Bp, tb, B, ldb, k0, kc, j0, nc);
       for (int i0 = 0; i0 < M; i0 += MR) {
         const int mr = std::min(MR, M - i0);
         pack_a(Ap, ta, A, lda, i0, mr, k0, kc);
