@@ -218,7 +218,7 @@ inline void store(float* C, int ldc, const __m512 acc[MR][2], int mr, int w, flo
     for (int h = 0; h < 2; ++h) {
       if (!m[h]) continue;
       float* c = C + (size_t)i * ldc + 16 * h;
-      __m512 v = _mm512_mul_ps(va, acc[i][h]);
+      __m512 v = alpha == 1.f ? acc[i][h] : _mm512_mul_ps(va, acc[i][h]);  // (the same: 1 x is exact)
       if (read) v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m[h], c), v);
       _mm512_mask_storeu_ps(c, m[h], v);
     }
