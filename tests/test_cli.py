@@ -214,6 +214,20 @@ def test_string_ids_and_date_strings(tmp_path, capsys):
     code, out, err = run(capsys, ["evaluate", model, events, *cols])
     assert code == 0, err
     assert "60 users' last items" in out
+    # a split time with a zone is the instant it names, and is printed in UTC: here the time
+    # of one user's third event, written two hours ahead in +02:00
+    third = pd.Timestamp(df[df.user_id == "u0"].timestamp.sort_values().iloc[2])
+    at = (third + pd.Timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S+02:00")
+    code, out, err = run(capsys, ["evaluate", model, events, *cols, "--split-time", at])
+    assert code == 0, err
+    assert f"events from {third:%Y-%m-%d %H:%M:%S} UTC on" in out, out
+    # a time inside the log but inside no user's history (the middle of the longest quiet
+    # spell: each user's events span minutes) says so
+    times = pd.to_datetime(df.timestamp).sort_values().reset_index(drop=True)
+    gap = times.diff().idxmax()
+    quiet = (times[gap - 1] + (times[gap] - times[gap - 1]) / 2).floor("s")
+    code, out, err = run(capsys, ["evaluate", model, events, *cols, "--split-time", str(quiet)])
+    assert code == 2 and f"no user has events both before and after {quiet} UTC" in err, err
 
 
 def test_no_time_column_keeps_file_order(tmp_path, capsys):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, List
 
+import numpy as np
+
 DESCRIPTION = ("Build one sequence per user from an event log, hold out each sequence's last item "
                "(or, with --split-time, all of a user's events after that time) and rank it from "
                "the items before it; the most popular items are scored beside the model by the "
@@ -53,6 +55,15 @@ def _at(text: str) -> Any:
     return int(text) if text.strip().lstrip("-").isdigit() else value
 
 
+def _when(at: Any) -> str:
+    """The split time as the output says it: a datetime in UTC (the zone the command reads
+    times in, ``data._utc_naive``), to the second where that is exact; a number as it is."""
+    if isinstance(at, np.datetime64):
+        exact = at == at.astype("datetime64[s]")
+        return np.datetime_as_string(at, unit="s" if exact else "auto").replace("T", " ") + " UTC"
+    return str(at)
+
+
 def run(args: argparse.Namespace) -> int:
     from fastsasrec import Sequences, _events
     from fastsasrec.cli import CLIError, _load_model, _read
@@ -74,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
             _, test = split_by_time(df, _at(args.split_time), args.user_col, args.item_col, time_col)
         except ValueError as e:
             raise CLIError(f"--split-time {args.split_time}: {e}") from None
+        if len(test.users) == 0:
+            raise CLIError(f"--split-time {args.split_time}: no user has events both before and after "
+                           f"{_when(test.at)} ({test.no_events_before:,} users only after it, "
+                           f"{test.no_events_after:,} only before): choose a time inside users' histories")
         sequences, targets = test.contexts, test.targets
     res = model.evaluate(sequences, k=ks, protocol=args.protocol, targets=targets)
     pop = popular_baseline(model, sequences, k=ks, targets=targets) if args.protocol == "loo" else None
@@ -84,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         if len(sequences) > res["n"]:
             print(f"({len(sequences) - res['n']:,} users with fewer than 2 events skipped)")
     else:
-        print(f"{res['n']:,} users' events from {test.at} on ({len(targets.items):,} events) ranked "
+        print(f"{res['n']:,} users' events from {_when(test.at)} on ({len(targets.items):,} events) ranked "
               f"from their events before it; protocol: {res['protocol']}")
         print(f"(left out: {test.no_events_before:,} users with no event before, "
               f"{test.no_events_after:,} with none after; {test.new_item_targets:,} targets are "
