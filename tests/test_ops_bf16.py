@@ -116,6 +116,26 @@ def test_gemm_bf16_rounds_to_nearest_even(native):
         assert C[0, 0] == 1.0 and C[0, 1] == 1 + 2**-6 and C[0, 3] == 1 + 2**-7
 
 
+def test_round_bf16_lanes_match_the_scalar_rule():
+    """The 16-lane rounding (fast_math.h: round_bf16_lanes, which the sampled softmax's
+    positive logit and the bf16 kernel's subnormal packs use) gives round_bf16's bits on
+    random bit patterns of every class (NaN, inf, subnormals, ties) and the reference's on
+    the finite ones; a length off the vector width masks the last vector."""
+    rng = np.random.default_rng(11)
+    bits = rng.integers(0, 2**32, 1_000_003, dtype=np.uint64).astype(np.uint32)
+    bits[:12] = [0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001, 0xFFFFFFFF, 0x00000001,
+                 0x007F8000, 0x807FFFFF, 0x3F808000, 0x3F818000, 0x7F7FFFFF, 0x00000000]
+    ties = rng.integers(0, 2**16, 1000, dtype=np.uint64).astype(np.uint32) << 16 | 0x8000
+    bits = np.concatenate([bits, ties])
+    x = bits.view(np.float32)
+    one, vec = OPS.round_bf16(x)
+    np.testing.assert_array_equal(vec.view(np.uint32), one.view(np.uint32))
+    finite = np.isfinite(x)
+    np.testing.assert_array_equal(one[finite].view(np.uint32), R.bf16(x[finite]).view(np.uint32))
+    nan = np.isnan(x)
+    assert np.all(np.isnan(one[nan])) and np.all(one[np.isinf(x)] == x[np.isinf(x)])
+
+
 @pytest.mark.parametrize("native", PATHS)
 @pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)],
                          ids=["NN", "NT", "TN", "TT"])

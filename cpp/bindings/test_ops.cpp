@@ -180,6 +180,24 @@ std::tuple<F32, F32, float> fast_exp(const F32& x, float m) {
   return {one, row, sum};
 }
 
+// round_bf16 element by element, and the vector form (round_bf16_lanes, 16 at a time, on
+// AVX-512 builds; the scalar again elsewhere): (scalar, vector).
+std::tuple<F32, F32> round_bf16(const F32& x) {
+  const int64_t n = x.size();
+  F32 one({(py::ssize_t)n}), vec({(py::ssize_t)n});
+  for (int64_t e = 0; e < n; ++e) one.mutable_data()[e] = cpu::round_bf16(x.data()[e]);
+#if defined(__AVX512F__)
+  for (int64_t e = 0; e < n; e += 16) {
+    const __mmask16 k = cpu::head_lanes((int)std::min<int64_t>(16, n - e));
+    _mm512_mask_storeu_ps(vec.mutable_data() + e, k,
+                          cpu::round_bf16_lanes(_mm512_maskz_loadu_ps(k, x.data() + e)));
+  }
+#else
+  for (int64_t e = 0; e < n; ++e) vec.mutable_data()[e] = cpu::round_bf16(x.data()[e]);
+#endif
+  return {one, vec};
+}
+
 // cpu::gemm_bf16 on a chosen path (native: the AVX-512 BF16 kernel; else the fallback) over
 // `threads` threads, on numpy arrays in place (C: += / = as beta says).
 void gemm_bf16(bool native, int threads, bool ta, bool tb, int M, int N, int K, float alpha,
@@ -210,6 +228,8 @@ void bind_ops(py::module_& m) {
       .def_static("dropout_uniform", &dropout_uniform, py::arg("key"), py::arg("n"))
       .def_static("dropout_keep_scales", &dropout_keep_scales, py::arg("key"), py::arg("p"),
                   py::arg("counter"), py::arg("n"))
+      .def_static("round_bf16", &round_bf16, py::arg("x"),
+                  "round_bf16 element by element, and its 16-lane form: (scalar, vector).")
       .def_static("fast_exp", &fast_exp, py::arg("x"), py::arg("m"),
                   "fast_exp(x - m) element by element, and exp_sum_inplace's row and sum.")
       .def_static("gemm_bf16", &gemm_bf16, py::arg("native"), py::arg("threads"), py::arg("trans_a"),

@@ -124,6 +124,19 @@ inline float row_sum(const float* x, int n) {
   return lanes_sum(s);
 }
 
+// Each lane rounded to the nearest bfloat16, ties to even, as a float (round_bf16's rule,
+// ops.h: NaN stays a quiet NaN, past bf16's largest is inf, subnormals round as integers).
+inline __m512 round_bf16_lanes(__m512 x) {
+  const __m512i u = _mm512_castps_si512(x);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+  const __mmask16 odd = _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x10000));  // bf16's last bit
+  __m512i r = _mm512_add_epi32(u, _mm512_set1_epi32(0x7fff));
+  r = _mm512_mask_add_epi32(r, odd, r, _mm512_set1_epi32(1));
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x00400000)));
+  return _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32((int)0xffff0000u)));
+}
+
 // sum_j a[j] * b[j]
 inline float dot(const float* a, const float* b, int n) {
   __m512 s = _mm512_setzero_ps();

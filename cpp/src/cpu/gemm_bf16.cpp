@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/fast_math.h"  // round_bf16_lanes
 #include "cpu/ops.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -41,15 +42,7 @@ constexpr int KC = 512, NC = 256;  // a B block of KC x NC bf16 = 256 KiB (L2)
 constexpr int KP = KC / 2;         // depth pairs of a block
 
 // Each lane's float rounded to bf16 (round_bf16's rule), in the lane's high 16 bits.
-inline __m512i round_hi(__m512 x) {
-  const __m512i u = _mm512_castps_si512(x);
-  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
-                                                _mm512_set1_epi32(0x7f800000));
-  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
-  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x00400000)));
-  return _mm512_and_si512(r, _mm512_set1_epi32((int)0xffff0000u));
-}
+inline __m512i round_hi(__m512 x) { return _mm512_castps_si512(round_bf16_lanes(x)); }
 
 inline __mmask16 first(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << std::max(n, 0)) - 1); }
 

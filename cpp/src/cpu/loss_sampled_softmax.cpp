@@ -52,6 +52,22 @@ int negative_slices(const Context& ctx, int R, int C, int N) {
   if (nt <= 1 || 2.0 * R * N * C < 2.0e5) return 1;
   return std::max(1, std::min(nt, N / 64));
 }
+// sum_j bf16(a[j]) bf16(b[j]) (round_bf16's rule; each product exact in fp32), in dot's order.
+inline float dot_bf16(const float* a, const float* b, int n) {
+#if defined(__AVX512F__)
+  __m512 s = _mm512_setzero_ps();
+  for (int j = 0; j < n; j += 16) {
+    const __mmask16 k = head_lanes(n - j);
+    s = _mm512_fmadd_ps(round_bf16_lanes(_mm512_maskz_loadu_ps(k, a + j)),
+                        round_bf16_lanes(_mm512_maskz_loadu_ps(k, b + j)), s);
+  }
+  return lanes_sum(s);
+#else
+  float s = 0.f;
+  for (int j = 0; j < n; ++j) s += round_bf16(a[j]) * round_bf16(b[j]);
+  return s;
+#endif
+}
 bool fused(const Context& ctx) { return ctx.precision != Precision::BF16 || gemm_bf16_native(); }
 size_t extra_floats(const Context& ctx, int R, int C, int N, int slices) {  // beyond the chunk path's
   const size_t rc = chunk_rows(R, N);
@@ -151,11 +167,7 @@ void sampled_softmax_regions(const Context& ctx, float* loss, float* dh, float* 
         const float* hr = h + (size_t)r * C;
         const float* ep = E + (size_t)targets[r] * C;
         const int32_t t = targets[r];
-        float d = 0.f;
-        if (bf16)
-          for (int c = 0; c < C; ++c) d += op(hr[c]) * op(ep[c]);
-        else
-          d = dot(hr, ep, C);
+        const float d = bf16 ? dot_bf16(hr, ep, C) : dot(hr, ep, C);
         const float sp = d - (logq ? logq[t] : 0.f);
         float* row = logits + (size_t)i * N;
         const float m = std::max(sp, negatives_row(row, negatives, logq ? lqn.data() : nullptr, N, t));
@@ -231,11 +243,7 @@ void loss_sampled_softmax(const Context& ctx, float* loss, float* dh, float* dE,
         if (i < q0 || i >= q1) continue;
         const float* hr = h + (size_t)(r0 + i) * C;
         const float* ep = E + (size_t)tg * C;
-        float d = 0.f;
-        if (bf16)
-          for (int c = 0; c < C; ++c) d += op(hr[c]) * op(ep[c]);
-        else
-          d = dot(hr, ep, C);
+        const float d = bf16 ? dot_bf16(hr, ep, C) : dot(hr, ep, C);
         spos[i] = d - (logq ? logq[tg] : 0.f);
       }
 #pragma omp barrier
