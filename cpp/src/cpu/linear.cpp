@@ -22,21 +22,27 @@ namespace fsr::cpu {
 namespace {
 constexpr int kChunk = 192;  // rows of out a forward thread finishes at a time (48 KiB at width 64)
 
-// out's rows [r0, r1) after their product: ReLU, then dropout, while they are in cache.
-inline void epilogue(float* out, int r0, int r1, int O, bool relu, float p, uint64_t key,
+// out's rows [r0, r1) after their product, while they are in cache: the bias (the product
+// + b, one rounding) and the ReLU in one pass, then dropout.
+inline void epilogue(float* out, const float* b, int r0, int r1, int O, bool relu, float p, uint64_t key,
                      uint32_t thr, float inv_keep) {
   float* o = out + (size_t)r0 * O;
   const size_t n = (size_t)(r1 - r0) * O, e0 = (size_t)r0 * O;
-  if (relu)
-    for (size_t e = 0; e < n; ++e) o[e] = std::max(o[e], 0.f);
+  for (int r = 0; r < r1 - r0; ++r) {
+    float* row = o + (size_t)r * O;
+    if (relu)
+      for (int c = 0; c < O; ++c) row[c] = std::max(row[c] + b[c], 0.f);
+    else
+      for (int c = 0; c < O; ++c) row[c] += b[c];
+  }
   if (p > 0.f) {
     scale_kept(o, o, n, key, thr, e0, inv_keep);
   }
 }
 }  // namespace
 
-// Each thread fills its block of rows with the bias, accumulates its product onto it
-// (beta = 1: b + the sum, one rounding) and applies the ReLU and the dropout.
+// Each thread writes its block's product (beta = 0: C is never read), then adds the bias
+// and applies the ReLU in one pass (the sum + b, one rounding), and the dropout.
 void linear_forward(const Context& ctx, float* out, const float* in, const float* W, const float* b, int R, int I,
                     int O, bool relu, float p, uint64_t key) {
   const float inv_keep = p > 0.f ? 1.f / (1.f - p) : 1.f;
@@ -50,16 +56,9 @@ void linear_forward(const Context& ctx, float* out, const float* in, const float
     // bias through the product to the epilogue.
     for (int r0 = t0; r0 < t1; r0 += kChunk) {
       const int r1 = std::min(t1, r0 + kChunk);
-      float* o = out + (size_t)r0 * O;
-      if (!mm.usable()) {
-        for (int r = r0; r < r1; ++r)
-          for (int c = 0; c < O; ++c) out[(size_t)r * O + c] += b[c];
-      } else {
-        for (int r = r0; r < r1; ++r)
-          for (int c = 0; c < O; ++c) out[(size_t)r * O + c] = b[c];
-        mm(t, false, false, r1 - r0, O, I, 1.f, in + (size_t)r0 * I, I, W, O, 1.f, o, O);
-      }
-      epilogue(out, r0, r1, O, relu, p, key, thr, inv_keep);
+      if (mm.usable())  // (else the product is already in out)
+        mm(t, false, false, r1 - r0, O, I, 1.f, in + (size_t)r0 * I, I, W, O, 0.f, out + (size_t)r0 * O, O);
+      epilogue(out, b, r0, r1, O, relu, p, key, thr, inv_keep);
     }
   });
 }
