@@ -121,7 +121,7 @@ class SASRec(FittedAttributes, NotebookCompat):
         products to bfloat16 and sums the products in float32 (the GPU's tensor cores);
         weights, activations, attention, the other losses and the optimizer stay float32.
         The CPU computes the same rounding, for the same answers: with its own AVX-512
-        BF16 kernel where the CPU has one (``show_config()`` says), 1.3-1.5x fp32's speed
+        BF16 kernel where the CPU has one (``show_config()`` says), 1.25-1.5x fp32's speed
         in training (the most with the full softmax loss, whose products are most of an
         epoch); elsewhere by rounding, then float32, for no gain.
     feature_pooling : {"mean", "sum"}
