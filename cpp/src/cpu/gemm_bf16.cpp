@@ -20,7 +20,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "cpu/fast_math.h"  // round_bf16_lanes
+#include "cpu/fast_math.h"  // head_lanes, round_bf16_lanes
 #include "cpu/ops.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -43,8 +43,6 @@ constexpr int KP = KC / 2;         // depth pairs of a block
 
 // Each lane's float rounded to bf16 (round_bf16's rule), in the lane's high 16 bits.
 inline __m512i round_hi(__m512 x) { return _mm512_castps_si512(round_bf16_lanes(x)); }
-
-inline __mmask16 first(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << std::max(n, 0)) - 1); }
 
 // Floats rounded by the instruction (vcvtne2ps2bf16, 32 at a time), which rounds to nearest even
 // as round_bf16 does but takes subnormal inputs as zero; round_bf16 may round the largest
@@ -77,9 +75,9 @@ inline __m512i pair(__m512 lo, __m512 hi) { return interleave_halves(round32(lo,
 // kc contiguous floats rounded to bf16 into dst's 2 * kp halves (the depth past kc zero).
 inline void round_row(uint16_t* dst, const float* src, int kc, int kp) {
   for (int k = 0; k < 2 * kp; k += 32) {
-    const __m512 lo = _mm512_maskz_loadu_ps(first(kc - k), src + k);
-    const __m512 hi = _mm512_maskz_loadu_ps(first(kc - k - 16), src + k + 16);
-    const __mmask32 m = (__mmask32)first(2 * kp - k) | ((__mmask32)first(2 * kp - k - 16) << 16);
+    const __m512 lo = _mm512_maskz_loadu_ps(head_lanes(kc - k), src + k);
+    const __m512 hi = _mm512_maskz_loadu_ps(head_lanes(kc - k - 16), src + k + 16);
+    const __mmask32 m = (__mmask32)head_lanes(2 * kp - k) | ((__mmask32)head_lanes(2 * kp - k - 16) << 16);
     _mm512_mask_storeu_epi16(dst + k, m, round32(lo, hi));
   }
 }
@@ -101,7 +99,7 @@ void pack_a(uint32_t* Ap, bool ta, const float* A, int lda, int i0, int mr, int 
   }
   // Two pairs at a time: depths k, k + 2 in one vector and k + 1, k + 3 in the other (eight
   // rows each), rounded together, their halves interleaved into pairs p and p + 1.
-  const __mmask16 rows = first(mr);
+  const __mmask16 rows = head_lanes(mr);
   auto row = [&](int d) {  // A's depth k0 + d, rows i0.. (zero past kc)
     return d < kc ? _mm256_maskz_loadu_ps((__mmask8)rows, A + (size_t)(k0 + d) * lda + i0) : _mm256_setzero_ps();
   };
@@ -149,7 +147,7 @@ void pack_b(uint32_t* Bp, bool tb, const float* B, int ldb, int k0, int kc, int 
     const int jq = j0 + q * NR, w = std::min(NR, nc - q * NR);
     uint32_t* P = Bp + (size_t)q * kp * NR;
     if (!tb) {
-      const __mmask16 m0 = first(w), m1 = first(w - 16);
+      const __mmask16 m0 = head_lanes(w), m1 = head_lanes(w - 16);
       for (int p = 0; p < kp; ++p) {
         const float* r0 = B + (size_t)(k0 + 2 * p) * ldb + jq;
         const bool has1 = 2 * p + 1 < kc;
@@ -175,7 +173,7 @@ void pack_b(uint32_t* Bp, bool tb, const float* B, int ldb, int k0, int kc, int 
             continue;
           }
           const float* src = B + (size_t)(jq + j0 + r) * ldb + k0 + d;
-          v[r] = round32(_mm512_maskz_loadu_ps(first(kc - d), src), _mm512_maskz_loadu_ps(first(kc - d - 16), src + 16));
+          v[r] = round32(_mm512_maskz_loadu_ps(head_lanes(kc - d), src), _mm512_maskz_loadu_ps(head_lanes(kc - d - 16), src + 16));
         }
         transpose16(v);
         for (int p = 0; p < 16 && p0 + p < kp; ++p) _mm512_storeu_si512(P + (size_t)(p0 + p) * NR + j0, v[p]);
@@ -204,7 +202,7 @@ inline void tile(__m512 acc[MR][2], const uint32_t* Ap, int kp, const uint32_t* 
 // reads C), or += alpha acc (later blocks).
 inline void store(float* C, int ldc, const __m512 acc[MR][2], int mr, int w, float alpha, float beta,
                   bool first_block) {
-  const __mmask16 m[2] = {first(w), first(w - 16)};
+  const __mmask16 m[2] = {head_lanes(w), head_lanes(w - 16)};
   const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(first_block ? beta : 1.f);
   const bool read = !first_block || beta != 0.f;
   for (int i = 0; i < mr; ++i)
