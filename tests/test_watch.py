@@ -6,8 +6,8 @@ import fcntl
 import io
 import math
 import os
-import re
 import pty
+import re
 import struct
 import subprocess
 import sys
@@ -202,6 +202,14 @@ def test_a_pipe_gets_only_the_summary_and_history_writes_a_csv(events, tmp_path)
     assert header[:5] == ["phase", "epoch", "loss", "tokens_per_s", "seconds"]
     assert "val_NDCG@10" in header
     assert {r["phase"] for r in rows} == {"slice", "refit"}
+    # The summary's epoch count is the kept model's: the slice's best epochs, then the refit's
+    # (the slice's epochs after its best, patience spent, are in the history, not the model).
+    m = re.match(r"trained on .*: (\d+) epochs \(the held-out slice's best (\d+), then (\d+) more on "
+                 r"everything\) in ", out)
+    assert m, out
+    total, kept, more = map(int, m.groups())
+    assert more == sum(r["phase"] == "refit" for r in rows) and total == kept + more
+    assert kept <= sum(r["phase"] == "slice" for r in rows)
     assert all(r["val_NDCG@10"] == "" for r in rows if r["phase"] == "refit")
     assert all(float(r["val_NDCG@10"]) >= 0 for r in rows if r["phase"] == "slice")
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]

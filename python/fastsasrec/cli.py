@@ -254,6 +254,19 @@ def _add_item_feature_args(p: argparse.ArgumentParser) -> None:
                         "(default |), e.g. genres:|  (repeatable)")
 
 
+def _lineage(model: Any, times: List[Tuple[str, int, float]]) -> str:
+    """What the model's epochs are, where an epoch count was chosen: the slice's kept epochs
+    and the refit's (the two phases ran more epochs than the model has: early stopping's
+    patience is not in it), or "" where there was no refit."""
+    refit = sum(n for p, n, _ in times if p == "refit")
+    kept = (model.defaults_ or {}).get("iterations", {}).get("value")
+    if not refit or not isinstance(kept, int):
+        return ""
+    if len(model.loss_history_) == kept + refit:  # the kept weights went on training
+        return f" (the held-out slice's best {kept}, then {refit} more on everything)"
+    return f" (a fresh model on everything, for the slice's best {kept})"
+
+
 def _train(args: argparse.Namespace) -> int:
     from fastsasrec import SASRec
 
@@ -279,18 +292,19 @@ def _train(args: argparse.Namespace) -> int:
     dt = time.perf_counter() - t0
     n_users = int(df[args.user_col].nunique())
     loss = f", final loss {model.loss_history_[-1]:.4f}" if model.loss_history_ else ""
+    from fastsasrec._progress import PHASES, phase_times
+
+    times = phase_times(model.history_)
     print(f"trained on {len(df):,} events of {n_users:,} users over {model.n_items:,} items: "
-          f"{len(model.loss_history_)} epochs in {dt:.1f}s ({model.loss_} loss{loss})")
+          f"{len(model.loss_history_)} epochs{_lineage(model, times)} in {dt:.1f}s "
+          f"({model.loss_} loss{loss})")
     if model.defaults_:
         print("chosen from the data: " + ", ".join(f"{k} {v['value']}" for k, v in model.defaults_.items())
               + (" (epoch kept)" if "iterations" in model.defaults_ else ""))
         if args.verbose:
             for k, v in model.defaults_.items():
                 print(f"  {k}: {v['why']}")
-    from fastsasrec._progress import PHASES, phase_times
-
-    print("time: " + "; ".join(f"{PHASES.get(p, p)} {n} epochs in {sec:.1f}s"
-                               for p, n, sec in phase_times(model.history_)))
+    print("time: " + "; ".join(f"{PHASES.get(p, p)} {n} epochs in {sec:.1f}s" for p, n, sec in times))
     if args.history is not None:
         from fastsasrec.plot import write_history
 
