@@ -92,6 +92,32 @@ def test_bad_tables_are_refused(make, match):
                                  if match == "no feature column" else None)
 
 
+def test_a_table_read_with_its_ids_in_a_column_is_refused_not_misread():
+    # pd.read_csv gives row numbers as the index: taken as ids, every row would be a new
+    # product (the items' own ids start at 100 here) and no trained item would have features.
+    read = _table().reset_index()
+    with pytest.raises(ValueError, match=r"none of its 40 item ids \(0, 1, 2, \.\.\.\) is an item of "
+                       r"the training sequences \(100, 101, 102, \.\.\.\); its index is row numbers.*"
+                       r"column 'item_id' holds (\d+) of the \1 items: pass "
+                       r"item_features=frame.set_index\('item_id'\)"):
+        _model(iterations=1).fit(_sessions(), item_features=read)
+    # Ids that row numbers happen to overlap (here shifted by one) would pair each item with
+    # its neighbour's features: refused too, where a column of distinct ids holds as many.
+    sessions = [[i - 99 for i in s] for s in _sessions()]  # items 1..309
+    shifted = read.assign(item_id=read["item_id"] - 99)
+    with pytest.raises(ValueError, match=r"index is row numbers .* which match \d+ of the \d+ training "
+                       r"items, and its column 'item_id' holds"):
+        _model(iterations=1).fit(sessions, item_features=shifted)
+    # Said once, either way is taken: the id column, or row numbers given a name.
+    m = _model(iterations=1).fit(sessions, item_features=ItemFeatures(shifted, id_col="item_id"))
+    assert m.n_items_ == 40 and m.item_feature_values(1)[0] == "category='cat0'"
+    named = shifted.rename_axis("item")
+    assert _model(iterations=1).fit(sessions, item_features=named).n_items_ > 40
+    # A table of row-number ids with no column of ids is what it says.
+    plain = pd.DataFrame({"category": [f"c{i % 3}" for i in range(400)]})
+    assert _model(iterations=1).fit(sessions, item_features=plain).n_items_ == 400
+
+
 def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match="item_names='title'.*give item_features"):
         _model(iterations=1).fit(_sessions(20), item_names="title")

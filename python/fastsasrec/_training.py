@@ -213,6 +213,8 @@ def _fit(model: Any, sequences: Sequences, validation=None, early_stopping_patie
         validation = flatten_sequences(validation, "validation")
     flat, offsets = _drop_short(sequences, stacklevel=5)
     table = _features_table(item_features, item_names, flat)
+    if table is not None:
+        _features.check_ids(item_features, table, np.unique(flat))
     item_ids, internal, counts = _catalogue(flat, table)
     check_catalogue(item_ids)
     feats = _features.fitted(table, item_ids, params["feature_buckets"]) if table is not None else None
