@@ -113,6 +113,14 @@ def test_a_table_read_with_its_ids_in_a_column_is_refused_not_misread():
     assert m.n_items_ == 40 and m.item_feature_values(1)[0] == "category='cat0'"
     named = shifted.rename_axis("item")
     assert _model(iterations=1).fit(sessions, item_features=named).n_items_ > 40
+    # partial_fit: a table of new products alone is right, but not row numbers beside ids.
+    fitted = _model(iterations=1).fit(_sessions(), item_features=_table())
+    new = pd.DataFrame({"item_id": [990, 991], "category": ["cat1", "cat2"], "tags": [["t1"], ["t2"]],
+                        "price": [3.0, 4.0], "title": ["A", "B"]})
+    with pytest.raises(ValueError, match="index is row numbers .* column 'item_id' holds 2 of"):
+        fitted.partial_fit([[100, 990, 991]], item_features=new)
+    grown = fitted.partial_fit([[100, 990, 991]], item_features=new.set_index("item_id"))
+    assert {990, 991} <= set(grown.item_ids_.tolist())
     # A table of row-number ids with no column of ids is what it says.
     plain = pd.DataFrame({"category": [f"c{i % 3}" for i in range(400)]})
     assert _model(iterations=1).fit(sessions, item_features=plain).n_items_ == 400

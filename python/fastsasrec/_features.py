@@ -409,13 +409,14 @@ def table(item_features: Any, id_col: Optional[str] = None, names: Optional[str]
                  df[names].tolist() if names is not None else None)
 
 
-def check_ids(item_features: Any, table: Table, items: np.ndarray) -> None:
-    """Refuses, at fit, a features table whose ids are not the training items' ids, where
-    that can be told: none of its ids is an item of the training sequences (``items``,
-    sorted, unique), so every row would join the catalogue as a new product; or its index
-    is row numbers (a default index: 0, 1, 2, ..., unnamed) while a column of distinct
-    values holds at least as many of the items.  Both come of a frame read from a file with
-    its ids in a column, and would train features on the wrong items without a word."""
+def check_ids(item_features: Any, table: Table, items: np.ndarray, new_only: bool = False) -> None:
+    """Refuses a features table whose ids are not the items' ids, where that can be told:
+    none of its ids is one of ``items`` (sorted, unique: fit's training items), so every
+    row would join the catalogue as a new product (``new_only``: partial_fit, where a table
+    of new products alone is what it should be, skips this); or its index is row numbers (a
+    default index: 0, 1, 2, ..., unnamed) while a column of distinct values holds at least
+    as many of the items, and some.  Both come of a frame read from a file with its ids in
+    a column, and would train features on the wrong items without a word."""
     if table.ids.size == 0 or items.size == 0:
         return
     import pandas as pd
@@ -441,7 +442,7 @@ def check_ids(item_features: Any, table: Table, items: np.ndarray) -> None:
     hint = (f"column {best_col!r} holds {best_n:,} of the {items.size:,} items: pass "
             f"item_features=frame.set_index({best_col!r}), or ItemFeatures(frame, id_col={best_col!r})"
             if best_col is not None else "")
-    if covered == 0:
+    if covered == 0 and not new_only:
         shown = ", ".join(repr(v) for v in table.ids[table.order][:3].tolist())
         raise ValueError(
             f"item_features: none of its {table.ids.size:,} item ids ({shown}"

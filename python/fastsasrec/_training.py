@@ -500,6 +500,8 @@ def partial_fit(model: Any, sequences: Any, epochs: int = 1, callbacks: Any = No
     items, offsets = _drop_short(flat, stacklevel=4)
     check_ids_compatible(items, state.item_ids, "sequences")
     table = _features_table(item_features, item_names, state.item_ids)
+    if table is not None:
+        _features.check_ids(item_features, table, np.union1d(state.item_ids, items), new_only=True)
     internal = state.encode(items)
     unknown = internal == 0
     V = int(state.item_ids.size)
