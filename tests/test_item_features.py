@@ -1,6 +1,7 @@
 """Item features in the estimator: the table's reading, new products in the catalogue,
 names beside ids, partial_fit, the model file and checkpoints."""
 import json
+import warnings
 import zipfile
 
 import numpy as np
@@ -124,6 +125,26 @@ def test_a_table_read_with_its_ids_in_a_column_is_refused_not_misread():
     # A table of row-number ids with no column of ids is what it says.
     plain = pd.DataFrame({"category": [f"c{i % 3}" for i in range(400)]})
     assert _model(iterations=1).fit(sessions, item_features=plain).n_items_ == 400
+
+
+def test_columns_likely_meant_otherwise_warn():
+    items = [i for c in CATS.values() for i in c]
+    mixed = pd.DataFrame({"price": [float(i) for i in items]}, index=items).astype(object)
+    mixed.loc[101, "price"] = "cheap"
+    with pytest.warns(UserWarning, match=r"column 'price' holds numbers and strings \(item 101: "
+                      r"'cheap'\), so it is read as categorical"):
+        t = _features.table(mixed)
+    assert t.kinds == ("categorical",)
+    sku = pd.DataFrame({"sku": [f"SKU-{i}" for i in items], "category": ["a", "b"] * 20}, index=items)
+    with pytest.warns(UserWarning, match="column 'sku' has a distinct value for each of its 40 items"):
+        _features.table(sku)
+    # Said to be categorical, or shared by items, or too few rows to tell: no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ItemFeatures(sku, categorical=["sku"]).table("int")
+        ItemFeatures(mixed, categorical=["price"]).table("int")
+        _features.table(sku.iloc[:10])
+        _features.table(_table(), names="title")
 
 
 def test_bad_arguments_name_themselves():

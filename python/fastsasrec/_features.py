@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -60,6 +61,27 @@ def _scalar(v: Any, column: str, item: Any) -> Any:
         return int(v) if v.is_integer() and abs(v) < 2**53 else v
     raise ValueError(f"item_features column {column!r}, item {item!r}: value {v!r} of type "
                      f"{type(v).__name__} is not a string, number or boolean")
+
+
+def _warn_if_odd(column: str, data: List[Any], ids: np.ndarray) -> None:
+    """Warns of a column read as categorical that was likely meant otherwise: numbers with a
+    few strings among them (each number becomes its own value, no buckets), or a distinct
+    value for every item (a second id: it tells nothing of a new product)."""
+    present = [v for v in data if not _is_missing(v)]
+    nums = [v for v in present if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))]
+    if nums and len(nums) < len(present):
+        at = next(i for i, v in enumerate(data) if not _is_missing(v) and isinstance(v, str))
+        warnings.warn(f"item_features column {column!r} holds numbers and strings (item "
+                      f"{ids[at].item()!r}: {data[at]!r}), so it is read as categorical, each "
+                      f"number a value of its own; clean it, or say numeric=[{column!r}] or "
+                      f"categorical=[{column!r}] (ItemFeatures) to silence this",
+                      UserWarning, stacklevel=6)
+    elif len(present) >= 20 and len({_key(v) for v in present}) == len(present):
+        warnings.warn(f"item_features column {column!r} has a distinct value for each of its "
+                      f"{len(present):,} items: it works as a second id, and tells nothing of a "
+                      "new product; drop it, make it the names (item_names), or say "
+                      f"categorical=[{column!r}] (ItemFeatures) to keep it and silence this",
+                      UserWarning, stacklevel=6)
 
 
 def _key(v: Any) -> Tuple[str, Any]:
@@ -402,6 +424,8 @@ def table(item_features: Any, id_col: Optional[str] = None, names: Optional[str]
             kind, delim = "numeric", None
         else:
             kind, delim = "categorical", None
+            if categorical is None or c not in categorical:
+                _warn_if_odd(c, data, ids)
         kinds.append(kind)
         delims.append(delim)
         cells.append(data)
