@@ -380,6 +380,15 @@ def test_the_command_line_takes_features_and_prints_names(tmp_path, capsys):
     m2 = SASRec.load(tmp_path / "m2.fsr")
     assert 555 in m2.item_ids_.tolist() and m2.item_names_[list(m2.item_ids_).index(555)] == "Fresh"
     assert main(["train", str(events), "-o", str(model), "--item-names", "title"] + args) == 2
+    # An id column that holds none of the items, beside one that does, is named in the error.
+    capsys.readouterr()
+    table.assign(row=range(len(table))).to_csv(items, index=False)
+    assert main(["train", str(events), "-o", str(tmp_path / "m3.fsr"), "--item-features", str(items),
+                 "--item-id-col", "row", "--item-names", "title"] + args) == 2
+    n = len({i for s in _sessions(200) for i in s})
+    assert ("none of its 41 item ids in column 'row' (0, 1, 2, ...) is an item of the training "
+            f"sequences (100, 101, 102, ...); column 'item_id' holds {n} of the {n} items: is it the "
+            "id column?") in capsys.readouterr().err
 
 
 def test_the_server_answers_names_beside_ids(fitted):

@@ -468,13 +468,20 @@ def check_ids(item_features: Any, table: Table, items: np.ndarray, new_only: boo
             if best_col is not None else "")
     if covered == 0 and not new_only:
         shown = ", ".join(repr(v) for v in table.ids[table.order][:3].tolist())
+        id_name = item_features.id_col if named else idx.name
+        where = f" in column {id_name!r}" if id_name is not None else ""
+        if id_name is not None:  # the ids' column was named (the command line: --item-id-col)
+            advice = (f"; column {best_col!r} holds {best_n:,} of the {items.size:,} items: is it "
+                      "the id column?" if best_col is not None else "")
+        else:
+            advice = (f"; {hint}" if hint else "; index the frame by item id, or name its id column "
+                      "with ItemFeatures(frame, id_col=...)")
         raise ValueError(
-            f"item_features: none of its {table.ids.size:,} item ids ({shown}"
+            f"item_features: none of its {table.ids.size:,} item ids{where} ({shown}"
             f"{', ...' if table.ids.size > 3 else ''}) is an item of the training sequences "
             f"({', '.join(repr(v) for v in items[:3].tolist())}{', ...' if items.size > 3 else ''})"
             + ("; its index is row numbers (0, 1, 2, ...), not item ids" if row_numbers else "")
-            + (f"; {hint}" if hint else "; index the frame by item id, or name its id column with "
-               "ItemFeatures(frame, id_col=...)"))
+            + advice)
     if best_col is not None and best_n >= covered:
         raise ValueError(
             f"item_features: its index is row numbers (0, 1, 2, ..., unnamed), which match "
