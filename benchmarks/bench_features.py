@@ -34,6 +34,11 @@ sequence).  Reported:
 Synthetic (--part synthetic): the synthetic store's products with their category and brand
 as features, validation targets (a second data set for choosing the features' defaults).
 
+Thin (--part thin): --part quality (--split val or test) on a fifth of ML-100K's users, drawn
+by seed (about 15 events a movie instead of 59; every movie of the table in the catalogue with
+features, as new products where no kept user rated it): whether the features' defaults
+hold where ids are thin, the sparse catalogues a store has.
+
 Each (part, split, row, seed) is cached as JSON under benchmarks/.features_cache.
 
     python benchmarks/bench_features.py --part quality --split val --rows ids features_mean features_sum --seeds 0 1
@@ -42,6 +47,7 @@ Each (part, split, row, seed) is cached as JSON under benchmarks/.features_cache
     python benchmarks/bench_features.py --part cost --threads 2 --reps 3   # training time
     python benchmarks/bench_features.py --part synthetic --rows ids features_mean features_mean_iddrop0.1 --seeds 0 1 2
     python benchmarks/bench_features.py --part cold --rows features_mean_iddrop0.1 --seeds 0 1 2
+    python benchmarks/bench_features.py --part thin --split val --rows ids features_mean features_mean_iddrop0.1 --seeds 0 1 2 3 4 5 6 7
     python benchmarks/bench_features.py --table
 """
 from __future__ import annotations
@@ -109,8 +115,23 @@ def fit(row, seqs, seed, threads, table):
     return model, time.perf_counter() - t0
 
 
-def run_quality(row, which, seed, threads):
+THIN_SHARE = 0.2  # --part thin: the share of ML-100K's users kept (a draw by seed)
+
+
+def thin_users(seqs, seed, share=THIN_SHARE):
+    """A draw (by seed) of ``share`` of the users, whole sequences kept: the same movies,
+    each with about a fifth of its events (ML-100K's 59 a movie become about 15), the
+    regime of a sparse catalogue, where an id embedding has little to learn from.  Each
+    seed draws other users, so that more seeds read more validation targets (about 200 a
+    draw); the rows of one seed share its draw, and are compared seed by seed."""
+    keep = np.random.default_rng([20261207, seed]).random(len(seqs)) < share
+    return [s for s, k in zip(seqs, keep) if k]
+
+
+def run_quality(row, which, seed, threads, thin=False):
     seqs, _ = load("ml-100k")  # internal ids are the movie ids (1..1682, every one rated)
+    if thin:
+        seqs = thin_users(seqs, seed)
     train, _, report = split(seqs, which)
     fit_on = train if which == "val" else report[0]
     model, seconds = fit(row, fit_on, seed, threads, movie_table())
@@ -323,7 +344,7 @@ def cache_path(part, which, row, seed):
 def table_text() -> str:
     lines = []
     for part, which in (("quality", "val"), ("quality", "test"), ("cold", "test"),
-                        ("synthetic", "val")):
+                        ("synthetic", "val"), ("thin", "val"), ("thin", "test")):
         found = {}
         for f in sorted(CACHE.glob(f"{part}_{which}_*.json")):
             row, seed = f.stem[len(part) + len(which) + 2:].rsplit("_", 1)
@@ -358,7 +379,7 @@ def table_text() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", choices=["quality", "cold", "cost", "synthetic"], default="quality")
+    ap.add_argument("--part", choices=["quality", "cold", "cost", "synthetic", "thin"], default="quality")
     ap.add_argument("--reps", type=int, default=3, help="--part cost: interleaved repeats")
     ap.add_argument("--split", choices=["val", "test"], default="test")
     ap.add_argument("--rows", nargs="+", default=None)
@@ -378,8 +399,9 @@ def main() -> None:
         return
     rows = args.rows or (["features_mean", "features_off_catalogue"] if args.part == "cold"
                          else ["ids", "features_mean"])
-    which = {"quality": args.split, "synthetic": "val"}.get(args.part, "test")
+    which = {"quality": args.split, "synthetic": "val", "thin": args.split}.get(args.part, "test")
     run = {"quality": lambda row, seed: run_quality(row, which, seed, args.threads),
+           "thin": lambda row, seed: run_quality(row, which, seed, args.threads, thin=True),
            "cold": lambda row, seed: run_cold(row, seed, args.threads),
            "synthetic": lambda row, seed: run_synthetic(row, seed, args.threads)}[args.part]
     for seed in args.seeds:
