@@ -315,6 +315,14 @@ def test_bad_time_and_id_values(tmp_path, capsys):
     df.to_csv(events, index=False)
     code, _, err = run(capsys, ["train", events, "-o", tmp_path / "m.fsr"])
     assert code == 2 and "'timestamp' (--time-col)" in err
+    # One bad date among good ones: its row and value, and no advice about pandas' arguments.
+    df = chain_events(n_users=5)
+    df["timestamp"] = pd.to_datetime(df["timestamp"], unit="s").astype(str)
+    df.loc[7, "timestamp"] = "not a time"
+    df.to_csv(events, index=False)
+    code, _, err = run(capsys, ["train", events, "-o", tmp_path / "m.fsr"])
+    assert code == 2 and f"row 7 is 'not a time', not a date written as the first row's ({df['timestamp'][0]!r})" in err
+    assert "format=" not in err and len(err.strip().splitlines()) == 1
     df = chain_events(n_users=5).astype({"item_id": float})
     df.loc[3, "item_id"] = np.nan
     df.to_csv(events, index=False)

@@ -85,7 +85,9 @@ class TestFromTransactions:  # exact comparisons after training: CPU (determinis
             SASRec.from_transactions(bad)
         with pytest.raises(ValueError, match="must be a pandas DataFrame"):
             SASRec.from_transactions({"user_id": [1]})
-        with pytest.raises(ValueError, match="timestamp_col.*numbers or datetimes"):
+        with pytest.raises(ValueError, match=r"timestamp_col.*numbers or datetimes, got object \(first "
+                           r"value 'a'\): convert date strings first, e\.g\. df\['timestamp'\] = "
+                           r"pd\.to_datetime\(df\['timestamp'\]\)"):
             SASRec.from_transactions(df.assign(timestamp=["a", "b"]))
 
 

@@ -211,8 +211,27 @@ def times_of(col: Any, name: str, flag: str, row: int, what: str, path: str,
             warnings.simplefilter("ignore", UserWarning)
             parsed = pd.to_datetime(col, utc=True)
     except (ValueError, TypeError, OverflowError) as e:
-        raise ValueError(f"{where} must hold numbers or dates: {e}") from None
+        raise ValueError(f"{where} must hold numbers or dates: {_first_bad_date(col, row, e)}") from None
     return parsed.dt.tz_localize(None).to_numpy()
+
+
+def _first_bad_date(col: Any, row: int, error: Exception) -> str:
+    """The first cell of ``col`` that does not read as a date the way the column's first
+    does (pandas infers one format from it), with its row; else pandas' own first line
+    (its advice names arguments of pandas, which a command line does not have)."""
+    import pandas as pd
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            bad = pd.to_datetime(col, utc=True, errors="coerce").isna().to_numpy()
+    except (ValueError, TypeError, OverflowError):
+        bad = np.zeros(len(col), dtype=bool)
+    if bad.any():
+        i = int(np.argmax(bad))
+        return (f"row {row + i} is {col.iloc[i]!r}, not a date written as the first row's "
+                f"({col.iloc[0]!r})")
+    return str(error).split("\n")[0].rstrip(". ")
 
 
 def _columns(user_col: Any, item_col: Any, time_col: Any, flags: Sequence[str]) -> List[Tuple[Any, str]]:

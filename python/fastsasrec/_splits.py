@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, Tuple
 import numpy as np
 
 from fastsasrec._params import seed_or_none
-from fastsasrec.data import Sequences, _utc_naive, flatten_sequences, transactions_to_sequences
+from fastsasrec.data import Sequences, _to_datetime_hint, _utc_naive, flatten_sequences, transactions_to_sequences
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,8 @@ def split_by_time(events: Any, at: Any = 0.8, user_col: Any = "user_id", item_co
         raise ValueError("events is empty: nothing to split")
     times = _utc_naive(events[time_col]).to_numpy()  # times with a zone: in UTC
     if times.dtype.kind not in "iufM":
-        raise ValueError(f"column {time_col!r} (time_col) must hold numbers or datetimes, got {times.dtype}")
+        raise ValueError(f"column {time_col!r} (time_col) must hold numbers or datetimes, got {times.dtype} "
+                         f"(first value {times[0]!r})" + _to_datetime_hint(time_col, times.dtype))
     if pd.isna(times).any():
         raise ValueError(f"column {time_col!r} (time_col) has a missing value at row {int(np.argmax(pd.isna(times)))}")
     when = _split_time(times, at, time_col)

@@ -561,6 +561,12 @@ def check_user_ids(users: np.ndarray, what: str) -> np.ndarray:
     return users
 
 
+def _to_datetime_hint(col: Any, dtype: Any) -> str:
+    """What to do with a time column of strings (dates read from a file)."""
+    return (f": convert date strings first, e.g. df[{col!r}] = pd.to_datetime(df[{col!r}])"
+            if getattr(dtype, "kind", None) in ("O", "U", "S") else "")
+
+
 def transactions_to_sequences(
     df: Any, user_col: Any, item_col: Any, timestamp_col: Any = None
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -581,8 +587,8 @@ def transactions_to_sequences(
         ts = _column(df, kind, timestamp_col, "timestamp_col")
         if ts.dtype.kind not in "iufM":
             raise ValueError(
-                f"column {timestamp_col!r} (timestamp_col) must hold numbers or datetimes, got {ts.dtype}"
-            )
+                f"column {timestamp_col!r} (timestamp_col) must hold numbers or datetimes, got "
+                f"{ts.dtype} (first value {ts[0]!r})" + _to_datetime_hint(timestamp_col, ts.dtype))
         order = np.lexsort((ts, user_code))  # stable: equal times keep their input order
     else:
         order = np.argsort(user_code, kind="stable")
