@@ -365,7 +365,9 @@ def test_bad_arguments_are_usage_errors(trained, capsys):
     code, _, err = run(capsys, ["recommend", model])
     assert code == 2 and "--session" in err
     code, _, err = run(capsys, ["recommend", model, "--session", "110", "-n", "0"])
-    assert code == 2 and "n must be a positive integer" in err
+    assert code == 2 and "argument -n: must be a whole number >= 1, got '0'" in err
+    code, _, err = run(capsys, ["score", model, "x.csv", "-o", "y.csv", "-n", "2.5"])
+    assert code == 2 and "argument -n: must be a whole number >= 1, got '2.5'" in err
     code, _, err = run(capsys, ["evaluate", model, "x.csv", "--protocol", "paper"])
     assert code == 2 and "invalid choice" in err
     code, out, _ = run(capsys, ["--help"])

@@ -105,6 +105,17 @@ def _auto_or(kind):
     return parse
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 1 (how many items)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return n
+
+
 def _model_params(args: argparse.Namespace) -> Dict[str, Any]:
     given = dict(factors=args.factors, iterations=args.epochs, max_seq=args.max_seq, loss=args.loss,
                  negatives=getattr(args, "negatives", None),
@@ -458,7 +469,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        description="Print the top-n next items for a session, with their scores.")
     r.add_argument("model", metavar="MODEL")
     r.add_argument("--session", required=True, help="comma-separated item ids, oldest first: 12,40,7")
-    r.add_argument("-n", type=int, default=10, help="how many items (default: 10)")
+    r.add_argument("-n", type=_count, default=10, help="how many items (default: 10)")
     r.add_argument("--exclude", help="comma-separated item ids never to recommend (e.g. the cart)")
     _add_seen(r, "--keep-seen", "the session's own items")
     r.add_argument("--threads", type=int, default=None)
@@ -479,7 +490,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_columns(sc)
     sc.add_argument("-o", "--output", required=True, metavar="RECS",
                     help="where to write: .parquet (needs pyarrow) or .csv")
-    sc.add_argument("-n", type=int, default=10, help="recommendations per user (default: 10)")
+    sc.add_argument("-n", type=_count, default=10, help="recommendations per user (default: 10)")
     _add_seen(sc, "--include-seen", "every item of the user's events in EVENTS")
     sc.add_argument("--sorted-by-user", action="store_true",
                     help="EVENTS holds each user's events together, users in ascending order (as text, "
