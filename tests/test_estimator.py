@@ -82,6 +82,64 @@ def test_recommend_batch_matches_single(trained):
         np.testing.assert_allclose(scores[b], s1, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.emulated_gpu
+def test_items_ranks_only_those_as_the_whole_catalogue_does(trained):
+    """recommend(items=S) is the whole catalogue's ranking less every item outside S: the
+    same ids in the same order, the same scores bit for bit (a score depends on its
+    session and item only), with every exclusion and the fallback among S."""
+    rng = np.random.default_rng(4)
+    all_ids = trained.item_ids_
+    V = all_ids.size
+    sessions = [[110, 111, 112], [130, 131], [99999], [], [139, 100, 101, 102, 103]]
+    carts = [[113, 125], [], [101], [], [104]]
+    deny = [120, 121]
+    prev_how = trained._engine.scoring
+    try:
+        for how in ("fp32", "int8"):
+            trained._engine.scoring = how
+            for size in (1, 3, 17, V):
+                S = rng.choice(all_ids, size=size, replace=False).tolist() + [424242]  # one unknown
+                full = trained.recommend_batch(sessions, n=V, exclude=carts, denylist=deny)
+                got = trained.recommend_batch(sessions, n=6, exclude=carts, denylist=deny, items=S)
+                assert got.ids.shape == (len(sessions), min(6, size))
+                np.testing.assert_array_equal(got.fallback, full.fallback)
+                for b in range(len(sessions)):
+                    keep = np.isin(full.ids[b], S)
+                    want_ids, want_sc = full.ids[b][keep][:6], full.scores[b][keep][:6]
+                    n = want_ids.size
+                    np.testing.assert_array_equal(got.ids[b][:n], want_ids, err_msg=f"{how} {size} {b}")
+                    np.testing.assert_array_equal(got.scores[b][:n], want_sc, err_msg=f"{how} {size} {b}")
+                    assert (got.ids[b][n:] == -1).all() and np.isneginf(got.scores[b][n:]).all()
+                    one = trained.recommend(sessions[b], n=6, exclude=carts[b], denylist=deny, items=S)
+                    np.testing.assert_array_equal(one.ids, want_ids)
+                    np.testing.assert_array_equal(one.scores, want_sc)
+    finally:
+        trained._engine.scoring = prev_how
+
+
+def test_items_is_checked_by_name(trained):
+    with pytest.raises(ValueError, match="items: none of the ids given is in the model's catalogue"):
+        trained.recommend([110], n=3, items=[424242, 535353])
+    with pytest.raises(ValueError, match="items"):
+        trained.recommend([110], n=3, items=[[110, 111]])
+    assert trained.recommend([110, 111], n=5, items=[112, 113]).ids.tolist() == [112, 113]
+    # The engine checks what the ids index: candidates increasing in 1..V, exclusions and
+    # n within the candidates.
+    eng, V = trained._engine, trained.item_ids_.size
+    items, off = np.array([1, 2], np.int32), np.array([0, 2], np.int64)
+    none, none_off = np.zeros(0, np.int32), np.zeros(2, np.int64)
+    for cand, match in ((np.array([3, 2], np.int32), "candidates must be increasing ids in 1..40: entry 1 is 2"),
+                        (np.array([0, 2], np.int32), "entry 0 is 0"),
+                        (np.array([2, V + 1], np.int32), f"entry 1 is {V + 1}")):
+        with pytest.raises(ValueError, match=match):
+            eng.recommend(items, off, 1, none, none_off, cand)
+    with pytest.raises(ValueError, match="n must be in 1..2, got 3"):
+        eng.recommend(items, off, 3, none, none_off, np.array([4, 5], np.int32))
+    with pytest.raises(ValueError, match="exclude"):
+        eng.recommend(items, off, 1, np.array([3], np.int32), np.array([0, 1], np.int64),
+                      np.array([4, 5], np.int32))
+
+
 def test_scores_follow_the_weights(chain_data):
     """The CPU scores from a table packed from the item embeddings; it is packed again
     whenever the weights change, so after training on, every way of scoring returns the

@@ -365,6 +365,13 @@ def test_the_command_line_takes_features_and_prints_names(tmp_path, capsys):
     for line in out[1:]:
         rank, item, score, *name = line.split()
         assert " ".join(name) == (f"Item {item}" if int(item) < 900 else f"New {item}")
+    # The new product alone, as a "new for you" slot.
+    assert main(["recommend", str(model), "--session", "300,301", "-n", "3", "--new-products"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    new = m.item_ids_[m.popularity_ == 0]  # 999, and the table's items no session holds
+    assert 999 in new.tolist()
+    want = m.recommend([300, 301], n=3, items=new)
+    assert [line.split()[1] for line in out[1:]] == [str(i) for i in want.ids.tolist()]
     recs = tmp_path / "recs.csv"
     assert main(["score", str(model), str(events), "-o", str(recs), "-n", "2", "-q"]) == 0
     got = pd.read_csv(recs)

@@ -148,26 +148,40 @@ void bind_model(py::module_& m) {
         }
         return to_numpy(h, {(py::ssize_t)B, (py::ssize_t)s.config().factors});
       })
-      .def("recommend", [](Model& s, py::object items, py::object offsets, int k, py::object excl, py::object excl_off) {
+      .def("recommend", [](Model& s, py::object items, py::object offsets, int k, py::object excl,
+                           py::object excl_off, py::object cand_) {
+        // cand (optional): the internal ids ranked, increasing; the exclusions and the ids
+        // returned are then positions in it (1..len(cand)).
         auto it = arr<int32_t>(items, "items", 1);
         auto off = arr<int64_t>(offsets, "offsets", 1);
         check_sequences(it, off, s.config().n_items, "sessions");
+        py::array_t<int32_t, py::array::c_style> cand;
+        int n_cand = 0;
+        if (!cand_.is_none()) {
+          cand = arr<int32_t>(cand_, "cand", 1);
+          FSR_REQUIRE(cand.shape(0) >= 1 && cand.shape(0) <= s.config().n_items,
+                      "cand must hold 1..", s.config().n_items, " items, got ", cand.shape(0));
+          n_cand = (int)cand.shape(0);
+        }
+        const int V = n_cand ? n_cand : s.config().n_items;
         auto x = arr<int32_t>(excl, "exclude", 1);
         auto xo = arr<int64_t>(excl_off, "exclude_offsets", 1);
         const int64_t B = off.shape(0) - 1;
         FSR_REQUIRE(xo.shape(0) == B + 1, "exclude_offsets must have ", B + 1, " entries, got ", xo.shape(0));
-        check_sequences(x, xo, s.config().n_items, "exclude");
-        FSR_REQUIRE(k >= 1 && k <= s.config().n_items, "n must be in 1..", s.config().n_items, ", got ", k);
+        check_sequences(x, xo, V, "exclude");
+        FSR_REQUIRE(k >= 1 && k <= V, "n must be in 1..", V, ", got ", k);
         py::array_t<int32_t> ids({(py::ssize_t)B, (py::ssize_t)k});
         py::array_t<float> sc({(py::ssize_t)B, (py::ssize_t)k});
         int32_t* pi = ids.mutable_data();
         float* ps = sc.mutable_data();
         {
           py::gil_scoped_release nogil;
-          s.recommend(it.data(), off.data(), B, k, x.data(), xo.data(), pi, ps);
+          s.recommend(it.data(), off.data(), B, k, x.data(), xo.data(), pi, ps,
+                      n_cand ? cand.data() : nullptr, n_cand);
         }
         return py::make_tuple(ids, sc);
-      })
+      }, py::arg("items"), py::arg("offsets"), py::arg("k"), py::arg("excl"), py::arg("excl_off"),
+         py::arg("cand") = py::none())
       .def("recommend_resident", [](Model& s, py::object items_, py::object excl_, int k,
                                     py::object out_ids_, py::object out_scores_) {
         // Sessions and outputs in the model's memory: numpy arrays for a model on the CPU,

@@ -3,6 +3,7 @@
 // item embeddings, from host arrays (recommend) or from arrays already on the device
 // (recommend_resident).
 #include <algorithm>
+#include <vector>
 
 #include "fastsasrec/common.h"
 #include "fastsasrec/model.h"
@@ -68,11 +69,46 @@ std::vector<float> Model::session_states(const int32_t* items, const int64_t* of
 //                                in scratch `ex` (room for n_excl ids) and `off`
 //   outputs(b0, b1, ids, sc):    where the chunk's (nb, K) results go; null: into scratch,
 //                                then outputs(b0, b1, ids, sc) is called again with them
-template <typename States, typename Exclusions, typename Outputs>
-void Model::score(int64_t B, int K, int64_t n_excl, States states, Exclusions exclusions,
-                  Outputs outputs) {
+Model::Ranked Model::catalogue_table() {
   const int C = cfg_.factors, V = cfg_.n_items;
   const float* E = item_table();
+  const size_t table_size = be_->score_table_size(C, V);
+  if (table_size && table_stale_) {
+    be_->score_table_pack(static_cast<float*>(score_table_->grow(table_size * 4)), E, C, V);
+    table_stale_ = false;
+  }
+  return Ranked{E, V, table_size ? score_table_->f() : nullptr};
+}
+
+// Rows 0 (the padding row, never ranked) and cand[0..n) of the item table, gathered into
+// one table of n + 1 rows, then packed as the backend ranks it.  Built for each call: it
+// costs a copy of n rows, against the n x sessions products it serves.
+Model::Ranked Model::candidate_table(const int32_t* cand, int n) {
+  const int C = cfg_.factors, V = cfg_.n_items;
+  FSR_REQUIRE(n >= 1, "candidates: at least one item is needed, got none");
+  for (int i = 0; i < n; ++i)
+    FSR_REQUIRE(cand[i] >= 1 && cand[i] <= V && (i == 0 || cand[i] > cand[i - 1]),
+                "candidates must be increasing ids in 1..", V, ": entry ", i, " is ", cand[i]);
+  const float* E = item_table();
+  const size_t sz_rows = aligned((size_t)(n + 1) * 4), sz_E = aligned((size_t)(n + 1) * C * 4),
+               table_size = be_->score_table_size(C, n);
+  char* base = (char*)sub_table_->grow(sz_rows + sz_E + table_size * 4);
+  int32_t* rows = (int32_t*)base;
+  float* sub = (float*)(base + sz_rows);
+  std::vector<int32_t> host(cand, cand + n);
+  host.insert(host.begin(), 0);
+  be_->upload(rows, host.data(), host.size() * 4);
+  be_->gather_rows(sub, E, rows, n + 1, C);
+  float* table = table_size ? (float*)(base + sz_rows + sz_E) : nullptr;
+  if (table) be_->score_table_pack(table, sub, C, n);
+  return Ranked{sub, n, table};
+}
+
+template <typename States, typename Exclusions, typename Outputs>
+void Model::score(const Ranked& ranked, int64_t B, int K, int64_t n_excl, States states,
+                  Exclusions exclusions, Outputs outputs) {
+  const int C = cfg_.factors, V = ranked.V;
+  const float* E = ranked.E;
   const int64_t chunk = std::min<int64_t>(B, kScoreChunk);
   const size_t sz_h = aligned((size_t)chunk * C * 4), sz_off = aligned((size_t)(chunk + 1) * 8),
                sz_ex = aligned((size_t)std::max<int64_t>(n_excl, 1) * 4),
@@ -85,12 +121,7 @@ void Model::score(int64_t B, int K, int64_t n_excl, States states, Exclusions ex
   int32_t* ids = (int32_t*)(base + sz_h + sz_off + sz_ex);
   float* sc = (float*)(base + sz_h + sz_off + sz_ex + sz_out);
   float* ws = (float*)(base + sz_h + sz_off + sz_ex + 2 * sz_out);
-  const size_t table_size = be_->score_table_size(C, V);
-  if (table_size && table_stale_) {
-    be_->score_table_pack(static_cast<float*>(score_table_->grow(table_size * 4)), E, C, V);
-    table_stale_ = false;
-  }
-  const float* table = table_size ? score_table_->f() : nullptr;
+  const float* table = ranked.table;
   for (int64_t b0 = 0; b0 < B; b0 += chunk) {
     const int64_t b1 = std::min(B, b0 + chunk);
     states(b0, b1, h);
@@ -111,11 +142,14 @@ void Model::score(int64_t B, int K, int64_t n_excl, States states, Exclusions ex
 
 void Model::recommend(const int32_t* items, const int64_t* offsets, int64_t B, int K,
                       const int32_t* excl, const int64_t* excl_off, int32_t* out_ids,
-                      float* out_scores) {
+                      float* out_scores, const int32_t* cand, int n_cand) {
   std::lock_guard<std::mutex> lock(mu_);
-  const int C = cfg_.factors, V = cfg_.n_items;
+  const int C = cfg_.factors;
+  const int V = cand ? n_cand : cfg_.n_items;
   FSR_REQUIRE(K >= 1, "n must be >= 1, got ", K);
-  FSR_REQUIRE(K <= V, "n (", K, ") must be <= the number of items (", V, ")");
+  FSR_REQUIRE(K <= V, "n (", K, ") must be <= the number of ", cand ? "candidates" : "items", " (", V, ")");
+  // (the scratch score() grows is separate from sub_table_, so the table stays put)
+  const Ranked ranked = cand ? candidate_table(cand, n_cand) : catalogue_table();
   HostBatch hb;
   Acts& a = *infer_acts_;
   int64_t n_excl = 0;  // the most exclusions of any chunk
@@ -123,7 +157,7 @@ void Model::recommend(const int32_t* items, const int64_t* offsets, int64_t B, i
     n_excl = std::max(n_excl, excl_off[std::min(B, b0 + kScoreChunk)] - excl_off[b0]);
   std::vector<int64_t> off_local;
   score(
-      B, K, n_excl,
+      ranked, B, K, n_excl,
       [&](int64_t b0, int64_t b1, float* h) {  // as many forwards as fill the row budget
         for (int64_t f0 = b0, f1; f0 < b1; f0 = f1) {
           f1 = forward_end(offsets, f0, b1);
@@ -177,7 +211,7 @@ void Model::recommend_resident(const int32_t* items, int64_t B, int L, const int
   HostBatch hb;  // positions and row offsets only: the items are on the device
   std::vector<int64_t> off;
   score(
-      B, K, 0,
+      catalogue_table(), B, K, 0,
       [&](int64_t b0, int64_t b1, float* h) {
         for (int64_t f0 = b0; f0 < b1; f0 += fchunk) {
           const int64_t f1 = std::min(b1, f0 + fchunk);

@@ -130,6 +130,7 @@ Model::Model(const Config& cfg, const std::string& device, int threads) : cfg_(c
   be_->zero(grads_->get(), bytes);
   score_buf_ = std::make_unique<Buffer>(*be_);
   score_table_ = std::make_unique<Buffer>(*be_);
+  sub_table_ = std::make_unique<Buffer>(*be_);
   loss_buf_ = std::make_unique<Buffer>(*be_);
   backup_ = std::make_unique<Buffer>(*be_);
   logq_ = std::make_unique<Buffer>(*be_);

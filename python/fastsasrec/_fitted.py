@@ -143,6 +143,23 @@ class Fitted:
         head = head[:n]
         return head, share[head - 1].astype(np.float32)
 
+    def candidates(self, items: Any) -> Optional[np.ndarray]:
+        """The internal ids of ``items`` (recommend's allowlist), increasing, int32; ids the
+        model does not know dropped; None for None.  Encoded once per model and per list
+        object, as the denylist: pass the same object while it is unchanged."""
+        if items is None:
+            return None
+        cached = self.cache.get("candidates")
+        if cached is not None and cached[0] is items:
+            return cached[1]
+        ids = encode_flat(self, items, "items")
+        ids = np.unique(ids[ids > 0]).astype(np.int32)
+        if ids.size == 0:
+            raise ValueError("items: none of the ids given is in the model's catalogue, so "
+                             "there is nothing to rank")
+        self.cache["candidates"] = (items, ids)
+        return ids
+
     def item_embeddings(self) -> np.ndarray:
         E = self.cache.get("item_embeddings")
         if E is None:
@@ -233,12 +250,14 @@ def _merge_rows(parts) -> Tuple[np.ndarray, np.ndarray]:
 
 # ----------------------------------------------------------------------------- the scorer
 def recommend(state: Fitted, sessions: Any, n: Any, exclude_seen: Any = True, exclude: Any = None,
-              denylist: Any = None, name: str = "sessions") -> Recommendations:
+              denylist: Any = None, name: str = "sessions", items: Any = None) -> Recommendations:
     """Top-n for many sessions of original ids: (ids, scores) of shape (B, min(n, n_items)),
     best first, with ``fallback`` (B,).  Each row leaves out its own session's items (every
     one given, when ``exclude_seen``), its ``exclude`` list and the denylist; a slot with no
-    item left is id -1 (or "") and score -inf, last in its row."""
-    n = min(positive_int(n, "n"), state.n_items)
+    item left is id -1 (or "") and score -inf, last in its row.  ``items``: only these are
+    ranked (n at most their number)."""
+    cand = state.candidates(items)
+    n = min(positive_int(n, "n"), state.n_items if cand is None else cand.size)
     exclude_seen = flag(exclude_seen, "exclude_seen")
     given, given_off = encode_sessions(state, sessions, name)
     internal, offsets = drop_unknown(given, given_off)
@@ -248,16 +267,18 @@ def recommend(state: Fitted, sessions: Any, n: Any, exclude_seen: Any = True, ex
         if extra[1].size != offsets.size:
             raise ValueError(f"exclude must have one entry per session: {extra[1].size - 1} "
                              f"entries for {offsets.size - 1} sessions")
-    ids, scores, cold = score(state, internal, offsets, n, exclude_seen, extra, state.denylist(denylist))
+    ids, scores, cold = score(state, internal, offsets, n, exclude_seen, extra, state.denylist(denylist),
+                              cand)
     unknown = np.diff(given_off) - np.diff(offsets) if internal is not given else \
         np.zeros(offsets.size - 1, dtype=np.int64)
     return Recommendations(to_original(state, ids), scores, cold, unknown, state.names_of(ids))
 
 
 def recommend_one(state: Fitted, session: Any, n: Any, exclude_seen: Any = True,
-                  exclude: Any = None, denylist: Any = None) -> Recommendations:
+                  exclude: Any = None, denylist: Any = None, items: Any = None) -> Recommendations:
     """``recommend`` for one session: (ids, scores) without empty slots, ``fallback`` a bool."""
-    n = min(positive_int(n, "n"), state.n_items)
+    cand = state.candidates(items)
+    n = min(positive_int(n, "n"), state.n_items if cand is None else cand.size)
     exclude_seen = flag(exclude_seen, "exclude_seen")
     given = encode_flat(state, session, "session")
     known = given[given > 0]
@@ -267,7 +288,7 @@ def recommend_one(state: Fitted, session: Any, n: Any, exclude_seen: Any = True,
         ex = ex[ex > 0]
         extra = (ex, np.array([0, ex.size], dtype=np.int64))
     ids, scores, cold = score(state, known, np.array([0, known.size], dtype=np.int64), n,
-                              exclude_seen, extra, state.denylist(denylist))
+                              exclude_seen, extra, state.denylist(denylist), cand)
     ids, scores = ids[0], scores[0]
     valid = ids > 0
     if not valid.all():
@@ -277,11 +298,14 @@ def recommend_one(state: Fitted, session: Any, n: Any, exclude_seen: Any = True,
 
 
 def score(state: Fitted, internal: np.ndarray, offsets: np.ndarray, n: int, exclude_seen: bool,
-          extra: Optional[Tuple[np.ndarray, np.ndarray]], deny: np.ndarray
-          ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+          extra: Optional[Tuple[np.ndarray, np.ndarray]], deny: np.ndarray,
+          cand: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The engine call behind every recommendation, in internal ids: sessions (known items
     only, flat), n <= n_items, each row's extra exclusions (flat, known only) and the
-    denylist.  Returns (ids (B, n), 0 in an empty slot; scores, -inf there; cold (B,))."""
+    denylist; ``cand`` (increasing internal ids, n <= its size): only those ranked.
+    Returns (ids (B, n), 0 in an empty slot; scores, -inf there; cold (B,))."""
+    if cand is not None:
+        return _score_among(state, internal, offsets, n, exclude_seen, extra, deny, cand)
     B = offsets.size - 1
     if int(offsets[1]) > 0 if B == 1 else bool((offsets[1:] > offsets[:-1]).all()):
         # Every session warm (a live session, most batches): straight to the engine.
@@ -325,6 +349,49 @@ def score(state: Fitted, internal: np.ndarray, offsets: np.ndarray, n: int, excl
         excl = np.concatenate(parts) if len(parts) > 1 else parts[0]
         pi, ps = popular_cached(state, n, excl)
         ids[b, :pi.size], scores[b, :ps.size] = pi, ps
+    return ids, scores, cold
+
+
+def _score_among(state: Fitted, internal: np.ndarray, offsets: np.ndarray, n: int,
+                 exclude_seen: bool, extra: Optional[Tuple[np.ndarray, np.ndarray]],
+                 deny: np.ndarray, cand: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``score`` over the candidates alone.  The engine ranks the candidates' rows of the
+    item table with the same kernel and ties rule as the whole catalogue, so each row is
+    the whole catalogue's top-n less every item outside ``cand``; exclusions outside it
+    are dropped, the others become positions in it.  A session with no known item gets
+    the most popular candidates."""
+    B = offsets.size - 1
+    parts = [(internal, offsets) if exclude_seen else None, extra]
+    if deny.size:
+        parts.append((np.tile(deny, B), np.arange(B + 1, dtype=np.int64) * deny.size))
+    parts = [p for p in parts if p is not None]
+    ex_items, ex_off = _merge_rows(parts) if parts else (_NONE, np.zeros(B + 1, dtype=np.int64))
+    pos = np.searchsorted(cand, ex_items)
+    inside = (pos < cand.size) & (cand[np.minimum(pos, cand.size - 1)] == ex_items)
+    kept = np.concatenate(([0], np.cumsum(inside)))
+    sub_ex = (pos[inside] + 1).astype(np.int32)
+    sub_off = kept[ex_off].astype(np.int64)
+    lengths = np.diff(offsets)
+    cold = lengths == 0
+    ids = np.zeros((B, n), dtype=np.int32)
+    scores = np.full((B, n), -np.inf, dtype=np.float32)
+    warm = np.flatnonzero(~cold)
+    if warm.size:
+        w_items, w_off = (internal, offsets) if warm.size == B else _rows(internal, offsets, warm)
+        x_items, x_off = (sub_ex, sub_off) if warm.size == B else _rows(sub_ex, sub_off, warm)
+        got, scores[warm] = state.engine.recommend(
+            np.ascontiguousarray(w_items, dtype=np.int32), w_off, n,
+            np.ascontiguousarray(x_items, dtype=np.int32), x_off, cand)
+        ids[warm] = np.where(got > 0, cand[np.maximum(got, 1) - 1], 0)
+    if cold.any():
+        order, share = state.popular(state.n_items, _NONE)  # every item, most popular first
+        among = np.isin(order, cand)
+        order, share = order[among], share[among]
+        for b in np.flatnonzero(cold):
+            excl = cand[sub_ex[sub_off[b]:sub_off[b + 1]] - 1]
+            left = ~np.isin(order, excl) if excl.size else slice(None)
+            head, sh = order[left][:n], share[left][:n]
+            ids[b, :head.size], scores[b, :head.size] = head, sh
     return ids, scores, cold
 
 

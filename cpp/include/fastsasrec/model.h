@@ -159,10 +159,15 @@ class Model {
   // ---- inference (infer.cpp)
   // h(B,C): the final hidden state at each session's last position (last max_seq items).
   std::vector<float> session_states(const int32_t* items, const int64_t* offsets, int64_t B);
-  // Top-k items per session, excluding excl[excl_off[b]..excl_off[b+1]).
+  // Top-k items per session, excluding excl[excl_off[b]..excl_off[b+1]).  With candidates
+  // (cand: n_cand internal ids, strictly increasing, in 1..V; null: the whole catalogue)
+  // only those items are ranked: the ids written and excl are then positions in cand
+  // (1..n_cand), and K <= n_cand.  Each score is the one the whole catalogue's top-k gives
+  // that item (topk's scores depend on the session and the item only), and ties go to the
+  // lower id as there: the top-k of the catalogue less every item outside cand.
   void recommend(const int32_t* items, const int64_t* offsets, int64_t B, int K,
                  const int32_t* excl, const int64_t* excl_off, int32_t* out_ids,
-                 float* out_scores);
+                 float* out_scores, const int32_t* cand = nullptr, int n_cand = 0);
   // The same for B sessions of L ids already in backend memory (row-major; ids 1..V, L <=
   // max_seq), exclusions B rows of Lx ids (excl null: none), outputs in backend memory.
   // The ids are checked where they are (find_outside) before they index anything.
@@ -213,9 +218,19 @@ class Model {
   void final_states(const int32_t* items, const int64_t* offsets, int64_t b0, int64_t b1,
                     HostBatch& hb, Acts& a);
   int64_t forward_end(const int64_t* offsets, int64_t f0, int64_t b1) const;
+  // The table top-k ranks (V items, rows 1..V of E) and its packed form (null where the
+  // backend packs none): the whole catalogue's, packed on first use after the weights
+  // change; or the rows of n_cand candidates gathered into sub_table_ for one call.
+  struct Ranked {
+    const float* E;
+    int V;
+    const float* table;
+  };
+  Ranked catalogue_table();
+  Ranked candidate_table(const int32_t* cand, int n_cand);
   template <typename States, typename Exclusions, typename Outputs>
-  void score(int64_t B, int K, int64_t n_excl, States states, Exclusions exclusions,
-             Outputs outputs);
+  void score(const Ranked& ranked, int64_t B, int K, int64_t n_excl, States states,
+             Exclusions exclusions, Outputs outputs);
 
   Config cfg_;
   std::string device_;
@@ -232,6 +247,8 @@ class Model {
   // first top-k after the weights change (table_stale_: set by every write of the weights).
   std::unique_ptr<Buffer> score_table_;
   bool table_stale_ = true;
+  // recommend's candidates: their row indices, rows of the item table and packed table
+  std::unique_ptr<Buffer> sub_table_;
   // Item features: fused_ is T ((V + 1) x C) and fused_stale_ says it must be rebuilt;
   // feat_ holds the CSR (values, offsets) and its inverse (inv_items, inv_offsets), int32.
   std::unique_ptr<Buffer> fused_, feat_;
