@@ -360,21 +360,21 @@ def test_bad_session(trained, capsys, session, message):
     assert code == 2 and "--session" in err and message in err
 
 
-def test_items_ranks_only_those(trained, capsys):
+def test_candidates_ranks_only_those(trained, capsys):
     _, model = trained
     code, out, _ = run(capsys, ["recommend", model, "--session", "110,111", "-n", "50"])
     full_ids, full_sc = recommended(out)
     code, out, err = run(capsys, ["recommend", model, "--session", "110,111", "-n", "3",
-                                  "--items", "125,112,130,424242"])
-    assert code == 0 and "note: --items not in the model's catalogue, ignored: 424242" in err
+                                  "--candidates", "125,112,130,424242"])
+    assert code == 0 and "note: --candidates not in the model's catalogue, ignored: 424242" in err
     ids, sc = recommended(out)
     want = [(i, x) for i, x in zip(full_ids, full_sc) if i in {"125", "112", "130"}][:3]
     assert list(zip(ids, sc)) == want
-    code, _, err = run(capsys, ["recommend", model, "--session", "110", "--items", "5,6"])
-    assert code == 2 and "--items: none of '5,6' is in the model's catalogue" in err
+    code, _, err = run(capsys, ["recommend", model, "--session", "110", "--candidates", "5,6"])
+    assert code == 2 and "--candidates: none of '5,6' is in the model's catalogue" in err
     code, _, err = run(capsys, ["recommend", model, "--session", "110", "--new-products"])
     assert code == 2 and "--new-products: every item of this model has training events" in err
-    code, _, err = run(capsys, ["recommend", model, "--session", "110", "--items", "112", "--new-products"])
+    code, _, err = run(capsys, ["recommend", model, "--session", "110", "--candidates", "112", "--new-products"])
     assert code == 2 and "give one" in err
 
 

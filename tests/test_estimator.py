@@ -83,8 +83,8 @@ def test_recommend_batch_matches_single(trained):
 
 
 @pytest.mark.emulated_gpu
-def test_items_ranks_only_those_as_the_whole_catalogue_does(trained):
-    """recommend(items=S) is the whole catalogue's ranking less every item outside S: the
+def test_candidates_ranks_only_those_as_the_whole_catalogue_does(trained):
+    """recommend(candidates=S) is the whole catalogue's ranking less every item outside S: the
     same ids in the same order, the same scores bit for bit (a score depends on its
     session and item only), with every exclusion and the fallback among S."""
     rng = np.random.default_rng(4)
@@ -100,7 +100,7 @@ def test_items_ranks_only_those_as_the_whole_catalogue_does(trained):
             for size in (1, 3, 17, V):
                 S = rng.choice(all_ids, size=size, replace=False).tolist() + [424242]  # one unknown
                 full = trained.recommend_batch(sessions, n=V, exclude=carts, denylist=deny)
-                got = trained.recommend_batch(sessions, n=6, exclude=carts, denylist=deny, items=S)
+                got = trained.recommend_batch(sessions, n=6, exclude=carts, denylist=deny, candidates=S)
                 assert got.ids.shape == (len(sessions), min(6, size))
                 np.testing.assert_array_equal(got.fallback, full.fallback)
                 for b in range(len(sessions)):
@@ -110,19 +110,19 @@ def test_items_ranks_only_those_as_the_whole_catalogue_does(trained):
                     np.testing.assert_array_equal(got.ids[b][:n], want_ids, err_msg=f"{how} {size} {b}")
                     np.testing.assert_array_equal(got.scores[b][:n], want_sc, err_msg=f"{how} {size} {b}")
                     assert (got.ids[b][n:] == -1).all() and np.isneginf(got.scores[b][n:]).all()
-                    one = trained.recommend(sessions[b], n=6, exclude=carts[b], denylist=deny, items=S)
+                    one = trained.recommend(sessions[b], n=6, exclude=carts[b], denylist=deny, candidates=S)
                     np.testing.assert_array_equal(one.ids, want_ids)
                     np.testing.assert_array_equal(one.scores, want_sc)
     finally:
         trained._engine.scoring = prev_how
 
 
-def test_items_is_checked_by_name(trained):
-    with pytest.raises(ValueError, match="items: none of the ids given is in the model's catalogue"):
-        trained.recommend([110], n=3, items=[424242, 535353])
-    with pytest.raises(ValueError, match="items"):
-        trained.recommend([110], n=3, items=[[110, 111]])
-    assert trained.recommend([110, 111], n=5, items=[112, 113]).ids.tolist() == [112, 113]
+def test_candidates_are_checked_by_name(trained):
+    with pytest.raises(ValueError, match="candidates: none of the ids given is in the model's catalogue"):
+        trained.recommend([110], n=3, candidates=[424242, 535353])
+    with pytest.raises(ValueError, match="candidates"):
+        trained.recommend([110], n=3, candidates=[[110, 111]])
+    assert trained.recommend([110, 111], n=5, candidates=[112, 113]).ids.tolist() == [112, 113]
     # The engine checks what the ids index: candidates increasing in 1..V, exclusions and
     # n within the candidates.
     eng, V = trained._engine, trained.item_ids_.size

@@ -370,7 +370,7 @@ def test_the_command_line_takes_features_and_prints_names(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     new = m.item_ids_[m.popularity_ == 0]  # 999, and the table's items no session holds
     assert 999 in new.tolist()
-    want = m.recommend([300, 301], n=3, items=new)
+    want = m.recommend([300, 301], n=3, candidates=new)
     assert [line.split()[1] for line in out[1:]] == [str(i) for i in want.ids.tolist()]
     recs = tmp_path / "recs.csv"
     assert main(["score", str(model), str(events), "-o", str(recs), "-n", "2", "-q"]) == 0

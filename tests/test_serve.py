@@ -109,6 +109,45 @@ def test_recommend_answers_what_the_model_says(running, model):
         assert got.headers["x-request-id"]
 
 
+def test_candidates_rank_only_those(running, model):
+    r = running()
+    cand = [5, 9, 12, 30, 41, 999]  # 999: unknown, ignored
+    for session, n in (([1, 2, 3], 3), ([], 2), ([7, 8], 10)):
+        got = r.client.post("/v1/recommend", json={"session": session, "n": n, "candidates": cand})
+        assert got.status_code == 200, got.text
+        want = model.recommend(session, n=n, candidates=cand)
+        assert got.json()["items"] == want.ids.tolist() and got.json()["fallback"] == want.fallback
+        np.testing.assert_array_equal(np.asarray(got.json()["scores"], np.float32), want.scores)
+    sess = [[1, 2, 3], [], [4, 5]]
+    got = r.client.post("/v1/recommend/batch", json={"sessions": sess, "n": 4, "candidates": cand}).json()
+    assert [x["items"] for x in got["results"]] == model.recommend_batch(sess, n=4, candidates=cand).ids.tolist()
+    bad = r.client.post("/v1/recommend", json={"session": [1], "candidates": [998, 999]})
+    assert bad.status_code == 422 and "candidates: holds no item of the model's catalogue" in bad.json()["error"]
+    bad = r.client.post("/v1/recommend", json={"session": [1], "candidates": []})
+    assert bad.status_code == 422 and "candidates" in bad.json()["error"]
+    bad = r.client.post("/v1/recommend", json={"session": [1], "candidates": 5})
+    assert bad.status_code == 422 and "candidates: must be a list" in bad.json()["error"]
+
+
+def test_concurrent_requests_with_and_without_candidates_are_each_right(running, model):
+    """Asks with other candidate sets (or none) may come in one micro-batch: each set is
+    scored apart, and every answer is the model's."""
+    r = running(max_batch=16, max_wait_ms=2)
+    rng = np.random.default_rng(2)
+    sets = [None, [3, 4, 5, 6, 7], [10, 20, 30, 40, 50, 59]]
+    asks = [(rng.integers(1, 60, size=rng.integers(1, 8)).tolist(), sets[i % 3]) for i in range(150)]
+
+    def one(ask):
+        s, cand = ask
+        body = {"session": s, "n": 3, **({"candidates": cand} if cand else {})}
+        with httpx.Client(base_url=r.url, timeout=30) as c:
+            return c.post("/v1/recommend", json=body).json()["items"]
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        got = list(pool.map(one, asks))
+    assert got == [model.recommend(s, n=3, candidates=c).ids.tolist() for s, c in asks]
+
+
 def test_batch_and_similar(running, model):
     r = running()
     sess = [[1, 2, 3], [], [4, 5], [999]]

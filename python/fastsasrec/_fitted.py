@@ -143,21 +143,21 @@ class Fitted:
         head = head[:n]
         return head, share[head - 1].astype(np.float32)
 
-    def candidates(self, items: Any) -> Optional[np.ndarray]:
-        """The internal ids of ``items`` (recommend's allowlist), increasing, int32; ids the
-        model does not know dropped; None for None.  Encoded once per model and per list
-        object, as the denylist: pass the same object while it is unchanged."""
-        if items is None:
+    def candidates(self, given: Any) -> Optional[np.ndarray]:
+        """The internal ids of recommend's ``candidates``, increasing, int32; ids the model
+        does not know dropped; None for None.  Encoded once per model and per list object,
+        as the denylist: pass the same object while it is unchanged."""
+        if given is None:
             return None
         cached = self.cache.get("candidates")
-        if cached is not None and cached[0] is items:
+        if cached is not None and cached[0] is given:
             return cached[1]
-        ids = encode_flat(self, items, "items")
+        ids = encode_flat(self, given, "candidates")
         ids = np.unique(ids[ids > 0]).astype(np.int32)
         if ids.size == 0:
-            raise ValueError("items: none of the ids given is in the model's catalogue, so "
+            raise ValueError("candidates: none of the ids given is in the model's catalogue, so "
                              "there is nothing to rank")
-        self.cache["candidates"] = (items, ids)
+        self.cache["candidates"] = (given, ids)
         return ids
 
     def item_embeddings(self) -> np.ndarray:
@@ -250,13 +250,13 @@ def _merge_rows(parts) -> Tuple[np.ndarray, np.ndarray]:
 
 # ----------------------------------------------------------------------------- the scorer
 def recommend(state: Fitted, sessions: Any, n: Any, exclude_seen: Any = True, exclude: Any = None,
-              denylist: Any = None, name: str = "sessions", items: Any = None) -> Recommendations:
+              denylist: Any = None, name: str = "sessions", candidates: Any = None) -> Recommendations:
     """Top-n for many sessions of original ids: (ids, scores) of shape (B, min(n, n_items)),
     best first, with ``fallback`` (B,).  Each row leaves out its own session's items (every
     one given, when ``exclude_seen``), its ``exclude`` list and the denylist; a slot with no
-    item left is id -1 (or "") and score -inf, last in its row.  ``items``: only these are
-    ranked (n at most their number)."""
-    cand = state.candidates(items)
+    item left is id -1 (or "") and score -inf, last in its row.  ``candidates``: only these
+    are ranked (n at most their number)."""
+    cand = state.candidates(candidates)
     n = min(positive_int(n, "n"), state.n_items if cand is None else cand.size)
     exclude_seen = flag(exclude_seen, "exclude_seen")
     given, given_off = encode_sessions(state, sessions, name)
@@ -275,9 +275,9 @@ def recommend(state: Fitted, sessions: Any, n: Any, exclude_seen: Any = True, ex
 
 
 def recommend_one(state: Fitted, session: Any, n: Any, exclude_seen: Any = True,
-                  exclude: Any = None, denylist: Any = None, items: Any = None) -> Recommendations:
+                  exclude: Any = None, denylist: Any = None, candidates: Any = None) -> Recommendations:
     """``recommend`` for one session: (ids, scores) without empty slots, ``fallback`` a bool."""
-    cand = state.candidates(items)
+    cand = state.candidates(candidates)
     n = min(positive_int(n, "n"), state.n_items if cand is None else cand.size)
     exclude_seen = flag(exclude_seen, "exclude_seen")
     given = encode_flat(state, session, "session")

@@ -353,20 +353,20 @@ def _recommend(args: argparse.Namespace) -> int:
     model = _load_model(args.model, args.threads)
     session = _parse_ids(args.session, model, "--session")
     exclude = _parse_ids(args.exclude, model, "--exclude") if args.exclude is not None else None
-    items = None
-    if args.items is not None and args.new_products:
-        raise CLIError("--items and --new-products each say which items to rank: give one")
-    if args.items is not None:
-        items = _parse_ids(args.items, model, "--items")
-        inside = np.isin(np.asarray(items), model.item_ids)
+    cand = None
+    if args.candidates is not None and args.new_products:
+        raise CLIError("--candidates and --new-products each say which items to rank: give one")
+    if args.candidates is not None:
+        cand = _parse_ids(args.candidates, model, "--candidates")
+        inside = np.isin(np.asarray(cand), model.item_ids)
         if not inside.any():
-            raise CLIError(f"--items: none of {args.items!r} is in the model's catalogue")
+            raise CLIError(f"--candidates: none of {args.candidates!r} is in the model's catalogue")
         if not inside.all():
-            print("note: --items not in the model's catalogue, ignored: "
-                  + ", ".join(str(x) for x, k in zip(items, inside) if not k), file=sys.stderr)
+            print("note: --candidates not in the model's catalogue, ignored: "
+                  + ", ".join(str(x) for x, k in zip(cand, inside) if not k), file=sys.stderr)
     elif args.new_products:
-        items = model.item_ids[np.asarray(model.popularity_) == 0]
-        if items.size == 0:
+        cand = model.item_ids[np.asarray(model.popularity_) == 0]
+        if cand.size == 0:
             raise CLIError("--new-products: every item of this model has training events; add new "
                            "products with `fastsasrec update ... --item-features`")
     known = np.isin(np.asarray(session), model.item_ids)
@@ -378,7 +378,7 @@ def _recommend(args: argparse.Namespace) -> int:
             print(f"note: no item of --session is in the model's catalogue ({unknown}): "
                   "these are the most popular items", file=sys.stderr)
     got = model.recommend(session, n=args.n, exclude_seen=_exclude_seen(args, "--keep-seen"),
-                          exclude=exclude, items=items)
+                          exclude=exclude, candidates=cand)
     ids, scores = got
     width = max([4] + [len(str(x)) for x in ids.tolist()])
     names = got.names.tolist() if got.names is not None else None
@@ -487,8 +487,8 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--session", required=True, help="comma-separated item ids, oldest first: 12,40,7")
     r.add_argument("-n", type=_count, default=10, help="how many items (default: 10)")
     r.add_argument("--exclude", help="comma-separated item ids never to recommend (e.g. the cart)")
-    r.add_argument("--items", help="comma-separated item ids: rank only these (each with its "
-                                   "score in the whole catalogue's ranking)")
+    r.add_argument("--candidates", help="comma-separated item ids: rank only these (each with "
+                                        "its score in the whole catalogue's ranking)")
     r.add_argument("--new-products", action="store_true",
                    help="rank only the items with no training events (products added by "
                         "update --item-features): a 'new for you' slot")

@@ -424,29 +424,29 @@ class SASRec(FittedAttributes, NotebookCompat):
         exclude_seen: bool = True,
         exclude: Optional[Sequence[Any]] = None,
         denylist: Optional[Sequence[Any]] = None,
-        items: Optional[Sequence[Any]] = None,
+        candidates: Optional[Sequence[Any]] = None,
     ) -> Recommendations:
         """Top-n next items for one session of original ids (oldest first).
 
         Items unknown to the model are ignored; the model reads the last ``max_seq_`` known
         items.  With ``exclude_seen`` every item of the session given is left out (pass a
         user's whole history to keep all of it out); ``exclude`` (e.g. a cart) and
-        ``denylist`` (e.g. out of stock) remove more.  ``items`` ranks only these (e.g. the
-        new products, a category page): each keeps the score it has in the whole
+        ``denylist`` (e.g. out of stock) remove more.  ``candidates`` ranks only these (e.g.
+        the new products, a category page): each keeps the score it has in the whole
         catalogue's ranking, and ties break as there, so the answer is that ranking less
         every other item (ids the model does not know are ignored; pass the same object
         again while it is unchanged: its encoding is kept).  Returns (ids, scores), best
-        first; fewer than n when the catalogue (or ``items``), less the exclusions, has
+        first; fewer than n when the catalogue (or ``candidates``), less the exclusions, has
         fewer.  The result also has ``fallback``: True when the session had no known item,
-        so that the answer is the most popular items (of ``items``), scored by their share
+        so that the answer is the most popular items (of ``candidates``), scored by their share
         of training interactions.
         """
         return _fitted.recommend_one(self._fitted(), session, n, exclude_seen, exclude, denylist,
-                                     items)
+                                     candidates)
 
     def recommend_batch(
         self, sessions: Any, n: int = 10, exclude_seen: bool = True, exclude: Any = None,
-        denylist: Optional[Sequence[Any]] = None, items: Optional[Sequence[Any]] = None,
+        denylist: Optional[Sequence[Any]] = None, candidates: Optional[Sequence[Any]] = None,
     ) -> Recommendations:
         """Top-n for many sessions at once: (ids, scores), each of shape
         (len(sessions), min(n, n_items)), best first, and ``fallback``: a bool per session,
@@ -462,9 +462,9 @@ class SASRec(FittedAttributes, NotebookCompat):
         history given; the model reads its last ``max_seq_``).  ``exclude``: per session,
         ids never to recommend to it (a cart, items already bought), as lists (one per
         session) or a ``Sequences``.  ``denylist``: ids left out of every row (pass the same
-        object again while it is unchanged: its encoding is kept).  ``items``: only these
-        are ranked, each with its whole-catalogue score (see ``recommend``); the shape is
-        then (len(sessions), min(n, known items given)).  Ids the model does not know are
+        object again while it is unchanged: its encoding is kept).  ``candidates``: only
+        these are ranked, each with its whole-catalogue score (see ``recommend``); the shape
+        is then (len(sessions), min(n, known candidates)).  Ids the model does not know are
         ignored; all of it is done in the same engine call.
 
         On a model on the GPU, ``sessions`` may also be a 2-D CuPy integer array (sessions x
@@ -473,12 +473,13 @@ class SASRec(FittedAttributes, NotebookCompat):
         """
         state = self._fitted()
         if _is_cupy(sessions):
-            if exclude is not None or denylist is not None or items is not None:
-                raise ValueError("exclude, denylist and items are not supported with CuPy "
+            if exclude is not None or denylist is not None or candidates is not None:
+                raise ValueError("exclude, denylist and candidates are not supported with CuPy "
                                  "sessions; pass the sessions as lists or a Sequences")
             n = min(positive_int(n, "n"), state.n_items)
             return _fitted.recommend_cupy(state, sessions, n, flag(exclude_seen, "exclude_seen"))
-        return _fitted.recommend(state, sessions, n, exclude_seen, exclude, denylist, items=items)
+        return _fitted.recommend(state, sessions, n, exclude_seen, exclude, denylist,
+                                 candidates=candidates)
 
     def session_embeddings(self, sessions: Any) -> np.ndarray:
         """(len(sessions), factors) float32: the final hidden state at each session's last

@@ -24,7 +24,7 @@ from starlette.routing import Match, Route
 from fastsasrec.serve import access, inputs
 from fastsasrec.serve.openapi import OPERATOR, document, openapi
 from fastsasrec.serve.batcher import _Ask
-from fastsasrec.serve.inputs import MAX_BATCH_SESSIONS, MAX_N, HTTPError
+from fastsasrec.serve.inputs import MAX_BATCH_SESSIONS, MAX_CANDIDATES, MAX_N, HTTPError
 from fastsasrec.serve.metrics import CONTENT_TYPE
 from fastsasrec.serve.server import Loaded, Server
 from fastsasrec.serve.stores import StoreError
@@ -72,9 +72,22 @@ def _answer(ask: _Ask) -> Dict[str, Any]:
     return out
 
 
+def _candidates(body: Dict[str, Any], cur: Loaded, str_ids: bool) -> Optional[Tuple[Any, ...]]:
+    """The request's "candidates" (only these ranked), or None; 422 when it holds no id the
+    model knows."""
+    if "candidates" not in body:
+        return None
+    cand = inputs.ids(body["candidates"], "candidates", str_ids, limit=MAX_CANDIDATES)
+    if not np.isin(np.asarray(cand), cur.model.item_ids_).any():
+        raise inputs.unprocessable("candidates", cand if len(cand) <= 20 else f"<{len(cand)} ids>",
+                                   "holds no item of the model's catalogue")
+    return tuple(cand)
+
+
 async def _recommend_one(server: Server, cur: Loaded, session: List[Any], n: int,
-                         exclude: List[Any], exclude_seen: bool) -> Dict[str, Any]:
-    ask = _Ask(session, n, exclude, exclude_seen, cur)
+                         exclude: List[Any], exclude_seen: bool,
+                         candidates: Optional[Tuple[Any, ...]] = None) -> Dict[str, Any]:
+    ask = _Ask(session, n, exclude, exclude_seen, cur, candidates=candidates)
     await server.batcher.submit([ask])
     out = _answer(ask)
     out["model"] = cur.tag
@@ -86,7 +99,7 @@ async def recommend(request: Request) -> Response:
     server = request.app.state.server
     cur = loaded(server)
     body = await body_of(request)
-    inputs.check_keys(body, ("session", "n", "exclude", "exclude_seen", "keep_seen"))
+    inputs.check_keys(body, ("session", "n", "exclude", "exclude_seen", "keep_seen", "candidates"))
     s = _str_ids(cur)
     if "session" not in body:
         raise HTTPError(422, "session: required (a list of item ids, oldest first)")
@@ -94,14 +107,15 @@ async def recommend(request: Request) -> Response:
     n = inputs.int_field(body, "n", 10, 1, MAX_N)
     exclude = inputs.ids(body.get("exclude", []), "exclude", s)
     exclude_seen = inputs.exclude_seen(body)
-    return JSONResponse(await _recommend_one(server, cur, session, n, exclude, exclude_seen))
+    cand = _candidates(body, cur, s)
+    return JSONResponse(await _recommend_one(server, cur, session, n, exclude, exclude_seen, cand))
 
 
 async def recommend_batch(request: Request) -> Response:
     server = request.app.state.server
     cur = loaded(server)
     body = await body_of(request)
-    inputs.check_keys(body, ("sessions", "n", "exclude_seen", "keep_seen"))
+    inputs.check_keys(body, ("sessions", "n", "exclude_seen", "keep_seen", "candidates"))
     s = _str_ids(cur)
     sessions = body.get("sessions")
     if not isinstance(sessions, list) or not sessions:
@@ -112,7 +126,8 @@ async def recommend_batch(request: Request) -> Response:
     sessions = [inputs.ids(x, f"sessions[{i}]", s) for i, x in enumerate(sessions)]
     n = inputs.int_field(body, "n", 10, 1, MAX_N)
     exclude_seen = inputs.exclude_seen(body)
-    asks = [_Ask(x, n, [], exclude_seen, cur) for x in sessions]
+    cand = _candidates(body, cur, s)
+    asks = [_Ask(x, n, [], exclude_seen, cur, candidates=cand) for x in sessions]
     await server.batcher.submit(asks)
     return JSONResponse({"results": [_answer(a) for a in asks], "model": cur.tag})
 

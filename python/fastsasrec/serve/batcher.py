@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from fastsasrec.serve.metrics import Metrics
 
@@ -28,6 +28,7 @@ class _Ask:
     loaded: Any = None  # the model that answers it (read once, when the request came)
     future: Any = None
     result: Any = None
+    candidates: Optional[Tuple[Any, ...]] = None  # only these ranked (None: the catalogue)
 
 
 def score(loaded: "Loaded", asks: Sequence[_Ask], deny: Sequence[Any], metrics: Metrics) -> None:
@@ -37,10 +38,11 @@ def score(loaded: "Loaded", asks: Sequence[_Ask], deny: Sequence[Any], metrics: 
     list) and the denylist's."""
     model = loaded.model
     deny = deny if deny else None  # the same object while the denylist is unchanged
+    cand = asks[0].candidates  # one set for all (the batcher groups asks by it)
     if len(asks) == 1:
         a = asks[0]
         got = model.recommend(a.session, n=a.n, exclude_seen=a.exclude_seen,
-                              exclude=a.exclude or None, denylist=deny)
+                              exclude=a.exclude or None, denylist=deny, candidates=cand)
         a.result = (got[0], got[1], bool(got.fallback), got.names)
         _count_unknown(metrics, got.unknown)
         return
@@ -52,7 +54,8 @@ def score(loaded: "Loaded", asks: Sequence[_Ask], deny: Sequence[Any], metrics: 
         exclude_seen = False
         exclude = [a.session + a.exclude if a.exclude_seen else a.exclude for a in asks]
     got = model.recommend_batch([a.session for a in asks], n=max(a.n for a in asks),
-                                exclude_seen=exclude_seen, exclude=exclude, denylist=deny)
+                                exclude_seen=exclude_seen, exclude=exclude, denylist=deny,
+                                candidates=cand)
     ids, scores, fallback, names = got[0], got[1], got.fallback, got.names
     _count_unknown(metrics, int(got.unknown.sum()))
     empty = "" if ids.dtype.kind == "U" else -1  # the id of an empty slot
@@ -129,9 +132,11 @@ class Batcher:
                 deny = self.server.denylist
                 # Each request is answered by the model it was tagged with: a batch that
                 # spans a reload makes one engine call per model.
-                groups: Dict[int, List[_Ask]] = {}
+                # Asks that rank only some candidates share a call with those ranking
+                # the same ones.
+                groups: Dict[Any, List[_Ask]] = {}
                 for a in batch:
-                    groups.setdefault(id(a.loaded), []).append(a)
+                    groups.setdefault((id(a.loaded), a.candidates), []).append(a)
                 for group in groups.values():
                     self.server.metrics.batch.observe(len(group))
                     # A lone request is answered on the loop's thread, without two thread

@@ -10,6 +10,7 @@ import numpy as np
 
 MAX_N = 1000  # items a request may ask for
 MAX_BATCH_SESSIONS = 10_000  # sessions in one /v1/recommend/batch request
+MAX_CANDIDATES = 100_000  # a request's candidates (ids)
 MAX_DEPTH = 32  # brackets a body may nest (a valid request nests 3)
 _SESSION_ID = re.compile(r"[A-Za-z0-9._~:@!$&'()*+,;=-]{1,256}")
 # Characters no id may hold: control characters (NUL included) and lone surrogates, which

@@ -41,6 +41,10 @@ def _obj(props: Dict[str, Any], required: List[str], closed: bool = True) -> Dic
 _IDS = {"type": "array", "items": _ref("ItemId")}
 _N = {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10,
       "description": "how many items to answer (fewer when the catalogue is smaller)"}
+_CANDIDATES = dict(_IDS, maxItems=100_000, description=(
+    "rank only these items (a 'new for you' slot, a category page), each with its score in "
+    "the whole catalogue's ranking; ids the model does not know are ignored, and at least "
+    "one must be known"))
 _ANSWER = {
     "items": {"type": "array", "items": _ref("ItemId"), "description": "best first"},
     "scores": {"type": "array", "items": {"type": ["number", "null"]},
@@ -63,6 +67,7 @@ SCHEMAS: Dict[str, Any] = {
                          "description": "leave the session's own items out"},
         "keep_seen": {"type": "boolean", "deprecated": True,
                       "description": "the opposite of exclude_seen"},
+        "candidates": _CANDIDATES,
     }, ["session"]),
     "Recommendation": _obj(dict(_ANSWER, model={"type": "string", "description":
                                                 "the model that answered"}),
@@ -71,6 +76,7 @@ SCHEMAS: Dict[str, Any] = {
         "sessions": {"type": "array", "items": _IDS, "minItems": 1, "maxItems": 10_000},
         "n": _N, "exclude_seen": {"type": "boolean", "default": True},
         "keep_seen": {"type": "boolean", "deprecated": True},
+        "candidates": _CANDIDATES,
     }, ["sessions"]),
     "BatchRecommendation": _obj({
         "results": {"type": "array", "items": _obj(_ANSWER, ["items", "scores", "fallback"])},

@@ -1,0 +1,88 @@
+#!/usr/bin/env python
+"""recommend(candidates=S): ranking a candidate set (a "new for you" slot, a category
+page) against the whole catalogue and against the way it was done before candidates=
+existed, exclude= every item outside S, in one run.
+
+    python benchmarks/bench_candidates.py --items 100000 --candidates 100 1000 10000
+
+An untrained model over the catalogue (factors 64, 2 layers, max_seq 50; scoring cost does
+not depend on the weights), sessions of 20 random items, top 10, 1 thread; the p50 of
+single-session calls:
+
+* whole catalogue: `recommend(s, n=10)`;
+* candidates=S: `recommend(s, n=10, candidates=S)`, S a fixed random set (the same
+  object each call, as a store passes its list of new products);
+* exclude=: `recommend(s, n=10, exclude=complement of S)`: the same answer (asserted).
+
+And a batch: `recommend_batch(sessions, n=10, candidates=S)` against the whole
+catalogue's, 2 threads.
+"""
+import _env  # noqa: I001  (first: strips OpenBLAS variables before numpy loads)
+
+if __name__ == "__main__":
+    _env.strip_openblas_env()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import common  # noqa: E402
+from bench_latency import time_calls  # noqa: E402
+from common import median_time  # noqa: E402
+
+K = 10
+
+
+def run(V: int, sizes, n_sessions: int, batch: int, seed: int) -> list:
+    from fastsasrec import SASRec
+
+    rng = np.random.default_rng(seed)
+    vocab = [[i, i + 1] for i in range(1, V + 1, 2)]
+    model = SASRec(factors=64, max_seq=50, n_layers=2, loss="sampled_softmax",
+                   n_negatives=min(256, V - 1), iterations=1, verbose=0,
+                   num_threads=1).fit(vocab)
+    sessions = rng.integers(1, V + 1, size=(n_sessions, 20)).tolist()
+    full = float(np.percentile(time_calls(lambda s: model.recommend(s, n=K), sessions, 20), 50))
+    rows = []
+    for size in sizes:
+        S = np.sort(rng.choice(np.arange(1, V + 1), size=size, replace=False))
+        outside = np.setdiff1d(np.arange(1, V + 1), S)
+        for s in sessions[:20]:  # the same answer both ways
+            a = model.recommend(s, n=K, candidates=S)
+            b = model.recommend(s, n=K, exclude=outside)
+            assert np.array_equal(a.ids, b.ids) and np.array_equal(a.scores, b.scores)
+        t_items = float(np.percentile(time_calls(lambda s: model.recommend(s, n=K, candidates=S), sessions, 20), 50))
+        t_excl = float(np.percentile(time_calls(lambda s: model.recommend(s, n=K, exclude=outside),
+                                                sessions[: max(50, n_sessions // 10)], 5), 50))
+        model.set_params(num_threads=2)
+        B = np.asarray(rng.integers(1, V + 1, size=(batch, 20)))
+        t_batch_full = median_time(lambda: model.recommend_batch(B, n=K), 3)
+        t_batch_items = median_time(lambda: model.recommend_batch(B, n=K, candidates=S), 3)
+        model.set_params(num_threads=1)
+        rows.append({"items": V, "candidates": size, "whole catalogue p50 ms": full,
+                     "candidates= p50 ms": t_items, "exclude= p50 ms": t_excl,
+                     f"batch of {batch}, whole catalogue s": t_batch_full,
+                     f"batch of {batch}, candidates= s": t_batch_items})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--candidates", type=int, nargs="+", default=[100, 1000, 10000])
+    ap.add_argument("--sessions", type=int, default=500)
+    ap.add_argument("--batch", type=int, default=2048)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    common.print_machine_info(common.machine_info(threads=1))
+    rows = run(args.items, args.candidates, args.sessions, args.batch, args.seed)
+    keys = list(rows[0])
+    print("\n| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else f"{v:,}" for v in r.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
