@@ -184,12 +184,23 @@ def test_engine_scores_follow_optimizer_steps(chain_data):
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in seqs])]).astype(np.int64)
     none = np.zeros(0, np.int32)
 
+    cand = np.arange(2, V + 1, 3, dtype=np.int32)
+
     def scores_are_current():
         ids, sc = eng.recommend(items, offsets, 5, none, np.zeros(len(seqs) + 1, np.int64))
         h = eng.session_states(items, offsets).astype(np.float64)
         E = np.asarray(eng.item_embeddings(), np.float64)  # rows 1..V
         want = np.einsum("bkc,bc->bk", E[ids - 1], h)
         np.testing.assert_allclose(sc, want, rtol=1e-5, atol=1e-5)
+        # The candidates' table (kept between calls with the same set) follows the weights
+        # too: the whole catalogue's ranking less every other item.
+        for _ in range(2):
+            c_ids, c_sc = eng.recommend(items, offsets, 4, none, np.zeros(len(seqs) + 1, np.int64), cand)
+            every, every_sc = eng.recommend(items, offsets, V, none, np.zeros(len(seqs) + 1, np.int64))
+            for b in range(len(seqs)):
+                keep = np.isin(every[b], cand)
+                np.testing.assert_array_equal(cand[c_ids[b] - 1], every[b][keep][:4])
+                np.testing.assert_array_equal(c_sc[b], every_sc[b][keep][:4])
         return sc
 
     for how in ("fp32", "int8"):

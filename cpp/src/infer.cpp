@@ -81,14 +81,18 @@ Model::Ranked Model::catalogue_table() {
 }
 
 // Rows 0 (the padding row, never ranked) and cand[0..n) of the item table, gathered into
-// one table of n + 1 rows, then packed as the backend ranks it.  Built for each call: it
-// costs a copy of n rows, against the n x sessions products it serves.
+// one table of n + 1 rows, then packed as the backend ranks it; kept while the weights and
+// the candidates stay the same (packing costs several times what ranking one session over
+// the packed table does).
 Model::Ranked Model::candidate_table(const int32_t* cand, int n) {
   const int C = cfg_.factors, V = cfg_.n_items;
   FSR_REQUIRE(n >= 1, "candidates: at least one item is needed, got none");
   for (int i = 0; i < n; ++i)
     FSR_REQUIRE(cand[i] >= 1 && cand[i] <= V && (i == 0 || cand[i] > cand[i - 1]),
                 "candidates must be increasing ids in 1..", V, ": entry ", i, " is ", cand[i]);
+  if (!sub_stale_ && sub_cand_.size() == (size_t)n && std::equal(cand, cand + n, sub_cand_.begin()))
+    return sub_ranked_;
+  sub_stale_ = true;  // (until rebuilt: the buffer below may move)
   const float* E = item_table();
   const size_t sz_rows = aligned((size_t)(n + 1) * 4), sz_E = aligned((size_t)(n + 1) * C * 4),
                table_size = be_->score_table_size(C, n);
@@ -101,7 +105,10 @@ Model::Ranked Model::candidate_table(const int32_t* cand, int n) {
   be_->gather_rows(sub, E, rows, n + 1, C);
   float* table = table_size ? (float*)(base + sz_rows + sz_E) : nullptr;
   if (table) be_->score_table_pack(table, sub, C, n);
-  return Ranked{sub, n, table};
+  sub_cand_.assign(cand, cand + n);
+  sub_ranked_ = Ranked{sub, n, table};
+  sub_stale_ = false;
+  return sub_ranked_;
 }
 
 template <typename States, typename Exclusions, typename Outputs>

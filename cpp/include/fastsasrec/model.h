@@ -211,6 +211,7 @@ class Model {
   void weights_changed() {
     fused_stale_ = true;
     table_stale_ = true;
+    sub_stale_ = true;
   }
   size_t loss_workspace(int R) const;
   // Inference: sessions b0..b1 packed (their last max_seq items) and forwarded; their
@@ -247,8 +248,13 @@ class Model {
   // first top-k after the weights change (table_stale_: set by every write of the weights).
   std::unique_ptr<Buffer> score_table_;
   bool table_stale_ = true;
-  // recommend's candidates: their row indices, rows of the item table and packed table
+  // recommend's candidates: their row indices, rows of the item table and packed table,
+  // kept for the next call with the same candidates while the weights do not change (a
+  // store asks for the same set, its new products, again and again)
   std::unique_ptr<Buffer> sub_table_;
+  std::vector<int32_t> sub_cand_;
+  Ranked sub_ranked_{nullptr, 0, nullptr};
+  bool sub_stale_ = true;
   // Item features: fused_ is T ((V + 1) x C) and fused_stale_ says it must be rebuilt;
   // feat_ holds the CSR (values, offsets) and its inverse (inv_items, inv_offsets), int32.
   std::unique_ptr<Buffer> fused_, feat_;
