@@ -149,15 +149,10 @@ class Fitted:
         as the denylist: pass the same object while it is unchanged."""
         if given is None:
             return None
-        cached = self.cache.get("candidates")
-        if cached is not None and cached[0] is given:
-            return cached[1]
-        ids = encode_flat(self, given, "candidates")
-        ids = np.unique(ids[ids > 0]).astype(np.int32)
+        ids = self._known_once("candidates", given)
         if ids.size == 0:
             raise ValueError("candidates: none of the ids given is in the model's catalogue, so "
                              "there is nothing to rank")
-        self.cache["candidates"] = (given, ids)
         return ids
 
     def item_embeddings(self) -> np.ndarray:
@@ -171,14 +166,17 @@ class Fitted:
     def denylist(self, deny: Any) -> np.ndarray:
         """The internal ids of ``deny`` (ids unknown to the model dropped), encoded once per
         model and per denylist object: pass the same object while the list is unchanged."""
-        if deny is None:
-            return _NONE
-        cached = self.cache.get("denylist")
-        if cached is not None and cached[0] is deny:
+        return _NONE if deny is None else self._known_once("denylist", deny)
+
+    def _known_once(self, name: str, given: Any) -> np.ndarray:
+        """The sorted unique internal ids of the known ids in ``given`` (a list of original
+        ids, named ``name`` in errors), kept under ``name`` for the same object's next use."""
+        cached = self.cache.get(name)
+        if cached is not None and cached[0] is given:
             return cached[1]
-        ids = encode_flat(self, deny, "denylist")
+        ids = encode_flat(self, given, name)
         ids = np.unique(ids[ids > 0]).astype(np.int32)
-        self.cache["denylist"] = (deny, ids)
+        self.cache[name] = (given, ids)
         return ids
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from fastsasrec import _auto, _core, _features, _persist
+from fastsasrec import _auto, _core, _feature_ids, _features, _persist
 from fastsasrec import metrics as _metrics
 from fastsasrec._device import resolve_device
 from fastsasrec._fitted import Fitted, check_catalogue, read_only
@@ -214,7 +214,7 @@ def _fit(model: Any, sequences: Sequences, validation=None, early_stopping_patie
     flat, offsets = _drop_short(sequences, stacklevel=5)
     table = _features_table(item_features, item_names, flat)
     if table is not None:
-        _features.check_ids(item_features, table, np.unique(flat))
+        _feature_ids.check_ids(item_features, table, np.unique(flat))
     item_ids, internal, counts = _catalogue(flat, table)
     check_catalogue(item_ids)
     feats = _features.fitted(table, item_ids, params["feature_buckets"]) if table is not None else None
@@ -501,7 +501,7 @@ def partial_fit(model: Any, sequences: Any, epochs: int = 1, callbacks: Any = No
     check_ids_compatible(items, state.item_ids, "sequences")
     table = _features_table(item_features, item_names, state.item_ids)
     if table is not None:
-        _features.check_ids(item_features, table, np.union1d(state.item_ids, items), new_only=True)
+        _feature_ids.check_ids(item_features, table, np.union1d(state.item_ids, items), new_only=True)
     internal = state.encode(items)
     unknown = internal == 0
     V = int(state.item_ids.size)
