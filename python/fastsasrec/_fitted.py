@@ -382,15 +382,24 @@ def _score_among(state: Fitted, internal: np.ndarray, offsets: np.ndarray, n: in
             np.ascontiguousarray(x_items, dtype=np.int32), x_off, cand)
         ids[warm] = np.where(got > 0, cand[np.maximum(got, 1) - 1], 0)
     if cold.any():
-        order, share = state.popular(state.n_items, _NONE)  # every item, most popular first
-        among = np.isin(order, cand)
-        order, share = order[among], share[among]
+        order, share = _popular_among(state, cand)
         for b in np.flatnonzero(cold):
             excl = cand[sub_ex[sub_off[b]:sub_off[b + 1]] - 1]
             left = ~np.isin(order, excl) if excl.size else slice(None)
             head, sh = order[left][:n], share[left][:n]
             ids[b, :head.size], scores[b, :head.size] = head, sh
     return ids, scores, cold
+
+
+def _popular_among(state: Fitted, cand: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The candidates, most popular first, with their shares: sorted once per candidate
+    array (``Fitted.candidates`` keeps one per list object), not per call."""
+    found = state.cache.get("popular_among")
+    if found is None or found[0] is not cand:
+        order, share = state.popular(state.n_items, _NONE)  # every item, most popular first
+        among = np.isin(order, cand)
+        found = state.cache["popular_among"] = (cand, order[among], share[among])
+    return found[1], found[2]
 
 
 def popular_cached(state: Fitted, n: int, excl: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

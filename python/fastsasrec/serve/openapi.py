@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Optional
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from fastsasrec.serve.inputs import MAX_BATCH_SESSIONS, MAX_CANDIDATES, MAX_N
+
 # The routes that only an operator calls: behind the API key when the server has keys.
 OPERATOR = frozenset({("PUT", "/v1/denylist"), ("GET", "/v1/denylist"), ("GET", "/v1/model"),
                       ("GET", "/metrics")})
@@ -39,9 +41,9 @@ def _obj(props: Dict[str, Any], required: List[str], closed: bool = True) -> Dic
 
 
 _IDS = {"type": "array", "items": _ref("ItemId")}
-_N = {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10,
+_N = {"type": "integer", "minimum": 1, "maximum": MAX_N, "default": 10,
       "description": "how many items to answer (fewer when the catalogue is smaller)"}
-_CANDIDATES = dict(_IDS, maxItems=100_000, description=(
+_CANDIDATES = dict(_IDS, maxItems=MAX_CANDIDATES, description=(
     "rank only these items (a 'new for you' slot, a category page), each with its score in "
     "the whole catalogue's ranking; ids the model does not know are ignored, and at least "
     "one must be known"))
@@ -73,7 +75,7 @@ SCHEMAS: Dict[str, Any] = {
                                                 "the model that answered"}),
                            ["items", "scores", "fallback", "model"]),
     "BatchRequest": _obj({
-        "sessions": {"type": "array", "items": _IDS, "minItems": 1, "maxItems": 10_000},
+        "sessions": {"type": "array", "items": _IDS, "minItems": 1, "maxItems": MAX_BATCH_SESSIONS},
         "n": _N, "exclude_seen": {"type": "boolean", "default": True},
         "keep_seen": {"type": "boolean", "deprecated": True},
         "candidates": _CANDIDATES,
