@@ -161,3 +161,41 @@ def test_score_shows_progress_on_a_terminal_only(fitted, tmp_path, capsys, monke
     assert "\rread " in err and f"scored {ev['user_id'].nunique()} users" in err
     assert main(["score", model_path, str(events), "-o", str(out), "-q"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_score_ranks_candidates_and_leaves_out_the_denylist(fitted, tmp_path, capsys):
+    # A nightly "new for you" e-mail: only the candidates, never an out-of-stock item; the
+    # metadata says how many of each the model knew.  Bad lists are refused before reading.
+    m, model_path, ev, _ = fitted
+    events = tmp_path / "ev.csv"
+    ev.to_csv(events, index=False)
+    out = tmp_path / "recs.parquet"
+    (tmp_path / "stock.txt").write_text("7\n8,9\n\n4242\n")
+    assert main(["score", model_path, str(events), "-o", str(out), "-n", "3", "-q",
+                 "--candidates", "3,7,8,11,12,20,4243", "--denylist", f"@{tmp_path / 'stock.txt'}"]) == 0
+    err = capsys.readouterr().err
+    assert "--candidates not in the model's catalogue, ignored: 4243" in err
+    assert "--denylist not in the model's catalogue, ignored: 4242" in err
+    got = pq.read_table(out).to_pandas()
+    want = batch.recommend_frame(m, ev, n=3, time_col="timestamp", candidates=[3, 7, 8, 11, 12, 20],
+                                 denylist=[7, 8, 9])
+    assert set(got["item"]) <= {3, 11, 12, 20} and len(got) == len(want)
+    np.testing.assert_array_equal(got["item"].to_numpy(), want["item"].to_numpy())
+    meta = json.loads(pq.read_schema(out).metadata[b"fastsasrec"])
+    assert meta["candidates"] == 6 and meta["denylist"] == 3
+    out.unlink()
+    for args, message in [
+        (["--candidates", "4243,4244"], "--candidates: none of '4243,4244' is in the model's catalogue"),
+        (["--candidates", "3", "--new-products"], "give one"),
+        (["--new-products"], "every item of this model has training events"),
+        (["--denylist", f"@{tmp_path / 'none.txt'}"], "--denylist '@"),
+        (["--candidates", "3,x"], "--candidates: 'x' is not an integer"),
+    ]:
+        assert main(["score", model_path, str(events), "-o", str(out), "-q"] + args) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()
+    with pytest.raises(ValueError, match="candidates: none of the ids given"):
+        batch.score_file(m, model_path, str(events), str(out), candidates=[4243])
+    with pytest.raises(ValueError, match="denylist must be a sequence of item ids"):
+        batch.recommend_frame(m, ev, denylist=7)
+    assert not out.exists()

@@ -377,6 +377,14 @@ def test_the_command_line_takes_features_and_prints_names(tmp_path, capsys):
     got = pd.read_csv(recs)
     assert list(got.columns)[:4] == ["user_id", "rank", "item", "name"]
     assert (got["name"] == got["item"].map(lambda i: f"Item {i}" if i < 900 else f"New {i}")).all()
+    # The nightly e-mail's "new for you": every user's best new products, as recommend_batch.
+    assert main(["score", str(model), str(events), "-o", str(recs), "-n", "2", "-q", "--new-products"]) == 0
+    got = pd.read_csv(recs).sort_values(["user_id", "rank"])
+    users, histories = zip(*[(u, g["item_id"].tolist()) for u, g in
+                             pd.read_csv(events).sort_values("timestamp", kind="stable").groupby("user_id")])
+    want = m.recommend_batch(list(histories), n=2, candidates=new)
+    assert got["item"].isin(new).all()
+    assert got["item"].tolist() == [i for row in want.ids.tolist() for i in row if i != -1]
     # the features file is an input: never overwritten
     assert main(["train", str(events), "-o", str(items), "--item-features", str(items)] + args) == 2
     new = pd.DataFrame({"item_id": [555], "category": ["cat1"], "tags": ["t1"], "price": [3.0],

@@ -1,6 +1,6 @@
 """One answer on every batch path: recommend_batch on each user's whole history,
 ``fastsasrec score``, recommend_frame, Spark (local mode) and Ray give the same ids for the
-same model, histories and options.  The log has a user whose history is longer than
+same model, histories and options (candidates and a denylist among them).  The log has a user whose history is longer than
 max_seq with an early item that must stay excluded, a user with an item the model does not
 know, and one with no known item at all."""
 import os
@@ -14,7 +14,11 @@ from fastsasrec import SASRec, batch
 from fastsasrec.cli import main
 
 MAX_SEQ = 5
-OPTIONS = [(5, False), (None, True)]  # (n, exclude_seen); None: the whole catalogue
+CAND = [2, 5, 9, 11, 13, 17, 999]  # 999: not in the catalogue, dropped
+DENY = [5, 3, 998]
+OPTIONS = [dict(n=5, exclude_seen=False), dict(n=None, exclude_seen=True),  # None: the whole catalogue
+           # Six known candidates less the denied 5 and each user's own: rows with empty slots.
+           dict(n=4, exclude_seen=True, candidates=CAND, denylist=DENY)]
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +41,9 @@ def world(tmp_path_factory):
     return m, str(d / "m.fsr"), events, users, [histories[u] for u in users]
 
 
-def _want(world, n, exclude_seen):
+def _want(world, n, exclude_seen, **chosen):
     m, _, _, users, histories = world
-    ids, _ = m.recommend_batch(histories, n=n or m.n_items, exclude_seen=exclude_seen)
+    ids, _ = m.recommend_batch(histories, n=n or m.n_items, exclude_seen=exclude_seen, **chosen)
     return ids
 
 
@@ -50,16 +54,24 @@ def _as_matrix(frame, users, k, user_col="user_id"):
     return [got[u] + [-1] * (k - len(got[u])) for u in users]
 
 
-@pytest.mark.parametrize("n,exclude_seen", OPTIONS)
-def test_recommend_frame_and_score(world, tmp_path, n, exclude_seen):
+@pytest.mark.parametrize("option", OPTIONS)
+def test_recommend_frame_and_score(world, tmp_path, option):
     m, path, events, users, histories = world
-    want = _want(world, n, exclude_seen)
+    option = dict(option)
+    n, exclude_seen = option.pop("n"), option.pop("exclude_seen")
+    want = _want(world, n, exclude_seen, **option)
     k = want.shape[1]
-    if exclude_seen:  # the early item of the long history stays out, though the model reads 5
+    if exclude_seen and not option:  # the early item of the long history stays out, though the model reads 5
         assert 7 not in want[users.index("long")].tolist()
+    if option:  # the candidates less the denylist, and rows cut short by it
+        assert set(want.ravel().tolist()) == {-1, 2, 9, 11, 13, 17}
     frame = batch.recommend_frame(m, events, "user_id", "item_id", "timestamp", n=k,
-                                  exclude_seen=exclude_seen)
+                                  exclude_seen=exclude_seen, **option)
     np.testing.assert_array_equal(_as_matrix(frame, users, k), want)
+    chosen = []
+    if option:
+        (tmp_path / "deny.txt").write_text("\n".join(map(str, DENY)) + "\n")
+        chosen = ["--candidates", ",".join(map(str, CAND)), "--denylist", "@" + str(tmp_path / "deny.txt")]
     events.to_csv(tmp_path / "ev.csv", index=False)
     for extra in ([], ["--sorted-by-user"]):
         src = tmp_path / "ev.csv"
@@ -68,7 +80,7 @@ def test_recommend_frame_and_score(world, tmp_path, n, exclude_seen):
             src = tmp_path / "sorted.csv"
         seen = [] if exclude_seen else ["--no-exclude-seen"]
         code = main(["score", path, str(src), "-o", str(tmp_path / "r.csv"), "-n", str(k), "--chunk-rows", "7",
-                     "--threads", "1"] + seen + extra)
+                     "--threads", "1"] + seen + extra + chosen)
         assert code == 0
         got = pd.read_csv(tmp_path / "r.csv", dtype={"user_id": str})
         np.testing.assert_array_equal(_as_matrix(got, users, k), want)
@@ -93,9 +105,11 @@ def test_spark(world):
              .config("spark.sql.execution.arrow.pyspark.enabled", "true").getOrCreate())
     try:
         sdf = spark.createDataFrame(events).repartition(3)
-        for n, exclude_seen in OPTIONS:
-            want = _want(world, n, exclude_seen)
-            got = recommend(sdf, path, n=want.shape[1], exclude_seen=exclude_seen, num_threads=1).toPandas()
+        for option in OPTIONS:
+            option = dict(option)
+            want = _want(world, **option)
+            option.pop("n")
+            got = recommend(sdf, path, n=want.shape[1], num_threads=1, **option).toPandas()
             np.testing.assert_array_equal(_as_matrix(got, users, want.shape[1]), want)
     finally:
         spark.stop()
@@ -111,9 +125,9 @@ def test_ray(world):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
         frame = sessions_frame(events)
-        for n, exclude_seen in OPTIONS:
-            want = _want(world, n, exclude_seen)
-            kw = {"model_path": path, "n": want.shape[1], "exclude_seen": exclude_seen}
+        for option in OPTIONS:
+            want = _want(world, **option)
+            kw = dict(option, model_path=path, n=want.shape[1])
             got = ray.data.from_pandas(frame).map_batches(
                 Recommender, fn_constructor_kwargs=kw, batch_format="pandas", concurrency=1, num_cpus=1,
                 batch_size=16).to_pandas()

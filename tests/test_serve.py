@@ -127,6 +127,14 @@ def test_candidates_rank_only_those(running, model):
     assert bad.status_code == 422 and "candidates" in bad.json()["error"]
     bad = r.client.post("/v1/recommend", json={"session": [1], "candidates": 5})
     assert bad.status_code == 422 and "candidates: must be a list" in bad.json()["error"]
+    # A held session's events: the candidates are checked before the clicks are kept.
+    bad = r.client.post("/v1/sessions/s1/events", json={"items": [1, 2], "candidates": [998]})
+    assert bad.status_code == 422 and "candidates: holds no item" in bad.json()["error"]
+    assert r.client.get("/v1/sessions/s1").status_code == 404
+    got = r.client.post("/v1/sessions/s1/events", json={"items": [1, 2], "n": 3, "candidates": cand})
+    assert got.status_code == 200, got.text
+    assert got.json()["items"] == model.recommend([1, 2], n=3, candidates=cand).ids.tolist()
+    assert r.client.get("/v1/sessions/s1").json()["items"] == [1, 2]
 
 
 def test_concurrent_requests_with_and_without_candidates_are_each_right(running, model):

@@ -5,7 +5,9 @@ A user's history is all their events, in time order.  The model reads the most r
 ``max_seq`` of them that it knows (as ``recommend_batch`` does with a whole history); with
 ``exclude_seen`` every item of the history is left out of their recommendations, not only
 those ``max_seq``.  A user with no item the model knows gets the most popular items.  Rows
-whose item is an empty slot (fewer items than ``n`` left) are not written.
+whose item is an empty slot (fewer items than ``n`` left) are not written.  ``candidates``
+(rank only these: the new products of an e-mail's "new for you") and ``denylist`` (never
+these: out of stock) act on every user as they do in ``recommend_batch``.
 
 ``recommend_frame`` scores a table held in memory; ``score_file`` streams an event file in
 chunks and writes Parquet or CSV atomically, with the model file's SHA-256 in the output's
@@ -68,10 +70,22 @@ def long_rows(users: np.ndarray, ids: np.ndarray, scores: np.ndarray, user_col: 
     return pd.DataFrame(cols)
 
 
+def pick(model: Any, candidates: Any = None, denylist: Any = None) -> dict:
+    """``recommend_batch``'s ``candidates`` and ``denylist`` for every batch of a job,
+    checked before the first (an error names the argument; candidates none of which the
+    model knows are refused) and encoded once: the same objects are passed each time."""
+    state = model._fitted()
+    state.candidates(candidates)
+    state.denylist(denylist)
+    return {"candidates": candidates, "denylist": denylist}
+
+
 def _score(model: Any, users: np.ndarray, recent: Tuple[np.ndarray, np.ndarray],
-           older: Tuple[np.ndarray, np.ndarray], n: int, exclude_seen: bool) -> "Any":
+           older: Tuple[np.ndarray, np.ndarray], n: int, exclude_seen: bool,
+           chosen: Optional[dict] = None) -> "Any":
     """The (user, rank, item, score) frame of users whose sessions are ``recent`` (flat
-    items, offsets: their last max_seq known items) and who saw ``older`` before them."""
+    items, offsets: their last max_seq known items) and who saw ``older`` before them;
+    ``chosen``: ``pick``'s candidates and denylist."""
     import pandas as pd
 
     parts = []
@@ -84,7 +98,7 @@ def _score(model: Any, users: np.ndarray, recent: Tuple[np.ndarray, np.ndarray],
             kw = {"exclude": Sequences(older[0][e[0]:e[-1]], e - e[0])}
         else:
             kw = {}
-        got = model.recommend_batch(sessions, n=n, exclude_seen=exclude_seen, **kw)
+        got = model.recommend_batch(sessions, n=n, exclude_seen=exclude_seen, **kw, **(chosen or {}))
         parts.append(long_rows(users[b0:b1], np.asarray(got[0]), np.asarray(got[1]),
                                names=got.names))
     if not parts:
@@ -96,26 +110,30 @@ def _score(model: Any, users: np.ndarray, recent: Tuple[np.ndarray, np.ndarray],
 
 
 def _score_histories(model: Any, users: np.ndarray, items: np.ndarray, offsets: np.ndarray, n: int,
-                     exclude_seen: bool) -> "Any":
+                     exclude_seen: bool, chosen: Optional[dict] = None) -> "Any":
     """``_score`` of whole histories (flat, in time order, unknown items included)."""
     known = _known(model, items, "items")
     k_off = np.concatenate(([0], np.cumsum(known))).astype(np.int64)[offsets]
     r_items, r_off, o_items, o_off = _recent(items[known], k_off, model.max_seq_)
-    return _score(model, users, (r_items, r_off), (o_items, o_off), n, exclude_seen)
+    return _score(model, users, (r_items, r_off), (o_items, o_off), n, exclude_seen, chosen)
 
 
 def recommend_frame(model: Any, df: Any, user_col: Any = "user_id", item_col: Any = "item_id",
-                    time_col: Any = None, n: int = 10, exclude_seen: bool = True) -> "Any":
+                    time_col: Any = None, n: int = 10, exclude_seen: bool = True,
+                    candidates: Any = None, denylist: Any = None) -> "Any":
     """(user, rank, item, score) for every user of the event table ``df`` (pandas or
     polars DataFrame, or pyarrow Table): their history is all their events, by
     ``time_col`` (input order breaks ties, and stands in for time when it is None); the
     model reads its last max_seq known items, and ``exclude_seen`` leaves out all of it.
-    Ranks start at 1; the ``user`` column is named ``user_col``."""
+    ``candidates``: rank only these; ``denylist``: leave these out of every user's rows
+    (both as in ``recommend_batch``).  Ranks start at 1; the ``user`` column is named
+    ``user_col``."""
     model.item_ids_
     n = positive_int(n, "n")
     exclude_seen = flag(exclude_seen, "exclude_seen")
+    chosen = pick(model, candidates, denylist)
     items, offsets, users = transactions_to_sequences(df, user_col, item_col, time_col)
-    return _score_histories(model, users, items, offsets, n, exclude_seen).rename(
+    return _score_histories(model, users, items, offsets, n, exclude_seen, chosen).rename(
         columns={"user": user_col})
 
 
@@ -174,7 +192,8 @@ class _Writer:
 def score_file(model: Any, model_path: str, events: str, output: str, user_col: str = "user_id",
                item_col: str = "item_id", time_col: Optional[str] = "timestamp", n: int = 10,
                exclude_seen: bool = True, sorted_by_user: bool = False, chunk_rows: int = 1_000_000,
-               progress: Optional[Callable[[int, int], None]] = None) -> dict:
+               progress: Optional[Callable[[int, int], None]] = None, candidates: Any = None,
+               denylist: Any = None) -> dict:
     """Streams ``events`` (.csv or .parquet) in chunks of ``chunk_rows`` rows and writes
     each user's recommendations to ``output`` (.parquet or .csv); returns a summary (users,
     rows, seconds, model SHA-256).  ``sorted_by_user``: the file holds each user's events
@@ -182,22 +201,27 @@ def score_file(model: Any, model_path: str, events: str, output: str, user_col: 
     integers): memory is then one chunk and one user, and a user out of order is an error.
     Otherwise each user's last max_seq known events and the distinct items they saw
     before are kept until the end (the module's docstring).  ``progress(rows_read,
-    users_scored)`` is called after each chunk.  A failure removes the partial output; a
-    finished one replaces ``output`` whole."""
+    users_scored)`` is called after each chunk.  ``candidates`` and ``denylist``: as in
+    ``recommend_frame`` (the metadata counts the ids of each the model knows).  A failure
+    removes the partial output; a finished one replaces ``output`` whole."""
     ids = model.item_ids_
     n = positive_int(n, "n")
     exclude_seen = flag(exclude_seen, "exclude_seen")
     chunk_rows = positive_int(chunk_rows, "chunk_rows")
+    chosen = pick(model, candidates, denylist)
+    state = model._fitted()
     T = model.max_seq_
     t0 = time.perf_counter()
     meta = {"model": os.path.abspath(model_path), "model_sha256": file_sha256(model_path),
             "events": os.path.abspath(events), "n": n, "exclude_seen": bool(exclude_seen),
             "session": f"each user's most recent {T} known events; seen: every event of the user",
-            "user_col": user_col}
+            "user_col": user_col,
+            "candidates": None if candidates is None else int(state.candidates(candidates).size),
+            "denylist": int(state.denylist(denylist).size)}
     flags = ("user_col", "item_col", "time_col")
     writer = _Writer(output, meta)
-    job = _Sorted(model, n, exclude_seen, writer) if sorted_by_user else _Unsorted(model, n, exclude_seen,
-                                                                                  writer, chunk_rows)
+    job = (_Sorted(model, n, exclude_seen, writer, chosen) if sorted_by_user
+           else _Unsorted(model, n, exclude_seen, writer, chosen, chunk_rows))
     read = 0
     try:
         for chunk in _events.chunks(events, user_col, item_col, time_col, chunk_rows,
@@ -209,7 +233,7 @@ def score_file(model: Any, model_path: str, events: str, output: str, user_col: 
                 progress(read, job.done)
         job.finish()
         empty = _score(model, np.zeros(0, np.int64), (ids[:0], np.zeros(1, np.int64)),
-                       (ids[:0], np.zeros(1, np.int64)), n, exclude_seen)
+                       (ids[:0], np.zeros(1, np.int64)), n, exclude_seen, chosen)
         writer.close(empty.rename(columns={"user": user_col}))
     except BaseException:
         writer.abort()
@@ -237,8 +261,9 @@ class _Sorted:
     """sorted_by_user: each user's events together, users ascending (as text, or as the
     numbers that canonical integer ids are); the last user of a chunk waits for the next."""
 
-    def __init__(self, model: Any, n: int, exclude_seen: bool, writer: "_Writer") -> None:
+    def __init__(self, model: Any, n: int, exclude_seen: bool, writer: "_Writer", chosen: dict) -> None:
         self.model, self.n, self.exclude_seen, self.writer = model, n, exclude_seen, writer
+        self.chosen = chosen
         self.carry = None
         self.last: Any = None
         self.as_text = self.as_number = True
@@ -283,7 +308,7 @@ class _Sorted:
         starts = np.flatnonzero(np.concatenate(([True], u[1:] != u[:-1])))
         offsets = np.append(starts, u.size).astype(np.int64)
         frame = _score_histories(self.model, u[starts], rows["item"].to_numpy(), offsets, self.n,
-                                 self.exclude_seen)
+                                 self.exclude_seen, self.chosen)
         self.writer.write(frame.rename(columns={"user": self.writer.meta["user_col"]}))
         self.done += int(starts.size)
 
@@ -293,8 +318,10 @@ class _Unsorted:
     distinct known items seen before them (``older``) and whether they had events of
     unknown items (``cold``: such a user is scored even with no known item)."""
 
-    def __init__(self, model: Any, n: int, exclude_seen: bool, writer: "_Writer", chunk_rows: int) -> None:
+    def __init__(self, model: Any, n: int, exclude_seen: bool, writer: "_Writer", chosen: dict,
+                 chunk_rows: int) -> None:
         self.model, self.n, self.exclude_seen, self.writer = model, n, exclude_seen, writer
+        self.chosen = chosen
         self.T, self.chunk_rows = model.max_seq_, chunk_rows
         self.recent = self.older = self.cold = None
         self.pending, self.pending_rows, self.cold_pending = [], 0, []
@@ -350,6 +377,7 @@ class _Unsorted:
             return rows["item"].to_numpy()[np.argsort(code, kind="stable")], off.astype(np.int64)
 
         older = self.older if self.older is not None else recent.iloc[:0]
-        frame = _score(self.model, users, by_user(recent), by_user(older), self.n, self.exclude_seen)
+        frame = _score(self.model, users, by_user(recent), by_user(older), self.n, self.exclude_seen,
+                       self.chosen)
         self.writer.write(frame.rename(columns={"user": self.writer.meta["user_col"]}))
         self.done += int(users.size)

@@ -78,8 +78,21 @@ def _check_output(output: str) -> None:
     check_output(output, "--output")
 
 
-def _parse_ids(text: str, model, flag: str) -> List[Any]:
-    """Comma-separated ids, as integers when the model's ids are integers."""
+def _parse_ids(text: str, model, flag: str, from_file: bool = False) -> List[Any]:
+    """Comma-separated ids, as integers when the model's ids are integers.  ``from_file``:
+    ``@PATH`` reads them from a file, comma- or line-separated (a list too long for a
+    command line: a category, the out-of-stock items)."""
+    if from_file and text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as f:
+                body = f.read()
+        except OSError as e:
+            raise CLIError(f"{flag} {text!r}: cannot read {text[1:]!r}: {e.strerror or e}") from None
+        lines = [t.strip() for t in body.replace(",", "\n").splitlines()]
+        ids = [t for t in lines if t]
+        if not ids:
+            raise CLIError(f"{flag} {text!r}: the file holds no item id")
+        return _parse_ids(",".join(ids), model, f"{flag} ({text[1:]})")
     tokens = [t.strip() for t in text.split(",")]
     if not text.strip() or any(t == "" for t in tokens):
         raise CLIError(f"{flag} must be comma-separated item ids like 12,40,7, got {text!r}")
@@ -152,6 +165,7 @@ def _score(args: argparse.Namespace) -> int:
         raise CLIError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
     exclude_seen = _exclude_seen(args, "--include-seen")
     model = _load_model(args.model, device=args.device, threads=args.threads)
+    cand, deny = _candidates(args, model), _denylist(args, model)
     time_col = None if args.no_time else args.time_col
     total = _events.count_rows(args.events)
     show = not args.quiet and sys.stderr.isatty()  # a log file gets no carriage returns
@@ -169,7 +183,8 @@ def _score(args: argparse.Namespace) -> int:
         done = batch.score_file(model, args.model, args.events, out, user_col=args.user_col,
                                 item_col=args.item_col, time_col=time_col, n=args.n,
                                 exclude_seen=exclude_seen, sorted_by_user=args.sorted_by_user,
-                                chunk_rows=args.chunk_rows, progress=progress)
+                                chunk_rows=args.chunk_rows, progress=progress, candidates=cand,
+                                denylist=deny)
     except ValueError as e:
         raise CLIError(f"EVENTS {args.events!r}: {e}") from None
     if show:
@@ -348,27 +363,52 @@ def _update(args: argparse.Namespace) -> int:
     return _finish(model, args, "the update")
 
 
+def _candidates(args: argparse.Namespace, model) -> Any:
+    """The items ``--candidates`` or ``--new-products`` say to rank (None: the catalogue);
+    ids the model does not know are named on stderr and dropped, none known is an error."""
+    if args.candidates is not None and args.new_products:
+        raise CLIError("--candidates and --new-products each say which items to rank: give one")
+    if args.new_products:
+        cand = model.item_ids[np.asarray(model.popularity_) == 0]
+        if cand.size == 0:
+            raise CLIError("--new-products: every item of this model has training events; add new "
+                           "products with `fastsasrec update ... --item-features`")
+        return cand
+    if args.candidates is None:
+        return None
+    cand = _parse_ids(args.candidates, model, "--candidates", from_file=True)
+    inside = np.isin(np.asarray(cand), model.item_ids)
+    if not inside.any():
+        raise CLIError(f"--candidates: none of {_shown(repr(args.candidates))} is in the model's catalogue")
+    if not inside.all():
+        print("note: --candidates not in the model's catalogue, ignored: "
+              + _shown(", ".join(str(x) for x, k in zip(cand, inside) if not k)), file=sys.stderr)
+    return cand
+
+
+def _denylist(args: argparse.Namespace, model) -> Any:
+    """``--denylist`` (None when not given); unknown ids are named on stderr."""
+    if args.denylist is None:
+        return None
+    deny = _parse_ids(args.denylist, model, "--denylist", from_file=True)
+    inside = np.isin(np.asarray(deny), model.item_ids)
+    if not inside.all():
+        print("note: --denylist not in the model's catalogue, ignored: "
+              + _shown(", ".join(str(x) for x, k in zip(deny, inside) if not k)), file=sys.stderr)
+    return deny
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    """``text`` for a message, cut at ``limit`` characters (a list read from a file)."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} characters)"
+
+
 # ----------------------------------------------------------------------------- recommend
 def _recommend(args: argparse.Namespace) -> int:
     model = _load_model(args.model, args.threads)
     session = _parse_ids(args.session, model, "--session")
     exclude = _parse_ids(args.exclude, model, "--exclude") if args.exclude is not None else None
-    cand = None
-    if args.candidates is not None and args.new_products:
-        raise CLIError("--candidates and --new-products each say which items to rank: give one")
-    if args.candidates is not None:
-        cand = _parse_ids(args.candidates, model, "--candidates")
-        inside = np.isin(np.asarray(cand), model.item_ids)
-        if not inside.any():
-            raise CLIError(f"--candidates: none of {args.candidates!r} is in the model's catalogue")
-        if not inside.all():
-            print("note: --candidates not in the model's catalogue, ignored: "
-                  + ", ".join(str(x) for x, k in zip(cand, inside) if not k), file=sys.stderr)
-    elif args.new_products:
-        cand = model.item_ids[np.asarray(model.popularity_) == 0]
-        if cand.size == 0:
-            raise CLIError("--new-products: every item of this model has training events; add new "
-                           "products with `fastsasrec update ... --item-features`")
+    cand = _candidates(args, model)
     known = np.isin(np.asarray(session), model.item_ids)
     if not known.all():
         unknown = ", ".join(str(x) for x, k in zip(session, known) if not k)
@@ -402,6 +442,15 @@ def _add_seen(p: argparse.ArgumentParser, old: str, what: str) -> None:
                    help=f"leave out {what} (default); --no-exclude-seen allows them")
     p.add_argument(old, dest="deprecated_keep_seen", action="store_true",
                    help="deprecated: --no-exclude-seen")
+
+
+def _add_candidates(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--candidates", metavar="IDS",
+                   help="comma-separated item ids, or @FILE (one per line): rank only these (each "
+                        "with its score in the whole catalogue's ranking)")
+    p.add_argument("--new-products", action="store_true",
+                   help="rank only the items with no training events (products added by "
+                        "update --item-features): a 'new for you' slot")
 
 
 def _add_verbosity(p: argparse.ArgumentParser) -> None:
@@ -487,11 +536,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--session", required=True, help="comma-separated item ids, oldest first: 12,40,7")
     r.add_argument("-n", type=_count, default=10, help="how many items (default: 10)")
     r.add_argument("--exclude", help="comma-separated item ids never to recommend (e.g. the cart)")
-    r.add_argument("--candidates", help="comma-separated item ids: rank only these (each with "
-                                        "its score in the whole catalogue's ranking)")
-    r.add_argument("--new-products", action="store_true",
-                   help="rank only the items with no training events (products added by "
-                        "update --item-features): a 'new for you' slot")
+    _add_candidates(r)
     _add_seen(r, "--keep-seen", "the session's own items")
     r.add_argument("--threads", type=int, default=None)
     r.set_defaults(func=_recommend)
@@ -513,6 +558,10 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="where to write: .parquet (needs pyarrow) or .csv")
     sc.add_argument("-n", type=_count, default=10, help="recommendations per user (default: 10)")
     _add_seen(sc, "--include-seen", "every item of the user's events in EVENTS")
+    _add_candidates(sc)
+    sc.add_argument("--denylist", metavar="IDS",
+                    help="comma-separated item ids, or @FILE (one per line): never recommend these "
+                         "(e.g. out of stock)")
     sc.add_argument("--sorted-by-user", action="store_true",
                     help="EVENTS holds each user's events together, users in ascending order (as text, "
                          "or as numbers for integer ids): memory is then one chunk and one user "

@@ -10,8 +10,9 @@ model once per actor.
 
 Each input row is one session: ``user_col`` and ``items_col`` (the items oldest first; the
 model reads the last max_seq).  Each output row is (user_col, rank, item, score), best
-first, rank from 1.  An actor given a GPU (``num_gpus=1``) runs the model there with
-``device="auto"``.  Needs ray (the ``ray`` extra).
+first, rank from 1.  ``candidates`` (rank only these) and ``denylist`` (never these) act
+on every row as in ``recommend_batch``.  An actor given a GPU (``num_gpus=1``) runs the
+model there with ``device="auto"``.  Needs ray (the ``ray`` extra).
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ class Recommender:
 
     def __init__(self, model_path: str, n: int = 10, user_col: str = "user_id",
                  items_col: str = "items", exclude_seen: bool = True, num_threads: int = 1,
-                 device: str = "auto") -> None:
+                 device: str = "auto", candidates: Any = None, denylist: Any = None) -> None:
         from fastsasrec import SASRec
+        from fastsasrec.batch import pick
         from fastsasrec._params import flag, positive_int
 
         self.n = positive_int(n, "n")
@@ -37,6 +39,7 @@ class Recommender:
             device = "cuda" if _actor_has_gpu() else "cpu"
         self.model = SASRec.load(model_path, device=device, num_threads=num_threads)
         self.k = min(self.n, self.model.n_items)
+        self.chosen = pick(self.model, candidates, denylist)
 
     def __call__(self, batch: Any) -> Any:
         from fastsasrec.batch import long_rows
@@ -46,7 +49,7 @@ class Recommender:
                 raise ValueError(f"the batch has no column {col!r} (user_col / items_col); its "
                                  f"columns are {list(batch.columns)}")
         sessions = [list(x) for x in batch[self.items_col]]
-        got = self.model.recommend_batch(sessions, n=self.k, exclude_seen=self.exclude_seen)
+        got = self.model.recommend_batch(sessions, n=self.k, exclude_seen=self.exclude_seen, **self.chosen)
         return long_rows(batch[self.user_col].to_numpy(), got[0], got[1], self.user_col, got.names)
 
 

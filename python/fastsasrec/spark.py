@@ -9,7 +9,8 @@ A user's history is all their events, ordered by ``time_col`` (ties in the order
 the rows).  The model reads its most recent ``max_seq`` events of items it knows (a window
 in Spark, after a broadcast semi-join with the catalogue); with ``exclude_seen``, the
 distinct items of the events before them are left out too, as ``recommend_batch`` does with
-a whole history.  The partitions
+a whole history; ``candidates`` (rank only these) and ``denylist`` (never these) act on
+every user as in ``recommend_batch``.  The partitions
 are scored with ``mapInPandas`` over Arrow batches.  The model file reaches the executors
 through ``SparkContext.addFile`` (or, with ``ship=False``, by a path every executor can
 read) and is loaded once per Python worker process.  On an executor with GPUs, a task
@@ -56,7 +57,8 @@ def _task_device(device: str) -> str:
 
 def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_col: str = "item_id",
               time_col: Optional[str] = "timestamp", n: int = 10, exclude_seen: bool = True,
-              num_threads: int = 1, device: str = "auto", ship: bool = True) -> Any:
+              num_threads: int = 1, device: str = "auto", ship: bool = True, candidates: Any = None,
+              denylist: Any = None) -> Any:
     """(user_col, rank, item, score) rows for every user of the Spark DataFrame
     ``events_df``, as a Spark DataFrame (lazy: nothing runs until it is written or
     collected).
@@ -65,8 +67,11 @@ def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_c
     1 by default).  ``device``: "cpu", "cuda:N", or "auto" / "cuda" for the GPU the task
     was given (auto: the CPU when none was).  ``ship``: send the model file with
     ``SparkContext.addFile``; False reads ``model_path`` on each executor (a shared
-    filesystem).  Errors name the argument: a missing column, a bad ``n``, a model file
-    that does not load on the driver."""
+    filesystem).  ``candidates``: rank only these item ids (the new products of a "new for
+    you" e-mail, a category); ``denylist``: leave these out of every user's rows; both
+    travel with the job (ids the model does not know are dropped).  Errors name the
+    argument: a missing column, a bad ``n``, candidates none of which the model knows, a
+    model file that does not load on the driver."""
     from pyspark.sql import SparkSession, Window
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -88,6 +93,9 @@ def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_c
     model_path = os.path.abspath(os.fspath(model_path))
     # Loaded on the driver once: it checks the file, and gives max_seq and the catalogue.
     driver = SASRec.load(model_path, device="cpu")
+    from fastsasrec.batch import pick
+
+    chosen = pick(driver, candidates, denylist)
     T_, catalogue = driver.max_seq_, driver.item_ids_
     named = driver.item_names_ is not None  # a "name" column after "item" (item_names)
     k = min(n, catalogue.size)
@@ -141,7 +149,7 @@ def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_c
                 continue
             sessions = [[] if x is None else list(x) for x in pdf["_fsr_items"]]
             kw = {"exclude": [[] if x is None else list(x) for x in pdf["_fsr_older"]]} if exclude_seen else {}
-            got = model.recommend_batch(sessions, n=k, exclude_seen=exclude_seen, **kw)
+            got = model.recommend_batch(sessions, n=k, exclude_seen=exclude_seen, **kw, **chosen)
             yield long_rows(pdf[user_col].to_numpy(), got[0], got[1], user_col, got.names)
 
     return sessions.mapInPandas(score, schema=schema)

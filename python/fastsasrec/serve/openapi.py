@@ -94,6 +94,7 @@ SCHEMAS: Dict[str, Any] = {
         "event_id": {"type": "string", "pattern": "^[A-Za-z0-9._~:@!$&'()*+,;=-]{1,128}$",
                      "description": "the client's id of this event: sent again (a retry), it "
                                     "is applied once and the session is answered as it is"},
+        "candidates": _CANDIDATES,
     }, ["items"]),
     "SessionRecommendation": _obj(dict(_ANSWER, model={"type": "string"},
                                        session_id={"type": "string"},
