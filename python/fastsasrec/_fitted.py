@@ -307,14 +307,7 @@ def score(state: Fitted, internal: np.ndarray, offsets: np.ndarray, n: int, excl
     B = offsets.size - 1
     if int(offsets[1]) > 0 if B == 1 else bool((offsets[1:] > offsets[:-1]).all()):
         # Every session warm (a live session, most batches): straight to the engine.
-        if exclude_seen and extra is None and not deny.size:
-            ex_items, ex_off = internal, offsets
-        else:
-            parts = [(internal, offsets) if exclude_seen else None, extra]
-            if deny.size:
-                parts.append((np.tile(deny, B), np.arange(B + 1, dtype=np.int64) * deny.size))
-            parts = [p for p in parts if p is not None]
-            ex_items, ex_off = _merge_rows(parts) if parts else (_NONE, np.zeros(B + 1, dtype=np.int64))
+        ex_items, ex_off = _exclusions(internal, offsets, exclude_seen, extra, deny)
         ids, scores = state.engine.recommend(internal, offsets, n, ex_items, ex_off)
         return ids, scores, np.zeros(B, dtype=bool)
     lengths = offsets[1:] - offsets[:-1]
@@ -327,16 +320,8 @@ def score(state: Fitted, internal: np.ndarray, offsets: np.ndarray, n: int, excl
             w_items, w_off = internal, offsets
         else:
             w_items, w_off = _rows(internal, offsets, warm)
-        parts = [(w_items, w_off) if exclude_seen else None,
-                 (_rows(*extra, warm) if warm.size != B else extra) if extra is not None else None]
-        if deny.size:
-            parts.append((np.tile(deny, warm.size),
-                           np.arange(warm.size + 1, dtype=np.int64) * deny.size))
-        parts = [p for p in parts if p is not None]
-        if parts:
-            ex_items, ex_off = _merge_rows(parts)
-        else:
-            ex_items, ex_off = _NONE, np.zeros(warm.size + 1, dtype=np.int64)
+        w_extra = (_rows(*extra, warm) if warm.size != B else extra) if extra is not None else None
+        ex_items, ex_off = _exclusions(w_items, w_off, exclude_seen, w_extra, deny)
         ids[warm], scores[warm] = state.engine.recommend(
             np.ascontiguousarray(w_items, dtype=np.int32), w_off, n,
             np.ascontiguousarray(ex_items, dtype=np.int32), ex_off)
@@ -350,6 +335,19 @@ def score(state: Fitted, internal: np.ndarray, offsets: np.ndarray, n: int, excl
     return ids, scores, cold
 
 
+def _exclusions(internal: np.ndarray, offsets: np.ndarray, exclude_seen: bool,
+                extra: Optional[Tuple[np.ndarray, np.ndarray]],
+                deny: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Each session's items to leave out, flat (items, offsets): its own items (when
+    ``exclude_seen``), its row of ``extra`` and the denylist, in that order."""
+    B = offsets.size - 1
+    parts = [(internal, offsets) if exclude_seen else None, extra]
+    if deny.size:
+        parts.append((np.tile(deny, B), np.arange(B + 1, dtype=np.int64) * deny.size))
+    parts = [p for p in parts if p is not None]
+    return _merge_rows(parts) if parts else (_NONE, np.zeros(B + 1, dtype=np.int64))
+
+
 def _score_among(state: Fitted, internal: np.ndarray, offsets: np.ndarray, n: int,
                  exclude_seen: bool, extra: Optional[Tuple[np.ndarray, np.ndarray]],
                  deny: np.ndarray, cand: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -359,11 +357,7 @@ def _score_among(state: Fitted, internal: np.ndarray, offsets: np.ndarray, n: in
     are dropped, the others become positions in it.  A session with no known item gets
     the most popular candidates."""
     B = offsets.size - 1
-    parts = [(internal, offsets) if exclude_seen else None, extra]
-    if deny.size:
-        parts.append((np.tile(deny, B), np.arange(B + 1, dtype=np.int64) * deny.size))
-    parts = [p for p in parts if p is not None]
-    ex_items, ex_off = _merge_rows(parts) if parts else (_NONE, np.zeros(B + 1, dtype=np.int64))
+    ex_items, ex_off = _exclusions(internal, offsets, exclude_seen, extra, deny)
     pos = np.searchsorted(cand, ex_items)
     inside = (pos < cand.size) & (cand[np.minimum(pos, cand.size - 1)] == ex_items)
     kept = np.concatenate(([0], np.cumsum(inside)))
