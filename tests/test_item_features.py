@@ -483,3 +483,110 @@ def test_an_engine_tensor_is_read_and_replaced_by_name(fitted):
     outside[off[0]:off[0] + off[1]] = False
     np.testing.assert_array_equal(after[outside], before[outside])
     _features.set_tensor(engine, "item_emb", emb)  # the fixture's model as it was
+
+
+def _listed(table, tz=None):
+    """The table with a "listed" datetime column: a day per item, in item order."""
+    days = pd.to_datetime("2024-01-01") + pd.to_timedelta(np.arange(len(table)), unit="D")
+    return table.assign(listed=days.tz_localize(tz) if tz else days)
+
+
+def test_a_datetime_column_is_bucketed_by_time():
+    # A release date or the day a product was listed: buckets by time (edges at dates of
+    # the table, named as dates), a missing date its missing row, a product listed after
+    # fit in the newest bucket; a zone is honoured (read as the instant it names).
+    t = _listed(_table())
+    t.loc[t.index[5], "listed"] = pd.NaT
+    tab = _features.table(t, names="title")
+    assert tab.kinds == ("categorical", "multi", "numeric", "time")
+    space = tab.learn(4)
+    listed = space.columns[3]
+    assert listed.kind == "time" and len(listed.edges) == 3
+    assert all(e % 86400 == 0 for e in listed.edges)  # instants of the table: midnights
+    names = [space.describe(r) for r in range(space.bases()[3] + 2, space.size)]
+    assert names[0] == "listed in [-inf, 2024-01-11)" and names[-1].endswith(", inf)")
+    assert all("listed in [" in n for n in names)
+    values, offsets = space.encode(tab, t.index.to_numpy())
+    bag = lambda i: [space.describe(int(v)) for v in values[offsets[i + 1]:offsets[i + 2]]]
+    assert bag(5)[-1] == "listed=<missing>" and bag(0)[-1] == names[0] and bag(39)[-1] == names[-1]
+    later = _listed(_table(extra=[(999, 1)])).loc[[999]]
+    later["listed"] = pd.Timestamp("2030-06-01")
+    v, o = space.encode(_features.table(later, names="title"), np.array([999]))
+    assert space.describe(int(v[o[1]:o[2]][-1])) == names[-1]
+    # 01:00 in Berlin is midnight UTC: the same instants, the same buckets.
+    berlin = _listed(_table(), tz="Europe/Berlin")
+    berlin["listed"] = berlin["listed"] + pd.Timedelta(hours=1)
+    assert (_features.table(berlin, names="title").learn(4).columns[3].edges
+            == _features.table(_listed(_table()), names="title").learn(4).columns[3].edges)
+
+
+def test_dates_as_text_are_read_when_named_and_a_bad_one_is_named():
+    t = _listed(_table())
+    t["listed"] = t["listed"].dt.strftime("%Y-%m-%d")
+    with pytest.warns(UserWarning, match=r"if they are dates, say time=\['listed'\]"):
+        assert _features.table(t, names="title").kinds[-1] == "categorical"
+    named = ItemFeatures(t, names="title", time=["listed"]).table(None)
+    assert named.kinds[-1] == "time"
+    assert named.learn(4).columns[-1] == _features.table(_listed(_table()), names="title").learn(4).columns[-1]
+    t.loc[112, "listed"] = "soon"
+    with pytest.raises(ValueError, match=r"column 'listed' \(a time column\), item 112: 'soon' is not a date"):
+        ItemFeatures(t, names="title", time=["listed"]).table(None)
+    with pytest.raises(ValueError, match=r"time: 'when' is not a feature column"):
+        ItemFeatures(t, names="title", time=["when"]).table(None)
+
+
+def test_a_time_column_trains_saves_and_takes_new_products(tmp_path):
+    m = _model(iterations=3).fit(_sessions(), item_features=_listed(_table()), item_names="title")
+    assert m.item_feature_values(100)[-1].startswith("listed in [")
+    m.save(tmp_path / "m.fsr")
+    back = SASRec.load(tmp_path / "m.fsr")
+    assert back.item_features_ == m.item_features_ and back.item_feature_values(100) == m.item_feature_values(100)
+    # Format version 4 holds time columns: an older reader says it is too old; a file
+    # claiming an older version with one is refused.
+    with zipfile.ZipFile(tmp_path / "m.fsr") as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    meta = json.loads(members["fastsasrec.json"])
+    assert meta["format_version"] == 4
+    meta["format_version"] = 3
+    members["fastsasrec.json"] = json.dumps(meta).encode()
+    with zipfile.ZipFile(tmp_path / "old.fsr", "w") as z:
+        for n, b in members.items():
+            z.writestr(n, b)
+    with pytest.raises(ValueError, match="a time feature column in a file of format version 3"):
+        SASRec.load(tmp_path / "old.fsr")
+    # A checkpoint with a time column resumes bit-exactly.
+    table = _listed(_table())
+    whole = _model(iterations=4).fit(_sessions(), item_features=table, item_names="title")
+    _model(iterations=2).fit(_sessions(), item_features=table, item_names="title", checkpoint=tmp_path / "ck")
+    resumed = _model(iterations=4).fit(_sessions(), item_features=table, item_names="title",
+                                       resume=tmp_path / "ck")
+    np.testing.assert_array_equal(whole.item_embeddings_, resumed.item_embeddings_)
+    new = _listed(_table(extra=[(777, 1)])).loc[[777]]
+    new["listed"] = pd.Timestamp("2031-01-01")
+    back.partial_fit(_sessions(30, seed=3), epochs=1, item_features=new, item_names="title")
+    assert back.item_feature_values(777)[-1].endswith(", inf)")  # the newest bucket
+    # The column as numbers (or as text) where the model read times is refused, by name.
+    wrong = new.assign(listed=[1.7e9])
+    with pytest.raises(ValueError, match=r"column 'listed' holds no times but the model read it at fit as times"):
+        back.partial_fit(_sessions(30, seed=3), epochs=1, item_features=wrong, item_names="title")
+    plain = _model(iterations=2).fit(_sessions(), item_features=_table().assign(listed=np.arange(40.0)),
+                                     item_names="title")
+    with pytest.raises(ValueError, match=r"column 'listed' holds times but the model read it at fit as numeric"):
+        plain.partial_fit(_sessions(30, seed=3), epochs=1, item_features=new, item_names="title")
+
+
+def test_the_command_line_reads_a_time_column(tmp_path, capsys):
+    from fastsasrec.cli import main
+
+    events, items, model = tmp_path / "events.csv", tmp_path / "items.csv", tmp_path / "m.fsr"
+    _events_csv(events, _sessions(200))
+    table = _listed(_table()).reset_index()
+    table["tags"] = table["tags"].map("|".join)
+    table["listed"] = table["listed"].dt.strftime("%Y-%m-%d")
+    table.to_csv(items, index=False)
+    args = ["--epochs", "2", "--factors", "16", "--max-seq", "8", "--threads", "1", "-q",
+            "--item-features", str(items), "--item-names", "title", "--item-list-col", "tags"]
+    assert main(["train", str(events), "-o", str(model), "--item-time-col", "listed"] + args) == 0
+    assert SASRec.load(model).item_feature_values(100)[-1].startswith("listed in [-inf, 2024-01-")
+    assert main(["train", str(events), "-o", str(model), "--item-time-col", "when"] + args) == 2
+    assert "time: 'when' is not a feature column" in capsys.readouterr().err

@@ -11,7 +11,11 @@ per column, its kind and vocabulary, fixed at fit:
   bag holding each of its values once;
 - ``numeric``: numbers bucketed by the quantiles of the table's values (``buckets`` of
   them, equal shares of the items; fewer when values repeat), a row per bucket; a number
-  outside the fitted range falls in the first or the last bucket.
+  outside the fitted range falls in the first or the last bucket;
+- ``time``: instants (a datetime column, or one named in ``ItemFeatures(time=)``: a
+  release date, the day a product was listed), bucketed as numbers are, by their seconds
+  since 1970-01-01 UTC (a time with no zone is read as UTC); a new product listed after
+  fit falls in the last bucket, the newest.
 
 Each column also has a ``missing`` row (an empty cell, NaN, None, an empty list) and an
 ``unknown`` row (a value first seen after fit, by ``partial_fit``: the vocabulary stays as
@@ -31,7 +35,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-KINDS = ("categorical", "multi", "numeric")
+KINDS = ("categorical", "multi", "numeric", "time")
+BUCKETED = ("numeric", "time")  # kinds whose values are buckets of numbers
 NO_FEATURES = 0
 _MAX_COLUMNS = 1_000
 _MAX_VALUES = 10_000_000  # rows of the feature-value table at most
@@ -77,11 +82,68 @@ def _warn_if_odd(column: str, data: List[Any], ids: np.ndarray) -> None:
                       f"categorical=[{column!r}] (ItemFeatures) to silence this",
                       UserWarning, stacklevel=6)
     elif len(present) >= 20 and len({_key(v) for v in present}) == len(present):
+        dates = (f"; if they are dates, say time=[{column!r}] (ItemFeatures; --item-time-col) "
+                 "to bucket them by time" if _look_like_dates(present[:20]) else "")
         warnings.warn(f"item_features column {column!r} has a distinct value for each of its "
                       f"{len(present):,} items: it works as a second id, and tells nothing of a "
                       "new product; drop it, make it the names (item_names), or say "
-                      f"categorical=[{column!r}] (ItemFeatures) to keep it and silence this",
-                      UserWarning, stacklevel=6)
+                      f"categorical=[{column!r}] (ItemFeatures) to keep it and silence this"
+                      + dates, UserWarning, stacklevel=6)
+
+
+def _look_like_dates(values: List[Any]) -> bool:
+    """Whether these strings all read as dates (a column of dates in a CSV)."""
+    if not all(isinstance(v, str) and any(ch.isdigit() for ch in v) for v in values):
+        return False
+    import pandas as pd
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pd.to_datetime(pd.Series(values), utc=True)
+    except (ValueError, TypeError, OverflowError):
+        return False
+    return True
+
+
+def _instant(seconds: float, edges: Sequence[float]) -> str:
+    """A time bucket's edge as text: a date when every edge is a midnight, else to the
+    second, in UTC; -inf and inf as they are."""
+    if not math.isfinite(seconds):
+        return f"{seconds:g}"
+    import pandas as pd
+
+    t = pd.Timestamp(seconds, unit="s")
+    if all(float(e) % 86400 == 0 for e in edges):
+        return t.strftime("%Y-%m-%d")
+    return t.strftime("%Y-%m-%d %H:%M:%S") + " UTC"
+
+
+def _seconds(series: Any, column: str, ids: np.ndarray) -> List[Any]:
+    """A column of instants (datetimes, or text pandas reads as dates) as seconds since
+    1970-01-01 UTC, None where missing; a time with no zone is read as UTC.  A value that
+    is no date is an error naming the item and the value."""
+    import pandas as pd
+
+    try:
+        t = pd.to_datetime(series, utc=True)
+    except (ValueError, TypeError, OverflowError) as e:
+        bad = pd.to_datetime(series, utc=True, errors="coerce").isna().to_numpy() & \
+            ~pd.isna(series).to_numpy()
+        at = int(np.argmax(bad)) if bad.any() else 0
+        raise ValueError(f"item_features column {column!r} (a time column), item "
+                         f"{ids[at].item()!r}: {series.iloc[at]!r} is not a date or time, or not "
+                         "in the form of the column's first dates") from None
+    ns = t.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    missing = pd.isna(t).to_numpy()
+    return [None if m else int(x // 1_000_000_000) if x % 1_000_000_000 == 0 else x / 1e9
+            for x, m in zip(ns.tolist(), missing.tolist())]
+
+
+def _is_datetime(series: Any) -> bool:
+    import pandas as pd
+
+    return bool(pd.api.types.is_datetime64_any_dtype(series.dtype))
 
 
 def _key(v: Any) -> Tuple[str, Any]:
@@ -102,7 +164,7 @@ class Column:
 
     @property
     def n_values(self) -> int:
-        return len(self.edges) + 1 if self.kind == "numeric" else len(self.values)
+        return len(self.edges) + 1 if self.kind in BUCKETED else len(self.values)
 
     @property
     def size(self) -> int:  # unknown, missing, then the values
@@ -157,10 +219,12 @@ class FeatureSpace:
                 if j == 1:
                     return f"{c.name}=<missing>"
                 j -= 2
-                if c.kind != "numeric":
+                if c.kind not in BUCKETED:
                     return f"{c.name}={c.values[j]!r}"
                 lo = c.edges[j - 1] if j > 0 else -math.inf
                 hi = c.edges[j] if j < len(c.edges) else math.inf
+                if c.kind == "time":
+                    return f"{c.name} in [{_instant(lo, c.edges)}, {_instant(hi, c.edges)})"
                 return f"{c.name} in [{lo:g}, {hi:g})"
         raise ValueError(f"row {row} is outside the feature table of {self.size} rows")
 
@@ -169,8 +233,19 @@ class FeatureSpace:
         """``table``'s cells of each fitted column, matched by name (a table given after
         fit, to partial_fit, may order its columns otherwise).  A fitted column the table
         lacks, or a column the model does not have, is refused: the columns are fixed at
-        fit, and a cell the model cannot read is never dropped in silence."""
+        fit, and a cell the model cannot read is never dropped in silence.  So is a column
+        of times where the model has numbers, and the reverse."""
         have = dict(zip(table.columns, table.cells))
+        kind_of = dict(zip(table.columns, table.kinds))
+        for c in self.columns:
+            given = kind_of.get(c.name)
+            if given is not None and (c.kind == "time") != (given == "time") and (
+                    c.kind in BUCKETED or given == "time"):
+                raise ValueError(
+                    f"item_features column {c.name!r} holds {'times' if given == 'time' else 'no times'}"
+                    f" but the model read it at fit as {'times' if c.kind == 'time' else c.kind}: "
+                    + ("give it as datetimes (or name it in ItemFeatures(time=...), "
+                       "--item-time-col)" if c.kind == "time" else "give it as at fit"))
         fitted = [c.name for c in self.columns]
         missing = [n for n in fitted if n not in have]
         known = set(fitted)
@@ -201,7 +276,7 @@ class FeatureSpace:
         # (a stable sort keeps the column order within an item).
         items_parts, value_parts = [np.flatnonzero(where < 0)], [np.full(V - has.size, NO_FEATURES)]
         for c, base, cells in zip(self.columns, self.bases(), columns):
-            if c.kind == "numeric":  # one value per item: its bucket, or the missing row
+            if c.kind in BUCKETED:  # one value per item: its bucket, or the missing row
                 x = np.full(len(rows), np.nan)
                 for k, (i, r) in enumerate(zip(has.tolist(), rows)):
                     got = c.cell_values(cells[r], item_ids[i].item())
@@ -210,7 +285,7 @@ class FeatureSpace:
                         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
                             raise ValueError(f"item_features column {c.name!r}, item "
                                              f"{item_ids[i].item()!r}: {v!r} is not a finite "
-                                             "number (the column is numeric)")
+                                             f"number (the column is {c.kind})")
                         x[k] = float(v)
                 its = has
                 vals_a = np.where(np.isnan(x), base + 1,
@@ -266,8 +341,8 @@ class FeatureSpace:
                   and all(isinstance(e, (int, float)) and not isinstance(e, bool)
                           and math.isfinite(e) for e in d["edges"])
                   and all(a < b for a, b in zip(d["edges"], d["edges"][1:]))
-                  and (d["kind"] == "numeric" or not d["edges"])
-                  and (d["kind"] != "numeric" or not d["values"]))
+                  and (d["kind"] in BUCKETED or not d["edges"])
+                  and (d["kind"] not in BUCKETED or not d["values"]))
             if not ok:
                 raise ValueError(f"{where}: invalid feature column {str(d)[:200]}")
             if len({_key(v) for v in d["values"]}) != len(d["values"]):
@@ -321,19 +396,22 @@ class Table:
         cols = []
         for name, kind, delim, cells in zip(self.columns, self.kinds, self.delimiters, self.cells):
             probe = Column(name, kind, delimiter=delim)
-            if kind == "numeric":
+            if kind in BUCKETED:
                 nums = []
                 for r, cell in enumerate(cells):
                     for v in probe.cell_values(cell, self.ids[r].item()):
                         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
                             raise ValueError(
                                 f"item_features column {name!r}, item {self.ids[r].item()!r}: {v!r} "
-                                "is not a finite number (the column is numeric: declare it "
+                                f"is not a finite number (the column is {kind}: declare it "
                                 "categorical= to take any value)")
                         nums.append(float(v))
                 edges: Tuple[float, ...] = ()
                 if nums:
-                    qs = np.quantile(np.asarray(nums), np.linspace(0, 1, buckets + 1)[1:-1])
+                    # Time edges are instants of the table (a date stays a date); numbers
+                    # interpolate between their neighbours.
+                    qs = np.quantile(np.asarray(nums), np.linspace(0, 1, buckets + 1)[1:-1],
+                                     method="inverted_cdf" if kind == "time" else "linear")
                     edges = tuple(float(e) for e in np.unique(qs) if e > min(nums))
                 cols.append(Column(name, kind, edges=edges))
             else:
@@ -367,14 +445,16 @@ def _frame(obj: Any) -> Any:
 
 def table(item_features: Any, id_col: Optional[str] = None, names: Optional[str] = None,
           categorical: Optional[Sequence[str]] = None, numeric: Optional[Sequence[str]] = None,
-          multi: Optional[Dict[str, Optional[str]]] = None, item_kind: Optional[str] = None) -> Table:
+          multi: Optional[Dict[str, Optional[str]]] = None, item_kind: Optional[str] = None,
+          time: Optional[Sequence[str]] = None) -> Table:
     """The checked ``Table`` of a features frame.  The item id is the frame's index, or the
     column ``id_col``; ``names``: the display-name column (never a feature); every other
     column is a feature: ``multi`` names list-valued columns (each with its delimiter, or
     None for cells that are lists), ``categorical`` and ``numeric`` fix a column's kind;
     otherwise a column of numbers (not booleans) is numeric, a column whose cells are lists
-    is multi, and any other is categorical.  ``item_kind``: "int" or "str", the kind of
-    the model's ids, which the table's ids must share."""
+    is multi, a datetime column is time, and any other is categorical; ``time`` names
+    columns of dates (text) read as time.  ``item_kind``: "int" or "str", the kind of the
+    model's ids, which the table's ids must share."""
     df = _frame(item_features)
     cols = [c for c in df.columns]
     for label, given in (("id_col", id_col), ("names", names)):
@@ -383,7 +463,8 @@ def table(item_features: Any, id_col: Optional[str] = None, names: Optional[str]
                              f"{', '.join(map(repr, cols[:20]))})")
     ids_raw = df[id_col].to_numpy() if id_col is not None else df.index.to_numpy()
     feats = [c for c in cols if c != id_col and c != names]
-    for label, given in (("categorical", categorical), ("numeric", numeric), ("multi", multi)):
+    for label, given in (("categorical", categorical), ("numeric", numeric), ("multi", multi),
+                         ("time", time)):
         for c in (given or ()):
             if c not in feats:
                 raise ValueError(f"{label}: {c!r} is not a feature column of item_features "
@@ -412,7 +493,11 @@ def table(item_features: Any, id_col: Optional[str] = None, names: Optional[str]
     for c in feats:
         series = df[c]
         data = series.tolist()
-        if multi is not None and c in multi:
+        if time is not None and c in time or (_is_datetime(series) and not (
+                categorical is not None and c in categorical)):
+            kind, delim = "time", None
+            data = _seconds(series, c, ids)
+        elif multi is not None and c in multi:
             kind, delim = "multi", multi[c]
         elif categorical is not None and c in categorical:
             kind, delim = "categorical", None
@@ -441,7 +526,8 @@ class ItemFeatures:
     column, instead of the index), ``names`` (a display-name column, never a feature),
     ``categorical`` / ``numeric`` (columns whose kind is fixed rather than read from their
     type), ``multi`` ({column: delimiter}: list-valued columns; None as the delimiter for
-    cells that are lists)."""
+    cells that are lists), ``time`` (columns of dates as text, read as instants: a
+    datetime column is one already)."""
 
     frame: Any
     id_col: Optional[str] = None
@@ -449,12 +535,13 @@ class ItemFeatures:
     categorical: Optional[Sequence[str]] = None
     numeric: Optional[Sequence[str]] = None
     multi: Optional[Dict[str, Optional[str]]] = None
+    time: Optional[Sequence[str]] = None
 
     def table(self, item_kind: Optional[str], names: Optional[str] = None) -> Table:
         if names is not None and self.names is not None and names != self.names:
             raise ValueError(f"item_names={names!r} but the ItemFeatures names {self.names!r}")
         return table(self.frame, self.id_col, names or self.names, self.categorical,
-                     self.numeric, self.multi, item_kind)
+                     self.numeric, self.multi, item_kind, self.time)
 
 
 def as_table(item_features: Any, item_names: Optional[str], item_kind: Optional[str]) -> Table:

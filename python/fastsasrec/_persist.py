@@ -34,11 +34,18 @@ from fastsasrec._params import FEATURE_PARAMS
 FORMAT_NAME = "fastsasrec"
 # 1: the catalogue ascending; 2: in internal order, unique (a catalogue partial_fit grew).
 # 3: item features (their vocabularies in the header; each item's values and the display
-# names as arrays).  A file is written as the lowest version that can hold it (1 whenever
-# its catalogue is ascending and it has no features), so older readers read it.
-FORMAT_VERSION = 3
+# names as arrays).  4: a feature column of times (kind "time").  A file is written as the
+# lowest version that can hold it (1 whenever its catalogue is ascending and it has no
+# features), so older readers read it, and a reader too old for it says so.
+FORMAT_VERSION = 4
 CHECKPOINT_NAME = "fastsasrec-checkpoint"
-CHECKPOINT_VERSION = 2  # 2: item features, as in a model file
+CHECKPOINT_VERSION = 3  # 2: item features, as in a model file; 3: a time column
+_TIME_SINCE = {FORMAT_NAME: 4, CHECKPOINT_NAME: 3}  # the first version with time columns
+
+
+def _has_time(state: Any) -> bool:
+    f = state.features
+    return f is not None and any(c.kind == "time" for c in f.space.columns)
 HEADER = "fastsasrec.json"
 _ARRAYS = ("params", "item_ids", "popularity")
 _OPTIMIZER = ("m", "v")  # a checkpoint's; and "best_params" with an early-stopping best
@@ -118,7 +125,8 @@ def save(model: Any, path: "os.PathLike[str] | str") -> None:
     flat = np.asarray(state.engine.get_params(), dtype=np.float32)
     _check_finite(flat, tensors, path)
     meta = _model_meta(state, tensors)
-    version = 3 if state.features is not None else 1 if meta["item_ids_ascending"] else 2
+    version = (4 if _has_time(state) else 3) if state.features is not None else \
+        1 if meta["item_ids_ascending"] else 2
     meta = {"format": FORMAT_NAME, "format_version": version, **meta}
     _archive.write(path, target, directory, HEADER, meta, {
         "params": flat,
@@ -140,7 +148,7 @@ def save_checkpoint(path: "os.PathLike[str] | str", state: Any, progress: Dict[s
     flat = np.asarray(engine.get_params(), dtype=np.float32)
     _check_finite(flat, tensors, path)
     m, v, step = engine.optimizer_state()
-    meta = {"format": CHECKPOINT_NAME, "format_version": CHECKPOINT_VERSION,
+    meta = {"format": CHECKPOINT_NAME, "format_version": 3 if _has_time(state) else 2,
             **_model_meta(state, tensors), "step": int(step), **progress,
             "has_best_params": best_params is not None}
     arrays = {"params": flat, "item_ids": state.item_ids,
@@ -327,7 +335,10 @@ def _features_header(meta: Dict[str, Any], version: int, path: str):
           and 0 <= f["n_entries"] < 2**31 and isinstance(f["has_names"], bool))
     if not ok:
         raise ValueError(f"path {path!r}: invalid features field in the header")
-    return _features.FeatureSpace.from_json(f["columns"], f"path {path!r}"), f["n_entries"], f["has_names"]
+    space = _features.FeatureSpace.from_json(f["columns"], f"path {path!r}")
+    if any(c.kind == "time" for c in space.columns) and version < _TIME_SINCE[meta.get("format")]:
+        raise ValueError(f"path {path!r}: a time feature column in a file of format version {version}")
+    return space, f["n_entries"], f["has_names"]
 
 
 def _check_arrays(arrays: Dict[str, np.ndarray], path: str, ascending_optional: bool) -> None:

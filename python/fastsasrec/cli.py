@@ -250,7 +250,7 @@ def _item_features(args: argparse.Namespace, item_ids: np.ndarray) -> Any:
     from fastsasrec import ItemFeatures, _events
 
     if getattr(args, "item_features", None) is None:
-        for flag in ("item_names", "item_list_col"):
+        for flag in ("item_names", "item_list_col", "item_time_col"):
             if getattr(args, flag, None):
                 raise CLIError(f"--{flag.replace('_', '-')} reads a column of --item-features: give "
                                "--item-features ITEMS too")
@@ -264,20 +264,25 @@ def _item_features(args: argparse.Namespace, item_ids: np.ndarray) -> Any:
         multi[col] = sep or "|"
     frame = _events.read_items(args.item_features, args.item_id_col or args.item_col,
                                _events.item_mode(item_ids))
-    return ItemFeatures(frame, names=args.item_names, multi=multi or None)
+    return ItemFeatures(frame, names=args.item_names, multi=multi or None,
+                        time=args.item_time_col or None)
 
 
 def _add_item_feature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--item-features", metavar="ITEMS",
                    help="a .csv or .parquet of item features, one row per item (category, brand, "
-                        "price, tags): numbers become buckets, other columns categories; items "
-                        "with no event (new products) join the catalogue")
+                        "price, tags): numbers (and --item-time-col dates) become buckets, other "
+                        "columns categories; items with no event (new products) join the catalogue")
     p.add_argument("--item-id-col", metavar="COL", help="ITEMS' item id column (default: --item-col's)")
     p.add_argument("--item-names", metavar="COL",
                    help="ITEMS' column of display names, shown beside ids (never a feature)")
     p.add_argument("--item-list-col", metavar="COL[:SEP]", action="append",
                    help="an ITEMS column holding several values per item, split on SEP "
                         "(default |), e.g. genres:|  (repeatable)")
+    p.add_argument("--item-time-col", metavar="COL", action="append",
+                   help="an ITEMS column of dates or times (a release date, the day listed): "
+                        "bucketed by time, new products in the newest bucket (repeatable; a "
+                        "Parquet timestamp column is one already)")
 
 
 def _lineage(model: Any, times: List[Tuple[str, int, float]]) -> str:

@@ -265,7 +265,8 @@ class SASRec(FittedAttributes, NotebookCompat):
         ``item_features``: what is known of each item, a table with one row per item (a
         pandas or polars DataFrame, a pyarrow Table) indexed by item id, every column a
         feature; or a ``fastsasrec.ItemFeatures`` naming the id column, the kinds and the
-        list columns.  A column of numbers becomes ``feature_buckets`` buckets; a column
+        list columns.  A column of numbers becomes ``feature_buckets`` buckets, and so
+        does a datetime column (by time; dates as text: ``ItemFeatures(time=)``); a column
         of lists (genres, tags) gives an item several values; any other column is
         categorical.  An item's vector is its id embedding plus the pooled embeddings of
         its values (``feature_pooling``), learnt with the rest.  Items of the table that
