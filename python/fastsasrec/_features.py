@@ -30,125 +30,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from fastsasrec._feature_cells import (_instant, _is_datetime, _is_missing, _key, _scalar, _seconds,
+                                       _warn_if_odd)
 
 KINDS = ("categorical", "multi", "numeric", "time")
 BUCKETED = ("numeric", "time")  # kinds whose values are buckets of numbers
 NO_FEATURES = 0
 _MAX_COLUMNS = 1_000
 _MAX_VALUES = 10_000_000  # rows of the feature-value table at most
-
-
-def _is_missing(v: Any) -> bool:
-    if v is None:
-        return True
-    if isinstance(v, float) and math.isnan(v):
-        return True
-    try:
-        import pandas as pd
-
-        return v is pd.NA or v is pd.NaT
-    except ImportError:  # pragma: no cover - pandas is how tables arrive
-        return False
-
-
-def _scalar(v: Any, column: str, item: Any) -> Any:
-    """A cell's value as a JSON scalar (str, int, float, bool), the one form a vocabulary
-    holds: numpy scalars become Python ones; other objects are refused by name."""
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, (str, bool, int)):
-        return v
-    if isinstance(v, float):
-        return int(v) if v.is_integer() and abs(v) < 2**53 else v
-    raise ValueError(f"item_features column {column!r}, item {item!r}: value {v!r} of type "
-                     f"{type(v).__name__} is not a string, number or boolean")
-
-
-def _warn_if_odd(column: str, data: List[Any], ids: np.ndarray) -> None:
-    """Warns of a column read as categorical that was likely meant otherwise: numbers with a
-    few strings among them (each number becomes its own value, no buckets), or a distinct
-    value for every item (a second id: it tells nothing of a new product)."""
-    present = [v for v in data if not _is_missing(v)]
-    nums = [v for v in present if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))]
-    if nums and len(nums) < len(present):
-        at = next(i for i, v in enumerate(data) if not _is_missing(v) and isinstance(v, str))
-        warnings.warn(f"item_features column {column!r} holds numbers and strings (item "
-                      f"{ids[at].item()!r}: {data[at]!r}), so it is read as categorical, each "
-                      f"number a value of its own; clean it, or say numeric=[{column!r}] or "
-                      f"categorical=[{column!r}] (ItemFeatures) to silence this",
-                      UserWarning, stacklevel=6)
-    elif len(present) >= 20 and len({_key(v) for v in present}) == len(present):
-        dates = (f"; if they are dates, say time=[{column!r}] (ItemFeatures; --item-time-col) "
-                 "to bucket them by time" if _look_like_dates(present[:20]) else "")
-        warnings.warn(f"item_features column {column!r} has a distinct value for each of its "
-                      f"{len(present):,} items: it works as a second id, and tells nothing of a "
-                      "new product; drop it, make it the names (item_names), or say "
-                      f"categorical=[{column!r}] (ItemFeatures) to keep it and silence this"
-                      + dates, UserWarning, stacklevel=6)
-
-
-def _look_like_dates(values: List[Any]) -> bool:
-    """Whether these strings all read as dates (a column of dates in a CSV)."""
-    if not all(isinstance(v, str) and any(ch.isdigit() for ch in v) for v in values):
-        return False
-    import pandas as pd
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pd.to_datetime(pd.Series(values), utc=True)
-    except (ValueError, TypeError, OverflowError):
-        return False
-    return True
-
-
-def _instant(seconds: float, edges: Sequence[float]) -> str:
-    """A time bucket's edge as text: a date when every edge is a midnight, else to the
-    second, in UTC; -inf and inf as they are."""
-    if not math.isfinite(seconds):
-        return f"{seconds:g}"
-    import pandas as pd
-
-    t = pd.Timestamp(seconds, unit="s")
-    if all(float(e) % 86400 == 0 for e in edges):
-        return t.strftime("%Y-%m-%d")
-    return t.strftime("%Y-%m-%d %H:%M:%S") + " UTC"
-
-
-def _seconds(series: Any, column: str, ids: np.ndarray) -> List[Any]:
-    """A column of instants (datetimes, or text pandas reads as dates) as seconds since
-    1970-01-01 UTC, None where missing; a time with no zone is read as UTC.  A value that
-    is no date is an error naming the item and the value."""
-    import pandas as pd
-
-    try:
-        t = pd.to_datetime(series, utc=True)
-    except (ValueError, TypeError, OverflowError) as e:
-        bad = pd.to_datetime(series, utc=True, errors="coerce").isna().to_numpy() & \
-            ~pd.isna(series).to_numpy()
-        at = int(np.argmax(bad)) if bad.any() else 0
-        raise ValueError(f"item_features column {column!r} (a time column), item "
-                         f"{ids[at].item()!r}: {series.iloc[at]!r} is not a date or time, or not "
-                         "in the form of the column's first dates") from None
-    ns = t.to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    missing = pd.isna(t).to_numpy()
-    return [None if m else int(x // 1_000_000_000) if x % 1_000_000_000 == 0 else x / 1e9
-            for x, m in zip(ns.tolist(), missing.tolist())]
-
-
-def _is_datetime(series: Any) -> bool:
-    import pandas as pd
-
-    return bool(pd.api.types.is_datetime64_any_dtype(series.dtype))
-
-
-def _key(v: Any) -> Tuple[str, Any]:
-    """The vocabulary's key of a value: its kind with it, so 1, True and "1" stay apart."""
-    return (type(v).__name__, v)
 
 
 @dataclasses.dataclass(frozen=True)
