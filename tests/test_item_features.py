@@ -565,10 +565,17 @@ def test_a_time_column_trains_saves_and_takes_new_products(tmp_path):
     new["listed"] = pd.Timestamp("2031-01-01")
     back.partial_fit(_sessions(30, seed=3), epochs=1, item_features=new, item_names="title")
     assert back.item_feature_values(777)[-1].endswith(", inf)")  # the newest bucket
-    # The column as numbers (or as text) where the model read times is refused, by name.
+    # Dates as text are read as times again without naming them: the model knows.
+    text = new.rename(index={777: 776}).assign(listed=["2031-01-02"])
+    back.partial_fit(_sessions(30, seed=3), epochs=1, item_features=text, item_names="title")
+    assert back.item_feature_values(776)[-1].endswith(", inf)")
+    # The column as numbers where the model read times is refused, by name.
     wrong = new.assign(listed=[1.7e9])
-    with pytest.raises(ValueError, match=r"column 'listed' holds no times but the model read it at fit as times"):
+    with pytest.raises(ValueError, match=r"column 'listed' is read as times but holds numbers"):
         back.partial_fit(_sessions(30, seed=3), epochs=1, item_features=wrong, item_names="title")
+    with pytest.raises(ValueError, match=r"column 'listed' \(a time column\), item 777: 'soon' is not a date"):
+        back.partial_fit(_sessions(30, seed=3), epochs=1, item_features=new.assign(listed=["soon"]),
+                         item_names="title")
     plain = _model(iterations=2).fit(_sessions(), item_features=_table().assign(listed=np.arange(40.0)),
                                      item_names="title")
     with pytest.raises(ValueError, match=r"column 'listed' holds times but the model read it at fit as numeric"):
@@ -590,3 +597,9 @@ def test_the_command_line_reads_a_time_column(tmp_path, capsys):
     assert SASRec.load(model).item_feature_values(100)[-1].startswith("listed in [-inf, 2024-01-")
     assert main(["train", str(events), "-o", str(model), "--item-time-col", "when"] + args) == 2
     assert "time: 'when' is not a feature column" in capsys.readouterr().err
+    # update reads the column as times again without the flag: the model knows it.
+    new = table.iloc[:1].assign(item_id=[555], listed=["2030-01-01"], title=["Fresh"])
+    new.to_csv(tmp_path / "new.csv", index=False)
+    assert main(["update", str(model), str(events), "-o", str(model), "--item-features",
+                 str(tmp_path / "new.csv"), "--item-names", "title", "--item-list-col", "tags", "-q"]) == 0
+    assert SASRec.load(model).item_feature_values(555)[-1].endswith(", inf)")

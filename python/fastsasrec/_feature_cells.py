@@ -95,6 +95,9 @@ def _seconds(series: Any, column: str, ids: np.ndarray) -> List[Any]:
     is no date is an error naming the item and the value."""
     import pandas as pd
 
+    if series.dtype.kind in "iufcb":  # numbers would be read as nanoseconds since 1970
+        raise ValueError(f"item_features column {column!r} is read as times but holds numbers "
+                         f"({series.dtype}), not dates or times: give it as datetimes or dates")
     try:
         t = pd.to_datetime(series, utc=True)
     except (ValueError, TypeError, OverflowError) as e:

@@ -437,11 +437,19 @@ class ItemFeatures:
                      self.numeric, self.multi, item_kind, self.time)
 
 
-def as_table(item_features: Any, item_names: Optional[str], item_kind: Optional[str]) -> Table:
-    """The checked table of fit's ``item_features`` (a frame or an ItemFeatures)."""
+def as_table(item_features: Any, item_names: Optional[str], item_kind: Optional[str],
+             time: Sequence[str] = ()) -> Table:
+    """The checked table of fit's ``item_features`` (a frame or an ItemFeatures).
+    ``time``: the columns a fitted model read as times, read as times again (dates as
+    text too: ``partial_fit`` need not name them)."""
+    frame = item_features.frame if isinstance(item_features, ItemFeatures) else item_features
+    present = [c for c in time if c in _frame(frame).columns]
     if isinstance(item_features, ItemFeatures):
+        if present:
+            item_features = dataclasses.replace(
+                item_features, time=list(dict.fromkeys([*(item_features.time or ()), *present])))
         return item_features.table(item_kind, item_names)
-    return table(item_features, names=item_names, item_kind=item_kind)
+    return table(item_features, names=item_names, item_kind=item_kind, time=present or None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -159,13 +159,16 @@ def _catalogue(flat: np.ndarray, table: Any) -> Tuple[np.ndarray, np.ndarray, np
     return item_ids, internal, np.bincount(internal - 1, minlength=item_ids.size)
 
 
-def _features_table(item_features: Any, item_names: Any, flat: np.ndarray) -> Any:
+def _features_table(item_features: Any, item_names: Any, flat: np.ndarray, fitted: Any = None) -> Any:
+    """The checked table of ``item_features``; ``fitted``: the model's features, whose time
+    columns are read as times again."""
     if item_features is None:
         if item_names is not None:
             raise ValueError(f"item_names={item_names!r} names a column of item_features: "
                              "give item_features too")
         return None
-    return _features.as_table(item_features, item_names, "str" if flat.dtype.kind == "U" else "int")
+    time = [c.name for c in fitted.space.columns if c.kind == "time"] if fitted is not None else ()
+    return _features.as_table(item_features, item_names, "str" if flat.dtype.kind == "U" else "int", time)
 
 
 def _with_features(engine: Any, feats: Any) -> Any:
@@ -499,7 +502,7 @@ def partial_fit(model: Any, sequences: Any, epochs: int = 1, callbacks: Any = No
                          "with item_features to give them")
     items, offsets = _drop_short(flat, stacklevel=4)
     check_ids_compatible(items, state.item_ids, "sequences")
-    table = _features_table(item_features, item_names, state.item_ids)
+    table = _features_table(item_features, item_names, state.item_ids, state.features)
     if table is not None:
         _feature_ids.check_ids(item_features, table, np.union1d(state.item_ids, items), new_only=True)
     internal = state.encode(items)
