@@ -56,7 +56,7 @@ def recommended(out):
 
 
 # ----------------------------------------------------------------------------- demo
-def test_demo_prints_metrics_and_the_four_use_cases(capsys):
+def test_demo_prints_metrics_and_the_store_use_cases(capsys):
     code, out, err = run(capsys, ["demo", "--sessions", "1500", "--epochs", "12", "--seed", "1", "--threads", "1"])
     assert code == 0, err
     assert "HR@10" in out and "coverage@10" in out and "most popular" in out
@@ -78,6 +78,11 @@ def test_demo_prints_metrics_and_the_four_use_cases(capsys):
     focus = [float(x) for x in re.findall(r"focus ([0-9.]+)", out)]
     assert len(focus) == 2 and all(0.0 <= f <= 1.0 for f in focus)
     assert focus[0] > focus[1], out
+    # (e) new products, known by their category and brand alone, each found for its session
+    new = [l for l in out.splitlines() if "new for you:" in l]
+    assert "(e) new products" in out and len(new) == 2, out
+    assert "Acme espresso machine" in new[0] and new[0].split("new for you: ")[1].startswith("Acme cold brew kit")
+    assert "Vela tent" in new[1] and new[1].split("new for you: ")[1].startswith("Vela ultralight tent")
 
 
 def test_demo_rejects_bad_arguments(capsys):

@@ -1,6 +1,7 @@
 """``fastsasrec demo``: train on synthetic store sessions (or MovieLens 100K), compare with
-the most-popular baseline, and show four store use cases: the "based on what you viewed"
-widget, re-engagement, the abandoned-cart upsell and session quality."""
+the most-popular baseline, and show the store's use cases: the "based on what you viewed"
+widget, re-engagement, the abandoned-cart upsell, session quality and, in the store, new
+products (known by their features alone) in a "new for you" slot."""
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,35 @@ def _store_examples(names: Dict[int, str]) -> Dict[str, Any]:
     espresso = [pid["Acme espresso machine"], pid["Acme burr grinder"], pid["Acme coffee scale"]]
     focused = [pid[f"Nordic {x}"] for x in ("running shoes", "running socks", "sports watch", "energy gels")]
     scattered = [pid[x] for x in ("Vela tent", "Acme serum", "Kite road bike", "Orbit stroller")]
+    camping = [pid[f"Vela {x}"] for x in ("tent", "sleeping bag")]
     return dict(cart_session=espresso, cart=espresso[:2], focused=focused, scattered=scattered,
-                focused_label="one journey", scattered_label="four categories")
+                focused_label="one journey", scattered_label="four categories",
+                new_for=[espresso[:2], camping])
+
+
+# Listed today: a category and a brand the catalogue has, no view yet.
+_NEW_PRODUCTS = {9001: ("Acme cold brew kit", "coffee", "Acme"),
+                 9002: ("Vela ultralight tent", "camping", "Vela"),
+                 9003: ("Kite bike lights", "cycling", "Kite")}
+
+
+def _new_products(model: Any, today: List[Any], sessions: List[List[Any]]) -> None:
+    """(e): new products join with partial_fit (their features, today's sessions), and a
+    "new for you" slot ranks them alone for a session."""
+    import pandas as pd
+
+    new = pd.DataFrame([(n, c, b) for n, c, b in _NEW_PRODUCTS.values()],
+                       columns=["name", "category", "brand"], index=list(_NEW_PRODUCTS))
+    print("\n(e) new products: listed today with a category and a brand, not yet viewed")
+    t0 = time.perf_counter()
+    model.partial_fit(today, epochs=1, item_features=new, item_names="name")
+    print(f"  added with today's {len(today):,} sessions (partial_fit, 1 epoch, "
+          f"{time.perf_counter() - t0:.1f}s): " + ", ".join(new["name"]))
+    names = dict(zip(model.item_ids_.tolist(), model.item_names_.tolist()))
+    for session in sessions:
+        got = model.recommend(session, n=1, candidates=new.index.to_numpy())
+        print("  viewed: " + " -> ".join(_fmt_ids(session, names))
+              + f"  | new for you: {got.names[0]} ({got.scores[0]:.2f})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,6 +187,10 @@ def run(args: argparse.Namespace) -> int:
     for label, s in ((f"focused ({focused_label})", focused), (f"scattered ({scattered_label})", scattered)):
         print(f"  {label}: focus {model.session_quality(s):.2f}")
         print("    " + ", ".join(_fmt_ids(s, names, limit=40)))
+
+    # ---- (e) new products (the store's catalogue has features)
+    if args.movielens is None:
+        _new_products(model, train[-len(train) // 10:], ex["new_for"])
     return 0
 
 
@@ -166,7 +198,7 @@ def add_parser(sub: Any) -> None:
     """The ``demo`` subcommand of the command line's parser."""
     d = sub.add_parser("demo", help="train on built-in data and show the store use cases",
                        description="Train on synthetic store sessions (or MovieLens 100K), compare with "
-                                   "the most-popular baseline and show four store use cases.")
+                                   "the most-popular baseline and show the store use cases.")
     d.add_argument("--sessions", type=int, default=4000, help="synthetic sessions (default: 4000)")
     d.add_argument("--epochs", type=int, default=None, help="training epochs (default: 15; 40 for MovieLens)")
     d.add_argument("--seed", type=int, default=0)
