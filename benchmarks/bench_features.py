@@ -39,6 +39,9 @@ by seed (about 15 events a movie instead of 59; every movie of the table in the 
 features, as new products where no kept user rated it): whether the features' defaults
 hold where ids are thin, the sparse catalogues a store has.
 
+A row ending in _date (features_mean_date) reads the release date as a time column (the
+time kind: 10 buckets by quantile of the dates) in place of the year; --part quality and thin.
+
 Each (part, split, row, seed) is cached as JSON under benchmarks/.features_cache.
 
     python benchmarks/bench_features.py --part quality --split val --rows ids features_mean features_sum --seeds 0 1
@@ -48,6 +51,7 @@ Each (part, split, row, seed) is cached as JSON under benchmarks/.features_cache
     python benchmarks/bench_features.py --part synthetic --rows ids features_mean features_mean_iddrop0.1 --seeds 0 1 2
     python benchmarks/bench_features.py --part cold --rows features_mean_iddrop0.1 --seeds 0 1 2
     python benchmarks/bench_features.py --part thin --split val --rows ids features_mean features_mean_iddrop0.1 --seeds 0 1 2 3 4 5 6 7
+    python benchmarks/bench_features.py --part quality --split val --rows features_mean_date --seeds 0 1 2 3 4 5
     python benchmarks/bench_features.py --table
 """
 from __future__ import annotations
@@ -74,19 +78,26 @@ ROWS = {"ids": None, "features_mean": "mean", "features_sum": "sum"}
 
 def row_params(row):
     """The estimator's parameters of a row: {} for "ids"; features_<pooling> with
-    id_dropout 0, features_<pooling>_iddrop<p> with id_dropout p."""
+    id_dropout 0, features_<pooling>_iddrop<p> with id_dropout p; a row ending in _date
+    reads the release date as a time column in place of the year (``date_row``)."""
     if row == "ids":
         return {}
-    base, _, p = row.partition("_iddrop")
+    base, _, p = row.removesuffix("_date").partition("_iddrop")
     if base not in ROWS or ROWS[base] is None:
         raise SystemExit(f"unknown row {row!r}: ids, features_mean, features_sum, "
                          "features_<pooling>_iddrop<p>")
     return {"feature_pooling": ROWS[base], "id_dropout": float(p) if p else 0.0}
 
 
-def movie_table():
+def date_row(row):
+    """Whether a row's table has the release date (a time column) in place of the year."""
+    return row.endswith("_date")
+
+
+def movie_table(dates=False):
     """(a DataFrame indexed by movie id: genres (list), year (float, NaN when unknown),
-    title), from u.item (latin-1)."""
+    title), from u.item (latin-1); ``dates``: the release date (a datetime, NaT when
+    unknown: the time kind, 10 buckets by quantile of the dates) in place of the year."""
     import pandas as pd
 
     rows = []
@@ -98,8 +109,14 @@ def movie_table():
             date = p[2].strip()
             year = float(date[-4:]) if len(date) >= 4 and date[-4:].isdigit() else np.nan
             genres = [g for g, flag in zip(GENRES, p[5:24]) if flag == "1"]
-            rows.append({"item_id": int(p[0]), "genres": genres, "year": year, "title": p[1]})
-    return pd.DataFrame(rows).set_index("item_id")
+            rows.append({"item_id": int(p[0]), "genres": genres, "year": year, "title": p[1],
+                         "released": date})
+    table = pd.DataFrame(rows).set_index("item_id")
+    released = pd.to_datetime(table.pop("released"), format="%d-%b-%Y", errors="coerce")
+    if dates:
+        table["year"] = released
+        table = table.rename(columns={"year": "released"})
+    return table
 
 
 def fit(row, seqs, seed, threads, table):
@@ -134,7 +151,7 @@ def run_quality(row, which, seed, threads, thin=False):
         seqs = thin_users(seqs, seed)
     train, _, report = split(seqs, which)
     fit_on = train if which == "val" else report[0]
-    model, seconds = fit(row, fit_on, seed, threads, movie_table())
+    model, seconds = fit(row, fit_on, seed, threads, movie_table(dates=date_row(row)))
     ids, _ = model.recommend_batch(report[0], n=K, exclude_seen=True)
     out = metrics(np.asarray(ids), report[1])
     out.update(seconds=seconds, epochs=int(model.best_epoch_), epochs_run=len(model.loss_history_))
@@ -237,6 +254,8 @@ def run_cold(row, seed, threads, share=0.1):
 
     from fastsasrec.metrics import cold_start_split, content_baseline, uniform_hit_rate
 
+    if date_row(row):  # the content baseline shares the year's decade
+        raise SystemExit(f"row {row!r}: the release-date rows are for --part quality and thin")
     seqs, _ = load("ml-100k")
     table = movie_table()
     cs = cold_start_split(seqs, share=share, random_state=seed)
