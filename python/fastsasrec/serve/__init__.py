@@ -4,10 +4,13 @@
 An ASGI app (Starlette; run by uvicorn), installed with ``pip install "fastsasrec[serve]"``.
 Endpoints (JSON in and out):
 
-    POST   /v1/recommend          {session, n, exclude, exclude_seen, candidates} -> {items, scores, fallback, model}
-    POST   /v1/recommend/batch    {sessions, n, exclude_seen, candidates} -> {results: [{items, scores, fallback}], model}
-    POST   /v1/similar            {item, n}                           -> {items, scores, model}
-    POST   /v1/sessions/{id}/events   {items, n, exclude, event_id, candidates}  appends clicks to a held session
+    POST   /v1/recommend          {session, n, exclude, exclude_seen, candidates}
+                                  -> {items, scores, fallback, model}
+    POST   /v1/recommend/batch    {sessions, n, exclude_seen, candidates}
+                                  -> {results: [{items, scores, fallback}], model}
+    POST   /v1/similar            {item, n}  -> {items, scores, model}
+    POST   /v1/sessions/{id}/events   {items, n, exclude, event_id, candidates}: appends
+                                  clicks to a held session, answers as /v1/recommend
     GET    /v1/sessions/{id}      the held session;  DELETE: forget it
     PUT    /v1/denylist           {items}: never recommend these (GET: the list)
     GET    /v1/model   /healthz   /readyz   /metrics (Prometheus text)
