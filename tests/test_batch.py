@@ -170,7 +170,7 @@ def test_score_ranks_candidates_and_leaves_out_the_denylist(fitted, tmp_path, ca
     events = tmp_path / "ev.csv"
     ev.to_csv(events, index=False)
     out = tmp_path / "recs.parquet"
-    (tmp_path / "stock.txt").write_text("7\n8,9\n\n4242\n")
+    (tmp_path / "stock.txt").write_text("\ufeff7\r\n8,9\r\n\r\n4242\r\n", encoding="utf-8")  # a BOM, CRLF
     assert main(["score", model_path, str(events), "-o", str(out), "-n", "3", "-q",
                  "--candidates", "3,7,8,11,12,20,4243", "--denylist", f"@{tmp_path / 'stock.txt'}"]) == 0
     err = capsys.readouterr().err

@@ -18,7 +18,7 @@ def _parse_ids(text: str, model, flag: str, from_file: bool = False) -> List[Any
 
     if from_file and text.startswith("@"):
         try:
-            with open(text[1:], encoding="utf-8") as f:
+            with open(text[1:], encoding="utf-8-sig") as f:  # a BOM (a spreadsheet's export) dropped
                 body = f.read()
         except OSError as e:
             raise CLIError(f"{flag} {text!r}: cannot read {text[1:]!r}: {e.strerror or e}") from None
