@@ -215,20 +215,27 @@ def times_of(col: Any, name: str, flag: str, row: int, what: str, path: str,
     return parsed.dt.tz_localize(None).to_numpy()
 
 
-def _first_bad_date(col: Any, row: int, error: Exception) -> str:
-    """The first cell of ``col`` that does not read as a date the way the column's first
-    does (pandas infers one format from it), with its row; else pandas' own first line
-    (its advice names arguments of pandas, which a command line does not have)."""
+def first_unread_date(col: Any) -> Optional[int]:
+    """The position of the first cell of ``col`` (a pandas Series), missing ones aside, that
+    does not read as a date the way the column's first does (pandas infers one format from
+    it); None when each reads.  Event times and item features' time columns name it."""
     import pandas as pd
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            bad = pd.to_datetime(col, utc=True, errors="coerce").isna().to_numpy()
+            bad = pd.to_datetime(col, utc=True, errors="coerce").isna().to_numpy() & ~pd.isna(col).to_numpy()
     except (ValueError, TypeError, OverflowError):
-        bad = np.zeros(len(col), dtype=bool)
-    if bad.any():
-        i = int(np.argmax(bad))
+        return None
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def _first_bad_date(col: Any, row: int, error: Exception) -> str:
+    """The first cell of ``col`` that does not read as a date (``first_unread_date``), with
+    its row; else pandas' own first line (its advice names arguments of pandas, which a
+    command line does not have)."""
+    i = first_unread_date(col)
+    if i is not None:
         return (f"row {row + i} is {col.iloc[i]!r}, not a date written as the first row's "
                 f"({col.iloc[0]!r})")
     return str(error).split("\n")[0].rstrip(". ")

@@ -100,10 +100,10 @@ def _seconds(series: Any, column: str, ids: np.ndarray) -> List[Any]:
                          f"({series.dtype}), not dates or times: give it as datetimes or dates")
     try:
         t = pd.to_datetime(series, utc=True)
-    except (ValueError, TypeError, OverflowError) as e:
-        bad = pd.to_datetime(series, utc=True, errors="coerce").isna().to_numpy() & \
-            ~pd.isna(series).to_numpy()
-        at = int(np.argmax(bad)) if bad.any() else 0
+    except (ValueError, TypeError, OverflowError):
+        from fastsasrec._events import first_unread_date
+
+        at = first_unread_date(series) or 0
         raise ValueError(f"item_features column {column!r} (a time column), item "
                          f"{ids[at].item()!r}: {series.iloc[at]!r} is not a date or time, or not "
                          "in the form of the column's first dates") from None

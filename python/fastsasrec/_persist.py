@@ -41,11 +41,6 @@ FORMAT_VERSION = 4
 CHECKPOINT_NAME = "fastsasrec-checkpoint"
 CHECKPOINT_VERSION = 3  # 2: item features, as in a model file; 3: a time column
 _TIME_SINCE = {FORMAT_NAME: 4, CHECKPOINT_NAME: 3}  # the first version with time columns
-
-
-def _has_time(state: Any) -> bool:
-    f = state.features
-    return f is not None and any(c.kind == "time" for c in f.space.columns)
 HEADER = "fastsasrec.json"
 _ARRAYS = ("params", "item_ids", "popularity")
 _OPTIMIZER = ("m", "v")  # a checkpoint's; and "best_params" with an early-stopping best
@@ -113,6 +108,12 @@ def _feature_arrays(state: Any) -> Dict[str, np.ndarray]:
     return out
 
 
+def _has_time(state: Any) -> bool:
+    """Whether the model's features have a time column (a file of _TIME_SINCE or later)."""
+    f = state.features
+    return f is not None and any(c.kind == "time" for c in f.space.columns)
+
+
 def save(model: Any, path: "os.PathLike[str] | str") -> None:
     """Writes a fitted model to ``path`` through a temporary file in the same folder,
     fsynced and renamed over it, so a crash never leaves a half-written model; the file
@@ -125,8 +126,8 @@ def save(model: Any, path: "os.PathLike[str] | str") -> None:
     flat = np.asarray(state.engine.get_params(), dtype=np.float32)
     _check_finite(flat, tensors, path)
     meta = _model_meta(state, tensors)
-    version = (4 if _has_time(state) else 3) if state.features is not None else \
-        1 if meta["item_ids_ascending"] else 2
+    version = (_TIME_SINCE[FORMAT_NAME] if _has_time(state) else 3) if state.features is not None \
+        else 1 if meta["item_ids_ascending"] else 2
     meta = {"format": FORMAT_NAME, "format_version": version, **meta}
     _archive.write(path, target, directory, HEADER, meta, {
         "params": flat,
@@ -148,7 +149,7 @@ def save_checkpoint(path: "os.PathLike[str] | str", state: Any, progress: Dict[s
     flat = np.asarray(engine.get_params(), dtype=np.float32)
     _check_finite(flat, tensors, path)
     m, v, step = engine.optimizer_state()
-    meta = {"format": CHECKPOINT_NAME, "format_version": 3 if _has_time(state) else 2,
+    meta = {"format": CHECKPOINT_NAME, "format_version": _TIME_SINCE[CHECKPOINT_NAME] if _has_time(state) else 2,
             **_model_meta(state, tensors), "step": int(step), **progress,
             "has_best_params": best_params is not None}
     arrays = {"params": flat, "item_ids": state.item_ids,

@@ -134,8 +134,6 @@ def _score(args: argparse.Namespace) -> int:
     _refuse_inputs([("-o/--output", out), ("-o/--output", out + ".meta.json")],
                    [("EVENTS", args.events), ("MODEL", args.model)])
     _check_output(out)
-    if args.n < 1:
-        raise CLIError(f"-n must be >= 1, got {args.n}")
     if args.chunk_rows < 1:
         raise CLIError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
     exclude_seen = _exclude_seen(args, "--include-seen")
