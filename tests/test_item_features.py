@@ -127,26 +127,6 @@ def test_a_table_read_with_its_ids_in_a_column_is_refused_not_misread():
     assert _model(iterations=1).fit(sessions, item_features=plain).n_items_ == 400
 
 
-def test_columns_likely_meant_otherwise_warn():
-    items = [i for c in CATS.values() for i in c]
-    mixed = pd.DataFrame({"price": [float(i) for i in items]}, index=items).astype(object)
-    mixed.loc[101, "price"] = "cheap"
-    with pytest.warns(UserWarning, match=r"column 'price' holds numbers and strings \(item 101: "
-                      r"'cheap'\), so it is read as categorical"):
-        t = _features.table(mixed)
-    assert t.kinds == ("categorical",)
-    sku = pd.DataFrame({"sku": [f"SKU-{i}" for i in items], "category": ["a", "b"] * 20}, index=items)
-    with pytest.warns(UserWarning, match="column 'sku' has a distinct value for each of its 40 items"):
-        _features.table(sku)
-    # Said to be categorical, or shared by items, or too few rows to tell: no warning.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        ItemFeatures(sku, categorical=["sku"]).table("int")
-        ItemFeatures(mixed, categorical=["price"]).table("int")
-        _features.table(sku.iloc[:10])
-        _features.table(_table(), names="title")
-
-
 def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match="item_names='title'.*give item_features"):
         _model(iterations=1).fit(_sessions(20), item_names="title")

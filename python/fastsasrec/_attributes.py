@@ -60,6 +60,16 @@ class FittedAttributes:
         f = self._fitted().features
         return None if f is None else f.space.to_json()
 
+    def describe_item_features(self) -> str:
+        """One line on how the item features were read (each column's kind and its values or
+        buckets), how many items have a row, and how many of them are new products (features
+        and no training event); what ``fastsasrec train`` prints."""
+        state = self._fitted()
+        if state.features is None:
+            raise ValueError("this model was fitted without item_features")
+        new = int(np.count_nonzero(state.popularity == 0))
+        return state.features.summary() + f", {new:,} of them new products (no event)"
+
     def item_feature_values(self, item: Any) -> List[str]:
         """The feature values the model holds for one item, as text (``genres='Comedy'``,
         ``year in [1990, 1994)``, ``<no features>``): what its vector adds to its id."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,10 +40,13 @@ def _scalar(v: Any, column: str, item: Any) -> Any:
 
 def _warn_if_odd(column: str, data: List[Any], ids: np.ndarray) -> None:
     """Warns of a column read as categorical that was likely meant otherwise: numbers with a
-    few strings among them (each number becomes its own value, no buckets), or a distinct
-    value for every item (a second id: it tells nothing of a new product)."""
+    few strings among them (each number becomes its own value, no buckets), lists in text
+    (genres as ``Action|Comedy``: each combination would be a value of its own), dates in
+    text (each date a value, no buckets), or a distinct value for every item (a second id:
+    it tells nothing of a new product)."""
     present = [v for v in data if not _is_missing(v)]
     nums = [v for v in present if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))]
+    keep = f"or say categorical=[{column!r}] (ItemFeatures) to keep it as it is and silence this"
     if nums and len(nums) < len(present):
         at = next(i for i, v in enumerate(data) if not _is_missing(v) and isinstance(v, str))
         warnings.warn(f"item_features column {column!r} holds numbers and strings (item "
@@ -51,7 +54,18 @@ def _warn_if_odd(column: str, data: List[Any], ids: np.ndarray) -> None:
                       f"number a value of its own; clean it, or say numeric=[{column!r}] or "
                       f"categorical=[{column!r}] (ItemFeatures) to silence this",
                       UserWarning, stacklevel=6)
-    elif len(present) >= 20 and len({_key(v) for v in present}) == len(present):
+        return
+    distinct = list({_key(v): v for v in present}.values())
+    lists = _list_separator(distinct)
+    if lists is not None:
+        sep, n_values = lists
+        warnings.warn(f"item_features column {column!r} looks like lists separated by {sep!r}: "
+                      f"its {len(distinct):,} different cells hold {n_values:,} values once split, "
+                      f"but it is read as categorical, each whole cell a value; say "
+                      f"multi={{{column!r}: {sep!r}}} (ItemFeatures; --item-list-col "
+                      f"{column}:{sep}) to read each value on its own, " + keep,
+                      UserWarning, stacklevel=6)
+    elif len(present) >= 20 and len(distinct) == len(present):
         dates = (f"; if they are dates, say time=[{column!r}] (ItemFeatures; --item-time-col) "
                  "to bucket them by time" if _look_like_dates(present[:20]) else "")
         warnings.warn(f"item_features column {column!r} has a distinct value for each of its "
@@ -59,6 +73,31 @@ def _warn_if_odd(column: str, data: List[Any], ids: np.ndarray) -> None:
                       "new product; drop it, make it the names (item_names), or say "
                       f"categorical=[{column!r}] (ItemFeatures) to keep it and silence this"
                       + dates, UserWarning, stacklevel=6)
+    elif len(distinct) >= 20 and _look_like_dates(distinct[:20]):
+        warnings.warn(f"item_features column {column!r} holds dates as text ({len(distinct):,} "
+                      f"different ones, e.g. {distinct[0]!r}), read as categorical, each date a "
+                      f"value of its own; say time=[{column!r}] (ItemFeatures; --item-time-col "
+                      f"{column}) to bucket them by time, " + keep, UserWarning, stacklevel=6)
+
+
+_SEPARATORS = ("|", ";", ",")
+
+
+def _list_separator(distinct: List[Any]) -> Optional[Tuple[str, int]]:
+    """The separator of a column that holds lists as text, and how many values its cells
+    hold once split, or None: at least 20 different cells, a fifth of them holding the
+    separator, and fewer values once split than cells (combinations of a few tags, not
+    names that happen to hold a comma)."""
+    cells = [v for v in distinct if isinstance(v, str)]
+    if len(cells) < 20 or len(cells) < len(distinct):
+        return None
+    for sep in _SEPARATORS:
+        if sum(sep in v for v in cells) * 5 < len(cells):
+            continue
+        values = {part.strip() for v in cells for part in v.split(sep)} - {""}
+        if len(values) < len(cells):
+            return sep, len(values)
+    return None
 
 
 def _look_like_dates(values: List[Any]) -> bool:

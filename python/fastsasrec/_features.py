@@ -63,6 +63,21 @@ class Column:
     def size(self) -> int:  # unknown, missing, then the values
         return 2 + self.n_values
 
+    def summary(self) -> str:
+        """How the column was read, for people: ``lists split on '|', 19 values``,
+        ``time in 10 buckets, edges 1951-01-01 .. 1997-10-03``."""
+        if self.kind == "categorical":
+            return f"categories, {self.n_values:,} values"
+        if self.kind == "multi":
+            split = f" split on {self.delimiter!r}" if self.delimiter is not None else ""
+            return f"lists{split}, {self.n_values:,} values"
+        what = "time" if self.kind == "time" else "numbers"
+        if not self.edges:
+            return f"{what} in 1 bucket (every value alike)"
+        lo, hi = ((_instant(e, self.edges) if self.kind == "time" else f"{e:g}")
+                  for e in (self.edges[0], self.edges[-1]))
+        return f"{what} in {self.n_values} buckets, edges {lo} .. {hi}"
+
     def lookup(self) -> Dict[Tuple[str, Any], int]:
         return {_key(v): i for i, v in enumerate(self.values)}
 
@@ -461,6 +476,14 @@ class ModelFeatures:
     values: np.ndarray
     offsets: np.ndarray
     names: Optional[np.ndarray] = None
+
+    def summary(self) -> str:
+        """One line for people: each column as read, and how many items have features."""
+        single = self.offsets[1:-1][np.diff(self.offsets[1:]) == 1]
+        bare = int(np.count_nonzero(self.values[single] == NO_FEATURES))
+        V = self.offsets.size - 2
+        cols = "; ".join(f"{c.name} ({c.summary()})" for c in self.space.columns)
+        return f"{cols}; {V - bare:,} of {V:,} items have a row"
 
     def attach(self, engine: Any) -> None:
         """Gives the engine the items' bags."""

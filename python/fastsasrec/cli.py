@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -271,6 +272,10 @@ def _lineage(model: Any, times: List[Tuple[str, int, float]]) -> str:
     return f" (a fresh model on everything, for the slice's best {kept})"
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
 def _train(args: argparse.Namespace) -> int:
     from fastsasrec import SASRec
 
@@ -300,7 +305,7 @@ def _train(args: argparse.Namespace) -> int:
 
     times = phase_times(model.history_)
     print(f"trained on {len(df):,} events of {n_users:,} users over {model.n_items:,} items: "
-          f"{len(model.loss_history_)} epochs{_lineage(model, times)} in {dt:.1f}s "
+          f"{_epochs(len(model.loss_history_))}{_lineage(model, times)} in {dt:.1f}s "
           f"({model.loss_} loss{loss})")
     if model.defaults_:
         print("chosen from the data: " + ", ".join(f"{k} {v['value']}" for k, v in model.defaults_.items())
@@ -308,7 +313,9 @@ def _train(args: argparse.Namespace) -> int:
         if args.verbose:
             for k, v in model.defaults_.items():
                 print(f"  {k}: {v['why']}")
-    print("time: " + "; ".join(f"{PHASES.get(p, p)} {n} epochs in {sec:.1f}s" for p, n, sec in times))
+    if feats is not None:
+        print(f"item features: {model.describe_item_features()}")
+    print("time: " + "; ".join(f"{PHASES.get(p, p)} {_epochs(n)} in {sec:.1f}s" for p, n, sec in times))
     if args.history is not None:
         from fastsasrec.plot import write_history
 
@@ -338,6 +345,8 @@ def _update(args: argparse.Namespace) -> int:
     print(f"updated on {len(df):,} events: {model.n_items - before:,} new items "
           f"({model.n_items:,} in all), epochs {done - args.epochs + 1}..{done} in {dt:.1f}s"
           if not model.interrupted_ else f"updated on {len(df):,} events, interrupted")
+    if feats is not None:
+        print(f"item features: {model.describe_item_features()}")
     return _finish(model, args, "the update")
 
 
@@ -519,6 +528,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:  # --help, or argparse's own usage errors
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     prefix = f"fastsasrec {args.command}: error:"
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"fastsasrec {args.command}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():  # a warning is a line for people, not a source location
+        warnings.showwarning = show_warning
+        return _run(args, prefix)
+
+
+def _run(args: argparse.Namespace, prefix: str) -> int:
     try:
         return args.func(args)
     except (CLIError, ValueError, FileNotFoundError, ConnectionError, ImportError) as e:
