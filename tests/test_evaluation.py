@@ -244,8 +244,12 @@ def test_split_by_time_refuses_bad_input(kwargs, match):
 def test_split_by_time_refuses_what_is_not_a_frame_or_a_time():
     with pytest.raises(ValueError, match="events must be a pandas DataFrame, got list"):
         split_by_time([[1, 2, 3]], at=0.5)
-    df = _log().astype({"t": str})
-    with pytest.raises(ValueError, match=r"column 't' \(time_col\) must hold numbers or datetimes"):
+    df = _log().astype({"t": bool})
+    with pytest.raises(ValueError, match=r"column 't' \(time_col\) must hold numbers, datetimes or dates as "
+                       r"text, got bool"):
+        split_by_time(df, at=0.5, user_col="user", item_col="item", time_col="t")
+    df = _log().astype({"t": str}).assign(t=lambda d: d["t"].where(d.index != 3, "soon"))
+    with pytest.raises(ValueError, match=r"column 't' \(time_col\) at row 3 is 'soon': the rows before hold numbers"):
         split_by_time(df, at=0.5, user_col="user", item_col="item", time_col="t")
     df = _log()
     df["t"] = pd.Timestamp("2024-01-01") + pd.to_timedelta(df["t"], unit="D")

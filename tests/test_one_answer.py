@@ -134,3 +134,32 @@ def test_ray(world):
             np.testing.assert_array_equal(_as_matrix(got, users, want.shape[1]), want)
     finally:
         ray.shutdown()
+
+
+@pytest.mark.parametrize("written", ["numbers", "dates"])
+def test_times_as_text_give_the_same_answer(world, tmp_path, written):
+    # A frame fresh from pd.read_csv holds its times as text; as numbers of several
+    # lengths, "10000" sorts before "9" as text, so a path that ordered text would differ.
+    m, path, events, users, _ = world
+    want = _want(world, 5, True)
+    t = events["timestamp"]
+    text = events.assign(timestamp=t.astype(str) if written == "numbers" else
+                         (pd.Timestamp("2024-01-01") + pd.to_timedelta(t, unit="h")).dt.strftime("%d-%b-%Y %H:%M"))
+    as_text = np.argsort(text["timestamp"].to_numpy(dtype=str), kind="stable")
+    assert (as_text != np.argsort(t.to_numpy(), kind="stable")).any()  # text order is not time order
+    frame = batch.recommend_frame(m, text, "user_id", "item_id", "timestamp", n=5)
+    np.testing.assert_array_equal(_as_matrix(frame, users, 5), want)
+    from fastsasrec.data import transactions_to_sequences
+
+    for got, ref in zip(transactions_to_sequences(text, "user_id", "item_id", "timestamp"),
+                        transactions_to_sequences(events, "user_id", "item_id", "timestamp")):
+        np.testing.assert_array_equal(got, ref)
+    text.to_csv(tmp_path / "ev.csv", index=False)
+    assert main(["score", path, str(tmp_path / "ev.csv"), "-o", str(tmp_path / "r.csv"), "-n", "5",
+                 "--threads", "1"]) == 0
+    got = pd.read_csv(tmp_path / "r.csv", dtype={"user_id": str})
+    np.testing.assert_array_equal(_as_matrix(got, users, 5), want)
+    # A cell that does not read is named with its row, on the Python path as on the CLI's.
+    bad = text.assign(timestamp=text["timestamp"].where(text.index != 4, "soon"))
+    with pytest.raises(ValueError, match=r"column 'timestamp' \(timestamp_col\).* row 4 is 'soon'"):
+        batch.recommend_frame(m, bad, "user_id", "item_id", "timestamp", n=5)

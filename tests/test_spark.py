@@ -82,5 +82,12 @@ def test_bad_arguments_name_themselves(spark, model_file):
         recommend(sdf, path, item_col="sku")
     with pytest.raises(ValueError, match="n must be a positive integer, got 0"):
         recommend(sdf, path, n=0)
+    from pyspark.sql import functions as F
+
+    text = sdf.withColumn("timestamp", F.col("timestamp").cast("string"))
+    with pytest.raises(ValueError, match=r"time_col='timestamp' is a string column of events_df, which "
+                       r"Spark would order as text \('10' before '9'\): cast it first"):
+        recommend(text, path)
+    recommend(text.withColumn("timestamp", F.col("timestamp").cast("double")), path)  # cast: accepted
     with pytest.raises((ValueError, FileNotFoundError)):
         recommend(sdf, path + ".missing")

@@ -85,10 +85,12 @@ class TestFromTransactions:  # exact comparisons after training: CPU (determinis
             SASRec.from_transactions(bad)
         with pytest.raises(ValueError, match="must be a pandas DataFrame"):
             SASRec.from_transactions({"user_id": [1]})
-        with pytest.raises(ValueError, match=r"timestamp_col.*numbers or datetimes, got object \(first "
-                           r"value 'a'\): convert date strings first, e\.g\. df\['timestamp'\] = "
-                           r"pd\.to_datetime\(df\['timestamp'\]\)"):
+        with pytest.raises(ValueError, match=r"column 'timestamp' \(timestamp_col\) must hold numbers or "
+                           r"dates: row 0 is 'a', neither a number nor a date"):
             SASRec.from_transactions(df.assign(timestamp=["a", "b"]))
+        with pytest.raises(ValueError, match=r"column 'timestamp' \(timestamp_col\) must hold numbers, "
+                           r"datetimes or dates as text, got bool"):
+            SASRec.from_transactions(df.assign(timestamp=[True, False]))
 
 
 class TestCompatibilityLayer:

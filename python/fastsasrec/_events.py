@@ -190,15 +190,27 @@ def times_of(col: Any, name: str, flag: str, row: int, what: str, path: str,
     import pandas as pd
 
     _missing(col, name, flag, row)
-    state = {} if state is None else state
     where = f"column {name!r} ({flag}) of {what} file {path!r}"
     if isinstance(col.dtype, pd.DatetimeTZDtype):
         return _utc_naive(col).to_numpy()
     if ((pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col))
             or pd.api.types.is_datetime64_any_dtype(col)):
         return col.to_numpy()
+    return text_times(col, where, row, state)
+
+
+def text_times(col: Any, where: str, row: int = 0, state: Optional[dict] = None) -> np.ndarray:
+    """A column of times as text (a CSV's, or a frame's object column) read the one way
+    every path reads it: numbers when the first cell is one, else dates (pandas' parser, a zone
+    converted to UTC, none read as UTC) as datetime64 without a zone.  ``where`` names the
+    column in errors, which give the first cell that does not read with its row (``row``:
+    the first cell's).  ``state`` carries the kind the first chunk found to the next."""
+    import pandas as pd
+
+    col = col if isinstance(col, pd.Series) else pd.Series(np.asarray(col, dtype=object))
+    state = {} if state is None else state
     if state.get("kind") is None:
-        state["kind"] = "numbers" if pd.to_numeric(col, errors="coerce").notna().all() else "dates"
+        state["kind"] = "numbers" if pd.to_numeric(col.iloc[:1], errors="coerce").notna().all() else "dates"
     if state["kind"] == "numbers":
         num = pd.to_numeric(col, errors="coerce")
         bad = num.isna().to_numpy()
@@ -235,6 +247,8 @@ def _first_bad_date(col: Any, row: int, error: Exception) -> str:
     its row; else pandas' own first line (its advice names arguments of pandas, which a
     command line does not have)."""
     i = first_unread_date(col)
+    if i == 0:
+        return f"row {row} is {col.iloc[0]!r}, neither a number nor a date"
     if i is not None:
         return (f"row {row + i} is {col.iloc[i]!r}, not a date written as the first row's "
                 f"({col.iloc[0]!r})")

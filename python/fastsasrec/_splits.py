@@ -10,7 +10,8 @@ from typing import Any, NamedTuple, Tuple
 import numpy as np
 
 from fastsasrec._params import seed_or_none
-from fastsasrec.data import Sequences, _to_datetime_hint, _utc_naive, flatten_sequences, transactions_to_sequences
+from fastsasrec.data import (Sequences, _utc_naive, event_times, flatten_sequences,
+                             transactions_to_sequences)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +66,9 @@ def split_by_time(events: Any, at: Any = 0.8, user_col: Any = "user_id", item_co
     ``at``: a float strictly between 0 and 1 is a share of the events: the split time is
     the time of the event at that share of the log in time order (0.8: about 80% of the
     events are before it; equal times stay on one side); anything else is a time of the
-    column's kind (a number, or for datetimes a datetime or a date string).  An event at
+    column's kind (a number, or for datetimes a datetime or a date string; a column of
+    text is read as ``from_transactions`` reads it, numbers when the first cell is one, else
+    dates).  An event at
     exactly the split time is after it.  ``at`` must leave events on both sides.
     Datetimes with a time zone are compared in UTC (an ``at`` without one is read as
     UTC), and ``test.at`` is in UTC."""
@@ -79,11 +82,9 @@ def split_by_time(events: Any, at: Any = 0.8, user_col: Any = "user_id", item_co
     if len(events) == 0:
         raise ValueError("events is empty: nothing to split")
     times = _utc_naive(events[time_col]).to_numpy()  # times with a zone: in UTC
-    if times.dtype.kind not in "iufM":
-        raise ValueError(f"column {time_col!r} (time_col) must hold numbers or datetimes, got {times.dtype} "
-                         f"(first value {times[0]!r})" + _to_datetime_hint(time_col, times.dtype))
     if pd.isna(times).any():
         raise ValueError(f"column {time_col!r} (time_col) has a missing value at row {int(np.argmax(pd.isna(times)))}")
+    times = event_times(times, time_col, "time_col")  # text: as transactions_to_sequences reads it
     when = _split_time(times, at, time_col)
     first, last = times.min(), times.max()
     if not first < when <= last:

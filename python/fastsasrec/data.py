@@ -561,10 +561,18 @@ def check_user_ids(users: np.ndarray, what: str) -> np.ndarray:
     return users
 
 
-def _to_datetime_hint(col: Any, dtype: Any) -> str:
-    """What to do with a time column of strings (dates read from a file)."""
-    return (f": convert date strings first, e.g. df[{col!r}] = pd.to_datetime(df[{col!r}])"
-            if getattr(dtype, "kind", None) in ("O", "U", "S") else "")
+def event_times(values: np.ndarray, col: Any, arg: str) -> np.ndarray:
+    """An event table's time column as numbers or datetime64 (UTC, no zone): text (a frame
+    fresh from ``pd.read_csv``) is read as the command line reads a CSV's, numbers when
+    the first cell is one, else dates; any other kind is refused, naming the column."""
+    if values.dtype.kind in "iufM":
+        return values
+    if values.dtype.kind in "OUS":
+        from fastsasrec._events import text_times
+
+        return text_times(values, f"column {col!r} ({arg})")
+    raise ValueError(f"column {col!r} ({arg}) must hold numbers, datetimes or dates as text, got "
+                     f"{values.dtype} (first value {values[0]!r})")
 
 
 def transactions_to_sequences(
@@ -584,11 +592,7 @@ def transactions_to_sequences(
         raise ValueError(f"column {user_col!r} (user_col) mixes kinds of values that cannot be ordered") from None
     user_code = user_code.reshape(-1)
     if timestamp_col is not None:
-        ts = _column(df, kind, timestamp_col, "timestamp_col")
-        if ts.dtype.kind not in "iufM":
-            raise ValueError(
-                f"column {timestamp_col!r} (timestamp_col) must hold numbers or datetimes, got "
-                f"{ts.dtype} (first value {ts[0]!r})" + _to_datetime_hint(timestamp_col, ts.dtype))
+        ts = event_times(_column(df, kind, timestamp_col, "timestamp_col"), timestamp_col, "timestamp_col")
         order = np.lexsort((ts, user_code))  # stable: equal times keep their input order
     else:
         order = np.argsort(user_code, kind="stable")

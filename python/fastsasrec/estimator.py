@@ -294,8 +294,8 @@ class SASRec(FittedAttributes, NotebookCompat):
         """Builds one sequence per user from an event log and fits a model on them.
 
         ``df``: a pandas DataFrame, a polars DataFrame or a pyarrow Table.  Rows are
-        sorted stably by user, then by ``timestamp_col`` (numbers or datetimes; None keeps
-        the table's order).  ``params``: the constructor's parameters, plus ``fit``'s
+        sorted stably by user, then by ``timestamp_col`` (numbers or datetimes, or either as
+        text, read as ``fastsasrec train`` reads a CSV's; None keeps the table's order).  ``params``: the constructor's parameters, plus ``fit``'s
         ``validation``, ``early_stopping_patience``, ``callbacks``, ``checkpoint``,
         ``checkpoint_every``, ``resume``, ``item_features`` and ``item_names``.  Returns the
         fitted model."""

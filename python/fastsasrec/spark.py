@@ -5,7 +5,8 @@
                      time_col="timestamp", n=10)      # a Spark DataFrame
     recs.write.parquet("recs/")
 
-A user's history is all their events, ordered by ``time_col`` (ties in the order Spark read
+A user's history is all their events, ordered by ``time_col`` (numbers, timestamps or
+dates; text is refused, since Spark would order it as text; ties in the order Spark read
 the rows).  The model reads its most recent ``max_seq`` events of items it knows (a window
 in Spark, after a broadcast semi-join with the catalogue); with ``exclude_seen``, the
 distinct items of the events before them are left out too, as ``recommend_batch`` does with
@@ -55,6 +56,20 @@ def _task_device(device: str) -> str:
     return "cpu" if device == "auto" else device
 
 
+def _check_time_type(kind: Any, time_col: str) -> None:
+    """Refuses a time column Spark would order otherwise than time: text ("10" before "9",
+    "01-Feb" before "02-Jan"; ``fastsasrec score`` and ``from_transactions`` read text as
+    numbers or dates, which Spark's schema cannot say without reading the data)."""
+    from pyspark.sql import types as T
+
+    times = tuple(getattr(T, n) for n in ("TimestampType", "TimestampNTZType", "DateType") if hasattr(T, n))
+    if not isinstance(kind, (T.NumericType, *times)):
+        raise ValueError(
+            f"time_col={time_col!r} is a {kind.simpleString()} column of events_df, which Spark would "
+            "order as text ('10' before '9'): cast it first, to numbers (F.col(...).cast('double')) "
+            "or to times (F.to_timestamp(..., format)), or read the file with inferSchema=True")
+
+
 def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_col: str = "item_id",
               time_col: Optional[str] = "timestamp", n: int = 10, exclude_seen: bool = True,
               num_threads: int = 1, device: str = "auto", ship: bool = True, candidates: Any = None,
@@ -90,6 +105,8 @@ def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_c
         if col is not None and col not in events_df.columns:
             raise ValueError(f"{arg}={col!r} is not a column of events_df; its columns are "
                              f"{events_df.columns}")
+    if time_col is not None:
+        _check_time_type(events_df.schema[time_col].dataType, time_col)
     model_path = os.path.abspath(os.fspath(model_path))
     # Loaded on the driver once: it checks the file, and gives max_seq and the catalogue.
     driver = SASRec.load(model_path, device="cpu")
