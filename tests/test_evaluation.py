@@ -204,6 +204,13 @@ def test_split_by_time_on_dates_and_its_evaluation(pop_model):
     res = popular_baseline(pop_model, test.contexts, k=3, targets=test.targets)
     assert res["HR@3"] == 0.5 and res["Recall@3"] == pytest.approx((1.0 + 0.0) / 2)
     assert res["MAP@3"] == pytest.approx((1.0 + 0.0) / 2) and res["unknown_targets"] == 1
+    # The split given whole is the same call; with targets besides, or a ColdStart, refused.
+    assert popular_baseline(pop_model, test, k=3) == res
+    assert pop_model.evaluate(test, k=3) == pop_model.evaluate(test.contexts, targets=test.targets, k=3)
+    with pytest.raises(ValueError, match="sequences is a TimeSplit, which holds its targets"):
+        pop_model.evaluate(test, targets=test.targets)
+    with pytest.raises(ValueError, match=r"sequences is a ColdStart: evaluate its cases with"):
+        popular_baseline(pop_model, cold_start_split([[1, 2, 3, 4, 5, 6]] * 3, share=0.2), k=3)
 
 
 def test_split_by_time_on_datetimes_with_a_zone():

@@ -24,7 +24,8 @@ class TimeSplit:
     users left out because all their events fall after / before it; ``new_item_targets``:
     the targets (distinct items per user) whose item has no event before the split, so
     that a model trained on the training side cannot know it (a miss, whatever the model).
-    Evaluate with ``model.evaluate(test.contexts, targets=test.targets, k=...)``."""
+    Evaluate with ``model.evaluate(test, k=...)`` (the same as ``model.evaluate(
+    test.contexts, targets=test.targets, k=...)``)."""
 
     users: np.ndarray
     contexts: Sequences

@@ -521,7 +521,8 @@ class SASRec(FittedAttributes, NotebookCompat):
         (``[5, 10, 20]``: one scoring pass, every metric at every k).  Keys, by k: HR,
         (Recall), NDCG, MRR, MAP, and for full ranking coverage and pop_percentile (100:
         always the most popular item), e.g. ``"NDCG@10"``; then ``n``, ``unknown_targets``
-        (misses) and ``protocol``.  ``fastsasrec.metrics`` defines each metric."""
+        (misses) and ``protocol``.  ``fastsasrec.metrics`` defines each metric.
+        ``split_by_time``'s test side may be given whole: ``model.evaluate(test)``."""
         return _metrics.evaluate(self._view(self._fitted()), sequences, k, protocol,
                                  n_negatives, random_state, targets)
 

@@ -172,6 +172,19 @@ def hold_out_last(sequences: Sequences) -> Tuple[Sequences, np.ndarray, np.ndarr
     return kept.head(1), kept.items[kept.offsets[1:] - 1], used
 
 
+def _split(sequences: Any, targets: Any) -> Tuple[Any, Any]:
+    """``split_by_time``'s test side given whole: its contexts and targets."""
+    if isinstance(sequences, TimeSplit):
+        if targets is not None:
+            raise ValueError("sequences is a TimeSplit, which holds its targets: give targets=None")
+        return sequences.contexts, sequences.targets
+    if isinstance(sequences, ColdStart):
+        raise ValueError("sequences is a ColdStart: evaluate its cases with sequences=split.contexts, "
+                         "targets=[[t] for t in split.targets], or rank among the held-out items "
+                         "(README, new products)")
+    return sequences, targets
+
+
 def _cases(state: Any, sequences: Any, targets: Any) -> Tuple[Sequences, Sequences, int]:
     """(contexts, targets, n): leave-one-out's, or the given contexts and targets less
     the rows with no target, as flat Sequences."""
@@ -207,6 +220,7 @@ def evaluate(
     fitted model."""
     state = model._fitted()
     ks = cutoffs(k)
+    sequences, targets = _split(sequences, targets)
     if protocol not in ("loo", "sampled"):
         raise ValueError(f"protocol must be 'loo' or 'sampled', got {protocol!r}")
     if protocol == "sampled" and targets is not None:
@@ -249,6 +263,7 @@ def popular_baseline(model: Any, sequences: Any, k: Any = 10, targets: Any = Non
     keys as ``evaluate``."""
     state = model._fitted()
     ks = cutoffs(k)
+    sequences, targets = _split(sequences, targets)
     contexts, tgt, n = _cases(state, sequences, targets)
     top = _fitted.popular_topk(state, contexts, max(ks))
     hits, n_t, unknown = _hits(state, top, tgt)
