@@ -89,6 +89,20 @@ def test_dates_in_text_warn_when_shared_by_items_too():
                                                  index=ITEMS)))
 
 
+def test_an_empty_or_constant_column_warns():
+    t = pd.DataFrame({"category": ["a", "b"] * 20, "note": [np.nan] * 40, "shop": ["main"] * 40,
+                      "tags": [[] for _ in ITEMS]}, index=ITEMS)
+    with pytest.warns(UserWarning) as caught:
+        _features.table(t)
+    said = sorted(str(c.message) for c in caught)
+    assert said == ["item_features column 'note' is empty in all its 40 rows: it tells the model nothing; drop it",
+                    "item_features column 'shop' holds the same value in all its 40 rows ('main'): it tells "
+                    "the model nothing; drop it",
+                    "item_features column 'tags' is empty in all its 40 rows: it tells the model nothing; drop it"]
+    # One value beside missing cells tells items apart (has it or not): no warning.
+    _quiet(lambda: _features.table(t[["category"]].assign(sale=["yes"] + [None] * 39)))
+
+
 def test_a_fitted_models_features_in_one_line():
     # 36 items in the sessions (each category's tenth item in none), 100 and 101 without a
     # row; the table's other four tenth items and 998, 999 are new products.

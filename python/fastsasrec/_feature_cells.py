@@ -80,6 +80,37 @@ def _warn_if_odd(column: str, data: List[Any], ids: np.ndarray) -> None:
                       f"{column}) to bucket them by time, " + keep, UserWarning, stacklevel=6)
 
 
+def _warn_if_blank(column: str, data: List[Any]) -> None:
+    """Warns of a column that tells the items apart in nothing: every cell missing, or
+    every cell the same value (an export's empty or constant column).  Stops at the
+    first two cells that differ."""
+    if len(data) < 2:
+        return
+    first, missing = None, False
+    for v in data:
+        if isinstance(v, (list, tuple, np.ndarray)):
+            v = tuple(v)
+        if _is_missing(v) or v == ():
+            missing = True
+            if first is not None:
+                return
+            continue
+        r = repr(v)
+        if first is None:
+            first = r
+            if missing:
+                return
+        elif r != first:
+            return
+    if first is None:
+        warnings.warn(f"item_features column {column!r} is empty in all its {len(data):,} rows: it "
+                      "tells the model nothing; drop it", UserWarning, stacklevel=6)
+    else:
+        warnings.warn(f"item_features column {column!r} holds the same value in all its "
+                      f"{len(data):,} rows ({first}): it tells the model nothing; drop it",
+                      UserWarning, stacklevel=6)
+
+
 _SEPARATORS = ("|", ";", ",")
 
 

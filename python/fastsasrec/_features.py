@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from fastsasrec._feature_cells import (_instant, _is_datetime, _is_missing, _key, _scalar, _seconds,
+                                       _warn_if_blank,
                                        _warn_if_odd)
 
 KINDS = ("categorical", "multi", "numeric", "time")
@@ -73,7 +74,7 @@ class Column:
             return f"lists{split}, {self.n_values:,} values"
         what = "time" if self.kind == "time" else "numbers"
         if not self.edges:
-            return f"{what} in 1 bucket (every value alike)"
+            return f"{what} in 1 bucket"
         lo, hi = ((_instant(e, self.edges) if self.kind == "time" else f"{e:g}")
                   for e in (self.edges[0], self.edges[-1]))
         return f"{what} in {self.n_values} buckets, edges {lo} .. {hi}"
@@ -419,6 +420,7 @@ def table(item_features: Any, id_col: Optional[str] = None, names: Optional[str]
             kind, delim = "categorical", None
             if categorical is None or c not in categorical:
                 _warn_if_odd(c, data, ids)
+        _warn_if_blank(c, data)
         kinds.append(kind)
         delims.append(delim)
         cells.append(data)
