@@ -149,7 +149,7 @@ def test_times_as_text_give_the_same_answer(world, tmp_path, written):
     assert (as_text != np.argsort(t.to_numpy(), kind="stable")).any()  # text order is not time order
     frame = batch.recommend_frame(m, text, "user_id", "item_id", "timestamp", n=5)
     np.testing.assert_array_equal(_as_matrix(frame, users, 5), want)
-    from fastsasrec.data import transactions_to_sequences
+    from fastsasrec._event_table import transactions_to_sequences
 
     for got, ref in zip(transactions_to_sequences(text, "user_id", "item_id", "timestamp"),
                         transactions_to_sequences(events, "user_id", "item_id", "timestamp")):

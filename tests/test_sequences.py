@@ -8,7 +8,8 @@ import pytest
 
 import fastsasrec.data as data
 from fastsasrec import SASRec, Sequences
-from fastsasrec.data import flatten_sequences, transactions_to_sequences
+from fastsasrec._event_table import transactions_to_sequences
+from fastsasrec.data import flatten_sequences
 from fastsasrec.metrics import hold_out_last
 from conftest import chain_sessions
 

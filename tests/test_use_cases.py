@@ -38,7 +38,7 @@ class TestFromTransactions:  # exact comparisons after training: CPU (determinis
     def test_stable_order_for_equal_times(self):
         pd = pytest.importorskip("pandas")
         df = pd.DataFrame({"user_id": [1, 1, 1, 2, 2], "item_id": [5, 6, 7, 6, 5], "timestamp": [0, 0, 0, 1, 1]})
-        from fastsasrec.data import transactions_to_sequences
+        from fastsasrec._event_table import transactions_to_sequences
 
         flat, off, users = transactions_to_sequences(df, "user_id", "item_id", "timestamp")
         assert flat.tolist() == [5, 6, 7, 6, 5] and off.tolist() == [0, 3, 5] and users.tolist() == [1, 2]
@@ -49,7 +49,7 @@ class TestFromTransactions:  # exact comparisons after training: CPU (determinis
         # instants they are, in every kind of table, as the same times without a zone.
         pd = pytest.importorskip("pandas")
         mod = pytest.importorskip(lib)
-        from fastsasrec.data import transactions_to_sequences
+        from fastsasrec._event_table import transactions_to_sequences
 
         naive = pd.to_datetime(["2024-01-01 00:30", "2024-01-01 01:00", "2024-01-01 00:00",
                                 "2024-01-02 00:00", "2024-01-01 00:00"])

@@ -57,7 +57,7 @@ def _at(text: str) -> Any:
 
 def _when(at: Any) -> str:
     """The split time as the output says it: a datetime in UTC (the zone the command reads
-    times in, ``data._utc_naive``), to the second where that is exact; a number as it is."""
+    times in, ``_event_table._utc_naive``), to the second where that is exact; a number as it is."""
     if isinstance(at, np.datetime64):
         exact = at == at.astype("datetime64[s]")
         return np.datetime_as_string(at, unit="s" if exact else "auto").replace("T", " ") + " UTC"
@@ -67,7 +67,7 @@ def _when(at: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     from fastsasrec import Sequences, _events
     from fastsasrec.cli import CLIError, _load_model, _read
-    from fastsasrec.data import transactions_to_sequences
+    from fastsasrec._event_table import transactions_to_sequences
     from fastsasrec.metrics import popular_baseline, split_by_time
 
     ks = _cutoffs(args.k)

@@ -27,7 +27,8 @@ from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from fastsasrec.data import _CONTROL_WHY, _first_control, _utc_naive
+from fastsasrec._event_table import _utc_naive
+from fastsasrec.data import _CONTROL_WHY, _first_control
 
 CSV = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")
 PARQUET = (".parquet", ".pq")

@@ -10,8 +10,8 @@ from typing import Any, NamedTuple, Tuple
 import numpy as np
 
 from fastsasrec._params import seed_or_none
-from fastsasrec.data import (Sequences, _utc_naive, event_times, flatten_sequences,
-                             transactions_to_sequences)
+from fastsasrec._event_table import _utc_naive, event_times, transactions_to_sequences
+from fastsasrec.data import Sequences, flatten_sequences
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,8 @@ import numpy as np
 from fastsasrec import _events
 from fastsasrec._persist import file_sha256
 from fastsasrec._params import flag, positive_int
-from fastsasrec.data import Sequences, check_ids_compatible, transactions_to_sequences
+from fastsasrec._event_table import transactions_to_sequences
+from fastsasrec.data import Sequences, check_ids_compatible
 
 SCORE_BATCH = 1 << 16  # sessions per recommend_batch call
 META_KEY = "fastsasrec"  # the output's metadata key (Parquet schema metadata, CSV sidecar)

@@ -326,7 +326,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _update(args: argparse.Namespace) -> int:
     from fastsasrec import Sequences, _events
-    from fastsasrec.data import transactions_to_sequences
+    from fastsasrec._event_table import transactions_to_sequences
 
     if args.epochs < 1:
         raise CLIError(f"--epochs must be >= 1, got {args.epochs}")

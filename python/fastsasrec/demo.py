@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.download and args.movielens is None:
         raise ValueError("--download goes with --movielens")
     if args.movielens is not None:
-        from fastsasrec.data import transactions_to_sequences
+        from fastsasrec._event_table import transactions_to_sequences
 
         path = None if args.movielens == "" else args.movielens
         events, names = movielens_100k(path, download=args.download)

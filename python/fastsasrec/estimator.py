@@ -29,7 +29,8 @@ from fastsasrec._compat import NotebookCompat
 from fastsasrec._device import resolve_device
 from fastsasrec._fitted import Fitted, Recommendations, check_catalogue, read_only
 from fastsasrec._params import DEFAULTS, PARAMS, checked, flag, positive_int
-from fastsasrec.data import Sequences, flatten_sequences, transactions_to_sequences
+from fastsasrec._event_table import transactions_to_sequences
+from fastsasrec.data import Sequences, flatten_sequences
 
 
 # fit's keyword arguments that from_transactions passes on.

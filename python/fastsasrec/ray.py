@@ -68,7 +68,7 @@ def sessions_frame(events: Any, user_col: str = "user_id", item_col: str = "item
     time order), the input ``Recommender`` takes (``ray.data.from_pandas`` of it)."""
     import pandas as pd
 
-    from fastsasrec.data import transactions_to_sequences
+    from fastsasrec._event_table import transactions_to_sequences
 
     items, offsets, users = transactions_to_sequences(events, user_col, item_col, time_col)
     return pd.DataFrame({user_col: users,
