@@ -139,7 +139,15 @@ def test_the_command_line_says_how_it_read_the_table(tmp_path, capsys):
     assert ("item features: category (categories, 4 values); tags (lists split on '|', 5 values); "
             "price (numbers in ") in out
     assert "genres (categories, " in out
+    assert "(ItemFeatures; --item-cat-col genres) to keep it as it is" in err
     assert main(args + ["--item-list-col", "genres"]) == 0
     out, err = capsys.readouterr()
     assert err == "" and "genres (lists split on '|', 8 values); 40 of 40 items have a row" in out
     assert SASRec.load(model).describe_item_features() in out
+    # Kept whole, as the warning offers: no warning, the cells as categories; price as codes.
+    assert main(args + ["--item-cat-col", "genres", "--item-cat-col", "price"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and f"genres (categories, {len(set(table['genres']))} values)" in out
+    assert "price (categories, 40 values)" in out
+    assert main(args + ["--item-cat-col", "colour"]) == 2
+    assert "categorical: 'colour' is not a feature column of item_features" in capsys.readouterr().err

@@ -46,13 +46,14 @@ def _warn_if_odd(column: str, data: List[Any], ids: np.ndarray) -> None:
     it tells nothing of a new product)."""
     present = [v for v in data if not _is_missing(v)]
     nums = [v for v in present if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))]
-    keep = f"or say categorical=[{column!r}] (ItemFeatures) to keep it as it is and silence this"
+    keep = (f"or say categorical=[{column!r}] (ItemFeatures; --item-cat-col {column}) to keep it as "
+            "it is and silence this")
     if nums and len(nums) < len(present):
         at = next(i for i, v in enumerate(data) if not _is_missing(v) and isinstance(v, str))
         warnings.warn(f"item_features column {column!r} holds numbers and strings (item "
                       f"{ids[at].item()!r}: {data[at]!r}), so it is read as categorical, each "
                       f"number a value of its own; clean it, or say numeric=[{column!r}] or "
-                      f"categorical=[{column!r}] (ItemFeatures) to silence this",
+                      f"categorical=[{column!r}] (ItemFeatures; --item-cat-col {column}) to silence this",
                       UserWarning, stacklevel=6)
         return
     distinct = list({_key(v): v for v in present}.values())
@@ -71,7 +72,8 @@ def _warn_if_odd(column: str, data: List[Any], ids: np.ndarray) -> None:
         warnings.warn(f"item_features column {column!r} has a distinct value for each of its "
                       f"{len(present):,} items: it works as a second id, and tells nothing of a "
                       "new product; drop it, make it the names (item_names), or say "
-                      f"categorical=[{column!r}] (ItemFeatures) to keep it and silence this"
+                      f"categorical=[{column!r}] (ItemFeatures; --item-cat-col {column}) to keep it and "
+                      "silence this"
                       + dates, UserWarning, stacklevel=6)
     elif len(distinct) >= 20 and _look_like_dates(distinct[:20]):
         warnings.warn(f"item_features column {column!r} holds dates as text ({len(distinct):,} "

@@ -224,7 +224,7 @@ def _item_features(args: argparse.Namespace, item_ids: np.ndarray) -> Any:
     from fastsasrec import ItemFeatures, _events
 
     if getattr(args, "item_features", None) is None:
-        for flag in ("item_names", "item_list_col", "item_time_col"):
+        for flag in ("item_names", "item_list_col", "item_time_col", "item_cat_col"):
             if getattr(args, flag, None):
                 raise CLIError(f"--{flag.replace('_', '-')} reads a column of --item-features: give "
                                "--item-features ITEMS too")
@@ -239,7 +239,7 @@ def _item_features(args: argparse.Namespace, item_ids: np.ndarray) -> Any:
     frame = _events.read_items(args.item_features, args.item_id_col or args.item_col,
                                _events.item_mode(item_ids))
     return ItemFeatures(frame, names=args.item_names, multi=multi or None,
-                        time=args.item_time_col or None)
+                        time=args.item_time_col or None, categorical=args.item_cat_col or None)
 
 
 def _add_item_feature_args(p: argparse.ArgumentParser) -> None:
@@ -253,6 +253,9 @@ def _add_item_feature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--item-list-col", metavar="COL[:SEP]", action="append",
                    help="an ITEMS column holding several values per item, split on SEP "
                         "(default |), e.g. genres:|  (repeatable)")
+    p.add_argument("--item-cat-col", metavar="COL", action="append",
+                   help="an ITEMS column read as categories whatever it holds (numbers as codes, a "
+                        "column the reader would warn of), each cell a value (repeatable)")
     p.add_argument("--item-time-col", metavar="COL", action="append",
                    help="an ITEMS column of dates or times (a release date, the day listed): "
                         "bucketed by time, new products in the newest bucket (repeatable; a "
