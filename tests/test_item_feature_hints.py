@@ -101,6 +101,13 @@ def test_an_empty_or_constant_column_warns():
                     "item_features column 'tags' is empty in all its 40 rows: it tells the model nothing; drop it"]
     # One value beside missing cells tells items apart (has it or not): no warning.
     _quiet(lambda: _features.table(t[["category"]].assign(sale=["yes"] + [None] * 39)))
+    # partial_fit's new products are a few rows read by the fitted columns: one brand for
+    # all of them, or one shared date, is no sign of a bad column, and nothing is said.
+    m = _model(iterations=1).fit(_sessions(), item_features=_table(), item_names="title")
+    new = pd.DataFrame({"category": ["cat1"] * 3, "tags": [["t1"]] * 3, "price": [3.0] * 3,
+                        "title": ["A", "B", "C"]}, index=[555, 556, 557])
+    grown = _quiet(lambda: m.partial_fit([[100, 555, 556]], item_features=new, item_names="title"))
+    assert {555, 556, 557} <= set(grown.item_ids_.tolist())
 
 
 def test_a_fitted_models_features_in_one_line():

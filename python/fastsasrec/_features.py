@@ -355,7 +355,7 @@ def _frame(obj: Any) -> Any:
 def table(item_features: Any, id_col: Optional[str] = None, names: Optional[str] = None,
           categorical: Optional[Sequence[str]] = None, numeric: Optional[Sequence[str]] = None,
           multi: Optional[Dict[str, Optional[str]]] = None, item_kind: Optional[str] = None,
-          time: Optional[Sequence[str]] = None) -> Table:
+          time: Optional[Sequence[str]] = None, hints: bool = True) -> Table:
     """The checked ``Table`` of a features frame.  The item id is the frame's index, or the
     column ``id_col``; ``names``: the display-name column (never a feature); every other
     column is a feature: ``multi`` names list-valued columns (each with its delimiter, or
@@ -363,7 +363,7 @@ def table(item_features: Any, id_col: Optional[str] = None, names: Optional[str]
     otherwise a column of numbers (not booleans) is numeric, a column whose cells are lists
     is multi, a datetime column is time, and any other is categorical; ``time`` names
     columns of dates (text) read as time.  ``item_kind``: "int" or "str", the kind of the
-    model's ids, which the table's ids must share."""
+    model's ids, which the table's ids must share.  ``hints``: as ``as_table``'s."""
     df = _frame(item_features)
     cols = [c for c in df.columns]
     for label, given in (("id_col", id_col), ("names", names)):
@@ -418,9 +418,10 @@ def table(item_features: Any, id_col: Optional[str] = None, names: Optional[str]
             kind, delim = "numeric", None
         else:
             kind, delim = "categorical", None
-            if categorical is None or c not in categorical:
+            if hints and (categorical is None or c not in categorical):
                 _warn_if_odd(c, data, ids)
-        _warn_if_blank(c, data)
+        if hints:
+            _warn_if_blank(c, data)
         kinds.append(kind)
         delims.append(delim)
         cells.append(data)
@@ -447,26 +448,28 @@ class ItemFeatures:
     multi: Optional[Dict[str, Optional[str]]] = None
     time: Optional[Sequence[str]] = None
 
-    def table(self, item_kind: Optional[str], names: Optional[str] = None) -> Table:
+    def table(self, item_kind: Optional[str], names: Optional[str] = None, hints: bool = True) -> Table:
         if names is not None and self.names is not None and names != self.names:
             raise ValueError(f"item_names={names!r} but the ItemFeatures names {self.names!r}")
         return table(self.frame, self.id_col, names or self.names, self.categorical,
-                     self.numeric, self.multi, item_kind, self.time)
+                     self.numeric, self.multi, item_kind, self.time, hints)
 
 
 def as_table(item_features: Any, item_names: Optional[str], item_kind: Optional[str],
-             time: Sequence[str] = ()) -> Table:
+             time: Sequence[str] = (), hints: bool = True) -> Table:
     """The checked table of fit's ``item_features`` (a frame or an ItemFeatures).
     ``time``: the columns a fitted model read as times, read as times again (dates as
-    text too: ``partial_fit`` need not name them)."""
+    text too: ``partial_fit`` need not name them).  ``hints``: warn of columns likely
+    meant otherwise, or that tell items apart in nothing (at fit, where the columns are
+    learnt; not for partial_fit's new products, a few rows read by the fitted columns)."""
     frame = item_features.frame if isinstance(item_features, ItemFeatures) else item_features
     present = [c for c in time if c in _frame(frame).columns]
     if isinstance(item_features, ItemFeatures):
         if present:
             item_features = dataclasses.replace(
                 item_features, time=list(dict.fromkeys([*(item_features.time or ()), *present])))
-        return item_features.table(item_kind, item_names)
-    return table(item_features, names=item_names, item_kind=item_kind, time=present or None)
+        return item_features.table(item_kind, item_names, hints)
+    return table(item_features, names=item_names, item_kind=item_kind, time=present or None, hints=hints)
 
 
 @dataclasses.dataclass(frozen=True)
