@@ -3,10 +3,12 @@
 path that takes an event table in Python (``from_transactions``, ``split_by_time``,
 ``recommend_frame``, Ray) reads it here: a missing cell is refused by column and row, ids
 are checked as ``fastsasrec.data`` checks them, and times as text are read as the
-command line reads a CSV's (``fastsasrec._events.text_times``)."""
+command line reads a CSV's (``text_times``, which the command line's reader,
+``fastsasrec._events``, calls too)."""
 from __future__ import annotations
 
-from typing import Any, Tuple
+import warnings
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -85,11 +87,65 @@ def event_times(values: np.ndarray, col: Any, arg: str) -> np.ndarray:
     if values.dtype.kind in "iufM":
         return values
     if values.dtype.kind in "OUS":
-        from fastsasrec._events import text_times
-
         return text_times(values, f"column {col!r} ({arg})")
     raise ValueError(f"column {col!r} ({arg}) must hold numbers, datetimes or dates as text, got "
                      f"{values.dtype} (first value {values[0]!r})")
+
+
+def text_times(col: Any, where: str, row: int = 0, state: Optional[dict] = None) -> np.ndarray:
+    """A column of times as text (a CSV's, or a frame's object column) read the one way
+    every path reads it: numbers when the first cell is one, else dates (pandas' parser, a zone
+    converted to UTC, none read as UTC) as datetime64 without a zone.  ``where`` names the
+    column in errors, which give the first cell that does not read with its row (``row``:
+    the first cell's).  ``state`` carries the kind the first chunk found to the next."""
+    import pandas as pd
+
+    col = col if isinstance(col, pd.Series) else pd.Series(np.asarray(col, dtype=object))
+    state = {} if state is None else state
+    if state.get("kind") is None:
+        state["kind"] = "numbers" if pd.to_numeric(col.iloc[:1], errors="coerce").notna().all() else "dates"
+    if state["kind"] == "numbers":
+        num = pd.to_numeric(col, errors="coerce")
+        bad = num.isna().to_numpy()
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"{where} at row {row + i} is {col.iloc[i]!r}: the rows before hold numbers")
+        return num.to_numpy()
+    try:
+        with warnings.catch_warnings():  # pandas warns when it falls back to parsing one by one
+            warnings.simplefilter("ignore", UserWarning)
+            parsed = pd.to_datetime(col, utc=True)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ValueError(f"{where} must hold numbers or dates: {_first_bad_date(col, row, e)}") from None
+    return parsed.dt.tz_localize(None).to_numpy()
+
+
+def first_unread_date(col: Any) -> Optional[int]:
+    """The position of the first cell of ``col`` (a pandas Series), missing ones aside, that
+    does not read as a date the way the column's first does (pandas infers one format from
+    it); None when each reads.  Event times and item features' time columns name it."""
+    import pandas as pd
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            bad = pd.to_datetime(col, utc=True, errors="coerce").isna().to_numpy() & ~pd.isna(col).to_numpy()
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def _first_bad_date(col: Any, row: int, error: Exception) -> str:
+    """The first cell of ``col`` that does not read as a date (``first_unread_date``), with
+    its row; else pandas' own first line (its advice names arguments of pandas, which a
+    command line does not have)."""
+    i = first_unread_date(col)
+    if i == 0:
+        return f"row {row} is {col.iloc[0]!r}, neither a number nor a date"
+    if i is not None:
+        return (f"row {row + i} is {col.iloc[i]!r}, not a date written as the first row's "
+                f"({col.iloc[0]!r})")
+    return str(error).split("\n")[0].rstrip(". ")
 
 
 def transactions_to_sequences(

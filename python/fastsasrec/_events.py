@@ -22,12 +22,11 @@ import contextlib
 import os
 import stat
 import tempfile
-import warnings
 from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from fastsasrec._event_table import _utc_naive
+from fastsasrec._event_table import _utc_naive, text_times
 from fastsasrec.data import _CONTROL_WHY, _first_control
 
 CSV = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")
@@ -198,62 +197,6 @@ def times_of(col: Any, name: str, flag: str, row: int, what: str, path: str,
             or pd.api.types.is_datetime64_any_dtype(col)):
         return col.to_numpy()
     return text_times(col, where, row, state)
-
-
-def text_times(col: Any, where: str, row: int = 0, state: Optional[dict] = None) -> np.ndarray:
-    """A column of times as text (a CSV's, or a frame's object column) read the one way
-    every path reads it: numbers when the first cell is one, else dates (pandas' parser, a zone
-    converted to UTC, none read as UTC) as datetime64 without a zone.  ``where`` names the
-    column in errors, which give the first cell that does not read with its row (``row``:
-    the first cell's).  ``state`` carries the kind the first chunk found to the next."""
-    import pandas as pd
-
-    col = col if isinstance(col, pd.Series) else pd.Series(np.asarray(col, dtype=object))
-    state = {} if state is None else state
-    if state.get("kind") is None:
-        state["kind"] = "numbers" if pd.to_numeric(col.iloc[:1], errors="coerce").notna().all() else "dates"
-    if state["kind"] == "numbers":
-        num = pd.to_numeric(col, errors="coerce")
-        bad = num.isna().to_numpy()
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise ValueError(f"{where} at row {row + i} is {col.iloc[i]!r}: the rows before hold numbers")
-        return num.to_numpy()
-    try:
-        with warnings.catch_warnings():  # pandas warns when it falls back to parsing one by one
-            warnings.simplefilter("ignore", UserWarning)
-            parsed = pd.to_datetime(col, utc=True)
-    except (ValueError, TypeError, OverflowError) as e:
-        raise ValueError(f"{where} must hold numbers or dates: {_first_bad_date(col, row, e)}") from None
-    return parsed.dt.tz_localize(None).to_numpy()
-
-
-def first_unread_date(col: Any) -> Optional[int]:
-    """The position of the first cell of ``col`` (a pandas Series), missing ones aside, that
-    does not read as a date the way the column's first does (pandas infers one format from
-    it); None when each reads.  Event times and item features' time columns name it."""
-    import pandas as pd
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            bad = pd.to_datetime(col, utc=True, errors="coerce").isna().to_numpy() & ~pd.isna(col).to_numpy()
-    except (ValueError, TypeError, OverflowError):
-        return None
-    return int(np.argmax(bad)) if bad.any() else None
-
-
-def _first_bad_date(col: Any, row: int, error: Exception) -> str:
-    """The first cell of ``col`` that does not read as a date (``first_unread_date``), with
-    its row; else pandas' own first line (its advice names arguments of pandas, which a
-    command line does not have)."""
-    i = first_unread_date(col)
-    if i == 0:
-        return f"row {row} is {col.iloc[0]!r}, neither a number nor a date"
-    if i is not None:
-        return (f"row {row + i} is {col.iloc[i]!r}, not a date written as the first row's "
-                f"({col.iloc[0]!r})")
-    return str(error).split("\n")[0].rstrip(". ")
 
 
 def _columns(user_col: Any, item_col: Any, time_col: Any, flags: Sequence[str]) -> List[Tuple[Any, str]]:

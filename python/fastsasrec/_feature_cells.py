@@ -173,7 +173,7 @@ def _seconds(series: Any, column: str, ids: np.ndarray) -> List[Any]:
     try:
         t = pd.to_datetime(series, utc=True)
     except (ValueError, TypeError, OverflowError):
-        from fastsasrec._events import first_unread_date
+        from fastsasrec._event_table import first_unread_date
 
         at = first_unread_date(series) or 0
         raise ValueError(f"item_features column {column!r} (a time column), item "

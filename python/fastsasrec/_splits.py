@@ -93,8 +93,10 @@ def split_by_time(events: Any, at: Any = 0.8, user_col: Any = "user_id", item_co
                          "(an event at the split time is after it)")
     before = times < when
     train = events[before]
-    items_b, off_b, users_b = transactions_to_sequences(train, user_col, item_col, time_col)
-    items_a, off_a, users_a = transactions_to_sequences(events[~before], user_col, item_col, time_col)
+    read = events.copy(deep=False)  # the times as read once, for both sides (text is parsed once)
+    read[time_col] = times
+    items_b, off_b, users_b = transactions_to_sequences(read[before], user_col, item_col, time_col)
+    items_a, off_a, users_a = transactions_to_sequences(read[~before], user_col, item_col, time_col)
     users, rows_b, rows_a = np.intersect1d(users_b, users_a, assume_unique=True, return_indices=True)
     contexts = Sequences._of(items_b, off_b).take(rows_b)
     targets = Sequences._of(items_a, off_a).take(rows_a)
