@@ -120,7 +120,7 @@ def test_a_fitted_models_features_in_one_line():
     price = m.item_features_[-1]["edges"]
     assert line == ("category (categories, 4 values); tags (lists, 5 values); price (numbers in "
                     f"{len(price) + 1} buckets, edges {price[0]:g} .. {price[-1]:g}); 40 of 42 items "
-                    "have a row, 6 of them new products (no event)")
+                    "have a row, 6 of them new products (no event); names from column 'title'")
     with pytest.raises(ValueError, match="fitted without item_features"):
         _model(iterations=1).fit(_sessions(20)).describe_item_features()
 

@@ -201,7 +201,8 @@ def test_the_model_file_keeps_features_and_names(fitted, tmp_path):
     fitted.save(path)
     with zipfile.ZipFile(path) as z:
         meta = json.loads(z.read("fastsasrec.json"))
-    assert meta["format_version"] == 3 and meta["features"]["has_names"]
+    assert meta["format_version"] == 5 and meta["features"]["has_names"]
+    assert meta["features"]["names_column"] == "title"
     back = SASRec.load(path)
     for s in ([300, 301], [100], [999]):
         a, b = fitted.recommend(s, n=6), back.recommend(s, n=6)
@@ -521,12 +522,13 @@ def test_a_time_column_trains_saves_and_takes_new_products(tmp_path):
     m.save(tmp_path / "m.fsr")
     back = SASRec.load(tmp_path / "m.fsr")
     assert back.item_features_ == m.item_features_ and back.item_feature_values(100) == m.item_feature_values(100)
-    # Format version 4 holds time columns: an older reader says it is too old; a file
-    # claiming an older version with one is refused.
+    # Format version 4 holds time columns (5 the names' column too): an older reader says
+    # it is too old; a file claiming an older version with one is refused.
     with zipfile.ZipFile(tmp_path / "m.fsr") as z:
         members = {n: z.read(n) for n in z.namelist()}
     meta = json.loads(members["fastsasrec.json"])
-    assert meta["format_version"] == 4
+    assert meta["format_version"] == 5
+    del meta["features"]["names_column"]
     meta["format_version"] = 3
     members["fastsasrec.json"] = json.dumps(meta).encode()
     with zipfile.ZipFile(tmp_path / "old.fsr", "w") as z:

@@ -63,12 +63,15 @@ class FittedAttributes:
     def describe_item_features(self) -> str:
         """One line on how the item features were read (each column's kind and its values or
         buckets), how many items have a row, and how many of them are new products (features
-        and no training event); what ``fastsasrec train`` prints."""
+        and no training event), and the display names' column; what ``fastsasrec train``
+        prints."""
         state = self._fitted()
-        if state.features is None:
+        f = state.features
+        if f is None:
             raise ValueError("this model was fitted without item_features")
         new = int(np.count_nonzero(state.popularity == 0))
-        return state.features.summary() + f", {new:,} of them new products (no event)"
+        named = f"; names from column {f.names_column!r}" if f.names is not None and f.names_column is not None else ""
+        return f.summary() + f", {new:,} of them new products (no event){named}"
 
     def item_feature_values(self, item: Any) -> List[str]:
         """The feature values the model holds for one item, as text (``genres='Comedy'``,

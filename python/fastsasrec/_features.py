@@ -282,7 +282,8 @@ def check_csr(values: np.ndarray, offsets: np.ndarray, n_items: int, n_values: i
 @dataclasses.dataclass(frozen=True)
 class Table:
     """A features table as given, checked: its ids (sorted order kept in ``order``), its
-    feature columns' cells, their kinds and delimiters, and the names column's cells."""
+    feature columns' cells, their kinds and delimiters, and the names column's cells and
+    name."""
 
     ids: np.ndarray
     order: np.ndarray
@@ -291,6 +292,7 @@ class Table:
     delimiters: Tuple[Optional[str], ...]
     cells: Tuple[Sequence[Any], ...]
     names: Optional[Sequence[Any]]
+    names_column: Optional[str] = None
 
     def rows_of(self, item_ids: np.ndarray) -> np.ndarray:
         """The table row of each id (-1 where it has none)."""
@@ -426,7 +428,7 @@ def table(item_features: Any, id_col: Optional[str] = None, names: Optional[str]
         delims.append(delim)
         cells.append(data)
     return Table(ids, order, tuple(feats), tuple(kinds), tuple(delims), tuple(cells),
-                 df[names].tolist() if names is not None else None)
+                 df[names].tolist() if names is not None else None, names)
 
 
 # ----------------------------------------------------------------------------- a model's
@@ -472,15 +474,30 @@ def as_table(item_features: Any, item_names: Optional[str], item_kind: Optional[
     return table(item_features, names=item_names, item_kind=item_kind, time=present or None, hints=hints)
 
 
+def remembered_names(item_features: Any, fitted: "ModelFeatures") -> Optional[str]:
+    """The display-name column a fitted model read at fit, when partial_fit's table (one
+    that names none itself) has that column and the model has no feature of that name:
+    the same items file serves fit and update."""
+    col = fitted.names_column
+    if col is None or isinstance(item_features, ItemFeatures) and item_features.names is not None:
+        return None
+    frame = item_features.frame if isinstance(item_features, ItemFeatures) else item_features
+    if col in (c.name for c in fitted.space.columns) or col not in _frame(frame).columns:
+        return None
+    return col
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelFeatures:
-    """A fitted model's features: the space, each item's bag (CSR over internal ids 0..V)
-    and the display names (or None)."""
+    """A fitted model's features: the space, each item's bag (CSR over internal ids 0..V),
+    the display names (or None) and the table column they came from (None where unknown:
+    a file of format version 4 or older), which partial_fit reads as names again."""
 
     space: FeatureSpace
     values: np.ndarray
     offsets: np.ndarray
     names: Optional[np.ndarray] = None
+    names_column: Optional[str] = None
 
     def summary(self) -> str:
         """One line for people: each column as read, and how many items have features."""
@@ -503,7 +520,7 @@ class ModelFeatures:
         V = int(item_ids.size)
         bags = [self.values[self.offsets[i]:self.offsets[i + 1]] for i in range(V_old + 1)]
         bags += [np.array([NO_FEATURES], dtype=np.int32)] * (V - V_old)
-        names = None
+        names, names_column = None, self.names_column
         if self.names is not None:
             names = np.concatenate((self.names, np.full(V - V_old, "", dtype=self.names.dtype)))
         if table is not None:
@@ -515,10 +532,11 @@ class ModelFeatures:
             if new_names is not None:
                 base = names if names is not None else np.full(V, "", dtype=new_names.dtype)
                 names = np.where(has_row, new_names, base.astype(np.result_type(base, new_names)))
+                names_column = table.names_column
         offsets = np.zeros(V + 2, dtype=np.int64)
         offsets[1:] = np.cumsum([b.size for b in bags])
         values = np.concatenate(bags).astype(np.int32) if offsets[-1] else np.zeros(0, dtype=np.int32)
-        return ModelFeatures(self.space, values, offsets, names)
+        return ModelFeatures(self.space, values, offsets, names, names_column)
 
 
 def fitted(table: Table, item_ids: np.ndarray, buckets: int) -> ModelFeatures:
@@ -527,7 +545,7 @@ def fitted(table: Table, item_ids: np.ndarray, buckets: int) -> ModelFeatures:
         raise ValueError(f"item_features have {space.size} distinct values in all, over "
                          f"{_MAX_VALUES}: drop or bucket the columns with the most")
     values, offsets = space.encode(table, item_ids)
-    return ModelFeatures(space, values, offsets, table.names_of(item_ids))
+    return ModelFeatures(space, values, offsets, table.names_of(item_ids), table.names_column)
 
 
 def _tensor_view(engine: Any, tensor: str) -> Tuple[np.ndarray, np.ndarray]:

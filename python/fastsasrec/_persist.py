@@ -34,13 +34,16 @@ from fastsasrec._params import FEATURE_PARAMS
 FORMAT_NAME = "fastsasrec"
 # 1: the catalogue ascending; 2: in internal order, unique (a catalogue partial_fit grew).
 # 3: item features (their vocabularies in the header; each item's values and the display
-# names as arrays).  4: a feature column of times (kind "time").  A file is written as the
-# lowest version that can hold it (1 whenever its catalogue is ascending and it has no
+# names as arrays).  4: a feature column of times (kind "time").  5: the display names'
+# column ("names_column", which partial_fit reads as names again).  A file is written as
+# the lowest version that can hold it (1 whenever its catalogue is ascending and it has no
 # features), so older readers read it, and a reader too old for it says so.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 CHECKPOINT_NAME = "fastsasrec-checkpoint"
-CHECKPOINT_VERSION = 3  # 2: item features, as in a model file; 3: a time column
+CHECKPOINT_VERSION = 4  # 2: item features, as in a model file; 3: a time column; 4: names_column
 _TIME_SINCE = {FORMAT_NAME: 4, CHECKPOINT_NAME: 3}  # the first version with time columns
+_NAMES_COLUMN_SINCE = {FORMAT_NAME: 5, CHECKPOINT_NAME: 4}  # ... with the names' column
+_MAX_NAME = 1000  # characters of a column name a header may hold
 HEADER = "fastsasrec.json"
 _ARRAYS = ("params", "item_ids", "popularity")
 _OPTIMIZER = ("m", "v")  # a checkpoint's; and "best_params" with an early-stopping best
@@ -93,7 +96,9 @@ def _model_meta(state: Any, tensors: List[Tuple[str, int, Tuple[int, ...]]]) -> 
         "loss_history": list(state.loss_history),
         **({"defaults": state.defaults} if state.defaults else {}),
         **({"features": {"columns": feats.space.to_json(), "n_entries": int(feats.values.size),
-                         "has_names": feats.names is not None}} if feats is not None else {}),
+                         "has_names": feats.names is not None,
+                         **({"names_column": feats.names_column} if _names_column(state) else {})}}
+           if feats is not None else {}),
     }
 
 
@@ -114,6 +119,21 @@ def _has_time(state: Any) -> bool:
     return f is not None and any(c.kind == "time" for c in f.space.columns)
 
 
+def _names_column(state: Any) -> bool:
+    """Whether the model's names came from a column whose name a file records (a file of
+    _NAMES_COLUMN_SINCE or later): a string of 1.._MAX_NAME characters."""
+    f = state.features
+    col = f.names_column if f is not None and f.names is not None else None
+    return isinstance(col, str) and 0 < len(col) <= _MAX_NAME
+
+
+def _version(state: Any, fmt: str, base: int) -> int:
+    """The lowest version of ``fmt`` that holds ``state``'s features (``base`` with them)."""
+    if _names_column(state):
+        return _NAMES_COLUMN_SINCE[fmt]
+    return _TIME_SINCE[fmt] if _has_time(state) else base
+
+
 def save(model: Any, path: "os.PathLike[str] | str") -> None:
     """Writes a fitted model to ``path`` through a temporary file in the same folder,
     fsynced and renamed over it, so a crash never leaves a half-written model; the file
@@ -126,7 +146,7 @@ def save(model: Any, path: "os.PathLike[str] | str") -> None:
     flat = np.asarray(state.engine.get_params(), dtype=np.float32)
     _check_finite(flat, tensors, path)
     meta = _model_meta(state, tensors)
-    version = (_TIME_SINCE[FORMAT_NAME] if _has_time(state) else 3) if state.features is not None \
+    version = _version(state, FORMAT_NAME, 3) if state.features is not None \
         else 1 if meta["item_ids_ascending"] else 2
     meta = {"format": FORMAT_NAME, "format_version": version, **meta}
     _archive.write(path, target, directory, HEADER, meta, {
@@ -149,7 +169,7 @@ def save_checkpoint(path: "os.PathLike[str] | str", state: Any, progress: Dict[s
     flat = np.asarray(engine.get_params(), dtype=np.float32)
     _check_finite(flat, tensors, path)
     m, v, step = engine.optimizer_state()
-    meta = {"format": CHECKPOINT_NAME, "format_version": _TIME_SINCE[CHECKPOINT_NAME] if _has_time(state) else 2,
+    meta = {"format": CHECKPOINT_NAME, "format_version": _version(state, CHECKPOINT_NAME, 2),
             **_model_meta(state, tensors), "step": int(step), **progress,
             "has_best_params": best_params is not None}
     arrays = {"params": flat, "item_ids": state.item_ids,
@@ -251,7 +271,7 @@ def _read(f: Any, file_len: int, path: str, checkpoint: bool = False):
             if not isinstance(has_best, bool):
                 raise ValueError(f"path {path!r}: invalid has_best_params {has_best!r}")
             arrays_in = _ARRAYS + _OPTIMIZER + (("best_params",) if has_best else ())
-        space, n_entries, has_names = _features_header(meta, version, path)
+        space, n_entries, has_names, names_column = _features_header(meta, version, path)
         if space is not None:
             arrays_in = arrays_in + _FEATURE_ARRAYS + (("item_names",) if has_names else ())
         expected = (HEADER,) + tuple(name + ".npy" for name in arrays_in)
@@ -315,7 +335,8 @@ def _read(f: Any, file_len: int, path: str, checkpoint: bool = False):
                 arrays["item_names"], sums["item_names"] = _archive.read_npy(
                     z, members["item_names"], n_items, "U", path)
             arrays["features"] = _features.ModelFeatures(
-                space, arrays["feature_values"], arrays["feature_offsets"], arrays.get("item_names"))
+                space, arrays["feature_values"], arrays["feature_offsets"], arrays.get("item_names"),
+                names_column)
     if digests is not None:
         for name in arrays_in:
             if digests[name + ".npy"].lower() != sums[name]:
@@ -325,21 +346,30 @@ def _read(f: Any, file_len: int, path: str, checkpoint: bool = False):
 
 
 def _features_header(meta: Dict[str, Any], version: int, path: str):
-    """(space, entries, has_names) of the header's item features; (None, 0, False) without."""
+    """(space, entries, has_names, names_column) of the header's item features; (None, 0,
+    False, None) without."""
     f = meta.get("features")
     if f is None:
-        return None, 0, False
-    if version < 3 and meta.get("format") == FORMAT_NAME or version < 2 and meta.get("format") == CHECKPOINT_NAME:
+        return None, 0, False, None
+    fmt = meta.get("format")
+    if version < 3 and fmt == FORMAT_NAME or version < 2 and fmt == CHECKPOINT_NAME:
         raise ValueError(f"path {path!r}: item features in a file of format version {version}")
-    ok = (isinstance(f, dict) and set(f) == {"columns", "n_entries", "has_names"}
+    base = {"columns", "n_entries", "has_names"}
+    ok = (isinstance(f, dict) and (set(f) == base or set(f) == base | {"names_column"})
           and isinstance(f["n_entries"], int) and not isinstance(f["n_entries"], bool)
           and 0 <= f["n_entries"] < 2**31 and isinstance(f["has_names"], bool))
     if not ok:
         raise ValueError(f"path {path!r}: invalid features field in the header")
+    names_column = f.get("names_column")
+    if "names_column" in f:
+        if version < _NAMES_COLUMN_SINCE[fmt]:
+            raise ValueError(f"path {path!r}: a names_column in a file of format version {version}")
+        if not (isinstance(names_column, str) and 0 < len(names_column) <= _MAX_NAME and f["has_names"]):
+            raise ValueError(f"path {path!r}: invalid features.names_column in the header")
     space = _features.FeatureSpace.from_json(f["columns"], f"path {path!r}")
-    if any(c.kind == "time" for c in space.columns) and version < _TIME_SINCE[meta.get("format")]:
+    if any(c.kind == "time" for c in space.columns) and version < _TIME_SINCE[fmt]:
         raise ValueError(f"path {path!r}: a time feature column in a file of format version {version}")
-    return space, f["n_entries"], f["has_names"]
+    return space, f["n_entries"], f["has_names"], names_column
 
 
 def _check_arrays(arrays: Dict[str, np.ndarray], path: str, ascending_optional: bool) -> None:

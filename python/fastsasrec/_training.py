@@ -168,6 +168,8 @@ def _features_table(item_features: Any, item_names: Any, flat: np.ndarray, fitte
                              "give item_features too")
         return None
     time = [c.name for c in fitted.space.columns if c.kind == "time"] if fitted is not None else ()
+    if item_names is None and fitted is not None:
+        item_names = _features.remembered_names(item_features, fitted)
     return _features.as_table(item_features, item_names, "str" if flat.dtype.kind == "U" else "int", time,
                               hints=fitted is None)
 

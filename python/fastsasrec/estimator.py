@@ -325,7 +325,9 @@ class SASRec(FittedAttributes, NotebookCompat):
         holds them, or new rows for known items; encoded with the vocabularies of fit (a
         value fit never saw counts as its column's "unknown" value).  Its columns are
         those of fit, read by name in any order: a table that lacks one of them, or has
-        one fit did not, is refused (ValueError naming them).
+        one fit did not, is refused (ValueError naming them).  ``item_names``: the column
+        of display names; left out, the column fit's ``item_names`` named is read as names
+        again where the table has it.
 
         Writers are serialised: a second partial_fit (or fit, or to()) called meanwhile
         waits, then trains on this one's result; nothing either adds is lost."""
