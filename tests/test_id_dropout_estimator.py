@@ -11,7 +11,7 @@ import pytest
 
 from fastsasrec import SASRec
 from fastsasrec._params import DEFAULTS
-from test_item_features import _events_csv, _model, _sessions, _table
+from test_item_features import _events_csv, _items_csv, _model, _sessions, _table
 
 
 def _header(path):
@@ -89,9 +89,7 @@ def test_the_command_line_takes_id_dropout(tmp_path, capsys):
 
     events, items, model = tmp_path / "events.csv", tmp_path / "items.csv", tmp_path / "m.fsr"
     _events_csv(events, _sessions(100))
-    table = _table().reset_index()
-    table["tags"] = table["tags"].map("|".join)
-    table.to_csv(items, index=False)
+    _items_csv(items, _table())
     args = ["--epochs", "1", "--factors", "16", "--max-seq", "8", "--threads", "1", "-q"]
     assert main(["train", str(events), "-o", str(model), "--item-features", str(items),
                  "--item-list-col", "tags", "--id-dropout", "0.4"] + args) == 0

@@ -10,7 +10,7 @@ import pytest
 from fastsasrec import ItemFeatures, SASRec
 from fastsasrec import _features
 
-from test_item_features import CATS, _events_csv, _model, _sessions, _table
+from test_item_features import CATS, _events_csv, _items_csv, _model, _sessions, _table
 
 ITEMS = [i for c in CATS.values() for i in c]  # 40 items
 
@@ -130,10 +130,7 @@ def test_the_command_line_says_how_it_read_the_table(tmp_path, capsys):
 
     events, items, model = tmp_path / "events.csv", tmp_path / "items.csv", tmp_path / "m.fsr"
     _events_csv(events, _sessions(200))
-    table = _table().reset_index()
-    table["genres"] = _genres()
-    table["tags"] = table["tags"].map("|".join)
-    table.to_csv(items, index=False)
+    table = _items_csv(items, _table().assign(genres=_genres()))
     args = ["train", str(events), "-o", str(model), "--epochs", "1", "--factors", "16", "--max-seq", "8",
             "--threads", "1", "-q", "--item-features", str(items), "--item-names", "title",
             "--item-list-col", "tags"]

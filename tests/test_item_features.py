@@ -326,14 +326,21 @@ def _events_csv(path, sessions):
     pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(path, index=False)
 
 
+def _items_csv(path, table):
+    """``table`` (indexed by item_id) as a command line reads it: the ids a column, the
+    lists of "tags" joined by "|"; returns the frame written."""
+    flat = table.reset_index()
+    flat["tags"] = flat["tags"].map("|".join)
+    flat.to_csv(path, index=False)
+    return flat
+
+
 def test_the_command_line_takes_features_and_prints_names(tmp_path, capsys):
     from fastsasrec.cli import main
 
     events, items, model = tmp_path / "events.csv", tmp_path / "items.csv", tmp_path / "m.fsr"
     _events_csv(events, _sessions(200))
-    table = _table(extra=[(999, 2)]).reset_index()
-    table["tags"] = table["tags"].map("|".join)
-    table.to_csv(items, index=False)
+    table = _items_csv(items, _table(extra=[(999, 2)]))
     args = ["--epochs", "3", "--factors", "16", "--max-seq", "8", "--threads", "1", "-q"]
     assert main(["train", str(events), "-o", str(model), "--item-features", str(items),
                  "--item-names", "title", "--item-list-col", "tags"] + args) == 0
@@ -569,10 +576,7 @@ def test_the_command_line_reads_a_time_column(tmp_path, capsys):
 
     events, items, model = tmp_path / "events.csv", tmp_path / "items.csv", tmp_path / "m.fsr"
     _events_csv(events, _sessions(200))
-    table = _listed(_table()).reset_index()
-    table["tags"] = table["tags"].map("|".join)
-    table["listed"] = table["listed"].dt.strftime("%Y-%m-%d")
-    table.to_csv(items, index=False)
+    table = _items_csv(items, _listed(_table()).assign(listed=lambda t: t["listed"].dt.strftime("%Y-%m-%d")))
     args = ["--epochs", "2", "--factors", "16", "--max-seq", "8", "--threads", "1", "-q",
             "--item-features", str(items), "--item-names", "title", "--item-list-col", "tags"]
     assert main(["train", str(events), "-o", str(model), "--item-time-col", "listed"] + args) == 0

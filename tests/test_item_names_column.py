@@ -11,7 +11,7 @@ import pytest
 
 from fastsasrec import ItemFeatures, SASRec
 
-from test_item_features import _events_csv, _model, _sessions, _table
+from test_item_features import _events_csv, _items_csv, _model, _sessions, _table
 
 
 def _new_products():
@@ -117,12 +117,8 @@ def test_update_takes_the_same_items_file_as_train(tmp_path, capsys):
 
     events, items, model = tmp_path / "events.csv", tmp_path / "items.csv", tmp_path / "m.fsr"
     _events_csv(events, _sessions(200))
-    table = _table().reset_index()
-    table["tags"] = table["tags"].map("|".join)
-    table.to_csv(items, index=False)
-    new = _new_products().rename_axis("item_id").reset_index()
-    new["tags"] = new["tags"].map("|".join)
-    new.to_csv(tmp_path / "new.csv", index=False)
+    _items_csv(items, _table())
+    _items_csv(tmp_path / "new.csv", _new_products().rename_axis("item_id"))
     _events_csv(tmp_path / "today.csv", [[100, 101, 555]])
     assert main(["train", str(events), "-o", str(model), "--epochs", "1", "--factors", "16",
                  "--max-seq", "8", "--threads", "1", "-q", "--item-features", str(items),
