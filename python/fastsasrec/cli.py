@@ -249,7 +249,8 @@ def _add_item_feature_args(p: argparse.ArgumentParser) -> None:
                         "columns categories; items with no event (new products) join the catalogue")
     p.add_argument("--item-id-col", metavar="COL", help="ITEMS' item id column (default: --item-col's)")
     p.add_argument("--item-names", metavar="COL",
-                   help="ITEMS' column of display names, shown beside ids (never a feature)")
+                   help="ITEMS' column of display names, shown beside ids (never a feature; "
+                        "update reads the column train named, when ITEMS has it)")
     p.add_argument("--item-list-col", metavar="COL[:SEP]", action="append",
                    help="an ITEMS column holding several values per item, split on SEP "
                         "(default |), e.g. genres:|  (repeatable)")
