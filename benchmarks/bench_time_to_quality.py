@@ -47,11 +47,29 @@ VARIANTS = {
     "heads4": ({"n_heads": 4}, {}),
     "batch64": ({"batch_size": 64}, {}),                 # half the batch (the lr rule follows it)
     "drop0.6": ({"dropout": 0.6}, {}),
+    # early stopping's floor of epochs, whatever the events per item (where an epoch is more
+    # than 150 steps, the patience); "floor5" is the rule before 2026-12-07
+    "floor2": ({}, {"PATIENCE_MIN_EPOCHS": 2, "PATIENCE_MIN_VIEWS": 10**12}),
+    "floor3": ({}, {"PATIENCE_MIN_EPOCHS": 3, "PATIENCE_MIN_VIEWS": 10**12}),
+    "floor5": ({}, {"PATIENCE_MIN_VIEWS": 10**12}),
+    "floor10": ({}, {"PATIENCE_MIN_EPOCHS": 10, "PATIENCE_MIN_VIEWS": 10**12}),  # a long curve, to
+    #                                                                         replay shorter floors on
     # the first measurements (2026-12-05): a warm refit without decay, no smoothing
     "warm": ({"learning_rate": 1e-3}, {"STEPS_PATIENCE": 200, "STEPS_SMOOTH": 1, "REFIT_DECAY": False}),
     "lr3e-3_warm": ({"learning_rate": 3e-3}, {"STEPS_PATIENCE": 200, "STEPS_SMOOTH": 1,
                                               "REFIT_DECAY": False}),
 }
+
+
+def load_any(dataset: str):
+    """bench_quality's data sets, and "store-Nk": the synthetic store of N thousand sessions
+    of 4-6 views (store-250k: bench_scale.py's size, about 1,950 optimizer steps an epoch)."""
+    if dataset.startswith("store-") and dataset.endswith("k"):
+        from bench_quality import _reindex
+        from fastsasrec.datasets import synthetic_store
+        seqs, _ = synthetic_store(n_sessions=1000 * int(dataset[6:-1]), random_state=0, min_len=4, max_len=6)
+        return _reindex(seqs)
+    return load(dataset)
 
 
 def run(dataset: str, variant: str, seed: int, threads: int) -> dict:
@@ -62,7 +80,7 @@ def run(dataset: str, variant: str, seed: int, threads: int) -> dict:
     for k, v in settings.items():
         setattr(_auto, k, v)
     try:
-        seqs, _ = load(dataset)
+        seqs, _ = load_any(dataset)
         train, _, report = split(seqs, "val")
         model = SASRec(random_state=seed, num_threads=threads, **params)
         t0 = time.perf_counter()
@@ -81,6 +99,9 @@ def run(dataset: str, variant: str, seed: int, threads: int) -> dict:
         n, s = phases.get(h["phase"], (0, 0.0))
         phases[h["phase"]] = (n + 1, s + h["seconds"])
     out["phases"] = {k: [n, round(s, 1)] for k, (n, s) in phases.items()}
+    # the slice's score per epoch (what early stopping watched), to replay other patiences on
+    out["slice_curve"] = [round(h["val_NDCG@10"], 5) for h in model.history_
+                          if h["phase"] == "slice" and h.get("val_NDCG@10") is not None]
     out["kept_epoch"] = model.defaults_.get("iterations", {}).get("value")
     out["learning_rate"] = model.defaults_.get("learning_rate", {}).get("value", params.get("learning_rate"))
     return out
@@ -88,7 +109,9 @@ def run(dataset: str, variant: str, seed: int, threads: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "beauty", "sports", "synthetic"])
+    ap.add_argument("--dataset", default="ml-100k",
+                    help="ml-100k, beauty, sports, synthetic, or store-Nk (the synthetic store, N "
+                         "thousand sessions)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--threads", type=int, default=2)

@@ -148,6 +148,36 @@ def test_early_stopping_on_the_slice_watches_a_running_mean_where_epochs_are_few
     assert _auto.schedule(64 * 100, 64)["smooth"] == 1
 
 
+def test_the_patience_floor_follows_the_events_per_item():
+    """At least 5 epochs of patience where an epoch shows each item little (a sparse
+    catalogue: Amazon Beauty, 16 events an item), as few as 2 where 1,280 events an item
+    fit in fewer epochs (a rich log: 300 products, thousands of views each)."""
+    floor = _auto.patience_floor
+    assert [floor(x) for x in (0, 16, 59, 256, 319)] == [5, 5, 5, 5, 5]
+    assert [floor(x) for x in (320, 426, 427, 639, 640, 3750, 1e9)] == [4, 4, 3, 3, 2, 2, 2]
+    # The floor is what a long epoch gets; an epoch of few steps keeps about 150 steps.
+    assert _auto.schedule(250_000, 128, 3750.0)["patience"] == 2
+    assert _auto.schedule(250_000, 128)["patience"] == 5
+    assert _auto.schedule(22_363, 128, 16.0)["patience"] == 5
+    assert _auto.schedule(943, 128, 3750.0)["patience"] == _auto.schedule(943, 128)["patience"] == 19
+
+
+@RANDOM_DATA
+def test_a_rich_log_stops_two_epochs_after_its_best():
+    """6,400 sequences of 5-7 items over 12 items (about 3,200 events an item) in batches
+    of 64: 100 steps an epoch, so the patience is the floor, and that floor is 2."""
+    rng = np.random.default_rng(3)
+    seqs = [list(rng.integers(1, 13, size=int(rng.integers(5, 8)))) for _ in range(6400)]
+    m = SASRec(**dict(SMALL, batch_size=64)).fit(seqs)
+    per_item = sum(map(len, seqs)) / 12
+    plan = _auto.schedule(6400, 64, per_item)
+    assert plan["patience"] == 2 and plan["smooth"] == 1
+    sl = [e for e in m.history_ if e["phase"] == "slice"]
+    kept = m.defaults_["iterations"]["value"]
+    assert len(sl) == min(kept + 2, plan["max_epochs"])
+    assert "patience 2 epochs" in m.defaults_["iterations"]["why"]
+
+
 @RANDOM_DATA
 def test_auto_iterations_are_early_stopping_on_the_slice_exactly(monkeypatch):
     """With _auto.REFIT = "fresh", fit with iterations="auto" is the two fits a user would

@@ -36,7 +36,10 @@ validation targets of MovieLens 100K, Amazon Beauty and Sports and the synthetic
   and keeps 1e-3.
 - ``iterations``: early stopping on a validation slice (see ``carve_slice``), at most
   ``max_epochs`` epochs, patience from the batches an epoch holds (about 150 optimizer
-  steps, at least 5 epochs), the score it watches averaged over about 40 steps' epochs
+  steps, at least 5 epochs; at least 2 where an epoch shows each item so often that 1,280
+  training events an item fit in fewer: on a rich log the slice's score is flat within
+  its noise after a few epochs, and a sparse one's creeps up for many), the score it
+  watches averaged over about 40 steps' epochs
   (where an epoch is a few steps, neighbouring epochs differ by noise more than by
   learning); then the best epoch's weights train a fifth of their epochs more on
   everything (the held-out items are each sequence's most recent, which the next-item task
@@ -60,6 +63,8 @@ SLICE_MIN_USERS = 100       # fewer eligible sequences: no slice, a fixed number
 LR_BASE, LR_TOKENS, LR_MAX = 1e-3, 1024, 4e-3  # learning_rate: 1e-3 at 1,024 targets a batch,
 #                             growing with the square root of the targets a batch holds, to 4e-3
 STEPS_PATIENCE = 150        # optimizer steps without improvement before stopping
+PATIENCE_MIN_EPOCHS = 5     # ... and at least this many epochs, fewer (at least 2) where
+PATIENCE_MIN_VIEWS = 5 * RICH  # this many training events an item fit in fewer epochs
 STEPS_SMOOTH = 40           # early stopping watches the mean score of about this many steps
 STEPS_MAX = 30000           # at most this many optimizer steps (and 50..1000 epochs)
 STEPS_FIXED = 1500          # without a slice: about this many steps (20..200 epochs)
@@ -143,14 +148,26 @@ def carve_slice(lengths: np.ndarray, seed: int) -> Optional[np.ndarray]:
     return np.sort(rng.choice(eligible, size=n, replace=False))
 
 
-def schedule(n_seq: int, batch_size: int) -> Dict[str, int]:
+def patience_floor(per_item: float) -> int:
+    """Early stopping's fewest epochs of patience, from the training events per item (an
+    epoch shows each item about that often): PATIENCE_MIN_EPOCHS where items are seen
+    little (a sparse catalogue's score creeps up over many epochs), as few as 2 where
+    PATIENCE_MIN_VIEWS events an item fit in fewer epochs (a rich one's is flat within
+    noise after a few)."""
+    if per_item <= 0:
+        return PATIENCE_MIN_EPOCHS
+    return max(2, min(PATIENCE_MIN_EPOCHS, math.ceil(PATIENCE_MIN_VIEWS / per_item)))
+
+
+def schedule(n_seq: int, batch_size: int, per_item: float = 0.0) -> Dict[str, int]:
     """Epoch counts from the optimizer steps an epoch takes: patience and the cap of early
     stopping, the epochs whose mean score it watches (where an epoch is a few steps, the
     slice's scores of neighbouring epochs differ by noise more than by learning), and the
-    fixed count used without a slice."""
+    fixed count used without a slice.  ``per_item``: the training events per item, which
+    sets the patience's floor (``patience_floor``; 0: the floor of PATIENCE_MIN_EPOCHS)."""
     batches = max(1, math.ceil(n_seq / batch_size))
     return {
-        "patience": max(5, math.ceil(STEPS_PATIENCE / batches)),
+        "patience": max(patience_floor(per_item), math.ceil(STEPS_PATIENCE / batches)),
         "smooth": max(1, round(STEPS_SMOOTH / batches)),
         "max_epochs": min(1000, max(50, math.ceil(STEPS_MAX / batches))),
         "fixed": min(200, max(20, math.ceil(STEPS_FIXED / batches))),

@@ -262,7 +262,8 @@ def _fit(model: Any, sequences: Sequences, validation=None, early_stopping_patie
     if refit_ck is not None:  # the slice was done: continue the refit on everything
         iterations = int(refit_ck["epochs"])
     elif iterations == "auto":
-        plan = _auto.schedule(int(lengths.size), int(config["batch_size"]))
+        plan = _auto.schedule(int(lengths.size), int(config["batch_size"]),
+                              float(lengths.sum()) / max(1, int(item_ids.size)))
         if validation is None:
             carved = _auto.carve_slice(lengths, seed)
         if validation is None and carved is None:

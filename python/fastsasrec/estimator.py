@@ -96,8 +96,9 @@ class SASRec(FittedAttributes, NotebookCompat):
         items, every position being a target.  ``auto``: early stopping.  Without
         ``validation``, fit holds out the last item of a sample of sequences (as many as 2%
         of the events, 500 to 5,000 sequences), scores NDCG@10 on them after each epoch,
-        stops after a patience of about 150 optimizer steps (at least 5 epochs) without
-        improvement (the score averaged over about 40 steps' epochs), then trains the
+        stops after a patience of about 150 optimizer steps (at least 5 epochs; 2 to 4
+        where each epoch shows each item 320 times or more, ``_auto.patience_floor``)
+        without improvement (the score averaged over about 40 steps' epochs), then trains the
         best epoch's weights a fifth of its epochs more on everything (the held-out items
         included), the learning rate decaying linearly to zero.  With fewer than 100 sequences of 3 or more items, a fixed
         count of about 1,500 steps (20..200 epochs).
