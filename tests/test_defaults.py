@@ -175,7 +175,8 @@ def test_a_rich_log_stops_two_epochs_after_its_best():
     sl = [e for e in m.history_ if e["phase"] == "slice"]
     kept = m.defaults_["iterations"]["value"]
     assert len(sl) == min(kept + 2, plan["max_epochs"])
-    assert "patience 2 epochs" in m.defaults_["iterations"]["why"]
+    assert (f"patience 2 epochs, about 150 optimizer steps and at least 2 at {per_item:,.0f} "
+            "training events an item") in m.defaults_["iterations"]["why"]
 
 
 @RANDOM_DATA

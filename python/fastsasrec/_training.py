@@ -257,13 +257,13 @@ def _fit(model: Any, sequences: Sequences, validation=None, early_stopping_patie
                                feats.space.size if feats is not None else 0)
         engine = _with_features(_core.Model(config, resolve_device(params["device"], config),
                                             threads=params["num_threads"]), feats)
-    iterations, carved, plan = params["iterations"], None, None
+    iterations, carved, plan, patience_why = params["iterations"], None, None, ""
     full = (internal, offsets)
     if refit_ck is not None:  # the slice was done: continue the refit on everything
         iterations = int(refit_ck["epochs"])
     elif iterations == "auto":
-        plan = _auto.schedule(int(lengths.size), int(config["batch_size"]),
-                              float(lengths.sum()) / max(1, int(item_ids.size)))
+        per_item = float(lengths.sum()) / max(1, int(item_ids.size))
+        plan = _auto.schedule(int(lengths.size), int(config["batch_size"]), per_item)
         if validation is None:
             carved = _auto.carve_slice(lengths, seed)
         if validation is None and carved is None:
@@ -276,6 +276,9 @@ def _fit(model: Any, sequences: Sequences, validation=None, early_stopping_patie
             iterations = plan["max_epochs"]
             if early_stopping_patience is None:
                 early_stopping_patience = plan["patience"]
+                floor = _auto.patience_floor(per_item)
+                patience_why = (f", about {_auto.STEPS_PATIENCE} optimizer steps and at least {floor} "
+                                f"at {per_item:,.0f} training events an item;")
         if carved is not None:
             # The slice's sequences, whole, are the validation data (evaluate holds
             # each one's last item out); training sees them without that item.
@@ -320,7 +323,7 @@ def _fit(model: Any, sequences: Sequences, validation=None, early_stopping_patie
         chosen["iterations"] = {"value": kept, "epochs_run": ran, "why": (
             f"early stopping on {source} (NDCG@10 after each epoch"
             + (f", averaged over the last {smooth} epochs" if smooth > 1 else "")
-            + f", patience {early_stopping_patience} epochs, at most {iterations}){after}")}
+            + f", patience {early_stopping_patience} epochs{patience_why or ','} at most {iterations}){after}")}
         if carved is not None and not state.interrupted and _auto.REFIT == "continue":
             # The best epoch's weights (restored) go on learning on everything: the kept
             # model's lineage is the slice's epochs 1..kept, then kept+1..kept+more.
