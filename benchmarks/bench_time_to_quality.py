@@ -8,11 +8,14 @@ Each variant is SASRec() with every setting "auto" but those named:
 
     python benchmarks/bench_time_to_quality.py --dataset ml-100k --variants defaults previous
     python benchmarks/bench_time_to_quality.py --dataset beauty --threads 1 --seeds 0 1
+    python benchmarks/bench_time_to_quality.py --dataset store-250k --variants defaults floor5
 
-Prints one JSON line per (variant, seed): HR@10, NDCG@10, fit seconds, and each phase's
-epochs and seconds.  The procedure's own module settings (``_auto.REFIT``,
-``REFIT_SHARE``, ``REFIT_DECAY``, ``STEPS_PATIENCE``, ``STEPS_SMOOTH``) are set here per
-variant.
+Prints one JSON line per (variant, seed): HR@10, NDCG@10, fit seconds, each phase's
+epochs and seconds, and the slice's NDCG@10 after each epoch (``slice_curve``: training
+does not depend on the patience until it stops, so a curve run with a long patience,
+``floor10``, tells where any shorter one would have stopped).  The procedure's own module settings (``_auto.REFIT``,
+``REFIT_SHARE``, ``REFIT_DECAY``, ``STEPS_PATIENCE``, ``STEPS_SMOOTH``,
+``PATIENCE_MIN_EPOCHS``, ``PATIENCE_MIN_VIEWS``) are set here per variant.
 """
 from __future__ import annotations
 
