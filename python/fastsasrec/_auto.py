@@ -36,9 +36,9 @@ validation targets of MovieLens 100K, Amazon Beauty and Sports and the synthetic
   and keeps 1e-3.
 - ``iterations``: early stopping on a validation slice (see ``carve_slice``), at most
   ``max_epochs`` epochs, patience from the batches an epoch holds (about 150 optimizer
-  steps, at least 5 epochs; at least 2 where an epoch shows each item so often that 1,280
-  training events an item fit in fewer: on a rich log the slice's score is flat within
-  its noise after a few epochs, and a sparse one's creeps up for many), the score it
+  steps, and at least 5 epochs, or 2 to 4 where each epoch shows each item 320 times or
+  more, so that 1,280 of its events fit in fewer epochs: a rich log's slice score is flat
+  within its noise after a few epochs, a sparse one's creeps up for many), the score it
   watches averaged over about 40 steps' epochs
   (where an epoch is a few steps, neighbouring epochs differ by noise more than by
   learning); then the best epoch's weights train a fifth of their epochs more on
