@@ -70,7 +70,9 @@ class FittedAttributes:
         if f is None:
             raise ValueError("this model was fitted without item_features")
         new = int(np.count_nonzero(state.popularity == 0))
-        named = f"; names from column {f.names_column!r}" if f.names is not None and f.names_column is not None else ""
+        named = ""
+        if f.names is not None and f.names_column is not None:
+            named = f"; names from column {f.names_column!r}"
         return f.summary() + f", {new:,} of them new products (no event){named}"
 
     def item_feature_values(self, item: Any) -> List[str]:

@@ -323,7 +323,8 @@ def _fit(model: Any, sequences: Sequences, validation=None, early_stopping_patie
         chosen["iterations"] = {"value": kept, "epochs_run": ran, "why": (
             f"early stopping on {source} (NDCG@10 after each epoch"
             + (f", averaged over the last {smooth} epochs" if smooth > 1 else "")
-            + f", patience {early_stopping_patience} epochs{patience_why or ','} at most {iterations}){after}")}
+            + f", patience {early_stopping_patience} epochs{patience_why or ','} at most "
+            f"{iterations}){after}")}
         if carved is not None and not state.interrupted and _auto.REFIT == "continue":
             # The best epoch's weights (restored) go on learning on everything: the kept
             # model's lineage is the slice's epochs 1..kept, then kept+1..kept+more.
