@@ -49,6 +49,12 @@ def test_partial_fit_reads_the_fitted_names_column_again(tmp_path):
     grown = _model(iterations=2).fit(_sessions(), item_features=_table(), item_names="title") \
         .partial_fit([[100, 555]], item_features=ItemFeatures(other, names="label"))
     assert dict(zip(grown.item_ids_.tolist(), grown.item_names_.tolist()))[555] == "Fresh 555"
+    # A pyarrow table (its columns read without converting it) is read the same way.
+    pa = pytest.importorskip("pyarrow")
+    arrow = pa.Table.from_pandas(_new_products().rename_axis("item_id").reset_index())
+    grown = _model(iterations=2).fit(_sessions(), item_features=_table(), item_names="title") \
+        .partial_fit([[100, 555]], item_features=ItemFeatures(arrow, id_col="item_id"))
+    assert dict(zip(grown.item_ids_.tolist(), grown.item_names_.tolist()))[556] == "Fresh 556"
 
 
 def test_without_names_at_fit_the_column_is_still_refused():

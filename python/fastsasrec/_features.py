@@ -343,6 +343,16 @@ class Table:
         return np.asarray(out, dtype=str) if out else np.zeros(0, dtype="U1")
 
 
+def _columns(obj: Any) -> List[Any]:
+    """The column names of a features table (pandas, polars or pyarrow) without converting
+    it; anything else: _frame's error."""
+    if type(obj).__module__.split(".")[0] == "pyarrow" and hasattr(obj, "column_names"):
+        return list(obj.column_names)
+    if type(obj).__module__.split(".")[0] in ("pandas", "polars") and hasattr(obj, "columns"):
+        return list(obj.columns)
+    return list(_frame(obj).columns)
+
+
 def _frame(obj: Any) -> Any:
     """A pandas DataFrame of ``obj`` (pandas, polars or pyarrow), else ValueError."""
     mod = type(obj).__module__.split(".")[0]
@@ -465,7 +475,8 @@ def as_table(item_features: Any, item_names: Optional[str], item_kind: Optional[
     meant otherwise, or that tell items apart in nothing (at fit, where the columns are
     learnt; not for partial_fit's new products, a few rows read by the fitted columns)."""
     frame = item_features.frame if isinstance(item_features, ItemFeatures) else item_features
-    present = [c for c in time if c in _frame(frame).columns]
+    have = _columns(frame)
+    present = [c for c in time if c in have]
     if isinstance(item_features, ItemFeatures):
         if present:
             item_features = dataclasses.replace(
@@ -482,7 +493,7 @@ def remembered_names(item_features: Any, fitted: "ModelFeatures") -> Optional[st
     if col is None or isinstance(item_features, ItemFeatures) and item_features.names is not None:
         return None
     frame = item_features.frame if isinstance(item_features, ItemFeatures) else item_features
-    if col in (c.name for c in fitted.space.columns) or col not in _frame(frame).columns:
+    if col in (c.name for c in fitted.space.columns) or col not in _columns(frame):
         return None
     return col
 
