@@ -23,11 +23,13 @@ def check_ids(item_features: Any, table: Table, items: np.ndarray, new_only: boo
     import pandas as pd
 
     named = isinstance(item_features, ItemFeatures) and item_features.id_col is not None
+    covered = int((table.rows_of(items) >= 0).sum())
+    if covered and named:  # the ids' column was named, and it holds items: nothing to ask
+        return
     df = _frame(item_features.frame if isinstance(item_features, ItemFeatures) else item_features)
     idx = df.index
     row_numbers = (not named and isinstance(idx, pd.RangeIndex) and idx.start == 0 and idx.step == 1
                    and idx.name is None)
-    covered = int((table.rows_of(items) >= 0).sum())
     if covered and not row_numbers:
         return
     best_n, best_col = 0, None
