@@ -434,7 +434,10 @@ class SASRec(FittedAttributes, NotebookCompat):
         """Top-n next items for one session of original ids (oldest first).
 
         Items unknown to the model are ignored; the model reads the last ``max_seq_`` known
-        items.  With ``exclude_seen`` every item of the session given is left out (pass a
+        items.  A new product (in the catalogue by its features, with no training event) is
+        read only in a session that holds nothing else: beside items with events it tells
+        the model less than it misleads it (BENCHMARKS.md), so it is left out of the input,
+        though still seen.  With ``exclude_seen`` every item of the session given is left out (pass a
         user's whole history to keep all of it out); ``exclude`` (e.g. a cart) and
         ``denylist`` (e.g. out of stock) remove more.  ``candidates`` ranks only these (e.g.
         the new products, a category page): each keeps the score it has in the whole
@@ -464,7 +467,8 @@ class SASRec(FittedAttributes, NotebookCompat):
         the id is the marker).  Empty slots come last in their row.
 
         ``exclude_seen``: every item of each session is left out of its row (the whole
-        history given; the model reads its last ``max_seq_``).  ``exclude``: per session,
+        history given; the model reads its last ``max_seq_``, new products as ``recommend``
+        reads them).  ``exclude``: per session,
         ids never to recommend to it (a cart, items already bought), as lists (one per
         session) or a ``Sequences``.  ``denylist``: ids left out of every row (pass the same
         object again while it is unchanged: its encoding is kept).  ``candidates``: only
@@ -488,7 +492,8 @@ class SASRec(FittedAttributes, NotebookCompat):
 
     def session_embeddings(self, sessions: Any) -> np.ndarray:
         """(len(sessions), factors) float32: the final hidden state at each session's last
-        position (``factors`` as fitted).  Rows of sessions with no known item are NaN.
+        position (``factors`` as fitted), read as ``recommend`` reads a session (new
+        products beside other items left out).  Rows of sessions with no known item are NaN.
         ``sessions``: lists of ids or a ``Sequences``."""
         return _fitted.session_states(self._fitted(), sessions)
 
