@@ -5,7 +5,6 @@ stays a seen item all the same (with id_dropout 0 and above).  Every scoring pat
 import numpy as np
 import pytest
 
-from fastsasrec import SASRec
 from test_item_features import _model, _sessions, _table
 
 NEW = [999, 998]  # in the table, in no session: categories 2 and 3
