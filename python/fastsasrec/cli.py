@@ -368,6 +368,11 @@ def _recommend(args: argparse.Namespace) -> int:
         else:
             print(f"note: no item of --session is in the model's catalogue ({unknown}): "
                   "these are the most popular items", file=sys.stderr)
+    fresh = set(model.item_ids_[model.popularity_ == 0].tolist())  # new products: no events
+    new = [x for x in session if x in fresh]
+    if new and len(new) < int(known.sum()):
+        print("note: new products (no events in training) are not read beside the session's "
+              f"other items: {', '.join(map(str, new))}", file=sys.stderr)
     got = model.recommend(session, n=args.n, exclude_seen=_exclude_seen(args, "--keep-seen"),
                           exclude=exclude, candidates=cand)
     ids, scores = got
