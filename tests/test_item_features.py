@@ -360,15 +360,6 @@ def test_the_command_line_takes_features_and_prints_names(tmp_path, capsys):
     assert 999 in new.tolist()
     want = m.recommend([300, 301], n=3, candidates=new)
     assert [line.split()[1] for line in out[1:]] == [str(i) for i in want.ids.tolist()]
-    # A new product in the session: said not to be read beside the rest; alone, read quietly.
-    assert main(["recommend", str(model), "--session", "300,999,301", "-n", "3"]) == 0
-    got = capsys.readouterr()
-    assert "new products (no events in training) are not read beside the session's other " \
-        "items: 999" in got.err
-    assert [line.split()[1] for line in got.out.splitlines()[1:]] == \
-        [str(i) for i in m.recommend([300, 999, 301], n=3).ids.tolist()]
-    assert main(["recommend", str(model), "--session", "999", "-n", "3"]) == 0
-    assert "note" not in capsys.readouterr().err
     recs = tmp_path / "recs.csv"
     assert main(["score", str(model), str(events), "-o", str(recs), "-n", "2", "-q"]) == 0
     got = pd.read_csv(recs)

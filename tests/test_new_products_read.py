@@ -1,18 +1,20 @@
 """A new product in a session (an item with features and no training event): the model does
-not read it beside items it knows, reads it where the session holds nothing else, and it
-stays a seen item all the same (with id_dropout 0 and above).  Every scoring path agrees
-(``_fitted.read_items``)."""
+not read it beside items with events, reads it as its look-alike (the item with events that
+shares the most of its feature values, the most popular of those that tie) where the session
+holds nothing else, and it stays a seen item all the same, with id_dropout 0 and above.
+Every scoring path agrees (``_new_products.read_items``)."""
 import numpy as np
 import pytest
 
-from test_item_features import _model, _sessions, _table
+from fastsasrec import _new_products
+from test_item_features import CATS, _events_csv, _items_csv, _model, _sessions, _table
 
 NEW = [999, 998]  # in the table, in no session: categories 2 and 3
 
 
-def _fit(**kw):
-    return _model(**kw).fit(_sessions(), item_features=_table(extra=[(999, 2), (998, 3)]),
-                            item_names="title")
+def _fit(table=None, **kw):
+    table = _table(extra=[(999, 2), (998, 3)]) if table is None else table
+    return _model(**kw).fit(_sessions(), item_features=table, item_names="title")
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,17 @@ def _same(a, b):
     assert np.array_equal(np.asarray(a.fallback), np.asarray(b.fallback))
 
 
+def _lookalike(m, category):
+    """What the rule should find, worked out from the table: the new product shares its
+    category and its tag with its category's items (two values), at most a price bucket
+    with any other item (one), so the look-alike is its category's most popular item."""
+    items = CATS[category]
+    pop = {i: int(p) for i, p in zip(m.item_ids_.tolist(), m.popularity_.tolist())}
+    return max(items, key=lambda i: (pop[i], -i))
+
+
 @pytest.mark.parametrize("fixture", ["plain", "dropped"])
-def test_a_new_product_beside_known_items_is_not_read_and_stays_seen(request, fixture):
+def test_a_new_product_beside_items_with_events_is_not_read_and_stays_seen(request, fixture):
     m = request.getfixturevalue(fixture)
     V = m.n_items_
     with_new = m.recommend([300, 999, 301], n=V)
@@ -48,36 +59,50 @@ def test_a_new_product_beside_known_items_is_not_read_and_stays_seen(request, fi
                                   m.session_embeddings([[300, 301]]))
 
 
-def test_the_feature_rows_would_change_the_answer(plain):
-    """The test above is not vacuous: the new product's vector is not zero, so reading it
-    would move the session's state."""
+def test_the_rule_changes_what_the_engine_reads(plain):
+    """The tests here are not vacuous: the new product's vector is not zero, so reading it
+    would move the session's state, and its look-alike is another item."""
     E = plain.item_embeddings_
     assert np.abs(E[list(plain.item_ids_).index(999)]).sum() > 0
-    from fastsasrec import _fitted
-
     state = plain._fitted()
     internal = state.encode(np.array([300, 999, 301]))
     read_all = state.engine.session_states(internal, np.array([0, 3], dtype=np.int64))
     assert not np.allclose(read_all, plain.session_embeddings([[300, 301]]))
-    assert _fitted.read_items(state, internal, np.array([0, 3]))[0].tolist() == \
-        state.encode(np.array([300, 301])).tolist()
+    alone = state.encode(np.array([999]))
+    assert not np.allclose(state.engine.session_states(alone, np.array([0, 1], dtype=np.int64)),
+                           plain.session_embeddings([[999]]))
 
 
 @pytest.mark.parametrize("fixture", ["plain", "dropped"])
-def test_a_session_of_new_products_alone_is_read(request, fixture):
-    """With nothing else to read, the model reads the new products by their features: 998
-    is in category 3 (items 400..409), which leads its answer."""
+def test_a_session_of_new_products_alone_reads_their_lookalikes(request, fixture):
     m = request.getfixturevalue(fixture)
-    got = m.recommend([998], n=3)
-    assert not got.fallback and 998 not in got.ids.tolist()
-    assert all(400 <= i < 410 for i in got.ids.tolist()), got.ids
+    V = m.n_items_
+    like_999, like_998 = _lookalike(m, 2), _lookalike(m, 3)
+    _same(m.recommend([998], n=V, exclude_seen=False), m.recommend([like_998], n=V, exclude_seen=False))
+    # Seen is the new product, not its look-alike: that one may be recommended.
+    got = m.recommend([998], n=V)
+    _same(got, m.recommend([like_998], n=V, exclude_seen=False, exclude=[998]))
+    assert 998 not in got.ids.tolist() and not got.fallback and got.unknown == 0
+    _same(m.recommend(NEW, n=V, exclude_seen=False),
+          m.recommend([like_999, like_998], n=V, exclude_seen=False))
+    np.testing.assert_array_equal(m.session_embeddings([NEW]),
+                                  m.session_embeddings([[like_999, like_998]]))
+
+
+def test_a_new_product_that_shares_nothing_is_read_by_its_features():
+    """No value in common with an item with events (its own category and tag, no price):
+    no look-alike, so the model reads the product itself.  "Missing" is not a shared value."""
+    table = _table(extra=[(999, 2)])
+    table.loc[997] = {"category": "lonely", "tags": ["zz"], "price": np.nan, "title": "Lonely"}
+    table.loc[100, "price"] = np.nan  # an item with events whose price is missing too
+    m = _fit(table)
     state = m._fitted()
-    internal = state.encode(np.array(NEW))
-    np.testing.assert_array_equal(state.engine.session_states(internal, np.array([0, 2], dtype=np.int64)),
-                                  m.session_embeddings([NEW]))
-    both = m.recommend(NEW, n=m.n_items_)
-    assert not set(NEW) & set(both.ids.tolist())
-    assert set(NEW) <= set(m.recommend(NEW, n=m.n_items_, exclude_seen=False).ids.tolist())
+    i997, i999 = state.encode(np.array([997, 999])).tolist()
+    assert _new_products.lookalikes(state, np.array([i997])).tolist() == [i997]
+    assert _new_products.lookalikes(state, np.array([i999])).tolist() == \
+        state.encode(np.array([_lookalike(m, 2)])).tolist()
+    alone = state.engine.session_states(np.array([i997], dtype=np.int32), np.array([0, 1], dtype=np.int64))
+    np.testing.assert_array_equal(m.session_embeddings([[997]]), alone)
 
 
 @pytest.mark.parametrize("fixture", ["plain", "dropped"])
@@ -101,3 +126,29 @@ def test_a_new_product_is_read_once_it_has_events():
     without = m.recommend([300, 301], n=m.n_items_, exclude=[999])
     assert 999 not in after.ids.tolist()
     assert not np.array_equal(after.scores, without.scores)
+
+
+def test_the_command_line_says_which_new_products_it_did_not_read(tmp_path, capsys):
+    from fastsasrec.cli import main
+
+    events, items, model = tmp_path / "events.csv", tmp_path / "items.csv", tmp_path / "m.fsr"
+    _events_csv(events, _sessions(200))
+    _items_csv(items, _table(extra=[(999, 2)]))
+    assert main(["train", str(events), "-o", str(model), "--item-features", str(items),
+                 "--item-names", "title", "--item-list-col", "tags", "--epochs", "2",
+                 "--factors", "8", "--max-seq", "8", "--threads", "1", "-q"]) == 0
+    from fastsasrec import SASRec
+
+    m = SASRec.load(model)
+    capsys.readouterr()
+    assert main(["recommend", str(model), "--session", "300,999,301", "-n", "3"]) == 0
+    got = capsys.readouterr()
+    assert "new products (no events in training) are not read beside the session's other " \
+        "items: 999" in got.err
+    assert [line.split()[1] for line in got.out.splitlines()[1:]] == \
+        [str(i) for i in m.recommend([300, 999, 301], n=3).ids.tolist()]
+    assert main(["recommend", str(model), "--session", "999", "-n", "3"]) == 0
+    got = capsys.readouterr()
+    assert f"999 is read as {_lookalike(m, 2)}" in got.err
+    assert [line.split()[1] for line in got.out.splitlines()[1:]] == \
+        [str(i) for i in m.recommend([999], n=3).ids.tolist()]

@@ -26,6 +26,7 @@ from fastsasrec.data import (
     encode,
     flatten_sequences,
 )
+from fastsasrec._new_products import read_items, unread
 from fastsasrec._params import flag, positive_int
 
 
@@ -126,17 +127,6 @@ class Fitted:
     def encode(self, flat: np.ndarray) -> np.ndarray:
         """Internal ids (int32, 1..V) of original ids; 0 for ids not in the catalogue."""
         return encode(flat, *self.lookup())
-
-    def unread(self) -> Optional[np.ndarray]:
-        """(V + 1,) bool, True at the internal ids of items with no training event (new
-        products, known by their features alone), which ``read_items`` leaves out of the
-        model's input; None when there are none (every model without features)."""
-        found = self.cache.get("unread")
-        if found is None:
-            new = np.asarray(self.popularity) == 0
-            found = self.cache["unread"] = ((None,) if self.features is None or not new.any()
-                                            else (np.concatenate(([False], new)),))
-        return found[0]
 
     def popular(self, n: int, excluded: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """The n most popular items less ``excluded`` (internal ids), with their share of
@@ -255,33 +245,6 @@ def _merge_rows(parts) -> Tuple[np.ndarray, np.ndarray]:
     order = np.argsort(row, kind="stable")
     items = np.concatenate([i for i, _ in parts]).astype(np.int32)[order]
     return items, np.concatenate(([0], np.cumsum(sum(lengths)))).astype(np.int64)
-
-
-# ----------------------------------------------------------------------------- the input
-def read_items(state: Fitted, internal: np.ndarray, offsets: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """The items of each session (known items, flat) that the model reads: all but the new
-    products (items with no training event, in the catalogue by their features), which are
-    read only in a session that holds nothing else.  Training shows the model no item by
-    its features alone (but where id dropout drops an id), and beside items it knows,
-    such an input costs more than it tells: read, a new product in the session halved the
-    next item's NDCG@10 on MovieLens 100K against leaving it out; alone, it tells more
-    than the most popular items do (BENCHMARKS.md, "A new product in the session").
-    Returns the arguments themselves when every item is read."""
-    unread = state.unread()
-    if unread is None or internal.size == 0:
-        return internal, offsets
-    skip = unread[internal]
-    if not skip.any():
-        return internal, offsets
-    lengths = np.diff(offsets)
-    row = np.repeat(np.arange(lengths.size), lengths)
-    skip &= (np.bincount(row[~skip], minlength=lengths.size) > 0)[row]  # not where they are all
-    if not skip.any():
-        return internal, offsets
-    keep = ~skip
-    new_off = np.zeros(offsets.size, dtype=np.int64)
-    np.cumsum(np.bincount(row[keep], minlength=lengths.size), out=new_off[1:])
-    return internal[keep], new_off
 
 
 # ----------------------------------------------------------------------------- the scorer
@@ -463,8 +426,8 @@ def to_original(state: Fitted, ids: np.ndarray) -> np.ndarray:
 def recommend_cupy(state: Fitted, sessions: Any, n: int, exclude_seen: bool) -> Recommendations:
     """recommend_batch for a 2-D CuPy array of known ids on the model's GPU: mapped and
     scored there, CuPy ids and scores back (no session can be cold: every id is known).
-    Sessions with new products beside other items are scored by the host path, which
-    leaves those out of the model's input (``read_items``)."""
+    Sessions holding new products are scored by the host path, which reads them as
+    ``read_items`` says."""
     import cupy as cp
 
     engine = state.engine
@@ -504,10 +467,10 @@ def recommend_cupy(state: Fitted, sessions: Any, n: int, exclude_seen: bool) -> 
             "hold known ids only (NumPy arrays and lists skip unknown ones)"
         )
     internal = ((pos if order_gpu is None else order_gpu[pos]) + 1).astype(cp.int32)
-    unread = state.unread()
-    if unread is not None and bool(cp.asarray(unread)[internal].any()):  # one scalar to the host
-        # New products in the sessions: the model does not read them all (read_items), so
-        # the rows are ragged; the host path scores them, for the same answers.
+    new = unread(state)
+    if new is not None and bool(cp.asarray(new)[internal].any()):  # one scalar to the host
+        # New products in the sessions: the model reads them otherwise (read_items), and
+        # the rows may come out ragged; the host path scores them, for the same answers.
         got = recommend(state, list(cp.asnumpy(x)), n, exclude_seen)
         return Recommendations(cp.asarray(got.ids), cp.asarray(got.scores), cp.asarray(got.fallback),
                                cp.zeros(B, dtype=cp.int64))
@@ -537,7 +500,7 @@ def _cupy_item_ids(state: Fitted, cp: Any) -> Any:
 
 # ----------------------------------------------------------------------------- the rest
 def session_states(state: Fitted, sessions: Any) -> np.ndarray:
-    """(B, factors): each session's final hidden state (of the items ``read_items`` keeps);
+    """(B, factors): each session's final hidden state (its items read as ``read_items`` says);
     NaN rows for no known item."""
     internal, offsets = read_items(state, *drop_unknown(*encode_sessions(state, sessions, "sessions")))
     lengths = np.diff(offsets)

@@ -368,11 +368,7 @@ def _recommend(args: argparse.Namespace) -> int:
         else:
             print(f"note: no item of --session is in the model's catalogue ({unknown}): "
                   "these are the most popular items", file=sys.stderr)
-    fresh = set(model.item_ids_[model.popularity_ == 0].tolist())  # new products: no events
-    new = [x for x in session if x in fresh]
-    if new and len(new) < int(known.sum()):
-        print("note: new products (no events in training) are not read beside the session's "
-              f"other items: {', '.join(map(str, new))}", file=sys.stderr)
+    _say_new_products(model, session, int(known.sum()))
     got = model.recommend(session, n=args.n, exclude_seen=_exclude_seen(args, "--keep-seen"),
                           exclude=exclude, candidates=cand)
     ids, scores = got
@@ -382,6 +378,28 @@ def _recommend(args: argparse.Namespace) -> int:
     for r, (x, s) in enumerate(zip(ids.tolist(), scores.tolist()), 1):
         print(f"{r:>4}  {str(x):>{width}}  {s:.4f}" + (f"  {names[r - 1]}" if names is not None else ""))
     return 0
+
+
+def _say_new_products(model: Any, session: List[Any], n_known: int) -> None:
+    """Says how the model reads the session's new products (no events in training), as it
+    says which ids it ignored: ``_new_products.read_items``."""
+    from fastsasrec import _new_products
+
+    state = model._fitted()
+    mask = _new_products.unread(state)
+    internal = state.encode(np.asarray(session))
+    new = [(x, i) for x, i in zip(session, internal.tolist()) if i and mask is not None and mask[i]]
+    if not new:
+        return
+    if len(new) < n_known:
+        print("note: new products (no events in training) are not read beside the session's "
+              f"other items: {', '.join(str(x) for x, _ in new)}", file=sys.stderr)
+        return
+    like = _new_products.lookalikes(state, np.array([i for _, i in new]))
+    read_as = [f"{x} is read as {state.item_ids[j - 1]}" for (x, i), j in zip(new, like.tolist()) if j != i]
+    if read_as:
+        print("note: a session of new products alone (no events in training): " + ", ".join(read_as)
+              + ", the item with events sharing the most of its features", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- parser

@@ -54,7 +54,7 @@ def _new_products(model: Any, today: List[Any], sessions: List[List[Any]]) -> No
         got = model.recommend(session, n=1, candidates=new.index.to_numpy())
         print("  viewed: " + " -> ".join(_fmt_ids(session, names))
               + f"  | new for you: {got.names[0]} ({got.scores[0]:.2f})")
-    # A visitor on a new product's page: read by its features where it is all the session holds.
+    # A visitor on a new product's page: the model reads its look-alike with events.
     first = next(iter(_NEW_PRODUCTS))
     got = model.recommend([first], n=3)
     print(f"  viewed only the new {names[first]}  | based on it: " + ", ".join(got.names))

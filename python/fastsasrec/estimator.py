@@ -435,9 +435,10 @@ class SASRec(FittedAttributes, NotebookCompat):
 
         Items unknown to the model are ignored; the model reads the last ``max_seq_`` known
         items.  A new product (in the catalogue by its features, with no training event) is
-        read only in a session that holds nothing else: beside items with events it tells
-        the model less than it misleads it (BENCHMARKS.md), so it is left out of the input,
-        though still seen.  With ``exclude_seen`` every item of the session given is left out (pass a
+        left out of the model's input beside items with events, where it misleads the model
+        more than it tells (BENCHMARKS.md), though it is still seen; in a session of new
+        products alone, each is read as its look-alike, the item with events sharing the
+        most of its feature values (``fastsasrec recommend`` says which).  With ``exclude_seen`` every item of the session given is left out (pass a
         user's whole history to keep all of it out); ``exclude`` (e.g. a cart) and
         ``denylist`` (e.g. out of stock) remove more.  ``candidates`` ranks only these (e.g.
         the new products, a category page): each keeps the score it has in the whole
@@ -493,7 +494,8 @@ class SASRec(FittedAttributes, NotebookCompat):
     def session_embeddings(self, sessions: Any) -> np.ndarray:
         """(len(sessions), factors) float32: the final hidden state at each session's last
         position (``factors`` as fitted), read as ``recommend`` reads a session (new
-        products beside other items left out).  Rows of sessions with no known item are NaN.
+        products left out, or read as their look-alikes).  Rows of sessions with no known
+        item are NaN.
         ``sessions``: lists of ids or a ``Sequences``."""
         return _fitted.session_states(self._fitted(), sessions)
 
