@@ -7,9 +7,10 @@ products in the catalogue) and scores sessions of people the model never saw, at
 position where a held-out item is followed by a kept one: the context is the session up to
 and including it (the new product last), the target the next item, ranked over the whole
 catalogue.  Three readings of the same fitted model:
-  * shipped: as recommend reads a session (``_fitted.read_items``: the new products left out
-    of the model's input beside items it knows, read where the session holds nothing else;
-    all of them stay seen);
+  * shipped: as recommend reads a session (``_new_products.read_items``: the new products
+    left out of the model's input beside items with events; in a session of new products
+    alone, each read as its look-alike, the item with events sharing the most of its feature
+    values; all of them stay seen);
   * read: every known item read, the new products by their features (recommend before);
   * left_out: the new products dropped from the context, as an id-only model drops ids it
     does not know (a context of new products alone: the most popular items).
