@@ -387,8 +387,9 @@ def _say_new_products(model: Any, session: List[Any], n_known: int) -> None:
 
     state = model._fitted()
     mask = _new_products.unread(state)
-    internal = state.encode(np.asarray(session))
-    new = [(x, i) for x, i in zip(session, internal.tolist()) if i and mask is not None and mask[i]]
+    if mask is None:
+        return
+    new = [(x, i) for x, i in zip(session, state.encode(np.asarray(session)).tolist()) if mask[i]]
     if not new:
         return
     if len(new) < n_known:
