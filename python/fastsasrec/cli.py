@@ -368,7 +368,7 @@ def _recommend(args: argparse.Namespace) -> int:
         else:
             print(f"note: no item of --session is in the model's catalogue ({unknown}): "
                   "these are the most popular items", file=sys.stderr)
-    _say_new_products(model, session, int(known.sum()))
+    _say_new_products(model, session)
     got = model.recommend(session, n=args.n, exclude_seen=_exclude_seen(args, "--keep-seen"),
                           exclude=exclude, candidates=cand)
     ids, scores = got
@@ -380,27 +380,30 @@ def _recommend(args: argparse.Namespace) -> int:
     return 0
 
 
-def _say_new_products(model: Any, session: List[Any], n_known: int) -> None:
+def _say_new_products(model: Any, session: List[Any]) -> None:
     """Says how the model reads the session's new products (no events in training), as it
-    says which ids it ignored: ``_new_products.read_items``."""
+    says which ids it ignored: what ``_new_products.read_items`` gives for it."""
     from fastsasrec import _new_products
 
     state = model._fitted()
     mask = _new_products.unread(state)
     if mask is None:
         return
-    new = [(x, i) for x, i in zip(session, state.encode(np.asarray(session)).tolist()) if mask[i]]
-    if not new:
+    given = state.encode(np.asarray(session))
+    internal = given[given > 0]
+    read, _ = _new_products.read_items(state, internal, np.array([0, internal.size], dtype=np.int64))
+    if read is internal:
         return
-    if len(new) < n_known:
+    names = dict(zip(internal.tolist(), (x for x, i in zip(session, given.tolist()) if i)))
+    if read.size < internal.size:
+        left = [names[i] for i in internal.tolist() if mask[i]]
         print("note: new products (no events in training) are not read beside the session's "
-              f"other items: {', '.join(str(x) for x, _ in new)}", file=sys.stderr)
+              f"other items: {', '.join(map(str, left))}", file=sys.stderr)
         return
-    like = _new_products.lookalikes(state, np.array([i for _, i in new]))
-    read_as = [f"{x} is read as {state.item_ids[j - 1]}" for (x, i), j in zip(new, like.tolist()) if j != i]
-    if read_as:
-        print("note: a session of new products alone (no events in training): " + ", ".join(read_as)
-              + ", the item with events sharing the most of its features", file=sys.stderr)
+    read_as = [f"{names[i]} is read as {state.item_ids[j - 1]}"
+               for i, j in zip(internal.tolist(), read.tolist()) if j != i]
+    print("note: a session of new products alone (no events in training): " + ", ".join(read_as)
+          + ", the item with events sharing the most of its features", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- parser
