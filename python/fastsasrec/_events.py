@@ -235,7 +235,10 @@ def read(path: str, user_col: str, item_col: str, time_col: Optional[str],
 
 
 def item_mode(item_ids: np.ndarray) -> str:
-    """The ``items`` rule of a model whose catalogue is ``item_ids``."""
+    """The ``items`` rule of a model whose catalogue is ``item_ids`` (or of ids as an event
+    table read them: strings in an object array are text too)."""
+    if item_ids.dtype.kind == "O":
+        return "text" if any(isinstance(i, str) for i in item_ids.tolist()) else "int"
     return "text" if item_ids.dtype.kind == "U" else "int"
 
 

@@ -34,8 +34,13 @@ def _scalar(v: Any, column: str, item: Any) -> Any:
         return v
     if isinstance(v, float):
         return int(v) if v.is_integer() and abs(v) < 2**53 else v
+    import datetime
+
+    hint = (f"; a column of dates is read as time when it holds datetimes "
+            f"(pd.to_datetime) or is named in ItemFeatures(time=[{column!r}])"
+            if isinstance(v, (datetime.date, datetime.time)) else "")
     raise ValueError(f"item_features column {column!r}, item {item!r}: value {v!r} of type "
-                     f"{type(v).__name__} is not a string, number or boolean")
+                     f"{type(v).__name__} is not a string, number or boolean{hint}")
 
 
 def _warn_if_odd(column: str, data: List[Any], ids: np.ndarray) -> None:
@@ -167,6 +172,8 @@ def _seconds(series: Any, column: str, ids: np.ndarray) -> List[Any]:
     is no date is an error naming the item and the value."""
     import pandas as pd
 
+    if series.dtype.kind == "f" and bool(series.isna().all()):
+        return [None] * len(series)  # empty in every row: a CSV reader's floats, all missing
     if series.dtype.kind in "iufcb":  # numbers would be read as nanoseconds since 1970
         raise ValueError(f"item_features column {column!r} is read as times but holds numbers "
                          f"({series.dtype}), not dates or times: give it as datetimes or dates")

@@ -19,8 +19,10 @@ per column, its kind and vocabulary, fixed at fit:
 
 Each column also has a ``missing`` row (an empty cell, NaN, None, an empty list) and an
 ``unknown`` row (a value first seen after fit, by ``partial_fit``: the vocabulary stays as
-fitted; like every row it starts at zero, and no fitted item moves it).  Row 0 of
-the table is "no features": the bag of an item the table has no row for.
+fitted).  The item's bag records its unknown values (``item_feature_values`` shows them),
+but the engine's bag leaves them out (``attach``): they add nothing to the item's vector,
+and no training moves the unknown row from zero.  Row 0 of the table is "no features": the
+bag of an item the table has no row for.
 
 The item's bag is stored as a CSR over internal ids 0..V (``values``, ``offsets`` of V + 2
 entries; item 0, the padding, holds nothing): what the engine's ``set_item_features`` takes.
@@ -170,7 +172,19 @@ class FeatureSpace:
                              f"were not feature columns at fit (the model's, fixed at fit: "
                              f"{listed}); drop them, name a display column with item_names "
                              "(--item-names), or fit again to use them")
-        return [have[n] for n in fitted]
+        delim_of = dict(zip(table.columns, table.delimiters))
+        out = []
+        for c in self.columns:
+            cells, given, d = have[c.name], kind_of[c.name], delim_of[c.name]
+            if c.kind == "categorical" and given == "multi":
+                raise ValueError(f"item_features column {c.name!r} holds lists but the model read it "
+                                 "at fit as categories, one value an item: give it as at fit")
+            if c.kind == "multi" and given == "multi" and d is not None and d != c.delimiter:
+                # this table's own delimiter (a text file of lists the fit read as lists)
+                cells = [[p.strip() for p in v.split(d) if p.strip()] if isinstance(v, str) else v
+                         for v in cells]
+            out.append(cells)
+        return out
 
     def encode(self, table: "Table", item_ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """The CSR (values int32, offsets int64 of V + 2) of the catalogue ``item_ids``
@@ -367,7 +381,8 @@ def _frame(obj: Any) -> Any:
 def table(item_features: Any, id_col: Optional[str] = None, names: Optional[str] = None,
           categorical: Optional[Sequence[str]] = None, numeric: Optional[Sequence[str]] = None,
           multi: Optional[Dict[str, Optional[str]]] = None, item_kind: Optional[str] = None,
-          time: Optional[Sequence[str]] = None, hints: bool = True) -> Table:
+          time: Optional[Sequence[str]] = None, hints: bool = True,
+          names_label: str = "item_names") -> Table:
     """The checked ``Table`` of a features frame.  The item id is the frame's index, or the
     column ``id_col``; ``names``: the display-name column (never a feature); every other
     column is a feature: ``multi`` names list-valued columns (each with its delimiter, or
@@ -375,10 +390,16 @@ def table(item_features: Any, id_col: Optional[str] = None, names: Optional[str]
     otherwise a column of numbers (not booleans) is numeric, a column whose cells are lists
     is multi, a datetime column is time, and any other is categorical; ``time`` names
     columns of dates (text) read as time.  ``item_kind``: "int" or "str", the kind of the
-    model's ids, which the table's ids must share.  ``hints``: as ``as_table``'s."""
+    model's ids, which the table's ids must share.  ``hints``: as ``as_table``'s;
+    ``names_label``: how errors name the ``names`` argument."""
     df = _frame(item_features)
     cols = [c for c in df.columns]
-    for label, given in (("id_col", id_col), ("names", names)):
+    twice = sorted({repr(c) for c in cols if cols.count(c) > 1})
+    if twice:
+        raise ValueError(f"item_features has two columns named {', '.join(twice[:20])}: give each "
+                         "column a name of its own")
+    _check_kinds(categorical, numeric, multi, time)
+    for label, given in (("id_col", id_col), (names_label, names)):
         if given is not None and given not in cols:
             raise ValueError(f"{label}={given!r} is not a column of item_features (columns: "
                              f"{', '.join(map(repr, cols[:20]))})")
@@ -392,7 +413,7 @@ def table(item_features: Any, id_col: Optional[str] = None, names: Optional[str]
                                  f"(feature columns: {', '.join(map(repr, feats[:20]))})")
     if not feats:
         raise ValueError("item_features has no feature column (only the id"
-                         + (" and the names" if names is not None else "") + ")")
+                         + (f" and the names column {names!r}" if names is not None else "") + ")")
     if len(feats) > _MAX_COLUMNS:
         raise ValueError(f"item_features has {len(feats)} feature columns, over {_MAX_COLUMNS}")
     for c in feats:
@@ -400,6 +421,9 @@ def table(item_features: Any, id_col: Optional[str] = None, names: Optional[str]
             raise ValueError(f"item_features column names must be strings, got {c!r}")
     from fastsasrec.data import flatten_sequences
 
+    if ids_raw.size == 0:
+        raise ValueError("item_features has no rows: give one row per item (or leave "
+                         "item_features out)")
     ids = flatten_sequences([list(ids_raw)], "item_features' item ids").items
     if ids.size and item_kind is not None and (ids.dtype.kind == "U") != (item_kind == "str"):
         raise ValueError(f"item_features' item ids are {'strings' if ids.dtype.kind == 'U' else 'integers'} "
@@ -441,6 +465,29 @@ def table(item_features: Any, id_col: Optional[str] = None, names: Optional[str]
                  df[names].tolist() if names is not None else None, names)
 
 
+def _check_kinds(categorical: Any, numeric: Any, multi: Any, time: Any) -> None:
+    """ItemFeatures' column lists: lists of column names, ``multi`` a dict of delimiters
+    (a non-empty string, or None for cells that are lists); no column in two of them."""
+    where: Dict[Any, str] = {}
+    for label, given in (("categorical", categorical), ("numeric", numeric), ("multi", multi),
+                         ("time", time)):
+        if given is None:
+            continue
+        if label == "multi" and not isinstance(given, dict):
+            raise ValueError(f"multi must be a dict of column -> delimiter (None for cells that "
+                             f"are lists), e.g. {{'tags': '|'}}; got {given!r}")
+        if isinstance(given, (str, bytes)) or not isinstance(given, (dict, list, tuple, set, frozenset)):
+            raise ValueError(f"{label} must be a list of column names, got {given!r}"
+                             + (f" (did you mean [{given!r}]?)" if isinstance(given, str) else ""))
+        for c in given:
+            if c in where:
+                raise ValueError(f"column {c!r} is in both {where[c]} and {label}: give it one kind")
+            where[c] = label
+            if label == "multi" and given[c] is not None and (not isinstance(given[c], str) or not given[c]):
+                raise ValueError(f"multi[{c!r}] must be a non-empty delimiter string (or None for "
+                                 f"cells that are lists), got {given[c]!r}")
+
+
 # ----------------------------------------------------------------------------- a model's
 @dataclasses.dataclass(frozen=True)
 class ItemFeatures:
@@ -464,7 +511,8 @@ class ItemFeatures:
         if names is not None and self.names is not None and names != self.names:
             raise ValueError(f"item_names={names!r} but the ItemFeatures names {self.names!r}")
         return table(self.frame, self.id_col, names or self.names, self.categorical,
-                     self.numeric, self.multi, item_kind, self.time, hints)
+                     self.numeric, self.multi, item_kind, self.time, hints,
+                     "item_names" if names is not None else "ItemFeatures names")
 
 
 def as_table(item_features: Any, item_names: Optional[str], item_kind: Optional[str],
@@ -519,13 +567,21 @@ class ModelFeatures:
         return f"{cols}; {V - bare:,} of {V:,} items have a row"
 
     def attach(self, engine: Any) -> None:
-        """Gives the engine the items' bags."""
-        engine.set_item_features(self.values, self.offsets)
+        """Gives the engine the items' bags, less each column's unknown value (module
+        docstring).  (A file written before this rule, by a partial_fit that met a new
+        value, reads without that value's row, which then had trained.)"""
+        values, offsets = self.values, self.offsets
+        unknown = np.isin(values, self.space.bases())
+        if unknown.any():
+            values = values[~unknown]
+            kept = np.concatenate(([0], np.cumsum(~unknown)))
+            offsets = kept[offsets].astype(np.int64)
+        engine.set_item_features(values, offsets)
 
     def grown(self, table: Optional[Table], item_ids: np.ndarray) -> "ModelFeatures":
         """The features of the catalogue ``item_ids`` (this one's, then new items after):
         the items ``table`` has a row for get their bags (and names) from it, encoded with
-        the fitted vocabularies (a value never seen at fit: the column's unknown row);
+        the fitted vocabularies (a value never seen at fit: the column's unknown value);
         the others keep theirs, and a new item without a row holds "no features"."""
         V_old = self.offsets.size - 2
         V = int(item_ids.size)

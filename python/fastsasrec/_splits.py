@@ -40,7 +40,8 @@ def _split_time(times: np.ndarray, at: Any, time_col: Any) -> Any:
     """``at`` as a value comparable with ``times``: a float strictly between 0 and 1 is a
     share of the events (the time of the event at that share in time order), anything
     else a time."""
-    if isinstance(at, float) and 0.0 < at < 1.0:
+    if isinstance(at, (float, np.floating)) and 0.0 < at < 1.0:  # np.float32 too
+        at = float(str(at))  # np.float32(0.8) is the share 0.8, not 0.800000011920929
         ordered = np.sort(times)
         return ordered[min(int(np.ceil(at * ordered.size)), ordered.size - 1)]
     if times.dtype.kind == "M":

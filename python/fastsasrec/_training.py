@@ -7,6 +7,7 @@ validation get) and returns the ``Fitted`` snapshot to publish; nothing here pub
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -106,7 +107,8 @@ def _check_resumable(ck: Dict[str, Any], path: Any, params: Dict[str, Any],
             f"resume: checkpoint {os.fspath(path)!r} was written for other training data "
             f"({saved.get('n_sequences')} sequences, {saved.get('n_events')} events; these are "
             f"{fingerprint['n_sequences']} and {fingerprint['n_events']}, or the same counts in "
-            "another order or with other ids): give the sequences it was trained on"
+            "another order or with other ids, or other item_features): give the sequences "
+            "and the item_features it was trained on"
         )
     differ = [f"{k}={params[k]!r} (checkpoint: {ck['params'].get(k)!r})"
               for k in sorted(params) if k not in _RESUME_FREE and ck["params"].get(k) != params[k]]
@@ -182,16 +184,40 @@ def _with_features(engine: Any, feats: Any) -> Any:
     return engine
 
 
+def _cold_rows(state: Fitted) -> Optional[np.ndarray]:
+    """The internal ids of a features model's new products (no training event), or None."""
+    if state.features is None:
+        return None
+    cold = np.flatnonzero(np.asarray(state.popularity) == 0) + 1
+    return cold if cold.size else None
+
+
 def _finished(state: Fitted) -> Fitted:
     """A model with features: the id embeddings of the items no training sequence held
     (new products) set to zero, so that their features alone represent them (training
-    only pushed those rows down, as negatives)."""
-    if state.features is not None and not state.interrupted:
-        cold = np.flatnonzero(np.asarray(state.popularity) == 0) + 1
-        if cold.size:
-            _features.zero_rows(state.engine, "item_emb", cold)
-            return dataclasses.replace(state)  # a fresh cache: nothing computed before it
-    return state
+    only pushed those rows down, as negatives).  An interrupted fit's model too: it is
+    the model the call returns."""
+    cold = _cold_rows(state)
+    if cold is None:
+        return state
+    _features.zero_rows(state.engine, "item_emb", cold)
+    return dataclasses.replace(state)  # a fresh cache: nothing computed before it
+
+
+@contextlib.contextmanager
+def _as_shipped(engine: Any, cold: Optional[np.ndarray]):
+    """While the block runs, the engine's weights are those ``_finished`` would return (the
+    new products' id rows zero), so that validation, early stopping and callbacks judge the
+    model a fit returns; after it, the training's weights again, bit for bit."""
+    if cold is None:
+        yield
+        return
+    saved = engine.get_params()
+    _features.zero_rows(engine, "item_emb", cold)
+    try:
+        yield
+    finally:
+        engine.set_params(saved)
 
 
 def fit(model: Any, sequences: Sequences, validation=None, early_stopping_patience=None,
@@ -376,6 +402,7 @@ def train(model: Any, state: Fitted, internal, offsets, total: int, validation=N
     Raises, with nothing published, when the loss or the weights are not finite, or on
     Ctrl-C before an epoch of this call is done."""
     engine, params = state.engine, state.params
+    cold = _cold_rows(state)
     lengths = np.diff(offsets)
     tokens = int((np.minimum(lengths, state.config["max_seq"] + 1) - 1).clip(min=0).sum())
     run = start if start is not None else _Progress()
@@ -421,7 +448,8 @@ def train(model: Any, state: Fitted, internal, offsets, total: int, validation=N
             logs: Dict[str, Any] = {"phase": phase, "epoch": epoch, "loss": float(loss),
                                     "tokens_per_s": tokens / max(dt, 1e-9)}
             if validation is not None:
-                val = _metrics.evaluate(model._view(record()), validation, k=10)
+                with _as_shipped(engine, cold):
+                    val = _metrics.evaluate(model._view(record()), validation, k=10)
                 logs.update({f"val_{k}": v for k, v in val.items() if k.endswith("@10")})
                 score = val["NDCG@10"]
                 if smooth > 1:  # the phase's earlier scores are in the history, resumed too
@@ -439,7 +467,8 @@ def train(model: Any, state: Fitted, internal, offsets, total: int, validation=N
             watch.update(logs, (run.best_score, run.best_epoch) if validation is not None else None,
                          run.since_best)
             view = model._view(record())
-            stop = any(bool(cb(view, epoch, logs)) for cb in (callbacks or []))
+            with _as_shipped(engine, cold if callbacks else None):
+                stop = any(bool(cb(view, epoch, logs)) for cb in (callbacks or []))
             if patience is not None and run.since_best >= patience:
                 stop = True
             if stop or len(run.losses) == total or (epoch - first) % every == 0:
@@ -508,7 +537,9 @@ def partial_fit(model: Any, sequences: Any, epochs: int = 1, callbacks: Any = No
     if item_features is not None and state.features is None:
         raise ValueError("item_features: this model was fitted without item features; fit it "
                          "with item_features to give them")
-    items, offsets = _drop_short(flat, stacklevel=4)
+    # No events, and a table: its products join the catalogue, and nothing trains.
+    listing = len(flat) == 0 and item_features is not None
+    items, offsets = (flat.items, flat.offsets) if listing else _drop_short(flat, stacklevel=4)
     check_ids_compatible(items, state.item_ids, "sequences")
     table = _features_table(item_features, item_names, state.item_ids, state.features)
     if table is not None:
@@ -536,6 +567,8 @@ def partial_fit(model: Any, sequences: Any, epochs: int = 1, callbacks: Any = No
     grown = dataclasses.replace(state, engine=engine, config=config,
                                 item_ids=read_only(item_ids), popularity=read_only(popularity),
                                 interrupted=False, features=feats)
+    if listing:
+        return _finished(grown)
     start = _Progress(losses=list(state.loss_history), history=list(state.history))
     # verbose is the estimator's now (a runtime setting, like num_threads), not the fit's.
     return _finished(train(model, grown, internal, offsets, len(state.loss_history) + epochs,

@@ -324,7 +324,9 @@ class SASRec(FittedAttributes, NotebookCompat):
         ``item_features`` (a model fitted with them): rows for new products, which join
         the catalogue with their features (and a zero id embedding) even before any event
         holds them, or new rows for known items; encoded with the vocabularies of fit (a
-        value fit never saw counts as its column's "unknown" value).  Its columns are
+        value fit never saw is unknown, and adds nothing).  With no sequences (``[]``) the
+        table's products join the catalogue and nothing trains: a product listed today is
+        recommendable at once.  Its columns are
         those of fit, read by name in any order: a table that lacks one of them, or has
         one fit did not, is refused (ValueError naming them).  ``item_names``: the column
         of display names; left out, the column fit's ``item_names`` named is read as names
