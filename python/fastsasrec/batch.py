@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
-from fastsasrec import _events
+from fastsasrec import _events, _new_products
 from fastsasrec._persist import file_sha256
 from fastsasrec._params import flag, positive_int
 from fastsasrec._event_table import transactions_to_sequences
@@ -110,13 +110,42 @@ def _score(model: Any, users: np.ndarray, recent: Tuple[np.ndarray, np.ndarray],
     return pd.concat(parts, ignore_index=True)
 
 
+def new_products(model: Any, items: np.ndarray) -> Optional[np.ndarray]:
+    """Which of ``items`` (ids the model knows) are new products, which the model does not
+    read beside items with events (``_new_products``); None when it has none."""
+    state = model._fitted()
+    mask = _new_products.unread(state)
+    return None if mask is None else mask[state.encode(items)]
+
+
+def _rows_concat(a: Tuple[np.ndarray, np.ndarray], b: Tuple[np.ndarray, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """Two flat sequence lists of the same users joined user by user (a's items first)."""
+    rows = np.concatenate([np.repeat(np.arange(x[1].size - 1), np.diff(x[1])) for x in (a, b)])
+    order = np.argsort(rows, kind="stable")
+    off = np.concatenate(([0], np.cumsum(np.diff(a[1]) + np.diff(b[1])))).astype(np.int64)
+    return np.concatenate((a[0], b[0]))[order], off
+
+
 def _score_histories(model: Any, users: np.ndarray, items: np.ndarray, offsets: np.ndarray, n: int,
                      exclude_seen: bool, chosen: Optional[dict] = None) -> "Any":
-    """``_score`` of whole histories (flat, in time order, unknown items included)."""
+    """``_score`` of whole histories (flat, in time order, unknown items included).  The
+    model's window is the last max_seq items it reads: new products are not among them
+    beside items with events (they stay seen), as ``recommend_batch`` reads a history."""
     known = _known(model, items, "items")
+    k_items = items[known]
     k_off = np.concatenate(([0], np.cumsum(known))).astype(np.int64)[offsets]
-    r_items, r_off, o_items, o_off = _recent(items[known], k_off, model.max_seq_)
-    return _score(model, users, (r_items, r_off), (o_items, o_off), n, exclude_seen, chosen)
+    new = new_products(model, k_items)
+    if new is None or not new.any():
+        r_items, r_off, o_items, o_off = _recent(k_items, k_off, model.max_seq_)
+        return _score(model, users, (r_items, r_off), (o_items, o_off), n, exclude_seen, chosen)
+    row = np.repeat(np.arange(users.size), np.diff(k_off))
+    read = np.bincount(row[~new], minlength=users.size) > 0  # users with an item with events
+    win = ~new | ~read[row]
+    w_off = np.concatenate(([0], np.cumsum(win))).astype(np.int64)[k_off]
+    x_off = np.concatenate(([0], np.cumsum(~win))).astype(np.int64)[k_off]
+    r_items, r_off, o_items, o_off = _recent(k_items[win], w_off, model.max_seq_)
+    older = _rows_concat((o_items, o_off), (k_items[~win], x_off))
+    return _score(model, users, (r_items, r_off), older, n, exclude_seen, chosen)
 
 
 def recommend_frame(model: Any, df: Any, user_col: Any = "user_id", item_col: Any = "item_id",
@@ -314,34 +343,21 @@ class _Sorted:
         self.done += int(starts.size)
 
 
-class _Unsorted:
-    """A file in any order: per user, the last max_seq known events (``recent``), the
-    distinct known items seen before them (``older``) and whether they had events of
-    unknown items (``cold``: such a user is scored even with no known item)."""
+class _Last:
+    """Per user, the last T events of those given (``recent``: user, t, item) and the
+    distinct items of the ones before them (``older``: user, item); the frames given wait in
+    ``pending`` until ``merge``."""
 
-    def __init__(self, model: Any, n: int, exclude_seen: bool, writer: "_Writer", chosen: dict,
-                 chunk_rows: int) -> None:
-        self.model, self.n, self.exclude_seen, self.writer = model, n, exclude_seen, writer
-        self.chosen = chosen
-        self.T, self.chunk_rows = model.max_seq_, chunk_rows
-        self.recent = self.older = self.cold = None
-        self.pending, self.pending_rows, self.cold_pending = [], 0, []
-        self.done = 0
+    def __init__(self, T: int) -> None:
+        self.T = T
+        self.recent = self.older = None
+        self.pending, self.rows = [], 0
 
-    def add(self, row: int, users: np.ndarray, items: np.ndarray, times: np.ndarray) -> None:
-        known = _known(self.model, items, "items")
-        self.pending.append(_frame(users[known], times[known], items[known]))
-        self.pending_rows += int(known.sum())
-        if not known.all():
-            self.cold_pending.append(users[~known])
-        # Chunks wait until they hold half as many rows as the kept events (or a chunk's
-        # worth), then all are merged at once: each event is sorted a few times in all, not
-        # once per chunk (every chunk of an event log touches most users).
-        held = 0 if self.recent is None else len(self.recent)
-        if self.pending_rows >= max(self.chunk_rows, held // 2):
-            self._merge()
+    def add(self, frame: Any) -> None:
+        self.pending.append(frame)
+        self.rows += len(frame)
 
-    def _merge(self) -> None:
+    def merge(self) -> None:
         import pandas as pd
 
         if not self.pending and self.recent is None:
@@ -353,18 +369,69 @@ class _Unsorted:
         if not keep.all() or self.older is not None:
             parts = ([] if self.older is None else [self.older]) + [both.loc[~keep, ["user", "item"]]]
             self.older = pd.concat(parts, ignore_index=True).drop_duplicates()
+        self.pending, self.rows = [], 0
+
+
+class _Unsorted:
+    """A file in any order: per user, the last max_seq events of items the model reads
+    (``read``: ``_Last``), and apart those of new products (``new``: read only by a user
+    with no other known item, and seen by every user), and whether they had events of
+    unknown items (``cold``: such a user is scored even with no known item)."""
+
+    def __init__(self, model: Any, n: int, exclude_seen: bool, writer: "_Writer", chosen: dict,
+                 chunk_rows: int) -> None:
+        self.model, self.n, self.exclude_seen, self.writer = model, n, exclude_seen, writer
+        self.chosen = chosen
+        self.chunk_rows = chunk_rows
+        self.read, self.new = _Last(model.max_seq_), _Last(model.max_seq_)
+        self.cold, self.cold_pending = None, []
+        self.done = 0
+
+    def add(self, row: int, users: np.ndarray, items: np.ndarray, times: np.ndarray) -> None:
+        known = _known(self.model, items, "items")
+        new = new_products(self.model, items[known])
+        if new is None:
+            self.read.add(_frame(users[known], times[known], items[known]))
+        else:
+            u, t, i = users[known], times[known], items[known]
+            self.read.add(_frame(u[~new], t[~new], i[~new]))
+            if new.any():
+                self.new.add(_frame(u[new], t[new], i[new]))
+        if not known.all():
+            self.cold_pending.append(users[~known])
+        # Chunks wait until they hold half as many rows as the kept events (or a chunk's
+        # worth), then all are merged at once: each event is sorted a few times in all, not
+        # once per chunk (every chunk of an event log touches most users).
+        held = sum(0 if x.recent is None else len(x.recent) for x in (self.read, self.new))
+        if self.read.rows + self.new.rows >= max(self.chunk_rows, held // 2):
+            self._merge()
+
+    def _merge(self) -> None:
+        import pandas as pd
+
+        self.read.merge()
+        self.new.merge()
         if self.cold_pending:
             parts = ([] if self.cold is None else [self.cold]) + self.cold_pending
             self.cold = pd.unique(np.concatenate(parts))
-        self.pending, self.pending_rows, self.cold_pending = [], 0, []
+        self.cold_pending = []
 
     def finish(self) -> None:
         import pandas as pd
 
         self._merge()
-        recent = self.recent
+        recent, older = self.read.recent, self.read.older
         if recent is None:
             return
+        if older is None:
+            older = recent.loc[:, ["user", "item"]].iloc[:0]
+        if self.new.recent is not None and len(self.new.recent):
+            # A user's new products are the window only where they had no other known item;
+            # elsewhere they are seen, and the model does not read them.
+            beside = self.new.recent["user"].isin(recent["user"]).to_numpy()
+            recent = pd.concat([recent, self.new.recent[~beside]], ignore_index=True)
+            older = pd.concat([older, self.new.recent.loc[beside, ["user", "item"]]]
+                              + ([] if self.new.older is None else [self.new.older]), ignore_index=True)
         users = pd.unique(np.concatenate([recent["user"].to_numpy()]
                                          + ([] if self.cold is None else [self.cold])))
         if not users.size:
@@ -377,7 +444,6 @@ class _Unsorted:
             off = np.concatenate(([0], np.cumsum(np.bincount(code, minlength=users.size))))
             return rows["item"].to_numpy()[np.argsort(code, kind="stable")], off.astype(np.int64)
 
-        older = self.older if self.older is not None else recent.iloc[:0]
         frame = _score(self.model, users, by_user(recent), by_user(older), self.n, self.exclude_seen,
                        self.chosen)
         self.writer.write(frame.rename(columns={"user": self.writer.meta["user_col"]}))

@@ -117,6 +117,12 @@ def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_c
     named = driver.item_names_ is not None  # a "name" column after "item" (item_names)
     k = min(n, catalogue.size)
     item_type = events_df.schema[item_col].dataType
+    text_ids = catalogue.dtype.kind == "U"
+    if isinstance(item_type, T.StringType) != text_ids or not isinstance(
+            item_type, (T.StringType, T.IntegralType)):
+        raise ValueError(f"item_col={item_col!r} is a {item_type.simpleString()} column of events_df, "
+                         f"but this model's item ids are {'strings' if text_ids else 'integers'}: cast it "
+                         f"(F.col({item_col!r}).cast({'string' if text_ids else 'long'!r}))")
     user_type = events_df.schema[user_col].dataType
     spark = SparkSession.getActiveSession() or events_df.sparkSession
     if ship:
@@ -129,11 +135,26 @@ def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_c
     # items of their events before those; a user with no known item is kept (popular items).
     import pandas as pd
 
+    from fastsasrec.batch import new_products
+
+    new = new_products(driver, catalogue)
     known_ids = (spark.createDataFrame(pd.DataFrame({"_fsr_item": catalogue.tolist()}))
                  .select(F.col("_fsr_item").cast(item_type).alias("_fsr_item")))
     events = (events_df.select(user_col, item_col, *([time_col] if time_col else []))
               .withColumn("_fsr_seq", F.monotonically_increasing_id()))
     known = events.join(F.broadcast(known_ids), F.col(item_col) == F.col("_fsr_item"), "left_semi")
+    unread = None
+    if new is not None:
+        # New products are not in the model's window beside items with events (they stay
+        # seen): the window is the last max_seq items it reads, as recommend_batch reads it.
+        new_ids = (spark.createDataFrame(pd.DataFrame({"_fsr_item": catalogue[new].tolist()}))
+                   .select(F.col("_fsr_item").cast(item_type).alias("_fsr_item"), F.lit(True).alias("_fsr_new")))
+        known = (known.join(F.broadcast(new_ids), F.col(item_col) == F.col("_fsr_item"), "left")
+                 .drop("_fsr_item").withColumn("_fsr_new", F.coalesce(F.col("_fsr_new"), F.lit(False))))
+        reads = F.max(F.when(F.col("_fsr_new"), 0).otherwise(1)).over(Window.partitionBy(user_col))
+        known = known.withColumn("_fsr_win", ~F.col("_fsr_new") | (reads == 0))
+        unread = known.where(~F.col("_fsr_win")).select(user_col, item_col)
+        known = known.where(F.col("_fsr_win"))
     order_cols = ([F.col(time_col).desc()] if time_col is not None else []) + [F.col("_fsr_seq").desc()]
     w = Window.partitionBy(user_col).orderBy(*order_cols)
     ranked = known.withColumn("_fsr_back", F.row_number().over(w))
@@ -141,9 +162,16 @@ def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_c
               .agg(F.sort_array(F.collect_list(F.struct(F.col("_fsr_back"), F.col(item_col))), asc=False)
                    .alias("_fsr_events"))
               .select(user_col, F.col(f"_fsr_events.{item_col}").alias("_fsr_items")))
-    older = (ranked.where(F.col("_fsr_back") > T_).groupBy(user_col)
-             .agg(F.collect_set(F.col(item_col)).alias("_fsr_older")))
-    sessions = (events_df.select(user_col).distinct()
+    before = ranked.where(F.col("_fsr_back") > T_).select(user_col, item_col)
+    if unread is not None:
+        before = before.unionByName(unread)
+    older = before.groupBy(user_col).agg(F.collect_set(F.col(item_col)).alias("_fsr_older"))
+    # Every user, with whether any of their events lacks its item or time: a null is
+    # refused, as fastsasrec score refuses an empty cell, never dropped in silence.
+    nullable = [(arg, c) for arg, c in (("item_col", item_col), ("time_col", time_col)) if c is not None]
+    sessions = (events_df.groupBy(user_col)
+                .agg(*[F.max(F.col(c).isNull().cast("int")).alias(f"_fsr_null{j}")
+                       for j, (_, c) in enumerate(nullable)])
                 .join(recent, user_col, "left").join(older, user_col, "left"))
 
     schema = T.StructType([T.StructField(user_col, user_type), T.StructField("rank", T.IntegerType()),
@@ -164,6 +192,13 @@ def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_c
         for pdf in batches:
             if not len(pdf):
                 continue
+            if pdf[user_col].isna().any():
+                raise ValueError(f"events_df: column {user_col!r} (user_col) has a null value")
+            for j, (arg, c) in enumerate(nullable):
+                bad = (pdf[f"_fsr_null{j}"] > 0).to_numpy()
+                if bad.any():
+                    raise ValueError(f"events_df: column {c!r} ({arg}) has a null value in an event "
+                                     f"of user {pdf[user_col].to_numpy()[bad][0]!r}")
             sessions = [[] if x is None else list(x) for x in pdf["_fsr_items"]]
             kw = {"exclude": [[] if x is None else list(x) for x in pdf["_fsr_older"]]} if exclude_seen else {}
             got = model.recommend_batch(sessions, n=k, exclude_seen=exclude_seen, **kw, **chosen)
