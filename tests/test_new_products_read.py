@@ -133,7 +133,9 @@ def test_the_command_line_says_which_new_products_it_did_not_read(tmp_path, caps
 
     events, items, model = tmp_path / "events.csv", tmp_path / "items.csv", tmp_path / "m.fsr"
     _events_csv(events, _sessions(200))
-    _items_csv(items, _table(extra=[(999, 2)]))
+    table = _table(extra=[(999, 2)])
+    table.loc[997] = {"category": "lonely", "tags": ["zz"], "price": np.nan, "title": "Lonely"}
+    _items_csv(items, table)
     assert main(["train", str(events), "-o", str(model), "--item-features", str(items),
                  "--item-names", "title", "--item-list-col", "tags", "--epochs", "2",
                  "--factors", "8", "--max-seq", "8", "--threads", "1", "-q"]) == 0
@@ -152,3 +154,9 @@ def test_the_command_line_says_which_new_products_it_did_not_read(tmp_path, caps
     assert f"999 is read as {_lookalike(m, 2)}" in got.err
     assert [line.split()[1] for line in got.out.splitlines()[1:]] == \
         [str(i) for i in m.recommend([999], n=3).ids.tolist()]
+    assert main(["recommend", str(model), "--session", "997", "-n", "3"]) == 0
+    got = capsys.readouterr()  # no look-alike: read by its own features, and said so
+    assert got.err == ("note: a session of new products alone (no events in training): 997 shares "
+                       "no feature value with an item with events: read by its features\n")
+    assert main(["recommend", str(model), "--session", "997,999", "-n", "3"]) == 0
+    assert "999 is read as" in capsys.readouterr().err

@@ -59,6 +59,24 @@ def test_the_denylist_file_survives_a_restart(running, model, tmp_path):
     assert running(model).client.get("/v1/denylist").json() == {"items": []}
 
 
+def test_a_denylist_of_the_other_id_kind_matches_nothing_and_fails_nothing(running, model, tmp_path, caplog):
+    # A file (or a shared store) written beside a model of string ids, read by one of
+    # integer ids: its ids can be no item of this model; every route still answers.
+    path = tmp_path / "deny.json"
+    path.write_text('{"items": ["3", "5"]}')
+    c = running(model, denylist_file=str(path)).client
+    assert c.get("/readyz").status_code == 200
+    for route, body in (("/v1/recommend", {"session": [1], "n": 50}),
+                        ("/v1/recommend/batch", {"sessions": [[1]], "n": 50}),
+                        ("/v1/sessions/s/events", {"items": [1], "n": 50}),
+                        ("/v1/similar", {"item": 1, "n": 50})):
+        got = c.post(route, json=body)
+        assert got.status_code == 200, (route, got.text)
+        items = got.json()["results"][0]["items"] if "results" in got.json() else got.json()["items"]
+        assert 3 in items or 5 in items  # nothing left out in their name
+    assert "the denylist holds 2 string ids, and this model's are integers" in caplog.text
+
+
 @pytest.mark.parametrize("text, why", [("{", "cannot be read"), ('{"x": 1}', "not a denylist"),
                                        ('{"items": [1, "a"]}', "all integers or all strings")])
 def test_a_damaged_denylist_file_is_refused_naming_it(model, tmp_path, text, why):

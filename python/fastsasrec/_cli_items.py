@@ -35,7 +35,11 @@ def _parse_ids(text: str, model, flag: str, from_file: bool = False) -> List[Any
             if not (t.isdigit() and t.isascii() and (t == "0" or t[0] != "0")):
                 raise CLIError(f"{flag}: {t!r} is not an integer written as digits with no sign or "
                                f"leading zero, and this model's item ids are integers (got {text!r})")
-        return [int(t) for t in tokens]
+        ids = [int(t) for t in tokens]
+        big = next((i for i in ids if i >= 2**63), None)
+        if big is not None:
+            raise CLIError(f"{flag}: {big} is beyond 64 bits; integer item ids fit in int64")
+        return ids
     return tokens
 
 

@@ -132,8 +132,10 @@ def _score(args: argparse.Namespace) -> int:
     out = args.output
     if not out.lower().endswith((".parquet", ".pq", ".csv")):
         raise CLIError(f"-o/--output must end in .parquet or .csv, got {out!r}")
+    lists = [(flag, text[1:]) for flag, text in (("--candidates", args.candidates), ("--denylist", args.denylist))
+             if isinstance(text, str) and text.startswith("@")]
     _refuse_inputs([("-o/--output", out), ("-o/--output", out + ".meta.json")],
-                   [("EVENTS", args.events), ("MODEL", args.model)])
+                   [("EVENTS", args.events), ("MODEL", args.model)] + lists)
     _check_output(out)
     if args.chunk_rows < 1:
         raise CLIError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
@@ -208,14 +210,15 @@ def _check_checkpoint_args(args: argparse.Namespace) -> Dict[str, Any]:
         raise CLIError("--checkpoint and --output must be different files")
     kw: Dict[str, Any] = {"checkpoint": args.checkpoint,
                           "checkpoint_every": args.checkpoint_every or 1}
-    if args.resume:
-        if os.path.exists(args.checkpoint):
-            kw["resume"] = args.checkpoint
-        else:
+    if args.resume and os.path.exists(args.checkpoint):
+        kw["resume"] = args.checkpoint
+    else:
+        from fastsasrec._events import check_output
+
+        check_output(args.checkpoint, "--checkpoint")  # before any work, not at the first save
+        if args.resume:
             print(f"note: no checkpoint at {args.checkpoint} yet: training from the start",
                   file=sys.stderr)
-    else:
-        _check_output(args.checkpoint)
     return kw
 
 
@@ -400,10 +403,16 @@ def _say_new_products(model: Any, session: List[Any]) -> None:
         print("note: new products (no events in training) are not read beside the session's "
               f"other items: {', '.join(map(str, left))}", file=sys.stderr)
         return
-    read_as = [f"{names[i]} is read as {state.item_ids[j - 1]}"
-               for i, j in zip(internal.tolist(), read.tolist()) if j != i]
-    print("note: a session of new products alone (no events in training): " + ", ".join(read_as)
-          + ", the item with events sharing the most of its features", file=sys.stderr)
+    pairs = list(zip(internal.tolist(), read.tolist()))
+    read_as = [f"{names[i]} is read as {state.item_ids[j - 1]}" for i, j in pairs if j != i]
+    own = [str(names[i]) for i, j in pairs if j == i and mask[i]]
+    said = ((", ".join(read_as) + ", the item with events sharing the most of its features")
+            if read_as else "")
+    if own:
+        said += ("; " if said else "") + ", ".join(own) + (" shares" if len(own) == 1 else " share") + \
+            " no feature value with an item with events: read by its features"
+    if said:
+        print("note: a session of new products alone (no events in training): " + said, file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -571,6 +580,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _run(args: argparse.Namespace, prefix: str) -> int:
     try:
         return args.func(args)
+    except BrokenPipeError:  # the reader went away (`| head`): quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool its pipe closed on
     except (CLIError, ValueError, FileNotFoundError, ConnectionError, ImportError) as e:
         print(f"{prefix} {e}", file=sys.stderr)
         return 2

@@ -153,12 +153,19 @@ def plot_history(history: Sequence[Dict[str, Any]], path: "Optional[os.PathLike[
 def _command(args: Any) -> int:
     from fastsasrec._events import check_output, same_file
 
-    if not os.path.exists(args.history):
-        raise ValueError(f"HISTORY file {args.history!r} does not exist")
+    if not os.path.isfile(args.history):
+        raise ValueError(f"HISTORY file {args.history!r} " + (
+            "is a folder" if os.path.isdir(args.history) else "does not exist"))
+    if not args.output.lower().endswith((".png", ".svg", ".pdf")):
+        raise ValueError(f"-o/--output must end in .png, .svg or .pdf, got {args.output!r}")
     if same_file(args.output, args.history):
         raise ValueError(f"-o/--output {args.output!r} is the HISTORY file: give another path")
     check_output(args.output, "-o/--output")
-    history = read_history(args.history)
+    try:
+        history = read_history(args.history)
+    except UnicodeDecodeError:
+        raise ValueError(f"HISTORY file {args.history!r} is not text: give the CSV that "
+                         "fastsasrec train --history wrote") from None
     _figure_classes()  # a missing matplotlib is said before anything else
     plot_history(history, args.output, title=args.title)
     print(f"drew {len(history)} epochs of {args.history} to {args.output}")

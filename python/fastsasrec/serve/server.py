@@ -114,6 +114,7 @@ class Server:
         self._watch_task: Optional[asyncio.Task] = None
         self._load_task: Optional[asyncio.Task] = None
         self.load_error: Optional[str] = None
+        self._deny_read: Optional[Tuple[Any, Any, Tuple[Any, ...]]] = None  # denylist's cache
         self._source = model_or_path
         if isinstance(model_or_path, (str, os.PathLike)):
             self.path: Optional[str] = os.fspath(model_or_path)
@@ -126,8 +127,26 @@ class Server:
 
     @property
     def denylist(self) -> Tuple[Any, ...]:
-        """The denylist as this process knows it (the store's cached tuple)."""
-        return self.store.denylist
+        """The denylist as this process knows it (the store's cached tuple), less ids of
+        the other kind than the model's (strings for a model of integer ids, or the
+        reverse: a file or a shared store written beside another model), which no item of
+        this one can be; the same tuple while neither changes."""
+        deny, cur = self.store.denylist, self.current
+        if not deny or cur is None:
+            return deny
+        seen = self._deny_read
+        if seen is not None and seen[0] is deny and seen[1] is cur:
+            return seen[2]
+        text = cur.model.item_ids_.dtype.kind == "U"
+        kept = tuple(i for i in deny if isinstance(i, str) == text)
+        if len(kept) < len(deny):
+            log.warning("the denylist holds %d %s ids, and this model's are %s: they match no item",
+                        len(deny) - len(kept), "integer" if text else "string",
+                        "strings" if text else "integers")
+            self._deny_read = (deny, cur, kept)
+        else:
+            self._deny_read = (deny, cur, deny)
+        return self._deny_read[2]
 
     # ---- model
     def _load(self, path: str) -> Loaded:
