@@ -57,3 +57,9 @@ def test_a_missing_column_is_named(tmp_path):
         r(frame.rename(columns={"items": "basket"}))
     out = r(frame)
     assert list(out.columns) == ["user_id", "rank", "item", "score"] and len(out) == 3 * len(frame)
+    # A cell that holds no list (a null from a join, NaN from pandas) is named, not a TypeError.
+    for cell in (None, float("nan")):
+        broken = frame.copy()
+        broken.at[broken.index[2], "items"] = cell
+        with pytest.raises(ValueError, match=r"column 'items' \(items_col\), row 2 of the batch"):
+            r(broken)

@@ -48,7 +48,13 @@ class Recommender:
             if col not in batch.columns:
                 raise ValueError(f"the batch has no column {col!r} (user_col / items_col); its "
                                  f"columns are {list(batch.columns)}")
-        sessions = [list(x) for x in batch[self.items_col]]
+        cells = batch[self.items_col].tolist()
+        bad = next((r for r, x in enumerate(cells) if x is None or isinstance(x, (float, str, bytes))), None)
+        if bad is not None:
+            raise ValueError(f"column {self.items_col!r} (items_col), row {bad} of the batch (user "
+                             f"{batch[self.user_col].tolist()[bad]!r}): {cells[bad]!r} is not a list of "
+                             "item ids (an empty session is [])")
+        sessions = [list(x) for x in cells]
         got = self.model.recommend_batch(sessions, n=self.k, exclude_seen=self.exclude_seen, **self.chosen)
         return long_rows(batch[self.user_col].to_numpy(), got[0], got[1], self.user_col, got.names)
 
