@@ -89,3 +89,21 @@ def test_a_closed_pipe_ends_the_command_quietly(files):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     got = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=120)
     assert got.stderr == "" and got.returncode == 141
+
+
+def test_update_lists_new_products_without_events(tmp_path, capsys):
+    _events_csv(tmp_path / "ev.csv", _sessions(200))
+    _items_csv(tmp_path / "items.csv", _table())
+    assert main(["train", str(tmp_path / "ev.csv"), "-o", str(tmp_path / "m.fsr"), "--item-features",
+                 str(tmp_path / "items.csv"), "--item-names", "title", "--item-list-col", "tags"]
+                + QUICK) == 0
+    _items_csv(tmp_path / "new.csv", _table(extra=[(999, 2)]).loc[[999]])
+    capsys.readouterr()
+    assert main(["update", str(tmp_path / "m.fsr"), "-o", str(tmp_path / "m2.fsr"), "--item-features",
+                 str(tmp_path / "new.csv"), "--item-list-col", "tags", "-q"]) == 0
+    assert capsys.readouterr().out.startswith("listed 1 new product (41 items in all); nothing trained")
+    before, after = SASRec.load(tmp_path / "m.fsr"), SASRec.load(tmp_path / "m2.fsr")
+    assert after.item_ids_[-1] == 999 and after.item_names_[-1] == "New 999"
+    assert list(after.loss_history_) == list(before.loss_history_)
+    assert main(["update", str(tmp_path / "m.fsr"), "-o", str(tmp_path / "m3.fsr")]) == 2
+    assert "give EVENTS (new events to train on), or --item-features ITEMS" in capsys.readouterr().err

@@ -178,6 +178,12 @@ def test_the_click_by_click_session(running, model):
     # Sessions keep their most recent max_seq (10) items.
     c.post("/v1/sessions/visitor-42/events", json={"items": list(range(11, 30))})
     assert c.get("/v1/sessions/visitor-42").json()["items"] == list(range(20, 30))
+    # Ids the model does not know are ignored, as everywhere: a run of them (products
+    # listed after the model) pushes none of the known items out.
+    got = c.post("/v1/sessions/visitor-42/events", json={"items": [424242 + i for i in range(12)], "n": 3})
+    assert got.json()["session_length"] == 10 and got.json()["fallback"] is False
+    assert got.json()["items"] == model.recommend(list(range(20, 30)), n=3)[0].tolist()
+    assert c.get("/v1/sessions/visitor-42").json()["items"] == list(range(20, 30))
     assert c.delete("/v1/sessions/visitor-42").status_code == 204
     assert c.get("/v1/sessions/visitor-42").status_code == 404
     assert c.delete("/v1/sessions/visitor-42").status_code == 404

@@ -1,6 +1,7 @@
 """Item ids on the command line: ``--session`` and ``--exclude`` (comma-separated),
 ``--candidates`` / ``--new-products`` (the items to rank) and ``--denylist`` (never these),
-the long ones also as ``@FILE``; ids a model does not know are named on stderr."""
+the long ones also as ``@FILE``; ids a model does not know are named on stderr, and so is
+how it reads a session's new products (``_say_new_products``)."""
 from __future__ import annotations
 
 import argparse
@@ -92,3 +93,35 @@ def _add_candidates(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-products", action="store_true",
                    help="rank only the items with no training events (products added by "
                         "update --item-features): a 'new for you' slot")
+
+
+def _say_new_products(model: Any, session: List[Any]) -> None:
+    """Says how the model reads the session's new products (no events in training), as it
+    says which ids it ignored: what ``_new_products.read_items`` gives for it."""
+    from fastsasrec import _new_products
+
+    state = model._fitted()
+    mask = _new_products.unread(state)
+    if mask is None:
+        return
+    given = state.encode(np.asarray(session))
+    internal = given[given > 0]
+    read, _ = _new_products.read_items(state, internal, np.array([0, internal.size], dtype=np.int64))
+    if read is internal:
+        return
+    names = dict(zip(internal.tolist(), (x for x, i in zip(session, given.tolist()) if i)))
+    if read.size < internal.size:
+        left = [names[i] for i in internal.tolist() if mask[i]]
+        print("note: new products (no events in training) are not read beside the session's "
+              f"other items: {', '.join(map(str, left))}", file=sys.stderr)
+        return
+    pairs = list(zip(internal.tolist(), read.tolist()))
+    read_as = [f"{names[i]} is read as {state.item_ids[j - 1]}" for i, j in pairs if j != i]
+    own = [str(names[i]) for i, j in pairs if j == i and mask[i]]
+    said = ((", ".join(read_as) + ", the item with events sharing the most of its features")
+            if read_as else "")
+    if own:
+        said += ("; " if said else "") + ", ".join(own) + (" shares" if len(own) == 1 else " share") + \
+            " no feature value with an item with events: read by its features"
+    if said:
+        print("note: a session of new products alone (no events in training): " + said, file=sys.stderr)

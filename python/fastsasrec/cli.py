@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from fastsasrec._cli_items import _add_candidates, _candidates, _denylist, _parse_ids
+from fastsasrec._cli_items import _add_candidates, _candidates, _denylist, _parse_ids, _say_new_products
 
 
 class CLIError(Exception):
@@ -52,9 +52,13 @@ def _refuse_inputs(outputs: Sequence[Tuple[str, Optional[str]]], inputs: Sequenc
                                "give another path")
 
 
+def _plural(n: int, what: str) -> str:
+    return f"{n:,} {what}" + ("" if n == 1 else "s")
+
+
 def _inputs(args: argparse.Namespace) -> List[Tuple[str, str]]:
     """The files a command reads (what no output may overwrite)."""
-    out = [("EVENTS", args.events)]
+    out = [("EVENTS", args.events)] if args.events is not None else []
     if getattr(args, "item_features", None) is not None:
         out.append(("--item-features", args.item_features))
     return out
@@ -337,21 +341,29 @@ def _update(args: argparse.Namespace) -> int:
 
     if args.epochs < 1:
         raise CLIError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.events is None and args.item_features is None:
+        raise CLIError("give EVENTS (new events to train on), or --item-features ITEMS (new "
+                       "products to list), or both")
     _refuse_inputs([("-o/--output", args.output)], _inputs(args))
     _check_output(args.output)
     model = _load_model(args.model, args.threads)
-    df, time_col = _read(args, _events.item_mode(model.item_ids))
-    items, offsets, _ = transactions_to_sequences(df, args.user_col, args.item_col, time_col)
-    model.set_params(verbose=_verbosity(args))
     feats = _item_features(args, model.item_ids)
     before = model.n_items
-    t0 = time.perf_counter()
-    model.partial_fit(Sequences(items, offsets), epochs=args.epochs, item_features=feats)
-    dt = time.perf_counter() - t0
-    done = len(model.loss_history_)
-    print(f"updated on {len(df):,} events: {model.n_items - before:,} new items "
-          f"({model.n_items:,} in all), epochs {done - args.epochs + 1}..{done} in {dt:.1f}s"
-          if not model.interrupted_ else f"updated on {len(df):,} events, interrupted")
+    if args.events is None:  # products listed before any event: nothing trains
+        model.partial_fit([], item_features=feats)
+        print(f"listed {_plural(model.n_items - before, 'new product')} ({model.n_items:,} items in "
+              "all); nothing trained")
+    else:
+        df, time_col = _read(args, _events.item_mode(model.item_ids))
+        items, offsets, _ = transactions_to_sequences(df, args.user_col, args.item_col, time_col)
+        model.set_params(verbose=_verbosity(args))
+        t0 = time.perf_counter()
+        model.partial_fit(Sequences(items, offsets), epochs=args.epochs, item_features=feats)
+        dt = time.perf_counter() - t0
+        done = len(model.loss_history_)
+        print(f"updated on {len(df):,} events: {_plural(model.n_items - before, 'new item')} "
+              f"({model.n_items:,} in all), epochs {done - args.epochs + 1}..{done} in {dt:.1f}s"
+              if not model.interrupted_ else f"updated on {len(df):,} events, interrupted")
     if feats is not None:
         print(f"item features: {model.describe_item_features()}")
     return _finish(model, args, "the update")
@@ -381,38 +393,6 @@ def _recommend(args: argparse.Namespace) -> int:
     for r, (x, s) in enumerate(zip(ids.tolist(), scores.tolist()), 1):
         print(f"{r:>4}  {str(x):>{width}}  {s:.4f}" + (f"  {names[r - 1]}" if names is not None else ""))
     return 0
-
-
-def _say_new_products(model: Any, session: List[Any]) -> None:
-    """Says how the model reads the session's new products (no events in training), as it
-    says which ids it ignored: what ``_new_products.read_items`` gives for it."""
-    from fastsasrec import _new_products
-
-    state = model._fitted()
-    mask = _new_products.unread(state)
-    if mask is None:
-        return
-    given = state.encode(np.asarray(session))
-    internal = given[given > 0]
-    read, _ = _new_products.read_items(state, internal, np.array([0, internal.size], dtype=np.int64))
-    if read is internal:
-        return
-    names = dict(zip(internal.tolist(), (x for x, i in zip(session, given.tolist()) if i)))
-    if read.size < internal.size:
-        left = [names[i] for i in internal.tolist() if mask[i]]
-        print("note: new products (no events in training) are not read beside the session's "
-              f"other items: {', '.join(map(str, left))}", file=sys.stderr)
-        return
-    pairs = list(zip(internal.tolist(), read.tolist()))
-    read_as = [f"{names[i]} is read as {state.item_ids[j - 1]}" for i, j in pairs if j != i]
-    own = [str(names[i]) for i, j in pairs if j == i and mask[i]]
-    said = ((", ".join(read_as) + ", the item with events sharing the most of its features")
-            if read_as else "")
-    if own:
-        said += ("; " if said else "") + ", ".join(own) + (" shares" if len(own) == 1 else " share") + \
-            " no feature value with an item with events: read by its features"
-    if said:
-        print("note: a session of new products alone (no events in training): " + said, file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -496,7 +476,9 @@ def _build_parser() -> argparse.ArgumentParser:
                                    "(from its current weights); items it has never seen join its "
                                    "catalogue.  Writes the updated model to --output.")
     u.add_argument("model", metavar="MODEL")
-    u.add_argument("events", metavar="EVENTS", help="event log of new events: .csv or .parquet")
+    u.add_argument("events", metavar="EVENTS", nargs="?",
+                   help="event log of new events: .csv or .parquet (left out with --item-features: "
+                        "the table's new products join the catalogue, and nothing trains)")
     _add_columns(u)
     u.add_argument("-o", "--output", required=True, metavar="MODEL",
                    help="where to save the updated model (may be MODEL itself)")

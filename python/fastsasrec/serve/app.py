@@ -173,6 +173,9 @@ async def session_events(request: Request) -> Response:
     exclude = inputs.ids(body.get("exclude", []), "exclude", s)
     event_id = inputs.event_id(body["event_id"]) if "event_id" in body else None
     cand = _candidates(body, cur, s)  # checked with the rest before the events are held
+    if items:  # the items the model knows: unknown ones, ignored, must not push them out
+        code = cur.model._fitted().encode(np.asarray(items)).tolist()
+        items = [i for i, c in zip(items, code) if c > 0]
     held = await server.store.append(sid, items, cur.max_seq, s, event_id)
     out = await _recommend_one(server, cur, held, n, exclude, True, cand)
     out["session_id"] = sid
