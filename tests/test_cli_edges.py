@@ -107,3 +107,19 @@ def test_update_lists_new_products_without_events(tmp_path, capsys):
     assert list(after.loss_history_) == list(before.loss_history_)
     assert main(["update", str(tmp_path / "m.fsr"), "-o", str(tmp_path / "m3.fsr")]) == 2
     assert "give EVENTS (new events to train on), or --item-features ITEMS" in capsys.readouterr().err
+
+
+def test_integer_ids_with_a_stray_cell_are_read_as_text_with_a_warning(tmp_path, capsys):
+    rows = [(u, i, t) for u, s in enumerate(_sessions(100)) for t, i in enumerate(s)]
+    ev = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).astype({"item_id": str})
+    ev.loc[7, "item_id"] = ev.loc[7, "item_id"] + ".0"  # a float export's cell
+    ev.to_csv(tmp_path / "ev.csv", index=False)
+    assert main(["train", str(tmp_path / "ev.csv"), "-o", str(tmp_path / "m.fsr")] + QUICK) == 0
+    err = capsys.readouterr().err
+    assert f"column 'item_id' (--item-col) is read as text ids: at row 7 it holds '{ev.loc[7, 'item_id']}'" in err
+    assert SASRec.load(tmp_path / "m.fsr").item_ids_.dtype.kind == "U"
+    # Ids that are text through and through are read so without a word.
+    ev["item_id"] = "p" + ev["item_id"]
+    ev.to_csv(tmp_path / "ev.csv", index=False)
+    assert main(["train", str(tmp_path / "ev.csv"), "-o", str(tmp_path / "m.fsr")] + QUICK) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -22,6 +22,7 @@ import contextlib
 import os
 import stat
 import tempfile
+import warnings
 from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -175,9 +176,16 @@ def items_of(col: Any, mode: Optional[str], name: str, flag: str, row: int) -> n
             return values.astype(str).astype(np.int64)
         except OverflowError:  # 19 digits past 2**63 - 1
             canonical = np.array([ok and int(x) < 2**63 for ok, x in zip(canonical, values.tolist())])
-    if mode is None:
-        return _text(values, name, flag, row)
     i = int(np.argmin(canonical))
+    if mode is None:
+        good = int(canonical.sum())
+        if good >= canonical.size / 2:  # integer ids with a stray cell: said, not silently text
+            warnings.warn(f"column {name!r} ({flag}) is read as text ids: at row {row + i} it holds "
+                          f"{values[i]!r}, not an integer written as digits with no sign, space or "
+                          f"leading zero, though {good:,} of its {canonical.size:,} ids are; integer ids given "
+                          "later (--session 12) then name no item of the model: fix that cell, "
+                          "or write every id as text from here on", stacklevel=2)
+        return _text(values, name, flag, row)
     raise ValueError(f"column {name!r} ({flag}) at row {row + i} is {values[i]!r}: this model's item "
                      "ids are integers, written as digits with no sign, space or leading zero (0 to "
                      "2**63 - 1), and this is not one (it would be read as another id)")
