@@ -184,6 +184,11 @@ def test_the_click_by_click_session(running, model):
     assert got.json()["session_length"] == 10 and got.json()["fallback"] is False
     assert got.json()["items"] == model.recommend(list(range(20, 30)), n=3)[0].tolist()
     assert c.get("/v1/sessions/visitor-42").json()["items"] == list(range(20, 30))
+    # The abandoned cart's e-mail may name what the visitor viewed: exclude_seen false.
+    cart = c.post("/v1/sessions/visitor-42/events", json={"items": [], "n": 3, "exclude_seen": False})
+    assert cart.json()["items"] == model.recommend(list(range(20, 30)), n=3, exclude_seen=False)[0].tolist()
+    bad = c.post("/v1/sessions/visitor-42/events", json={"items": [], "exclude_seen": "no"})
+    assert bad.status_code == 422 and bad.json()["error"].startswith("exclude_seen")
     assert c.delete("/v1/sessions/visitor-42").status_code == 204
     assert c.get("/v1/sessions/visitor-42").status_code == 404
     assert c.delete("/v1/sessions/visitor-42").status_code == 404

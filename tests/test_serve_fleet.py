@@ -106,10 +106,17 @@ class Replica:
         self.log.close()
 
 
+# The ids these tests send beyond sessions()' 1..59, in sequences of 200.
+KNOWN = [list(range(b, b + 200)) for b in (1000, 2000, 3000, 4000)] + \
+    [list(range(b, b + 200)) for b in range(10_000, 20_000, 200)]
+
+
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    # max_seq 200: a session keeps every event these tests send.
-    model = SASRec(iterations=1, factors=8, max_seq=200, random_state=0, num_threads=1).fit(sessions())
+    # max_seq 200: a session keeps every event these tests send; held sessions keep the
+    # ids the model knows, so the catalogue holds every id they send.
+    model = SASRec(iterations=1, factors=8, max_seq=200, random_state=0, num_threads=1).fit(
+        sessions() + KNOWN)
     path = tmp_path_factory.mktemp("fleet") / "model.fsr"
     model.save(path)
     return path
@@ -193,6 +200,7 @@ def _load(replicas, stop, acked, errors, prefix):
     i = 0
     while not stop.is_set():
         sid, item = f"{prefix}-{i % 4}", 10_000 + i
+        assert item < 20_000, "more events than KNOWN ids: a held session would drop them"
         try:
             got = clients[i % len(clients)].post(f"/v1/sessions/{sid}/events", json={"items": [item]})
         except httpx.TransportError:
@@ -318,7 +326,7 @@ def test_string_ids_round_trip_through_redis(tmp_path):
     from test_serve import Running
 
     rs = RedisServer(tmp_path)
-    seqs = [[f"sku-{i}" for i in s] for s in sessions(items=40)]
+    seqs = [[f"sku-{i}" for i in s] for s in sessions(items=40)] + [["s:sku-2", "12", "sku-1"]]
     model = SASRec(iterations=1, factors=8, max_seq=10, random_state=0, num_threads=1).fit(seqs)
     r = Running(create_app(model, store=rs.url))
     try:

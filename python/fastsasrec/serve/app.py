@@ -164,7 +164,7 @@ async def session_events(request: Request) -> Response:
     cur = loaded(server)
     sid = inputs.session_id(request.path_params["session_id"])
     body = await body_of(request)
-    inputs.check_keys(body, ("items", "n", "exclude", "event_id", "candidates"))
+    inputs.check_keys(body, ("items", "n", "exclude", "exclude_seen", "event_id", "candidates"))
     s = _str_ids(cur)
     if "items" not in body:
         raise HTTPError(422, "items: required (the clicked item ids, oldest first)")
@@ -172,12 +172,11 @@ async def session_events(request: Request) -> Response:
     n = inputs.int_field(body, "n", 10, 1, MAX_N)
     exclude = inputs.ids(body.get("exclude", []), "exclude", s)
     event_id = inputs.event_id(body["event_id"]) if "event_id" in body else None
+    exclude_seen = inputs.bool_field(body, "exclude_seen", True)
     cand = _candidates(body, cur, s)  # checked with the rest before the events are held
-    if items:  # the items the model knows: unknown ones, ignored, must not push them out
-        code = cur.model._fitted().encode(np.asarray(items)).tolist()
-        items = [i for i, c in zip(items, code) if c > 0]
+    items = cur.known(items)  # unknown ids, ignored, must not push the known ones out
     held = await server.store.append(sid, items, cur.max_seq, s, event_id)
-    out = await _recommend_one(server, cur, held, n, exclude, True, cand)
+    out = await _recommend_one(server, cur, held, n, exclude, exclude_seen, cand)
     out["session_id"] = sid
     out["session_length"] = len(held)
     return JSONResponse(out)

@@ -91,6 +91,9 @@ SCHEMAS: Dict[str, Any] = {
     "EventsRequest": _obj({
         "items": dict(_IDS, maxItems=10_000, description="the clicked items, oldest first"),
         "n": _N, "exclude": _IDS,
+        "exclude_seen": {"type": "boolean", "default": True,
+                         "description": "leave the held session's items out (false: an "
+                                        "abandoned cart's items may come back)"},
         "event_id": {"type": "string", "pattern": "^[A-Za-z0-9._~:@!$&'()*+,;=-]{1,128}$",
                      "description": "the client's id of this event: sent again (a retry), it "
                                     "is applied once and the session is answered as it is"},

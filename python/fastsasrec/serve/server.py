@@ -11,7 +11,9 @@ import math
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
 
 from fastsasrec.serve.batcher import Batcher
 from fastsasrec.serve.metrics import Metrics
@@ -33,10 +35,20 @@ class Loaded:
     loaded_at: float
     generation: int
     max_seq: int = 0
+    catalogue: Any = None  # the model's item ids, sorted: what ``known`` looks up
 
     @classmethod
     def of(cls, model: Any, path: Optional[str], sha256: Optional[str], generation: int) -> "Loaded":
-        return cls(model, path, sha256, time.time(), generation, int(model.max_seq_))
+        return cls(model, path, sha256, time.time(), generation, int(model.max_seq_),
+                   np.sort(model.item_ids_))
+
+    def known(self, items: List[Any]) -> List[Any]:
+        """The ids of ``items`` (of the model's kind) that the model knows, in order."""
+        if not items:
+            return items
+        ids = self.catalogue
+        at = np.minimum(np.searchsorted(ids, np.asarray(items)), ids.size - 1)
+        return [i for i, ok in zip(items, (ids[at] == np.asarray(items)).tolist()) if ok]
 
     @property
     def tag(self) -> str:
