@@ -259,6 +259,11 @@ def test_not_ready_until_the_model_is_in(running, model, monkeypatch):
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("path,body,status,message", [
     ("/v1/recommend", b"{not json", 400, "malformed JSON"),
+    ("/v1/recommend", b'{"session": [1], "n": 3, "n": 4}', 400, "the key 'n' appears twice in an object"),
+    ("/v1/recommend", b'{"session": [1], "candidates": [' + b",".join(b"%d" % (90_000 + i) for i in range(25))
+     + b"]}", 422, "candidates: none of its 25 ids is in the model's catalogue"),
+    ("/v1/recommend/batch", b'{"sessions": [' + b",".join([b"[1]"] * 10_001) + b"]}", 422,
+     "sessions: holds 10,001 sessions, more than the 10,000 accepted"),
     ("/v1/recommend", b"[1, 2]", 422, "the body must be a JSON object"),
     ("/v1/recommend", b"{}", 422, "session: required"),
     ("/v1/recommend", b'{"session": "1,2"}', 422, 'session: must be a list of item ids, got "1,2"'),

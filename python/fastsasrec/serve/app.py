@@ -78,9 +78,10 @@ def _candidates(body: Dict[str, Any], cur: Loaded, str_ids: bool) -> Optional[Tu
     if "candidates" not in body:
         return None
     cand = inputs.ids(body["candidates"], "candidates", str_ids, limit=MAX_CANDIDATES)
-    if not np.isin(np.asarray(cand), cur.model.item_ids_).any():
-        raise inputs.unprocessable("candidates", cand if len(cand) <= 20 else f"<{len(cand)} ids>",
-                                   "holds no item of the model's catalogue")
+    if not cur.known(cand):
+        if len(cand) > 20:
+            raise HTTPError(422, f"candidates: none of its {len(cand):,} ids is in the model's catalogue")
+        raise inputs.unprocessable("candidates", cand, "holds no item of the model's catalogue")
     return tuple(cand)
 
 
@@ -121,8 +122,7 @@ async def recommend_batch(request: Request) -> Response:
     if not isinstance(sessions, list) or not sessions:
         raise inputs.unprocessable("sessions", sessions, "must be a non-empty list of sessions")
     if len(sessions) > MAX_BATCH_SESSIONS:
-        raise inputs.unprocessable("sessions", f"<{len(sessions)} sessions>",
-                                   f"holds more than {MAX_BATCH_SESSIONS} sessions")
+        raise inputs.too_many("sessions", len(sessions), MAX_BATCH_SESSIONS, "sessions")
     sessions = [inputs.ids(x, f"sessions[{i}]", s) for i, x in enumerate(sessions)]
     n = inputs.int_field(body, "n", 10, 1, MAX_N)
     exclude_seen = inputs.exclude_seen(body)

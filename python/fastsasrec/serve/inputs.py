@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -32,6 +32,10 @@ def unprocessable(field: str, value: Any, why: str) -> HTTPError:
     return HTTPError(422, f"{field}: {why}, got {shown}")
 
 
+def too_many(field: str, count: int, limit: int, what: str) -> HTTPError:
+    return HTTPError(422, f"{field}: holds {count:,} {what}, more than the {limit:,} accepted")
+
+
 def _jsonable(x: Any) -> bool:
     try:
         json.dumps(x)
@@ -51,6 +55,18 @@ def nesting(raw: bytes) -> int:
     return int(np.cumsum(step).max(initial=0))
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen: set = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return out
+
+
 def parse_body(raw: bytes) -> Dict[str, Any]:
     """The JSON object of a request body: 400 when it is not JSON or nests deeper than
     MAX_DEPTH, 422 when it is not an object."""
@@ -58,7 +74,10 @@ def parse_body(raw: bytes) -> Dict[str, Any]:
     if depth > MAX_DEPTH:
         raise HTTPError(400, f"JSON nested {depth} levels deep; at most {MAX_DEPTH} are accepted")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise HTTPError(400, f"malformed JSON: the key {e.args[0]!r} appears twice in an object "
+                             "(which one counts is not defined)") from None
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise HTTPError(400, f"malformed JSON: {e}") from None
     if not isinstance(body, dict):
@@ -71,7 +90,7 @@ def ids(value: Any, field: str, str_ids: bool, limit: int = 1_000_000) -> List[A
     if not isinstance(value, list):
         raise unprocessable(field, value, "must be a list of item ids")
     if len(value) > limit:
-        raise unprocessable(field, f"<{len(value)} ids>", f"holds more than {limit} ids")
+        raise too_many(field, len(value), limit, "ids")
     if str_ids:
         try:
             bad = _BAD_CHAR.search("".join(value)) is not None
