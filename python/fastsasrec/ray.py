@@ -63,7 +63,8 @@ def _actor_has_gpu() -> bool:
     try:
         import ray
 
-        return bool(ray.get_gpu_ids())
+        # Outside a Ray job (a Recommender called directly), asking would start a cluster.
+        return ray.is_initialized() and bool(ray.get_gpu_ids())
     except Exception:  # noqa: BLE001 - not inside Ray, or no GPU given
         return False
 
