@@ -140,6 +140,13 @@ def test_tables_and_arguments_that_cannot_be_read_are_refused_by_name(make, matc
         _model(iterations=1).fit(_sessions(), item_features=make(_feats()))
 
 
+def test_a_bad_feature_id_is_named_by_its_row():
+    table = _feats()
+    table.index = table.index.astype(float) + 0.5
+    with pytest.raises(ValueError, match=r"item_features' item ids \(the index\), row 0, is the float"):
+        _model(iterations=1).fit(_sessions(), item_features=table)
+
+
 def test_item_names_is_named_as_the_argument_given():
     with pytest.raises(ValueError, match="item_names='nope' is not a column"):
         _model(iterations=1).fit(_sessions(), item_features=_table(), item_names="nope")

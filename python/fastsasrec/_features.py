@@ -424,7 +424,13 @@ def table(item_features: Any, id_col: Optional[str] = None, names: Optional[str]
     if ids_raw.size == 0:
         raise ValueError("item_features has no rows: give one row per item (or leave "
                          "item_features out)")
-    ids = flatten_sequences([list(ids_raw)], "item_features' item ids").items
+    where = f"item_features' item ids (column {id_col!r})" if id_col is not None else "item_features' item ids (the index)"
+    try:
+        ids = flatten_sequences([list(ids_raw)], where).items
+    except ValueError as e:  # "...ids (the index)[0][7] is ..." -> "...ids (the index), row 7, is ..."
+        import re
+
+        raise ValueError(re.sub(r"\)\[0\]\[(\d+)\]", r"), row \1,", str(e))) from None
     if ids.size and item_kind is not None and (ids.dtype.kind == "U") != (item_kind == "str"):
         raise ValueError(f"item_features' item ids are {'strings' if ids.dtype.kind == 'U' else 'integers'} "
                          f"but the model's are {'strings' if item_kind == 'str' else 'integers'}")
