@@ -331,3 +331,22 @@ def test_content_baseline_refuses_bad_input():
         content_baseline([[1]], [2], {}, k=0)
     with pytest.raises(ValueError, match="candidates is empty"):
         content_baseline([[1]], [], {}, k=1)
+
+
+def test_a_share_splits_at_the_event_it_names_in_exact_arithmetic():
+    # 0.07 x 100 is 7.000000000000001 in floats: the split must still leave 7 events before it.
+    from fastsasrec.metrics import split_by_time
+
+    n = 100
+    ev = pd.DataFrame({"user_id": np.arange(n) % 10, "item_id": np.arange(n) % 7 + 1, "timestamp": np.arange(n)})
+    for at in (0.07, 0.14, 0.28, 0.29, 0.55, 0.56, 0.57, 0.8, np.float32(0.07)):
+        assert len(split_by_time(ev, at=at)[0]) == round(float(str(at)) * n), at
+
+
+def test_the_sampled_protocol_counts_a_target_in_its_context_as_a_miss():
+    seqs = [[1, 2, 3, 4, 5, 6][i % 3:i % 3 + 4] for i in range(60)]
+    m = SASRec(factors=8, n_layers=1, max_seq=4, iterations=2, num_threads=1, random_state=0).fit(seqs)
+    seen = [[1, 2, 3, 2], [2, 3, 4, 5]]  # the first target is already in its context
+    got = m.evaluate(seen, k=5, protocol="sampled", n_negatives=2, random_state=0)
+    assert got["HR@5"] == 0.5 and got["n"] == 2  # the second always ranks among 3 items
+    assert m.evaluate(seen[:1], k=5, protocol="sampled", n_negatives=2)["HR@5"] == 0.0

@@ -557,8 +557,8 @@ def session_quality(state: Fitted, session: Any) -> float:
 def rank_among(state: Fitted, contexts: Sequences, targets: np.ndarray, n_neg: int,
                seed: Any) -> np.ndarray:
     """The sampled protocol's ranks: each target's rank among n_neg random items its
-    context does not contain, by the model's scores (-1 when the target or the whole
-    context is unknown to the model)."""
+    context does not contain, by the model's scores (-1, a miss, when the target or the
+    whole context is unknown to the model, or the target is in its context)."""
     H = session_states(state, contexts).astype(np.float64)
     E = state.item_embeddings().astype(np.float64)
     V = state.n_items
@@ -569,7 +569,8 @@ def rank_among(state: Fitted, contexts: Sequences, targets: np.ndarray, n_neg: i
     for b in range(len(contexts)):
         if t_int[b] == 0 or np.isnan(H[b, 0]):
             continue  # unknown target or context: a miss
-        seen = set(c_int[bounds[b]:bounds[b + 1]].tolist()) | {int(t_int[b])}
+        ctx = set(c_int[bounds[b]:bounds[b + 1]].tolist())
+        seen = ctx | {int(t_int[b])}
         if V - len(seen) < n_neg:
             raise ValueError(f"n_negatives ({n_neg}) exceeds the items a sequence does not contain")
         neg = []
@@ -582,7 +583,7 @@ def rank_among(state: Fitted, contexts: Sequences, targets: np.ndarray, n_neg: i
                         break
         s_t = H[b] @ E[t_int[b] - 1]
         s_n = E[np.asarray(neg) - 1] @ H[b]
-        ranks[b] = int((s_n > s_t).sum())
+        ranks[b] = -1 if t_int[b] in ctx else int((s_n > s_t).sum())  # seen: a miss, as in "loo"
     return ranks
 
 

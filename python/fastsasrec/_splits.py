@@ -4,6 +4,7 @@ random share of the items never appears in training."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from typing import Any, NamedTuple, Tuple
 
@@ -41,9 +42,13 @@ def _split_time(times: np.ndarray, at: Any, time_col: Any) -> Any:
     share of the events (the time of the event at that share in time order), anything
     else a time."""
     if isinstance(at, (float, np.floating)) and 0.0 < at < 1.0:  # np.float32 too
-        at = float(str(at))  # np.float32(0.8) is the share 0.8, not 0.800000011920929
+        from fractions import Fraction
+
+        # The share as written (np.float32(0.8) is 0.8), in exact arithmetic: 0.07 of 100
+        # events is 7, where the float product 7.000000000000001 would round up to 8.
+        share = Fraction(str(float(str(at))))
         ordered = np.sort(times)
-        return ordered[min(int(np.ceil(at * ordered.size)), ordered.size - 1)]
+        return ordered[min(math.ceil(share * ordered.size), ordered.size - 1)]
     if times.dtype.kind == "M":
         import pandas as pd
 
@@ -114,8 +119,8 @@ class ColdStart(NamedTuple):
     """``cold_start_split``'s result.  ``train``: the sequences less the held-out items
     (those left with fewer than 2 items dropped); ``held_out``: the held-out item ids,
     ascending; ``contexts`` and ``targets``: one test case per held-out item that follows
-    at least one other item of its sequence: the items before it, held-out ones removed,
-    and the held-out item."""
+    at least one item of its sequence that is not held out: the items before it, held-out
+    ones removed, and the held-out item."""
 
     train: Sequences
     held_out: np.ndarray
