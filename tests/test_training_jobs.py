@@ -572,3 +572,79 @@ def test_a_model_worse_than_most_popular_does_not_leave_fit_silently():
         good = SASRec(**dict(P, iterations=6, learning_rate=0.01)).fit(seqs, validation=val)
     assert good.validation_["beats_most_popular"]
     assert SASRec(**P).fit(seqs).validation_ is None
+
+
+# ----------------------------------------------------------------------------- Ctrl-C at the edges
+EDGE_WORKER = textwrap.dedent("""
+    import json, os, signal, sys, warnings
+    import numpy as np
+    from fastsasrec import SASRec
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(1, 80, size=rng.integers(2, 20)).tolist() for _ in range(600)]
+    P = dict(random_state=2, factors=16, n_layers=1, num_threads=1, verbose=0)
+    case = sys.argv[1]
+    plain = SASRec(**P).fit(seqs)  # "auto": early stopping on a slice, then the refit
+    n_slice = sum(h["phase"] == "slice" for h in plain.history_)
+    out = {}
+    if case == "refit":  # Ctrl-C as the slice ends: it reaches the refit's first epoch
+        def cb(model, epoch, logs):
+            if logs["phase"] == "slice" and epoch == n_slice:
+                os.kill(os.getpid(), signal.SIGINT)
+        model = SASRec(**P)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            model.fit(seqs, callbacks=[cb])
+        out = dict(interrupted=model.interrupted_, best=model.best_epoch_, kept=plain.defaults_["iterations"]["value"],
+                   epochs=len(model.loss_history_), n_slice=n_slice, warned=[str(x.message) for x in w])
+    elif case == "validation":  # Ctrl-C while an epoch is validated, then resume
+        ck = sys.argv[2]
+        k = plain.defaults_["iterations"]["value"]
+        import fastsasrec.metrics as metrics
+        evaluate, calls = metrics.evaluate, []
+        def interrupted_evaluate(*a, **kw):  # SIGINT in the middle of epoch k's validation
+            calls.append(1)
+            if len(calls) == k:
+                os.kill(os.getpid(), signal.SIGINT)
+            return evaluate(*a, **kw)
+        model = SASRec(**P)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            metrics.evaluate = interrupted_evaluate
+            model.fit(seqs, checkpoint=ck)
+            metrics.evaluate = evaluate
+            again = SASRec(**P).fit(seqs, checkpoint=ck, resume=ck)
+        out = dict(interrupted=model.interrupted_, losses=len(model.loss_history_), history=len(model.history_),
+                   same=bool(np.array_equal(again.item_embeddings_, plain.item_embeddings_)))
+    elif case == "callback":  # a callback that stops the slice: no refit follows
+        model = SASRec(**P).fit(seqs, callbacks=[lambda m, e, logs: e == 3])
+        out = dict(phases=sorted({h["phase"] for h in model.history_}), epochs=len(model.loss_history_),
+                   stopped=model.history_[-1].get("stopped"))
+    print(json.dumps(out))
+""")
+
+
+def _edge(case, *args):
+    import json
+
+    got = subprocess.run([sys.executable, "-c", EDGE_WORKER, case, *args], capture_output=True, text=True,
+                         timeout=600, preexec_fn=default_sigint)
+    assert got.returncode == 0, got.stderr
+    return json.loads(got.stdout.strip().splitlines()[-1])
+
+
+def test_ctrl_c_as_the_slice_ends_keeps_the_slice_model():
+    r = _edge("refit")
+    assert r["interrupted"] and r["epochs"] == r["n_slice"] and r["best"] == r["kept"]
+    assert any(f"the model keeps the weights of epoch {r['kept']}, the held-out slice's best" in m
+               for m in r["warned"])
+
+
+def test_ctrl_c_during_an_epochs_validation_keeps_the_epoch_whole(tmp_path):
+    r = _edge("validation", str(tmp_path / "ck.ckpt"))
+    assert r["interrupted"] and r["losses"] == r["history"]
+    assert r["same"]  # the resumed fit is the uninterrupted one, bit for bit
+
+
+def test_a_callback_that_stops_the_slice_stops_the_fit():
+    r = _edge("callback")
+    assert r == {"phases": ["slice"], "epochs": 3, "stopped": "callback"}

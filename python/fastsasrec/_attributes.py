@@ -151,7 +151,8 @@ class FittedAttributes:
     @property
     def interrupted_(self) -> bool:
         """True when the fit (or partial_fit) that made this model was stopped by Ctrl-C:
-        its weights are those of its last completed epoch (``len(loss_history_)``)."""
+        its weights are those of ``best_epoch_``: its best validated epoch so far where it
+        validated, else its last completed one (``len(loss_history_)``)."""
         state = self._state
         return False if state is None else state.interrupted
 

@@ -83,8 +83,8 @@ class Fitted:
     original id of internal id i + 1 (read-only; ascending after fit, new items appended
     after the old ones by partial_fit); ``popularity``: each item's count of training
     interactions (read-only).  ``loss_history``, ``history``, ``best_epoch``: the fit's
-    record; ``interrupted``: the fit was stopped by Ctrl-C (the weights are those of its
-    last completed epoch).  ``cache``: values computed from this model on first use (item
+    record; ``interrupted``: the fit was stopped by Ctrl-C (the weights are those of
+    ``best_epoch``).  ``cache``: values computed from this model on first use (item
     embeddings, the id lookup, the encoded denylist); two threads filling an entry at once
     store equal values."""
 

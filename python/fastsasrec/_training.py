@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import math
-import os
+import signal
 import threading
 import time
 import warnings
@@ -26,16 +24,13 @@ from fastsasrec._device import resolve_device
 from fastsasrec._fitted import Fitted, check_catalogue, read_only
 from fastsasrec._params import engine_config, positive_int
 from fastsasrec._progress import Watch
+from fastsasrec._resume import _RESUME_FREE, _check_resumable, _fingerprint
 from fastsasrec.data import Sequences, check_ids_compatible, flatten_sequences
 
 
 def _all_finite(a: np.ndarray) -> bool:
     """Whether every value is finite (min and max propagate NaN; no array the size of a)."""
     return a.size == 0 or bool(np.isfinite(a.min()) and np.isfinite(a.max()))
-
-
-# The parameters a resumed fit may change: they alter neither the weights nor their order.
-_RESUME_FREE = ("iterations", "verbose", "num_threads", "device")
 
 
 @dataclasses.dataclass
@@ -75,52 +70,6 @@ def _drop_short(sequences: Sequences, stacklevel: int = 4) -> Tuple[np.ndarray, 
         flat = flat[np.repeat(~short, lengths)]
         offsets = np.concatenate(([0], np.cumsum(lengths[~short]))).astype(np.int64)
     return flat, offsets
-
-
-def _fingerprint(flat: np.ndarray, offsets: np.ndarray, feats: Any = None) -> Dict[str, Any]:
-    """What a checkpoint records of its training data: the SHA-256 of the ids (their type,
-    then their values), the offsets and the item features (their vocabularies and each
-    item's values), with the counts to name in an error."""
-    h = hashlib.sha256()
-    if feats is not None:
-        h.update(json.dumps(feats.space.to_json(), sort_keys=True).encode())
-        h.update(np.ascontiguousarray(feats.values, dtype="<i4").tobytes())
-        h.update(np.ascontiguousarray(feats.offsets, dtype="<i8").tobytes())
-    if flat.dtype.kind == "U":
-        h.update(b"str")
-        h.update(np.char.str_len(flat).astype("<i8").tobytes())
-        h.update("".join(flat.tolist()).encode("utf-8", "surrogatepass"))
-    else:
-        h.update(b"int")
-        h.update(np.ascontiguousarray(flat, dtype="<i8").tobytes())
-    h.update(np.ascontiguousarray(offsets.astype("<i8")).tobytes())
-    return {"sha256": h.hexdigest(), "n_sequences": int(offsets.size - 1), "n_events": int(flat.size)}
-
-
-def _check_resumable(ck: Dict[str, Any], path: Any, params: Dict[str, Any],
-                     fingerprint: Dict[str, Any], patience: Optional[int]) -> None:
-    """A checkpoint continues only the fit it was written by: the same data, the same
-    parameters (but those of _RESUME_FREE)."""
-    saved = ck["fingerprint"]
-    if saved.get("sha256") != fingerprint["sha256"]:
-        raise ValueError(
-            f"resume: checkpoint {os.fspath(path)!r} was written for other training data "
-            f"({saved.get('n_sequences')} sequences, {saved.get('n_events')} events; these are "
-            f"{fingerprint['n_sequences']} and {fingerprint['n_events']}, or the same counts in "
-            "another order or with other ids, or other item_features): give the sequences "
-            "and the item_features it was trained on"
-        )
-    differ = [f"{k}={params[k]!r} (checkpoint: {ck['params'].get(k)!r})"
-              for k in sorted(params) if k not in _RESUME_FREE and ck["params"].get(k) != params[k]]
-    if differ:
-        raise ValueError(f"resume: checkpoint {os.fspath(path)!r} was written with other parameters: "
-                         + ", ".join(differ) + "; set them as they were (only " +
-                         ", ".join(_RESUME_FREE) + " may change)")
-    if ck["early_stopping"]["best_score"] is not None and patience is None \
-            and params.get("iterations") != "auto":
-        warnings.warn("resume: the checkpoint holds an early-stopping state; without "
-                      "early_stopping_patience and validation, training runs to iterations",
-                      stacklevel=4)
 
 
 def _continued_engine(state: Fitted, n_items: int) -> Tuple[Any, Dict[str, Any]]:
@@ -204,6 +153,49 @@ def _finished(state: Fitted) -> Fitted:
     return dataclasses.replace(state)  # a fresh cache: nothing computed before it
 
 
+class _CtrlC:
+    """Ctrl-C during a fit: inside an epoch it stops the epoch at once (the engine puts the
+    epoch back); anywhere else (an epoch's validation, record and checkpoint, between the
+    phases) it waits for the next epoch's start, so that every epoch is kept whole and a
+    resume continues exactly.  A second Ctrl-C does not wait.  Installed by ``_ctrl_c``
+    for a fit in the main thread while Python's own handler is in place."""
+
+    active: "Optional[_CtrlC]" = None  # the fit's, while one runs
+
+    def __init__(self) -> None:
+        self.in_epoch = False
+        self.pending = False
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.in_epoch or self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def check(self) -> None:
+        """Raises the Ctrl-C that waited, if one did."""
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _ctrl_c():
+    if (_CtrlC.active is not None or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield  # a fit inside a fit's callback, another thread, or a handler of the caller's
+        return
+    guard = _CtrlC.active = _CtrlC()
+    signal.signal(signal.SIGINT, guard.handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _CtrlC.active = None
+    if guard.pending:
+        warnings.warn("Ctrl-C came as the fit ended: the fit is complete", stacklevel=4)
+
+
 @contextlib.contextmanager
 def _as_shipped(engine: Any, cold: Optional[np.ndarray]):
     """While the block runs, the engine's weights are those ``_finished`` would return (the
@@ -223,8 +215,9 @@ def _as_shipped(engine: Any, cold: Optional[np.ndarray]):
 def fit(model: Any, sequences: Sequences, validation=None, early_stopping_patience=None,
          callbacks=None, checkpoint=None, checkpoint_every=1, resume=None, params=None,
          item_features=None, item_names=None):
-    state = _fit(model, sequences, validation, early_stopping_patience, callbacks, checkpoint,
-                 checkpoint_every, resume, params, item_features, item_names)
+    with _ctrl_c():
+        state = _fit(model, sequences, validation, early_stopping_patience, callbacks, checkpoint,
+                     checkpoint_every, resume, params, item_features, item_names)
     return _finished(state)
 
 
@@ -334,8 +327,10 @@ def _fit(model: Any, sequences: Sequences, validation=None, early_stopping_patie
         source = (f"a validation slice: the last items of {carved.size} of the {lengths.size} "
                   "sequences, held out of training" if carved is not None
                   else "the validation sequences given")
-        if carved is None or state.interrupted:
-            after = "; the best epoch's weights are kept"
+        stopped = bool(state.history) and state.history[-1].get("stopped") == "callback"
+        if carved is None or state.interrupted or stopped:
+            after = "; the best epoch's weights are kept" + ("" if not stopped else
+                                                              " (a callback stopped the fit)")
         elif _auto.REFIT == "continue":
             after = (f"; then the best epoch's weights train {max(1, math.ceil(_auto.REFIT_SHARE * kept))} "
                      f"more epochs ({_auto.REFIT_SHARE:.0%} of {kept}) on everything"
@@ -351,30 +346,43 @@ def _fit(model: Any, sequences: Sequences, validation=None, early_stopping_patie
             + (f", averaged over the last {smooth} epochs" if smooth > 1 else "")
             + f", patience {early_stopping_patience} epochs{patience_why or ','} at most "
             f"{iterations}){after}")}
-        if carved is not None and not state.interrupted and _auto.REFIT == "continue":
+        if carved is not None and not state.interrupted and not stopped and _auto.REFIT == "continue":
             # The best epoch's weights (restored) go on learning on everything: the kept
             # model's lineage is the slice's epochs 1..kept, then kept+1..kept+more.
             more = max(1, math.ceil(_auto.REFIT_SHARE * kept))
             refit = {"epochs": kept + more, "chosen": chosen["iterations"], "trained": kept + more}
             if _auto.REFIT_DECAY:
                 refit["decay_from"] = kept
-            again = train(model, state, *full, kept + more, None, None, callbacks,
-                          _Progress(losses=list(state.loss_history[:kept]), history=list(state.history)),
-                          checkpoint, checkpoint_every, fingerprint, extra={"refit": refit},
-                          phase="refit", lr_scale=_refit_decay(refit))
-            state = dataclasses.replace(again, validation=state.validation)
-        elif carved is not None and not state.interrupted:
+            state = _refit(state, lambda: train(
+                model, state, *full, kept + more, None, None, callbacks,
+                _Progress(losses=list(state.loss_history[:kept]), history=list(state.history)),
+                checkpoint, checkpoint_every, fingerprint, extra={"refit": refit},
+                phase="refit", lr_scale=_refit_decay(refit)))
+        elif carved is not None and not state.interrupted and not stopped:
             refit = {"epochs": kept, "chosen": chosen["iterations"]}
             fresh = _with_features(_core.Model(config, resolve_device(params["device"], config),
                                                threads=params["num_threads"]), feats)
             again = Fitted(fresh, config, params, read_only(item_ids),
                             read_only(counts.astype(np.int64)), features=feats)
             # The refit's history follows the slice's, which its checkpoints keep too.
-            again = train(model, again, *full, kept, None, None, callbacks,
-                          _Progress(history=list(state.history)), checkpoint,
-                          checkpoint_every, fingerprint, extra={"refit": refit}, phase="refit")
-            state = dataclasses.replace(again, validation=state.validation)
+            state = _refit(state, lambda: train(
+                model, again, *full, kept, None, None, callbacks, _Progress(history=list(state.history)),
+                checkpoint, checkpoint_every, fingerprint, extra={"refit": refit}, phase="refit"))
     return dataclasses.replace(state, defaults=chosen)
+
+
+def _refit(slice_state: Fitted, go: Callable[[], Fitted]) -> Fitted:
+    """The refit ``go`` trains; when Ctrl-C stops it before its first epoch ends, the
+    slice's kept model instead (its weights as the slice left them), interrupted: the
+    slice's epochs are not lost."""
+    kept = slice_state.engine.get_params()
+    try:
+        return dataclasses.replace(go(), validation=slice_state.validation)
+    except KeyboardInterrupt:
+        slice_state.engine.set_params(kept)
+        warnings.warn(f"training interrupted in the refit's first epoch: the model keeps the weights "
+                      f"of epoch {slice_state.best_epoch}, the held-out slice's best", stacklevel=4)
+        return dataclasses.replace(slice_state, interrupted=True)
 
 def _refit_decay(refit: Dict[str, Any]) -> Optional[Callable[[int], float]]:
     """The continued refit's learning-rate schedule (epoch -> multiplier), or None."""
@@ -437,8 +445,16 @@ def train(model: Any, state: Fitted, internal, offsets, total: int, validation=N
             epoch = len(run.losses) + 1
             if lr_scale is not None:
                 engine.set_lr_scale(lr_scale(epoch))
+            guard = _CtrlC.active
+            if guard is not None:  # a Ctrl-C that waited since the last epoch: now
+                guard.check()
+                guard.in_epoch = True
             t0 = time.perf_counter()
-            loss = engine.train_epoch(internal, offsets, epoch - 1, check_signals=check_signals)
+            try:
+                loss = engine.train_epoch(internal, offsets, epoch - 1, check_signals=check_signals)
+            finally:
+                if guard is not None:
+                    guard.in_epoch = False
             dt = time.perf_counter() - t0
             if not math.isfinite(loss):
                 raise RuntimeError(
@@ -469,6 +485,8 @@ def train(model: Any, state: Fitted, internal, offsets, total: int, validation=N
             view = model._view(record())
             with _as_shipped(engine, cold if callbacks else None):
                 stop = any(bool(cb(view, epoch, logs)) for cb in (callbacks or []))
+            if stop:
+                logs["stopped"] = "callback"  # and an "auto" fit does not refit after it
             if patience is not None and run.since_best >= patience:
                 stop = True
             if stop or len(run.losses) == total or (epoch - first) % every == 0:
@@ -479,9 +497,11 @@ def train(model: Any, state: Fitted, internal, offsets, total: int, validation=N
         if len(run.losses) == first:
             raise  # no epoch of this call done: nothing to keep
         interrupted = True
+        best = run.best_params is not None and run.best_epoch != len(run.losses)
         warnings.warn(
-            f"training interrupted: the model keeps the weights of epoch {len(run.losses)}, "
-            "its last completed one",
+            f"training interrupted after epoch {len(run.losses)}: the model keeps the weights of "
+            + (f"epoch {run.best_epoch}, the best validated so far" if best
+               else f"epoch {len(run.losses)}, its last completed one"),
             stacklevel=3,
         )
         save_checkpoint()
@@ -571,5 +591,6 @@ def partial_fit(model: Any, sequences: Any, epochs: int = 1, callbacks: Any = No
         return _finished(grown)
     start = _Progress(losses=list(state.loss_history), history=list(state.history))
     # verbose is the estimator's now (a runtime setting, like num_threads), not the fit's.
-    return _finished(train(model, grown, internal, offsets, len(state.loss_history) + epochs,
-                           start=start, callbacks=callbacks, verbose=model.get_params()["verbose"]))
+    with _ctrl_c():
+        return _finished(train(model, grown, internal, offsets, len(state.loss_history) + epochs,
+                               start=start, callbacks=callbacks, verbose=model.get_params()["verbose"]))

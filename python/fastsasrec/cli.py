@@ -12,7 +12,7 @@
 
 Errors in what the user gave (files, columns, ids, arguments) print one line on stderr
 and exit with status 2.  Ctrl-C exits with status 130; ``train`` and ``update`` then write
-no model unless ``--keep-partial`` asks for the last completed epoch's.
+no model unless ``--keep-partial`` asks for the model as it stands.
 """
 from __future__ import annotations
 
@@ -187,13 +187,14 @@ def _finish(model, args: argparse.Namespace, what: str) -> int:
     """Saves a trained model to --output, unless Ctrl-C stopped the training and
     --keep-partial was not given; returns the exit status (130 when interrupted)."""
     if model.interrupted_:
-        epochs = len(model.loss_history_)
+        epochs, best = len(model.loss_history_), model.best_epoch_
         if not args.keep_partial:
             print(f"interrupted: {what} stopped after epoch {epochs}; {args.output} not written "
-                  "(--keep-partial saves the last completed epoch)", file=sys.stderr)
+                  "(--keep-partial saves the model as it stands)", file=sys.stderr)
             return 130
         model.save(args.output)
-        print(f"interrupted: saved the model of epoch {epochs} to {args.output}", file=sys.stderr)
+        which = f"epoch {best}" + (f", the best validated of {epochs}" if best != epochs else "")
+        print(f"interrupted: saved the model of {which} to {args.output}", file=sys.stderr)
         return 130
     model.save(args.output)
     print(f"saved {args.output}")
@@ -468,7 +469,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="with --checkpoint: continue from PATH when it exists (same events and "
                         "settings; --epochs may grow)")
     t.add_argument("--keep-partial", action="store_true",
-                   help="on Ctrl-C, save the last completed epoch's model to --output (exit 130)")
+                   help="on Ctrl-C, save the model as it stands to --output: its best validated "
+                        "epoch so far, or its last completed one (exit 130)")
     t.set_defaults(func=_train)
 
     u = sub.add_parser("update", help="continue training a model on new events",
@@ -486,7 +488,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_item_feature_args(u)
     u.add_argument("--threads", type=int, default=None)
     u.add_argument("--keep-partial", action="store_true",
-                   help="on Ctrl-C, save the last completed epoch's model to --output (exit 130)")
+                   help="on Ctrl-C, save the model as it stands to --output: its best validated "
+                        "epoch so far, or its last completed one (exit 130)")
     _add_verbosity(u)
     u.set_defaults(func=_update)
 

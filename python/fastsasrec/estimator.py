@@ -238,10 +238,13 @@ class SASRec(FittedAttributes, NotebookCompat):
         for this one to end.
 
         Ctrl-C (KeyboardInterrupt) is looked for between batches.  It abandons the epoch
-        under way, and fit returns the model with the weights of its last completed epoch:
+        under way, and fit returns the model with the weights of its last completed epoch
+        (where it validates: its best validated epoch so far; ``best_epoch_``):
         ``interrupted_`` is True, ``loss_history_`` has one entry per completed epoch, and a
-        warning says so.  Ctrl-C before the first epoch ends raises KeyboardInterrupt and
-        changes nothing.  (Only the main thread receives Ctrl-C; a fit in another thread
+        warning says so.  An epoch's validation, record and checkpoint are kept whole
+        (Ctrl-C there waits for them; a second one does not).  Ctrl-C in the refit of an
+        "auto" fit before its first epoch ends returns the slice's best model, interrupted;
+        before the fit's first epoch ends it raises KeyboardInterrupt and changes nothing.  (Only the main thread receives Ctrl-C; a fit in another thread
         runs its epochs to their end.)
 
         ``validation``: sequences scored after every epoch (each one's last item held out,
