@@ -174,6 +174,31 @@ def test_the_live_line_fits_a_narrow_terminal(monkeypatch):
     assert "slice epoch 140" in lines[-1] and "ETA <= 43:00" in lines[-1] and "5 to stop" in lines[-1]
 
 
+def test_the_live_line_keeps_its_eta_whole_at_80_columns_with_a_running_mean(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    out = FakeTerminal()
+    w = Watch(1, "slice", total=1000, patience=25, stream=out)
+    w.update({"epoch": 30, "loss": 2.67012, "tokens_per_s": 123456.0, "seconds": 2.0,
+              "val_NDCG@10": 0.7795, "val_NDCG@10_smoothed": 0.7797}, best=(0.7797, 30), since_best=0)
+    line = out.getvalue().split("\r")[-1].replace("\x1b[K", "")
+    assert len(line) <= 79 and not line.endswith("...") and line.endswith("25 to stop"), line
+    assert "NDCG@10 0.7797 best 0.7797" in line
+
+
+def test_the_live_line_does_not_flicker_between_layouts(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    # Once a line had to take a narrower layout, a shorter line (tok/s one digit shorter,
+    # played here by a wider terminal) keeps it: the layout never jumps back and forth.
+    out = FakeTerminal()
+    w = Watch(1, "refit", total=60, stream=out)
+    starts = []
+    for e, cols in ((51, "60"), (52, "300"), (53, "60")):
+        monkeypatch.setenv("COLUMNS", cols)
+        w.update({"epoch": e, "loss": 2.5, "tokens_per_s": 99_686.0, "seconds": 1.0})
+        starts.append(out.getvalue().split("\r")[-1].split(" ")[0])
+    assert starts == ["refit"] * 3, starts
+
+
 def test_plain_lines_and_phase_times():
     out = io.StringIO()  # not a terminal: verbose=1 writes one line per epoch
     w = Watch(1, "train", total=2, stream=out)

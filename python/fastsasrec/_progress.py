@@ -70,6 +70,7 @@ class Watch:
         self.last: Optional[Dict[str, Any]] = None
         self.best: Optional[Tuple[float, int]] = None
         self.shown = False
+        self.level = 0  # the narrowest form the live line has taken in this phase
         if self.live:
             self._draw(f"SASRec {PHASES[phase]}: epoch {first + 1} of {self._of()} under way")
 
@@ -117,13 +118,19 @@ class Watch:
             mid = f"ETA <= {left} (cap {self.total} epochs), {k} without gain to stop"
             tiny = f"ETA <= {left}, {k} to stop"
         name = PHASES[self.phase]
+        watched = logs.get("val_NDCG@10_smoothed", logs.get("val_NDCG@10"))
+        least = (f"NDCG@10 {watched:.4f}" if watched is not None else "") + \
+            (f" best {best[0]:.4f}" if best is not None else "")
         self._draw([  # the widest that fits the terminal
             f"SASRec {name}: " + " | ".join(x for x in (count, loss, speed, score, eta) if x),
             f"{name}: " + " | ".join(x for x in (count, loss, short, eta) if x),
             f"{name}: " + " | ".join(x for x in (count, loss, short, mid) if x),
             f"{self.phase}: " + " | ".join(x for x in (count, loss, short, mid) if x),
             " ".join(x for x in (self.phase, count, f"loss {logs['loss']:.3f}",
-                                 short.replace("(", "").replace(")", ""), tiny) if x)])
+                                 short.replace("(", "").replace(")", ""), tiny) if x),
+            " ".join(x for x in (self.phase, count, f"loss {logs['loss']:.3f}", least, tiny) if x),
+            " ".join(x for x in (self.phase, count, least, tiny) if x),
+            " ".join(x for x in (count, tiny) if x)])
 
     def close(self) -> None:
         """Ends the phase: the live line gives way to the phase's summary line."""
@@ -140,7 +147,12 @@ class Watch:
     def _draw(self, forms: "str | List[str]") -> None:
         forms = [forms] if isinstance(forms, str) else forms
         width = _width(self.stream)
-        text = next((f for f in forms if len(f) <= width), forms[-1])
+        # The widest form that fits, and no wider than the phase has shown: a line that
+        # changed its layout from one epoch to the next (a number one digit longer) flickers.
+        at = next((i for i in range(min(self.level, len(forms) - 1), len(forms)) if len(forms[i]) <= width),
+                  len(forms) - 1)
+        self.level = max(self.level, at) if len(forms) > 1 else self.level
+        text = forms[at]
         if len(text) > width:
             text = text[:max(width - 3, 0)] + "..."
         self.stream.write("\r" + text + "\x1b[K")
