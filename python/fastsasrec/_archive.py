@@ -140,7 +140,9 @@ def replacing(path: str, target: str, directory: str) -> Iterator[Any]:
     destination in errors."""
     mode = 0o666 & ~umask()
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".fastsasrec-", suffix=".tmp", dir=directory)
+        # Named after the file it becomes: one a killed process left says whose it was.
+        fd, tmp = tempfile.mkstemp(prefix=f".fastsasrec-{os.path.basename(target)[:100]}-", suffix=".tmp",
+                                   dir=directory)
     except OSError as e:
         raise type(e)(e.errno, f"cannot save to {path!r}: cannot create a file in {directory!r} "
                                f"({e.strerror})") from None

@@ -160,8 +160,12 @@ class FittedAttributes:
     def history_(self) -> List[Dict[str, Any]]:
         """One dict per epoch of the fit, of both phases of an "auto" fit (the slice's
         early stopping, then the refit): ``phase`` ("slice", "refit" or "train"), ``epoch``
-        (counted within its phase), ``loss``, ``tokens_per_s``, ``seconds`` (the epoch and
-        its validation) and the validation metrics (``val_NDCG@10`` ...) where scored."""
+        (the model's epoch count: a refit that continues the slice's kept epochs counts on
+        from them), ``loss``, ``tokens_per_s``, ``seconds`` (the epoch and its validation),
+        the validation metrics (``val_NDCG@10`` ...) where scored, ``val_NDCG@10_smoothed``
+        (the running mean early stopping watches) where it smooths, and ``stopped``
+        ("callback") on the epoch a callback stopped.  A model read by ``load`` has none:
+        the file keeps ``loss_history_`` only."""
         state = self._state
         return [] if state is None else list(state.history)
 

@@ -141,7 +141,9 @@ class Watch:
             n = len(self.times)
             text = f"SASRec {PHASES[self.phase]}: {n} epochs in {clock(sum(self.times))}"
             if self.best is not None:
-                text += f", best NDCG@10 {self.best[0]:.4f} at epoch {self.best[1]}"
+                mean = "val_NDCG@10_smoothed" in self.last  # early stopping watched a running mean
+                text += (f", best {'running mean of ' if mean else ''}NDCG@10 {self.best[0]:.4f} "
+                         f"at epoch {self.best[1]}")
             print(text, file=self.stream, flush=True)
 
     def _draw(self, forms: "str | List[str]") -> None:
