@@ -155,3 +155,10 @@ def test_item_names_is_named_as_the_argument_given():
 def test_split_by_time_reads_any_float_below_one_as_a_share():
     ev = pd.DataFrame({"user_id": [1, 2] * 5, "item_id": range(10), "timestamp": range(10)})
     assert split_by_time(ev, at=np.float32(0.8))[1].at == split_by_time(ev, at=0.8)[1].at == 8
+
+
+def test_id_dropout_without_item_features_is_said_to_change_nothing():
+    with pytest.warns(UserWarning, match=r"id_dropout=0.1 drops items' ids .* this fit has none: it changes nothing"):
+        m = _model(iterations=2, id_dropout=0.1).fit(_sessions())
+    plain = _model(iterations=2).fit(_sessions())
+    np.testing.assert_array_equal(m.item_embeddings_, plain.item_embeddings_)

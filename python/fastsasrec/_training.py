@@ -240,6 +240,9 @@ def _fit(model: Any, sequences: Sequences, validation=None, early_stopping_patie
     table = _features_table(item_features, item_names, flat)
     if table is not None:
         _feature_ids.check_ids(item_features, table, np.unique(flat))
+    elif params.get("id_dropout"):
+        warnings.warn(f"id_dropout={params['id_dropout']!r} drops items' ids to leave them to their "
+                      "item features, and this fit has none: it changes nothing", stacklevel=4)
     item_ids, internal, counts = _catalogue(flat, table)
     check_catalogue(item_ids)
     feats = _features.fitted(table, item_ids, params["feature_buckets"]) if table is not None else None
@@ -499,9 +502,10 @@ def train(model: Any, state: Fitted, internal, offsets, total: int, validation=N
         interrupted = True
         best = run.best_params is not None and run.best_epoch != len(run.losses)
         warnings.warn(
-            f"training interrupted after epoch {len(run.losses)}: the model keeps the weights of "
-            + (f"epoch {run.best_epoch}, the best validated so far" if best
-               else f"epoch {len(run.losses)}, its last completed one"),
+            (f"training interrupted after epoch {len(run.losses)}: the model keeps the weights of "
+             f"epoch {run.best_epoch}, the best validated so far") if best else
+            (f"training interrupted: the model keeps the weights of epoch {len(run.losses)}, "
+             "its last completed one"),
             stacklevel=3,
         )
         save_checkpoint()

@@ -511,7 +511,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("score", help="recommendations for every user of an event log (nightly jobs)",
                         description="Build each user's session from an event log (the model reads their "
                                     "most recent max_seq known events; all of their items count as seen), "
-                                    "score it and write (user, rank, item, score) rows "
+                                    "score it and write (user, rank, item[, name], score) rows "
                                     "to a .parquet or .csv file, the model file's SHA-256 in its metadata "
                                     "(a .csv gets it in OUTPUT.meta.json). The log is read in chunks.")
     sc.add_argument("model", metavar="MODEL", help="a model file written by train")

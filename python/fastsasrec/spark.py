@@ -198,7 +198,7 @@ def recommend(events_df: Any, model_path: str, user_col: str = "user_id", item_c
                 bad = (pdf[f"_fsr_null{j}"] > 0).to_numpy()
                 if bad.any():
                     raise ValueError(f"events_df: column {c!r} ({arg}) has a null value in an event "
-                                     f"of user {pdf[user_col].to_numpy()[bad][0]!r}")
+                                     f"of user {pdf[user_col].tolist()[bad.tolist().index(True)]!r}")
             sessions = [[] if x is None else list(x) for x in pdf["_fsr_items"]]
             kw = {"exclude": [[] if x is None else list(x) for x in pdf["_fsr_older"]]} if exclude_seen else {}
             got = model.recommend_batch(sessions, n=k, exclude_seen=exclude_seen, **kw, **chosen)
