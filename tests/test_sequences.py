@@ -223,3 +223,19 @@ def test_offsets_are_copied_and_a_changed_item_is_checked_again():
     with pytest.raises(ValueError, match="control"):
         m2 = SASRec(factors=8, n_layers=1, max_seq=4, n_negatives=1, iterations=1, num_threads=1)
         m2.fit(st)
+
+
+def test_text_times_in_more_than_one_iso_form_are_read():
+    # str(datetime) leaves out zero microseconds, and a date alone its time.
+    ev = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [10, 11, 12],
+                       "timestamp": ["2024-01-01 10:00:00", "2024-01-01 09:00:00.500000", "2024-01-02"]})
+    items, offsets, _ = transactions_to_sequences(ev, "user_id", "item_id", "timestamp")
+    assert items.tolist() == [11, 10, 12]
+
+
+@pytest.mark.parametrize("missing", ["", "NaT", "NaN"])
+def test_a_missing_text_time_is_refused_by_row(missing):
+    ev = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [10, 11, 12],
+                       "timestamp": ["2024-01-03", missing, "2024-01-01"]})
+    with pytest.raises(ValueError, match=f"column 'timestamp' .* at row 1 is '{missing}': a missing time"):
+        transactions_to_sequences(ev, "user_id", "item_id", "timestamp")

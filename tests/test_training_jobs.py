@@ -648,3 +648,10 @@ def test_ctrl_c_during_an_epochs_validation_keeps_the_epoch_whole(tmp_path):
 def test_a_callback_that_stops_the_slice_stops_the_fit():
     r = _edge("callback")
     assert r == {"phases": ["slice"], "epochs": 3, "stopped": "callback"}
+
+
+def test_validation_the_model_cannot_know_is_refused(seqs):
+    shifted = [[i + 1000 for i in s] for s in seqs[:50]]  # raw ids against encoded ones, say
+    with pytest.raises(ValueError, match=r"validation: none of its 50 held-out items .* is an item of "
+                                         r"the training sequences"):
+        SASRec(**P).fit(seqs, validation=shifted)

@@ -114,9 +114,18 @@ def text_times(col: Any, where: str, row: int = 0, state: Optional[dict] = None)
     try:
         with warnings.catch_warnings():  # pandas warns when it falls back to parsing one by one
             warnings.simplefilter("ignore", UserWarning)
-            parsed = pd.to_datetime(col, utc=True)
+            try:
+                parsed = pd.to_datetime(col, utc=True)
+            except (ValueError, TypeError, OverflowError):
+                # ISO 8601 in more than one form (str(datetime) leaves out zero microseconds,
+                # a date alone its time): pandas infers one form from the first cell.
+                parsed = pd.to_datetime(col, utc=True, format="ISO8601")
     except (ValueError, TypeError, OverflowError) as e:
         raise ValueError(f"{where} must hold numbers or dates: {_first_bad_date(col, row, e)}") from None
+    missing = parsed.isna().to_numpy()
+    if missing.any():  # "", "NaT", "NaN" read as no time: refused, as a missing cell is
+        i = int(np.argmax(missing))
+        raise ValueError(f"{where} at row {row + i} is {col.iloc[i]!r}: a missing time")
     return parsed.dt.tz_localize(None).to_numpy()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import signal
 import threading
 import time
 import warnings
@@ -23,6 +22,7 @@ from fastsasrec import metrics as _metrics
 from fastsasrec._device import resolve_device
 from fastsasrec._fitted import Fitted, check_catalogue, read_only
 from fastsasrec._params import engine_config, positive_int
+from fastsasrec._interrupts import CtrlC as _CtrlC, ctrl_c as _ctrl_c
 from fastsasrec._progress import Watch
 from fastsasrec._resume import _RESUME_FREE, _check_resumable, _fingerprint
 from fastsasrec.data import Sequences, check_ids_compatible, flatten_sequences
@@ -153,49 +153,6 @@ def _finished(state: Fitted) -> Fitted:
     return dataclasses.replace(state)  # a fresh cache: nothing computed before it
 
 
-class _CtrlC:
-    """Ctrl-C during a fit: inside an epoch it stops the epoch at once (the engine puts the
-    epoch back); anywhere else (an epoch's validation, record and checkpoint, between the
-    phases) it waits for the next epoch's start, so that every epoch is kept whole and a
-    resume continues exactly.  A second Ctrl-C does not wait.  Installed by ``_ctrl_c``
-    for a fit in the main thread while Python's own handler is in place."""
-
-    active: "Optional[_CtrlC]" = None  # the fit's, while one runs
-
-    def __init__(self) -> None:
-        self.in_epoch = False
-        self.pending = False
-
-    def handler(self, signum: int, frame: Any) -> None:
-        if self.in_epoch or self.pending:
-            self.pending = False
-            raise KeyboardInterrupt
-        self.pending = True
-
-    def check(self) -> None:
-        """Raises the Ctrl-C that waited, if one did."""
-        if self.pending:
-            self.pending = False
-            raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _ctrl_c():
-    if (_CtrlC.active is not None or threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield  # a fit inside a fit's callback, another thread, or a handler of the caller's
-        return
-    guard = _CtrlC.active = _CtrlC()
-    signal.signal(signal.SIGINT, guard.handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        _CtrlC.active = None
-    if guard.pending:
-        warnings.warn("Ctrl-C came as the fit ended: the fit is complete", stacklevel=4)
-
-
 @contextlib.contextmanager
 def _as_shipped(engine: Any, cold: Optional[np.ndarray]):
     """While the block runs, the engine's weights are those ``_finished`` would return (the
@@ -245,6 +202,8 @@ def _fit(model: Any, sequences: Sequences, validation=None, early_stopping_patie
                       "item features, and this fit has none: it changes nothing", stacklevel=4)
     item_ids, internal, counts = _catalogue(flat, table)
     check_catalogue(item_ids)
+    if validation is not None:
+        _check_validation(validation, item_ids)
     feats = _features.fitted(table, item_ids, params["feature_buckets"]) if table is not None else None
     fingerprint = _fingerprint(flat, offsets, feats) if checkpoint is not None or resume is not None else None
     lengths = np.diff(offsets)
@@ -386,6 +345,17 @@ def _refit(slice_state: Fitted, go: Callable[[], Fitted]) -> Fitted:
         warnings.warn(f"training interrupted in the refit's first epoch: the model keeps the weights "
                       f"of epoch {slice_state.best_epoch}, the held-out slice's best", stacklevel=4)
         return dataclasses.replace(slice_state, interrupted=True)
+
+def _check_validation(validation: Sequences, item_ids: np.ndarray) -> None:
+    """Refuses validation sequences whose held-out items (each one's last) the model cannot
+    know: every score would be 0, and early stopping would keep epoch 1 without a word."""
+    ends = validation.offsets[1:][validation.lengths >= 2] - 1
+    last = validation.items[ends]
+    if last.size and not np.isin(last, item_ids).any():
+        raise ValueError(f"validation: none of its {last.size} held-out items (each sequence's last, "
+                         f"e.g. {last[0].item()!r}) is an item of the training sequences, so every "
+                         "score would be 0; give sequences of the same ids as the training ones")
+
 
 def _refit_decay(refit: Dict[str, Any]) -> Optional[Callable[[int], float]]:
     """The continued refit's learning-rate schedule (epoch -> multiplier), or None."""
