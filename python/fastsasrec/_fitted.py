@@ -26,7 +26,7 @@ from fastsasrec.data import (
     encode,
     flatten_sequences,
 )
-from fastsasrec._new_products import read_items
+from fastsasrec._new_products import read_items, unread
 from fastsasrec._params import flag, positive_int
 
 
@@ -444,6 +444,81 @@ def to_original(state: Fitted, ids: np.ndarray) -> np.ndarray:
     return out
 
 
+def recommend_cupy(state: Fitted, sessions: Any, n: int, exclude_seen: bool) -> Recommendations:
+    """recommend_batch for a 2-D CuPy array of known ids on the model's GPU: mapped and
+    scored there, CuPy ids and scores back (no session can be cold: every id is known).
+    Sessions holding new products are scored by the host path, which reads them as
+    ``read_items`` says."""
+    import cupy as cp
+
+    engine = state.engine
+    if engine.device_index < 0:
+        raise ValueError(
+            f"sessions is a CuPy array but this model is on {engine.device!r}: move it "
+            "with .to('cuda'), or pass a NumPy array or lists"
+        )
+    if sessions.device.id != engine.device_index:
+        raise ValueError(
+            f"sessions is on GPU {sessions.device.id} but this model is on GPU "
+            f"{engine.device_index}: copy it there first (cupy.asarray inside "
+            f"`with cupy.cuda.Device({engine.device_index}):`)"
+        )
+    if sessions.ndim != 2 or sessions.dtype.kind not in "iu":
+        raise ValueError(
+            "sessions as a CuPy array must be 2-D integer item ids (sessions x items), got "
+            f"shape {sessions.shape} of {sessions.dtype}"
+        )
+    if state.item_ids.dtype.kind not in "iu":
+        raise ValueError("this model's item ids are strings: CuPy sessions cannot name them")
+    B, L = sessions.shape
+    if L == 0 or B == 0:
+        raise ValueError(f"sessions must have at least one item per session, got shape {sessions.shape}")
+    if sessions.dtype.kind == "u" and sessions.dtype.itemsize == 8:
+        top = int(sessions.max())  # one scalar crosses to the host
+        if top >= 2**63:
+            raise ValueError(f"sessions holds {top}: integer item ids must fit in 64 bits (int64)")
+    ids_gpu, sorted_gpu, order_gpu = _cupy_item_ids(state, cp)
+    x = sessions.astype(cp.int64, copy=False)
+    pos = cp.minimum(cp.searchsorted(sorted_gpu, x), sorted_gpu.size - 1)
+    found = sorted_gpu[pos] == x
+    if not bool(found.all()):  # one scalar crosses to the host
+        bad = int(x.ravel()[int(cp.argmin(found.ravel()))])
+        raise ValueError(
+            f"sessions: item id {bad} is not in the model's catalogue; CuPy sessions must "
+            "hold known ids only (NumPy arrays and lists skip unknown ones)"
+        )
+    internal = ((pos if order_gpu is None else order_gpu[pos]) + 1).astype(cp.int32)
+    new = unread(state)
+    if new is not None and bool(cp.asarray(new)[internal].any()):  # one scalar to the host
+        # New products in the sessions: the model reads them otherwise (read_items), and
+        # the rows may come out ragged; the host path scores them, for the same answers.
+        got = recommend(state, list(cp.asnumpy(x)), n, exclude_seen)
+        return Recommendations(cp.asarray(got.ids), cp.asarray(got.scores), cp.asarray(got.fallback),
+                               cp.zeros(B, dtype=cp.int64))
+    fwd = cp.ascontiguousarray(internal[:, -state.config["max_seq"]:])
+    excl = internal if exclude_seen else None
+    out_ids = cp.empty((B, n), dtype=cp.int32)
+    out_scores = cp.empty((B, n), dtype=cp.float32)
+    # The engine works on its own stream: what CuPy's stream wrote must be done first.
+    cp.cuda.get_current_stream().synchronize()
+    engine.recommend_resident(fwd, excl, n, out_ids, out_scores)  # returns once its stream is done
+    ids = ids_gpu[cp.maximum(out_ids, 1) - 1]
+    ids[out_ids == 0] = filler(state.item_ids)
+    return Recommendations(ids, out_scores, cp.zeros(B, dtype=bool), cp.zeros(B, dtype=cp.int64))
+
+
+def _cupy_item_ids(state: Fitted, cp: Any) -> Any:
+    """(catalogue, sorted ids, their internal indices or None) on the GPU."""
+    found = state.cache.get("cupy_item_ids")
+    if found is None:
+        sorted_ids, order = state.lookup()
+        ids = cp.asarray(state.item_ids)
+        found = (ids, ids if order is None else cp.asarray(sorted_ids),
+                 None if order is None else cp.asarray(order))
+        state.cache["cupy_item_ids"] = found
+    return found
+
+
 # ----------------------------------------------------------------------------- the rest
 def session_states(state: Fitted, sessions: Any) -> np.ndarray:
     """(B, factors): each session's final hidden state (its items read as ``read_items`` says);
@@ -498,49 +573,3 @@ def session_quality(state: Fitted, session: Any) -> float:
     sim = U @ U.T
     mean = (sim.sum() - np.trace(sim)) / (m * (m - 1))
     return float(np.clip(mean, 0.0, 1.0))
-
-
-def rank_among(state: Fitted, contexts: Sequences, targets: np.ndarray, n_neg: int,
-               seed: Any) -> np.ndarray:
-    """The sampled protocol's ranks: each target's rank among n_neg random items its
-    context does not contain, by the model's scores (-1, a miss, when the target or the
-    whole context is unknown to the model, or the target is in its context)."""
-    H = session_states(state, contexts).astype(np.float64)
-    E = state.item_embeddings().astype(np.float64)
-    V = state.n_items
-    t_int = state.encode(np.asarray(targets))
-    c_int, bounds = state.encode(contexts.items), contexts.offsets.tolist()
-    rng = np.random.default_rng(seed)
-    ranks = np.full(len(contexts), -1, dtype=np.int64)
-    for b in range(len(contexts)):
-        if t_int[b] == 0 or np.isnan(H[b, 0]):
-            continue  # unknown target or context: a miss
-        ctx = set(c_int[bounds[b]:bounds[b + 1]].tolist())
-        seen = ctx | {int(t_int[b])}
-        if V - len(seen) < n_neg:
-            raise ValueError(f"n_negatives ({n_neg}) exceeds the items a sequence does not contain")
-        neg = []
-        while len(neg) < n_neg:
-            for x in rng.integers(1, V + 1, size=2 * n_neg).tolist():
-                if x not in seen:
-                    seen.add(x)
-                    neg.append(x)
-                    if len(neg) == n_neg:
-                        break
-        s_t = H[b] @ E[t_int[b] - 1]
-        s_n = E[np.asarray(neg) - 1] @ H[b]
-        ranks[b] = -1 if t_int[b] in ctx else int((s_n > s_t).sum())  # seen: a miss, as in "loo"
-    return ranks
-
-
-def popular_topk(state: Fitted, contexts: Sequences, k: int) -> np.ndarray:
-    """(B, min(k, V)) internal ids: the most popular items less each context's, as a
-    session with no known item gets them (0: an empty slot): the most-popular baseline."""
-    ctx = state.encode(contexts.items)
-    bounds = contexts.offsets
-    kk = min(k, state.n_items)
-    top = np.zeros((len(contexts), kk), dtype=np.int64)
-    for b in range(len(contexts)):
-        ids, _ = state.popular(kk, ctx[bounds[b]:bounds[b + 1]])
-        top[b, : ids.size] = ids
-    return top

@@ -492,9 +492,7 @@ class SASRec(FittedAttributes, NotebookCompat):
                 raise ValueError("exclude, denylist and candidates are not supported with CuPy "
                                  "sessions; pass the sessions as lists or a Sequences")
             n = min(positive_int(n, "n"), state.n_items)
-            from fastsasrec._cupy import recommend_cupy
-
-            return recommend_cupy(state, sessions, n, flag(exclude_seen, "exclude_seen"))
+            return _fitted.recommend_cupy(state, sessions, n, flag(exclude_seen, "exclude_seen"))
         return _fitted.recommend(state, sessions, n, exclude_seen, exclude, denylist,
                                  candidates=candidates)
 

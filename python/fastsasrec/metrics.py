@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from fastsasrec import _fitted
+from fastsasrec import _eval_ranks, _fitted
 from fastsasrec._params import positive_int, seed_or_none
 from fastsasrec._splits import ColdStart, TimeSplit, cold_start_split, split_by_time  # noqa: F401
 from fastsasrec.data import Sequences, check_ids_compatible, flatten_sequences
@@ -237,7 +237,7 @@ def evaluate(
     else:
         n_negatives = positive_int(n_negatives, "n_negatives")
         random_state = seed_or_none(random_state, "random_state")
-        ranks = _fitted.rank_among(state, contexts, tgt.items, n_negatives, random_state)
+        ranks = _eval_ranks.rank_among(state, contexts, tgt.items, n_negatives, random_state)
         hits = np.arange(n_negatives + 1)[None, :] == ranks[:, None]
         out = ranking_metrics(hits, np.ones(ranks.size, dtype=np.int64), ks)
         unknown = int((state.encode(tgt.items) == 0).sum())
@@ -265,7 +265,7 @@ def popular_baseline(model: Any, sequences: Any, k: Any = 10, targets: Any = Non
     ks = cutoffs(k)
     sequences, targets = _split(sequences, targets)
     contexts, tgt, n = _cases(state, sequences, targets)
-    top = _fitted.popular_topk(state, contexts, max(ks))
+    top = _eval_ranks.popular_topk(state, contexts, max(ks))
     hits, n_t, unknown = _hits(state, top, tgt)
     out: Dict[str, Any] = ranking_metrics(hits, n_t, ks, recall=targets is not None)
     out.update(_list_metrics(top, ks, state.popularity))
