@@ -177,17 +177,17 @@ def _cold_metrics(model, cold, coldcases):
 
 def _id_rows(model):
     """A copy of the fitted engine's id embeddings (row i: internal id i, 0 the padding)."""
-    from fastsasrec import _features
+    from fastsasrec import _weights
 
-    return _features.tensor_rows(model._state.engine, "item_emb").copy()
+    return _weights.tensor_rows(model._state.engine, "item_emb").copy()
 
 
 def _set_id_rows(model, rows):
     import dataclasses
 
-    from fastsasrec import _features
+    from fastsasrec import _weights
 
-    _features.set_tensor(model._state.engine, "item_emb", rows)
+    _weights.set_tensor(model._state.engine, "item_emb", rows)
     model._state = dataclasses.replace(model._state)  # a fresh cache of the fused table
 
 

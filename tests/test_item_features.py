@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from fastsasrec import ItemFeatures, SASRec
-from fastsasrec import _features
+from fastsasrec import _features, _weights
 
 # Four categories of ten items; sessions stay inside a category, in id order.
 CATS = {c: list(range(100 * (c + 1), 100 * (c + 1) + 10)) for c in range(4)}
@@ -453,16 +453,16 @@ def test_recommend_frame_and_spark_carry_names(fitted, tmp_path):
 
 
 def test_an_engine_tensor_is_read_and_replaced_by_name(fitted):
-    """_features.tensor_rows / set_tensor / zero_rows touch the named tensor alone."""
+    """_weights.tensor_rows / set_tensor / zero_rows touch the named tensor alone."""
     engine = fitted._state.engine
     before = engine.get_params().copy()
-    emb = _features.tensor_rows(engine, "item_emb")
+    emb = _weights.tensor_rows(engine, "item_emb")
     assert emb.ndim == 2 and emb.shape[0] == fitted.n_items + 1
     changed = emb + 1.0
-    _features.set_tensor(engine, "item_emb", changed)
-    np.testing.assert_array_equal(_features.tensor_rows(engine, "item_emb"), changed)
-    _features.zero_rows(engine, "item_emb", np.array([1, 2]))
-    now = _features.tensor_rows(engine, "item_emb")
+    _weights.set_tensor(engine, "item_emb", changed)
+    np.testing.assert_array_equal(_weights.tensor_rows(engine, "item_emb"), changed)
+    _weights.zero_rows(engine, "item_emb", np.array([1, 2]))
+    now = _weights.tensor_rows(engine, "item_emb")
     assert not now[[1, 2]].any()
     np.testing.assert_array_equal(now[3:], changed[3:])
     after = engine.get_params()
@@ -470,7 +470,7 @@ def test_an_engine_tensor_is_read_and_replaced_by_name(fitted):
     outside = np.ones(before.size, bool)
     outside[off[0]:off[0] + off[1]] = False
     np.testing.assert_array_equal(after[outside], before[outside])
-    _features.set_tensor(engine, "item_emb", emb)  # the fixture's model as it was
+    _weights.set_tensor(engine, "item_emb", emb)  # the fixture's model as it was
 
 
 def _listed(table, tz=None):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from fastsasrec import ItemFeatures, SASRec
-from fastsasrec._features import tensor_rows
+from fastsasrec._weights import tensor_rows
 from fastsasrec.metrics import split_by_time
 from test_item_features import _model, _sessions, _table
 

@@ -1,13 +1,14 @@
 """A features table's cells, one value at a time: what counts as missing, the scalar a
 vocabulary holds and its key, instants read as seconds (a column of kind "time") and
-named back as dates, and the warnings for a column likely meant otherwise.  The kinds and
-the fitted space are ``fastsasrec._features``'s."""
+named back as dates, the warnings for a column likely meant otherwise, and the check of
+ItemFeatures' column lists (``check_kinds``).  The kinds and the fitted space are
+``fastsasrec._features``'s."""
 from __future__ import annotations
 
 import math
 import numbers
 import warnings
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -201,3 +202,26 @@ def _is_datetime(series: Any) -> bool:
 def _key(v: Any) -> Tuple[str, Any]:
     """The vocabulary's key of a value: its kind with it, so 1, True and "1" stay apart."""
     return (type(v).__name__, v)
+
+
+def check_kinds(categorical: Any, numeric: Any, multi: Any, time: Any) -> None:
+    """ItemFeatures' column lists: lists of column names, ``multi`` a dict of delimiters
+    (a non-empty string, or None for cells that are lists); no column in two of them."""
+    where: Dict[Any, str] = {}
+    for label, given in (("categorical", categorical), ("numeric", numeric), ("multi", multi),
+                         ("time", time)):
+        if given is None:
+            continue
+        if label == "multi" and not isinstance(given, dict):
+            raise ValueError(f"multi must be a dict of column -> delimiter (None for cells that "
+                             f"are lists), e.g. {{'tags': '|'}}; got {given!r}")
+        if isinstance(given, (str, bytes)) or not isinstance(given, (dict, list, tuple, set, frozenset)):
+            raise ValueError(f"{label} must be a list of column names, got {given!r}"
+                             + (f" (did you mean [{given!r}]?)" if isinstance(given, str) else ""))
+        for c in given:
+            if c in where:
+                raise ValueError(f"column {c!r} is in both {where[c]} and {label}: give it one kind")
+            where[c] = label
+            if label == "multi" and given[c] is not None and (not isinstance(given[c], str) or not given[c]):
+                raise ValueError(f"multi[{c!r}] must be a non-empty delimiter string (or None for "
+                                 f"cells that are lists), got {given[c]!r}")

@@ -37,8 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from fastsasrec._feature_cells import (_instant, _is_datetime, _is_missing, _key, _scalar, _seconds,
-                                       _warn_if_blank,
-                                       _warn_if_odd)
+                                       _warn_if_blank, _warn_if_odd, check_kinds)
 
 KINDS = ("categorical", "multi", "numeric", "time")
 BUCKETED = ("numeric", "time")  # kinds whose values are buckets of numbers
@@ -398,7 +397,7 @@ def table(item_features: Any, id_col: Optional[str] = None, names: Optional[str]
     if twice:
         raise ValueError(f"item_features has two columns named {', '.join(twice[:20])}: give each "
                          "column a name of its own")
-    _check_kinds(categorical, numeric, multi, time)
+    check_kinds(categorical, numeric, multi, time)
     for label, given in (("id_col", id_col), (names_label, names)):
         if given is not None and given not in cols:
             raise ValueError(f"{label}={given!r} is not a column of item_features (columns: "
@@ -469,29 +468,6 @@ def table(item_features: Any, id_col: Optional[str] = None, names: Optional[str]
         cells.append(data)
     return Table(ids, order, tuple(feats), tuple(kinds), tuple(delims), tuple(cells),
                  df[names].tolist() if names is not None else None, names)
-
-
-def _check_kinds(categorical: Any, numeric: Any, multi: Any, time: Any) -> None:
-    """ItemFeatures' column lists: lists of column names, ``multi`` a dict of delimiters
-    (a non-empty string, or None for cells that are lists); no column in two of them."""
-    where: Dict[Any, str] = {}
-    for label, given in (("categorical", categorical), ("numeric", numeric), ("multi", multi),
-                         ("time", time)):
-        if given is None:
-            continue
-        if label == "multi" and not isinstance(given, dict):
-            raise ValueError(f"multi must be a dict of column -> delimiter (None for cells that "
-                             f"are lists), e.g. {{'tags': '|'}}; got {given!r}")
-        if isinstance(given, (str, bytes)) or not isinstance(given, (dict, list, tuple, set, frozenset)):
-            raise ValueError(f"{label} must be a list of column names, got {given!r}"
-                             + (f" (did you mean [{given!r}]?)" if isinstance(given, str) else ""))
-        for c in given:
-            if c in where:
-                raise ValueError(f"column {c!r} is in both {where[c]} and {label}: give it one kind")
-            where[c] = label
-            if label == "multi" and given[c] is not None and (not isinstance(given[c], str) or not given[c]):
-                raise ValueError(f"multi[{c!r}] must be a non-empty delimiter string (or None for "
-                                 f"cells that are lists), got {given[c]!r}")
 
 
 # ----------------------------------------------------------------------------- a model's
@@ -619,31 +595,3 @@ def fitted(table: Table, item_ids: np.ndarray, buckets: int) -> ModelFeatures:
                          f"{_MAX_VALUES}: drop or bucket the columns with the most")
     values, offsets = space.encode(table, item_ids)
     return ModelFeatures(space, values, offsets, table.names_of(item_ids), table.names_column)
-
-
-def _tensor_view(engine: Any, tensor: str) -> Tuple[np.ndarray, np.ndarray]:
-    layout = {n: (int(o), tuple(int(x) for x in s)) for n, o, s in engine.tensors()}
-    off, shape = layout[tensor]
-    flat = engine.get_params()
-    return flat, flat[off:off + math.prod(shape)].reshape(shape)
-
-
-def tensor_rows(engine: Any, tensor: str) -> np.ndarray:
-    """One of the engine's tensors (the weights), as a copy."""
-    return _tensor_view(engine, tensor)[1].copy()
-
-
-def set_tensor(engine: Any, tensor: str, value: np.ndarray) -> None:
-    """Replaces one of the engine's tensors (the weights only; same shape)."""
-    flat, view = _tensor_view(engine, tensor)
-    view[...] = value
-    engine.set_params(flat)
-
-
-def zero_rows(engine: Any, tensor: str, rows: np.ndarray) -> None:
-    """Sets rows of one of the engine's tensors to zero (the weights only)."""
-    if rows.size == 0:
-        return
-    flat, view = _tensor_view(engine, tensor)
-    view[rows] = 0.0
-    engine.set_params(flat)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from fastsasrec import _auto, _core, _feature_ids, _features, _persist
+from fastsasrec import _auto, _core, _feature_ids, _features, _persist, _weights
 from fastsasrec import metrics as _metrics
 from fastsasrec._device import resolve_device
 from fastsasrec._fitted import Fitted, check_catalogue, read_only
@@ -149,7 +149,7 @@ def _finished(state: Fitted) -> Fitted:
     cold = _cold_rows(state)
     if cold is None:
         return state
-    _features.zero_rows(state.engine, "item_emb", cold)
+    _weights.zero_rows(state.engine, "item_emb", cold)
     return dataclasses.replace(state)  # a fresh cache: nothing computed before it
 
 
@@ -162,7 +162,7 @@ def _as_shipped(engine: Any, cold: Optional[np.ndarray]):
         yield
         return
     saved = engine.get_params()
-    _features.zero_rows(engine, "item_emb", cold)
+    _weights.zero_rows(engine, "item_emb", cold)
     try:
         yield
     finally:
@@ -557,7 +557,7 @@ def partial_fit(model: Any, sequences: Any, epochs: int = 1, callbacks: Any = No
         feats = feats.grown(table, item_ids)
         feats.attach(engine)
         # New items start from their features alone: a zero id embedding.
-        _features.zero_rows(engine, "item_emb", np.arange(V + 1, n_items + 1))
+        _weights.zero_rows(engine, "item_emb", np.arange(V + 1, n_items + 1))
     grown = dataclasses.replace(state, engine=engine, config=config,
                                 item_ids=read_only(item_ids), popularity=read_only(popularity),
                                 interrupted=False, features=feats)
