@@ -655,3 +655,5 @@ def test_validation_the_model_cannot_know_is_refused(seqs):
     with pytest.raises(ValueError, match=r"validation: none of its 50 held-out items .* is an item of "
                                          r"the training sequences"):
         SASRec(**P).fit(seqs, validation=shifted)
+    with pytest.raises(ValueError, match="validation: its item ids are strings and the training sequences' are not"):
+        SASRec(**P).fit(seqs, validation=[[str(i) for i in s] for s in seqs[:50]])

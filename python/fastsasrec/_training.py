@@ -21,8 +21,8 @@ from fastsasrec import _auto, _core, _feature_ids, _features, _persist, _weights
 from fastsasrec import metrics as _metrics
 from fastsasrec._device import resolve_device
 from fastsasrec._fitted import Fitted, check_catalogue, read_only
-from fastsasrec._params import engine_config, positive_int
 from fastsasrec._interrupts import CtrlC as _CtrlC, ctrl_c as _ctrl_c
+from fastsasrec._params import engine_config, positive_int
 from fastsasrec._progress import Watch
 from fastsasrec._resume import _RESUME_FREE, _check_resumable, _fingerprint
 from fastsasrec.data import Sequences, check_ids_compatible, flatten_sequences
@@ -346,9 +346,13 @@ def _refit(slice_state: Fitted, go: Callable[[], Fitted]) -> Fitted:
                       f"of epoch {slice_state.best_epoch}, the held-out slice's best", stacklevel=4)
         return dataclasses.replace(slice_state, interrupted=True)
 
+
 def _check_validation(validation: Sequences, item_ids: np.ndarray) -> None:
     """Refuses validation sequences whose held-out items (each one's last) the model cannot
     know: every score would be 0, and early stopping would keep epoch 1 without a word."""
+    if validation.items.size and (validation.items.dtype.kind == "U") != (item_ids.dtype.kind == "U"):
+        raise ValueError("validation: its item ids are " + ("strings" if validation.items.dtype.kind == "U"
+                         else "integers") + " and the training sequences' are not")
     ends = validation.offsets[1:][validation.lengths >= 2] - 1
     last = validation.items[ends]
     if last.size and not np.isin(last, item_ids).any():
