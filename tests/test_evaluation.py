@@ -350,3 +350,22 @@ def test_the_sampled_protocol_counts_a_target_in_its_context_as_a_miss():
     got = m.evaluate(seen, k=5, protocol="sampled", n_negatives=2, random_state=0)
     assert got["HR@5"] == 0.5 and got["n"] == 2  # the second always ranks among 3 items
     assert m.evaluate(seen[:1], k=5, protocol="sampled", n_negatives=2)["HR@5"] == 0.0
+
+
+def test_the_sampled_protocol_breaks_ties_as_the_full_ranking_does():
+    # Items with the same vector (here every item: the weights set equal) tie; the full
+    # ranking puts the lower id first, and so must the sampled one.
+    import dataclasses
+
+    from fastsasrec._weights import set_tensor, tensor_rows
+
+    seqs = [[1, 2, 3, 4, 5, 6][i % 3:i % 3 + 4] for i in range(60)]
+    m = SASRec(factors=8, n_layers=1, max_seq=4, iterations=1, num_threads=1, random_state=0).fit(seqs)
+    rows = tensor_rows(m._fitted().engine, "item_emb")
+    rows[1:] = rows[1]
+    set_tensor(m._fitted().engine, "item_emb", rows)
+    m._state = dataclasses.replace(m._state)  # a fresh cache: the new weights' item table
+    low, high = [[5, 6, 1]], [[1, 2, 6]]  # targets 1 (below every negative's id) and 6 (above)
+    assert m.evaluate(low, k=1, protocol="sampled", n_negatives=2)["HR@1"] == 1.0
+    assert m.evaluate(high, k=1, protocol="sampled", n_negatives=2)["HR@1"] == 0.0
+    assert m.evaluate(low, k=1)["HR@1"] == 1.0 and m.evaluate(high, k=1)["HR@1"] == 0.0  # as "loo"

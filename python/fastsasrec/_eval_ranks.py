@@ -13,8 +13,9 @@ from fastsasrec.data import Sequences
 def rank_among(state: Fitted, contexts: Sequences, targets: np.ndarray, n_neg: int,
                seed: Any) -> np.ndarray:
     """The sampled protocol's ranks: each target's rank among n_neg random items its
-    context does not contain, by the model's scores (-1, a miss, when the target or the
-    whole context is unknown to the model, or the target is in its context)."""
+    context does not contain, by the model's scores, ties to the lower id (-1, a miss, when
+    the target or the whole context is unknown to the model, or the target is in its
+    context)."""
     H = session_states(state, contexts).astype(np.float64)
     E = state.item_embeddings().astype(np.float64)
     V = state.n_items
@@ -37,9 +38,13 @@ def rank_among(state: Fitted, contexts: Sequences, targets: np.ndarray, n_neg: i
                     neg.append(x)
                     if len(neg) == n_neg:
                         break
+        negs = np.asarray(neg)
         s_t = H[b] @ E[t_int[b] - 1]
-        s_n = E[np.asarray(neg) - 1] @ H[b]
-        ranks[b] = -1 if t_int[b] in ctx else int((s_n > s_t).sum())  # seen: a miss, as in "loo"
+        s_n = E[negs - 1] @ H[b]
+        # Ties go to the lower id, as the full-catalogue ranking breaks them (items with the
+        # same vector: new products of the same features); a seen target is a miss, as there.
+        above = (s_n > s_t) | ((s_n == s_t) & (negs < t_int[b]))
+        ranks[b] = -1 if t_int[b] in ctx else int(above.sum())
     return ranks
 
 
