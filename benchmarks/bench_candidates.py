@@ -20,7 +20,7 @@ catalogue's, 2 threads.
 `--denylist D ...`: a batch with a denylist of D items (out of stock), the two ways
 `recommend_batch` can leave it out, asserted equal: copied into every session's row
 (what it did for every list before), and ranked among the items it leaves (one table of
-them, what a list of more than 2**20 row entries takes now); time and Python's peak
+them, what a batch of more than 2**20 denylist row entries takes now); time and Python's peak
 memory (tracemalloc) of each call.
 
     python benchmarks/bench_candidates.py --items 100000 --denylist 100 1000 10000 --batch 16384

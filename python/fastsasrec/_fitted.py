@@ -310,10 +310,11 @@ def score(state: Fitted, internal: np.ndarray, offsets: np.ndarray, n: int, excl
             exclude_seen = False
         internal, offsets = read, read_off
     B = offsets.size - 1
-    if deny.size and (cand is not None or deny.size * B > DENY_IN_ROWS):
+    if deny.size and deny.size * B > DENY_IN_ROWS:
         # Rank among the items the denylist leaves: the same top-n and ties as leaving it
         # out of every row, at the cost of one table of those items (cached while the list
-        # and the model last), not of the denylist copied into every row.
+        # and the model last), not of the denylist copied into every row.  (A live
+        # session's short list stays in its row: no set difference on every request.)
         allowed = _allowed(state, deny) if cand is None else np.setdiff1d(cand, deny, assume_unique=True)
         if allowed.size >= n:
             cand, deny = allowed, _NONE

@@ -46,9 +46,9 @@ class Loaded:
         """The ids of ``items`` (of the model's kind) that the model knows, in order."""
         if not items:
             return items
-        ids = self.catalogue
-        at = np.minimum(np.searchsorted(ids, np.asarray(items)), ids.size - 1)
-        return [i for i, ok in zip(items, (ids[at] == np.asarray(items)).tolist()) if ok]
+        ids, given = self.catalogue, np.asarray(items)
+        at = np.minimum(np.searchsorted(ids, given), ids.size - 1)
+        return [i for i, ok in zip(items, (ids[at] == given).tolist()) if ok]
 
     @property
     def tag(self) -> str:
