@@ -307,7 +307,9 @@ void attention_forward(const Context& ctx, float* O, float* lse, const float* Q,
     const float* Kh = K + (size_t)st * ldkv + h * D;
     const float* Vh = V + (size_t)st * ldkv + h * D;
     causal_scores(ctx.threads, kern, S, n, Qh, ldq, Kh, ldkv, Kt, ldt, D, scale);
+#ifdef FSR_ATTENTION_KERNELS
     float mr[4], lr[4];
+#endif
     for (int i = 0; i < n; ++i) {
       float* row = S + (size_t)i * n;
       float* drow = Pd + (size_t)i * n;

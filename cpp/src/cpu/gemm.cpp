@@ -122,7 +122,10 @@ bool gemm_bf16_native() {
     if (!gemm_bf16_kernel_compiled()) return false;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512bf16") != 0;
+    // The kernel's instructions: AVX-512 F, BW, VL, DQ (vfpclassps) and BF16.
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bf16");
 #else
     return false;
 #endif

@@ -23,7 +23,8 @@
 #include "cpu/fast_math.h"  // head_lanes, round_bf16_lanes
 #include "cpu/ops.h"
 
-#if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    defined(__AVX512DQ__)
 #include <immintrin.h>
 #define FSR_HAVE_BF16_KERNEL 1
 #if defined(__GNUC__) && !defined(__clang__)
