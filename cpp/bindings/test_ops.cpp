@@ -20,6 +20,7 @@
 #include "bind.h"
 #include "convert.h"
 #include "cpu/fast_math.h"
+#include "cpu/gemm_rows.h"
 #include "cpu/keep_bits.h"
 #include "cpu/ops.h"
 #include "fastsasrec/backend.h"
@@ -212,6 +213,14 @@ void gemm_fp32(int threads, bool ta, bool tb, int M, int N, int K, float alpha, 
   cpu::gemm(threads, ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, C.mutable_data(), ldc);
 }
 
+// cpu::gemm_rows, the engine's register-blocked fp32 kernel (AVX-512 or AVX2, whichever this
+// build has), on the calling thread: C = alpha a B + beta C, a(i, k) = A[i sar + k sak].
+void gemm_rows(int M, int N, int K, float alpha, const F32& A, int sar, int sak, const F32& B, int ldb,
+               float beta, F32& C, int ldc) {
+  if (!cpu::kGemmRows) throw ValueError("gemm_rows: this build has no register-blocked kernel (no AVX-512 or AVX2)");
+  cpu::gemm_rows(M, N, K, alpha, A.data(), sar, sak, B.data(), ldb, beta, C.mutable_data(), ldc);
+}
+
 }  // namespace
 
 void bind_ops(py::module_& m) {
@@ -242,6 +251,12 @@ void bind_ops(py::module_& m) {
                   py::arg("M"), py::arg("N"), py::arg("K"), py::arg("alpha"), py::arg("A"),
                   py::arg("lda"), py::arg("B"), py::arg("ldb"), py::arg("beta"), py::arg("C"),
                   py::arg("ldc"), "The CPU's fp32 product (sgemm split over threads), in place.")
+      .def_static("gemm_rows", &gemm_rows, py::arg("M"), py::arg("N"), py::arg("K"), py::arg("alpha"),
+                  py::arg("A"), py::arg("sar"), py::arg("sak"), py::arg("B"), py::arg("ldb"),
+                  py::arg("beta"), py::arg("C"), py::arg("ldc"),
+                  "gemm_rows (gemm_rows.h) in place on one thread; sizes unchecked.")
+      .def_static("gemm_rows_kernel", [] { return cpu::kGemmRowsAvx512 ? "avx512" : cpu::kGemmRows ? "avx2" : ""; },
+                  "Which gemm_rows kernel this build has: 'avx512', 'avx2' or '' (none).")
       .def_static("gemm_bf16_native", &cpu::gemm_bf16_native,
                   "Whether the CPU's bf16 products run the AVX-512 BF16 kernel here.");
 #define FSR_OP(ret, name, params, arg_names)                                             \

@@ -35,8 +35,10 @@ def show_config() -> None:
     print(f"  BLAS: {info['blas']}")
     print("  bf16 products (CPU): " + ("AVX-512 BF16 kernel" if info["bf16_gemm"] == "avx512bf16"
                                       else "bf16 operands through sgemm (no AVX-512 BF16 here)"))
-    print("  fp32 products (CPU): " + ("AVX-512 register-blocked kernels" if info["fp32_kernels"] == "avx512"
-                                      else "sgemm (no AVX-512 in this build, or FASTSASREC_NO_AVX512)"))
+    print("  fp32 products (CPU): " + {
+        "avx512": "AVX-512 register-blocked kernels",
+        "avx2": "AVX2 register-blocked kernels (linear layers, losses); attention through sgemm",
+    }.get(info["fp32_kernels"], "sgemm (no AVX-512 or AVX2 in this build, or FASTSASREC_NO_AVX512)"))
     omp = info["openmp"]
     print(f"  OpenMP: {'yes (' + str(omp) + ')' if omp else 'no'}; threads: {info['omp_max_threads']}")
     if omp:

@@ -4,7 +4,7 @@
 // the thread count.  gemm_bf16, the same product on bfloat16 operands, chooses here between
 // its AVX-512 BF16 kernel (gemm_bf16.cpp) and its fallback (round, then sgemm).  BlockGemm,
 // the products of ops that split their own rows, chooses too: fp32 in gemm_rows.h's
-// kernel where avx512_kernels() (the engine's own, no BLAS), else sgemm; bf16 in the kernel.
+// kernel where rows_kernels() (the engine's own, no BLAS), else sgemm; bf16 in the kernel.
 #include <cblas.h>
 
 #include <algorithm>
@@ -111,10 +111,12 @@ bool env_flag(const char* name) {
   return v && *v && std::strcmp(v, "0") != 0;
 }
 
-bool avx512_kernels() {
+bool rows_kernels() {
   static const bool on = kGemmRows && !env_flag("FASTSASREC_NO_AVX512");
   return on;
 }
+
+bool avx512_kernels() { return kGemmRowsAvx512 && rows_kernels(); }
 
 bool gemm_bf16_native() {
   static const bool native = [] {

@@ -1,23 +1,26 @@
 // gemm_rows: the CPU's register-blocked fp32 product for small matrices, on the calling
-// thread, in builds for a CPU with AVX-512 (kGemmRows; avx512_kernels() says whether the ops
-// use it):
+// thread, in builds for a CPU with AVX-512 or with AVX2 and FMA (kGemmRows; rows_kernels()
+// says whether the ops use it):
 //   C(i, :N) = alpha * sum_{k < K} a(i, k) B(k, :N) + beta * C(i, :N),   i < M
 // a(i, k) = A[i * sar + k * sak]: (sar, sak) = (lda, 1) reads A as stored, (1, lda) its
 // transpose.  B is row-major (ldb).  beta = 0 never reads C.
-// Blocks of RR rows x up to 64 columns: RR x 4 sums of 16 lanes in zmm registers; each row
+// Blocks of RR rows x up to W columns (AVX-512: W = 64, RR x 4 sums of 16 lanes in zmm
+// registers; AVX2, with half the registers: W = 16, RR x 2 sums of 8 lanes in ymm); each row
 // of B is loaded once per block and each a(i, k) broadcast, with no packing, which at these
 // sizes (width 64 or 128, depth 64 to a few hundred) is what BLAS spends its time on.  Depth
 // runs in chunks of kDepthChunk (each chunk's sums added to C), so a long depth's operands
 // stay in cache.  Each C(i, j) is one chain of fused multiply-adds in k order within a chunk,
-// so a row's result does not depend on how an op splits its rows over threads.
-// Users: linear.cpp and the softmax losses (through BlockGemm, gemm.cpp) and attention.cpp's
-// causal products.
+// then alpha * sum (+ beta * C by one more fused multiply-add), so a row's result does not
+// depend on how an op splits its rows over threads, nor on the vector width: the AVX-512 and
+// the AVX2 kernels give the same bits.
+// Users: linear.cpp and the softmax losses (through BlockGemm, gemm.cpp) and, with AVX-512,
+// attention.cpp's causal products.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
 
@@ -27,6 +30,7 @@ namespace fsr::cpu {
 
 #if defined(__AVX512F__)
 constexpr bool kGemmRows = true;
+constexpr bool kGemmRowsAvx512 = true;
 constexpr int kDepthChunk = 256;
 
 namespace rows_detail {
@@ -105,6 +109,94 @@ inline void rows(int rr, int N, int K, float alpha, const float* A, int sar, int
 }
 }  // namespace rows_detail
 
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr bool kGemmRows = true;
+constexpr bool kGemmRowsAvx512 = false;
+constexpr int kDepthChunk = 256;
+
+namespace rows_detail {
+// Lanes [0, n) of 8 selected (the sign bit set), for maskload and maskstore.
+inline __m256i head8(int n) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
+}
+
+// RR rows x NQ chunks of 8 columns (nw <= 8 NQ of them real; FULL: nw == 8 NQ, plain loads
+// and stores).  RR x NQ sums, NQ rows of B and one broadcast: at most 15 of the 16 ymm.
+template <int RR, int NQ, bool FULL>
+inline void block(float* C, int ldc, const float* A, int sar, int sak, const float* B, int ldb,
+                  int K, int nw, float alpha, float beta) {
+  __m256i m[NQ];
+#pragma GCC unroll 2
+  for (int q = 0; q < NQ; ++q) m[q] = head8(nw - 8 * q);
+  __m256 acc[RR][NQ];
+#pragma GCC unroll 8
+  for (int r = 0; r < RR; ++r)
+#pragma GCC unroll 2
+    for (int q = 0; q < NQ; ++q) acc[r][q] = _mm256_setzero_ps();
+  for (int k = 0; k < K; ++k) {
+    const float* b = B + (size_t)k * ldb;
+    __m256 v[NQ];
+#pragma GCC unroll 2
+    for (int q = 0; q < NQ; ++q) v[q] = FULL ? _mm256_loadu_ps(b + 8 * q) : _mm256_maskload_ps(b + 8 * q, m[q]);
+    const float* a = A + (size_t)k * sak;
+#pragma GCC unroll 8
+    for (int r = 0; r < RR; ++r) {
+      const __m256 ar = _mm256_broadcast_ss(a + (size_t)r * sar);
+#pragma GCC unroll 2
+      for (int q = 0; q < NQ; ++q) acc[r][q] = _mm256_fmadd_ps(ar, v[q], acc[r][q]);
+    }
+  }
+  const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+#pragma GCC unroll 8
+  for (int r = 0; r < RR; ++r)
+#pragma GCC unroll 2
+    for (int q = 0; q < NQ; ++q) {
+      float* c = C + (size_t)r * ldc + 8 * q;
+      __m256 out = _mm256_mul_ps(va, acc[r][q]);
+      if (beta != 0.f)
+        out = _mm256_fmadd_ps(vb, FULL ? _mm256_loadu_ps(c) : _mm256_maskload_ps(c, m[q]), out);
+      if (FULL)
+        _mm256_storeu_ps(c, out);
+      else
+        _mm256_maskstore_ps(c, m[q], out);
+    }
+}
+
+template <int RR>
+inline void block_r(float* C, int ldc, const float* A, int sar, int sak, const float* B, int ldb,
+                    int K, int nw, float alpha, float beta) {
+  if (nw == 16)
+    block<RR, 2, true>(C, ldc, A, sar, sak, B, ldb, K, nw, alpha, beta);
+  else if (nw > 8)
+    block<RR, 2, false>(C, ldc, A, sar, sak, B, ldb, K, nw, alpha, beta);
+  else if (nw == 8)
+    block<RR, 1, true>(C, ldc, A, sar, sak, B, ldb, K, nw, alpha, beta);
+  else
+    block<RR, 1, false>(C, ldc, A, sar, sak, B, ldb, K, nw, alpha, beta);
+}
+
+// Rows [0, rr) (rr <= 6) of C, every 16-column strip, depth [0, K).
+inline void rows(int rr, int N, int K, float alpha, const float* A, int sar, int sak, const float* B,
+                 int ldb, float beta, float* C, int ldc) {
+  for (int j0 = 0; j0 < N; j0 += 16) {
+    const int nw = std::min(16, N - j0);
+    float* c = C + j0;
+    const float* b = B + j0;
+    switch (rr) {
+      case 6: block_r<6>(c, ldc, A, sar, sak, b, ldb, K, nw, alpha, beta); break;
+      case 5: block_r<5>(c, ldc, A, sar, sak, b, ldb, K, nw, alpha, beta); break;
+      case 4: block_r<4>(c, ldc, A, sar, sak, b, ldb, K, nw, alpha, beta); break;
+      case 3: block_r<3>(c, ldc, A, sar, sak, b, ldb, K, nw, alpha, beta); break;
+      case 2: block_r<2>(c, ldc, A, sar, sak, b, ldb, K, nw, alpha, beta); break;
+      default: block_r<1>(c, ldc, A, sar, sak, b, ldb, K, nw, alpha, beta); break;
+    }
+  }
+}
+}  // namespace rows_detail
+#endif
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 inline void gemm_rows(int M, int N, int K, float alpha, const float* A, int sar, int sak,
                       const float* B, int ldb, float beta, float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
@@ -121,6 +213,7 @@ inline void gemm_rows(int M, int N, int K, float alpha, const float* A, int sar,
 }
 #else
 constexpr bool kGemmRows = false;
+constexpr bool kGemmRowsAvx512 = false;
 inline void gemm_rows(int, int, int, float, const float*, int, int, const float*, int, float, float*, int) {}
 #endif
 
