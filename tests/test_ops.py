@@ -142,6 +142,17 @@ def test_fast_exp_rows_match_elementwise(n):
     assert total == pytest.approx(ref.sum(), rel=n * 1.2e-7)
 
 
+@pytest.mark.parametrize("n", [8, 9, 16, 31])
+def test_fast_exp_rows_keep_nan_and_infinities(n):
+    # The vector forms (AVX-512, AVX2) select NaN, +inf and 0 as fast_exp does, at every lane.
+    x = np.full(n, 0.25, np.float32)
+    x[0], x[3], x[n - 1] = np.nan, np.inf, -np.inf
+    x[n // 2] = 100.0
+    one, row, _ = CORE.Ops.fast_exp(x, np.float32(0.0))
+    np.testing.assert_array_equal(row.view(np.int32), one.view(np.int32))
+    assert np.isnan(one[0]) and one[3] == np.inf and one[n - 1] == 0.0 and one[n // 2] == np.inf
+
+
 def test_uniform_statistics():
     u = CORE.Ops.uniform(CORE.Ops.rng_key(7, 0), 200_000).astype(np.float64)
     assert u.min() >= 0.0 and u.max() < 1.0
