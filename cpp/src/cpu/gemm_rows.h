@@ -176,9 +176,18 @@ inline void block_r(float* C, int ldc, const float* A, int sar, int sak, const f
     block<RR, 1, false>(C, ldc, A, sar, sak, B, ldb, K, nw, alpha, beta);
 }
 
-// Rows [0, rr) (rr <= 6) of C, every 16-column strip, depth [0, K).
+// Rows [0, rr) (rr <= 6) of C, every 16-column strip, depth [0, K <= kDepthChunk).  A
+// transposed A (sar = 1) with more than one strip is first copied as a(r, k) at [k * 8 + r],
+// so that each strip reads 32 bytes a depth step from one small block instead of a cache
+// line of A a step (the dW products, depth 2,450).  The copy changes no operand, so no bit.
 inline void rows(int rr, int N, int K, float alpha, const float* A, int sar, int sak, const float* B,
                  int ldb, float beta, float* C, int ldc) {
+  alignas(32) float packed[8 * kDepthChunk];
+  if (sar == 1 && N > 16) {
+    const __m256i m = head8(rr);
+    for (int k = 0; k < K; ++k) _mm256_store_ps(packed + 8 * k, _mm256_maskload_ps(A + (size_t)k * sak, m));
+    A = packed, sak = 8;
+  }
   for (int j0 = 0; j0 < N; j0 += 16) {
     const int nw = std::min(16, N - j0);
     float* c = C + j0;
