@@ -25,11 +25,12 @@
 // exception inside the region).
 // n_max (the longest sequence, by which the GPU sizes its launch) and the backward's O
 // (from which the GPU takes delta) are not needed here.
-// Products: with AVX-512 (a build for a CPU that has it, and FASTSASREC_NO_AVX512 unset)
-// each (sequence, head)'s products run in gemm_rows's register-blocked kernel
-// (gemm_rows.h), called block by block below so as to compute only the causal half (the
-// rows' j <= i, plus the small triangle inside a block of 4 rows), with no packing;
-// otherwise one sgemm per product, the full n x n square.
+// Products: where gemm_rows has a kernel (a build for a CPU with AVX-512, or with AVX2 and
+// FMA, and FASTSASREC_NO_AVX512 unset: rows_kernels()) each (sequence, head)'s products run
+// in it (gemm_rows.h), called block by block below so as to compute only the causal half
+// (the rows' j <= i, plus the small triangle inside a block of 4 rows), with no packing;
+// otherwise one sgemm per product, the full n x n square.  With AVX-512 the rows' softmax,
+// the keys' transposed copy and dS are whole-vector code too (FSR_ATTENTION_KERNELS).
 // The scores' kernel reads the keys (or values) transposed, a D x n copy per task.
 #include <algorithm>
 #include <cmath>
@@ -70,7 +71,6 @@ constexpr int NR = 4;  // rows of a kernel's block
 // the columns up to the end of row i's block of NR rows; an sgemm reads the whole row.
 inline int zero_end(bool kern, int i, int n) { return kern ? std::min(n, (i / NR + 1) * NR) : n; }
 
-#ifdef FSR_ATTENTION_KERNELS
 // out(r, :D) = alpha * sum_{k in [k0, k1)} c(r, k) in(k, :D) for the rows r < nr (<= NR) of a
 // block, c(r, k) = coef[r * csr + k * csk]: gemm_rows's register-blocked sums.
 void combine_rows(float* out, int ldo, int nr, const float* in, int ldi, const float* coef,
@@ -86,7 +86,6 @@ void scores_rows(float* S, int lds, int nr, const float* A, int lda, const float
   gemm_rows(nr, jn, D, alpha, A, lda, 1, Bt, ldbt, 0.f, S, lds);
   op_profile_count(nr, jn, D);
 }
-#endif
 
 #ifdef FSR_ATTENTION_KERNELS
 // Bt(c, r) = B(r, c) for r < 16 and c < cols (<= 16): 16 lanes written to each of Bt's
@@ -207,15 +206,11 @@ void causal_scores(int nt, bool kern, float* S, int n, const float* A, int lda, 
     gemm(nt, false, true, n, n, D, alpha, A, lda, B, ldb, 0.f, S, n);
     return;
   }
-#ifdef FSR_ATTENTION_KERNELS
   transpose_into(Bt, ldbt, B, ldb, n, D);
   for (int i0 = 0; i0 < n; i0 += NR) {
     const int nr = std::min(NR, n - i0);
     scores_rows(S + (size_t)i0 * n, n, nr, A + (size_t)i0 * lda, lda, Bt, ldbt, i0 + nr, D, alpha);
   }
-#else
-  (void)Bt, (void)ldbt;
-#endif
 }
 
 // out(i, :) = alpha * sum_{j <= i} P(i, j) in(j, :)   (P n x n, zero past the diagonal as
@@ -226,14 +221,12 @@ void causal_rows(int nt, bool kern, float* out, int ldo, const float* P, int n, 
     gemm(nt, false, false, n, D, n, alpha, P, n, in, ldi, 0.f, out, ldo);
     return;
   }
-#ifdef FSR_ATTENTION_KERNELS
   for (int i0 = 0; i0 < n; i0 += NR) {
     const int nr = std::min(NR, n - i0), k1 = std::min(n, i0 + NR);
     float* o = out + (size_t)i0 * ldo;
     const float* c = P + (size_t)i0 * n;
     combine_rows(o, ldo, nr, in, ldi, c, n, 1, 0, k1, D, alpha);
   }
-#endif
 }
 
 // out(j, :) = alpha * sum_{i >= j} P(i, j) in(i, :)   (P^T's rows; P zero past the diagonal)
@@ -243,14 +236,12 @@ void causal_rows_t(int nt, bool kern, float* out, int ldo, const float* P, int n
     gemm(nt, true, false, n, D, n, alpha, P, n, in, ldi, 0.f, out, ldo);
     return;
   }
-#ifdef FSR_ATTENTION_KERNELS
   for (int j0 = 0; j0 < n; j0 += NR) {
     const int nr = std::min(NR, n - j0);
     float* o = out + (size_t)j0 * ldo;
     const float* c = P + j0;
     combine_rows(o, ldo, nr, in, ldi, c, 1, n, j0, n, D, alpha);
   }
-#endif
 }
 }  // namespace
 
@@ -290,7 +281,7 @@ void attention_forward(const Context& ctx, float* O, float* lse, const float* Q,
   const uint32_t thr = dropout_threshold(p);
   const int ldo = H * D;
   const int nmax = longest(cu, B), ldt = (nmax + 15) / 16 * 16;
-  const bool kern = avx512_kernels();
+  const bool kern = rows_kernels();
   const size_t nn = (size_t)nmax * nmax;
   std::unique_ptr<SavedLayout> lay;
   if (saved) lay.reset(new SavedLayout("attention_forward", cu, B, H, T));
@@ -347,7 +338,7 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
   const uint32_t thr = dropout_threshold(p);
   const int ldo = H * D;
   const int nmax = longest(cu, B), ldt = (nmax + 15) / 16 * 16;
-  const bool kern = avx512_kernels();
+  const bool kern = rows_kernels();
   const size_t nn = (size_t)nmax * nmax;
   const size_t nbt = kern ? (size_t)D * ldt : 0;
   std::unique_ptr<SavedLayout> lay;
