@@ -690,9 +690,9 @@ def test_find_outside(ops, n):
 
 
 def test_sgemm_path_passes_the_product_tests():
-    """With AVX-512 or AVX2 the CPU's fp32 products (the linear layers, the softmax losses;
-    attention with AVX-512) run in gemm_rows's register-blocked kernels; the tests of those
-    ops again with FASTSASREC_NO_AVX512=1 (read once per process), where each is an sgemm."""
+    """With AVX-512 or AVX2 the CPU's fp32 products (the linear layers, attention, the
+    softmax losses) run in gemm_rows's register-blocked kernels; the tests of those ops
+    again with FASTSASREC_NO_AVX512=1 (read once per process), where each is an sgemm."""
     import os
     import subprocess
     import sys

@@ -84,8 +84,8 @@ PYBIND11_MODULE(_core, m) {
     d["blas"] = "OpenBLAS (scipy-openblas32)";
     // the CPU's bf16 products: the AVX-512 BF16 kernel, or bf16 operands through sgemm
     d["bf16_gemm"] = cpu::gemm_bf16_native() ? "avx512bf16" : "sgemm";
-    // the CPU's fp32 products (linear layers, the softmax losses; attention with AVX-512):
-    // gemm_rows's AVX-512 kernels, its AVX2 kernels (not attention's), or sgemm
+    // the CPU's fp32 products (linear layers, attention, the softmax losses): gemm_rows's
+    // AVX-512 kernels, its AVX2 kernels, or sgemm
     d["fp32_kernels"] = cpu::avx512_kernels() ? "avx512" : cpu::rows_kernels() ? "avx2" : "sgemm";
 #ifndef FSR_CUDA_LINE
 #define FSR_CUDA_LINE "not compiled"

@@ -37,7 +37,7 @@ def show_config() -> None:
                                       else "bf16 operands through sgemm (no AVX-512 BF16 here)"))
     print("  fp32 products (CPU): " + {
         "avx512": "AVX-512 register-blocked kernels",
-        "avx2": "AVX2 register-blocked kernels (linear layers, losses); attention through sgemm",
+        "avx2": "AVX2 register-blocked kernels (the same bits as AVX-512's)",
     }.get(info["fp32_kernels"], "sgemm (no AVX-512 or AVX2 in this build, or FASTSASREC_NO_AVX512)"))
     omp = info["openmp"]
     print(f"  OpenMP: {'yes (' + str(omp) + ')' if omp else 'no'}; threads: {info['omp_max_threads']}")

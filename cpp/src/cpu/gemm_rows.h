@@ -13,8 +13,8 @@
 // then alpha * sum (+ beta * C by one more fused multiply-add), so a row's result does not
 // depend on how an op splits its rows over threads, nor on the vector width: the AVX-512 and
 // the AVX2 kernels give the same bits.
-// Users: linear.cpp and the softmax losses (through BlockGemm, gemm.cpp) and, with AVX-512,
-// attention.cpp's causal products.
+// Users: linear.cpp and the softmax losses (through BlockGemm, gemm.cpp) and attention.cpp's
+// causal products.
 #pragma once
 
 #include <algorithm>

@@ -37,14 +37,12 @@ int gemm_blocks(int nt, int extent, double flops);
 // Whether the environment variable `name` turns something off: set, not empty, not "0".
 bool env_flag(const char* name);
 
-// Whether the fp32 products of the linear layers and the softmax losses run in gemm_rows's
-// kernels (gemm_rows.h: a build for a CPU with AVX-512, or with AVX2 and FMA, and
-// FASTSASREC_NO_AVX512 unset; read once) or through sgemm (gemm.cpp).  The two kernels give
-// the same bits.
+// Whether the fp32 products of the linear layers, attention and the softmax losses run in
+// gemm_rows's kernels (gemm_rows.h: a build for a CPU with AVX-512, or with AVX2 and FMA,
+// and FASTSASREC_NO_AVX512 unset; read once) or through sgemm (gemm.cpp).  The two kernels
+// give the same bits.
 bool rows_kernels();
-// Whether attention's AVX-512 kernels run (its causal products in gemm_rows, its tiles in
-// AVX-512 registers): rows_kernels() in a build for a CPU with AVX-512.  Else one sgemm per
-// product.
+// rows_kernels() in a build for a CPU with AVX-512 (build_info's "avx512").
 bool avx512_kernels();
 // Whether this context's products run in gemm_rows (fp32 and rows_kernels()), which reads
 // its right operand by rows: BlockGemm's one rule, by which the softmax losses also keep
