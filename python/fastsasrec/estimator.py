@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-from fastsasrec import _core, _fitted, _persist, _training
+from fastsasrec import _core, _fitted, _persist, _pickle, _training
 from fastsasrec import metrics as _metrics
 from fastsasrec._attributes import _PUBLISH, FittedAttributes
 from fastsasrec._compat import NotebookCompat
@@ -208,6 +208,17 @@ class SASRec(FittedAttributes, NotebookCompat):
     def __repr__(self) -> str:
         changed = [f"{n}={getattr(self, n)!r}" for n, d in DEFAULTS.items() if getattr(self, n) != d]
         return f"SASRec({', '.join(changed)})"
+
+    def __copy__(self) -> "SASRec":  # shallow, sharing the fitted model (what _view needs)
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        return view
+
+    def __getstate__(self) -> Dict[str, Any]:  # pickle, joblib, deepcopy: see _pickle
+        return _pickle.state_of(self)
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        _pickle.restore(self, state)
 
     # ------------------------------------------------------------------ fitting
 
