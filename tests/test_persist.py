@@ -542,6 +542,9 @@ def test_saving_onto_a_folder_or_a_fifo(model, tmp_path):
             model.save(tmp_path / "pipe")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         model.save(tmp_path / "nope" / "m.fsr")
+    for empty in ("", b"m.fsr"):  # nothing to name (an OSError about a temporary file before)
+        with pytest.raises(ValueError, match=r"path must name a file to save to .*got " + repr(empty)):
+            model.save(empty)
     assert sorted(os.listdir(tmp_path)) == (["pipe"] if hasattr(os, "mkfifo") else [])
 
 

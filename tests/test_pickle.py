@@ -45,7 +45,7 @@ def test_a_fitted_model_pickles_with_its_answers_and_record():
     m = _fitted()
     m.set_params(factors=32, learning_rate=2e-3)  # the next fit's, not the fitted model's
     back = pickle.loads(pickle.dumps(m))
-    sessions = [[100, 101, 102], [130], [], [999], [105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116]]
+    sessions = [[100, 101, 102], [130], [], [999], list(range(105, 117))]
     _same_answers(m, back, sessions)
     assert back.get_params() == m.get_params()
     assert back.fitted_params_ == m.fitted_params_

@@ -285,6 +285,8 @@ def test_a_bad_checkpoint_path_fails_before_training(seqs, tmp_path):
         SASRec(**P).fit(seqs, checkpoint=tmp_path / "no" / "such" / "ck")
     with pytest.raises(ValueError, match="checkpoint_every"):
         SASRec(**P).fit(seqs, checkpoint=tmp_path / "c", checkpoint_every=0)
+    with pytest.raises(ValueError, match="checkpoint must name a file to save to .*got ''"):
+        SASRec(**P).fit(seqs, checkpoint="")
 
 
 # ----------------------------------------------------------------------------- partial_fit

@@ -112,11 +112,14 @@ def npy_bytes(arr: np.ndarray) -> memoryview:
     return buf.getbuffer()  # no copy of the (possibly large) weights
 
 
-def save_target(path: "os.PathLike[str] | str") -> Tuple[str, str, str]:
+def save_target(path: "os.PathLike[str] | str", name: str = "path") -> Tuple[str, str, str]:
     """(path, the file to replace, its folder) after the checks a save makes first: a
-    symbolic link at ``path`` stays a link (its target is replaced); a folder, a FIFO, a
-    device or a missing folder is refused."""
+    symbolic link at ``path`` stays a link (its target is replaced); an empty or bytes
+    path, a folder, a FIFO, a device or a missing folder is refused (``name``: the
+    argument, in the error)."""
     path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"{name} must name a file to save to (a non-empty str or path), got {path!r}")
     target = os.path.realpath(path) if os.path.islink(path) else path
     try:
         st = os.stat(target)

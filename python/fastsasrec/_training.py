@@ -190,7 +190,7 @@ def _fit(model: Any, sequences: Sequences, validation=None, early_stopping_patie
     _check_callbacks(callbacks)
     checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
     if checkpoint is not None:
-        checkpoint = _persist._save_target(checkpoint)[0]  # a bad path fails before training
+        checkpoint = _persist._save_target(checkpoint, "checkpoint")[0]  # a bad path fails before training
     if validation is not None:
         validation = flatten_sequences(validation, "validation")
     flat, offsets = _drop_short(sequences, stacklevel=5)
