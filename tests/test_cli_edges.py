@@ -81,6 +81,22 @@ def test_ids_beyond_64_bits_are_named_by_their_flag(files, capsys):
     assert f"--denylist: {big} is beyond 64 bits" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags,said", [
+    (["--seed", "-1"], "--seed must be an integer in [0, 2**63)"),
+    (["--heads", "3"], "--factors (8) must be divisible by --heads (3)"),
+    (["--lr", "-1"], "--lr must be > 0, got -1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--threads", "-2"], "--threads must be >= 0, got -2"),
+    (["--max-seq", "99999999"], "--max-seq must be in 1..65536, got 99999999"),
+])
+def test_train_names_a_bad_setting_by_its_flag_before_reading(tmp_path, capsys, flags, said):
+    # The events file does not exist: the flag is checked first, so its error is the one said.
+    assert main(["train", str(tmp_path / "none.csv"), "-o", str(tmp_path / "m.fsr")] + QUICK + flags) == 2
+    err = capsys.readouterr().err
+    assert said in err, err
+    assert not (tmp_path / "m.fsr").exists()
+
+
 def test_a_closed_pipe_ends_the_command_quietly(files):
     # `true` exits at once, long before the command starts writing: the write finds the
     # pipe closed, as `| head -1` leaves it for a long answer.

@@ -109,7 +109,19 @@ def _count(text: str) -> int:
     return n
 
 
+# The estimator's parameter names, as train's flags: its errors name what the user typed.
+_FLAGS = {"random_state": "--seed", "iterations": "--epochs", "n_layers": "--layers", "n_heads": "--heads",
+          "learning_rate": "--lr", "num_threads": "--threads", "batch_size": "--batch-size",
+          "max_seq": "--max-seq", "factors": "--factors", "dropout": "--dropout", "loss": "--loss",
+          "negatives": "--negatives", "id_dropout": "--id-dropout"}
+
+
 def _model_params(args: argparse.Namespace) -> Dict[str, Any]:
+    """train's estimator parameters, checked (an error names the flags, not the Python names)."""
+    import re
+
+    from fastsasrec._params import DEFAULTS, checked
+
     given = dict(factors=args.factors, iterations=args.epochs, max_seq=args.max_seq, loss=args.loss,
                  negatives=getattr(args, "negatives", None),
                  random_state=args.seed, num_threads=args.threads, n_layers=args.layers,
@@ -117,6 +129,11 @@ def _model_params(args: argparse.Namespace) -> Dict[str, Any]:
                  batch_size=args.batch_size, id_dropout=getattr(args, "id_dropout", None))
     params = {k: v for k, v in given.items() if v is not None}
     params["verbose"] = _verbosity(args)
+    try:
+        checked(dict(DEFAULTS), params)
+    except ValueError as e:
+        words = re.compile(r"\b(" + "|".join(_FLAGS) + r")\b")
+        raise CLIError(words.sub(lambda m: _FLAGS[m.group(1)], str(e))) from None
     return params
 
 
@@ -303,8 +320,8 @@ def _train(args: argparse.Namespace) -> int:
         if any(p is not None and same_file(args.history, p) for p in (args.output, args.checkpoint)):
             raise CLIError(f"--history {args.history!r} is the model or checkpoint file: give another path")
     checkpoint_kw = _check_checkpoint_args(args)
+    params = _model_params(args)  # a bad flag is said before the events are read
     df, time_col = _read(args)
-    params = _model_params(args)
     feats = _item_features(args, df[args.item_col].to_numpy()[:1])
     t0 = time.perf_counter()
     model = SASRec.from_transactions(df, user_col=args.user_col, item_col=args.item_col,
