@@ -442,3 +442,24 @@ def test_flags_and_seeds_are_checked_by_name():
     with pytest.raises(ValueError, match="random_state must be a non-negative integer or None, got '0'"):
         model.evaluate([[1, 2, 3]], protocol="sampled", n_negatives=1, random_state="0")
     model.evaluate([[1, 2, 3]], protocol="sampled", n_negatives=1, random_state=None)
+
+
+def test_a_session_without_an_order_is_refused_and_an_exclusion_set_is_welcome():
+    """A set (or a dict) has no visit order, and its iteration order would silently stand in
+    for one: refused as a session and in fit's sequences, by name. exclude, denylist and
+    candidates are sets of items, so sets there answer as the same lists do."""
+    m = SASRec(factors=8, n_layers=1, max_seq=6, iterations=2, random_state=0, num_threads=1)
+    m.fit([[1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6], [4, 5, 6, 7]] * 5)
+    for unordered in ({1, 2, 3}, frozenset([2, 3]), {1: "a", 2: "b"}, {1: 0}.keys()):
+        with pytest.raises(ValueError, match=r"session is a \w+, which has no order"):
+            m.recommend(unordered, n=2)
+        with pytest.raises(ValueError, match=r"sessions\[1\] is a \w+, which has no order"):
+            m.recommend_batch([[1, 2], unordered], n=2)
+    with pytest.raises(ValueError, match=r"sequences\[0\] is a set, which has no order"):
+        SASRec(iterations=1).fit([{1, 2, 3}, [2, 3, 4]])
+    as_list = m.recommend([1, 2], n=3, exclude=[4], denylist=[5], candidates=[3, 4, 5, 6, 7])
+    as_set = m.recommend([1, 2], n=3, exclude={4}, denylist={5}, candidates={3, 4, 5, 6, 7})
+    np.testing.assert_array_equal(as_set.ids, as_list.ids)
+    np.testing.assert_array_equal(as_set.scores, as_list.scores)
+    batch = m.recommend_batch([[1, 2], [3]], n=3, exclude=[{4}, frozenset()], denylist={5})
+    np.testing.assert_array_equal(batch.ids[0], as_list.ids)

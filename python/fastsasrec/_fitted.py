@@ -175,7 +175,7 @@ class Fitted:
         cached = self.cache.get(name)
         if cached is not None and cached[0] is given:
             return cached[1]
-        ids = encode_flat(self, given, name)
+        ids = encode_flat(self, given, name, ordered=False)
         ids = np.unique(ids[ids > 0]).astype(np.int32)
         self.cache[name] = (given, ids)
         return ids
@@ -207,20 +207,23 @@ def check_catalogue(item_ids: np.ndarray) -> None:
 
 
 # ----------------------------------------------------------------------------- encoding
-def encode_sessions(state: Fitted, sessions: Any, name: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(internal ids, offsets) of many sessions of original ids; unknown ids are 0."""
-    flat = flatten_sequences(sessions, name)
+def encode_sessions(state: Fitted, sessions: Any, name: str,
+                    ordered: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    """(internal ids, offsets) of many sessions of original ids; unknown ids are 0.
+    ``ordered``: an unordered collection (a set) is refused, as sessions need their order."""
+    flat = flatten_sequences(sessions, name, ordered)
     check_ids_compatible(flat.items, state.item_ids, name)
     return state.encode(flat.items), flat.offsets
 
 
-def encode_flat(state: Fitted, ids: Any, name: str) -> np.ndarray:
+def encode_flat(state: Fitted, ids: Any, name: str, ordered: bool = True) -> np.ndarray:
     """Internal ids (0 for unknown) of one collection of original ids (a session, a cart,
-    the denylist), its positions named as ``name[i]`` in errors."""
+    the denylist), its positions named as ``name[i]`` in errors; ``ordered`` as for
+    encode_sessions (False for a cart, the denylist, candidates: sets welcome)."""
     if ids is None or isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
         raise ValueError(f"{name} must be a sequence of item ids, got {ids!r}")
     try:
-        internal, _ = encode_sessions(state, [ids], name)
+        internal, _ = encode_sessions(state, [ids], name, ordered)
     except ValueError as e:  # name the position inside this one collection
         raise ValueError(str(e).replace(f"{name}[0]", name)) from None
     return internal
@@ -262,7 +265,7 @@ def recommend(state: Fitted, sessions: Any, n: Any, exclude_seen: Any = True, ex
     internal, offsets = drop_unknown(given, given_off)
     extra = None
     if exclude is not None:
-        extra = drop_unknown(*encode_sessions(state, exclude, "exclude"))
+        extra = drop_unknown(*encode_sessions(state, exclude, "exclude", ordered=False))
         if extra[1].size != offsets.size:
             raise ValueError(f"exclude must have one entry per session: {extra[1].size - 1} "
                              f"entries for {offsets.size - 1} sessions")
@@ -283,7 +286,7 @@ def recommend_one(state: Fitted, session: Any, n: Any, exclude_seen: Any = True,
     known = given[given > 0]
     extra = None
     if exclude is not None:
-        ex = encode_flat(state, exclude, "exclude")
+        ex = encode_flat(state, exclude, "exclude", ordered=False)
         ex = ex[ex > 0]
         extra = (ex, np.array([0, ex.size], dtype=np.int64))
     ids, scores, cold = score(state, known, np.array([0, known.size], dtype=np.int64), n,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from collections.abc import KeysView, Mapping, ValuesView
 from itertools import chain
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
@@ -19,6 +20,8 @@ import numpy as np
 from fastsasrec import _core
 
 _INT_KINDS = "iu"
+# Collections without an order of their own: never a session (fine for exclude lists).
+_UNORDERED = (set, frozenset, Mapping, KeysView, ValuesView)
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 _CONTROL_WHY = ("ids may not hold control characters (below 0x20: NUL, tab, newline...; "
                 "or 0x7f)")
@@ -327,7 +330,7 @@ def _flatten_plain_lists(seqs: List[Any]) -> Optional[Tuple[np.ndarray, np.ndarr
     return np.array(flat, dtype=str), offsets
 
 
-def flatten_sequences(sequences: Any, name: str = "sequences") -> Sequences:
+def flatten_sequences(sequences: Any, name: str = "sequences", ordered: bool = True) -> Sequences:
     """The flat form of many sequences: a Sequences as it is, or lists of sequences (of
     lists or arrays, a pandas Series of lists, a 2-D integer array with one per row).
 
@@ -358,6 +361,9 @@ def flatten_sequences(sequences: Any, name: str = "sequences") -> Sequences:
             raise ValueError(
                 f"{name}[{i}] must be a sequence of item ids, got {_describe(s)}"
             )
+        if ordered and isinstance(s, _UNORDERED):
+            raise ValueError(f"{name}[{i}] is a {type(s).__name__}, which has no order: a session is its "
+                             f"items in the order they were seen (a list, tuple or array)")
         lst = None if isinstance(s, np.ndarray) else (s if isinstance(s, list) else list(s))
         a = s if lst is None else _array_of(lst)
         if lst is not None and a.dtype.kind == "U" and not all(isinstance(x, str) for x in lst):
