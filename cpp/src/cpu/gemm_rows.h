@@ -90,23 +90,9 @@ inline void block_r(float* C, int ldc, const float* A, int sar, int sak, const f
   }
 }
 
-// Rows [0, rr) (rr <= 6) of C, every 64-column strip, depth [0, K).
-inline void rows(int rr, int N, int K, float alpha, const float* A, int sar, int sak, const float* B,
-                 int ldb, float beta, float* C, int ldc) {
-  for (int j0 = 0; j0 < N; j0 += 64) {
-    const int nw = std::min(64, N - j0);
-    float* c = C + j0;
-    const float* b = B + j0;
-    switch (rr) {
-      case 6: block_r<6>(c, ldc, A, sar, sak, b, ldb, K, nw, alpha, beta); break;
-      case 5: block_r<5>(c, ldc, A, sar, sak, b, ldb, K, nw, alpha, beta); break;
-      case 4: block_r<4>(c, ldc, A, sar, sak, b, ldb, K, nw, alpha, beta); break;
-      case 3: block_r<3>(c, ldc, A, sar, sak, b, ldb, K, nw, alpha, beta); break;
-      case 2: block_r<2>(c, ldc, A, sar, sak, b, ldb, K, nw, alpha, beta); break;
-      default: block_r<1>(c, ldc, A, sar, sak, b, ldb, K, nw, alpha, beta); break;
-    }
-  }
-}
+constexpr int kStrip = 64;  // columns a block reads
+// A as given: a block's 6 x 64 sums amortise its loads of A.
+inline const float* block_of_a(const float* A, int, int, int&, int&, int, float*) { return A; }
 }  // namespace rows_detail
 
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -176,20 +162,30 @@ inline void block_r(float* C, int ldc, const float* A, int sar, int sak, const f
     block<RR, 1, false>(C, ldc, A, sar, sak, B, ldb, K, nw, alpha, beta);
 }
 
-// Rows [0, rr) (rr <= 6) of C, every 16-column strip, depth [0, K <= kDepthChunk).  A
-// transposed A (sar = 1) with more than one strip is first copied as a(r, k) at [k * 8 + r],
-// so that each strip reads 32 bytes a depth step from one small block instead of a cache
-// line of A a step (the dW products, depth 2,450).  The copy changes no operand, so no bit.
+constexpr int kStrip = 16;  // columns a block reads
+// A transposed A (sar = 1) read by more than one strip is first copied as a(r, k) at
+// [k * 8 + r] (into `room`, 8 kDepthChunk floats), so that each strip reads 32 bytes a depth
+// step from one small block instead of a cache line of A a step (the dW products, depth
+// 2,450). The copy changes no operand, so no bit.
+inline const float* block_of_a(const float* A, int rr, int K, int& sar, int& sak, int N, float* room) {
+  if (sar != 1 || N <= kStrip) return A;
+  const __m256i m = head8(rr);
+  for (int k = 0; k < K; ++k) _mm256_store_ps(room + 8 * k, _mm256_maskload_ps(A + (size_t)k * sak, m));
+  sak = 8;
+  return room;
+}
+}  // namespace rows_detail
+#endif
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+namespace rows_detail {
+// Rows [0, rr) (rr <= 6) of C, every kStrip-column strip, depth [0, K <= kDepthChunk).
 inline void rows(int rr, int N, int K, float alpha, const float* A, int sar, int sak, const float* B,
                  int ldb, float beta, float* C, int ldc) {
-  alignas(32) float packed[8 * kDepthChunk];
-  if (sar == 1 && N > 16) {
-    const __m256i m = head8(rr);
-    for (int k = 0; k < K; ++k) _mm256_store_ps(packed + 8 * k, _mm256_maskload_ps(A + (size_t)k * sak, m));
-    A = packed, sak = 8;
-  }
-  for (int j0 = 0; j0 < N; j0 += 16) {
-    const int nw = std::min(16, N - j0);
+  alignas(32) float room[8 * kDepthChunk];
+  A = block_of_a(A, rr, K, sar, sak, N, room);
+  for (int j0 = 0; j0 < N; j0 += kStrip) {
+    const int nw = std::min(kStrip, N - j0);
     float* c = C + j0;
     const float* b = B + j0;
     switch (rr) {
@@ -203,9 +199,7 @@ inline void rows(int rr, int N, int K, float alpha, const float* A, int sar, int
   }
 }
 }  // namespace rows_detail
-#endif
 
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 inline void gemm_rows(int M, int N, int K, float alpha, const float* A, int sar, int sak,
                       const float* B, int ldb, float beta, float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
