@@ -99,4 +99,4 @@ def test_the_command_line_takes_id_dropout(tmp_path, capsys):
     assert "--id-dropout 0.4 leaves items to their features: give --item-features" in capsys.readouterr().err
     assert main(["train", str(events), "-o", str(model), "--item-features", str(items),
                  "--id-dropout", "1.5"] + args) == 2
-    assert "id_dropout must be in [0, 1), got 1.5" in capsys.readouterr().err
+    assert "error: --id-dropout must be in [0, 1), got 1.5" in capsys.readouterr().err  # by its flag
