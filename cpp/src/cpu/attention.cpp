@@ -28,7 +28,7 @@
 // Products: where gemm_rows has a kernel (a build for a CPU with AVX-512, or with AVX2 and
 // FMA, and FASTSASREC_NO_AVX512 unset: rows_kernels()) each (sequence, head)'s products run
 // in it (gemm_rows.h), called block by block below so as to compute only the causal half
-// (the rows' j <= i, plus the small triangle inside a block of 4 rows), with no packing;
+// (the rows' j <= i, plus the small triangle inside a block of NR rows), with no packing;
 // otherwise one sgemm per product, the full n x n square.  With AVX-512 the rows' softmax,
 // the keys' transposed copy and dS are whole-vector code too (FSR_ATTENTION_KERNELS).
 // The scores' kernel reads the keys (or values) transposed, a D x n copy per task.
@@ -65,7 +65,10 @@ ThreadScratch tiles(const char* op, const Context& ctx, size_t floats) {
   return ThreadScratch(op, usable_threads(ctx.threads), floats);
 }
 
-constexpr int NR = 4;  // rows of a kernel's block
+// Rows of a kernel's block: with AVX-512, causal_softmax4's 4; with AVX2, gemm_rows's 6,
+// whose 12 sums hide the multiply-adds' latency where 4 rows' 8 do not (attention's
+// backward -20% on a Zen 3, BENCHMARKS.md).  Any block gives the same bits.
+constexpr int NR = kGemmRowsAvx512 ? 4 : 6;
 
 // Where row i of a probability tile must be zero up to (from i + 1): the kernels read only
 // the columns up to the end of row i's block of NR rows; an sgemm reads the whole row.
