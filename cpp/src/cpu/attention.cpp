@@ -11,11 +11,14 @@
 //             multiplier needed once Pd is formed)
 //   attention_last_forward: inference, one query per sequence (its last row), no dropout
 // saved (attention_saved_workspace(R, H, T, p) floats, or null): the forward writes each
-// (sequence s, head h)'s P, an n_s x n_s tile at H * sum_{t<s} n_t^2 + h * n_s^2, and with
-// dropout Pd at the same place of a second half (H * sum n_t^2 floats on); the backward
-// then skips the scores' product, the exponentials and the dropout draws (-40% in a C++
-// harness of the op at the training shape, BENCHMARKS.md).  Null (inference, or a model
-// whose probabilities would cost more memory than the rest of its layer) recomputes them.
+// (sequence s, head h)'s P, an n_s x n_s tile at H * sum_{t<s} n_t^2 + h * n_s^2; the
+// backward then skips the scores' product and the exponentials (-40% in a C++ harness of
+// the op at the training shape, BENCHMARKS.md).  With dropout it draws Pd from P again, in
+// a tile of its own: the same products as the forward's, so the same bits, for a pass of
+// hashes instead of a second n x n tile written to memory and read back (on a CPU whose L2
+// holds a tile or two but not the batch's, that traffic cost more than the hashes).  Null
+// (inference, or a model whose probabilities would cost more memory than the rest of its
+// layer) recomputes them.
 // Dropout counter of (query row i, head h, key row j) is (i * H + h) * T + (j - start).
 // ctx.precision BF16 leaves these products in fp32: per (sequence, head) they are small
 // (n x n x D, about 4% of a step's work at width 64), too small for the bf16 GEMM to gain.
@@ -250,25 +253,23 @@ void causal_rows_t(int nt, bool kern, float* out, int ldo, const float* P, int n
 
 
 size_t attention_saved_workspace(const Context&, int R, int H, int T, float p) {
-  // sum_s n_s^2 <= R * max n <= R * T per head: P, and with dropout Pd beside it
-  return (R <= 0 || H <= 0 || T <= 0) ? 0 : (size_t)R * (size_t)T * (size_t)H * (p > 0.f ? 2 : 1);
+  // sum_s n_s^2 <= R * max n <= R * T per head: P (the backward draws Pd from it again)
+  (void)p;
+  return (R <= 0 || H <= 0 || T <= 0) ? 0 : (size_t)R * (size_t)T * (size_t)H;
 }
 
 namespace {
-// Where (sequence s, head h)'s saved tiles start: H * sum_{t<s} n_t^2 + h * n_s^2 (P), the
-// dropped probabilities Pd `half` floats after (p > 0).  Checked against the workspace's
-// size, R * T * H per tile set (a sequence longer than T would not fit).
+// Where (sequence s, head h)'s saved tile P starts: H * sum_{t<s} n_t^2 + h * n_s^2.
+// Checked against the workspace's size, R * T * H (a sequence longer than T would not fit).
 struct SavedLayout {
   std::vector<size_t> start;  // B + 1 prefix sums of H n_s^2
-  size_t half = 0;
   SavedLayout(const char* op, const int32_t* cu, int B, int H, int T) : start((size_t)B + 1, 0) {
     for (int s = 0; s < B; ++s) {
       const size_t n = (size_t)std::max(0, cu[s + 1] - cu[s]);
       start[s + 1] = start[s] + (size_t)H * n * n;
     }
-    half = start[B];
     const size_t R = (size_t)std::max(0, cu[B]);
-    FSR_REQUIRE(half <= R * (size_t)std::max(T, 0) * (size_t)H, op,
+    FSR_REQUIRE(start[B] <= R * (size_t)std::max(T, 0) * (size_t)H, op,
                 ": a sequence is longer than T = ", T, ", so the saved probabilities do not fit "
                 "attention_saved_workspace");
   }
@@ -288,15 +289,17 @@ void attention_forward(const Context& ctx, float* O, float* lse, const float* Q,
   const size_t nn = (size_t)nmax * nmax;
   std::unique_ptr<SavedLayout> lay;
   if (saved) lay.reset(new SavedLayout("attention_forward", cu, B, H, T));
-  // The tile: in scratch, or (saved) P in the workspace and, with dropout, Pd beside it.
-  const ThreadScratch scratch = tiles("attention_forward", ctx, (saved ? 0 : nn) + (kern ? (size_t)D * ldt : 0));
+  // The tile: in scratch, or (saved) P in the workspace and, with dropout, Pd in scratch;
+  // then the keys transposed (kernels).
+  const size_t own = saved && p <= 0.f ? 0 : nn;
+  const ThreadScratch scratch = tiles("attention_forward", ctx, own + (kern ? (size_t)D * ldt : 0));
   parallel_for_dynamic(ctx.threads, B * H, [&](int task) {
     const int s = task / H, h = task % H;
     const int st = cu[s], n = cu[s + 1] - cu[s];
     if (n <= 0) return;
     float* S = saved ? saved + lay->at(s, h, n) : scratch.slot();
-    float* Pd = saved && p > 0.f ? S + lay->half : S;
-    float* Kt = saved ? scratch.slot() : S + nn;
+    float* Pd = saved && p > 0.f ? scratch.slot() : S;
+    float* Kt = scratch.slot() + own;
     const float* Qh = Q + (size_t)st * ldq + h * D;
     const float* Kh = K + (size_t)st * ldkv + h * D;
     const float* Vh = V + (size_t)st * ldkv + h * D;
@@ -346,8 +349,8 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
   const size_t nbt = kern ? (size_t)D * ldt : 0;
   std::unique_ptr<SavedLayout> lay;
   if (saved) lay.reset(new SavedLayout("attention_backward", cu, B, H, T));
-  // Scratch: G (then dS); without saved tiles also P and, with dropout, Pd.
-  const size_t own = saved ? nn : 2 * nn + (p > 0.f ? nn : 0);
+  // Scratch: G (then dS); with dropout Pd; without saved tiles also P.
+  const size_t own = nn + (p > 0.f ? nn : 0) + (saved ? 0 : nn);
   const ThreadScratch scratch = tiles("attention_backward", ctx, own + nbt);
   parallel_for_dynamic(ctx.threads, B * H, [&](int task) {
     const int s = task / H, h = task % H;
@@ -364,12 +367,21 @@ void attention_backward(const Context& ctx, float* dQ, float* dK, float* dV, con
     float* dVh = dV + (size_t)st * ldkv + h * D;
     const float* P;   // probabilities
     const float* Pd;  // dropped probabilities (P itself without dropout)
+    float* Dw = p > 0.f ? G + nn : nullptr;  // Pd, drawn again (with dropout)
     if (saved) {
       P = saved + lay->at(s, h, n);
-      Pd = p > 0.f ? P + lay->half : P;
+      Pd = P;
+      if (p > 0.f) {  // the forward's scale_kept on the same P: the same bits
+        for (int i = 0; i < n; ++i) {
+          float* drow = Dw + (size_t)i * n;
+          scale_kept(drow, P + (size_t)i * n, (size_t)i + 1, key, thr, ((uint64_t)(st + i) * H + h) * T, inv_keep);
+          for (int j = i + 1; j < zero_end(kern, i, n); ++j) drow[j] = 0.f;
+        }
+        Pd = Dw;
+      }
     } else {  // recomputed from lse, the multipliers drawn again
-      float* Pw = G + nn;
-      float* Dw = p > 0.f ? Pw + nn : Pw;
+      float* Pw = G + nn + (p > 0.f ? nn : 0);
+      if (!Dw) Dw = Pw;
       causal_scores(ctx.threads, kern, Pw, n, Qh, ldq, Kh, ldkv, Bt, ldt, D, scale);
       for (int i = 0; i < n; ++i) {
         float* row = Pw + (size_t)i * n;
