@@ -8,8 +8,9 @@ the same process, calls alternated.
 
 Shapes: each thread's block of a fit on ML-100K (factors 64, max_seq 50, batch 128, two
 threads: 2,450 rows a thread, the catalogue's 1,682 items split in two, softmax chunks of
-155 rows). The time of a shape is the first quartile of its calls (the least disturbed);
-GFLOP/s counts 2 M N K. Needs a test build (-DFASTSASREC_TEST_OPS=ON: _core.Ops).
+155 rows), and the softmax's three products on Sports (18,357 items: chunks of 32 rows).
+The time of a shape is the first quartile of its calls (the least disturbed); GFLOP/s
+counts 2 M N K. Needs a test build (-DFASTSASREC_TEST_OPS=ON: _core.Ops).
 """
 import _env  # noqa: I001  (first: strips OpenBLAS variables before numpy loads)
 
@@ -33,6 +34,10 @@ SHAPES = [
     ("softmax dh (depth 841)", 155, 64, 841, False),
     ("softmax dE, ds^T (depth 155)", 841, 64, 155, True),
     ("sampled logits (256 negatives)", 2450, 256, 64, False),
+    # Sports (18,357 items, max_seq 20): chunks of 32 rows, each thread half the catalogue
+    ("softmax logits at 18,357 items", 32, 9179, 64, False),
+    ("softmax dh at 18,357 items (depth 9,179)", 32, 64, 9179, False),
+    ("softmax dE at 18,357 items, ds^T (depth 32)", 9179, 64, 32, True),
 ]
 
 

@@ -47,7 +47,10 @@ def reference(M, N, K, alpha, a, B, beta, C):
 
 
 SHAPES = [(1, 1, 1), (6, 16, 64), (7, 17, 5), (13, 64, 64), (5, 8, 3), (12, 72, 300), (3, 9, 513),
-          (19, 130, 64), (1, 200, 257), (6, 1, 40)]
+          (19, 130, 64), (1, 200, 257), (6, 1, 40),
+          # wider than a panel of B (128 KiB of a depth chunk): 1,100 columns at depth 64 in
+          # panels of 512; 300 at depth 300 in panels of 128, then one of the last 44 deep
+          (7, 1100, 64), (8, 300, 300)]
 
 
 @pytest.mark.parametrize("M,N,K", SHAPES, ids=lambda v: str(v))

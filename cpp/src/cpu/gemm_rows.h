@@ -200,6 +200,8 @@ inline void rows(int rr, int N, int K, float alpha, const float* A, int sar, int
 }
 }  // namespace rows_detail
 
+constexpr int kPanelFloats = 32768;  // a panel of B's depth chunk: 128 KiB
+
 inline void gemm_rows(int M, int N, int K, float alpha, const float* A, int sar, int sak,
                       const float* B, int ldb, float beta, float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
@@ -209,9 +211,17 @@ inline void gemm_rows(int M, int N, int K, float alpha, const float* A, int sar,
     const float bt = k0 == 0 ? beta : 1.f;
     const float* a = A + (size_t)k0 * sak;
     const float* b = B + (size_t)k0 * ldb;
-    for (int i = 0; i < M; i += 6)
-      rows_detail::rows(std::min(6, M - i), N, kc, alpha, a + (size_t)i * sar, sar, sak, b, ldb, bt,
-                        C + (size_t)i * ldc, ldc);
+    // B's depth chunk in panels of columns of about 128 KiB, each read by every block of rows
+    // while it is in cache: a wide B (the softmax's slice of the catalogue) was read from
+    // memory once per six rows.  Panels change no element's sum.
+    const int panel = std::max(rows_detail::kStrip,
+                               kPanelFloats / std::max(kc, 1) / rows_detail::kStrip * rows_detail::kStrip);
+    for (int j0 = 0; j0 < N; j0 += panel) {
+      const int nj = std::min(panel, N - j0);
+      for (int i = 0; i < M; i += 6)
+        rows_detail::rows(std::min(6, M - i), nj, kc, alpha, a + (size_t)i * sar, sar, sak, b + j0, ldb,
+                          bt, C + (size_t)i * ldc + j0, ldc);
+    }
   }
 }
 #else
